@@ -1,0 +1,13 @@
+//! tc-agent: the node agent and CLI of a kernel-level traffic controller.
+//!
+//! - [`policy`]: the policy file, its validation and its compilation into tables;
+//! - [`datapath`]: the eBPF programs and maps: load, pin, attach, apply, read;
+//! - [`agent`]: the daemon: owns the datapath, serves the control socket, keeps history;
+//! - [`control`]: the control-socket protocol and its client;
+//! - [`cli`]: one module per subcommand.
+
+pub mod agent;
+pub mod cli;
+pub mod control;
+pub mod datapath;
+pub mod policy;

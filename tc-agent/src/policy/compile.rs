@@ -1,0 +1,297 @@
+//! Compiles a validated [`Policy`] into the datapath's tables.
+//!
+//! Each table maps a packet field to the set of channels that accept it:
+//! the datapath ANDs the sets of the three fields and takes the lowest bit.
+//! The tables are longest-prefix-match tries, so each entry must carry the
+//! union of every channel that accepts *any* packet it is the longest match
+//! for; the functions here compute those unions.
+
+use std::collections::{BTreeSet, HashMap};
+
+use ipnet::IpNet;
+use tc_common::{ChannelPolicy, ChannelSet, ACTION_DROP, DIR_EGRESS, DIR_INGRESS, MODE_ENFORCE, MODE_MONITOR};
+
+use super::{Channel, Direction, Mode, Policy};
+
+/// Address-trie entries one generation may use per side and family.
+pub const MAX_ADDR_ENTRIES: usize = 65_536 + 512;
+/// L4-trie entries one generation may use.
+pub const MAX_L4_ENTRIES: usize = (tc_common::MAX_L4_ENTRIES / 2) as usize;
+
+/// One address-trie entry: `len` address bits of `addr`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddrEntry<const N: usize> {
+    pub len: u8,
+    pub addr: [u8; N],
+    pub set: ChannelSet,
+}
+
+/// One L4-trie entry: `bits` bits (after the generation byte) of
+/// `[direction, protocol, port_hi, port_lo]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct L4Entry {
+    pub bits: u32,
+    pub data: [u8; 4],
+    pub set: ChannelSet,
+}
+
+/// Everything the datapath needs for one generation.
+#[derive(Debug, Clone, Default)]
+pub struct Compiled {
+    pub src_v4: Vec<AddrEntry<4>>,
+    pub dst_v4: Vec<AddrEntry<4>>,
+    pub src_v6: Vec<AddrEntry<16>>,
+    pub dst_v6: Vec<AddrEntry<16>>,
+    pub l4: Vec<L4Entry>,
+    /// One per channel, in channel order.
+    pub policies: Vec<ChannelPolicy>,
+    /// `ChannelSet` words in use.
+    pub words: u32,
+}
+
+impl Compiled {
+    /// Trie entries in all tables, for reports.
+    pub fn entries(&self) -> usize {
+        self.src_v4.len() + self.dst_v4.len() + self.src_v6.len() + self.dst_v6.len() + self.l4.len()
+    }
+}
+
+/// The policy does not fit the datapath's tables.
+#[derive(Debug, thiserror::Error)]
+#[error("policy too large: {table} needs {needed} entries, the datapath holds {max}")]
+pub struct CapacityError {
+    pub table: &'static str,
+    pub needed: usize,
+    pub max: usize,
+}
+
+pub fn compile(policy: &Policy) -> Result<Compiled, CapacityError> {
+    let ch = &policy.channels;
+    let check = |table: &'static str, needed: usize, max: usize| {
+        if needed > max {
+            Err(CapacityError { table, needed, max })
+        } else {
+            Ok(())
+        }
+    };
+    let out = Compiled {
+        src_v4: addr_table(ch, |c| &c.from, v4),
+        dst_v4: addr_table(ch, |c| &c.to, v4),
+        src_v6: addr_table(ch, |c| &c.from, v6),
+        dst_v6: addr_table(ch, |c| &c.to, v6),
+        l4: l4_table(ch),
+        policies: ch.iter().map(channel_policy).collect(),
+        words: ch.len().div_ceil(64) as u32,
+    };
+    check("source IPv4 prefixes", out.src_v4.len(), MAX_ADDR_ENTRIES)?;
+    check("destination IPv4 prefixes", out.dst_v4.len(), MAX_ADDR_ENTRIES)?;
+    check("source IPv6 prefixes", out.src_v6.len(), MAX_ADDR_ENTRIES)?;
+    check("destination IPv6 prefixes", out.dst_v6.len(), MAX_ADDR_ENTRIES)?;
+    check("protocol/port entries", out.l4.len(), MAX_L4_ENTRIES)?;
+    Ok(out)
+}
+
+fn v4(net: &IpNet) -> Option<(u128, u8)> {
+    match net {
+        IpNet::V4(n) => Some((u32::from(n.network()) as u128, n.prefix_len())),
+        IpNet::V6(_) => None,
+    }
+}
+
+fn v6(net: &IpNet) -> Option<(u128, u8)> {
+    match net {
+        IpNet::V6(n) => Some((u128::from(n.network()), n.prefix_len())),
+        IpNet::V4(_) => None,
+    }
+}
+
+/// Keeps the top `len` of `bits` address bits of `addr`.
+fn mask(addr: u128, len: u8, bits: u8) -> u128 {
+    if len == 0 {
+        0
+    } else {
+        let keep = u128::MAX << (128 - len as u32);
+        (addr << (128 - bits as u32) & keep) >> (128 - bits as u32)
+    }
+}
+
+/// Builds one address trie. For every prefix P some channel names, the entry
+/// holds each channel that names P or any prefix containing P: those are
+/// exactly the channels whose prefixes contain an address whose longest
+/// match is P.
+fn addr_table<const N: usize>(
+    channels: &[Channel],
+    side: impl Fn(&Channel) -> &Vec<IpNet>,
+    family: fn(&IpNet) -> Option<(u128, u8)>,
+) -> Vec<AddrEntry<N>> {
+    let bits = (N * 8) as u8;
+    let mut direct: HashMap<(u128, u8), ChannelSet> = HashMap::new();
+    for (i, c) in channels.iter().enumerate() {
+        for (addr, len) in side(c).iter().filter_map(family) {
+            direct.entry((addr, len)).or_insert(ChannelSet::EMPTY).insert(i);
+        }
+    }
+    let mut out: Vec<AddrEntry<N>> = direct
+        .keys()
+        .map(|&(addr, len)| {
+            let mut set = ChannelSet::EMPTY;
+            for l in 0..=len {
+                if let Some(s) = direct.get(&(mask(addr, l, bits), l)) {
+                    for (w, x) in set.words.iter_mut().zip(s.words) {
+                        *w |= x;
+                    }
+                }
+            }
+            let be = addr.to_be_bytes();
+            let mut a = [0u8; N];
+            a.copy_from_slice(&be[16 - N..]);
+            AddrEntry { len, addr: a, set }
+        })
+        .collect();
+    out.sort_by(|a, b| (a.len, a.addr).cmp(&(b.len, b.addr)));
+    out
+}
+
+fn dir_byte(d: Direction) -> u8 {
+    match d {
+        Direction::Ingress => DIR_INGRESS,
+        Direction::Egress => DIR_EGRESS,
+    }
+}
+
+fn proto_matches(c: &Channel, proto: u8) -> bool {
+    match c.protocol.numbers() {
+        None => c.ports.is_empty() || proto == 6 || proto == 17,
+        Some(ps) => ps.contains(&proto),
+    }
+}
+
+fn port_matches(c: &Channel, port: Option<u16>) -> bool {
+    c.ports.is_empty() || port.is_some_and(|p| c.ports.iter().any(|(a, b)| *a <= p && p <= *b))
+}
+
+fn set_of(channels: &[Channel], pred: impl Fn(&Channel) -> bool) -> ChannelSet {
+    let mut s = ChannelSet::EMPTY;
+    for (i, c) in channels.iter().enumerate() {
+        if pred(c) {
+            s.insert(i);
+        }
+    }
+    s
+}
+
+/// Splits the inclusive port range `lo..=hi` into aligned power-of-two blocks,
+/// as `(first port, prefix length over 16 bits)`.
+pub fn port_prefixes(lo: u16, hi: u16) -> Vec<(u16, u8)> {
+    let (mut lo, hi) = (lo as u32, hi as u32);
+    let mut out = Vec::new();
+    while lo <= hi {
+        let mut size = if lo == 0 { 1 << 16 } else { lo & lo.wrapping_neg() };
+        while lo + size - 1 > hi {
+            size >>= 1;
+        }
+        out.push((lo as u16, 16 - size.trailing_zeros() as u8));
+        lo += size;
+    }
+    out
+}
+
+/// Builds the direction/protocol/port trie: one entry per direction for
+/// any-protocol channels, one per protocol some channel names, and for TCP
+/// and UDP one set of port prefixes per elementary port interval.
+fn l4_table(channels: &[Channel]) -> Vec<L4Entry> {
+    let mut out = Vec::new();
+    for dir in [Direction::Ingress, Direction::Egress] {
+        let d = dir_byte(dir);
+        let in_dir: Vec<&Channel> = channels.iter().filter(|c| c.direction == dir).collect();
+        if in_dir.is_empty() {
+            continue;
+        }
+        let matches = |c: &Channel, proto: Option<u8>, port: Option<u16>| {
+            c.direction == dir
+                && match proto {
+                    None => c.protocol.numbers().is_none() && c.ports.is_empty(),
+                    Some(p) => proto_matches(c, p) && port_matches(c, port),
+                }
+        };
+        let any = set_of(channels, |c| matches(c, None, None));
+        if any != ChannelSet::EMPTY {
+            out.push(L4Entry {
+                bits: 8,
+                data: [d, 0, 0, 0],
+                set: any,
+            });
+        }
+        let mut protos: BTreeSet<u8> = BTreeSet::new();
+        for c in &in_dir {
+            protos.extend(c.protocol.numbers().unwrap_or(&[]));
+            if !c.ports.is_empty() {
+                protos.extend([6, 17].iter().filter(|p| proto_matches(c, **p)));
+            }
+        }
+        for &p in &protos {
+            let set = set_of(channels, |c| matches(c, Some(p), None));
+            if set != ChannelSet::EMPTY {
+                out.push(L4Entry {
+                    bits: 16,
+                    data: [d, p, 0, 0],
+                    set,
+                });
+            }
+            if p != 6 && p != 17 {
+                continue;
+            }
+            let mut points: BTreeSet<u32> = BTreeSet::new();
+            for c in in_dir.iter().filter(|c| proto_matches(c, p)) {
+                for (a, b) in &c.ports {
+                    points.insert(*a as u32);
+                    points.insert(*b as u32 + 1);
+                }
+            }
+            let points: Vec<u32> = points.into_iter().collect();
+            for w in points.windows(2) {
+                let (lo, hi) = (w[0] as u16, (w[1] - 1) as u16);
+                let covered = in_dir
+                    .iter()
+                    .any(|c| !c.ports.is_empty() && proto_matches(c, p) && port_matches(c, Some(lo)));
+                if !covered {
+                    continue;
+                }
+                let set = set_of(channels, |c| matches(c, Some(p), Some(lo)));
+                for (base, len) in port_prefixes(lo, hi) {
+                    let b = base.to_be_bytes();
+                    out.push(L4Entry {
+                        bits: 16 + len as u32,
+                        data: [d, p, b[0], b[1]],
+                        set,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Turns a channel's limits into GCRA parameters (see [`ChannelPolicy`]).
+pub fn channel_policy(c: &Channel) -> ChannelPolicy {
+    let mut p = ChannelPolicy {
+        action: ACTION_DROP,
+        mode: match c.mode {
+            Mode::Enforce => MODE_ENFORCE,
+            Mode::Monitor => MODE_MONITOR,
+        },
+        active: 1,
+        ..Default::default()
+    };
+    if let Some(bps) = c.limit.bandwidth_bps {
+        let bps = bps as u128;
+        p.byte_cost_q16 = ((8_000_000_000u128 << 16) / bps) as u64;
+        p.byte_tau_ns = (c.limit.burst_bytes as u128 * 8_000_000_000 / bps) as u64;
+    }
+    if let Some(pps) = c.limit.packets {
+        let pps = pps as u128;
+        p.pkt_cost_q16 = ((1_000_000_000u128 << 16) / pps) as u64;
+        p.pkt_tau_ns = (c.limit.packet_burst as u128 * 1_000_000_000 / pps) as u64;
+    }
+    p
+}

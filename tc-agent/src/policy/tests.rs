@@ -1,0 +1,306 @@
+//! Policy parsing, validation, shadow detection and compilation.
+
+use std::net::IpAddr;
+
+use tc_common::ChannelSet;
+
+use super::{compile::*, *};
+
+const GOOD: &str = r#"
+endpoints:
+  web: [198.18.1.0/24, "2001:db8:1::/64"]
+  db:  [198.18.2.10/32]
+channels:
+  - name: web-to-db
+    from: web
+    to: db
+    protocol: tcp
+    ports: [5432, "8000-8100"]
+    direction: ingress
+    limit:
+      bandwidth: 20Mbit
+      burst: 256KiB
+      packets: 5000
+    action: drop
+    mode: enforce
+  - name: rest
+    limit:
+      bandwidth: 1Gbit
+    mode: monitor
+"#;
+
+fn errors(text: &str) -> Vec<String> {
+    Policy::parse(text, "p.yaml")
+        .expect_err("policy should be rejected")
+        .errors
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+#[test]
+fn parses_the_documented_example() {
+    let p = Policy::parse(GOOD, "p.yaml").unwrap();
+    assert_eq!(p.channels.len(), 2);
+    let c = &p.channels[0];
+    assert_eq!(c.from.len(), 2);
+    assert_eq!(c.ports, vec![(5432, 5432), (8000, 8100)]);
+    assert_eq!(c.limit.bandwidth_bps, Some(20_000_000));
+    assert_eq!(c.limit.burst_bytes, 256 * 1024);
+    assert_eq!(c.limit.packets, Some(5000));
+    assert_eq!(c.limit.packet_burst, 100);
+    // Defaults: any address, any protocol, ingress, burst from the rate.
+    let r = &p.channels[1];
+    assert_eq!(r.from.len(), 2);
+    assert_eq!(r.protocol, Protocol::Any);
+    assert_eq!(r.limit.burst_bytes, 1_000_000_000 / 8 * DEFAULT_BURST_MS / 1000);
+    assert_eq!(r.mode, Mode::Monitor);
+    assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+}
+
+#[test]
+fn empty_file_is_an_empty_policy() {
+    assert!(Policy::parse("", "p.yaml").unwrap().channels.is_empty());
+}
+
+#[test]
+fn unknown_keys_name_line_and_field() {
+    let e = errors("channels:\n  - name: a\n    limit:\n      bandwith: 1Mbit\n");
+    assert_eq!(e.len(), 1);
+    assert!(e[0].starts_with("p.yaml:4: "), "{e:?}");
+    assert!(e[0].contains("unknown field `bandwith`"), "{e:?}");
+    assert!(e[0].contains("bandwidth"), "should list valid keys: {e:?}");
+}
+
+#[test]
+fn bad_cidrs_and_host_bits() {
+    let e = errors("endpoints:\n  a: [198.18.1.1/24, 300.1.1.1/8]\n");
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(e[0].contains("p.yaml:2: endpoints.a[0]"), "{e:?}");
+    assert!(e[0].contains("did you mean `198.18.1.0/24`"), "{e:?}");
+    assert!(e[1].contains("is not a CIDR"), "{e:?}");
+}
+
+#[test]
+fn rates_out_of_range() {
+    let e = errors("channels:\n  - name: a\n    limit:\n      bandwidth: 0Mbit\n  - name: b\n    limit:\n      bandwidth: 900Gbit\n");
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(e[0].starts_with("p.yaml:4: channels[0].limit.bandwidth"), "{e:?}");
+    assert!(e[1].starts_with("p.yaml:7: channels[1].limit.bandwidth"), "{e:?}");
+}
+
+#[test]
+fn duplicate_and_undefined_names() {
+    let e = errors("endpoints:\n  web: [198.18.1.0/24]\nchannels:\n  - name: a\n    from: wbe\n  - name: a\n");
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(e[0].contains("p.yaml:5: channels[0].from: endpoint set `wbe` is not defined"), "{e:?}");
+    assert!(e[0].contains("(defined: web)"), "{e:?}");
+    assert!(e[1].contains("p.yaml:6: channels[1].name: channel `a` is defined twice"), "{e:?}");
+}
+
+#[test]
+fn limits_and_ports_are_checked() {
+    let e = errors(
+        "channels:\n  - name: a\n    protocol: icmp\n    ports: [80]\n  - name: b\n    ports: [\"90-80\", 0, 70000]\n  - name: c\n    limit:\n      burst: 1MiB\n  - name: d\n    limit:\n      bandwidth: 10Mbit\n      burst: 1KiB\n",
+    );
+    let all = e.join("\n");
+    assert!(all.contains("channels[0].ports: ICMP has no ports"), "{all}");
+    assert!(all.contains("channels[1].ports[0]: `90-80`: the range runs backwards"), "{all}");
+    assert!(all.contains("channels[1].ports[1]"), "{all}");
+    assert!(all.contains("channels[1].ports[2]"), "{all}");
+    assert!(all.contains("channels[2].limit: a limit needs `bandwidth`"), "{all}");
+    assert!(all.contains("channels[3].limit.burst: 1024 bytes is out of range"), "{all}");
+}
+
+#[test]
+fn gentle_actions_are_refused_for_now() {
+    let e = errors("channels:\n  - name: a\n    action: delay\n    limit: {bandwidth: 1Mbit}\n");
+    assert!(e[0].contains("action `delay` is not available"), "{e:?}");
+}
+
+#[test]
+fn shadowed_channels_warn() {
+    let p = Policy::parse(
+        "channels:\n  - name: all-tcp\n    protocol: tcp\n  - name: web\n    to: [198.18.2.0/24]\n    protocol: tcp\n    ports: [80]\n  - name: udp\n    protocol: udp\n",
+        "p.yaml",
+    )
+    .unwrap();
+    assert_eq!(p.warnings.len(), 1, "{:?}", p.warnings);
+    let w = p.warnings[0].to_string();
+    assert!(w.starts_with("p.yaml:4: channels[1]: channel `web` can never match: `all-tcp`"), "{w}");
+}
+
+#[test]
+fn port_prefix_decomposition() {
+    assert_eq!(port_prefixes(80, 80), vec![(80, 16)]);
+    assert_eq!(port_prefixes(8000, 8100), vec![(8000, 10), (8064, 11), (8096, 14), (8100, 16)]);
+    assert_eq!(port_prefixes(0, 65535), vec![(0, 0)]);
+    // Every port in the range is covered exactly once.
+    for (lo, hi) in [(1u16, 65535u16), (8000, 8100), (1023, 1025)] {
+        let mut count = 0u32;
+        for (base, len) in port_prefixes(lo, hi) {
+            count += 1 << (16 - len);
+            assert_eq!(base as u32 % (1 << (16 - len)), 0, "aligned");
+        }
+        assert_eq!(count, (hi - lo) as u32 + 1);
+    }
+}
+
+#[test]
+fn rates_become_gcra_parameters() {
+    let p = Policy::parse("channels:\n  - name: a\n    limit: {bandwidth: 8Mbit, burst: 100000, packets: 1000}\n", "p").unwrap();
+    let c = channel_policy(&p.channels[0]);
+    // 8 Mbit/s = 1 byte per microsecond.
+    assert_eq!(c.byte_cost_q16, 1000 << 16);
+    assert_eq!(c.byte_tau_ns, 100_000_000);
+    assert_eq!(c.pkt_cost_q16, 1_000_000 << 16);
+    assert_eq!(c.pkt_tau_ns, 64 * 1_000_000);
+}
+
+/// A packet for the table simulator below.
+struct Pkt {
+    src: IpAddr,
+    dst: IpAddr,
+    proto: u8,
+    port: Option<u16>,
+    dir: Direction,
+}
+
+/// First match by scanning channels: the semantics the tables must implement.
+fn reference(policy: &Policy, p: &Pkt) -> Option<usize> {
+    policy.channels.iter().position(|c| {
+        c.direction == p.dir
+            && c.from.iter().any(|n| n.contains(&p.src))
+            && c.to.iter().any(|n| n.contains(&p.dst))
+            && match c.protocol.numbers() {
+                None => c.ports.is_empty() || p.proto == 6 || p.proto == 17,
+                Some(ps) => ps.contains(&p.proto),
+            }
+            && (c.ports.is_empty()
+                || p.port.is_some_and(|x| c.ports.iter().any(|(a, b)| *a <= x && x <= *b)))
+    })
+}
+
+fn lpm<const N: usize>(t: &[AddrEntry<N>], addr: [u8; N]) -> Option<ChannelSet> {
+    let a = u128::from_be_bytes({
+        let mut b = [0u8; 16];
+        b[16 - N..].copy_from_slice(&addr);
+        b
+    });
+    t.iter()
+        .filter(|e| {
+            let e_addr = u128::from_be_bytes({
+                let mut b = [0u8; 16];
+                b[16 - N..].copy_from_slice(&e.addr);
+                b
+            });
+            let shift = (N * 8) as u32 - e.len as u32;
+            e.len == 0 || (a >> shift) == (e_addr >> shift)
+        })
+        .max_by_key(|e| e.len)
+        .map(|e| e.set)
+}
+
+/// First match through the compiled tables, the way the datapath does it.
+fn through_tables(c: &Compiled, p: &Pkt) -> Option<usize> {
+    let (s, d) = match (p.src, p.dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => (lpm(&c.src_v4, s.octets())?, lpm(&c.dst_v4, d.octets())?),
+        (IpAddr::V6(s), IpAddr::V6(d)) => (lpm(&c.src_v6, s.octets())?, lpm(&c.dst_v6, d.octets())?),
+        _ => unreachable!(),
+    };
+    let dir = if p.dir == Direction::Ingress { 0u8 } else { 1 };
+    let (maxbits, port) = match p.port {
+        Some(x) => (32, x),
+        None => (16, 0),
+    };
+    let key = u32::from_be_bytes([dir, p.proto, (port >> 8) as u8, port as u8]);
+    let l4 = c
+        .l4
+        .iter()
+        .filter(|e| {
+            e.bits <= maxbits && {
+                let k = u32::from_be_bytes(e.data);
+                let shift = 32 - e.bits;
+                (key >> shift) == (k >> shift)
+            }
+        })
+        .max_by_key(|e| e.bits)?
+        .set;
+    (0..c.words as usize * 64).find(|&i| s.contains(i) && d.contains(i) && l4.contains(i))
+}
+
+#[test]
+fn compiled_tables_agree_with_first_match_semantics() {
+    let policy = Policy::parse(
+        r#"
+endpoints:
+  a: [198.18.0.0/16, "2001:db8::/32"]
+  b: [198.18.1.0/24, 198.18.1.128/25, "2001:db8:1::/48"]
+  c: [198.18.1.7/32, 198.18.3.0/24]
+channels:
+  - {name: c1, from: b, to: c, protocol: tcp, ports: [80, "8000-8100"]}
+  - {name: c2, from: a, protocol: udp, ports: ["53-60"]}
+  - {name: c3, from: c, to: a, protocol: icmp}
+  - {name: c4, to: b, ports: ["70-90"], direction: egress}
+  - {name: c5, from: b, protocol: tcp}
+  - {name: c6, from: a, to: a}
+  - {name: c7, direction: egress, protocol: udp}
+"#,
+        "p",
+    )
+    .unwrap();
+    let compiled = compile(&policy).unwrap();
+    let addrs: Vec<IpAddr> = [
+        "198.18.1.7", "198.18.1.200", "198.18.2.1", "198.18.3.9", "198.19.0.1", "10.0.0.1",
+        "2001:db8:1::5", "2001:db8:2::1", "2001:db9::1",
+    ]
+    .iter()
+    .map(|s| s.parse().unwrap())
+    .collect();
+    let mut checked = 0;
+    for &src in &addrs {
+        for &dst in &addrs {
+            if src.is_ipv4() != dst.is_ipv4() {
+                continue;
+            }
+            for proto in [1u8, 6, 17, 47, 58] {
+                let ports: &[Option<u16>] = if proto == 6 || proto == 17 {
+                    &[Some(53), Some(61), Some(70), Some(80), Some(81), Some(8050), Some(8101), None]
+                } else {
+                    &[None]
+                };
+                for &port in ports {
+                    for dir in [Direction::Ingress, Direction::Egress] {
+                        let p = Pkt { src, dst, proto, port, dir };
+                        assert_eq!(
+                            through_tables(&compiled, &p),
+                            reference(&policy, &p),
+                            "{src} -> {dst} proto {proto} port {port:?} {dir:?}"
+                        );
+                        checked += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert!(checked > 1000);
+}
+
+#[test]
+fn scale_1024_channels_and_65536_prefixes_compile() {
+    let mut text = String::from("channels:\n");
+    for i in 0..1024u32 {
+        text.push_str(&format!("  - name: ch{i}\n    from: ["));
+        for j in 0..64u32 {
+            let n = i * 64 + j;
+            text.push_str(&format!("\"198.{}.{}.{}/32\",", 18 + (n >> 16), (n >> 8) & 0xff, n & 0xff));
+        }
+        text.push_str("]\n    protocol: udp\n    ports: [");
+        text.push_str(&format!("{}]\n", 1000 + i));
+    }
+    let p = Policy::parse(&text, "big").unwrap();
+    let c = compile(&p).unwrap();
+    assert_eq!(c.src_v4.len(), 65_536);
+    assert_eq!(c.policies.len(), 1024);
+    assert_eq!(c.words, 16);
+}

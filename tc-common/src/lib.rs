@@ -1,0 +1,215 @@
+//! Types shared by the eBPF datapath (`tc-ebpf`) and the agent (`tc-agent`).
+//!
+//! Everything here is `#[repr(C)]`, free of implicit padding (checked by the
+//! size asserts at the bottom) and plain old data, so that the kernel and the
+//! agent agree on every byte of every map key and value.
+//!
+//! # How a packet is classified
+//!
+//! Classification is a linear bit-vector search (as in bpf-iptables): the
+//! agent compiles the policy into three per-field lookup tables whose values
+//! are bit vectors of channel indices, and the datapath ANDs the three vectors
+//! and takes the lowest set bit, which is the first channel in file order that
+//! matches every field. Per-packet work is three map lookups plus an AND over
+//! at most [`CHANNEL_WORDS`] words; it never loops over channels.
+//!
+//! - source address: LPM trie ([`SRC_V4`]/[`SRC_V6`] maps), key [`Ip4Key`]/[`Ip6Key`];
+//! - destination address: LPM trie ([`DST_V4`]/[`DST_V6`]), same keys;
+//! - direction, protocol and destination port: LPM trie ([`L4`]), key [`L4Key`].
+//!
+//! Every key starts with a generation byte: the agent writes a whole new
+//! policy under the inactive generation, then flips [`Config::generation`].
+//! The datapath reads the generation once per packet, so a packet is never
+//! classified against a mix of two policies.
+#![no_std]
+
+/// Channels per generation. A channel index is a bit position in [`ChannelSet`].
+pub const MAX_CHANNELS: u32 = 1024;
+/// 64-bit words in a [`ChannelSet`].
+pub const CHANNEL_WORDS: usize = (MAX_CHANNELS as usize) / 64;
+/// Generations held at once: the live one and the one being written.
+pub const GENERATIONS: u32 = 2;
+/// Per-channel array maps hold `GENERATIONS * MAX_CHANNELS` slots.
+pub const CHANNEL_SLOTS: u32 = GENERATIONS * MAX_CHANNELS;
+/// Entries an address trie may hold, over both generations.
+pub const MAX_PREFIXES: u32 = 2 * 65_536 + 1_024;
+/// Entries the L4 trie may hold, over both generations.
+pub const MAX_L4_ENTRIES: u32 = 65_536;
+
+/// Map names, shared so that the agent cannot misspell them.
+pub const CONFIG: &str = "TC_CONFIG";
+pub const SRC_V4: &str = "TC_SRC_V4";
+pub const DST_V4: &str = "TC_DST_V4";
+pub const SRC_V6: &str = "TC_SRC_V6";
+pub const DST_V6: &str = "TC_DST_V6";
+pub const L4: &str = "TC_L4";
+pub const POLICIES: &str = "TC_POLICIES";
+pub const BUCKETS: &str = "TC_BUCKETS";
+pub const COUNTERS: &str = "TC_COUNTERS";
+pub const GLOBAL: &str = "TC_GLOBAL";
+
+/// All maps, in the order the agent pins and reports them.
+pub const MAP_NAMES: [&str; 10] = [
+    CONFIG, SRC_V4, DST_V4, SRC_V6, DST_V6, L4, POLICIES, BUCKETS, COUNTERS, GLOBAL,
+];
+
+/// Direction byte of an [`L4Key`].
+pub const DIR_INGRESS: u8 = 0;
+pub const DIR_EGRESS: u8 = 1;
+
+/// `ChannelPolicy::action`: what happens to a packet over the limit.
+pub const ACTION_DROP: u8 = 0;
+/// `ChannelPolicy::mode`: enforce the action.
+pub const MODE_ENFORCE: u8 = 0;
+/// `ChannelPolicy::mode`: only count what would have been dropped.
+pub const MODE_MONITOR: u8 = 1;
+
+/// Prefix length of an LPM key that covers only the generation byte.
+pub const GEN_BITS: u32 = 8;
+
+/// A set of channel indices; bit `i` of word `i / 64` is channel `i`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChannelSet {
+    /// Bit vector over [`MAX_CHANNELS`] channels, lowest index first.
+    pub words: [u64; CHANNEL_WORDS],
+}
+
+impl ChannelSet {
+    pub const EMPTY: Self = Self {
+        words: [0; CHANNEL_WORDS],
+    };
+
+    pub fn insert(&mut self, channel: usize) {
+        self.words[channel / 64] |= 1 << (channel % 64);
+    }
+
+    pub fn contains(&self, channel: usize) -> bool {
+        self.words[channel / 64] & (1 << (channel % 64)) != 0
+    }
+}
+
+/// LPM data of an IPv4 address trie: generation byte, then the address in
+/// network order. The prefix length counts [`GEN_BITS`] plus address bits.
+pub type Ip4Key = [u8; 5];
+/// LPM data of an IPv6 address trie: generation byte, then the address.
+pub type Ip6Key = [u8; 17];
+/// LPM data of the L4 trie: generation, direction, IP protocol, destination
+/// port (big-endian). Prefix length 24 stops after the protocol, 40 includes
+/// the port, so a port range is stored as a handful of prefixes.
+pub type L4Key = [u8; 5];
+/// Prefix length of an [`L4Key`] that stops after the protocol byte.
+pub const L4_PROTO_BITS: u32 = 24;
+/// Prefix length of an [`L4Key`] that includes the whole port.
+pub const L4_PORT_BITS: u32 = 40;
+
+/// Node-wide datapath settings, index 0 of the [`CONFIG`] array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Generation the datapath classifies against; the agent flips it last.
+    pub generation: u32,
+    /// Words of [`ChannelSet`] in use by the live generation (channels / 64,
+    /// rounded up), so the AND loop stops early for small policies.
+    pub words: u32,
+}
+
+/// A channel's limits, compiled for the datapath. Slot
+/// `generation * MAX_CHANNELS + channel` of the [`POLICIES`] array.
+///
+/// Limits are GCRA (virtual scheduling) parameters: a packet costs
+/// `len * byte_cost_q16 >> 16` nanoseconds of the byte budget and
+/// `segs * pkt_cost_q16 >> 16` of the packet budget, and conforms while the
+/// theoretical arrival time stays within `*_tau_ns` of now.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChannelPolicy {
+    /// Nanoseconds per byte at the channel's bandwidth, Q48.16; 0 = no byte limit.
+    pub byte_cost_q16: u64,
+    /// Byte burst expressed as time at the channel's bandwidth, ns.
+    pub byte_tau_ns: u64,
+    /// Nanoseconds per packet at the channel's packet rate, Q48.16; 0 = no packet limit.
+    pub pkt_cost_q16: u64,
+    /// Packet burst expressed as time at the channel's packet rate, ns.
+    pub pkt_tau_ns: u64,
+    /// `ACTION_*`: what to do with a packet over the limit.
+    pub action: u8,
+    /// `MODE_*`: enforce, or only count (monitor / dry run).
+    pub mode: u8,
+    /// Non-zero when this slot holds a channel; an empty slot fails open.
+    pub active: u8,
+    /// Explicit padding, always zero.
+    pub _pad: [u8; 5],
+}
+
+/// Token-bucket state of one channel, shared by all CPUs (not per-CPU:
+/// splitting a bucket per CPU loses accuracy). Updated with compare-and-swap.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BucketState {
+    /// Theoretical arrival time of the byte bucket, `bpf_ktime_get_ns` clock.
+    pub byte_tat: u64,
+    /// Theoretical arrival time of the packet bucket.
+    pub pkt_tat: u64,
+}
+
+/// Per-channel, per-CPU counters; the agent sums the CPUs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChannelCounters {
+    /// Packets classified into the channel (GSO segments count one each).
+    pub matched_pkts: u64,
+    /// Bytes classified into the channel (`skb->len` / XDP frame length).
+    pub matched_bytes: u64,
+    /// Packets let through (within the limit, or over it in monitor mode).
+    pub passed_pkts: u64,
+    pub passed_bytes: u64,
+    /// Packets dropped for exceeding the limit (enforce mode).
+    pub dropped_pkts: u64,
+    pub dropped_bytes: u64,
+    /// Packets over the limit that monitor mode let through.
+    pub would_drop_pkts: u64,
+    pub would_drop_bytes: u64,
+}
+
+/// Node-wide, per-CPU counters, index 0 of the [`GLOBAL`] array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GlobalCounters {
+    /// Every packet the programs saw.
+    pub seen_pkts: u64,
+    pub seen_bytes: u64,
+    /// IP packets that matched no channel (passed).
+    pub unclassified_pkts: u64,
+    pub unclassified_bytes: u64,
+    /// Non-IP frames (ARP, LLDP, ...), passed.
+    pub non_ip_pkts: u64,
+    /// Truncated or malformed IP packets, passed.
+    pub malformed_pkts: u64,
+    /// Non-first IP fragments, classified without ports.
+    pub fragment_pkts: u64,
+    /// Packets passed because a map lookup failed (fail open).
+    pub fail_open_pkts: u64,
+    /// Bucket updates that lost the compare-and-swap race too often and let the packet through.
+    pub contended_pkts: u64,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are repr(C), Copy, and have no padding (see the asserts below).
+    unsafe impl aya::Pod for ChannelSet {}
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for ChannelPolicy {}
+    unsafe impl aya::Pod for BucketState {}
+    unsafe impl aya::Pod for ChannelCounters {}
+    unsafe impl aya::Pod for GlobalCounters {}
+}
+
+const _: () = assert!(core::mem::size_of::<ChannelSet>() == 8 * CHANNEL_WORDS);
+const _: () = assert!(core::mem::size_of::<Config>() == 8);
+const _: () = assert!(core::mem::size_of::<ChannelPolicy>() == 40);
+const _: () = assert!(core::mem::size_of::<BucketState>() == 16);
+const _: () = assert!(core::mem::size_of::<ChannelCounters>() == 64);
+const _: () = assert!(core::mem::size_of::<GlobalCounters>() == 72);
+const _: () = assert!(MAX_CHANNELS % 64 == 0);

@@ -1,0 +1,99 @@
+//! Shared token buckets, as GCRA (the virtual-scheduling form of a token
+//! bucket): one `u64` theoretical arrival time (TAT) per bucket, advanced with
+//! compare-and-swap so both CPUs can charge the same channel without a lock
+//! and without splitting the rate per CPU.
+//!
+//! A packet of cost `c` conforms when `max(tat, now) + c - now <= tau`, where
+//! `tau` is the burst expressed as time; that is exactly a token bucket of
+//! depth `tau` refilled continuously from elapsed nanoseconds.
+
+use core::intrinsics::{atomic_cxchg, atomic_xadd, AtomicOrdering};
+
+use tc_common::{BucketState, ChannelPolicy};
+
+/// CAS attempts before giving up; with two CPUs a second attempt almost always wins.
+const CAS_TRIES: usize = 4;
+
+pub enum Conformance {
+    /// Within the limits; the buckets were charged.
+    Conform,
+    /// Over a limit; nothing was charged.
+    Exceed,
+    /// Lost the CAS race `CAS_TRIES` times; let through and counted (fail open).
+    Contended,
+}
+
+/// Charges one GCRA bucket. Returns `Conform`, `Exceed` or `Contended`.
+///
+/// # Safety
+/// `tat` must point into a live map value.
+#[inline(always)]
+unsafe fn charge(tat: *mut u64, now: u64, cost: u64, tau: u64) -> Conformance {
+    // SAFETY: caller guarantees `tat` is valid; a racy read is fine because
+    // the CAS below only succeeds against the value we read.
+    let mut old = unsafe { core::ptr::read_volatile(tat) };
+    for _ in 0..CAS_TRIES {
+        let base = if old > now { old } else { now };
+        let new = base + cost;
+        if new - now > tau {
+            return Conformance::Exceed;
+        }
+        // SAFETY: as above; lowers to BPF_ATOMIC_CMPXCHG (needs -mcpu=v3).
+        let (seen, ok) = unsafe {
+            atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+                tat, old, new,
+            )
+        };
+        if ok {
+            return Conformance::Conform;
+        }
+        old = seen;
+    }
+    Conformance::Contended
+}
+
+/// Charges a packet of `len` bytes and `segs` segments to the channel's
+/// packet bucket, then its byte bucket. If the byte bucket refuses, the
+/// packet-bucket charge is refunded so a dropped packet costs nothing.
+///
+/// # Safety
+/// `bucket` must point into a live map value.
+#[inline(always)]
+pub unsafe fn conform(
+    bucket: *mut BucketState,
+    policy: &ChannelPolicy,
+    now: u64,
+    len: u64,
+    segs: u64,
+) -> Conformance {
+    let mut pkt_charged = 0u64;
+    if policy.pkt_cost_q16 != 0 {
+        let cost = (segs * policy.pkt_cost_q16) >> 16;
+        // SAFETY: caller guarantees `bucket` is valid.
+        match unsafe { charge(&raw mut (*bucket).pkt_tat, now, cost, policy.pkt_tau_ns) } {
+            Conformance::Conform => pkt_charged = cost,
+            other => return other,
+        }
+    }
+    if policy.byte_cost_q16 != 0 {
+        let cost = (len * policy.byte_cost_q16) >> 16;
+        // SAFETY: caller guarantees `bucket` is valid.
+        match unsafe { charge(&raw mut (*bucket).byte_tat, now, cost, policy.byte_tau_ns) } {
+            Conformance::Conform => {}
+            Conformance::Exceed => {
+                if pkt_charged != 0 {
+                    // SAFETY: as above; lowers to BPF_ATOMIC_ADD.
+                    unsafe {
+                        atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(
+                            &raw mut (*bucket).pkt_tat,
+                            pkt_charged.wrapping_neg(),
+                        )
+                    };
+                }
+                return Conformance::Exceed;
+            }
+            Conformance::Contended => return Conformance::Contended,
+        }
+    }
+    Conformance::Conform
+}

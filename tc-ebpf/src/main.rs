@@ -1,0 +1,320 @@
+//! The kernel datapath: classify every packet into a channel and hold the
+//! channel to its limits.
+//!
+//! - `tc_ingress` / `tc_egress`: tc classifiers (TCX on 6.6+, clsact before),
+//!   the default hooks.
+//! - `xdp_ingress`: opt-in early-drop hook for floods, same classifier and maps.
+//! - `tc_pass` / `xdp_pass`: bare programs, the floor the benchmark measures against.
+#![no_std]
+#![no_main]
+#![feature(core_intrinsics)]
+#![expect(
+    internal_features,
+    reason = "core::intrinsics::atomic_cxchg is the only CAS that lowers to BPF_CMPXCHG on bpfel"
+)]
+
+mod bucket;
+mod parse;
+
+use aya_ebpf::{
+    bindings::{xdp_action, TC_ACT_SHOT, TC_ACT_UNSPEC},
+    helpers::bpf_ktime_get_ns,
+    macros::{classifier, map, xdp},
+    maps::{lpm_trie::Key, Array, LpmTrie, PerCpuArray},
+    programs::{TcContext, XdpContext},
+};
+use tc_common::{
+    BucketState, ChannelCounters, ChannelPolicy, ChannelSet, Config, GlobalCounters, Ip4Key,
+    Ip6Key, L4Key, CHANNEL_SLOTS, CHANNEL_WORDS, DIR_EGRESS, DIR_INGRESS, GEN_BITS,
+    L4_PORT_BITS, L4_PROTO_BITS, MAX_CHANNELS, MAX_L4_ENTRIES, MAX_PREFIXES, MODE_MONITOR,
+};
+
+use crate::{
+    bucket::{conform, Conformance},
+    parse::{parse, Addrs, Parsed, Skip},
+};
+
+#[map]
+static TC_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+#[map]
+static TC_SRC_V4: LpmTrie<Ip4Key, ChannelSet> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
+#[map]
+static TC_DST_V4: LpmTrie<Ip4Key, ChannelSet> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
+#[map]
+static TC_SRC_V6: LpmTrie<Ip6Key, ChannelSet> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
+#[map]
+static TC_DST_V6: LpmTrie<Ip6Key, ChannelSet> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
+#[map]
+static TC_L4: LpmTrie<L4Key, ChannelSet> = LpmTrie::with_max_entries(MAX_L4_ENTRIES, 0);
+#[map]
+static TC_POLICIES: Array<ChannelPolicy> = Array::with_max_entries(CHANNEL_SLOTS, 0);
+#[map]
+static TC_BUCKETS: Array<BucketState> = Array::with_max_entries(CHANNEL_SLOTS, 0);
+#[map]
+static TC_COUNTERS: PerCpuArray<ChannelCounters> = PerCpuArray::with_max_entries(CHANNEL_SLOTS, 0);
+#[map]
+static TC_GLOBAL: PerCpuArray<GlobalCounters> = PerCpuArray::with_max_entries(1, 0);
+
+/// What the datapath decided for one packet.
+#[derive(PartialEq, Eq)]
+enum Verdict {
+    Pass,
+    Drop,
+}
+
+/// The packet as the hooks see it: linear header bytes plus accounting sizes.
+struct Frame {
+    /// First byte of the Ethernet header.
+    start: usize,
+    /// One past the last byte readable without a helper.
+    end: usize,
+    /// Bytes charged to the byte bucket (`skb->len`, GSO super-packets whole).
+    len: u64,
+    /// Packets charged to the packet bucket (GSO segments, at least 1).
+    segs: u64,
+}
+
+#[classifier]
+pub fn tc_ingress(ctx: TcContext) -> i32 {
+    tc_verdict(&ctx, DIR_INGRESS)
+}
+
+#[classifier]
+pub fn tc_egress(ctx: TcContext) -> i32 {
+    tc_verdict(&ctx, DIR_EGRESS)
+}
+
+#[xdp]
+pub fn xdp_ingress(ctx: XdpContext) -> u32 {
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    let frame = Frame {
+        start: ctx.data(),
+        end: ctx.data_end(),
+        len,
+        segs: 1,
+    };
+    match handle(&frame, DIR_INGRESS) {
+        Verdict::Pass => xdp_action::XDP_PASS,
+        Verdict::Drop => xdp_action::XDP_DROP,
+    }
+}
+
+/// Floor for the per-packet cost benchmark: a tc program that only passes.
+#[classifier]
+pub fn tc_pass(_ctx: TcContext) -> i32 {
+    TC_ACT_UNSPEC
+}
+
+/// Floor for XDP: only passes.
+#[xdp]
+pub fn xdp_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+/// Bytes of headers the parser may need in the linear area: Ethernet + VLAN,
+/// IPv6 with a few extension headers, and a TCP header.
+const PULL_LEN: u32 = 128;
+
+#[inline(always)]
+fn tc_verdict(ctx: &TcContext, dir: u8) -> i32 {
+    let len = ctx.len();
+    // Headers of locally generated or GRO'd packets can sit outside the linear
+    // area; pull them in once so direct packet access sees them.
+    if ((ctx.data_end() - ctx.data()) as u32) < len && ((ctx.data_end() - ctx.data()) as u32) < PULL_LEN {
+        let want = if len < PULL_LEN { len } else { PULL_LEN };
+        let _ = ctx.pull_data(want);
+    }
+    // SAFETY: the context pointer is valid for the whole program run.
+    let gso_segs = unsafe { (*ctx.skb.skb).gso_segs } as u64;
+    let frame = Frame {
+        start: ctx.data(),
+        end: ctx.data_end(),
+        len: len as u64,
+        segs: if gso_segs == 0 { 1 } else { gso_segs },
+    };
+    match handle(&frame, dir) {
+        Verdict::Pass => TC_ACT_UNSPEC,
+        Verdict::Drop => TC_ACT_SHOT,
+    }
+}
+
+/// Counts the packet node-wide, classifies it and applies its channel's policy.
+#[inline(always)]
+fn handle(frame: &Frame, dir: u8) -> Verdict {
+    let Some(global) = TC_GLOBAL.get_ptr_mut(0) else {
+        return Verdict::Pass;
+    };
+    // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+    let global = unsafe { &mut *global };
+    global.seen_pkts += frame.segs;
+    global.seen_bytes += frame.len;
+
+    let parsed = match parse(frame.start, frame.end) {
+        Ok(p) => p,
+        Err(Skip::NonIp) => {
+            global.non_ip_pkts += 1;
+            return Verdict::Pass;
+        }
+        Err(Skip::Malformed) => {
+            global.malformed_pkts += 1;
+            return Verdict::Pass;
+        }
+    };
+    if parsed.fragment {
+        global.fragment_pkts += 1;
+    }
+    let Some(config) = TC_CONFIG.get(0) else {
+        global.fail_open_pkts += 1;
+        return Verdict::Pass;
+    };
+    let generation = config.generation as u8;
+    let Some(channel) = classify(generation, config.words, dir, &parsed) else {
+        global.unclassified_pkts += 1;
+        global.unclassified_bytes += frame.len;
+        return Verdict::Pass;
+    };
+    let slot = config.generation * MAX_CHANNELS + channel;
+    enforce(frame, slot, global)
+}
+
+/// Index of the first channel (in policy order) whose source set, destination
+/// set and protocol/port all match, or `None`.
+#[inline(always)]
+fn classify(generation: u8, words: u32, dir: u8, p: &Parsed) -> Option<u32> {
+    let (src, dst) = match &p.addrs {
+        Addrs::V4 { src, dst } => {
+            let s = TC_SRC_V4.get(Key::new(
+                GEN_BITS + 32,
+                [generation, src[0], src[1], src[2], src[3]],
+            ))?;
+            let d = TC_DST_V4.get(Key::new(
+                GEN_BITS + 32,
+                [generation, dst[0], dst[1], dst[2], dst[3]],
+            ))?;
+            (s, d)
+        }
+        Addrs::V6 { src, dst } => {
+            let s = TC_SRC_V6.get(Key::new(GEN_BITS + 128, v6_key(generation, src)))?;
+            let d = TC_DST_V6.get(Key::new(GEN_BITS + 128, v6_key(generation, dst)))?;
+            (s, d)
+        }
+    };
+    // Port-less packets look up with a prefix that stops at the protocol, so
+    // they can only hit protocol-wide entries, never a port range.
+    let (bits, port) = match p.dport {
+        Some(port) => (L4_PORT_BITS, port),
+        None => (L4_PROTO_BITS, 0),
+    };
+    let port = port.to_be_bytes();
+    let l4 = TC_L4.get(Key::new(bits, [generation, dir, p.proto, port[0], port[1]]))?;
+
+    let mut i = 0;
+    while i < CHANNEL_WORDS {
+        if i as u32 >= words {
+            break;
+        }
+        let x = src.words[i] & dst.words[i] & l4.words[i];
+        if x != 0 {
+            return Some(i as u32 * 64 + trailing_zeros(x));
+        }
+        i += 1;
+    }
+    None
+}
+
+#[inline(always)]
+fn v6_key(generation: u8, addr: &[u8; 16]) -> Ip6Key {
+    let mut key = [0u8; 17];
+    key[0] = generation;
+    key[1..].copy_from_slice(addr);
+    key
+}
+
+/// Index of the lowest set bit of a non-zero word. BPF has no ctz
+/// instruction; this is six branches instead of a table in .rodata.
+#[inline(always)]
+fn trailing_zeros(mut x: u64) -> u32 {
+    let mut n = 0;
+    if x & 0xffff_ffff == 0 {
+        n += 32;
+        x >>= 32;
+    }
+    if x & 0xffff == 0 {
+        n += 16;
+        x >>= 16;
+    }
+    if x & 0xff == 0 {
+        n += 8;
+        x >>= 8;
+    }
+    if x & 0xf == 0 {
+        n += 4;
+        x >>= 4;
+    }
+    if x & 0x3 == 0 {
+        n += 2;
+        x >>= 2;
+    }
+    if x & 0x1 == 0 {
+        n += 1;
+    }
+    n
+}
+
+/// Charges the packet to its channel's buckets and counts the outcome.
+#[inline(always)]
+fn enforce(frame: &Frame, slot: u32, global: &mut GlobalCounters) -> Verdict {
+    let (Some(policy), Some(bucket), Some(counters)) = (
+        TC_POLICIES.get(slot),
+        TC_BUCKETS.get_ptr_mut(slot),
+        TC_COUNTERS.get_ptr_mut(slot),
+    ) else {
+        global.fail_open_pkts += 1;
+        return Verdict::Pass;
+    };
+    if policy.active == 0 {
+        global.fail_open_pkts += 1;
+        return Verdict::Pass;
+    }
+    // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+    let counters = unsafe { &mut *counters };
+    counters.matched_pkts += frame.segs;
+    counters.matched_bytes += frame.len;
+
+    let outcome = if policy.byte_cost_q16 == 0 && policy.pkt_cost_q16 == 0 {
+        Conformance::Conform
+    } else {
+        // SAFETY: bpf_ktime_get_ns has no preconditions.
+        let now = unsafe { bpf_ktime_get_ns() };
+        // SAFETY: the bucket pointer comes from an array lookup and stays valid
+        // for this run; all writers go through compare-and-swap.
+        unsafe { conform(bucket as *mut BucketState, policy, now, frame.len, frame.segs) }
+    };
+
+    match outcome {
+        Conformance::Conform => {}
+        Conformance::Contended => global.contended_pkts += 1,
+        Conformance::Exceed if policy.mode == MODE_MONITOR => {
+            counters.would_drop_pkts += frame.segs;
+            counters.would_drop_bytes += frame.len;
+        }
+        Conformance::Exceed => {
+            counters.dropped_pkts += frame.segs;
+            counters.dropped_bytes += frame.len;
+            return Verdict::Drop;
+        }
+    }
+    counters.passed_pkts += frame.segs;
+    counters.passed_bytes += frame.len;
+    Verdict::Pass
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
