@@ -1,1 +1,328 @@
+//! The eBPF side as the agent sees it: load the embedded object, pin its
+//! maps, write policies into them atomically and read the counters back.
 
+pub mod attach;
+pub mod sys;
+
+use std::{
+    borrow::Cow,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{lpm_trie::Key, Array, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues},
+    programs::{ProgramError, SchedClassifier, Xdp},
+    Ebpf, EbpfLoader,
+};
+use tc_common::{
+    BucketState, ChannelCounters, ChannelPolicy, ChannelSet, Config, GlobalCounters, BUCKETS,
+    CHANNEL_SLOTS, CONFIG, COUNTERS, DST_V4, DST_V6, GEN_BITS, GLOBAL, L4, MAP_NAMES,
+    MAX_CHANNELS, POLICIES, SRC_V4, SRC_V6,
+};
+
+use crate::policy::compile::{AddrEntry, Compiled};
+
+/// The datapath object, built by `build.rs` from `tc-ebpf`.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("TC_EBPF_OBJ"));
+
+/// Layout version of the pinned maps. Bump it whenever a shared type in
+/// `tc-common` changes, so a new agent never reuses maps of another layout.
+pub const MAPS_LAYOUT: &str = "maps-v1";
+
+/// tc programs in the object.
+pub const TC_INGRESS: &str = "tc_ingress";
+pub const TC_EGRESS: &str = "tc_egress";
+pub const TC_PASS: &str = "tc_pass";
+/// XDP programs in the object.
+pub const XDP_INGRESS: &str = "xdp_ingress";
+pub const XDP_PASS: &str = "xdp_pass";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("the kernel refused the eBPF object: {0}\n  (tc-agent needs Linux 5.12+ with BPF atomics, BTF and CAP_BPF/CAP_NET_ADMIN)")]
+    Load(#[from] aya::EbpfError),
+    #[error("eBPF program `{name}`: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("eBPF map `{name}`: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("{0}")]
+    Setup(String),
+}
+
+fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DatapathError {
+    move |source| DatapathError::Map { name, source }
+}
+
+/// Summed counters of one channel slot.
+pub type Counters = ChannelCounters;
+
+/// The loaded object and its maps.
+pub struct Datapath {
+    /// Programs and maps; the programs stay loaded while this lives.
+    pub ebpf: Ebpf,
+    /// Where the maps are pinned, if they are (`None` in unit-style tests).
+    pub pin_dir: Option<PathBuf>,
+}
+
+impl Datapath {
+    /// Loads the object and every program in it. With `pin_dir`, maps are
+    /// pinned under `pin_dir/maps-v1/` and reused if already there, so
+    /// counters, buckets and the live policy survive an agent restart.
+    pub fn load(pin_dir: Option<&Path>) -> Result<Self, DatapathError> {
+        let mut loader = EbpfLoader::new();
+        if let Some(dir) = pin_dir {
+            let maps = dir.join(MAPS_LAYOUT);
+            std::fs::create_dir_all(&maps).map_err(|e| {
+                DatapathError::Setup(format!("cannot create pin directory {}: {e}", maps.display()))
+            })?;
+            for name in MAP_NAMES {
+                loader.map_pin_path(name, Cow::Owned(maps.join(name)));
+            }
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT)?;
+        for name in [TC_INGRESS, TC_EGRESS, TC_PASS] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or_else(|| DatapathError::Setup(format!("program {name} missing from object")))?
+                .try_into()
+                .map_err(|source| DatapathError::Program { name, source })?;
+            prog.load().map_err(|source| DatapathError::Program { name, source })?;
+        }
+        for name in [XDP_INGRESS, XDP_PASS] {
+            let prog: &mut Xdp = ebpf
+                .program_mut(name)
+                .ok_or_else(|| DatapathError::Setup(format!("program {name} missing from object")))?
+                .try_into()
+                .map_err(|source| DatapathError::Program { name, source })?;
+            prog.load().map_err(|source| DatapathError::Program { name, source })?;
+        }
+        Ok(Self {
+            ebpf,
+            pin_dir: pin_dir.map(Path::to_path_buf),
+        })
+    }
+
+    fn array<T: aya::Pod>(&mut self, name: &'static str) -> Result<Array<&mut MapData, T>, DatapathError> {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or_else(|| DatapathError::Setup(format!("map {name} missing from object")))?;
+        Array::try_from(map).map_err(map_err(name))
+    }
+
+    fn percpu<T: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<PerCpuArray<&mut MapData, T>, DatapathError> {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or_else(|| DatapathError::Setup(format!("map {name} missing from object")))?;
+        PerCpuArray::try_from(map).map_err(map_err(name))
+    }
+
+    fn trie<K: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<LpmTrie<&mut MapData, K, ChannelSet>, DatapathError> {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or_else(|| DatapathError::Setup(format!("map {name} missing from object")))?;
+        LpmTrie::try_from(map).map_err(map_err(name))
+    }
+
+    /// The datapath's node-wide settings (live generation).
+    pub fn config(&mut self) -> Result<Config, DatapathError> {
+        self.array::<Config>(CONFIG)?.get(&0, 0).map_err(map_err(CONFIG))
+    }
+
+    /// Writes `compiled` under the inactive generation, then makes it live
+    /// with one write of the generation index. If anything fails before that
+    /// write, the live policy is untouched. `carry[i] = Some(old_slot)` copies
+    /// the token-bucket state of an unchanged channel, so a re-apply does not
+    /// hand out a fresh burst.
+    ///
+    /// Returns the new generation.
+    pub fn apply(&mut self, compiled: &Compiled, carry: &[Option<u32>]) -> Result<u32, DatapathError> {
+        let live = self.config()?;
+        let next = live.generation ^ 1;
+        self.purge(next)?;
+        let g = next as u8;
+
+        write_addr(&mut self.trie::<[u8; 5]>(SRC_V4)?, SRC_V4, g, &compiled.src_v4)?;
+        write_addr(&mut self.trie::<[u8; 5]>(DST_V4)?, DST_V4, g, &compiled.dst_v4)?;
+        write_addr(&mut self.trie::<[u8; 17]>(SRC_V6)?, SRC_V6, g, &compiled.src_v6)?;
+        write_addr(&mut self.trie::<[u8; 17]>(DST_V6)?, DST_V6, g, &compiled.dst_v6)?;
+        {
+            let mut l4 = self.trie::<[u8; 5]>(L4)?;
+            for e in &compiled.l4 {
+                let [a, b, c, d] = e.data;
+                l4.insert(&Key::new(GEN_BITS + e.bits, [g, a, b, c, d]), e.set, 0)
+                    .map_err(map_err(L4))?;
+            }
+        }
+        let base = next * MAX_CHANNELS;
+        let ncpus = aya::util::nr_cpus().map_err(|(_, e)| DatapathError::Setup(format!("cannot count CPUs: {e}")))?;
+        {
+            let mut buckets = self.array::<BucketState>(BUCKETS)?;
+            for (i, c) in carry.iter().enumerate() {
+                let state = match c {
+                    Some(old) => buckets.get(old, 0).map_err(map_err(BUCKETS))?,
+                    None => BucketState::default(),
+                };
+                buckets.set(base + i as u32, state, 0).map_err(map_err(BUCKETS))?;
+            }
+        }
+        {
+            let mut counters = self.percpu::<ChannelCounters>(COUNTERS)?;
+            for i in 0..compiled.policies.len() as u32 {
+                let zero = PerCpuValues::try_from(vec![ChannelCounters::default(); ncpus])
+                    .map_err(|e| DatapathError::Setup(format!("per-CPU values: {e}")))?;
+                counters.set(base + i, zero, 0).map_err(map_err(COUNTERS))?;
+            }
+        }
+        {
+            let mut policies = self.array::<ChannelPolicy>(POLICIES)?;
+            for (i, p) in compiled.policies.iter().enumerate() {
+                policies.set(base + i as u32, *p, 0).map_err(map_err(POLICIES))?;
+            }
+        }
+        // The switch: one 8-byte array write, atomic for every reader.
+        self.array::<Config>(CONFIG)?
+            .set(
+                0,
+                Config {
+                    generation: next,
+                    words: compiled.words,
+                },
+                0,
+            )
+            .map_err(map_err(CONFIG))?;
+        Ok(next)
+    }
+
+    /// Removes every entry of generation `generation` from the tries and
+    /// deactivates its policy slots.
+    fn purge(&mut self, generation: u32) -> Result<(), DatapathError> {
+        let g = generation as u8;
+        purge_trie(&mut self.trie::<[u8; 5]>(SRC_V4)?, SRC_V4, g)?;
+        purge_trie(&mut self.trie::<[u8; 5]>(DST_V4)?, DST_V4, g)?;
+        purge_trie(&mut self.trie::<[u8; 17]>(SRC_V6)?, SRC_V6, g)?;
+        purge_trie(&mut self.trie::<[u8; 17]>(DST_V6)?, DST_V6, g)?;
+        purge_trie(&mut self.trie::<[u8; 5]>(L4)?, L4, g)?;
+        let mut policies = self.array::<ChannelPolicy>(POLICIES)?;
+        let base = generation * MAX_CHANNELS;
+        for i in base..base + MAX_CHANNELS {
+            if policies.get(&i, 0).map_err(map_err(POLICIES))?.active != 0 {
+                policies.set(i, ChannelPolicy::default(), 0).map_err(map_err(POLICIES))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Counters of `count` channel slots of `generation`, summed over CPUs.
+    pub fn channel_counters(&mut self, generation: u32, count: usize) -> Result<Vec<Counters>, DatapathError> {
+        let counters = self.percpu::<ChannelCounters>(COUNTERS)?;
+        let base = generation * MAX_CHANNELS;
+        (0..count as u32)
+            .map(|i| {
+                let per_cpu = counters.get(&(base + i), 0).map_err(map_err(COUNTERS))?;
+                Ok(per_cpu.iter().fold(Counters::default(), |mut acc, c| {
+                    acc.matched_pkts += c.matched_pkts;
+                    acc.matched_bytes += c.matched_bytes;
+                    acc.passed_pkts += c.passed_pkts;
+                    acc.passed_bytes += c.passed_bytes;
+                    acc.dropped_pkts += c.dropped_pkts;
+                    acc.dropped_bytes += c.dropped_bytes;
+                    acc.would_drop_pkts += c.would_drop_pkts;
+                    acc.would_drop_bytes += c.would_drop_bytes;
+                    acc
+                }))
+            })
+            .collect()
+    }
+
+    /// Node-wide counters, summed over CPUs.
+    pub fn global_counters(&mut self) -> Result<GlobalCounters, DatapathError> {
+        let per_cpu = self.percpu::<GlobalCounters>(GLOBAL)?.get(&0, 0).map_err(map_err(GLOBAL))?;
+        Ok(per_cpu.iter().fold(GlobalCounters::default(), |mut a, c| {
+            a.seen_pkts += c.seen_pkts;
+            a.seen_bytes += c.seen_bytes;
+            a.unclassified_pkts += c.unclassified_pkts;
+            a.unclassified_bytes += c.unclassified_bytes;
+            a.non_ip_pkts += c.non_ip_pkts;
+            a.malformed_pkts += c.malformed_pkts;
+            a.fragment_pkts += c.fragment_pkts;
+            a.fail_open_pkts += c.fail_open_pkts;
+            a.contended_pkts += c.contended_pkts;
+            a
+        }))
+    }
+
+    /// Slot index of channel `i` in `generation`.
+    pub fn slot(generation: u32, i: usize) -> u32 {
+        debug_assert!((generation * MAX_CHANNELS + i as u32) < CHANNEL_SLOTS);
+        generation * MAX_CHANNELS + i as u32
+    }
+
+    /// Removes the pinned maps: the next agent starts from empty state.
+    pub fn unpin_maps(&mut self) {
+        if let Some(dir) = &self.pin_dir {
+            let maps = dir.join(MAPS_LAYOUT);
+            for name in MAP_NAMES {
+                let _ = std::fs::remove_file(maps.join(name));
+            }
+            let _ = std::fs::remove_dir(&maps);
+        }
+    }
+}
+
+/// Inserts address entries under generation `g`: key data is the
+/// generation byte followed by the address (`K == A + 1`).
+fn write_addr<const A: usize, const K: usize>(
+    trie: &mut LpmTrie<&mut MapData, [u8; K], ChannelSet>,
+    name: &'static str,
+    g: u8,
+    entries: &[AddrEntry<A>],
+) -> Result<(), DatapathError>
+where
+    [u8; K]: aya::Pod,
+{
+    const { assert!(K == A + 1) };
+    for e in entries {
+        let mut data = [0u8; K];
+        data[0] = g;
+        data[1..].copy_from_slice(&e.addr);
+        trie.insert(&Key::new(GEN_BITS + e.len as u32, data), e.set, 0)
+            .map_err(map_err(name))?;
+    }
+    Ok(())
+}
+
+fn purge_trie<const N: usize>(
+    trie: &mut LpmTrie<&mut MapData, [u8; N], ChannelSet>,
+    name: &'static str,
+    g: u8,
+) -> Result<(), DatapathError>
+where
+    [u8; N]: aya::Pod,
+{
+    let stale: Vec<Key<[u8; N]>> = trie
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| k.data()[0] == g)
+        .collect();
+    for k in stale {
+        trie.remove(&k).map_err(map_err(name))?;
+    }
+    Ok(())
+}

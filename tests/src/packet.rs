@@ -1,0 +1,99 @@
+//! Crafted frames for BPF_PROG_TEST_RUN. Checksums are left zero: the
+//! datapath never reads them.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+pub const TCP: u8 = 6;
+pub const UDP: u8 = 17;
+pub const ICMP: u8 = 1;
+pub const ICMPV6: u8 = 58;
+
+fn eth(ethertype: u16) -> Vec<u8> {
+    let mut f = vec![0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1];
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f
+}
+
+/// L4 header: TCP (20 bytes) or UDP (8 bytes) with the given destination
+/// port, or an 8-byte ICMP echo header.
+fn l4(proto: u8, dport: u16) -> Vec<u8> {
+    match proto {
+        TCP => {
+            let mut h = vec![0u8; 20];
+            h[0..2].copy_from_slice(&40000u16.to_be_bytes());
+            h[2..4].copy_from_slice(&dport.to_be_bytes());
+            h[12] = 5 << 4;
+            h
+        }
+        UDP => {
+            let mut h = vec![0u8; 8];
+            h[0..2].copy_from_slice(&40000u16.to_be_bytes());
+            h[2..4].copy_from_slice(&dport.to_be_bytes());
+            h[4..6].copy_from_slice(&8u16.to_be_bytes());
+            h
+        }
+        _ => vec![8, 0, 0, 0, 0, 1, 0, 1],
+    }
+}
+
+/// An Ethernet + IPv4 frame with a TCP/UDP/ICMP header and `payload` bytes.
+pub fn ipv4(src: &str, dst: &str, proto: u8, dport: u16, payload: usize) -> Vec<u8> {
+    let src: Ipv4Addr = src.parse().expect("IPv4 source");
+    let dst: Ipv4Addr = dst.parse().expect("IPv4 destination");
+    let l4 = l4(proto, dport);
+    let total = 20 + l4.len() + payload;
+    let mut f = eth(0x0800);
+    f.extend_from_slice(&[0x45, 0]);
+    f.extend_from_slice(&(total as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 1, 0x40, 0, 64, proto, 0, 0]);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&dst.octets());
+    f.extend_from_slice(&l4);
+    f.resize(f.len() + payload, 0xab);
+    f
+}
+
+/// A non-first IPv4 fragment (offset 1480 bytes): no L4 header to read.
+pub fn ipv4_fragment(src: &str, dst: &str, proto: u8) -> Vec<u8> {
+    let mut f = ipv4(src, dst, proto, 0, 64);
+    let off = (1480u16 / 8).to_be_bytes();
+    f[14 + 6] = off[0];
+    f[14 + 7] = off[1];
+    f
+}
+
+/// An Ethernet + IPv6 frame with a TCP/UDP/ICMPv6 header.
+pub fn ipv6(src: &str, dst: &str, proto: u8, dport: u16, payload: usize) -> Vec<u8> {
+    let src: Ipv6Addr = src.parse().expect("IPv6 source");
+    let dst: Ipv6Addr = dst.parse().expect("IPv6 destination");
+    let l4 = l4(proto, dport);
+    let mut f = eth(0x86DD);
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&((l4.len() + payload) as u16).to_be_bytes());
+    f.extend_from_slice(&[proto, 64]);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&dst.octets());
+    f.extend_from_slice(&l4);
+    f.resize(f.len() + payload, 0xab);
+    f
+}
+
+/// IPv6 with a hop-by-hop options header before the L4 header.
+pub fn ipv6_hbh(src: &str, dst: &str, proto: u8, dport: u16) -> Vec<u8> {
+    let mut f = ipv6(src, dst, proto, dport, 0);
+    let l4 = f.split_off(14 + 40);
+    f[14 + 6] = 0; // next header: hop-by-hop
+    f.extend_from_slice(&[proto, 0, 1, 4, 0, 0, 0, 0]); // PadN
+    f.extend_from_slice(&l4);
+    let plen = (f.len() - 14 - 40) as u16;
+    f[14 + 4..14 + 6].copy_from_slice(&plen.to_be_bytes());
+    f
+}
+
+/// An ARP request: not IP.
+pub fn arp() -> Vec<u8> {
+    let mut f = eth(0x0806);
+    f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    f.resize(14 + 28, 0);
+    f
+}
