@@ -21,7 +21,10 @@ fn main() {
     for p in ["src", "Cargo.toml", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={}", ebpf_dir.join(p).display());
     }
-    println!("cargo:rerun-if-changed={}", manifest.join("../tc-common/src").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        manifest.join("../tc-common/src").display()
+    );
     println!("cargo:rerun-if-env-changed=TC_EBPF_RUSTC");
     println!("cargo:rerun-if-env-changed=TC_EBPF_OBJECT");
 
@@ -61,14 +64,24 @@ fn main() {
         cmd.env_remove(var);
     }
     for (k, _) in env::vars() {
-        if k.starts_with("CARGO_PROFILE_") || k.starts_with("CARGO_CFG_") || k.starts_with("CARGO_FEATURE_") {
+        if k.starts_with("CARGO_PROFILE_")
+            || k.starts_with("CARGO_CFG_")
+            || k.starts_with("CARGO_FEATURE_")
+        {
             cmd.env_remove(k);
         }
     }
     // BPF_ATOMIC_CMPXCHG and fetch-and-add with a result need the v3 ISA (kernel 5.12+).
     cmd.env("CARGO_ENCODED_RUSTFLAGS", "-C\x1ftarget-cpu=v3")
         .current_dir(&ebpf_dir)
-        .args(["build", "--release", "--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+        ])
         .arg("--target-dir")
         .arg(&target_dir);
     let status = cmd.status().unwrap_or_else(|e| {

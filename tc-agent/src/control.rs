@@ -1,1 +1,203 @@
+//! The control socket: one JSON request per connection, one JSON response.
+//!
+//! The socket (`/run/tc-agent/agent.sock` by default) is mode 0600 in a 0700
+//! directory: only root may drive the agent.
 
+use std::{
+    io::{BufRead, BufReader, Write},
+    os::unix::net::UnixStream,
+    path::Path,
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use tc_common::ChannelCounters;
+
+use crate::{
+    datapath::attach::{HookKind, Mechanism},
+    policy::{Direction, Limit, Mode, Protocol},
+};
+
+/// Default control socket.
+pub const DEFAULT_SOCKET: &str = "/run/tc-agent/agent.sock";
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "kebab-case")]
+pub enum Request {
+    /// Validate and apply a policy atomically.
+    Apply {
+        /// The file name, for diagnostics.
+        file: String,
+        /// The file's contents: the agent never reads files the client names.
+        text: String,
+    },
+    /// Per-channel counters and rates.
+    Channels,
+    /// Interfaces, hooks, kernel features, generation, uptime.
+    Status,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    /// What went wrong, when `ok` is false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The report, when `ok` is true.
+    #[serde(default)]
+    pub data: serde_json::Value,
+}
+
+/// What an apply changed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApplyReport {
+    /// The generation now live.
+    pub generation: u32,
+    pub channels: usize,
+    /// Channel names new in this policy.
+    pub added: Vec<String>,
+    /// Channel names gone from the policy.
+    pub removed: Vec<String>,
+    /// Channels whose match or limits changed.
+    pub changed: Vec<String>,
+    pub unchanged: Vec<String>,
+    /// Non-fatal findings (e.g. shadowed channels).
+    pub warnings: Vec<String>,
+    /// Trie entries written.
+    pub table_entries: usize,
+    /// Time from request to the generation switch.
+    pub took_ms: f64,
+}
+
+/// Rates between the last two samples of the agent's history.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct Rates {
+    pub passed_bps: f64,
+    pub passed_pps: f64,
+    pub dropped_bps: f64,
+    pub dropped_pps: f64,
+    pub would_drop_bps: f64,
+}
+
+/// Counters summed over CPUs and over generations.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Totals {
+    pub matched_pkts: u64,
+    pub matched_bytes: u64,
+    pub passed_pkts: u64,
+    pub passed_bytes: u64,
+    pub dropped_pkts: u64,
+    pub dropped_bytes: u64,
+    pub would_drop_pkts: u64,
+    pub would_drop_bytes: u64,
+}
+
+impl Totals {
+    pub fn add(&mut self, c: &ChannelCounters) {
+        self.matched_pkts += c.matched_pkts;
+        self.matched_bytes += c.matched_bytes;
+        self.passed_pkts += c.passed_pkts;
+        self.passed_bytes += c.passed_bytes;
+        self.dropped_pkts += c.dropped_pkts;
+        self.dropped_bytes += c.dropped_bytes;
+        self.would_drop_pkts += c.would_drop_pkts;
+        self.would_drop_bytes += c.would_drop_bytes;
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChannelRow {
+    pub name: String,
+    pub direction: Direction,
+    pub protocol: Protocol,
+    pub mode: Mode,
+    pub limit: Limit,
+    pub totals: Totals,
+    pub rates: Rates,
+}
+
+/// Node-wide counters.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct NodeCounters {
+    pub seen_pkts: u64,
+    pub seen_bytes: u64,
+    pub unclassified_pkts: u64,
+    pub unclassified_bytes: u64,
+    pub non_ip_pkts: u64,
+    pub malformed_pkts: u64,
+    pub fragment_pkts: u64,
+    pub fail_open_pkts: u64,
+    pub contended_pkts: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChannelsReport {
+    pub generation: u32,
+    /// Seconds between the samples the rates come from (0 before two samples exist).
+    pub rate_window_s: f64,
+    pub channels: Vec<ChannelRow>,
+    pub node: NodeCounters,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HookRow {
+    pub iface: String,
+    pub hook: HookKind,
+    pub mechanism: Mechanism,
+    /// Taken over from a previous agent without a gap.
+    pub replaced: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Features {
+    /// TCX links (Linux 6.6+); otherwise clsact via netlink.
+    pub tcx: bool,
+    /// Kernel BTF at /sys/kernel/btf/vmlinux.
+    pub btf: bool,
+    /// Delay (EDT with fq) is not in this release.
+    pub delay: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub pid: u32,
+    pub uptime_s: u64,
+    pub kernel: String,
+    pub features: Features,
+    pub hooks: Vec<HookRow>,
+    pub generation: u32,
+    pub channels: usize,
+    /// The file the live policy came from, if any.
+    pub policy_file: Option<String>,
+    pub pin_dir: String,
+    pub socket: String,
+}
+
+/// Sends one request and returns the response's data, or its error.
+pub fn request(socket: &Path, req: &Request) -> Result<serde_json::Value> {
+    let mut stream = UnixStream::connect(socket).with_context(|| {
+        format!(
+            "cannot reach the agent at {}; is `tc-agent run` running (and are you root)? Use --socket for another agent",
+            socket.display()
+        )
+    })?;
+    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
+    let mut line = serde_json::to_vec(req)?;
+    line.push(b'\n');
+    stream.write_all(&line)?;
+    let mut reply = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut reply)
+        .context("reading the agent's reply")?;
+    let resp: Response =
+        serde_json::from_str(&reply).context("the agent's reply is not valid JSON")?;
+    if !resp.ok {
+        bail!(
+            "{}",
+            resp.error
+                .unwrap_or_else(|| "the agent reported an error".into())
+        );
+    }
+    Ok(resp.data)
+}

@@ -25,8 +25,8 @@ use aya_ebpf::{
 };
 use tc_common::{
     BucketState, ChannelCounters, ChannelPolicy, ChannelSet, Config, GlobalCounters, Ip4Key,
-    Ip6Key, L4Key, CHANNEL_SLOTS, CHANNEL_WORDS, DIR_EGRESS, DIR_INGRESS, GEN_BITS,
-    L4_PORT_BITS, L4_PROTO_BITS, MAX_CHANNELS, MAX_L4_ENTRIES, MAX_PREFIXES, MODE_MONITOR,
+    Ip6Key, L4Key, CHANNEL_SLOTS, CHANNEL_WORDS, DIR_EGRESS, DIR_INGRESS, GEN_BITS, MAX_CHANNELS,
+    MAX_L4_ENTRIES, MAX_PREFIXES, MODE_MONITOR,
 };
 
 use crate::{
@@ -120,7 +120,9 @@ fn tc_verdict(ctx: &TcContext, dir: u8) -> i32 {
     let len = ctx.len();
     // Headers of locally generated or GRO'd packets can sit outside the linear
     // area; pull them in once so direct packet access sees them.
-    if ((ctx.data_end() - ctx.data()) as u32) < len && ((ctx.data_end() - ctx.data()) as u32) < PULL_LEN {
+    if ((ctx.data_end() - ctx.data()) as u32) < len
+        && ((ctx.data_end() - ctx.data()) as u32) < PULL_LEN
+    {
         let want = if len < PULL_LEN { len } else { PULL_LEN };
         let _ = ctx.pull_data(want);
     }
@@ -201,12 +203,11 @@ fn classify(generation: u8, words: u32, dir: u8, p: &Parsed) -> Option<u32> {
     };
     // Port-less packets look up with a prefix that stops at the protocol, so
     // they can only hit protocol-wide entries, never a port range.
-    let (bits, port) = match p.dport {
-        Some(port) => (L4_PORT_BITS, port),
-        None => (L4_PROTO_BITS, 0),
-    };
-    let port = port.to_be_bytes();
-    let l4 = TC_L4.get(Key::new(bits, [generation, dir, p.proto, port[0], port[1]]))?;
+    let port = p.dport.to_be_bytes();
+    let l4 = TC_L4.get(Key::new(
+        p.l4_bits,
+        [generation, dir, p.proto, port[0], port[1]],
+    ))?;
 
     let mut i = 0;
     while i < CHANNEL_WORDS {
@@ -288,7 +289,16 @@ fn enforce(frame: &Frame, slot: u32, global: &mut GlobalCounters) -> Verdict {
         let now = unsafe { bpf_ktime_get_ns() };
         // SAFETY: the bucket pointer comes from an array lookup and stays valid
         // for this run; all writers go through compare-and-swap.
-        unsafe { conform(bucket as *mut BucketState, policy, now, frame.len, frame.segs) }
+        unsafe {
+            conform(
+                bucket as *mut BucketState,
+                policy,
+                now,
+                frame.len,
+                frame.segs,
+                policy.mode != MODE_MONITOR,
+            )
+        }
     };
 
     match outcome {

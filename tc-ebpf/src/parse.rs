@@ -3,6 +3,8 @@
 
 use core::mem::size_of;
 
+use tc_common::{L4_PORT_BITS, L4_PROTO_BITS};
+
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
@@ -17,7 +19,7 @@ const IPV6_FRAGMENT: u8 = 44;
 const IPV6_AH: u8 = 51;
 const IPV6_DSTOPTS: u8 = 60;
 /// Extension headers walked before giving up and classifying without ports.
-const IPV6_MAX_EXT: usize = 3;
+const IPV6_MAX_EXT: usize = 4;
 
 /// Why a frame is not classified.
 pub enum Skip {
@@ -38,8 +40,14 @@ pub struct Parsed {
     pub addrs: Addrs,
     /// IP protocol (IPv4) or the upper-layer next header (IPv6).
     pub proto: u8,
-    /// Destination port; `None` for port-less protocols and non-first fragments.
-    pub dport: Option<u16>,
+    /// L4 prefix bits to look up: `L4_PORT_BITS` with a port, `L4_PROTO_BITS`
+    /// for port-less protocols and non-first fragments. (A plain integer,
+    /// not an `Option`: LLVM fills the payload of a `None` with whatever
+    /// register is handy, a packet pointer included, and the verifier then
+    /// rejects the program for arithmetic on it.)
+    pub l4_bits: u32,
+    /// Destination port, 0 when there is none.
+    pub dport: u16,
     /// A non-first fragment: it carries no L4 header.
     pub fragment: bool,
 }
@@ -106,14 +114,16 @@ fn parse_v4(start: usize, end: usize, l3: usize) -> Result<Parsed, Skip> {
         return Ok(Parsed {
             addrs,
             proto,
-            dport: None,
+            l4_bits: L4_PROTO_BITS,
+            dport: 0,
             fragment: true,
         });
     }
-    let dport = l4_dport(start, end, l3 + ihl, proto)?;
+    let (l4_bits, dport) = l4_dport(start, end, l3 + ihl, proto)?;
     Ok(Parsed {
         addrs,
         proto,
+        l4_bits,
         dport,
         fragment: false,
     })
@@ -148,35 +158,32 @@ fn parse_v6(start: usize, end: usize, l3: usize) -> Result<Parsed, Skip> {
             }
             IPV6_FRAGMENT => {
                 let h = bytes_at::<4>(start, end, off)?;
-                let frag_off = u16::from_be_bytes([h[2], h[3]]) & 0xfff8;
                 next = h[0];
                 off += 8;
-                if frag_off != 0 {
+                if u16::from_be_bytes([h[2], h[3]]) & 0xfff8 != 0 {
                     return Ok(Parsed {
                         addrs,
                         proto: next,
-                        dport: None,
+                        l4_bits: L4_PROTO_BITS,
+                        dport: 0,
                         fragment: true,
                     });
                 }
             }
-            _ => {
-                let dport = l4_dport(start, end, off, next)?;
-                return Ok(Parsed {
-                    addrs,
-                    proto: next,
-                    dport,
-                    fragment: false,
-                });
-            }
+            _ => break,
         }
     }
-    // Deeper extension chains than we walk: classify on addresses and the
-    // last header seen, without ports.
+    // A chain deeper than we walk: classify on addresses and the last
+    // header seen, without ports.
+    let (l4_bits, dport) = match next {
+        IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS | IPV6_AH | IPV6_FRAGMENT => (L4_PROTO_BITS, 0),
+        _ => l4_dport(start, end, off, next)?,
+    };
     Ok(Parsed {
         addrs,
         proto: next,
-        dport: None,
+        l4_bits,
+        dport,
         fragment: false,
     })
 }
@@ -184,16 +191,16 @@ fn parse_v6(start: usize, end: usize, l3: usize) -> Result<Parsed, Skip> {
 /// Destination port of a TCP or UDP header at `l4`; the whole fixed header
 /// must be present, or the packet is malformed.
 #[inline(always)]
-fn l4_dport(start: usize, end: usize, l4: usize, proto: u8) -> Result<Option<u16>, Skip> {
+fn l4_dport(start: usize, end: usize, l4: usize, proto: u8) -> Result<(u32, u16), Skip> {
     match proto {
         IPPROTO_TCP => {
             let h = bytes_at::<20>(start, end, l4)?;
-            Ok(Some(u16::from_be_bytes([h[2], h[3]])))
+            Ok((L4_PORT_BITS, u16::from_be_bytes([h[2], h[3]])))
         }
         IPPROTO_UDP => {
             let h = bytes_at::<8>(start, end, l4)?;
-            Ok(Some(u16::from_be_bytes([h[2], h[3]])))
+            Ok((L4_PORT_BITS, u16::from_be_bytes([h[2], h[3]])))
         }
-        _ => Ok(None),
+        _ => Ok((L4_PROTO_BITS, 0)),
     }
 }

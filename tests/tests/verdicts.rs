@@ -52,9 +52,15 @@ impl Fixture {
         let policy = Policy::parse(policy, "test.yaml").expect("valid policy");
         let compiled = compile(&policy).expect("compiles");
         let mut dp = Datapath::load(None).expect("eBPF object loads and passes the verifier");
-        let generation = dp.apply(&compiled, &vec![None; policy.channels.len()]).expect("applies");
+        let generation = dp
+            .apply(&compiled, &vec![None; policy.channels.len()])
+            .expect("applies");
         let names = policy.channels.iter().map(|c| c.name.clone()).collect();
-        Self { dp, generation, names }
+        Self {
+            dp,
+            generation,
+            names,
+        }
     }
 
     fn run_tc(&self, prog: &str, frame: &[u8], repeat: u32) -> u32 {
@@ -70,7 +76,13 @@ impl Fixture {
     }
 
     fn run_xdp(&self, frame: &[u8], repeat: u32) -> u32 {
-        let p: &Xdp = self.dp.ebpf.program(XDP_INGRESS).unwrap().try_into().unwrap();
+        let p: &Xdp = self
+            .dp
+            .ebpf
+            .program(XDP_INGRESS)
+            .unwrap()
+            .try_into()
+            .unwrap();
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);
         opts.repeat = repeat;
@@ -79,7 +91,9 @@ impl Fixture {
 
     fn counters(&mut self, name: &str) -> ChannelCounters {
         let i = self.names.iter().position(|n| n == name).unwrap();
-        self.dp.channel_counters(self.generation, self.names.len()).unwrap()[i]
+        self.dp
+            .channel_counters(self.generation, self.names.len())
+            .unwrap()[i]
     }
 
     fn global(&mut self) -> GlobalCounters {
@@ -103,7 +117,10 @@ fn tcp_to_port_range_matches_first_channel_v4_and_v6() {
     assert_eq!(c.passed_pkts, 4);
     assert_eq!(c.dropped_pkts, 0);
     // Outside the port range: the next matching channel, web-any.
-    assert_eq!(f.ingress(&packet::ipv4("198.18.1.5", "198.18.2.10", TCP, 8101, 0)), PASS);
+    assert_eq!(
+        f.ingress(&packet::ipv4("198.18.1.5", "198.18.2.10", TCP, 8101, 0)),
+        PASS
+    );
     assert_eq!(f.counters("web-any").matched_pkts, 1);
     assert_eq!(f.counters("web-to-db").matched_pkts, 4);
 }
@@ -137,8 +154,20 @@ fn monitor_mode_counts_would_drops_and_drops_nothing() {
 #[test]
 fn icmp_matches_on_both_families() {
     let mut f = Fixture::new(POLICY);
-    assert_eq!(f.ingress(&packet::ipv4("198.19.0.1", "198.19.0.2", ICMP, 0, 56)), PASS);
-    assert_eq!(f.ingress(&packet::ipv6("2001:db8:5::1", "2001:db8:5::2", ICMPV6, 0, 56)), PASS);
+    assert_eq!(
+        f.ingress(&packet::ipv4("198.19.0.1", "198.19.0.2", ICMP, 0, 56)),
+        PASS
+    );
+    assert_eq!(
+        f.ingress(&packet::ipv6(
+            "2001:db8:5::1",
+            "2001:db8:5::2",
+            ICMPV6,
+            0,
+            56
+        )),
+        PASS
+    );
     assert_eq!(f.counters("icmp").matched_pkts, 2);
 }
 
@@ -181,7 +210,10 @@ fn non_first_fragments_match_without_ports() {
     let mut f = Fixture::new(POLICY);
     // A TCP fragment from web to db cannot match the port-restricted channel;
     // it falls through to web-any, and the fragment counter says so.
-    assert_eq!(f.ingress(&packet::ipv4_fragment("198.18.1.5", "198.18.2.10", TCP)), PASS);
+    assert_eq!(
+        f.ingress(&packet::ipv4_fragment("198.18.1.5", "198.18.2.10", TCP)),
+        PASS
+    );
     assert_eq!(f.counters("web-to-db").matched_pkts, 0);
     assert_eq!(f.counters("web-any").matched_pkts, 1);
     assert_eq!(f.global().fragment_pkts, 1);
@@ -201,14 +233,16 @@ fn xdp_shares_the_classifier_and_buckets() {
 #[test]
 fn bandwidth_limit_charges_bytes() {
     // 8 Mbit/s = 1 byte/us; burst 64 KiB: 65536 / 1000 = 65 frames of 1000 bytes.
-    let mut f = Fixture::new("channels:\n  - name: bw\n    limit: {bandwidth: 8Mbit, burst: 64KiB}\n");
+    let mut f =
+        Fixture::new("channels:\n  - name: bw\n    limit: {bandwidth: 8Mbit, burst: 64KiB}\n");
     let frame = packet::ipv4("198.18.1.5", "198.18.2.10", UDP, 9, 1000 - 42);
     assert_eq!(frame.len(), 1000);
     assert_eq!(f.run_tc(TC_INGRESS, &frame, 100), DROP);
     let c = f.counters("bw");
     assert_eq!(c.matched_pkts, 100);
-    // A few frames' worth may refill while the 100 runs execute.
-    assert!((65..=67).contains(&c.passed_pkts), "{c:?}");
+    // Never more than the burst (plus a few frames' refill while the 100
+    // runs execute); never less than half of it, where early drop starts.
+    assert!((32..=67).contains(&c.passed_pkts), "{c:?}");
     assert_eq!(c.passed_pkts + c.dropped_pkts, 100);
 }
 
@@ -227,7 +261,9 @@ fn policy_swap_is_a_new_generation() {
     assert_eq!(f.counters("open").matched_pkts, 10);
     // And back: the old generation's stale entries are purged first.
     let p = Policy::parse(POLICY, "t").unwrap();
-    let g2 = f.dp.apply(&compile(&p).unwrap(), &vec![None; p.channels.len()]).unwrap();
+    let g2 =
+        f.dp.apply(&compile(&p).unwrap(), &vec![None; p.channels.len()])
+            .unwrap();
     assert_eq!(g2, f.generation ^ 1);
     f.generation = g2;
     f.names = p.channels.iter().map(|c| c.name.clone()).collect();

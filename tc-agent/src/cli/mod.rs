@@ -1,1 +1,71 @@
+//! The command line: one module per subcommand.
 
+mod apply;
+mod channels;
+mod run;
+mod status;
+mod validate;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::control::DEFAULT_SOCKET;
+
+/// Kernel-level traffic controller: classify traffic into channels
+/// (sources x destinations x protocol x ports) with eBPF, and hold each
+/// channel to its bandwidth and packet-rate limits.
+///
+/// Start the agent on a node with `tc-agent run`, then drive it with
+/// `apply`, `channels` and `status`. `validate` checks a policy file offline.
+#[derive(Debug, Parser)]
+#[command(name = "tc-agent", version, propagate_version = true)]
+pub struct Cli {
+    /// Control socket of the agent to talk to (or to serve, for `run`).
+    #[arg(long, global = true, env = "TC_AGENT_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    Run(run::RunArgs),
+    Apply(apply::ApplyArgs),
+    Validate(validate::ValidateArgs),
+    Channels(channels::ChannelsArgs),
+    Status(status::StatusArgs),
+}
+
+/// How to print a report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Aligned tables for people.
+    #[default]
+    Text,
+    /// One JSON document, for scripts.
+    Json,
+}
+
+impl Cli {
+    /// Runs the chosen subcommand.
+    pub fn execute(self) -> Result<()> {
+        match self.command {
+            Command::Run(a) => run::execute(a, self.socket),
+            Command::Apply(a) => apply::execute(a, &self.socket),
+            Command::Validate(a) => validate::execute(a),
+            Command::Channels(a) => channels::execute(a, &self.socket),
+            Command::Status(a) => status::execute(a, &self.socket),
+        }
+    }
+}
+
+/// `--netns` must be entered before any thread starts; `main` asks this first.
+pub fn netns_of(cli: &Cli) -> Option<&str> {
+    match &cli.command {
+        Command::Run(a) => a.netns.as_deref(),
+        _ => None,
+    }
+}

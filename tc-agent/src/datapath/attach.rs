@@ -91,8 +91,16 @@ fn link_path(links_dir: &Path, iface: &str, kind: HookKind) -> PathBuf {
 /// Takes over a link pinned by a previous agent, if there is one.
 fn take_pinned(path: &Path) -> Result<Option<FdLink>> {
     match PinnedLink::from_pin(path) {
-        Ok(p) => Ok(Some(p.unpin().with_context(|| format!("unpinning {}", path.display()))?)),
-        Err(aya::programs::links::LinkError::SyscallError(e)) if e.io_error.kind() == io::ErrorKind::NotFound => Ok(None),
+        Ok(p) => {
+            Ok(Some(p.unpin().with_context(|| {
+                format!("unpinning {}", path.display())
+            })?))
+        }
+        Err(aya::programs::links::LinkError::SyscallError(e))
+            if e.io_error.kind() == io::ErrorKind::NotFound =>
+        {
+            Ok(None)
+        }
         Err(e) => Err(e).with_context(|| format!("opening pinned link {}", path.display())),
     }
 }
@@ -100,7 +108,8 @@ fn take_pinned(path: &Path) -> Result<Option<FdLink>> {
 /// Attaches `kind` to `iface`, pinning links under `links_dir`.
 pub fn attach(dp: &mut Datapath, iface: &str, kind: HookKind, links_dir: &Path) -> Result<Hook> {
     sys::ifindex(iface)?;
-    std::fs::create_dir_all(links_dir).with_context(|| format!("creating {}", links_dir.display()))?;
+    std::fs::create_dir_all(links_dir)
+        .with_context(|| format!("creating {}", links_dir.display()))?;
     let path = link_path(links_dir, iface, kind);
     match kind {
         HookKind::TcIngress | HookKind::TcEgress => attach_tc(dp, iface, kind, path),
@@ -131,8 +140,15 @@ fn attach_tc(dp: &mut Datapath, iface: &str, kind: HookKind, path: PathBuf) -> R
         let mut replaced = false;
         if prog.attach_with_options(iface, ty, opts()).is_err() {
             // Our filter from an agent that did not shut down cleanly: replace it.
-            let old = SchedClassifierLink::attached(iface, ty, NETLINK_PRIORITY, TcHandle::new(0, NETLINK_HANDLE), None)?;
-            old.detach().with_context(|| format!("removing the stale tc filter on {iface}"))?;
+            let old = SchedClassifierLink::attached(
+                iface,
+                ty,
+                NETLINK_PRIORITY,
+                TcHandle::new(0, NETLINK_HANDLE),
+                None,
+            )?;
+            old.detach()
+                .with_context(|| format!("removing the stale tc filter on {iface}"))?;
             prog.attach_with_options(iface, ty, opts())
                 .with_context(|| format!("attaching {name} to {iface} via netlink (clsact)"))?;
             replaced = true;
@@ -147,8 +163,13 @@ fn attach_tc(dp: &mut Datapath, iface: &str, kind: HookKind, path: PathBuf) -> R
     }
     let (id, replaced) = match take_pinned(&path)? {
         Some(fd) => {
-            let link = SchedClassifierLink::try_from(fd).context("pinned link is not a TCX link")?;
-            (prog.attach_to_link(link).with_context(|| format!("replacing the program on {iface}"))?, true)
+            let link =
+                SchedClassifierLink::try_from(fd).context("pinned link is not a TCX link")?;
+            (
+                prog.attach_to_link(link)
+                    .with_context(|| format!("replacing the program on {iface}"))?,
+                true,
+            )
         }
         None => {
             let (_, progs) = SchedClassifier::query_tcx(iface, ty).unwrap_or_default();
@@ -166,7 +187,9 @@ fn attach_tc(dp: &mut Datapath, iface: &str, kind: HookKind, path: PathBuf) -> R
         }
     };
     let fd: FdLink = prog.take_link(id)?.try_into()?;
-    let pinned = fd.pin(&path).with_context(|| format!("pinning link at {}", path.display()))?;
+    let pinned = fd
+        .pin(&path)
+        .with_context(|| format!("pinning link at {}", path.display()))?;
     Ok(Hook {
         iface: iface.into(),
         kind,
@@ -188,8 +211,9 @@ fn attach_xdp(dp: &mut Datapath, iface: &str, path: PathBuf) -> Result<Hook> {
             (prog.attach_to_link(link)?, true)
         }
         None => (
-            prog.attach(iface, XdpMode::Default)
-                .with_context(|| format!("attaching XDP to {iface} (is another XDP program attached?)"))?,
+            prog.attach(iface, XdpMode::Default).with_context(|| {
+                format!("attaching XDP to {iface} (is another XDP program attached?)")
+            })?,
             false,
         ),
     };
@@ -197,7 +221,9 @@ fn attach_xdp(dp: &mut Datapath, iface: &str, path: PathBuf) -> Result<Hook> {
         .take_link(id)?
         .try_into()
         .context("XDP links need Linux 5.9+")?;
-    let pinned = fd.pin(&path).with_context(|| format!("pinning link at {}", path.display()))?;
+    let pinned = fd
+        .pin(&path)
+        .with_context(|| format!("pinning link at {}", path.display()))?;
     Ok(Hook {
         iface: iface.into(),
         kind: HookKind::XdpIngress,

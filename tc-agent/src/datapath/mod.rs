@@ -16,8 +16,8 @@ use aya::{
 };
 use tc_common::{
     BucketState, ChannelCounters, ChannelPolicy, ChannelSet, Config, GlobalCounters, BUCKETS,
-    CHANNEL_SLOTS, CONFIG, COUNTERS, DST_V4, DST_V6, GEN_BITS, GLOBAL, L4, MAP_NAMES,
-    MAX_CHANNELS, POLICIES, SRC_V4, SRC_V6,
+    CHANNEL_SLOTS, CONFIG, COUNTERS, DST_V4, DST_V6, GEN_BITS, GLOBAL, L4, MAP_NAMES, MAX_CHANNELS,
+    POLICIES, SRC_V4, SRC_V6,
 };
 
 use crate::policy::compile::{AddrEntry, Compiled};
@@ -81,7 +81,10 @@ impl Datapath {
         if let Some(dir) = pin_dir {
             let maps = dir.join(MAPS_LAYOUT);
             std::fs::create_dir_all(&maps).map_err(|e| {
-                DatapathError::Setup(format!("cannot create pin directory {}: {e}", maps.display()))
+                DatapathError::Setup(format!(
+                    "cannot create pin directory {}: {e}",
+                    maps.display()
+                ))
             })?;
             for name in MAP_NAMES {
                 loader.map_pin_path(name, Cow::Owned(maps.join(name)));
@@ -94,7 +97,8 @@ impl Datapath {
                 .ok_or_else(|| DatapathError::Setup(format!("program {name} missing from object")))?
                 .try_into()
                 .map_err(|source| DatapathError::Program { name, source })?;
-            prog.load().map_err(|source| DatapathError::Program { name, source })?;
+            prog.load()
+                .map_err(|source| DatapathError::Program { name, source })?;
         }
         for name in [XDP_INGRESS, XDP_PASS] {
             let prog: &mut Xdp = ebpf
@@ -102,7 +106,8 @@ impl Datapath {
                 .ok_or_else(|| DatapathError::Setup(format!("program {name} missing from object")))?
                 .try_into()
                 .map_err(|source| DatapathError::Program { name, source })?;
-            prog.load().map_err(|source| DatapathError::Program { name, source })?;
+            prog.load()
+                .map_err(|source| DatapathError::Program { name, source })?;
         }
         Ok(Self {
             ebpf,
@@ -110,7 +115,10 @@ impl Datapath {
         })
     }
 
-    fn array<T: aya::Pod>(&mut self, name: &'static str) -> Result<Array<&mut MapData, T>, DatapathError> {
+    fn array<T: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<Array<&mut MapData, T>, DatapathError> {
         let map = self
             .ebpf
             .map_mut(name)
@@ -142,7 +150,9 @@ impl Datapath {
 
     /// The datapath's node-wide settings (live generation).
     pub fn config(&mut self) -> Result<Config, DatapathError> {
-        self.array::<Config>(CONFIG)?.get(&0, 0).map_err(map_err(CONFIG))
+        self.array::<Config>(CONFIG)?
+            .get(&0, 0)
+            .map_err(map_err(CONFIG))
     }
 
     /// Writes `compiled` under the inactive generation, then makes it live
@@ -152,16 +162,40 @@ impl Datapath {
     /// hand out a fresh burst.
     ///
     /// Returns the new generation.
-    pub fn apply(&mut self, compiled: &Compiled, carry: &[Option<u32>]) -> Result<u32, DatapathError> {
+    pub fn apply(
+        &mut self,
+        compiled: &Compiled,
+        carry: &[Option<u32>],
+    ) -> Result<u32, DatapathError> {
         let live = self.config()?;
         let next = live.generation ^ 1;
         self.purge(next)?;
         let g = next as u8;
 
-        write_addr(&mut self.trie::<[u8; 5]>(SRC_V4)?, SRC_V4, g, &compiled.src_v4)?;
-        write_addr(&mut self.trie::<[u8; 5]>(DST_V4)?, DST_V4, g, &compiled.dst_v4)?;
-        write_addr(&mut self.trie::<[u8; 17]>(SRC_V6)?, SRC_V6, g, &compiled.src_v6)?;
-        write_addr(&mut self.trie::<[u8; 17]>(DST_V6)?, DST_V6, g, &compiled.dst_v6)?;
+        write_addr(
+            &mut self.trie::<[u8; 5]>(SRC_V4)?,
+            SRC_V4,
+            g,
+            &compiled.src_v4,
+        )?;
+        write_addr(
+            &mut self.trie::<[u8; 5]>(DST_V4)?,
+            DST_V4,
+            g,
+            &compiled.dst_v4,
+        )?;
+        write_addr(
+            &mut self.trie::<[u8; 17]>(SRC_V6)?,
+            SRC_V6,
+            g,
+            &compiled.src_v6,
+        )?;
+        write_addr(
+            &mut self.trie::<[u8; 17]>(DST_V6)?,
+            DST_V6,
+            g,
+            &compiled.dst_v6,
+        )?;
         {
             let mut l4 = self.trie::<[u8; 5]>(L4)?;
             for e in &compiled.l4 {
@@ -171,7 +205,8 @@ impl Datapath {
             }
         }
         let base = next * MAX_CHANNELS;
-        let ncpus = aya::util::nr_cpus().map_err(|(_, e)| DatapathError::Setup(format!("cannot count CPUs: {e}")))?;
+        let ncpus = aya::util::nr_cpus()
+            .map_err(|(_, e)| DatapathError::Setup(format!("cannot count CPUs: {e}")))?;
         {
             let mut buckets = self.array::<BucketState>(BUCKETS)?;
             for (i, c) in carry.iter().enumerate() {
@@ -179,7 +214,9 @@ impl Datapath {
                     Some(old) => buckets.get(old, 0).map_err(map_err(BUCKETS))?,
                     None => BucketState::default(),
                 };
-                buckets.set(base + i as u32, state, 0).map_err(map_err(BUCKETS))?;
+                buckets
+                    .set(base + i as u32, state, 0)
+                    .map_err(map_err(BUCKETS))?;
             }
         }
         {
@@ -193,7 +230,9 @@ impl Datapath {
         {
             let mut policies = self.array::<ChannelPolicy>(POLICIES)?;
             for (i, p) in compiled.policies.iter().enumerate() {
-                policies.set(base + i as u32, *p, 0).map_err(map_err(POLICIES))?;
+                policies
+                    .set(base + i as u32, *p, 0)
+                    .map_err(map_err(POLICIES))?;
             }
         }
         // The switch: one 8-byte array write, atomic for every reader.
@@ -223,14 +262,20 @@ impl Datapath {
         let base = generation * MAX_CHANNELS;
         for i in base..base + MAX_CHANNELS {
             if policies.get(&i, 0).map_err(map_err(POLICIES))?.active != 0 {
-                policies.set(i, ChannelPolicy::default(), 0).map_err(map_err(POLICIES))?;
+                policies
+                    .set(i, ChannelPolicy::default(), 0)
+                    .map_err(map_err(POLICIES))?;
             }
         }
         Ok(())
     }
 
     /// Counters of `count` channel slots of `generation`, summed over CPUs.
-    pub fn channel_counters(&mut self, generation: u32, count: usize) -> Result<Vec<Counters>, DatapathError> {
+    pub fn channel_counters(
+        &mut self,
+        generation: u32,
+        count: usize,
+    ) -> Result<Vec<Counters>, DatapathError> {
         let counters = self.percpu::<ChannelCounters>(COUNTERS)?;
         let base = generation * MAX_CHANNELS;
         (0..count as u32)
@@ -253,7 +298,10 @@ impl Datapath {
 
     /// Node-wide counters, summed over CPUs.
     pub fn global_counters(&mut self) -> Result<GlobalCounters, DatapathError> {
-        let per_cpu = self.percpu::<GlobalCounters>(GLOBAL)?.get(&0, 0).map_err(map_err(GLOBAL))?;
+        let per_cpu = self
+            .percpu::<GlobalCounters>(GLOBAL)?
+            .get(&0, 0)
+            .map_err(map_err(GLOBAL))?;
         Ok(per_cpu.iter().fold(GlobalCounters::default(), |mut a, c| {
             a.seen_pkts += c.seen_pkts;
             a.seen_bytes += c.seen_bytes;

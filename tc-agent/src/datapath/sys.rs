@@ -41,7 +41,13 @@ pub fn ensure_bpffs(root: &Path) -> Result<()> {
     let opts = CString::new("mode=0700")?;
     // SAFETY: all pointers are valid NUL-terminated strings.
     let rc = unsafe {
-        libc::mount(src.as_ptr(), dst.as_ptr(), src.as_ptr(), 0, opts.as_ptr().cast())
+        libc::mount(
+            src.as_ptr(),
+            dst.as_ptr(),
+            src.as_ptr(),
+            0,
+            opts.as_ptr().cast(),
+        )
     };
     if rc != 0 {
         bail!(
@@ -67,10 +73,18 @@ fn is_bpffs(p: &Path) -> bool {
 /// as made by `ip netns add`). Call before any other thread is started.
 pub fn enter_netns(name: &str) -> Result<()> {
     let path = Path::new("/run/netns").join(name);
-    let f = File::open(&path).with_context(|| format!("network namespace `{name}` not found ({} missing); `ip netns list` lists them", path.display()))?;
+    let f = File::open(&path).with_context(|| {
+        format!(
+            "network namespace `{name}` not found ({} missing); `ip netns list` lists them",
+            path.display()
+        )
+    })?;
     // SAFETY: f is an open namespace file descriptor.
     if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        bail!("cannot enter network namespace `{name}`: {}", std::io::Error::last_os_error());
+        bail!(
+            "cannot enter network namespace `{name}`: {}",
+            std::io::Error::last_os_error()
+        );
     }
     Ok(())
 }

@@ -9,7 +9,9 @@
 use std::collections::{BTreeSet, HashMap};
 
 use ipnet::IpNet;
-use tc_common::{ChannelPolicy, ChannelSet, ACTION_DROP, DIR_EGRESS, DIR_INGRESS, MODE_ENFORCE, MODE_MONITOR};
+use tc_common::{
+    ChannelPolicy, ChannelSet, ACTION_DROP, DIR_EGRESS, DIR_INGRESS, MODE_ENFORCE, MODE_MONITOR,
+};
 
 use super::{Channel, Direction, Mode, Policy};
 
@@ -52,7 +54,11 @@ pub struct Compiled {
 impl Compiled {
     /// Trie entries in all tables, for reports.
     pub fn entries(&self) -> usize {
-        self.src_v4.len() + self.dst_v4.len() + self.src_v6.len() + self.dst_v6.len() + self.l4.len()
+        self.src_v4.len()
+            + self.dst_v4.len()
+            + self.src_v6.len()
+            + self.dst_v6.len()
+            + self.l4.len()
     }
 }
 
@@ -84,9 +90,17 @@ pub fn compile(policy: &Policy) -> Result<Compiled, CapacityError> {
         words: ch.len().div_ceil(64) as u32,
     };
     check("source IPv4 prefixes", out.src_v4.len(), MAX_ADDR_ENTRIES)?;
-    check("destination IPv4 prefixes", out.dst_v4.len(), MAX_ADDR_ENTRIES)?;
+    check(
+        "destination IPv4 prefixes",
+        out.dst_v4.len(),
+        MAX_ADDR_ENTRIES,
+    )?;
     check("source IPv6 prefixes", out.src_v6.len(), MAX_ADDR_ENTRIES)?;
-    check("destination IPv6 prefixes", out.dst_v6.len(), MAX_ADDR_ENTRIES)?;
+    check(
+        "destination IPv6 prefixes",
+        out.dst_v6.len(),
+        MAX_ADDR_ENTRIES,
+    )?;
     check("protocol/port entries", out.l4.len(), MAX_L4_ENTRIES)?;
     Ok(out)
 }
@@ -128,7 +142,10 @@ fn addr_table<const N: usize>(
     let mut direct: HashMap<(u128, u8), ChannelSet> = HashMap::new();
     for (i, c) in channels.iter().enumerate() {
         for (addr, len) in side(c).iter().filter_map(family) {
-            direct.entry((addr, len)).or_insert(ChannelSet::EMPTY).insert(i);
+            direct
+                .entry((addr, len))
+                .or_insert(ChannelSet::EMPTY)
+                .insert(i);
         }
     }
     let mut out: Vec<AddrEntry<N>> = direct
@@ -186,7 +203,11 @@ pub fn port_prefixes(lo: u16, hi: u16) -> Vec<(u16, u8)> {
     let (mut lo, hi) = (lo as u32, hi as u32);
     let mut out = Vec::new();
     while lo <= hi {
-        let mut size = if lo == 0 { 1 << 16 } else { lo & lo.wrapping_neg() };
+        let mut size = if lo == 0 {
+            1 << 16
+        } else {
+            lo & lo.wrapping_neg()
+        };
         while lo + size - 1 > hi {
             size >>= 1;
         }
@@ -251,9 +272,9 @@ fn l4_table(channels: &[Channel]) -> Vec<L4Entry> {
             let points: Vec<u32> = points.into_iter().collect();
             for w in points.windows(2) {
                 let (lo, hi) = (w[0] as u16, (w[1] - 1) as u16);
-                let covered = in_dir
-                    .iter()
-                    .any(|c| !c.ports.is_empty() && proto_matches(c, p) && port_matches(c, Some(lo)));
+                let covered = in_dir.iter().any(|c| {
+                    !c.ports.is_empty() && proto_matches(c, p) && port_matches(c, Some(lo))
+                });
                 if !covered {
                     continue;
                 }

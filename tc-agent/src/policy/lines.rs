@@ -65,7 +65,11 @@ impl Walker {
             Some(Frame::Map { key: None, .. }) => None,
             Some(Frame::Map { path, key }) => {
                 let k = key.take().unwrap_or_default();
-                Some(if path.is_empty() { k } else { format!("{path}.{k}") })
+                Some(if path.is_empty() {
+                    k
+                } else {
+                    format!("{path}.{k}")
+                })
             }
             Some(Frame::Seq { path, next }) => {
                 let p = format!("{path}[{next}]");

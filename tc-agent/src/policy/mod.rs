@@ -380,7 +380,9 @@ fn check_endpoints(
         if !valid_name(name) {
             ck.error(
                 &field,
-                format!("`{name}` is not a valid set name: use 1-63 letters, digits, `-`, `_` or `.`"),
+                format!(
+                    "`{name}` is not a valid set name: use 1-63 letters, digits, `-`, `_` or `.`"
+                ),
             );
         }
         if cidrs.is_empty() {
@@ -409,7 +411,10 @@ fn resolve(
         Some(RawEndpoints::One(s)) => vec![(field.to_string(), s)],
         Some(RawEndpoints::Many(v)) => {
             if v.is_empty() {
-                ck.error(field, "an empty list matches nothing; omit the field to match any address");
+                ck.error(
+                    field,
+                    "an empty list matches nothing; omit the field to match any address",
+                );
             }
             v.into_iter()
                 .enumerate()
@@ -448,12 +453,17 @@ fn resolve(
 
 fn check_ports(ck: &mut Checker<'_>, field: &str, raw: Vec<RawPort>) -> Vec<(u16, u16)> {
     if raw.is_empty() {
-        ck.error(field, "an empty port list matches nothing; omit `ports` to match any port");
+        ck.error(
+            field,
+            "an empty port list matches nothing; omit `ports` to match any port",
+        );
     }
     let mut out = Vec::new();
     for (i, p) in raw.into_iter().enumerate() {
         let f = format!("{field}[{i}]");
-        let bad = |s: &str| format!("`{s}` is not a port or range; write e.g. `5432` or `\"8000-8100\"` (1-65535)");
+        let bad = |s: &str| {
+            format!("`{s}` is not a port or range; write e.g. `5432` or `\"8000-8100\"` (1-65535)")
+        };
         let port = |s: &str| -> Option<u16> { s.trim().parse::<u16>().ok().filter(|p| *p != 0) };
         let range = match p {
             RawPort::Number(n) => match u16::try_from(n).ok().filter(|p| *p != 0) {
@@ -520,7 +530,10 @@ fn check_limit(ck: &mut Checker<'_>, field: &str, raw: Option<RawLimit>) -> Limi
         }
     }
     if let Some(p) = raw.packets {
-        match u64::try_from(p).ok().filter(|p| (1..=MAX_PACKETS).contains(p)) {
+        match u64::try_from(p)
+            .ok()
+            .filter(|p| (1..=MAX_PACKETS).contains(p))
+        {
             Some(p) => {
                 limit.packets = Some(p);
                 limit.packet_burst = (p * DEFAULT_PACKET_BURST_MS / 1000).max(MIN_PACKET_BURST);
@@ -534,7 +547,10 @@ fn check_limit(ck: &mut Checker<'_>, field: &str, raw: Option<RawLimit>) -> Limi
     if let Some(pb) = raw.packet_burst {
         let f = format!("{field}.packet_burst");
         if raw.packets.is_none() {
-            ck.error(&f, "`packet_burst` sizes the packet bucket; set `packets` too");
+            ck.error(
+                &f,
+                "`packet_burst` sizes the packet bucket; set `packets` too",
+            );
         } else {
             match u64::try_from(pb).ok().filter(|b| (MIN_PACKET_BURST..=MAX_PACKETS).contains(b)) {
                 Some(b) => limit.packet_burst = b,
@@ -567,12 +583,18 @@ fn check_channels(
         if !valid_name(&rc.name) {
             ck.error(
                 &format!("{field}.name"),
-                format!("`{}` is not a valid channel name: use 1-63 letters, digits, `-`, `_` or `.`", rc.name),
+                format!(
+                    "`{}` is not a valid channel name: use 1-63 letters, digits, `-`, `_` or `.`",
+                    rc.name
+                ),
             );
         } else if !names.insert(rc.name.clone()) {
             ck.error(
                 &format!("{field}.name"),
-                format!("channel `{}` is defined twice; names must be unique", rc.name),
+                format!(
+                    "channel `{}` is defined twice; names must be unique",
+                    rc.name
+                ),
             );
         }
         let from = resolve(ck, &format!("{field}.from"), rc.from, sets);
@@ -635,9 +657,10 @@ fn check_shadowing(ck: &mut Checker<'_>, channels: &[Channel]) {
                 }
                 && (earlier.ports.is_empty()
                     || (!later.ports.is_empty()
-                        && later.ports.iter().all(|(a, b)| {
-                            earlier.ports.iter().any(|(c, d)| c <= a && b <= d)
-                        })))
+                        && later
+                            .ports
+                            .iter()
+                            .all(|(a, b)| earlier.ports.iter().any(|(c, d)| c <= a && b <= d))))
         });
         if let Some(earlier) = shadow {
             ck.warn(

@@ -53,7 +53,10 @@ fn parses_the_documented_example() {
     let r = &p.channels[1];
     assert_eq!(r.from.len(), 2);
     assert_eq!(r.protocol, Protocol::Any);
-    assert_eq!(r.limit.burst_bytes, 1_000_000_000 / 8 * DEFAULT_BURST_MS / 1000);
+    assert_eq!(
+        r.limit.burst_bytes,
+        1_000_000_000 / 8 * DEFAULT_BURST_MS / 1000
+    );
     assert_eq!(r.mode, Mode::Monitor);
     assert!(p.warnings.is_empty(), "{:?}", p.warnings);
 }
@@ -85,17 +88,31 @@ fn bad_cidrs_and_host_bits() {
 fn rates_out_of_range() {
     let e = errors("channels:\n  - name: a\n    limit:\n      bandwidth: 0Mbit\n  - name: b\n    limit:\n      bandwidth: 900Gbit\n");
     assert_eq!(e.len(), 2, "{e:?}");
-    assert!(e[0].starts_with("p.yaml:4: channels[0].limit.bandwidth"), "{e:?}");
-    assert!(e[1].starts_with("p.yaml:7: channels[1].limit.bandwidth"), "{e:?}");
+    assert!(
+        e[0].starts_with("p.yaml:4: channels[0].limit.bandwidth"),
+        "{e:?}"
+    );
+    assert!(
+        e[1].starts_with("p.yaml:7: channels[1].limit.bandwidth"),
+        "{e:?}"
+    );
 }
 
 #[test]
 fn duplicate_and_undefined_names() {
-    let e = errors("endpoints:\n  web: [198.18.1.0/24]\nchannels:\n  - name: a\n    from: wbe\n  - name: a\n");
+    let e = errors(
+        "endpoints:\n  web: [198.18.1.0/24]\nchannels:\n  - name: a\n    from: wbe\n  - name: a\n",
+    );
     assert_eq!(e.len(), 2, "{e:?}");
-    assert!(e[0].contains("p.yaml:5: channels[0].from: endpoint set `wbe` is not defined"), "{e:?}");
+    assert!(
+        e[0].contains("p.yaml:5: channels[0].from: endpoint set `wbe` is not defined"),
+        "{e:?}"
+    );
     assert!(e[0].contains("(defined: web)"), "{e:?}");
-    assert!(e[1].contains("p.yaml:6: channels[1].name: channel `a` is defined twice"), "{e:?}");
+    assert!(
+        e[1].contains("p.yaml:6: channels[1].name: channel `a` is defined twice"),
+        "{e:?}"
+    );
 }
 
 #[test]
@@ -104,12 +121,24 @@ fn limits_and_ports_are_checked() {
         "channels:\n  - name: a\n    protocol: icmp\n    ports: [80]\n  - name: b\n    ports: [\"90-80\", 0, 70000]\n  - name: c\n    limit:\n      burst: 1MiB\n  - name: d\n    limit:\n      bandwidth: 10Mbit\n      burst: 1KiB\n",
     );
     let all = e.join("\n");
-    assert!(all.contains("channels[0].ports: ICMP has no ports"), "{all}");
-    assert!(all.contains("channels[1].ports[0]: `90-80`: the range runs backwards"), "{all}");
+    assert!(
+        all.contains("channels[0].ports: ICMP has no ports"),
+        "{all}"
+    );
+    assert!(
+        all.contains("channels[1].ports[0]: `90-80`: the range runs backwards"),
+        "{all}"
+    );
     assert!(all.contains("channels[1].ports[1]"), "{all}");
     assert!(all.contains("channels[1].ports[2]"), "{all}");
-    assert!(all.contains("channels[2].limit: a limit needs `bandwidth`"), "{all}");
-    assert!(all.contains("channels[3].limit.burst: 1024 bytes is out of range"), "{all}");
+    assert!(
+        all.contains("channels[2].limit: a limit needs `bandwidth`"),
+        "{all}"
+    );
+    assert!(
+        all.contains("channels[3].limit.burst: 1024 bytes is out of range"),
+        "{all}"
+    );
 }
 
 #[test]
@@ -127,13 +156,19 @@ fn shadowed_channels_warn() {
     .unwrap();
     assert_eq!(p.warnings.len(), 1, "{:?}", p.warnings);
     let w = p.warnings[0].to_string();
-    assert!(w.starts_with("p.yaml:4: channels[1]: channel `web` can never match: `all-tcp`"), "{w}");
+    assert!(
+        w.starts_with("p.yaml:4: channels[1]: channel `web` can never match: `all-tcp`"),
+        "{w}"
+    );
 }
 
 #[test]
 fn port_prefix_decomposition() {
     assert_eq!(port_prefixes(80, 80), vec![(80, 16)]);
-    assert_eq!(port_prefixes(8000, 8100), vec![(8000, 10), (8064, 11), (8096, 14), (8100, 16)]);
+    assert_eq!(
+        port_prefixes(8000, 8100),
+        vec![(8000, 10), (8064, 11), (8096, 14), (8100, 16)]
+    );
     assert_eq!(port_prefixes(0, 65535), vec![(0, 0)]);
     // Every port in the range is covered exactly once.
     for (lo, hi) in [(1u16, 65535u16), (8000, 8100), (1023, 1025)] {
@@ -148,7 +183,11 @@ fn port_prefix_decomposition() {
 
 #[test]
 fn rates_become_gcra_parameters() {
-    let p = Policy::parse("channels:\n  - name: a\n    limit: {bandwidth: 8Mbit, burst: 100000, packets: 1000}\n", "p").unwrap();
+    let p = Policy::parse(
+        "channels:\n  - name: a\n    limit: {bandwidth: 8Mbit, burst: 100000, packets: 1000}\n",
+        "p",
+    )
+    .unwrap();
     let c = channel_policy(&p.channels[0]);
     // 8 Mbit/s = 1 byte per microsecond.
     assert_eq!(c.byte_cost_q16, 1000 << 16);
@@ -177,7 +216,8 @@ fn reference(policy: &Policy, p: &Pkt) -> Option<usize> {
                 Some(ps) => ps.contains(&p.proto),
             }
             && (c.ports.is_empty()
-                || p.port.is_some_and(|x| c.ports.iter().any(|(a, b)| *a <= x && x <= *b)))
+                || p.port
+                    .is_some_and(|x| c.ports.iter().any(|(a, b)| *a <= x && x <= *b)))
     })
 }
 
@@ -204,8 +244,12 @@ fn lpm<const N: usize>(t: &[AddrEntry<N>], addr: [u8; N]) -> Option<ChannelSet> 
 /// First match through the compiled tables, the way the datapath does it.
 fn through_tables(c: &Compiled, p: &Pkt) -> Option<usize> {
     let (s, d) = match (p.src, p.dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => (lpm(&c.src_v4, s.octets())?, lpm(&c.dst_v4, d.octets())?),
-        (IpAddr::V6(s), IpAddr::V6(d)) => (lpm(&c.src_v6, s.octets())?, lpm(&c.dst_v6, d.octets())?),
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            (lpm(&c.src_v4, s.octets())?, lpm(&c.dst_v4, d.octets())?)
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            (lpm(&c.src_v6, s.octets())?, lpm(&c.dst_v6, d.octets())?)
+        }
         _ => unreachable!(),
     };
     let dir = if p.dir == Direction::Ingress { 0u8 } else { 1 };
@@ -214,18 +258,17 @@ fn through_tables(c: &Compiled, p: &Pkt) -> Option<usize> {
         None => (16, 0),
     };
     let key = u32::from_be_bytes([dir, p.proto, (port >> 8) as u8, port as u8]);
-    let l4 = c
-        .l4
-        .iter()
-        .filter(|e| {
-            e.bits <= maxbits && {
-                let k = u32::from_be_bytes(e.data);
-                let shift = 32 - e.bits;
-                (key >> shift) == (k >> shift)
-            }
-        })
-        .max_by_key(|e| e.bits)?
-        .set;
+    let l4 =
+        c.l4.iter()
+            .filter(|e| {
+                e.bits <= maxbits && {
+                    let k = u32::from_be_bytes(e.data);
+                    let shift = 32 - e.bits;
+                    (key >> shift) == (k >> shift)
+                }
+            })
+            .max_by_key(|e| e.bits)?
+            .set;
     (0..c.words as usize * 64).find(|&i| s.contains(i) && d.contains(i) && l4.contains(i))
 }
 
@@ -251,8 +294,15 @@ channels:
     .unwrap();
     let compiled = compile(&policy).unwrap();
     let addrs: Vec<IpAddr> = [
-        "198.18.1.7", "198.18.1.200", "198.18.2.1", "198.18.3.9", "198.19.0.1", "10.0.0.1",
-        "2001:db8:1::5", "2001:db8:2::1", "2001:db9::1",
+        "198.18.1.7",
+        "198.18.1.200",
+        "198.18.2.1",
+        "198.18.3.9",
+        "198.19.0.1",
+        "10.0.0.1",
+        "2001:db8:1::5",
+        "2001:db8:2::1",
+        "2001:db9::1",
     ]
     .iter()
     .map(|s| s.parse().unwrap())
@@ -265,13 +315,28 @@ channels:
             }
             for proto in [1u8, 6, 17, 47, 58] {
                 let ports: &[Option<u16>] = if proto == 6 || proto == 17 {
-                    &[Some(53), Some(61), Some(70), Some(80), Some(81), Some(8050), Some(8101), None]
+                    &[
+                        Some(53),
+                        Some(61),
+                        Some(70),
+                        Some(80),
+                        Some(81),
+                        Some(8050),
+                        Some(8101),
+                        None,
+                    ]
                 } else {
                     &[None]
                 };
                 for &port in ports {
                     for dir in [Direction::Ingress, Direction::Egress] {
-                        let p = Pkt { src, dst, proto, port, dir };
+                        let p = Pkt {
+                            src,
+                            dst,
+                            proto,
+                            port,
+                            dir,
+                        };
                         assert_eq!(
                             through_tables(&compiled, &p),
                             reference(&policy, &p),
@@ -293,7 +358,12 @@ fn scale_1024_channels_and_65536_prefixes_compile() {
         text.push_str(&format!("  - name: ch{i}\n    from: ["));
         for j in 0..64u32 {
             let n = i * 64 + j;
-            text.push_str(&format!("\"198.{}.{}.{}/32\",", 18 + (n >> 16), (n >> 8) & 0xff, n & 0xff));
+            text.push_str(&format!(
+                "\"198.{}.{}.{}/32\",",
+                18 + (n >> 16),
+                (n >> 8) & 0xff,
+                n & 0xff
+            ));
         }
         text.push_str("]\n    protocol: udp\n    ports: [");
         text.push_str(&format!("{}]\n", 1000 + i));

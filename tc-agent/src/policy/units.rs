@@ -106,7 +106,9 @@ mod tests {
         assert_eq!(parse_rate("20Mbit"), Ok(20_000_000));
         assert_eq!(parse_rate("1.5Gbit"), Ok(1_500_000_000));
         assert_eq!(parse_rate("500kbit"), Ok(500_000));
-        assert!(parse_rate("0Mbit").unwrap_err().contains("greater than zero"));
+        assert!(parse_rate("0Mbit")
+            .unwrap_err()
+            .contains("greater than zero"));
         assert!(parse_rate("20").unwrap_err().contains("no unit"));
         assert!(parse_rate("20Mbps").unwrap_err().contains("ambiguous"));
         assert!(parse_rate("1bit").unwrap_err().contains("out of range"));

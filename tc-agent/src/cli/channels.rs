@@ -1,0 +1,74 @@
+//! `tc-agent channels`: per-channel counters, live rates and limits.
+
+use anyhow::Result;
+use clap::Args;
+
+use super::Output;
+use crate::{
+    control::{request, ChannelsReport, Request},
+    policy::{units::Rate, Mode},
+};
+
+/// List channels in policy order with their limits, live rates (from the
+/// agent's last two counter samples) and total counters since they were
+/// first applied.
+#[derive(Debug, Args)]
+pub struct ChannelsArgs {
+    #[arg(short, long, value_enum, default_value_t)]
+    pub output: Output,
+}
+
+pub fn execute(args: ChannelsArgs, socket: &std::path::Path) -> Result<()> {
+    let data = request(socket, &Request::Channels)?;
+    if args.output == Output::Json {
+        println!("{data}");
+        return Ok(());
+    }
+    let r: ChannelsReport = serde_json::from_value(data)?;
+    print!("{}", render(&r));
+    Ok(())
+}
+
+/// The text table, also used by the demo.
+pub fn render(r: &ChannelsReport) -> String {
+    let mut out = format!(
+        "generation {}, rates over {:.1}s\n{:<20} {:<8} {:<22} {:<8} {:>11} {:>11} {:>11} {:>12} {:>12}\n",
+        r.generation, r.rate_window_s, "CHANNEL", "DIR", "LIMIT", "MODE", "PASS", "DROP", "PASS pps", "PASSED pkts", "DROPPED pkts"
+    );
+    for c in &r.channels {
+        let mut limit = Vec::new();
+        if let Some(b) = c.limit.bandwidth_bps {
+            limit.push(Rate(b as f64).to_string());
+        }
+        if let Some(p) = c.limit.packets {
+            limit.push(format!("{p}pps"));
+        }
+        let limit = if limit.is_empty() {
+            "-".to_string()
+        } else {
+            limit.join(" ")
+        };
+        let (drop_rate, dropped) = match c.mode {
+            Mode::Enforce => (c.rates.dropped_bps, c.totals.dropped_pkts),
+            Mode::Monitor => (c.rates.would_drop_bps, c.totals.would_drop_pkts),
+        };
+        out.push_str(&format!(
+            "{:<20} {:<8} {:<22} {:<8} {:>11} {:>11} {:>11.0} {:>12} {:>12}\n",
+            c.name,
+            format!("{:?}", c.direction).to_lowercase(),
+            limit,
+            format!("{:?}", c.mode).to_lowercase(),
+            Rate(c.rates.passed_bps).to_string(),
+            Rate(drop_rate).to_string(),
+            c.rates.passed_pps,
+            c.totals.passed_pkts,
+            dropped,
+        ));
+    }
+    let n = &r.node;
+    out.push_str(&format!(
+        "node: {} packets seen, {} unclassified, {} non-IP, {} malformed, {} fragments, {} fail-open\n",
+        n.seen_pkts, n.unclassified_pkts, n.non_ip_pkts, n.malformed_pkts, n.fragment_pkts, n.fail_open_pkts
+    ));
+    out
+}

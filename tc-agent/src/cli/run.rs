@@ -1,0 +1,83 @@
+//! `tc-agent run`: the daemon, in the foreground.
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::Result;
+use clap::Args;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::agent::{self, AgentConfig};
+
+/// Load the datapath, attach it to interfaces and serve the control socket
+/// until SIGTERM or SIGINT, then detach cleanly.
+///
+/// Each --iface gets a tc ingress and a tc egress program (TCX on Linux 6.6+,
+/// clsact before). Maps and links are pinned under --pin-dir, so a restarted
+/// agent takes over the links atomically and keeps buckets and counters.
+/// Runs in the foreground and logs to stderr (RUST_LOG=debug for more): fit
+/// for a systemd `Type=simple` unit.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Interface to attach to (repeat for several).
+    #[arg(long = "iface", required = true, value_name = "IFACE")]
+    pub ifaces: Vec<String>,
+
+    /// Use XDP instead of tc for this interface's ingress (early drop for
+    /// floods). XDP on veth turns TSO off on the peer, so it is opt-in.
+    #[arg(long = "xdp", value_name = "IFACE")]
+    pub xdp: Vec<String>,
+
+    /// Policy file to validate and apply at start. Without it, a policy left
+    /// live by a previous agent (pinned maps) keeps being enforced.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+
+    /// bpffs directory for pinned maps and links (mounted if missing).
+    #[arg(long, default_value = "/sys/fs/bpf/tc-agent", value_name = "DIR")]
+    pub pin_dir: PathBuf,
+
+    /// Directory for the lock, the pid file and the saved state.
+    #[arg(long, default_value = "/run/tc-agent", value_name = "DIR")]
+    pub state_dir: PathBuf,
+
+    /// Enter this network namespace (`ip netns add NAME`) before anything
+    /// else, keeping the host's bpffs for pins.
+    #[arg(long, value_name = "NAME")]
+    pub netns: Option<String>,
+
+    /// Counter sampling period in milliseconds (rates and history).
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    pub sample_ms: u64,
+}
+
+pub fn execute(args: RunArgs, socket: PathBuf) -> Result<()> {
+    for x in &args.xdp {
+        if !args.ifaces.contains(x) {
+            anyhow::bail!("--xdp {x}: also name it with --iface {x}");
+        }
+    }
+    let config = AgentConfig {
+        ifaces: args.ifaces,
+        xdp: args.xdp,
+        policy: args.policy,
+        pin_dir: args.pin_dir,
+        state_dir: args.state_dir,
+        socket,
+        sample_every: Duration::from_millis(args.sample_ms.max(100)),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+        };
+        agent::run(config, shutdown).await
+    })
+}
