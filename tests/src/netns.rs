@@ -1,1 +1,308 @@
+//! Network namespaces joined by veth pairs, and an agent running in one of
+//! them. Everything is torn down on drop, including when a test panics.
+//! Addresses come only from 198.18.0.0/15 and 2001:db8::/32.
 
+use std::{
+    fs::File,
+    net::UdpSocket,
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// Runs a command, failing with its stderr if it fails.
+pub fn sh(args: &[&str]) -> Result<Output> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .with_context(|| format!("running {args:?}"))?;
+    if !out.status.success() {
+        bail!("{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(out)
+}
+
+/// Two hosts, `client` (198.18.0.1, 2001:db8::1) and `server` (198.18.0.2,
+/// 2001:db8::2), on one veth pair `<tag>c` / `<tag>s`.
+pub struct Pair {
+    pub client: String,
+    pub server: String,
+    pub client_if: String,
+    pub server_if: String,
+}
+
+impl Pair {
+    pub fn new() -> Result<Self> {
+        let tag = format!(
+            "tct{}{}",
+            std::process::id() % 10_000,
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let p = Self {
+            client: format!("{tag}-c"),
+            server: format!("{tag}-s"),
+            client_if: format!("{tag}c"),
+            server_if: format!("{tag}s"),
+        };
+        // From here on, Drop cleans up whatever was made.
+        sh(&["ip", "netns", "add", &p.client])?;
+        sh(&["ip", "netns", "add", &p.server])?;
+        sh(&[
+            "ip",
+            "link",
+            "add",
+            &p.client_if,
+            "netns",
+            &p.client,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &p.server_if,
+            "netns",
+            &p.server,
+        ])?;
+        for (ns, dev, v4, v6) in [
+            (&p.client, &p.client_if, "198.18.0.1/24", "2001:db8::1/64"),
+            (&p.server, &p.server_if, "198.18.0.2/24", "2001:db8::2/64"),
+        ] {
+            sh(&["ip", "-n", ns, "addr", "add", v4, "dev", dev])?;
+            sh(&["ip", "-n", ns, "addr", "add", v6, "dev", dev, "nodad"])?;
+            sh(&["ip", "-n", ns, "link", "set", dev, "up"])?;
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(p)
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        // Deleting a namespace deletes its end of the veth pair, and the peer with it.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.client])
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.server])
+            .status();
+    }
+}
+
+/// Path of the `tc-agent` binary next to the test executable.
+pub fn agent_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("TC_AGENT_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("test executable");
+    // target/<profile>/deps/<test> -> target/<profile>/tc-agent
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("tc-agent")
+}
+
+/// A `tc-agent run` in a namespace, with its own socket, pins and state.
+pub struct Agent {
+    child: Option<Child>,
+    pub socket: PathBuf,
+    pub pin_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Agent {
+    /// Starts an agent in `netns` on `iface` with `policy` and waits for its socket.
+    pub fn start(netns: &str, iface: &str, policy: &Path) -> Result<Self> {
+        let base = std::env::temp_dir().join(format!("tc-agent-test-{netns}"));
+        std::fs::create_dir_all(&base)?;
+        let mut a = Self {
+            child: None,
+            socket: base.join("agent.sock"),
+            pin_dir: PathBuf::from(format!("/sys/fs/bpf/tc-agent-test-{netns}")),
+            state_dir: base.join("state"),
+            log: base.join("agent.log"),
+        };
+        a.spawn(netns, iface, Some(policy))?;
+        Ok(a)
+    }
+
+    /// (Re)starts the agent process; `policy` None keeps the pinned policy.
+    pub fn spawn(&mut self, netns: &str, iface: &str, policy: Option<&Path>) -> Result<()> {
+        let log = File::create(&self.log)?;
+        let mut cmd = Command::new(agent_bin());
+        cmd.arg("--socket").arg(&self.socket).args([
+            "run",
+            "--netns",
+            netns,
+            "--iface",
+            iface,
+            "--sample-ms",
+            "200",
+        ]);
+        cmd.arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .arg("--state-dir")
+            .arg(&self.state_dir);
+        if let Some(p) = policy {
+            cmd.arg("--policy").arg(p);
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting tc-agent")?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.cli(&["status"]).is_ok() {
+                return Ok(());
+            }
+            if let Some(st) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!(
+                    "tc-agent exited ({st}): {}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!(
+            "tc-agent did not come up: {}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        )
+    }
+
+    /// Stops the agent with SIGTERM and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: plain kill(2) on our child's pid.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs a CLI command against this agent.
+    pub fn cli(&self, args: &[&str]) -> Result<Output> {
+        let out = Command::new(agent_bin())
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "tc-agent {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(out)
+    }
+
+    /// `channels -o json`, parsed.
+    pub fn channels(&self) -> Result<serde_json::Value> {
+        Ok(serde_json::from_slice(
+            &self.cli(&["channels", "-o", "json"])?.stdout,
+        )?)
+    }
+
+    /// Totals of one channel.
+    pub fn totals(&self, name: &str) -> Result<serde_json::Value> {
+        let c = self.channels()?;
+        c["channels"]
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["name"] == name))
+            .map(|c| c["totals"].clone())
+            .with_context(|| format!("no channel {name} in {c}"))
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+        if let Some(base) = self.socket.parent() {
+            let _ = std::fs::remove_dir_all(base);
+        }
+    }
+}
+
+/// Runs `f` on a thread inside network namespace `netns`.
+pub fn in_netns<T: Send + 'static>(
+    netns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<Result<T>> {
+    let path = Path::new("/run/netns").join(netns);
+    std::thread::spawn(move || {
+        let ns = File::open(&path)?;
+        // SAFETY: setns on a namespace fd affects only this thread.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!("setns: {}", std::io::Error::last_os_error());
+        }
+        Ok(f())
+    })
+}
+
+/// Sends UDP datagrams of `payload` bytes to `dst` at about `rate_bps`
+/// (payload bits) for `secs`, at most `max` datagrams. Returns datagrams sent.
+pub fn udp_send(dst: &str, payload: usize, rate_bps: f64, secs: f64, max: u64) -> Result<u64> {
+    let sock = UdpSocket::bind(if dst.contains(':') && dst.starts_with('[') {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    })?;
+    let buf = vec![0x5au8; payload];
+    let interval = payload as f64 * 8.0 / rate_bps;
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while sent < max && start.elapsed().as_secs_f64() < secs {
+        let due = start + Duration::from_secs_f64(sent as f64 * interval);
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        if sock.send_to(&buf, dst).is_ok() {
+            sent += 1;
+        }
+    }
+    Ok(sent)
+}
+
+/// Counts UDP datagrams on `bind` until `secs` pass; returns `(datagrams,
+/// bytes received after `warmup` seconds, seconds measured)`.
+pub fn udp_receive(bind: &str, secs: f64, warmup: f64) -> Result<(u64, u64, f64)> {
+    let sock = UdpSocket::bind(bind)?;
+    sock.set_read_timeout(Some(Duration::from_millis(100)))?;
+    let mut buf = vec![0u8; 65536];
+    let start = Instant::now();
+    let (mut n, mut bytes) = (0u64, 0u64);
+    let mut first: Option<Instant> = None;
+    let mut last = start;
+    while start.elapsed().as_secs_f64() < secs {
+        if let Ok(len) = sock.recv(&mut buf) {
+            let now = Instant::now();
+            let t0 = *first.get_or_insert(now);
+            n += 1;
+            if (now - t0).as_secs_f64() >= warmup {
+                bytes += len as u64;
+                last = now;
+            }
+        }
+    }
+    let measured = first.map_or(0.0, |t0| (last - t0).as_secs_f64() - warmup);
+    Ok((n, bytes, measured))
+}

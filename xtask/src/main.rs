@@ -1,1 +1,72 @@
-fn main() {}
+//! Project tasks. `cargo xtask test` runs every test; `cargo xtask demo`
+//! shows backpressure on a noisy client in network namespaces. Both install
+//! missing dependencies first (scripts/install-deps.sh, idempotent).
+
+mod demo;
+
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "tc-agent project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install missing build and test dependencies (Debian packages, bpf-linker).
+    InstallDeps,
+    /// Build, then run unit, BPF_PROG_TEST_RUN and namespace traffic tests (needs root).
+    Test,
+    /// Demo: three clients and a service in namespaces; throttle the noisy one.
+    Demo,
+}
+
+/// Runs a command, failing if it fails.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn install_deps() -> Result<()> {
+    run(Command::new("bash").arg(root().join("scripts/install-deps.sh")))
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::InstallDeps => install_deps(),
+        Task::Test => {
+            install_deps()?;
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            // The traffic tests drive the real binary: build it first.
+            run(Command::new(&cargo)
+                .current_dir(root())
+                .args(["build", "--workspace", "--bins"]))?;
+            run(Command::new(&cargo)
+                .current_dir(root())
+                .args(["test", "--workspace"]))
+        }
+        Task::Demo => {
+            install_deps()?;
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            run(Command::new(&cargo).current_dir(root()).args([
+                "build",
+                "--release",
+                "-p",
+                "tc-agent",
+            ]))?;
+            demo::run(&root().join("target/release/tc-agent"))
+        }
+    }
+}

@@ -26,9 +26,10 @@ pub const MIN_BURST_BYTES: u64 = 64 * 1024;
 /// Burst ceiling: past this a "limit" no longer limits anything in practice.
 pub const MAX_BURST_BYTES: u64 = 1 << 30;
 /// Default byte burst: this much time at the channel's rate...
-pub const DEFAULT_BURST_MS: u64 = 20;
-/// ...but never less than this, so a single TCP flow's GSO bursts fit.
-pub const DEFAULT_MIN_BURST_BYTES: u64 = 128 * 1024;
+pub const DEFAULT_BURST_MS: u64 = 50;
+/// ...but never less than this: TCP through a policer needs room for its
+/// line-rate bursts of 64 KiB GSO super-packets, or it stalls in timeouts.
+pub const DEFAULT_MIN_BURST_BYTES: u64 = 1024 * 1024;
 /// A GSO super-packet counts as up to ~45 segments; the packet burst must hold one.
 pub const MIN_PACKET_BURST: u64 = 64;
 /// Packet-rate ceiling.
