@@ -212,4 +212,4 @@ const _: () = assert!(core::mem::size_of::<ChannelPolicy>() == 40);
 const _: () = assert!(core::mem::size_of::<BucketState>() == 16);
 const _: () = assert!(core::mem::size_of::<ChannelCounters>() == 64);
 const _: () = assert!(core::mem::size_of::<GlobalCounters>() == 72);
-const _: () = assert!(MAX_CHANNELS % 64 == 0);
+const _: () = assert!(MAX_CHANNELS.is_multiple_of(64));

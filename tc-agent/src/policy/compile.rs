@@ -165,7 +165,7 @@ fn addr_table<const N: usize>(
             AddrEntry { len, addr: a, set }
         })
         .collect();
-    out.sort_by(|a, b| (a.len, a.addr).cmp(&(b.len, b.addr)));
+    out.sort_by_key(|e| (e.len, e.addr));
     out
 }
 
