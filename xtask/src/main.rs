@@ -24,6 +24,8 @@ enum Task {
     Test,
     /// Demo: three clients and a service in namespaces; throttle the noisy one.
     Demo,
+    /// Per-packet cost with BPF_PROG_TEST_RUN against a bare pass program; prints a table, writes target/bench.json.
+    Bench,
 }
 
 /// Runs a command, failing if it fails.
@@ -67,6 +69,19 @@ fn main() -> Result<()> {
                 "tc-agent",
             ]))?;
             demo::run(&root().join("target/release/tc-agent"))
+        }
+        Task::Bench => {
+            install_deps()?;
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            run(Command::new(&cargo).current_dir(root()).args([
+                "run",
+                "--quiet",
+                "--release",
+                "-p",
+                "tc-tests",
+                "--bin",
+                "bench",
+            ]))
         }
     }
 }
