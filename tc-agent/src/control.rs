@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use tc_common::ChannelCounters;
+use tc_common::{ChannelCounters, GlobalCounters};
 
 use crate::{
     datapath::attach::{HookKind, Mechanism},
@@ -81,30 +81,7 @@ pub struct Rates {
 }
 
 /// Counters summed over CPUs and over generations.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Totals {
-    pub matched_pkts: u64,
-    pub matched_bytes: u64,
-    pub passed_pkts: u64,
-    pub passed_bytes: u64,
-    pub dropped_pkts: u64,
-    pub dropped_bytes: u64,
-    pub would_drop_pkts: u64,
-    pub would_drop_bytes: u64,
-}
-
-impl Totals {
-    pub fn add(&mut self, c: &ChannelCounters) {
-        self.matched_pkts += c.matched_pkts;
-        self.matched_bytes += c.matched_bytes;
-        self.passed_pkts += c.passed_pkts;
-        self.passed_bytes += c.passed_bytes;
-        self.dropped_pkts += c.dropped_pkts;
-        self.dropped_bytes += c.dropped_bytes;
-        self.would_drop_pkts += c.would_drop_pkts;
-        self.would_drop_bytes += c.would_drop_bytes;
-    }
-}
+pub type Totals = ChannelCounters;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChannelRow {
@@ -117,19 +94,8 @@ pub struct ChannelRow {
     pub rates: Rates,
 }
 
-/// Node-wide counters.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
-pub struct NodeCounters {
-    pub seen_pkts: u64,
-    pub seen_bytes: u64,
-    pub unclassified_pkts: u64,
-    pub unclassified_bytes: u64,
-    pub non_ip_pkts: u64,
-    pub malformed_pkts: u64,
-    pub fragment_pkts: u64,
-    pub fail_open_pkts: u64,
-    pub contended_pkts: u64,
-}
+/// Node-wide counters, summed over CPUs.
+pub type NodeCounters = GlobalCounters;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChannelsReport {

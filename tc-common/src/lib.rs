@@ -156,6 +156,7 @@ pub struct BucketState {
 /// Per-channel, per-CPU counters; the agent sums the CPUs.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
 pub struct ChannelCounters {
     /// Packets classified into the channel (GSO segments count one each).
     pub matched_pkts: u64,
@@ -175,6 +176,7 @@ pub struct ChannelCounters {
 /// Node-wide, per-CPU counters, index 0 of the [`GLOBAL`] array.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
 pub struct GlobalCounters {
     /// Every packet the programs saw.
     pub seen_pkts: u64,
@@ -192,6 +194,35 @@ pub struct GlobalCounters {
     pub fail_open_pkts: u64,
     /// Bucket updates that lost the compare-and-swap race too often and let the packet through.
     pub contended_pkts: u64,
+}
+
+impl ChannelCounters {
+    /// Adds `o` field by field (summing CPUs, or generations).
+    pub fn add(&mut self, o: &Self) {
+        self.matched_pkts += o.matched_pkts;
+        self.matched_bytes += o.matched_bytes;
+        self.passed_pkts += o.passed_pkts;
+        self.passed_bytes += o.passed_bytes;
+        self.dropped_pkts += o.dropped_pkts;
+        self.dropped_bytes += o.dropped_bytes;
+        self.would_drop_pkts += o.would_drop_pkts;
+        self.would_drop_bytes += o.would_drop_bytes;
+    }
+}
+
+impl GlobalCounters {
+    /// Adds `o` field by field (summing CPUs).
+    pub fn add(&mut self, o: &Self) {
+        self.seen_pkts += o.seen_pkts;
+        self.seen_bytes += o.seen_bytes;
+        self.unclassified_pkts += o.unclassified_pkts;
+        self.unclassified_bytes += o.unclassified_bytes;
+        self.non_ip_pkts += o.non_ip_pkts;
+        self.malformed_pkts += o.malformed_pkts;
+        self.fragment_pkts += o.fragment_pkts;
+        self.fail_open_pkts += o.fail_open_pkts;
+        self.contended_pkts += o.contended_pkts;
+    }
 }
 
 #[cfg(feature = "user")]

@@ -22,8 +22,8 @@ use tracing::{error, info, warn};
 use self::state::SavedState;
 use crate::{
     control::{
-        ApplyReport, ChannelRow, ChannelsReport, Features, HookRow, NodeCounters, Rates, Request,
-        Response, StatusReport, Totals,
+        ApplyReport, ChannelRow, ChannelsReport, Features, HookRow, Rates, Request, Response,
+        StatusReport, Totals,
     },
     datapath::{
         attach::{self, Hook, HookKind},
@@ -264,17 +264,7 @@ impl Agent {
             generation: self.generation,
             rate_window_s: window.map_or(0.0, |(a, b)| (b.at - a.at).as_secs_f64()),
             channels: rows,
-            node: NodeCounters {
-                seen_pkts: g.seen_pkts,
-                seen_bytes: g.seen_bytes,
-                unclassified_pkts: g.unclassified_pkts,
-                unclassified_bytes: g.unclassified_bytes,
-                non_ip_pkts: g.non_ip_pkts,
-                malformed_pkts: g.malformed_pkts,
-                fragment_pkts: g.fragment_pkts,
-                fail_open_pkts: g.fail_open_pkts,
-                contended_pkts: g.contended_pkts,
-            },
+            node: g,
         })
     }
 

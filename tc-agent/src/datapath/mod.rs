@@ -282,14 +282,7 @@ impl Datapath {
             .map(|i| {
                 let per_cpu = counters.get(&(base + i), 0).map_err(map_err(COUNTERS))?;
                 Ok(per_cpu.iter().fold(Counters::default(), |mut acc, c| {
-                    acc.matched_pkts += c.matched_pkts;
-                    acc.matched_bytes += c.matched_bytes;
-                    acc.passed_pkts += c.passed_pkts;
-                    acc.passed_bytes += c.passed_bytes;
-                    acc.dropped_pkts += c.dropped_pkts;
-                    acc.dropped_bytes += c.dropped_bytes;
-                    acc.would_drop_pkts += c.would_drop_pkts;
-                    acc.would_drop_bytes += c.would_drop_bytes;
+                    acc.add(c);
                     acc
                 }))
             })
@@ -303,15 +296,7 @@ impl Datapath {
             .get(&0, 0)
             .map_err(map_err(GLOBAL))?;
         Ok(per_cpu.iter().fold(GlobalCounters::default(), |mut a, c| {
-            a.seen_pkts += c.seen_pkts;
-            a.seen_bytes += c.seen_bytes;
-            a.unclassified_pkts += c.unclassified_pkts;
-            a.unclassified_bytes += c.unclassified_bytes;
-            a.non_ip_pkts += c.non_ip_pkts;
-            a.malformed_pkts += c.malformed_pkts;
-            a.fragment_pkts += c.fragment_pkts;
-            a.fail_open_pkts += c.fail_open_pkts;
-            a.contended_pkts += c.contended_pkts;
+            a.add(c);
             a
         }))
     }
