@@ -25,11 +25,16 @@ use self::lines::LineIndex;
 pub const MIN_BURST_BYTES: u64 = 64 * 1024;
 /// Burst ceiling: past this a "limit" no longer limits anything in practice.
 pub const MAX_BURST_BYTES: u64 = 1 << 30;
-/// Default byte burst: this much time at the channel's rate...
-pub const DEFAULT_BURST_MS: u64 = 50;
-/// ...but never less than this: TCP through a policer needs room for its
-/// line-rate bursts of 64 KiB GSO super-packets, or it stalls in timeouts.
-pub const DEFAULT_MIN_BURST_BYTES: u64 = 1024 * 1024;
+/// Default byte burst: this much time at the channel's rate. A policer
+/// cannot give TCP an operating point on a low-RTT path (even one segment
+/// per RTT exceeds most limits), so TCP meets it with losses, some of them
+/// lost retransmissions that end in a 200 ms retransmission timeout. A
+/// bucket that holds more than one timeout's worth of tokens keeps the
+/// channel's long-run rate through those stalls (measured on veth: TCP goodput
+/// 0.89-0.95 of the limit from 10 to 200 Mbit/s, against 0.64 with 50 ms).
+pub const DEFAULT_BURST_MS: u64 = 250;
+/// ...and never less than this, comfortably above one 64 KiB GSO super-packet.
+pub const DEFAULT_MIN_BURST_BYTES: u64 = 256 * 1024;
 /// A GSO super-packet counts as up to ~45 segments; the packet burst must hold one.
 pub const MIN_PACKET_BURST: u64 = 64;
 /// Packet-rate ceiling.
