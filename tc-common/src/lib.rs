@@ -47,11 +47,22 @@ pub const POLICIES: &str = "TC_POLICIES";
 pub const BUCKETS: &str = "TC_BUCKETS";
 pub const COUNTERS: &str = "TC_COUNTERS";
 pub const GLOBAL: &str = "TC_GLOBAL";
+pub const GENS: &str = "TC_GENS";
+pub const FLOWS4: &str = "TC_FLOWS4";
+pub const FLOWS6: &str = "TC_FLOWS6";
 
 /// All maps, in the order the agent pins and reports them.
-pub const MAP_NAMES: [&str; 10] = [
-    CONFIG, SRC_V4, DST_V4, SRC_V6, DST_V6, L4, POLICIES, BUCKETS, COUNTERS, GLOBAL,
+pub const MAP_NAMES: [&str; 13] = [
+    CONFIG, GENS, SRC_V4, DST_V4, SRC_V6, DST_V6, L4, POLICIES, BUCKETS, COUNTERS, GLOBAL, FLOWS4,
+    FLOWS6,
 ];
+
+/// Flows the classification cache remembers (LRU).
+pub const MAX_FLOWS: u32 = 65_536;
+/// Flow-cache value meaning "this flow matches no channel".
+pub const NO_CHANNEL: u32 = u32::MAX;
+/// `Config::flags`: bypass the flow cache (benchmarks measure the slow path with it).
+pub const FLAG_NO_FLOW_CACHE: u32 = 1;
 
 /// Direction byte of an [`L4Key`].
 pub const DIR_INGRESS: u8 = 0;
@@ -104,14 +115,65 @@ pub const L4_PROTO_BITS: u32 = 24;
 pub const L4_PORT_BITS: u32 = 40;
 
 /// Node-wide datapath settings, index 0 of the [`CONFIG`] array.
+///
+/// The agent writes it with a map update, which copies bytes: a reader may
+/// see a mix of old and new bytes. So a policy switch changes exactly one
+/// byte, the generation's, and everything else about a generation lives in
+/// [`GenInfo`], written before the switch.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
-    /// Generation the datapath classifies against; the agent flips it last.
+    /// Generation (0 or 1) the datapath classifies against; the agent flips it last.
     pub generation: u32,
-    /// Words of [`ChannelSet`] in use by the live generation (channels / 64,
-    /// rounded up), so the AND loop stops early for small policies.
+    /// `FLAG_*` bits; never changed together with `generation`.
+    pub flags: u32,
+}
+
+/// Per-generation facts, index `generation` of the [`GENS`] array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GenInfo {
+    /// Words of [`ChannelSet`] in use (channels / 64, rounded up), so the AND
+    /// loop stops early for small policies.
     pub words: u32,
+    /// Explicit padding, always zero.
+    pub _pad: u32,
+}
+
+/// The part of a flow-cache key that is not an address: everything else
+/// classification reads from a packet, plus the generation it was
+/// classified in. The agent removes a generation's entries before it writes
+/// that generation again.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowMeta {
+    pub generation: u8,
+    pub dir: u8,
+    pub proto: u8,
+    /// L4 lookup prefix: with or without the port.
+    pub l4_bits: u8,
+    pub dport: u16,
+    /// Explicit padding, always zero.
+    pub _pad: u16,
+}
+
+/// Flow-cache key for IPv4 (16 bytes: hashing is per byte, so IPv4 gets
+/// its own, smaller cache).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowKey4 {
+    pub meta: FlowMeta,
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+}
+
+/// Flow-cache key for IPv6.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowKey6 {
+    pub meta: FlowMeta,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
 }
 
 /// A channel's limits, compiled for the datapath. Slot
@@ -231,6 +293,10 @@ mod pod {
     // SAFETY: all of these are repr(C), Copy, and have no padding (see the asserts below).
     unsafe impl aya::Pod for ChannelSet {}
     unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for GenInfo {}
+    unsafe impl aya::Pod for FlowMeta {}
+    unsafe impl aya::Pod for FlowKey4 {}
+    unsafe impl aya::Pod for FlowKey6 {}
     unsafe impl aya::Pod for ChannelPolicy {}
     unsafe impl aya::Pod for BucketState {}
     unsafe impl aya::Pod for ChannelCounters {}
@@ -239,6 +305,9 @@ mod pod {
 
 const _: () = assert!(core::mem::size_of::<ChannelSet>() == 8 * CHANNEL_WORDS);
 const _: () = assert!(core::mem::size_of::<Config>() == 8);
+const _: () = assert!(core::mem::size_of::<GenInfo>() == 8);
+const _: () = assert!(core::mem::size_of::<FlowKey4>() == 16);
+const _: () = assert!(core::mem::size_of::<FlowKey6>() == 40);
 const _: () = assert!(core::mem::size_of::<ChannelPolicy>() == 40);
 const _: () = assert!(core::mem::size_of::<BucketState>() == 16);
 const _: () = assert!(core::mem::size_of::<ChannelCounters>() == 64);

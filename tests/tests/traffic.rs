@@ -139,7 +139,9 @@ fn tcp_flow_reaches_the_bandwidth_limit_and_never_exceeds_it() -> Result<()> {
     let ratio = mean / 50e6;
     println!(
         "tcp goodput per second (Mbit/s): {:?}, mean {:.1} = {ratio:.3} of the limit",
-        iv.iter().map(|x| (x / 1e5).round() / 10.0).collect::<Vec<_>>(),
+        iv.iter()
+            .map(|x| (x / 1e5).round() / 10.0)
+            .collect::<Vec<_>>(),
         mean / 1e6
     );
     // Goodput is TCP payload, at most 1448/1514 = 0.956 of the wire bytes the limit counts.
@@ -149,9 +151,19 @@ fn tcp_flow_reaches_the_bandwidth_limit_and_never_exceeds_it() -> Result<()> {
     let t = agent.totals("tcp")?;
     let wire_bits = t["passed_bytes"].as_u64().unwrap() as f64 * 8.0;
     let ceiling = 50e6 * 8.0 * 1.05 + 50e6 * 0.25;
-    println!("wire: {:.1} Mbit passed, ceiling {:.1}", wire_bits / 1e6, ceiling / 1e6);
-    assert!(wire_bits <= ceiling, "TCP exceeded the limit: {wire_bits} > {ceiling}");
-    assert!(t["dropped_pkts"].as_u64().unwrap() > 0, "the limit never acted: {t}");
+    println!(
+        "wire: {:.1} Mbit passed, ceiling {:.1}",
+        wire_bits / 1e6,
+        ceiling / 1e6
+    );
+    assert!(
+        wire_bits <= ceiling,
+        "TCP exceeded the limit: {wire_bits} > {ceiling}"
+    );
+    assert!(
+        t["dropped_pkts"].as_u64().unwrap() > 0,
+        "the limit never acted: {t}"
+    );
     Ok(())
 }
 

@@ -270,3 +270,25 @@ fn policy_swap_is_a_new_generation() {
     assert_eq!(f.ingress(&frame), PASS);
     assert_eq!(f.counters("web-to-db").matched_pkts, 1);
 }
+
+#[test]
+fn the_flow_cache_never_serves_a_previous_policy() {
+    // P1 puts the flow in channel 0. P3 lives in the same generation slot
+    // as P1 (two applies later) and puts it in channel 1: a stale cache
+    // entry from P1 would send it to channel 0 (`z`).
+    let mut f = Fixture::new("channels:\n  - name: a\n    to: [198.18.2.10/32]\n  - name: b\n");
+    let frame = packet::ipv4("198.18.1.5", "198.18.2.10", UDP, 53, 10);
+    assert_eq!(f.ingress(&frame), PASS);
+    assert_eq!(f.counters("a").matched_pkts, 1);
+    for text in [
+        "channels:\n  - name: x\n",
+        "channels:\n  - name: z\n    from: [198.19.0.0/16]\n  - name: b2\n  - name: a2\n    to: [198.18.2.10/32]\n",
+    ] {
+        let p = Policy::parse(text, "t").unwrap();
+        f.generation = f.dp.apply(&compile(&p).unwrap(), &vec![None; p.channels.len()]).unwrap();
+        f.names = p.channels.iter().map(|c| c.name.clone()).collect();
+        assert_eq!(f.ingress(&frame), PASS);
+    }
+    assert_eq!(f.counters("z").matched_pkts, 0);
+    assert_eq!(f.counters("b2").matched_pkts, 1);
+}

@@ -358,7 +358,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     let mut dp = Datapath::load(Some(&config.pin_dir)).context("loading the eBPF datapath")?;
     let live = dp.config()?;
     let saved = SavedState::load(&config.state_dir.join("state.json"))
-        .filter(|s| s.generation == live.generation && live.words > 0);
+        .filter(|s| s.generation == live.generation);
     let mut agent = Agent {
         dp,
         hooks: Vec::new(),

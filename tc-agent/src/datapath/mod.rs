@@ -10,14 +10,14 @@ use std::{
 };
 
 use aya::{
-    maps::{lpm_trie::Key, Array, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues},
     programs::{ProgramError, SchedClassifier, Xdp},
     Ebpf, EbpfLoader,
 };
 use tc_common::{
-    BucketState, ChannelCounters, ChannelPolicy, ChannelSet, Config, GlobalCounters, BUCKETS,
-    CHANNEL_SLOTS, CONFIG, COUNTERS, DST_V4, DST_V6, GEN_BITS, GLOBAL, L4, MAP_NAMES, MAX_CHANNELS,
-    POLICIES, SRC_V4, SRC_V6,
+    BucketState, ChannelCounters, ChannelPolicy, ChannelSet, Config, FlowKey4, FlowKey6, GenInfo,
+    GlobalCounters, BUCKETS, CHANNEL_SLOTS, CONFIG, COUNTERS, DST_V4, DST_V6, FLAG_NO_FLOW_CACHE,
+    FLOWS4, FLOWS6, GENS, GEN_BITS, GLOBAL, L4, MAP_NAMES, MAX_CHANNELS, POLICIES, SRC_V4, SRC_V6,
 };
 
 use crate::policy::compile::{AddrEntry, Compiled};
@@ -27,7 +27,7 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("TC_EBPF_OBJ"))
 
 /// Layout version of the pinned maps. Bump it whenever a shared type in
 /// `tc-common` changes, so a new agent never reuses maps of another layout.
-pub const MAPS_LAYOUT: &str = "maps-v1";
+pub const MAPS_LAYOUT: &str = "maps-v2";
 
 /// tc programs in the object.
 pub const TC_INGRESS: &str = "tc_ingress";
@@ -235,13 +235,24 @@ impl Datapath {
                     .map_err(map_err(POLICIES))?;
             }
         }
-        // The switch: one 8-byte array write, atomic for every reader.
+        self.array::<GenInfo>(GENS)?
+            .set(
+                next,
+                GenInfo {
+                    words: compiled.words,
+                    _pad: 0,
+                },
+                0,
+            )
+            .map_err(map_err(GENS))?;
+        // The switch: only the generation's low byte changes, so even a
+        // byte-wise copy is atomic for every reader.
         self.array::<Config>(CONFIG)?
             .set(
                 0,
                 Config {
                     generation: next,
-                    words: compiled.words,
+                    ..live
                 },
                 0,
             )
@@ -258,6 +269,8 @@ impl Datapath {
         purge_trie(&mut self.trie::<[u8; 17]>(SRC_V6)?, SRC_V6, g)?;
         purge_trie(&mut self.trie::<[u8; 17]>(DST_V6)?, DST_V6, g)?;
         purge_trie(&mut self.trie::<[u8; 5]>(L4)?, L4, g)?;
+        self.purge_flows::<FlowKey4>(FLOWS4, g, |k| k.meta.generation)?;
+        self.purge_flows::<FlowKey6>(FLOWS6, g, |k| k.meta.generation)?;
         let mut policies = self.array::<ChannelPolicy>(POLICIES)?;
         let base = generation * MAX_CHANNELS;
         for i in base..base + MAX_CHANNELS {
@@ -299,6 +312,43 @@ impl Datapath {
             a.add(c);
             a
         }))
+    }
+
+    /// Removes the flow-cache entries of generation `g`.
+    fn purge_flows<K: aya::Pod>(
+        &mut self,
+        name: &'static str,
+        g: u8,
+        generation: fn(&K) -> u8,
+    ) -> Result<(), DatapathError> {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or_else(|| DatapathError::Setup(format!("map {name} missing from object")))?;
+        let mut flows: HashMap<_, K, u32> = HashMap::try_from(map).map_err(map_err(name))?;
+        let stale: Vec<K> = flows
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| generation(k) == g)
+            .collect();
+        for k in stale {
+            // An LRU entry may be evicted between listing and removal.
+            let _ = flows.remove(&k);
+        }
+        Ok(())
+    }
+
+    /// Turns the flow cache on or off (benchmarks measure both paths).
+    pub fn set_flow_cache(&mut self, enabled: bool) -> Result<(), DatapathError> {
+        let mut config = self.config()?;
+        if enabled {
+            config.flags &= !FLAG_NO_FLOW_CACHE;
+        } else {
+            config.flags |= FLAG_NO_FLOW_CACHE;
+        }
+        self.array::<Config>(CONFIG)?
+            .set(0, config, 0)
+            .map_err(map_err(CONFIG))
     }
 
     /// Slot index of channel `i` in `generation`.
