@@ -9,7 +9,6 @@
 
 use core::intrinsics::{atomic_cxchg, atomic_xadd, AtomicOrdering};
 
-use aya_ebpf::helpers::bpf_get_prandom_u32;
 use tc_common::{BucketState, ChannelPolicy};
 
 /// CAS attempts before giving up; with two CPUs a second attempt almost always wins.
@@ -26,36 +25,18 @@ pub enum Conformance {
 
 /// Charges one GCRA bucket. Returns `Conform`, `Exceed` or `Contended`.
 ///
-/// With `early`, a packet that would leave the bucket more than half empty
-/// is refused with a probability rising linearly from 0 (half empty) to 1
-/// (empty), as RED does for a queue. A lone early loss is something TCP
-/// recovers from with fast retransmit, while the tail loss of a bucket that
-/// runs dry costs it a retransmission timeout (200 ms minimum) that leaves
-/// the channel idle. The hard limit is unchanged: early refusals only ever
-/// remove packets, and the rate stays exact under a flood because the
-/// bucket then never refills to full, so no token is lost.
-///
 /// # Safety
 /// `tat` must point into a live map value.
 #[inline(always)]
-unsafe fn charge(tat: *mut u64, now: u64, cost: u64, tau: u64, early: bool) -> Conformance {
+unsafe fn charge(tat: *mut u64, now: u64, cost: u64, tau: u64) -> Conformance {
     // SAFETY: caller guarantees `tat` is valid; a racy read is fine because
     // the CAS below only succeeds against the value we read.
     let mut old = unsafe { core::ptr::read_volatile(tat) };
     for _ in 0..CAS_TRIES {
         let base = if old > now { old } else { now };
         let new = base + cost;
-        let fill = new - now;
-        if fill > tau {
+        if new - now > tau {
             return Conformance::Exceed;
-        }
-        let half = tau / 2;
-        if early && fill > half && half > 0 {
-            // SAFETY: bpf_get_prandom_u32 has no preconditions.
-            let r = unsafe { bpf_get_prandom_u32() } as u64;
-            if (r * half) >> 32 < fill - half {
-                return Conformance::Exceed;
-            }
         }
         // SAFETY: as above; lowers to BPF_ATOMIC_CMPXCHG (needs -mcpu=v3).
         let (seen, ok) = unsafe {
@@ -84,21 +65,12 @@ pub unsafe fn conform(
     now: u64,
     len: u64,
     segs: u64,
-    early: bool,
 ) -> Conformance {
     let mut pkt_charged = 0u64;
     if policy.pkt_cost_q16 != 0 {
         let cost = (segs * policy.pkt_cost_q16) >> 16;
         // SAFETY: caller guarantees `bucket` is valid.
-        match unsafe {
-            charge(
-                &raw mut (*bucket).pkt_tat,
-                now,
-                cost,
-                policy.pkt_tau_ns,
-                false,
-            )
-        } {
+        match unsafe { charge(&raw mut (*bucket).pkt_tat, now, cost, policy.pkt_tau_ns) } {
             Conformance::Conform => pkt_charged = cost,
             other => return other,
         }
@@ -106,15 +78,7 @@ pub unsafe fn conform(
     if policy.byte_cost_q16 != 0 {
         let cost = (len * policy.byte_cost_q16) >> 16;
         // SAFETY: caller guarantees `bucket` is valid.
-        match unsafe {
-            charge(
-                &raw mut (*bucket).byte_tat,
-                now,
-                cost,
-                policy.byte_tau_ns,
-                early,
-            )
-        } {
+        match unsafe { charge(&raw mut (*bucket).byte_tat, now, cost, policy.byte_tau_ns) } {
             Conformance::Conform => {}
             Conformance::Exceed => {
                 if pkt_charged != 0 {

@@ -24,10 +24,10 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use tc_common::{
-    BucketState, ChannelCounters, ChannelPolicy, ChannelSet, Config, FlowKey4, FlowKey6, FlowMeta, GenInfo,
-    GlobalCounters, Ip4Key, Ip6Key, L4Key, CHANNEL_SLOTS, CHANNEL_WORDS, DIR_EGRESS, DIR_INGRESS,
-    FLAG_NO_FLOW_CACHE, GEN_BITS, MAX_FLOWS, NO_CHANNEL, MAX_CHANNELS,
-    MAX_L4_ENTRIES, MAX_PREFIXES, MODE_MONITOR,
+    BucketState, ChannelCounters, ChannelPolicy, ChannelSet, Config, FlowKey4, FlowKey6, FlowMeta,
+    GenInfo, GlobalCounters, Ip4Key, Ip6Key, L4Key, CHANNEL_SLOTS, CHANNEL_WORDS, DIR_EGRESS,
+    DIR_INGRESS, FLAG_NO_FLOW_CACHE, GEN_BITS, MAX_CHANNELS, MAX_FLOWS, MAX_L4_ENTRIES,
+    MAX_PREFIXES, MODE_MONITOR, NO_CHANNEL,
 };
 
 use crate::{
@@ -225,7 +225,11 @@ fn classify_cached(generation: u8, words: u32, dir: u8, p: &Parsed) -> Option<u3
         },
     };
     if let Some(&channel) = cached {
-        return if channel == NO_CHANNEL { None } else { Some(channel) };
+        return if channel == NO_CHANNEL {
+            None
+        } else {
+            Some(channel)
+        };
     }
     let channel = classify(generation, words, dir, p);
     let value = channel.unwrap_or(NO_CHANNEL);
@@ -370,7 +374,6 @@ fn enforce(frame: &Frame, slot: u32, global: &mut GlobalCounters) -> Verdict {
                 now,
                 frame.len,
                 frame.segs,
-                policy.mode != MODE_MONITOR,
             )
         }
     };

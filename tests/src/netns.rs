@@ -99,11 +99,12 @@ pub fn agent_bin() -> PathBuf {
         return p.into();
     }
     let exe = std::env::current_exe().expect("test executable");
-    // target/<profile>/deps/<test> -> target/<profile>/tc-agent
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join("tc-agent")
+    // target/<profile>/deps/<test> or target/<profile>/<bin> -> target/<profile>/tc-agent
+    let mut dir = exe.parent().expect("target dir");
+    if dir.ends_with("deps") {
+        dir = dir.parent().expect("target dir");
+    }
+    dir.join("tc-agent")
 }
 
 /// A `tc-agent run` in a namespace, with its own socket, pins and state.
@@ -155,7 +156,7 @@ impl Agent {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .context("starting tc-agent")?;
+            .with_context(|| format!("starting {}", agent_bin().display()))?;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {

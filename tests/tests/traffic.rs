@@ -84,6 +84,7 @@ fn iperf3(pair: &Pair, secs: u32, streams: u32) -> Result<Vec<f64>> {
             "iperf3",
             "-s",
             "-1",
+            "-J",
             "-p",
             "5201",
             "-B",
@@ -106,13 +107,15 @@ fn iperf3(pair: &Pair, secs: u32, streams: u32) -> Result<Vec<f64>> {
             "-p",
             "5201",
             "-J",
+            "--get-server-output",
         ])
         .args(["-t", &secs.to_string(), "-P", &streams.to_string()])
         .output()?;
     let _ = server.kill();
     let _ = server.wait();
     let j: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let iv: Vec<f64> = j["intervals"]
+    // Receiver-side intervals: the client's own count bytes written to its socket.
+    let iv: Vec<f64> = j["server_output_json"]["intervals"]
         .as_array()
         .map(|a| {
             a.iter()

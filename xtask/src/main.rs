@@ -24,7 +24,7 @@ enum Task {
     Test,
     /// Demo: three clients and a service in namespaces; throttle the noisy one.
     Demo,
-    /// Per-packet cost with BPF_PROG_TEST_RUN against a bare pass program; prints a table, writes target/bench.json.
+    /// Per-packet cost, enforcement accuracy vs TBF/HTB with ping RTT, attach cost; writes target/bench.json.
     Bench,
 }
 
@@ -41,6 +41,12 @@ fn root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// Runs cargo (the one running xtask) in the workspace root.
+fn cargo(args: &[&str]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(Command::new(cargo).current_dir(root()).args(args))
+}
+
 fn install_deps() -> Result<()> {
     run(Command::new("bash").arg(root().join("scripts/install-deps.sh")))
 }
@@ -50,30 +56,20 @@ fn main() -> Result<()> {
         Task::InstallDeps => install_deps(),
         Task::Test => {
             install_deps()?;
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             // The traffic tests drive the real binary: build it first.
-            run(Command::new(&cargo)
-                .current_dir(root())
-                .args(["build", "--workspace", "--bins"]))?;
-            run(Command::new(&cargo)
-                .current_dir(root())
-                .args(["test", "--workspace"]))
+            cargo(&["build", "--workspace", "--bins"])?;
+            cargo(&["test", "--workspace"])
         }
         Task::Demo => {
             install_deps()?;
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            run(Command::new(&cargo).current_dir(root()).args([
-                "build",
-                "--release",
-                "-p",
-                "tc-agent",
-            ]))?;
+            cargo(&["build", "--release", "-p", "tc-agent"])?;
             demo::run(&root().join("target/release/tc-agent"))
         }
         Task::Bench => {
             install_deps()?;
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            run(Command::new(&cargo).current_dir(root()).args([
+            // The accuracy part drives the real agent binary.
+            cargo(&["build", "--release", "-p", "tc-agent"])?;
+            cargo(&[
                 "run",
                 "--quiet",
                 "--release",
@@ -81,7 +77,7 @@ fn main() -> Result<()> {
                 "tc-tests",
                 "--bin",
                 "bench",
-            ]))
+            ])
         }
     }
 }
