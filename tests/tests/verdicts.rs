@@ -292,3 +292,40 @@ fn the_flow_cache_never_serves_a_previous_policy() {
     assert_eq!(f.counters("z").matched_pkts, 0);
     assert_eq!(f.counters("b2").matched_pkts, 1);
 }
+
+#[test]
+fn both_cpus_charge_one_bucket_exactly() {
+    // A bucket of 10,000 packets refilling at 1 packet/s, hammered from both
+    // CPUs at once: exactly the burst passes. A per-CPU split would pass
+    // twice as much; a lost update would pass more too.
+    let mut f =
+        Fixture::new("channels:\n  - name: shared\n    limit: {packets: 1, packet_burst: 10000}\n");
+    let frame = packet::ipv4("198.18.1.5", "198.18.2.10", UDP, 53, 10);
+    let prog: &SchedClassifier = f.dp.ebpf.program(TC_INGRESS).unwrap().try_into().unwrap();
+    std::thread::scope(|s| {
+        for cpu in [0usize, 1] {
+            let frame = &frame;
+            s.spawn(move || {
+                // SAFETY: cpu_set_t is plain data; sched_setaffinity only reads it.
+                unsafe {
+                    let mut set: libc::cpu_set_t = std::mem::zeroed();
+                    libc::CPU_SET(cpu, &mut set);
+                    libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+                }
+                for _ in 0..10 {
+                    let mut opts = TestRunOptions::new();
+                    opts.data_in = Some(frame);
+                    opts.repeat = 2_000;
+                    prog.test_run(opts).expect("test run");
+                }
+            });
+        }
+    });
+    let c = f.counters("shared");
+    let g = f.global();
+    assert_eq!(c.matched_pkts, 40_000);
+    assert_eq!(g.contended_pkts, 0, "CAS retries ran out: {g:?}");
+    // The burst, plus at most a few packets refilled while the test ran.
+    assert!((10_000..=10_005).contains(&c.passed_pkts), "{c:?}");
+    assert_eq!(c.passed_pkts + c.dropped_pkts, 40_000);
+}

@@ -2,7 +2,7 @@
 //! `channels[2].limit.bandwidth` to its 1-based line, so that semantic errors
 //! (found after deserialization) can point at the line like syntax errors do.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use yaml_rust2::{
     parser::{Event, MarkedEventReceiver, Parser},
@@ -14,6 +14,9 @@ use yaml_rust2::{
 pub struct LineIndex {
     /// Path in the notation serde_yaml uses in its own errors.
     lines: HashMap<String, usize>,
+    /// Keys that appear twice in one mapping (path, line of the second):
+    /// serde_yaml keeps the last one silently when it fills a map.
+    pub duplicates: Vec<(String, usize)>,
 }
 
 impl LineIndex {
@@ -27,6 +30,7 @@ impl LineIndex {
         }
         Self {
             lines: walker.lines,
+            duplicates: walker.duplicates,
         }
     }
 
@@ -45,8 +49,12 @@ impl LineIndex {
 
 /// One open container while walking the event stream.
 enum Frame {
-    /// A mapping: `key` is `Some` while its value is pending.
-    Map { path: String, key: Option<String> },
+    /// A mapping: `key` is `Some` while its value is pending; `seen` holds its keys so far.
+    Map {
+        path: String,
+        key: Option<String>,
+        seen: HashSet<String>,
+    },
     /// A sequence and the index of its next item.
     Seq { path: String, next: usize },
 }
@@ -55,6 +63,7 @@ enum Frame {
 struct Walker {
     stack: Vec<Frame>,
     lines: HashMap<String, usize>,
+    duplicates: Vec<(String, usize)>,
 }
 
 impl Walker {
@@ -63,7 +72,7 @@ impl Walker {
         match self.stack.last_mut() {
             None => Some(String::new()),
             Some(Frame::Map { key: None, .. }) => None,
-            Some(Frame::Map { path, key }) => {
+            Some(Frame::Map { path, key, .. }) => {
                 let k = key.take().unwrap_or_default();
                 Some(if path.is_empty() {
                     k
@@ -87,12 +96,15 @@ impl MarkedEventReceiver for Walker {
         match ev {
             Event::Scalar(value, ..) => match self.node_path() {
                 None => {
-                    if let Some(Frame::Map { path, key }) = self.stack.last_mut() {
+                    if let Some(Frame::Map { path, key, seen }) = self.stack.last_mut() {
                         let p = if path.is_empty() {
                             value.clone()
                         } else {
                             format!("{path}.{value}")
                         };
+                        if !seen.insert(value.clone()) {
+                            self.duplicates.push((p.clone(), line));
+                        }
                         self.lines.entry(p).or_insert(line);
                         *key = Some(value);
                     }
@@ -105,7 +117,11 @@ impl MarkedEventReceiver for Walker {
                 let path = self.node_path().unwrap_or_default();
                 self.lines.entry(path.clone()).or_insert(line);
                 self.stack.push(if matches!(ev, Event::MappingStart(..)) {
-                    Frame::Map { path, key: None }
+                    Frame::Map {
+                        path,
+                        key: None,
+                        seen: HashSet::new(),
+                    }
                 } else {
                     Frame::Seq { path, next: 0 }
                 });
@@ -134,5 +150,12 @@ mod tests {
         assert_eq!(idx.line("channels[0].limit.bandwidth"), Some(6));
         assert_eq!(idx.line("channels[1]"), Some(7));
         assert_eq!(idx.line("channels[1].limit.burst"), Some(7));
+        assert!(idx.duplicates.is_empty());
+    }
+
+    #[test]
+    fn finds_duplicate_keys() {
+        let idx = LineIndex::new("endpoints:\n  web: [a]\n  db: [b]\n  web: [c]\n");
+        assert_eq!(idx.duplicates, vec![("endpoints.web".to_string(), 4)]);
     }
 }

@@ -336,6 +336,22 @@ impl Policy {
             errors: Vec::new(),
             warnings: Vec::new(),
         };
+        // serde_yaml lets a repeated key in a map silently replace the first.
+        let duplicates: Vec<Diagnostic> = ck
+            .index
+            .duplicates
+            .iter()
+            .map(|(path, line)| Diagnostic {
+                file: file.to_string(),
+                line: Some(*line),
+                field: path.clone(),
+                message: "defined twice; each key may appear once (rename one, or merge the lists)"
+                    .into(),
+            })
+            .collect();
+        if !duplicates.is_empty() {
+            return Err(PolicyError { errors: duplicates });
+        }
         let raw: RawPolicy = match serde_yaml::from_str(text) {
             Ok(r) => r,
             // An empty file is an empty policy: no channels, everything passes.

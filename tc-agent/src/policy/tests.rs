@@ -116,6 +116,12 @@ fn duplicate_and_undefined_names() {
 }
 
 #[test]
+fn duplicate_keys_are_errors() {
+    let e = errors("endpoints:\n  web: [198.18.1.0/24]\n  web: [198.18.2.0/24]\n");
+    assert_eq!(e, vec!["p.yaml:3: endpoints.web: defined twice; each key may appear once (rename one, or merge the lists)"]);
+}
+
+#[test]
 fn limits_and_ports_are_checked() {
     let e = errors(
         "channels:\n  - name: a\n    protocol: icmp\n    ports: [80]\n  - name: b\n    ports: [\"90-80\", 0, 70000]\n  - name: c\n    limit:\n      burst: 1MiB\n  - name: d\n    limit:\n      bandwidth: 10Mbit\n      burst: 1KiB\n",
