@@ -48,7 +48,7 @@ pub fn execute(args: StatusArgs, socket: &std::path::Path) -> Result<()> {
         println!(
             "  {:<16} {:<12} {:?}{}",
             h.iface,
-            format!("{:?}", h.hook).to_lowercase(),
+            h.hook.to_string(),
             h.mechanism,
             if h.replaced {
                 " (taken over from a previous agent)"
