@@ -9,7 +9,7 @@
 set -euo pipefail
 
 packages=(rustc-web rust-web-src llvm-22-dev libpolly-22-dev zlib1g-dev libzstd-dev
-          iproute2 iperf3 ethtool iputils-ping)
+          iproute2 iperf3 ethtool iputils-ping qemu-system-x86 busybox-static cpio xz-utils)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -254,7 +254,8 @@ pub struct GlobalCounters {
     pub fragment_pkts: u64,
     /// Packets passed because a map lookup failed (fail open).
     pub fail_open_pkts: u64,
-    /// Bucket updates that lost the compare-and-swap race too often and let the packet through.
+    /// Bucket charges that lost the compare-and-swap race too often and fell
+    /// back to fetch-and-add (still metered; a sign of heavy contention).
     pub contended_pkts: u64,
 }
 

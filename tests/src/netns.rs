@@ -307,3 +307,56 @@ pub fn udp_receive(bind: &str, secs: f64, warmup: f64) -> Result<(u64, u64, f64)
     let measured = first.map_or(0.0, |t0| (last - t0).as_secs_f64() - warmup);
     Ok((n, bytes, measured))
 }
+
+/// Runs iperf3 TCP from `pair.client` to the server (198.18.0.2:5201) for
+/// `secs` with `streams` streams, and returns the client's JSON report, with
+/// the server's under `server_output_json` (receiver-side intervals). With
+/// `pin`, the client runs on CPU 0 and the server on CPU 1.
+pub fn iperf3(pair: &Pair, secs: u32, streams: u32, pin: bool) -> Result<serde_json::Value> {
+    let taskset = |cpu: &'static str| -> Vec<&'static str> {
+        if pin {
+            vec!["taskset", "-c", cpu]
+        } else {
+            vec![]
+        }
+    };
+    let mut server = Command::new("ip")
+        .args(["netns", "exec", &pair.server])
+        .args(taskset("1"))
+        .args(["iperf3", "-s", "-1", "-J", "-p", "5201", "-B", "198.18.0.2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    // The server may take a while to listen (seconds under emulation): retry
+    // while the client cannot connect.
+    let mut last = String::new();
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(250));
+        let out = Command::new("timeout")
+            .args(["120", "ip", "netns", "exec", &pair.client])
+            .args(taskset("0"))
+            .args([
+                "iperf3",
+                "-c",
+                "198.18.0.2",
+                "-p",
+                "5201",
+                "-J",
+                "--get-server-output",
+            ])
+            .args(["-t", &secs.to_string(), "-P", &streams.to_string()])
+            .output()?;
+        match serde_json::from_slice::<serde_json::Value>(&out.stdout) {
+            Ok(j) if j.get("error").is_none() => {
+                let _ = server.kill();
+                let _ = server.wait();
+                return Ok(j);
+            }
+            Ok(j) => last = j["error"].to_string(),
+            Err(_) => last = String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    bail!("iperf3 failed: {last}")
+}

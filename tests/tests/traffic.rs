@@ -4,10 +4,10 @@
 //! veth, so `ingress` channels see what the client sends. Traffic is
 //! bounded in count and time and stays on 198.18.0.0/15.
 
-use std::{path::PathBuf, process::Command, sync::Mutex, time::Duration};
+use std::{path::PathBuf, sync::Mutex, time::Duration};
 
 use anyhow::Result;
-use tc_tests::netns::{in_netns, udp_receive, udp_send, Agent, Pair};
+use tc_tests::netns::{in_netns, iperf3, udp_receive, udp_send, Agent, Pair};
 
 /// Traffic tests share two CPUs: run them one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -73,48 +73,11 @@ fn udp_flood_is_held_to_the_limit_and_an_unlimited_channel_is_untouched() -> Res
     Ok(())
 }
 
-/// Runs iperf3 from client to server for `secs`; returns the receiver's
-/// per-second bits/s, the first second dropped.
-fn iperf3(pair: &Pair, secs: u32, streams: u32) -> Result<Vec<f64>> {
-    let mut server = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &pair.server,
-            "iperf3",
-            "-s",
-            "-1",
-            "-J",
-            "-p",
-            "5201",
-            "-B",
-            "198.18.0.2",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    std::thread::sleep(Duration::from_millis(500));
-    let out = Command::new("timeout")
-        .args([
-            "60",
-            "ip",
-            "netns",
-            "exec",
-            &pair.client,
-            "iperf3",
-            "-c",
-            "198.18.0.2",
-            "-p",
-            "5201",
-            "-J",
-            "--get-server-output",
-        ])
-        .args(["-t", &secs.to_string(), "-P", &streams.to_string()])
-        .output()?;
-    let _ = server.kill();
-    let _ = server.wait();
-    let j: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    // Receiver-side intervals: the client's own count bytes written to its socket.
+/// Receiver-side goodput per second of an iperf3 run, the first second
+/// (slow start) left out.
+fn iperf3_intervals(pair: &Pair, secs: u32, streams: u32) -> Result<Vec<f64>> {
+    let j = iperf3(pair, secs, streams, false)?;
+    // The server's intervals: the client's own count bytes written to its socket.
     let iv: Vec<f64> = j["server_output_json"]["intervals"]
         .as_array()
         .map(|a| {
@@ -137,7 +100,7 @@ fn tcp_flow_reaches_the_bandwidth_limit_and_never_exceeds_it() -> Result<()> {
     );
     let agent = Agent::start(&pair.server, &pair.server_if, &policy)?;
     // 8 s; the first second (which spends the initial burst) is left out.
-    let iv = iperf3(&pair, 8, 1)?;
+    let iv = iperf3_intervals(&pair, 8, 1)?;
     let mean = iv.iter().sum::<f64>() / iv.len() as f64;
     let ratio = mean / 50e6;
     println!(

@@ -3,6 +3,7 @@
 //! missing dependencies first (scripts/install-deps.sh, idempotent).
 
 mod demo;
+mod vm;
 
 use std::process::Command;
 
@@ -20,10 +21,21 @@ struct Cli {
 enum Task {
     /// Install missing build and test dependencies (Debian packages, bpf-linker).
     InstallDeps,
-    /// Build, then run unit, BPF_PROG_TEST_RUN and namespace traffic tests (needs root).
-    Test,
+    /// Build, then run unit, BPF_PROG_TEST_RUN and namespace traffic tests on
+    /// this kernel, then the kernel-dependent suites in qemu on 6.1 and 6.12 (needs root).
+    Test {
+        /// Skip the qemu kernel matrix.
+        #[arg(long)]
+        skip_vm: bool,
+    },
     /// Demo: three clients and a service in namespaces; throttle the noisy one.
     Demo,
+    /// Run the kernel-dependent suites in qemu on Debian's 6.1 (clsact) and 6.12 (TCX) kernels.
+    VmTest {
+        /// Which kernel: 6.1, 6.12 or all.
+        #[arg(long, default_value = "all")]
+        kernel: String,
+    },
     /// Per-packet cost, enforcement accuracy vs TBF/HTB with ping RTT, attach cost; writes target/bench.json.
     Bench,
 }
@@ -37,7 +49,7 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn root() -> std::path::PathBuf {
+pub fn root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
@@ -47,6 +59,22 @@ fn cargo(args: &[&str]) -> Result<()> {
     run(Command::new(cargo).current_dir(root()).args(args))
 }
 
+/// Runs cargo with extra environment and returns its stdout (stderr passes through).
+pub fn cargo_output(args: &[&str], env: &[(&str, &str)]) -> Result<String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .current_dir(root())
+        .args(args)
+        .envs(env.iter().copied())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("running cargo {args:?}"))?;
+    if !out.status.success() {
+        bail!("cargo {args:?} failed: {}", out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 fn install_deps() -> Result<()> {
     run(Command::new("bash").arg(root().join("scripts/install-deps.sh")))
 }
@@ -54,16 +82,25 @@ fn install_deps() -> Result<()> {
 fn main() -> Result<()> {
     match Cli::parse().task {
         Task::InstallDeps => install_deps(),
-        Task::Test => {
+        Task::Test { skip_vm } => {
             install_deps()?;
             // The traffic tests drive the real binary: build it first.
             cargo(&["build", "--workspace", "--bins"])?;
-            cargo(&["test", "--workspace"])
+            cargo(&["test", "--workspace"])?;
+            if skip_vm {
+                println!("vm-test: skipped (--skip-vm)");
+                return Ok(());
+            }
+            vm::vm_test("all")
         }
         Task::Demo => {
             install_deps()?;
             cargo(&["build", "--release", "-p", "tc-agent"])?;
             demo::run(&root().join("target/release/tc-agent"))
+        }
+        Task::VmTest { kernel } => {
+            install_deps()?;
+            vm::vm_test(&kernel)
         }
         Task::Bench => {
             install_deps()?;

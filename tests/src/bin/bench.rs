@@ -17,7 +17,7 @@ use tc_agent::{
     policy::{compile::compile, Policy},
 };
 use tc_tests::{
-    netns::{sh, Agent, Pair},
+    netns::{iperf3, sh, Agent, Pair},
     packet::{self, UDP},
 };
 
@@ -152,24 +152,6 @@ struct Load {
 /// One iperf3 run client -> server (client on CPU 0, server on CPU 1) with
 /// a ping every 50 ms alongside.
 fn load(pair: &Pair, streams: u32) -> Result<Load> {
-    let mut server = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &pair.server,
-            "taskset",
-            "-c",
-            "1",
-            "iperf3",
-            "-s",
-            "-1",
-            "-p",
-            "5201",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    std::thread::sleep(std::time::Duration::from_millis(400));
     let ping = std::process::Command::new("ip")
         .args([
             "netns",
@@ -185,29 +167,8 @@ fn load(pair: &Pair, streams: u32) -> Result<Load> {
         ])
         .stdout(std::process::Stdio::piped())
         .spawn()?;
-    let out = std::process::Command::new("timeout")
-        .args([
-            "60",
-            "ip",
-            "netns",
-            "exec",
-            &pair.client,
-            "taskset",
-            "-c",
-            "0",
-            "iperf3",
-            "-c",
-            "198.18.0.2",
-            "-p",
-            "5201",
-            "-J",
-        ])
-        .args(["-t", &SECS.to_string(), "-P", &streams.to_string()])
-        .output()?;
+    let j = iperf3(pair, SECS, streams, true)?;
     let ping = ping.wait_with_output()?;
-    let _ = server.kill();
-    let _ = server.wait();
-    let j: serde_json::Value = serde_json::from_slice(&out.stdout).context("iperf3 JSON")?;
     // Receiver side, over the whole flow: every method pays its own start
     // (slow start; tc-agent also gets its initial burst).
     let goodput = j["end"]["sum_received"]["bits_per_second"]

@@ -1,0 +1,361 @@
+//! `cargo xtask vm-test`: the kernel-dependent test suites (BPF_PROG_TEST_RUN
+//! verdicts and namespace traffic) inside qemu on Debian's cloud kernels.
+//!
+//! - Kernels come from `apt-get download` + `dpkg -x`, cached under `target/vm/`.
+//! - The guest is a busybox-static initramfs holding the statically linked
+//!   test binaries and `tc-agent`, iproute2 and iperf3 with their shared
+//!   libraries, and the kernel modules the tests need.
+//! - qemu runs under TCG: KVM hangs on this host kind (kvm_pvm).
+//! - Results come back as markers on the serial console; only a run that
+//!   printed its final `TCVM-DONE` marker, with every suite passing, counts.
+
+use std::{
+    collections::BTreeSet,
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{cargo_output, root, run};
+
+/// A kernel of the matrix: its short name and Debian's meta package.
+pub struct Kernel {
+    pub name: &'static str,
+    meta: &'static str,
+}
+
+pub const KERNELS: [Kernel; 2] = [
+    // Before TCX (6.6): tc attaches through clsact + cls_bpf over netlink.
+    Kernel {
+        name: "6.1",
+        meta: "linux-image-cloud-amd64",
+    },
+    // TCX links.
+    Kernel {
+        name: "6.12",
+        meta: "linux-image-6.12-cloud-amd64",
+    },
+];
+
+/// Modules the suites need; built in on some kernels, so a failed insmod is fine.
+const MODULES: [&str; 7] = [
+    "drivers/net/veth",
+    "net/sched/sch_ingress",
+    "net/sched/cls_bpf",
+    "net/sched/sch_fq",
+    "net/sched/sch_tbf",
+    "net/sched/sch_htb",
+    "net/sched/sch_netem",
+];
+
+/// Kernel-dependent suites (integration test targets of `tc-tests`).
+const SUITES: [&str; 2] = ["verdicts", "traffic"];
+/// Host-side limit for one guest run.
+const GUEST_TIMEOUT: Duration = Duration::from_secs(900);
+const TRIPLE: &str = "x86_64-unknown-linux-gnu";
+
+fn vm_dir() -> PathBuf {
+    root().join("target/vm")
+}
+
+/// Downloads and unpacks the kernel package once; returns its unpacked root.
+fn fetch_kernel(k: &Kernel) -> Result<PathBuf> {
+    let dir = vm_dir().join("kernels").join(k.name);
+    if dir.join("ready").exists() {
+        return Ok(dir);
+    }
+    fs::create_dir_all(&dir)?;
+    // The meta package depends on the versioned image package.
+    let deps = Command::new("apt-cache")
+        .args(["depends", k.meta])
+        .output()?;
+    let deps = String::from_utf8_lossy(&deps.stdout);
+    let image = deps
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends: "))
+        .find(|p| p.starts_with("linux-image-"))
+        .with_context(|| {
+            format!(
+                "apt-cache knows no image behind {} (run apt-get update)",
+                k.meta
+            )
+        })?
+        .to_string();
+    println!("vm-test: downloading {image}");
+    run(Command::new("apt-get")
+        .args(["download", "-q", &image])
+        .current_dir(&dir))?;
+    let deb = fs::read_dir(&dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .context("apt-get download left no .deb")?;
+    run(Command::new("dpkg")
+        .arg("-x")
+        .arg(&deb)
+        .arg(dir.join("root")))?;
+    fs::remove_file(&deb)?;
+    fs::write(dir.join("ready"), image)?;
+    Ok(dir)
+}
+
+fn find_one(dir: &Path, pred: &dyn Fn(&Path) -> bool) -> Option<PathBuf> {
+    for e in fs::read_dir(dir).ok()?.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            if let Some(f) = find_one(&p, pred) {
+                return Some(f);
+            }
+        } else if pred(&p) {
+            return Some(p);
+        }
+    }
+    None
+}
+
+/// Builds the static test binaries and agent; returns (suite name, path) and the agent path.
+fn build_static() -> Result<(Vec<(String, PathBuf)>, PathBuf)> {
+    let flags = [("RUSTFLAGS", "-C target-feature=+crt-static")];
+    let out = cargo_output(
+        &[
+            "test",
+            "--no-run",
+            "-p",
+            "tc-tests",
+            "--target",
+            TRIPLE,
+            "--message-format=json",
+        ],
+        &flags,
+    )?;
+    let mut suites = Vec::new();
+    for line in out.lines() {
+        let Ok(m) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let name = m["target"]["name"].as_str().unwrap_or_default();
+        if m["reason"] == "compiler-artifact" && SUITES.contains(&name) {
+            if let Some(exe) = m["executable"].as_str() {
+                suites.push((name.to_string(), PathBuf::from(exe)));
+            }
+        }
+    }
+    if suites.len() != SUITES.len() {
+        bail!("expected test binaries {SUITES:?}, cargo built {suites:?}");
+    }
+    cargo_output(&["build", "-p", "tc-agent", "--target", TRIPLE], &flags)?;
+    Ok((
+        suites,
+        root().join("target").join(TRIPLE).join("debug/tc-agent"),
+    ))
+}
+
+/// Copies `bin` into the image at the same path, with every shared library it needs.
+fn copy_with_libs(bin: &str, image: &Path, libs: &mut BTreeSet<PathBuf>) -> Result<()> {
+    copy_into(Path::new(bin), image)?;
+    let out = Command::new("ldd").arg(bin).output()?;
+    for l in String::from_utf8_lossy(&out.stdout).lines() {
+        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
+        let path = l
+            .split("=>")
+            .last()
+            .and_then(|r| r.split_whitespace().next())
+            .filter(|p| p.starts_with('/'));
+        if let Some(p) = path {
+            libs.insert(PathBuf::from(p));
+        }
+    }
+    Ok(())
+}
+
+fn copy_into(src: &Path, image: &Path) -> Result<()> {
+    let dst = image.join(src.strip_prefix("/").unwrap_or(src));
+    fs::create_dir_all(dst.parent().context("path has a parent")?)?;
+    fs::copy(src, &dst).with_context(|| format!("copying {}", src.display()))?;
+    Ok(())
+}
+
+const INIT: &str = r#"#!/bin/sh
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mount -t tmpfs tmp /tmp
+mount -t tmpfs run /run
+mkdir -p /sys/fs/bpf /run/netns
+mount -t bpf bpf /sys/fs/bpf
+for m in /modules/*.ko; do insmod "$m" 2>/dev/null; done
+ip link set lo up
+export TC_AGENT_BIN=/usr/bin/tc-agent TMPDIR=/tmp RUST_BACKTRACE=1
+echo "TCVM-KERNEL $(uname -r)"
+all=0
+for t in SUITES; do
+  /tests/$t --test-threads=1
+  rc=$?
+  echo "TCVM-RESULT $t rc=$rc"
+  [ $rc -eq 0 ] || all=1
+done
+echo "TCVM-DONE rc=$all"
+poweroff -f
+"#;
+
+/// Writes the initramfs for kernel `kdir` and returns its path.
+fn initramfs(kdir: &Path, suites: &[(String, PathBuf)], agent: &Path) -> Result<PathBuf> {
+    let image = kdir.join("image");
+    let _ = fs::remove_dir_all(&image);
+    for d in [
+        "bin", "sbin", "proc", "sys", "dev", "tmp", "run", "modules", "tests", "usr/bin",
+        "usr/sbin",
+    ] {
+        fs::create_dir_all(image.join(d))?;
+    }
+    fs::copy("/usr/bin/busybox", image.join("bin/busybox")).context("busybox-static missing")?;
+    // No `ip` or `tc` applets: the real iproute2 must answer to those names.
+    for applet in [
+        "sh", "mount", "mkdir", "echo", "cat", "ls", "poweroff", "sleep", "insmod", "uname",
+        "timeout", "taskset", "ping", "rm", "ln", "kill", "grep", "env",
+    ] {
+        std::os::unix::fs::symlink("busybox", image.join("bin").join(applet))?;
+    }
+    let mut libs = BTreeSet::new();
+    // coreutils' timeout, not busybox's: the applet would run its own `ip`.
+    for bin in [
+        "/usr/sbin/ip",
+        "/usr/sbin/tc",
+        "/usr/bin/iperf3",
+        "/usr/bin/timeout",
+    ] {
+        copy_with_libs(bin, &image, &mut libs)?;
+    }
+    for lib in &libs {
+        // fs::copy follows symlinks: the file lands under the name the loader asks for.
+        copy_into(lib, &image)?;
+    }
+    let modroot = kdir.join("root/lib/modules");
+    for m in MODULES {
+        let base = m.rsplit('/').next().unwrap_or(m);
+        let found = find_one(&modroot, &|p: &Path| {
+            p.to_string_lossy().contains(&format!("/{m}.ko"))
+        });
+        let Some(src) = found else { continue };
+        let dst = image.join("modules").join(format!("{base}.ko"));
+        if src.extension().is_some_and(|e| e == "xz") {
+            let out = Command::new("xz").arg("-dc").arg(&src).output()?;
+            anyhow::ensure!(out.status.success(), "xz -d {}", src.display());
+            fs::write(&dst, out.stdout)?;
+        } else {
+            fs::copy(&src, &dst)?;
+        }
+    }
+    for (name, exe) in suites {
+        fs::copy(exe, image.join("tests").join(name))?;
+    }
+    fs::copy(agent, image.join("usr/bin/tc-agent"))?;
+    let names: Vec<&str> = suites.iter().map(|(n, _)| n.as_str()).collect();
+    let init = image.join("init");
+    fs::write(&init, INIT.replace("SUITES", &names.join(" ")))?;
+    fs::set_permissions(&init, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let cpio = kdir.join("initramfs.cpio.gz");
+    run(Command::new("sh")
+        .arg("-c")
+        .arg("find . | cpio -o -H newc --quiet | gzip -1 > ../initramfs.cpio.gz")
+        .current_dir(&image))?;
+    Ok(cpio)
+}
+
+/// Boots `kernel` with the initramfs and streams the console; returns
+/// whether every suite passed.
+fn boot(k: &Kernel, kdir: &Path, initrd: &Path) -> Result<bool> {
+    let vmlinuz = find_one(&kdir.join("root/boot"), &|p: &Path| {
+        p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz"))
+    })
+    .context("no vmlinuz in the kernel package")?;
+    let log = vm_dir().join(format!("console-{}.log", k.name));
+    let t0 = Instant::now();
+    let mut child = Command::new("timeout")
+        .arg(GUEST_TIMEOUT.as_secs().to_string())
+        .args([
+            "qemu-system-x86_64",
+            "-m",
+            "2048",
+            "-smp",
+            "2",
+            "-accel",
+            "tcg",
+            "-nographic",
+            "-no-reboot",
+        ])
+        .arg("-kernel")
+        .arg(&vmlinuz)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(&log)?)
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting qemu-system-x86_64")?;
+    let status = child.wait()?;
+    let text = fs::read_to_string(&log).unwrap_or_default();
+    // Echo the guest's test output (the harness lines) for the CI log.
+    for l in text.lines() {
+        let l = l.trim_start_matches(|c: char| {
+            c.is_control() || c == '[' || c == '?' || c.is_ascii_digit() || c == 'l' || c == 'J'
+        });
+        if l.starts_with("test ")
+            || l.starts_with("TCVM-")
+            || l.contains("panicked")
+            || l.starts_with("running ")
+        {
+            println!("[{}] {l}", k.name);
+        }
+    }
+    let done = text.lines().find_map(|l| {
+        l.split("TCVM-DONE rc=")
+            .nth(1)
+            .map(str::trim)
+            .map(str::to_string)
+    });
+    println!(
+        "vm-test {}: {} in {:.0}s (console log: {})",
+        k.name,
+        match done.as_deref() {
+            Some("0") => "passed",
+            Some(_) => "FAILED",
+            None => "did not finish (no TCVM-DONE marker)",
+        },
+        t0.elapsed().as_secs_f64(),
+        log.display()
+    );
+    if done.is_none() && !status.success() {
+        println!("vm-test {}: qemu exited with {status}", k.name);
+    }
+    Ok(done.as_deref() == Some("0"))
+}
+
+/// Runs the kernel-dependent suites on each kernel in `which` ("6.1", "6.12" or "all").
+pub fn vm_test(which: &str) -> Result<()> {
+    let kernels: Vec<&Kernel> = KERNELS
+        .iter()
+        .filter(|k| which == "all" || k.name == which)
+        .collect();
+    if kernels.is_empty() {
+        bail!("unknown kernel `{which}`: use 6.1, 6.12 or all");
+    }
+    let (suites, agent) = build_static()?;
+    let mut failed = Vec::new();
+    for k in kernels {
+        let kdir = fetch_kernel(k)?;
+        let initrd = initramfs(&kdir, &suites, &agent)?;
+        if !boot(k, &kdir, &initrd)? {
+            failed.push(k.name);
+        }
+    }
+    if !failed.is_empty() {
+        bail!("vm-test failed on kernel(s) {failed:?}");
+    }
+    Ok(())
+}
