@@ -70,6 +70,10 @@ pub const DIR_EGRESS: u8 = 1;
 
 /// `ChannelPolicy::action`: what happens to a packet over the limit.
 pub const ACTION_DROP: u8 = 0;
+/// Pace: hold the packet until its earliest departure time (EDT, fq releases it).
+pub const ACTION_DELAY: u8 = 1;
+/// Set ECN CE on ECN-capable packets within one more burst; drop the rest.
+pub const ACTION_MARK: u8 = 2;
 /// `ChannelPolicy::mode`: enforce the action.
 pub const MODE_ENFORCE: u8 = 0;
 /// `ChannelPolicy::mode`: only count what would have been dropped.
@@ -194,6 +198,8 @@ pub struct ChannelPolicy {
     pub pkt_cost_q16: u64,
     /// Packet burst expressed as time at the channel's packet rate, ns.
     pub pkt_tau_ns: u64,
+    /// `ACTION_DELAY`: a packet that would leave later than now + horizon is dropped.
+    pub horizon_ns: u64,
     /// `ACTION_*`: what to do with a packet over the limit.
     pub action: u8,
     /// `MODE_*`: enforce, or only count (monitor / dry run).
@@ -233,6 +239,16 @@ pub struct ChannelCounters {
     /// Packets over the limit that monitor mode let through.
     pub would_drop_pkts: u64,
     pub would_drop_bytes: u64,
+    /// `delay`: packets given a departure time in the future.
+    pub delayed_pkts: u64,
+    /// `delay`: sum over delayed packets of (departure - now), ns; divided
+    /// by `delayed_pkts` between two samples it is the current pacing delay.
+    pub delay_ns: u64,
+    /// `delay`: packets dropped because they would leave beyond the horizon
+    /// (also counted in `dropped_*`).
+    pub horizon_drop_pkts: u64,
+    /// `mark`: packets over the limit that left with ECN CE set.
+    pub marked_pkts: u64,
 }
 
 /// Node-wide, per-CPU counters, index 0 of the [`GLOBAL`] array.
@@ -270,6 +286,10 @@ impl ChannelCounters {
         self.dropped_bytes += o.dropped_bytes;
         self.would_drop_pkts += o.would_drop_pkts;
         self.would_drop_bytes += o.would_drop_bytes;
+        self.delayed_pkts += o.delayed_pkts;
+        self.delay_ns += o.delay_ns;
+        self.horizon_drop_pkts += o.horizon_drop_pkts;
+        self.marked_pkts += o.marked_pkts;
     }
 }
 
@@ -309,8 +329,8 @@ const _: () = assert!(core::mem::size_of::<Config>() == 8);
 const _: () = assert!(core::mem::size_of::<GenInfo>() == 8);
 const _: () = assert!(core::mem::size_of::<FlowKey4>() == 16);
 const _: () = assert!(core::mem::size_of::<FlowKey6>() == 40);
-const _: () = assert!(core::mem::size_of::<ChannelPolicy>() == 40);
+const _: () = assert!(core::mem::size_of::<ChannelPolicy>() == 48);
 const _: () = assert!(core::mem::size_of::<BucketState>() == 16);
-const _: () = assert!(core::mem::size_of::<ChannelCounters>() == 64);
+const _: () = assert!(core::mem::size_of::<ChannelCounters>() == 96);
 const _: () = assert!(core::mem::size_of::<GlobalCounters>() == 72);
 const _: () = assert!(MAX_CHANNELS.is_multiple_of(64));

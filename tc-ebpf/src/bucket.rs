@@ -66,8 +66,10 @@ unsafe fn charge(tat: *mut u64, now: u64, cost: u64, tau: u64) -> Conformance {
 }
 
 /// Charges a packet of `len` bytes and `segs` segments to the channel's
-/// packet bucket, then its byte bucket. If the byte bucket refuses, the
-/// packet-bucket charge is refunded so a dropped packet costs nothing.
+/// packet bucket, then its byte bucket, with buckets `bursts` times as deep
+/// as configured (`mark` lets ECN-capable packets use a second burst). If
+/// the byte bucket refuses, the packet-bucket charge is refunded so a
+/// dropped packet costs nothing.
 ///
 /// # Safety
 /// `bucket` must point into a live map value.
@@ -78,13 +80,21 @@ pub unsafe fn conform(
     now: u64,
     len: u64,
     segs: u64,
+    bursts: u64,
 ) -> Conformance {
     let mut pkt_charged = 0u64;
     let mut contended = false;
     if policy.pkt_cost_q16 != 0 {
         let cost = (segs * policy.pkt_cost_q16) >> 16;
         // SAFETY: caller guarantees `bucket` is valid.
-        match unsafe { charge(&raw mut (*bucket).pkt_tat, now, cost, policy.pkt_tau_ns) } {
+        match unsafe {
+            charge(
+                &raw mut (*bucket).pkt_tat,
+                now,
+                cost,
+                policy.pkt_tau_ns * bursts,
+            )
+        } {
             Conformance::Conform => pkt_charged = cost,
             Conformance::Contended => {
                 pkt_charged = cost;
@@ -96,7 +106,14 @@ pub unsafe fn conform(
     if policy.byte_cost_q16 != 0 {
         let cost = (len * policy.byte_cost_q16) >> 16;
         // SAFETY: caller guarantees `bucket` is valid.
-        match unsafe { charge(&raw mut (*bucket).byte_tat, now, cost, policy.byte_tau_ns) } {
+        match unsafe {
+            charge(
+                &raw mut (*bucket).byte_tat,
+                now,
+                cost,
+                policy.byte_tau_ns * bursts,
+            )
+        } {
             Conformance::Conform => {}
             Conformance::Exceed => {
                 if pkt_charged != 0 {
@@ -118,4 +135,110 @@ pub unsafe fn conform(
     } else {
         Conformance::Conform
     }
+}
+
+/// Reserves a packet's transmission in one bucket for earliest-departure-time
+/// pacing: returns when it may leave (now, while the bucket holds enough
+/// tokens), or `None`, charging nothing, if that is more than `horizon` away.
+///
+/// # Safety
+/// `tat` must point into a live map value.
+#[inline(always)]
+unsafe fn schedule_one(tat: *mut u64, now: u64, cost: u64, tau: u64, horizon: u64) -> Option<u64> {
+    // SAFETY: as in `charge`.
+    let mut old = unsafe { core::ptr::read_volatile(tat) };
+    for _ in 0..CAS_TRIES {
+        let base = if old > now { old } else { now };
+        let new = base + cost;
+        let depart = if new - now > tau { new - tau } else { now };
+        if depart - now > horizon {
+            return None;
+        }
+        // SAFETY: as in `charge`.
+        let (seen, ok) = unsafe {
+            atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+                tat, old, new,
+            )
+        };
+        if ok {
+            return Some(depart);
+        }
+        old = seen;
+    }
+    // As in `charge`: fetch-and-add cannot lose the race.
+    // SAFETY: as in `charge`.
+    let before = unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(tat, cost) };
+    let depart = (before + cost).saturating_sub(tau);
+    let depart = if depart > now { depart } else { now };
+    if depart - now > horizon {
+        // SAFETY: as in `charge`.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(tat, cost.wrapping_neg()) };
+        return None;
+    }
+    Some(depart)
+}
+
+/// EDT for a packet: its departure time from both buckets (the later of
+/// the two), or `None` if it would leave beyond the channel's horizon, in
+/// which case nothing stays charged.
+///
+/// # Safety
+/// `bucket` must point into a live map value.
+#[inline(always)]
+pub unsafe fn schedule(
+    bucket: *mut BucketState,
+    policy: &ChannelPolicy,
+    now: u64,
+    len: u64,
+    segs: u64,
+) -> Option<u64> {
+    let mut depart = now;
+    let mut pkt_charged = 0u64;
+    if policy.pkt_cost_q16 != 0 {
+        let cost = (segs * policy.pkt_cost_q16) >> 16;
+        // SAFETY: caller guarantees `bucket` is valid.
+        let t = unsafe {
+            schedule_one(
+                &raw mut (*bucket).pkt_tat,
+                now,
+                cost,
+                policy.pkt_tau_ns,
+                policy.horizon_ns,
+            )
+        }?;
+        depart = t;
+        pkt_charged = cost;
+    }
+    if policy.byte_cost_q16 != 0 {
+        let cost = (len * policy.byte_cost_q16) >> 16;
+        // SAFETY: caller guarantees `bucket` is valid.
+        match unsafe {
+            schedule_one(
+                &raw mut (*bucket).byte_tat,
+                now,
+                cost,
+                policy.byte_tau_ns,
+                policy.horizon_ns,
+            )
+        } {
+            Some(t) => {
+                if t > depart {
+                    depart = t;
+                }
+            }
+            None => {
+                if pkt_charged != 0 {
+                    // SAFETY: as above.
+                    unsafe {
+                        atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(
+                            &raw mut (*bucket).pkt_tat,
+                            pkt_charged.wrapping_neg(),
+                        )
+                    };
+                }
+                return None;
+            }
+        }
+    }
+    Some(depart)
 }

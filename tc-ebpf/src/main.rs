@@ -25,13 +25,13 @@ use aya_ebpf::{
 };
 use tc_common::{
     BucketState, ChannelCounters, ChannelPolicy, ChannelSet, Config, FlowKey4, FlowKey6, FlowMeta,
-    GenInfo, GlobalCounters, Ip4Key, Ip6Key, L4Key, CHANNEL_SLOTS, CHANNEL_WORDS, DIR_EGRESS,
-    DIR_INGRESS, FLAG_NO_FLOW_CACHE, GEN_BITS, MAX_CHANNELS, MAX_FLOWS, MAX_L4_ENTRIES,
-    MAX_PREFIXES, MODE_MONITOR, NO_CHANNEL,
+    GenInfo, GlobalCounters, Ip4Key, Ip6Key, L4Key, ACTION_DELAY, ACTION_MARK, CHANNEL_SLOTS,
+    CHANNEL_WORDS, DIR_EGRESS, DIR_INGRESS, FLAG_NO_FLOW_CACHE, GEN_BITS, MAX_CHANNELS, MAX_FLOWS,
+    MAX_L4_ENTRIES, MAX_PREFIXES, MODE_MONITOR, NO_CHANNEL,
 };
 
 use crate::{
-    bucket::{conform, Conformance},
+    bucket::{conform, schedule, Conformance},
     parse::{parse, Addrs, Parsed, Skip},
 };
 
@@ -62,11 +62,38 @@ static TC_COUNTERS: PerCpuArray<ChannelCounters> = PerCpuArray::with_max_entries
 #[map]
 static TC_GLOBAL: PerCpuArray<GlobalCounters> = PerCpuArray::with_max_entries(1, 0);
 
-/// What the datapath decided for one packet.
-#[derive(PartialEq, Eq)]
-enum Verdict {
-    Pass,
-    Drop,
+/// What the datapath decided for one packet. A plain struct rather than an
+/// enum with payloads: LLVM may fill an unused payload with any register,
+/// a packet pointer included, which the verifier then refuses.
+struct Verdict {
+    /// `PASS`, `DROP`, `DELAY` or `MARK`.
+    action: u8,
+    /// `DELAY`: the earliest departure time, `bpf_ktime_get_ns` clock.
+    tstamp: u64,
+    /// `MARK`: offset of the IP header to set CE in.
+    l3: u32,
+    /// `MARK`: the header is IPv6.
+    v6: bool,
+}
+
+const PASS: u8 = 0;
+const DROP: u8 = 1;
+const DELAY: u8 = 2;
+const MARK: u8 = 3;
+
+impl Verdict {
+    const PASS: Self = Self {
+        action: PASS,
+        tstamp: 0,
+        l3: 0,
+        v6: false,
+    };
+    const DROP: Self = Self {
+        action: DROP,
+        tstamp: 0,
+        l3: 0,
+        v6: false,
+    };
 }
 
 /// The packet as the hooks see it: linear header bytes plus accounting sizes.
@@ -100,10 +127,66 @@ pub fn xdp_ingress(ctx: XdpContext) -> u32 {
         len,
         segs: 1,
     };
-    match handle(&frame, DIR_INGRESS) {
-        Verdict::Pass => xdp_action::XDP_PASS,
-        Verdict::Drop => xdp_action::XDP_DROP,
+    let v = handle(&frame, DIR_INGRESS);
+    match v.action {
+        DROP => xdp_action::XDP_DROP,
+        MARK => {
+            mark_ce_xdp(&ctx, v.l3 as usize, v.v6);
+            xdp_action::XDP_PASS
+        }
+        // Delay is refused for ingress channels at validation.
+        _ => xdp_action::XDP_PASS,
     }
+}
+
+/// Sets ECN CE in the IP header at `l3`, fixing the IPv4 checksum by
+/// RFC 1624 incremental update.
+#[inline(always)]
+fn mark_ce_xdp(ctx: &XdpContext, l3: usize, v6: bool) {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + l3 + 20 > end {
+        return;
+    }
+    let p = (start + l3) as *mut u8;
+    // SAFETY: the 20 bytes at p were bounds-checked above.
+    unsafe {
+        let old = *p.add(1);
+        if v6 {
+            *p.add(1) = old | 0x30;
+            return;
+        }
+        let new = old | 0x03;
+        *p.add(1) = new;
+        let word = |tos: u8| u16::from_be_bytes([*p, tos]) as u32;
+        let hc = u16::from_be_bytes([*p.add(10), *p.add(11)]) as u32;
+        let mut sum = (!hc & 0xffff) + (!word(old) & 0xffff) + word(new);
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum = (sum & 0xffff) + (sum >> 16);
+        let hc = (!sum & 0xffff) as u16;
+        let [a, b] = hc.to_be_bytes();
+        *p.add(10) = a;
+        *p.add(11) = b;
+    }
+}
+
+/// Sets ECN CE through the skb helpers (the header may not be writable in place).
+#[inline(always)]
+fn mark_ce_tc(ctx: &TcContext, l3: usize, v6: bool) {
+    let Ok(w) = ctx.load::<[u8; 2]>(l3) else {
+        return;
+    };
+    if v6 {
+        let _ = ctx.store(l3 + 1, &(w[1] | 0x30), 0);
+        return;
+    }
+    let new = [w[0], w[1] | 0x03];
+    let _ = ctx.l3_csum_replace(
+        l3 + 10,
+        u16::from_ne_bytes(w) as u64,
+        u16::from_ne_bytes(new) as u64,
+        2,
+    );
+    let _ = ctx.store(l3 + 1, &new[1], 0);
 }
 
 /// Floor for the per-packet cost benchmark: a tc program that only passes.
@@ -141,9 +224,25 @@ fn tc_verdict(ctx: &TcContext, dir: u8) -> i32 {
         len: len as u64,
         segs: if gso_segs == 0 { 1 } else { gso_segs },
     };
-    match handle(&frame, dir) {
-        Verdict::Pass => TC_ACT_UNSPEC,
-        Verdict::Drop => TC_ACT_SHOT,
+    let v = handle(&frame, dir);
+    match v.action {
+        DROP => TC_ACT_SHOT,
+        DELAY => {
+            // fq releases the packet at skb->tstamp; keep a later departure
+            // the sender (TCP's own EDT pacing) already chose.
+            // SAFETY: the context pointer is valid for the whole program run.
+            unsafe {
+                if (*ctx.skb.skb).tstamp < v.tstamp {
+                    (*ctx.skb.skb).tstamp = v.tstamp;
+                }
+            }
+            TC_ACT_UNSPEC
+        }
+        MARK => {
+            mark_ce_tc(ctx, v.l3 as usize, v.v6);
+            TC_ACT_UNSPEC
+        }
+        _ => TC_ACT_UNSPEC,
     }
 }
 
@@ -151,7 +250,7 @@ fn tc_verdict(ctx: &TcContext, dir: u8) -> i32 {
 #[inline(always)]
 fn handle(frame: &Frame, dir: u8) -> Verdict {
     let Some(global) = TC_GLOBAL.get_ptr_mut(0) else {
-        return Verdict::Pass;
+        return Verdict::PASS;
     };
     // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
     let global = unsafe { &mut *global };
@@ -162,11 +261,11 @@ fn handle(frame: &Frame, dir: u8) -> Verdict {
         Ok(p) => p,
         Err(Skip::NonIp) => {
             global.non_ip_pkts += 1;
-            return Verdict::Pass;
+            return Verdict::PASS;
         }
         Err(Skip::Malformed) => {
             global.malformed_pkts += 1;
-            return Verdict::Pass;
+            return Verdict::PASS;
         }
     };
     if parsed.fragment {
@@ -174,12 +273,12 @@ fn handle(frame: &Frame, dir: u8) -> Verdict {
     }
     let Some(config) = TC_CONFIG.get(0) else {
         global.fail_open_pkts += 1;
-        return Verdict::Pass;
+        return Verdict::PASS;
     };
     let generation = config.generation & 1;
     let Some(gen_info) = TC_GENS.get(generation) else {
         global.fail_open_pkts += 1;
-        return Verdict::Pass;
+        return Verdict::PASS;
     };
     let channel = if config.flags & FLAG_NO_FLOW_CACHE != 0 {
         classify(generation as u8, gen_info.words, dir, &parsed)
@@ -189,10 +288,10 @@ fn handle(frame: &Frame, dir: u8) -> Verdict {
     let Some(channel) = channel else {
         global.unclassified_pkts += 1;
         global.unclassified_bytes += frame.len;
-        return Verdict::Pass;
+        return Verdict::PASS;
     };
     let slot = generation * MAX_CHANNELS + channel;
-    enforce(frame, slot, global)
+    enforce(frame, &parsed, slot, global)
 }
 
 /// [`classify`] behind the flow cache: one hash lookup for a known flow
@@ -342,42 +441,82 @@ fn trailing_zeros(mut x: u64) -> u32 {
 
 /// Charges the packet to its channel's buckets and counts the outcome.
 #[inline(always)]
-fn enforce(frame: &Frame, slot: u32, global: &mut GlobalCounters) -> Verdict {
+fn enforce(frame: &Frame, parsed: &Parsed, slot: u32, global: &mut GlobalCounters) -> Verdict {
     let (Some(policy), Some(bucket), Some(counters)) = (
         TC_POLICIES.get(slot),
         TC_BUCKETS.get_ptr_mut(slot),
         TC_COUNTERS.get_ptr_mut(slot),
     ) else {
         global.fail_open_pkts += 1;
-        return Verdict::Pass;
+        return Verdict::PASS;
     };
     if policy.active == 0 {
         global.fail_open_pkts += 1;
-        return Verdict::Pass;
+        return Verdict::PASS;
     }
     // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
     let counters = unsafe { &mut *counters };
     counters.matched_pkts += frame.segs;
     counters.matched_bytes += frame.len;
+    if policy.byte_cost_q16 == 0 && policy.pkt_cost_q16 == 0 {
+        counters.passed_pkts += frame.segs;
+        counters.passed_bytes += frame.len;
+        return Verdict::PASS;
+    }
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let bucket = bucket as *mut BucketState;
 
-    let outcome = if policy.byte_cost_q16 == 0 && policy.pkt_cost_q16 == 0 {
-        Conformance::Conform
-    } else {
-        // SAFETY: bpf_ktime_get_ns has no preconditions.
-        let now = unsafe { bpf_ktime_get_ns() };
-        // SAFETY: the bucket pointer comes from an array lookup and stays valid
-        // for this run; all writers go through compare-and-swap.
-        unsafe {
-            conform(
-                bucket as *mut BucketState,
-                policy,
-                now,
-                frame.len,
-                frame.segs,
-            )
+    if policy.action == ACTION_DELAY && policy.mode != MODE_MONITOR {
+        // SAFETY: the bucket pointer comes from an array lookup and stays
+        // valid for this run; all writers use atomics.
+        return match unsafe { schedule(bucket, policy, now, frame.len, frame.segs) } {
+            None => {
+                counters.dropped_pkts += frame.segs;
+                counters.dropped_bytes += frame.len;
+                counters.horizon_drop_pkts += frame.segs;
+                Verdict::DROP
+            }
+            Some(t) => {
+                counters.passed_pkts += frame.segs;
+                counters.passed_bytes += frame.len;
+                if t > now {
+                    counters.delayed_pkts += frame.segs;
+                    counters.delay_ns += t - now;
+                }
+                Verdict {
+                    action: if t > now { DELAY } else { PASS },
+                    tstamp: t,
+                    l3: 0,
+                    v6: false,
+                }
+            }
+        };
+    }
+
+    // SAFETY: as above.
+    let mut outcome = unsafe { conform(bucket, policy, now, frame.len, frame.segs, 1) };
+    let mut verdict = Verdict::PASS;
+    if matches!(outcome, Conformance::Exceed)
+        && policy.action == ACTION_MARK
+        && policy.mode != MODE_MONITOR
+        && (parsed.ecn == 1 || parsed.ecn == 2)
+    {
+        // An ECN-capable packet over the limit may use one more burst, marked
+        // CE, before the limit drops it: a cooperating sender slows down
+        // without losing anything, an uncooperative one still hits the wall.
+        // SAFETY: as above.
+        outcome = unsafe { conform(bucket, policy, now, frame.len, frame.segs, 2) };
+        if !matches!(outcome, Conformance::Exceed) {
+            counters.marked_pkts += frame.segs;
+            verdict = Verdict {
+                action: MARK,
+                tstamp: 0,
+                l3: parsed.l3,
+                v6: matches!(parsed.addrs, Addrs::V6 { .. }),
+            };
         }
-    };
-
+    }
     match outcome {
         Conformance::Conform => {}
         Conformance::Contended => global.contended_pkts += 1,
@@ -388,12 +527,12 @@ fn enforce(frame: &Frame, slot: u32, global: &mut GlobalCounters) -> Verdict {
         Conformance::Exceed => {
             counters.dropped_pkts += frame.segs;
             counters.dropped_bytes += frame.len;
-            return Verdict::Drop;
+            return Verdict::DROP;
         }
     }
     counters.passed_pkts += frame.segs;
     counters.passed_bytes += frame.len;
-    Verdict::Pass
+    verdict
 }
 
 #[cfg(not(test))]

@@ -38,6 +38,10 @@ pub enum Addrs {
 /// What the classifier needs from a packet.
 pub struct Parsed {
     pub addrs: Addrs,
+    /// Offset of the IP header from the start of the frame.
+    pub l3: u32,
+    /// The ECN field: 0 not-ECT, 1 ECT(1), 2 ECT(0), 3 CE.
+    pub ecn: u8,
     /// IP protocol (IPv4) or the upper-layer next header (IPv6).
     pub proto: u8,
     /// L4 prefix bits to look up: `L4_PORT_BITS` with a port, `L4_PROTO_BITS`
@@ -104,6 +108,7 @@ fn parse_v4(start: usize, end: usize, l3: usize) -> Result<Parsed, Skip> {
     if version != 4 || ihl < 20 {
         return Err(Skip::Malformed);
     }
+    let ecn = hdr[1] & 3;
     let frag_off = u16::from_be_bytes([hdr[6], hdr[7]]) & 0x1fff;
     let proto = hdr[9];
     let addrs = Addrs::V4 {
@@ -113,6 +118,8 @@ fn parse_v4(start: usize, end: usize, l3: usize) -> Result<Parsed, Skip> {
     if frag_off != 0 {
         return Ok(Parsed {
             addrs,
+            l3: l3 as u32,
+            ecn,
             proto,
             l4_bits: L4_PROTO_BITS,
             dport: 0,
@@ -122,6 +129,8 @@ fn parse_v4(start: usize, end: usize, l3: usize) -> Result<Parsed, Skip> {
     let (l4_bits, dport) = l4_dport(start, end, l3 + ihl, proto)?;
     Ok(Parsed {
         addrs,
+        l3: l3 as u32,
+        ecn,
         proto,
         l4_bits,
         dport,
@@ -136,6 +145,7 @@ fn parse_v6(start: usize, end: usize, l3: usize) -> Result<Parsed, Skip> {
     if hdr[0] >> 4 != 6 {
         return Err(Skip::Malformed);
     }
+    let ecn = (hdr[1] >> 4) & 3;
     let mut src = [0u8; 16];
     let mut dst = [0u8; 16];
     src.copy_from_slice(&hdr[8..24]);
@@ -163,6 +173,8 @@ fn parse_v6(start: usize, end: usize, l3: usize) -> Result<Parsed, Skip> {
                 if u16::from_be_bytes([h[2], h[3]]) & 0xfff8 != 0 {
                     return Ok(Parsed {
                         addrs,
+                        l3: l3 as u32,
+                        ecn,
                         proto: next,
                         l4_bits: L4_PROTO_BITS,
                         dport: 0,
@@ -181,6 +193,8 @@ fn parse_v6(start: usize, end: usize, l3: usize) -> Result<Parsed, Skip> {
     };
     Ok(Parsed {
         addrs,
+        l3: l3 as u32,
+        ecn,
         proto: next,
         l4_bits,
         dport,
