@@ -16,7 +16,7 @@ use tc_common::{ChannelCounters, GlobalCounters};
 
 use crate::{
     datapath::attach::{HookKind, Mechanism},
-    policy::{Direction, Limit, Mode, Protocol},
+    policy::{Action, Direction, Limit, Mode, Protocol},
 };
 
 /// Default control socket.
@@ -78,6 +78,10 @@ pub struct Rates {
     pub dropped_bps: f64,
     pub dropped_pps: f64,
     pub would_drop_bps: f64,
+    /// `mark`: CE marks per second.
+    pub marked_pps: f64,
+    /// `delay`: mean time a delayed packet waited, ms.
+    pub delay_ms: f64,
 }
 
 /// Counters summed over CPUs and over generations.
@@ -89,6 +93,7 @@ pub struct ChannelRow {
     pub direction: Direction,
     pub protocol: Protocol,
     pub mode: Mode,
+    pub action: Action,
     pub limit: Limit,
     pub totals: Totals,
     pub rates: Rates,
@@ -121,7 +126,7 @@ pub struct Features {
     pub tcx: bool,
     /// Kernel BTF at /sys/kernel/btf/vmlinux.
     pub btf: bool,
-    /// Delay (EDT with fq) is not in this release.
+    /// `delay` possible: the kernel has the fq qdisc (EDT pacing, 4.20+).
     pub delay: bool,
 }
 
@@ -132,6 +137,8 @@ pub struct StatusReport {
     pub kernel: String,
     pub features: Features,
     pub hooks: Vec<HookRow>,
+    /// Interfaces where the agent installed fq for `delay`.
+    pub fq_on: Vec<String>,
     pub generation: u32,
     pub channels: usize,
     /// The file the live policy came from, if any.

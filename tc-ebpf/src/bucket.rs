@@ -242,3 +242,22 @@ pub unsafe fn schedule(
     }
     Some(depart)
 }
+
+/// Whether either bucket is more than half used: `mark` starts marking
+/// there, so a cooperating sender backs off before anything is dropped.
+///
+/// # Safety
+/// `bucket` must point into a live map value.
+#[inline(always)]
+pub unsafe fn half_used(bucket: *const BucketState, policy: &ChannelPolicy, now: u64) -> bool {
+    // SAFETY: caller guarantees `bucket` is valid; a racy read only shifts
+    // the marking threshold by one packet.
+    let (byte_tat, pkt_tat) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const (*bucket).byte_tat),
+            core::ptr::read_volatile(&raw const (*bucket).pkt_tat),
+        )
+    };
+    (policy.byte_cost_q16 != 0 && byte_tat.saturating_sub(now) * 2 > policy.byte_tau_ns)
+        || (policy.pkt_cost_q16 != 0 && pkt_tat.saturating_sub(now) * 2 > policy.pkt_tau_ns)
+}

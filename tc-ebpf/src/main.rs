@@ -31,7 +31,7 @@ use tc_common::{
 };
 
 use crate::{
-    bucket::{conform, schedule, Conformance},
+    bucket::{conform, half_used, schedule, Conformance},
     parse::{parse, Addrs, Parsed, Skip},
 };
 
@@ -97,6 +97,7 @@ impl Verdict {
 }
 
 /// The packet as the hooks see it: linear header bytes plus accounting sizes.
+#[derive(Clone, Copy)]
 struct Frame {
     /// First byte of the Ethernet header.
     start: usize,
@@ -291,7 +292,13 @@ fn handle(frame: &Frame, dir: u8) -> Verdict {
         return Verdict::PASS;
     };
     let slot = generation * MAX_CHANNELS + channel;
-    enforce(frame, &parsed, slot, global)
+    // A GSO super-packet carries its headers once; on the wire each segment
+    // does. Charge and count what the wire will carry.
+    let mut wire = *frame;
+    if frame.segs > 1 && parsed.hdr_len != 0 {
+        wire.len += (frame.segs - 1) * parsed.hdr_len as u64;
+    }
+    enforce(&wire, &parsed, slot, global)
 }
 
 /// [`classify`] behind the flow cache: one hash lookup for a known flow
@@ -497,11 +504,24 @@ fn enforce(frame: &Frame, parsed: &Parsed, slot: u32, global: &mut GlobalCounter
     // SAFETY: as above.
     let mut outcome = unsafe { conform(bucket, policy, now, frame.len, frame.segs, 1) };
     let mut verdict = Verdict::PASS;
-    if matches!(outcome, Conformance::Exceed)
-        && policy.action == ACTION_MARK
+    let markable = policy.action == ACTION_MARK
         && policy.mode != MODE_MONITOR
-        && (parsed.ecn == 1 || parsed.ecn == 2)
+        && (parsed.ecn == 1 || parsed.ecn == 2);
+    let mark = Verdict {
+        action: MARK,
+        tstamp: 0,
+        l3: parsed.l3,
+        v6: matches!(parsed.addrs, Addrs::V6 { .. }),
+    };
+    // SAFETY: as above.
+    if markable
+        && !matches!(outcome, Conformance::Exceed)
+        && unsafe { half_used(bucket, policy, now) }
     {
+        // Early: the bucket is more than half used; tell the sender now.
+        counters.marked_pkts += frame.segs;
+        verdict = mark;
+    } else if markable && matches!(outcome, Conformance::Exceed) {
         // An ECN-capable packet over the limit may use one more burst, marked
         // CE, before the limit drops it: a cooperating sender slows down
         // without losing anything, an uncooperative one still hits the wall.
@@ -509,12 +529,7 @@ fn enforce(frame: &Frame, parsed: &Parsed, slot: u32, global: &mut GlobalCounter
         outcome = unsafe { conform(bucket, policy, now, frame.len, frame.segs, 2) };
         if !matches!(outcome, Conformance::Exceed) {
             counters.marked_pkts += frame.segs;
-            verdict = Verdict {
-                action: MARK,
-                tstamp: 0,
-                l3: parsed.l3,
-                v6: matches!(parsed.addrs, Addrs::V6 { .. }),
-            };
+            verdict = mark;
         }
     }
     match outcome {

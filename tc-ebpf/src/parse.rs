@@ -52,6 +52,9 @@ pub struct Parsed {
     pub l4_bits: u32,
     /// Destination port, 0 when there is none.
     pub dport: u16,
+    /// Bytes of headers before the L4 payload (0 when unknown): a GSO
+    /// super-packet carries them once, each of its segments on the wire.
+    pub hdr_len: u32,
     /// A non-first fragment: it carries no L4 header.
     pub fragment: bool,
 }
@@ -123,10 +126,11 @@ fn parse_v4(start: usize, end: usize, l3: usize) -> Result<Parsed, Skip> {
             proto,
             l4_bits: L4_PROTO_BITS,
             dport: 0,
+            hdr_len: 0,
             fragment: true,
         });
     }
-    let (l4_bits, dport) = l4_dport(start, end, l3 + ihl, proto)?;
+    let (l4_bits, dport, hdr_len) = l4_dport(start, end, l3 + ihl, proto)?;
     Ok(Parsed {
         addrs,
         l3: l3 as u32,
@@ -134,6 +138,7 @@ fn parse_v4(start: usize, end: usize, l3: usize) -> Result<Parsed, Skip> {
         proto,
         l4_bits,
         dport,
+        hdr_len,
         fragment: false,
     })
 }
@@ -178,6 +183,7 @@ fn parse_v6(start: usize, end: usize, l3: usize) -> Result<Parsed, Skip> {
                         proto: next,
                         l4_bits: L4_PROTO_BITS,
                         dport: 0,
+                        hdr_len: 0,
                         fragment: true,
                     });
                 }
@@ -187,8 +193,10 @@ fn parse_v6(start: usize, end: usize, l3: usize) -> Result<Parsed, Skip> {
     }
     // A chain deeper than we walk: classify on addresses and the last
     // header seen, without ports.
-    let (l4_bits, dport) = match next {
-        IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS | IPV6_AH | IPV6_FRAGMENT => (L4_PROTO_BITS, 0),
+    let (l4_bits, dport, hdr_len) = match next {
+        IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS | IPV6_AH | IPV6_FRAGMENT => {
+            (L4_PROTO_BITS, 0, 0)
+        }
         _ => l4_dport(start, end, off, next)?,
     };
     Ok(Parsed {
@@ -198,6 +206,7 @@ fn parse_v6(start: usize, end: usize, l3: usize) -> Result<Parsed, Skip> {
         proto: next,
         l4_bits,
         dport,
+        hdr_len,
         fragment: false,
     })
 }
@@ -205,16 +214,27 @@ fn parse_v6(start: usize, end: usize, l3: usize) -> Result<Parsed, Skip> {
 /// Destination port of a TCP or UDP header at `l4`; the whole fixed header
 /// must be present, or the packet is malformed.
 #[inline(always)]
-fn l4_dport(start: usize, end: usize, l4: usize, proto: u8) -> Result<(u32, u16), Skip> {
+/// Also returns where the L4 payload starts (0 when unknown), so GSO
+/// packets can be charged for the headers each segment carries on the wire.
+fn l4_dport(start: usize, end: usize, l4: usize, proto: u8) -> Result<(u32, u16, u32), Skip> {
     match proto {
         IPPROTO_TCP => {
             let h = bytes_at::<20>(start, end, l4)?;
-            Ok((L4_PORT_BITS, u16::from_be_bytes([h[2], h[3]])))
+            let doff = (h[12] >> 4) as usize * 4;
+            Ok((
+                L4_PORT_BITS,
+                u16::from_be_bytes([h[2], h[3]]),
+                (l4 + doff) as u32,
+            ))
         }
         IPPROTO_UDP => {
             let h = bytes_at::<8>(start, end, l4)?;
-            Ok((L4_PORT_BITS, u16::from_be_bytes([h[2], h[3]])))
+            Ok((
+                L4_PORT_BITS,
+                u16::from_be_bytes([h[2], h[3]]),
+                (l4 + 8) as u32,
+            ))
         }
-        _ => Ok((L4_PROTO_BITS, 0)),
+        _ => Ok((L4_PROTO_BITS, 0, 0)),
     }
 }

@@ -308,11 +308,18 @@ pub fn udp_receive(bind: &str, secs: f64, warmup: f64) -> Result<(u64, u64, f64)
     Ok((n, bytes, measured))
 }
 
-/// Runs iperf3 TCP from `pair.client` to the server (198.18.0.2:5201) for
+/// Runs iperf3 TCP from `pair.client` to the server (198.18.0.2:`port`) for
 /// `secs` with `streams` streams, and returns the client's JSON report, with
 /// the server's under `server_output_json` (receiver-side intervals). With
 /// `pin`, the client runs on CPU 0 and the server on CPU 1.
-pub fn iperf3(pair: &Pair, secs: u32, streams: u32, pin: bool) -> Result<serde_json::Value> {
+pub fn iperf3(
+    pair: &Pair,
+    port: u16,
+    secs: u32,
+    streams: u32,
+    pin: bool,
+) -> Result<serde_json::Value> {
+    let port = port.to_string();
     let taskset = |cpu: &'static str| -> Vec<&'static str> {
         if pin {
             vec!["taskset", "-c", cpu]
@@ -323,7 +330,7 @@ pub fn iperf3(pair: &Pair, secs: u32, streams: u32, pin: bool) -> Result<serde_j
     let mut server = Command::new("ip")
         .args(["netns", "exec", &pair.server])
         .args(taskset("1"))
-        .args(["iperf3", "-s", "-1", "-J", "-p", "5201", "-B", "198.18.0.2"])
+        .args(["iperf3", "-s", "-1", "-J", "-p", &port, "-B", "198.18.0.2"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
@@ -340,7 +347,7 @@ pub fn iperf3(pair: &Pair, secs: u32, streams: u32, pin: bool) -> Result<serde_j
                 "-c",
                 "198.18.0.2",
                 "-p",
-                "5201",
+                &port,
                 "-J",
                 "--get-server-output",
             ])

@@ -50,6 +50,52 @@ pub fn ipv4(src: &str, dst: &str, proto: u8, dport: u16, payload: usize) -> Vec<
     f.extend_from_slice(&dst.octets());
     f.extend_from_slice(&l4);
     f.resize(f.len() + payload, 0xab);
+    set_ipv4_checksum(&mut f);
+    f
+}
+
+/// One's-complement sum of the IPv4 header at offset 14.
+fn ipv4_sum(f: &[u8]) -> u16 {
+    let ihl = (f[14] & 0x0f) as usize * 4;
+    let mut sum: u32 = f[14..14 + ihl]
+        .chunks(2)
+        .map(|w| u16::from_be_bytes([w[0], w[1]]) as u32)
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+fn set_ipv4_checksum(f: &mut [u8]) {
+    f[24] = 0;
+    f[25] = 0;
+    let c = !ipv4_sum(f);
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+}
+
+/// Whether the IPv4 header checksum of `f` is valid.
+pub fn ipv4_checksum_ok(f: &[u8]) -> bool {
+    ipv4_sum(f) == 0xffff
+}
+
+/// The ECN field of an IPv4 or IPv6 frame: 0 not-ECT, 1 ECT(1), 2 ECT(0), 3 CE.
+pub fn ecn(f: &[u8]) -> u8 {
+    if f[12..14] == [0x08, 0x00] {
+        f[15] & 3
+    } else {
+        (f[15] >> 4) & 3
+    }
+}
+
+/// Sets the ECN field of an IPv4 (fixing its checksum) or IPv6 frame.
+pub fn with_ecn(mut f: Vec<u8>, ecn: u8) -> Vec<u8> {
+    if f[12..14] == [0x08, 0x00] {
+        f[15] = (f[15] & !3) | ecn;
+        set_ipv4_checksum(&mut f);
+    } else {
+        f[15] = (f[15] & !0x30) | (ecn << 4);
+    }
     f
 }
 
@@ -59,6 +105,7 @@ pub fn ipv4_fragment(src: &str, dst: &str, proto: u8) -> Vec<u8> {
     let off = (1480u16 / 8).to_be_bytes();
     f[14 + 6] = off[0];
     f[14 + 7] = off[1];
+    set_ipv4_checksum(&mut f);
     f
 }
 

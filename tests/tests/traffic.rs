@@ -76,7 +76,7 @@ fn udp_flood_is_held_to_the_limit_and_an_unlimited_channel_is_untouched() -> Res
 /// Receiver-side goodput per second of an iperf3 run, the first second
 /// (slow start) left out.
 fn iperf3_intervals(pair: &Pair, secs: u32, streams: u32) -> Result<Vec<f64>> {
-    let j = iperf3(pair, secs, streams, false)?;
+    let j = iperf3(pair, 5201, secs, streams, false)?;
     // The server's intervals: the client's own count bytes written to its socket.
     let iv: Vec<f64> = j["server_output_json"]["intervals"]
         .as_array()
@@ -240,6 +240,266 @@ fn enforcement_and_counters_survive_an_agent_restart() -> Result<()> {
     assert!(
         later["dropped_pkts"].as_u64().unwrap() > after["dropped_pkts"].as_u64().unwrap(),
         "not enforcing after restart: {after} -> {later}"
+    );
+    Ok(())
+}
+
+/// Whether this kernel can pace (`delay` needs fq). The host kind lacks it;
+/// the qemu kernels (`cargo xtask vm-test`) have it.
+fn fq_here() -> bool {
+    tc_agent::datapath::qdisc::fq_available()
+}
+
+/// Kinds of all qdiscs on `dev` in `netns` (root and children).
+fn qdiscs(netns: &str, dev: &str) -> Result<Vec<String>> {
+    let out = tc_tests::netns::sh(&[
+        "ip", "netns", "exec", netns, "tc", "-j", "qdisc", "show", "dev", dev,
+    ])?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    Ok(v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|q| q["kind"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+#[test]
+fn delay_without_fq_is_refused_and_nothing_changes() -> Result<()> {
+    if fq_here() {
+        println!("skipped: this kernel has fq, so delay works here (covered by the delay tests)");
+        return Ok(());
+    }
+    let _g = serial();
+    let pair = Pair::new()?;
+    let good = write_policy(
+        "nofq-good",
+        "channels:\n  - name: keep\n    protocol: udp\n    limit: {bandwidth: 10Mbit}\n",
+    );
+    let agent = Agent::start(&pair.client, &pair.client_if, &good)?;
+    let qdisc_before = qdiscs(&pair.client, &pair.client_if)?;
+    let before = agent.channels()?;
+    let delay = write_policy(
+        "nofq-delay",
+        "channels:\n  - name: paced\n    direction: egress\n    action: delay\n    limit: {bandwidth: 10Mbit}\n",
+    );
+    let err = agent
+        .cli(&["apply", delay.to_str().unwrap()])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no fq qdisc"), "{err}");
+    assert!(err.contains("running policy is unchanged"), "{err}");
+    let after = agent.channels()?;
+    assert_eq!(before["generation"], after["generation"]);
+    assert_eq!(after["channels"][0]["name"], "keep");
+    assert_eq!(qdiscs(&pair.client, &pair.client_if)?, qdisc_before);
+    let status: serde_json::Value =
+        serde_json::from_slice(&agent.cli(&["status", "-o", "json"])?.stdout)?;
+    assert_eq!(status["features"]["delay"], false);
+    Ok(())
+}
+
+/// Pings the server from the client every 100 ms for `secs`; returns (avg, max) RTT in ms.
+fn ping(pair: &Pair, secs: u32) -> std::thread::JoinHandle<Result<(f64, f64)>> {
+    let ns = pair.client.clone();
+    std::thread::spawn(move || {
+        let out = tc_tests::netns::sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &ns,
+            "ping",
+            "-q",
+            "-i",
+            "0.1",
+            "-w",
+            &secs.to_string(),
+            "198.18.0.2",
+        ])?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let rtt: Vec<f64> = text
+            .lines()
+            .find(|l| l.contains("min/avg/max"))
+            .and_then(|l| l.split('=').nth(1))
+            .map(|v| {
+                v.trim()
+                    .trim_end_matches(" ms")
+                    .split('/')
+                    .filter_map(|x| x.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        anyhow::ensure!(rtt.len() >= 3, "no ping summary: {text}");
+        Ok((rtt[1], rtt[2]))
+    })
+}
+
+#[test]
+fn delay_paces_tcp_to_the_limit_without_loss_or_queueing() -> Result<()> {
+    if !fq_here() {
+        println!("skipped: this kernel has no fq qdisc, which delay needs; `cargo xtask vm-test` runs this on 6.1 and 6.12");
+        return Ok(());
+    }
+    let _g = serial();
+    let pair = Pair::new()?;
+    // The agent on the sender's side: egress pacing with fq.
+    let policy = write_policy(
+        "delay",
+        "channels:\n  - name: paced\n    to: [198.18.0.2/32]\n    direction: egress\n    action: delay\n    limit:\n      bandwidth: 50Mbit\n",
+    );
+    let mut agent = Agent::start(&pair.client, &pair.client_if, &policy)?;
+    let installed = qdiscs(&pair.client, &pair.client_if)?;
+    assert!(
+        installed.iter().any(|k| k == "fq"),
+        "no fq installed: {installed:?}"
+    );
+    let rtt = ping(&pair, 6);
+    let j = iperf3(&pair, 5201, 8, 1, false)?;
+    let (avg, max) = rtt.join().unwrap()?;
+    let goodput = j["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or(0.0);
+    let retrans = j["end"]["sum_sent"]["retransmits"]
+        .as_u64()
+        .unwrap_or(u64::MAX);
+    let ratio = goodput / 50e6;
+    println!("delay: goodput {ratio:.3} of the limit, {retrans} retransmits, ping avg {avg:.2} ms max {max:.2} ms");
+    // At least 95% of what the limit leaves for TCP payload (1448/1514).
+    assert!(
+        ratio >= 0.95 * 1448.0 / 1514.0,
+        "paced TCP reached only {ratio:.3}"
+    );
+    assert!(ratio <= 1.0, "paced TCP exceeded the limit: {ratio:.3}");
+    assert!(
+        retrans <= 20,
+        "{retrans} retransmits: pacing should not lose packets"
+    );
+    assert!(max < 50.0, "ping waited {max} ms, beyond the 50 ms horizon");
+    let t = agent.totals("paced")?;
+    assert!(t["delayed_pkts"].as_u64().unwrap() > 0, "{t}");
+    // Detach restores the default qdisc.
+    agent.stop();
+    let restored = qdiscs(&pair.client, &pair.client_if)?;
+    assert!(
+        !restored.iter().any(|k| k == "fq"),
+        "fq left behind: {restored:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn two_delay_channels_each_hold_their_own_rate() -> Result<()> {
+    if !fq_here() {
+        println!("skipped: this kernel has no fq qdisc, which delay needs; `cargo xtask vm-test` runs this on 6.1 and 6.12");
+        return Ok(());
+    }
+    let _g = serial();
+    let pair = Pair::new()?;
+    let policy = write_policy(
+        "delay2",
+        "channels:\n  - name: slow\n    protocol: tcp\n    ports: [5201]\n    direction: egress\n    action: delay\n    limit: {bandwidth: 20Mbit}\n  - name: fast\n    protocol: tcp\n    ports: [5202]\n    direction: egress\n    action: delay\n    limit: {bandwidth: 60Mbit}\n",
+    );
+    let _agent = Agent::start(&pair.client, &pair.client_if, &policy)?;
+    let slow = {
+        let pair = Pair {
+            client: pair.client.clone(),
+            server: pair.server.clone(),
+            client_if: String::new(),
+            server_if: String::new(),
+        };
+        std::thread::spawn(move || {
+            let r = iperf3(&pair, 5201, 8, 1, false);
+            // This copy owns no namespaces: keep its Drop from deleting them.
+            std::mem::forget(pair);
+            r
+        })
+    };
+    let fast = iperf3(&pair, 5202, 8, 1, false)?;
+    let slow = slow.join().unwrap()?;
+    for (name, j, mbit) in [("slow", &slow, 20.0), ("fast", &fast, 60.0)] {
+        let ratio = j["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .unwrap_or(0.0)
+            / (mbit * 1e6);
+        println!("{name}: {ratio:.3} of its limit");
+        assert!(
+            (0.85..=1.0).contains(&ratio),
+            "{name} channel at {ratio:.3} of its limit"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn mark_holds_ecn_tcp_to_the_limit_with_few_drops() -> Result<()> {
+    let _g = serial();
+    let pair = Pair::new()?;
+    // ECN can only slow TCP down where a window means something: on a bare
+    // veth (RTT ~50 us) even two segments per RTT exceed the limit. Give the
+    // path a 10 ms RTT with netem on the ACK direction.
+    let netem = tc_tests::netns::sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &pair.server,
+        "tc",
+        "qdisc",
+        "add",
+        "dev",
+        &pair.server_if,
+        "root",
+        "netem",
+        "delay",
+        "10ms",
+    ]);
+    if let Err(e) = netem {
+        println!("skipped: this kernel has no netem qdisc to give the path a realistic RTT ({e}); `cargo xtask vm-test` runs this on 6.1 and 6.12");
+        return Ok(());
+    }
+    for ns in [&pair.client, &pair.server] {
+        tc_tests::netns::sh(&[
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "sysctl",
+            "-qw",
+            "net.ipv4.tcp_ecn=1",
+        ])?;
+    }
+    let policy = write_policy(
+        "mark",
+        "channels:\n  - name: ecn\n    to: [198.18.0.2/32]\n    protocol: tcp\n    action: mark\n    limit:\n      bandwidth: 50Mbit\n",
+    );
+    let agent = Agent::start(&pair.server, &pair.server_if, &policy)?;
+    let iv = iperf3_intervals(&pair, 8, 1)?;
+    let mean = iv.iter().sum::<f64>() / iv.len() as f64;
+    let t = agent.totals("ecn")?;
+    let (passed, dropped, marked) = (
+        t["passed_pkts"].as_u64().unwrap(),
+        t["dropped_pkts"].as_u64().unwrap(),
+        t["marked_pkts"].as_u64().unwrap(),
+    );
+    println!(
+        "mark: goodput {:.3} of the limit, {passed} passed, {marked} marked, {dropped} dropped",
+        mean / 50e6
+    );
+    assert!(marked > 0, "no CE marks: {t}");
+    let wire_bits = t["passed_bytes"].as_u64().unwrap() as f64 * 8.0;
+    // The rate, plus the burst and the second (marking) burst, plus 5%.
+    assert!(
+        wire_bits <= 50e6 * 8.0 * 1.05 + 2.0 * 50e6 * 0.25,
+        "marked TCP exceeded the limit: {wire_bits}"
+    );
+    assert!(
+        mean >= 0.85 * 50e6,
+        "marked TCP reached only {:.3}",
+        mean / 50e6
+    );
+    assert!(
+        (dropped as f64) <= 0.01 * passed as f64,
+        "{dropped} drops for {passed} passed"
     );
     Ok(())
 }

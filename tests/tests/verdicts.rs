@@ -331,3 +331,133 @@ fn both_cpus_charge_one_bucket_exactly() {
     assert!((10_000..=10_005).contains(&c.passed_pkts), "{c:?}");
     assert_eq!(c.passed_pkts + c.dropped_pkts, 40_000);
 }
+
+/// `CLOCK_MONOTONIC`, the clock of `bpf_ktime_get_ns` and of `skb->tstamp` for fq.
+fn monotonic_ns() -> u64 {
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe {
+        let mut ts: libc::timespec = std::mem::zeroed();
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    }
+}
+
+/// Offset of `tstamp` in `struct __sk_buff` (uapi), and the struct's size.
+const SKB_TSTAMP: usize = 152;
+const SKB_SIZE: usize = 192;
+
+impl Fixture {
+    /// Runs tc egress `repeat` times and returns (verdict, skb->tstamp of the last run).
+    fn egress_tstamp(&self, frame: &[u8], repeat: u32) -> (u32, u64) {
+        let p: &SchedClassifier = self.dp.ebpf.program(TC_EGRESS).unwrap().try_into().unwrap();
+        let ctx_in = [0u8; SKB_SIZE];
+        let mut ctx_out = [0u8; SKB_SIZE];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.ctx_in = Some(&ctx_in);
+        opts.ctx_out = Some(&mut ctx_out);
+        opts.repeat = repeat;
+        let r = p.test_run(opts).expect("test run").return_value;
+        let ts = u64::from_ne_bytes(ctx_out[SKB_TSTAMP..SKB_TSTAMP + 8].try_into().unwrap());
+        (r, ts)
+    }
+
+    /// Runs tc ingress once and returns (verdict, the frame as the program left it).
+    fn ingress_out(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let p: &SchedClassifier = self
+            .dp
+            .ebpf
+            .program(TC_INGRESS)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.data_out = Some(&mut out);
+        let r = p.test_run(opts).expect("test run");
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
+    }
+}
+
+#[test]
+fn delay_sets_the_earliest_departure_time() {
+    // 8 Mbit/s = 1 byte/us; burst 64 KiB. 100 frames of 1000 bytes: the
+    // first 65 leave now, then each departs 1 ms after the previous.
+    let mut f = Fixture::new(
+        "channels:\n  - name: paced\n    direction: egress\n    action: delay\n    horizon: 1s\n    limit: {bandwidth: 8Mbit, burst: 64KiB}\n",
+    );
+    let frame = packet::ipv4("198.18.1.5", "198.18.2.10", UDP, 9, 1000 - 42);
+    let before = monotonic_ns();
+    let (verdict, ts) = f.egress_tstamp(&frame, 100);
+    assert_eq!(verdict, PASS);
+    let ahead_ms = (ts as i64 - before as i64) as f64 / 1e6;
+    // 100 * 1000 - 65536 bytes at 1 byte/us: about 34.5 ms ahead.
+    assert!(
+        (33.0..=36.0).contains(&ahead_ms),
+        "departure {ahead_ms:.2} ms ahead"
+    );
+    let c = f.counters("paced");
+    assert_eq!((c.passed_pkts, c.dropped_pkts), (100, 0));
+    assert!((34..=36).contains(&c.delayed_pkts), "{c:?}");
+    // Mean wait of the delayed packets: about half of the last one's.
+    let mean_ms = c.delay_ns as f64 / c.delayed_pkts as f64 / 1e6;
+    assert!(
+        (15.0..=20.0).contains(&mean_ms),
+        "mean delay {mean_ms:.2} ms"
+    );
+}
+
+#[test]
+fn delay_drops_beyond_the_horizon() {
+    let mut f = Fixture::new(
+        "channels:\n  - name: paced\n    direction: egress\n    action: delay\n    horizon: 10ms\n    limit: {bandwidth: 8Mbit, burst: 64KiB}\n",
+    );
+    let frame = packet::ipv4("198.18.1.5", "198.18.2.10", UDP, 9, 1000 - 42);
+    let (verdict, _) = f.egress_tstamp(&frame, 100);
+    assert_eq!(verdict, DROP);
+    let c = f.counters("paced");
+    // 65 now, about 10 more within 10 ms, the rest beyond the horizon.
+    assert!((74..=77).contains(&c.passed_pkts), "{c:?}");
+    assert_eq!(c.horizon_drop_pkts, c.dropped_pkts);
+    assert_eq!(c.passed_pkts + c.dropped_pkts, 100);
+}
+
+#[test]
+fn mark_sets_ce_on_ect_packets_and_drops_the_rest() {
+    let policy =
+        "channels:\n  - name: ecn\n    action: mark\n    limit: {packets: 1, packet_burst: 64}\n";
+    let mut f = Fixture::new(policy);
+    let ect = packet::with_ecn(packet::ipv4("198.18.1.5", "198.18.2.10", TCP, 80, 100), 2);
+    assert!(packet::ipv4_checksum_ok(&ect));
+    // The first half of the burst passes untouched...
+    for _ in 0..32 {
+        let (v, out) = f.ingress_out(&ect);
+        assert_eq!((v, packet::ecn(&out)), (PASS, 2));
+    }
+    // ...the second half is marked early, with a valid checksum...
+    for _ in 0..32 {
+        let (v, out) = f.ingress_out(&ect);
+        assert_eq!((v, packet::ecn(&out)), (PASS, 3));
+        assert!(packet::ipv4_checksum_ok(&out), "checksum not updated");
+    }
+    // ...and over the limit, ECN-capable packets may use one more burst, marked.
+    let (v, out) = f.ingress_out(&ect);
+    assert_eq!(v, PASS);
+    assert_eq!(packet::ecn(&out), 3);
+    assert!(packet::ipv4_checksum_ok(&out), "checksum not updated");
+    let v6 = packet::with_ecn(
+        packet::ipv6("2001:db8:1::5", "2001:db8:2::10", TCP, 80, 100),
+        1,
+    );
+    let (v, out) = f.ingress_out(&v6);
+    assert_eq!((v, packet::ecn(&out)), (PASS, 3));
+    // Not ECN-capable: dropped.
+    let plain = packet::ipv4("198.18.1.5", "198.18.2.10", TCP, 80, 100);
+    assert_eq!(f.ingress_out(&plain).0, DROP);
+    let c = f.counters("ecn");
+    assert_eq!(c.marked_pkts, 34);
+    assert_eq!(c.dropped_pkts, 1);
+    assert_eq!(c.passed_pkts, 66);
+}

@@ -215,7 +215,7 @@ fn initramfs(kdir: &Path, suites: &[(String, PathBuf)], agent: &Path) -> Result<
     // No `ip` or `tc` applets: the real iproute2 must answer to those names.
     for applet in [
         "sh", "mount", "mkdir", "echo", "cat", "ls", "poweroff", "sleep", "insmod", "uname",
-        "timeout", "taskset", "ping", "rm", "ln", "kill", "grep", "env",
+        "taskset", "ping", "rm", "ln", "kill", "grep", "env", "sysctl",
     ] {
         std::os::unix::fs::symlink("busybox", image.join("bin").join(applet))?;
     }

@@ -27,9 +27,9 @@ use crate::{
     },
     datapath::{
         attach::{self, Hook, HookKind},
-        sys, Datapath,
+        qdisc, sys, Datapath,
     },
-    policy::{compile::compile, Policy},
+    policy::{compile::compile, Action, Mode, Policy},
 };
 
 /// Everything `tc-agent run` is told.
@@ -79,6 +79,8 @@ struct Agent {
     carried: HashMap<String, Totals>,
     /// Recent samples, newest last, for rates.
     history: VecDeque<Sample>,
+    /// Interfaces where the agent installed fq for `delay`; restored on shutdown.
+    fq_installed: Vec<String>,
     started: Instant,
 }
 
@@ -93,6 +95,7 @@ impl Agent {
             policy: self.policy.clone(),
             policy_file: self.policy_file.clone(),
             carried: self.carried.clone(),
+            fq_installed: self.fq_installed.clone(),
         };
         if let Err(e) = s.save(&self.state_file()) {
             warn!(error = %e, "cannot save agent state; counters of earlier generations will reset on restart");
@@ -121,6 +124,7 @@ impl Agent {
         let t0 = Instant::now();
         let policy = Policy::parse(text, file)?;
         let compiled = compile(&policy)?;
+        self.prepare_fq(&policy)?;
         let old: HashMap<&str, (usize, &crate::policy::Channel)> = self
             .policy
             .channels
@@ -201,6 +205,40 @@ impl Agent {
         Ok(report)
     }
 
+    /// `delay` channels need fq on every egress interface. Installs it where
+    /// missing, before any map changes; if one interface fails, the others
+    /// are put back and the apply fails with nothing changed.
+    fn prepare_fq(&mut self, policy: &Policy) -> Result<()> {
+        let pacing = policy
+            .channels
+            .iter()
+            .any(|c| c.action == Action::Delay && c.mode == Mode::Enforce);
+        if !pacing {
+            return Ok(());
+        }
+        let mut installed = Vec::new();
+        for iface in &self.config.ifaces {
+            if self.fq_installed.contains(iface) {
+                continue;
+            }
+            match qdisc::ensure_fq(iface) {
+                Ok(true) => installed.push(iface.clone()),
+                Ok(false) => {}
+                Err(e) => {
+                    for i in &installed {
+                        let _ = qdisc::restore(i);
+                    }
+                    return Err(e.context("policy not applied: the running policy is unchanged"));
+                }
+            }
+        }
+        for i in &installed {
+            info!(iface = %i, "installed fq for delay channels");
+        }
+        self.fq_installed.extend(installed);
+        Ok(())
+    }
+
     fn sample(&mut self) -> Result<()> {
         let totals = self.totals()?;
         let totals = self
@@ -240,12 +278,21 @@ impl Agent {
                         let (ta, tb) = (a.totals.get(&c.name)?, b.totals.get(&c.name)?);
                         let dt = (b.at - a.at).as_secs_f64();
                         let r = |x: u64, y: u64| y.saturating_sub(x) as f64 / dt;
+                        let delayed = tb.delayed_pkts.saturating_sub(ta.delayed_pkts);
                         Some(Rates {
                             passed_bps: 8.0 * r(ta.passed_bytes, tb.passed_bytes),
                             passed_pps: r(ta.passed_pkts, tb.passed_pkts),
                             dropped_bps: 8.0 * r(ta.dropped_bytes, tb.dropped_bytes),
                             dropped_pps: r(ta.dropped_pkts, tb.dropped_pkts),
                             would_drop_bps: 8.0 * r(ta.would_drop_bytes, tb.would_drop_bytes),
+                            marked_pps: r(ta.marked_pkts, tb.marked_pkts),
+                            delay_ms: if delayed == 0 {
+                                0.0
+                            } else {
+                                tb.delay_ns.saturating_sub(ta.delay_ns) as f64
+                                    / delayed as f64
+                                    / 1e6
+                            },
                         })
                     })
                     .unwrap_or_default();
@@ -254,6 +301,7 @@ impl Agent {
                     direction: c.direction,
                     protocol: c.protocol,
                     mode: c.mode,
+                    action: c.action,
                     limit: c.limit,
                     totals: t,
                     rates,
@@ -276,8 +324,9 @@ impl Agent {
             features: Features {
                 tcx: sys::has_tcx(),
                 btf: sys::has_btf(),
-                delay: false,
+                delay: qdisc::fq_available(),
             },
+            fq_on: self.fq_installed.clone(),
             hooks: self
                 .hooks
                 .iter()
@@ -368,8 +417,15 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         }),
         policy_file: saved.as_ref().and_then(|s| s.policy_file.clone()),
         generation: live.generation,
-        carried: saved.map(|s| s.carried).unwrap_or_default(),
+        carried: saved
+            .as_ref()
+            .map(|s| s.carried.clone())
+            .unwrap_or_default(),
         history: VecDeque::new(),
+        fq_installed: saved
+            .as_ref()
+            .map(|s| s.fq_installed.clone())
+            .unwrap_or_default(),
         started: Instant::now(),
         config: config.clone(),
     };
@@ -452,6 +508,13 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
             warn!(error = %e, "detach failed");
         }
     }
+    for iface in std::mem::take(&mut agent.fq_installed) {
+        match qdisc::restore(&iface) {
+            Ok(()) => info!(iface, "restored the default qdisc"),
+            Err(e) => warn!(iface, error = %e, "restoring the qdisc failed"),
+        }
+    }
+    agent.save();
     Ok(())
 }
 

@@ -18,6 +18,9 @@ pub struct SavedState {
     pub policy_file: Option<String>,
     /// Counters of earlier generations, by channel name.
     pub carried: HashMap<String, Totals>,
+    /// Interfaces where the agent installed fq, to restore on shutdown.
+    #[serde(default)]
+    pub fq_installed: Vec<String>,
 }
 
 impl SavedState {

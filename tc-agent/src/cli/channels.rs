@@ -6,7 +6,7 @@ use clap::Args;
 use super::Output;
 use crate::{
     control::{request, ChannelsReport, Request},
-    policy::{units::Rate, Mode},
+    policy::{units::Rate, Action, Mode},
 };
 
 /// List channels in policy order with their limits, live rates (from the
@@ -32,8 +32,8 @@ pub fn execute(args: ChannelsArgs, socket: &std::path::Path) -> Result<()> {
 /// The text table, also used by the demo.
 pub fn render(r: &ChannelsReport) -> String {
     let mut out = format!(
-        "generation {}, rates over {:.1}s\n{:<20} {:<8} {:<22} {:<8} {:>11} {:>11} {:>11} {:>12} {:>12}\n",
-        r.generation, r.rate_window_s, "CHANNEL", "DIR", "LIMIT", "MODE", "PASS", "DROP", "PASS pps", "PASSED pkts", "DROPPED pkts"
+        "generation {}, rates over {:.1}s\n{:<20} {:<8} {:<22} {:<8} {:>11} {:>11} {:>11} {:>12} {:>12} {:>10}\n",
+        r.generation, r.rate_window_s, "CHANNEL", "DIR", "LIMIT", "MODE", "PASS", "DROP", "PASS pps", "PASSED pkts", "DROPPED pkts", "ACTION"
     );
     for c in &r.channels {
         let mut limit = Vec::new();
@@ -53,7 +53,7 @@ pub fn render(r: &ChannelsReport) -> String {
             Mode::Monitor => (c.rates.would_drop_bps, c.totals.would_drop_pkts),
         };
         out.push_str(&format!(
-            "{:<20} {:<8} {:<22} {:<8} {:>11} {:>11} {:>11.0} {:>12} {:>12}\n",
+            "{:<20} {:<8} {:<22} {:<8} {:>11} {:>11} {:>11.0} {:>12} {:>12} {:>10}\n",
             c.name,
             format!("{:?}", c.direction).to_lowercase(),
             limit,
@@ -63,6 +63,11 @@ pub fn render(r: &ChannelsReport) -> String {
             c.rates.passed_pps,
             c.totals.passed_pkts,
             dropped,
+            match c.action {
+                Action::Drop => "drop".to_string(),
+                Action::Delay => format!("delay {:.1}ms", c.rates.delay_ms),
+                Action::Mark => format!("mark {:.0}/s", c.rates.marked_pps),
+            },
         ));
     }
     let n = &r.node;

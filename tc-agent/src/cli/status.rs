@@ -31,9 +31,9 @@ pub fn execute(args: StatusArgs, socket: &std::path::Path) -> Result<()> {
         yes(s.features.tcx),
         yes(s.features.btf),
         if s.features.delay {
-            "yes"
+            "yes (fq)"
         } else {
-            "not in this release"
+            "no, the kernel lacks the fq qdisc"
         }
     );
     println!(
@@ -43,6 +43,12 @@ pub fn execute(args: StatusArgs, socket: &std::path::Path) -> Result<()> {
         s.policy_file.as_deref().unwrap_or("(none)")
     );
     println!("pins       {}", s.pin_dir);
+    if !s.fq_on.is_empty() {
+        println!(
+            "fq         installed by the agent on {} (restored on shutdown)",
+            s.fq_on.join(", ")
+        );
+    }
     println!("hooks");
     for h in &s.hooks {
         println!(

@@ -2,6 +2,7 @@
 //! maps, write policies into them atomically and read the counters back.
 
 pub mod attach;
+pub mod qdisc;
 pub mod sys;
 
 use std::{

@@ -10,10 +10,11 @@ use std::collections::{BTreeSet, HashMap};
 
 use ipnet::IpNet;
 use tc_common::{
-    ChannelPolicy, ChannelSet, ACTION_DROP, DIR_EGRESS, DIR_INGRESS, MODE_ENFORCE, MODE_MONITOR,
+    ChannelPolicy, ChannelSet, ACTION_DELAY, ACTION_DROP, ACTION_MARK, DIR_EGRESS, DIR_INGRESS,
+    MODE_ENFORCE, MODE_MONITOR,
 };
 
-use super::{Channel, Direction, Mode, Policy};
+use super::{Action, Channel, Direction, Mode, Policy};
 
 /// Address-trie entries one generation may use per side and family.
 pub const MAX_ADDR_ENTRIES: usize = 65_536 + 512;
@@ -296,7 +297,12 @@ fn l4_table(channels: &[Channel]) -> Vec<L4Entry> {
 /// Turns a channel's limits into GCRA parameters (see [`ChannelPolicy`]).
 pub fn channel_policy(c: &Channel) -> ChannelPolicy {
     let mut p = ChannelPolicy {
-        action: ACTION_DROP,
+        action: match c.action {
+            Action::Drop => ACTION_DROP,
+            Action::Delay => ACTION_DELAY,
+            Action::Mark => ACTION_MARK,
+        },
+        horizon_ns: c.horizon_ns.unwrap_or(0),
         mode: match c.mode {
             Mode::Enforce => MODE_ENFORCE,
             Mode::Monitor => MODE_MONITOR,

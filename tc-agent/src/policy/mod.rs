@@ -35,6 +35,10 @@ pub const MAX_BURST_BYTES: u64 = 1 << 30;
 pub const DEFAULT_BURST_MS: u64 = 250;
 /// ...and never less than this, comfortably above one 64 KiB GSO super-packet.
 pub const DEFAULT_MIN_BURST_BYTES: u64 = 256 * 1024;
+/// Default `horizon` of a `delay` channel.
+pub const DEFAULT_HORIZON: &str = "50ms";
+pub const MIN_HORIZON_NS: u64 = 1_000_000;
+pub const MAX_HORIZON_NS: u64 = 10_000_000_000;
 /// A GSO super-packet counts as up to ~45 segments; the packet burst must hold one.
 pub const MIN_PACKET_BURST: u64 = 64;
 /// Packet-rate ceiling.
@@ -173,6 +177,9 @@ pub struct Channel {
     pub direction: Direction,
     pub limit: Limit,
     pub action: Action,
+    /// `delay` only: a packet that would wait longer is dropped (bounds queueing delay).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub horizon_ns: Option<u64>,
     pub mode: Mode,
 }
 
@@ -241,6 +248,7 @@ struct RawChannel {
     limit: Option<RawLimit>,
     #[serde(default)]
     action: Action,
+    horizon: Option<String>,
     #[serde(default)]
     mode: Mode,
 }
@@ -516,7 +524,9 @@ fn check_ports(ck: &mut Checker<'_>, field: &str, raw: Vec<RawPort>) -> Vec<(u16
     out
 }
 
-fn check_limit(ck: &mut Checker<'_>, field: &str, raw: Option<RawLimit>) -> Limit {
+/// `delay` paces instead of passing bursts: its default burst is the
+/// smallest that never holds a GSO super-packet back for being large.
+fn check_limit(ck: &mut Checker<'_>, field: &str, raw: Option<RawLimit>, pacing: bool) -> Limit {
     let Some(raw) = raw else {
         return Limit::default();
     };
@@ -531,7 +541,11 @@ fn check_limit(ck: &mut Checker<'_>, field: &str, raw: Option<RawLimit>) -> Limi
         }
     }
     if let Some(bps) = limit.bandwidth_bps {
-        limit.burst_bytes = (bps / 8 * DEFAULT_BURST_MS / 1000).max(DEFAULT_MIN_BURST_BYTES);
+        limit.burst_bytes = if pacing {
+            MIN_BURST_BYTES
+        } else {
+            (bps / 8 * DEFAULT_BURST_MS / 1000).max(DEFAULT_MIN_BURST_BYTES)
+        };
     }
     if let Some(burst) = raw.burst {
         let f = format!("{field}.burst");
@@ -633,16 +647,48 @@ fn check_channels(
                 check_ports(ck, &format!("{field}.ports"), p)
             }
         };
-        let limit = check_limit(ck, &format!("{field}.limit"), rc.limit);
+        let has_limit = rc.limit.is_some();
+        let limit = check_limit(
+            ck,
+            &format!("{field}.limit"),
+            rc.limit,
+            rc.action == Action::Delay,
+        );
+        let mut horizon_ns = None;
         match rc.action {
             Action::Drop => {}
-            Action::Delay | Action::Mark => ck.error(
+            Action::Delay => {
+                if rc.direction == Direction::Ingress {
+                    ck.error(
+                        &format!("{field}.action"),
+                        "`delay` holds packets in the egress queue (fq releases them on time); an ingress packet has no queue to wait in: use `direction: egress`, or `drop`/`mark` on ingress",
+                    );
+                }
+                let h = rc.horizon.as_deref().unwrap_or(DEFAULT_HORIZON);
+                match units::parse_duration(h) {
+                    Ok(ns) if (MIN_HORIZON_NS..=MAX_HORIZON_NS).contains(&ns) => {
+                        horizon_ns = Some(ns)
+                    }
+                    Ok(_) => ck.error(
+                        &format!("{field}.horizon"),
+                        format!("`{h}` is out of range: a horizon must be between 1ms and 10s"),
+                    ),
+                    Err(m) => ck.error(&format!("{field}.horizon"), m),
+                }
+            }
+            Action::Mark => {}
+        }
+        if rc.action != Action::Drop && !has_limit {
+            ck.error(
                 &format!("{field}.action"),
-                format!(
-                    "action `{}` is not available in this release; use `drop` (with `mode: monitor` to only count)",
-                    if rc.action == Action::Delay { "delay" } else { "mark" }
-                ),
-            ),
+                "`delay` and `mark` act on traffic over a limit: add `limit`",
+            );
+        }
+        if rc.horizon.is_some() && rc.action != Action::Delay {
+            ck.error(
+                &format!("{field}.horizon"),
+                "`horizon` bounds the queueing of `action: delay`; remove it or set the action",
+            );
         }
         out.push(Channel {
             name: rc.name,
@@ -653,6 +699,7 @@ fn check_channels(
             direction: rc.direction,
             limit,
             action: rc.action,
+            horizon_ns,
             mode: rc.mode,
         });
     }

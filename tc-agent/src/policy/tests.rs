@@ -148,9 +148,44 @@ fn limits_and_ports_are_checked() {
 }
 
 #[test]
-fn gentle_actions_are_refused_for_now() {
+fn delay_is_egress_only_and_gets_a_horizon() {
     let e = errors("channels:\n  - name: a\n    action: delay\n    limit: {bandwidth: 1Mbit}\n");
-    assert!(e[0].contains("action `delay` is not available"), "{e:?}");
+    assert!(
+        e[0].contains("p.yaml:3: channels[0].action: `delay` holds packets in the egress queue"),
+        "{e:?}"
+    );
+    let e = errors("channels:\n  - name: a\n    direction: egress\n    action: delay\n    horizon: 20s\n    limit: {bandwidth: 1Mbit}\n  - name: b\n    action: mark\n  - name: c\n    horizon: 5ms\n");
+    let all = e.join("\n");
+    assert!(
+        all.contains("channels[0].horizon: `20s` is out of range"),
+        "{all}"
+    );
+    assert!(
+        all.contains("channels[1].action: `delay` and `mark` act on traffic over a limit"),
+        "{all}"
+    );
+    assert!(
+        all.contains("channels[2].horizon: `horizon` bounds the queueing"),
+        "{all}"
+    );
+    let p = Policy::parse(
+        "channels:\n  - name: a\n    direction: egress\n    action: delay\n    limit: {bandwidth: 100Mbit}\n  - name: b\n    action: mark\n    limit: {bandwidth: 1Mbit}\n",
+        "p",
+    )
+    .unwrap();
+    assert_eq!(p.channels[0].horizon_ns, Some(50_000_000));
+    // Pacing needs no room for bursts beyond one GSO packet.
+    assert_eq!(p.channels[0].limit.burst_bytes, MIN_BURST_BYTES);
+    assert_eq!(p.channels[1].horizon_ns, None);
+    let c = channel_policy(&p.channels[0]);
+    assert_eq!(
+        (c.action, c.horizon_ns),
+        (tc_common::ACTION_DELAY, 50_000_000)
+    );
+    assert_eq!(
+        channel_policy(&p.channels[1]).action,
+        tc_common::ACTION_MARK
+    );
 }
 
 #[test]

@@ -63,6 +63,19 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok((num * mult).round() as u64)
 }
 
+/// Parses a duration such as `50ms`, `1s` or `500us` into nanoseconds.
+pub fn parse_duration(s: &str) -> Result<u64, String> {
+    let (num, unit) = split_number(s)?;
+    let mult: f64 = match unit {
+        "ns" => 1.0,
+        "us" | "µs" => 1e3,
+        "ms" => 1e6,
+        "s" => 1e9,
+        _ => return Err(format!("`{s}`: give a unit: ns, us, ms or s")),
+    };
+    Ok((num * mult).round() as u64)
+}
+
 fn split_number(s: &str) -> Result<(f64, &str), String> {
     let s = s.trim();
     let split = s
@@ -123,6 +136,14 @@ mod tests {
         assert_eq!(parse_size("1500"), Ok(1500));
         assert_eq!(parse_size("1MiB"), Ok(1 << 20));
         assert!(parse_size("3 parsecs").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("50ms"), Ok(50_000_000));
+        assert_eq!(parse_duration("1s"), Ok(1_000_000_000));
+        assert_eq!(parse_duration("250us"), Ok(250_000));
+        assert!(parse_duration("50").unwrap_err().contains("unit"));
     }
 
     #[test]

@@ -167,7 +167,7 @@ fn load(pair: &Pair, streams: u32) -> Result<Load> {
         ])
         .stdout(std::process::Stdio::piped())
         .spawn()?;
-    let j = iperf3(pair, SECS, streams, true)?;
+    let j = iperf3(pair, 5201, SECS, streams, true)?;
     let ping = ping.wait_with_output()?;
     // Receiver side, over the whole flow: every method pays its own start
     // (slow start; tc-agent also gets its initial burst).
