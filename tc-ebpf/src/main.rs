@@ -501,36 +501,29 @@ fn enforce(frame: &Frame, parsed: &Parsed, slot: u32, global: &mut GlobalCounter
         };
     }
 
-    // SAFETY: as above.
-    let mut outcome = unsafe { conform(bucket, policy, now, frame.len, frame.segs, 1) };
-    let mut verdict = Verdict::PASS;
+    // ECN-capable packets of a `mark` channel are marked CE once the bucket
+    // is half used, and may use one more burst, marked, before the limit
+    // drops them: a cooperating sender slows down without losing anything,
+    // an uncooperative one still hits the wall.
     let markable = policy.action == ACTION_MARK
         && policy.mode != MODE_MONITOR
         && (parsed.ecn == 1 || parsed.ecn == 2);
-    let mark = Verdict {
-        action: MARK,
-        tstamp: 0,
-        l3: parsed.l3,
-        v6: matches!(parsed.addrs, Addrs::V6 { .. }),
-    };
+    let bursts = if markable { 2 } else { 1 };
+    // SAFETY: as above.
+    let outcome = unsafe { conform(bucket, policy, now, frame.len, frame.segs, bursts) };
+    let mut verdict = Verdict::PASS;
     // SAFETY: as above.
     if markable
         && !matches!(outcome, Conformance::Exceed)
         && unsafe { half_used(bucket, policy, now) }
     {
-        // Early: the bucket is more than half used; tell the sender now.
         counters.marked_pkts += frame.segs;
-        verdict = mark;
-    } else if markable && matches!(outcome, Conformance::Exceed) {
-        // An ECN-capable packet over the limit may use one more burst, marked
-        // CE, before the limit drops it: a cooperating sender slows down
-        // without losing anything, an uncooperative one still hits the wall.
-        // SAFETY: as above.
-        outcome = unsafe { conform(bucket, policy, now, frame.len, frame.segs, 2) };
-        if !matches!(outcome, Conformance::Exceed) {
-            counters.marked_pkts += frame.segs;
-            verdict = mark;
-        }
+        verdict = Verdict {
+            action: MARK,
+            tstamp: 0,
+            l3: parsed.l3,
+            v6: matches!(parsed.addrs, Addrs::V6 { .. }),
+        };
     }
     match outcome {
         Conformance::Conform => {}
