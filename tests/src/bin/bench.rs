@@ -338,7 +338,155 @@ fn attach_cost() -> Result<serde_json::Value> {
     Ok(serde_json::json!({"baseline_bps": b, "attached_bps": w, "ratio": w / b}))
 }
 
+/// Installs `tc args...` in `netns`.
+fn tc_in(netns: &str, args: &[&str]) -> Result<()> {
+    let mut v = vec!["ip", "netns", "exec", netns, "tc"];
+    v.extend_from_slice(args);
+    sh(&v).map(|_| ())
+}
+
+/// Drop, delay, mark, TBF and HTB at one rate on the same path: a veth pair
+/// with 10 ms of netem delay on the ACK direction (ECN needs an RTT to act
+/// on, and every method gets the same one). Needs fq and netem: run in the
+/// VM (`cargo xtask bench` does).
+fn actions() -> Result<serde_json::Value> {
+    const MBIT: u32 = 50;
+    println!(
+        "\nActions at {MBIT} Mbit/s, TCP 1 stream {SECS} s, base RTT 10 ms (netem on the ACK path), kernel {}",
+        tc_agent::datapath::sys::kernel_release()
+    );
+    println!(
+        "{:<8} {:>14} {:>12} {:>22} {:>10}",
+        "METHOD", "goodput/limit", "retransmits", "ping avg/max ms", "ping loss"
+    );
+    let mut rows = serde_json::Map::new();
+    for method in ["drop", "delay", "mark", "tbf", "htb"] {
+        let pair = Pair::new()?;
+        tc_in(
+            &pair.server,
+            &[
+                "qdisc",
+                "add",
+                "dev",
+                &pair.server_if,
+                "root",
+                "netem",
+                "delay",
+                "10ms",
+            ],
+        )?;
+        let rate = format!("{MBIT}mbit");
+        let _agent = match method {
+            "drop" | "mark" => {
+                if method == "mark" {
+                    for ns in [&pair.client, &pair.server] {
+                        sh(&[
+                            "ip",
+                            "netns",
+                            "exec",
+                            ns,
+                            "sysctl",
+                            "-qw",
+                            "net.ipv4.tcp_ecn=1",
+                        ])?;
+                    }
+                }
+                let p = write_policy(
+                    method,
+                    &format!("channels:\n  - name: c\n    to: [198.18.0.2/32]\n    action: {method}\n    limit: {{bandwidth: {MBIT}Mbit}}\n"),
+                )?;
+                Some(Agent::start(&pair.server, &pair.server_if, &p)?)
+            }
+            "delay" => {
+                let p = write_policy(
+                    method,
+                    &format!("channels:\n  - name: c\n    to: [198.18.0.2/32]\n    direction: egress\n    action: delay\n    limit: {{bandwidth: {MBIT}Mbit}}\n"),
+                )?;
+                Some(Agent::start(&pair.client, &pair.client_if, &p)?)
+            }
+            "tbf" => {
+                let burst = (MBIT as u64 * 1_000_000 / 8 / 250)
+                    .max(65536 + 1514)
+                    .to_string();
+                tc_in(
+                    &pair.client,
+                    &[
+                        "qdisc",
+                        "add",
+                        "dev",
+                        &pair.client_if,
+                        "root",
+                        "tbf",
+                        "rate",
+                        &rate,
+                        "burst",
+                        &burst,
+                        "latency",
+                        "50ms",
+                    ],
+                )?;
+                None
+            }
+            _ => {
+                tc_in(
+                    &pair.client,
+                    &[
+                        "qdisc",
+                        "add",
+                        "dev",
+                        &pair.client_if,
+                        "root",
+                        "handle",
+                        "1:",
+                        "htb",
+                        "default",
+                        "10",
+                    ],
+                )?;
+                tc_in(
+                    &pair.client,
+                    &[
+                        "class",
+                        "add",
+                        "dev",
+                        &pair.client_if,
+                        "parent",
+                        "1:",
+                        "classid",
+                        "1:10",
+                        "htb",
+                        "rate",
+                        &rate,
+                        "ceil",
+                        &rate,
+                    ],
+                )?;
+                None
+            }
+        };
+        let l = load(&pair, 1)?;
+        let ratio = l.goodput / (MBIT as f64 * 1e6);
+        println!(
+            "{method:<8} {ratio:>14.3} {:>12} {:>22} {:>9.0}%",
+            l.retransmits,
+            format!("{:.1}/{:.1}", l.ping_avg_ms, l.ping_max_ms),
+            l.ping_loss_pct
+        );
+        rows.insert(
+            method.into(),
+            serde_json::json!({"goodput_ratio": ratio, "retransmits": l.retransmits, "ping_avg_ms": l.ping_avg_ms, "ping_max_ms": l.ping_max_ms, "ping_loss_pct": l.ping_loss_pct}),
+        );
+    }
+    Ok(serde_json::Value::Object(rows))
+}
+
 fn main() -> Result<()> {
+    // `bench actions`: the part that needs fq and netem, run inside the VM.
+    if std::env::args().nth(1).as_deref() == Some("actions") {
+        let v = actions()?;
+        println!("TCVM-JSON {v}");
+        return Ok(());
+    }
     let per_packet = per_packet()?;
     // The traffic parts pin their own processes; let this one use both CPUs.
     // SAFETY: cpu_set_t is plain data; sched_setaffinity only reads it.
