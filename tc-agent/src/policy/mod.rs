@@ -31,7 +31,7 @@ pub const MAX_BURST_BYTES: u64 = 1 << 30;
 /// lost retransmissions that end in a 200 ms retransmission timeout. A
 /// bucket that holds more than one timeout's worth of tokens keeps the
 /// channel's long-run rate through those stalls (measured on veth: TCP goodput
-/// about 1.0 of the limit from 10 Mbit/s to 1 Gbit/s, against 0.64 with 50 ms).
+/// at the TCP ceiling of the limit from 10 Mbit/s to 1 Gbit/s, against 0.64 with 50 ms).
 pub const DEFAULT_BURST_MS: u64 = 250;
 /// ...and never less than this, comfortably above one 64 KiB GSO super-packet.
 pub const DEFAULT_MIN_BURST_BYTES: u64 = 256 * 1024;
