@@ -367,3 +367,29 @@ pub fn iperf3(
     let _ = server.wait();
     bail!("iperf3 failed: {last}")
 }
+
+/// What `ping -q` reported: (avg ms, max ms, loss %). Parses both iputils'
+/// `rtt min/avg/max/mdev = …` and busybox's `round-trip min/avg/max = …`.
+pub fn ping_summary(text: &str) -> Result<(f64, f64, f64)> {
+    let rtt: Vec<f64> = text
+        .lines()
+        .find(|l| l.contains("min/avg/max"))
+        .and_then(|l| l.split('=').nth(1))
+        .map(|v| {
+            v.trim()
+                .trim_end_matches(" ms")
+                .split('/')
+                .filter_map(|x| x.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let loss = text
+        .split(',')
+        .find(|p| p.contains("packet loss"))
+        .and_then(|p| p.trim().split('%').next())
+        .and_then(|x| x.parse().ok());
+    match (rtt.get(1), rtt.get(2), loss) {
+        (Some(avg), Some(max), Some(loss)) => Ok((*avg, *max, loss)),
+        _ => bail!("no ping summary in: {text}"),
+    }
+}

@@ -317,21 +317,8 @@ fn ping(pair: &Pair, secs: u32) -> std::thread::JoinHandle<Result<(f64, f64)>> {
             &secs.to_string(),
             "198.18.0.2",
         ])?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        let rtt: Vec<f64> = text
-            .lines()
-            .find(|l| l.contains("min/avg/max"))
-            .and_then(|l| l.split('=').nth(1))
-            .map(|v| {
-                v.trim()
-                    .trim_end_matches(" ms")
-                    .split('/')
-                    .filter_map(|x| x.parse().ok())
-                    .collect()
-            })
-            .unwrap_or_default();
-        anyhow::ensure!(rtt.len() >= 3, "no ping summary: {text}");
-        Ok((rtt[1], rtt[2]))
+        let (avg, max, _) = tc_tests::netns::ping_summary(&String::from_utf8_lossy(&out.stdout))?;
+        Ok((avg, max))
     })
 }
 

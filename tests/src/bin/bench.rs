@@ -17,7 +17,7 @@ use tc_agent::{
     policy::{compile::compile, Policy},
 };
 use tc_tests::{
-    netns::{iperf3, sh, Agent, Pair},
+    netns::{iperf3, ping_summary, sh, Agent, Pair},
     packet::{self, UDP},
 };
 
@@ -174,32 +174,17 @@ fn load(pair: &Pair, streams: u32) -> Result<Load> {
     let goodput = j["end"]["sum_received"]["bits_per_second"]
         .as_f64()
         .context("iperf3 reported no received rate")?;
-    let text = String::from_utf8_lossy(&ping.stdout);
-    // "rtt min/avg/max/mdev = 0.05/0.08/0.2/0.01 ms" and "..., x% packet loss, ..."
-    let rtt: Vec<f64> = text
-        .lines()
-        .find(|l| l.contains("min/avg/max"))
-        .and_then(|l| l.split('=').nth(1))
-        .map(|v| {
-            v.trim()
-                .trim_end_matches(" ms")
-                .split('/')
-                .filter_map(|x| x.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    let loss = text
-        .split(',')
-        .find(|p| p.contains("packet loss"))
-        .and_then(|p| p.trim().split('%').next())
-        .and_then(|x| x.parse().ok())
-        .unwrap_or(f64::NAN);
+    // A ping that printed no summary (it can happen under emulation) leaves NaNs.
+    let (ping_avg_ms, ping_max_ms, ping_loss_pct) = ping_summary(&String::from_utf8_lossy(
+        &ping.stdout,
+    ))
+    .unwrap_or((f64::NAN, f64::NAN, f64::NAN));
     Ok(Load {
         goodput,
         retransmits: j["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0),
-        ping_avg_ms: rtt.get(1).copied().unwrap_or(f64::NAN),
-        ping_max_ms: rtt.get(2).copied().unwrap_or(f64::NAN),
-        ping_loss_pct: loss,
+        ping_avg_ms,
+        ping_max_ms,
+        ping_loss_pct,
     })
 }
 
@@ -229,63 +214,10 @@ fn accuracy() -> Result<Vec<serde_json::Value>> {
             let mut json = serde_json::json!({"rate_mbit": mbit, "streams": streams});
             for method in ["tc-agent", "tbf", "htb"] {
                 let pair = Pair::new()?;
-                let rate = format!("{mbit}mbit");
-                let tc = |args: &[&str]| -> Result<()> {
-                    let mut v = vec!["ip", "netns", "exec", &pair.client, "tc"];
-                    v.extend_from_slice(args);
-                    sh(&v).map(|_| ())
-                };
                 let _agent = match method {
                     "tc-agent" => Some(Agent::start(&pair.server, &pair.server_if, &policy)?),
-                    "tbf" => {
-                        // burst = rate / HZ (HZ = 250), at least one 64 KiB GSO packet.
-                        let burst = (mbit as u64 * 1_000_000 / 8 / 250)
-                            .max(65536 + 1514)
-                            .to_string();
-                        tc(&[
-                            "qdisc",
-                            "add",
-                            "dev",
-                            &pair.client_if,
-                            "root",
-                            "tbf",
-                            "rate",
-                            &rate,
-                            "burst",
-                            &burst,
-                            "latency",
-                            "50ms",
-                        ])?;
-                        None
-                    }
-                    _ => {
-                        tc(&[
-                            "qdisc",
-                            "add",
-                            "dev",
-                            &pair.client_if,
-                            "root",
-                            "handle",
-                            "1:",
-                            "htb",
-                            "default",
-                            "10",
-                        ])?;
-                        tc(&[
-                            "class",
-                            "add",
-                            "dev",
-                            &pair.client_if,
-                            "parent",
-                            "1:",
-                            "classid",
-                            "1:10",
-                            "htb",
-                            "rate",
-                            &rate,
-                            "ceil",
-                            &rate,
-                        ])?;
+                    kind => {
+                        shape(&pair, kind, mbit)?;
                         None
                     }
                 };
@@ -345,6 +277,38 @@ fn tc_in(netns: &str, args: &[&str]) -> Result<()> {
     sh(&v).map(|_| ())
 }
 
+/// Shapes the client's egress to `mbit` with Linux's own qdiscs, the
+/// baselines: `tbf` (burst = rate / HZ at HZ = 250, at least one 64 KiB GSO
+/// packet; latency 50 ms) or `htb` (one class, rate = ceil).
+fn shape(pair: &Pair, kind: &str, mbit: u32) -> Result<()> {
+    let (ns, dev, rate) = (&pair.client, &pair.client_if, format!("{mbit}mbit"));
+    if kind == "tbf" {
+        let burst = (mbit as u64 * 1_000_000 / 8 / 250)
+            .max(65536 + 1514)
+            .to_string();
+        return tc_in(
+            ns,
+            &[
+                "qdisc", "add", "dev", dev, "root", "tbf", "rate", &rate, "burst", &burst,
+                "latency", "50ms",
+            ],
+        );
+    }
+    tc_in(
+        ns,
+        &[
+            "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "10",
+        ],
+    )?;
+    tc_in(
+        ns,
+        &[
+            "class", "add", "dev", dev, "parent", "1:", "classid", "1:10", "htb", "rate", &rate,
+            "ceil", &rate,
+        ],
+    )
+}
+
 /// Drop, delay, mark, TBF and HTB at one rate on the same path: a veth pair
 /// with 10 ms of netem delay on the ACK direction (ECN needs an RTT to act
 /// on, and every method gets the same one). Needs fq and netem: run in the
@@ -375,7 +339,6 @@ fn actions() -> Result<serde_json::Value> {
                 "10ms",
             ],
         )?;
-        let rate = format!("{MBIT}mbit");
         let _agent = match method {
             "drop" | "mark" => {
                 if method == "mark" {
@@ -404,63 +367,8 @@ fn actions() -> Result<serde_json::Value> {
                 )?;
                 Some(Agent::start(&pair.client, &pair.client_if, &p)?)
             }
-            "tbf" => {
-                let burst = (MBIT as u64 * 1_000_000 / 8 / 250)
-                    .max(65536 + 1514)
-                    .to_string();
-                tc_in(
-                    &pair.client,
-                    &[
-                        "qdisc",
-                        "add",
-                        "dev",
-                        &pair.client_if,
-                        "root",
-                        "tbf",
-                        "rate",
-                        &rate,
-                        "burst",
-                        &burst,
-                        "latency",
-                        "50ms",
-                    ],
-                )?;
-                None
-            }
-            _ => {
-                tc_in(
-                    &pair.client,
-                    &[
-                        "qdisc",
-                        "add",
-                        "dev",
-                        &pair.client_if,
-                        "root",
-                        "handle",
-                        "1:",
-                        "htb",
-                        "default",
-                        "10",
-                    ],
-                )?;
-                tc_in(
-                    &pair.client,
-                    &[
-                        "class",
-                        "add",
-                        "dev",
-                        &pair.client_if,
-                        "parent",
-                        "1:",
-                        "classid",
-                        "1:10",
-                        "htb",
-                        "rate",
-                        &rate,
-                        "ceil",
-                        &rate,
-                    ],
-                )?;
+            kind => {
+                shape(&pair, kind, MBIT)?;
                 None
             }
         };
