@@ -287,6 +287,19 @@ pub fn udp_send(dst: &str, payload: usize, rate_bps: f64, secs: f64, max: u64) -
 /// bytes received after `warmup` seconds, seconds measured)`.
 pub fn udp_receive(bind: &str, secs: f64, warmup: f64) -> Result<(u64, u64, f64)> {
     let sock = UdpSocket::bind(bind)?;
+    // A deep receive buffer: the count must measure the datapath, not this
+    // thread's scheduling (slow under emulation, with a flood alongside).
+    let size: libc::c_int = 16 << 20;
+    // SAFETY: setsockopt reads `size` for its length; the fd is ours.
+    unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&sock),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
     sock.set_read_timeout(Some(Duration::from_millis(100)))?;
     let mut buf = vec![0u8; 65536];
     let start = Instant::now();

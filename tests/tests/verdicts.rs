@@ -391,12 +391,17 @@ fn delay_sets_the_earliest_departure_time() {
     let frame = packet::ipv4("198.18.1.5", "198.18.2.10", UDP, 9, 1000 - 42);
     let before = monotonic_ns();
     let (verdict, ts) = f.egress_tstamp(&frame, 100);
+    let after = monotonic_ns();
     assert_eq!(verdict, PASS);
-    let ahead_ms = (ts as i64 - before as i64) as f64 / 1e6;
-    // 100 * 1000 - 65536 bytes at 1 byte/us: about 34.5 ms ahead.
+    // 100 * 1000 - 65536 bytes at 1 byte/us: 34.5 ms after the first run,
+    // which started somewhere between `before` and `after` (seconds apart
+    // under emulation).
+    let (lo, hi) = (before + 34_000_000, after + 35_000_000);
     assert!(
-        (33.0..=36.0).contains(&ahead_ms),
-        "departure {ahead_ms:.2} ms ahead"
+        (lo..=hi).contains(&ts),
+        "departure {:.2} ms after the start, {:.2} ms before its end",
+        (ts as i64 - before as i64) as f64 / 1e6,
+        (after as i64 - ts as i64) as f64 / 1e6
     );
     let c = f.counters("paced");
     assert_eq!((c.passed_pkts, c.dropped_pkts), (100, 0));
