@@ -116,37 +116,37 @@ impl Datapath {
         })
     }
 
-    fn array<T: aya::Pod>(
-        &mut self,
-        name: &'static str,
-    ) -> Result<Array<&mut MapData, T>, DatapathError> {
+    /// Map `name` of the object, as the typed map `M`.
+    fn map<'a, M>(&'a mut self, name: &'static str) -> Result<M, DatapathError>
+    where
+        M: TryFrom<&'a mut aya::maps::Map, Error = MapError>,
+    {
         let map = self
             .ebpf
             .map_mut(name)
             .ok_or_else(|| DatapathError::Setup(format!("map {name} missing from object")))?;
-        Array::try_from(map).map_err(map_err(name))
+        M::try_from(map).map_err(map_err(name))
+    }
+
+    fn array<T: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<Array<&mut MapData, T>, DatapathError> {
+        self.map(name)
     }
 
     fn percpu<T: aya::Pod>(
         &mut self,
         name: &'static str,
     ) -> Result<PerCpuArray<&mut MapData, T>, DatapathError> {
-        let map = self
-            .ebpf
-            .map_mut(name)
-            .ok_or_else(|| DatapathError::Setup(format!("map {name} missing from object")))?;
-        PerCpuArray::try_from(map).map_err(map_err(name))
+        self.map(name)
     }
 
     fn trie<K: aya::Pod>(
         &mut self,
         name: &'static str,
     ) -> Result<LpmTrie<&mut MapData, K, ChannelSet>, DatapathError> {
-        let map = self
-            .ebpf
-            .map_mut(name)
-            .ok_or_else(|| DatapathError::Setup(format!("map {name} missing from object")))?;
-        LpmTrie::try_from(map).map_err(map_err(name))
+        self.map(name)
     }
 
     /// The datapath's node-wide settings (live generation).
@@ -322,11 +322,7 @@ impl Datapath {
         g: u8,
         generation: fn(&K) -> u8,
     ) -> Result<(), DatapathError> {
-        let map = self
-            .ebpf
-            .map_mut(name)
-            .ok_or_else(|| DatapathError::Setup(format!("map {name} missing from object")))?;
-        let mut flows: HashMap<_, K, u32> = HashMap::try_from(map).map_err(map_err(name))?;
+        let mut flows: HashMap<_, K, u32> = self.map(name)?;
         let stale: Vec<K> = flows
             .keys()
             .filter_map(Result::ok)
