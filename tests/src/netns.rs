@@ -77,6 +77,15 @@ impl Pair {
             sh(&["ip", "-n", ns, "link", "set", dev, "up"])?;
             sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
         }
+        // Resolve the neighbours before any test traffic: while ARP is
+        // pending, the kernel queues only ~200 KB per neighbour and drops
+        // the oldest, so a flood starting alongside another stream could
+        // cost that stream its first packet before any datapath sees it.
+        for (ns, peer) in [(&p.client, "198.18.0.2"), (&p.server, "198.18.0.1")] {
+            sh(&[
+                "ip", "netns", "exec", ns, "ping", "-c", "1", "-W", "5", peer,
+            ])?;
+        }
         Ok(p)
     }
 }
