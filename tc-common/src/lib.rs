@@ -50,12 +50,18 @@ pub const GLOBAL: &str = "TC_GLOBAL";
 pub const GENS: &str = "TC_GENS";
 pub const FLOWS4: &str = "TC_FLOWS4";
 pub const FLOWS6: &str = "TC_FLOWS6";
+pub const PACE: &str = "TC_PACE";
 
 /// All maps, in the order the agent pins and reports them.
-pub const MAP_NAMES: [&str; 13] = [
+pub const MAP_NAMES: [&str; 14] = [
     CONFIG, GENS, SRC_V4, DST_V4, SRC_V6, DST_V6, L4, POLICIES, BUCKETS, COUNTERS, GLOBAL, FLOWS4,
-    FLOWS6,
+    FLOWS6, PACE,
 ];
+
+/// Slots of the per-flow pacing table (`delay` channels): a power of two,
+/// indexed by the packet's flow hash mixed with its channel slot. Flows
+/// that collide share a slot, which only makes them look less sparse.
+pub const PACE_SLOTS: u32 = 16_384;
 
 /// Flows the classification cache remembers (LRU).
 pub const MAX_FLOWS: u32 = 65_536;
@@ -219,6 +225,10 @@ pub struct BucketState {
     pub byte_tat: u64,
     /// Theoretical arrival time of the packet bucket.
     pub pkt_tat: u64,
+    /// `mark` channels: TAT of a shallow bucket at the channel's rate, which
+    /// tells whether the channel runs over its rate right now (the deep
+    /// buckets only say how much of the burst is used).
+    pub rate_tat: u64,
 }
 
 /// Per-channel, per-CPU counters; the agent sums the CPUs.
@@ -330,7 +340,7 @@ const _: () = assert!(core::mem::size_of::<GenInfo>() == 8);
 const _: () = assert!(core::mem::size_of::<FlowKey4>() == 16);
 const _: () = assert!(core::mem::size_of::<FlowKey6>() == 40);
 const _: () = assert!(core::mem::size_of::<ChannelPolicy>() == 48);
-const _: () = assert!(core::mem::size_of::<BucketState>() == 16);
+const _: () = assert!(core::mem::size_of::<BucketState>() == 24);
 const _: () = assert!(core::mem::size_of::<ChannelCounters>() == 96);
 const _: () = assert!(core::mem::size_of::<GlobalCounters>() == 72);
 const _: () = assert!(MAX_CHANNELS.is_multiple_of(64));

@@ -244,13 +244,21 @@ pub unsafe fn schedule(
     Some(depart)
 }
 
-/// Whether either bucket is more than half used: `mark` starts marking
-/// there, so a cooperating sender backs off before anything is dropped.
+/// Whether either bucket is more than a quarter used: past that depth,
+/// `mark` tells a sender that runs over the rate to slow down. Deep enough
+/// that a classic-ECN sender's sawtooth below the rate is paid from the
+/// burst rather than lost to a full bucket, shallow enough that slow start
+/// is told before it overshoots past the burst (measured: a half-used
+/// threshold let slow start run into the second burst and drop).
 ///
 /// # Safety
 /// `bucket` must point into a live map value.
 #[inline(always)]
-pub unsafe fn half_used(bucket: *const BucketState, policy: &ChannelPolicy, now: u64) -> bool {
+pub unsafe fn past_mark_depth(
+    bucket: *const BucketState,
+    policy: &ChannelPolicy,
+    now: u64,
+) -> bool {
     // SAFETY: caller guarantees `bucket` is valid; a racy read only shifts
     // the marking threshold by one packet.
     let (byte_tat, pkt_tat) = unsafe {
@@ -259,6 +267,61 @@ pub unsafe fn half_used(bucket: *const BucketState, policy: &ChannelPolicy, now:
             core::ptr::read_volatile(&raw const (*bucket).pkt_tat),
         )
     };
-    (policy.byte_cost_q16 != 0 && byte_tat.saturating_sub(now) * 2 > policy.byte_tau_ns)
-        || (policy.pkt_cost_q16 != 0 && pkt_tat.saturating_sub(now) * 2 > policy.pkt_tau_ns)
+    (policy.byte_cost_q16 != 0 && byte_tat.saturating_sub(now) * 4 > policy.byte_tau_ns)
+        || (policy.pkt_cost_q16 != 0 && pkt_tat.saturating_sub(now) * 4 > policy.pkt_tau_ns)
+}
+
+/// Whether the channel runs over its rate right now, from a shallow GCRA at
+/// the channel's rate (`rate_tat`) that every passing packet of a `mark`
+/// channel charges.
+///
+/// Its depth is two 64 KiB GSO packets' worth at the byte rate (or 90
+/// segments at the packet rate), at most half the burst: enough that a
+/// sender at the rate with TSO bursts conforms, short enough that the
+/// answer changes within a round trip of the sender slowing down. This is
+/// the signal `mark` needs: the deep bucket's level is an integral, and
+/// marking on it alone keeps marking for as long as a debt takes to repay,
+/// so a classic-ECN sender halves again every round trip until it starves.
+///
+/// A signal, not a limit: a plain load and store, and a packet over the
+/// shallow bucket is not charged to it.
+///
+/// # Safety
+/// `bucket` must point into a live map value.
+#[inline(always)]
+pub unsafe fn over_rate(
+    bucket: *mut BucketState,
+    policy: &ChannelPolicy,
+    now: u64,
+    len: u64,
+    segs: u64,
+) -> bool {
+    let byte_ns = (len * policy.byte_cost_q16) >> 16;
+    let pkt_ns = (segs * policy.pkt_cost_q16) >> 16;
+    let cost = if byte_ns > pkt_ns { byte_ns } else { pkt_ns };
+    // 128 KiB at the byte rate: (131072 * cost_q16) >> 16.
+    let byte_window = policy.byte_cost_q16 * 2;
+    let pkt_window = (90 * policy.pkt_cost_q16) >> 16;
+    let mut window = if byte_window > pkt_window {
+        byte_window
+    } else {
+        pkt_window
+    };
+    let tau = if policy.byte_tau_ns > policy.pkt_tau_ns {
+        policy.byte_tau_ns
+    } else {
+        policy.pkt_tau_ns
+    };
+    if window > tau / 2 {
+        window = tau / 2;
+    }
+    // SAFETY: caller guarantees `bucket` is valid.
+    let tat = unsafe { core::ptr::read_volatile(&raw const (*bucket).rate_tat) };
+    let next = if tat > now { tat } else { now } + cost;
+    if next - now > window {
+        return true;
+    }
+    // SAFETY: as above.
+    unsafe { core::ptr::write_volatile(&raw mut (*bucket).rate_tat, next) };
+    false
 }

@@ -18,7 +18,7 @@ mod parse;
 
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_SHOT, TC_ACT_UNSPEC},
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_get_hash_recalc, bpf_ktime_get_ns},
     macros::{classifier, map, xdp},
     maps::{lpm_trie::Key, Array, LpmTrie, LruHashMap, PerCpuArray},
     programs::{TcContext, XdpContext},
@@ -27,11 +27,11 @@ use tc_common::{
     BucketState, ChannelCounters, ChannelPolicy, ChannelSet, Config, FlowKey4, FlowKey6, FlowMeta,
     GenInfo, GlobalCounters, Ip4Key, Ip6Key, L4Key, ACTION_DELAY, ACTION_MARK, CHANNEL_SLOTS,
     CHANNEL_WORDS, DIR_EGRESS, DIR_INGRESS, FLAG_NO_FLOW_CACHE, GEN_BITS, MAX_CHANNELS, MAX_FLOWS,
-    MAX_L4_ENTRIES, MAX_PREFIXES, MODE_MONITOR, NO_CHANNEL,
+    MAX_L4_ENTRIES, MAX_PREFIXES, MODE_MONITOR, NO_CHANNEL, PACE_SLOTS,
 };
 
 use crate::{
-    bucket::{conform, half_used, schedule, Conformance},
+    bucket::{conform, over_rate, past_mark_depth, schedule, Conformance},
     parse::{parse, Addrs, Parsed, Skip},
 };
 
@@ -61,6 +61,11 @@ static TC_BUCKETS: Array<BucketState> = Array::with_max_entries(CHANNEL_SLOTS, 0
 static TC_COUNTERS: PerCpuArray<ChannelCounters> = PerCpuArray::with_max_entries(CHANNEL_SLOTS, 0);
 #[map]
 static TC_GLOBAL: PerCpuArray<GlobalCounters> = PerCpuArray::with_max_entries(1, 0);
+/// `delay` channels: per flow (hash slot), when its last packet finishes
+/// leaving at the channel's rate. A flow whose last packet has finished has
+/// nothing waiting in fq: it is sparse, and may leave ahead of the backlog.
+#[map]
+static TC_PACE: Array<u64> = Array::with_max_entries(PACE_SLOTS, 0);
 
 /// What the datapath decided for one packet. A plain struct rather than an
 /// enum with payloads: LLVM may fill an unused payload with any register,
@@ -128,7 +133,7 @@ pub fn xdp_ingress(ctx: XdpContext) -> u32 {
         len,
         segs: 1,
     };
-    let v = handle(&frame, DIR_INGRESS);
+    let v = handle(&frame, DIR_INGRESS, || 0);
     match v.action {
         DROP => xdp_action::XDP_DROP,
         MARK => {
@@ -225,7 +230,10 @@ fn tc_verdict(ctx: &TcContext, dir: u8) -> i32 {
         len: len as u64,
         segs: if gso_segs == 0 { 1 } else { gso_segs },
     };
-    let v = handle(&frame, dir);
+    // SAFETY: the context pointer is valid for the whole program run.
+    // Usually a read of the hash the stack already set (TCP's txhash, the
+    // RX hash); computed once otherwise.
+    let v = handle(&frame, dir, || unsafe { bpf_get_hash_recalc(ctx.skb.skb) });
     match v.action {
         DROP => TC_ACT_SHOT,
         DELAY => {
@@ -248,8 +256,11 @@ fn tc_verdict(ctx: &TcContext, dir: u8) -> i32 {
 }
 
 /// Counts the packet node-wide, classifies it and applies its channel's policy.
+///
+/// `flow_hash` gives the kernel's flow hash (`skb->hash`), asked for only
+/// by `delay` channels (tc egress), which pace per flow.
 #[inline(always)]
-fn handle(frame: &Frame, dir: u8) -> Verdict {
+fn handle(frame: &Frame, dir: u8, flow_hash: impl Fn() -> u32) -> Verdict {
     let Some(global) = TC_GLOBAL.get_ptr_mut(0) else {
         return Verdict::PASS;
     };
@@ -298,7 +309,7 @@ fn handle(frame: &Frame, dir: u8) -> Verdict {
     if frame.segs > 1 && parsed.hdr_len != 0 {
         wire.len += (frame.segs - 1) * parsed.hdr_len as u64;
     }
-    enforce(&wire, &parsed, slot, global)
+    enforce(&wire, &parsed, slot, global, flow_hash)
 }
 
 /// [`classify`] behind the flow cache: one hash lookup for a known flow
@@ -446,9 +457,51 @@ fn trailing_zeros(mut x: u64) -> u32 {
     n
 }
 
+/// Departure for a packet of a `delay` channel given its place `t` in the
+/// channel's schedule, and the flow's new finish time.
+///
+/// A flow is sparse when its previous packet has finished leaving at the
+/// channel's rate (`finish <= now`): nothing of it waits in fq. Its packet
+/// leaves now, ahead of the backlog, as fq_codel and fq serve new flows
+/// first; the channel's schedule was charged all the same, so the rate over
+/// any interval is unchanged, only the order within the backlog. Once the
+/// backlog passes half the horizon (overload, many flows), every packet
+/// takes its place in the schedule, so overload delays rather than drops.
+///
+/// # Safety
+/// `finish` must point into a live map value.
+#[inline(always)]
+unsafe fn pace_flow(
+    finish: *mut u64,
+    policy: &ChannelPolicy,
+    now: u64,
+    t: u64,
+    frame: &Frame,
+) -> u64 {
+    // SAFETY: caller guarantees `finish` is valid.
+    let last = unsafe { core::ptr::read_volatile(finish) };
+    let depart = if last <= now && t - now <= policy.horizon_ns / 2 {
+        now
+    } else {
+        t
+    };
+    let byte_ns = (frame.len * policy.byte_cost_q16) >> 16;
+    let pkt_ns = (frame.segs * policy.pkt_cost_q16) >> 16;
+    let cost = if byte_ns > pkt_ns { byte_ns } else { pkt_ns };
+    // SAFETY: as above.
+    unsafe { core::ptr::write_volatile(finish, depart + cost) };
+    depart
+}
+
 /// Charges the packet to its channel's buckets and counts the outcome.
 #[inline(always)]
-fn enforce(frame: &Frame, parsed: &Parsed, slot: u32, global: &mut GlobalCounters) -> Verdict {
+fn enforce(
+    frame: &Frame,
+    parsed: &Parsed,
+    slot: u32,
+    global: &mut GlobalCounters,
+    flow_hash: impl Fn() -> u32,
+) -> Verdict {
     let (Some(policy), Some(bucket), Some(counters)) = (
         TC_POLICIES.get(slot),
         TC_BUCKETS.get_ptr_mut(slot),
@@ -475,6 +528,10 @@ fn enforce(frame: &Frame, parsed: &Parsed, slot: u32, global: &mut GlobalCounter
     let bucket = bucket as *mut BucketState;
 
     if policy.action == ACTION_DELAY && policy.mode != MODE_MONITOR {
+        // Per-flow state, so that a sparse flow (a ping, a request, a new
+        // connection) does not wait behind a bulk flow's reserved departures.
+        let pace_idx = (flow_hash() ^ slot.wrapping_mul(0x9e37_79b1)) & (PACE_SLOTS - 1);
+        let pace = TC_PACE.get_ptr_mut(pace_idx);
         // SAFETY: the bucket pointer comes from an array lookup and stays
         // valid for this run; all writers use atomics.
         return match unsafe { schedule(bucket, policy, now, frame.len, frame.segs) } {
@@ -485,6 +542,13 @@ fn enforce(frame: &Frame, parsed: &Parsed, slot: u32, global: &mut GlobalCounter
                 Verdict::DROP
             }
             Some(t) => {
+                let t = match pace {
+                    // SAFETY: array slot, valid for this run. Racy on purpose:
+                    // a flow runs on one CPU at a time, and a lost update only
+                    // misjudges one packet's sparseness.
+                    Some(finish) => unsafe { pace_flow(finish, policy, now, t, frame) },
+                    None => t,
+                };
                 counters.passed_pkts += frame.segs;
                 counters.passed_bytes += frame.len;
                 if t > now {
@@ -501,21 +565,26 @@ fn enforce(frame: &Frame, parsed: &Parsed, slot: u32, global: &mut GlobalCounter
         };
     }
 
-    // ECN-capable packets of a `mark` channel are marked CE once the bucket
-    // is half used, and may use one more burst, marked, before the limit
-    // drops them: a cooperating sender slows down without losing anything,
-    // an uncooperative one still hits the wall.
-    let markable = policy.action == ACTION_MARK
-        && policy.mode != MODE_MONITOR
-        && (parsed.ecn == 1 || parsed.ecn == 2);
-    let bursts = if markable { 2 } else { 1 };
+    // ECN-capable packets of a `mark` channel are marked CE while the
+    // channel runs over its rate with more than a quarter of its burst used, and
+    // may use one more burst, marked, before the limit drops them: a
+    // cooperating sender slows down without losing anything, an
+    // uncooperative one still hits the wall.
+    let marking = policy.action == ACTION_MARK && policy.mode != MODE_MONITOR;
+    // CE (3) is ECN-capable too: marked upstream already, it keeps the
+    // second burst but has nothing left to mark.
+    let markable = marking && (parsed.ecn == 1 || parsed.ecn == 2);
+    let bursts = if marking && parsed.ecn != 0 { 2 } else { 1 };
     // SAFETY: as above.
     let outcome = unsafe { conform(bucket, policy, now, frame.len, frame.segs, bursts) };
     let mut verdict = Verdict::PASS;
-    // SAFETY: as above.
-    if markable
+    // SAFETY: as above. Every passing packet of the channel charges the
+    // rate signal, ECN-capable or not.
+    if marking
         && !matches!(outcome, Conformance::Exceed)
-        && unsafe { half_used(bucket, policy, now) }
+        && unsafe { over_rate(bucket, policy, now, frame.len, frame.segs) }
+        && markable
+        && unsafe { past_mark_depth(bucket, policy, now) }
     {
         counters.marked_pkts += frame.segs;
         verdict = Verdict {

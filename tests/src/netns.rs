@@ -31,10 +31,17 @@ pub fn sh(args: &[&str]) -> Result<Output> {
 /// Two hosts, `client` (198.18.0.1, 2001:db8::1) and `server` (198.18.0.2,
 /// 2001:db8::2), on one veth pair `<tag>c` / `<tag>s`.
 pub struct Pair {
+    /// Namespace of the sending host (198.18.0.1, 2001:db8::1).
     pub client: String,
+    /// Namespace of the receiving host (198.18.0.2, 2001:db8::2).
     pub server: String,
+    /// The client's end of the veth pair.
     pub client_if: String,
+    /// The server's end of the veth pair.
     pub server_if: String,
+    /// Whether dropping this value deletes the namespaces: false for an
+    /// [`alias`](Pair::alias) that another thread uses for a while.
+    owner: bool,
 }
 
 impl Pair {
@@ -49,6 +56,7 @@ impl Pair {
             server: format!("{tag}-s"),
             client_if: format!("{tag}c"),
             server_if: format!("{tag}s"),
+            owner: true,
         };
         // From here on, Drop cleans up whatever was made.
         sh(&["ip", "netns", "add", &p.client])?;
@@ -88,10 +96,64 @@ impl Pair {
         }
         Ok(p)
     }
+
+    /// The same pair under a name that does not own it, for a thread that
+    /// runs traffic alongside: the original still cleans up.
+    pub fn alias(&self) -> Pair {
+        Pair {
+            client: self.client.clone(),
+            server: self.server.clone(),
+            client_if: self.client_if.clone(),
+            server_if: self.server_if.clone(),
+            owner: false,
+        }
+    }
+
+    /// Delays everything the server sends (the ACK path) by `ms` with
+    /// netem, so TCP and ECN have a round trip to act on. Fails where the
+    /// kernel has no netem (this host).
+    pub fn delay_server_egress(&self, ms: u32) -> Result<()> {
+        let delay = format!("{ms}ms");
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.server,
+            "tc",
+            "qdisc",
+            "add",
+            "dev",
+            &self.server_if,
+            "root",
+            "netem",
+            "delay",
+            &delay,
+        ])?;
+        Ok(())
+    }
+
+    /// Lets TCP negotiate ECN (`net.ipv4.tcp_ecn=1`) on both hosts.
+    pub fn enable_ecn(&self) -> Result<()> {
+        for ns in [&self.client, &self.server] {
+            sh(&[
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                "sysctl",
+                "-qw",
+                "net.ipv4.tcp_ecn=1",
+            ])?;
+        }
+        Ok(())
+    }
 }
 
 impl Drop for Pair {
     fn drop(&mut self) {
+        if !self.owner {
+            return;
+        }
         // Deleting a namespace deletes its end of the veth pair, and the peer with it.
         let _ = Command::new("ip")
             .args(["netns", "del", &self.client])
@@ -334,6 +396,17 @@ pub fn udp_receive(bind: &str, secs: f64, warmup: f64) -> Result<(u64, u64, f64)
 /// `secs` with `streams` streams, and returns the client's JSON report, with
 /// the server's under `server_output_json` (receiver-side intervals). With
 /// `pin`, the client runs on CPU 0 and the server on CPU 1.
+/// [`iperf3`] on its own thread, for flows that must overlap another.
+pub fn iperf3_background(
+    pair: &Pair,
+    port: u16,
+    secs: u32,
+    streams: u32,
+) -> std::thread::JoinHandle<Result<serde_json::Value>> {
+    let pair = pair.alias();
+    std::thread::spawn(move || iperf3(&pair, port, secs, streams, false))
+}
+
 pub fn iperf3(
     pair: &Pair,
     port: u16,

@@ -4,10 +4,14 @@
 //! veth, so `ingress` channels see what the client sends. Traffic is
 //! bounded in count and time and stays on 198.18.0.0/15.
 
-use std::{path::PathBuf, sync::Mutex, time::Duration};
+use std::{
+    path::PathBuf,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 use anyhow::Result;
-use tc_tests::netns::{in_netns, iperf3, udp_receive, udp_send, Agent, Pair};
+use tc_tests::netns::{in_netns, iperf3, iperf3_background, udp_receive, udp_send, Agent, Pair};
 
 /// Traffic tests share two CPUs: run them one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -250,6 +254,16 @@ fn fq_here() -> bool {
     tc_agent::datapath::qdisc::fq_available()
 }
 
+/// True, with the printed reason, where the kernel has no fq: the delay
+/// tests then skip here and run in the VM.
+fn skip_without_fq() -> bool {
+    let skip = !fq_here();
+    if skip {
+        println!("skipped: this kernel has no fq qdisc, which delay needs; `cargo xtask vm-test` runs this on 6.1 and 6.12");
+    }
+    skip
+}
+
 /// Kinds of all qdiscs on `dev` in `netns` (root and children).
 fn qdiscs(netns: &str, dev: &str) -> Result<Vec<String>> {
     let out = tc_tests::netns::sh(&[
@@ -324,8 +338,7 @@ fn ping(pair: &Pair, secs: u32) -> std::thread::JoinHandle<Result<(f64, f64)>> {
 
 #[test]
 fn delay_paces_tcp_to_the_limit_without_loss_or_queueing() -> Result<()> {
-    if !fq_here() {
-        println!("skipped: this kernel has no fq qdisc, which delay needs; `cargo xtask vm-test` runs this on 6.1 and 6.12");
+    if skip_without_fq() {
         return Ok(());
     }
     let _g = serial();
@@ -377,8 +390,7 @@ fn delay_paces_tcp_to_the_limit_without_loss_or_queueing() -> Result<()> {
 
 #[test]
 fn two_delay_channels_each_hold_their_own_rate() -> Result<()> {
-    if !fq_here() {
-        println!("skipped: this kernel has no fq qdisc, which delay needs; `cargo xtask vm-test` runs this on 6.1 and 6.12");
+    if skip_without_fq() {
         return Ok(());
     }
     let _g = serial();
@@ -388,20 +400,7 @@ fn two_delay_channels_each_hold_their_own_rate() -> Result<()> {
         "channels:\n  - name: slow\n    protocol: tcp\n    ports: [5201]\n    direction: egress\n    action: delay\n    limit: {bandwidth: 20Mbit}\n  - name: fast\n    protocol: tcp\n    ports: [5202]\n    direction: egress\n    action: delay\n    limit: {bandwidth: 60Mbit}\n",
     );
     let _agent = Agent::start(&pair.client, &pair.client_if, &policy)?;
-    let slow = {
-        let pair = Pair {
-            client: pair.client.clone(),
-            server: pair.server.clone(),
-            client_if: String::new(),
-            server_if: String::new(),
-        };
-        std::thread::spawn(move || {
-            let r = iperf3(&pair, 5201, 8, 1, false);
-            // This copy owns no namespaces: keep its Drop from deleting them.
-            std::mem::forget(pair);
-            r
-        })
-    };
+    let slow = iperf3_background(&pair, 5201, 8, 1);
     let fast = iperf3(&pair, 5202, 8, 1, false)?;
     let slow = slow.join().unwrap()?;
     for (name, j, mbit) in [("slow", &slow, 20.0), ("fast", &fast, 60.0)] {
@@ -419,42 +418,64 @@ fn two_delay_channels_each_hold_their_own_rate() -> Result<()> {
 }
 
 #[test]
+fn delay_holds_many_flows_from_both_cpus_to_one_rate() -> Result<()> {
+    if skip_without_fq() {
+        return Ok(());
+    }
+    let _g = serial();
+    let pair = Pair::new()?;
+    // One channel, two iperf3 clients of 4 streams each, unpinned: eight
+    // flows from both CPUs share one schedule (and each gets its own slot
+    // in the per-flow table that lets sparse flows go first).
+    let policy = write_policy(
+        "delay-many",
+        "channels:\n  - name: paced\n    to: [198.18.0.2/32]\n    direction: egress\n    action: delay\n    limit:\n      bandwidth: 40Mbit\n",
+    );
+    let agent = Agent::start(&pair.client, &pair.client_if, &policy)?;
+    let other = iperf3_background(&pair, 5202, 8, 4);
+    let first = iperf3_background(&pair, 5201, 8, 4);
+    // The channel's own wire bytes over 4 s in the middle of the runs, when
+    // both clients send. Each read takes a CLI round trip: the window's
+    // bounds are taken on the safe side of it for each assertion.
+    std::thread::sleep(Duration::from_millis(2500));
+    let passed = |a: &Agent| -> Result<f64> {
+        Ok(a.totals("paced")?["passed_bytes"].as_u64().unwrap_or(0) as f64 * 8.0)
+    };
+    let (t1a, b1, t1b) = (Instant::now(), passed(&agent)?, Instant::now());
+    std::thread::sleep(Duration::from_secs(4));
+    let (t2a, b2, t2b) = (Instant::now(), passed(&agent)?, Instant::now());
+    let (short, long) = ((t2a - t1b).as_secs_f64(), (t2b - t1a).as_secs_f64());
+    let (lo, hi) = ((b2 - b1) / long / 40e6, (b2 - b1) / short / 40e6);
+    let one = first.join().unwrap()?;
+    let two = other.join().unwrap()?;
+    let bps = |j: &serde_json::Value| j["end"]["sum_received"]["bits_per_second"].as_f64();
+    let t = agent.totals("paced")?;
+    println!(
+        "8 flows: channel at {lo:.3}-{hi:.3} of the limit (wire bytes over 4 s); goodputs {:.1} + {:.1} Mbit/s; {t}",
+        bps(&one).unwrap_or(0.0) / 1e6,
+        bps(&two).unwrap_or(0.0) / 1e6
+    );
+    assert!(
+        lo <= 1.02,
+        "8 paced flows ran the channel at {lo:.3} of its limit"
+    );
+    assert!(hi >= 0.9, "8 paced flows filled only {hi:.3} of the limit");
+    assert!(t["delayed_pkts"].as_u64().unwrap() > 0, "{t}");
+    Ok(())
+}
+
+#[test]
 fn mark_holds_ecn_tcp_to_the_limit_with_few_drops() -> Result<()> {
     let _g = serial();
     let pair = Pair::new()?;
     // ECN can only slow TCP down where a window means something: on a bare
     // veth (RTT ~50 us) even two segments per RTT exceed the limit. Give the
     // path a 10 ms RTT with netem on the ACK direction.
-    let netem = tc_tests::netns::sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &pair.server,
-        "tc",
-        "qdisc",
-        "add",
-        "dev",
-        &pair.server_if,
-        "root",
-        "netem",
-        "delay",
-        "10ms",
-    ]);
-    if let Err(e) = netem {
+    if let Err(e) = pair.delay_server_egress(10) {
         println!("skipped: this kernel has no netem qdisc to give the path a realistic RTT ({e}); `cargo xtask vm-test` runs this on 6.1 and 6.12");
         return Ok(());
     }
-    for ns in [&pair.client, &pair.server] {
-        tc_tests::netns::sh(&[
-            "ip",
-            "netns",
-            "exec",
-            ns,
-            "sysctl",
-            "-qw",
-            "net.ipv4.tcp_ecn=1",
-        ])?;
-    }
+    pair.enable_ecn()?;
     let policy = write_policy(
         "mark",
         "channels:\n  - name: ecn\n    to: [198.18.0.2/32]\n    protocol: tcp\n    action: mark\n    limit:\n      bandwidth: 50Mbit\n",
@@ -479,10 +500,14 @@ fn mark_holds_ecn_tcp_to_the_limit_with_few_drops() -> Result<()> {
         wire_bits <= 50e6 * 8.0 * 1.05 + 2.0 * 50e6 * 0.25,
         "marked TCP exceeded the limit: {wire_bits}"
     );
-    // Liveness, not efficiency: marking from half the bucket makes TCP back
-    // off more than needed (0.82-0.92 measured under qemu; the benchmark
-    // reports it against its 0.95 target).
-    assert!(mean >= 0.6 * 50e6, "marked TCP starved: {:.3}", mean / 50e6);
+    // A floor well under what is measured, since this runs under qemu's
+    // emulated CPU: efficiency against the 0.95 target is the benchmark's
+    // (`cargo xtask vm-bench`).
+    assert!(
+        mean >= 0.75 * 50e6,
+        "marked TCP starved: {:.3}",
+        mean / 50e6
+    );
     // "Almost no drops": measured about 0.6% under qemu.
     assert!(
         (dropped as f64) <= 0.02 * passed as f64,

@@ -415,6 +415,76 @@ fn delay_sets_the_earliest_departure_time() {
 }
 
 #[test]
+fn mark_signals_only_while_over_the_rate() {
+    // 1,000 packets/s with a 1 s burst: each packet costs 1 ms, marking may
+    // start once 250 ms of the burst is used, and the rate signal holds
+    // 90 ms (90 packets at the packet rate).
+    let mut f = Fixture::new(
+        "channels:\n  - name: ecn\n    action: mark\n    limit: {packets: 1000, packet_burst: 1000}\n",
+    );
+    let ect = packet::with_ecn(packet::ipv4("198.18.1.5", "198.18.2.10", TCP, 80, 100), 2);
+    // Sends `n` fresh ECT(0) packets; returns the indexes of those marked.
+    let send = |f: &Fixture, n: usize| -> Vec<usize> {
+        (0..n)
+            .filter(|_| {
+                let (v, out) = f.ingress_out(&ect);
+                assert_eq!(v, PASS);
+                packet::ecn(&out) == 3
+            })
+            .collect()
+    };
+    // 600 back to back: over the rate after about 90, past the depth after
+    // about 250 (later by whatever refilled while the test ran).
+    let first = send(&f, 600);
+    assert!(
+        first.first().is_some_and(|&i| i >= 250),
+        "marked early: {first:?}"
+    );
+    assert!(first.len() >= 100, "only {} marked", first.len());
+    // 100 ms of silence: the channel is under its rate again, but still owes
+    // a good part of its burst. The next packet is not marked: a sender that
+    // already slowed down is not told again (marking on depth alone would
+    // halve it every round trip until the debt is repaid).
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(send(&f, 1).is_empty(), "marked while under the rate");
+    // Over the rate again, still past the depth: marks resume.
+    assert!(!send(&f, 200).is_empty(), "no marks over the rate");
+    let c = f.counters("ecn");
+    assert_eq!((c.passed_pkts, c.dropped_pkts), (801, 0));
+}
+
+#[test]
+fn delay_lets_a_sparse_flow_leave_ahead_of_the_backlog() {
+    // 8 Mbit/s = 1 byte/us; burst 64 KiB. A bulk flow builds a backlog of
+    // about 35 ms; a flow with nothing waiting leaves now, like fq's new
+    // flows, and is charged to the channel all the same.
+    let mut f = Fixture::new(
+        "channels:\n  - name: paced\n    direction: egress\n    action: delay\n    horizon: 1s\n    limit: {bandwidth: 8Mbit, burst: 64KiB}\n",
+    );
+    let bulk = packet::ipv4("198.18.1.5", "198.18.2.10", UDP, 9, 1000 - 42);
+    let (v, bulk_ts) = f.egress_tstamp(&bulk, 100);
+    assert_eq!(v, PASS);
+    assert!(bulk_ts > monotonic_ns() + 10_000_000, "no backlog built");
+    let us = |t: u64| (t as i64 - bulk_ts as i64) as f64 / 1e3;
+    // A packet of another flow: not held (skb->tstamp stays 0), charged
+    // its 1 ms all the same.
+    let sparse = packet::ipv4("198.18.1.5", "198.18.2.10", UDP, 10, 1000 - 42);
+    assert_eq!(f.egress_tstamp(&sparse, 1), (PASS, 0));
+    // A third flow sends two packets back to back (one test run, repeat 2):
+    // the first leaves now, the second is no longer sparse and takes its
+    // turn after the backlog, which the two sparse packets lengthened.
+    let pair = packet::ipv4("198.18.1.5", "198.18.2.10", UDP, 11, 1000 - 42);
+    let (v, ts) = f.egress_tstamp(&pair, 2);
+    assert_eq!(v, PASS);
+    assert!((2995.0..=3005.0).contains(&us(ts)), "{:.1} us", us(ts));
+    // The bulk flow's next packet leaves after all of them: the rate holds.
+    let (_, next) = f.egress_tstamp(&bulk, 1);
+    assert!((3995.0..=4005.0).contains(&us(next)), "{:.1} us", us(next));
+    let c = f.counters("paced");
+    assert_eq!((c.passed_pkts, c.dropped_pkts), (104, 0));
+}
+
+#[test]
 fn delay_drops_beyond_the_horizon() {
     let mut f = Fixture::new(
         "channels:\n  - name: paced\n    direction: egress\n    action: delay\n    horizon: 10ms\n    limit: {bandwidth: 8Mbit, burst: 64KiB}\n",
@@ -436,12 +506,15 @@ fn mark_sets_ce_on_ect_packets_and_drops_the_rest() {
     let mut f = Fixture::new(policy);
     let ect = packet::with_ecn(packet::ipv4("198.18.1.5", "198.18.2.10", TCP, 80, 100), 2);
     assert!(packet::ipv4_checksum_ok(&ect));
-    // The first half of the burst passes untouched...
+    // Back to back, the channel runs over its rate from the start, but the
+    // rate signal holds at most half the burst, and marking waits until a
+    // quarter is used: the first half of the burst passes untouched...
     for _ in 0..32 {
         let (v, out) = f.ingress_out(&ect);
         assert_eq!((v, packet::ecn(&out)), (PASS, 2));
     }
-    // ...the second half is marked early, with a valid checksum...
+    // ...the second half, over the rate and past a quarter, is marked early,
+    // with a valid checksum...
     for _ in 0..32 {
         let (v, out) = f.ingress_out(&ect);
         assert_eq!((v, packet::ecn(&out)), (PASS, 3));
@@ -458,11 +531,15 @@ fn mark_sets_ce_on_ect_packets_and_drops_the_rest() {
     );
     let (v, out) = f.ingress_out(&v6);
     assert_eq!((v, packet::ecn(&out)), (PASS, 3));
+    // Marked upstream (CE): still ECN-capable, passes as it is, not counted
+    // as this channel's mark.
+    let ce = packet::with_ecn(packet::ipv4("198.18.1.5", "198.18.2.10", TCP, 80, 100), 3);
+    assert_eq!(f.ingress_out(&ce), (PASS, ce.clone()));
     // Not ECN-capable: dropped.
     let plain = packet::ipv4("198.18.1.5", "198.18.2.10", TCP, 80, 100);
     assert_eq!(f.ingress_out(&plain).0, DROP);
     let c = f.counters("ecn");
     assert_eq!(c.marked_pkts, 34);
     assert_eq!(c.dropped_pkts, 1);
-    assert_eq!(c.passed_pkts, 66);
+    assert_eq!(c.passed_pkts, 67);
 }

@@ -37,7 +37,10 @@ enum Task {
         kernel: String,
     },
     /// Only the VM part of `bench`: drop, delay, mark, TBF and HTB at one rate on 6.12.
-    VmBench,
+    VmBench {
+        /// Run only these methods (drop, delay, mark, tbf, htb); all by default.
+        methods: Vec<String>,
+    },
     /// Per-packet cost, enforcement accuracy vs TBF/HTB with ping RTT, attach cost; writes target/bench.json.
     Bench,
 }
@@ -104,9 +107,9 @@ fn main() -> Result<()> {
             install_deps()?;
             vm::vm_test(&kernel)
         }
-        Task::VmBench => {
+        Task::VmBench { methods } => {
             install_deps()?;
-            vm::vm_bench().map(|_| ())
+            vm::vm_bench(&methods).map(|_| ())
         }
         Task::Bench => {
             install_deps()?;
@@ -122,7 +125,7 @@ fn main() -> Result<()> {
                 "bench",
             ])?;
             // Delay and mark need fq and netem, which this host kind lacks.
-            let actions = vm::vm_bench()?;
+            let actions = vm::vm_bench(&[])?;
             let path = root().join("target/bench-actions.json");
             std::fs::write(&path, serde_json::to_vec_pretty(&actions)?)?;
             println!("written to {}", path.display());

@@ -28,7 +28,7 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("TC_EBPF_OBJ"))
 
 /// Layout version of the pinned maps. Bump it whenever a shared type in
 /// `tc-common` changes, so a new agent never reuses maps of another layout.
-pub const MAPS_LAYOUT: &str = "maps-v3";
+pub const MAPS_LAYOUT: &str = "maps-v4";
 
 /// tc programs in the object.
 pub const TC_INGRESS: &str = "tc_ingress";
@@ -75,7 +75,7 @@ pub struct Datapath {
 
 impl Datapath {
     /// Loads the object and every program in it. With `pin_dir`, maps are
-    /// pinned under `pin_dir/maps-v1/` and reused if already there, so
+    /// pinned under `pin_dir/`[`MAPS_LAYOUT`] and reused if already there, so
     /// counters, buckets and the live policy survive an agent restart.
     pub fn load(pin_dir: Option<&Path>) -> Result<Self, DatapathError> {
         let mut loader = EbpfLoader::new();

@@ -136,6 +136,13 @@ fn per_packet() -> Result<Vec<serde_json::Value>> {
 
 /// Seconds per iperf3 run.
 const SECS: u32 = 6;
+/// Seconds per iperf3 run of the actions comparison: long enough that the
+/// steady state (after `STEADY_FROM`) has several sawtooth cycles.
+const ACTION_SECS: u32 = 10;
+/// Receiver intervals from this second on make the steady-state goodput:
+/// past slow start and past the initial full bucket, which every tc-agent
+/// channel starts with (250 ms at the rate by default, 4% of a 6 s run).
+const STEADY_FROM: f64 = 3.0;
 /// TCP goodput ceiling on Ethernet: 1448 payload bytes per 1514-byte frame.
 const CEILING: f64 = 1448.0 / 1514.0;
 
@@ -143,31 +150,33 @@ const CEILING: f64 = 1448.0 / 1514.0;
 struct Load {
     /// Receiver goodput over the whole run, bit/s.
     goodput: f64,
+    /// Receiver goodput from `STEADY_FROM` s on, bit/s (NaN without intervals).
+    steady: f64,
+    /// Sender retransmits over the run.
     retransmits: u64,
+    /// Ping RTT alongside the flow, ms.
     ping_avg_ms: f64,
     ping_max_ms: f64,
+    /// Pings lost alongside the flow, %.
     ping_loss_pct: f64,
+}
+
+/// `ping -q -i 0.05` from client to server, plus `args`.
+fn ping_cmd(pair: &Pair, args: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new("ip");
+    c.args(["netns", "exec", &pair.client, "ping", "-q", "-i", "0.05"])
+        .args(args)
+        .arg("198.18.0.2");
+    c
 }
 
 /// One iperf3 run client -> server (client on CPU 0, server on CPU 1) with
 /// a ping every 50 ms alongside.
-fn load(pair: &Pair, streams: u32) -> Result<Load> {
-    let ping = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &pair.client,
-            "ping",
-            "-q",
-            "-i",
-            "0.05",
-            "-w",
-            &(SECS - 1).to_string(),
-            "198.18.0.2",
-        ])
+fn load(pair: &Pair, streams: u32, secs: u32) -> Result<Load> {
+    let ping = ping_cmd(pair, &["-w", &(secs - 1).to_string()])
         .stdout(std::process::Stdio::piped())
         .spawn()?;
-    let j = iperf3(pair, 5201, SECS, streams, true)?;
+    let j = iperf3(pair, 5201, secs, streams, true)?;
     let ping = ping.wait_with_output()?;
     // Receiver side, over the whole flow: every method pays its own start
     // (slow start; tc-agent also gets its initial burst).
@@ -179,8 +188,26 @@ fn load(pair: &Pair, streams: u32) -> Result<Load> {
         &ping.stdout,
     ))
     .unwrap_or((f64::NAN, f64::NAN, f64::NAN));
+    // Bytes over seconds, not a mean of rates: the last interval is short.
+    let (bytes, secs) = j["server_output_json"]["intervals"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| &i["sum"])
+        .filter(|s| s["start"].as_f64().is_some_and(|t| t >= STEADY_FROM - 0.01))
+        .fold((0.0, 0.0), |(b, t), s| {
+            (
+                b + s["bytes"].as_f64().unwrap_or(0.0),
+                t + s["seconds"].as_f64().unwrap_or(0.0),
+            )
+        });
     Ok(Load {
         goodput,
+        steady: if secs > 0.0 {
+            bytes * 8.0 / secs
+        } else {
+            f64::NAN
+        },
         retransmits: j["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0),
         ping_avg_ms,
         ping_max_ms,
@@ -221,7 +248,7 @@ fn accuracy() -> Result<Vec<serde_json::Value>> {
                         None
                     }
                 };
-                let l = load(&pair, streams)?;
+                let l = load(&pair, streams, SECS)?;
                 let ratio = l.goodput / (mbit as f64 * 1e6);
                 cells.push(format!(
                     "{ratio:.3} r{:<6} {:>6.2}/{:<6.1} {:.0}%",
@@ -252,9 +279,9 @@ fn attach_cost() -> Result<serde_json::Value> {
     let (mut base, mut with) = (Vec::new(), Vec::new());
     for _ in 0..3 {
         let pair = Pair::new()?;
-        base.push(load(&pair, 1)?.goodput);
+        base.push(load(&pair, 1, SECS)?.goodput);
         let _agent = Agent::start(&pair.server, &pair.server_if, &policy)?;
-        with.push(load(&pair, 1)?.goodput);
+        with.push(load(&pair, 1, SECS)?.goodput);
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
@@ -309,81 +336,192 @@ fn shape(pair: &Pair, kind: &str, mbit: u32) -> Result<()> {
     )
 }
 
+/// Average RTT of 20 pings, 50 ms apart, from client to server: the
+/// idle path, so a method's RTT under load can be read as what it adds.
+fn idle_rtt(pair: &Pair) -> Result<f64> {
+    let out = ping_cmd(pair, &["-c", "20"]).output()?;
+    Ok(ping_summary(&String::from_utf8_lossy(&out.stdout))?.0)
+}
+
+/// One method's run of the actions comparison.
+struct ActionRun {
+    /// The loaded run (goodputs in bit/s).
+    load: Load,
+    /// Idle RTT on the same pair just before the load, ms.
+    idle_ms: f64,
+    /// What the method adds to the RTT under load: loaded minus idle, ms.
+    added_ms: f64,
+}
+
+impl ActionRun {
+    fn json(&self) -> serde_json::Value {
+        let limit = ACTION_MBIT as f64 * 1e6;
+        let l = &self.load;
+        serde_json::json!({"goodput_ratio": l.goodput / limit, "steady_goodput_ratio": l.steady / limit, "retransmits": l.retransmits, "ping_avg_ms": l.ping_avg_ms, "ping_max_ms": l.ping_max_ms, "ping_loss_pct": l.ping_loss_pct, "idle_rtt_ms": self.idle_ms, "added_rtt_ms": self.added_ms})
+    }
+}
+
+const ACTION_MBIT: u32 = 50;
+
+/// Sets up `method` on a fresh pair with 10 ms of netem delay on the ACK
+/// path, measures the idle RTT, then the loaded run.
+fn action_run(method: &str) -> Result<ActionRun> {
+    const MBIT: u32 = ACTION_MBIT;
+    let pair = Pair::new()?;
+    pair.delay_server_egress(10)?;
+    let _agent = match method {
+        "drop" | "mark" => {
+            if method == "mark" {
+                pair.enable_ecn()?;
+            }
+            let p = write_policy(
+                method,
+                &format!("channels:\n  - name: c\n    to: [198.18.0.2/32]\n    action: {method}\n    limit: {{bandwidth: {MBIT}Mbit}}\n"),
+            )?;
+            Some(Agent::start(&pair.server, &pair.server_if, &p)?)
+        }
+        "delay" => {
+            let p = write_policy(
+                method,
+                &format!("channels:\n  - name: c\n    to: [198.18.0.2/32]\n    direction: egress\n    action: delay\n    limit: {{bandwidth: {MBIT}Mbit}}\n"),
+            )?;
+            Some(Agent::start(&pair.client, &pair.client_if, &p)?)
+        }
+        kind => {
+            shape(&pair, kind, MBIT)?;
+            None
+        }
+    };
+    let idle_ms = idle_rtt(&pair)?;
+    let load = load(&pair, 1, ACTION_SECS)?;
+    Ok(ActionRun {
+        added_ms: load.ping_avg_ms - idle_ms,
+        load,
+        idle_ms,
+    })
+}
+
+/// Median of a small sample (NaNs sort last).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Rounds of the actions comparison: every method once per round, so a
+/// slow phase of the emulated machine hits all of them alike.
+const ACTION_ROUNDS: usize = 5;
+
 /// Drop, delay, mark, TBF and HTB at one rate on the same path: a veth pair
 /// with 10 ms of netem delay on the ACK direction (ECN needs an RTT to act
-/// on, and every method gets the same one). Needs fq and netem: run in the
-/// VM (`cargo xtask bench` does).
-fn actions() -> Result<serde_json::Value> {
-    const MBIT: u32 = 50;
+/// on, and every method gets the same one), `ACTION_ROUNDS` rounds, medians
+/// reported. Needs fq and netem: run in the VM (`cargo xtask bench` does).
+/// `only` limits the run to some methods.
+///
+/// The path's own RTT (10 ms) is in every figure, so latency is compared as
+/// RTT added under load: load average minus the idle average measured on
+/// the same pair just before.
+fn actions(only: &[String]) -> Result<serde_json::Value> {
+    const METHODS: [&str; 5] = ["drop", "delay", "mark", "tbf", "htb"];
+    if let Some(bad) = only.iter().find(|m| !METHODS.contains(&m.as_str())) {
+        anyhow::bail!("unknown method `{bad}`: choose from {METHODS:?}");
+    }
+    let chosen: Vec<&str> = METHODS
+        .into_iter()
+        .filter(|m| only.is_empty() || only.iter().any(|o| o == m))
+        .collect();
     println!(
-        "\nActions at {MBIT} Mbit/s, TCP 1 stream {SECS} s, base RTT 10 ms (netem on the ACK path), kernel {}",
+        "\nActions at {ACTION_MBIT} Mbit/s, TCP 1 stream {ACTION_SECS} s, base RTT 10 ms (netem on the ACK path), {ACTION_ROUNDS} rounds, kernel {}",
         tc_agent::datapath::sys::kernel_release()
     );
-    println!(
-        "{:<8} {:>14} {:>12} {:>22} {:>10}",
-        "METHOD", "goodput/limit", "retransmits", "ping avg/max ms", "ping loss"
+    let header = format!(
+        "{:<8} {:>13} {:>13} {:>11} {:>16} {:>8} {:>9} {:>9}",
+        "METHOD",
+        "goodput/limit",
+        format!("from {STEADY_FROM} s"),
+        "retransmits",
+        "ping avg/max ms",
+        "idle ms",
+        "added ms",
+        "ping loss"
     );
-    let mut rows = serde_json::Map::new();
-    for method in ["drop", "delay", "mark", "tbf", "htb"] {
-        let pair = Pair::new()?;
-        tc_in(
-            &pair.server,
-            &[
-                "qdisc",
-                "add",
-                "dev",
-                &pair.server_if,
-                "root",
-                "netem",
-                "delay",
-                "10ms",
-            ],
-        )?;
-        let _agent = match method {
-            "drop" | "mark" => {
-                if method == "mark" {
-                    for ns in [&pair.client, &pair.server] {
-                        sh(&[
-                            "ip",
-                            "netns",
-                            "exec",
-                            ns,
-                            "sysctl",
-                            "-qw",
-                            "net.ipv4.tcp_ecn=1",
-                        ])?;
-                    }
-                }
-                let p = write_policy(
-                    method,
-                    &format!("channels:\n  - name: c\n    to: [198.18.0.2/32]\n    action: {method}\n    limit: {{bandwidth: {MBIT}Mbit}}\n"),
-                )?;
-                Some(Agent::start(&pair.server, &pair.server_if, &p)?)
-            }
-            "delay" => {
-                let p = write_policy(
-                    method,
-                    &format!("channels:\n  - name: c\n    to: [198.18.0.2/32]\n    direction: egress\n    action: delay\n    limit: {{bandwidth: {MBIT}Mbit}}\n"),
-                )?;
-                Some(Agent::start(&pair.client, &pair.client_if, &p)?)
-            }
-            kind => {
-                shape(&pair, kind, MBIT)?;
-                None
-            }
-        };
-        let l = load(&pair, 1)?;
-        let ratio = l.goodput / (MBIT as f64 * 1e6);
-        println!(
-            "{method:<8} {ratio:>14.3} {:>12} {:>22} {:>9.0}%",
+    let limit = ACTION_MBIT as f64 * 1e6;
+    let line = |m: &str, r: &ActionRun| {
+        let l = &r.load;
+        format!(
+            "{m:<8} {:>13.3} {:>13.3} {:>11} {:>16} {:>8.1} {:>9.1} {:>8.0}%",
+            l.goodput / limit,
+            l.steady / limit,
             l.retransmits,
             format!("{:.1}/{:.1}", l.ping_avg_ms, l.ping_max_ms),
+            r.idle_ms,
+            r.added_ms,
             l.ping_loss_pct
+        )
+    };
+    println!("{header}");
+    let mut runs: Vec<(&str, ActionRun)> = Vec::new();
+    for _ in 0..ACTION_ROUNDS {
+        for &m in &chosen {
+            let r = action_run(m)?;
+            println!("{}", line(m, &r));
+            runs.push((m, r));
+        }
+    }
+    println!("\nMedians of {ACTION_ROUNDS} rounds (goodput range over the rounds in brackets):");
+    println!("{header}");
+    let mut rows = serde_json::Map::new();
+    for &m in &chosen {
+        let mine: Vec<&ActionRun> = runs
+            .iter()
+            .filter(|(n, _)| *n == m)
+            .map(|(_, r)| r)
+            .collect();
+        let med = |f: &dyn Fn(&ActionRun) -> f64| median(mine.iter().map(|r| f(r)).collect());
+        let summary = ActionRun {
+            load: Load {
+                goodput: med(&|r| r.load.goodput),
+                steady: med(&|r| r.load.steady),
+                retransmits: med(&|r| r.load.retransmits as f64) as u64,
+                ping_avg_ms: med(&|r| r.load.ping_avg_ms),
+                ping_max_ms: med(&|r| r.load.ping_max_ms),
+                ping_loss_pct: med(&|r| r.load.ping_loss_pct),
+            },
+            idle_ms: med(&|r| r.idle_ms),
+            added_ms: med(&|r| r.added_ms),
+        };
+        let (lo, hi) = mine.iter().fold((f64::MAX, f64::MIN), |(lo, hi), r| {
+            (lo.min(r.load.goodput), hi.max(r.load.goodput))
+        });
+        println!(
+            "{}  [{:.3}-{:.3}]",
+            line(m, &summary),
+            lo / limit,
+            hi / limit
         );
+        let each: Vec<serde_json::Value> = mine.iter().map(|r| r.json()).collect();
         rows.insert(
-            method.into(),
-            serde_json::json!({"goodput_ratio": ratio, "retransmits": l.retransmits, "ping_avg_ms": l.ping_avg_ms, "ping_max_ms": l.ping_max_ms, "ping_loss_pct": l.ping_loss_pct}),
+            m.into(),
+            serde_json::json!({"median": summary.json(), "runs": each}),
         );
+    }
+    // The targets, against TBF measured in this same run.
+    let added = |m: &str| {
+        rows.get(m)
+            .and_then(|r| r["median"]["added_rtt_ms"].as_f64())
+    };
+    let goodput = |m: &str| {
+        rows.get(m)
+            .and_then(|r| r["median"]["goodput_ratio"].as_f64())
+    };
+    if let Some(tbf) = added("tbf") {
+        for m in ["delay", "mark"] {
+            if let (Some(a), Some(g)) = (added(m), goodput(m)) {
+                println!(
+                    "{m}: goodput {g:.3} of the limit (target >= 0.95); RTT added under load {a:.1} ms = {:.2} x TBF's {tbf:.1} ms (target <= 0.25)",
+                    a / tbf
+                );
+            }
+        }
     }
     Ok(serde_json::Value::Object(rows))
 }
@@ -391,7 +529,8 @@ fn actions() -> Result<serde_json::Value> {
 fn main() -> Result<()> {
     // `bench actions`: the part that needs fq and netem, run inside the VM.
     if std::env::args().nth(1).as_deref() == Some("actions") {
-        let v = actions()?;
+        let only: Vec<String> = std::env::args().skip(2).collect();
+        let v = actions(&only)?;
         println!("TCVM-JSON {v}");
         return Ok(());
     }
