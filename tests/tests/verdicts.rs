@@ -543,3 +543,25 @@ fn mark_sets_ce_on_ect_packets_and_drops_the_rest() {
     assert_eq!(c.dropped_pkts, 1);
     assert_eq!(c.passed_pkts, 67);
 }
+
+#[test]
+fn loading_removes_maps_pinned_by_another_layout() {
+    // A pin directory as an older agent left it: its maps under an older
+    // layout, and something else of ours beside them.
+    let dir =
+        std::path::PathBuf::from(format!("/sys/fs/bpf/tc-test-layout-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("maps-v1")).unwrap();
+    std::fs::create_dir_all(dir.join("links")).unwrap();
+    let loaded = Datapath::load(Some(&dir));
+    let left: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    drop(loaded);
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut left = left;
+    left.sort();
+    assert_eq!(left, ["links", tc_agent::datapath::MAPS_LAYOUT]);
+}

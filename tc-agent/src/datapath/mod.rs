@@ -80,6 +80,7 @@ impl Datapath {
     pub fn load(pin_dir: Option<&Path>) -> Result<Self, DatapathError> {
         let mut loader = EbpfLoader::new();
         if let Some(dir) = pin_dir {
+            remove_other_layouts(dir);
             let maps = dir.join(MAPS_LAYOUT);
             std::fs::create_dir_all(&maps).map_err(|e| {
                 DatapathError::Setup(format!(
@@ -362,6 +363,30 @@ impl Datapath {
                 let _ = std::fs::remove_file(maps.join(name));
             }
             let _ = std::fs::remove_dir(&maps);
+        }
+    }
+}
+
+/// Removes maps pinned under `dir` by an agent of another layout (an
+/// upgrade): nothing can use them any more, and their pins would keep them,
+/// megabytes of kernel memory, alive for good.
+fn remove_other_layouts(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("maps-v") && name != MAPS_LAYOUT {
+            let path = entry.path();
+            match std::fs::remove_dir_all(&path) {
+                Ok(()) => {
+                    tracing::info!(path = %path.display(), "removed maps pinned by another layout")
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot remove maps pinned by another layout")
+                }
+            }
         }
     }
 }
