@@ -296,25 +296,11 @@ pub unsafe fn over_rate(
     len: u64,
     segs: u64,
 ) -> bool {
-    let byte_ns = (len * policy.byte_cost_q16) >> 16;
-    let pkt_ns = (segs * policy.pkt_cost_q16) >> 16;
-    let cost = if byte_ns > pkt_ns { byte_ns } else { pkt_ns };
+    let cost = time_cost(policy, len, segs);
     // 128 KiB at the byte rate: (131072 * cost_q16) >> 16.
-    let byte_window = policy.byte_cost_q16 * 2;
-    let pkt_window = (90 * policy.pkt_cost_q16) >> 16;
-    let mut window = if byte_window > pkt_window {
-        byte_window
-    } else {
-        pkt_window
-    };
-    let tau = if policy.byte_tau_ns > policy.pkt_tau_ns {
-        policy.byte_tau_ns
-    } else {
-        policy.pkt_tau_ns
-    };
-    if window > tau / 2 {
-        window = tau / 2;
-    }
+    let window = (policy.byte_cost_q16 * 2)
+        .max((90 * policy.pkt_cost_q16) >> 16)
+        .min(policy.byte_tau_ns.max(policy.pkt_tau_ns) / 2);
     // SAFETY: caller guarantees `bucket` is valid.
     let tat = unsafe { core::ptr::read_volatile(&raw const (*bucket).rate_tat) };
     let next = if tat > now { tat } else { now } + cost;
@@ -324,4 +310,12 @@ pub unsafe fn over_rate(
     // SAFETY: as above.
     unsafe { core::ptr::write_volatile(&raw mut (*bucket).rate_tat, next) };
     false
+}
+
+/// A packet's cost in time at the channel's rates: the larger of its byte
+/// and packet costs, for the per-channel and per-flow clocks that follow
+/// the channel's rate without being one of its buckets.
+#[inline(always)]
+pub fn time_cost(policy: &ChannelPolicy, len: u64, segs: u64) -> u64 {
+    ((len * policy.byte_cost_q16) >> 16).max((segs * policy.pkt_cost_q16) >> 16)
 }

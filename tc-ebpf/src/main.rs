@@ -31,7 +31,7 @@ use tc_common::{
 };
 
 use crate::{
-    bucket::{conform, over_rate, past_mark_depth, schedule, Conformance},
+    bucket::{conform, over_rate, past_mark_depth, schedule, time_cost, Conformance},
     parse::{parse, Addrs, Parsed, Skip},
 };
 
@@ -485,11 +485,8 @@ unsafe fn pace_flow(
     } else {
         t
     };
-    let byte_ns = (frame.len * policy.byte_cost_q16) >> 16;
-    let pkt_ns = (frame.segs * policy.pkt_cost_q16) >> 16;
-    let cost = if byte_ns > pkt_ns { byte_ns } else { pkt_ns };
     // SAFETY: as above.
-    unsafe { core::ptr::write_volatile(finish, depart + cost) };
+    unsafe { core::ptr::write_volatile(finish, depart + time_cost(policy, frame.len, frame.segs)) };
     depart
 }
 
@@ -566,9 +563,9 @@ fn enforce(
     }
 
     // ECN-capable packets of a `mark` channel are marked CE while the
-    // channel runs over its rate with more than a quarter of its burst used, and
-    // may use one more burst, marked, before the limit drops them: a
-    // cooperating sender slows down without losing anything, an
+    // channel runs over its rate with more than a quarter of its burst
+    // used, and may use one more burst, marked, before the limit drops
+    // them: a cooperating sender slows down without losing anything, an
     // uncooperative one still hits the wall.
     let marking = policy.action == ACTION_MARK && policy.mode != MODE_MONITOR;
     // CE (3) is ECN-capable too: marked upstream already, it keeps the
