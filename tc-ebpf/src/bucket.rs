@@ -26,6 +26,19 @@ pub enum Conformance {
     Contended,
 }
 
+/// Takes back a charge of `cost` from a bucket: a packet that a later
+/// check refused must cost nothing. An add, not a store, so it cannot undo
+/// what the other CPU charged meanwhile.
+///
+/// # Safety
+/// `tat` must point into a live map value.
+#[inline(always)]
+unsafe fn refund(tat: *mut u64, cost: u64) {
+    // SAFETY: caller guarantees `tat` is valid; the result is unused, so
+    // this lowers to BPF_ATOMIC_ADD.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(tat, cost.wrapping_neg()) };
+}
+
 /// Charges one GCRA bucket. Returns `Conform`, `Exceed` or `Contended`.
 ///
 /// # Safety
@@ -60,7 +73,7 @@ unsafe fn charge(tat: *mut u64, now: u64, cost: u64, tau: u64) -> Conformance {
     let before = unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(tat, cost) };
     if (before + cost).saturating_sub(now) > tau {
         // SAFETY: as above.
-        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(tat, cost.wrapping_neg()) };
+        unsafe { refund(tat, cost) };
         return Conformance::Exceed;
     }
     Conformance::Contended
@@ -118,13 +131,8 @@ pub unsafe fn conform(
             Conformance::Conform => {}
             Conformance::Exceed => {
                 if pkt_charged != 0 {
-                    // SAFETY: as above; lowers to BPF_ATOMIC_ADD.
-                    unsafe {
-                        atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(
-                            &raw mut (*bucket).pkt_tat,
-                            pkt_charged.wrapping_neg(),
-                        )
-                    };
+                    // SAFETY: as above.
+                    unsafe { refund(&raw mut (*bucket).pkt_tat, pkt_charged) };
                 }
                 return Conformance::Exceed;
             }
@@ -173,7 +181,7 @@ unsafe fn schedule_one(tat: *mut u64, now: u64, cost: u64, tau: u64, horizon: u6
     let depart = if depart > now { depart } else { now };
     if depart - now > horizon {
         // SAFETY: as in `charge`.
-        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(tat, cost.wrapping_neg()) };
+        unsafe { refund(tat, cost) };
         return None;
     }
     Some(depart)
@@ -230,12 +238,7 @@ pub unsafe fn schedule(
             None => {
                 if pkt_charged != 0 {
                     // SAFETY: as above.
-                    unsafe {
-                        atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(
-                            &raw mut (*bucket).pkt_tat,
-                            pkt_charged.wrapping_neg(),
-                        )
-                    };
+                    unsafe { refund(&raw mut (*bucket).pkt_tat, pkt_charged) };
                 }
                 return None;
             }
