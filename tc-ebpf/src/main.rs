@@ -525,10 +525,6 @@ fn enforce(
     let bucket = bucket as *mut BucketState;
 
     if policy.action == ACTION_DELAY && policy.mode != MODE_MONITOR {
-        // Per-flow state, so that a sparse flow (a ping, a request, a new
-        // connection) does not wait behind a bulk flow's reserved departures.
-        let pace_idx = (flow_hash() ^ slot.wrapping_mul(0x9e37_79b1)) & (PACE_SLOTS - 1);
-        let pace = TC_PACE.get_ptr_mut(pace_idx);
         // SAFETY: the bucket pointer comes from an array lookup and stays
         // valid for this run; all writers use atomics.
         return match unsafe { schedule(bucket, policy, now, frame.len, frame.segs) } {
@@ -539,7 +535,11 @@ fn enforce(
                 Verdict::DROP
             }
             Some(t) => {
-                let t = match pace {
+                // Per-flow state, so that a sparse flow (a ping, a request, a
+                // new connection) does not wait behind a bulk flow's reserved
+                // departures. Looked up only for packets that will leave.
+                let pace_idx = (flow_hash() ^ slot.wrapping_mul(0x9e37_79b1)) & (PACE_SLOTS - 1);
+                let t = match TC_PACE.get_ptr_mut(pace_idx) {
                     // SAFETY: array slot, valid for this run. Racy on purpose:
                     // a flow runs on one CPU at a time, and a lost update only
                     // misjudges one packet's sparseness.

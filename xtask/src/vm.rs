@@ -306,7 +306,7 @@ fn boot(k: &Kernel, kdir: &Path, initrd: &Path) -> Result<bool> {
         .arg(&vmlinuz)
         .arg("-initrd")
         .arg(initrd)
-        .args(["-append", "console=ttyS0 panic=-1 loglevel=6"])
+        .args(["-append", "console=ttyS0 panic=-1 quiet"])
         .stdin(Stdio::null())
         .stdout(fs::File::create(&log)?)
         .stderr(Stdio::null())
