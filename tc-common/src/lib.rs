@@ -51,12 +51,19 @@ pub const GENS: &str = "TC_GENS";
 pub const FLOWS4: &str = "TC_FLOWS4";
 pub const FLOWS6: &str = "TC_FLOWS6";
 pub const PACE: &str = "TC_PACE";
+pub const FRAGS: &str = "TC_FRAGS";
 
 /// All maps, in the order the agent pins and reports them.
-pub const MAP_NAMES: [&str; 14] = [
+pub const MAP_NAMES: [&str; 15] = [
     CONFIG, GENS, SRC_V4, DST_V4, SRC_V6, DST_V6, L4, POLICIES, BUCKETS, COUNTERS, GLOBAL, FLOWS4,
-    FLOWS6, PACE,
+    FLOWS6, PACE, FRAGS,
 ];
+
+/// Datagrams whose fragments the datapath follows at once (LRU). A
+/// datagram's fragments arrive within milliseconds; an entry pushed out
+/// early turns its later fragments into orphans, which are classified
+/// conservatively and counted (`fragment_orphan_pkts`).
+pub const MAX_FRAGS: u32 = 16_384;
 
 /// Slots of the per-flow pacing table (`delay` channels): a power of two,
 /// indexed by the packet's flow hash mixed with its channel slot. Flows
@@ -115,12 +122,26 @@ impl ChannelSet {
 pub type Ip4Key = [u8; 5];
 /// LPM data of an IPv6 address trie: generation byte, then the address.
 pub type Ip6Key = [u8; 17];
-/// LPM data of the L4 trie: generation, direction, IP protocol, destination
-/// port (big-endian). Prefix length 24 stops after the protocol, 40 includes
-/// the port, so a port range is stored as a handful of prefixes.
+/// LPM data of the L4 trie: generation, direction (with [`L4_ANY_PORT`] or
+/// [`L4_UNKNOWN`] for packets without readable ports), IP protocol,
+/// destination port (big-endian). Prefix length 24 stops after the
+/// protocol, 40 includes the port, so a port range is stored as a handful
+/// of prefixes.
 pub type L4Key = [u8; 5];
+/// Prefix length of an [`L4Key`] that stops after the direction byte.
+pub const L4_DIR_BITS: u32 = 16;
 /// Prefix length of an [`L4Key`] that stops after the protocol byte.
 pub const L4_PROTO_BITS: u32 = 24;
+/// Flag in the direction byte of an [`L4Key`]: the packet's protocol is
+/// known but its ports are not (a later fragment whose first was not seen,
+/// a transport header cut short). Entries under it hold, per protocol,
+/// every channel that accepts the protocol on any port, so such a packet
+/// can fall into a port-specific channel but never out of one.
+pub const L4_ANY_PORT: u8 = 0x80;
+/// Flag in the direction byte of an [`L4Key`]: not even the protocol is
+/// known (an IPv6 extension chain longer than the datapath walks). The one
+/// entry under it holds every channel of the direction.
+pub const L4_UNKNOWN: u8 = 0x40;
 /// Prefix length of an [`L4Key`] that includes the whole port.
 pub const L4_PORT_BITS: u32 = 40;
 
@@ -137,6 +158,10 @@ pub struct Config {
     pub generation: u32,
     /// `FLAG_*` bits; never changed together with `generation`.
     pub flags: u32,
+    /// Policy version the live generation holds: it only grows, one per
+    /// apply, so operators and the agent's saved state can name a policy.
+    /// Not read by the datapath.
+    pub version: u64,
 }
 
 /// Per-generation facts, index `generation` of the [`GENS`] array.
@@ -184,6 +209,39 @@ pub struct FlowKey6 {
     pub meta: FlowMeta,
     pub src: [u8; 16],
     pub dst: [u8; 16],
+}
+
+/// Key of the fragment table: one fragmented datagram as seen by one hook
+/// direction. IPv4 addresses take the first 4 bytes of `src`/`dst`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragKey {
+    /// 4 or 6: keeps the two families' identifications apart.
+    pub family: u8,
+    /// `DIR_*`: a forwarding node sees the datagram once each way.
+    pub dir: u8,
+    /// IP protocol of the datagram.
+    pub proto: u8,
+    /// Explicit padding, always zero.
+    pub _pad: u8,
+    /// IPv4 identification (16 bits) or IPv6 fragment identification.
+    pub id: u32,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+}
+
+/// What the first fragment of a datagram got, applied to all the others so
+/// that a datagram passes or drops whole.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragEntry {
+    /// Channel slot (generation-qualified) the first fragment matched;
+    /// [`NO_CHANNEL`] when it matched none.
+    pub slot: u32,
+    /// Non-zero when the first fragment was dropped: the rest follow it.
+    pub dropped: u8,
+    /// Explicit padding, always zero.
+    pub _pad: [u8; 3],
 }
 
 /// A channel's limits, compiled for the datapath. Slot
@@ -276,8 +334,15 @@ pub struct GlobalCounters {
     pub non_ip_pkts: u64,
     /// Truncated or malformed IP packets, passed.
     pub malformed_pkts: u64,
-    /// Non-first IP fragments, classified without ports.
+    /// Non-first IP fragments (they follow their datagram's first fragment).
     pub fragment_pkts: u64,
+    /// Non-first fragments whose first fragment was not seen (out of order,
+    /// or pushed out of a full fragment table): classified conservatively,
+    /// into the first channel their addresses and protocol allow.
+    pub fragment_orphan_pkts: u64,
+    /// Packets whose ports could not be read (a TCP/UDP header cut short, an
+    /// IPv6 extension chain longer than the walk): classified conservatively.
+    pub no_ports_pkts: u64,
     /// Packets passed because a map lookup failed (fail open).
     pub fail_open_pkts: u64,
     /// Bucket charges that lost the compare-and-swap race too often and fell
@@ -313,6 +378,8 @@ impl GlobalCounters {
         self.non_ip_pkts += o.non_ip_pkts;
         self.malformed_pkts += o.malformed_pkts;
         self.fragment_pkts += o.fragment_pkts;
+        self.fragment_orphan_pkts += o.fragment_orphan_pkts;
+        self.no_ports_pkts += o.no_ports_pkts;
         self.fail_open_pkts += o.fail_open_pkts;
         self.contended_pkts += o.contended_pkts;
     }
@@ -328,6 +395,8 @@ mod pod {
     unsafe impl aya::Pod for FlowMeta {}
     unsafe impl aya::Pod for FlowKey4 {}
     unsafe impl aya::Pod for FlowKey6 {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for FragEntry {}
     unsafe impl aya::Pod for ChannelPolicy {}
     unsafe impl aya::Pod for BucketState {}
     unsafe impl aya::Pod for ChannelCounters {}
@@ -335,12 +404,14 @@ mod pod {
 }
 
 const _: () = assert!(core::mem::size_of::<ChannelSet>() == 8 * CHANNEL_WORDS);
-const _: () = assert!(core::mem::size_of::<Config>() == 8);
+const _: () = assert!(core::mem::size_of::<Config>() == 16);
+const _: () = assert!(core::mem::size_of::<FragKey>() == 40);
+const _: () = assert!(core::mem::size_of::<FragEntry>() == 8);
 const _: () = assert!(core::mem::size_of::<GenInfo>() == 8);
 const _: () = assert!(core::mem::size_of::<FlowKey4>() == 16);
 const _: () = assert!(core::mem::size_of::<FlowKey6>() == 40);
 const _: () = assert!(core::mem::size_of::<ChannelPolicy>() == 48);
 const _: () = assert!(core::mem::size_of::<BucketState>() == 24);
 const _: () = assert!(core::mem::size_of::<ChannelCounters>() == 96);
-const _: () = assert!(core::mem::size_of::<GlobalCounters>() == 72);
+const _: () = assert!(core::mem::size_of::<GlobalCounters>() == 88);
 const _: () = assert!(MAX_CHANNELS.is_multiple_of(64));

@@ -146,6 +146,46 @@ pub unsafe fn conform(
     }
 }
 
+/// Charges a packet that passes whatever the buckets hold: a later
+/// fragment of a datagram whose first fragment passed. The buckets go into
+/// debt, so the channel refuses the next datagrams instead of cutting this
+/// one, and the rate holds over time.
+///
+/// # Safety
+/// `bucket` must point into a live map value.
+#[inline(always)]
+pub unsafe fn debit(
+    bucket: *mut BucketState,
+    policy: &ChannelPolicy,
+    now: u64,
+    len: u64,
+    segs: u64,
+) -> Conformance {
+    let mut contended = false;
+    if policy.pkt_cost_q16 != 0 {
+        let cost = (segs * policy.pkt_cost_q16) >> 16;
+        // SAFETY: caller guarantees `bucket` is valid. An unbounded depth
+        // never refuses.
+        contended |= matches!(
+            unsafe { charge(&raw mut (*bucket).pkt_tat, now, cost, u64::MAX) },
+            Conformance::Contended
+        );
+    }
+    if policy.byte_cost_q16 != 0 {
+        let cost = (len * policy.byte_cost_q16) >> 16;
+        // SAFETY: as above.
+        contended |= matches!(
+            unsafe { charge(&raw mut (*bucket).byte_tat, now, cost, u64::MAX) },
+            Conformance::Contended
+        );
+    }
+    if contended {
+        Conformance::Contended
+    } else {
+        Conformance::Conform
+    }
+}
+
 /// Reserves a packet's transmission in one bucket for earliest-departure-time
 /// pacing: returns when it may leave (now, while the bucket holds enough
 /// tokens), or `None`, charging nothing, if that is more than `horizon` away.

@@ -18,21 +18,22 @@ mod parse;
 
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_SHOT, TC_ACT_UNSPEC},
-    helpers::{bpf_get_hash_recalc, bpf_ktime_get_ns},
+    helpers::{bpf_get_hash_recalc, bpf_ktime_get_ns, bpf_xdp_load_bytes},
     macros::{classifier, map, xdp},
     maps::{lpm_trie::Key, Array, LpmTrie, LruHashMap, PerCpuArray},
     programs::{TcContext, XdpContext},
 };
 use tc_common::{
     BucketState, ChannelCounters, ChannelPolicy, ChannelSet, Config, FlowKey4, FlowKey6, FlowMeta,
-    GenInfo, GlobalCounters, Ip4Key, Ip6Key, L4Key, ACTION_DELAY, ACTION_MARK, CHANNEL_SLOTS,
-    CHANNEL_WORDS, DIR_EGRESS, DIR_INGRESS, FLAG_NO_FLOW_CACHE, GEN_BITS, MAX_CHANNELS, MAX_FLOWS,
-    MAX_L4_ENTRIES, MAX_PREFIXES, MODE_MONITOR, NO_CHANNEL, PACE_SLOTS,
+    FragEntry, FragKey, GenInfo, GlobalCounters, Ip4Key, Ip6Key, L4Key, ACTION_DELAY, ACTION_MARK,
+    CHANNEL_SLOTS, CHANNEL_WORDS, DIR_EGRESS, DIR_INGRESS, FLAG_NO_FLOW_CACHE, GEN_BITS,
+    MAX_CHANNELS, MAX_FLOWS, MAX_FRAGS, MAX_L4_ENTRIES, MAX_PREFIXES, MODE_MONITOR, NO_CHANNEL,
+    PACE_SLOTS,
 };
 
 use crate::{
-    bucket::{conform, over_rate, past_mark_depth, schedule, time_cost, Conformance},
-    parse::{parse, Addrs, Parsed, Skip},
+    bucket::{conform, debit, over_rate, past_mark_depth, schedule, time_cost, Conformance},
+    parse::{parse, Addrs, Load, Parsed, Skip, FRAG_FIRST, FRAG_LATER},
 };
 
 #[map]
@@ -66,6 +67,10 @@ static TC_GLOBAL: PerCpuArray<GlobalCounters> = PerCpuArray::with_max_entries(1,
 /// nothing waiting in fq: it is sparse, and may leave ahead of the backlog.
 #[map]
 static TC_PACE: Array<u64> = Array::with_max_entries(PACE_SLOTS, 0);
+/// Fragmented datagrams: the channel and verdict of each one's first
+/// fragment, which its later fragments (no ports of their own) follow.
+#[map]
+static TC_FRAGS: LruHashMap<FragKey, FragEntry> = LruHashMap::with_max_entries(MAX_FRAGS, 0);
 
 /// What the datapath decided for one packet. A plain struct rather than an
 /// enum with payloads: LLVM may fill an unused payload with any register,
@@ -85,6 +90,15 @@ const PASS: u8 = 0;
 const DROP: u8 = 1;
 const DELAY: u8 = 2;
 const MARK: u8 = 3;
+
+/// How [`enforce`] treats a packet: judge it on its own...
+const JUDGE: u8 = 0;
+/// ...pass it and charge it whatever the buckets hold (a later fragment of
+/// a datagram whose first fragment passed: the debt refuses the next
+/// datagrams instead, so the rate holds and no datagram is cut)...
+const FOLLOW_PASS: u8 = 1;
+/// ...or drop it (a later fragment of a dropped datagram).
+const FOLLOW_DROP: u8 = 2;
 
 impl Verdict {
     const PASS: Self = Self {
@@ -133,7 +147,7 @@ pub fn xdp_ingress(ctx: XdpContext) -> u32 {
         len,
         segs: 1,
     };
-    let v = handle(&frame, DIR_INGRESS, || 0);
+    let v = handle(&frame, &XdpLoad(&ctx), DIR_INGRESS, || 0);
     match v.action {
         DROP => xdp_action::XDP_DROP,
         MARK => {
@@ -142,6 +156,36 @@ pub fn xdp_ingress(ctx: XdpContext) -> u32 {
         }
         // Delay is refused for ingress channels at validation.
         _ => xdp_action::XDP_PASS,
+    }
+}
+
+/// Packet bytes through `bpf_skb_load_bytes`, also outside the linear area.
+struct TcLoad<'a>(&'a TcContext);
+
+impl Load for TcLoad<'_> {
+    #[inline(always)]
+    fn load<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        self.0.load::<[u8; N]>(offset).ok()
+    }
+}
+
+/// Packet bytes through `bpf_xdp_load_bytes` (Linux 5.18+).
+struct XdpLoad<'a>(&'a XdpContext);
+
+impl Load for XdpLoad<'_> {
+    #[inline(always)]
+    fn load<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        let mut buf = [0u8; N];
+        // SAFETY: the helper writes at most N bytes into `buf`.
+        let r = unsafe {
+            bpf_xdp_load_bytes(
+                self.0.ctx,
+                offset as u32,
+                buf.as_mut_ptr().cast(),
+                N as u32,
+            )
+        };
+        (r == 0).then_some(buf)
     }
 }
 
@@ -207,9 +251,9 @@ pub fn xdp_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
-/// Bytes of headers the parser may need in the linear area: Ethernet + VLAN,
-/// IPv6 with a few extension headers, and a TCP header.
-const PULL_LEN: u32 = 128;
+/// Bytes of headers the parser may need in the linear area: Ethernet, two
+/// VLAN tags, IPv6 with eight short extension headers, and a TCP header.
+const PULL_LEN: u32 = 256;
 
 #[inline(always)]
 fn tc_verdict(ctx: &TcContext, dir: u8) -> i32 {
@@ -233,7 +277,9 @@ fn tc_verdict(ctx: &TcContext, dir: u8) -> i32 {
     // SAFETY: the context pointer is valid for the whole program run.
     // Usually a read of the hash the stack already set (TCP's txhash, the
     // RX hash); computed once otherwise.
-    let v = handle(&frame, dir, || unsafe { bpf_get_hash_recalc(ctx.skb.skb) });
+    let v = handle(&frame, &TcLoad(ctx), dir, || unsafe {
+        bpf_get_hash_recalc(ctx.skb.skb)
+    });
     match v.action {
         DROP => TC_ACT_SHOT,
         DELAY => {
@@ -260,7 +306,7 @@ fn tc_verdict(ctx: &TcContext, dir: u8) -> i32 {
 /// `flow_hash` gives the kernel's flow hash (`skb->hash`), asked for only
 /// by `delay` channels (tc egress), which pace per flow.
 #[inline(always)]
-fn handle(frame: &Frame, dir: u8, flow_hash: impl Fn() -> u32) -> Verdict {
+fn handle(frame: &Frame, ld: &impl Load, dir: u8, flow_hash: impl Fn() -> u32) -> Verdict {
     let Some(global) = TC_GLOBAL.get_ptr_mut(0) else {
         return Verdict::PASS;
     };
@@ -269,7 +315,7 @@ fn handle(frame: &Frame, dir: u8, flow_hash: impl Fn() -> u32) -> Verdict {
     global.seen_pkts += frame.segs;
     global.seen_bytes += frame.len;
 
-    let parsed = match parse(frame.start, frame.end) {
+    let mut parsed = match parse(frame.start, frame.end, ld) {
         Ok(p) => p,
         Err(Skip::NonIp) => {
             global.non_ip_pkts += 1;
@@ -280,9 +326,10 @@ fn handle(frame: &Frame, dir: u8, flow_hash: impl Fn() -> u32) -> Verdict {
             return Verdict::PASS;
         }
     };
-    if parsed.fragment {
-        global.fragment_pkts += 1;
+    if parsed.l4_flags != 0 && parsed.frag != FRAG_LATER {
+        global.no_ports_pkts += 1;
     }
+    join_parse_paths(&mut parsed);
     let Some(config) = TC_CONFIG.get(0) else {
         global.fail_open_pkts += 1;
         return Verdict::PASS;
@@ -292,24 +339,127 @@ fn handle(frame: &Frame, dir: u8, flow_hash: impl Fn() -> u32) -> Verdict {
         global.fail_open_pkts += 1;
         return Verdict::PASS;
     };
-    let channel = if config.flags & FLAG_NO_FLOW_CACHE != 0 {
-        classify(generation as u8, gen_info.words, dir, &parsed)
-    } else {
-        classify_cached(generation as u8, gen_info.words, dir, &parsed)
-    };
-    let Some(channel) = channel else {
-        global.unclassified_pkts += 1;
-        global.unclassified_bytes += frame.len;
-        return Verdict::PASS;
-    };
-    let slot = generation * MAX_CHANNELS + channel;
     // A GSO super-packet carries its headers once; on the wire each segment
     // does. Charge and count what the wire will carry.
     let mut wire = *frame;
     if frame.segs > 1 && parsed.hdr_len != 0 {
         wire.len += (frame.segs - 1) * parsed.hdr_len as u64;
     }
-    enforce(&wire, &parsed, slot, global, flow_hash)
+    // A later fragment follows its datagram's first fragment: same
+    // channel, same verdict.
+    let mut first = None;
+    if parsed.frag == FRAG_LATER {
+        global.fragment_pkts += 1;
+        // SAFETY: the value is copied out at once.
+        first = unsafe { TC_FRAGS.get(&frag_key(&parsed, dir)) }.copied();
+        if first.is_none() {
+            // Its first fragment was not seen: classified on addresses and
+            // protocol, into the first channel that could hold the datagram.
+            global.fragment_orphan_pkts += 1;
+        }
+    }
+    let (slot, follow) = match first {
+        Some(f) if f.dropped != 0 => (f.slot, FOLLOW_DROP),
+        Some(f) => (f.slot, FOLLOW_PASS),
+        None => {
+            let channel = if config.flags & FLAG_NO_FLOW_CACHE != 0 {
+                classify(generation as u8, gen_info.words, dir, &parsed)
+            } else {
+                classify_cached(generation as u8, gen_info.words, dir, &parsed)
+            };
+            let slot = match channel {
+                Some(c) => generation * MAX_CHANNELS + c,
+                None => NO_CHANNEL,
+            };
+            (slot, JUDGE)
+        }
+    };
+    let verdict = if slot == NO_CHANNEL {
+        global.unclassified_pkts += 1;
+        global.unclassified_bytes += frame.len;
+        Verdict::PASS
+    } else {
+        enforce(&wire, &parsed, slot, follow, global, flow_hash)
+    };
+    if parsed.frag == FRAG_FIRST {
+        let first = FragEntry {
+            slot,
+            dropped: (verdict.action == DROP) as u8,
+            _pad: [0; 3],
+        };
+        // A full table pushes out its oldest datagram, whose remaining
+        // fragments become orphans (counted).
+        let _ = TC_FRAGS.insert(&frag_key(&parsed, dir), &first, 0);
+    }
+    verdict
+}
+
+/// Per-CPU scratch that [`join_parse_paths`] passes parse results through.
+#[repr(C)]
+struct ParseScratch {
+    l3: u32,
+    hdr_len: u32,
+    frag: u8,
+    l4_flags: u8,
+    _pad: [u8; 6],
+}
+
+/// Not pinned: nothing in it outlives one packet.
+#[map]
+static TC_SCRATCH: PerCpuArray<ParseScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Passes the parse results that differ only in small constants between
+/// the parser's exits (fragment kind, port flags, header offsets) through a
+/// map value, which the verifier cannot see into. Every parse outcome then
+/// reaches classification and enforcement as the same abstract state, and
+/// the verifier walks those once instead of once per outcome (without this,
+/// the fragment and extension-header outcomes exhaust its budget of one
+/// million instructions). Costs a store and a load on a per-CPU line.
+#[inline(always)]
+fn join_parse_paths(p: &mut Parsed) {
+    let Some(s) = TC_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU slot, only this CPU uses it while the program runs;
+    // volatile so that LLVM cannot forward the stores to the loads.
+    unsafe {
+        core::ptr::write_volatile(&raw mut (*s).l3, p.l3);
+        core::ptr::write_volatile(&raw mut (*s).hdr_len, p.hdr_len);
+        core::ptr::write_volatile(&raw mut (*s).frag, p.frag);
+        core::ptr::write_volatile(&raw mut (*s).l4_flags, p.l4_flags);
+        // Masks keep the values provably small for the verifier (an
+        // offset into the packet must be bounded); they change nothing.
+        p.l3 = core::ptr::read_volatile(&raw const (*s).l3) & 0xff;
+        p.hdr_len = core::ptr::read_volatile(&raw const (*s).hdr_len) & 0xffff;
+        p.frag = core::ptr::read_volatile(&raw const (*s).frag);
+        p.l4_flags = core::ptr::read_volatile(&raw const (*s).l4_flags);
+    }
+}
+
+/// The fragment-table key of a fragmented packet seen in direction `dir`.
+#[inline(always)]
+fn frag_key(p: &Parsed, dir: u8) -> FragKey {
+    let mut key = FragKey {
+        family: 4,
+        dir,
+        proto: p.proto,
+        _pad: 0,
+        id: p.frag_id,
+        src: [0; 16],
+        dst: [0; 16],
+    };
+    match &p.addrs {
+        Addrs::V4 { src, dst } => {
+            key.src[..4].copy_from_slice(src);
+            key.dst[..4].copy_from_slice(dst);
+        }
+        Addrs::V6 { src, dst } => {
+            key.family = 6;
+            key.src = *src;
+            key.dst = *dst;
+        }
+    }
+    key
 }
 
 /// [`classify`] behind the flow cache: one hash lookup for a known flow
@@ -318,7 +468,7 @@ fn handle(frame: &Frame, dir: u8, flow_hash: impl Fn() -> u32) -> Verdict {
 fn classify_cached(generation: u8, words: u32, dir: u8, p: &Parsed) -> Option<u32> {
     let meta = FlowMeta {
         generation,
-        dir,
+        dir: dir | p.l4_flags,
         proto: p.proto,
         l4_bits: p.l4_bits as u8,
         dport: p.dport,
@@ -396,12 +546,15 @@ fn classify(generation: u8, words: u32, dir: u8, p: &Parsed) -> Option<u32> {
             (s, d)
         }
     };
-    // Port-less packets look up with a prefix that stops at the protocol, so
-    // they can only hit protocol-wide entries, never a port range.
+    // Port-less protocols look up with a prefix that stops at the protocol,
+    // so they can only hit protocol-wide entries, never a port range.
+    // Packets whose ports or protocol are hidden look up under a flag in
+    // the direction byte, whose entries hold every channel they could
+    // belong to (see `L4_ANY_PORT`).
     let port = p.dport.to_be_bytes();
     let l4 = TC_L4.get(Key::new(
         p.l4_bits,
-        [generation, dir, p.proto, port[0], port[1]],
+        [generation, dir | p.l4_flags, p.proto, port[0], port[1]],
     ))?;
 
     let mut i = 0;
@@ -496,6 +649,7 @@ fn enforce(
     frame: &Frame,
     parsed: &Parsed,
     slot: u32,
+    follow: u8,
     global: &mut GlobalCounters,
     flow_hash: impl Fn() -> u32,
 ) -> Verdict {
@@ -515,6 +669,11 @@ fn enforce(
     let counters = unsafe { &mut *counters };
     counters.matched_pkts += frame.segs;
     counters.matched_bytes += frame.len;
+    if follow == FOLLOW_DROP {
+        counters.dropped_pkts += frame.segs;
+        counters.dropped_bytes += frame.len;
+        return Verdict::DROP;
+    }
     if policy.byte_cost_q16 == 0 && policy.pkt_cost_q16 == 0 {
         counters.passed_pkts += frame.segs;
         counters.passed_bytes += frame.len;
@@ -573,7 +732,13 @@ fn enforce(
     let markable = marking && (parsed.ecn == 1 || parsed.ecn == 2);
     let bursts = if marking && parsed.ecn != 0 { 2 } else { 1 };
     // SAFETY: as above.
-    let outcome = unsafe { conform(bucket, policy, now, frame.len, frame.segs, bursts) };
+    let outcome = unsafe {
+        if follow == FOLLOW_PASS {
+            debit(bucket, policy, now, frame.len, frame.segs)
+        } else {
+            conform(bucket, policy, now, frame.len, frame.segs, bursts)
+        }
+    };
     let mut verdict = Verdict::PASS;
     // SAFETY: as above. Every passing packet of the channel charges the
     // rate signal, ECN-capable or not.

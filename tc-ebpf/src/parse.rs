@@ -3,7 +3,7 @@
 
 use core::mem::size_of;
 
-use tc_common::{L4_PORT_BITS, L4_PROTO_BITS};
+use tc_common::{L4_ANY_PORT, L4_DIR_BITS, L4_PORT_BITS, L4_PROTO_BITS, L4_UNKNOWN};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -18,8 +18,13 @@ const IPV6_ROUTING: u8 = 43;
 const IPV6_FRAGMENT: u8 = 44;
 const IPV6_AH: u8 = 51;
 const IPV6_DSTOPTS: u8 = 60;
-/// Extension headers walked before giving up and classifying without ports.
-const IPV6_MAX_EXT: usize = 4;
+/// Extension headers walked before giving up; a packet whose transport
+/// header lies further is classified conservatively ([`L4_UNKNOWN`]).
+const IPV6_MAX_EXT: usize = 8;
+/// Largest header offset the IPv6 walk follows.
+const MAX_L3_OFFSET: usize = 0x3fff;
+/// VLAN tags skipped: an 802.1ad outer tag and an 802.1Q inner one.
+const VLAN_MAX_TAGS: usize = 2;
 
 /// Why a frame is not classified.
 pub enum Skip {
@@ -55,8 +60,50 @@ pub struct Parsed {
     /// Bytes of headers before the L4 payload (0 when unknown): a GSO
     /// super-packet carries them once, each of its segments on the wire.
     pub hdr_len: u32,
-    /// A non-first fragment: it carries no L4 header.
-    pub fragment: bool,
+    /// OR'ed into the direction byte of the L4 lookup: 0 for a packet whose
+    /// ports were read, [`L4_ANY_PORT`] for one of a known protocol without
+    /// readable ports (a fragment, a truncated transport header),
+    /// [`L4_UNKNOWN`] when not even the protocol is known (an IPv6 chain
+    /// longer than the walk). Both look up tables that hold every channel
+    /// the packet could belong to, so no packet escapes a port-specific
+    /// channel by hiding its ports.
+    pub l4_flags: u8,
+    /// `FRAG_*`: whether this is part of a fragmented datagram.
+    pub frag: u8,
+    /// Fragment identification (IPv4: 16 bits, IPv6: 32), when `frag != FRAG_NONE`.
+    pub frag_id: u32,
+}
+
+/// Not a fragment.
+pub const FRAG_NONE: u8 = 0;
+/// The first fragment (offset 0, more to come): it carries the ports.
+pub const FRAG_FIRST: u8 = 1;
+/// A later fragment: no transport header; it follows its first fragment.
+pub const FRAG_LATER: u8 = 2;
+
+/// Transport facts of a packet: see the fields of [`Parsed`] of the same names.
+struct L4 {
+    l4_bits: u32,
+    dport: u16,
+    hdr_len: u32,
+    l4_flags: u8,
+}
+
+impl L4 {
+    /// A known protocol whose ports cannot be read.
+    const NO_PORTS: Self = Self {
+        l4_bits: L4_PROTO_BITS,
+        dport: 0,
+        hdr_len: 0,
+        l4_flags: L4_ANY_PORT,
+    };
+    /// Not even the protocol is known.
+    const UNKNOWN: Self = Self {
+        l4_bits: L4_DIR_BITS,
+        dport: 0,
+        hdr_len: 0,
+        l4_flags: L4_UNKNOWN,
+    };
 }
 
 /// Returns a pointer to a `T` at `offset` if it lies wholly inside the packet.
@@ -82,71 +129,74 @@ fn be16_at(start: usize, end: usize, offset: usize) -> Result<u16, Skip> {
     Ok(u16::from_be_bytes(bytes_at::<2>(start, end, offset)?))
 }
 
-/// Parses Ethernet (with at most one VLAN tag), IPv4/IPv6 and the TCP/UDP
+/// Parses Ethernet (with up to two VLAN tags), IPv4/IPv6 and the TCP/UDP
 /// destination port of the frame between `start` and `end`.
 #[inline(always)]
-pub fn parse(start: usize, end: usize) -> Result<Parsed, Skip> {
-    if start + ETH_HLEN > end {
-        return Err(Skip::Malformed);
-    }
+pub fn parse(start: usize, end: usize, ld: &impl Load) -> Result<Parsed, Skip> {
     let mut l3 = ETH_HLEN;
     let mut ethertype = be16_at(start, end, 12)?;
-    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
-        ethertype = be16_at(start, end, 16)?;
+    for _ in 0..VLAN_MAX_TAGS {
+        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+            break;
+        }
+        ethertype = be16_at(start, end, l3 + 2)?;
         l3 += 4;
     }
     match ethertype {
         ETH_P_IP => parse_v4(start, end, l3),
-        ETH_P_IPV6 => parse_v6(start, end, l3),
+        ETH_P_IPV6 => parse_v6(start, end, l3, ld),
+        // Still a VLAN tag after two: a stack deeper than any real network
+        // uses. Not IP as far as we can tell; passed and counted.
         _ => Err(Skip::NonIp),
     }
 }
 
 #[inline(always)]
 fn parse_v4(start: usize, end: usize, l3: usize) -> Result<Parsed, Skip> {
-    // SAFETY: ptr_at checked the 20-byte fixed header lies inside the packet.
-    let hdr = unsafe { *ptr_at::<[u8; 20]>(start, end, l3)? };
+    let hdr = bytes_at::<20>(start, end, l3)?;
     let version = hdr[0] >> 4;
     let ihl = (hdr[0] & 0x0f) as usize * 4;
     if version != 4 || ihl < 20 {
         return Err(Skip::Malformed);
     }
     let ecn = hdr[1] & 3;
-    let frag_off = u16::from_be_bytes([hdr[6], hdr[7]]) & 0x1fff;
+    let flags_off = u16::from_be_bytes([hdr[6], hdr[7]]);
+    let more_fragments = flags_off & 0x2000 != 0;
+    let offset = flags_off & 0x1fff;
     let proto = hdr[9];
     let addrs = Addrs::V4 {
         src: [hdr[12], hdr[13], hdr[14], hdr[15]],
         dst: [hdr[16], hdr[17], hdr[18], hdr[19]],
     };
-    if frag_off != 0 {
-        return Ok(Parsed {
-            addrs,
-            l3: l3 as u32,
-            ecn,
-            proto,
-            l4_bits: L4_PROTO_BITS,
-            dport: 0,
-            hdr_len: 0,
-            fragment: true,
-        });
-    }
-    let (l4_bits, dport, hdr_len) = l4_dport(start, end, l3 + ihl, proto)?;
+    let frag = if offset != 0 {
+        FRAG_LATER
+    } else if more_fragments {
+        FRAG_FIRST
+    } else {
+        FRAG_NONE
+    };
+    let l4 = if frag == FRAG_LATER {
+        L4::NO_PORTS
+    } else {
+        l4_ports(start, end, l3 + ihl, proto)
+    };
     Ok(Parsed {
         addrs,
         l3: l3 as u32,
         ecn,
         proto,
-        l4_bits,
-        dport,
-        hdr_len,
-        fragment: false,
+        l4_bits: l4.l4_bits,
+        dport: l4.dport,
+        hdr_len: l4.hdr_len,
+        l4_flags: l4.l4_flags,
+        frag,
+        frag_id: u16::from_be_bytes([hdr[4], hdr[5]]) as u32,
     })
 }
 
 #[inline(always)]
-fn parse_v6(start: usize, end: usize, l3: usize) -> Result<Parsed, Skip> {
-    // SAFETY: ptr_at checked the 40-byte fixed header lies inside the packet.
-    let hdr = unsafe { &*ptr_at::<[u8; 40]>(start, end, l3)? };
+fn parse_v6(start: usize, end: usize, l3: usize, ld: &impl Load) -> Result<Parsed, Skip> {
+    let hdr = bytes_at::<40>(start, end, l3)?;
     if hdr[0] >> 4 != 6 {
         return Err(Skip::Malformed);
     }
@@ -155,86 +205,169 @@ fn parse_v6(start: usize, end: usize, l3: usize) -> Result<Parsed, Skip> {
     let mut dst = [0u8; 16];
     src.copy_from_slice(&hdr[8..24]);
     dst.copy_from_slice(&hdr[24..40]);
-    let addrs = Addrs::V6 { src, dst };
-
-    let mut next = hdr[6];
-    let mut off = l3 + 40;
-    for _ in 0..IPV6_MAX_EXT {
-        match next {
-            IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS => {
-                let [nh, len] = bytes_at::<2>(start, end, off)?;
-                next = nh;
-                off += (len as usize + 1) * 8;
-            }
-            IPV6_AH => {
-                let [nh, len] = bytes_at::<2>(start, end, off)?;
-                next = nh;
-                off += (len as usize + 2) * 4;
-            }
-            IPV6_FRAGMENT => {
-                let h = bytes_at::<4>(start, end, off)?;
-                next = h[0];
-                off += 8;
-                if u16::from_be_bytes([h[2], h[3]]) & 0xfff8 != 0 {
-                    return Ok(Parsed {
-                        addrs,
-                        l3: l3 as u32,
-                        ecn,
-                        proto: next,
-                        l4_bits: L4_PROTO_BITS,
-                        dport: 0,
-                        hdr_len: 0,
-                        fragment: true,
-                    });
-                }
-            }
-            _ => break,
-        }
-    }
-    // A chain deeper than we walk: classify on addresses and the last
-    // header seen, without ports.
-    let (l4_bits, dport, hdr_len) = match next {
-        IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS | IPV6_AH | IPV6_FRAGMENT => {
-            (L4_PROTO_BITS, 0, 0)
-        }
-        _ => l4_dport(start, end, off, next)?,
-    };
-    Ok(Parsed {
-        addrs,
+    let mut p = Parsed {
+        addrs: Addrs::V6 { src, dst },
         l3: l3 as u32,
         ecn,
-        proto: next,
-        l4_bits,
-        dport,
-        hdr_len,
-        fragment: false,
-    })
+        proto: hdr[6],
+        l4_bits: L4_DIR_BITS,
+        dport: 0,
+        hdr_len: 0,
+        l4_flags: L4_UNKNOWN,
+        frag: FRAG_NONE,
+        frag_id: 0,
+    };
+
+    let mut next = hdr[6];
+    if !is_extension(next) {
+        // The common case: the transport header right after the fixed one.
+        let l4 = l4_ports(start, end, l3 + 40, next);
+        p.proto = next;
+        p.l4_bits = l4.l4_bits;
+        p.dport = l4.dport;
+        p.hdr_len = l4.hdr_len;
+        p.l4_flags = l4.l4_flags;
+        return Ok(p);
+    }
+    // Extension headers are read through the load helper rather than direct
+    // packet access: the offset then never bounds a packet pointer, so the
+    // verifier does not have to tell the paths through the walk apart (with
+    // direct access it explores every combination of header kinds, which
+    // exhausts its budget long before eight headers). It also reads headers
+    // outside the linear area.
+    let mut off = l3 + 40;
+    let mut i = 0;
+    // At most IPV6_MAX_EXT headers: a bounded loop, which the verifier
+    // accepts since Linux 5.3 (LLVM may also unroll it).
+    while i < IPV6_MAX_EXT {
+        i += 1;
+        if !is_extension(next) {
+            let l4 = l4_ports_loaded(ld, off, next);
+            p.proto = next;
+            p.l4_bits = l4.l4_bits;
+            p.dport = l4.dport;
+            p.hdr_len = l4.hdr_len;
+            p.l4_flags = l4.l4_flags;
+            return Ok(p);
+        }
+        let Some(h) = ld.load::<8>(off) else {
+            // The chain runs past the packet: the protocol stays unknown.
+            return Ok(p);
+        };
+        let len = match next {
+            IPV6_AH => (h[1] as usize + 2) * 4,
+            IPV6_FRAGMENT => {
+                p.frag_id = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+                if u16::from_be_bytes([h[2], h[3]]) & 0xfff8 != 0 {
+                    // A later fragment: its transport header is in the first.
+                    p.frag = FRAG_LATER;
+                    p.proto = h[0];
+                    p.l4_bits = L4_PROTO_BITS;
+                    p.l4_flags = L4_ANY_PORT;
+                    return Ok(p);
+                }
+                if h[3] & 1 != 0 {
+                    p.frag = FRAG_FIRST;
+                }
+                8
+            }
+            _ => (h[1] as usize + 1) * 8,
+        };
+        next = h[0];
+        off += len;
+        if off > MAX_L3_OFFSET {
+            return Ok(p);
+        }
+    }
+    if !is_extension(next) {
+        let l4 = l4_ports_loaded(ld, off, next);
+        p.proto = next;
+        p.l4_bits = l4.l4_bits;
+        p.dport = l4.dport;
+        p.hdr_len = l4.hdr_len;
+        p.l4_flags = l4.l4_flags;
+    }
+    // Otherwise a chain longer than the walk: the protocol stays unknown.
+    Ok(p)
 }
 
-/// Destination port of a TCP or UDP header at `l4`; the whole fixed header
-/// must be present, or the packet is malformed.
+/// Whether an IPv6 next-header value is an extension header we walk.
 #[inline(always)]
-/// Also returns where the L4 payload starts (0 when unknown), so GSO
-/// packets can be charged for the headers each segment carries on the wire.
-fn l4_dport(start: usize, end: usize, l4: usize, proto: u8) -> Result<(u32, u16, u32), Skip> {
+fn is_extension(next: u8) -> bool {
+    matches!(
+        next,
+        IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS | IPV6_AH | IPV6_FRAGMENT
+    )
+}
+
+/// Reads packet bytes through a helper (`bpf_skb_load_bytes`,
+/// `bpf_xdp_load_bytes`) instead of direct access.
+pub trait Load {
+    /// `N` bytes at `offset` from the start of the frame, if all are there.
+    fn load<const N: usize>(&self, offset: usize) -> Option<[u8; N]>;
+}
+
+/// [`l4_ports`] for a transport header found behind extension headers.
+#[inline(always)]
+fn l4_ports_loaded(ld: &impl Load, l4: usize, proto: u8) -> L4 {
     match proto {
-        IPPROTO_TCP => {
-            let h = bytes_at::<20>(start, end, l4)?;
-            let doff = (h[12] >> 4) as usize * 4;
-            Ok((
-                L4_PORT_BITS,
-                u16::from_be_bytes([h[2], h[3]]),
-                (l4 + doff) as u32,
-            ))
-        }
-        IPPROTO_UDP => {
-            let h = bytes_at::<8>(start, end, l4)?;
-            Ok((
-                L4_PORT_BITS,
-                u16::from_be_bytes([h[2], h[3]]),
-                (l4 + 8) as u32,
-            ))
-        }
-        _ => Ok((L4_PROTO_BITS, 0, 0)),
+        IPPROTO_TCP => match ld.load::<16>(l4) {
+            Some(h) => L4 {
+                l4_bits: L4_PORT_BITS,
+                dport: u16::from_be_bytes([h[2], h[3]]),
+                hdr_len: (l4 + (h[12] >> 4) as usize * 4) as u32,
+                l4_flags: 0,
+            },
+            None => L4::NO_PORTS,
+        },
+        IPPROTO_UDP => match ld.load::<8>(l4) {
+            Some(h) => L4 {
+                l4_bits: L4_PORT_BITS,
+                dport: u16::from_be_bytes([h[2], h[3]]),
+                hdr_len: (l4 + 8) as u32,
+                l4_flags: 0,
+            },
+            None => L4::NO_PORTS,
+        },
+        _ => L4 {
+            l4_bits: L4_PROTO_BITS,
+            dport: 0,
+            hdr_len: 0,
+            l4_flags: 0,
+        },
+    }
+}
+
+/// Destination port of a TCP or UDP header at `l4`, and where its payload
+/// starts, so GSO packets can be charged for the headers each segment
+/// carries on the wire. A TCP or UDP header cut short is classified like a
+/// fragment ([`L4::NO_PORTS`]): it may belong to any channel of its protocol.
+#[inline(always)]
+fn l4_ports(start: usize, end: usize, l4: usize, proto: u8) -> L4 {
+    match proto {
+        IPPROTO_TCP => match bytes_at::<20>(start, end, l4) {
+            Ok(h) => L4 {
+                l4_bits: L4_PORT_BITS,
+                dport: u16::from_be_bytes([h[2], h[3]]),
+                hdr_len: (l4 + (h[12] >> 4) as usize * 4) as u32,
+                l4_flags: 0,
+            },
+            Err(_) => L4::NO_PORTS,
+        },
+        IPPROTO_UDP => match bytes_at::<8>(start, end, l4) {
+            Ok(h) => L4 {
+                l4_bits: L4_PORT_BITS,
+                dport: u16::from_be_bytes([h[2], h[3]]),
+                hdr_len: (l4 + 8) as u32,
+                l4_flags: 0,
+            },
+            Err(_) => L4::NO_PORTS,
+        },
+        _ => L4 {
+            l4_bits: L4_PROTO_BITS,
+            dport: 0,
+            hdr_len: 0,
+            l4_flags: 0,
+        },
     }
 }

@@ -414,6 +414,47 @@ pub fn iperf3(
     streams: u32,
     pin: bool,
 ) -> Result<serde_json::Value> {
+    let (secs, streams) = (secs.to_string(), streams.to_string());
+    iperf3_run(
+        pair,
+        port,
+        "198.18.0.2",
+        &["-t", &secs, "-P", &streams],
+        pin,
+    )
+}
+
+/// iperf3 UDP from `pair.client` to `server` (198.18.0.2 or 2001:db8::2)
+/// port `port`: datagrams of `len` bytes at `rate` (e.g. "200M") for
+/// `secs`. Datagrams longer than the MTU leave as IP fragments.
+pub fn iperf3_udp(
+    pair: &Pair,
+    server: &str,
+    port: u16,
+    secs: u32,
+    rate: &str,
+    len: usize,
+) -> Result<serde_json::Value> {
+    let (secs, len) = (secs.to_string(), len.to_string());
+    iperf3_run(
+        pair,
+        port,
+        server,
+        &["-u", "-b", rate, "-l", &len, "-t", &secs],
+        false,
+    )
+}
+
+/// Runs an iperf3 server on `server`:`port` in `pair.server` and a client
+/// with `args` in `pair.client`; returns the client's JSON report with the
+/// server's under `server_output_json`.
+fn iperf3_run(
+    pair: &Pair,
+    port: u16,
+    server: &str,
+    args: &[&str],
+    pin: bool,
+) -> Result<serde_json::Value> {
     let port = port.to_string();
     let taskset = |cpu: &'static str| -> Vec<&'static str> {
         if pin {
@@ -422,10 +463,10 @@ pub fn iperf3(
             vec![]
         }
     };
-    let mut server = Command::new("ip")
+    let mut server_proc = Command::new("ip")
         .args(["netns", "exec", &pair.server])
         .args(taskset("1"))
-        .args(["iperf3", "-s", "-1", "-J", "-p", &port, "-B", "198.18.0.2"])
+        .args(["iperf3", "-s", "-1", "-J", "-p", &port, "-B", server])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
@@ -440,27 +481,122 @@ pub fn iperf3(
             .args([
                 "iperf3",
                 "-c",
-                "198.18.0.2",
+                server,
                 "-p",
                 &port,
                 "-J",
                 "--get-server-output",
             ])
-            .args(["-t", &secs.to_string(), "-P", &streams.to_string()])
+            .args(args)
             .output()?;
         match serde_json::from_slice::<serde_json::Value>(&out.stdout) {
             Ok(j) if j.get("error").is_none() => {
-                let _ = server.kill();
-                let _ = server.wait();
+                let _ = server_proc.kill();
+                let _ = server_proc.wait();
                 return Ok(j);
             }
             Ok(j) => last = j["error"].to_string(),
             Err(_) => last = String::from_utf8_lossy(&out.stderr).into_owned(),
         }
     }
-    let _ = server.kill();
-    let _ = server.wait();
+    let _ = server_proc.kill();
+    let _ = server_proc.wait();
     bail!("iperf3 failed: {last}")
+}
+
+/// Traffic tests share two CPUs: a test file's tests run one at a time.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Writes a policy file for a test, named after the test process.
+pub fn write_policy(name: &str, text: &str) -> PathBuf {
+    let p = std::env::temp_dir().join(format!("tc-test-{}-{name}.yaml", std::process::id()));
+    std::fs::write(&p, text).expect("writing a policy file");
+    p
+}
+
+/// Sends raw Ethernet frames out of `iface` (AF_PACKET) in the calling
+/// thread's namespace, at most `count` of them, paced at `per_sec`, for at
+/// most `secs`. The destination MAC of each frame is set to `dst_mac`.
+/// Returns frames sent.
+pub fn send_raw(
+    iface: &str,
+    dst_mac: [u8; 6],
+    frame: &[u8],
+    count: u64,
+    per_sec: f64,
+    secs: f64,
+) -> Result<u64> {
+    let mut frame = frame.to_vec();
+    frame[..6].copy_from_slice(&dst_mac);
+    let name = std::ffi::CString::new(iface)?;
+    // SAFETY: plain syscalls on values we own; the fd is closed below.
+    unsafe {
+        let ifindex = libc::if_nametoindex(name.as_ptr());
+        if ifindex == 0 {
+            bail!("no interface {iface}");
+        }
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+        if fd < 0 {
+            bail!("AF_PACKET socket: {}", std::io::Error::last_os_error());
+        }
+        let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_ifindex = ifindex as i32;
+        addr.sll_halen = 6;
+        addr.sll_addr[..6].copy_from_slice(&dst_mac);
+        let start = Instant::now();
+        let mut sent = 0u64;
+        while sent < count && start.elapsed().as_secs_f64() < secs {
+            let due = start + Duration::from_secs_f64(sent as f64 / per_sec);
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            let r = libc::sendto(
+                fd,
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            );
+            if r > 0 {
+                sent += 1;
+            }
+        }
+        libc::close(fd);
+        Ok(sent)
+    }
+}
+
+/// The MAC address of `dev` in namespace `netns`.
+pub fn mac_of(netns: &str, dev: &str) -> Result<[u8; 6]> {
+    let text = std::fs::read_to_string(format!("/sys/class/net/{dev}/address")).ok();
+    let text = match text {
+        Some(t) => t,
+        None => {
+            let out = sh(&[
+                "ip",
+                "netns",
+                "exec",
+                netns,
+                "cat",
+                &format!("/sys/class/net/{dev}/address"),
+            ])?;
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+    };
+    let bytes: Vec<u8> = text
+        .trim()
+        .split(':')
+        .filter_map(|x| u8::from_str_radix(x, 16).ok())
+        .collect();
+    bytes
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("no MAC address for {dev}: {text}"))
 }
 
 /// What `ping -q` reported: (avg ms, max ms, loss %). Parses both iputils'

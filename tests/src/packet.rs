@@ -109,6 +109,89 @@ pub fn ipv4_fragment(src: &str, dst: &str, proto: u8) -> Vec<u8> {
     f
 }
 
+/// Fragment `offset` (bytes, a multiple of 8) of IPv4 datagram `id`, more to
+/// come: the first (offset 0) carries the transport header, later ones
+/// 1,480 bytes of payload.
+pub fn ipv4_fragment_of(
+    src: &str,
+    dst: &str,
+    proto: u8,
+    dport: u16,
+    id: u16,
+    offset: u16,
+) -> Vec<u8> {
+    let mut f = if offset == 0 {
+        ipv4(src, dst, proto, dport, 1480 - 8)
+    } else {
+        let mut f = ipv4(src, dst, proto, dport, 0);
+        f.truncate(14 + 20);
+        f.resize(14 + 20 + 1480, 0xcd);
+        let total = (20 + 1480) as u16;
+        f[14 + 2..14 + 4].copy_from_slice(&total.to_be_bytes());
+        f
+    };
+    f[14 + 4..14 + 6].copy_from_slice(&id.to_be_bytes());
+    let flags = 0x2000 | (offset / 8);
+    f[14 + 6..14 + 8].copy_from_slice(&flags.to_be_bytes());
+    set_ipv4_checksum(&mut f);
+    f
+}
+
+/// Fragment `offset` (bytes, a multiple of 8) of IPv6 datagram `id`, more
+/// to come, with a fragment header; the first carries the transport header.
+pub fn ipv6_fragment(src: &str, dst: &str, proto: u8, dport: u16, id: u32, offset: u16) -> Vec<u8> {
+    let mut f = ipv6(src, dst, proto, dport, 0);
+    let l4 = f.split_off(14 + 40);
+    f[14 + 6] = 44; // next header: fragment
+    f.push(proto);
+    f.push(0);
+    f.extend_from_slice(&(offset | 1).to_be_bytes());
+    f.extend_from_slice(&id.to_be_bytes());
+    if offset == 0 {
+        f.extend_from_slice(&l4);
+        f.resize(14 + 40 + 8 + 1448, 0xab);
+    } else {
+        f.resize(14 + 40 + 8 + 1448, 0xcd);
+    }
+    let plen = (f.len() - 14 - 40) as u16;
+    f[14 + 4..14 + 6].copy_from_slice(&plen.to_be_bytes());
+    f
+}
+
+/// IPv6 with `n` destination-options headers (8 bytes each) before the L4 header.
+pub fn ipv6_ext_chain(src: &str, dst: &str, proto: u8, dport: u16, n: usize) -> Vec<u8> {
+    let mut f = ipv6(src, dst, proto, dport, 0);
+    let l4 = f.split_off(14 + 40);
+    f[14 + 6] = 60; // next header: destination options
+    for i in 0..n {
+        let next = if i + 1 == n { proto } else { 60 };
+        f.extend_from_slice(&[next, 0, 1, 4, 0, 0, 0, 0]); // PadN
+    }
+    f.extend_from_slice(&l4);
+    let plen = (f.len() - 14 - 40) as u16;
+    f[14 + 4..14 + 6].copy_from_slice(&plen.to_be_bytes());
+    f
+}
+
+/// `frame` (IPv6) with `n` more payload bytes, its payload length fixed.
+pub fn with_payload(mut f: Vec<u8>, n: usize) -> Vec<u8> {
+    f.resize(f.len() + n, 0xab);
+    let plen = (f.len() - 14 - 40) as u16;
+    f[14 + 4..14 + 6].copy_from_slice(&plen.to_be_bytes());
+    f
+}
+
+/// `frame` with VLAN tags (outermost first, by their TPIDs) after the MAC addresses.
+pub fn with_vlans(frame: &[u8], tpids: &[u16]) -> Vec<u8> {
+    let mut f = frame[..12].to_vec();
+    for (i, tpid) in tpids.iter().enumerate() {
+        f.extend_from_slice(&tpid.to_be_bytes());
+        f.extend_from_slice(&(100 + i as u16).to_be_bytes());
+    }
+    f.extend_from_slice(&frame[12..]);
+    f
+}
+
 /// An Ethernet + IPv6 frame with a TCP/UDP/ICMPv6 header.
 pub fn ipv6(src: &str, dst: &str, proto: u8, dport: u16, payload: usize) -> Vec<u8> {
     let src: Ipv6Addr = src.parse().expect("IPv6 source");

@@ -4,27 +4,12 @@
 //! veth, so `ingress` channels see what the client sends. Traffic is
 //! bounded in count and time and stays on 198.18.0.0/15.
 
-use std::{
-    path::PathBuf,
-    sync::Mutex,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use tc_tests::netns::{in_netns, iperf3, iperf3_background, udp_receive, udp_send, Agent, Pair};
-
-/// Traffic tests share two CPUs: run them one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn write_policy(name: &str, text: &str) -> PathBuf {
-    let p = std::env::temp_dir().join(format!("tc-test-{}-{name}.yaml", std::process::id()));
-    std::fs::write(&p, text).unwrap();
-    p
-}
+use tc_tests::netns::{
+    in_netns, iperf3, iperf3_background, serial, udp_receive, udp_send, write_policy, Agent, Pair,
+};
 
 /// Ethernet + IPv4 + UDP header bytes the datapath charges on top of the payload.
 const UDP_OVERHEAD: f64 = 14.0 + 20.0 + 8.0;

@@ -186,37 +186,147 @@ fn direction_selects_channels() {
 fn truncated_and_non_ip_pass_and_are_counted() {
     let mut f = Fixture::new(POLICY);
     let full = packet::ipv4("198.18.1.5", "198.18.2.10", TCP, 5432, 0);
-    // Cut inside the IPv4 header, and inside the TCP header. The kernel's
-    // skb test runner refuses IP frames shorter than their header, so the
-    // truncated frames go through the XDP entry point (same parser).
-    for cut in [14 + 10, 14 + 20 + 10] {
-        assert_eq!(f.run_xdp(&full[..cut], 1), XDP_PASS);
-    }
-    let v6 = packet::ipv6("2001:db8:1::5", "2001:db8:2::10", UDP, 53, 0);
-    assert_eq!(f.run_xdp(&v6[..14 + 40 + 4], 1), XDP_PASS);
+    // Cut inside the IPv4 header: no addresses, passed as malformed. The
+    // kernel's skb test runner refuses IP frames shorter than their header,
+    // so the truncated frames go through the XDP entry point (same parser).
+    assert_eq!(f.run_xdp(&full[..14 + 10], 1), XDP_PASS);
     // Bad IPv4 header length.
     let mut bad = full.clone();
     bad[14] = 0x43;
     assert_eq!(f.ingress(&bad), PASS);
     assert_eq!(f.ingress(&packet::arp()), PASS);
     let g = f.global();
-    assert_eq!(g.malformed_pkts, 4);
+    assert_eq!(g.malformed_pkts, 2);
     assert_eq!(g.non_ip_pkts, 1);
+    assert_eq!(g.no_ports_pkts, 0);
     assert_eq!(f.counters("web-to-db").matched_pkts, 0);
 }
 
 #[test]
-fn non_first_fragments_match_without_ports() {
+fn a_cut_transport_header_cannot_escape_a_port_channel() {
     let mut f = Fixture::new(POLICY);
-    // A TCP fragment from web to db cannot match the port-restricted channel;
-    // it falls through to web-any, and the fragment counter says so.
+    // A TCP header cut short hides the port: the packet still falls into
+    // the port-specific channel its addresses and protocol allow.
+    let full = packet::ipv4("198.18.1.5", "198.18.2.10", TCP, 9999, 0);
+    assert_eq!(f.run_xdp(&full[..14 + 20 + 10], 1), XDP_PASS);
+    let v6 = packet::ipv6("2001:db8:1::5", "2001:db8:2::10", TCP, 9999, 0);
+    assert_eq!(f.run_xdp(&v6[..14 + 40 + 4], 1), XDP_PASS);
+    assert_eq!(f.counters("web-to-db").matched_pkts, 2);
+    assert_eq!(f.global().no_ports_pkts, 2);
+    assert_eq!(f.global().malformed_pkts, 0);
+}
+
+#[test]
+fn an_orphan_fragment_cannot_escape_a_port_channel() {
+    let mut f = Fixture::new(POLICY);
+    // A later TCP fragment whose first fragment was never seen: no ports,
+    // so it is held by the first channel that could hold its datagram,
+    // the port-specific one, and counted as an orphan.
     assert_eq!(
         f.ingress(&packet::ipv4_fragment("198.18.1.5", "198.18.2.10", TCP)),
         PASS
     );
-    assert_eq!(f.counters("web-to-db").matched_pkts, 0);
-    assert_eq!(f.counters("web-any").matched_pkts, 1);
-    assert_eq!(f.global().fragment_pkts, 1);
+    assert_eq!(f.counters("web-to-db").matched_pkts, 1);
+    assert_eq!(f.counters("web-any").matched_pkts, 0);
+    let g = f.global();
+    assert_eq!(g.fragment_pkts, 1);
+    assert_eq!(g.fragment_orphan_pkts, 1);
+}
+
+const FRAG_POLICY: &str = r#"
+channels:
+  - name: udp-5201
+    from: [198.18.1.0/24, "2001:db8:1::/64"]
+    protocol: udp
+    ports: [5201]
+    limit: {bandwidth: 8kbit, burst: 64KiB}
+  - name: rest
+"#;
+
+/// Sends `datagrams` fragmented UDP datagrams to port 5201 (each a first
+/// fragment plus `later` later fragments of 1,480 bytes) and returns how
+/// many datagrams arrived whole and how many were cut.
+fn send_datagrams(f: &Fixture, v6: bool, datagrams: u32, later: u16) -> (u32, u32) {
+    let (mut whole, mut cut) = (0, 0);
+    for id in 0..datagrams {
+        let mut passed = 0;
+        for i in 0..=later {
+            let frame = if v6 {
+                packet::ipv6_fragment("2001:db8:1::5", "2001:db8:2::10", UDP, 5201, id, i * 1448)
+            } else {
+                packet::ipv4_fragment_of(
+                    "198.18.1.5",
+                    "198.18.2.10",
+                    UDP,
+                    5201,
+                    id as u16,
+                    i * 1480,
+                )
+            };
+            if f.ingress(&frame) == PASS {
+                passed += 1;
+            }
+        }
+        if passed == later + 1 {
+            whole += 1;
+        } else if passed != 0 {
+            cut += 1;
+        }
+    }
+    (whole, cut)
+}
+
+#[test]
+fn fragments_follow_their_first_fragment_whole() {
+    for v6 in [false, true] {
+        let mut f = Fixture::new(FRAG_POLICY);
+        // 40 datagrams of ~60 KB against a 64 KiB burst at 8 kbit/s. The
+        // first datagram fits; the second's first fragment still finds room
+        // in the burst, and its later fragments follow it into debt; every
+        // later datagram finds the bucket over and drops whole. Charged
+        // per fragment, a datagram costs its full size, not 1/41 of it.
+        let (whole, cut) = send_datagrams(&f, v6, 40, 40);
+        assert_eq!(cut, 0, "v6={v6}: a datagram was cut");
+        assert_eq!(whole, 2, "v6={v6}: only the burst passes");
+        let c = f.counters("udp-5201");
+        // Every fragment of every datagram was charged to the port channel.
+        assert_eq!(c.matched_pkts, 40 * 41, "v6={v6}");
+        assert_eq!(c.passed_pkts, 2 * 41, "v6={v6}");
+        assert_eq!(c.dropped_pkts, 38 * 41, "v6={v6}");
+        assert_eq!(f.counters("rest").matched_pkts, 0, "v6={v6}");
+        let g = f.global();
+        assert_eq!(g.fragment_pkts, 40 * 40, "v6={v6}");
+        assert_eq!(g.fragment_orphan_pkts, 0, "v6={v6}");
+    }
+}
+
+#[test]
+fn vlan_stacks_are_skipped() {
+    let mut f = Fixture::new(POLICY);
+    let frame = packet::ipv4("198.18.1.5", "198.18.2.10", TCP, 5432, 10);
+    for tags in [&[0x8100u16][..], &[0x88a8, 0x8100]] {
+        assert_eq!(f.ingress(&packet::with_vlans(&frame, tags)), PASS);
+    }
+    let v6 = packet::ipv6("2001:db8:1::5", "2001:db8:2::10", TCP, 5432, 10);
+    assert_eq!(f.ingress(&packet::with_vlans(&v6, &[0x88a8, 0x8100])), PASS);
+    assert_eq!(f.counters("web-to-db").matched_pkts, 3);
+}
+
+#[test]
+fn long_extension_chains_are_walked_or_held_conservatively() {
+    let mut f = Fixture::new(POLICY);
+    // Eight extension headers: the walk reaches the TCP header and its port.
+    let eight = packet::ipv6_ext_chain("2001:db8:1::5", "2001:db8:2::10", TCP, 8000, 8);
+    assert_eq!(f.ingress(&eight), PASS);
+    assert_eq!(f.counters("web-to-db").matched_pkts, 1);
+    // Past the walk, to a port no channel names: the packet cannot fall
+    // out of the port-specific channel its addresses allow.
+    let long = packet::ipv6_ext_chain("2001:db8:1::5", "2001:db8:2::10", TCP, 9999, 12);
+    assert_eq!(f.ingress(&long), PASS);
+    assert_eq!(f.run_xdp(&long, 1), XDP_PASS);
+    assert_eq!(f.counters("web-to-db").matched_pkts, 3);
+    assert_eq!(f.counters("web-any").matched_pkts, 0);
+    assert_eq!(f.global().no_ports_pkts, 2);
 }
 
 #[test]
@@ -551,6 +661,8 @@ fn loading_removes_maps_pinned_by_another_layout() {
     let dir =
         std::path::PathBuf::from(format!("/sys/fs/bpf/tc-test-layout-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
+    // A fresh machine may not have bpffs mounted yet; the agent mounts it.
+    tc_agent::datapath::sys::ensure_bpffs(&dir).unwrap();
     std::fs::create_dir_all(dir.join("maps-v1")).unwrap();
     std::fs::create_dir_all(dir.join("links")).unwrap();
     let loaded = Datapath::load(Some(&dir));

@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashMap};
 use ipnet::IpNet;
 use tc_common::{
     ChannelPolicy, ChannelSet, ACTION_DELAY, ACTION_DROP, ACTION_MARK, DIR_EGRESS, DIR_INGRESS,
-    MODE_ENFORCE, MODE_MONITOR,
+    L4_ANY_PORT, L4_UNKNOWN, MODE_ENFORCE, MODE_MONITOR,
 };
 
 use super::{Action, Channel, Direction, Mode, Policy};
@@ -220,7 +220,11 @@ pub fn port_prefixes(lo: u16, hi: u16) -> Vec<(u16, u8)> {
 
 /// Builds the direction/protocol/port trie: one entry per direction for
 /// any-protocol channels, one per protocol some channel names, and for TCP
-/// and UDP one set of port prefixes per elementary port interval.
+/// and UDP one set of port prefixes per elementary port interval. Beside
+/// them, the conservative entries for packets whose ports are hidden
+/// ([`L4_ANY_PORT`]: per protocol, every channel that accepts it on any
+/// port) or whose protocol is ([`L4_UNKNOWN`]: every channel of the
+/// direction).
 fn l4_table(channels: &[Channel]) -> Vec<L4Entry> {
     let mut out = Vec::new();
     for dir in [Direction::Ingress, Direction::Egress] {
@@ -229,6 +233,11 @@ fn l4_table(channels: &[Channel]) -> Vec<L4Entry> {
         if in_dir.is_empty() {
             continue;
         }
+        out.push(L4Entry {
+            bits: 8,
+            data: [d | L4_UNKNOWN, 0, 0, 0],
+            set: set_of(channels, |c| c.direction == dir),
+        });
         let matches = |c: &Channel, proto: Option<u8>, port: Option<u16>| {
             c.direction == dir
                 && match proto {
@@ -238,11 +247,13 @@ fn l4_table(channels: &[Channel]) -> Vec<L4Entry> {
         };
         let any = set_of(channels, |c| matches(c, None, None));
         if any != ChannelSet::EMPTY {
-            out.push(L4Entry {
-                bits: 8,
-                data: [d, 0, 0, 0],
-                set: any,
-            });
+            for flag in [0, L4_ANY_PORT] {
+                out.push(L4Entry {
+                    bits: 8,
+                    data: [d | flag, 0, 0, 0],
+                    set: any,
+                });
+            }
         }
         let mut protos: BTreeSet<u8> = BTreeSet::new();
         for c in &in_dir {
@@ -252,6 +263,12 @@ fn l4_table(channels: &[Channel]) -> Vec<L4Entry> {
             }
         }
         for &p in &protos {
+            let any_port = set_of(channels, |c| c.direction == dir && proto_matches(c, p));
+            out.push(L4Entry {
+                bits: 16,
+                data: [d | L4_ANY_PORT, p, 0, 0],
+                set: any_port,
+            });
             let set = set_of(channels, |c| matches(c, Some(p), None));
             if set != ChannelSet::EMPTY {
                 out.push(L4Entry {
