@@ -5,6 +5,8 @@
 //! belongs, a key with no value) are reported here with their field path;
 //! what the values mean is `validate`'s job.
 
+use std::collections::HashSet;
+
 use super::yaml::{Entry, Node, Value};
 
 /// One problem of shape: field path, line, message.
@@ -261,9 +263,10 @@ impl Reader {
             return Vec::new();
         };
         let mut out: Vec<RawSet> = Vec::new();
+        let mut seen = HashSet::new();
         for e in entries {
             let field = join("endpoints", &e.key);
-            if out.iter().any(|s| s.name == e.key) {
+            if !seen.insert(e.key.as_str()) {
                 self.duplicate(e.line, &field);
                 continue;
             }

@@ -405,11 +405,26 @@ fn fits(
     ok
 }
 
+/// The defined set names for "not defined" errors, the first few only.
+fn defined_sets(sets: &BTreeMap<String, Vec<IpNet>>) -> String {
+    const SHOWN: usize = 20;
+    if sets.is_empty() {
+        return "none".into();
+    }
+    let mut s: Vec<&str> = sets.keys().take(SHOWN).map(String::as_str).collect();
+    let more = format!("and {} more", sets.len().saturating_sub(SHOWN));
+    if sets.len() > SHOWN {
+        s.push(&more);
+    }
+    s.join(", ")
+}
+
 fn resolve(
     ck: &mut Checker<'_>,
     field: &str,
     raw: Option<RawEndpoints>,
     sets: &BTreeMap<String, Vec<IpNet>>,
+    defined: &str,
 ) -> Vec<IpNet> {
     let Some(raw) = raw else {
         return any_prefixes();
@@ -433,18 +448,12 @@ fn resolve(
                 Err(m) => ck.error(item.line, &f, m),
             }
         } else {
-            let defined: Vec<&str> = sets.keys().map(String::as_str).collect();
             ck.error(
                 item.line,
                 &f,
                 format!(
-                    "endpoint set `{}` is not defined under `endpoints` (defined: {})",
+                    "endpoint set `{}` is not defined under `endpoints` (defined: {defined})",
                     item.text,
-                    if defined.is_empty() {
-                        "none".to_string()
-                    } else {
-                        defined.join(", ")
-                    }
                 ),
             );
         }
@@ -609,6 +618,7 @@ fn check_channels(
     raw: Vec<RawChannel>,
     sets: &BTreeMap<String, Vec<IpNet>>,
 ) -> Vec<Channel> {
+    let defined = defined_sets(sets);
     let mut names = HashSet::new();
     let mut out = Vec::new();
     for (i, rc) in raw.into_iter().enumerate() {
@@ -674,8 +684,8 @@ fn check_channels(
             &rc.mode,
             &[("enforce", Mode::Enforce), ("monitor", Mode::Monitor)],
         );
-        let from = resolve(ck, &format!("{field}.from"), rc.from, sets);
-        let to = resolve(ck, &format!("{field}.to"), rc.to, sets);
+        let from = resolve(ck, &format!("{field}.from"), rc.from, sets, &defined);
+        let to = resolve(ck, &format!("{field}.to"), rc.to, sets, &defined);
         let ports = match rc.ports {
             None => Vec::new(),
             Some(p) => {
