@@ -1,6 +1,9 @@
 //! Policy parsing, validation, shadow detection and compilation.
 
-use std::net::IpAddr;
+use std::{
+    net::IpAddr,
+    time::{Duration, Instant},
+};
 
 use tc_common::ChannelSet;
 
@@ -62,8 +65,40 @@ fn parses_the_documented_example() {
 }
 
 #[test]
-fn empty_file_is_an_empty_policy() {
-    assert!(Policy::parse("", "p.yaml").unwrap().channels.is_empty());
+fn empty_and_truncated_files_are_errors() {
+    for text in ["", "\n\n", "# only a comment\n", "---\n", "...\n", "~\n"] {
+        let e = errors(text);
+        assert_eq!(e.len(), 1, "{text:?}: {e:?}");
+        assert!(
+            e[0].starts_with("p.yaml: the file holds no policy") && e[0].contains("`channels: []`"),
+            "{text:?}: {e:?}"
+        );
+    }
+    // GOOD cut at a few places: each is an error, never a smaller policy.
+    let cut_after = |s: &str| &GOOD[..GOOD.find(s).unwrap() + s.len()];
+    for (cut, expect) in [
+        ("endpoints:", "p.yaml:2: endpoints: has no value"),
+        ("2001:db8", "p.yaml:3:"),
+        ("db:  [198.18.2.10/32]\n", "p.yaml:2: channels: missing"),
+        (
+            "channels:",
+            "p.yaml:5: channels: has no value; a policy without channels says `channels: []`",
+        ),
+        ("from:", "p.yaml:7: channels[0].from: has no value"),
+        ("limit:", "p.yaml:12: channels[0].limit: has no value"),
+        ("bandw", "p.yaml:13: channels[0].limit: expected a map"),
+    ] {
+        let e = errors(cut_after(cut));
+        assert!(e[0].starts_with(expect), "cut after {cut:?}: {e:?}");
+    }
+}
+
+#[test]
+fn an_empty_policy_says_so() {
+    for text in ["channels: []\n", "endpoints: {}\nchannels: []\n"] {
+        let p = Policy::parse(text, "p.yaml").unwrap();
+        assert!(p.channels.is_empty() && p.warnings.is_empty());
+    }
 }
 
 #[test]
@@ -77,7 +112,7 @@ fn unknown_keys_name_line_and_field() {
 
 #[test]
 fn bad_cidrs_and_host_bits() {
-    let e = errors("endpoints:\n  a: [198.18.1.1/24, 300.1.1.1/8]\n");
+    let e = errors("endpoints:\n  a: [198.18.1.1/24, 300.1.1.1/8]\nchannels: []\n");
     assert_eq!(e.len(), 2, "{e:?}");
     assert!(e[0].contains("p.yaml:2: endpoints.a[0]"), "{e:?}");
     assert!(e[0].contains("did you mean `198.18.1.0/24`"), "{e:?}");
@@ -414,4 +449,233 @@ fn scale_1024_channels_and_65536_prefixes_compile() {
     assert_eq!(c.src_v4.len(), 65_536);
     assert_eq!(c.policies.len(), 1024);
     assert_eq!(c.words, 16);
+}
+
+/// Runs `f`, and checks it took less than `release` (more under a debug build).
+fn quickly<T>(what: &str, release: Duration, f: impl FnOnce() -> T) -> T {
+    let start = Instant::now();
+    let out = f();
+    let took = start.elapsed();
+    eprintln!("{what}: {took:?}");
+    let bound = if cfg!(debug_assertions) {
+        release * 30
+    } else {
+        release
+    };
+    assert!(took < bound, "{what} took {took:?}, bound {bound:?}");
+    out
+}
+
+/// The single error `text` gets, within `release` time.
+fn refused_quickly(what: &str, text: &str, release: Duration) -> String {
+    let e = quickly(what, release, || errors(text));
+    assert_eq!(e.len(), 1, "{what}: {e:?}");
+    e.into_iter().next().unwrap()
+}
+
+#[test]
+fn nesting_50000_deep_is_refused_quickly() {
+    let flow = format!("channels: {}{}\n", "[".repeat(50_000), "]".repeat(50_000));
+    let e = refused_quickly("flow nesting", &flow, Duration::from_millis(200));
+    assert!(
+        e.starts_with("p.yaml:1: nested deeper than 16 levels"),
+        "{e}"
+    );
+    // Block style: compact nested sequences, `- - - ... x`.
+    let block = format!("channels:\n{}x\n", "- ".repeat(50_000));
+    let e = refused_quickly("block nesting", &block, Duration::from_millis(200));
+    assert!(
+        e.starts_with("p.yaml:2: nested deeper than 16 levels"),
+        "{e}"
+    );
+    // And a map nested in the ordinary indented way.
+    let mut indented = String::from("channels:\n");
+    for i in 0..1000 {
+        indented.push_str(&format!("{}- a:\n", "  ".repeat(i)));
+    }
+    let e = refused_quickly("indented nesting", &indented, Duration::from_millis(200));
+    assert!(e.contains(": nested deeper than 16 levels"), "{e}");
+}
+
+#[test]
+fn billion_laughs_is_refused_quickly() {
+    let mut text = String::from("endpoints:\n  l0: &l0 [198.18.0.0/32, 198.18.0.1/32]\n");
+    for i in 1..=30 {
+        text.push_str(&format!(
+            "  l{i}: &l{i} [{}]\n",
+            vec![format!("*l{}", i - 1); 9].join(", ")
+        ));
+    }
+    text.push_str("channels:\n  - {name: a, from: l30}\n");
+    let e = refused_quickly("billion laughs", &text, Duration::from_millis(200));
+    assert!(
+        e.contains(": aliases (`*name`) would expand to more than 262144 values"),
+        "{e}"
+    );
+}
+
+/// `endpoints: {big: [65,536 prefixes]}`, and 1,024 channels naming it, by
+/// YAML alias (`*big`) or by set name (`big`).
+fn alias_bomb(by_alias: bool) -> String {
+    let mut text = String::from("endpoints:\n  big: &big [");
+    for n in 0..65_536u32 {
+        text.push_str(&format!(
+            "198.{}.{}.{}/32,",
+            18 + (n >> 16),
+            (n >> 8) & 0xff,
+            n & 0xff
+        ));
+    }
+    text.push_str("]\nchannels:\n");
+    for i in 0..1024 {
+        let from = if by_alias { "*big" } else { "big" };
+        text.push_str(&format!("  - {{name: c{i}, from: {from}}}\n"));
+    }
+    text
+}
+
+#[test]
+fn alias_bomb_of_1024_channels_by_65536_prefixes_is_refused_quickly() {
+    let e = refused_quickly("alias bomb", &alias_bomb(true), Duration::from_millis(500));
+    assert!(
+        e.contains(": aliases (`*name`) would expand to more than 262144 values"),
+        "{e}"
+    );
+    // The same through the set's name: counted before it is copied into
+    // 1,024 channels, and refused.
+    let e = refused_quickly("set bomb", &alias_bomb(false), Duration::from_millis(500));
+    assert!(
+        e.starts_with("p.yaml:3: channels: 67108864 source prefixes counting each channel's copy"),
+        "{e}"
+    );
+}
+
+#[test]
+fn files_over_16_mib_are_refused_quickly() {
+    let mut text = String::from("channels: []\n");
+    while text.len() <= MAX_FILE_BYTES {
+        text.push_str("# padding padding padding padding padding padding padding padding\n");
+    }
+    let e = refused_quickly("16 MiB", &text, Duration::from_millis(50));
+    assert!(e.contains("at most 16777216 bytes (16 MiB)"), "{e}");
+    // Through `load` too, without reading the file whole.
+    let path = std::env::temp_dir().join(format!("tc-agent-big-{}.yaml", std::process::id()));
+    std::fs::write(&path, &text).unwrap();
+    let e = Policy::load(&path).unwrap_err().to_string();
+    std::fs::remove_file(&path).unwrap();
+    assert!(e.contains("larger than 16777216 bytes"), "{e}");
+}
+
+#[test]
+fn anchors_still_share_values() {
+    let p = Policy::parse(
+        "endpoints:\n  web: &web [198.18.1.0/24]\nchannels:\n  - name: a\n    to: *web\n    protocol: tcp\n    limit: &std {bandwidth: 10Mbit}\n  - name: b\n    protocol: udp\n    limit: *std\n",
+        "p.yaml",
+    )
+    .unwrap();
+    assert_eq!(p.channels[0].to, vec!["198.18.1.0/24".parse().unwrap()]);
+    assert_eq!(p.channels[1].limit, p.channels[0].limit);
+}
+
+#[test]
+fn set_names_must_not_look_like_addresses() {
+    let e = errors(
+        "endpoints:\n  10.0.0.1: [198.18.0.0/24]\n  \"2001:db8::\": [198.18.1.0/24]\n  198.18.0.0/15: [198.18.2.0/24]\n  1.2.3: [198.18.3.0/24]\n  v1.2: [198.18.4.0/24]\nchannels: []\n",
+    );
+    assert_eq!(e.len(), 4, "{e:?}");
+    for (i, name) in ["10.0.0.1", "2001:db8::", "198.18.0.0/15", "1.2.3"]
+        .iter()
+        .enumerate()
+    {
+        assert!(
+            e[i].starts_with(&format!(
+                "p.yaml:{}: endpoints.{name}: `{name}` looks like an address",
+                i + 2
+            )),
+            "{e:?}"
+        );
+    }
+}
+
+#[test]
+fn keys_with_no_value_and_wrong_shapes_are_errors() {
+    let e = errors("channels:\n  - name: a\n    to:\n    ports: 80\n  - [b]\n");
+    assert_eq!(
+        e,
+        vec![
+            "p.yaml:3: channels[0].to: has no value; give one, or remove the key for the default",
+            "p.yaml:4: channels[0].ports: expected a list, found a single value",
+            "p.yaml:5: channels[1]: expected a map of `name`, `from`, `to`, `protocol`, `ports`, `direction`, `limit`, `action`, `horizon`, `mode`, found a list",
+        ]
+    );
+    let e = errors("channels:\n  - name: a\n    name: b\n    protocol: sctp\n");
+    assert_eq!(e, vec!["p.yaml:3: channels[0].name: defined twice; each key may appear once (rename one, or merge the lists)"]);
+    let e = errors("channels:\n  - name: a\n    protocol: sctp\n");
+    assert_eq!(
+        e,
+        vec!["p.yaml:3: channels[0].protocol: `sctp` is not one of `tcp`, `udp`, `icmp`, `any`"]
+    );
+}
+
+/// 1,024 channels of 64 /32s each (65,536 distinct source prefixes), or
+/// 1,024 channels all naming one 64-prefix set: every pair of channels has
+/// covering addresses, the worst case for comparing prefixes pairwise.
+fn wide_policy(shared: bool) -> String {
+    let mut text = String::from("endpoints:\n  shared: [");
+    for n in 0..64 {
+        text.push_str(&format!("198.18.0.{n}/32,"));
+    }
+    text.push_str("]\nchannels:\n");
+    for i in 0..1024u32 {
+        text.push_str(&format!("  - name: ch{i}\n    from: "));
+        if shared {
+            text.push_str("shared");
+        } else {
+            text.push('[');
+            for j in 0..64u32 {
+                let n = i * 64 + j;
+                text.push_str(&format!(
+                    "\"198.{}.{}.{}/32\",",
+                    18 + (n >> 16),
+                    (n >> 8) & 0xff,
+                    n & 0xff
+                ));
+            }
+            text.push(']');
+        }
+        text.push_str(&format!("\n    protocol: udp\n    ports: [{}]\n", 1000 + i));
+    }
+    text
+}
+
+#[test]
+fn validating_1024_channels_and_65536_prefixes_is_fast() {
+    for shared in [false, true] {
+        let text = wide_policy(shared);
+        let p = quickly("1,024 channels", Duration::from_secs(1), || {
+            Policy::parse(&text, "big").unwrap()
+        });
+        assert_eq!(p.channels.len(), 1024);
+        assert!(p.warnings.is_empty(), "{:?}", &p.warnings[..1]);
+    }
+    // One channel more is refused before any channel is checked.
+    let mut text = wide_policy(true);
+    text.push_str("  - name: late\n    from: [198.18.0.7/32]\n");
+    let e = errors(&text);
+    assert_eq!(
+        e,
+        vec!["p.yaml:3: channels: 1025 channels; at most 1024 fit in the datapath"]
+    );
+    // Shadowing is still found at that size: the last channel, which the
+    // first matches entirely.
+    let text = wide_policy(true).replace("ports: [2023]", "ports: [1000]");
+    let p = Policy::parse(&text, "big").unwrap();
+    assert_eq!(p.warnings.len(), 1);
+    assert!(
+        p.warnings[0]
+            .to_string()
+            .contains("channels[1023]: channel `ch1023` can never match: `ch0` comes first"),
+        "{}",
+        p.warnings[0]
+    );
 }

@@ -1,0 +1,114 @@
+//! The validated policy: what the rest of the agent works with. Everything
+//! here has passed validation and has its defaults filled in; the agent
+//! saves [`Policy`] as JSON in its state directory.
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use super::diagnostic::Diagnostic;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    /// ICMP for IPv4, ICMPv6 for IPv6.
+    Icmp,
+    #[default]
+    Any,
+}
+
+impl Protocol {
+    /// IP protocol numbers this matches; `None` = every protocol.
+    pub fn numbers(self) -> Option<&'static [u8]> {
+        match self {
+            Protocol::Tcp => Some(&[6]),
+            Protocol::Udp => Some(&[17]),
+            Protocol::Icmp => Some(&[1, 58]),
+            Protocol::Any => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Packets arriving on the node's interfaces (tc ingress, or XDP).
+    #[default]
+    Ingress,
+    /// Packets leaving the node's interfaces (tc egress).
+    Egress,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    #[default]
+    Drop,
+    Delay,
+    Mark,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Monitor,
+}
+
+/// A channel's limits after validation, with defaults filled in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Limit {
+    /// Bits per second; `None` = no bandwidth limit.
+    pub bandwidth_bps: Option<u64>,
+    /// Byte bucket depth; meaningful only with a bandwidth.
+    pub burst_bytes: u64,
+    /// Packets per second; `None` = no packet-rate limit.
+    pub packets: Option<u64>,
+    /// Packet bucket depth; meaningful only with a packet rate.
+    pub packet_burst: u64,
+}
+
+impl Limit {
+    pub fn is_unlimited(&self) -> bool {
+        self.bandwidth_bps.is_none() && self.packets.is_none()
+    }
+}
+
+/// A validated channel: who talks to whom, and how much.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Channel {
+    /// Unique name, the key the operator and the counters use.
+    pub name: String,
+    /// Source prefixes, sorted and deduplicated; `0.0.0.0/0` + `::/0` when
+    /// the file says nothing.
+    pub from: Vec<IpNet>,
+    /// Destination prefixes; likewise.
+    pub to: Vec<IpNet>,
+    /// Which IP protocols the channel matches.
+    pub protocol: Protocol,
+    /// Destination port ranges, inclusive, sorted; empty = any port.
+    pub ports: Vec<(u16, u16)>,
+    /// Which hook sees the channel's packets.
+    pub direction: Direction,
+    /// How much traffic the channel lets through.
+    pub limit: Limit,
+    /// What happens to traffic over the limit.
+    pub action: Action,
+    /// `delay` only: a packet that would wait longer is dropped (bounds queueing delay).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub horizon_ns: Option<u64>,
+    /// Whether over-limit traffic is acted on or only counted.
+    pub mode: Mode,
+}
+
+/// A validated policy, ready to compile.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    /// Channels in file order: the first match wins.
+    pub channels: Vec<Channel>,
+    /// Non-fatal findings, such as shadowed channels.
+    #[serde(skip)]
+    pub warnings: Vec<Diagnostic>,
+}

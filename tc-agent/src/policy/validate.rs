@@ -1,0 +1,763 @@
+//! From the file as written to a [`Policy`]: every rule a policy is held to,
+//! every error with file, line and field.
+//!
+//! [`Policy::parse`] reads the text (`yaml`), checks its shape (`raw`), then
+//! the meaning of each value here, and finally looks for shadowed channels
+//! (`shadow`). Sizes are counted before anything is expanded: the number of
+//! channels before any channel is read, and the prefixes per side and family
+//! before endpoint sets are copied into channels.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    io::Read,
+    net::IpAddr,
+    path::Path,
+};
+
+use ipnet::IpNet;
+
+use super::{
+    diagnostic::{Diagnostic, PolicyError},
+    model::{Action, Channel, Direction, Limit, Mode, Policy, Protocol},
+    raw::{self, RawChannel, RawEndpoints, RawLimit, RawPolicy, RawSet, Text, TextList},
+    shadow, units, yaml,
+};
+
+/// A GSO super-packet is charged whole, so a burst smaller than the largest
+/// one (64 KiB without BIG TCP) would refuse it forever.
+pub const MIN_BURST_BYTES: u64 = 64 * 1024;
+/// Burst ceiling: past this a "limit" no longer limits anything in practice.
+pub const MAX_BURST_BYTES: u64 = 1 << 30;
+/// Default byte burst: this much time at the channel's rate. A policer
+/// cannot give TCP an operating point on a low-RTT path (even one segment
+/// per RTT exceeds most limits), so TCP meets it with losses, some of them
+/// lost retransmissions that end in a 200 ms retransmission timeout. A
+/// bucket that holds more than one timeout's worth of tokens keeps the
+/// channel's long-run rate through those stalls (measured on veth: TCP goodput
+/// at the TCP ceiling of the limit from 10 Mbit/s to 1 Gbit/s, against 0.64 with 50 ms).
+pub const DEFAULT_BURST_MS: u64 = 250;
+/// ...and never less than this, comfortably above one 64 KiB GSO super-packet.
+pub const DEFAULT_MIN_BURST_BYTES: u64 = 256 * 1024;
+/// Default `horizon` of a `delay` channel.
+pub const DEFAULT_HORIZON: &str = "50ms";
+/// Shortest `horizon`: below this, timer slack alone would drop packets.
+pub const MIN_HORIZON_NS: u64 = 1_000_000;
+/// Longest `horizon`: past this a queue is a buffer, not a delay.
+pub const MAX_HORIZON_NS: u64 = 10_000_000_000;
+/// A GSO super-packet counts as up to ~45 segments; the packet burst must hold one.
+pub const MIN_PACKET_BURST: u64 = 64;
+/// Packet-rate ceiling.
+pub const MAX_PACKETS: u64 = 100_000_000;
+/// Default packet burst: this much time at the channel's packet rate, at least [`MIN_PACKET_BURST`].
+pub const DEFAULT_PACKET_BURST_MS: u64 = 20;
+/// Distinct prefixes per side (`from`, `to`) and family: what one
+/// generation of an address trie holds.
+pub const MAX_PREFIXES: usize = 65_536;
+/// Prefixes per side and family counting each channel's copy of the sets it
+/// names: bounds the memory of the validated policy (and of its saved
+/// state), so that a large set can be shared by a few channels, not by all
+/// 1,024.
+pub const MAX_PREFIX_COPIES: usize = 4 * MAX_PREFIXES;
+/// Port ranges in all channels together: what one generation of the
+/// protocol/port trie holds at best.
+pub const MAX_PORT_RANGES: usize = super::compile::MAX_L4_ENTRIES;
+/// Errors reported for one file; past this, only their count.
+pub const MAX_ERRORS: usize = 100;
+
+impl Policy {
+    /// Reads and validates a policy file.
+    pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+        let label = path.display().to_string();
+        let cannot = |e: std::io::Error| {
+            PolicyError::whole_file(&label, None, format!("cannot read the file: {e}"))
+        };
+        // Reads one byte past the cap, so a larger file is refused without
+        // being read whole.
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .map_err(cannot)?
+            .take(yaml::MAX_FILE_BYTES as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(cannot)?;
+        if bytes.len() > yaml::MAX_FILE_BYTES {
+            return Err(PolicyError::whole_file(
+                &label,
+                None,
+                format!(
+                    "the file is larger than {} bytes (16 MiB), the most a policy file may hold",
+                    yaml::MAX_FILE_BYTES
+                ),
+            ));
+        }
+        let text = String::from_utf8(bytes).map_err(|e| {
+            PolicyError::whole_file(&label, None, format!("the file is not UTF-8 text: {e}"))
+        })?;
+        Self::parse(&text, &label)
+    }
+
+    /// Validates policy text; `file` names it in diagnostics.
+    pub fn parse(text: &str, file: &str) -> Result<Policy, PolicyError> {
+        let root = yaml::parse(text)
+            .map_err(|e| PolicyError::whole_file(file, e.line, e.message))?
+            .ok_or_else(|| {
+                PolicyError::whole_file(
+                    file,
+                    None,
+                    "the file holds no policy (it is empty, or only comments); a policy without channels says `channels: []`".into(),
+                )
+            })?;
+        let mut ck = Checker {
+            file,
+            errors: Vec::new(),
+            dropped: 0,
+            warnings: Vec::new(),
+        };
+        let (raw, problems) = raw::read(&root);
+        // A file of the wrong shape would mostly produce follow-on errors
+        // (an unknown `bandwith` would also be a limit without a rate): the
+        // shape is reported alone.
+        if !problems.is_empty() {
+            for p in problems {
+                ck.error(p.line, &p.field, p.message);
+            }
+            return Err(ck.into_error());
+        }
+        let channels = check_policy(&mut ck, raw);
+        if ck.errors.is_empty() {
+            for w in shadow::shadowed(&channels.0) {
+                let line = channels.1.get(w.channel).copied();
+                ck.warnings.push(ck.diag(
+                    line,
+                    &format!("channels[{}]", w.channel),
+                    format!(
+                        "channel `{}` can never match: `{}` comes first and matches all of its traffic",
+                        channels.0[w.channel].name, channels.0[w.by].name
+                    ),
+                ));
+            }
+        }
+        if !ck.errors.is_empty() {
+            return Err(ck.into_error());
+        }
+        Ok(Policy {
+            channels: channels.0,
+            warnings: ck.warnings,
+        })
+    }
+}
+
+/// Collects diagnostics.
+struct Checker<'a> {
+    /// The file as the operator named it, for every diagnostic.
+    file: &'a str,
+    /// Errors in file order, at most [`MAX_ERRORS`].
+    errors: Vec<Diagnostic>,
+    /// Errors found past [`MAX_ERRORS`], counted only.
+    dropped: usize,
+    /// Non-fatal findings.
+    warnings: Vec<Diagnostic>,
+}
+
+impl Checker<'_> {
+    fn diag(&self, line: Option<usize>, field: &str, message: String) -> Diagnostic {
+        Diagnostic {
+            file: self.file.to_string(),
+            line,
+            field: field.to_string(),
+            message,
+        }
+    }
+
+    fn error(&mut self, line: usize, field: &str, message: impl Into<String>) {
+        if self.errors.len() < MAX_ERRORS {
+            let d = self.diag(Some(line), field, message.into());
+            self.errors.push(d);
+        } else {
+            self.dropped += 1;
+        }
+    }
+
+    fn into_error(mut self) -> PolicyError {
+        if self.dropped > 0 {
+            let d = self.diag(
+                None,
+                "",
+                format!("... and {} more errors not shown", self.dropped),
+            );
+            self.errors.push(d);
+        }
+        PolicyError {
+            errors: self.errors,
+        }
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// Whether a set name would read as an address: `from: 10.0.0.1` must not
+/// depend on whether a set of that name exists.
+fn looks_like_address(name: &str) -> bool {
+    name.parse::<IpAddr>().is_ok()
+        || name.parse::<IpNet>().is_ok()
+        || (name.contains('.') && name.chars().all(|c| c.is_ascii_digit() || c == '.'))
+}
+
+/// Parses `198.18.1.0/24`, `2001:db8::/64`, or a bare address (a host prefix).
+fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    let net: IpNet = match s.parse::<IpNet>() {
+        Ok(n) => n,
+        Err(_) => match s.parse::<IpAddr>() {
+            Ok(a) => IpNet::from(a),
+            Err(_) => {
+                return Err(format!(
+                    "`{s}` is not a CIDR; write e.g. `198.18.1.0/24` or `2001:db8:1::/64`"
+                ))
+            }
+        },
+    };
+    if net.trunc() != net {
+        return Err(format!(
+            "`{s}` has host bits set; did you mean `{}`?",
+            net.trunc()
+        ));
+    }
+    Ok(net)
+}
+
+fn any_prefixes() -> Vec<IpNet> {
+    vec![
+        "0.0.0.0/0".parse().expect("valid"),
+        "::/0".parse().expect("valid"),
+    ]
+}
+
+/// Checks everything but shadowing; returns the channels and the line of each.
+fn check_policy(ck: &mut Checker<'_>, raw: RawPolicy) -> (Vec<Channel>, Vec<usize>) {
+    let sets = check_endpoints(ck, &raw.endpoints);
+    let Some((line, channels)) = raw.channels else {
+        ck.error(
+            raw.line,
+            "channels",
+            "missing: every policy lists its channels; a policy without channels says `channels: []`",
+        );
+        return (Vec::new(), Vec::new());
+    };
+    if !fits(ck, line, &channels, &sets) {
+        return (Vec::new(), Vec::new());
+    }
+    let lines = channels.iter().map(|c| c.line).collect();
+    (check_channels(ck, channels, &sets), lines)
+}
+
+fn check_endpoints(ck: &mut Checker<'_>, raw: &[RawSet]) -> BTreeMap<String, Vec<IpNet>> {
+    let mut sets = BTreeMap::new();
+    for set in raw {
+        let name = &set.name;
+        let field = format!("endpoints.{name}");
+        if looks_like_address(name) {
+            ck.error(
+                set.line,
+                &field,
+                format!("`{name}` looks like an address; a set name must not, or `from: {name}` would be ambiguous: use letters, e.g. `net-{name}`"),
+            );
+        } else if !valid_name(name) {
+            ck.error(
+                set.line,
+                &field,
+                format!(
+                    "`{name}` is not a valid set name: use 1-63 letters, digits, `-`, `_` or `.`"
+                ),
+            );
+        }
+        if set.cidrs.is_empty() {
+            ck.error(set.line, &field, "an endpoint set needs at least one CIDR");
+        }
+        let mut nets = Vec::new();
+        for (i, c) in set.cidrs.iter().enumerate() {
+            match parse_cidr(&c.text) {
+                Ok(n) => nets.push(n),
+                Err(m) => ck.error(c.line, &format!("{field}[{i}]"), m),
+            }
+        }
+        nets.sort();
+        nets.dedup();
+        sets.insert(name.clone(), nets);
+    }
+    sets
+}
+
+/// The items of `from` / `to` with their field paths.
+fn endpoint_items<'r>(field: &str, raw: &'r RawEndpoints) -> Vec<(String, &'r Text)> {
+    match raw {
+        RawEndpoints::One(t) => vec![(field.to_string(), t)],
+        RawEndpoints::Many(l) => l
+            .items
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (format!("{field}[{i}]"), t))
+            .collect(),
+    }
+}
+
+/// Counts the prefixes of each side and family, distinct and with each
+/// channel's copy of its sets, and the port ranges, before any set is
+/// copied into a channel: a policy that names a 65,536-prefix set in 1,024
+/// channels is refused here, not expanded.
+fn fits(
+    ck: &mut Checker<'_>,
+    line: usize,
+    channels: &[RawChannel],
+    sets: &BTreeMap<String, Vec<IpNet>>,
+) -> bool {
+    /// Prefix counts of one side and family.
+    #[derive(Default)]
+    struct Count<'s> {
+        /// Each channel's copy counted.
+        copies: usize,
+        /// Distinct prefixes named directly.
+        inline: HashSet<IpNet>,
+        /// Sets named at least once (their prefixes count once).
+        sets: HashSet<&'s str>,
+    }
+    let family = |n: &IpNet| usize::from(matches!(n, IpNet::V6(_)));
+    let per_family: HashMap<&str, [usize; 2]> = sets
+        .iter()
+        .map(|(name, nets)| {
+            let mut c = [0, 0];
+            for n in nets {
+                c[family(n)] += 1;
+            }
+            (name.as_str(), c)
+        })
+        .collect();
+    let mut counts: [Count<'_>; 2] = Default::default();
+    let mut port_ranges = 0usize;
+    for c in channels {
+        for (side, raw) in [(0, &c.from), (1, &c.to)] {
+            let Some(raw) = raw else { continue };
+            let count = &mut counts[side];
+            for (_, t) in endpoint_items("", raw) {
+                if let Some((name, c)) = per_family.get_key_value(t.text.as_str()) {
+                    count.copies += c[0] + c[1];
+                    count.sets.insert(name);
+                } else if let Ok(n) = parse_cidr(&t.text) {
+                    count.copies += 1;
+                    count.inline.insert(n);
+                }
+            }
+        }
+        port_ranges += c.ports.as_ref().map_or(0, |p| p.items.len());
+    }
+    let mut ok = true;
+    for (side, count) in ["source", "destination"].iter().zip(&counts) {
+        let mut distinct: [HashSet<&IpNet>; 2] = Default::default();
+        for n in count
+            .sets
+            .iter()
+            .flat_map(|s| &sets[*s])
+            .chain(&count.inline)
+        {
+            distinct[family(n)].insert(n);
+        }
+        for (fam, d) in ["IPv4", "IPv6"].iter().zip(&distinct) {
+            if d.len() > MAX_PREFIXES {
+                ck.error(
+                    line,
+                    "channels",
+                    format!(
+                        "{} distinct {side} {fam} prefixes; the datapath holds at most {MAX_PREFIXES} per side and family",
+                        d.len()
+                    ),
+                );
+                ok = false;
+            }
+        }
+        // Copies are counted for both families together: the bound is on
+        // memory, and the sum bounds each family too.
+        if count.copies > MAX_PREFIX_COPIES {
+            ck.error(
+                line,
+                "channels",
+                format!(
+                    "{} {side} prefixes counting each channel's copy of the sets it names; at most {MAX_PREFIX_COPIES}: share a large set among fewer channels",
+                    count.copies
+                ),
+            );
+            ok = false;
+        }
+    }
+    if port_ranges > MAX_PORT_RANGES {
+        ck.error(
+            line,
+            "channels",
+            format!(
+                "{port_ranges} port ranges in all; the datapath holds at most {MAX_PORT_RANGES}"
+            ),
+        );
+        ok = false;
+    }
+    ok
+}
+
+/// The defined set names for "not defined" errors, the first few only.
+fn defined_sets(sets: &BTreeMap<String, Vec<IpNet>>) -> String {
+    const SHOWN: usize = 20;
+    if sets.is_empty() {
+        return "none".into();
+    }
+    let mut s: Vec<&str> = sets.keys().take(SHOWN).map(String::as_str).collect();
+    let more = format!("and {} more", sets.len().saturating_sub(SHOWN));
+    if sets.len() > SHOWN {
+        s.push(&more);
+    }
+    s.join(", ")
+}
+
+fn resolve(
+    ck: &mut Checker<'_>,
+    field: &str,
+    raw: Option<RawEndpoints>,
+    sets: &BTreeMap<String, Vec<IpNet>>,
+    defined: &str,
+) -> Vec<IpNet> {
+    let Some(raw) = raw else {
+        return any_prefixes();
+    };
+    if let RawEndpoints::Many(l) = &raw {
+        if l.items.is_empty() {
+            ck.error(
+                l.line,
+                field,
+                "an empty list matches nothing; omit the field to match any address",
+            );
+        }
+    }
+    let mut out = Vec::new();
+    for (f, item) in endpoint_items(field, &raw) {
+        if let Some(set) = sets.get(&item.text) {
+            out.extend_from_slice(set);
+        } else if item.text.contains('/') || item.text.parse::<IpAddr>().is_ok() {
+            match parse_cidr(&item.text) {
+                Ok(n) => out.push(n),
+                Err(m) => ck.error(item.line, &f, m),
+            }
+        } else {
+            ck.error(
+                item.line,
+                &f,
+                format!(
+                    "endpoint set `{}` is not defined under `endpoints` (defined: {defined})",
+                    item.text,
+                ),
+            );
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn check_ports(ck: &mut Checker<'_>, field: &str, raw: TextList) -> Vec<(u16, u16)> {
+    if raw.items.is_empty() {
+        ck.error(
+            raw.line,
+            field,
+            "an empty port list matches nothing; omit `ports` to match any port",
+        );
+    }
+    let mut out = Vec::new();
+    for (i, p) in raw.items.into_iter().enumerate() {
+        let f = format!("{field}[{i}]");
+        let s = p.text.as_str();
+        let bad = || {
+            format!("`{s}` is not a port or range; write e.g. `5432` or `\"8000-8100\"` (1-65535)")
+        };
+        let port = |s: &str| -> Option<u16> { s.trim().parse::<u16>().ok().filter(|p| *p != 0) };
+        let range = match s.split_once('-').filter(|(a, _)| !a.is_empty()) {
+            Some((a, b)) => port(a).zip(port(b)),
+            None => port(s).map(|p| (p, p)),
+        }
+        .ok_or_else(bad)
+        .and_then(|(a, b)| {
+            if a <= b {
+                Ok((a, b))
+            } else {
+                Err(format!("`{s}`: the range runs backwards; write `{b}-{a}`"))
+            }
+        });
+        match range {
+            Ok(r) => out.push(r),
+            Err(m) => ck.error(p.line, &f, m),
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A whole number, for `packets` and `packet_burst`.
+fn number(ck: &mut Checker<'_>, field: &str, t: &Text) -> Option<i64> {
+    let n = t.text.trim().parse::<i64>().ok();
+    if n.is_none() {
+        ck.error(t.line, field, format!("`{}` is not a whole number", t.text));
+    }
+    n
+}
+
+/// `delay` paces instead of passing bursts: its default burst is the
+/// smallest that never holds a GSO super-packet back for being large.
+fn check_limit(ck: &mut Checker<'_>, field: &str, raw: Option<RawLimit>, pacing: bool) -> Limit {
+    let Some(raw) = raw else {
+        return Limit::default();
+    };
+    let mut limit = Limit::default();
+    if raw.bandwidth.is_none() && raw.packets.is_none() {
+        ck.error(raw.line, field, "a limit needs `bandwidth`, `packets`, or both; omit `limit` for an unlimited (counting-only) channel");
+    }
+    if let Some(bw) = &raw.bandwidth {
+        match units::parse_rate(&bw.text) {
+            Ok(bps) => limit.bandwidth_bps = Some(bps),
+            Err(m) => ck.error(bw.line, &format!("{field}.bandwidth"), m),
+        }
+    }
+    if let Some(bps) = limit.bandwidth_bps {
+        limit.burst_bytes = if pacing {
+            MIN_BURST_BYTES
+        } else {
+            (bps / 8 * DEFAULT_BURST_MS / 1000).max(DEFAULT_MIN_BURST_BYTES)
+        };
+    }
+    if let Some(burst) = &raw.burst {
+        let f = format!("{field}.burst");
+        let parsed = match burst.text.trim().parse::<u64>() {
+            Ok(n) => Ok(n),
+            Err(_) => units::parse_size(&burst.text),
+        };
+        match parsed {
+            Err(m) => ck.error(burst.line, &f, m),
+            Ok(_) if raw.bandwidth.is_none() => {
+                ck.error(burst.line, &f, "`burst` sizes the bandwidth bucket; set `bandwidth` too (or use `packet_burst` with `packets`)")
+            }
+            Ok(b) if !(MIN_BURST_BYTES..=MAX_BURST_BYTES).contains(&b) => ck.error(
+                burst.line,
+                &f,
+                format!("{b} bytes is out of range: a burst must be between 64KiB (one GSO super-packet, charged whole) and 1GiB"),
+            ),
+            Ok(b) => limit.burst_bytes = b,
+        }
+    }
+    if let Some(t) = &raw.packets {
+        let f = format!("{field}.packets");
+        if let Some(p) = number(ck, &f, t) {
+            match u64::try_from(p)
+                .ok()
+                .filter(|p| (1..=MAX_PACKETS).contains(p))
+            {
+                Some(p) => {
+                    limit.packets = Some(p);
+                    limit.packet_burst = (p * DEFAULT_PACKET_BURST_MS / 1000).max(MIN_PACKET_BURST);
+                }
+                None => ck.error(
+                    t.line,
+                    &f,
+                    format!("{p} is out of range: packets/s must be between 1 and {MAX_PACKETS}"),
+                ),
+            }
+        }
+    }
+    if let Some(t) = &raw.packet_burst {
+        let f = format!("{field}.packet_burst");
+        if raw.packets.is_none() {
+            ck.error(
+                t.line,
+                &f,
+                "`packet_burst` sizes the packet bucket; set `packets` too",
+            );
+        } else if let Some(pb) = number(ck, &f, t) {
+            match u64::try_from(pb).ok().filter(|b| (MIN_PACKET_BURST..=MAX_PACKETS).contains(b)) {
+                Some(b) => limit.packet_burst = b,
+                None => ck.error(t.line, &f, format!("{pb} is out of range: a packet burst must be between {MIN_PACKET_BURST} (one GSO super-packet) and {MAX_PACKETS}")),
+            }
+        }
+    }
+    limit
+}
+
+/// One of a fixed set of words (`protocol`, `direction`, `action`, `mode`);
+/// the default when the key is absent or the word is wrong (reported).
+fn choice<T: Copy + Default>(
+    ck: &mut Checker<'_>,
+    field: &str,
+    raw: &Option<Text>,
+    words: &[(&str, T)],
+) -> T {
+    let Some(t) = raw else {
+        return T::default();
+    };
+    match words.iter().find(|(w, _)| *w == t.text) {
+        Some((_, v)) => *v,
+        None => {
+            let valid: Vec<String> = words.iter().map(|(w, _)| format!("`{w}`")).collect();
+            ck.error(
+                t.line,
+                field,
+                format!("`{}` is not one of {}", t.text, valid.join(", ")),
+            );
+            T::default()
+        }
+    }
+}
+
+fn check_channels(
+    ck: &mut Checker<'_>,
+    raw: Vec<RawChannel>,
+    sets: &BTreeMap<String, Vec<IpNet>>,
+) -> Vec<Channel> {
+    let defined = defined_sets(sets);
+    let mut names = HashSet::new();
+    let mut out = Vec::new();
+    for (i, rc) in raw.into_iter().enumerate() {
+        let field = format!("channels[{i}]");
+        let name = rc.name.clone().unwrap_or(Text {
+            line: rc.line,
+            text: String::new(),
+        });
+        if rc.name.is_none() {
+            // Missing: reported with the file's shape.
+        } else if !valid_name(&name.text) {
+            ck.error(
+                name.line,
+                &format!("{field}.name"),
+                format!(
+                    "`{}` is not a valid channel name: use 1-63 letters, digits, `-`, `_` or `.`",
+                    name.text
+                ),
+            );
+        } else if !names.insert(name.text.clone()) {
+            ck.error(
+                name.line,
+                &format!("{field}.name"),
+                format!(
+                    "channel `{}` is defined twice; names must be unique",
+                    name.text
+                ),
+            );
+        }
+        let protocol = choice(
+            ck,
+            &format!("{field}.protocol"),
+            &rc.protocol,
+            &[
+                ("tcp", Protocol::Tcp),
+                ("udp", Protocol::Udp),
+                ("icmp", Protocol::Icmp),
+                ("any", Protocol::Any),
+            ],
+        );
+        let direction = choice(
+            ck,
+            &format!("{field}.direction"),
+            &rc.direction,
+            &[
+                ("ingress", Direction::Ingress),
+                ("egress", Direction::Egress),
+            ],
+        );
+        let action = choice(
+            ck,
+            &format!("{field}.action"),
+            &rc.action,
+            &[
+                ("drop", Action::Drop),
+                ("delay", Action::Delay),
+                ("mark", Action::Mark),
+            ],
+        );
+        let mode = choice(
+            ck,
+            &format!("{field}.mode"),
+            &rc.mode,
+            &[("enforce", Mode::Enforce), ("monitor", Mode::Monitor)],
+        );
+        let from = resolve(ck, &format!("{field}.from"), rc.from, sets, &defined);
+        let to = resolve(ck, &format!("{field}.to"), rc.to, sets, &defined);
+        let ports = match rc.ports {
+            None => Vec::new(),
+            Some(p) => {
+                if protocol == Protocol::Icmp {
+                    ck.error(
+                        p.line,
+                        &format!("{field}.ports"),
+                        "ICMP has no ports; drop `ports` or use protocol tcp, udp or any",
+                    );
+                }
+                check_ports(ck, &format!("{field}.ports"), p)
+            }
+        };
+        let limit_line = rc.limit.as_ref().map(|l| l.line);
+        let limit = check_limit(
+            ck,
+            &format!("{field}.limit"),
+            rc.limit,
+            action == Action::Delay,
+        );
+        let action_line = rc.action.as_ref().map_or(rc.line, |t| t.line);
+        let mut horizon_ns = None;
+        if action == Action::Delay {
+            if direction == Direction::Ingress {
+                ck.error(
+                    action_line,
+                    &format!("{field}.action"),
+                    "`delay` holds packets in the egress queue (fq releases them on time); an ingress packet has no queue to wait in: use `direction: egress`, or `drop`/`mark` on ingress",
+                );
+            }
+            let (h, line) = rc
+                .horizon
+                .as_ref()
+                .map_or((DEFAULT_HORIZON, action_line), |t| {
+                    (t.text.as_str(), t.line)
+                });
+            match units::parse_duration(h) {
+                Ok(ns) if (MIN_HORIZON_NS..=MAX_HORIZON_NS).contains(&ns) => horizon_ns = Some(ns),
+                Ok(_) => ck.error(
+                    line,
+                    &format!("{field}.horizon"),
+                    format!("`{h}` is out of range: a horizon must be between 1ms and 10s"),
+                ),
+                Err(m) => ck.error(line, &format!("{field}.horizon"), m),
+            }
+        }
+        if action != Action::Drop && limit_line.is_none() {
+            ck.error(
+                action_line,
+                &format!("{field}.action"),
+                "`delay` and `mark` act on traffic over a limit: add `limit`",
+            );
+        }
+        if let Some(h) = rc.horizon.as_ref().filter(|_| action != Action::Delay) {
+            ck.error(
+                h.line,
+                &format!("{field}.horizon"),
+                "`horizon` bounds the queueing of `action: delay`; remove it or set the action",
+            );
+        }
+        out.push(Channel {
+            name: name.text,
+            from,
+            to,
+            protocol,
+            ports,
+            direction,
+            limit,
+            action,
+            horizon_ns,
+            mode,
+        });
+    }
+    out
+}

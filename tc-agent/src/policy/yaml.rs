@@ -1,0 +1,296 @@
+//! The policy file as YAML: text to a small tree of nodes that
+//! remember their line, in one pass of one parser (serde-saphyr).
+//!
+//! Every resource the text can make the parser spend is bounded here, before
+//! it can grow: the size of the text, the nesting depth, the parser events,
+//! and what aliases may replay. Types and meanings are checked later, by
+//! `validate`, which knows each node's field path.
+
+use std::fmt;
+
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_saphyr::{
+    Budget, DuplicateKeyPolicy, Location, MergeKeyPolicy, MessageFormatter, Options, Spanned,
+};
+
+/// Largest policy text accepted: far above any real policy (1,024 channels
+/// and 4 x 65,536 prefixes fit in a few MiB), small enough to parse at once.
+pub const MAX_FILE_BYTES: usize = 16 << 20;
+/// Deepest nesting of lists and maps: a policy needs 5 levels
+/// (`channels` / item / `limit` / value, or `endpoints` / set / item).
+pub const MAX_DEPTH: usize = 16;
+/// Parser events (scalars, starts and ends of lists and maps) one file may
+/// produce: a policy at every limit (1,024 channels, 4 x 65,536 prefixes)
+/// needs well under a million.
+pub const MAX_EVENTS: usize = 2_000_000;
+/// Events that aliases (`*name`) may replay in all: enough to share a list
+/// of prefixes or a `limit` among many channels, too few for an alias bomb
+/// (a billion laughs, or 1,024 channels each aliasing a 65,536-entry list).
+pub const MAX_ALIAS_EVENTS: usize = 262_144;
+
+/// One YAML node and where it is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    /// 1-based line where the node is used (for an alias: the alias), the
+    /// line diagnostics about this node name.
+    pub line: usize,
+    /// What the node holds.
+    pub value: Value,
+}
+
+/// What a node holds, with every scalar kept as its text: `validate` decides
+/// what a field's text means, so a port, a name and a rate are read alike
+/// whether or not YAML would have inferred a number.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// `key:` with nothing after it, `~` or `null`: kept apart from a missing
+    /// key so that a file cut after `from:` cannot silently mean "any".
+    Null,
+    /// A scalar's text as written (quotes and escapes resolved).
+    Scalar(String),
+    /// A sequence, in order.
+    List(Vec<Node>),
+    /// A mapping in file order, duplicates kept so that `validate` can name them.
+    Map(Vec<Entry>),
+}
+
+/// One key of a mapping.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    /// The key's text.
+    pub key: String,
+    /// 1-based line of the key: where an unknown or duplicate key is reported.
+    pub line: usize,
+    /// The value under the key.
+    pub value: Node,
+}
+
+impl Value {
+    /// What the node is, for "expected a list, found a map" messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Value::Null => "nothing",
+            Value::Scalar(_) => "a single value",
+            Value::List(_) => "a list",
+            Value::Map(_) => "a map",
+        }
+    }
+}
+
+/// The text could not be read as YAML, or hit one of the bounds above.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct SyntaxError {
+    /// 1-based line of the problem, when the parser knows it.
+    pub line: Option<usize>,
+    /// What is wrong, without the position (the diagnostic leads with it).
+    pub message: String,
+}
+
+/// Parses `text` into a node tree; `Ok(None)` for a file without a document
+/// (empty, or only comments), which `validate` turns into its own error.
+pub fn parse(text: &str) -> Result<Option<Node>, SyntaxError> {
+    if text.len() > MAX_FILE_BYTES {
+        return Err(SyntaxError {
+            line: None,
+            message: format!(
+                "the file is {} bytes; a policy file may hold at most {} bytes (16 MiB)",
+                text.len(),
+                MAX_FILE_BYTES
+            ),
+        });
+    }
+    let root: Option<Spanned<Value>> =
+        serde_saphyr::from_str_with_options(text, options()).map_err(|e| syntax_error(&e))?;
+    Ok(root.and_then(|r| match r.value {
+        Value::Null => None,
+        value => Some(Node {
+            line: line_of(&r.referenced),
+            value,
+        }),
+    }))
+}
+
+fn options() -> Options {
+    let mut budget = Budget::default();
+    budget.max_depth = MAX_DEPTH;
+    budget.max_nodes = MAX_EVENTS;
+    budget.flow_nesting_limit = MAX_DEPTH;
+    budget.max_events = MAX_EVENTS;
+    budget.max_documents = 1;
+    budget.max_recorded_anchor_events = MAX_ALIAS_EVENTS;
+    let mut opts = Options::default();
+    opts.budget = Some(budget);
+    opts.alias_limits.max_total_replayed_events = MAX_ALIAS_EVENTS;
+    // `validate` names a repeated key with its field path and line.
+    opts.duplicate_keys = DuplicateKeyPolicy::PassThrough;
+    // `<<` merges would hide where a key came from; a `<<` key is reported
+    // as an unknown key instead.
+    opts.merge_keys = MergeKeyPolicy::AsOrdinary;
+    opts.with_snippet = false;
+    opts
+}
+
+fn line_of(l: &Location) -> usize {
+    usize::try_from(l.line()).unwrap_or(usize::MAX)
+}
+
+fn syntax_error(e: &serde_saphyr::Error) -> SyntaxError {
+    use serde_saphyr::{budget::BudgetBreach as B, Error as E};
+    let line = e.location().map(|l| line_of(&l)).filter(|l| *l > 0);
+    // The error itself, under the wrappers that add an alias's location or
+    // a snippet of the text.
+    let mut e = e;
+    while let E::AliasError { error, .. } | E::WithSnippet { error, .. } = e {
+        e = error;
+    }
+    let nesting = || {
+        format!("nested deeper than {MAX_DEPTH} levels; a policy needs 5 (check for unclosed `[` or `{{`)")
+    };
+    let aliases = || {
+        format!("aliases (`*name`) would expand to more than {MAX_ALIAS_EVENTS} values; refused rather than expanded (name an endpoint set in `from`/`to` instead of aliasing a list)")
+    };
+    let too_large = || {
+        format!("more than {MAX_EVENTS} YAML values; far more than a policy at every limit needs")
+    };
+    let message = match e {
+        E::Budget { breach, .. } => match breach {
+            B::Depth { .. } => nesting(),
+            B::Events { .. } | B::Nodes { .. } | B::ScalarBytes { .. } => too_large(),
+            B::Documents { .. } => "more than one YAML document; a policy file holds one".into(),
+            B::Aliases { .. }
+            | B::Anchors { .. }
+            | B::AliasAnchorRatio { .. }
+            | B::RecordedAnchorEvents { .. }
+            | B::RecordedAnchorBytes { .. } => aliases(),
+            other => format!("the file is too large or complex to read: {other:?}"),
+        },
+        E::AliasReplayLimitExceeded { .. }
+        | E::AliasExpansionLimitExceeded { .. }
+        | E::AliasReplayStackDepthExceeded { .. }
+        | E::AliasReplayCounterOverflow { .. } => aliases(),
+        e => {
+            let m = serde_saphyr::DefaultMessageFormatter.format_message(e);
+            // The scanner's bound on open flow collections (`[[[...`).
+            if m.contains("recursion limit exceeded") {
+                nesting()
+            } else {
+                m.into_owned()
+            }
+        }
+    };
+    SyntaxError { line, message }
+}
+
+impl<'de> Deserialize<'de> for Value {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ValueVisitor)
+    }
+}
+
+/// Builds a [`Value`] from whatever the parser found; lists and maps ask for
+/// their items with spans, so every node gets its line.
+struct ValueVisitor;
+
+impl<'de> Visitor<'de> for ValueVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a YAML value")
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        Value::deserialize(d)
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Scalar(v.to_string()))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::Scalar(v.to_string()))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::Scalar(v.to_string()))
+    }
+
+    fn visit_i128<E: de::Error>(self, v: i128) -> Result<Value, E> {
+        Ok(Value::Scalar(v.to_string()))
+    }
+
+    fn visit_u128<E: de::Error>(self, v: u128) -> Result<Value, E> {
+        Ok(Value::Scalar(v.to_string()))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::Scalar(v.to_string()))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::Scalar(v.to_string()))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Value, E> {
+        Ok(Value::Scalar(v))
+    }
+
+    fn visit_bytes<E: de::Error>(self, _: &[u8]) -> Result<Value, E> {
+        Err(E::custom("binary values have no meaning in a policy"))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element::<Spanned<Value>>()? {
+            items.push(Node {
+                line: line_of(&item.referenced),
+                value: item.value,
+            });
+        }
+        Ok(Value::List(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut entries = Vec::new();
+        while let Some(key) = map.next_key::<Spanned<Key>>()? {
+            let value: Spanned<Value> = map.next_value()?;
+            entries.push(Entry {
+                key: key.value.0,
+                line: line_of(&key.referenced),
+                value: Node {
+                    line: line_of(&value.referenced),
+                    value: value.value,
+                },
+            });
+        }
+        Ok(Value::Map(entries))
+    }
+}
+
+/// A mapping key: a scalar's text. A list or map as a key has no meaning in
+/// a policy.
+struct Key(
+    /// The key's text.
+    String,
+);
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Value::deserialize(d)? {
+            Value::Scalar(s) => Ok(Key(s)),
+            Value::Null => Ok(Key(String::new())),
+            other => Err(de::Error::custom(format!(
+                "a key must be a name, not {}",
+                other.kind()
+            ))),
+        }
+    }
+}
