@@ -1,0 +1,124 @@
+//! Applying a policy: validate, compile, write the inactive generation, flip.
+
+use super::*;
+
+impl Agent {
+    pub(super) fn apply(&mut self, file: &str, text: &str) -> Result<ApplyReport> {
+        let t0 = Instant::now();
+        let policy = Policy::parse(text, file)?;
+        let compiled = compile(&policy)?;
+        self.prepare_fq(&policy)?;
+        let old: HashMap<&str, (usize, &crate::policy::Channel)> = self
+            .policy
+            .channels
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.name.as_str(), (i, c)))
+            .collect();
+        let mut report = ApplyReport {
+            generation: 0,
+            channels: policy.channels.len(),
+            added: vec![],
+            removed: vec![],
+            changed: vec![],
+            unchanged: vec![],
+            warnings: policy.warnings.iter().map(ToString::to_string).collect(),
+            table_entries: compiled.entries(),
+            took_ms: 0.0,
+        };
+        let mut carry = Vec::with_capacity(policy.channels.len());
+        for c in &policy.channels {
+            match old.get(c.name.as_str()) {
+                None => {
+                    report.added.push(c.name.clone());
+                    carry.push(None);
+                }
+                Some((i, o)) => {
+                    if *o == c {
+                        report.unchanged.push(c.name.clone());
+                    } else {
+                        report.changed.push(c.name.clone());
+                    }
+                    // Same limits: keep the bucket, so a re-apply hands out no fresh burst.
+                    carry.push((o.limit == c.limit).then(|| Datapath::slot(self.generation, *i)));
+                }
+            }
+        }
+        report.removed = self
+            .policy
+            .channels
+            .iter()
+            .filter(|c| !policy.channels.iter().any(|n| n.name == c.name))
+            .map(|c| c.name.clone())
+            .collect();
+
+        let previous = self.generation;
+        let generation = self.dp.apply(&compiled, &carry)?;
+        report.took_ms = t0.elapsed().as_secs_f64() * 1e3;
+        report.generation = generation;
+
+        // Fold the old generation's counters into the carried totals.
+        std::thread::sleep(SWITCH_GRACE);
+        let old_counters = self
+            .dp
+            .channel_counters(previous, self.policy.channels.len())?;
+        let mut carried = HashMap::new();
+        for (c, counters) in self.policy.channels.iter().zip(old_counters) {
+            if policy.channels.iter().any(|n| n.name == c.name) {
+                let mut t = self.carried.get(&c.name).copied().unwrap_or_default();
+                t.add(&counters);
+                carried.insert(c.name.clone(), t);
+            }
+        }
+        self.carried = carried;
+        self.generation = generation;
+        self.policy = policy;
+        self.policy_file = Some(file.to_string());
+        self.history.clear();
+        self.save();
+        info!(
+            generation,
+            channels = report.channels,
+            added = report.added.len(),
+            removed = report.removed.len(),
+            changed = report.changed.len(),
+            took_ms = report.took_ms,
+            "policy applied"
+        );
+        Ok(report)
+    }
+
+    /// `delay` channels need fq on every egress interface. Installs it where
+    /// missing, before any map changes; if one interface fails, the others
+    /// are put back and the apply fails with nothing changed.
+    pub(super) fn prepare_fq(&mut self, policy: &Policy) -> Result<()> {
+        let pacing = policy
+            .channels
+            .iter()
+            .any(|c| c.action == Action::Delay && c.mode == Mode::Enforce);
+        if !pacing {
+            return Ok(());
+        }
+        let mut installed = Vec::new();
+        for iface in &self.config.ifaces {
+            if self.fq_installed.contains(iface) {
+                continue;
+            }
+            match qdisc::ensure_fq(iface) {
+                Ok(true) => installed.push(iface.clone()),
+                Ok(false) => {}
+                Err(e) => {
+                    for i in &installed {
+                        let _ = qdisc::restore(i);
+                    }
+                    return Err(e.context("policy not applied: the running policy is unchanged"));
+                }
+            }
+        }
+        for i in &installed {
+            info!(iface = %i, "installed fq for delay channels");
+        }
+        self.fq_installed.extend(installed);
+        Ok(())
+    }
+}

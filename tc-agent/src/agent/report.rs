@@ -1,0 +1,120 @@
+//! What the agent reports: counter samples, `channels`, `status`, and the
+//! request dispatch.
+
+use super::*;
+
+impl Agent {
+    pub(super) fn sample(&mut self) -> Result<()> {
+        let totals = self.totals()?;
+        let totals = self
+            .policy
+            .channels
+            .iter()
+            .map(|c| c.name.clone())
+            .zip(totals)
+            .collect();
+        self.history.push_back(Sample {
+            at: Instant::now(),
+            totals,
+        });
+        while self.history.len() > HISTORY {
+            self.history.pop_front();
+        }
+        Ok(())
+    }
+
+    pub(super) fn channels(&mut self) -> Result<ChannelsReport> {
+        let totals = self.totals()?;
+        let g = self.dp.global_counters()?;
+        let n = self.history.len();
+        let window = if n >= 2 {
+            Some((&self.history[n - 2], &self.history[n - 1]))
+        } else {
+            None
+        };
+        let rows = self
+            .policy
+            .channels
+            .iter()
+            .zip(totals)
+            .map(|(c, t)| {
+                let rates = window
+                    .and_then(|(a, b)| {
+                        let (ta, tb) = (a.totals.get(&c.name)?, b.totals.get(&c.name)?);
+                        let dt = (b.at - a.at).as_secs_f64();
+                        let r = |x: u64, y: u64| y.saturating_sub(x) as f64 / dt;
+                        let delayed = tb.delayed_pkts.saturating_sub(ta.delayed_pkts);
+                        Some(Rates {
+                            passed_bps: 8.0 * r(ta.passed_bytes, tb.passed_bytes),
+                            passed_pps: r(ta.passed_pkts, tb.passed_pkts),
+                            dropped_bps: 8.0 * r(ta.dropped_bytes, tb.dropped_bytes),
+                            dropped_pps: r(ta.dropped_pkts, tb.dropped_pkts),
+                            would_drop_bps: 8.0 * r(ta.would_drop_bytes, tb.would_drop_bytes),
+                            marked_pps: r(ta.marked_pkts, tb.marked_pkts),
+                            delay_ms: if delayed == 0 {
+                                0.0
+                            } else {
+                                tb.delay_ns.saturating_sub(ta.delay_ns) as f64
+                                    / delayed as f64
+                                    / 1e6
+                            },
+                        })
+                    })
+                    .unwrap_or_default();
+                ChannelRow {
+                    name: c.name.clone(),
+                    direction: c.direction,
+                    protocol: c.protocol,
+                    mode: c.mode,
+                    action: c.action,
+                    limit: c.limit,
+                    totals: t,
+                    rates,
+                }
+            })
+            .collect();
+        Ok(ChannelsReport {
+            generation: self.generation,
+            rate_window_s: window.map_or(0.0, |(a, b)| (b.at - a.at).as_secs_f64()),
+            channels: rows,
+            node: g,
+        })
+    }
+
+    pub(super) fn status(&self) -> StatusReport {
+        StatusReport {
+            pid: std::process::id(),
+            uptime_s: self.started.elapsed().as_secs(),
+            kernel: sys::kernel_release(),
+            features: Features {
+                tcx: sys::has_tcx(),
+                btf: sys::has_btf(),
+                delay: qdisc::fq_available(),
+            },
+            fq_on: self.fq_installed.clone(),
+            hooks: self
+                .hooks
+                .iter()
+                .map(|h| HookRow {
+                    iface: h.iface.clone(),
+                    hook: h.kind,
+                    mechanism: h.mechanism,
+                    replaced: h.replaced,
+                })
+                .collect(),
+            generation: self.generation,
+            channels: self.policy.channels.len(),
+            policy_file: self.policy_file.clone(),
+            pin_dir: self.config.pin_dir.display().to_string(),
+            socket: self.config.socket.display().to_string(),
+        }
+    }
+
+    pub(super) fn handle(&mut self, req: Request) -> Result<serde_json::Value> {
+        Ok(match req {
+            Request::Apply { file, text } => serde_json::to_value(self.apply(&file, &text)?)?,
+            Request::Channels => serde_json::to_value(self.channels()?)?,
+            Request::Status => serde_json::to_value(self.status())?,
+        })
+    }
+}
