@@ -179,8 +179,15 @@ pub fn agent_bin() -> PathBuf {
 }
 
 /// A `tc-agent run` in a namespace, with its own socket, pins and state.
+/// Dropping it stops the agent and runs `tc-agent uninstall`, so nothing
+/// is left attached or pinned, also when a test fails.
 pub struct Agent {
     child: Option<Child>,
+    /// The namespace the agent runs in.
+    pub netns: String,
+    /// `run` arguments naming the hooks (`--iface X`, `--xdp X`), reused by
+    /// [`respawn`](Agent::respawn).
+    hooks: Vec<String>,
     pub socket: PathBuf,
     pub pin_dir: PathBuf,
     pub state_dir: PathBuf,
@@ -190,32 +197,46 @@ pub struct Agent {
 impl Agent {
     /// Starts an agent in `netns` on `iface` with `policy` and waits for its socket.
     pub fn start(netns: &str, iface: &str, policy: &Path) -> Result<Self> {
+        Self::start_hooks(netns, &["--iface", iface], policy)
+    }
+
+    /// Starts an agent with `hooks` (`--iface`/`--xdp` arguments) and `policy`.
+    pub fn start_hooks(netns: &str, hooks: &[&str], policy: &Path) -> Result<Self> {
         let base = std::env::temp_dir().join(format!("tc-agent-test-{netns}"));
         std::fs::create_dir_all(&base)?;
         let mut a = Self {
             child: None,
+            netns: netns.to_string(),
+            hooks: hooks.iter().map(|s| s.to_string()).collect(),
             socket: base.join("agent.sock"),
             pin_dir: PathBuf::from(format!("/sys/fs/bpf/tc-agent-test-{netns}")),
             state_dir: base.join("state"),
             log: base.join("agent.log"),
         };
-        a.spawn(netns, iface, Some(policy))?;
+        a.respawn(Some(policy), &[])?;
         Ok(a)
     }
 
     /// (Re)starts the agent process; `policy` None keeps the pinned policy.
     pub fn spawn(&mut self, netns: &str, iface: &str, policy: Option<&Path>) -> Result<()> {
+        self.netns = netns.to_string();
+        self.hooks = vec!["--iface".into(), iface.into()];
+        self.respawn(policy, &[])
+    }
+
+    /// (Re)starts the agent process with the hooks it was started with and
+    /// `extra` run arguments; `policy` None keeps the pinned policy.
+    pub fn respawn(&mut self, policy: Option<&Path>, extra: &[&str]) -> Result<()> {
         let log = File::create(&self.log)?;
         let mut cmd = Command::new(agent_bin());
         cmd.arg("--socket").arg(&self.socket).args([
             "run",
             "--netns",
-            netns,
-            "--iface",
-            iface,
+            &self.netns,
             "--sample-ms",
             "200",
         ]);
+        cmd.args(&self.hooks).args(extra);
         cmd.arg("--pin-dir")
             .arg(&self.pin_dir)
             .arg("--state-dir")
@@ -239,6 +260,7 @@ impl Agent {
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
+                self.child = None;
                 bail!(
                     "tc-agent exited ({st}): {}",
                     std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -252,11 +274,21 @@ impl Agent {
         )
     }
 
-    /// Stops the agent with SIGTERM and waits for it.
+    /// Stops the agent with SIGTERM and waits for it. The datapath stays
+    /// attached and enforcing.
     pub fn stop(&mut self) {
+        self.signal(libc::SIGTERM);
+    }
+
+    /// Kills the agent with SIGKILL, as a crash or the OOM killer would.
+    pub fn kill(&mut self) {
+        self.signal(libc::SIGKILL);
+    }
+
+    fn signal(&mut self, sig: libc::c_int) {
         if let Some(mut c) = self.child.take() {
             // SAFETY: plain kill(2) on our child's pid.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            unsafe { libc::kill(c.id() as i32, sig) };
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = c.try_wait() {
@@ -267,6 +299,24 @@ impl Agent {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// `tc-agent uninstall` for this agent's pins and state (the agent must
+    /// be stopped).
+    pub fn uninstall(&self) -> Result<Output> {
+        let out = Command::new(agent_bin())
+            .args(["uninstall", "--netns", &self.netns, "--pin-dir"])
+            .arg(&self.pin_dir)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "tc-agent uninstall: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(out)
     }
 
     /// Runs a CLI command against this agent.
@@ -306,6 +356,9 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.stop();
+        if let Err(e) = self.uninstall() {
+            eprintln!("cleanup: {e:#}");
+        }
         let _ = std::fs::remove_dir_all(&self.pin_dir);
         if let Some(base) = self.socket.parent() {
             let _ = std::fs::remove_dir_all(base);
@@ -337,7 +390,7 @@ pub fn udp_send(dst: &str, payload: usize, rate_bps: f64, secs: f64, max: u64) -
     } else {
         "0.0.0.0:0"
     })?;
-    let buf = vec![0x5au8; payload];
+    let mut buf = vec![0x5au8; payload];
     let interval = payload as f64 * 8.0 / rate_bps;
     let start = Instant::now();
     let mut sent = 0u64;
@@ -347,6 +400,10 @@ pub fn udp_send(dst: &str, payload: usize, rate_bps: f64, secs: f64, max: u64) -
         if due > now {
             std::thread::sleep(due - now);
         }
+        // The send time, for receivers that bin by when a datagram left.
+        if payload >= 8 {
+            buf[..8].copy_from_slice(&unix_ns().to_be_bytes());
+        }
         if sock.send_to(&buf, dst).is_ok() {
             sent += 1;
         }
@@ -354,23 +411,66 @@ pub fn udp_send(dst: &str, payload: usize, rate_bps: f64, secs: f64, max: u64) -
     Ok(sent)
 }
 
-/// Counts UDP datagrams on `bind` until `secs` pass; returns `(datagrams,
-/// bytes received after `warmup` seconds, seconds measured)`.
-pub fn udp_receive(bind: &str, secs: f64, warmup: f64) -> Result<(u64, u64, f64)> {
+/// Nanoseconds since the Unix epoch.
+fn unix_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Receives datagrams from [`udp_send`] on `bind` for `secs` and returns the
+/// payload bytes per second, binned by each datagram's send time (so the
+/// bins say what passed the datapath in each second, whatever this thread's
+/// scheduling), from the first datagram on.
+pub fn udp_receive_bins(bind: &str, secs: f64) -> Result<Vec<u64>> {
     let sock = UdpSocket::bind(bind)?;
-    // A deep receive buffer: the count must measure the datapath, not this
-    // thread's scheduling (slow under emulation, with a flood alongside).
+    deepen_receive_buffer(&sock);
+    sock.set_read_timeout(Some(Duration::from_millis(100)))?;
+    let mut buf = vec![0u8; 65536];
+    let start = Instant::now();
+    let mut first: Option<u64> = None;
+    let mut bins: Vec<u64> = Vec::new();
+    while start.elapsed().as_secs_f64() < secs {
+        if let Ok(len) = sock.recv(&mut buf) {
+            if len < 8 {
+                continue;
+            }
+            let sent = u64::from_be_bytes(buf[..8].try_into().expect("8 bytes"));
+            let t0 = *first.get_or_insert(sent);
+            let bin = (sent.saturating_sub(t0) / 1_000_000_000) as usize;
+            if bin >= 600 {
+                continue;
+            }
+            if bins.len() <= bin {
+                bins.resize(bin + 1, 0);
+            }
+            bins[bin] += len as u64;
+        }
+    }
+    Ok(bins)
+}
+
+/// A deep receive buffer: the count must measure the datapath, not the
+/// receiving thread's scheduling (slow under emulation, with a flood alongside).
+fn deepen_receive_buffer(sock: &UdpSocket) {
     let size: libc::c_int = 16 << 20;
     // SAFETY: setsockopt reads `size` for its length; the fd is ours.
     unsafe {
         libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(&sock),
+            std::os::fd::AsRawFd::as_raw_fd(sock),
             libc::SOL_SOCKET,
             libc::SO_RCVBUFFORCE,
             (&size as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         );
     }
+}
+
+/// Counts UDP datagrams on `bind` until `secs` pass; returns `(datagrams,
+/// bytes received after `warmup` seconds, seconds measured)`.
+pub fn udp_receive(bind: &str, secs: f64, warmup: f64) -> Result<(u64, u64, f64)> {
+    let sock = UdpSocket::bind(bind)?;
+    deepen_receive_buffer(&sock);
     sock.set_read_timeout(Some(Duration::from_millis(100)))?;
     let mut buf = vec![0u8; 65536];
     let start = Instant::now();

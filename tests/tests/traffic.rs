@@ -213,9 +213,19 @@ fn enforcement_and_counters_survive_an_agent_restart() -> Result<()> {
     let before = agent.totals("capped")?;
     assert!(before["dropped_pkts"].as_u64().unwrap() > 0, "{before}");
 
-    agent.stop();
-    // No --policy: the pinned live policy must come back by itself.
-    agent.spawn(&pair.server, &pair.server_if, None)?;
+    // Killed, not stopped: nothing gets a chance to clean up.
+    agent.kill();
+    // No --policy: the pinned live policy must come back by itself, in the
+    // hooks the killed agent left (taken over, not attached anew).
+    agent.respawn(None, &[])?;
+    let status: serde_json::Value =
+        serde_json::from_slice(&agent.cli(&["status", "-o", "json"])?.stdout)?;
+    let hooks = status["hooks"].as_array().cloned().unwrap_or_default();
+    assert_eq!(hooks.len(), 2, "{status}");
+    assert!(
+        hooks.iter().all(|h| h["replaced"] == true),
+        "hooks not taken over: {status}"
+    );
     let after = agent.totals("capped")?;
     assert!(
         after["matched_pkts"].as_u64() >= before["matched_pkts"].as_u64(),
@@ -363,8 +373,14 @@ fn delay_paces_tcp_to_the_limit_without_loss_or_queueing() -> Result<()> {
     assert!(max < 50.0, "ping waited {max} ms, beyond the 50 ms horizon");
     let t = agent.totals("paced")?;
     assert!(t["delayed_pkts"].as_u64().unwrap() > 0, "{t}");
-    // Detach restores the default qdisc.
+    // Stopping leaves pacing in place; uninstalling restores the default qdisc.
     agent.stop();
+    let kept = qdiscs(&pair.client, &pair.client_if)?;
+    assert!(
+        kept.iter().any(|k| k == "fq"),
+        "fq removed on stop: {kept:?}"
+    );
+    agent.uninstall()?;
     let restored = qdiscs(&pair.client, &pair.client_if)?;
     assert!(
         !restored.iter().any(|k| k == "fq"),

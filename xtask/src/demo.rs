@@ -257,7 +257,14 @@ pub fn run(agent: &Path) -> Result<()> {
     topo.children.push(
         Command::new(agent)
             .args([
-                "--socket", SOCKET, "run", "--netns", NODE, "--iface", "tcdns",
+                "--socket",
+                SOCKET,
+                "run",
+                "--netns",
+                NODE,
+                "--iface",
+                "tcdns",
+                "--detach-on-exit",
             ])
             .args([
                 "--pin-dir",

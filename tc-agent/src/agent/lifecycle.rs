@@ -1,19 +1,24 @@
-//! The daemon's life: start (load, resume or apply, attach), serve, stop.
+//! The daemon's life: start (load, take over or attach, resume or apply),
+//! serve, stop. A stopped agent leaves the datapath attached and enforcing
+//! the live policy, exactly as a killed one does; only `--detach-on-exit`
+//! or `tc-agent uninstall` remove it.
 
 use super::{
-    lock::lock_state_dir,
+    lock::lock_dirs,
     server::{bind_socket, serve},
+    state::SavedHook,
+    uninstall::uninstall,
     *,
 };
 
-/// Runs the agent until `shutdown` completes, then detaches.
+/// Runs the agent until `shutdown` completes.
 pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
     sys::require_root()?;
     for i in config.ifaces.iter().chain(&config.xdp) {
         sys::ifindex(i)?;
     }
-    let _lock = lock_state_dir(&config.state_dir)?;
     sys::ensure_bpffs(&config.pin_dir)?;
+    let _locks = lock_dirs(&config.state_dir, &config.pin_dir)?;
     // Validate the policy before touching the kernel: a bad file changes nothing.
     let initial = match &config.policy {
         Some(p) => {
@@ -25,64 +30,21 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         None => None,
     };
 
-    let mut dp = Datapath::load(Some(&config.pin_dir)).context("loading the eBPF datapath")?;
-    let live = dp.config()?;
-    let saved = SavedState::load(&config.state_dir.join("state.json"))
-        .filter(|s| s.generation == live.generation);
-    let mut agent = Agent {
-        dp,
-        hooks: Vec::new(),
-        policy: saved.as_ref().map(|s| s.policy.clone()).unwrap_or(Policy {
-            channels: vec![],
-            warnings: vec![],
-        }),
-        policy_file: saved.as_ref().and_then(|s| s.policy_file.clone()),
-        generation: live.generation,
-        carried: saved
-            .as_ref()
-            .map(|s| s.carried.clone())
-            .unwrap_or_default(),
-        history: VecDeque::new(),
-        fq_installed: saved
-            .as_ref()
-            .map(|s| s.fq_installed.clone())
-            .unwrap_or_default(),
-        started: Instant::now(),
-        config: config.clone(),
-    };
-    if !agent.policy.channels.is_empty() {
-        info!(
-            generation = agent.generation,
-            channels = agent.policy.channels.len(),
-            "resumed the pinned live policy"
-        );
-    }
-    if let Some((file, text)) = &initial {
-        agent.apply(file, text)?;
-    }
-
-    let links = config.pin_dir.join("links");
-    let attach_all = |agent: &mut Agent| -> Result<()> {
-        for iface in &config.ifaces {
-            let ingress = if config.xdp.contains(iface) {
-                HookKind::XdpIngress
-            } else {
-                HookKind::TcIngress
-            };
-            for kind in [ingress, HookKind::TcEgress] {
-                let hook = attach::attach(&mut agent.dp, iface, kind, &links)?;
-                info!(iface, hook = %kind, mechanism = ?hook.mechanism, replaced = hook.replaced, "attached");
-                agent.hooks.push(hook);
-            }
-        }
-        Ok(())
-    };
+    let dp = Datapath::load(Some(&config.pin_dir)).context("loading the eBPF datapath")?;
+    let mut agent = Agent::resume(dp, config.clone())?;
+    // Attach before applying: a start that fails leaves the hooks it found,
+    // and the policy they enforce, as they were.
     if let Err(e) = attach_all(&mut agent) {
-        for h in agent.hooks.drain(..) {
-            let _ = h.detach();
-        }
+        agent.release_hooks();
         return Err(e);
     }
+    if let Some((file, text)) = &initial {
+        if let Err(e) = agent.apply(file, text) {
+            agent.release_hooks();
+            return Err(e);
+        }
+    }
+    agent.save();
 
     let agent = Arc::new(Mutex::new(agent));
     let listener = bind_socket(&config.socket)?;
@@ -119,22 +81,124 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         }
     }
 
-    info!("shutting down: detaching");
     sampler.abort();
     let _ = std::fs::remove_file(&config.socket);
     let mut agent = agent.lock().expect("agent lock");
     agent.save();
-    for h in agent.hooks.drain(..) {
-        if let Err(e) = h.detach() {
-            warn!(error = %e, "detach failed");
+    if config.detach_on_exit {
+        info!("shutting down: --detach-on-exit, removing the datapath");
+        for h in std::mem::take(&mut agent.hooks) {
+            h.leave();
+        }
+        let report = uninstall(&config.pin_dir, &config.state_dir, None)?;
+        for f in &report.failed {
+            warn!(failed = %f, "uninstall left something behind");
+        }
+    } else {
+        info!(
+            generation = agent.generation,
+            "shutting down: the datapath stays attached and enforcing the live policy (`tc-agent uninstall` removes it)"
+        );
+        for h in std::mem::take(&mut agent.hooks) {
+            h.leave();
         }
     }
-    for iface in std::mem::take(&mut agent.fq_installed) {
-        match qdisc::restore(&iface) {
-            Ok(()) => info!(iface, "restored the default qdisc"),
-            Err(e) => warn!(iface, error = %e, "restoring the qdisc failed"),
-        }
-    }
-    agent.save();
     Ok(())
+}
+
+/// Attaches (or takes over) every hook the configuration names.
+fn attach_all(agent: &mut Agent) -> Result<()> {
+    let links = agent.config.pin_dir.join("links");
+    let config = agent.config.clone();
+    for iface in &config.ifaces {
+        let ingress = if config.xdp.contains(iface) {
+            HookKind::XdpIngress
+        } else {
+            HookKind::TcIngress
+        };
+        for kind in [ingress, HookKind::TcEgress] {
+            let hook = attach::attach(&mut agent.dp, iface, kind, &links)?;
+            info!(iface, hook = %kind, mechanism = ?hook.mechanism, replaced = hook.replaced, "attached");
+            agent.hooks.push(hook);
+        }
+        // An ingress hook of the other kind (tc <-> XDP) left by an earlier
+        // run would see every packet a second time: it goes, now that its
+        // replacement is in place.
+        let other = if ingress == HookKind::XdpIngress {
+            HookKind::TcIngress
+        } else {
+            HookKind::XdpIngress
+        };
+        let stale = attach::link_path(&links, iface, other);
+        if stale.exists() {
+            std::fs::remove_file(&stale)
+                .with_context(|| format!("removing {}", stale.display()))?;
+            info!(iface, hook = %other, "detached the ingress hook of the other kind");
+        }
+    }
+    for (iface, kind, _) in attach::pinned_hooks(&links) {
+        if !config.ifaces.contains(&iface) {
+            warn!(
+                iface,
+                hook = %kind,
+                "a hook from an earlier run on an interface this agent does not manage keeps enforcing; `tc-agent uninstall --iface {iface}` removes it"
+            );
+        }
+    }
+    Ok(())
+}
+
+impl Agent {
+    /// The agent over a freshly loaded datapath, resuming what the pinned
+    /// maps and the saved state say is live.
+    fn resume(mut dp: Datapath, config: AgentConfig) -> Result<Self> {
+        let live = dp.config()?;
+        let saved = SavedState::load(&config.state_dir.join("state.json"))
+            .filter(|s| s.generation == live.generation);
+        let saved = saved.unwrap_or_default();
+        let agent = Agent {
+            dp,
+            hooks: Vec::new(),
+            policy: saved.policy,
+            policy_file: saved.policy_file,
+            generation: live.generation,
+            carried: saved.carried,
+            history: VecDeque::new(),
+            fq_installed: saved.fq_installed,
+            started: Instant::now(),
+            config,
+        };
+        if !agent.policy.channels.is_empty() {
+            info!(
+                generation = agent.generation,
+                channels = agent.policy.channels.len(),
+                "resumed the pinned live policy"
+            );
+        }
+        Ok(agent)
+    }
+
+    /// After a failed start: hooks taken over from an earlier agent keep
+    /// enforcing; hooks this start added are removed again.
+    fn release_hooks(&mut self) {
+        for h in std::mem::take(&mut self.hooks) {
+            if h.replaced {
+                h.leave();
+            } else if let Err(e) = h.detach() {
+                warn!(error = %e, "detach failed");
+            }
+        }
+    }
+
+    /// The hooks as the saved state records them.
+    pub(super) fn saved_hooks(&self) -> Vec<SavedHook> {
+        self.hooks
+            .iter()
+            .map(|h| SavedHook {
+                iface: h.iface.clone(),
+                kind: h.kind,
+                mechanism: h.mechanism,
+            })
+            .collect()
+    }
 }

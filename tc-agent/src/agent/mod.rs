@@ -7,8 +7,13 @@ mod lock;
 mod report;
 mod server;
 mod state;
+mod uninstall;
 
-pub use self::lifecycle::run;
+pub use self::{
+    lifecycle::run,
+    lock::{lock_dirs, DirLocks},
+    uninstall::{uninstall, UninstallReport},
+};
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -56,6 +61,9 @@ pub struct AgentConfig {
     pub socket: PathBuf,
     /// Counter sampling period for rates and history.
     pub sample_every: Duration,
+    /// Remove the datapath when stopping (tests, demos) instead of leaving
+    /// it attached and enforcing.
+    pub detach_on_exit: bool,
 }
 
 /// Samples kept: two minutes at one per second.
@@ -99,6 +107,8 @@ impl Agent {
     fn save(&self) {
         let s = SavedState {
             generation: self.generation,
+            version: 0,
+            hooks: self.saved_hooks(),
             policy: self.policy.clone(),
             policy_file: self.policy_file.clone(),
             carried: self.carried.clone(),

@@ -1,34 +1,67 @@
 //! What the agent keeps on disk between runs: the live policy (so pinned
-//! counters can be named after a restart) and counters of earlier generations.
+//! counters can be named after a restart), counters of earlier generations,
+//! and what it changed on the node (hooks, qdiscs) so that `tc-agent
+//! uninstall` can undo it without an agent.
 
-use std::{collections::HashMap, path::Path};
+use std::{collections::HashMap, io::Write, path::Path};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::{control::Totals, policy::Policy};
+use crate::{
+    control::Totals,
+    datapath::attach::{HookKind, Mechanism},
+    policy::Policy,
+};
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct SavedState {
     /// Generation the policy below is live in; ignored if the maps disagree.
     pub generation: u32,
+    /// Policy version the policy below was applied as; ignored if the
+    /// kernel's config map holds another.
+    #[serde(default)]
+    pub version: u64,
     /// The live policy, in slot order.
     pub policy: Policy,
     /// The file it came from.
     pub policy_file: Option<String>,
     /// Counters of earlier generations, by channel name.
     pub carried: HashMap<String, Totals>,
-    /// Interfaces where the agent installed fq, to restore on shutdown.
+    /// Interfaces where the agent installed fq, to restore on uninstall.
     #[serde(default)]
     pub fq_installed: Vec<String>,
+    /// Hooks the agent attached, which stay attached when it stops; netlink
+    /// filters (before Linux 6.6) have no pin to find them by.
+    #[serde(default)]
+    pub hooks: Vec<SavedHook>,
+}
+
+/// One hook as `uninstall` needs to find it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedHook {
+    /// Interface name.
+    pub iface: String,
+    /// Which hook.
+    pub kind: HookKind,
+    /// How it is attached: a pinned link, or a netlink filter.
+    pub mechanism: Mechanism,
 }
 
 impl SavedState {
-    /// Writes atomically (temp file + rename).
+    /// Writes atomically and durably: a temporary file, fsync, rename, so a
+    /// crash leaves either the old state or the new one, never a torn file.
     pub fn save(&self, path: &Path) -> Result<()> {
         let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
-        std::fs::rename(tmp, path)?;
+        let mut f =
+            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        f.write_all(&serde_json::to_vec_pretty(self)?)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent() {
+            // The rename itself is durable once the directory is synced.
+            std::fs::File::open(dir)?.sync_all()?;
+        }
         Ok(())
     }
 

@@ -4,6 +4,7 @@ mod apply;
 mod channels;
 mod run;
 mod status;
+mod uninstall;
 mod validate;
 
 use std::path::PathBuf;
@@ -19,6 +20,7 @@ use crate::control::DEFAULT_SOCKET;
 ///
 /// Start the agent on a node with `tc-agent run`, then drive it with
 /// `apply`, `channels` and `status`. `validate` checks a policy file offline.
+/// A stopped agent leaves the node enforced; `uninstall` removes the datapath.
 #[derive(Debug, Parser)]
 #[command(name = "tc-agent", version, propagate_version = true)]
 pub struct Cli {
@@ -37,6 +39,7 @@ pub enum Command {
     Validate(validate::ValidateArgs),
     Channels(channels::ChannelsArgs),
     Status(status::StatusArgs),
+    Uninstall(uninstall::UninstallArgs),
 }
 
 /// How to print a report.
@@ -58,6 +61,7 @@ impl Cli {
             Command::Validate(a) => validate::execute(a),
             Command::Channels(a) => channels::execute(a, &self.socket),
             Command::Status(a) => status::execute(a, &self.socket),
+            Command::Uninstall(a) => uninstall::execute(a),
         }
     }
 }
@@ -66,6 +70,7 @@ impl Cli {
 pub fn netns_of(cli: &Cli) -> Option<&str> {
     match &cli.command {
         Command::Run(a) => a.netns.as_deref(),
+        Command::Uninstall(a) => a.netns.as_deref(),
         _ => None,
     }
 }

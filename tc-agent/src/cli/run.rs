@@ -9,11 +9,14 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::agent::{self, AgentConfig};
 
 /// Load the datapath, attach it to interfaces and serve the control socket
-/// until SIGTERM or SIGINT, then detach cleanly.
+/// until SIGTERM or SIGINT.
 ///
 /// Each --iface gets a tc ingress and a tc egress program (TCX on Linux 6.6+,
-/// clsact before). Maps and links are pinned under --pin-dir, so a restarted
-/// agent takes over the links atomically and keeps buckets and counters.
+/// clsact before). Maps and links are pinned under --pin-dir. A stopped
+/// agent (SIGTERM, SIGINT, or killed) leaves the programs attached and
+/// enforcing the live policy; the next agent swaps its programs into the
+/// same hooks atomically and keeps buckets and counters. Removing the
+/// datapath is an explicit act: `tc-agent uninstall`, or --detach-on-exit.
 /// Runs in the foreground and logs to stderr (RUST_LOG=debug for more): fit
 /// for a systemd `Type=simple` unit.
 #[derive(Debug, Args)]
@@ -48,6 +51,12 @@ pub struct RunArgs {
     /// Counter sampling period in milliseconds (rates and history).
     #[arg(long, default_value_t = 1000, value_name = "MS")]
     pub sample_ms: u64,
+
+    /// On SIGTERM/SIGINT, detach the programs, restore qdiscs and remove
+    /// the pinned maps and state, leaving nothing behind (tests, demos).
+    /// Without it, the node stays enforced while no agent runs.
+    #[arg(long)]
+    pub detach_on_exit: bool,
 }
 
 pub fn execute(args: RunArgs, socket: PathBuf) -> Result<()> {
@@ -64,6 +73,7 @@ pub fn execute(args: RunArgs, socket: PathBuf) -> Result<()> {
         state_dir: args.state_dir,
         socket,
         sample_every: Duration::from_millis(args.sample_ms.max(100)),
+        detach_on_exit: args.detach_on_exit,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

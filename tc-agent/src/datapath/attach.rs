@@ -62,62 +62,236 @@ pub enum Mechanism {
 pub struct Hook {
     /// Interface name.
     pub iface: String,
+    /// The interface's index when attached: a link pinned for a deleted and
+    /// recreated interface of the same name is not this one's.
+    pub ifindex: u32,
     pub kind: HookKind,
     pub mechanism: Mechanism,
-    /// The pinned link, for TCX and XDP; dropping it after unpinning detaches.
-    pinned: Option<(PinnedLink, PathBuf)>,
-    /// Whether the pinned link was taken over from a previous agent.
+    /// What keeps the program attached.
+    link: HookLink,
+    /// Whether the program was swapped into a hook a previous agent left.
     pub replaced: bool,
 }
 
+/// What keeps a hook's program attached.
+enum HookLink {
+    /// TCX or XDP link pinned at `path`: the pin keeps it attached after
+    /// the agent exits; removing the pin (and closing `fd`) detaches it.
+    Pinned { fd: FdLink, path: PathBuf },
+    /// cls_bpf filter under clsact (before Linux 6.6): the kernel keeps it
+    /// until it is deleted.
+    Netlink(SchedClassifierLink),
+}
+
 impl Hook {
-    /// Detaches: unpins the link (so the kernel drops it with our fd). Netlink
-    /// filters are detached when the [`Datapath`] is dropped.
+    /// Leaves the program attached and enforcing for the next agent: a
+    /// stopped agent must not leave the node unenforced.
+    pub fn leave(self) {
+        match self.link {
+            // Closing our fd is fine: the pin holds the link.
+            HookLink::Pinned { fd, .. } => drop(fd),
+            // Dropping the link object would delete the filter.
+            HookLink::Netlink(link) => std::mem::forget(link),
+        }
+    }
+
+    /// Detaches the program now.
     pub fn detach(self) -> Result<()> {
-        if let Some((pinned, path)) = self.pinned {
-            let fd = pinned
-                .unpin()
-                .with_context(|| format!("unpinning {}", path.display()))?;
-            drop(fd);
+        match self.link {
+            HookLink::Pinned { fd, path } => {
+                std::fs::remove_file(&path)
+                    .with_context(|| format!("unpinning {}", path.display()))?;
+                // With the pin gone, closing the last fd detaches the link.
+                drop(fd);
+            }
+            HookLink::Netlink(link) => link
+                .detach()
+                .with_context(|| format!("removing the tc filter on {}", self.iface))?,
         }
         Ok(())
     }
 }
 
-fn link_path(links_dir: &Path, iface: &str, kind: HookKind) -> PathBuf {
+/// Every hook kind.
+pub const HOOK_KINDS: [HookKind; 3] = [
+    HookKind::TcIngress,
+    HookKind::TcEgress,
+    HookKind::XdpIngress,
+];
+
+/// Links pinned under `links_dir`, as (interface, kind, pin path).
+pub fn pinned_hooks(links_dir: &Path) -> Vec<(String, HookKind, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(links_dir) else {
+        return vec![];
+    };
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        for kind in HOOK_KINDS {
+            if let Some(iface) = name.strip_suffix(&format!("-{kind}")) {
+                out.push((iface.to_string(), kind, e.path()));
+                break;
+            }
+        }
+    }
+    out.sort_by(|a, b| a.2.cmp(&b.2));
+    out
+}
+
+/// Deletes our cls_bpf filter (before Linux 6.6) from `iface`.
+pub fn detach_netlink(iface: &str, kind: HookKind) -> Result<()> {
+    let ty = match kind {
+        HookKind::TcEgress => TcAttachType::Egress,
+        _ => TcAttachType::Ingress,
+    };
+    SchedClassifierLink::attached(
+        iface,
+        ty,
+        NETLINK_PRIORITY,
+        TcHandle::new(0, NETLINK_HANDLE),
+        None,
+    )?
+    .detach()
+    .with_context(|| format!("removing the tc filter on {iface}"))
+}
+
+/// Where the link of `kind` on `iface` is pinned.
+pub fn link_path(links_dir: &Path, iface: &str, kind: HookKind) -> PathBuf {
     links_dir.join(format!("{iface}-{kind}"))
 }
 
-/// Takes over a link pinned by a previous agent, if there is one.
-fn take_pinned(path: &Path) -> Result<Option<FdLink>> {
-    match PinnedLink::from_pin(path) {
-        Ok(p) => {
-            Ok(Some(p.unpin().with_context(|| {
-                format!("unpinning {}", path.display())
-            })?))
+/// The interface a link is attached to (`bpf_link_info`: XDP links since
+/// Linux 5.9, TCX since 6.6), or `None` when it is attached to none any
+/// more (its interface was deleted).
+fn link_ifindex(fd: &FdLink) -> Result<Option<u32>> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+
+    use aya_obj::generated::{bpf_cmd, bpf_link_info};
+    /// `union bpf_attr` as `BPF_LINK_GET_FD_BY_ID` reads it.
+    #[repr(C)]
+    struct IdAttr {
+        /// The link wanted.
+        link_id: u32,
+        /// Unused by this command, zero.
+        next_id: u32,
+        /// No flags.
+        open_flags: u32,
+    }
+    /// `union bpf_attr` as `BPF_OBJ_GET_INFO_BY_FD` reads it.
+    #[repr(C)]
+    struct InfoAttr {
+        /// The object whose information is wanted.
+        bpf_fd: u32,
+        /// Size of the buffer at `info`.
+        info_len: u32,
+        /// Where the kernel writes the `bpf_link_info`.
+        info: u64,
+    }
+    let sys_bpf = |cmd: bpf_cmd, attr: *mut libc::c_void, size: usize| {
+        // SAFETY: `attr` points to a live struct of `size` bytes laid out as
+        // `cmd` reads it; the kernel writes only where that struct says.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                cmd as libc::c_int,
+                attr,
+                size as libc::c_uint,
+            )
+        };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(rc)
         }
+    };
+    // aya's FdLink does not lend out its fd: open another one by the link's id.
+    let mut id = IdAttr {
+        link_id: fd.info().context("reading the pinned link's id")?.id(),
+        next_id: 0,
+        open_flags: 0,
+    };
+    let raw = sys_bpf(
+        bpf_cmd::BPF_LINK_GET_FD_BY_ID,
+        (&raw mut id).cast(),
+        std::mem::size_of::<IdAttr>(),
+    )
+    .context("opening the pinned link by id")?;
+    // SAFETY: the kernel just returned this fd to us; OwnedFd closes it.
+    let link = unsafe { OwnedFd::from_raw_fd(raw as i32) };
+    // SAFETY: bpf_link_info is plain data; all-zero is a valid value.
+    let mut info: bpf_link_info = unsafe { std::mem::zeroed() };
+    let mut attr = InfoAttr {
+        bpf_fd: std::os::fd::AsRawFd::as_raw_fd(&link) as u32,
+        info_len: std::mem::size_of::<bpf_link_info>() as u32,
+        info: &raw mut info as u64,
+    };
+    sys_bpf(
+        bpf_cmd::BPF_OBJ_GET_INFO_BY_FD,
+        (&raw mut attr).cast(),
+        std::mem::size_of::<InfoAttr>(),
+    )
+    .context("reading the pinned link's info")?;
+    // SAFETY: the XDP and TCX members both start with the interface index,
+    // a plain u32; which one the kernel filled depends on the link type.
+    let ifindex = unsafe { info.__bindgen_anon_1.tcx.ifindex };
+    Ok((ifindex != 0).then_some(ifindex))
+}
+
+/// A link a previous agent pinned at `path` for `ifindex`, if there is one.
+/// A pin whose link belongs to another interface (the name was reused) or
+/// to none is stale: it enforces nothing here, so it is removed.
+fn pinned_link(path: &Path, iface: &str, ifindex: u32) -> Result<Option<FdLink>> {
+    let pinned = match PinnedLink::from_pin(path) {
+        Ok(p) => p,
         Err(aya::programs::links::LinkError::SyscallError(e))
             if e.io_error.kind() == io::ErrorKind::NotFound =>
         {
+            return Ok(None)
+        }
+        Err(e) => return Err(e).with_context(|| format!("opening pinned link {}", path.display())),
+    };
+    // Keep the pin: the program is swapped inside the link, and until the
+    // swap succeeds the old program keeps enforcing.
+    let fd: FdLink = pinned.into();
+    match link_ifindex(&fd)? {
+        Some(i) if i == ifindex => Ok(Some(fd)),
+        other => {
+            tracing::warn!(
+                iface,
+                pinned_ifindex = ?other,
+                ifindex,
+                path = %path.display(),
+                "removing a stale pinned link: it belongs to another interface"
+            );
+            std::fs::remove_file(path)
+                .with_context(|| format!("removing stale pin {}", path.display()))?;
             Ok(None)
         }
-        Err(e) => Err(e).with_context(|| format!("opening pinned link {}", path.display())),
     }
 }
 
-/// Attaches `kind` to `iface`, pinning links under `links_dir`.
+/// Attaches `kind` to `iface`, pinning links under `links_dir`. A hook a
+/// previous agent left is taken over in place: the program inside its link
+/// (or filter) is replaced atomically, so enforcement never pauses, and if
+/// that fails the hook is left exactly as it was.
 pub fn attach(dp: &mut Datapath, iface: &str, kind: HookKind, links_dir: &Path) -> Result<Hook> {
-    sys::ifindex(iface)?;
+    let ifindex = sys::ifindex(iface)?;
     std::fs::create_dir_all(links_dir)
         .with_context(|| format!("creating {}", links_dir.display()))?;
     let path = link_path(links_dir, iface, kind);
     match kind {
-        HookKind::TcIngress | HookKind::TcEgress => attach_tc(dp, iface, kind, path),
-        HookKind::XdpIngress => attach_xdp(dp, iface, path),
+        HookKind::TcIngress | HookKind::TcEgress => attach_tc(dp, iface, ifindex, kind, path),
+        HookKind::XdpIngress => attach_xdp(dp, iface, ifindex, path),
     }
 }
 
-fn attach_tc(dp: &mut Datapath, iface: &str, kind: HookKind, path: PathBuf) -> Result<Hook> {
+fn attach_tc(
+    dp: &mut Datapath,
+    iface: &str,
+    ifindex: u32,
+    kind: HookKind,
+    path: PathBuf,
+) -> Result<Hook> {
     let (name, ty) = match kind {
         HookKind::TcIngress => (TC_INGRESS, TcAttachType::Ingress),
         _ => (TC_EGRESS, TcAttachType::Egress),
@@ -128,107 +302,132 @@ fn attach_tc(dp: &mut Datapath, iface: &str, kind: HookKind, path: PathBuf) -> R
         .context("program missing")?
         .try_into()?;
     if !sys::has_tcx() {
-        // Linux < 6.6: clsact + cls_bpf. Adding clsact twice is harmless.
+        // Linux < 6.6: clsact + cls_bpf at our fixed priority and handle.
+        // Adding clsact twice is harmless.
         let _ = qdisc_add_clsact(iface);
-        let opts = || {
-            TcAttachOptions::Netlink(NlOptions {
-                priority: NETLINK_PRIORITY,
-                handle: TcHandle::new(0, NETLINK_HANDLE),
-                ..Default::default()
-            })
+        let opts = TcAttachOptions::Netlink(NlOptions {
+            priority: NETLINK_PRIORITY,
+            handle: TcHandle::new(0, NETLINK_HANDLE),
+            ..Default::default()
+        });
+        // Creating fails if a previous agent's filter is there; then
+        // attaching "to" that filter replaces its program in one netlink
+        // request, so enforcement never pauses.
+        let (id, replaced) = match prog.attach_with_options(iface, ty, opts) {
+            Ok(id) => (id, false),
+            Err(_) => {
+                let ours = SchedClassifierLink::attached(
+                    iface,
+                    ty,
+                    NETLINK_PRIORITY,
+                    TcHandle::new(0, NETLINK_HANDLE),
+                    None,
+                )?;
+                let id = prog
+                    .attach_to_link(ours)
+                    .with_context(|| format!("attaching {name} to {iface} via netlink (clsact)"))?;
+                (id, true)
+            }
         };
-        let mut replaced = false;
-        if prog.attach_with_options(iface, ty, opts()).is_err() {
-            // Our filter from an agent that did not shut down cleanly: replace it.
-            let old = SchedClassifierLink::attached(
-                iface,
-                ty,
-                NETLINK_PRIORITY,
-                TcHandle::new(0, NETLINK_HANDLE),
-                None,
-            )?;
-            old.detach()
-                .with_context(|| format!("removing the stale tc filter on {iface}"))?;
-            prog.attach_with_options(iface, ty, opts())
-                .with_context(|| format!("attaching {name} to {iface} via netlink (clsact)"))?;
-            replaced = true;
-        }
         return Ok(Hook {
             iface: iface.into(),
+            ifindex,
             kind,
             mechanism: Mechanism::Netlink,
-            pinned: None,
+            link: HookLink::Netlink(prog.take_link(id)?),
             replaced,
         });
     }
-    let (id, replaced) = match take_pinned(&path)? {
-        Some(fd) => {
-            let link =
-                SchedClassifierLink::try_from(fd).context("pinned link is not a TCX link")?;
-            (
-                prog.attach_to_link(link)
-                    .with_context(|| format!("replacing the program on {iface}"))?,
-                true,
-            )
-        }
-        None => {
-            let (_, progs) = SchedClassifier::query_tcx(iface, ty).unwrap_or_default();
-            if let Some(p) = progs.iter().find(|p| p.name_as_str() == Some(name)) {
-                bail!(
-                    "another agent already owns {iface} {kind}: program `{name}` (id {}) is attached and not pinned under {}; stop that agent, or point --pin-dir at its directory",
-                    p.id(),
-                    path.parent().map(Path::display).map(|d| d.to_string()).unwrap_or_default()
-                );
-            }
-            let id = prog
-                .attach_with_options(iface, ty, TcAttachOptions::TcxOrder(LinkOrder::default()))
-                .with_context(|| format!("attaching {name} to {iface} via TCX"))?;
-            (id, false)
-        }
-    };
+    if let Some(fd) = pinned_link(&path, iface, ifindex)? {
+        let link = SchedClassifierLink::try_from(fd).context("pinned link is not a TCX link")?;
+        let id = prog
+            .attach_to_link(link)
+            .with_context(|| format!("replacing the program on {iface} {kind}"))?;
+        let fd: FdLink = prog.take_link(id)?.try_into()?;
+        return Ok(Hook {
+            iface: iface.into(),
+            ifindex,
+            kind,
+            mechanism: Mechanism::Tcx,
+            link: HookLink::Pinned { fd, path },
+            replaced: true,
+        });
+    }
+    let (_, progs) = SchedClassifier::query_tcx(iface, ty).unwrap_or_default();
+    if let Some(p) = progs.iter().find(|p| p.name_as_str() == Some(name)) {
+        bail!(
+            "another agent already owns {iface} {kind}: program `{name}` (id {}) is attached and not pinned under {}; stop that agent, or point --pin-dir at its directory",
+            p.id(),
+            path.parent().map(Path::display).map(|d| d.to_string()).unwrap_or_default()
+        );
+    }
+    let id = prog
+        .attach_with_options(iface, ty, TcAttachOptions::TcxOrder(LinkOrder::default()))
+        .with_context(|| format!("attaching {name} to {iface} via TCX"))?;
     let fd: FdLink = prog.take_link(id)?.try_into()?;
+    pin_new(fd, path, iface, ifindex, kind, Mechanism::Tcx)
+}
+
+/// Pins a freshly attached link; if pinning fails the link is dropped,
+/// which detaches it, and nothing is left behind.
+fn pin_new(
+    fd: FdLink,
+    path: PathBuf,
+    iface: &str,
+    ifindex: u32,
+    kind: HookKind,
+    mechanism: Mechanism,
+) -> Result<Hook> {
     let pinned = fd
         .pin(&path)
         .with_context(|| format!("pinning link at {}", path.display()))?;
     Ok(Hook {
         iface: iface.into(),
+        ifindex,
         kind,
-        mechanism: Mechanism::Tcx,
-        pinned: Some((pinned, path)),
-        replaced,
+        mechanism,
+        link: HookLink::Pinned {
+            fd: pinned.into(),
+            path,
+        },
+        replaced: false,
     })
 }
 
-fn attach_xdp(dp: &mut Datapath, iface: &str, path: PathBuf) -> Result<Hook> {
+fn attach_xdp(dp: &mut Datapath, iface: &str, ifindex: u32, path: PathBuf) -> Result<Hook> {
     let prog: &mut Xdp = dp
         .ebpf
         .program_mut(XDP_INGRESS)
         .context("program missing")?
         .try_into()?;
-    let (id, replaced) = match take_pinned(&path)? {
-        Some(fd) => {
-            let link = XdpLink::try_from(fd).context("pinned link is not an XDP link")?;
-            (prog.attach_to_link(link)?, true)
-        }
-        None => (
-            prog.attach(iface, XdpMode::Default).with_context(|| {
-                format!("attaching XDP to {iface} (is another XDP program attached?)")
-            })?,
-            false,
-        ),
-    };
+    if let Some(fd) = pinned_link(&path, iface, ifindex)? {
+        let link = XdpLink::try_from(fd).context("pinned link is not an XDP link")?;
+        let id = prog
+            .attach_to_link(link)
+            .with_context(|| format!("replacing the XDP program on {iface}"))?;
+        let fd: FdLink = prog.take_link(id)?.try_into()?;
+        return Ok(Hook {
+            iface: iface.into(),
+            ifindex,
+            kind: HookKind::XdpIngress,
+            mechanism: Mechanism::XdpLink,
+            link: HookLink::Pinned { fd, path },
+            replaced: true,
+        });
+    }
+    let id = prog
+        .attach(iface, XdpMode::Default)
+        .with_context(|| format!("attaching XDP to {iface} (is another XDP program attached?)"))?;
     let fd: FdLink = prog
         .take_link(id)?
         .try_into()
         .context("XDP links need Linux 5.9+")?;
-    let pinned = fd
-        .pin(&path)
-        .with_context(|| format!("pinning link at {}", path.display()))?;
-    Ok(Hook {
-        iface: iface.into(),
-        kind: HookKind::XdpIngress,
-        mechanism: Mechanism::XdpLink,
-        pinned: Some((pinned, path)),
-        replaced,
-    })
+    pin_new(
+        fd,
+        path,
+        iface,
+        ifindex,
+        HookKind::XdpIngress,
+        Mechanism::XdpLink,
+    )
 }

@@ -355,14 +355,17 @@ impl Datapath {
         generation * MAX_CHANNELS + i as u32
     }
 
-    /// Removes the pinned maps: the next agent starts from empty state.
-    pub fn unpin_maps(&mut self) {
-        if let Some(dir) = &self.pin_dir {
-            let maps = dir.join(MAPS_LAYOUT);
-            for name in MAP_NAMES {
-                let _ = std::fs::remove_file(maps.join(name));
+    /// Removes the maps pinned under `pin_dir` (any layout): the next agent
+    /// starts from empty state, and the kernel frees them once no program
+    /// uses them.
+    pub fn unpin_all(pin_dir: &Path) {
+        let Ok(entries) = std::fs::read_dir(pin_dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with("maps-v") {
+                let _ = std::fs::remove_dir_all(e.path());
             }
-            let _ = std::fs::remove_dir(&maps);
         }
     }
 }

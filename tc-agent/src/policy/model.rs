@@ -104,7 +104,7 @@ pub struct Channel {
 }
 
 /// A validated policy, ready to compile.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Policy {
     /// Channels in file order: the first match wins.
     pub channels: Vec<Channel>,

@@ -1,0 +1,100 @@
+//! Removing the datapath from a node: the explicit act that a stopped
+//! agent never performs by itself. Used by `tc-agent uninstall` and by
+//! `tc-agent run --detach-on-exit`.
+
+use std::path::Path;
+
+use anyhow::Result;
+use serde::Serialize;
+use tracing::{info, warn};
+
+use super::state::SavedState;
+use crate::datapath::{
+    attach::{self, Mechanism},
+    qdisc, Datapath,
+};
+
+/// What an uninstall did.
+#[derive(Debug, Default, Serialize)]
+pub struct UninstallReport {
+    /// Hooks detached, as `iface/kind`.
+    pub detached: Vec<String>,
+    /// Interfaces whose default qdisc was restored (fq was ours).
+    pub qdiscs_restored: Vec<String>,
+    /// Whether the pinned maps (policy, buckets, counters) were removed:
+    /// only when every interface was uninstalled.
+    pub maps_removed: bool,
+    /// What could not be undone, with the reason.
+    pub failed: Vec<String>,
+}
+
+/// Detaches the hooks of `ifaces` (all when `None`), restores the qdiscs the
+/// agent installed there and, when all are gone, removes the pinned maps
+/// and the saved state. The caller holds the directory locks.
+pub fn uninstall(
+    pin_dir: &Path,
+    state_dir: &Path,
+    ifaces: Option<&[String]>,
+) -> Result<UninstallReport> {
+    let state_file = state_dir.join("state.json");
+    let mut state = SavedState::load(&state_file).unwrap_or_default();
+    let links = pin_dir.join("links");
+    let wanted = |iface: &str| ifaces.is_none_or(|l| l.iter().any(|i| i == iface));
+    let mut report = UninstallReport::default();
+
+    // Pinned links (TCX, XDP): found by their pins, whatever the state says.
+    for (iface, kind, path) in attach::pinned_hooks(&links) {
+        if !wanted(&iface) {
+            continue;
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => report.detached.push(format!("{iface}/{kind}")),
+            Err(e) => report.failed.push(format!("{}: {e}", path.display())),
+        }
+    }
+    // Netlink filters (before Linux 6.6): only the saved state names them.
+    for h in state.hooks.iter().filter(|h| wanted(&h.iface)) {
+        if h.mechanism == Mechanism::Netlink {
+            match attach::detach_netlink(&h.iface, h.kind) {
+                Ok(()) => report.detached.push(format!("{}/{}", h.iface, h.kind)),
+                Err(e) => report.failed.push(format!("{}/{}: {e:#}", h.iface, h.kind)),
+            }
+        }
+    }
+    state.hooks.retain(|h| !wanted(&h.iface));
+
+    let mut fq_left = Vec::new();
+    for iface in std::mem::take(&mut state.fq_installed) {
+        if !wanted(&iface) {
+            fq_left.push(iface);
+            continue;
+        }
+        match qdisc::restore(&iface) {
+            Ok(()) => report.qdiscs_restored.push(iface),
+            Err(e) => {
+                report
+                    .failed
+                    .push(format!("restoring the qdisc of {iface}: {e:#}"));
+                fq_left.push(iface);
+            }
+        }
+    }
+    state.fq_installed = fq_left;
+
+    let anything_left = !attach::pinned_hooks(&links).is_empty()
+        || !state.hooks.is_empty()
+        || !state.fq_installed.is_empty();
+    if ifaces.is_none() && !anything_left {
+        Datapath::unpin_all(pin_dir);
+        let _ = std::fs::remove_dir(&links);
+        let _ = std::fs::remove_dir(pin_dir);
+        let _ = std::fs::remove_file(&state_file);
+        report.maps_removed = true;
+    } else if let Err(e) = state.save(&state_file) {
+        warn!(error = %e, "cannot save agent state after uninstall");
+    }
+    for d in &report.detached {
+        info!(hook = %d, "detached");
+    }
+    Ok(report)
+}

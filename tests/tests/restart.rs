@@ -1,0 +1,164 @@
+//! No enforcement gap, ever: a flood stays held to its limit while the agent
+//! is killed, stopped and restarted, and a restart that fails leaves the
+//! hooks it found enforcing. Real traffic through network namespaces; the
+//! agent runs in `server` on its veth.
+
+use std::{sync::mpsc, time::Duration};
+
+use anyhow::Result;
+use tc_tests::netns::{
+    in_netns, serial, sh, udp_receive_bins, udp_send, write_policy, Agent, Pair,
+};
+
+const LIMIT_BPS: f64 = 20e6;
+const PAYLOAD: usize = 1000;
+/// Ethernet + IPv4 + UDP headers the limit counts on top of the payload.
+const OVERHEAD: f64 = 14.0 + 20.0 + 8.0;
+
+fn policy() -> std::path::PathBuf {
+    write_policy(
+        "restart-flood",
+        "channels:\n  - name: capped\n    to: [198.18.0.2/32]\n    protocol: udp\n    ports: [9400]\n    limit: {bandwidth: 20Mbit, burst: 64KiB}\n",
+    )
+}
+
+/// Payload bits per second the limit lets through.
+fn expected_bps() -> f64 {
+    LIMIT_BPS * PAYLOAD as f64 / (PAYLOAD as f64 + OVERHEAD)
+}
+
+/// Per-second receive rates over the whole run as ratios of the limit,
+/// without the first second (the burst) and the last (partial).
+fn ratios(bins: &[u64]) -> Vec<f64> {
+    let n = bins.len().saturating_sub(1);
+    bins[1.min(n)..n]
+        .iter()
+        .map(|b| *b as f64 * 8.0 / expected_bps())
+        .collect()
+}
+
+#[test]
+fn a_flood_stays_held_while_the_agent_is_killed_stopped_and_restarted() -> Result<()> {
+    let _g = serial();
+    let pair = Pair::new()?;
+    let policy = policy();
+    let mut agent = Agent::start(&pair.server, &pair.server_if, &policy)?;
+    let rx = in_netns(&pair.server, || udp_receive_bins("198.18.0.2:9400", 18.0));
+    std::thread::sleep(Duration::from_millis(200));
+    // 4x the limit for 16 s, bounded in count.
+    let tx = in_netns(&pair.client, || {
+        udp_send("198.18.0.2:9400", PAYLOAD, 4.0 * LIMIT_BPS, 16.0, 200_000)
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    agent.kill();
+    std::thread::sleep(Duration::from_secs(3));
+    // Without --policy: the pinned live policy goes on.
+    agent.respawn(None, &[])?;
+    let status: serde_json::Value =
+        serde_json::from_slice(&agent.cli(&["status", "-o", "json"])?.stdout)?;
+    let hooks = status["hooks"].as_array().cloned().unwrap_or_default();
+    assert!(
+        !hooks.is_empty() && hooks.iter().all(|h| h["replaced"] == true),
+        "the restarted agent must take over the hooks the killed one left: {status}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    agent.stop();
+    std::thread::sleep(Duration::from_secs(3));
+    agent.respawn(None, &[])?;
+    tx.join().unwrap()??;
+    let bins = rx.join().unwrap()??;
+    let r = ratios(&bins);
+    println!(
+        "per-second receive rate / limit: {:?}",
+        r.iter()
+            .map(|x| (x * 100.0).round() / 100.0)
+            .collect::<Vec<_>>()
+    );
+    assert!(r.len() >= 12, "too few seconds measured: {bins:?}");
+    for (i, x) in r.iter().enumerate() {
+        assert!(
+            (0.85..=1.10).contains(x),
+            "second {}: {x:.3} of the limit arrived ({r:?})",
+            i + 1
+        );
+    }
+    let t = agent.totals("capped")?;
+    assert!(t["dropped_pkts"].as_u64().unwrap() > 0, "{t}");
+    Ok(())
+}
+
+#[test]
+fn a_failed_restart_leaves_the_other_interfaces_enforced() -> Result<()> {
+    let _g = serial();
+    let pair = Pair::new()?;
+    // A second interface on the server: a veth pair inside its namespace.
+    let ns = pair.server.as_str();
+    sh(&[
+        "ip", "-n", ns, "link", "add", "tcdum0", "type", "veth", "peer", "name", "tcdum1",
+    ])?;
+    for dev in ["tcdum0", "tcdum1"] {
+        sh(&["ip", "-n", ns, "link", "set", dev, "up"])?;
+    }
+    let policy = policy();
+    let hooks = ["--iface", &pair.server_if, "--iface", "tcdum0"];
+    let mut agent = Agent::start_hooks(&pair.server, &hooks, &policy)?;
+    agent.kill();
+
+    // Someone else's XDP program on the second interface.
+    let (release, held) = mpsc::channel::<()>();
+    let (ready_tx, ready) = mpsc::channel::<Result<()>>();
+    let foreign = in_netns(&pair.server, move || {
+        let mut ebpf = match aya::Ebpf::load(tc_agent::datapath::EBPF_OBJECT) {
+            Ok(e) => e,
+            Err(e) => return ready_tx.send(Err(e.into())),
+        };
+        let attached = (|| -> Result<()> {
+            let prog: &mut aya::programs::Xdp = ebpf
+                .program_mut(tc_agent::datapath::XDP_PASS)
+                .expect("xdp_pass")
+                .try_into()?;
+            prog.load()?;
+            prog.attach("tcdum0", aya::programs::XdpMode::Skb)?;
+            Ok(())
+        })();
+        let _ = ready_tx.send(attached);
+        // Keep the program attached until the test is done.
+        let _ = held.recv_timeout(Duration::from_secs(60));
+        Ok(())
+    });
+    ready.recv()??;
+
+    // The restart asks for XDP on the second interface and must fail there.
+    let err = agent
+        .respawn(None, &["--xdp", "tcdum0"])
+        .expect_err("the restart must fail: XDP is taken on tcdum0");
+    println!("failed restart, as expected: {err:#}");
+    assert!(format!("{err:#}").contains("tcdum0"), "{err:#}");
+
+    // No agent runs now; the hooks the killed agent left on the veth still
+    // hold the flood to the limit.
+    let rx = in_netns(&pair.server, || udp_receive_bins("198.18.0.2:9400", 7.0));
+    std::thread::sleep(Duration::from_millis(200));
+    let tx = in_netns(&pair.client, || {
+        udp_send("198.18.0.2:9400", PAYLOAD, 4.0 * LIMIT_BPS, 6.0, 100_000)
+    });
+    tx.join().unwrap()??;
+    let r = ratios(&rx.join().unwrap()??);
+    println!("after the failed restart, per-second rate / limit: {r:?}");
+    assert!(r.len() >= 3, "too few seconds measured: {r:?}");
+    for x in &r {
+        assert!(
+            (0.85..=1.10).contains(x),
+            "{x:.3} of the limit arrived: {r:?}"
+        );
+    }
+    for kind in ["tc-ingress", "tc-egress"] {
+        for iface in [pair.server_if.as_str(), "tcdum0"] {
+            let pin = agent.pin_dir.join("links").join(format!("{iface}-{kind}"));
+            assert!(pin.exists(), "{} is gone", pin.display());
+        }
+    }
+    let _ = release.send(());
+    let _ = foreign.join();
+    Ok(())
+}
