@@ -52,7 +52,9 @@ pub struct Response {
 /// What an apply changed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApplyReport {
-    /// The generation now live.
+    /// The policy version now live: it only grows, one per apply.
+    pub version: u64,
+    /// The datapath's generation slot (0 or 1) the version lives in.
     pub generation: u32,
     pub channels: usize,
     /// Channel names new in this policy.
@@ -104,11 +106,27 @@ pub type NodeCounters = GlobalCounters;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChannelsReport {
+    /// The live policy version.
+    pub version: u64,
+    /// The datapath's generation slot (0 or 1) the version lives in.
     pub generation: u32,
     /// Seconds between the samples the rates come from (0 before two samples exist).
     pub rate_window_s: f64,
     pub channels: Vec<ChannelRow>,
+    /// Channels the kernel enforces that the agent cannot name (its saved
+    /// state did not match the kernel at start): counted, never hidden.
+    pub unnamed_channels: usize,
     pub node: NodeCounters,
+}
+
+/// The saved state checked against the kernel at start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", content = "reason", rename_all = "kebab-case")]
+pub enum StateCheck {
+    /// Saved policy, version and table digest match the kernel's.
+    Consistent,
+    /// They disagree; the reason says how.
+    Mismatch(String),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -139,7 +157,15 @@ pub struct StatusReport {
     pub hooks: Vec<HookRow>,
     /// Interfaces where the agent installed fq for `delay`.
     pub fq_on: Vec<String>,
+    /// The live policy version (0: no policy was ever applied).
+    pub version: u64,
+    /// The datapath's generation slot (0 or 1) the version lives in.
     pub generation: u32,
+    /// Whether the agent's saved state agrees with what the kernel enforces,
+    /// and if not, why (then the live channels cannot be named).
+    pub state: StateCheck,
+    /// Channels the kernel enforces that the agent cannot name.
+    pub unnamed_channels: usize,
     pub channels: usize,
     /// The file the live policy came from, if any.
     pub policy_file: Option<String>,

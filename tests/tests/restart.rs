@@ -162,3 +162,71 @@ fn a_failed_restart_leaves_the_other_interfaces_enforced() -> Result<()> {
     let _ = foreign.join();
     Ok(())
 }
+
+/// `status -o json` of a running agent.
+fn status(agent: &Agent) -> Result<serde_json::Value> {
+    Ok(serde_json::from_slice(
+        &agent.cli(&["status", "-o", "json"])?.stdout,
+    )?)
+}
+
+#[test]
+fn a_restart_tells_the_truth_about_what_the_kernel_enforces() -> Result<()> {
+    let _g = serial();
+    let pair = Pair::new()?;
+    let two = write_policy(
+        "truth",
+        "channels:\n  - name: a\n    protocol: udp\n    limit: {bandwidth: 10Mbit}\n  - name: b\n",
+    );
+    let mut agent = Agent::start(&pair.server, &pair.server_if, &two)?;
+    let s = status(&agent)?;
+    let version = s["version"].as_u64().unwrap();
+    assert!(version >= 1, "{s}");
+    assert_eq!(s["state"]["state"], "consistent", "{s}");
+
+    // A plain restart: same version, same named channels.
+    agent.stop();
+    agent.respawn(None, &[])?;
+    let s = status(&agent)?;
+    assert_eq!(s["version"].as_u64(), Some(version), "{s}");
+    assert_eq!(s["state"]["state"], "consistent", "{s}");
+    assert_eq!(agent.channels()?["channels"].as_array().unwrap().len(), 2);
+
+    // The saved state is lost: the kernel still enforces two channels,
+    // which the agent must neither name nor hide.
+    agent.stop();
+    std::fs::remove_file(agent.state_dir.join("state.json"))?;
+    agent.respawn(None, &[])?;
+    let s = status(&agent)?;
+    assert_eq!(s["state"]["state"], "mismatch", "{s}");
+    assert_eq!(s["unnamed_channels"], 2, "{s}");
+    let c = agent.channels()?;
+    assert_eq!(c["channels"].as_array().unwrap().len(), 0, "{c}");
+    assert_eq!(c["unnamed_channels"], 2, "{c}");
+    let text = String::from_utf8(agent.cli(&["status"])?.stdout)?;
+    assert!(text.contains("WARNING"), "{text}");
+
+    // An apply takes over, with a version that only grows.
+    let out = String::from_utf8(agent.cli(&["apply", two.to_str().unwrap()])?.stdout)?;
+    assert!(out.contains(&format!("version {}", version + 1)), "{out}");
+    let s = status(&agent)?;
+    assert_eq!(s["state"]["state"], "consistent", "{s}");
+    assert_eq!(s["unnamed_channels"], 0, "{s}");
+
+    // The maps are wiped (as by a layout upgrade) while the saved state
+    // still names the policy: nothing is enforced, and status says so.
+    agent.stop();
+    tc_agent::datapath::Datapath::unpin_all(&agent.pin_dir);
+    agent.respawn(None, &[])?;
+    let s = status(&agent)?;
+    assert_eq!(s["state"]["state"], "mismatch", "{s}");
+    assert!(
+        s["state"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("holds no policy"),
+        "{s}"
+    );
+    assert_eq!(agent.channels()?["channels"].as_array().unwrap().len(), 0);
+    Ok(())
+}

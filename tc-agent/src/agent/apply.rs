@@ -7,7 +7,7 @@ impl Agent {
         let t0 = Instant::now();
         let policy = Policy::parse(text, file)?;
         let compiled = compile(&policy)?;
-        self.prepare_fq(&policy)?;
+        let fq_new = self.prepare_fq(&policy)?;
         let old: HashMap<&str, (usize, &crate::policy::Channel)> = self
             .policy
             .channels
@@ -16,6 +16,7 @@ impl Agent {
             .map(|(i, c)| (c.name.as_str(), (i, c)))
             .collect();
         let mut report = ApplyReport {
+            version: 0,
             generation: 0,
             channels: policy.channels.len(),
             added: vec![],
@@ -53,15 +54,35 @@ impl Agent {
             .collect();
 
         let previous = self.generation;
-        let generation = self.dp.apply(&compiled, &carry)?;
+        let live = match self.dp.apply(&compiled, &carry) {
+            Ok(live) => live,
+            Err(e) => {
+                // The old policy is still live: undo what this apply added.
+                for iface in &fq_new {
+                    if let Err(e) = qdisc::restore(iface) {
+                        warn!(iface, error = %e, "restoring the qdisc failed");
+                    }
+                }
+                self.fq_installed.retain(|i| !fq_new.contains(i));
+                return Err(anyhow::Error::new(e)
+                    .context("policy not applied: the running policy is unchanged"));
+            }
+        };
+        // From here on the new policy is live: nothing below may fail the
+        // request, or the operator would be told the old one still is.
         report.took_ms = t0.elapsed().as_secs_f64() * 1e3;
-        report.generation = generation;
+        report.generation = live.generation;
+        report.version = live.version;
 
         // Fold the old generation's counters into the carried totals.
         std::thread::sleep(SWITCH_GRACE);
         let old_counters = self
             .dp
-            .channel_counters(previous, self.policy.channels.len())?;
+            .channel_counters(previous, self.policy.channels.len())
+            .unwrap_or_else(|e| {
+                warn!(error = %e, "reading the previous policy's counters failed; its totals restart");
+                vec![Default::default(); self.policy.channels.len()]
+            });
         let mut carried = HashMap::new();
         for (c, counters) in self.policy.channels.iter().zip(old_counters) {
             if policy.channels.iter().any(|n| n.name == c.name) {
@@ -71,13 +92,18 @@ impl Agent {
             }
         }
         self.carried = carried;
-        self.generation = generation;
+        self.generation = live.generation;
+        self.version = live.version;
+        self.digest = digest::of_compiled(&compiled);
+        self.state_check = StateCheck::Consistent;
+        self.live_slots = policy.channels.len();
         self.policy = policy;
         self.policy_file = Some(file.to_string());
         self.history.clear();
         self.save();
         info!(
-            generation,
+            version = live.version,
+            generation = live.generation,
             channels = report.channels,
             added = report.added.len(),
             removed = report.removed.len(),
@@ -90,14 +116,15 @@ impl Agent {
 
     /// `delay` channels need fq on every egress interface. Installs it where
     /// missing, before any map changes; if one interface fails, the others
-    /// are put back and the apply fails with nothing changed.
-    pub(super) fn prepare_fq(&mut self, policy: &Policy) -> Result<()> {
+    /// are put back and the apply fails with nothing changed. Returns the
+    /// interfaces where it installed fq now.
+    pub(super) fn prepare_fq(&mut self, policy: &Policy) -> Result<Vec<String>> {
         let pacing = policy
             .channels
             .iter()
             .any(|c| c.action == Action::Delay && c.mode == Mode::Enforce);
         if !pacing {
-            return Ok(());
+            return Ok(vec![]);
         }
         let mut installed = Vec::new();
         for iface in &self.config.ifaces {
@@ -118,7 +145,7 @@ impl Agent {
         for i in &installed {
             info!(iface = %i, "installed fq for delay channels");
         }
-        self.fq_installed.extend(installed);
-        Ok(())
+        self.fq_installed.extend(installed.iter().cloned());
+        Ok(installed)
     }
 }

@@ -148,20 +148,87 @@ fn attach_all(agent: &mut Agent) -> Result<()> {
     Ok(())
 }
 
+/// Checks the saved state against the kernel. The saved policy is used
+/// only when its version and its tables' digest are what the kernel holds;
+/// otherwise (state lost or stale, maps wiped, a layout upgrade) the
+/// mismatch is reported, and the saved policy is dropped so that no channel
+/// is listed that the kernel is not enforcing. What the saved state knows
+/// besides the policy (hooks, qdiscs it installed) is kept either way.
+fn check_saved(
+    dp: &mut Datapath,
+    live: tc_common::Config,
+    saved: Option<SavedState>,
+) -> (Option<SavedState>, StateCheck) {
+    let Some(mut saved) = saved else {
+        return if live.version == 0 {
+            (None, StateCheck::Consistent)
+        } else {
+            (
+                None,
+                StateCheck::Mismatch(format!(
+                    "the kernel enforces policy version {} but the saved state is missing; its channels are unnamed until a policy is applied",
+                    live.version
+                )),
+            )
+        };
+    };
+    let why = if saved.version != live.version {
+        if live.version == 0 {
+            Some(format!(
+                "the saved state names policy version {}, but the kernel holds no policy (maps wiped, or a new map layout): nothing is enforced until a policy is applied",
+                saved.version
+            ))
+        } else {
+            Some(format!(
+                "the saved state names policy version {}, the kernel enforces version {}",
+                saved.version, live.version
+            ))
+        }
+    } else if saved.generation != live.generation {
+        Some("the saved state and the kernel disagree on the live generation".into())
+    } else {
+        match dp.digest_of_generation(live.generation) {
+            Ok(d) if d == saved.digest => None,
+            Ok(_) => Some(format!(
+                "the kernel's tables for policy version {} differ from the saved policy",
+                live.version
+            )),
+            Err(e) => Some(format!("cannot read the kernel's tables: {e}")),
+        }
+    };
+    match why {
+        None => (Some(saved), StateCheck::Consistent),
+        Some(why) => {
+            saved.policy = Policy::default();
+            saved.policy_file = None;
+            saved.carried.clear();
+            (Some(saved), StateCheck::Mismatch(why))
+        }
+    }
+}
+
 impl Agent {
     /// The agent over a freshly loaded datapath, resuming what the pinned
     /// maps and the saved state say is live.
     fn resume(mut dp: Datapath, config: AgentConfig) -> Result<Self> {
         let live = dp.config()?;
-        let saved = SavedState::load(&config.state_dir.join("state.json"))
-            .filter(|s| s.generation == live.generation);
+        let saved = SavedState::load(&config.state_dir.join("state.json"));
+        let (saved, state_check) = check_saved(&mut dp, live, saved);
+        if let StateCheck::Mismatch(why) = &state_check {
+            warn!(reason = %why, "the saved state does not match the kernel: the live channels cannot be named; apply a policy to take them over");
+        }
         let saved = saved.unwrap_or_default();
+        let live_slots = dp.active_channels(live.generation)?;
         let agent = Agent {
             dp,
             hooks: Vec::new(),
             policy: saved.policy,
             policy_file: saved.policy_file,
             generation: live.generation,
+            version: live.version,
+            digest: saved.digest,
+            state_check,
+            live_slots,
             carried: saved.carried,
             history: VecDeque::new(),
             fq_installed: saved.fq_installed,
@@ -170,7 +237,7 @@ impl Agent {
         };
         if !agent.policy.channels.is_empty() {
             info!(
-                generation = agent.generation,
+                version = agent.version,
                 channels = agent.policy.channels.len(),
                 "resumed the pinned live policy"
             );

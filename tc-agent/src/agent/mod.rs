@@ -35,11 +35,11 @@ use self::state::SavedState;
 use crate::{
     control::{
         ApplyReport, ChannelRow, ChannelsReport, Features, HookRow, Rates, Request, Response,
-        StatusReport, Totals,
+        StateCheck, StatusReport, Totals,
     },
     datapath::{
         attach::{self, Hook, HookKind},
-        qdisc, sys, Datapath,
+        digest, qdisc, sys, Datapath,
     },
     policy::{compile::compile, Action, Mode, Policy},
 };
@@ -90,6 +90,15 @@ struct Agent {
     /// Where it came from, for `status`.
     policy_file: Option<String>,
     generation: u32,
+    /// Policy version of the live generation (only grows; 0: none ever).
+    version: u64,
+    /// Digest of the live generation's tables, saved with the state so a
+    /// restarted agent can tell whether the kernel still holds them.
+    digest: u64,
+    /// Whether the saved state matched the kernel at start.
+    state_check: StateCheck,
+    /// Channels the live generation holds in the kernel, named or not.
+    live_slots: usize,
     /// Counters of earlier generations, by channel name, so totals survive re-applies.
     carried: HashMap<String, Totals>,
     /// Recent samples, newest last, for rates.
@@ -107,7 +116,8 @@ impl Agent {
     fn save(&self) {
         let s = SavedState {
             generation: self.generation,
-            version: 0,
+            version: self.version,
+            digest: self.digest,
             hooks: self.saved_hooks(),
             policy: self.policy.clone(),
             policy_file: self.policy_file.clone(),

@@ -4,6 +4,16 @@
 use super::*;
 
 impl Agent {
+    /// Live channels the kernel enforces beyond those the agent can name:
+    /// non-zero only when the saved state did not match the kernel.
+    fn unnamed_channels(&self) -> usize {
+        if self.state_check == StateCheck::Consistent {
+            0
+        } else {
+            self.live_slots.saturating_sub(self.policy.channels.len())
+        }
+    }
+
     pub(super) fn sample(&mut self) -> Result<()> {
         let totals = self.totals()?;
         let totals = self
@@ -74,9 +84,11 @@ impl Agent {
             })
             .collect();
         Ok(ChannelsReport {
+            version: self.version,
             generation: self.generation,
             rate_window_s: window.map_or(0.0, |(a, b)| (b.at - a.at).as_secs_f64()),
             channels: rows,
+            unnamed_channels: self.unnamed_channels(),
             node: g,
         })
     }
@@ -102,7 +114,10 @@ impl Agent {
                     replaced: h.replaced,
                 })
                 .collect(),
+            version: self.version,
             generation: self.generation,
+            state: self.state_check.clone(),
+            unnamed_channels: self.unnamed_channels(),
             channels: self.policy.channels.len(),
             policy_file: self.policy_file.clone(),
             pin_dir: self.config.pin_dir.display().to_string(),

@@ -22,6 +22,11 @@ pub struct SavedState {
     /// kernel's config map holds another.
     #[serde(default)]
     pub version: u64,
+    /// Digest of the tables that version wrote (`datapath::digest`): the
+    /// saved policy names the kernel's channels only if the kernel still
+    /// holds exactly these tables.
+    #[serde(default)]
+    pub digest: u64,
     /// The live policy, in slot order.
     pub policy: Policy,
     /// The file it came from.

@@ -38,18 +38,40 @@ pub fn execute(args: ApplyArgs, socket: &std::path::Path) -> Result<()> {
         println!("warning: {w}");
     }
     println!(
-        "applied generation {} ({} channels, {} table entries) in {:.1} ms",
-        r.generation, r.channels, r.table_entries, r.took_ms
+        "applied policy version {}: {} channels ({} added, {} changed, {} removed, {} unchanged), {} table entries, live in {:.1} ms",
+        r.version,
+        r.channels,
+        r.added.len(),
+        r.changed.len(),
+        r.removed.len(),
+        r.unchanged.len(),
+        r.table_entries,
+        r.took_ms
     );
+    // Names, up to about a screen; `-o json` lists every one.
+    let mut budget = NAMES_SHOWN;
     for (label, names) in [
         ("added", &r.added),
         ("changed", &r.changed),
         ("removed", &r.removed),
-        ("unchanged", &r.unchanged),
     ] {
-        if !names.is_empty() {
-            println!("  {label:<9} {}", names.join(", "));
+        if names.is_empty() {
+            continue;
         }
+        let shown = names.len().min(budget);
+        budget -= shown;
+        let more = names.len() - shown;
+        let mut line = names[..shown].join(", ");
+        if more > 0 {
+            line.push_str(&format!(
+                "{}... and {more} more (-o json lists all)",
+                if shown > 0 { ", " } else { "" }
+            ));
+        }
+        println!("  {label:<9} {line}");
     }
     Ok(())
 }
+
+/// Channel names an apply report prints before it summarizes.
+const NAMES_SHOWN: usize = 40;

@@ -32,8 +32,8 @@ pub fn execute(args: ChannelsArgs, socket: &std::path::Path) -> Result<()> {
 /// The text table, also used by the demo.
 pub fn render(r: &ChannelsReport) -> String {
     let mut out = format!(
-        "generation {}, rates over {:.1}s\n{:<20} {:<8} {:<22} {:<8} {:>11} {:>11} {:>11} {:>12} {:>12} {:>10}\n",
-        r.generation, r.rate_window_s, "CHANNEL", "DIR", "LIMIT", "MODE", "PASS", "DROP", "PASS pps", "PASSED pkts", "DROPPED pkts", "ACTION"
+        "policy version {}, rates over {:.1}s\n{:<20} {:<8} {:<22} {:<8} {:>11} {:>11} {:>11} {:>12} {:>12} {:>10}\n",
+        r.version, r.rate_window_s, "CHANNEL", "DIR", "LIMIT", "MODE", "PASS", "DROP", "PASS pps", "PASSED pkts", "DROPPED pkts", "ACTION"
     );
     for c in &r.channels {
         let mut limit = Vec::new();
@@ -70,10 +70,20 @@ pub fn render(r: &ChannelsReport) -> String {
             },
         ));
     }
+    if r.unnamed_channels > 0 {
+        out.push_str(&format!(
+            "WARNING: the kernel enforces {} channels the agent cannot name (see `tc-agent status`); apply a policy to take them over\n",
+            r.unnamed_channels
+        ));
+    }
     let n = &r.node;
     out.push_str(&format!(
-        "node: {} packets seen, {} unclassified, {} non-IP, {} malformed, {} fragments, {} fail-open\n",
-        n.seen_pkts, n.unclassified_pkts, n.non_ip_pkts, n.malformed_pkts, n.fragment_pkts, n.fail_open_pkts
+        "node: {} packets seen, {} unclassified, {} non-IP, {} malformed, {} fail-open\n",
+        n.seen_pkts, n.unclassified_pkts, n.non_ip_pkts, n.malformed_pkts, n.fail_open_pkts
+    ));
+    out.push_str(&format!(
+        "      {} later fragments ({} orphans), {} without readable ports (held conservatively)\n",
+        n.fragment_pkts, n.fragment_orphan_pkts, n.no_ports_pkts
     ));
     out
 }

@@ -4,7 +4,7 @@ use anyhow::Result;
 use clap::Args;
 
 use super::Output;
-use crate::control::{request, Request, StatusReport};
+use crate::control::{request, Request, StateCheck, StatusReport};
 
 /// Show interfaces and hooks, kernel features in use, the live policy
 /// generation and the agent's uptime.
@@ -36,16 +36,23 @@ pub fn execute(args: StatusArgs, socket: &std::path::Path) -> Result<()> {
             "no, the kernel lacks the fq qdisc"
         }
     );
-    println!(
-        "policy     generation {}, {} channels, from {}",
-        s.generation,
-        s.channels,
-        s.policy_file.as_deref().unwrap_or("(none)")
-    );
+    if s.version == 0 {
+        println!("policy     none applied yet: traffic is only counted");
+    } else {
+        println!(
+            "policy     version {}, {} channels, from {}",
+            s.version,
+            s.channels,
+            s.policy_file.as_deref().unwrap_or("(unknown)")
+        );
+    }
+    if let StateCheck::Mismatch(why) = &s.state {
+        println!("WARNING    {why}");
+    }
     println!("pins       {}", s.pin_dir);
     if !s.fq_on.is_empty() {
         println!(
-            "fq         installed by the agent on {} (restored on shutdown)",
+            "fq         installed by the agent on {} (`tc-agent uninstall` restores the default)",
             s.fq_on.join(", ")
         );
     }

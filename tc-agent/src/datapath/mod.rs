@@ -2,6 +2,7 @@
 //! maps, write policies into them atomically and read the counters back.
 
 pub mod attach;
+pub mod digest;
 pub mod qdisc;
 pub mod sys;
 
@@ -163,12 +164,13 @@ impl Datapath {
     /// the token-bucket state of an unchanged channel, so a re-apply does not
     /// hand out a fresh burst.
     ///
-    /// Returns the new generation.
+    /// Returns the new live config: its generation, and its policy
+    /// version, one more than the previous.
     pub fn apply(
         &mut self,
         compiled: &Compiled,
         carry: &[Option<u32>],
-    ) -> Result<u32, DatapathError> {
+    ) -> Result<Config, DatapathError> {
         let live = self.config()?;
         let next = live.generation ^ 1;
         self.purge(next)?;
@@ -247,19 +249,17 @@ impl Datapath {
                 0,
             )
             .map_err(map_err(GENS))?;
-        // The switch: only the generation's low byte changes, so even a
-        // byte-wise copy is atomic for every reader.
+        // The switch: of what the datapath reads, only the generation's low
+        // byte changes, so even a byte-wise copy is atomic for every reader.
+        let config = Config {
+            generation: next,
+            version: live.version + 1,
+            ..live
+        };
         self.array::<Config>(CONFIG)?
-            .set(
-                0,
-                Config {
-                    generation: next,
-                    ..live
-                },
-                0,
-            )
+            .set(0, config, 0)
             .map_err(map_err(CONFIG))?;
-        Ok(next)
+        Ok(config)
     }
 
     /// Removes every entry of generation `generation` from the tries and
@@ -283,6 +283,23 @@ impl Datapath {
             }
         }
         Ok(())
+    }
+
+    /// How many channels `generation` holds (its active policy slots).
+    pub fn active_channels(&mut self, generation: u32) -> Result<usize, DatapathError> {
+        let policies = self.array::<ChannelPolicy>(POLICIES)?;
+        let base = generation * MAX_CHANNELS;
+        let mut n = 0;
+        while n < MAX_CHANNELS
+            && policies
+                .get(&(base + n), 0)
+                .map_err(map_err(POLICIES))?
+                .active
+                != 0
+        {
+            n += 1;
+        }
+        Ok(n as usize)
     }
 
     /// Counters of `count` channel slots of `generation`, summed over CPUs.
