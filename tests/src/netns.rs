@@ -181,6 +181,8 @@ pub fn agent_bin() -> PathBuf {
 /// A `tc-agent run` in a namespace, with its own socket, pins and state.
 pub struct Agent {
     child: Option<Child>,
+    /// More `run` arguments, given again on every (re)start.
+    extra: Vec<String>,
     pub socket: PathBuf,
     pub pin_dir: PathBuf,
     pub state_dir: PathBuf,
@@ -190,10 +192,16 @@ pub struct Agent {
 impl Agent {
     /// Starts an agent in `netns` on `iface` with `policy` and waits for its socket.
     pub fn start(netns: &str, iface: &str, policy: &Path) -> Result<Self> {
+        Self::start_with(netns, iface, policy, &[])
+    }
+
+    /// [`start`](Agent::start) with more `tc-agent run` arguments.
+    pub fn start_with(netns: &str, iface: &str, policy: &Path, extra: &[&str]) -> Result<Self> {
         let base = std::env::temp_dir().join(format!("tc-agent-test-{netns}"));
         std::fs::create_dir_all(&base)?;
         let mut a = Self {
             child: None,
+            extra: extra.iter().map(ToString::to_string).collect(),
             socket: base.join("agent.sock"),
             pin_dir: PathBuf::from(format!("/sys/fs/bpf/tc-agent-test-{netns}")),
             state_dir: base.join("state"),
@@ -223,6 +231,7 @@ impl Agent {
         if let Some(p) = policy {
             cmd.arg("--policy").arg(p);
         }
+        cmd.args(&self.extra);
         let child = cmd
             .stdout(Stdio::null())
             .stderr(log)
@@ -250,6 +259,11 @@ impl Agent {
             "tc-agent did not come up: {}",
             std::fs::read_to_string(&self.log).unwrap_or_default()
         )
+    }
+
+    /// The agent's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Stops the agent with SIGTERM and waits for it.

@@ -6,24 +6,23 @@ mod lifecycle;
 mod lock;
 mod report;
 mod server;
+mod snapshot;
 mod state;
 
-pub use self::lifecycle::run;
+pub use self::{lifecycle::run, server::SocketGroup};
 
 use std::{
     collections::{HashMap, VecDeque},
     future::Future,
     os::unix::fs::PermissionsExt,
     path::PathBuf,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
-use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
-    net::{UnixListener, UnixStream},
-};
+use parking_lot::{Mutex, RwLock};
+use tokio::net::{UnixListener, UnixStream};
 use tracing::{error, info, warn};
 
 use self::state::SavedState;
@@ -56,6 +55,9 @@ pub struct AgentConfig {
     pub socket: PathBuf,
     /// Counter sampling period for rates and history.
     pub sample_every: Duration,
+    /// Group whose members may run read-only requests (`status`,
+    /// `channels`); None: root only.
+    pub socket_group: Option<SocketGroup>,
 }
 
 /// Samples kept: two minutes at one per second.
