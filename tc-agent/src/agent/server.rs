@@ -10,11 +10,14 @@
 //!   [`REQUEST_DEADLINE`]; at most [`BIG_REQUESTS`] requests larger than
 //!   [`SMALL_REQUEST`] are buffered at once, so memory stays bounded;
 //! - at most [`MAX_CONNECTIONS`] connections are open; a new one past the
-//!   cap sheds the oldest connection that has not sent its request yet, so
-//!   idle connections cannot lock out `tc-agent status`;
-//! - out of file descriptors (EMFILE, ENFILE), accepting sheds the oldest
-//!   idle connection and backs off for [`ACCEPT_BACKOFF`] instead of
-//!   spinning;
+//!   cap is accepted and sheds the oldest connection that has not sent its
+//!   request yet (one whose request is already waiting in its socket is
+//!   still served), so idle connections cannot lock out `tc-agent status`;
+//!   with every slot busy handling a request, the new one gets a `busy`
+//!   error at once;
+//! - out of file descriptors (EMFILE, ENFILE), accepting sheds every idle
+//!   connection and retries once they are closed, or, with none to shed,
+//!   backs off for [`ACCEPT_BACKOFF`] instead of spinning;
 //! - `status` and `channels` never wait behind an apply (see
 //!   [`Snapshot`]); a panic while handling a request becomes an error
 //!   response, and the agent lock, which cannot be poisoned, stays usable.
@@ -59,6 +62,9 @@ pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 pub const WRITE_DEADLINE: Duration = Duration::from_secs(10);
 /// Pause after accept fails for want of file descriptors or memory.
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Pause after accept fails for want of file descriptors and idle
+/// connections were shed to free some: time for them to close.
+const SHED_PAUSE: Duration = Duration::from_millis(10);
 /// How long `channels` waits for the agent lock to read live counters
 /// before it answers from the last sample instead: long enough for a
 /// sample (milliseconds), much shorter than an apply.
@@ -391,9 +397,12 @@ impl Server {
                         warn!(error = %e, held_back = held, "accept failed");
                     }
                     if exhausted {
-                        // Idle connections may be what holds the descriptors.
-                        self.slots.lock().reading.pop_first();
-                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                        // Idle connections may be what holds the
+                        // descriptors: shed them all, and retry as soon as
+                        // they are closed; with none to shed, back off.
+                        let shed = std::mem::take(&mut self.slots.lock().reading).len();
+                        tokio::time::sleep(if shed > 0 { SHED_PAUSE } else { ACCEPT_BACKOFF })
+                            .await;
                     } else {
                         tokio::task::yield_now().await;
                     }
@@ -459,7 +468,11 @@ impl Server {
             Access::ReadOnly => SMALL_REQUEST,
         };
         let mut buf = BytesMut::new();
+        // Biased: a connection told to go that has its request waiting in
+        // the socket (a client connects and writes at once) is still served;
+        // only one that would have to wait for more is closed.
         let read = tokio::select! {
+            biased;
             r = timeout_at(deadline, read_request(&mut stream, &mut buf, max, &self.big)) => r,
             _ = &mut shed => {
                 debug!("closing an idle connection: too many connections");
