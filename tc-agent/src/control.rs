@@ -1,7 +1,11 @@
 //! The control socket: one JSON request per connection, one JSON response.
 //!
 //! The socket (`/run/tc-agent/agent.sock` by default) is mode 0600 in a 0700
-//! directory: only root may drive the agent.
+//! directory: only root may drive the agent. With `run --socket-group G` it
+//! is 0660 with group G (and its directory 0710), and members of G may send
+//! `status` and `channels`. The agent checks every peer's credentials, caps
+//! a request at 20 MiB and 10 s, and answers every failure it can with
+//! `{"ok":false,"error":"..."}` (see `agent/server.rs`).
 
 use std::{
     io::{BufRead, BufReader, Write},

@@ -200,7 +200,16 @@ impl Agent {
         Self::start_hooks(netns, &["--iface", iface], policy)
     }
 
-    /// Starts an agent with `hooks` (`--iface`/`--xdp` arguments) and `policy`.
+    /// [`start`](Agent::start) with more `tc-agent run` arguments, given
+    /// again on every (re)start.
+    pub fn start_with(netns: &str, iface: &str, policy: &Path, extra: &[&str]) -> Result<Self> {
+        let mut hooks = vec!["--iface", iface];
+        hooks.extend_from_slice(extra);
+        Self::start_hooks(netns, &hooks, policy)
+    }
+
+    /// Starts an agent with `hooks` (`--iface`/`--xdp` and any other `run`
+    /// arguments, given again on every restart) and `policy`.
     pub fn start_hooks(netns: &str, hooks: &[&str], policy: &Path) -> Result<Self> {
         let base = std::env::temp_dir().join(format!("tc-agent-test-{netns}"));
         std::fs::create_dir_all(&base)?;
@@ -272,6 +281,11 @@ impl Agent {
             "tc-agent did not come up: {}",
             std::fs::read_to_string(&self.log).unwrap_or_default()
         )
+    }
+
+    /// The agent's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Stops the agent with SIGTERM and waits for it. The datapath stays

@@ -5,7 +5,8 @@
 
 use super::{
     lock::lock_dirs,
-    server::{bind_socket, serve},
+    server::{bind_socket, Server},
+    snapshot::Snapshot,
     state::SavedHook,
     uninstall::uninstall,
     *,
@@ -46,21 +47,22 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     }
     agent.save();
 
+    let snapshot = Arc::new(Snapshot::new(&mut agent)?);
     let agent = Arc::new(Mutex::new(agent));
-    let listener = bind_socket(&config.socket)?;
+    let listener = bind_socket(&config)?;
     info!(socket = %config.socket.display(), "serving");
 
     let sampler = {
         let agent = agent.clone();
+        let snapshot = snapshot.clone();
         let every = config.sample_every;
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
-                let agent = agent.clone();
+                let (agent, snapshot) = (agent.clone(), snapshot.clone());
                 let r =
-                    tokio::task::spawn_blocking(move || agent.lock().expect("agent lock").sample())
-                        .await;
+                    tokio::task::spawn_blocking(move || agent.lock().sample_into(&snapshot)).await;
                 if let Ok(Err(e)) = r {
                     warn!(error = %e, "sampling counters failed");
                 }
@@ -68,22 +70,15 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         })
     };
 
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            conn = listener.accept() => match conn {
-                Ok((stream, _)) => {
-                    tokio::spawn(serve(stream, agent.clone()));
-                }
-                Err(e) => error!(error = %e, "accept failed"),
-            },
-        }
+    let server = Server::new(agent.clone(), snapshot, config.socket_group.clone());
+    tokio::select! {
+        _ = shutdown => {}
+        never = server.serve(listener) => match never {},
     }
 
     sampler.abort();
     let _ = std::fs::remove_file(&config.socket);
-    let mut agent = agent.lock().expect("agent lock");
+    let mut agent = agent.lock();
     agent.save();
     if config.detach_on_exit {
         info!("shutting down: --detach-on-exit, removing the datapath");

@@ -6,12 +6,14 @@ mod lifecycle;
 mod lock;
 mod report;
 mod server;
+mod snapshot;
 mod state;
 mod uninstall;
 
 pub use self::{
     lifecycle::run,
     lock::{lock_dirs, DirLocks},
+    server::SocketGroup,
     uninstall::{uninstall, UninstallReport},
 };
 
@@ -20,15 +22,13 @@ use std::{
     future::Future,
     os::unix::fs::PermissionsExt,
     path::PathBuf,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
-use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
-    net::{UnixListener, UnixStream},
-};
+use parking_lot::{Mutex, RwLock};
+use tokio::net::{UnixListener, UnixStream};
 use tracing::{error, info, warn};
 
 use self::state::SavedState;
@@ -64,6 +64,9 @@ pub struct AgentConfig {
     /// Remove the datapath when stopping (tests, demos) instead of leaving
     /// it attached and enforcing.
     pub detach_on_exit: bool,
+    /// Group whose members may run read-only requests (`status`,
+    /// `channels`); None: root only.
+    pub socket_group: Option<SocketGroup>,
 }
 
 /// Samples kept: two minutes at one per second.

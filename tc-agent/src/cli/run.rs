@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::Args;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::agent::{self, AgentConfig};
+use crate::agent::{self, AgentConfig, SocketGroup};
 
 /// Load the datapath, attach it to interfaces and serve the control socket
 /// until SIGTERM or SIGINT.
@@ -57,6 +57,16 @@ pub struct RunArgs {
     /// Without it, the node stays enforced while no agent runs.
     #[arg(long)]
     pub detach_on_exit: bool,
+
+    /// Let members of GROUP (a name or a gid) run the read-only commands,
+    /// `status` and `channels`; `apply` stays root-only. The socket becomes
+    /// 0660 with that group and, when it lives in --state-dir (the
+    /// default), that directory 0710 with that group. A socket elsewhere
+    /// needs a directory the group can search. Without it only root may
+    /// connect (socket 0600). The agent checks every peer's credentials
+    /// either way.
+    #[arg(long, value_name = "GROUP")]
+    pub socket_group: Option<String>,
 }
 
 pub fn execute(args: RunArgs, socket: PathBuf) -> Result<()> {
@@ -65,6 +75,15 @@ pub fn execute(args: RunArgs, socket: PathBuf) -> Result<()> {
             anyhow::bail!("--xdp {x}: also name it with --iface {x}");
         }
     }
+    let socket_group = args
+        .socket_group
+        .as_deref()
+        .map(SocketGroup::resolve)
+        .transpose()?;
+    // Whatever the agent creates (state, lock, socket) is private unless
+    // it says otherwise.
+    // SAFETY: umask(2) cannot fail and only sets the process's mask.
+    unsafe { libc::umask(0o077) };
     let config = AgentConfig {
         ifaces: args.ifaces,
         xdp: args.xdp,
@@ -74,6 +93,7 @@ pub fn execute(args: RunArgs, socket: PathBuf) -> Result<()> {
         socket,
         sample_every: Duration::from_millis(args.sample_ms.max(100)),
         detach_on_exit: args.detach_on_exit,
+        socket_group,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
