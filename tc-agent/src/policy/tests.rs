@@ -5,7 +5,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tc_common::ChannelSet;
+use tc_common::{ChannelSet, L4_ANY_PORT, L4_UNKNOWN};
 
 use super::{compile::*, *};
 
@@ -279,21 +279,35 @@ struct Pkt {
     proto: u8,
     port: Option<u16>,
     dir: Direction,
+    /// What the datapath could not read: 0, `L4_ANY_PORT` (a fragment, a
+    /// cut transport header) or `L4_UNKNOWN` (an over-long IPv6 chain).
+    hidden: u8,
 }
 
 /// First match by scanning channels: the semantics the tables must implement.
+/// A packet whose ports are hidden may belong to any channel of its
+/// protocol, one whose protocol is hidden to any channel: it is held by the
+/// first that could hold it, so hiding never escapes a port-specific limit.
 fn reference(policy: &Policy, p: &Pkt) -> Option<usize> {
+    let proto_ok = |c: &crate::policy::Channel| match c.protocol.numbers() {
+        None => c.ports.is_empty() || p.proto == 6 || p.proto == 17,
+        Some(ps) => ps.contains(&p.proto),
+    };
     policy.channels.iter().position(|c| {
         c.direction == p.dir
             && c.from.iter().any(|n| n.contains(&p.src))
             && c.to.iter().any(|n| n.contains(&p.dst))
-            && match c.protocol.numbers() {
-                None => c.ports.is_empty() || p.proto == 6 || p.proto == 17,
-                Some(ps) => ps.contains(&p.proto),
+            && match p.hidden {
+                L4_UNKNOWN => true,
+                L4_ANY_PORT => proto_ok(c),
+                _ => {
+                    proto_ok(c)
+                        && (c.ports.is_empty()
+                            || p.port.is_some_and(|x| {
+                                c.ports.iter().any(|(a, b)| *a <= x && x <= *b)
+                            }))
+                }
             }
-            && (c.ports.is_empty()
-                || p.port
-                    .is_some_and(|x| c.ports.iter().any(|(a, b)| *a <= x && x <= *b)))
     })
 }
 
@@ -328,10 +342,11 @@ fn through_tables(c: &Compiled, p: &Pkt) -> Option<usize> {
         }
         _ => unreachable!(),
     };
-    let dir = if p.dir == Direction::Ingress { 0u8 } else { 1 };
-    let (maxbits, port) = match p.port {
-        Some(x) => (32, x),
-        None => (16, 0),
+    let dir = if p.dir == Direction::Ingress { 0u8 } else { 1 } | p.hidden;
+    let (maxbits, port) = match (p.hidden, p.port) {
+        (L4_UNKNOWN, _) => (8, 0),
+        (_, Some(x)) => (32, x),
+        (_, None) => (16, 0),
     };
     let key = u32::from_be_bytes([dir, p.proto, (port >> 8) as u8, port as u8]);
     let l4 =
@@ -404,7 +419,16 @@ channels:
                 } else {
                     &[None]
                 };
-                for &port in ports {
+                for (&port, hidden) in ports
+                    .iter()
+                    .map(|p| (p, 0))
+                    .chain([(&None, L4_ANY_PORT), (&None, L4_UNKNOWN)])
+                {
+                    // The datapath looks up a TCP or UDP packet without its
+                    // port only under the hidden-ports flag.
+                    if hidden == 0 && port.is_none() && (proto == 6 || proto == 17) {
+                        continue;
+                    }
                     for dir in [Direction::Ingress, Direction::Egress] {
                         let p = Pkt {
                             src,
@@ -412,11 +436,12 @@ channels:
                             proto,
                             port,
                             dir,
+                            hidden,
                         };
                         assert_eq!(
                             through_tables(&compiled, &p),
                             reference(&policy, &p),
-                            "{src} -> {dst} proto {proto} port {port:?} {dir:?}"
+                            "{src} -> {dst} proto {proto} port {port:?} {dir:?} hidden {hidden:#x}"
                         );
                         checked += 1;
                     }
