@@ -1,7 +1,10 @@
 //! Bounds-checked header parsing. Every read goes through [`ptr_at`], so a
 //! truncated packet ends as [`Skip::Malformed`], never as an out-of-bounds read.
 
-use core::mem::size_of;
+use core::{
+    mem::size_of,
+    ptr::{read_volatile, write_volatile},
+};
 
 use tc_common::{L4_ANY_PORT, L4_DIR_BITS, L4_PORT_BITS, L4_PROTO_BITS, L4_UNKNOWN};
 
@@ -132,7 +135,12 @@ fn be16_at(start: usize, end: usize, offset: usize) -> Result<u16, Skip> {
 /// Parses Ethernet (with up to two VLAN tags), IPv4/IPv6 and the TCP/UDP
 /// destination port of the frame between `start` and `end`.
 #[inline(always)]
-pub fn parse(start: usize, end: usize, ld: &impl Load) -> Result<Parsed, Skip> {
+pub fn parse(
+    start: usize,
+    end: usize,
+    ld: &impl Load,
+    walk: *mut Walk,
+) -> Result<Parsed, Skip> {
     let mut l3 = ETH_HLEN;
     let mut ethertype = be16_at(start, end, 12)?;
     for _ in 0..VLAN_MAX_TAGS {
@@ -144,7 +152,7 @@ pub fn parse(start: usize, end: usize, ld: &impl Load) -> Result<Parsed, Skip> {
     }
     match ethertype {
         ETH_P_IP => parse_v4(start, end, l3),
-        ETH_P_IPV6 => parse_v6(start, end, l3, ld),
+        ETH_P_IPV6 => parse_v6(start, end, l3, ld, walk),
         // Still a VLAN tag after two: a stack deeper than any real network
         // uses. Not IP as far as we can tell; passed and counted.
         _ => Err(Skip::NonIp),
@@ -195,7 +203,13 @@ fn parse_v4(start: usize, end: usize, l3: usize) -> Result<Parsed, Skip> {
 }
 
 #[inline(always)]
-fn parse_v6(start: usize, end: usize, l3: usize, ld: &impl Load) -> Result<Parsed, Skip> {
+fn parse_v6(
+    start: usize,
+    end: usize,
+    l3: usize,
+    ld: &impl Load,
+    walk: *mut Walk,
+) -> Result<Parsed, Skip> {
     let hdr = bytes_at::<40>(start, end, l3)?;
     if hdr[0] >> 4 != 6 {
         return Err(Skip::Malformed);
@@ -218,7 +232,7 @@ fn parse_v6(start: usize, end: usize, l3: usize, ld: &impl Load) -> Result<Parse
         frag_id: 0,
     };
 
-    let mut next = hdr[6];
+    let next = hdr[6];
     if !is_extension(next) {
         // The common case: the transport header right after the fixed one.
         let l4 = l4_ports(start, end, l3 + 40, next);
@@ -230,17 +244,41 @@ fn parse_v6(start: usize, end: usize, l3: usize, ld: &impl Load) -> Result<Parse
         return Ok(p);
     }
     // Extension headers are read through the load helper rather than direct
-    // packet access: the offset then never bounds a packet pointer, so the
-    // verifier does not have to tell the paths through the walk apart (with
-    // direct access it explores every combination of header kinds, which
-    // exhausts its budget long before eight headers). It also reads headers
-    // outside the linear area.
-    let mut off = l3 + 40;
+    // packet access, and the walk keeps what it carries from one header to
+    // the next (offset, next header, fragment facts) in a map value
+    // (`walk`), which the verifier cannot see into. Each step then starts
+    // from the same abstract state whatever kinds of header came before, so
+    // the verifier checks eight steps, not every combination of header
+    // kinds (which exhausts its budget of a million instructions, on 6.1
+    // long before eight headers). It also reads headers outside the linear
+    // area.
+    // SAFETY (every access to `walk` below): the caller passes a pointer
+    // into a per-CPU map value that only this program run uses; volatile,
+    // so LLVM keeps each value in the map rather than in a register.
+    unsafe {
+        write_volatile(&raw mut (*walk).off, (l3 + 40) as u32);
+        write_volatile(&raw mut (*walk).next, next);
+        write_volatile(&raw mut (*walk).frag, FRAG_NONE);
+        write_volatile(&raw mut (*walk).frag_id, 0);
+    }
+    let finish = move |p: &mut Parsed| unsafe {
+        p.frag = read_volatile(&raw const (*walk).frag);
+        p.frag_id = read_volatile(&raw const (*walk).frag_id);
+    };
     let mut i = 0;
-    // At most IPV6_MAX_EXT headers: a bounded loop, which the verifier
-    // accepts since Linux 5.3 (LLVM may also unroll it).
-    while i < IPV6_MAX_EXT {
+    // At most IPV6_MAX_EXT headers and the transport header after them: a
+    // bounded loop, which the verifier accepts since Linux 5.3.
+    while i <= IPV6_MAX_EXT {
         i += 1;
+        let (next, off) = unsafe {
+            (
+                read_volatile(&raw const (*walk).next),
+                read_volatile(&raw const (*walk).off) as usize,
+            )
+        };
+        if off > MAX_L3_OFFSET {
+            break;
+        }
         if !is_extension(next) {
             let l4 = l4_ports_loaded(ld, off, next);
             p.proto = next;
@@ -248,18 +286,29 @@ fn parse_v6(start: usize, end: usize, l3: usize, ld: &impl Load) -> Result<Parse
             p.dport = l4.dport;
             p.hdr_len = l4.hdr_len;
             p.l4_flags = l4.l4_flags;
+            finish(&mut p);
             return Ok(p);
+        }
+        if i > IPV6_MAX_EXT {
+            // A chain longer than the walk: the protocol stays unknown.
+            break;
         }
         let Some(h) = ld.load::<8>(off) else {
             // The chain runs past the packet: the protocol stays unknown.
-            return Ok(p);
+            break;
         };
         let len = match next {
             IPV6_AH => (h[1] as usize + 2) * 4,
             IPV6_FRAGMENT => {
-                p.frag_id = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+                unsafe {
+                    write_volatile(
+                        &raw mut (*walk).frag_id,
+                        u32::from_be_bytes([h[4], h[5], h[6], h[7]]),
+                    )
+                };
                 if u16::from_be_bytes([h[2], h[3]]) & 0xfff8 != 0 {
                     // A later fragment: its transport header is in the first.
+                    finish(&mut p);
                     p.frag = FRAG_LATER;
                     p.proto = h[0];
                     p.l4_bits = L4_PROTO_BITS;
@@ -267,28 +316,35 @@ fn parse_v6(start: usize, end: usize, l3: usize, ld: &impl Load) -> Result<Parse
                     return Ok(p);
                 }
                 if h[3] & 1 != 0 {
-                    p.frag = FRAG_FIRST;
+                    unsafe { write_volatile(&raw mut (*walk).frag, FRAG_FIRST) };
                 }
                 8
             }
             _ => (h[1] as usize + 1) * 8,
         };
-        next = h[0];
-        off += len;
-        if off > MAX_L3_OFFSET {
-            return Ok(p);
+        unsafe {
+            write_volatile(&raw mut (*walk).next, h[0]);
+            write_volatile(&raw mut (*walk).off, (off + len) as u32);
         }
     }
-    if !is_extension(next) {
-        let l4 = l4_ports_loaded(ld, off, next);
-        p.proto = next;
-        p.l4_bits = l4.l4_bits;
-        p.dport = l4.dport;
-        p.hdr_len = l4.hdr_len;
-        p.l4_flags = l4.l4_flags;
-    }
-    // Otherwise a chain longer than the walk: the protocol stays unknown.
+    finish(&mut p);
     Ok(p)
+}
+
+/// What the IPv6 extension-header walk carries from one header to the
+/// next, kept in a per-CPU map value (see [`parse`]).
+#[repr(C)]
+pub struct Walk {
+    /// Offset of the next header to read.
+    pub off: u32,
+    /// Fragment identification, once a fragment header was seen.
+    pub frag_id: u32,
+    /// Type of the next header.
+    pub next: u8,
+    /// `FRAG_FIRST` once a first-fragment header was seen.
+    pub frag: u8,
+    /// Explicit padding.
+    pub _pad: [u8; 2],
 }
 
 /// Whether an IPv6 next-header value is an extension header we walk.

@@ -35,6 +35,10 @@ enum Task {
         /// Which kernel: 6.1, 6.12 or all.
         #[arg(long, default_value = "all")]
         kernel: String,
+        /// Only this suite, optionally with a test-name filter: `verdicts` or
+        /// `verdicts:icmp` (a quick check of one kernel's verifier).
+        #[arg(long, value_name = "SUITE[:FILTER]")]
+        only: Option<String>,
     },
     /// Only the VM part of `bench`: drop, delay, mark, TBF and HTB at one rate on 6.12.
     VmBench {
@@ -96,16 +100,16 @@ fn main() -> Result<()> {
                 println!("vm-test: skipped (--skip-vm)");
                 return Ok(());
             }
-            vm::vm_test("all")
+            vm::vm_test("all", None)
         }
         Task::Demo => {
             install_deps()?;
             cargo(&["build", "--release", "-p", "tc-agent"])?;
             demo::run(&root().join("target/release/tc-agent"))
         }
-        Task::VmTest { kernel } => {
+        Task::VmTest { kernel, only } => {
             install_deps()?;
-            vm::vm_test(&kernel)
+            vm::vm_test(&kernel, only.as_deref())
         }
         Task::VmBench { methods } => {
             install_deps()?;

@@ -281,7 +281,7 @@ fn initramfs(
 
 /// Boots `kernel` with the initramfs and streams the console; returns
 /// whether every suite passed.
-fn boot(k: &Kernel, kdir: &Path, initrd: &Path) -> Result<bool> {
+fn boot(k: &Kernel, kdir: &Path, initrd: &Path, suites: &[&str]) -> Result<bool> {
     let vmlinuz = find_one(&kdir.join("root/boot"), &|p: &Path| {
         p.file_name()
             .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz"))
@@ -335,7 +335,7 @@ fn boot(k: &Kernel, kdir: &Path, initrd: &Path) -> Result<bool> {
             .map(str::trim)
             .map(str::to_string)
     });
-    let problems = check_console(k, &text);
+    let problems = check_console(k, &text, suites);
     for p in &problems {
         println!("vm-test {}: {p}", k.name);
     }
@@ -358,7 +358,7 @@ fn boot(k: &Kernel, kdir: &Path, initrd: &Path) -> Result<bool> {
 
 /// What the console must show besides a zero exit: the kernel that was
 /// meant to boot, every suite run and passed, and no test that skipped.
-fn check_console(k: &Kernel, text: &str) -> Vec<String> {
+fn check_console(k: &Kernel, text: &str, suites: &[&str]) -> Vec<String> {
     let mut problems = Vec::new();
     let booted = text
         .lines()
@@ -368,7 +368,7 @@ fn check_console(k: &Kernel, text: &str) -> Vec<String> {
         Some(r) if r.starts_with(&format!("{}.", k.name)) => {}
         other => problems.push(format!("booted kernel {other:?}, expected {}.x", k.name)),
     }
-    for suite in SUITES {
+    for suite in suites {
         if !text.contains(&format!("TCVM-RESULT {suite} rc=0")) {
             problems.push(format!("suite {suite} did not run and pass"));
         }
@@ -379,8 +379,10 @@ fn check_console(k: &Kernel, text: &str) -> Vec<String> {
     problems
 }
 
-/// Runs the kernel-dependent suites on each kernel in `which` ("6.1", "6.12" or "all").
-pub fn vm_test(which: &str) -> Result<()> {
+/// Runs the kernel-dependent suites on each kernel in `which` ("6.1", "6.12"
+/// or "all"); `only` ("SUITE" or "SUITE:FILTER") narrows the run to one
+/// suite and a test-name filter, for working on one kernel's verifier.
+pub fn vm_test(which: &str, only: Option<&str>) -> Result<()> {
     let kernels: Vec<&Kernel> = KERNELS
         .iter()
         .filter(|k| which == "all" || k.name == which)
@@ -396,15 +398,32 @@ pub fn vm_test(which: &str) -> Result<()> {
     for (test, why) in HOST_ONLY {
         println!("vm-test: leaves out {test}: {why}");
     }
+    let (only_suite, filter) = match only.map(|o| o.split_once(':').unwrap_or((o, ""))) {
+        Some((s, f)) => {
+            if !SUITES.contains(&s) {
+                bail!("unknown suite `{s}`: one of {SUITES:?}");
+            }
+            (Some(s), f)
+        }
+        None => (None, ""),
+    };
     let commands: Vec<String> = suites
         .iter()
-        .map(|(name, _)| format!("run {name} /tests/{name} --test-threads=1 --nocapture{skips}"))
+        .filter(|(name, _)| only_suite.is_none_or(|s| s == name))
+        .map(|(name, _)| {
+            format!("run {name} /tests/{name} --test-threads=1 --nocapture{skips} {filter}")
+        })
+        .collect();
+    let expected: Vec<&str> = SUITES
+        .iter()
+        .copied()
+        .filter(|s| only_suite.is_none_or(|o| o == *s))
         .collect();
     let mut failed = Vec::new();
     for k in kernels {
         let kdir = fetch_kernel(k)?;
         let initrd = initramfs(&kdir, &suites, &agent, &commands)?;
-        if !boot(k, &kdir, &initrd)? {
+        if !boot(k, &kdir, &initrd, &expected)? {
             failed.push(k.name);
         }
     }
@@ -449,7 +468,7 @@ pub fn vm_bench(methods: &[String]) -> Result<serde_json::Value> {
             methods.join(" ")
         )],
     )?;
-    if !boot(k, &kdir, &initrd)? {
+    if !boot(k, &kdir, &initrd, &["bench"])? {
         bail!("the VM benchmark failed; see the console log under target/vm/");
     }
     let log = fs::read_to_string(vm_dir().join(format!("console-{}.log", k.name)))?;

@@ -41,7 +41,7 @@ pub const XDP_PASS: &str = "xdp_pass";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
-    #[error("the kernel refused the eBPF object: {0}\n  (tc-agent needs Linux 5.12+ with BPF atomics, BTF and CAP_BPF/CAP_NET_ADMIN)")]
+    #[error("the kernel refused the eBPF object: {0}\n  (tc-agent needs Linux 5.18+ with BPF atomics, bpf_xdp_load_bytes, BTF and CAP_BPF/CAP_NET_ADMIN)")]
     Load(#[from] aya::EbpfError),
     #[error("eBPF program `{name}`: {source}")]
     Program {

@@ -303,9 +303,8 @@ fn reference(policy: &Policy, p: &Pkt) -> Option<usize> {
                 _ => {
                     proto_ok(c)
                         && (c.ports.is_empty()
-                            || p.port.is_some_and(|x| {
-                                c.ports.iter().any(|(a, b)| *a <= x && x <= *b)
-                            }))
+                            || p.port
+                                .is_some_and(|x| c.ports.iter().any(|(a, b)| *a <= x && x <= *b)))
                 }
             }
     })

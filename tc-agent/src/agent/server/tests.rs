@@ -1,0 +1,257 @@
+//! Unit tests of the control socket: framing, limits, credentials,
+//! permissions and a request that panics.
+
+use super::*;
+
+fn big() -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(BIG_REQUESTS))
+}
+
+async fn read(mut input: &[u8], max: usize) -> (Result<Bytes, ReadError>, usize) {
+    let mut buf = BytesMut::new();
+    let r = read_request(&mut input, &mut buf, max, &big()).await;
+    (r.map(|(b, _)| b), input.len())
+}
+
+#[tokio::test]
+async fn a_request_ends_at_its_newline_or_at_the_end_of_the_stream() {
+    let (r, rest) = read(b"{\"cmd\":\"status\"}\nmore", 100).await;
+    assert_eq!(&r.unwrap()[..], b"{\"cmd\":\"status\"}");
+    assert_eq!(rest, 0, "what follows the line may have been read");
+    let (r, _) = read(b"{\"cmd\":\"status\"}", 100).await;
+    assert_eq!(&r.unwrap()[..], b"{\"cmd\":\"status\"}");
+    assert!(matches!(read(b"", 100).await.0, Err(ReadError::Closed)));
+}
+
+#[tokio::test]
+async fn a_request_of_the_cap_fits_and_one_byte_more_does_not() {
+    let mut exact = vec![b'x'; 1000];
+    exact.push(b'\n');
+    assert_eq!(read(&exact, 1000).await.0.unwrap().len(), 1000);
+    let over = vec![b'x'; 1001];
+    assert!(matches!(
+        read(&over, 1000).await.0,
+        Err(ReadError::TooLarge)
+    ));
+}
+
+#[tokio::test]
+async fn sixty_four_mib_without_a_newline_is_refused_after_the_cap() {
+    let input = vec![b'a'; 64 << 20];
+    let (r, rest) = read(&input, MAX_REQUEST).await;
+    assert!(matches!(r, Err(ReadError::TooLarge)));
+    // It stopped reading one byte past the cap.
+    assert_eq!(input.len() - rest, MAX_REQUEST + 1);
+}
+
+#[tokio::test]
+async fn big_requests_wait_for_a_permit() {
+    let big = big();
+    let held: Vec<_> = (0..BIG_REQUESTS)
+        .map(|_| big.clone().try_acquire_owned().unwrap())
+        .collect();
+    let input = vec![b'x'; SMALL_REQUEST * 2];
+    let mut r = &input[..];
+    let mut buf = BytesMut::new();
+    let waited = tokio::time::timeout(
+        Duration::from_millis(100),
+        read_request(&mut r, &mut buf, MAX_REQUEST, &big),
+    )
+    .await;
+    assert!(waited.is_err(), "read past the small size without a permit");
+    assert_eq!(
+        buf.len(),
+        SMALL_REQUEST,
+        "buffered more than the small size"
+    );
+    drop(held);
+    let (req, permit) = read_request(&mut r, &mut buf, MAX_REQUEST, &big)
+        .await
+        .unwrap();
+    assert_eq!(req.len(), SMALL_REQUEST * 2);
+    assert!(permit.is_some());
+    drop(permit);
+    assert_eq!(big.available_permits(), BIG_REQUESTS);
+}
+
+/// The apply request of a 1,024-channel policy with 65,536 distinct
+/// IPv4 and 65,536 IPv6 source prefixes (quoted, as IPv6 often is).
+fn big_apply() -> String {
+    let mut text = String::from("channels:\n");
+    for i in 0..1024u32 {
+        text.push_str(&format!("  - name: channel-{i:04}\n    from: ["));
+        for j in 0..64u32 {
+            let n = i * 64 + j;
+            text.push_str(&format!(
+                "\"198.{}.{}.{}/32\", \"2001:db8:{:x}:{:x}::/64\", ",
+                18 + (n >> 16),
+                (n >> 8) & 0xff,
+                n & 0xff,
+                n >> 16,
+                n & 0xffff
+            ));
+        }
+        text.push_str(&format!(
+            "]\n    protocol: udp\n    ports: [{}]\n    limit: {{bandwidth: 100Mbit, burst: 1MiB}}\n",
+            1000 + i
+        ));
+    }
+    let p = crate::policy::Policy::parse(&text, "big.yaml").unwrap();
+    assert_eq!(p.channels.len(), 1024);
+    serde_json::to_string(&Request::Apply {
+        file: "big.yaml".into(),
+        text,
+    })
+    .unwrap()
+}
+
+#[test]
+fn the_cap_fits_the_largest_policies_with_room_to_spare() {
+    let req = big_apply();
+    eprintln!(
+        "1,024 channels, 65,536 + 65,536 prefixes: {} bytes as a request",
+        req.len()
+    );
+    assert!(req.len() < MAX_REQUEST / 4, "{}", req.len());
+    // A policy at the parser's own limit, with a newline every 66
+    // bytes and quotes, still fits as a request.
+    let line = "# \"padding\" padding padding padding padding padding padding pad\n";
+    let text = line.repeat(crate::policy::MAX_FILE_BYTES / line.len());
+    assert!(text.len() <= crate::policy::MAX_FILE_BYTES);
+    let req = serde_json::to_string(&Request::Apply {
+        file: "p.yaml".into(),
+        text,
+    })
+    .unwrap();
+    eprintln!("a 16 MiB policy: {} bytes as a request", req.len());
+    assert!(req.len() < MAX_REQUEST, "{}", req.len());
+}
+
+#[test]
+fn root_does_everything_the_group_reads_others_nothing() {
+    let g = SocketGroup {
+        name: "tc".into(),
+        gid: 500,
+    };
+    assert_eq!(authorize(0, 0, &[], None), Some(Access::Full));
+    assert_eq!(authorize(0, 7, &[], Some(&g)), Some(Access::Full));
+    assert_eq!(authorize(1000, 500, &[], Some(&g)), Some(Access::ReadOnly));
+    assert_eq!(
+        authorize(1000, 1000, &[4, 500], Some(&g)),
+        Some(Access::ReadOnly)
+    );
+    assert_eq!(authorize(1000, 1000, &[4], Some(&g)), None);
+    assert_eq!(authorize(1000, 500, &[500], None), None);
+}
+
+#[test]
+fn socket_groups_resolve_by_name_or_number() {
+    assert_eq!(SocketGroup::resolve("0").unwrap().gid, 0);
+    assert_eq!(SocketGroup::resolve("root").unwrap().gid, 0);
+    let e = SocketGroup::resolve("no-such-group-here").unwrap_err();
+    assert!(e.to_string().contains("no such group"), "{e}");
+}
+
+#[tokio::test]
+async fn peer_groups_are_the_peers_supplementary_groups() {
+    let (a, _b) = UnixStream::pair().unwrap();
+    let mut ours = nix::unistd::getgroups()
+        .unwrap()
+        .into_iter()
+        .map(|g| g.as_raw())
+        .collect::<Vec<_>>();
+    let mut theirs = peer_groups(&a).unwrap();
+    ours.sort_unstable();
+    theirs.sort_unstable();
+    assert_eq!(ours, theirs);
+}
+
+#[tokio::test]
+async fn a_panicking_request_leaves_the_lock_usable() {
+    let state = Arc::new(Mutex::new(1u32));
+    let r = locked(state.clone(), |n: &mut u32| {
+        *n += 1;
+        panic!("boom in a request")
+    })
+    .await;
+    assert!(!r.ok);
+    assert!(
+        r.error.as_deref().unwrap().starts_with("internal error:"),
+        "{r:?}"
+    );
+    let r = locked(state.clone(), |n: &mut u32| Ok((*n).into())).await;
+    assert!(r.ok, "{r:?}");
+    assert_eq!(r.data, 2);
+}
+
+fn config(state_dir: &Path, socket: PathBuf, group: Option<SocketGroup>) -> AgentConfig {
+    AgentConfig {
+        ifaces: vec![],
+        xdp: vec![],
+        policy: None,
+        pin_dir: PathBuf::new(),
+        state_dir: state_dir.to_path_buf(),
+        socket,
+        sample_every: Duration::from_secs(1),
+        socket_group: group,
+        detach_on_exit: false,
+    }
+}
+
+fn mode(p: &Path) -> (u32, u32) {
+    let m = std::fs::metadata(p).unwrap();
+    (m.mode() & 0o7777, m.gid())
+}
+
+#[tokio::test]
+async fn the_socket_group_reaches_the_socket_and_nothing_else() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: chown needs root");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("tc-agent-sock-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::write(dir.join("agent.lock"), "").unwrap();
+    std::fs::set_permissions(
+        dir.join("agent.lock"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let group = SocketGroup::resolve("65534").unwrap();
+
+    // Root only: the socket is 0600 and the directory stays as it was.
+    let socket = dir.join("agent.sock");
+    drop(bind_socket(&config(&dir, socket.clone(), None)).unwrap());
+    assert_eq!(mode(&socket).0, 0o600);
+    assert_eq!(mode(&dir).0, 0o700);
+
+    // With a group, in the state directory: socket 0660 and directory
+    // 0710 with the group, the lock private.
+    drop(bind_socket(&config(&dir, socket.clone(), Some(group.clone()))).unwrap());
+    assert_eq!(mode(&socket), (0o660, 65534));
+    assert_eq!(mode(&dir), (0o710, 65534));
+    assert_eq!(mode(&dir.join("agent.lock")).0, 0o600);
+
+    // Elsewhere, the directory is not the agent's to change.
+    let other = dir.join("elsewhere");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let socket = other.join("agent.sock");
+    drop(bind_socket(&config(&dir, socket.clone(), Some(group))).unwrap());
+    assert_eq!(mode(&socket), (0o660, 65534));
+    assert_eq!(mode(&other).0, 0o755);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn throttled_warnings_count_what_they_held_back() {
+    let t = Throttle::new();
+    assert_eq!(t.pass(), Some(0));
+    assert_eq!(t.pass(), None);
+    assert_eq!(t.pass(), None);
+    t.state.lock().0 = Instant::now();
+    assert_eq!(t.pass(), Some(2));
+}

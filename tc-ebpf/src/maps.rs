@@ -1,0 +1,77 @@
+//! Every map of the datapath, in one place. The names are the ones
+//! `tc-common` exports, so the agent pins and reads the same maps.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, LpmTrie, LruHashMap, PerCpuArray},
+};
+use tc_common::{
+    BucketState, ChannelCounters, ChannelPolicy, ChannelSet, Config, FlowKey4, FlowKey6,
+    FragEntry, FragKey, GenInfo, GlobalCounters, Ip4Key, Ip6Key, L4Key, CHANNEL_SLOTS, MAX_FLOWS,
+    MAX_FRAGS, MAX_L4_ENTRIES, MAX_PREFIXES, PACE_SLOTS,
+};
+
+#[map]
+pub static TC_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+#[map]
+pub static TC_GENS: Array<GenInfo> = Array::with_max_entries(2, 0);
+#[map]
+pub static TC_FLOWS4: LruHashMap<FlowKey4, u32> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+#[map]
+pub static TC_FLOWS6: LruHashMap<FlowKey6, u32> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+#[map]
+pub static TC_SRC_V4: LpmTrie<Ip4Key, ChannelSet> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
+#[map]
+pub static TC_DST_V4: LpmTrie<Ip4Key, ChannelSet> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
+#[map]
+pub static TC_SRC_V6: LpmTrie<Ip6Key, ChannelSet> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
+#[map]
+pub static TC_DST_V6: LpmTrie<Ip6Key, ChannelSet> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
+#[map]
+pub static TC_L4: LpmTrie<L4Key, ChannelSet> = LpmTrie::with_max_entries(MAX_L4_ENTRIES, 0);
+#[map]
+pub static TC_POLICIES: Array<ChannelPolicy> = Array::with_max_entries(CHANNEL_SLOTS, 0);
+#[map]
+pub static TC_BUCKETS: Array<BucketState> = Array::with_max_entries(CHANNEL_SLOTS, 0);
+#[map]
+pub static TC_COUNTERS: PerCpuArray<ChannelCounters> = PerCpuArray::with_max_entries(CHANNEL_SLOTS, 0);
+#[map]
+pub static TC_GLOBAL: PerCpuArray<GlobalCounters> = PerCpuArray::with_max_entries(1, 0);
+/// `delay` channels: per flow (hash slot), when its last packet finishes
+/// leaving at the channel's rate. A flow whose last packet has finished has
+/// nothing waiting in fq: it is sparse, and may leave ahead of the backlog.
+#[map]
+pub static TC_PACE: Array<u64> = Array::with_max_entries(PACE_SLOTS, 0);
+/// Fragmented datagrams: the channel and verdict of each one's first
+/// fragment, which its later fragments (no ports of their own) follow.
+#[map]
+pub static TC_FRAGS: LruHashMap<FragKey, FragEntry> = LruHashMap::with_max_entries(MAX_FRAGS, 0);
+
+/// Per-CPU scratch: values pass through it where the verifier must not
+/// tell the paths that produced them apart (see `pipeline::join_paths` and
+/// the extension-header walk in `parse`). Nothing in it outlives a packet.
+#[repr(C)]
+pub struct ParseScratch {
+    /// The IPv6 extension-header walk's state.
+    pub walk: crate::parse::Walk,
+    /// The channel slot [`crate::pipeline::handle`] enforces.
+    pub slot: u32,
+    /// How [`crate::enforce::enforce`] treats the packet (`JUDGE`, `FOLLOW_*`).
+    pub follow: u8,
+    /// Explicit padding.
+    pub _pad2: [u8; 3],
+    /// [`crate::parse::Parsed::l3`].
+    pub l3: u32,
+    /// [`crate::parse::Parsed::hdr_len`].
+    pub hdr_len: u32,
+    /// [`crate::parse::Parsed::frag`].
+    pub frag: u8,
+    /// [`crate::parse::Parsed::l4_flags`].
+    pub l4_flags: u8,
+    /// Explicit padding.
+    pub _pad: [u8; 6],
+}
+
+/// Not pinned: nothing in it outlives one packet.
+#[map]
+pub static TC_SCRATCH: PerCpuArray<ParseScratch> = PerCpuArray::with_max_entries(1, 0);
