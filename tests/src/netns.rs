@@ -559,6 +559,19 @@ pub fn iperf3_udp(
     )
 }
 
+/// The receiver's bits per second in each interval of an iperf3 report
+/// (the server's intervals: the client's own count bytes written to its socket).
+pub fn server_intervals(report: &serde_json::Value) -> Vec<f64> {
+    report["server_output_json"]["intervals"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|i| i["sum"]["bits_per_second"].as_f64())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Runs an iperf3 server on `server`:`port` in `pair.server` and a client
 /// with `args` in `pair.client`; returns the client's JSON report with the
 /// server's under `server_output_json`.

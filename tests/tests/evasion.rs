@@ -5,7 +5,9 @@
 
 use anyhow::Result;
 use tc_tests::{
-    netns::{in_netns, iperf3_udp, mac_of, send_raw, serial, write_policy, Agent, Pair},
+    netns::{
+        in_netns, iperf3_udp, mac_of, send_raw, serial, server_intervals, write_policy, Agent, Pair,
+    },
     packet::{self, UDP},
 };
 
@@ -26,14 +28,7 @@ const POLICY: &str = "channels:
 /// Receiver goodput of an iperf3 UDP run, from the server's intervals with
 /// the first second (which spends the burst) left out.
 fn received_bps(report: &serde_json::Value) -> Result<f64> {
-    let iv: Vec<f64> = report["server_output_json"]["intervals"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|i| i["sum"]["bits_per_second"].as_f64())
-                .collect()
-        })
-        .unwrap_or_default();
+    let iv = server_intervals(report);
     anyhow::ensure!(iv.len() > 2, "iperf3 gave no intervals: {report}");
     Ok(iv[1..].iter().sum::<f64>() / (iv.len() - 1) as f64)
 }

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use tc_tests::netns::{
-    in_netns, iperf3, iperf3_background, serial, udp_receive, udp_send, write_policy, Agent, Pair,
+    in_netns, iperf3, iperf3_background, serial, server_intervals, udp_receive, udp_send,
+    write_policy, Agent, Pair,
 };
 
 /// Ethernet + IPv4 + UDP header bytes the datapath charges on top of the payload.
@@ -66,15 +67,7 @@ fn udp_flood_is_held_to_the_limit_and_an_unlimited_channel_is_untouched() -> Res
 /// (slow start) left out.
 fn iperf3_intervals(pair: &Pair, secs: u32, streams: u32) -> Result<Vec<f64>> {
     let j = iperf3(pair, 5201, secs, streams, false)?;
-    // The server's intervals: the client's own count bytes written to its socket.
-    let iv: Vec<f64> = j["server_output_json"]["intervals"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|i| i["sum"]["bits_per_second"].as_f64())
-                .collect()
-        })
-        .unwrap_or_default();
+    let iv = server_intervals(&j);
     anyhow::ensure!(iv.len() > 1, "iperf3 gave no intervals: {j}");
     Ok(iv[1..].to_vec())
 }

@@ -10,7 +10,7 @@ mod validate;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::control::DEFAULT_SOCKET;
 
@@ -42,6 +42,24 @@ pub enum Command {
     Uninstall(uninstall::UninstallArgs),
 }
 
+/// Where an agent keeps its node-wide state: `run` and `uninstall` must
+/// name the same directories (and namespace).
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// bpffs directory for pinned maps and links (mounted if missing).
+    #[arg(long, default_value = "/sys/fs/bpf/tc-agent", value_name = "DIR")]
+    pub pin_dir: PathBuf,
+
+    /// Directory for the lock, the pid file and the saved state.
+    #[arg(long, default_value = "/run/tc-agent", value_name = "DIR")]
+    pub state_dir: PathBuf,
+
+    /// Enter this network namespace (`ip netns add NAME`) before anything
+    /// else, keeping the host's bpffs for pins.
+    #[arg(long, value_name = "NAME")]
+    pub netns: Option<String>,
+}
+
 /// How to print a report.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
 pub enum Output {
@@ -69,8 +87,8 @@ impl Cli {
 /// `--netns` must be entered before any thread starts; `main` asks this first.
 pub fn netns_of(cli: &Cli) -> Option<&str> {
     match &cli.command {
-        Command::Run(a) => a.netns.as_deref(),
-        Command::Uninstall(a) => a.netns.as_deref(),
+        Command::Run(a) => a.node.netns.as_deref(),
+        Command::Uninstall(a) => a.node.netns.as_deref(),
         _ => None,
     }
 }

@@ -6,6 +6,7 @@ use anyhow::Result;
 use clap::Args;
 use tokio::signal::unix::{signal, SignalKind};
 
+use super::NodeArgs;
 use crate::agent::{self, AgentConfig, SocketGroup};
 
 /// Load the datapath, attach it to interfaces and serve the control socket
@@ -35,18 +36,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
 
-    /// bpffs directory for pinned maps and links (mounted if missing).
-    #[arg(long, default_value = "/sys/fs/bpf/tc-agent", value_name = "DIR")]
-    pub pin_dir: PathBuf,
-
-    /// Directory for the lock, the pid file and the saved state.
-    #[arg(long, default_value = "/run/tc-agent", value_name = "DIR")]
-    pub state_dir: PathBuf,
-
-    /// Enter this network namespace (`ip netns add NAME`) before anything
-    /// else, keeping the host's bpffs for pins.
-    #[arg(long, value_name = "NAME")]
-    pub netns: Option<String>,
+    #[command(flatten)]
+    pub node: NodeArgs,
 
     /// Counter sampling period in milliseconds (rates and history).
     #[arg(long, default_value_t = 1000, value_name = "MS")]
@@ -88,8 +79,8 @@ pub fn execute(args: RunArgs, socket: PathBuf) -> Result<()> {
         ifaces: args.ifaces,
         xdp: args.xdp,
         policy: args.policy,
-        pin_dir: args.pin_dir,
-        state_dir: args.state_dir,
+        pin_dir: args.node.pin_dir,
+        state_dir: args.node.state_dir,
         socket,
         sample_every: Duration::from_millis(args.sample_ms.max(100)),
         detach_on_exit: args.detach_on_exit,

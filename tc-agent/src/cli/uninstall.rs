@@ -1,11 +1,9 @@
 //! `tc-agent uninstall`: remove the datapath from a node.
 
-use std::path::PathBuf;
-
 use anyhow::Result;
 use clap::Args;
 
-use super::Output;
+use super::{NodeArgs, Output};
 use crate::{
     agent::{lock_dirs, uninstall},
     datapath::sys,
@@ -25,17 +23,8 @@ pub struct UninstallArgs {
     #[arg(long = "iface", value_name = "IFACE")]
     pub ifaces: Vec<String>,
 
-    /// bpffs directory the agent pinned maps and links under.
-    #[arg(long, default_value = "/sys/fs/bpf/tc-agent", value_name = "DIR")]
-    pub pin_dir: PathBuf,
-
-    /// The agent's state directory.
-    #[arg(long, default_value = "/run/tc-agent", value_name = "DIR")]
-    pub state_dir: PathBuf,
-
-    /// Enter this network namespace first (as `run --netns`).
-    #[arg(long, value_name = "NAME")]
-    pub netns: Option<String>,
+    #[command(flatten)]
+    pub node: NodeArgs,
 
     /// Output format.
     #[arg(short, long, value_enum, default_value_t)]
@@ -44,10 +33,13 @@ pub struct UninstallArgs {
 
 pub fn execute(args: UninstallArgs) -> Result<()> {
     sys::require_root()?;
-    sys::ensure_bpffs(&args.pin_dir)?;
-    let _locks = lock_dirs(&args.state_dir, &args.pin_dir)?;
+    let NodeArgs {
+        pin_dir, state_dir, ..
+    } = &args.node;
+    sys::ensure_bpffs(pin_dir)?;
+    let _locks = lock_dirs(state_dir, pin_dir)?;
     let only = (!args.ifaces.is_empty()).then_some(args.ifaces.as_slice());
-    let report = uninstall(&args.pin_dir, &args.state_dir, only)?;
+    let report = uninstall(pin_dir, state_dir, only)?;
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         Output::Text => {
