@@ -399,6 +399,38 @@ pub fn in_netns<T: Send + 'static>(
 /// Sends UDP datagrams of `payload` bytes to `dst` at about `rate_bps`
 /// (payload bits) for `secs`, at most `max` datagrams. Returns datagrams sent.
 pub fn udp_send(dst: &str, payload: usize, rate_bps: f64, secs: f64, max: u64) -> Result<u64> {
+    let mut sent = 0;
+    udp_send_with(dst, payload, rate_bps, secs, max, |_| sent += 1)?;
+    Ok(sent)
+}
+
+/// [`udp_send`], returning the payload bytes sent in each second of Unix
+/// time (as [`udp_receive_bins`] bins what arrived), so a test can tell a
+/// second in which the flood was on from one in which the sender stalled.
+pub fn udp_send_bins(
+    dst: &str,
+    payload: usize,
+    rate_bps: f64,
+    secs: f64,
+    max: u64,
+) -> Result<std::collections::BTreeMap<u64, u64>> {
+    let mut bins = std::collections::BTreeMap::new();
+    udp_send_with(dst, payload, rate_bps, secs, max, |stamp| {
+        *bins.entry(stamp / 1_000_000_000).or_insert(0) += payload as u64;
+    })?;
+    Ok(bins)
+}
+
+/// Sends as [`udp_send`] does, stamping each datagram with its send time
+/// and calling `sent` with it for every datagram the socket took.
+fn udp_send_with(
+    dst: &str,
+    payload: usize,
+    rate_bps: f64,
+    secs: f64,
+    max: u64,
+    mut sent_one: impl FnMut(u64),
+) -> Result<()> {
     let sock = UdpSocket::bind(if dst.contains(':') && dst.starts_with('[') {
         "[::]:0"
     } else {
@@ -415,14 +447,16 @@ pub fn udp_send(dst: &str, payload: usize, rate_bps: f64, secs: f64, max: u64) -
             std::thread::sleep(due - now);
         }
         // The send time, for receivers that bin by when a datagram left.
+        let stamp = unix_ns();
         if payload >= 8 {
-            buf[..8].copy_from_slice(&unix_ns().to_be_bytes());
+            buf[..8].copy_from_slice(&stamp.to_be_bytes());
         }
         if sock.send_to(&buf, dst).is_ok() {
             sent += 1;
+            sent_one(stamp);
         }
     }
-    Ok(sent)
+    Ok(())
 }
 
 /// Nanoseconds since the Unix epoch.
@@ -433,32 +467,23 @@ fn unix_ns() -> u64 {
 }
 
 /// Receives datagrams from [`udp_send`] on `bind` for `secs` and returns the
-/// payload bytes per second, binned by each datagram's send time (so the
-/// bins say what passed the datapath in each second, whatever this thread's
-/// scheduling), from the first datagram on.
-pub fn udp_receive_bins(bind: &str, secs: f64) -> Result<Vec<u64>> {
+/// payload bytes per second of Unix time, binned by each datagram's send
+/// time (so the bins say what passed the datapath in each second, whatever
+/// this thread's scheduling).
+pub fn udp_receive_bins(bind: &str, secs: f64) -> Result<std::collections::BTreeMap<u64, u64>> {
     let sock = UdpSocket::bind(bind)?;
     deepen_receive_buffer(&sock);
     sock.set_read_timeout(Some(Duration::from_millis(100)))?;
     let mut buf = vec![0u8; 65536];
     let start = Instant::now();
-    let mut first: Option<u64> = None;
-    let mut bins: Vec<u64> = Vec::new();
+    let mut bins = std::collections::BTreeMap::new();
     while start.elapsed().as_secs_f64() < secs {
         if let Ok(len) = sock.recv(&mut buf) {
             if len < 8 {
                 continue;
             }
             let sent = u64::from_be_bytes(buf[..8].try_into().expect("8 bytes"));
-            let t0 = *first.get_or_insert(sent);
-            let bin = (sent.saturating_sub(t0) / 1_000_000_000) as usize;
-            if bin >= 600 {
-                continue;
-            }
-            if bins.len() <= bin {
-                bins.resize(bin + 1, 0);
-            }
-            bins[bin] += len as u64;
+            *bins.entry(sent / 1_000_000_000).or_insert(0) += len as u64;
         }
     }
     Ok(bins)
