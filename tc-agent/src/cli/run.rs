@@ -4,6 +4,7 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::Result;
 use clap::Args;
+use nix::sys::stat::Mode;
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::NodeArgs;
@@ -73,8 +74,7 @@ pub fn execute(args: RunArgs, socket: PathBuf) -> Result<()> {
         .transpose()?;
     // Whatever the agent creates (state, lock, socket) is private unless
     // it says otherwise.
-    // SAFETY: umask(2) cannot fail and only sets the process's mask.
-    unsafe { libc::umask(0o077) };
+    nix::sys::stat::umask(Mode::from_bits_truncate(0o077));
     let config = AgentConfig {
         ifaces: args.ifaces,
         xdp: args.xdp,

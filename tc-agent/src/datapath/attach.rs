@@ -187,6 +187,8 @@ fn link_ifindex(fd: &FdLink) -> Result<Option<u32>> {
         /// Where the kernel writes the `bpf_link_info`.
         info: u64,
     }
+    // Raw bpf(2): neither nix nor rustix wraps the bpf syscall, and aya 0.14
+    // keeps its own wrapper private.
     let sys_bpf = |cmd: bpf_cmd, attr: *mut libc::c_void, size: usize| {
         // SAFETY: `attr` points to a live struct of `size` bytes laid out as
         // `cmd` reads it; the kernel writes only where that struct says.

@@ -4,6 +4,7 @@
 pub mod attach;
 pub mod digest;
 pub mod qdisc;
+mod rtnl;
 pub mod sys;
 
 use std::{

@@ -1,17 +1,18 @@
 //! Small system checks the operator's errors come from: privileges,
 //! interfaces, bpffs, network namespaces and the running kernel.
 
-use std::{ffi::CString, fs::File, os::fd::AsRawFd, path::Path};
+use std::{fs::File, path::Path};
 
 use anyhow::{bail, Context, Result};
-
-/// `statfs(2)` magic of bpffs.
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+use nix::{
+    mount::{mount, MsFlags},
+    sched::{setns, CloneFlags},
+    sys::statfs::{statfs, BPF_FS_MAGIC},
+};
 
 /// Fails unless running as root (CAP_BPF and CAP_NET_ADMIN are needed).
 pub fn require_root() -> Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         bail!("tc-agent needs root (CAP_BPF and CAP_NET_ADMIN) to load and attach eBPF programs; run it with sudo");
     }
     Ok(())
@@ -19,13 +20,13 @@ pub fn require_root() -> Result<()> {
 
 /// Index of interface `name` in the current network namespace.
 pub fn ifindex(name: &str) -> Result<u32> {
-    let c = CString::new(name).context("interface names cannot contain NUL")?;
-    // SAFETY: c is a valid NUL-terminated string.
-    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if idx == 0 {
-        bail!("interface `{name}` not found in this network namespace; `ip link` lists the interfaces");
+    if name.contains('\0') {
+        bail!("interface names cannot contain NUL");
     }
-    Ok(idx)
+    match nix::net::if_::if_nametoindex(name) {
+        Ok(idx) if idx != 0 => Ok(idx),
+        _ => bail!("interface `{name}` not found in this network namespace; `ip link` lists the interfaces"),
+    }
 }
 
 /// Mounts bpffs at `/sys/fs/bpf` if nothing is mounted there. `ip netns exec`
@@ -36,37 +37,23 @@ pub fn ensure_bpffs(root: &Path) -> Result<()> {
         return Ok(());
     }
     std::fs::create_dir_all(mount_point).ok();
-    let src = CString::new("bpf")?;
-    let dst = CString::new("/sys/fs/bpf")?;
-    let opts = CString::new("mode=0700")?;
-    // SAFETY: all pointers are valid NUL-terminated strings.
-    let rc = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            dst.as_ptr(),
-            src.as_ptr(),
-            0,
-            opts.as_ptr().cast(),
-        )
-    };
-    if rc != 0 {
+    if let Err(e) = mount(
+        Some("bpf"),
+        mount_point,
+        Some("bpf"),
+        MsFlags::empty(),
+        Some("mode=0700"),
+    ) {
         bail!(
             "cannot mount bpffs at /sys/fs/bpf: {}; mount it with `mount -t bpf bpf /sys/fs/bpf`",
-            std::io::Error::last_os_error()
+            std::io::Error::from(e)
         );
     }
     Ok(())
 }
 
 fn is_bpffs(p: &Path) -> bool {
-    let Ok(c) = CString::new(p.as_os_str().as_encoded_bytes()) else {
-        return false;
-    };
-    // SAFETY: statfs writes into a zeroed struct we own.
-    unsafe {
-        let mut st: libc::statfs = std::mem::zeroed();
-        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC
-    }
+    statfs(p).is_ok_and(|st| st.filesystem_type() == BPF_FS_MAGIC)
 }
 
 /// Moves the calling thread into network namespace `name` (`/run/netns/NAME`,
@@ -79,11 +66,10 @@ pub fn enter_netns(name: &str) -> Result<()> {
             path.display()
         )
     })?;
-    // SAFETY: f is an open namespace file descriptor.
-    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+    if let Err(e) = setns(&f, CloneFlags::CLONE_NEWNET) {
         bail!(
             "cannot enter network namespace `{name}`: {}",
-            std::io::Error::last_os_error()
+            std::io::Error::from(e)
         );
     }
     Ok(())

@@ -30,6 +30,7 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
+use nix::errno::Errno;
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWriteExt},
     sync::{oneshot, OwnedSemaphorePermit, Semaphore},
@@ -218,8 +219,8 @@ impl Server {
                 },
                 Err(e) => {
                     let exhausted = matches!(
-                        e.raw_os_error(),
-                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                        e.raw_os_error().map(Errno::from_raw),
+                        Some(Errno::EMFILE | Errno::ENFILE | Errno::ENOBUFS | Errno::ENOMEM)
                     );
                     if let Some(held) = self.accept_log.pass() {
                         warn!(error = %e, held_back = held, "accept failed");

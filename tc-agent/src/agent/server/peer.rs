@@ -70,7 +70,8 @@ pub(in crate::agent) fn authorize(
 }
 
 /// The peer's supplementary groups as of its `connect` (`SO_PEERGROUPS`,
-/// Linux 4.13+).
+/// Linux 4.13+). Raw `getsockopt`: neither nix nor rustix wraps
+/// `SO_PEERGROUPS` (a variable-length answer with an `ERANGE` retry).
 pub(in crate::agent) fn peer_groups(stream: &UnixStream) -> io::Result<Vec<u32>> {
     let mut groups: Vec<libc::gid_t> = vec![0; 64];
     for _ in 0..2 {
@@ -93,7 +94,10 @@ pub(in crate::agent) fn peer_groups(stream: &UnixStream) -> io::Result<Vec<u32>>
         }
         let e = io::Error::last_os_error();
         // Too small: `len` now says how much is needed (at most NGROUPS_MAX).
-        if e.raw_os_error() != Some(libc::ERANGE) || n <= groups.len() || n > 65_536 {
+        if e.raw_os_error().map(Errno::from_raw) != Some(Errno::ERANGE)
+            || n <= groups.len()
+            || n > 65_536
+        {
             return Err(e);
         }
         groups.resize(n, 0);
