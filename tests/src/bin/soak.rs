@@ -16,7 +16,7 @@
 //!   down 2 s and restarted without `--policy`: the pinned policy enforces
 //!   meanwhile, and the new agent must say its state is consistent, at the
 //!   same version, in the hooks the old one left;
-//! - the agent's RSS and open fds every 10 s, and 20 s after each start.
+//! - the agent's RSS and open fds every 10 s, and 45 s after each start.
 //!
 //! At the end, per UDP channel: datagrams sent = received + dropped by the
 //! datapath, exactly. Then the agent is stopped and uninstalled, and no pin
@@ -67,9 +67,11 @@ const FD_SLACK: usize = 2;
 /// Receive buffer per socket: the receivers may be descheduled on this
 /// shared machine; the count must measure the datapath, not them.
 const RCVBUF: libc::c_int = 64 << 20;
-/// The TCP channel's port, limit and burst (the default, 250 ms at the rate).
+/// The TCP channel's destination port (iperf3's).
 const TCP_PORT: u16 = 5201;
+/// The TCP channel's limit, the same in every policy (its bucket is kept).
 const TCP_LIMIT_MBIT: u32 = 30;
+/// The TCP channel's burst in seconds at its rate: the default, 250 ms.
 const TCP_BURST_S: f64 = 0.25;
 
 /// What a policy allows one channel.
@@ -114,7 +116,9 @@ struct UdpChannel {
     lossless: bool,
 }
 
+/// Bytes the datapath charges an IPv4 datagram beyond its payload: Ethernet + IPv4 + UDP.
 const V4_OVERHEAD: usize = 14 + 20 + 8;
+/// Bytes the datapath charges an IPv6 datagram beyond its payload: Ethernet + IPv6 + UDP.
 const V6_OVERHEAD: usize = 14 + 40 + 8;
 
 fn channels() -> Vec<UdpChannel> {
@@ -261,7 +265,7 @@ fn raw_request(socket: &Path, line: &[u8]) -> Result<Value> {
     serde_json::from_str(&reply).with_context(|| format!("not a JSON reply: {reply:?}"))
 }
 
-/// One kind of bad input: its name, and how to send it; returns the error.
+/// One kind of bad input: its name, what the refusal must say, and the bytes to send.
 struct BadInput {
     /// Short name for the report.
     name: &'static str,
@@ -441,7 +445,7 @@ fn receive_udp(
     Ok(got)
 }
 
-/// One TCP segment's result from iperf3.
+/// What the iperf3 runs of the TCP channel did, summed.
 #[derive(Debug, Default, Clone, Copy)]
 struct TcpTotals {
     /// iperf3 runs completed.
