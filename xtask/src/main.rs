@@ -47,6 +47,13 @@ enum Task {
     },
     /// Per-packet cost, enforcement accuracy vs TBF/HTB with ping RTT, attach cost; writes target/bench.json.
     Bench,
+    /// Soak: UDP and TCP load on several channels, applies, bad inputs and
+    /// agent kills for N minutes; asserts nothing lost or leaked; writes target/soak.json.
+    Soak {
+        /// Minutes of load.
+        #[arg(long, default_value_t = 5)]
+        minutes: u64,
+    },
 }
 
 /// Runs a command, failing if it fails.
@@ -134,6 +141,24 @@ fn main() -> Result<()> {
             std::fs::write(&path, serde_json::to_vec_pretty(&actions)?)?;
             println!("written to {}", path.display());
             Ok(())
+        }
+        Task::Soak { minutes } => {
+            install_deps()?;
+            // Release, as deployed: the RSS and fd figures are the real binary's.
+            cargo(&["build", "--release", "-p", "tc-agent"])?;
+            let minutes = minutes.to_string();
+            cargo(&[
+                "run",
+                "--quiet",
+                "--release",
+                "-p",
+                "tc-tests",
+                "--bin",
+                "soak",
+                "--",
+                "--minutes",
+                &minutes,
+            ])
         }
     }
 }
