@@ -100,7 +100,10 @@ fn run<S: Strategy>(
 
 /// splitmix64: the packets of one case come from its seed, so a shrunk
 /// failure replays with the same packets.
-struct Rng(u64);
+struct Rng(
+    /// The state: the case's seed, advanced per draw.
+    u64,
+);
 
 impl Rng {
     fn next(&mut self) -> u64 {
@@ -126,8 +129,8 @@ impl Rng {
 /// One `from`/`to` item as generated.
 #[derive(Debug, Clone)]
 enum Ref {
-    /// An endpoint set, by the index of its definition (valid mode) or by
-    /// any name from the pool (wild mode, may be undefined).
+    /// An endpoint set by name: a defined one (valid mode), or any name
+    /// from the pools (wild mode: maybe undefined, maybe address-like).
     Set(String),
     /// An inline CIDR, bare address or garbage.
     Cidr(String),
