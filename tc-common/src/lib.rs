@@ -238,11 +238,21 @@ pub struct FragEntry {
     /// Channel slot (generation-qualified) the first fragment matched;
     /// [`NO_CHANNEL`] when it matched none.
     pub slot: u32,
+    /// Wire bytes the datagram's later fragments may still pass: one
+    /// datagram's worth ([`FRAG_BUDGET`] less the first fragment), so a
+    /// passed first fragment cannot open the channel to unlimited
+    /// "fragments" of the same id. Beyond it they drop.
+    pub budget: u32,
     /// Non-zero when the first fragment was dropped: the rest follow it.
     pub dropped: u8,
     /// Explicit padding, always zero.
-    pub _pad: [u8; 3],
+    pub _pad: [u8; 7],
 }
+
+/// Wire bytes one datagram's fragments may carry: the largest IP datagram
+/// (65,535 bytes, plus IPv6's 40-byte header) and, per fragment of at most
+/// 45 at a 1,500-byte MTU, Ethernet, VLAN and fragment headers.
+pub const FRAG_BUDGET: u32 = 65_575 + 45 * 64;
 
 /// A channel's limits, compiled for the datapath. Slot
 /// `generation * MAX_CHANNELS + channel` of the [`POLICIES`] array.
@@ -406,7 +416,7 @@ mod pod {
 const _: () = assert!(core::mem::size_of::<ChannelSet>() == 8 * CHANNEL_WORDS);
 const _: () = assert!(core::mem::size_of::<Config>() == 16);
 const _: () = assert!(core::mem::size_of::<FragKey>() == 40);
-const _: () = assert!(core::mem::size_of::<FragEntry>() == 8);
+const _: () = assert!(core::mem::size_of::<FragEntry>() == 16);
 const _: () = assert!(core::mem::size_of::<GenInfo>() == 8);
 const _: () = assert!(core::mem::size_of::<FlowKey4>() == 16);
 const _: () = assert!(core::mem::size_of::<FlowKey6>() == 40);

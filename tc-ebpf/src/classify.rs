@@ -27,7 +27,10 @@ pub fn frag_key(p: &Parsed, dir: u8) -> FragKey {
             key.dst[..4].copy_from_slice(dst);
         }
         Addrs::V6 { src, dst } => {
+            // As Linux reassembles: on addresses and id, not on the
+            // next-header a later fragment claims.
             key.family = 6;
+            key.proto = 0;
             key.src = *src;
             key.dst = *dst;
         }

@@ -144,7 +144,16 @@ pub fn enforce(
     if policy.action == ACTION_DELAY && policy.mode != MODE_MONITOR {
         // SAFETY: the bucket pointer comes from an array lookup and stays
         // valid for this run; all writers use atomics.
-        return match unsafe { schedule(bucket, policy, now, frame.len, frame.segs) } {
+        let mut scheduled = unsafe { schedule(bucket, policy, now, frame.len, frame.segs) };
+        if scheduled.is_none() && follow == FOLLOW_PASS {
+            // A later fragment of a datagram that is on its way: never cut
+            // it at the horizon. It is charged and leaves at the horizon;
+            // the debt holds the next datagrams back instead.
+            // SAFETY: as above.
+            unsafe { debit(bucket, policy, now, frame.len, frame.segs) };
+            scheduled = Some(now + policy.horizon_ns);
+        }
+        return match scheduled {
             None => {
                 counters.dropped_pkts += frame.segs;
                 counters.dropped_bytes += frame.len;

@@ -164,7 +164,9 @@ fn parse_v4(start: usize, end: usize, l3: usize) -> Result<Parsed, Skip> {
     let hdr = bytes_at::<20>(start, end, l3)?;
     let version = hdr[0] >> 4;
     let ihl = (hdr[0] & 0x0f) as usize * 4;
-    if version != 4 || ihl < 20 {
+    // The whole header, options included, must be there: a shorter one is
+    // malformed, as the kernel's IP layer also finds.
+    if version != 4 || ihl < 20 || start + l3 + ihl > end {
         return Err(Skip::Malformed);
     }
     let ecn = hdr[1] & 3;
@@ -307,12 +309,16 @@ fn parse_v6(
                     )
                 };
                 if u16::from_be_bytes([h[2], h[3]]) & 0xfff8 != 0 {
-                    // A later fragment: its transport header is in the first.
+                    // A later fragment: its transport header is in the
+                    // first. Its own next-header says nothing (Linux
+                    // reassembles on addresses and id alone, and a sender
+                    // may put anything there), so an orphan is held as a
+                    // packet of unknown protocol.
                     finish(&mut p);
                     p.frag = FRAG_LATER;
-                    p.proto = h[0];
-                    p.l4_bits = L4_PROTO_BITS;
-                    p.l4_flags = L4_ANY_PORT;
+                    p.proto = 0;
+                    p.l4_bits = L4_DIR_BITS;
+                    p.l4_flags = L4_UNKNOWN;
                     return Ok(p);
                 }
                 if h[3] & 1 != 0 {
@@ -367,7 +373,7 @@ pub trait Load {
 #[inline(always)]
 fn l4_ports_loaded(ld: &impl Load, l4: usize, proto: u8) -> L4 {
     match proto {
-        IPPROTO_TCP => match ld.load::<16>(l4) {
+        IPPROTO_TCP => match ld.load::<20>(l4) {
             Some(h) => L4 {
                 l4_bits: L4_PORT_BITS,
                 dport: u16::from_be_bytes([h[2], h[3]]),

@@ -3,7 +3,7 @@
 
 use core::ptr::{read_volatile, write_volatile};
 
-use tc_common::{FragEntry, FLAG_NO_FLOW_CACHE, MAX_CHANNELS, NO_CHANNEL};
+use tc_common::{FragEntry, FLAG_NO_FLOW_CACHE, FRAG_BUDGET, MAX_CHANNELS, NO_CHANNEL};
 
 use crate::{
     classify::{classify, classify_cached, frag_key},
@@ -67,8 +67,7 @@ pub fn handle(frame: &Frame, ld: &impl Load, dir: u8, flow_hash: impl Fn() -> u3
     let mut first = None;
     if parsed.frag == FRAG_LATER {
         global.fragment_pkts += 1;
-        // SAFETY: the value is copied out at once.
-        first = unsafe { TC_FRAGS.get(&frag_key(&parsed, dir)) }.copied();
+        first = TC_FRAGS.get_ptr_mut(&frag_key(&parsed, dir));
         if first.is_none() {
             // Its first fragment was not seen: classified on addresses and
             // protocol, into the first channel that could hold the datagram.
@@ -76,8 +75,19 @@ pub fn handle(frame: &Frame, ld: &impl Load, dir: u8, flow_hash: impl Fn() -> u3
         }
     }
     let (slot, follow) = match first {
-        Some(f) if f.dropped != 0 => (f.slot, FOLLOW_DROP),
-        Some(f) => (f.slot, FOLLOW_PASS),
+        // SAFETY: a value of the LRU map, valid for this run. Racy on
+        // purpose: two CPUs following one datagram at once may each pass
+        // one fragment more than the budget, never more.
+        Some(f) => unsafe {
+            let slot = read_volatile(&raw const (*f).slot);
+            let budget = read_volatile(&raw const (*f).budget) as u64;
+            if read_volatile(&raw const (*f).dropped) != 0 || budget < wire.len {
+                (slot, FOLLOW_DROP)
+            } else {
+                write_volatile(&raw mut (*f).budget, (budget - wire.len) as u32);
+                (slot, FOLLOW_PASS)
+            }
+        },
         None => {
             let channel = if config.flags & FLAG_NO_FLOW_CACHE != 0 {
                 classify(generation as u8, gen_info.words, dir, &parsed)
@@ -102,8 +112,9 @@ pub fn handle(frame: &Frame, ld: &impl Load, dir: u8, flow_hash: impl Fn() -> u3
     if parsed.frag == FRAG_FIRST {
         let first = FragEntry {
             slot,
+            budget: FRAG_BUDGET.saturating_sub(wire.len as u32),
             dropped: (verdict.action == DROP) as u8,
-            _pad: [0; 3],
+            _pad: [0; 7],
         };
         // A full table pushes out its oldest datagram, whose remaining
         // fragments become orphans (counted).

@@ -302,6 +302,66 @@ fn fragments_follow_their_first_fragment_whole() {
 }
 
 #[test]
+fn ipv6_later_fragments_cannot_hide_behind_another_next_header() {
+    let mut f = Fixture::new(FRAG_POLICY);
+    let (src, dst) = ("2001:db8:1::5", "2001:db8:2::10");
+    // A first fragment to the port channel, then later fragments whose
+    // fragment header claims another next header (60: destination
+    // options). Linux reassembles them all the same, so they must follow
+    // the first fragment's channel.
+    assert_eq!(
+        f.ingress(&packet::ipv6_fragment(src, dst, UDP, 5201, 7, 0)),
+        PASS
+    );
+    for i in 1..4u16 {
+        let mut later = packet::ipv6_fragment(src, dst, UDP, 5201, 7, i * 1448);
+        later[14 + 40] = 60;
+        assert_eq!(f.ingress(&later), PASS);
+    }
+    // An orphan with a made-up next header: of unknown protocol, so held by
+    // the first channel of its addresses, the port channel.
+    let mut orphan = packet::ipv6_fragment(src, dst, UDP, 5201, 8, 1448);
+    orphan[14 + 40] = 47;
+    assert_eq!(f.ingress(&orphan), PASS);
+    assert_eq!(f.counters("udp-5201").matched_pkts, 5);
+    assert_eq!(f.counters("rest").matched_pkts, 0);
+    let g = f.global();
+    assert_eq!(g.fragment_pkts, 4);
+    assert_eq!(g.fragment_orphan_pkts, 1);
+}
+
+#[test]
+fn a_passed_first_fragment_opens_one_datagram_not_more() {
+    for v6 in [false, true] {
+        let mut f = Fixture::new(FRAG_POLICY);
+        // One first fragment within the burst, then far more "later
+        // fragments" of the same id than one datagram can hold: those past
+        // one datagram's worth of bytes drop.
+        let frame = |i: u16| {
+            if v6 {
+                packet::ipv6_fragment("2001:db8:1::5", "2001:db8:2::10", UDP, 5201, 9, i * 1448)
+            } else {
+                packet::ipv4_fragment_of("198.18.1.5", "198.18.2.10", UDP, 5201, 9, i * 1480)
+            }
+        };
+        let mut passed = 0;
+        for i in 0..100u16 {
+            if f.ingress(&frame(i % 44)) == PASS {
+                passed += 1;
+            }
+        }
+        let per = frame(1).len() as u32;
+        let most = tc_common::FRAG_BUDGET / per + 1;
+        assert!(
+            (most - 2..=most).contains(&passed),
+            "v6={v6}: {passed} fragments passed, one datagram is at most {most}"
+        );
+        let c = f.counters("udp-5201");
+        assert_eq!(c.dropped_pkts, 100 - passed as u64, "v6={v6}");
+    }
+}
+
+#[test]
 fn vlan_stacks_are_skipped() {
     let mut f = Fixture::new(POLICY);
     let frame = packet::ipv4("198.18.1.5", "198.18.2.10", TCP, 5432, 10);

@@ -3,6 +3,7 @@
 //! missing dependencies first (scripts/install-deps.sh, idempotent).
 
 mod demo;
+mod fuzz;
 mod vm;
 
 use std::process::Command;
@@ -30,6 +31,16 @@ enum Task {
     },
     /// Demo: three clients and a service in namespaces; throttle the noisy one.
     Demo,
+    /// Fuzz the policy parser/compiler and the datapath (BPF_PROG_TEST_RUN,
+    /// needs root) in rounds with fresh seeds, longer than `test` does.
+    Fuzz {
+        /// Policy files per property per round (the packet fuzzer runs 200x as many frames).
+        #[arg(long, default_value_t = 5_000)]
+        cases: u64,
+        /// Start no new round after this many minutes.
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+    },
     /// Run the kernel-dependent suites in qemu on Debian's 6.1 (clsact) and 6.12 (TCX) kernels.
     VmTest {
         /// Which kernel: 6.1, 6.12 or all.
@@ -113,6 +124,10 @@ fn main() -> Result<()> {
             install_deps()?;
             cargo(&["build", "--release", "-p", "tc-agent"])?;
             demo::run(&root().join("target/release/tc-agent"))
+        }
+        Task::Fuzz { cases, minutes } => {
+            install_deps()?;
+            fuzz::fuzz(cases, minutes)
         }
         Task::VmTest { kernel, only } => {
             install_deps()?;

@@ -33,4 +33,8 @@ pub use self::{
 };
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
+mod sim;
+#[cfg(test)]
 mod tests;

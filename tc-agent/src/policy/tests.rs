@@ -5,9 +5,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tc_common::{ChannelSet, L4_ANY_PORT, L4_UNKNOWN};
+use tc_common::{L4_ANY_PORT, L4_UNKNOWN};
 
-use super::{compile::*, *};
+use super::{
+    compile::*,
+    sim::{reference, through_tables, Pkt},
+    *,
+};
 
 const GOOD: &str = r#"
 endpoints:
@@ -270,96 +274,6 @@ fn rates_become_gcra_parameters() {
     assert_eq!(c.byte_tau_ns, 100_000_000);
     assert_eq!(c.pkt_cost_q16, 1_000_000 << 16);
     assert_eq!(c.pkt_tau_ns, 64 * 1_000_000);
-}
-
-/// A packet for the table simulator below.
-struct Pkt {
-    src: IpAddr,
-    dst: IpAddr,
-    proto: u8,
-    port: Option<u16>,
-    dir: Direction,
-    /// What the datapath could not read: 0, `L4_ANY_PORT` (a fragment, a
-    /// cut transport header) or `L4_UNKNOWN` (an over-long IPv6 chain).
-    hidden: u8,
-}
-
-/// First match by scanning channels: the semantics the tables must implement.
-/// A packet whose ports are hidden may belong to any channel of its
-/// protocol, one whose protocol is hidden to any channel: it is held by the
-/// first that could hold it, so hiding never escapes a port-specific limit.
-fn reference(policy: &Policy, p: &Pkt) -> Option<usize> {
-    let proto_ok = |c: &crate::policy::Channel| match c.protocol.numbers() {
-        None => c.ports.is_empty() || p.proto == 6 || p.proto == 17,
-        Some(ps) => ps.contains(&p.proto),
-    };
-    policy.channels.iter().position(|c| {
-        c.direction == p.dir
-            && c.from.iter().any(|n| n.contains(&p.src))
-            && c.to.iter().any(|n| n.contains(&p.dst))
-            && match p.hidden {
-                L4_UNKNOWN => true,
-                L4_ANY_PORT => proto_ok(c),
-                _ => {
-                    proto_ok(c)
-                        && (c.ports.is_empty()
-                            || p.port
-                                .is_some_and(|x| c.ports.iter().any(|(a, b)| *a <= x && x <= *b)))
-                }
-            }
-    })
-}
-
-fn lpm<const N: usize>(t: &[AddrEntry<N>], addr: [u8; N]) -> Option<ChannelSet> {
-    let a = u128::from_be_bytes({
-        let mut b = [0u8; 16];
-        b[16 - N..].copy_from_slice(&addr);
-        b
-    });
-    t.iter()
-        .filter(|e| {
-            let e_addr = u128::from_be_bytes({
-                let mut b = [0u8; 16];
-                b[16 - N..].copy_from_slice(&e.addr);
-                b
-            });
-            let shift = (N * 8) as u32 - e.len as u32;
-            e.len == 0 || (a >> shift) == (e_addr >> shift)
-        })
-        .max_by_key(|e| e.len)
-        .map(|e| e.set)
-}
-
-/// First match through the compiled tables, the way the datapath does it.
-fn through_tables(c: &Compiled, p: &Pkt) -> Option<usize> {
-    let (s, d) = match (p.src, p.dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            (lpm(&c.src_v4, s.octets())?, lpm(&c.dst_v4, d.octets())?)
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            (lpm(&c.src_v6, s.octets())?, lpm(&c.dst_v6, d.octets())?)
-        }
-        _ => unreachable!(),
-    };
-    let dir = if p.dir == Direction::Ingress { 0u8 } else { 1 } | p.hidden;
-    let (maxbits, port) = match (p.hidden, p.port) {
-        (L4_UNKNOWN, _) => (8, 0),
-        (_, Some(x)) => (32, x),
-        (_, None) => (16, 0),
-    };
-    let key = u32::from_be_bytes([dir, p.proto, (port >> 8) as u8, port as u8]);
-    let l4 =
-        c.l4.iter()
-            .filter(|e| {
-                e.bits <= maxbits && {
-                    let k = u32::from_be_bytes(e.data);
-                    let shift = 32 - e.bits;
-                    (key >> shift) == (k >> shift)
-                }
-            })
-            .max_by_key(|e| e.bits)?
-            .set;
-    (0..c.words as usize * 64).find(|&i| s.contains(i) && d.contains(i) && l4.contains(i))
 }
 
 #[test]
