@@ -15,7 +15,9 @@
 //!   Up to eight extension headers (hop-by-hop 0, routing 43, destination
 //!   options 60, AH 51, fragment 44) are walked; a longer chain, or one cut
 //!   short, leaves the protocol unknown (`L4_UNKNOWN`). A fragment header
-//!   with a non-zero offset makes a later fragment.
+//!   with a non-zero offset makes a later fragment; its own next header
+//!   says nothing (Linux reassembles on addresses and identification), so
+//!   an orphan later fragment is of unknown protocol (`L4_UNKNOWN`).
 //! - TCP and UDP give their destination port; a TCP (20 bytes) or UDP
 //!   (8 bytes) header cut short hides it (`L4_ANY_PORT`). Other protocols
 //!   have no port.
@@ -23,12 +25,9 @@
 //!   accepts its protocol on some port; one whose protocol is unknown to
 //!   the first channel its addresses and direction allow.
 //! - A later fragment whose first fragment was seen (same family,
-//!   direction, addresses, identification and protocol) follows it: same
-//!   channel, and dropped if it was dropped. One whose first was not seen
-//!   (an orphan) is classified on its own, without ports.
-//!
-//! [`Rules::AsBuilt`] adds the datapath's known departures from these rules
-//! ([`Deviation`]), so that the fuzzer can tell them from new ones.
+//!   direction, addresses, identification, and for IPv4 protocol) follows
+//!   it: same channel, and dropped if it was dropped. One whose first was
+//!   not seen (an orphan) is classified on its own, without ports.
 
 use std::{
     collections::HashMap,
@@ -87,44 +86,11 @@ pub struct Datagram {
     pub src: IpAddr,
     /// Destination address.
     pub dst: IpAddr,
-    /// IPv4: the protocol field; IPv6: the fragment header's next header
-    /// (the same in every fragment of a datagram, RFC 8200 4.5).
+    /// IPv4: the protocol field; IPv6: 0 (Linux reassembles IPv6 on
+    /// addresses and identification alone).
     pub proto: u8,
     /// IPv4 (16 bits) or IPv6 (32 bits) identification.
     pub id: u32,
-}
-
-/// Which rules [`parse`] follows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rules {
-    /// The documented rules (the module documentation).
-    Documented,
-    /// The documented rules with every known [`Deviation`] of the datapath
-    /// as built, so that a fuzzer can tell a known departure from a new one.
-    AsBuilt,
-}
-
-/// Where the datapath as built departs from the documented rules: found by
-/// the packet fuzzer (`tests/tests/fuzz.rs`) and reported, not fixed here.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Deviation {
-    /// An IPv4 header whose IHL runs past the end of the frame is not
-    /// malformed: `parse_v4` reads the fixed 20 bytes, checks only IHL >= 5,
-    /// and classifies the packet (a TCP/UDP header past the end hides its
-    /// ports).
-    V4HeaderPastFrame,
-    /// A TCP header behind IPv6 extension headers yields its port with 16
-    /// of its 20 bytes present (`l4_ports_loaded` loads 16), where a TCP
-    /// header right after the IPv4/IPv6 header needs all 20.
-    TcpPortFrom16Bytes,
-    /// An IPv6 first fragment enters the fragment table under the protocol
-    /// its walk ends on (`p.proto`: the upper-layer protocol, or the IPv6
-    /// header's next header when the chain is not walked to its end); its
-    /// later fragments look up the fragment header's next header. Where
-    /// another extension header follows the fragment header (AH, as IPsec
-    /// puts it; destination options), the two differ and the later
-    /// fragments never find their first: they are classified as orphans.
-    V6FirstFragmentKey,
 }
 
 const ETH_HLEN: usize = 14;
@@ -156,15 +122,8 @@ fn transport(f: &[u8], l4: usize, proto: u8, tcp: usize) -> (Option<u16>, u8) {
     }
 }
 
-/// Parses a frame by `rules`; with [`Rules::AsBuilt`], also returns the
-/// deviations that made a difference to this frame.
-pub fn parse(f: &[u8], rules: Rules) -> (Parsed, Vec<Deviation>) {
-    let mut fired = Vec::new();
-    let parsed = parse_frame(f, rules, &mut fired);
-    (parsed, fired)
-}
-
-fn parse_frame(f: &[u8], rules: Rules, fired: &mut Vec<Deviation>) -> Parsed {
+/// Parses a frame by the documented rules.
+pub fn parse(f: &[u8]) -> Parsed {
     let Some(mut ethertype) = be16(f, 12) else {
         return Parsed::Malformed;
     };
@@ -180,13 +139,13 @@ fn parse_frame(f: &[u8], rules: Rules, fired: &mut Vec<Deviation>) -> Parsed {
         l3 += 4;
     }
     match ethertype {
-        0x0800 => parse_v4(f, l3, rules, fired),
-        0x86dd => parse_v6(f, l3, rules, fired),
+        0x0800 => parse_v4(f, l3),
+        0x86dd => parse_v6(f, l3),
         _ => Parsed::NonIp,
     }
 }
 
-fn parse_v4(f: &[u8], l3: usize, rules: Rules, fired: &mut Vec<Deviation>) -> Parsed {
+fn parse_v4(f: &[u8], l3: usize) -> Parsed {
     if f.len() < l3 + 20 {
         return Parsed::Malformed;
     }
@@ -196,10 +155,7 @@ fn parse_v4(f: &[u8], l3: usize, rules: Rules, fired: &mut Vec<Deviation>) -> Pa
         return Parsed::Malformed;
     }
     if f.len() < l3 + ihl {
-        if rules == Rules::Documented {
-            return Parsed::Malformed;
-        }
-        fired.push(Deviation::V4HeaderPastFrame);
+        return Parsed::Malformed;
     }
     let src = IpAddr::V4(Ipv4Addr::new(h[12], h[13], h[14], h[15]));
     let dst = IpAddr::V4(Ipv4Addr::new(h[16], h[17], h[18], h[19]));
@@ -234,7 +190,7 @@ fn parse_v4(f: &[u8], l3: usize, rules: Rules, fired: &mut Vec<Deviation>) -> Pa
     })
 }
 
-fn parse_v6(f: &[u8], l3: usize, rules: Rules, fired: &mut Vec<Deviation>) -> Parsed {
+fn parse_v6(f: &[u8], l3: usize) -> Parsed {
     if f.len() < l3 + 40 {
         return Parsed::Malformed;
     }
@@ -259,37 +215,16 @@ fn parse_v6(f: &[u8], l3: usize, rules: Rules, fired: &mut Vec<Deviation>) -> Pa
     let mut next = h[6];
     let mut off = l3 + 40;
     let mut walked = 0;
-    // As built, a first fragment is keyed by the protocol the walk ends on.
-    let as_built_key = |p: &mut Packet, fired: &mut Vec<Deviation>| {
-        if rules == Rules::AsBuilt && p.frag == Frag::First {
-            if let Some(d) = p.datagram.as_mut() {
-                if d.proto != p.proto {
-                    d.proto = p.proto;
-                    fired.push(Deviation::V6FirstFragmentKey);
-                }
-            }
-        }
-    };
     loop {
         if !is_extension(next) {
-            let tcp = if walked > 0 && rules == Rules::AsBuilt {
-                16
-            } else {
-                20
-            };
-            let (port, hidden) = transport(f, off, next, tcp);
-            if next == 6 && tcp == 16 && f.len() < off + 20 && hidden == 0 {
-                fired.push(Deviation::TcpPortFrom16Bytes);
-            }
+            let (port, hidden) = transport(f, off, next, 20);
             p.proto = next;
             p.port = port;
             p.hidden = hidden;
-            as_built_key(&mut p, fired);
             return Parsed::Ip(p);
         }
         if walked == IPV6_MAX_EXT || f.len() < off + 8 {
             // Past the walk, or cut short: the protocol stays unknown.
-            as_built_key(&mut p, fired);
             return Parsed::Ip(p);
         }
         walked += 1;
@@ -300,15 +235,15 @@ fn parse_v6(f: &[u8], l3: usize, rules: Rules, fired: &mut Vec<Deviation>) -> Pa
                 let datagram = Datagram {
                     src,
                     dst,
-                    proto: e[0],
+                    proto: 0,
                     id: u32::from_be_bytes([e[4], e[5], e[6], e[7]]),
                 };
                 let offset = u16::from_be_bytes([e[2], e[3]]) & 0xfff8;
                 if offset != 0 {
                     p.frag = Frag::Later;
                     p.datagram = Some(datagram);
-                    p.proto = e[0];
-                    p.hidden = L4_ANY_PORT;
+                    p.proto = 0;
+                    p.hidden = L4_UNKNOWN;
                     return Parsed::Ip(p);
                 }
                 if e[3] & 1 != 0 {
@@ -322,7 +257,6 @@ fn parse_v6(f: &[u8], l3: usize, rules: Rules, fired: &mut Vec<Deviation>) -> Pa
         next = e[0];
         off += len;
         if off > MAX_L3_OFFSET {
-            as_built_key(&mut p, fired);
             return Parsed::Ip(p);
         }
     }
@@ -382,40 +316,34 @@ pub struct Expect {
     pub orphan: bool,
     /// Ports or protocol hidden, not a later fragment (`no_ports_pkts`).
     pub no_ports: bool,
-    /// Known deviations that shaped this answer ([`Rules::AsBuilt`] only).
-    pub deviations: Vec<Deviation>,
 }
 
 /// The reference classifier: the policy plus the fragment table's state.
 pub struct Reference {
     /// The policy the datapath was given.
     pub policy: Policy,
-    /// Documented, or as built.
-    rules: Rules,
     /// Each first fragment seen, per direction: its channel and whether it
     /// was dropped. Later fragments look themselves up here.
     frags: HashMap<(Direction, Datagram), (Option<usize>, bool)>,
 }
 
 impl Reference {
-    pub fn new(policy: Policy, rules: Rules) -> Self {
+    pub fn new(policy: Policy) -> Self {
         Self {
             policy,
-            rules,
             frags: HashMap::new(),
         }
     }
 
     /// What the datapath should do with `frame` seen in direction `dir`.
     pub fn expect(&self, frame: &[u8], dir: Direction) -> Expect {
-        let (parsed, deviations) = parse(frame, self.rules);
+        let parsed = parse(frame);
         let mut e = Expect {
             parsed: parsed.clone(),
             class: Class::NonIp,
             follows: None,
             orphan: false,
             no_ports: false,
-            deviations,
         };
         let p = match parsed {
             Parsed::NonIp => return e,
