@@ -131,6 +131,10 @@ pub enum StateCheck {
     Consistent,
     /// They disagree; the reason says how.
     Mismatch(String),
+    /// The kernel held no policy (maps wiped, a new map layout) and the
+    /// agent applied the saved one again before taking over any hook, so
+    /// enforcement never lapsed; the reason says what happened.
+    Recovered(String),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -252,19 +252,57 @@ fn a_restart_tells_the_truth_about_what_the_kernel_enforces() -> Result<()> {
     assert_eq!(s["unnamed_channels"], 0, "{s}");
 
     // The maps are wiped (as by a layout upgrade) while the saved state
-    // still names the policy: nothing is enforced, and status says so.
+    // still names the policy: the agent applies it again into the new maps
+    // before it takes over any hook, with the next version, and says so.
+    let version = status(&agent)?["version"].as_u64().unwrap();
     agent.stop();
     tc_agent::datapath::Datapath::unpin_all(&agent.pin_dir);
     agent.respawn(None, &[])?;
     let s = status(&agent)?;
-    assert_eq!(s["state"]["state"], "mismatch", "{s}");
+    assert_eq!(s["state"]["state"], "recovered", "{s}");
     assert!(
         s["state"]["reason"]
             .as_str()
             .unwrap()
-            .contains("holds no policy"),
+            .contains("held no policy"),
         "{s}"
     );
-    assert_eq!(agent.channels()?["channels"].as_array().unwrap().len(), 0);
+    assert_eq!(s["version"].as_u64(), Some(version + 1), "{s}");
+    assert_eq!(agent.channels()?["channels"].as_array().unwrap().len(), 2);
+    Ok(())
+}
+
+#[test]
+fn nothing_is_unenforced_while_the_maps_are_replaced() -> Result<()> {
+    // A layout upgrade (here: the maps removed under a stopped agent) with
+    // a flood on: the restarted agent fills the new maps before it swaps
+    // its programs in, so every second stays at the limit.
+    let _g = serial();
+    let pair = Pair::new()?;
+    let policy = policy();
+    let mut agent = Agent::start(&pair.server, &pair.server_if, &policy)?;
+    let rx = in_netns(&pair.server, || udp_receive_bins("198.18.0.2:9400", 11.0));
+    std::thread::sleep(Duration::from_millis(200));
+    let tx = in_netns(&pair.client, || {
+        udp_send_bins("198.18.0.2:9400", PAYLOAD, 4.0 * LIMIT_BPS, 9.0, 100_000)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    agent.stop();
+    tc_agent::datapath::Datapath::unpin_all(&agent.pin_dir);
+    std::thread::sleep(Duration::from_secs(2));
+    agent.respawn(None, &[])?;
+    let sent = tx.join().unwrap()??;
+    let (r, stalled) = ratios(&sent, &rx.join().unwrap()??);
+    println!(
+        "maps replaced under a flood, per-second rate / limit: {r:?} ({stalled} seconds left out)"
+    );
+    assert!(r.len() >= 6, "too few seconds measured: {r:?}");
+    for x in &r {
+        assert!(
+            (0.85..=1.10).contains(x),
+            "{x:.3} of the limit arrived: {r:?}"
+        );
+    }
+    assert_eq!(status(&agent)?["state"]["state"], "recovered");
     Ok(())
 }

@@ -4,8 +4,16 @@ use super::*;
 
 impl Agent {
     pub(super) fn apply(&mut self, file: &str, text: &str) -> Result<ApplyReport> {
-        let t0 = Instant::now();
+        if self.closing {
+            bail!("the agent is stopping: policy not applied, the running policy is unchanged");
+        }
         let policy = Policy::parse(text, file)?;
+        self.apply_policy(policy, file)
+    }
+
+    /// Applies a validated policy (from a file, or the saved state's).
+    pub(super) fn apply_policy(&mut self, policy: Policy, file: &str) -> Result<ApplyReport> {
+        let t0 = Instant::now();
         let compiled = compile(&policy)?;
         let fq_new = self.prepare_fq(&policy)?;
         let old: HashMap<&str, (usize, &crate::policy::Channel)> = self

@@ -32,9 +32,22 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     };
 
     let dp = Datapath::load(Some(&config.pin_dir)).context("loading the eBPF datapath")?;
-    let mut agent = Agent::resume(dp, config.clone())?;
-    // Attach before applying: a start that fails leaves the hooks it found,
-    // and the policy they enforce, as they were.
+    let (mut agent, lost) = Agent::resume(dp, config.clone())?;
+    let mut initial = initial;
+    if agent.version == 0 {
+        // Fresh maps (first start, an upgrade to a new map layout, or
+        // wiped maps): whatever hooks a previous agent left still run its
+        // programs over its old maps. Fill the new maps first, so that
+        // swapping the new programs into those hooks never leaves the node
+        // without its policy.
+        if let Some((file, text)) = initial.take() {
+            agent.apply(&file, &text)?;
+        } else if let Some(lost) = lost {
+            agent.recover(lost)?;
+        }
+    }
+    // Attach before any other apply: a start that fails leaves the hooks
+    // it found, and the policy they enforce, as they were.
     if let Err(e) = attach_all(&mut agent) {
         agent.release_hooks();
         return Err(e);
@@ -45,6 +58,8 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
             return Err(e);
         }
     }
+    // Only now that every hook is in place: hooks of the other ingress kind.
+    retire_other_ingress(&agent)?;
     agent.save();
 
     let snapshot = Arc::new(Snapshot::new(&mut agent)?);
@@ -79,6 +94,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     sampler.abort();
     let _ = std::fs::remove_file(&config.socket);
     let mut agent = agent.lock();
+    agent.closing = true;
     agent.save();
     if config.detach_on_exit {
         info!("shutting down: --detach-on-exit, removing the datapath");
@@ -116,10 +132,26 @@ fn attach_all(agent: &mut Agent) -> Result<()> {
             info!(iface, hook = %kind, mechanism = ?hook.mechanism, replaced = hook.replaced, "attached");
             agent.hooks.push(hook);
         }
-        // An ingress hook of the other kind (tc <-> XDP) left by an earlier
-        // run would see every packet a second time: it goes, now that its
-        // replacement is in place.
-        let other = if ingress == HookKind::XdpIngress {
+    }
+    for (iface, kind, _) in attach::pinned_hooks(&links) {
+        if !config.ifaces.contains(&iface) {
+            warn!(
+                iface,
+                hook = %kind,
+                "a hook from an earlier run on an interface this agent does not manage keeps enforcing; `tc-agent uninstall --iface {iface}` removes it"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// An ingress hook of the other kind (tc <-> XDP) left by an earlier run
+/// would see every packet a second time: it goes once its replacement is
+/// in place and the start has succeeded.
+fn retire_other_ingress(agent: &Agent) -> Result<()> {
+    let links = agent.config.pin_dir.join("links");
+    for iface in &agent.config.ifaces {
+        let other = if agent.config.xdp.contains(iface) {
             HookKind::TcIngress
         } else {
             HookKind::XdpIngress
@@ -129,15 +161,11 @@ fn attach_all(agent: &mut Agent) -> Result<()> {
             std::fs::remove_file(&stale)
                 .with_context(|| format!("removing {}", stale.display()))?;
             info!(iface, hook = %other, "detached the ingress hook of the other kind");
-        }
-    }
-    for (iface, kind, _) in attach::pinned_hooks(&links) {
-        if !config.ifaces.contains(&iface) {
-            warn!(
-                iface,
-                hook = %kind,
-                "a hook from an earlier run on an interface this agent does not manage keeps enforcing; `tc-agent uninstall --iface {iface}` removes it"
-            );
+        } else if other == HookKind::TcIngress && !sys::has_tcx() {
+            // Before TCX the tc hook is a filter, found by its priority.
+            if attach::detach_netlink(iface, HookKind::TcIngress).is_ok() {
+                info!(iface, "detached the tc ingress filter: XDP replaces it");
+            }
         }
     }
     Ok(())
@@ -153,10 +181,10 @@ fn check_saved(
     dp: &mut Datapath,
     live: tc_common::Config,
     saved: Option<SavedState>,
-) -> (Option<SavedState>, StateCheck) {
+) -> (Option<SavedState>, StateCheck, Option<Lost>) {
     let Some(mut saved) = saved else {
         return if live.version == 0 {
-            (None, StateCheck::Consistent)
+            (None, StateCheck::Consistent, None)
         } else {
             (
                 None,
@@ -164,9 +192,20 @@ fn check_saved(
                     "the kernel enforces policy version {} but the saved state is missing; its channels are unnamed until a policy is applied",
                     live.version
                 )),
+                None,
             )
         };
     };
+    if live.version == 0 && saved.version != 0 {
+        // The maps are new: the saved policy is applied again before any
+        // hook is taken over (see `run`).
+        let lost = Lost {
+            policy: std::mem::take(&mut saved.policy),
+            file: saved.policy_file.take(),
+            version: saved.version,
+        };
+        return (Some(saved), StateCheck::Consistent, Some(lost));
+    }
     let why = if saved.version != live.version {
         if live.version == 0 {
             Some(format!(
@@ -192,23 +231,33 @@ fn check_saved(
         }
     };
     match why {
-        None => (Some(saved), StateCheck::Consistent),
+        None => (Some(saved), StateCheck::Consistent, None),
         Some(why) => {
             saved.policy = Policy::default();
             saved.policy_file = None;
             saved.carried.clear();
-            (Some(saved), StateCheck::Mismatch(why))
+            (Some(saved), StateCheck::Mismatch(why), None)
         }
     }
+}
+
+/// The saved policy of maps that are gone, to be applied again.
+pub(super) struct Lost {
+    /// The policy the saved state names.
+    policy: Policy,
+    /// The file it came from.
+    file: Option<String>,
+    /// Its version: the new one follows it.
+    version: u64,
 }
 
 impl Agent {
     /// The agent over a freshly loaded datapath, resuming what the pinned
     /// maps and the saved state say is live.
-    fn resume(mut dp: Datapath, config: AgentConfig) -> Result<Self> {
+    fn resume(mut dp: Datapath, config: AgentConfig) -> Result<(Self, Option<Lost>)> {
         let live = dp.config()?;
         let saved = SavedState::load(&config.state_dir.join("state.json"));
-        let (saved, state_check) = check_saved(&mut dp, live, saved);
+        let (saved, state_check, lost) = check_saved(&mut dp, live, saved);
         if let StateCheck::Mismatch(why) = &state_check {
             warn!(reason = %why, "the saved state does not match the kernel: the live channels cannot be named; apply a policy to take them over");
         }
@@ -224,6 +273,7 @@ impl Agent {
             digest: saved.digest,
             state_check,
             live_slots,
+            closing: false,
             carried: saved.carried,
             history: VecDeque::new(),
             fq_installed: saved.fq_installed,
@@ -237,7 +287,24 @@ impl Agent {
                 "resumed the pinned live policy"
             );
         }
-        Ok(agent)
+        Ok((agent, lost))
+    }
+
+    /// Applies the saved policy again into fresh maps, its version
+    /// continuing the saved one's, and says so in `status`.
+    fn recover(&mut self, lost: Lost) -> Result<()> {
+        self.dp.seed_version(lost.version)?;
+        let file = lost.file.unwrap_or_else(|| "(saved state)".into());
+        let report = self
+            .apply_policy(lost.policy, &file)
+            .context("applying the saved policy to the new maps")?;
+        let why = format!(
+            "the kernel held no policy (maps wiped, or a new map layout); the saved policy version {} was applied again as version {} before any hook was taken over",
+            lost.version, report.version
+        );
+        warn!(reason = %why, "recovered the saved policy");
+        self.state_check = StateCheck::Recovered(why);
+        Ok(())
     }
 
     /// After a failed start: hooks taken over from an earlier agent keep

@@ -102,6 +102,10 @@ struct Agent {
     state_check: StateCheck,
     /// Channels the live generation holds in the kernel, named or not.
     live_slots: usize,
+    /// Set under the lock when the agent stops: a request that was waiting
+    /// for the lock must not change the kernel after the directory locks
+    /// are released (another agent may hold them by then).
+    closing: bool,
     /// Counters of earlier generations, by channel name, so totals survive re-applies.
     carried: HashMap<String, Totals>,
     /// Recent samples, newest last, for rates.

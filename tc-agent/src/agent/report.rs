@@ -7,7 +7,7 @@ impl Agent {
     /// Live channels the kernel enforces beyond those the agent can name:
     /// non-zero only when the saved state did not match the kernel.
     fn unnamed_channels(&self) -> usize {
-        if self.state_check == StateCheck::Consistent {
+        if !matches!(self.state_check, StateCheck::Mismatch(_)) {
             0
         } else {
             self.live_slots.saturating_sub(self.policy.channels.len())

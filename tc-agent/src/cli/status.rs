@@ -46,8 +46,16 @@ pub fn execute(args: StatusArgs, socket: &std::path::Path) -> Result<()> {
             s.policy_file.as_deref().unwrap_or("(unknown)")
         );
     }
-    if let StateCheck::Mismatch(why) = &s.state {
-        println!("WARNING    {why}");
+    match &s.state {
+        StateCheck::Mismatch(why) => println!("WARNING    {why}"),
+        StateCheck::Recovered(why) => println!("NOTE       {why}"),
+        StateCheck::Consistent => {}
+    }
+    if s.unnamed_channels > 0 {
+        println!(
+            "WARNING    the kernel enforces {} channels the agent cannot name; apply a policy to take them over",
+            s.unnamed_channels
+        );
     }
     println!("pins       {}", s.pin_dir);
     if !s.fq_on.is_empty() {

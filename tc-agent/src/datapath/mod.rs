@@ -286,6 +286,20 @@ impl Datapath {
         Ok(())
     }
 
+    /// Makes the next apply's version follow `version` when the maps hold
+    /// none yet (fresh maps after an upgrade or a wipe), so the version
+    /// operators see keeps growing across them.
+    pub fn seed_version(&mut self, version: u64) -> Result<(), DatapathError> {
+        let mut config = self.config()?;
+        if config.version == 0 {
+            config.version = version;
+            self.array::<Config>(CONFIG)?
+                .set(0, config, 0)
+                .map_err(map_err(CONFIG))?;
+        }
+        Ok(())
+    }
+
     /// How many channels `generation` holds (its active policy slots).
     pub fn active_channels(&mut self, generation: u32) -> Result<usize, DatapathError> {
         let policies = self.array::<ChannelPolicy>(POLICIES)?;
