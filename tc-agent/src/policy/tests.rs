@@ -489,19 +489,19 @@ fn alias_bomb_of_1024_channels_by_65536_prefixes_is_refused_quickly() {
 }
 
 #[test]
-fn files_over_16_mib_are_refused_quickly() {
+fn files_over_the_size_limit_are_refused_quickly() {
     let mut text = String::from("channels: []\n");
     while text.len() <= MAX_FILE_BYTES {
         text.push_str("# padding padding padding padding padding padding padding padding\n");
     }
-    let e = refused_quickly("16 MiB", &text, Duration::from_millis(50));
-    assert!(e.contains("at most 16777216 bytes (16 MiB)"), "{e}");
+    let e = refused_quickly("6 MiB", &text, Duration::from_millis(50));
+    assert!(e.contains("at most 6291456 bytes (6 MiB)"), "{e}");
     // Through `load` too, without reading the file whole.
     let path = std::env::temp_dir().join(format!("tc-agent-big-{}.yaml", std::process::id()));
     std::fs::write(&path, &text).unwrap();
     let e = Policy::load(&path).unwrap_err().to_string();
     std::fs::remove_file(&path).unwrap();
-    assert!(e.contains("larger than 16777216 bytes"), "{e}");
+    assert!(e.contains("larger than 6291456 bytes"), "{e}");
 }
 
 #[test]

@@ -84,8 +84,9 @@ impl Policy {
                 &label,
                 None,
                 format!(
-                    "the file is larger than {} bytes (16 MiB), the most a policy file may hold",
-                    yaml::MAX_FILE_BYTES
+                    "the file is larger than {} bytes ({} MiB), the most a policy file may hold",
+                    yaml::MAX_FILE_BYTES,
+                    yaml::MAX_FILE_BYTES >> 20
                 ),
             ));
         }

@@ -13,9 +13,11 @@ use serde_saphyr::{
     Budget, DuplicateKeyPolicy, Location, MergeKeyPolicy, MessageFormatter, Options, Spanned,
 };
 
-/// Largest policy text accepted: far above any real policy (1,024 channels
-/// and 4 x 65,536 prefixes fit in a few MiB), small enough to parse at once.
-pub const MAX_FILE_BYTES: usize = 16 << 20;
+/// Largest policy text accepted: the largest policy the datapath can hold
+/// (1,024 channels, 65,536 prefixes per side and family, written out) is
+/// about 3 MiB; twice that leaves room for comments and long names, and a
+/// file a few MiB past it is refused before it is parsed.
+pub const MAX_FILE_BYTES: usize = 6 << 20;
 /// Deepest nesting of lists and maps: a policy needs 5 levels
 /// (`channels` / item / `limit` / value, or `endpoints` / set / item).
 pub const MAX_DEPTH: usize = 16;
@@ -94,9 +96,10 @@ pub fn parse(text: &str) -> Result<Option<Node>, SyntaxError> {
         return Err(SyntaxError {
             line: None,
             message: format!(
-                "the file is {} bytes; a policy file may hold at most {} bytes (16 MiB)",
+                "the file is {} bytes; a policy file may hold at most {} bytes ({} MiB)",
                 text.len(),
-                MAX_FILE_BYTES
+                MAX_FILE_BYTES,
+                MAX_FILE_BYTES >> 20
             ),
         });
     }

@@ -336,7 +336,7 @@ fn bad_inputs() -> Vec<BadInput> {
         },
         BadInput {
             name: "17 MiB policy",
-            expect: "at most 16777216 bytes",
+            expect: "request too large",
             line: apply_line(&huge),
         },
     ]

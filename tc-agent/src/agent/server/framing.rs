@@ -54,7 +54,10 @@ pub(in crate::agent) async fn read_request<R: AsyncRead + Unpin>(
         if buf.len() > max {
             return Err(ReadError::TooLarge);
         }
-        if buf.len() >= SMALL_REQUEST && permit.is_none() {
+        // Only a request that may grow past the small cap holds a permit:
+        // a read-only peer (capped at SMALL_REQUEST) never takes one, so
+        // it cannot keep root's big requests waiting.
+        if max > SMALL_REQUEST && buf.len() >= SMALL_REQUEST && permit.is_none() {
             permit = Some(
                 big.clone()
                     .acquire_owned()

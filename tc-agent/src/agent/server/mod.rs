@@ -48,11 +48,12 @@ pub use self::peer::SocketGroup;
 use self::{framing::*, peer::*};
 use super::{snapshot::Snapshot, *};
 
-/// Largest request: a policy at the parser's own limit (16 MiB, see
+/// Largest request: a policy at the parser's own limit (6 MiB, see
 /// [`crate::policy::MAX_FILE_BYTES`]) plus a quarter for JSON escaping
-/// (`\n` and `\"` take two bytes). A 1,024-channel, 65,536-prefix policy
-/// is about 3.1 MiB as a request; see the tests.
-pub const MAX_REQUEST: usize = 20 << 20;
+/// (`\n` and `\"` take two bytes). The largest policy the datapath holds
+/// (1,024 channels, 65,536 prefixes per side and family) is about 3.1 MiB
+/// as a request; see the tests.
+pub const MAX_REQUEST: usize = (6 << 20) + (6 << 20) / 4;
 /// Requests up to this size are buffered freely; `status` and `channels`
 /// take a few dozen bytes. It is also the cap for read-only peers, who have
 /// no use for more.
