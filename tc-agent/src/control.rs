@@ -5,7 +5,7 @@
 //! is 0660 with group G (and its directory 0710), and members of G may send
 //! `status` and `channels`. The agent checks every peer's credentials, caps
 //! a request at 20 MiB and 10 s, and answers every failure it can with
-//! `{"ok":false,"error":"..."}` (see `agent/server.rs`).
+//! `{"ok":false,"error":"..."}` (see `agent/server/`).
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -193,12 +193,19 @@ pub fn request(socket: &Path, req: &Request) -> Result<serde_json::Value> {
     let mut line = serde_json::to_vec(req)?;
     line.push(b'\n');
     stream.write_all(&line)?;
+    // Once the request is sent, a lost reply says nothing about the
+    // outcome: an apply may be live or not. Say so rather than guess.
+    let unknown = || {
+        format!(
+            "no reply from the agent at {}: the outcome is unknown (`tc-agent status` shows the live policy version)",
+            socket.display()
+        )
+    };
     let mut reply = String::new();
     BufReader::new(&stream)
         .read_line(&mut reply)
-        .context("reading the agent's reply")?;
-    let resp: Response =
-        serde_json::from_str(&reply).context("the agent's reply is not valid JSON")?;
+        .with_context(unknown)?;
+    let resp: Response = serde_json::from_str(&reply).with_context(unknown)?;
     if !resp.ok {
         bail!(
             "{}",

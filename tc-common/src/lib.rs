@@ -226,7 +226,9 @@ pub struct FragKey {
     pub _pad: u8,
     /// IPv4 identification (16 bits) or IPv6 fragment identification.
     pub id: u32,
+    /// Source address of the datagram.
     pub src: [u8; 16],
+    /// Destination address of the datagram.
     pub dst: [u8; 16],
 }
 

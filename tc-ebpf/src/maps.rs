@@ -48,7 +48,7 @@ pub static TC_PACE: Array<u64> = Array::with_max_entries(PACE_SLOTS, 0);
 pub static TC_FRAGS: LruHashMap<FragKey, FragEntry> = LruHashMap::with_max_entries(MAX_FRAGS, 0);
 
 /// Per-CPU scratch: values pass through it where the verifier must not
-/// tell the paths that produced them apart (see `pipeline::join_paths` and
+/// tell the paths that produced them apart (see `pipeline::join_parse_paths`, `pipeline::join_enforce_paths` and
 /// the extension-header walk in `parse`). Nothing in it outlives a packet.
 #[repr(C)]
 pub struct ParseScratch {

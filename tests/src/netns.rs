@@ -289,9 +289,10 @@ impl Agent {
     }
 
     /// Stops the agent with SIGTERM and waits for it. The datapath stays
-    /// attached and enforcing.
-    pub fn stop(&mut self) {
-        self.signal(libc::SIGTERM);
+    /// attached and enforcing. Returns whether it exited by itself, with
+    /// status 0, within 10 s (past that it is killed).
+    pub fn stop(&mut self) -> bool {
+        self.signal(libc::SIGTERM).is_some_and(|st| st.success())
     }
 
     /// Kills the agent with SIGKILL, as a crash or the OOM killer would.
@@ -299,20 +300,21 @@ impl Agent {
         self.signal(libc::SIGKILL);
     }
 
-    fn signal(&mut self, sig: libc::c_int) {
-        if let Some(mut c) = self.child.take() {
-            // SAFETY: plain kill(2) on our child's pid.
-            unsafe { libc::kill(c.id() as i32, sig) };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
+    /// Sends `sig` and waits up to 10 s; the exit status, if it exited.
+    fn signal(&mut self, sig: libc::c_int) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        // SAFETY: plain kill(2) on our child's pid.
+        unsafe { libc::kill(c.id() as i32, sig) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Some(st);
             }
-            let _ = c.kill();
-            let _ = c.wait();
+            std::thread::sleep(Duration::from_millis(50));
         }
+        let _ = c.kill();
+        let _ = c.wait();
+        None
     }
 
     /// `tc-agent uninstall` for this agent's pins and state (the agent must

@@ -38,16 +38,22 @@ const MAX_PEAK_RSS: u64 = 300 << 20;
 /// `nobody` / `nogroup` on Debian.
 const NOBODY: u32 = 65534;
 
-/// What must not change: the live generation and the channel names.
+/// What must not change: the live policy version, its generation and the
+/// channel names.
 #[derive(Debug, PartialEq)]
 struct Live {
+    /// The policy version (only an apply changes it).
+    version: u64,
+    /// The generation slot it lives in.
     generation: u64,
+    /// The live channels, in order.
     channels: Vec<String>,
 }
 
 fn live(agent: &Agent) -> Result<Live> {
     let c = agent.channels()?;
     Ok(Live {
+        version: c["version"].as_u64().context("no version")?,
         generation: c["generation"].as_u64().context("no generation")?,
         channels: c["channels"]
             .as_array()
@@ -360,6 +366,36 @@ fn a_non_root_client_cannot_connect_without_socket_group() -> Result<()> {
             stderr(&out)
         );
     }
+    // The file permissions stopped those. Open them up (as a careless
+    // operator might): the agent's own check of the peer's credentials
+    // must refuse the client by itself.
+    use std::os::unix::fs::PermissionsExt;
+    let dir = agent.socket.parent().context("socket directory")?;
+    let mut opened = vec![agent.socket.clone()];
+    let mut d = Some(dir);
+    while let Some(p) =
+        d.filter(|p| p.starts_with(std::env::temp_dir()) && *p != std::env::temp_dir())
+    {
+        opened.push(p.to_path_buf());
+        d = p.parent();
+    }
+    for p in &opened {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o777))?;
+    }
+    for args in [&["status"][..], &["channels"], &["apply", policy]] {
+        let out = cli_as(
+            &agent,
+            Some((NOBODY, NOBODY)),
+            args,
+            Duration::from_secs(10),
+        )?;
+        ensure!(!out.status.success(), "{args:?} as nobody succeeded");
+        ensure!(
+            stderr(&out).contains("permission denied: only root may use the agent socket"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
     unharmed(&agent, &before)?;
     Ok(())
 }
@@ -464,11 +500,15 @@ fn yaml_nested_50000_deep() -> Result<()> {
     let _g = serial();
     let (_pair, agent, before) = setup("deep", &[])?;
     let flow = format!("channels: {}{}\n", "[".repeat(50_000), "]".repeat(50_000));
-    let (errors, _) = apply_bombs(&agent, flow)?;
-    println!("{} deep requests refused", errors.len());
-    ensure!(!errors.is_empty());
-    for e in &errors {
-        ensure!(e.contains("nested deeper than 16 levels"), "{e}");
+    // Block style: fifty thousand nested sequences, `- - - ... x`.
+    let block = format!("channels:\n  {}x\n", "- ".repeat(50_000));
+    for (style, text) in [("flow", flow), ("block", block)] {
+        let (errors, _) = apply_bombs(&agent, text)?;
+        println!("{} deep {style}-style requests refused", errors.len());
+        ensure!(!errors.is_empty());
+        for e in &errors {
+            ensure!(e.contains("nested deeper than 16 levels"), "{style}: {e}");
+        }
     }
     unharmed(&agent, &before)?;
     Ok(())

@@ -74,9 +74,16 @@ fn a_flood_stays_held_while_the_agent_is_killed_stopped_and_restarted() -> Resul
         "the restarted agent must take over the hooks the killed one left: {status}"
     );
     std::thread::sleep(Duration::from_secs(2));
-    agent.stop();
+    assert!(agent.stop(), "SIGTERM: the agent did not exit cleanly");
     std::thread::sleep(Duration::from_secs(3));
     agent.respawn(None, &[])?;
+    let status: serde_json::Value =
+        serde_json::from_slice(&agent.cli(&["status", "-o", "json"])?.stdout)?;
+    let hooks = status["hooks"].as_array().cloned().unwrap_or_default();
+    assert!(
+        !hooks.is_empty() && hooks.iter().all(|h| h["replaced"] == true),
+        "the restarted agent must take over the hooks the stopped one left: {status}"
+    );
     let sent = tx.join().unwrap()??;
     let received = rx.join().unwrap()??;
     let (r, stalled) = ratios(&sent, &received);

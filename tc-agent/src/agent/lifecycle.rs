@@ -4,7 +4,7 @@
 //! or `tc-agent uninstall` remove it.
 
 use super::{
-    lock::lock_dirs,
+    lock::{lock_dirs, lock_ifaces},
     server::{bind_socket, Server},
     snapshot::Snapshot,
     state::SavedHook,
@@ -20,6 +20,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     }
     sys::ensure_bpffs(&config.pin_dir)?;
     let _locks = lock_dirs(&config.state_dir, &config.pin_dir)?;
+    let _iface_locks = lock_ifaces(&config.ifaces)?;
     // Validate the policy before touching the kernel: a bad file changes nothing.
     let initial = match &config.policy {
         Some(p) => {

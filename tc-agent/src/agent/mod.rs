@@ -78,6 +78,7 @@ const SWITCH_GRACE: Duration = Duration::from_millis(20);
 
 /// One counter sample of the live generation.
 struct Sample {
+    /// When it was taken: rates divide by the time between two samples.
     at: Instant,
     /// Totals per channel name.
     totals: HashMap<String, Totals>,
@@ -85,13 +86,18 @@ struct Sample {
 
 /// The agent's mutable state, behind one lock.
 struct Agent {
+    /// What `run` was told: interfaces, directories, socket.
     config: AgentConfig,
+    /// The loaded programs and the pinned maps: the only way to the kernel.
     dp: Datapath,
+    /// The hooks this agent attached or took over; left attached on stop.
     hooks: Vec<Hook>,
     /// The live policy (its channels are the live generation's slots, in order).
     policy: Policy,
     /// Where it came from, for `status`.
     policy_file: Option<String>,
+    /// The live generation slot (0 or 1): where the live policy's tables,
+    /// buckets and counters are.
     generation: u32,
     /// Policy version of the live generation (only grows; 0: none ever).
     version: u64,
@@ -110,8 +116,10 @@ struct Agent {
     carried: HashMap<String, Totals>,
     /// Recent samples, newest last, for rates.
     history: VecDeque<Sample>,
-    /// Interfaces where the agent installed fq for `delay`; restored on shutdown.
+    /// Interfaces where the agent installed fq for `delay`; `uninstall`
+    /// restores their default qdisc.
     fq_installed: Vec<String>,
+    /// When the agent started, for `status`'s uptime.
     started: Instant,
 }
 

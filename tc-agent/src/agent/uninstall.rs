@@ -10,8 +10,8 @@ use tracing::{info, warn};
 
 use super::state::SavedState;
 use crate::datapath::{
-    attach::{self, Mechanism},
-    qdisc, Datapath,
+    attach::{self, HookKind, Mechanism},
+    qdisc, sys, Datapath,
 };
 
 /// What an uninstall did.
@@ -52,13 +52,23 @@ pub fn uninstall(
             Err(e) => report.failed.push(format!("{}: {e}", path.display())),
         }
     }
-    // Netlink filters (before Linux 6.6): only the saved state names them.
-    for h in state.hooks.iter().filter(|h| wanted(&h.iface)) {
-        if h.mechanism == Mechanism::Netlink {
-            match attach::detach_netlink(&h.iface, h.kind) {
-                Ok(()) => report.detached.push(format!("{}/{}", h.iface, h.kind)),
-                Err(e) => report.failed.push(format!("{}/{}: {e:#}", h.iface, h.kind)),
+    // Netlink filters (before Linux 6.6) have no pin: every interface is
+    // probed for ours (fixed priority and handle), whatever the saved state
+    // remembers, so a lost state file cannot leave one enforcing.
+    if !sys::has_tcx() {
+        for iface in sys::interfaces().into_iter().filter(|i| wanted(i)) {
+            for kind in [HookKind::TcIngress, HookKind::TcEgress] {
+                if attach::detach_netlink(&iface, kind).is_ok() {
+                    report.detached.push(format!("{iface}/{kind}"));
+                }
             }
+        }
+    }
+    for h in state.hooks.iter().filter(|h| wanted(&h.iface)) {
+        let name = format!("{}/{}", h.iface, h.kind);
+        if h.mechanism == Mechanism::Netlink && !report.detached.contains(&name) {
+            // Its interface is gone, or the filter was removed by hand.
+            info!(hook = %name, "no filter left to detach");
         }
     }
     state.hooks.retain(|h| !wanted(&h.iface));

@@ -18,6 +18,8 @@ use crate::{
 pub struct ApplyArgs {
     /// The policy file (YAML).
     pub file: PathBuf,
+    /// Output format: `text` for people, `json` for scripts (the field
+    /// names are a contract).
     #[arg(short, long, value_enum, default_value_t)]
     pub output: Output,
 }

@@ -14,6 +14,8 @@ use crate::{
 /// first applied.
 #[derive(Debug, Args)]
 pub struct ChannelsArgs {
+    /// Output format: `text` for people, `json` for scripts (the field
+    /// names are a contract).
     #[arg(short, long, value_enum, default_value_t)]
     pub output: Output,
 }

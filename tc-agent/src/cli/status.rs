@@ -10,6 +10,8 @@ use crate::control::{request, Request, StateCheck, StatusReport};
 /// generation and the agent's uptime.
 #[derive(Debug, Args)]
 pub struct StatusArgs {
+    /// Output format: `text` for people, `json` for scripts (the field
+    /// names are a contract).
     #[arg(short, long, value_enum, default_value_t)]
     pub output: Output,
 }

@@ -15,6 +15,8 @@ use crate::policy::{compile::compile, Policy};
 pub struct ValidateArgs {
     /// The policy file (YAML).
     pub file: PathBuf,
+    /// Output format: `text` for people, `json` for scripts (the field
+    /// names are a contract).
     #[arg(short, long, value_enum, default_value_t)]
     pub output: Output,
 }

@@ -65,7 +65,9 @@ pub struct Hook {
     /// The interface's index when attached: a link pinned for a deleted and
     /// recreated interface of the same name is not this one's.
     pub ifindex: u32,
+    /// Which hook of the interface.
     pub kind: HookKind,
+    /// How the program is attached (TCX link, netlink filter, XDP link).
     pub mechanism: Mechanism,
     /// What keeps the program attached.
     link: HookLink,
@@ -317,6 +319,10 @@ fn attach_tc(
         // request, so enforcement never pauses.
         let (id, replaced) = match prog.attach_with_options(iface, ty, opts) {
             Ok(id) => (id, false),
+            Err(e) if !already_exists(&e) => {
+                return Err(e)
+                    .with_context(|| format!("attaching {name} to {iface} via netlink (clsact)"))
+            }
             Err(_) => {
                 let ours = SchedClassifierLink::attached(
                     iface,
@@ -368,6 +374,21 @@ fn attach_tc(
         .with_context(|| format!("attaching {name} to {iface} via TCX"))?;
     let fd: FdLink = prog.take_link(id)?.try_into()?;
     pin_new(fd, path, iface, ifindex, kind, Mechanism::Tcx)
+}
+
+/// Whether an attach failed because the hook is already taken (EEXIST
+/// somewhere in its causes).
+fn already_exists(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<io::Error>()
+            .is_some_and(|e| e.kind() == io::ErrorKind::AlreadyExists)
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// Pins a freshly attached link; if pinning fails the link is dropped,

@@ -29,6 +29,17 @@ pub fn ifindex(name: &str) -> Result<u32> {
     }
 }
 
+/// Names of the interfaces in the current network namespace.
+pub fn interfaces() -> Vec<String> {
+    nix::net::if_::if_nameindex()
+        .map(|l| {
+            l.iter()
+                .map(|i| i.name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Mounts bpffs at `/sys/fs/bpf` if nothing is mounted there. `ip netns exec`
 /// remounts /sys and hides the host's bpffs, so this is needed in namespaces.
 pub fn ensure_bpffs(root: &Path) -> Result<()> {
