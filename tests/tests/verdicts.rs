@@ -362,6 +362,30 @@ fn a_passed_first_fragment_opens_one_datagram_not_more() {
 }
 
 #[test]
+fn hidden_ports_skip_an_earlier_channel_that_enforces_nothing() {
+    // An unlimited channel for another port comes first: a packet whose
+    // ports are hidden cannot be shown to belong to it, and must not
+    // escape the limited channel after it through it.
+    let mut f = Fixture::new(
+        "channels:\n  - name: dns\n    protocol: udp\n    ports: [53]\n  - name: capped\n    protocol: udp\n    ports: [5201]\n    limit: {packets: 1, packet_burst: 64}\n  - name: rest\n",
+    );
+    let long = packet::ipv6_ext_chain("2001:db8:1::5", "2001:db8:2::10", UDP, 5201, 12);
+    assert_eq!(f.ingress(&long), PASS);
+    assert_eq!(
+        f.ingress(&packet::ipv4_fragment("198.18.1.5", "198.18.2.10", UDP)),
+        PASS
+    );
+    assert_eq!(f.counters("capped").matched_pkts, 2);
+    assert_eq!(f.counters("dns").matched_pkts, 0);
+    // A packet whose port is known still goes where its port says.
+    assert_eq!(
+        f.ingress(&packet::ipv4("198.18.1.5", "198.18.2.10", UDP, 53, 10)),
+        PASS
+    );
+    assert_eq!(f.counters("dns").matched_pkts, 1);
+}
+
+#[test]
 fn vlan_stacks_are_skipped() {
     let mut f = Fixture::new(POLICY);
     let frame = packet::ipv4("198.18.1.5", "198.18.2.10", TCP, 5432, 10);

@@ -224,7 +224,8 @@ pub fn port_prefixes(lo: u16, hi: u16) -> Vec<(u16, u8)> {
 /// them, the conservative entries for packets whose ports are hidden
 /// ([`L4_ANY_PORT`]: per protocol, every channel that accepts it on any
 /// port) or whose protocol is ([`L4_UNKNOWN`]: every channel of the
-/// direction).
+/// direction), less those that could only let such a packet escape a
+/// limit (see [`Channel::holds_hidden`]).
 fn l4_table(channels: &[Channel]) -> Vec<L4Entry> {
     let mut out = Vec::new();
     for dir in [Direction::Ingress, Direction::Egress] {
@@ -236,7 +237,7 @@ fn l4_table(channels: &[Channel]) -> Vec<L4Entry> {
         out.push(L4Entry {
             bits: 8,
             data: [d | L4_UNKNOWN, 0, 0, 0],
-            set: set_of(channels, |c| c.direction == dir),
+            set: set_of(channels, |c| c.direction == dir && c.holds_hidden(true)),
         });
         let matches = |c: &Channel, proto: Option<u8>, port: Option<u16>| {
             c.direction == dir
@@ -247,6 +248,8 @@ fn l4_table(channels: &[Channel]) -> Vec<L4Entry> {
         };
         let any = set_of(channels, |c| matches(c, None, None));
         if any != ChannelSet::EMPTY {
+            // Any-protocol channels without ports name nothing more
+            // specific than a hidden-port packet shows: the same set.
             for flag in [0, L4_ANY_PORT] {
                 out.push(L4Entry {
                     bits: 8,
@@ -263,7 +266,9 @@ fn l4_table(channels: &[Channel]) -> Vec<L4Entry> {
             }
         }
         for &p in &protos {
-            let any_port = set_of(channels, |c| c.direction == dir && proto_matches(c, p));
+            let any_port = set_of(channels, |c| {
+                c.direction == dir && proto_matches(c, p) && c.holds_hidden(false)
+            });
             out.push(L4Entry {
                 bits: 16,
                 data: [d | L4_ANY_PORT, p, 0, 0],

@@ -103,6 +103,23 @@ pub struct Channel {
     pub mode: Mode,
 }
 
+impl Channel {
+    /// Whether the channel may hold a packet whose ports (`hidden_proto`:
+    /// or protocol) the datapath cannot read. Such a packet goes to the
+    /// first channel of its addresses that could hold it, but a channel
+    /// that is more specific than what is known (it names ports, or a
+    /// protocol when the protocol is hidden) and enforces nothing (no
+    /// limit, or monitor mode) is passed over: the packet cannot be shown
+    /// to belong to it, and landing there would let it slip past a later
+    /// channel's limit that it may belong to.
+    pub fn holds_hidden(&self, hidden_proto: bool) -> bool {
+        let more_specific =
+            !self.ports.is_empty() || (hidden_proto && self.protocol.numbers().is_some());
+        let enforces = self.mode == Mode::Enforce && !self.limit.is_unlimited();
+        !more_specific || enforces
+    }
+}
+
 /// A validated policy, ready to compile.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Policy {

@@ -48,8 +48,8 @@ pub fn reference(policy: &Policy, p: &Pkt) -> Option<usize> {
             && c.from.iter().any(|n| n.contains(&p.src))
             && c.to.iter().any(|n| n.contains(&p.dst))
             && match p.hidden {
-                L4_UNKNOWN => true,
-                L4_ANY_PORT => proto_ok(c, p.proto),
+                L4_UNKNOWN => c.holds_hidden(true),
+                L4_ANY_PORT => proto_ok(c, p.proto) && c.holds_hidden(false),
                 _ => {
                     proto_ok(c, p.proto)
                         && (c.ports.is_empty()
