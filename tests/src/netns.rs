@@ -492,9 +492,11 @@ pub fn udp_receive_bins(bind: &str, secs: f64) -> Result<std::collections::BTree
 }
 
 /// A deep receive buffer: the count must measure the datapath, not the
-/// receiving thread's scheduling (slow under emulation, with a flood alongside).
+/// receiving thread's scheduling (slow under emulation, with a flood
+/// alongside, and starved for seconds while an agent's programs are
+/// verified): 64 MiB of queue is several seconds at the rates tested.
 fn deepen_receive_buffer(sock: &UdpSocket) {
-    let size: libc::c_int = 16 << 20;
+    let size: libc::c_int = 64 << 20;
     // SAFETY: setsockopt reads `size` for its length; the fd is ours.
     unsafe {
         libc::setsockopt(
