@@ -48,7 +48,7 @@ fn ns_per_packet(dp: &Datapath, prog: &str, frame: &[u8]) -> Result<f64> {
 
 fn policy_text(channels: usize, prefixes_per_channel: usize) -> String {
     if channels == 0 {
-        return String::new();
+        return "channels: []\n".into();
     }
     let mut t = String::from("channels:\n");
     for i in 0..channels {
