@@ -49,61 +49,90 @@ fn ratios(sent: &BTreeMap<u64, u64>, received: &BTreeMap<u64, u64>) -> (Vec<f64>
     (out, stalled)
 }
 
+/// A UDP flood at 4x the limit through the agent's veth, bounded in count
+/// and time, and its receiver binning by send time.
+struct Flood {
+    /// The receiver: payload bytes per second of send time.
+    rx: std::thread::JoinHandle<Result<Result<BTreeMap<u64, u64>>>>,
+    /// The sender: payload bytes per second it sent.
+    tx: std::thread::JoinHandle<Result<Result<BTreeMap<u64, u64>>>>,
+}
+
+impl Flood {
+    /// Starts `secs` seconds of flood from the client to the server.
+    fn start(pair: &Pair, secs: f64) -> Self {
+        let rx = in_netns(&pair.server, move || {
+            udp_receive_bins("198.18.0.2:9400", secs + 2.0)
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        let tx = in_netns(&pair.client, move || {
+            udp_send_bins("198.18.0.2:9400", PAYLOAD, 4.0 * LIMIT_BPS, secs, 200_000)
+        });
+        Self { rx, tx }
+    }
+
+    /// Waits for the flood to end and asserts that at least `seconds`
+    /// seconds were measured and every one carried 0.85 to 1.10 of the limit.
+    fn held(self, what: &str, seconds: usize) -> Result<()> {
+        let sent = self.tx.join().unwrap()??;
+        let received = self.rx.join().unwrap()??;
+        let (r, stalled) = ratios(&sent, &received);
+        println!(
+            "{what}: per-second receive rate / limit {:?} ({stalled} seconds left out: the sender stalled)",
+            r.iter().map(|x| (x * 100.0).round() / 100.0).collect::<Vec<_>>()
+        );
+        assert!(
+            r.len() >= seconds,
+            "{what}: too few seconds measured: sent {sent:?}, received {received:?}"
+        );
+        for (i, x) in r.iter().enumerate() {
+            assert!(
+                (0.85..=1.10).contains(x),
+                "{what}: second {}: {x:.3} of the limit arrived ({r:?})",
+                i + 1
+            );
+        }
+        Ok(())
+    }
+}
+
+/// `status -o json` of a running agent.
+fn status(agent: &Agent) -> Result<serde_json::Value> {
+    Ok(serde_json::from_slice(
+        &agent.cli(&["status", "-o", "json"])?.stdout,
+    )?)
+}
+
+/// Asserts that a restarted agent took over every hook the last one left.
+fn assert_taken_over(agent: &Agent, after: &str) -> Result<()> {
+    let status = status(agent)?;
+    let hooks = status["hooks"].as_array().cloned().unwrap_or_default();
+    assert!(
+        !hooks.is_empty() && hooks.iter().all(|h| h["replaced"] == true),
+        "after {after}, the restarted agent must take over the hooks left: {status}"
+    );
+    Ok(())
+}
+
 #[test]
 fn a_flood_stays_held_while_the_agent_is_killed_stopped_and_restarted() -> Result<()> {
     let _g = serial();
     let pair = Pair::new()?;
     let policy = policy();
     let mut agent = Agent::start(&pair.server, &pair.server_if, &policy)?;
-    let rx = in_netns(&pair.server, || udp_receive_bins("198.18.0.2:9400", 18.0));
-    std::thread::sleep(Duration::from_millis(200));
-    // 4x the limit for 16 s, bounded in count.
-    let tx = in_netns(&pair.client, || {
-        udp_send_bins("198.18.0.2:9400", PAYLOAD, 4.0 * LIMIT_BPS, 16.0, 200_000)
-    });
+    let flood = Flood::start(&pair, 16.0);
     std::thread::sleep(Duration::from_secs(3));
     agent.kill();
     std::thread::sleep(Duration::from_secs(3));
     // Without --policy: the pinned live policy goes on.
     agent.respawn(None, &[])?;
-    let status: serde_json::Value =
-        serde_json::from_slice(&agent.cli(&["status", "-o", "json"])?.stdout)?;
-    let hooks = status["hooks"].as_array().cloned().unwrap_or_default();
-    assert!(
-        !hooks.is_empty() && hooks.iter().all(|h| h["replaced"] == true),
-        "the restarted agent must take over the hooks the killed one left: {status}"
-    );
+    assert_taken_over(&agent, "SIGKILL")?;
     std::thread::sleep(Duration::from_secs(2));
     assert!(agent.stop(), "SIGTERM: the agent did not exit cleanly");
     std::thread::sleep(Duration::from_secs(3));
     agent.respawn(None, &[])?;
-    let status: serde_json::Value =
-        serde_json::from_slice(&agent.cli(&["status", "-o", "json"])?.stdout)?;
-    let hooks = status["hooks"].as_array().cloned().unwrap_or_default();
-    assert!(
-        !hooks.is_empty() && hooks.iter().all(|h| h["replaced"] == true),
-        "the restarted agent must take over the hooks the stopped one left: {status}"
-    );
-    let sent = tx.join().unwrap()??;
-    let received = rx.join().unwrap()??;
-    let (r, stalled) = ratios(&sent, &received);
-    println!(
-        "per-second receive rate / limit: {:?} ({stalled} seconds left out: the sender stalled)",
-        r.iter()
-            .map(|x| (x * 100.0).round() / 100.0)
-            .collect::<Vec<_>>()
-    );
-    assert!(
-        r.len() >= 11,
-        "too few seconds measured: sent {sent:?}, received {received:?}"
-    );
-    for (i, x) in r.iter().enumerate() {
-        assert!(
-            (0.85..=1.10).contains(x),
-            "second {}: {x:.3} of the limit arrived ({r:?})",
-            i + 1
-        );
-    }
+    assert_taken_over(&agent, "SIGTERM")?;
+    flood.held("killed, stopped and restarted", 11)?;
     let t = agent.totals("capped")?;
     assert!(t["dropped_pkts"].as_u64().unwrap() > 0, "{t}");
     Ok(())
@@ -159,23 +188,8 @@ fn a_failed_restart_leaves_the_other_interfaces_enforced() -> Result<()> {
 
     // No agent runs now; the hooks the killed agent left on the veth still
     // hold the flood to the limit.
-    let rx = in_netns(&pair.server, || udp_receive_bins("198.18.0.2:9400", 7.0));
-    std::thread::sleep(Duration::from_millis(200));
-    let tx = in_netns(&pair.client, || {
-        udp_send_bins("198.18.0.2:9400", PAYLOAD, 4.0 * LIMIT_BPS, 6.0, 100_000)
-    });
-    let sent = tx.join().unwrap()??;
-    let (r, stalled) = ratios(&sent, &rx.join().unwrap()??);
-    println!(
-        "after the failed restart, per-second rate / limit: {r:?} ({stalled} seconds left out)"
-    );
-    assert!(r.len() >= 3, "too few seconds measured: {r:?}");
-    for x in &r {
-        assert!(
-            (0.85..=1.10).contains(x),
-            "{x:.3} of the limit arrived: {r:?}"
-        );
-    }
+    let flood = Flood::start(&pair, 6.0);
+    flood.held("after the failed restart", 3)?;
     // Every hook the killed agent left is still there.
     for iface in [pair.server_if.as_str(), "tcdum0"] {
         if tc_agent::datapath::sys::has_tcx() {
@@ -206,13 +220,6 @@ fn a_failed_restart_leaves_the_other_interfaces_enforced() -> Result<()> {
     let _ = release.send(());
     let _ = foreign.join();
     Ok(())
-}
-
-/// `status -o json` of a running agent.
-fn status(agent: &Agent) -> Result<serde_json::Value> {
-    Ok(serde_json::from_slice(
-        &agent.cli(&["status", "-o", "json"])?.stdout,
-    )?)
 }
 
 #[test]
@@ -288,28 +295,13 @@ fn nothing_is_unenforced_while_the_maps_are_replaced() -> Result<()> {
     let pair = Pair::new()?;
     let policy = policy();
     let mut agent = Agent::start(&pair.server, &pair.server_if, &policy)?;
-    let rx = in_netns(&pair.server, || udp_receive_bins("198.18.0.2:9400", 11.0));
-    std::thread::sleep(Duration::from_millis(200));
-    let tx = in_netns(&pair.client, || {
-        udp_send_bins("198.18.0.2:9400", PAYLOAD, 4.0 * LIMIT_BPS, 9.0, 100_000)
-    });
+    let flood = Flood::start(&pair, 9.0);
     std::thread::sleep(Duration::from_secs(2));
     agent.stop();
     tc_agent::datapath::Datapath::unpin_all(&agent.pin_dir);
     std::thread::sleep(Duration::from_secs(2));
     agent.respawn(None, &[])?;
-    let sent = tx.join().unwrap()??;
-    let (r, stalled) = ratios(&sent, &rx.join().unwrap()??);
-    println!(
-        "maps replaced under a flood, per-second rate / limit: {r:?} ({stalled} seconds left out)"
-    );
-    assert!(r.len() >= 6, "too few seconds measured: {r:?}");
-    for x in &r {
-        assert!(
-            (0.85..=1.10).contains(x),
-            "{x:.3} of the limit arrived: {r:?}"
-        );
-    }
+    flood.held("maps replaced under a flood", 6)?;
     assert_eq!(status(&agent)?["state"]["state"], "recovered");
     Ok(())
 }
