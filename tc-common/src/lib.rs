@@ -52,12 +52,48 @@ pub const FLOWS4: &str = "TC_FLOWS4";
 pub const FLOWS6: &str = "TC_FLOWS6";
 pub const PACE: &str = "TC_PACE";
 pub const FRAGS: &str = "TC_FRAGS";
+pub const CONNS4: &str = "TC_CONNS4";
+pub const CONNS6: &str = "TC_CONNS6";
+pub const CONN_POOLS: &str = "TC_CONN_POOLS";
+pub const CONN_GC: &str = "TC_CONN_GC";
+pub const CONN_CONF: &str = "TC_CONN_CONF";
 
 /// All maps, in the order the agent pins and reports them.
-pub const MAP_NAMES: [&str; 15] = [
+pub const MAP_NAMES: [&str; 20] = [
     CONFIG, GENS, SRC_V4, DST_V4, SRC_V6, DST_V6, L4, POLICIES, BUCKETS, COUNTERS, GLOBAL, FLOWS4,
-    FLOWS6, PACE, FRAGS,
+    FLOWS6, PACE, FRAGS, CONNS4, CONNS6, CONN_POOLS, CONN_GC, CONN_CONF,
 ];
+
+/// Connection pools: the per-channel connection counters
+/// ([`ConnPool`]), indexed by a pool id the agent gives each channel with
+/// connection limits. A pool outlives generations: a channel keeps its pool
+/// (and so its open connections) across applies while it keeps its name
+/// and some connection limit. Twice the channels, so the pools of a policy
+/// being replaced can drain while the new one's are in use.
+pub const MAX_POOLS: u32 = CHANNEL_SLOTS;
+/// [`ChannelPolicy::conn_pool`] of a channel without connection limits.
+pub const NO_POOL: u32 = u32::MAX;
+/// Default entries of each connection table (IPv4, IPv6); the agent's
+/// `--conn-table-size` sets it when the maps are created.
+pub const DEFAULT_MAX_CONNS: u32 = 262_144;
+
+/// `ChannelPolicy::conn_action`: a refused SYN is dropped (the client's
+/// SYN retransmission, 1 s, 3 s, ... later, is the backpressure).
+pub const CONN_DROP: u8 = 0;
+/// `ChannelPolicy::conn_action`: a refused SYN is answered with a TCP RST
+/// at once, so the client fails fast (the kernel-level 503).
+pub const CONN_RESET: u8 = 1;
+
+/// [`ConnEntry::state`]: the client's SYN was seen.
+pub const CONN_SYN_SENT: u8 = 1;
+/// The server's SYN-ACK was seen (or its SYN, in a simultaneous open).
+pub const CONN_SYN_RECV: u8 = 2;
+/// The handshake completed.
+pub const CONN_ESTABLISHED: u8 = 3;
+/// One side sent a FIN.
+pub const CONN_CLOSING: u8 = 4;
+/// Both FINs or an RST: the connection no longer counts.
+pub const CONN_CLOSED: u8 = 5;
 
 /// Datagrams whose fragments the datapath follows at once (LRU). A
 /// datagram's fragments arrive within milliseconds; an entry pushed out
@@ -251,6 +287,119 @@ pub struct FragEntry {
     pub _pad: [u8; 7],
 }
 
+/// Key of the IPv4 connection table: the two endpoints in a fixed order
+/// (the lower address, then port, first), so that both directions of a
+/// connection find the same entry with one lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ConnKey4 {
+    /// Address of the lower endpoint.
+    pub a: [u8; 4],
+    /// Address of the higher endpoint.
+    pub b: [u8; 4],
+    /// Port of the lower endpoint (network order).
+    pub a_port: u16,
+    /// Port of the higher endpoint (network order).
+    pub b_port: u16,
+}
+
+/// Key of the IPv6 connection table; as [`ConnKey4`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ConnKey6 {
+    pub a: [u8; 16],
+    pub b: [u8; 16],
+    pub a_port: u16,
+    pub b_port: u16,
+}
+
+/// One TCP connection of a channel with connection limits.
+///
+/// The count of open connections is kept exact by one rule: a connection
+/// is counted open from its admitted SYN until `counted` goes from 1 to 0,
+/// which happens exactly once, either in the datapath (both FINs, an RST:
+/// compare-and-swap, then [`ConnPool::closed`] += 1) or in the agent's
+/// garbage collector (an entry idle past its state's timeout:
+/// [`CONN_GC`] += 1). The datapath never writes to an entry idle past its
+/// timeout, and the collector removes only entries idle past the timeout
+/// plus a margin, so the two never race for the same entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnEntry {
+    /// When the client's first SYN was seen: the handshake RTT starts here.
+    pub syn_ns: u64,
+    /// When the connection last showed a packet: the idle timeouts count from here.
+    pub last_ns: u64,
+    /// Pool (channel) the connection counts in.
+    pub pool: u32,
+    /// `CONN_*` state.
+    pub state: u8,
+    /// 1 while the connection counts as open in its pool; taken to 0 once.
+    pub counted: u8,
+    /// Non-zero when the client is the key's `a` endpoint.
+    pub client_is_a: u8,
+    /// FINs seen: bit 0 from the client, bit 1 from the server.
+    pub fins: u8,
+    /// `DIR_*` of the hook that saw the SYN: a SYN seen leaving means this
+    /// node is on the client's side, and the handshake completes for it
+    /// with the SYN-ACK; seen arriving, with the client's final ACK.
+    pub syn_dir: u8,
+    /// Explicit padding, always zero.
+    pub _pad: [u8; 7],
+}
+
+/// Connection counters of one pool (a channel with connection limits),
+/// shared by all CPUs and updated atomically. Open connections =
+/// `opened - closed - gc_closed` ([`CONN_GC`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
+pub struct ConnPool {
+    /// Connections admitted (their first SYN).
+    pub opened: u64,
+    /// Connections the datapath saw close (both FINs, an RST).
+    pub closed: u64,
+    /// GCRA theoretical arrival time of the new-connection rate.
+    pub rate_tat: u64,
+    /// New connections refused (their SYN dropped or reset).
+    pub refused: u64,
+    /// Monitor mode: new connections that would have been refused.
+    pub would_refuse: u64,
+    /// New connections refused because the connection table was full.
+    pub table_full: u64,
+    /// Handshakes timed (see [`ConnEntry::syn_dir`]).
+    pub rtt_count: u64,
+    /// Sum of the handshake times, ns.
+    pub rtt_sum_ns: u64,
+    /// Longest handshake time, ns.
+    pub rtt_max_ns: u64,
+}
+
+/// Connection-tracking settings, index 0 of [`CONN_CONF`]: idle timeouts
+/// per state, in ns, like the kernel's conntrack.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnConfig {
+    /// `SYN_SENT`/`SYN_RECV`: a handshake that does not complete.
+    pub syn_ns: u64,
+    /// `ESTABLISHED`: an idle connection.
+    pub established_ns: u64,
+    /// `CLOSING`/`CLOSED`: after a FIN or an RST.
+    pub closing_ns: u64,
+}
+
+impl ConnConfig {
+    /// The idle timeout of an entry in `state`; 0 before the agent set one
+    /// (entries never expire in the datapath's eyes then).
+    pub fn timeout(&self, state: u8) -> u64 {
+        match state {
+            CONN_ESTABLISHED => self.established_ns,
+            CONN_CLOSING | CONN_CLOSED => self.closing_ns,
+            _ => self.syn_ns,
+        }
+    }
+}
+
 /// Wire bytes one datagram's fragments may carry: the largest IP datagram
 /// (65,535 bytes, plus IPv6's 40-byte header) and, per fragment of at most
 /// 45 at a 1,500-byte MTU, Ethernet, VLAN and fragment headers.
@@ -276,14 +425,35 @@ pub struct ChannelPolicy {
     pub pkt_tau_ns: u64,
     /// `ACTION_DELAY`: a packet that would leave later than now + horizon is dropped.
     pub horizon_ns: u64,
+    /// Nanoseconds per new connection at the channel's `new_connections`
+    /// rate; 0 = no new-connection limit.
+    pub conn_cost_ns: u64,
+    /// New-connection burst expressed as time at that rate, ns.
+    pub conn_tau_ns: u64,
+    /// Open TCP connections allowed at once; 0 = no concurrency limit.
+    pub conn_limit: u32,
+    /// Pool counting the channel's connections ([`MAX_POOLS`]), given by
+    /// the agent; [`NO_POOL`] when the channel has no connection limits,
+    /// and then the datapath tracks none of its connections.
+    pub conn_pool: u32,
     /// `ACTION_*`: what to do with a packet over the limit.
     pub action: u8,
     /// `MODE_*`: enforce, or only count (monitor / dry run).
     pub mode: u8,
     /// Non-zero when this slot holds a channel; an empty slot fails open.
     pub active: u8,
+    /// `CONN_*`: what happens to a refused SYN.
+    pub conn_action: u8,
     /// Explicit padding, always zero.
-    pub _pad: [u8; 5],
+    pub _pad: [u8; 4],
+}
+
+impl ChannelPolicy {
+    /// Whether the channel has a connection limit (`connections` or
+    /// `new_connections`), so its TCP connections are tracked.
+    pub fn limits_connections(&self) -> bool {
+        self.conn_limit != 0 || self.conn_cost_ns != 0
+    }
 }
 
 /// Token-bucket state of one channel, shared by all CPUs (not per-CPU:
@@ -360,6 +530,14 @@ pub struct GlobalCounters {
     /// Bucket charges that lost the compare-and-swap race too often and fell
     /// back to fetch-and-add (still metered; a sign of heavy contention).
     pub contended_pkts: u64,
+    /// Packets of a limited channel's TCP connection whose SYN was never
+    /// seen (opened before the limit, or idle past its timeout): passed,
+    /// not counted as connections. Counting them would let spoofed
+    /// mid-stream packets fill the connection count.
+    pub conn_untracked_pkts: u64,
+    /// Data packets of a connection already closed by an RST, dropped: a
+    /// spoofed RST cannot open room under the limit and keep its connection.
+    pub conn_after_close_pkts: u64,
 }
 
 impl ChannelCounters {
@@ -394,6 +572,8 @@ impl GlobalCounters {
         self.no_ports_pkts += o.no_ports_pkts;
         self.fail_open_pkts += o.fail_open_pkts;
         self.contended_pkts += o.contended_pkts;
+        self.conn_untracked_pkts += o.conn_untracked_pkts;
+        self.conn_after_close_pkts += o.conn_after_close_pkts;
     }
 }
 
@@ -413,6 +593,11 @@ mod pod {
     unsafe impl aya::Pod for BucketState {}
     unsafe impl aya::Pod for ChannelCounters {}
     unsafe impl aya::Pod for GlobalCounters {}
+    unsafe impl aya::Pod for ConnKey4 {}
+    unsafe impl aya::Pod for ConnKey6 {}
+    unsafe impl aya::Pod for ConnEntry {}
+    unsafe impl aya::Pod for ConnPool {}
+    unsafe impl aya::Pod for ConnConfig {}
 }
 
 const _: () = assert!(core::mem::size_of::<ChannelSet>() == 8 * CHANNEL_WORDS);
@@ -422,8 +607,13 @@ const _: () = assert!(core::mem::size_of::<FragEntry>() == 16);
 const _: () = assert!(core::mem::size_of::<GenInfo>() == 8);
 const _: () = assert!(core::mem::size_of::<FlowKey4>() == 16);
 const _: () = assert!(core::mem::size_of::<FlowKey6>() == 40);
-const _: () = assert!(core::mem::size_of::<ChannelPolicy>() == 48);
+const _: () = assert!(core::mem::size_of::<ChannelPolicy>() == 72);
+const _: () = assert!(core::mem::size_of::<ConnKey4>() == 12);
+const _: () = assert!(core::mem::size_of::<ConnKey6>() == 36);
+const _: () = assert!(core::mem::size_of::<ConnEntry>() == 32);
+const _: () = assert!(core::mem::size_of::<ConnPool>() == 72);
+const _: () = assert!(core::mem::size_of::<ConnConfig>() == 24);
 const _: () = assert!(core::mem::size_of::<BucketState>() == 24);
 const _: () = assert!(core::mem::size_of::<ChannelCounters>() == 96);
-const _: () = assert!(core::mem::size_of::<GlobalCounters>() == 88);
+const _: () = assert!(core::mem::size_of::<GlobalCounters>() == 104);
 const _: () = assert!(MAX_CHANNELS.is_multiple_of(64));

@@ -53,10 +53,14 @@ impl Fnv {
                 p.pkt_cost_q16,
                 p.pkt_tau_ns,
                 p.horizon_ns,
+                p.conn_cost_ns,
+                p.conn_tau_ns,
             ] {
                 self.bytes(&w.to_le_bytes());
             }
-            self.bytes(&[p.action, p.mode, p.active]);
+            self.bytes(&p.conn_limit.to_le_bytes());
+            self.bytes(&p.conn_pool.to_le_bytes());
+            self.bytes(&[p.action, p.mode, p.active, p.conn_action]);
         }
     }
 }

@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashMap};
 use ipnet::IpNet;
 use tc_common::{
     ChannelPolicy, ChannelSet, ACTION_DELAY, ACTION_DROP, ACTION_MARK, DIR_EGRESS, DIR_INGRESS,
-    L4_ANY_PORT, L4_UNKNOWN, MODE_ENFORCE, MODE_MONITOR,
+    L4_ANY_PORT, L4_UNKNOWN, MODE_ENFORCE, MODE_MONITOR, NO_POOL,
 };
 
 use super::{Action, Channel, Direction, Mode, Policy};
@@ -330,6 +330,7 @@ pub fn channel_policy(c: &Channel) -> ChannelPolicy {
             Mode::Monitor => MODE_MONITOR,
         },
         active: 1,
+        conn_pool: NO_POOL,
         ..Default::default()
     };
     if let Some(bps) = c.limit.bandwidth_bps {
