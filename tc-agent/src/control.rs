@@ -103,6 +103,41 @@ pub struct ChannelRow {
     pub limit: Limit,
     pub totals: Totals,
     pub rates: Rates,
+    /// TCP connections (channels with connection limits; zeros and nulls
+    /// for the others). Flattened: the field names are part of the
+    /// channel's JSON.
+    #[serde(flatten)]
+    pub connections: ConnRow,
+}
+
+/// A channel's connections: open now, opened and refused since the
+/// channel got connection limits, and their rates over the last window.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct ConnRow {
+    /// TCP connections open in the channel now.
+    pub open_connections: u64,
+    /// `limit.connections`, repeated here beside the count.
+    pub connection_limit: Option<u32>,
+    /// Connections admitted per second over the rate window.
+    pub new_connections_per_s: f64,
+    /// Connections admitted in total.
+    pub opened_connections: u64,
+    /// New connections refused (their SYN dropped or reset), including
+    /// those refused because the connection table was full.
+    pub refused_connections: u64,
+    /// Of those, refused because the connection table was full.
+    pub table_full_connections: u64,
+    /// Monitor mode: new connections that would have been refused.
+    pub would_refuse_connections: u64,
+    /// Refused (or would-be refused) connections per second over the window.
+    pub refused_per_s: f64,
+    /// Mean handshake time over the window, microseconds: from the
+    /// client's first SYN until the handshake completes as seen by this
+    /// node (the SYN-ACK on the client's side, the final ACK on the
+    /// server's side). None without handshakes in the window.
+    pub handshake_rtt_us: Option<f64>,
+    /// Longest handshake time since the channel got connection limits.
+    pub handshake_rtt_max_us: Option<f64>,
 }
 
 /// Node-wide counters, summed over CPUs.
@@ -179,6 +214,27 @@ pub struct StatusReport {
     pub policy_file: Option<String>,
     pub pin_dir: String,
     pub socket: String,
+    /// The connection table and its collector.
+    pub connections: ConnStatus,
+}
+
+/// The connection table and its collector, for `status`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ConnStatus {
+    /// Entries the table can hold (`--conn-table-size` when it was created).
+    pub table_size: u32,
+    /// Entries at the collector's last pass.
+    pub entries: usize,
+    /// Idle timeouts, seconds: handshake, established, closing.
+    pub timeout_syn_s: u64,
+    pub timeout_established_s: u64,
+    pub timeout_closing_s: u64,
+    /// Time between collector passes now (it adapts to the churn), ms.
+    pub collect_interval_ms: u64,
+    /// Connections the collector released (timed out) since the agent started.
+    pub released_by_timeout: u64,
+    /// Pools of removed channels still draining.
+    pub draining_pools: usize,
 }
 
 /// Sends one request and returns the response's data, or its error.

@@ -52,16 +52,15 @@ pub const FLOWS4: &str = "TC_FLOWS4";
 pub const FLOWS6: &str = "TC_FLOWS6";
 pub const PACE: &str = "TC_PACE";
 pub const FRAGS: &str = "TC_FRAGS";
-pub const CONNS4: &str = "TC_CONNS4";
-pub const CONNS6: &str = "TC_CONNS6";
+pub const CONNS: &str = "TC_CONNS";
 pub const CONN_POOLS: &str = "TC_CONN_POOLS";
 pub const CONN_GC: &str = "TC_CONN_GC";
 pub const CONN_CONF: &str = "TC_CONN_CONF";
 
 /// All maps, in the order the agent pins and reports them.
-pub const MAP_NAMES: [&str; 20] = [
+pub const MAP_NAMES: [&str; 19] = [
     CONFIG, GENS, SRC_V4, DST_V4, SRC_V6, DST_V6, L4, POLICIES, BUCKETS, COUNTERS, GLOBAL, FLOWS4,
-    FLOWS6, PACE, FRAGS, CONNS4, CONNS6, CONN_POOLS, CONN_GC, CONN_CONF,
+    FLOWS6, PACE, FRAGS, CONNS, CONN_POOLS, CONN_GC, CONN_CONF,
 ];
 
 /// Connection pools: the per-channel connection counters
@@ -73,7 +72,7 @@ pub const MAP_NAMES: [&str; 20] = [
 pub const MAX_POOLS: u32 = CHANNEL_SLOTS;
 /// [`ChannelPolicy::conn_pool`] of a channel without connection limits.
 pub const NO_POOL: u32 = u32::MAX;
-/// Default entries of each connection table (IPv4, IPv6); the agent's
+/// Default entries of the connection table; the agent's
 /// `--conn-table-size` sets it when the maps are created.
 pub const DEFAULT_MAX_CONNS: u32 = 262_144;
 
@@ -287,29 +286,21 @@ pub struct FragEntry {
     pub _pad: [u8; 7],
 }
 
-/// Key of the IPv4 connection table: the two endpoints in a fixed order
-/// (the lower address, then port, first), so that both directions of a
-/// connection find the same entry with one lookup.
+/// Key of the connection table: the two endpoints of a TCP connection in a
+/// fixed order (the lower address, then port, first), so that both
+/// directions of a connection find the same entry with one lookup. IPv4
+/// addresses are stored IPv4-mapped (`::ffff:a.b.c.d`), so one table holds
+/// both families without collisions.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct ConnKey4 {
+pub struct ConnKey {
     /// Address of the lower endpoint.
-    pub a: [u8; 4],
+    pub a: [u8; 16],
     /// Address of the higher endpoint.
-    pub b: [u8; 4],
+    pub b: [u8; 16],
     /// Port of the lower endpoint (network order).
     pub a_port: u16,
     /// Port of the higher endpoint (network order).
-    pub b_port: u16,
-}
-
-/// Key of the IPv6 connection table; as [`ConnKey4`].
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct ConnKey6 {
-    pub a: [u8; 16],
-    pub b: [u8; 16],
-    pub a_port: u16,
     pub b_port: u16,
 }
 
@@ -332,10 +323,11 @@ pub struct ConnEntry {
     pub last_ns: u64,
     /// Pool (channel) the connection counts in.
     pub pool: u32,
+    /// 1 while the connection counts as open in its pool; taken to 0 once
+    /// (a `u32`: BPF has no compare-and-swap on bytes).
+    pub counted: u32,
     /// `CONN_*` state.
     pub state: u8,
-    /// 1 while the connection counts as open in its pool; taken to 0 once.
-    pub counted: u8,
     /// Non-zero when the client is the key's `a` endpoint.
     pub client_is_a: u8,
     /// FINs seen: bit 0 from the client, bit 1 from the server.
@@ -345,7 +337,7 @@ pub struct ConnEntry {
     /// with the SYN-ACK; seen arriving, with the client's final ACK.
     pub syn_dir: u8,
     /// Explicit padding, always zero.
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 4],
 }
 
 /// Connection counters of one pool (a channel with connection limits),
@@ -593,8 +585,7 @@ mod pod {
     unsafe impl aya::Pod for BucketState {}
     unsafe impl aya::Pod for ChannelCounters {}
     unsafe impl aya::Pod for GlobalCounters {}
-    unsafe impl aya::Pod for ConnKey4 {}
-    unsafe impl aya::Pod for ConnKey6 {}
+    unsafe impl aya::Pod for ConnKey {}
     unsafe impl aya::Pod for ConnEntry {}
     unsafe impl aya::Pod for ConnPool {}
     unsafe impl aya::Pod for ConnConfig {}
@@ -608,8 +599,7 @@ const _: () = assert!(core::mem::size_of::<GenInfo>() == 8);
 const _: () = assert!(core::mem::size_of::<FlowKey4>() == 16);
 const _: () = assert!(core::mem::size_of::<FlowKey6>() == 40);
 const _: () = assert!(core::mem::size_of::<ChannelPolicy>() == 72);
-const _: () = assert!(core::mem::size_of::<ConnKey4>() == 12);
-const _: () = assert!(core::mem::size_of::<ConnKey6>() == 36);
+const _: () = assert!(core::mem::size_of::<ConnKey>() == 36);
 const _: () = assert!(core::mem::size_of::<ConnEntry>() == 32);
 const _: () = assert!(core::mem::size_of::<ConnPool>() == 72);
 const _: () = assert!(core::mem::size_of::<ConnConfig>() == 24);

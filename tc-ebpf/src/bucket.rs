@@ -79,6 +79,17 @@ unsafe fn charge(tat: *mut u64, now: u64, cost: u64, tau: u64) -> Conformance {
     Conformance::Contended
 }
 
+/// Charges `cost` to one GCRA bucket (a channel's new-connection rate);
+/// true when it conforms.
+///
+/// # Safety
+/// `tat` must point into a live map value.
+#[inline(always)]
+pub unsafe fn charge_once(tat: *mut u64, now: u64, cost: u64, tau: u64) -> bool {
+    // SAFETY: caller guarantees `tat` is valid.
+    !matches!(unsafe { charge(tat, now, cost, tau) }, Conformance::Exceed)
+}
+
 /// Charges a packet of `len` bytes and `segs` segments to the channel's
 /// packet bucket, then its byte bucket, with buckets `bursts` times as deep
 /// as configured (`mark` lets ECN-capable packets use a second burst). If

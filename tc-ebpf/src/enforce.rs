@@ -2,12 +2,16 @@
 //! passed, dropped, delayed (EDT) or marked, and counted.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use tc_common::{BucketState, ChannelPolicy, GlobalCounters, ACTION_DELAY, ACTION_MARK, MODE_MONITOR, PACE_SLOTS};
+use tc_common::{
+    BucketState, ChannelPolicy, GlobalCounters, ACTION_DELAY, ACTION_MARK, CONN_RESET,
+    MODE_MONITOR, PACE_SLOTS,
+};
 
 use crate::{
     bucket::{conform, debit, over_rate, past_mark_depth, schedule, time_cost, Conformance},
+    conn::{track, CONN_LATE, CONN_REFUSE},
     maps::{TC_BUCKETS, TC_COUNTERS, TC_PACE, TC_POLICIES},
-    parse::{Addrs, Parsed},
+    parse::{Addrs, Parsed, IPPROTO_TCP},
 };
 
 /// What the datapath decided for one packet. A plain struct rather than an
@@ -22,12 +26,17 @@ pub struct Verdict {
     pub l3: u32,
     /// `MARK`: the header is IPv6.
     pub v6: bool,
+    /// The packet was followed in the connection table already (its
+    /// channel limits connections).
+    pub tracked: bool,
 }
 
 pub const PASS: u8 = 0;
 pub const DROP: u8 = 1;
 pub const DELAY: u8 = 2;
 pub const MARK: u8 = 3;
+/// Answer the packet (a refused SYN) with a TCP RST.
+pub const RESET: u8 = 4;
 
 /// How [`enforce`] treats a packet: judge it on its own...
 pub const JUDGE: u8 = 0;
@@ -44,12 +53,14 @@ impl Verdict {
         tstamp: 0,
         l3: 0,
         v6: false,
+        tracked: false,
     };
     pub const DROP: Self = Self {
         action: DROP,
         tstamp: 0,
         l3: 0,
         v6: false,
+        tracked: false,
     };
 }
 
@@ -108,6 +119,7 @@ pub fn enforce(
     parsed: &Parsed,
     slot: u32,
     follow: u8,
+    dir: u8,
     global: &mut GlobalCounters,
     flow_hash: impl Fn() -> u32,
 ) -> Verdict {
@@ -132,10 +144,40 @@ pub fn enforce(
         counters.dropped_bytes += frame.len;
         return Verdict::DROP;
     }
+    // Connection limits judge a TCP packet whose ports are known before
+    // the buckets do: a refused SYN costs no bandwidth.
+    let tracked = policy.limits_connections() && parsed.proto == IPPROTO_TCP && parsed.l4_flags == 0;
+    if tracked {
+        match track(parsed, policy, dir, &mut global.conn_untracked_pkts) {
+            CONN_REFUSE => {
+                counters.dropped_pkts += frame.segs;
+                counters.dropped_bytes += frame.len;
+                let reset = policy.conn_action == CONN_RESET && policy.mode != MODE_MONITOR;
+                return Verdict {
+                    action: if reset { RESET } else { DROP },
+                    tstamp: 0,
+                    l3: parsed.l3,
+                    v6: matches!(parsed.addrs, Addrs::V6 { .. }),
+                    tracked,
+                };
+            }
+            CONN_LATE => {
+                global.conn_after_close_pkts += 1;
+                counters.dropped_pkts += frame.segs;
+                counters.dropped_bytes += frame.len;
+                return Verdict::DROP;
+            }
+            _ => {}
+        }
+    }
+    let passed = Verdict {
+        tracked,
+        ..Verdict::PASS
+    };
     if policy.byte_cost_q16 == 0 && policy.pkt_cost_q16 == 0 {
         counters.passed_pkts += frame.segs;
         counters.passed_bytes += frame.len;
-        return Verdict::PASS;
+        return passed;
     }
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -183,6 +225,7 @@ pub fn enforce(
                     tstamp: t,
                     l3: 0,
                     v6: false,
+                    tracked,
                 }
             }
         };
@@ -206,7 +249,7 @@ pub fn enforce(
             conform(bucket, policy, now, frame.len, frame.segs, bursts)
         }
     };
-    let mut verdict = Verdict::PASS;
+    let mut verdict = passed;
     // SAFETY: as above. Every passing packet of the channel charges the
     // rate signal, ECN-capable or not.
     if marking
@@ -221,6 +264,7 @@ pub fn enforce(
             tstamp: 0,
             l3: parsed.l3,
             v6: matches!(parsed.addrs, Addrs::V6 { .. }),
+            tracked,
         };
     }
     match outcome {

@@ -16,11 +16,13 @@
 
 mod bucket;
 mod classify;
+mod conn;
 mod ecn;
 mod enforce;
 mod maps;
 mod parse;
 mod pipeline;
+mod reset;
 
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_SHOT, TC_ACT_UNSPEC},
@@ -32,9 +34,10 @@ use tc_common::{DIR_EGRESS, DIR_INGRESS};
 
 use crate::{
     ecn::{mark_ce_tc, mark_ce_xdp},
-    enforce::{Frame, DELAY, DROP, MARK},
+    enforce::{Frame, DELAY, DROP, MARK, RESET},
     parse::Load,
     pipeline::handle,
+    reset::{reset_tc, reset_xdp},
 };
 
 #[classifier]
@@ -56,9 +59,11 @@ pub fn xdp_ingress(ctx: XdpContext) -> u32 {
         len,
         segs: 1,
     };
-    let v = handle(&frame, &XdpLoad(&ctx), DIR_INGRESS, || 0);
+    let ld = XdpLoad(&ctx);
+    let v = handle(&frame, &ld, DIR_INGRESS, || 0, |p| reset_xdp(&ctx, &ld, p));
     match v.action {
         DROP => xdp_action::XDP_DROP,
+        RESET => v.tstamp as u32,
         MARK => {
             mark_ce_xdp(&ctx, v.l3 as usize, v.v6);
             xdp_action::XDP_PASS
@@ -138,11 +143,16 @@ fn tc_verdict(ctx: &TcContext, dir: u8) -> i32 {
     // SAFETY: the context pointer is valid for the whole program run.
     // Usually a read of the hash the stack already set (TCP's txhash, the
     // RX hash); computed once otherwise.
-    let v = handle(&frame, &TcLoad(ctx), dir, || unsafe {
-        bpf_get_hash_recalc(ctx.skb.skb)
-    });
+    let v = handle(
+        &frame,
+        &TcLoad(ctx),
+        dir,
+        || unsafe { bpf_get_hash_recalc(ctx.skb.skb) },
+        |p| reset_tc(ctx, p, dir == DIR_EGRESS) as u32,
+    );
     match v.action {
         DROP => TC_ACT_SHOT,
+        RESET => v.tstamp as i32,
         DELAY => {
             // fq releases the packet at skb->tstamp; keep a later departure
             // the sender (TCP's own EDT pacing) already chose.

@@ -3,12 +3,14 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LpmTrie, LruHashMap, PerCpuArray},
+    bindings::BPF_F_NO_PREALLOC,
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use tc_common::{
-    BucketState, ChannelCounters, ChannelPolicy, ChannelSet, Config, FlowKey4, FlowKey6,
-    FragEntry, FragKey, GenInfo, GlobalCounters, Ip4Key, Ip6Key, L4Key, CHANNEL_SLOTS, MAX_FLOWS,
-    MAX_FRAGS, MAX_L4_ENTRIES, MAX_PREFIXES, PACE_SLOTS,
+    BucketState, ChannelCounters, ChannelPolicy, ChannelSet, Config, ConnConfig, ConnEntry,
+    ConnKey, ConnPool, FlowKey4, FlowKey6, FragEntry, FragKey, GenInfo, GlobalCounters, Ip4Key,
+    Ip6Key, L4Key, CHANNEL_SLOTS, DEFAULT_MAX_CONNS, MAX_FLOWS, MAX_FRAGS, MAX_L4_ENTRIES,
+    MAX_POOLS, MAX_PREFIXES, PACE_SLOTS,
 };
 
 #[map]
@@ -47,6 +49,26 @@ pub static TC_PACE: Array<u64> = Array::with_max_entries(PACE_SLOTS, 0);
 #[map]
 pub static TC_FRAGS: LruHashMap<FragKey, FragEntry> = LruHashMap::with_max_entries(MAX_FRAGS, 0);
 
+/// TCP connections of channels with connection limits. A plain hash map,
+/// not an LRU: an eviction would drop an open connection and leak its
+/// slot in the count. Not preallocated: an entry is freed after an RCU
+/// grace period, so a program that found one never sees it reused for
+/// another connection, and memory follows the connections open (the agent
+/// sets the size, `--conn-table-size`).
+#[map]
+pub static TC_CONNS: HashMap<ConnKey, ConnEntry> =
+    HashMap::with_max_entries(DEFAULT_MAX_CONNS, BPF_F_NO_PREALLOC as u32);
+/// Connection counters per pool (a channel with connection limits).
+#[map]
+pub static TC_CONN_POOLS: Array<ConnPool> = Array::with_max_entries(MAX_POOLS, 0);
+/// Connections per pool that the agent's collector released (timed out):
+/// only the agent writes it.
+#[map]
+pub static TC_CONN_GC: Array<u64> = Array::with_max_entries(MAX_POOLS, 0);
+/// Connection timeouts, index 0; written by the agent at start.
+#[map]
+pub static TC_CONN_CONF: Array<ConnConfig> = Array::with_max_entries(1, 0);
+
 /// Per-CPU scratch: values pass through it where the verifier must not
 /// tell the paths that produced them apart (see `pipeline::join_parse_paths`, `pipeline::join_enforce_paths` and
 /// the extension-header walk in `parse`). Nothing in it outlives a packet.
@@ -70,6 +92,12 @@ pub struct ParseScratch {
     pub l4_flags: u8,
     /// Explicit padding.
     pub _pad: [u8; 6],
+    /// The connection-table key of the packet (`conn`): off the 512-byte stack.
+    pub conn_key: ConnKey,
+    /// Explicit padding.
+    pub _pad3: u32,
+    /// The headers of a reset being built (`reset`): IP + TCP.
+    pub rst: [u8; 60],
 }
 
 /// Not pinned: nothing in it outlives one packet.

@@ -60,6 +60,13 @@ pub struct Parsed {
     pub l4_bits: u32,
     /// Destination port, 0 when there is none.
     pub dport: u16,
+    /// Source port, 0 when there is none.
+    pub sport: u16,
+    /// TCP flags byte (FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10); 0 when
+    /// not TCP or the header was not read.
+    pub tcp_flags: u8,
+    /// TCP sequence number (host order): a reset answering a SYN acks it.
+    pub seq: u32,
     /// Bytes of headers before the L4 payload (0 when unknown): a GSO
     /// super-packet carries them once, each of its segments on the wire.
     pub hdr_len: u32,
@@ -88,6 +95,9 @@ pub const FRAG_LATER: u8 = 2;
 struct L4 {
     l4_bits: u32,
     dport: u16,
+    sport: u16,
+    tcp_flags: u8,
+    seq: u32,
     hdr_len: u32,
     l4_flags: u8,
 }
@@ -97,16 +107,48 @@ impl L4 {
     const NO_PORTS: Self = Self {
         l4_bits: L4_PROTO_BITS,
         dport: 0,
+        sport: 0,
+        tcp_flags: 0,
+        seq: 0,
         hdr_len: 0,
         l4_flags: L4_ANY_PORT,
     };
-    /// Not even the protocol is known.
-    const UNKNOWN: Self = Self {
-        l4_bits: L4_DIR_BITS,
+    /// A protocol without ports.
+    const PORTLESS: Self = Self {
+        l4_bits: L4_PROTO_BITS,
         dport: 0,
+        sport: 0,
+        tcp_flags: 0,
+        seq: 0,
         hdr_len: 0,
-        l4_flags: L4_UNKNOWN,
+        l4_flags: 0,
     };
+    /// A TCP header.
+    #[inline(always)]
+    fn tcp(h: &[u8; 20], l4: usize) -> Self {
+        Self {
+            l4_bits: L4_PORT_BITS,
+            dport: u16::from_be_bytes([h[2], h[3]]),
+            sport: u16::from_be_bytes([h[0], h[1]]),
+            tcp_flags: h[13],
+            seq: u32::from_be_bytes([h[4], h[5], h[6], h[7]]),
+            hdr_len: (l4 + (h[12] >> 4) as usize * 4) as u32,
+            l4_flags: 0,
+        }
+    }
+    /// A UDP header.
+    #[inline(always)]
+    fn udp(h: &[u8; 8], l4: usize) -> Self {
+        Self {
+            l4_bits: L4_PORT_BITS,
+            dport: u16::from_be_bytes([h[2], h[3]]),
+            sport: u16::from_be_bytes([h[0], h[1]]),
+            tcp_flags: 0,
+            seq: 0,
+            hdr_len: (l4 + 8) as u32,
+            l4_flags: 0,
+        }
+    }
 }
 
 /// Returns a pointer to a `T` at `offset` if it lies wholly inside the packet.
@@ -197,6 +239,9 @@ fn parse_v4(start: usize, end: usize, l3: usize) -> Result<Parsed, Skip> {
         proto,
         l4_bits: l4.l4_bits,
         dport: l4.dport,
+        sport: l4.sport,
+        tcp_flags: l4.tcp_flags,
+        seq: l4.seq,
         hdr_len: l4.hdr_len,
         l4_flags: l4.l4_flags,
         frag,
@@ -228,6 +273,9 @@ fn parse_v6(
         proto: hdr[6],
         l4_bits: L4_DIR_BITS,
         dport: 0,
+        sport: 0,
+        tcp_flags: 0,
+        seq: 0,
         hdr_len: 0,
         l4_flags: L4_UNKNOWN,
         frag: FRAG_NONE,
@@ -241,6 +289,9 @@ fn parse_v6(
         p.proto = next;
         p.l4_bits = l4.l4_bits;
         p.dport = l4.dport;
+        p.sport = l4.sport;
+        p.tcp_flags = l4.tcp_flags;
+        p.seq = l4.seq;
         p.hdr_len = l4.hdr_len;
         p.l4_flags = l4.l4_flags;
         return Ok(p);
@@ -286,6 +337,9 @@ fn parse_v6(
             p.proto = next;
             p.l4_bits = l4.l4_bits;
             p.dport = l4.dport;
+            p.sport = l4.sport;
+            p.tcp_flags = l4.tcp_flags;
+            p.seq = l4.seq;
             p.hdr_len = l4.hdr_len;
             p.l4_flags = l4.l4_flags;
             finish(&mut p);
@@ -374,29 +428,14 @@ pub trait Load {
 fn l4_ports_loaded(ld: &impl Load, l4: usize, proto: u8) -> L4 {
     match proto {
         IPPROTO_TCP => match ld.load::<20>(l4) {
-            Some(h) => L4 {
-                l4_bits: L4_PORT_BITS,
-                dport: u16::from_be_bytes([h[2], h[3]]),
-                hdr_len: (l4 + (h[12] >> 4) as usize * 4) as u32,
-                l4_flags: 0,
-            },
+            Some(h) => L4::tcp(&h, l4),
             None => L4::NO_PORTS,
         },
         IPPROTO_UDP => match ld.load::<8>(l4) {
-            Some(h) => L4 {
-                l4_bits: L4_PORT_BITS,
-                dport: u16::from_be_bytes([h[2], h[3]]),
-                hdr_len: (l4 + 8) as u32,
-                l4_flags: 0,
-            },
+            Some(h) => L4::udp(&h, l4),
             None => L4::NO_PORTS,
         },
-        _ => L4 {
-            l4_bits: L4_PROTO_BITS,
-            dport: 0,
-            hdr_len: 0,
-            l4_flags: 0,
-        },
+        _ => L4::PORTLESS,
     }
 }
 
@@ -408,28 +447,13 @@ fn l4_ports_loaded(ld: &impl Load, l4: usize, proto: u8) -> L4 {
 fn l4_ports(start: usize, end: usize, l4: usize, proto: u8) -> L4 {
     match proto {
         IPPROTO_TCP => match bytes_at::<20>(start, end, l4) {
-            Ok(h) => L4 {
-                l4_bits: L4_PORT_BITS,
-                dport: u16::from_be_bytes([h[2], h[3]]),
-                hdr_len: (l4 + (h[12] >> 4) as usize * 4) as u32,
-                l4_flags: 0,
-            },
+            Ok(h) => L4::tcp(&h, l4),
             Err(_) => L4::NO_PORTS,
         },
         IPPROTO_UDP => match bytes_at::<8>(start, end, l4) {
-            Ok(h) => L4 {
-                l4_bits: L4_PORT_BITS,
-                dport: u16::from_be_bytes([h[2], h[3]]),
-                hdr_len: (l4 + 8) as u32,
-                l4_flags: 0,
-            },
+            Ok(h) => L4::udp(&h, l4),
             Err(_) => L4::NO_PORTS,
         },
-        _ => L4 {
-            l4_bits: L4_PROTO_BITS,
-            dport: 0,
-            hdr_len: 0,
-            l4_flags: 0,
-        },
+        _ => L4::PORTLESS,
     }
 }

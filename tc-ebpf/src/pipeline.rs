@@ -7,17 +7,26 @@ use tc_common::{FragEntry, FLAG_NO_FLOW_CACHE, FRAG_BUDGET, MAX_CHANNELS, NO_CHA
 
 use crate::{
     classify::{classify, classify_cached, frag_key},
-    enforce::{enforce, Frame, Verdict, DROP, FOLLOW_DROP, FOLLOW_PASS, JUDGE},
+    conn::{observe, TCP_FIN, TCP_RST, TCP_SYN},
+    enforce::{enforce, Frame, Verdict, DROP, FOLLOW_DROP, FOLLOW_PASS, JUDGE, RESET},
     maps::{ParseScratch, TC_CONFIG, TC_FRAGS, TC_GENS, TC_GLOBAL, TC_SCRATCH},
-    parse::{parse, Load, Parsed, Skip, FRAG_FIRST, FRAG_LATER},
+    parse::{parse, Load, Parsed, Skip, FRAG_FIRST, FRAG_LATER, IPPROTO_TCP},
 };
 
 /// Counts the packet node-wide, classifies it and applies its channel's policy.
 ///
 /// `flow_hash` gives the kernel's flow hash (`skb->hash`), asked for only
-/// by `delay` channels (tc egress), which pace per flow.
+/// by `delay` channels (tc egress), which pace per flow. `reset` turns a
+/// refused SYN into its RST and returns the hook's verdict for it, which
+/// the returned [`Verdict`] carries in `tstamp` (action [`RESET`]).
 #[inline(always)]
-pub fn handle(frame: &Frame, ld: &impl Load, dir: u8, flow_hash: impl Fn() -> u32) -> Verdict {
+pub fn handle(
+    frame: &Frame,
+    ld: &impl Load,
+    dir: u8,
+    flow_hash: impl Fn() -> u32,
+    reset: impl FnOnce(&Parsed) -> u32,
+) -> Verdict {
     let Some(global) = TC_GLOBAL.get_ptr_mut(0) else {
         return Verdict::PASS;
     };
@@ -102,13 +111,26 @@ pub fn handle(frame: &Frame, ld: &impl Load, dir: u8, flow_hash: impl Fn() -> u3
         }
     };
     let (slot, follow) = join_enforce_paths(scratch, slot, follow);
-    let verdict = if slot == NO_CHANNEL {
+    let mut verdict = if slot == NO_CHANNEL {
         global.unclassified_pkts += 1;
         global.unclassified_bytes += frame.len;
         Verdict::PASS
     } else {
-        enforce(&wire, &parsed, slot, follow, global, flow_hash)
+        enforce(&wire, &parsed, slot, follow, dir, global, flow_hash)
     };
+    // The server's side of a tracked connection is in no limited channel:
+    // its SYN-ACK, FINs and RSTs still move the connection's state.
+    if !verdict.tracked
+        && verdict.action != DROP
+        && parsed.proto == IPPROTO_TCP
+        && parsed.l4_flags == 0
+        && parsed.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0
+    {
+        observe(&parsed);
+    }
+    if verdict.action == RESET {
+        verdict.tstamp = reset(&parsed) as u64;
+    }
     if parsed.frag == FRAG_FIRST {
         let first = FragEntry {
             slot,

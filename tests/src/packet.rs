@@ -227,3 +227,69 @@ pub fn arp() -> Vec<u8> {
     f.resize(14 + 28, 0);
     f
 }
+
+/// TCP flags.
+pub const FIN: u8 = 0x01;
+pub const SYN: u8 = 0x02;
+pub const RST: u8 = 0x04;
+pub const ACK: u8 = 0x10;
+
+/// A TCP segment from `src` (`ip:port`, IPv4 or IPv6) to `dst` with the
+/// given flags and sequence number, 20 bytes of options (as a Linux SYN
+/// carries) and `payload` bytes.
+pub fn tcp(src: &str, dst: &str, flags: u8, seq: u32, payload: usize) -> Vec<u8> {
+    let src: std::net::SocketAddr = src.parse().expect("source ip:port");
+    let dst: std::net::SocketAddr = dst.parse().expect("destination ip:port");
+    let mut f = match (src.ip(), dst.ip()) {
+        (std::net::IpAddr::V4(s), std::net::IpAddr::V4(d)) => {
+            ipv4(&s.to_string(), &d.to_string(), TCP, dst.port(), 0)
+        }
+        (std::net::IpAddr::V6(s), std::net::IpAddr::V6(d)) => {
+            ipv6(&s.to_string(), &d.to_string(), TCP, dst.port(), 0)
+        }
+        _ => panic!("mixed families"),
+    };
+    let v6 = src.is_ipv6();
+    let l4 = if v6 { 14 + 40 } else { 14 + 20 };
+    f[l4..l4 + 2].copy_from_slice(&src.port().to_be_bytes());
+    f[l4 + 4..l4 + 8].copy_from_slice(&seq.to_be_bytes());
+    f[l4 + 12] = 10 << 4;
+    f[l4 + 13] = flags;
+    // MSS, SACK permitted, timestamps, NOP, window scale: 20 bytes.
+    f.extend_from_slice(&[
+        2, 4, 5, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7,
+    ]);
+    f.resize(f.len() + payload, 0xab);
+    let ip_payload = (f.len() - l4) as u16;
+    if v6 {
+        f[14 + 4..14 + 6].copy_from_slice(&ip_payload.to_be_bytes());
+    } else {
+        f[16..18].copy_from_slice(&(ip_payload + 20).to_be_bytes());
+        set_ipv4_checksum(&mut f);
+    }
+    f
+}
+
+/// Whether the TCP checksum of the IPv4 or IPv6 segment in `f` is valid.
+pub fn tcp_checksum_ok(f: &[u8]) -> bool {
+    let v6 = u16::from_be_bytes([f[12], f[13]]) == 0x86DD;
+    let (l4, mut sum) = if v6 {
+        let len = u16::from_be_bytes([f[18], f[19]]) as u32;
+        (14 + 40, words(&f[22..54]) + len + TCP as u32)
+    } else {
+        let len = u16::from_be_bytes([f[16], f[17]]) as u32 - 20;
+        (14 + 20, words(&f[26..34]) + len + TCP as u32)
+    };
+    sum += words(&f[l4..]);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum == 0xffff
+}
+
+/// Sum of the big-endian 16-bit words of `b` (a last odd byte padded).
+fn words(b: &[u8]) -> u32 {
+    b.chunks(2)
+        .map(|w| u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]) as u32)
+        .sum()
+}

@@ -14,7 +14,8 @@ impl Agent {
     /// Applies a validated policy (from a file, or the saved state's).
     pub(super) fn apply_policy(&mut self, policy: Policy, file: &str) -> Result<ApplyReport> {
         let t0 = Instant::now();
-        let compiled = compile(&policy)?;
+        let mut compiled = compile(&policy)?;
+        let pools = self.pools.assign(&policy, &mut compiled.policies)?;
         let fq_new = self.prepare_fq(&policy)?;
         let old: HashMap<&str, (usize, &crate::policy::Channel)> = self
             .policy
@@ -78,6 +79,7 @@ impl Agent {
         };
         // From here on the new policy is live: nothing below may fail the
         // request, or the operator would be told the old one still is.
+        self.pools.switched(pools);
         report.took_ms = t0.elapsed().as_secs_f64() * 1e3;
         report.generation = live.generation;
         report.version = live.version;

@@ -32,7 +32,17 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         None => None,
     };
 
-    let dp = Datapath::load(Some(&config.pin_dir)).context("loading the eBPF datapath")?;
+    let mut dp = Datapath::load(Some(&config.pin_dir), config.conn_table_size)
+        .context("loading the eBPF datapath")?;
+    dp.set_conn_config(config.conn_timeouts)?;
+    let table_size = dp.conn_table_size()?;
+    if table_size != config.conn_table_size {
+        warn!(
+            pinned = table_size,
+            asked = config.conn_table_size,
+            "the pinned connection table keeps its size; --conn-table-size takes effect after `tc-agent uninstall`"
+        );
+    }
     let (mut agent, lost) = Agent::resume(dp, config.clone())?;
     let mut initial = initial;
     if agent.version == 0 {
@@ -86,6 +96,22 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         })
     };
 
+    let collector = {
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            let mut next = Duration::from_secs(1);
+            loop {
+                tokio::time::sleep(next).await;
+                let agent = agent.clone();
+                match tokio::task::spawn_blocking(move || agent.lock().collect()).await {
+                    Ok(Ok(n)) => next = n,
+                    Ok(Err(e)) => warn!(error = %e, "collecting timed-out connections failed"),
+                    Err(e) => warn!(error = %e, "the connection collector panicked"),
+                }
+            }
+        })
+    };
+
     let server = Server::new(agent.clone(), snapshot, config.socket_group.clone());
     tokio::select! {
         _ = shutdown => {}
@@ -93,6 +119,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     }
 
     sampler.abort();
+    collector.abort();
     let _ = std::fs::remove_file(&config.socket);
     let mut agent = agent.lock();
     agent.closing = true;
@@ -264,6 +291,12 @@ impl Agent {
         }
         let saved = saved.unwrap_or_default();
         let live_slots = dp.active_channels(live.generation)?;
+        let names: Vec<String> = saved.policy.channels.iter().map(|c| c.name.clone()).collect();
+        let named = !matches!(state_check, StateCheck::Mismatch(_));
+        let live_policies = dp.policies(live.generation, live_slots)?;
+        let pools =
+            connections::Pools::resume(&mut dp, &live_policies, named.then_some(&names[..]))?;
+        let dp_table_size = dp.conn_table_size()?;
         let agent = Agent {
             dp,
             hooks: Vec::new(),
@@ -279,6 +312,8 @@ impl Agent {
             history: VecDeque::new(),
             fq_installed: saved.fq_installed,
             started: Instant::now(),
+            pools,
+            conn_table_size: dp_table_size,
             config,
         };
         if !agent.policy.channels.is_empty() {

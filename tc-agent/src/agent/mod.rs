@@ -2,6 +2,7 @@
 //! serves the control socket until shutdown.
 
 mod apply;
+mod connections;
 mod lifecycle;
 mod lock;
 mod report;
@@ -34,11 +35,12 @@ use tracing::{error, info, warn};
 use self::state::SavedState;
 use crate::{
     control::{
-        ApplyReport, ChannelRow, ChannelsReport, Features, HookRow, Rates, Request, Response,
+        ApplyReport, ChannelRow, ChannelsReport, ConnRow, Features, HookRow, Rates, Request, Response,
         StateCheck, StatusReport, Totals,
     },
     datapath::{
         attach::{self, Hook, HookKind},
+        conn::PoolCounts,
         digest, qdisc, sys, Datapath,
     },
     policy::{compile::compile, Action, Mode, Policy},
@@ -67,6 +69,10 @@ pub struct AgentConfig {
     /// Group whose members may run read-only requests (`status`,
     /// `channels`); None: root only.
     pub socket_group: Option<SocketGroup>,
+    /// Entries of the connection table when it is created.
+    pub conn_table_size: u32,
+    /// Idle timeouts of tracked connections, per state.
+    pub conn_timeouts: tc_common::ConnConfig,
 }
 
 /// Samples kept: two minutes at one per second.
@@ -82,6 +88,8 @@ struct Sample {
     at: Instant,
     /// Totals per channel name.
     totals: HashMap<String, Totals>,
+    /// Connection counters per channel name (channels with connection limits).
+    conns: HashMap<String, PoolCounts>,
 }
 
 /// The agent's mutable state, behind one lock.
@@ -121,6 +129,10 @@ struct Agent {
     fq_installed: Vec<String>,
     /// When the agent started, for `status`'s uptime.
     started: Instant,
+    /// Connection pools: who holds which, and the collector's state.
+    pools: connections::Pools,
+    /// Entries the connection table holds (as created).
+    conn_table_size: u32,
 }
 
 impl Agent {

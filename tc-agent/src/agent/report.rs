@@ -16,6 +16,7 @@ impl Agent {
 
     pub(super) fn sample(&mut self) -> Result<()> {
         let totals = self.totals()?;
+        let conns = self.pool_counts()?;
         let totals = self
             .policy
             .channels
@@ -26,6 +27,7 @@ impl Agent {
         self.history.push_back(Sample {
             at: Instant::now(),
             totals,
+            conns,
         });
         while self.history.len() > HISTORY {
             self.history.pop_front();
@@ -35,6 +37,7 @@ impl Agent {
 
     pub(super) fn channels(&mut self) -> Result<ChannelsReport> {
         let totals = self.totals()?;
+        let conns = self.pool_counts()?;
         let g = self.dp.global_counters()?;
         let n = self.history.len();
         let window = if n >= 2 {
@@ -71,7 +74,9 @@ impl Agent {
                         })
                     })
                     .unwrap_or_default();
+                let connections = conn_row(c, conns.get(&c.name), window);
                 ChannelRow {
+                    connections,
                     name: c.name.clone(),
                     direction: c.direction,
                     protocol: c.protocol,
@@ -122,6 +127,10 @@ impl Agent {
             policy_file: self.policy_file.clone(),
             pin_dir: self.config.pin_dir.display().to_string(),
             socket: self.config.socket.display().to_string(),
+            connections: self.pools.status(
+                self.conn_table_size,
+                &self.config.conn_timeouts,
+            ),
         }
     }
 
@@ -132,4 +141,43 @@ impl Agent {
             Request::Status => serde_json::to_value(self.status())?,
         })
     }
+}
+
+/// A channel's connection row: counts now, rates over the window.
+fn conn_row(
+    c: &crate::policy::Channel,
+    now: Option<&PoolCounts>,
+    window: Option<(&Sample, &Sample)>,
+) -> ConnRow {
+    let Some(n) = now else {
+        return ConnRow {
+            connection_limit: c.limit.connections,
+            ..Default::default()
+        };
+    };
+    let p = &n.pool;
+    let mut row = ConnRow {
+        open_connections: n.open(),
+        connection_limit: c.limit.connections,
+        opened_connections: p.opened,
+        refused_connections: p.refused + p.table_full,
+        table_full_connections: p.table_full,
+        would_refuse_connections: p.would_refuse,
+        handshake_rtt_max_us: (p.rtt_count > 0).then(|| p.rtt_max_ns as f64 / 1e3),
+        ..Default::default()
+    };
+    if let Some((a, b)) = window {
+        if let (Some(x), Some(y)) = (a.conns.get(&c.name), b.conns.get(&c.name)) {
+            let dt = (b.at - a.at).as_secs_f64();
+            let (x, y) = (&x.pool, &y.pool);
+            let d = |u: u64, v: u64| v.saturating_sub(u);
+            row.new_connections_per_s = d(x.opened, y.opened) as f64 / dt;
+            row.refused_per_s = (d(x.refused + x.table_full + x.would_refuse, y.refused + y.table_full + y.would_refuse)) as f64 / dt;
+            let count = d(x.rtt_count, y.rtt_count);
+            if count > 0 {
+                row.handshake_rtt_us = Some(d(x.rtt_sum_ns, y.rtt_sum_ns) as f64 / count as f64 / 1e3);
+            }
+        }
+    }
+    row
 }

@@ -11,7 +11,10 @@ use crate::{
 
 /// List channels in policy order with their limits, live rates (from the
 /// agent's last two counter samples) and total counters since they were
-/// first applied.
+/// first applied. Channels with connection limits get a second table: open
+/// connections against the limit, new and refused connections per second,
+/// and the handshake time (from the client's first SYN until the handshake
+/// completes as this node sees it).
 #[derive(Debug, Args)]
 pub struct ChannelsArgs {
     /// Output format: `text` for people, `json` for scripts (the field
@@ -72,6 +75,43 @@ pub fn render(r: &ChannelsReport) -> String {
             },
         ));
     }
+    let limited: Vec<_> = r
+        .channels
+        .iter()
+        .filter(|c| c.limit.limits_connections())
+        .collect();
+    if !limited.is_empty() {
+        out.push_str(&format!(
+            "connections:\n{:<20} {:>11} {:>8} {:>10} {:>10} {:>10} {:>22}\n",
+            "CHANNEL", "OPEN/LIMIT", "NEW/s", "OPENED", "REFUSED", "REFUSED/s", "HANDSHAKE (max)"
+        ));
+        for c in limited {
+            let k = &c.connections;
+            let limit = k
+                .connection_limit
+                .map_or("-".to_string(), |l| l.to_string());
+            let refused = match c.mode {
+                Mode::Enforce => k.refused_connections,
+                Mode::Monitor => k.would_refuse_connections,
+            };
+            let ms = |us: f64| format!("{:.2}ms", us / 1e3);
+            let handshake = match (k.handshake_rtt_us, k.handshake_rtt_max_us) {
+                (Some(now), Some(max)) => format!("{} ({})", ms(now), ms(max)),
+                (None, Some(max)) => format!("- ({})", ms(max)),
+                _ => "-".to_string(),
+            };
+            out.push_str(&format!(
+                "{:<20} {:>11} {:>8.1} {:>10} {:>10} {:>10.1} {:>22}\n",
+                c.name,
+                format!("{}/{}", k.open_connections, limit),
+                k.new_connections_per_s,
+                k.opened_connections,
+                refused,
+                k.refused_per_s,
+                handshake,
+            ));
+        }
+    }
     if r.unnamed_channels > 0 {
         out.push_str(&format!(
             "WARNING: the kernel enforces {} channels the agent cannot name (see `tc-agent status`); apply a policy to take them over\n",
@@ -87,5 +127,11 @@ pub fn render(r: &ChannelsReport) -> String {
         "      {} later fragments ({} orphans), {} without readable ports (held conservatively)\n",
         n.fragment_pkts, n.fragment_orphan_pkts, n.no_ports_pkts
     ));
+    if n.conn_untracked_pkts + n.conn_after_close_pkts > 0 {
+        out.push_str(&format!(
+            "      {} packets of connections not tracked (opened before a limit, or timed out), {} dropped after a reset\n",
+            n.conn_untracked_pkts, n.conn_after_close_pkts
+        ));
+    }
     out
 }

@@ -59,6 +59,35 @@ pub struct RunArgs {
     /// either way.
     #[arg(long, value_name = "GROUP")]
     pub socket_group: Option<String>,
+
+    /// Entries of the connection table (TCP connections of channels with
+    /// connection limits, both families). When it is full, new connections
+    /// of those channels are refused and counted, never let through
+    /// uncounted. Takes effect when the table is created: a pinned table
+    /// keeps its size until `tc-agent uninstall`. Memory follows the
+    /// connections open, about 100 bytes each.
+    #[arg(long, default_value_t = tc_common::DEFAULT_MAX_CONNS, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
+    pub conn_table_size: u32,
+
+    /// Seconds a handshake may take (SYN seen, not yet established) before
+    /// its connection stops counting.
+    #[arg(long, default_value_t = 60, value_name = "SECS",
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub conn_timeout_syn: u64,
+
+    /// Seconds an established connection may stay idle before it stops
+    /// counting. The default outlasts Linux's TCP keepalive (7,200 s, then
+    /// 9 probes 75 s apart), so a connection kept alive is never dropped
+    /// from the count; a peer that vanished without FIN or RST is.
+    #[arg(long, default_value_t = 7_875, value_name = "SECS",
+          value_parser = clap::value_parser!(u64).range(1..=2_592_000))]
+    pub conn_timeout_established: u64,
+
+    /// Seconds a connection may stay idle after a FIN or an RST.
+    #[arg(long, default_value_t = 10, value_name = "SECS",
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub conn_timeout_closing: u64,
 }
 
 pub fn execute(args: RunArgs, socket: PathBuf) -> Result<()> {
@@ -85,6 +114,12 @@ pub fn execute(args: RunArgs, socket: PathBuf) -> Result<()> {
         sample_every: Duration::from_millis(args.sample_ms.max(100)),
         detach_on_exit: args.detach_on_exit,
         socket_group,
+        conn_table_size: args.conn_table_size,
+        conn_timeouts: tc_common::ConnConfig {
+            syn_ns: args.conn_timeout_syn * 1_000_000_000,
+            established_ns: args.conn_timeout_established * 1_000_000_000,
+            closing_ns: args.conn_timeout_closing * 1_000_000_000,
+        },
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

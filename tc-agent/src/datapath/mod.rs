@@ -2,6 +2,7 @@
 //! maps, write policies into them atomically and read the counters back.
 
 pub mod attach;
+pub mod conn;
 pub mod digest;
 pub mod qdisc;
 mod rtnl;
@@ -78,9 +79,12 @@ pub struct Datapath {
 impl Datapath {
     /// Loads the object and every program in it. With `pin_dir`, maps are
     /// pinned under `pin_dir/`[`MAPS_LAYOUT`] and reused if already there, so
-    /// counters, buckets and the live policy survive an agent restart.
-    pub fn load(pin_dir: Option<&Path>) -> Result<Self, DatapathError> {
+    /// counters, buckets, connections and the live policy survive an agent
+    /// restart. `conn_table_size` sizes the connection table when it is
+    /// created (a pinned one keeps its size).
+    pub fn load(pin_dir: Option<&Path>, conn_table_size: u32) -> Result<Self, DatapathError> {
         let mut loader = EbpfLoader::new();
+        loader.map_max_entries(tc_common::CONNS, conn_table_size);
         if let Some(dir) = pin_dir {
             remove_other_layouts(dir);
             let maps = dir.join(MAPS_LAYOUT);
@@ -315,6 +319,19 @@ impl Datapath {
             n += 1;
         }
         Ok(n as usize)
+    }
+
+    /// The compiled policies of the first `count` channel slots of `generation`.
+    pub fn policies(
+        &mut self,
+        generation: u32,
+        count: usize,
+    ) -> Result<Vec<ChannelPolicy>, DatapathError> {
+        let policies = self.array::<ChannelPolicy>(POLICIES)?;
+        let base = generation * MAX_CHANNELS;
+        (0..count as u32)
+            .map(|i| policies.get(&(base + i), 0).map_err(map_err(POLICIES)))
+            .collect()
     }
 
     /// Counters of `count` channel slots of `generation`, summed over CPUs.

@@ -91,7 +91,7 @@ fn per_packet() -> Result<Vec<serde_json::Value>> {
     for (label, channels, per) in cases {
         let policy = Policy::parse(&policy_text(channels, per), "bench")?;
         let compiled = compile(&policy)?;
-        let mut dp = Datapath::load(None)?;
+        let mut dp = Datapath::load(None, tc_common::DEFAULT_MAX_CONNS)?;
         dp.apply(&compiled, &vec![None; channels])?;
         let last = channels.saturating_sub(1) * per.max(1) + per.saturating_sub(1);
         let v4_src = format!(

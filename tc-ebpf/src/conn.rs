@@ -1,0 +1,483 @@
+//! The connection table: TCP connections of channels with connection
+//! limits, their state machine, the admission of new connections against
+//! the limits (open connections at once, new connections per second), and
+//! the handshake time.
+//!
+//! A connection counts in its channel's pool from its admitted SYN until
+//! it closes (both FINs, an RST) or the agent's collector times it out.
+//! The per-pool count is exact: see [`tc_common::ConnEntry`] for the rule
+//! that keeps the datapath and the collector from releasing one
+//! connection twice, and [`admit`] for the compare-and-swap that keeps
+//! two CPUs from admitting past the limit.
+
+use core::{
+    intrinsics::{atomic_cxchg, atomic_xadd, AtomicOrdering},
+    ptr::{read_volatile, write_volatile},
+};
+
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
+use tc_common::{
+    ChannelPolicy, ConnConfig, ConnEntry, ConnKey, CONN_CLOSED, CONN_CLOSING,
+    CONN_ESTABLISHED, CONN_SYN_RECV, CONN_SYN_SENT, DIR_EGRESS, DIR_INGRESS, MODE_MONITOR,
+};
+
+use crate::{
+    bucket::charge_once,
+    maps::{TC_CONNS, TC_CONN_CONF, TC_CONN_GC, TC_CONN_POOLS, TC_SCRATCH},
+    parse::{Addrs, Parsed},
+};
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// [`ConnEntry::fins`]: the client's FIN was seen.
+const FIN_CLIENT: u8 = 1;
+/// The server's FIN was seen.
+const FIN_SERVER: u8 = 2;
+/// The connection was reset: the client's later data is dropped (a
+/// spoofed RST must not free a slot and keep its connection).
+const RESET_SEEN: u8 = 4;
+
+/// What [`track`] decided for a packet of a limited channel.
+pub const CONN_PASS: u8 = 0;
+/// A new connection over a limit (or with no room in the table): refuse its SYN.
+pub const CONN_REFUSE: u8 = 1;
+/// Data from a client whose connection was reset: drop it.
+pub const CONN_LATE: u8 = 2;
+
+/// CAS attempts to take a slot under the concurrency limit before the SYN
+/// is refused as contended (it is retransmitted).
+const SLOT_TRIES: usize = 4;
+
+/// Writes the connection-table key of a TCP packet into `k` (a per-CPU
+/// scratch value: the stack is too small for it), and returns whether the
+/// packet's sender is the key's `a` endpoint.
+#[inline(always)]
+fn key_of(p: &Parsed, k: &mut ConnKey) -> bool {
+    match &p.addrs {
+        Addrs::V4 { src, dst } => {
+            k.a = [0; 16];
+            k.b = [0; 16];
+            k.a[10] = 0xff;
+            k.a[11] = 0xff;
+            k.a[12..].copy_from_slice(src);
+            k.b[10] = 0xff;
+            k.b[11] = 0xff;
+            k.b[12..].copy_from_slice(dst);
+        }
+        Addrs::V6 { src, dst } => {
+            k.a = *src;
+            k.b = *dst;
+        }
+    }
+    k.a_port = p.sport.to_be();
+    k.b_port = p.dport.to_be();
+    // Any total order works, as long as both directions agree on it.
+    let word = |a: &[u8; 16], i: usize| {
+        u64::from_be_bytes([
+            a[i],
+            a[i + 1],
+            a[i + 2],
+            a[i + 3],
+            a[i + 4],
+            a[i + 5],
+            a[i + 6],
+            a[i + 7],
+        ])
+    };
+    let s = (word(&k.a, 0), word(&k.a, 8), p.sport);
+    let d = (word(&k.b, 0), word(&k.b, 8), p.dport);
+    let sender_is_a = s <= d;
+    if !sender_is_a {
+        core::mem::swap(&mut k.a, &mut k.b);
+        core::mem::swap(&mut k.a_port, &mut k.b_port);
+    }
+    sender_is_a
+}
+
+/// The scratch slot for the packet's connection key.
+#[inline(always)]
+fn scratch_key() -> Option<&'static mut ConnKey> {
+    // SAFETY: a per-CPU map value that only this program run uses.
+    TC_SCRATCH
+        .get_ptr_mut(0)
+        .map(|s| unsafe { &mut (*s).conn_key })
+}
+
+/// Whether an entry has been idle past its state's timeout. Such an entry
+/// belongs to the agent's collector: the datapath no longer writes to it.
+#[inline(always)]
+fn expired(conf: &ConnConfig, state: u8, last: u64, now: u64) -> bool {
+    let timeout = conf.timeout(state);
+    timeout != 0 && now > last && now - last > timeout
+}
+
+/// A packet of a channel with connection limits: admits or refuses a new
+/// connection's SYN, and follows the connection's state.
+///
+/// Not inlined: its own stack frame (the hooks' frames are near the
+/// 512-byte limit), verified once per hook.
+#[inline(never)]
+pub fn track(p: &Parsed, policy: &ChannelPolicy, dir: u8, untracked: &mut u64) -> u8 {
+    let (Some(conf), Some(key)) = (TC_CONN_CONF.get(0), scratch_key()) else {
+        return CONN_PASS;
+    };
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let sender_is_a = key_of(p, key);
+    let key = &*key;
+    let pure_syn = p.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN;
+    match TC_CONNS.get_ptr_mut(key) {
+        Some(e) => {
+            // SAFETY: a value of the hash map (no prealloc: freed after an
+            // RCU grace period), valid for this run; fields shared between
+            // CPUs are read and written volatile or atomically.
+            let (state, last, client_is_a, counted) = unsafe {
+                (
+                    read_volatile(&raw const (*e).state),
+                    read_volatile(&raw const (*e).last_ns),
+                    read_volatile(&raw const (*e).client_is_a),
+                    read_volatile(&raw const (*e).counted),
+                )
+            };
+            if expired(conf, state, last, now) {
+                // The collector owns it now. A new connection on its
+                // addresses and ports waits until it is collected (the SYN
+                // is retransmitted); other packets pass uncounted.
+                if pure_syn {
+                    return CONN_REFUSE;
+                }
+                *untracked += 1;
+                return CONN_PASS;
+            }
+            let from_client = sender_is_a == (client_is_a != 0);
+            if pure_syn && from_client {
+                if counted != 0 {
+                    // A retransmitted SYN: the connection already counts.
+                    // SAFETY: as above.
+                    unsafe { write_volatile(&raw mut (*e).last_ns, now) };
+                    return CONN_PASS;
+                }
+                // The addresses and ports of a closed connection, reused.
+                if !admit(policy, now) {
+                    return CONN_REFUSE;
+                }
+                // SAFETY: as above; the CAS makes one CPU the owner of
+                // the new count.
+                let (_, won) = unsafe {
+                    atomic_cxchg::<u32, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+                        &raw mut (*e).counted,
+                        0,
+                        1,
+                    )
+                };
+                if !won {
+                    // Another CPU reopened it first: ours was a duplicate.
+                    release(policy.conn_pool);
+                    return CONN_PASS;
+                }
+                // SAFETY: as above.
+                unsafe {
+                    write_volatile(&raw mut (*e).syn_ns, now);
+                    write_volatile(&raw mut (*e).last_ns, now);
+                    write_volatile(&raw mut (*e).pool, policy.conn_pool);
+                    write_volatile(&raw mut (*e).fins, 0);
+                    write_volatile(&raw mut (*e).syn_dir, dir);
+                    write_volatile(&raw mut (*e).client_is_a, sender_is_a as u8);
+                    write_volatile(&raw mut (*e).state, CONN_SYN_SENT);
+                }
+                return CONN_PASS;
+            }
+            // SAFETY: as above.
+            unsafe { follow(e, from_client as u8, p.tcp_flags, now) }
+        }
+        None => {
+            if !pure_syn {
+                // Mid-stream: opened before the limit, or collected.
+                *untracked += 1;
+                return CONN_PASS;
+            }
+            if !admit(policy, now) {
+                return CONN_REFUSE;
+            }
+            let entry = ConnEntry {
+                syn_ns: now,
+                last_ns: now,
+                pool: policy.conn_pool,
+                state: CONN_SYN_SENT,
+                counted: 1,
+                client_is_a: sender_is_a as u8,
+                fins: 0,
+                syn_dir: dir,
+                _pad: [0; 4],
+            };
+            match TC_CONNS.insert(key, &entry, BPF_NOEXIST as u64) {
+                Ok(()) => CONN_PASS,
+                Err(err) => {
+                    release(policy.conn_pool);
+                    // -EEXIST: the same SYN on the other CPU got there
+                    // first and counts the connection. Otherwise the table
+                    // is full: refused, never uncounted.
+                    if err == -17 {
+                        CONN_PASS
+                    } else {
+                        table_full(policy);
+                        if policy.mode == MODE_MONITOR {
+                            CONN_PASS
+                        } else {
+                            CONN_REFUSE
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A TCP packet with SYN, FIN or RST outside a limited channel (the
+/// server's side of a connection, usually): moves a tracked connection's
+/// state. Nothing to do for connections that are not tracked.
+///
+/// Not inlined, as [`track`].
+#[inline(never)]
+pub fn observe(p: &Parsed) {
+    let (Some(conf), Some(key)) = (TC_CONN_CONF.get(0), scratch_key()) else {
+        return;
+    };
+    let sender_is_a = key_of(p, key);
+    let Some(e) = TC_CONNS.get_ptr_mut(&*key) else {
+        return;
+    };
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: as in `track`.
+    unsafe {
+        let state = read_volatile(&raw const (*e).state);
+        if expired(conf, state, read_volatile(&raw const (*e).last_ns), now) {
+            return;
+        }
+        let from_client = sender_is_a == (read_volatile(&raw const (*e).client_is_a) != 0);
+        // A client's SYN seen here is one a limited channel already judged
+        // (a forwarding node sees it on two hooks): not a new connection.
+        if from_client && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+            return;
+        }
+        follow(e, from_client as u8, p.tcp_flags, now);
+    }
+}
+
+/// Follows a tracked connection's state on one of its packets: handshake
+/// (and its time), FINs, RST. Returns [`CONN_LATE`] for client data after
+/// a reset, else [`CONN_PASS`].
+///
+/// Not inlined: both callers share one verified copy.
+///
+/// # Safety
+/// `e` must point into a live value of the connection table.
+#[inline(never)]
+unsafe fn follow(e: *mut ConnEntry, from_client: u8, flags: u8, now: u64) -> u8 {
+    // SAFETY: caller guarantees `e` is valid.
+    unsafe {
+        let state = read_volatile(&raw const (*e).state);
+        let fins = read_volatile(&raw const (*e).fins);
+        if state == CONN_CLOSED {
+            // Late ACKs and FINs of a closed connection pass; data from a
+            // client that was reset does not.
+            if fins & RESET_SEEN != 0 && from_client != 0 && flags & TCP_RST == 0 {
+                return CONN_LATE;
+            }
+            return CONN_PASS;
+        }
+        write_volatile(&raw mut (*e).last_ns, now);
+        if flags & TCP_RST != 0 {
+            write_volatile(&raw mut (*e).fins, fins | RESET_SEEN);
+            close(e);
+            return CONN_PASS;
+        }
+        let syn_dir = read_volatile(&raw const (*e).syn_dir);
+        if from_client == 0 && flags & TCP_SYN != 0 {
+            // The server's SYN-ACK (or its SYN, in a simultaneous open).
+            if state == CONN_SYN_SENT {
+                write_volatile(&raw mut (*e).state, CONN_SYN_RECV);
+                // On the client's side the handshake is done for this node.
+                if syn_dir == DIR_EGRESS && flags & TCP_ACK != 0 {
+                    handshake(e, now);
+                }
+            }
+            return CONN_PASS;
+        }
+        if from_client != 0 && state == CONN_SYN_RECV && flags & TCP_ACK != 0 {
+            write_volatile(&raw mut (*e).state, CONN_ESTABLISHED);
+            // On the server's side the client's final ACK completes it.
+            if syn_dir == DIR_INGRESS {
+                handshake(e, now);
+            }
+        } else if state == CONN_SYN_RECV && flags & TCP_ACK != 0 && flags & TCP_SYN == 0 {
+            // The server's first ACK after a simultaneous open.
+            write_volatile(&raw mut (*e).state, CONN_ESTABLISHED);
+        }
+        if flags & TCP_FIN != 0 {
+            let fins = fins | if from_client != 0 { FIN_CLIENT } else { FIN_SERVER };
+            write_volatile(&raw mut (*e).fins, fins);
+            if fins & (FIN_CLIENT | FIN_SERVER) == FIN_CLIENT | FIN_SERVER {
+                close(e);
+            } else {
+                write_volatile(&raw mut (*e).state, CONN_CLOSING);
+            }
+        }
+        CONN_PASS
+    }
+}
+
+/// Records the handshake time of a connection in its pool.
+///
+/// # Safety
+/// `e` must point into a live value of the connection table.
+#[inline(always)]
+unsafe fn handshake(e: *mut ConnEntry, now: u64) {
+    // SAFETY: caller guarantees `e` is valid.
+    let (pool, syn) = unsafe {
+        (
+            read_volatile(&raw const (*e).pool),
+            read_volatile(&raw const (*e).syn_ns),
+        )
+    };
+    let Some(p) = TC_CONN_POOLS.get_ptr_mut(pool) else {
+        return;
+    };
+    let rtt = now.saturating_sub(syn);
+    // SAFETY: an array value, valid for this run; counters are atomic.
+    // The maximum is a plain store: two handshakes finishing on two CPUs
+    // in the same instant may keep the smaller one.
+    unsafe {
+        atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(&raw mut (*p).rtt_count, 1);
+        atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(&raw mut (*p).rtt_sum_ns, rtt);
+        if read_volatile(&raw const (*p).rtt_max_ns) < rtt {
+            write_volatile(&raw mut (*p).rtt_max_ns, rtt);
+        }
+    }
+}
+
+/// Closes a connection: it stops counting, exactly once.
+///
+/// # Safety
+/// `e` must point into a live value of the connection table.
+#[inline(always)]
+unsafe fn close(e: *mut ConnEntry) {
+    // SAFETY: caller guarantees `e` is valid.
+    unsafe {
+        write_volatile(&raw mut (*e).state, CONN_CLOSED);
+        let (_, won) = atomic_cxchg::<u32, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+            &raw mut (*e).counted,
+            1,
+            0,
+        );
+        if won {
+            release(read_volatile(&raw const (*e).pool));
+        }
+    }
+}
+
+/// One connection of `pool` no longer counts.
+#[inline(always)]
+fn release(pool: u32) {
+    if let Some(p) = TC_CONN_POOLS.get_ptr_mut(pool) {
+        // SAFETY: an array value, valid for this run.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(&raw mut (*p).closed, 1) };
+    }
+}
+
+/// The connection table had no room for an admitted connection.
+#[inline(always)]
+fn table_full(policy: &ChannelPolicy) {
+    if let Some(p) = TC_CONN_POOLS.get_ptr_mut(policy.conn_pool) {
+        // SAFETY: an array value, valid for this run.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(&raw mut (*p).table_full, 1) };
+    }
+}
+
+/// Admits a new connection into the channel's pool, or refuses it: the
+/// new-connection rate first (GCRA), then a slot under the concurrency
+/// limit, taken by compare-and-swap on `opened` so that two CPUs cannot
+/// both take the last one. In monitor mode every connection is admitted,
+/// and those that would have been refused are counted.
+///
+/// Not inlined: both callers share one verified copy.
+#[inline(never)]
+fn admit(policy: &ChannelPolicy, now: u64) -> bool {
+    let pool = policy.conn_pool;
+    let Some(p) = TC_CONN_POOLS.get_ptr_mut(pool) else {
+        // No pool: the agent always gives one; refuse rather than let a
+        // connection past an uncounted limit.
+        return false;
+    };
+    let monitor = policy.mode == MODE_MONITOR;
+    // SAFETY (all accesses to `p`): an array value, valid for this run;
+    // shared fields are read volatile and changed atomically.
+    unsafe {
+        let gc = match TC_CONN_GC.get(pool) {
+            Some(g) => read_volatile(g),
+            None => 0,
+        };
+        // Everything released was opened first: read the releases before
+        // the openings, and the difference never runs below zero.
+        let released = |p: *mut tc_common::ConnPool| read_volatile(&raw const (*p).closed) + gc;
+        let mut refuse = false;
+        if policy.conn_limit != 0 {
+            let done = released(p);
+            let open = read_volatile(&raw const (*p).opened).saturating_sub(done);
+            refuse = open >= policy.conn_limit as u64;
+        }
+        let mut rate_charged = false;
+        if !refuse && policy.conn_cost_ns != 0 {
+            rate_charged = charge_once(
+                &raw mut (*p).rate_tat,
+                now,
+                policy.conn_cost_ns,
+                policy.conn_tau_ns,
+            );
+            refuse = !rate_charged;
+        }
+        if !refuse && policy.conn_limit != 0 {
+            refuse = true;
+            let mut opened = read_volatile(&raw const (*p).opened);
+            for _ in 0..SLOT_TRIES {
+                // The CAS succeeds only if `opened` has not moved since it
+                // was read, and then every release read here is one of
+                // those openings: the count is exact, never past the limit.
+                let open = opened.saturating_sub(released(p));
+                if open >= policy.conn_limit as u64 {
+                    break;
+                }
+                let (seen, ok) = atomic_cxchg::<
+                    u64,
+                    { AtomicOrdering::SeqCst },
+                    { AtomicOrdering::SeqCst },
+                >(&raw mut (*p).opened, opened, opened + 1);
+                if ok {
+                    return true;
+                }
+                opened = seen;
+            }
+            if rate_charged {
+                // Refused after all: the connection costs no rate.
+                atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(
+                    &raw mut (*p).rate_tat,
+                    policy.conn_cost_ns.wrapping_neg(),
+                );
+            }
+        }
+        if refuse {
+            if monitor {
+                atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(&raw mut (*p).would_refuse, 1);
+            } else {
+                atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(&raw mut (*p).refused, 1);
+                return false;
+            }
+        }
+        atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(&raw mut (*p).opened, 1);
+        true
+    }
+}

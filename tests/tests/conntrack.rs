@@ -1,0 +1,318 @@
+//! The connection table's state machine and admission, on the real eBPF
+//! programs through BPF_PROG_TEST_RUN: SYN, SYN-ACK, ACK, FINs both ways,
+//! RST, retransmitted SYNs, simultaneous open, timeouts and the collector,
+//! the concurrency and new-connection limits, reset answers, both CPUs.
+//!
+//! The client (198.18.1.5 / 2001:db8:1::5) talks to the server
+//! (198.18.2.10:80 / [2001:db8:2::10]:80); the node is the server's, so
+//! the client's packets arrive at tc ingress and the server's leave at tc
+//! egress.
+
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
+use tc_agent::{
+    datapath::{conn::PoolCounts, Datapath, TC_EGRESS, TC_INGRESS, XDP_INGRESS},
+    policy::{compile::compile, Policy},
+};
+use tc_common::{ConnConfig, CONN_RESET, MODE_MONITOR};
+use tc_tests::packet::{self, ACK, FIN, RST, SYN};
+
+/// TC_ACT_UNSPEC as the kernel reports it.
+const PASS: u32 = -1i32 as u32;
+const DROP: u32 = 2;
+/// TC_ACT_REDIRECT: the RST answering a refused SYN goes back out.
+const REDIRECT: u32 = 7;
+const XDP_TX: u32 = 3;
+
+const SERVER: &str = "198.18.2.10:80";
+const SERVER6: &str = "[2001:db8:2::10]:80";
+
+/// The client's endpoint with source port `port`.
+fn client(port: u16) -> String {
+    format!("198.18.1.5:{port}")
+}
+
+/// A node with one channel `web` (client -> server:80, TCP) whose
+/// connection limits `setup` sets on its compiled policy, in pool 0.
+struct Node {
+    dp: Datapath,
+}
+
+impl Node {
+    fn new(setup: impl Fn(&mut tc_common::ChannelPolicy)) -> Self {
+        Self::with_timeouts(setup, 60_000_000_000)
+    }
+
+    fn with_timeouts(setup: impl Fn(&mut tc_common::ChannelPolicy), timeout_ns: u64) -> Self {
+        let policy = Policy::parse(
+            "channels:\n  - name: web\n    from: [198.18.1.0/24, \"2001:db8:1::/64\"]\n    to: [198.18.2.10/32, \"2001:db8:2::10/128\"]\n    protocol: tcp\n    ports: [80]\n",
+            "test.yaml",
+        )
+        .expect("valid policy");
+        let mut compiled = compile(&policy).expect("compiles");
+        compiled.policies[0].conn_pool = 0;
+        setup(&mut compiled.policies[0]);
+        assert!(compiled.policies[0].limits_connections());
+        let mut dp = Datapath::load(None, 4096).expect("eBPF object loads and passes the verifier");
+        dp.set_conn_config(ConnConfig {
+            syn_ns: timeout_ns,
+            established_ns: timeout_ns,
+            closing_ns: timeout_ns,
+        })
+        .unwrap();
+        dp.apply(&compiled, &[None]).expect("applies");
+        Self { dp }
+    }
+
+    fn run(&self, prog: &str, frame: &[u8]) -> (u32, Vec<u8>) {
+        let p: &SchedClassifier = self.dp.ebpf.program(prog).unwrap().try_into().unwrap();
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.data_out = Some(&mut out);
+        let r = p.test_run(opts).expect("test run");
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
+    }
+
+    /// A segment from the client, arriving.
+    fn from_client(&self, port: u16, flags: u8) -> u32 {
+        self.run(TC_INGRESS, &packet::tcp(&client(port), SERVER, flags, 1000, 0))
+            .0
+    }
+
+    /// A segment from the server, leaving.
+    fn from_server(&self, port: u16, flags: u8) -> u32 {
+        self.run(TC_EGRESS, &packet::tcp(SERVER, &client(port), flags, 5000, 0))
+            .0
+    }
+
+    /// A full handshake on client port `port`.
+    fn connect(&self, port: u16) {
+        assert_eq!(self.from_client(port, SYN), PASS);
+        assert_eq!(self.from_server(port, SYN | ACK), PASS);
+        assert_eq!(self.from_client(port, ACK), PASS);
+    }
+
+    fn pool(&mut self) -> PoolCounts {
+        self.dp.pool_counts(0).unwrap()
+    }
+}
+
+#[test]
+fn the_concurrency_limit_refuses_new_syns_and_a_close_frees_a_slot() {
+    let mut n = Node::new(|p| p.conn_limit = 2);
+    n.connect(40001);
+    n.connect(40002);
+    assert_eq!(n.from_client(40003, SYN), DROP, "a third connection over the limit of 2");
+    let p = n.pool();
+    assert_eq!((p.open(), p.pool.opened, p.pool.refused), (2, 2, 1));
+    // Data, pure ACKs and retransmitted SYNs of open connections pass and count once.
+    assert_eq!(n.from_client(40001, ACK), PASS);
+    assert_eq!(n.from_client(40001, SYN), PASS);
+    assert_eq!(n.pool().open(), 2);
+    // Both FINs close the first connection; its slot goes to a new one.
+    assert_eq!(n.from_client(40001, FIN | ACK), PASS);
+    assert_eq!(n.pool().open(), 2, "one FIN half-closes");
+    assert_eq!(n.from_server(40001, FIN | ACK), PASS);
+    assert_eq!(n.pool().open(), 1);
+    assert_eq!(n.from_client(40001, ACK), PASS, "the last ACK of a closed connection passes");
+    n.connect(40003);
+    // An RST from the server closes the second.
+    assert_eq!(n.from_server(40002, RST), PASS);
+    let p = n.pool();
+    assert_eq!((p.open(), p.pool.opened, p.pool.closed), (1, 3, 2));
+}
+
+#[test]
+fn the_handshake_is_timed_from_the_first_syn_to_the_final_ack() {
+    let mut n = Node::new(|p| p.conn_limit = 10);
+    assert_eq!(n.from_client(40001, SYN), PASS);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert_eq!(n.from_server(40001, SYN | ACK), PASS);
+    let p = n.pool();
+    assert_eq!(p.pool.rtt_count, 0, "on the server's side the final ACK completes it");
+    std::thread::sleep(std::time::Duration::from_millis(10));
+    assert_eq!(n.from_client(40001, ACK), PASS);
+    let p = n.pool();
+    assert_eq!(p.pool.rtt_count, 1);
+    assert!(
+        (30_000_000..1_000_000_000).contains(&p.pool.rtt_sum_ns),
+        "handshake time {} ns",
+        p.pool.rtt_sum_ns
+    );
+    assert_eq!(p.pool.rtt_max_ns, p.pool.rtt_sum_ns);
+    // Later ACKs time nothing more.
+    assert_eq!(n.from_client(40001, ACK), PASS);
+    assert_eq!(n.pool().pool.rtt_count, 1);
+}
+
+#[test]
+fn a_reset_connection_cannot_keep_sending() {
+    let mut n = Node::new(|p| p.conn_limit = 1);
+    n.connect(40001);
+    // The client resets (or spoofs a reset of) its own connection: the
+    // slot is free, and the connection's later data is dropped.
+    assert_eq!(n.from_client(40001, RST), PASS);
+    assert_eq!(n.pool().open(), 0);
+    assert_eq!(n.from_client(40001, ACK), DROP);
+    assert_eq!(n.dp.global_counters().unwrap().conn_after_close_pkts, 1);
+    // The addresses and ports can open a new connection, which counts.
+    n.connect(40001);
+    assert_eq!(n.pool().open(), 1);
+    assert_eq!(n.from_client(40002, SYN), DROP);
+}
+
+#[test]
+fn packets_without_a_seen_syn_pass_uncounted() {
+    let mut n = Node::new(|p| p.conn_limit = 1);
+    for port in 41000..41100 {
+        assert_eq!(n.from_client(port, ACK), PASS);
+    }
+    assert_eq!(n.pool().open(), 0, "spoofed mid-stream packets fill no count");
+    assert_eq!(n.dp.global_counters().unwrap().conn_untracked_pkts, 100);
+    n.connect(40001);
+}
+
+#[test]
+fn simultaneous_open_establishes_one_connection() {
+    let mut n = Node::new(|p| p.conn_limit = 1);
+    assert_eq!(n.from_client(40001, SYN), PASS);
+    assert_eq!(n.from_server(40001, SYN), PASS);
+    assert_eq!(n.from_server(40001, SYN | ACK), PASS);
+    assert_eq!(n.from_client(40001, SYN | ACK), PASS);
+    assert_eq!(n.from_client(40001, ACK), PASS);
+    let p = n.pool();
+    assert_eq!((p.open(), p.pool.opened), (1, 1));
+    assert_eq!(n.from_client(40002, SYN), DROP);
+}
+
+#[test]
+fn the_new_connection_rate_admits_its_burst_then_refuses() {
+    // 1 connection per second, burst of 4 back to back.
+    let mut n = Node::new(|p| {
+        p.conn_cost_ns = 1_000_000_000;
+        p.conn_tau_ns = 3 * 1_000_000_000;
+    });
+    let passed = (40001..40011)
+        .filter(|port| n.from_client(*port, SYN) == PASS)
+        .count();
+    assert_eq!(passed, 4);
+    let p = n.pool();
+    assert_eq!((p.pool.opened, p.pool.refused), (4, 6));
+}
+
+#[test]
+fn monitor_mode_counts_would_be_refusals_and_refuses_nothing() {
+    let mut n = Node::new(|p| {
+        p.conn_limit = 2;
+        p.mode = MODE_MONITOR;
+    });
+    for port in 40001..40006 {
+        assert_eq!(n.from_client(port, SYN), PASS);
+    }
+    let p = n.pool();
+    assert_eq!((p.open(), p.pool.refused, p.pool.would_refuse), (5, 0, 3));
+}
+
+#[test]
+fn reset_answers_a_refused_syn_with_a_valid_rst_v4_and_v6() {
+    let n = Node::new(|p| {
+        p.conn_limit = 1;
+        p.conn_action = CONN_RESET;
+    });
+    n.connect(40001);
+    for (src, dst) in [
+        (client(40002), SERVER.to_string()),
+        ("[2001:db8:1::5]:40002".to_string(), SERVER6.to_string()),
+    ] {
+        let syn = packet::tcp(&src, &dst, SYN, 0xdead_beef, 0);
+        let (verdict, rst) = n.run(TC_INGRESS, &syn);
+        assert_eq!(verdict, REDIRECT, "{src}");
+        let v6 = src.starts_with('[');
+        let (l3, ip_len) = if v6 { (14, 40) } else { (14, 20) };
+        assert_eq!(rst.len(), l3 + ip_len + 20, "headers only, no options");
+        assert_eq!(&rst[..6], &syn[6..12], "back to the client's MAC");
+        assert_eq!(&rst[6..12], &syn[..6]);
+        let l4 = l3 + ip_len;
+        if v6 {
+            assert_eq!(&rst[22..38], &syn[38..54], "source: the server");
+            assert_eq!(&rst[38..54], &syn[22..38], "destination: the client");
+        } else {
+            assert!(packet::ipv4_checksum_ok(&rst));
+            assert_eq!(&rst[26..30], &syn[30..34]);
+            assert_eq!(&rst[30..34], &syn[26..30]);
+        }
+        assert_eq!(&rst[l4..l4 + 2], &syn[l4 + 2..l4 + 4], "ports swapped");
+        assert_eq!(&rst[l4 + 2..l4 + 4], &syn[l4..l4 + 2]);
+        assert_eq!(
+            u32::from_be_bytes(rst[l4 + 8..l4 + 12].try_into().unwrap()),
+            0xdead_bef0,
+            "acks the SYN"
+        );
+        assert_eq!(rst[l4 + 13], RST | ACK);
+        assert!(packet::tcp_checksum_ok(&rst), "{src}: TCP checksum");
+    }
+    // XDP answers the same way, out of the interface it came in on.
+    let p: &Xdp = n.dp.ebpf.program(XDP_INGRESS).unwrap().try_into().unwrap();
+    let syn = packet::tcp(&client(40003), SERVER, SYN, 7, 0);
+    let mut out = vec![0u8; syn.len() + 256];
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(&syn);
+    opts.data_out = Some(&mut out);
+    let r = p.test_run(opts).expect("test run");
+    assert_eq!(r.return_value, XDP_TX);
+    out.truncate(r.data_size_out as usize);
+    assert_eq!(out.len(), 54);
+    assert!(packet::tcp_checksum_ok(&out));
+}
+
+#[test]
+fn a_timed_out_connection_is_released_once_by_the_collector() {
+    let mut n = Node::with_timeouts(|p| p.conn_limit = 1, 50_000_000);
+    n.connect(40001);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    // Past its timeout the entry belongs to the collector: a new SYN on
+    // the same ports waits for it, other packets pass uncounted.
+    assert_eq!(n.from_client(40001, SYN), DROP);
+    assert_eq!(n.from_client(40001, ACK), PASS);
+    assert_eq!(n.pool().open(), 1, "not released by the datapath");
+    let early = n
+        .dp
+        .collect_conns(&ConnConfig { syn_ns: 50_000_000, established_ns: 50_000_000, closing_ns: 50_000_000 }, |_| true)
+        .unwrap();
+    assert_eq!(early.removed, 0, "within the collector's margin");
+    std::thread::sleep(tc_agent::datapath::conn::COLLECT_MARGIN);
+    let c = n
+        .dp
+        .collect_conns(&ConnConfig { syn_ns: 50_000_000, established_ns: 50_000_000, closing_ns: 50_000_000 }, |_| true)
+        .unwrap();
+    assert_eq!((c.scanned, c.removed, c.released), (1, 1, 1));
+    let p = n.pool();
+    assert_eq!((p.open(), p.gc_closed), (0, 1));
+    n.connect(40001);
+    assert_eq!(n.pool().open(), 1);
+}
+
+#[test]
+fn both_cpus_admit_exactly_up_to_the_limit() {
+    let mut n = Node::new(|p| p.conn_limit = 1000);
+    let dp = &n.dp;
+    std::thread::scope(|s| {
+        for cpu in 0..2u16 {
+            s.spawn(move || {
+                let mut set = nix::sched::CpuSet::new();
+                set.set(cpu as usize % nix::sched::CpuSet::count()).unwrap();
+                let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
+                let p: &SchedClassifier = dp.ebpf.program(TC_INGRESS).unwrap().try_into().unwrap();
+                for i in 0..1000u16 {
+                    let syn = packet::tcp(&client(10_000 + cpu * 1000 + i), SERVER, SYN, 1, 0);
+                    let mut opts = TestRunOptions::new();
+                    opts.data_in = Some(&syn);
+                    p.test_run(opts).expect("test run");
+                }
+            });
+        }
+    });
+    let p = n.pool();
+    assert_eq!((p.open(), p.pool.opened, p.pool.refused), (1000, 1000, 1000));
+}
