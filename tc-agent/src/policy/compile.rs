@@ -10,11 +10,11 @@ use std::collections::{BTreeSet, HashMap};
 
 use ipnet::IpNet;
 use tc_common::{
-    ChannelPolicy, ChannelSet, ACTION_DELAY, ACTION_DROP, ACTION_MARK, DIR_EGRESS, DIR_INGRESS,
-    L4_ANY_PORT, L4_UNKNOWN, MODE_ENFORCE, MODE_MONITOR, NO_POOL,
+    ChannelPolicy, ChannelSet, ACTION_DELAY, ACTION_DROP, ACTION_MARK, CONN_DROP, CONN_RESET,
+    DIR_EGRESS, DIR_INGRESS, L4_ANY_PORT, L4_UNKNOWN, MODE_ENFORCE, MODE_MONITOR, NO_POOL,
 };
 
-use super::{Action, Channel, Direction, Mode, Policy};
+use super::{Action, Channel, ConnAction, Direction, Mode, Policy};
 
 /// Address-trie entries one generation may use per side and family.
 pub const MAX_ADDR_ENTRIES: usize = 65_536 + 512;
@@ -317,6 +317,10 @@ fn l4_table(channels: &[Channel]) -> Vec<L4Entry> {
 }
 
 /// Turns a channel's limits into GCRA parameters (see [`ChannelPolicy`]).
+///
+/// `conn_pool` stays [`NO_POOL`]: the agent gives a pool to each channel
+/// with connection limits ([`super::Limit::limits_connections`]) when it
+/// applies the policy, since a pool outlives one compilation.
 pub fn channel_policy(c: &Channel) -> ChannelPolicy {
     let mut p = ChannelPolicy {
         action: match c.action {
@@ -329,6 +333,11 @@ pub fn channel_policy(c: &Channel) -> ChannelPolicy {
             Mode::Enforce => MODE_ENFORCE,
             Mode::Monitor => MODE_MONITOR,
         },
+        conn_action: match c.connection_action {
+            ConnAction::Drop => CONN_DROP,
+            ConnAction::Reset => CONN_RESET,
+        },
+        conn_limit: c.limit.connections.unwrap_or(0),
         active: 1,
         conn_pool: NO_POOL,
         ..Default::default()
@@ -342,6 +351,20 @@ pub fn channel_policy(c: &Channel) -> ChannelPolicy {
         let pps = pps as u128;
         p.pkt_cost_q16 = ((1_000_000_000u128 << 16) / pps) as u64;
         p.pkt_tau_ns = (c.limit.packet_burst as u128 * 1_000_000_000 / pps) as u64;
+    }
+    if let Some(rate) = c.limit.new_connections {
+        // Whole nanoseconds, rounded down (the rate is at most 1,000,000/s,
+        // so the cost is at least 1,000 ns and off by under 0.1 %).
+        p.conn_cost_ns = 1_000_000_000 / u64::from(rate);
+        // The datapath admits a SYN while `max(tat, now) + cost - now <=
+        // tau` and then sets `tat` to that sum: the k-th of SYNs arriving
+        // at once from idle (`tat <= now`) needs `k * cost <= tau`. So
+        // `tau = burst * cost` admits exactly `burst` at once, not one
+        // more (GCRA's other form, which tests `tat - now <= tau` before
+        // adding the cost, would need `(burst - 1) * cost`); and it is
+        // the product of the rounded cost, so rounding cannot lose the
+        // last of them. At most 1,000,000 * 1e9 ns: no overflow.
+        p.conn_tau_ns = u64::from(c.limit.new_connection_burst) * p.conn_cost_ns;
     }
     p
 }

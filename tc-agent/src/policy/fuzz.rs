@@ -32,7 +32,7 @@ use tc_common::{L4_ANY_PORT, L4_UNKNOWN};
 use super::{
     compile::compile,
     sim::{reference, through_tables, Pkt},
-    Direction, Policy,
+    Direction, Policy, Protocol,
 };
 
 /// The name every generated file is parsed under; each error must carry it.
@@ -147,6 +147,19 @@ struct GenLimit {
     packets: Option<String>,
     /// `packet_burst:`.
     packet_burst: Option<String>,
+    /// `connections:`.
+    connections: Option<String>,
+    /// `new_connections:`.
+    new_connections: Option<String>,
+    /// `new_connection_burst:`.
+    new_connection_burst: Option<String>,
+}
+
+impl GenLimit {
+    /// Whether a connection key is written (valid or not).
+    fn conn(&self) -> bool {
+        self.connections.is_some() || self.new_connections.is_some()
+    }
 }
 
 /// A generated channel; `None` = key left out (the default applies).
@@ -168,6 +181,8 @@ struct GenChannel {
     limit: Option<GenLimit>,
     /// `action:`.
     action: Option<String>,
+    /// `connection_action:`.
+    connection_action: Option<String>,
     /// `horizon:`.
     horizon: Option<String>,
     /// `mode:`.
@@ -347,13 +362,25 @@ fn field(
     good: &'static [&'static str],
     bad: &'static [&'static str],
 ) -> BoxedStrategy<Option<String>> {
+    rare_field(0.5, valid, good, bad)
+}
+
+/// [`field`], written with probability `p` only: for keys that, when
+/// written, constrain the rest of the channel (connection limits need
+/// `protocol: tcp`) and would otherwise crowd out the other protocols.
+fn rare_field(
+    p: f64,
+    valid: bool,
+    good: &'static [&'static str],
+    bad: &'static [&'static str],
+) -> BoxedStrategy<Option<String>> {
     let s = if valid || bad.is_empty() {
         select(good).prop_map(String::from).boxed()
     } else {
         prop_oneof![12 => select(good).prop_map(String::from), 1 => select(bad).prop_map(String::from)]
             .boxed()
     };
-    prop::option::of(s).boxed()
+    prop::option::weighted(p, s).boxed()
 }
 
 fn limit(valid: bool) -> impl Strategy<Value = GenLimit> {
@@ -374,28 +401,58 @@ fn limit(valid: bool) -> impl Strategy<Value = GenLimit> {
             &["0", "100000001", "-1", "1.5"],
         ),
         field(valid, &["64", "100", "100000"], &["63", "0", "many"]),
+        rare_field(
+            0.2,
+            valid,
+            &["1", "20", "1000000"],
+            &["0", "1000001", "-1", "lots"],
+        ),
+        rare_field(
+            0.2,
+            valid,
+            &["1", "50", "1000000"],
+            &["0", "1000001", "2.5"],
+        ),
+        field(valid, &["1", "10", "1000000"], &["0", "1000001", "x"]),
     )
-        .prop_map(move |(bandwidth, burst, packets, packet_burst)| {
-            let mut l = GenLimit {
+        .prop_map(
+            move |(
                 bandwidth,
                 burst,
                 packets,
                 packet_burst,
-            };
-            if valid {
-                // A limit needs a rate; a burst only sizes a bucket that has one.
-                if l.bandwidth.is_none() && l.packets.is_none() {
-                    l.packets = Some("1000".into());
+                connections,
+                new_connections,
+                new_connection_burst,
+            )| {
+                let mut l = GenLimit {
+                    bandwidth,
+                    burst,
+                    packets,
+                    packet_burst,
+                    connections,
+                    new_connections,
+                    new_connection_burst,
+                };
+                if valid {
+                    // A limit needs a rate or a connection limit; a burst
+                    // only sizes a bucket that has a rate.
+                    if l.bandwidth.is_none() && l.packets.is_none() && !l.conn() {
+                        l.packets = Some("1000".into());
+                    }
+                    if l.bandwidth.is_none() {
+                        l.burst = None;
+                    }
+                    if l.packets.is_none() {
+                        l.packet_burst = None;
+                    }
+                    if l.new_connections.is_none() {
+                        l.new_connection_burst = None;
+                    }
                 }
-                if l.bandwidth.is_none() {
-                    l.burst = None;
-                }
-                if l.packets.is_none() {
-                    l.packet_burst = None;
-                }
-            }
-            l
-        })
+                l
+            },
+        )
 }
 
 fn refs(valid: bool, defined: Vec<String>) -> BoxedStrategy<Option<Vec<Ref>>> {
@@ -427,6 +484,7 @@ fn channel(valid: bool, defined: Vec<String>) -> impl Strategy<Value = GenChanne
             field(valid, &["ingress", "egress"], &["both", "in"]),
             prop::option::of(limit(valid)),
             field(valid, &["drop", "delay", "mark"], &["reject", "Drop"]),
+            field(valid, &["drop", "reset"], &["rst", "Reset"]),
             field(valid, &["1ms", "50ms", "10s"], &["0ms", "11s", "soon"]),
             field(valid, &["enforce", "monitor"], &["dry", "count"]),
             any::<bool>(),
@@ -435,7 +493,7 @@ fn channel(valid: bool, defined: Vec<String>) -> impl Strategy<Value = GenChanne
         .prop_map(
             move |(
                 (name, from, to, protocol, ports),
-                (direction, limit, action, horizon, mode, flow),
+                (direction, limit, action, connection_action, horizon, mode, flow),
             )| {
                 let mut c = GenChannel {
                     // Valid names are made unique by position when rendered.
@@ -449,6 +507,7 @@ fn channel(valid: bool, defined: Vec<String>) -> impl Strategy<Value = GenChanne
                     direction,
                     limit,
                     action,
+                    connection_action,
                     horizon,
                     mode,
                     flow,
@@ -461,19 +520,27 @@ fn channel(valid: bool, defined: Vec<String>) -> impl Strategy<Value = GenChanne
                     match c.action.as_deref() {
                         Some("delay") => {
                             c.direction = Some("egress".into());
-                            c.limit.get_or_insert_with(|| GenLimit {
-                                bandwidth: Some("100Mbit".into()),
-                                ..GenLimit::default()
-                            });
+                            let l = c.limit.get_or_insert_with(GenLimit::default);
+                            // Connection limits alone give `delay` nothing to act on.
+                            if l.bandwidth.is_none() && l.packets.is_none() {
+                                l.bandwidth = Some("100Mbit".into());
+                            }
                         }
                         Some("mark") => {
-                            c.limit.get_or_insert_with(|| GenLimit {
-                                packets: Some("1000".into()),
-                                ..GenLimit::default()
-                            });
+                            let l = c.limit.get_or_insert_with(GenLimit::default);
+                            if l.bandwidth.is_none() && l.packets.is_none() {
+                                l.packets = Some("1000".into());
+                            }
                             c.horizon = None;
                         }
                         _ => c.horizon = None,
+                    }
+                    // Connection limits count TCP connections; their
+                    // action needs them.
+                    if c.limit.as_ref().is_some_and(GenLimit::conn) {
+                        c.protocol = Some("tcp".into());
+                    } else {
+                        c.connection_action = None;
                     }
                 }
                 c
@@ -571,6 +638,7 @@ impl GenPolicy {
                 ("protocol", &c.protocol),
                 ("direction", &c.direction),
                 ("action", &c.action),
+                ("connection_action", &c.connection_action),
                 ("horizon", &c.horizon),
                 ("mode", &c.mode),
             ] {
@@ -589,6 +657,9 @@ impl GenPolicy {
                     ("burst", &l.burst),
                     ("packets", &l.packets),
                     ("packet_burst", &l.packet_burst),
+                    ("connections", &l.connections),
+                    ("new_connections", &l.new_connections),
+                    ("new_connection_burst", &l.new_connection_burst),
                 ] {
                     if let Some(v) = v {
                         parts.push(format!("{k}: {}", scalar(v, q, true)));
@@ -638,6 +709,16 @@ channels:                        # first match wins, in file order
     limit: {bandwidth: 1Gbit}
     action: delay
     horizon: 50ms
+  - name: api-connections
+    to: db
+    protocol: tcp
+    ports: [443]
+    limit:
+      connections: 20
+      new_connections: 50
+      new_connection_burst: 10
+    connection_action: reset
+    mode: monitor
 "#,
     r#"
 endpoints:
@@ -950,6 +1031,24 @@ fn check_text(text: &str, seed: u64, must_accept: bool) -> Result<Outcome, TestC
         // here would be an answer, not a crash.
         Err(_) => return Ok(Outcome::Accepted(0)),
     };
+    // Connection limits: only on TCP channels, and compiled so that the
+    // datapath tracks exactly the channels that have them, with a burst of
+    // whole costs (see `compile::channel_policy`) and no pool yet.
+    for (c, p) in policy.channels.iter().zip(&tables.policies) {
+        prop_assert_eq!(p.limits_connections(), c.limit.limits_connections());
+        prop_assert_eq!(p.conn_pool, tc_common::NO_POOL);
+        if c.limit.limits_connections() {
+            prop_assert_eq!(c.protocol, Protocol::Tcp, "{}", text);
+        }
+        prop_assert_eq!(
+            p.conn_tau_ns,
+            u64::from(c.limit.new_connection_burst) * p.conn_cost_ns
+        );
+        prop_assert_eq!(
+            c.limit.new_connections.is_some(),
+            c.limit.new_connection_burst > 0
+        );
+    }
     let shadowed: Vec<usize> = policy
         .warnings
         .iter()

@@ -49,6 +49,20 @@ pub enum Action {
     Mark,
 }
 
+/// What a channel's connection limits do with a new TCP connection over
+/// them: its SYN is refused one way or the other. Established connections
+/// are never cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConnAction {
+    /// The SYN is dropped: the client's SYN retransmission (1 s, 3 s, ...
+    /// later) is the backpressure.
+    #[default]
+    Drop,
+    /// The SYN is answered with a TCP RST at once, so the client fails fast.
+    Reset,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
@@ -68,11 +82,45 @@ pub struct Limit {
     pub packets: Option<u64>,
     /// Packet bucket depth; meaningful only with a packet rate.
     pub packet_burst: u64,
+    /// Open TCP connections the channel allows at once (`connections`);
+    /// `None` = no concurrency limit. Bounds what a backend holds open,
+    /// which no rate limit does. `default`: saved states from before
+    /// connection limits have none.
+    #[serde(default)]
+    pub connections: Option<u32>,
+    /// New TCP connections per second (`new_connections`); `None` = no
+    /// new-connection rate limit. Bounds handshake and accept work, which
+    /// a byte or packet rate barely sees. `default`: as `connections`.
+    #[serde(default)]
+    pub new_connections: Option<u32>,
+    /// New connections admitted at once from idle (`new_connection_burst`),
+    /// so that a client opening a small pool is not refused; meaningful
+    /// only with `new_connections` (0 without). `default`: as `connections`.
+    #[serde(default)]
+    pub new_connection_burst: u32,
 }
 
 impl Limit {
+    /// Whether the channel has no bandwidth and no packet-rate limit: no
+    /// limit that acts on a packet by itself. Connection limits do not
+    /// count here, by design, for the one caller, [`Channel::holds_hidden`]:
+    /// it is about packets whose ports (or protocol) the datapath cannot
+    /// read, and the datapath's connection tracking cannot follow such a
+    /// packet either (it cannot tell the packet's connection, or whether
+    /// it is a SYN), so a channel with only connection limits enforces
+    /// nothing on it. The other places that ask "is there a limit" do not
+    /// use this: validation's "a limit needs ..." accepts connection keys
+    /// (see [`Limit::limits_connections`]), and shadow analysis compares
+    /// only what channels match, never their limits.
     pub fn is_unlimited(&self) -> bool {
         self.bandwidth_bps.is_none() && self.packets.is_none()
+    }
+
+    /// Whether the channel limits TCP connections (`connections` or
+    /// `new_connections`), so the datapath must track its connections and
+    /// the agent must give it a connection pool.
+    pub fn limits_connections(&self) -> bool {
+        self.connections.is_some() || self.new_connections.is_some()
     }
 }
 
@@ -94,8 +142,15 @@ pub struct Channel {
     pub direction: Direction,
     /// How much traffic the channel lets through.
     pub limit: Limit,
-    /// What happens to traffic over the limit.
+    /// What happens to traffic over the bandwidth or packet limit.
     pub action: Action,
+    /// What happens to a new TCP connection over the connection limits: a
+    /// separate key from `action`, because a refused SYN cannot be delayed
+    /// or marked, and dropping it and resetting it tell the client
+    /// different things. `Drop` when the channel has no connection limits.
+    /// `default`: saved states from before connection limits have none.
+    #[serde(default)]
+    pub connection_action: ConnAction,
     /// `delay` only: a packet that would wait longer is dropped (bounds queueing delay).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub horizon_ns: Option<u64>,
@@ -115,6 +170,8 @@ impl Channel {
     pub fn holds_hidden(&self, hidden_proto: bool) -> bool {
         let more_specific =
             !self.ports.is_empty() || (hidden_proto && self.protocol.numbers().is_some());
+        // Connection limits do not count: connection tracking cannot see
+        // such a packet (see `Limit::is_unlimited`).
         let enforces = self.mode == Mode::Enforce && !self.limit.is_unlimited();
         !more_specific || enforces
     }

@@ -71,6 +71,12 @@ pub struct RawLimit {
     pub packets: Option<Text>,
     /// `packet_burst`: packets.
     pub packet_burst: Option<Text>,
+    /// `connections`: open TCP connections at once.
+    pub connections: Option<Text>,
+    /// `new_connections`: new TCP connections per second.
+    pub new_connections: Option<Text>,
+    /// `new_connection_burst`: new connections at once.
+    pub new_connection_burst: Option<Text>,
 }
 
 /// `channels[i]`.
@@ -94,6 +100,8 @@ pub struct RawChannel {
     pub limit: Option<RawLimit>,
     /// `action`; `None` = drop.
     pub action: Option<Text>,
+    /// `connection_action`; `None` = drop.
+    pub connection_action: Option<Text>,
     /// `horizon`; `None` = the default, for `delay`.
     pub horizon: Option<Text>,
     /// `mode`; `None` = enforce.
@@ -337,6 +345,7 @@ impl Reader {
             "direction",
             "limit",
             "action",
+            "connection_action",
             "horizon",
             "mode",
         ];
@@ -357,6 +366,7 @@ impl Reader {
                 "direction" => c.direction = self.text(&field, v),
                 "limit" => c.limit = self.limit(&field, e),
                 "action" => c.action = self.text(&field, v),
+                "connection_action" => c.connection_action = self.text(&field, v),
                 "horizon" => c.horizon = self.text(&field, v),
                 _ => c.mode = self.text(&field, v),
             }
@@ -383,7 +393,15 @@ impl Reader {
         let fields = self.map(
             path,
             &entry.value,
-            &["bandwidth", "burst", "packets", "packet_burst"],
+            &[
+                "bandwidth",
+                "burst",
+                "packets",
+                "packet_burst",
+                "connections",
+                "new_connections",
+                "new_connection_burst",
+            ],
         )?;
         let mut l = RawLimit {
             line: entry.line,
@@ -395,7 +413,10 @@ impl Reader {
                 "bandwidth" => l.bandwidth = t,
                 "burst" => l.burst = t,
                 "packets" => l.packets = t,
-                _ => l.packet_burst = t,
+                "packet_burst" => l.packet_burst = t,
+                "connections" => l.connections = t,
+                "new_connections" => l.new_connections = t,
+                _ => l.new_connection_burst = t,
             }
         }
         Some(l)

@@ -543,7 +543,7 @@ fn keys_with_no_value_and_wrong_shapes_are_errors() {
         vec![
             "p.yaml:3: channels[0].to: has no value; give one, or remove the key for the default",
             "p.yaml:4: channels[0].ports: expected a list, found a single value",
-            "p.yaml:5: channels[1]: expected a map of `name`, `from`, `to`, `protocol`, `ports`, `direction`, `limit`, `action`, `horizon`, `mode`, found a list",
+            "p.yaml:5: channels[1]: expected a map of `name`, `from`, `to`, `protocol`, `ports`, `direction`, `limit`, `action`, `connection_action`, `horizon`, `mode`, found a list",
         ]
     );
     let e = errors("channels:\n  - name: a\n    name: b\n    protocol: sctp\n");
@@ -616,4 +616,470 @@ fn validating_1024_channels_and_65536_prefixes_is_fast() {
         "{}",
         p.warnings[0]
     );
+}
+
+/// A one-channel policy: `fields` are the channel's lines after `name`,
+/// each indented under the list item.
+fn one_channel(fields: &[&str]) -> String {
+    let mut text = String::from("channels:\n  - name: a\n");
+    for f in fields {
+        text.push_str(&format!("    {f}\n"));
+    }
+    text
+}
+
+#[test]
+fn connection_limits_parse_with_defaults() {
+    let p = Policy::parse(
+        &one_channel(&[
+            "protocol: tcp",
+            "ports: [443]",
+            "limit:",
+            "  connections: 20",
+            "  new_connections: 50",
+            "  new_connection_burst: 10",
+            "connection_action: reset",
+        ]),
+        "p.yaml",
+    )
+    .unwrap();
+    let c = &p.channels[0];
+    assert_eq!(c.limit.connections, Some(20));
+    assert_eq!(c.limit.new_connections, Some(50));
+    assert_eq!(c.limit.new_connection_burst, 10);
+    assert_eq!(c.connection_action, ConnAction::Reset);
+    // Connection limits alone are a limit: no bandwidth or packets needed.
+    assert!(c.limit.limits_connections());
+    assert!(c.limit.is_unlimited());
+    assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+
+    // The burst's default is max(new_connections / 4, 8).
+    for (rate, burst) in [
+        (1, 8),
+        (31, 8),
+        (32, 8),
+        (36, 9),
+        (50, 12),
+        (1_000_000, 250_000),
+    ] {
+        let p = Policy::parse(
+            &one_channel(&[
+                "protocol: tcp",
+                &format!("limit: {{new_connections: {rate}}}"),
+            ]),
+            "p.yaml",
+        )
+        .unwrap();
+        let l = &p.channels[0].limit;
+        assert_eq!(
+            (l.new_connections, l.new_connection_burst, l.connections),
+            (Some(rate), burst, None),
+            "rate {rate}"
+        );
+        assert_eq!(p.channels[0].connection_action, ConnAction::Drop);
+    }
+
+    // `connections` alone, with the ends of its range, in monitor mode, on
+    // egress, beside a bandwidth limit, and with `connection_action: drop`.
+    for n in [1, MAX_CONNECTIONS] {
+        let p = Policy::parse(
+            &one_channel(&[
+                "protocol: tcp",
+                "direction: egress",
+                "mode: monitor",
+                &format!("limit: {{connections: {n}, bandwidth: 10Mbit}}"),
+                "connection_action: drop",
+            ]),
+            "p.yaml",
+        )
+        .unwrap();
+        let c = &p.channels[0];
+        assert_eq!(
+            (c.limit.connections, c.limit.new_connections),
+            (Some(n), None)
+        );
+        assert_eq!(c.limit.new_connection_burst, 0, "no rate, no burst");
+        assert_eq!(c.limit.bandwidth_bps, Some(10_000_000));
+        assert_eq!((c.mode, c.direction), (Mode::Monitor, Direction::Egress));
+        assert_eq!(c.connection_action, ConnAction::Drop);
+        assert!(c.limit.limits_connections() && !c.limit.is_unlimited());
+    }
+
+    // Without connection keys: none, and `drop`.
+    let p = Policy::parse(GOOD, "p.yaml").unwrap();
+    for c in &p.channels {
+        assert!(!c.limit.limits_connections());
+        assert_eq!(c.limit.new_connection_burst, 0);
+        assert_eq!(c.connection_action, ConnAction::Drop);
+    }
+}
+
+#[test]
+fn connection_limits_need_protocol_tcp() {
+    for (protocol, line, field, found) in [
+        ("udp", 3, "protocol", "`protocol: udp`"),
+        ("icmp", 3, "protocol", "`protocol: icmp`"),
+        ("any", 3, "protocol", "`protocol: any`"),
+    ] {
+        let e = errors(&one_channel(&[
+            &format!("protocol: {protocol}"),
+            "limit: {connections: 5}",
+        ]));
+        assert_eq!(
+            e,
+            vec![format!("p.yaml:{line}: channels[0].{field}: connection limits (`connections`, `new_connections`) count TCP connections: set `protocol: tcp` (the channel has {found})")]
+        );
+    }
+    // No `protocol` at all: the error points at the first connection key.
+    let e = errors(&one_channel(&[
+        "limit:",
+        "  bandwidth: 1Mbit",
+        "  new_connections: 5",
+        "  connections: 5",
+    ]));
+    assert_eq!(
+        e,
+        vec!["p.yaml:5: channels[0].limit.new_connections: connection limits (`connections`, `new_connections`) count TCP connections: set `protocol: tcp` (the channel has no `protocol`, so any)"]
+    );
+    let e = errors(&one_channel(&["limit: {new_connections: 5}"]));
+    assert_eq!(
+        e,
+        vec!["p.yaml:3: channels[0].limit.new_connections: connection limits (`connections`, `new_connections`) count TCP connections: set `protocol: tcp` (the channel has no `protocol`, so any)"]
+    );
+    // A wrong protocol word is reported once, as a wrong word.
+    let e = errors(&one_channel(&["protocol: TCP", "limit: {connections: 5}"]));
+    assert_eq!(
+        e,
+        vec!["p.yaml:3: channels[0].protocol: `TCP` is not one of `tcp`, `udp`, `icmp`, `any`"]
+    );
+    // A connection key with a wrong value still needs TCP.
+    let e = errors(&one_channel(&["protocol: udp", "limit: {connections: 0}"]));
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(
+        e[0].starts_with("p.yaml:4: channels[0].limit.connections: 0 is out of range"),
+        "{e:?}"
+    );
+    assert!(e[1].contains("set `protocol: tcp`"), "{e:?}");
+}
+
+#[test]
+fn connection_key_errors_name_file_line_and_field() {
+    let tcp = |limit: &str| one_channel(&["protocol: tcp", limit]);
+    for (limit, want) in [
+        (
+            "limit: {connections: 0}",
+            "p.yaml:4: channels[0].limit.connections: 0 is out of range: open connections must be between 1 and 1000000",
+        ),
+        (
+            "limit: {connections: 1000001}",
+            "p.yaml:4: channels[0].limit.connections: 1000001 is out of range: open connections must be between 1 and 1000000",
+        ),
+        (
+            "limit: {connections: -3}",
+            "p.yaml:4: channels[0].limit.connections: -3 is out of range: open connections must be between 1 and 1000000",
+        ),
+        (
+            "limit: {connections: many}",
+            "p.yaml:4: channels[0].limit.connections: `many` is not a whole number",
+        ),
+        (
+            "limit: {connections: 2.5}",
+            "p.yaml:4: channels[0].limit.connections: `2.5` is not a whole number",
+        ),
+        (
+            "limit: {new_connections: 0}",
+            "p.yaml:4: channels[0].limit.new_connections: 0 is out of range: new connections/s must be between 1 and 1000000",
+        ),
+        (
+            "limit: {new_connections: 1000001}",
+            "p.yaml:4: channels[0].limit.new_connections: 1000001 is out of range: new connections/s must be between 1 and 1000000",
+        ),
+        (
+            "limit: {new_connections: 10/s}",
+            "p.yaml:4: channels[0].limit.new_connections: `10/s` is not a whole number",
+        ),
+        (
+            "limit: {new_connections: 10, new_connection_burst: 0}",
+            "p.yaml:4: channels[0].limit.new_connection_burst: 0 is out of range: a new-connection burst must be between 1 and 1000000",
+        ),
+        (
+            "limit: {new_connections: 10, new_connection_burst: 1000001}",
+            "p.yaml:4: channels[0].limit.new_connection_burst: 1000001 is out of range: a new-connection burst must be between 1 and 1000000",
+        ),
+        (
+            "limit: {new_connections: 10, new_connection_burst: lots}",
+            "p.yaml:4: channels[0].limit.new_connection_burst: `lots` is not a whole number",
+        ),
+        (
+            "limit: {connections: 10, new_connection_burst: 5}",
+            "p.yaml:4: channels[0].limit.new_connection_burst: `new_connection_burst` sizes the new-connection bucket; set `new_connections` too",
+        ),
+    ] {
+        assert_eq!(errors(&tcp(limit)), vec![want], "{limit}");
+    }
+    // A burst alone is no limit either.
+    let e = errors(&tcp("limit: {new_connection_burst: 5}"));
+    assert_eq!(
+        e,
+        vec![
+            "p.yaml:4: channels[0].limit: a limit needs `bandwidth`, `packets`, `connections` or `new_connections` (one or more); omit `limit` for an unlimited (counting-only) channel",
+            "p.yaml:4: channels[0].limit.new_connection_burst: `new_connection_burst` sizes the new-connection bucket; set `new_connections` too",
+        ]
+    );
+    // Unknown keys stay errors, and list the new ones.
+    let e = errors(&tcp("limit: {new_connection: 5}"));
+    assert_eq!(
+        e,
+        vec!["p.yaml:4: channels[0].limit: unknown field `new_connection`, expected one of `bandwidth`, `burst`, `packets`, `packet_burst`, `connections`, `new_connections`, `new_connection_burst`"]
+    );
+    // And a key without a value.
+    let e = errors(&one_channel(&[
+        "protocol: tcp",
+        "limit: {connections: 5}",
+        "connection_action:",
+    ]));
+    assert_eq!(
+        e,
+        vec!["p.yaml:5: channels[0].connection_action: has no value; give one, or remove the key for the default"]
+    );
+}
+
+#[test]
+fn connection_action_needs_connection_limits() {
+    let want = "channels[0].connection_action: `connection_action` says what a new TCP connection over a connection limit gets; set `limit.connections` or `limit.new_connections`, or remove it";
+    // Without a limit, with a bandwidth limit only, on TCP or not.
+    for fields in [
+        &["connection_action: reset"][..],
+        &[
+            "protocol: tcp",
+            "limit: {bandwidth: 1Mbit}",
+            "connection_action: drop",
+        ],
+    ] {
+        let e = errors(&one_channel(fields));
+        let line = 3 + fields.len() - 1;
+        assert_eq!(e, vec![format!("p.yaml:{line}: {want}")], "{fields:?}");
+    }
+    // A wrong word, on a channel with connection limits.
+    let e = errors(&one_channel(&[
+        "protocol: tcp",
+        "limit: {connections: 5}",
+        "connection_action: rst",
+    ]));
+    assert_eq!(
+        e,
+        vec!["p.yaml:5: channels[0].connection_action: `rst` is not one of `drop`, `reset`"]
+    );
+}
+
+#[test]
+fn delay_and_mark_need_a_bandwidth_or_packet_limit_beside_connection_limits() {
+    for action in ["mark", "delay"] {
+        let e = errors(&one_channel(&[
+            "protocol: tcp",
+            "direction: egress",
+            "limit: {connections: 5, new_connections: 10}",
+            &format!("action: {action}"),
+        ]));
+        assert_eq!(
+            e,
+            vec!["p.yaml:6: channels[0].action: `delay` and `mark` act on traffic over `bandwidth` or `packets`; a connection limit refuses new connections as `connection_action` says: add `bandwidth` or `packets`, or remove `action`"],
+            "{action}"
+        );
+        let p = Policy::parse(
+            &one_channel(&[
+                "protocol: tcp",
+                "direction: egress",
+                "limit: {connections: 5, packets: 1000}",
+                &format!("action: {action}"),
+                "connection_action: reset",
+            ]),
+            "p.yaml",
+        )
+        .unwrap();
+        assert_eq!(p.channels[0].connection_action, ConnAction::Reset);
+    }
+    // `action: drop` said out loud is fine: it is the default.
+    Policy::parse(
+        &one_channel(&["protocol: tcp", "limit: {connections: 5}", "action: drop"]),
+        "p.yaml",
+    )
+    .unwrap();
+}
+
+#[test]
+fn connection_limits_become_datapath_parameters() {
+    let p = Policy::parse(
+        &one_channel(&[
+            "protocol: tcp",
+            "limit: {connections: 20, new_connections: 50, new_connection_burst: 10}",
+            "connection_action: reset",
+        ]),
+        "p",
+    )
+    .unwrap();
+    let c = channel_policy(&p.channels[0]);
+    assert_eq!(c.conn_limit, 20);
+    assert_eq!(c.conn_cost_ns, 20_000_000);
+    assert_eq!(c.conn_tau_ns, 200_000_000);
+    assert_eq!(c.conn_action, tc_common::CONN_RESET);
+    assert_eq!(c.conn_pool, tc_common::NO_POOL, "the agent assigns pools");
+    assert!(c.limits_connections());
+    assert_eq!((c.byte_cost_q16, c.pkt_cost_q16), (0, 0));
+    // A rate whose cost is not whole: rounded down, the depth its multiple.
+    let p = Policy::parse(
+        &one_channel(&["protocol: tcp", "limit: {new_connections: 3}"]),
+        "p",
+    )
+    .unwrap();
+    let c = channel_policy(&p.channels[0]);
+    assert_eq!(
+        (c.conn_limit, c.conn_cost_ns, c.conn_tau_ns),
+        (0, 333_333_333, 8 * 333_333_333)
+    );
+    assert_eq!(c.conn_action, tc_common::CONN_DROP);
+    assert!(c.limits_connections());
+    // Connections only: no rate.
+    let p = Policy::parse(
+        &one_channel(&["protocol: tcp", "limit: {connections: 7}"]),
+        "p",
+    )
+    .unwrap();
+    let c = channel_policy(&p.channels[0]);
+    assert_eq!((c.conn_limit, c.conn_cost_ns, c.conn_tau_ns), (7, 0, 0));
+    assert!(c.limits_connections());
+    // No connection limits: nothing set, and the datapath tracks nothing.
+    for ch in &Policy::parse(GOOD, "p").unwrap().channels {
+        let c = channel_policy(ch);
+        assert_eq!(
+            (
+                c.conn_limit,
+                c.conn_cost_ns,
+                c.conn_tau_ns,
+                c.conn_action,
+                c.conn_pool
+            ),
+            (0, 0, 0, tc_common::CONN_DROP, tc_common::NO_POOL)
+        );
+        assert!(!c.limits_connections());
+    }
+}
+
+/// The datapath's GCRA test (`tc-ebpf/src/bucket.rs`, `charge`): conforms
+/// while `max(tat, now) + cost - now <= tau`, and then advances `tat`.
+fn gcra_admits(tat: &mut u64, now: u64, cost: u64, tau: u64) -> bool {
+    let new = (*tat).max(now) + cost;
+    if new - now > tau {
+        return false;
+    }
+    *tat = new;
+    true
+}
+
+#[test]
+fn new_connection_burst_admits_exactly_that_many_syns_at_once() {
+    for (rate, burst) in [
+        (1u32, 1u32),
+        (1, 8),
+        (3, 8),
+        (7, 3),
+        (50, 10),
+        (999_999, 1),
+        (1_000_000, 250_000),
+    ] {
+        let p = Policy::parse(
+            &one_channel(&[
+                "protocol: tcp",
+                &format!("limit: {{new_connections: {rate}, new_connection_burst: {burst}}}"),
+            ]),
+            "p",
+        )
+        .unwrap();
+        let c = channel_policy(&p.channels[0]);
+        // From idle: a long time since the last SYN.
+        let now = 1_000_000_000_000u64;
+        let mut tat = 0;
+        let at_once = (0..=burst)
+            .take_while(|_| gcra_admits(&mut tat, now, c.conn_cost_ns, c.conn_tau_ns))
+            .count();
+        assert_eq!(at_once, burst as usize, "rate {rate} burst {burst}");
+        // Then one per cost: not before, and at it.
+        let next = now + c.conn_cost_ns;
+        assert!(!gcra_admits(
+            &mut tat,
+            next - 1,
+            c.conn_cost_ns,
+            c.conn_tau_ns
+        ));
+        assert!(gcra_admits(&mut tat, next, c.conn_cost_ns, c.conn_tau_ns));
+    }
+}
+
+#[test]
+fn connection_only_channels_do_not_hold_hidden_packets() {
+    // Connection tracking cannot follow a packet whose ports or protocol
+    // are hidden: a port-specific channel with only connection limits
+    // passes such a packet over, as an unlimited one does.
+    let p = Policy::parse(
+        &one_channel(&["protocol: tcp", "ports: [443]", "limit: {connections: 5}"]),
+        "p",
+    )
+    .unwrap();
+    assert!(!p.channels[0].holds_hidden(false));
+    assert!(!p.channels[0].holds_hidden(true));
+    let p = Policy::parse(
+        &one_channel(&["protocol: tcp", "limit: {connections: 5}"]),
+        "p",
+    )
+    .unwrap();
+    assert!(p.channels[0].holds_hidden(false), "names no ports");
+    assert!(!p.channels[0].holds_hidden(true), "names a protocol");
+}
+
+#[test]
+fn saved_states_from_before_connection_limits_load() {
+    let p = Policy::parse(GOOD, "p").unwrap();
+    let mut json = serde_json::to_value(&p).unwrap();
+    for c in json["channels"].as_array_mut().unwrap() {
+        let c = c.as_object_mut().unwrap();
+        assert!(c.remove("connection_action").is_some());
+        let l = c["limit"].as_object_mut().unwrap();
+        for k in ["connections", "new_connections", "new_connection_burst"] {
+            assert!(l.remove(k).is_some(), "{k}");
+        }
+    }
+    let old: Policy = serde_json::from_value(json).unwrap();
+    assert_eq!(old, p);
+    // And the new fields round-trip.
+    let p = Policy::parse(
+        &one_channel(&[
+            "protocol: tcp",
+            "limit: {connections: 20, new_connections: 50}",
+            "connection_action: reset",
+        ]),
+        "p",
+    )
+    .unwrap();
+    let back: Policy = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+    assert_eq!(back, p);
+    assert_eq!(
+        serde_json::to_value(p.channels[0].connection_action).unwrap(),
+        "reset"
+    );
+}
+
+#[test]
+fn the_readme_policy_example_is_valid() {
+    let readme = include_str!("../../../README.md");
+    let section = &readme[readme.find("## Policy file").expect("the section")..];
+    let start = section.find("```yaml\n").expect("an example") + "```yaml\n".len();
+    let example = &section[start..start + section[start..].find("```").expect("its end")];
+    // The example shows every key; `horizon` is for `action: delay` only.
+    let example: String = example
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("horizon:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let p = Policy::parse(&example, "README.md").unwrap_or_else(|e| panic!("{e}"));
+    assert!(p.channels.iter().any(|c| c.limit.limits_connections()));
 }

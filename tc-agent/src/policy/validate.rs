@@ -18,7 +18,7 @@ use ipnet::IpNet;
 
 use super::{
     diagnostic::{Diagnostic, PolicyError},
-    model::{Action, Channel, Direction, Limit, Mode, Policy, Protocol},
+    model::{Action, Channel, ConnAction, Direction, Limit, Mode, Policy, Protocol},
     raw::{self, RawChannel, RawEndpoints, RawLimit, RawPolicy, RawSet, Text, TextList},
     shadow, units, yaml,
 };
@@ -50,6 +50,21 @@ pub const MIN_PACKET_BURST: u64 = 64;
 pub const MAX_PACKETS: u64 = 100_000_000;
 /// Default packet burst: this much time at the channel's packet rate, at least [`MIN_PACKET_BURST`].
 pub const DEFAULT_PACKET_BURST_MS: u64 = 20;
+/// Most open TCP connections a channel may allow at once (`connections`).
+/// A bound on what the file may say, not on what the node can track: the
+/// connection tables ([`tc_common::DEFAULT_MAX_CONNS`] entries per family
+/// by default) bound that.
+pub const MAX_CONNECTIONS: u32 = 1_000_000;
+/// New-connection rate ceiling, per second (`new_connections`). At it a
+/// connection costs 1,000 ns, so costs in whole nanoseconds (rounded down)
+/// keep every allowed rate within 0.1 % of what the file says.
+pub const MAX_NEW_CONNECTIONS: u32 = 1_000_000;
+/// Deepest new-connection burst (`new_connection_burst`).
+pub const MAX_NEW_CONNECTION_BURST: u32 = 1_000_000;
+/// Default new-connection burst: a quarter second at the rate, and never
+/// less than this, so a client that opens a small pool at once (a browser
+/// opens 6 per host) is not refused at a low rate.
+pub const DEFAULT_MIN_NEW_CONNECTION_BURST: u32 = 8;
 /// Distinct prefixes per side (`from`, `to`) and family: what one
 /// generation of an address trie holds.
 pub const MAX_PREFIXES: usize = 65_536;
@@ -501,7 +516,7 @@ fn check_ports(ck: &mut Checker<'_>, field: &str, raw: TextList) -> Vec<(u16, u1
     out
 }
 
-/// A whole number, for `packets` and `packet_burst`.
+/// A whole number, for `packets`, `packet_burst` and the connection keys.
 fn number(ck: &mut Checker<'_>, field: &str, t: &Text) -> Option<i64> {
     let n = t.text.trim().parse::<i64>().ok();
     if n.is_none() {
@@ -517,8 +532,12 @@ fn check_limit(ck: &mut Checker<'_>, field: &str, raw: Option<RawLimit>, pacing:
         return Limit::default();
     };
     let mut limit = Limit::default();
-    if raw.bandwidth.is_none() && raw.packets.is_none() {
-        ck.error(raw.line, field, "a limit needs `bandwidth`, `packets`, or both; omit `limit` for an unlimited (counting-only) channel");
+    if raw.bandwidth.is_none()
+        && raw.packets.is_none()
+        && raw.connections.is_none()
+        && raw.new_connections.is_none()
+    {
+        ck.error(raw.line, field, "a limit needs `bandwidth`, `packets`, `connections` or `new_connections` (one or more); omit `limit` for an unlimited (counting-only) channel");
     }
     if let Some(bw) = &raw.bandwidth {
         match units::parse_rate(&bw.text) {
@@ -586,11 +605,63 @@ fn check_limit(ck: &mut Checker<'_>, field: &str, raw: Option<RawLimit>, pacing:
             }
         }
     }
+    check_connections(ck, field, &raw, &mut limit);
     limit
 }
 
-/// One of a fixed set of words (`protocol`, `direction`, `action`, `mode`);
-/// the default when the key is absent or the word is wrong (reported).
+/// A whole number in `1..=max`, for the connection keys; `None` when it is
+/// not one (reported). `what` names the value in the out-of-range message.
+fn count(ck: &mut Checker<'_>, field: &str, t: &Text, max: u32, what: &str) -> Option<u32> {
+    let n = number(ck, field, t)?;
+    let v = u32::try_from(n).ok().filter(|v| (1..=max).contains(v));
+    if v.is_none() {
+        ck.error(
+            t.line,
+            field,
+            format!("{n} is out of range: {what} must be between 1 and {max}"),
+        );
+    }
+    v
+}
+
+/// The connection keys of a limit: `connections`, `new_connections` and
+/// `new_connection_burst`. Whether the channel may have them (TCP only)
+/// is checked with the channel, which knows its protocol.
+fn check_connections(ck: &mut Checker<'_>, field: &str, raw: &RawLimit, limit: &mut Limit) {
+    if let Some(t) = &raw.connections {
+        let f = format!("{field}.connections");
+        limit.connections = count(ck, &f, t, MAX_CONNECTIONS, "open connections");
+    }
+    if let Some(t) = &raw.new_connections {
+        let f = format!("{field}.new_connections");
+        if let Some(n) = count(ck, &f, t, MAX_NEW_CONNECTIONS, "new connections/s") {
+            limit.new_connections = Some(n);
+            limit.new_connection_burst = (n / 4).max(DEFAULT_MIN_NEW_CONNECTION_BURST);
+        }
+    }
+    if let Some(t) = &raw.new_connection_burst {
+        let f = format!("{field}.new_connection_burst");
+        if raw.new_connections.is_none() {
+            ck.error(
+                t.line,
+                &f,
+                "`new_connection_burst` sizes the new-connection bucket; set `new_connections` too",
+            );
+        } else if let Some(b) = count(
+            ck,
+            &f,
+            t,
+            MAX_NEW_CONNECTION_BURST,
+            "a new-connection burst",
+        ) {
+            limit.new_connection_burst = b;
+        }
+    }
+}
+
+/// One of a fixed set of words (`protocol`, `direction`, `action`,
+/// `connection_action`, `mode`); the default when the key is absent or
+/// the word is wrong (reported).
 fn choice<T: Copy + Default>(
     ck: &mut Checker<'_>,
     field: &str,
@@ -701,6 +772,22 @@ fn check_channels(
             }
         };
         let limit_line = rc.limit.as_ref().map(|l| l.line);
+        // The first connection key in the file, and whether a bandwidth or
+        // packet rate is: the rules below go by the keys, so a key whose
+        // value is wrong (reported with the limit) brings no second error.
+        let conn_key = rc.limit.as_ref().and_then(|l| {
+            [
+                ("connections", &l.connections),
+                ("new_connections", &l.new_connections),
+            ]
+            .into_iter()
+            .filter_map(|(k, t)| t.as_ref().map(|t| (k, t.line)))
+            .min_by_key(|(_, line)| *line)
+        });
+        let has_rate = rc
+            .limit
+            .as_ref()
+            .is_some_and(|l| l.bandwidth.is_some() || l.packets.is_some());
         let limit = check_limit(
             ck,
             &format!("{field}.limit"),
@@ -739,6 +826,40 @@ fn check_channels(
                 &format!("{field}.action"),
                 "`delay` and `mark` act on traffic over a limit: add `limit`",
             );
+        } else if action != Action::Drop && !has_rate && conn_key.is_some() {
+            // As without a limit: connection limits refuse SYNs, which
+            // cannot be delayed or marked, so the action would act on nothing.
+            ck.error(
+                action_line,
+                &format!("{field}.action"),
+                "`delay` and `mark` act on traffic over `bandwidth` or `packets`; a connection limit refuses new connections as `connection_action` says: add `bandwidth` or `packets`, or remove `action`",
+            );
+        }
+        let connection_action =
+            check_connection_action(ck, &field, &rc.connection_action, conn_key.is_some());
+        if let Some((key, key_line)) = conn_key {
+            // A wrong word was reported and fell back to `any`.
+            let wrong_word =
+                protocol == Protocol::Any && rc.protocol.as_ref().is_some_and(|t| t.text != "any");
+            if protocol != Protocol::Tcp && !wrong_word {
+                let (line, f, found) = match &rc.protocol {
+                    Some(t) => (
+                        t.line,
+                        format!("{field}.protocol"),
+                        format!("`protocol: {}`", t.text),
+                    ),
+                    None => (
+                        key_line,
+                        format!("{field}.limit.{key}"),
+                        "no `protocol`, so any".to_string(),
+                    ),
+                };
+                ck.error(
+                    line,
+                    &f,
+                    format!("connection limits (`connections`, `new_connections`) count TCP connections: set `protocol: tcp` (the channel has {found})"),
+                );
+            }
         }
         if let Some(h) = rc.horizon.as_ref().filter(|_| action != Action::Delay) {
             ck.error(
@@ -756,9 +877,37 @@ fn check_channels(
             direction,
             limit,
             action,
+            connection_action,
             horizon_ns,
             mode,
         });
     }
     out
+}
+
+/// `connection_action`: only on a channel with connection limits
+/// (`limited`), where it is one of `drop`, `reset`. `Drop` otherwise.
+fn check_connection_action(
+    ck: &mut Checker<'_>,
+    field: &str,
+    raw: &Option<Text>,
+    limited: bool,
+) -> ConnAction {
+    let f = format!("{field}.connection_action");
+    match raw {
+        Some(t) if !limited => {
+            ck.error(
+                t.line,
+                &f,
+                "`connection_action` says what a new TCP connection over a connection limit gets; set `limit.connections` or `limit.new_connections`, or remove it",
+            );
+            ConnAction::Drop
+        }
+        _ => choice(
+            ck,
+            &f,
+            raw,
+            &[("drop", ConnAction::Drop), ("reset", ConnAction::Reset)],
+        ),
+    }
 }
