@@ -38,6 +38,25 @@ pub fn frag_key(p: &Parsed, dir: u8) -> FragKey {
     key
 }
 
+/// The channel slot of a packet in `generation`, or [`NO_CHANNEL`]:
+/// [`classify_cached`], or [`classify`] when `cache` is false.
+///
+/// Not inlined: the lookup keys and channel sets live in its own stack
+/// frame, which is gone before the connection table's calls, so the
+/// deepest call chain stays within the kernel's 512 bytes.
+#[inline(never)]
+pub fn channel_slot(generation: u32, words: u32, dir: u8, p: &Parsed, cache: bool) -> u32 {
+    let channel = if cache {
+        classify_cached(generation as u8, words, dir, p)
+    } else {
+        classify(generation as u8, words, dir, p)
+    };
+    match channel {
+        Some(c) => generation * tc_common::MAX_CHANNELS + c,
+        None => NO_CHANNEL,
+    }
+}
+
 /// [`classify`] behind the flow cache: one hash lookup for a known flow
 /// instead of three trie walks.
 #[inline(always)]

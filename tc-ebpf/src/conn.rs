@@ -17,14 +17,14 @@ use core::{
 
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 use tc_common::{
-    ChannelPolicy, ConnConfig, ConnEntry, ConnKey, CONN_CLOSED, CONN_CLOSING,
-    CONN_ESTABLISHED, CONN_SYN_RECV, CONN_SYN_SENT, DIR_EGRESS, DIR_INGRESS, MODE_MONITOR,
+    ChannelPolicy, ConnConfig, ConnEntry, ConnKey, CONN_CLOSED, CONN_CLOSING, CONN_ESTABLISHED,
+    CONN_RESET, CONN_SYN_RECV, CONN_SYN_SENT, DIR_EGRESS, DIR_INGRESS, MODE_MONITOR, NO_CHANNEL,
 };
 
 use crate::{
     bucket::charge_once,
-    maps::{TC_CONNS, TC_CONN_CONF, TC_CONN_GC, TC_CONN_POOLS, TC_SCRATCH},
-    parse::{Addrs, Parsed},
+    maps::{TC_CONNS, TC_CONN_CONF, TC_CONN_GC, TC_CONN_POOLS, TC_POLICIES, TC_SCRATCH},
+    parse::{Addrs, Parsed, IPPROTO_TCP},
 };
 
 pub const TCP_FIN: u8 = 0x01;
@@ -40,12 +40,51 @@ const FIN_SERVER: u8 = 2;
 /// spoofed RST must not free a slot and keep its connection).
 const RESET_SEEN: u8 = 4;
 
-/// What [`track`] decided for a packet of a limited channel.
+/// What [`connections`] decided: a packet of a limited channel that may
+/// pass on to the buckets...
 pub const CONN_PASS: u8 = 0;
-/// A new connection over a limit (or with no room in the table): refuse its SYN.
+/// ...a new connection over a limit (or with no room in the table):
+/// drop its SYN...
 pub const CONN_REFUSE: u8 = 1;
-/// Data from a client whose connection was reset: drop it.
+/// ...data from a client whose connection was reset: drop it...
 pub const CONN_LATE: u8 = 2;
+/// ...a refused SYN of a `reset` channel: answer it with an RST...
+pub const CONN_REFUSE_RESET: u8 = 3;
+/// ...or a packet of no limited channel.
+pub const CONN_NONE: u8 = 4;
+
+/// Connection limits for one packet: [`track`] for a TCP packet of a
+/// channel that limits connections, [`observe`] for a SYN, FIN or RST
+/// of any other TCP packet (the server's side of a tracked connection is
+/// in no limited channel). `slot` and `follow` are what the pipeline
+/// decided; later fragments and packets without readable ports are not
+/// tracked.
+///
+/// Not inlined: whatever path led here, the pipeline continues from one
+/// state (the verifier's budget).
+#[inline(never)]
+pub fn connections(p: &Parsed, slot: u32, judge: bool, dir: u8, untracked: &mut u64) -> u8 {
+    if p.proto != IPPROTO_TCP || p.l4_flags != 0 {
+        return CONN_NONE;
+    }
+    if judge && slot != NO_CHANNEL {
+        if let Some(policy) = TC_POLICIES.get(slot) {
+            if policy.active != 0 && policy.limits_connections() {
+                let c = track(p, policy, dir, untracked);
+                let reset = policy.conn_action == CONN_RESET && policy.mode != MODE_MONITOR;
+                return if c == CONN_REFUSE && reset {
+                    CONN_REFUSE_RESET
+                } else {
+                    c
+                };
+            }
+        }
+    }
+    if p.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 {
+        observe(p);
+    }
+    CONN_NONE
+}
 
 /// CAS attempts to take a slot under the concurrency limit before the SYN
 /// is refused as contended (it is retransmitted).
@@ -120,7 +159,7 @@ fn expired(conf: &ConnConfig, state: u8, last: u64, now: u64) -> bool {
 /// Not inlined: its own stack frame (the hooks' frames are near the
 /// 512-byte limit), verified once per hook.
 #[inline(never)]
-pub fn track(p: &Parsed, policy: &ChannelPolicy, dir: u8, untracked: &mut u64) -> u8 {
+fn track(p: &Parsed, policy: &ChannelPolicy, dir: u8, untracked: &mut u64) -> u8 {
     let (Some(conf), Some(key)) = (TC_CONN_CONF.get(0), scratch_key()) else {
         return CONN_PASS;
     };
@@ -202,7 +241,14 @@ pub fn track(p: &Parsed, policy: &ChannelPolicy, dir: u8, untracked: &mut u64) -
             if !admit(policy, now) {
                 return CONN_REFUSE;
             }
-            let entry = ConnEntry {
+            let Some(scratch) = TC_SCRATCH.get_ptr_mut(0) else {
+                release(policy.conn_pool);
+                return CONN_REFUSE;
+            };
+            // SAFETY: a per-CPU map value that only this program run uses
+            // (the stack has no room for it).
+            let entry = unsafe { &mut (*scratch).conn_entry };
+            *entry = ConnEntry {
                 syn_ns: now,
                 last_ns: now,
                 pool: policy.conn_pool,
@@ -213,7 +259,7 @@ pub fn track(p: &Parsed, policy: &ChannelPolicy, dir: u8, untracked: &mut u64) -
                 syn_dir: dir,
                 _pad: [0; 4],
             };
-            match TC_CONNS.insert(key, &entry, BPF_NOEXIST as u64) {
+            match TC_CONNS.insert(key, entry, BPF_NOEXIST as u64) {
                 Ok(()) => CONN_PASS,
                 Err(err) => {
                     release(policy.conn_pool);
@@ -242,7 +288,7 @@ pub fn track(p: &Parsed, policy: &ChannelPolicy, dir: u8, untracked: &mut u64) -
 ///
 /// Not inlined, as [`track`].
 #[inline(never)]
-pub fn observe(p: &Parsed) {
+fn observe(p: &Parsed) {
     let (Some(conf), Some(key)) = (TC_CONN_CONF.get(0), scratch_key()) else {
         return;
     };

@@ -3,15 +3,15 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use tc_common::{
-    BucketState, ChannelPolicy, GlobalCounters, ACTION_DELAY, ACTION_MARK, CONN_RESET,
-    MODE_MONITOR, PACE_SLOTS,
+    BucketState, ChannelPolicy, GlobalCounters, ACTION_DELAY, ACTION_MARK, MODE_MONITOR,
+    PACE_SLOTS,
 };
 
 use crate::{
     bucket::{conform, debit, over_rate, past_mark_depth, schedule, time_cost, Conformance},
-    conn::{track, CONN_LATE, CONN_REFUSE},
+    conn::{CONN_LATE, CONN_REFUSE, CONN_REFUSE_RESET},
     maps::{TC_BUCKETS, TC_COUNTERS, TC_PACE, TC_POLICIES},
-    parse::{Addrs, Parsed, IPPROTO_TCP},
+    parse::{Addrs, Parsed},
 };
 
 /// What the datapath decided for one packet. A plain struct rather than an
@@ -26,9 +26,6 @@ pub struct Verdict {
     pub l3: u32,
     /// `MARK`: the header is IPv6.
     pub v6: bool,
-    /// The packet was followed in the connection table already (its
-    /// channel limits connections).
-    pub tracked: bool,
 }
 
 pub const PASS: u8 = 0;
@@ -53,14 +50,12 @@ impl Verdict {
         tstamp: 0,
         l3: 0,
         v6: false,
-        tracked: false,
     };
     pub const DROP: Self = Self {
         action: DROP,
         tstamp: 0,
         l3: 0,
         v6: false,
-        tracked: false,
     };
 }
 
@@ -119,7 +114,7 @@ pub fn enforce(
     parsed: &Parsed,
     slot: u32,
     follow: u8,
-    dir: u8,
+    conn: u8,
     global: &mut GlobalCounters,
     flow_hash: impl Fn() -> u32,
 ) -> Verdict {
@@ -144,36 +139,22 @@ pub fn enforce(
         counters.dropped_bytes += frame.len;
         return Verdict::DROP;
     }
-    // Connection limits judge a TCP packet whose ports are known before
-    // the buckets do: a refused SYN costs no bandwidth.
-    let tracked = policy.limits_connections() && parsed.proto == IPPROTO_TCP && parsed.l4_flags == 0;
-    if tracked {
-        match track(parsed, policy, dir, &mut global.conn_untracked_pkts) {
-            CONN_REFUSE => {
-                counters.dropped_pkts += frame.segs;
-                counters.dropped_bytes += frame.len;
-                let reset = policy.conn_action == CONN_RESET && policy.mode != MODE_MONITOR;
-                return Verdict {
-                    action: if reset { RESET } else { DROP },
-                    tstamp: 0,
-                    l3: parsed.l3,
-                    v6: matches!(parsed.addrs, Addrs::V6 { .. }),
-                    tracked,
-                };
-            }
-            CONN_LATE => {
-                global.conn_after_close_pkts += 1;
-                counters.dropped_pkts += frame.segs;
-                counters.dropped_bytes += frame.len;
-                return Verdict::DROP;
-            }
-            _ => {}
+    // Connection limits judged the packet first (see `conn::connections`):
+    // a refused SYN costs no bandwidth.
+    if conn == CONN_REFUSE || conn == CONN_REFUSE_RESET || conn == CONN_LATE {
+        if conn == CONN_LATE {
+            global.conn_after_close_pkts += 1;
         }
+        counters.dropped_pkts += frame.segs;
+        counters.dropped_bytes += frame.len;
+        return Verdict {
+            action: if conn == CONN_REFUSE_RESET { RESET } else { DROP },
+            tstamp: 0,
+            l3: parsed.l3,
+            v6: matches!(parsed.addrs, Addrs::V6 { .. }),
+        };
     }
-    let passed = Verdict {
-        tracked,
-        ..Verdict::PASS
-    };
+    let passed = Verdict::PASS;
     if policy.byte_cost_q16 == 0 && policy.pkt_cost_q16 == 0 {
         counters.passed_pkts += frame.segs;
         counters.passed_bytes += frame.len;
@@ -225,7 +206,6 @@ pub fn enforce(
                     tstamp: t,
                     l3: 0,
                     v6: false,
-                    tracked,
                 }
             }
         };
@@ -264,7 +244,6 @@ pub fn enforce(
             tstamp: 0,
             l3: parsed.l3,
             v6: matches!(parsed.addrs, Addrs::V6 { .. }),
-            tracked,
         };
     }
     match outcome {

@@ -80,8 +80,10 @@ pub struct ParseScratch {
     pub slot: u32,
     /// How [`crate::enforce::enforce`] treats the packet (`JUDGE`, `FOLLOW_*`).
     pub follow: u8,
+    /// What the connection table said (`conn::CONN_*`).
+    pub conn: u8,
     /// Explicit padding.
-    pub _pad2: [u8; 3],
+    pub _pad2: [u8; 2],
     /// [`crate::parse::Parsed::l3`].
     pub l3: u32,
     /// [`crate::parse::Parsed::hdr_len`].
@@ -96,6 +98,8 @@ pub struct ParseScratch {
     pub conn_key: ConnKey,
     /// Explicit padding.
     pub _pad3: u32,
+    /// A new connection's entry, staged for insertion (likewise).
+    pub conn_entry: ConnEntry,
     /// The headers of a reset being built (`reset`): IP + TCP.
     pub rst: [u8; 60],
 }

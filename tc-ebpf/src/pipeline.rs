@@ -3,14 +3,14 @@
 
 use core::ptr::{read_volatile, write_volatile};
 
-use tc_common::{FragEntry, FLAG_NO_FLOW_CACHE, FRAG_BUDGET, MAX_CHANNELS, NO_CHANNEL};
+use tc_common::{FragEntry, FLAG_NO_FLOW_CACHE, FRAG_BUDGET, NO_CHANNEL};
 
 use crate::{
-    classify::{classify, classify_cached, frag_key},
-    conn::{observe, TCP_FIN, TCP_RST, TCP_SYN},
+    classify::{channel_slot, frag_key},
+    conn::connections,
     enforce::{enforce, Frame, Verdict, DROP, FOLLOW_DROP, FOLLOW_PASS, JUDGE, RESET},
     maps::{ParseScratch, TC_CONFIG, TC_FRAGS, TC_GENS, TC_GLOBAL, TC_SCRATCH},
-    parse::{parse, Load, Parsed, Skip, FRAG_FIRST, FRAG_LATER, IPPROTO_TCP},
+    parse::{parse, Load, Parsed, Skip, FRAG_FIRST, FRAG_LATER},
 };
 
 /// Counts the packet node-wide, classifies it and applies its channel's policy.
@@ -73,76 +73,93 @@ pub fn handle(
     }
     // A later fragment follows its datagram's first fragment: same
     // channel, same verdict.
-    let mut first = None;
+    let mut first = NOT_FOUND;
     if parsed.frag == FRAG_LATER {
         global.fragment_pkts += 1;
-        first = TC_FRAGS.get_ptr_mut(&frag_key(&parsed, dir));
-        if first.is_none() {
+        first = follow_fragment(&parsed, dir, wire.len);
+        if first == NOT_FOUND {
             // Its first fragment was not seen: classified on addresses and
             // protocol, into the first channel that could hold the datagram.
             global.fragment_orphan_pkts += 1;
         }
     }
     let (slot, follow) = match first {
-        // SAFETY: a value of the LRU map, valid for this run. Racy on
-        // purpose: two CPUs following one datagram at once may each pass
-        // one fragment more than the budget, never more.
-        Some(f) => unsafe {
-            let slot = read_volatile(&raw const (*f).slot);
-            let budget = read_volatile(&raw const (*f).budget) as u64;
-            if read_volatile(&raw const (*f).dropped) != 0 || budget < wire.len {
-                (slot, FOLLOW_DROP)
-            } else {
-                write_volatile(&raw mut (*f).budget, (budget - wire.len) as u32);
-                (slot, FOLLOW_PASS)
-            }
-        },
-        None => {
-            let channel = if config.flags & FLAG_NO_FLOW_CACHE != 0 {
-                classify(generation as u8, gen_info.words, dir, &parsed)
-            } else {
-                classify_cached(generation as u8, gen_info.words, dir, &parsed)
-            };
-            let slot = match channel {
-                Some(c) => generation * MAX_CHANNELS + c,
-                None => NO_CHANNEL,
-            };
+        NOT_FOUND => {
+            let cache = config.flags & FLAG_NO_FLOW_CACHE == 0;
+            let slot = channel_slot(generation, gen_info.words, dir, &parsed, cache);
             (slot, JUDGE)
         }
+        f => ((f >> 8) as u32, f as u8),
     };
     let (slot, follow) = join_enforce_paths(scratch, slot, follow);
+    // Connection limits judge a TCP packet before the buckets do.
+    let conn = connections(
+        &parsed,
+        slot,
+        follow == JUDGE,
+        dir,
+        &mut global.conn_untracked_pkts,
+    );
+    let conn = join_conn_paths(scratch, conn);
     let mut verdict = if slot == NO_CHANNEL {
         global.unclassified_pkts += 1;
         global.unclassified_bytes += frame.len;
         Verdict::PASS
     } else {
-        enforce(&wire, &parsed, slot, follow, dir, global, flow_hash)
+        enforce(&wire, &parsed, slot, follow, conn, global, flow_hash)
     };
-    // The server's side of a tracked connection is in no limited channel:
-    // its SYN-ACK, FINs and RSTs still move the connection's state.
-    if !verdict.tracked
-        && verdict.action != DROP
-        && parsed.proto == IPPROTO_TCP
-        && parsed.l4_flags == 0
-        && parsed.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0
-    {
-        observe(&parsed);
-    }
     if verdict.action == RESET {
         verdict.tstamp = reset(&parsed) as u64;
     }
     if parsed.frag == FRAG_FIRST {
-        let first = FragEntry {
-            slot,
-            budget: FRAG_BUDGET.saturating_sub(wire.len as u32),
-            dropped: (verdict.action == DROP) as u8,
-            _pad: [0; 7],
-        };
-        // A full table pushes out its oldest datagram, whose remaining
-        // fragments become orphans (counted).
-        let _ = TC_FRAGS.insert(&frag_key(&parsed, dir), &first, 0);
+        remember_first(&parsed, dir, slot, wire.len, verdict.action == DROP);
     }
     verdict
+}
+
+/// [`follow_fragment`]: the datagram's first fragment was not seen.
+const NOT_FOUND: u64 = u64::MAX;
+
+/// A later fragment of a datagram whose first fragment was seen follows
+/// it: its slot, and `FOLLOW_DROP` (the first was dropped, or the
+/// datagram's budget is spent) or `FOLLOW_PASS` (charged against the
+/// budget), packed as `slot << 8 | follow`. [`NOT_FOUND`] otherwise.
+///
+/// Not inlined: the fragment key lives in its own stack frame.
+#[inline(never)]
+fn follow_fragment(parsed: &Parsed, dir: u8, len: u64) -> u64 {
+    let Some(f) = TC_FRAGS.get_ptr_mut(&frag_key(parsed, dir)) else {
+        return NOT_FOUND;
+    };
+    // SAFETY: a value of the LRU map, valid for this run. Racy on
+    // purpose: two CPUs following one datagram at once may each pass
+    // one fragment more than the budget, never more.
+    unsafe {
+        let slot = read_volatile(&raw const (*f).slot) as u64;
+        let budget = read_volatile(&raw const (*f).budget) as u64;
+        if read_volatile(&raw const (*f).dropped) != 0 || budget < len {
+            slot << 8 | FOLLOW_DROP as u64
+        } else {
+            write_volatile(&raw mut (*f).budget, (budget - len) as u32);
+            slot << 8 | FOLLOW_PASS as u64
+        }
+    }
+}
+
+/// Records a first fragment's channel and verdict for the datagram's later
+/// fragments. A full table pushes out its oldest datagram, whose remaining
+/// fragments become orphans (counted).
+///
+/// Not inlined, as [`follow_fragment`].
+#[inline(never)]
+fn remember_first(parsed: &Parsed, dir: u8, slot: u32, len: u64, dropped: bool) {
+    let first = FragEntry {
+        slot,
+        budget: FRAG_BUDGET.saturating_sub(len as u32),
+        dropped: dropped as u8,
+        _pad: [0; 7],
+    };
+    let _ = TC_FRAGS.insert(&frag_key(parsed, dir), &first, 0);
 }
 
 
@@ -184,5 +201,16 @@ fn join_enforce_paths(s: *mut ParseScratch, slot: u32, follow: u8) -> (u32, u8) 
             read_volatile(&raw const (*s).slot),
             read_volatile(&raw const (*s).follow),
         )
+    }
+}
+
+/// The same for the connection table's outcomes: enforcement is verified
+/// once for all of them, not once per outcome.
+#[inline(always)]
+fn join_conn_paths(s: *mut ParseScratch, conn: u8) -> u8 {
+    // SAFETY: as in `join_parse_paths`.
+    unsafe {
+        write_volatile(&raw mut (*s).conn, conn);
+        read_volatile(&raw const (*s).conn)
     }
 }

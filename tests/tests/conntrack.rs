@@ -76,14 +76,20 @@ impl Node {
 
     /// A segment from the client, arriving.
     fn from_client(&self, port: u16, flags: u8) -> u32 {
-        self.run(TC_INGRESS, &packet::tcp(&client(port), SERVER, flags, 1000, 0))
-            .0
+        self.run(
+            TC_INGRESS,
+            &packet::tcp(&client(port), SERVER, flags, 1000, 0),
+        )
+        .0
     }
 
     /// A segment from the server, leaving.
     fn from_server(&self, port: u16, flags: u8) -> u32 {
-        self.run(TC_EGRESS, &packet::tcp(SERVER, &client(port), flags, 5000, 0))
-            .0
+        self.run(
+            TC_EGRESS,
+            &packet::tcp(SERVER, &client(port), flags, 5000, 0),
+        )
+        .0
     }
 
     /// A full handshake on client port `port`.
@@ -103,7 +109,11 @@ fn the_concurrency_limit_refuses_new_syns_and_a_close_frees_a_slot() {
     let mut n = Node::new(|p| p.conn_limit = 2);
     n.connect(40001);
     n.connect(40002);
-    assert_eq!(n.from_client(40003, SYN), DROP, "a third connection over the limit of 2");
+    assert_eq!(
+        n.from_client(40003, SYN),
+        DROP,
+        "a third connection over the limit of 2"
+    );
     let p = n.pool();
     assert_eq!((p.open(), p.pool.opened, p.pool.refused), (2, 2, 1));
     // Data, pure ACKs and retransmitted SYNs of open connections pass and count once.
@@ -115,7 +125,11 @@ fn the_concurrency_limit_refuses_new_syns_and_a_close_frees_a_slot() {
     assert_eq!(n.pool().open(), 2, "one FIN half-closes");
     assert_eq!(n.from_server(40001, FIN | ACK), PASS);
     assert_eq!(n.pool().open(), 1);
-    assert_eq!(n.from_client(40001, ACK), PASS, "the last ACK of a closed connection passes");
+    assert_eq!(
+        n.from_client(40001, ACK),
+        PASS,
+        "the last ACK of a closed connection passes"
+    );
     n.connect(40003);
     // An RST from the server closes the second.
     assert_eq!(n.from_server(40002, RST), PASS);
@@ -130,7 +144,10 @@ fn the_handshake_is_timed_from_the_first_syn_to_the_final_ack() {
     std::thread::sleep(std::time::Duration::from_millis(20));
     assert_eq!(n.from_server(40001, SYN | ACK), PASS);
     let p = n.pool();
-    assert_eq!(p.pool.rtt_count, 0, "on the server's side the final ACK completes it");
+    assert_eq!(
+        p.pool.rtt_count, 0,
+        "on the server's side the final ACK completes it"
+    );
     std::thread::sleep(std::time::Duration::from_millis(10));
     assert_eq!(n.from_client(40001, ACK), PASS);
     let p = n.pool();
@@ -168,7 +185,11 @@ fn packets_without_a_seen_syn_pass_uncounted() {
     for port in 41000..41100 {
         assert_eq!(n.from_client(port, ACK), PASS);
     }
-    assert_eq!(n.pool().open(), 0, "spoofed mid-stream packets fill no count");
+    assert_eq!(
+        n.pool().open(),
+        0,
+        "spoofed mid-stream packets fill no count"
+    );
     assert_eq!(n.dp.global_counters().unwrap().conn_untracked_pkts, 100);
     n.connect(40001);
 }
@@ -191,7 +212,7 @@ fn the_new_connection_rate_admits_its_burst_then_refuses() {
     // 1 connection per second, burst of 4 back to back.
     let mut n = Node::new(|p| {
         p.conn_cost_ns = 1_000_000_000;
-        p.conn_tau_ns = 3 * 1_000_000_000;
+        p.conn_tau_ns = 4 * 1_000_000_000;
     });
     let passed = (40001..40011)
         .filter(|port| n.from_client(*port, SYN) == PASS)
@@ -276,15 +297,27 @@ fn a_timed_out_connection_is_released_once_by_the_collector() {
     assert_eq!(n.from_client(40001, SYN), DROP);
     assert_eq!(n.from_client(40001, ACK), PASS);
     assert_eq!(n.pool().open(), 1, "not released by the datapath");
-    let early = n
-        .dp
-        .collect_conns(&ConnConfig { syn_ns: 50_000_000, established_ns: 50_000_000, closing_ns: 50_000_000 }, |_| true)
+    let early =
+        n.dp.collect_conns(
+            &ConnConfig {
+                syn_ns: 50_000_000,
+                established_ns: 50_000_000,
+                closing_ns: 50_000_000,
+            },
+            |_| true,
+        )
         .unwrap();
     assert_eq!(early.removed, 0, "within the collector's margin");
     std::thread::sleep(tc_agent::datapath::conn::COLLECT_MARGIN);
-    let c = n
-        .dp
-        .collect_conns(&ConnConfig { syn_ns: 50_000_000, established_ns: 50_000_000, closing_ns: 50_000_000 }, |_| true)
+    let c =
+        n.dp.collect_conns(
+            &ConnConfig {
+                syn_ns: 50_000_000,
+                established_ns: 50_000_000,
+                closing_ns: 50_000_000,
+            },
+            |_| true,
+        )
         .unwrap();
     assert_eq!((c.scanned, c.removed, c.released), (1, 1, 1));
     let p = n.pool();
@@ -300,9 +333,7 @@ fn both_cpus_admit_exactly_up_to_the_limit() {
     std::thread::scope(|s| {
         for cpu in 0..2u16 {
             s.spawn(move || {
-                let mut set = nix::sched::CpuSet::new();
-                set.set(cpu as usize % nix::sched::CpuSet::count()).unwrap();
-                let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
+                tc_tests::pin_to_cpu(cpu as usize);
                 let p: &SchedClassifier = dp.ebpf.program(TC_INGRESS).unwrap().try_into().unwrap();
                 for i in 0..1000u16 {
                     let syn = packet::tcp(&client(10_000 + cpu * 1000 + i), SERVER, SYN, 1, 0);
@@ -314,5 +345,8 @@ fn both_cpus_admit_exactly_up_to_the_limit() {
         }
     });
     let p = n.pool();
-    assert_eq!((p.open(), p.pool.opened, p.pool.refused), (1000, 1000, 1000));
+    assert_eq!(
+        (p.open(), p.pool.opened, p.pool.refused),
+        (1000, 1000, 1000)
+    );
 }

@@ -612,7 +612,7 @@ struct Fixture {
 impl Fixture {
     fn new(policy: &Policy) -> Self {
         let compiled = compile(policy).expect("compiles");
-        let mut dp = Datapath::load(None).expect("eBPF object loads and passes the verifier");
+        let mut dp = Datapath::load(None, 4096).expect("eBPF object loads and passes the verifier");
         let generation = dp
             .apply(&compiled, &vec![None; policy.channels.len()])
             .expect("applies")

@@ -51,7 +51,7 @@ impl Fixture {
     fn new(policy: &str) -> Self {
         let policy = Policy::parse(policy, "test.yaml").expect("valid policy");
         let compiled = compile(&policy).expect("compiles");
-        let mut dp = Datapath::load(None).expect("eBPF object loads and passes the verifier");
+        let mut dp = Datapath::load(None, 4096).expect("eBPF object loads and passes the verifier");
         let generation = dp
             .apply(&compiled, &vec![None; policy.channels.len()])
             .expect("applies")
@@ -515,12 +515,7 @@ fn both_cpus_charge_one_bucket_exactly() {
         for cpu in [0usize, 1] {
             let frame = &frame;
             s.spawn(move || {
-                // SAFETY: cpu_set_t is plain data; sched_setaffinity only reads it.
-                unsafe {
-                    let mut set: libc::cpu_set_t = std::mem::zeroed();
-                    libc::CPU_SET(cpu, &mut set);
-                    libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-                }
+                tc_tests::pin_to_cpu(cpu);
                 for _ in 0..10 {
                     let mut opts = TestRunOptions::new();
                     opts.data_in = Some(frame);
@@ -771,7 +766,7 @@ fn loading_removes_maps_pinned_by_another_layout() {
     tc_agent::datapath::sys::ensure_bpffs(&dir).unwrap();
     std::fs::create_dir_all(dir.join("maps-v1")).unwrap();
     std::fs::create_dir_all(dir.join("links")).unwrap();
-    let loaded = Datapath::load(Some(&dir));
+    let loaded = Datapath::load(Some(&dir), 4096);
     let left: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
         .flatten()

@@ -49,8 +49,13 @@ impl Agent {
                     } else {
                         report.changed.push(c.name.clone());
                     }
-                    // Same limits: keep the bucket, so a re-apply hands out no fresh burst.
-                    carry.push((o.limit == c.limit).then(|| Datapath::slot(self.generation, *i)));
+                    // Same bandwidth and packet limits: keep the bucket, so a
+                    // re-apply hands out no fresh burst. (Connection limits
+                    // live in the channel's pool, which it keeps anyway.)
+                    let (a, b) = (&o.limit, &c.limit);
+                    let same = (a.bandwidth_bps, a.burst_bytes, a.packets, a.packet_burst)
+                        == (b.bandwidth_bps, b.burst_bytes, b.packets, b.packet_burst);
+                    carry.push(same.then(|| Datapath::slot(self.generation, *i)));
                 }
             }
         }

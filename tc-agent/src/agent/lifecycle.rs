@@ -291,7 +291,12 @@ impl Agent {
         }
         let saved = saved.unwrap_or_default();
         let live_slots = dp.active_channels(live.generation)?;
-        let names: Vec<String> = saved.policy.channels.iter().map(|c| c.name.clone()).collect();
+        let names: Vec<String> = saved
+            .policy
+            .channels
+            .iter()
+            .map(|c| c.name.clone())
+            .collect();
         let named = !matches!(state_check, StateCheck::Mismatch(_));
         let live_policies = dp.policies(live.generation, live_slots)?;
         let pools =

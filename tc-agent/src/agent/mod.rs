@@ -35,8 +35,8 @@ use tracing::{error, info, warn};
 use self::state::SavedState;
 use crate::{
     control::{
-        ApplyReport, ChannelRow, ChannelsReport, ConnRow, Features, HookRow, Rates, Request, Response,
-        StateCheck, StatusReport, Totals,
+        ApplyReport, ChannelRow, ChannelsReport, ConnRow, Features, HookRow, Rates, Request,
+        Response, StateCheck, StatusReport, Totals,
     },
     datapath::{
         attach::{self, Hook, HookKind},

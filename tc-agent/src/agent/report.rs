@@ -127,10 +127,9 @@ impl Agent {
             policy_file: self.policy_file.clone(),
             pin_dir: self.config.pin_dir.display().to_string(),
             socket: self.config.socket.display().to_string(),
-            connections: self.pools.status(
-                self.conn_table_size,
-                &self.config.conn_timeouts,
-            ),
+            connections: self
+                .pools
+                .status(self.conn_table_size, &self.config.conn_timeouts),
         }
     }
 
@@ -172,10 +171,15 @@ fn conn_row(
             let (x, y) = (&x.pool, &y.pool);
             let d = |u: u64, v: u64| v.saturating_sub(u);
             row.new_connections_per_s = d(x.opened, y.opened) as f64 / dt;
-            row.refused_per_s = (d(x.refused + x.table_full + x.would_refuse, y.refused + y.table_full + y.would_refuse)) as f64 / dt;
+            row.refused_per_s = (d(
+                x.refused + x.table_full + x.would_refuse,
+                y.refused + y.table_full + y.would_refuse,
+            )) as f64
+                / dt;
             let count = d(x.rtt_count, y.rtt_count);
             if count > 0 {
-                row.handshake_rtt_us = Some(d(x.rtt_sum_ns, y.rtt_sum_ns) as f64 / count as f64 / 1e3);
+                row.handshake_rtt_us =
+                    Some(d(x.rtt_sum_ns, y.rtt_sum_ns) as f64 / count as f64 / 1e3);
             }
         }
     }

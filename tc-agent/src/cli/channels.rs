@@ -48,6 +48,12 @@ pub fn render(r: &ChannelsReport) -> String {
         if let Some(p) = c.limit.packets {
             limit.push(format!("{p}pps"));
         }
+        if let Some(n) = c.limit.connections {
+            limit.push(format!("{n}conns"));
+        }
+        if let Some(n) = c.limit.new_connections {
+            limit.push(format!("{n}new/s"));
+        }
         let limit = if limit.is_empty() {
             "-".to_string()
         } else {

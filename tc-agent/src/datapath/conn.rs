@@ -14,9 +14,7 @@
 use std::{collections::HashMap as StdHashMap, time::Duration};
 
 use aya::maps::{HashMap, MapData};
-use tc_common::{
-    ConnConfig, ConnEntry, ConnKey, ConnPool, CONNS, CONN_CONF, CONN_GC, CONN_POOLS,
-};
+use tc_common::{ConnConfig, ConnEntry, ConnKey, ConnPool, CONNS, CONN_CONF, CONN_GC, CONN_POOLS};
 
 use super::{map_err, Datapath, DatapathError};
 
@@ -81,7 +79,11 @@ impl Datapath {
             .ok_or_else(|| DatapathError::Setup(format!("map {CONNS} missing from object")))?;
         let data: &MapData = match map {
             aya::maps::Map::HashMap(d) => d,
-            _ => return Err(DatapathError::Setup(format!("map {CONNS} is not a hash map"))),
+            _ => {
+                return Err(DatapathError::Setup(format!(
+                    "map {CONNS} is not a hash map"
+                )))
+            }
         };
         let info = data.info().map_err(map_err(CONNS))?;
         Ok(info.max_entries())

@@ -200,6 +200,8 @@ fn config(state_dir: &Path, socket: PathBuf, group: Option<SocketGroup>) -> Agen
         sample_every: Duration::from_secs(1),
         socket_group: group,
         detach_on_exit: false,
+        conn_table_size: tc_common::DEFAULT_MAX_CONNS,
+        conn_timeouts: tc_common::ConnConfig::default(),
     }
 }
 
