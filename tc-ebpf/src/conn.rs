@@ -17,13 +17,16 @@ use core::{
 
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 use tc_common::{
-    ChannelPolicy, ConnConfig, ConnEntry, ConnKey, CONN_CLOSED, CONN_CLOSING, CONN_ESTABLISHED,
+    ChannelPolicy, GlobalCounters, ConnConfig, ConnEntry, ConnKey, CONN_CLOSED, CONN_CLOSING, CONN_ESTABLISHED,
     CONN_RESET, CONN_SYN_RECV, CONN_SYN_SENT, DIR_EGRESS, DIR_INGRESS, MODE_MONITOR, NO_CHANNEL,
 };
 
 use crate::{
     bucket::charge_once,
-    maps::{TC_CONNS, TC_CONN_CONF, TC_CONN_GC, TC_CONN_POOLS, TC_POLICIES, TC_SCRATCH},
+    enforce::Frame,
+    maps::{
+        TC_CONNS, TC_CONN_CONF, TC_CONN_GC, TC_CONN_POOLS, TC_COUNTERS, TC_POLICIES, TC_SCRATCH,
+    },
     parse::{Addrs, Parsed, IPPROTO_TCP},
 };
 
@@ -56,27 +59,47 @@ pub const CONN_NONE: u8 = 4;
 /// Connection limits for one packet: [`track`] for a TCP packet of a
 /// channel that limits connections, [`observe`] for a SYN, FIN or RST
 /// of any other TCP packet (the server's side of a tracked connection is
-/// in no limited channel). `slot` and `follow` are what the pipeline
-/// decided; later fragments and packets without readable ports are not
-/// tracked.
+/// in no limited channel). `slot` is the packet's channel, [`NO_CHANNEL`]
+/// when it has none or follows a first fragment; later fragments and
+/// packets without readable ports are not tracked. A packet refused here is counted in its channel's counters
+/// (matched and dropped) and never reaches the buckets: a refused SYN costs
+/// no bandwidth.
 ///
 /// Not inlined: whatever path led here, the pipeline continues from one
 /// state (the verifier's budget).
 #[inline(never)]
-pub fn connections(p: &Parsed, slot: u32, judge: bool, dir: u8, untracked: &mut u64) -> u8 {
+pub fn connections(
+    p: &Parsed,
+    slot: u32,
+    dir: u8,
+    frame: &Frame,
+    global: &mut GlobalCounters,
+) -> u8 {
     if p.proto != IPPROTO_TCP || p.l4_flags != 0 {
         return CONN_NONE;
     }
-    if judge && slot != NO_CHANNEL {
+    if slot != NO_CHANNEL {
         if let Some(policy) = TC_POLICIES.get(slot) {
             if policy.active != 0 && policy.limits_connections() {
-                let c = track(p, policy, dir, untracked);
+                let c = track(p, policy, dir, &mut global.conn_untracked_pkts);
+                if c == CONN_PASS {
+                    return CONN_PASS;
+                }
+                if let Some(counters) = TC_COUNTERS.get_ptr_mut(slot) {
+                    // SAFETY: per-CPU slot, only this CPU writes it while
+                    // the program runs.
+                    let counters = unsafe { &mut *counters };
+                    counters.matched_pkts += frame.segs;
+                    counters.matched_bytes += frame.len;
+                    counters.dropped_pkts += frame.segs;
+                    counters.dropped_bytes += frame.len;
+                }
+                if c == CONN_LATE {
+                    global.conn_after_close_pkts += 1;
+                    return CONN_LATE;
+                }
                 let reset = policy.conn_action == CONN_RESET && policy.mode != MODE_MONITOR;
-                return if c == CONN_REFUSE && reset {
-                    CONN_REFUSE_RESET
-                } else {
-                    c
-                };
+                return if reset { CONN_REFUSE_RESET } else { CONN_REFUSE };
             }
         }
     }

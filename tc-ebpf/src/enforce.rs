@@ -9,7 +9,6 @@ use tc_common::{
 
 use crate::{
     bucket::{conform, debit, over_rate, past_mark_depth, schedule, time_cost, Conformance},
-    conn::{CONN_LATE, CONN_REFUSE, CONN_REFUSE_RESET},
     maps::{TC_BUCKETS, TC_COUNTERS, TC_PACE, TC_POLICIES},
     parse::{Addrs, Parsed},
 };
@@ -47,6 +46,12 @@ pub const FOLLOW_DROP: u8 = 2;
 impl Verdict {
     pub const PASS: Self = Self {
         action: PASS,
+        tstamp: 0,
+        l3: 0,
+        v6: false,
+    };
+    pub const RESET: Self = Self {
+        action: RESET,
         tstamp: 0,
         l3: 0,
         v6: false,
@@ -114,7 +119,6 @@ pub fn enforce(
     parsed: &Parsed,
     slot: u32,
     follow: u8,
-    conn: u8,
     global: &mut GlobalCounters,
     flow_hash: impl Fn() -> u32,
 ) -> Verdict {
@@ -138,21 +142,6 @@ pub fn enforce(
         counters.dropped_pkts += frame.segs;
         counters.dropped_bytes += frame.len;
         return Verdict::DROP;
-    }
-    // Connection limits judged the packet first (see `conn::connections`):
-    // a refused SYN costs no bandwidth.
-    if conn == CONN_REFUSE || conn == CONN_REFUSE_RESET || conn == CONN_LATE {
-        if conn == CONN_LATE {
-            global.conn_after_close_pkts += 1;
-        }
-        counters.dropped_pkts += frame.segs;
-        counters.dropped_bytes += frame.len;
-        return Verdict {
-            action: if conn == CONN_REFUSE_RESET { RESET } else { DROP },
-            tstamp: 0,
-            l3: parsed.l3,
-            v6: matches!(parsed.addrs, Addrs::V6 { .. }),
-        };
     }
     let passed = Verdict::PASS;
     if policy.byte_cost_q16 == 0 && policy.pkt_cost_q16 == 0 {

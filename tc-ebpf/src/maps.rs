@@ -92,8 +92,16 @@ pub struct ParseScratch {
     pub frag: u8,
     /// [`crate::parse::Parsed::l4_flags`].
     pub l4_flags: u8,
+    /// [`crate::parse::Parsed::tcp_flags`].
+    pub tcp_flags: u8,
     /// Explicit padding.
-    pub _pad: [u8; 6],
+    pub _pad: u8,
+    /// [`crate::parse::Parsed::sport`].
+    pub sport: u16,
+    /// Explicit padding.
+    pub _pad4: u16,
+    /// [`crate::parse::Parsed::seq`].
+    pub seq: u32,
     /// The connection-table key of the packet (`conn`): off the 512-byte stack.
     pub conn_key: ConnKey,
     /// Explicit padding.

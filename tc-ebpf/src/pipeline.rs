@@ -7,7 +7,7 @@ use tc_common::{FragEntry, FLAG_NO_FLOW_CACHE, FRAG_BUDGET, NO_CHANNEL};
 
 use crate::{
     classify::{channel_slot, frag_key},
-    conn::connections,
+    conn::{connections, CONN_LATE, CONN_REFUSE, CONN_REFUSE_RESET},
     enforce::{enforce, Frame, Verdict, DROP, FOLLOW_DROP, FOLLOW_PASS, JUDGE, RESET},
     maps::{ParseScratch, TC_CONFIG, TC_FRAGS, TC_GENS, TC_GLOBAL, TC_SCRATCH},
     parse::{parse, Load, Parsed, Skip, FRAG_FIRST, FRAG_LATER},
@@ -93,20 +93,19 @@ pub fn handle(
     };
     let (slot, follow) = join_enforce_paths(scratch, slot, follow);
     // Connection limits judge a TCP packet before the buckets do.
-    let conn = connections(
-        &parsed,
-        slot,
-        follow == JUDGE,
-        dir,
-        &mut global.conn_untracked_pkts,
-    );
+    let judged = if follow == JUDGE { slot } else { NO_CHANNEL };
+    let conn = connections(&parsed, judged, dir, &wire, global);
     let conn = join_conn_paths(scratch, conn);
-    let mut verdict = if slot == NO_CHANNEL {
+    let mut verdict = if conn == CONN_REFUSE_RESET {
+        Verdict::RESET
+    } else if conn == CONN_REFUSE || conn == CONN_LATE {
+        Verdict::DROP
+    } else if slot == NO_CHANNEL {
         global.unclassified_pkts += 1;
         global.unclassified_bytes += frame.len;
         Verdict::PASS
     } else {
-        enforce(&wire, &parsed, slot, follow, conn, global, flow_hash)
+        enforce(&wire, &parsed, slot, follow, global, flow_hash)
     };
     if verdict.action == RESET {
         verdict.tstamp = reset(&parsed) as u64;
@@ -180,12 +179,18 @@ fn join_parse_paths(s: *mut ParseScratch, p: &mut Parsed) {
         write_volatile(&raw mut (*s).hdr_len, p.hdr_len);
         write_volatile(&raw mut (*s).frag, p.frag);
         write_volatile(&raw mut (*s).l4_flags, p.l4_flags);
+        write_volatile(&raw mut (*s).sport, p.sport);
+        write_volatile(&raw mut (*s).tcp_flags, p.tcp_flags);
+        write_volatile(&raw mut (*s).seq, p.seq);
         // Masks keep the values provably small for the verifier (an
         // offset into the packet must be bounded); they change nothing.
         p.l3 = read_volatile(&raw const (*s).l3) & 0xff;
         p.hdr_len = read_volatile(&raw const (*s).hdr_len) & 0xffff;
         p.frag = read_volatile(&raw const (*s).frag);
         p.l4_flags = read_volatile(&raw const (*s).l4_flags);
+        p.sport = read_volatile(&raw const (*s).sport);
+        p.tcp_flags = read_volatile(&raw const (*s).tcp_flags);
+        p.seq = read_volatile(&raw const (*s).seq);
     }
 }
 

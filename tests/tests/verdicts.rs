@@ -778,3 +778,25 @@ fn loading_removes_maps_pinned_by_another_layout() {
     left.sort();
     assert_eq!(left, ["links", tc_agent::datapath::MAPS_LAYOUT]);
 }
+
+#[test]
+fn the_programs_leave_headroom_in_the_verifier_budget() {
+    // The verifier walks every path of a program up to one million
+    // instructions; Linux 6.1 prunes less than this host's kernel, so the
+    // same object costs it several times as much. Show the figures and keep
+    // room: a change that eats the headroom fails here before it fails in
+    // the VM.
+    let dp = Datapath::load(None, 4096).expect("loads");
+    for name in [TC_INGRESS, TC_EGRESS, XDP_INGRESS] {
+        let n = dp
+            .ebpf
+            .program(name)
+            .unwrap()
+            .info()
+            .unwrap()
+            .verified_instruction_count()
+            .unwrap_or(0);
+        println!("{name}: {n} instructions verified");
+        assert!(n < 380_000, "{name}: {n} instructions verified");
+    }
+}

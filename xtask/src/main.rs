@@ -29,8 +29,16 @@ enum Task {
         #[arg(long)]
         skip_vm: bool,
     },
-    /// Demo: three clients and a service in namespaces; throttle the noisy one.
+    /// Demo: three clients and a service in namespaces; throttle the noisy
+    /// one, then cap a batch client set's connections to a service whose
+    /// connection pool it drains.
     Demo,
+    /// The demo's service and load generators, run inside its namespaces.
+    #[command(hide = true)]
+    DemoPool {
+        #[command(subcommand)]
+        role: demo::pool::PoolRole,
+    },
     /// Fuzz the policy parser/compiler and the datapath (BPF_PROG_TEST_RUN,
     /// needs root) in rounds with fresh seeds, longer than `test` does.
     Fuzz {
@@ -125,6 +133,7 @@ fn main() -> Result<()> {
             cargo(&["build", "--release", "-p", "tc-agent"])?;
             demo::run(&root().join("target/release/tc-agent"))
         }
+        Task::DemoPool { role } => demo::pool::role(role),
         Task::Fuzz { cases, minutes } => {
             install_deps()?;
             fuzz::fuzz(cases, minutes)

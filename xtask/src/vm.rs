@@ -52,7 +52,14 @@ const MODULES: [&str; 7] = [
 ];
 
 /// Kernel-dependent suites (integration test targets of `tc-tests`).
-const SUITES: [&str; 5] = ["verdicts", "traffic", "evasion", "restart", "qdisc"];
+const SUITES: [&str; 6] = [
+    "verdicts",
+    "conntrack",
+    "traffic",
+    "evasion",
+    "restart",
+    "qdisc",
+];
 /// Tests the guest leaves out, with the reason: each needs what the guest
 /// kernels have and this host lacks, the other way round.
 const HOST_ONLY: [(&str, &str); 1] = [(

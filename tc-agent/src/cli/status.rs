@@ -7,7 +7,8 @@ use super::Output;
 use crate::control::{request, Request, StateCheck, StatusReport};
 
 /// Show interfaces and hooks, kernel features in use, the live policy
-/// generation and the agent's uptime.
+/// generation, the connection table and its collector, and the agent's
+/// uptime.
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// Output format: `text` for people, `json` for scripts (the field
@@ -60,6 +61,22 @@ pub fn execute(args: StatusArgs, socket: &std::path::Path) -> Result<()> {
         );
     }
     println!("pins       {}", s.pin_dir);
+    let c = &s.connections;
+    println!(
+        "conns      table {} of {} entries; timeouts {}s handshake, {}s established, {}s closing; collector every {}ms, {} released by timeout{}",
+        c.entries,
+        c.table_size,
+        c.timeout_syn_s,
+        c.timeout_established_s,
+        c.timeout_closing_s,
+        c.collect_interval_ms,
+        c.released_by_timeout,
+        if c.draining_pools > 0 {
+            format!(", {} removed channels draining", c.draining_pools)
+        } else {
+            String::new()
+        }
+    );
     if !s.fq_on.is_empty() {
         println!(
             "fq         installed by the agent on {} (`tc-agent uninstall` restores the default)",

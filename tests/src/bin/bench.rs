@@ -6,6 +6,7 @@
 //!    streams at 10/100/1000 Mbit/s, tc-agent (drop) side by side with
 //!    Linux TBF and HTB on the same veth, with ping RTT under load.
 //! 3. Throughput cost of attaching the tc programs with no matching channel.
+//! 4. Per-packet cost of connection tracking (`connections`).
 //!
 //! Not a test: this machine is noisy, so nothing here asserts. Results go to
 //! `target/bench.json`.
@@ -21,17 +22,11 @@ use tc_tests::{
     packet::{self, UDP},
 };
 
+#[path = "bench/connections.rs"]
+mod connections;
+
 const REPEAT: u32 = 1_000_000;
 const RUNS: usize = 3;
-
-fn pin_cpu(cpu: usize) {
-    // SAFETY: cpu_set_t is plain data; sched_setaffinity only reads it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
-}
 
 fn ns_per_packet(dp: &Datapath, prog: &str, frame: &[u8]) -> Result<f64> {
     let p: &SchedClassifier = dp.ebpf.program(prog).context("program")?.try_into()?;
@@ -76,7 +71,7 @@ fn policy_text(channels: usize, prefixes_per_channel: usize) -> String {
 }
 
 fn per_packet() -> Result<Vec<serde_json::Value>> {
-    pin_cpu(0);
+    tc_tests::pin_to_cpu(0);
     // The measured packet matches the last channel, so every bit-vector word is ANDed.
     let cases: [(&str, usize, usize); 3] = [
         ("0 channels", 0, 0),
@@ -535,6 +530,7 @@ fn main() -> Result<()> {
         return Ok(());
     }
     let per_packet = per_packet()?;
+    let conn_per_packet = connections::per_packet()?;
     // The traffic parts pin their own processes; let this one use both CPUs.
     // SAFETY: cpu_set_t is plain data; sched_setaffinity only reads it.
     unsafe {
@@ -548,6 +544,7 @@ fn main() -> Result<()> {
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench.json");
     let doc = serde_json::json!({
         "per_packet": per_packet, "repeat": REPEAT, "runs": RUNS,
+        "connections_per_packet": conn_per_packet,
         "accuracy": accuracy, "attach_cost": attach,
     });
     std::fs::write(&out, serde_json::to_vec_pretty(&doc)?)?;

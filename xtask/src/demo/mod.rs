@@ -1,7 +1,9 @@
 //! The demo: three clients share one service through a node running
-//! tc-agent. The freemium client opens four TCP streams and crowds out the
-//! paying ones; one policy apply pushes back on it, in the kernel, without
-//! touching the clients or the service.
+//! tc-agent. Act 1: the freemium client opens four TCP streams and crowds
+//! out the paying ones; one policy apply pushes back on it, in the kernel,
+//! without touching the clients or the service. Act 2 ([`pool`]): a batch
+//! client set drains a service's connection pool; a concurrency cap on its
+//! channel gives the interactive clients their latency back.
 //!
 //! ```text
 //!  tcd-c1 198.18.1.2 ─┐
@@ -17,6 +19,8 @@ use std::{
 };
 
 use anyhow::{Context, Result};
+
+pub mod pool;
 
 const CLIENTS: [(&str, &str, &str, u32); 3] = [
     ("tcd-c1", "198.18.1.2", "paying", 1),
@@ -319,6 +323,8 @@ pub fn run(agent: &Path) -> Result<()> {
         100.0 * after[2] / after.iter().sum::<f64>(),
         paying(&after) / paying(&before).max(0.001),
     );
-    println!("Limit {LIMIT_MBIT} Mbit/s is on wire bytes; goodput is TCP payload. Cleaning up.");
+    println!("Limit {LIMIT_MBIT} Mbit/s is on wire bytes; goodput is TCP payload.");
+    pool::act(agent, &mut topo, &dir)?;
+    println!("Cleaning up.");
     Ok(())
 }

@@ -1,0 +1,304 @@
+//! The demo's second act, the seed's Figure 3: a data-access service with
+//! a fixed pool of workers, one per open connection (as a database's
+//! connection pool). A batch client set opens hundreds of sessions and the
+//! pool runs dry: the interactive clients' requests queue behind them.
+//! Capping the batch channel's concurrency in the kernel, with a reset for
+//! each refused connection, restores the interactive latency.
+//!
+//! The service and the load generators are this binary, run inside the
+//! namespaces (`xtask demo-pool serve|load`, hidden subcommands).
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::Path,
+    process::{Command, Stdio},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+
+/// Workers of the service: the connection pool that runs dry.
+pub const WORKERS: usize = 16;
+/// Time a worker spends on one request (the "query").
+const WORK_MS: u64 = 2;
+const PORT: u16 = 5432;
+/// Sessions the batch client set keeps going at once.
+const BATCH_SESSIONS: usize = 200;
+/// Requests per batch session before it closes and opens a new one.
+const BATCH_REQUESTS: u32 = 50;
+/// Threads per interactive client: one connection per request.
+const INTERACTIVE_THREADS: usize = 2;
+/// The cap the push-back puts on the batch channel.
+pub const BATCH_CONNECTIONS: u32 = 8;
+const SECS: u64 = 6;
+
+#[derive(Subcommand)]
+pub enum PoolRole {
+    /// The service: WORKERS threads, each serving one connection at a time.
+    Serve {
+        #[arg(long)]
+        addr: SocketAddr,
+    },
+    /// A client: THREADS sessions of REQUESTS requests each, for SECS,
+    /// printing a JSON summary.
+    Load {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        threads: usize,
+        #[arg(long)]
+        requests: u32,
+        #[arg(long)]
+        secs: u64,
+    },
+}
+
+pub fn role(r: PoolRole) -> Result<()> {
+    match r {
+        PoolRole::Serve { addr } => serve(addr),
+        PoolRole::Load {
+            addr,
+            threads,
+            requests,
+            secs,
+        } => load(addr, threads, requests, secs),
+    }
+}
+
+fn serve(addr: SocketAddr) -> Result<()> {
+    let listener = TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
+    for _ in 0..WORKERS {
+        let l = listener.try_clone()?;
+        thread::spawn(move || loop {
+            if let Ok((s, _)) = l.accept() {
+                let _ = serve_conn(s);
+            }
+        });
+    }
+    // Bounded: the demo kills the service when it is done.
+    thread::sleep(Duration::from_secs(600));
+    Ok(())
+}
+
+/// One connection holds its worker until the client closes it.
+fn serve_conn(s: TcpStream) -> Result<()> {
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut w = s.try_clone()?;
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        thread::sleep(Duration::from_millis(WORK_MS));
+        w.write_all(b"ok\n")?;
+    }
+}
+
+fn load(addr: SocketAddr, threads: usize, requests: u32, secs: u64) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let done = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let timeouts = Arc::new(AtomicU64::new(0));
+    let latencies = Arc::new(Mutex::new(Vec::new()));
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let (done, refused, timeouts, latencies) = (
+                done.clone(),
+                refused.clone(),
+                timeouts.clone(),
+                latencies.clone(),
+            );
+            thread::spawn(move || {
+                while Instant::now() < deadline {
+                    let t0 = Instant::now();
+                    let s = match TcpStream::connect_timeout(&addr, Duration::from_secs(3)) {
+                        Ok(s) => s,
+                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                            refused.fetch_add(1, Ordering::Relaxed);
+                            // A refused session backs off a little, as a pool would.
+                            thread::sleep(Duration::from_millis(20));
+                            continue;
+                        }
+                        Err(_) => {
+                            timeouts.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                    };
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+                    let mut w = match s.try_clone() {
+                        Ok(w) => w,
+                        Err(_) => continue,
+                    };
+                    let mut r = BufReader::new(s);
+                    let mut line = String::new();
+                    for i in 0..requests {
+                        let t = if i == 0 { t0 } else { Instant::now() };
+                        line.clear();
+                        if w.write_all(b"q\n").is_err() || r.read_line(&mut line).unwrap_or(0) == 0
+                        {
+                            timeouts.fetch_add(1, Ordering::Relaxed);
+                            break;
+                        }
+                        done.fetch_add(1, Ordering::Relaxed);
+                        latencies
+                            .lock()
+                            .expect("latency list")
+                            .push(t.elapsed().as_secs_f64() * 1e3);
+                        if Instant::now() >= deadline {
+                            break;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        let _ = h.join();
+    }
+    let mut l = latencies.lock().expect("latency list").clone();
+    l.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        if l.is_empty() {
+            None
+        } else {
+            Some(l[((l.len() - 1) as f64 * p) as usize])
+        }
+    };
+    println!(
+        "{}",
+        serde_json::json!({
+            "requests": done.load(Ordering::Relaxed),
+            "refused": refused.load(Ordering::Relaxed),
+            "timeouts": timeouts.load(Ordering::Relaxed),
+            "p50_ms": pct(0.5),
+            "p99_ms": pct(0.99),
+        })
+    );
+    Ok(())
+}
+
+/// One round: the batch set and both interactive clients at once; each
+/// client's JSON summary, in `super::CLIENTS` order.
+fn round() -> Result<Vec<serde_json::Value>> {
+    let me = std::env::current_exe()?;
+    let addr = format!("198.18.10.2:{PORT}");
+    let handles: Vec<_> = super::CLIENTS
+        .iter()
+        .enumerate()
+        .map(|(i, (ns, ..))| {
+            let (threads, requests) = if i == 2 {
+                (BATCH_SESSIONS, BATCH_REQUESTS)
+            } else {
+                (INTERACTIVE_THREADS, 1)
+            };
+            let mut cmd = Command::new("timeout");
+            cmd.args(["60", "ip", "netns", "exec", ns])
+                .arg(&me)
+                .args(["demo-pool", "load", "--addr", &addr])
+                .args(["--threads", &threads.to_string()])
+                .args(["--requests", &requests.to_string()])
+                .args(["--secs", &SECS.to_string()]);
+            thread::spawn(move || -> Result<serde_json::Value> {
+                let out = cmd.stderr(Stdio::inherit()).output()?;
+                serde_json::from_slice(&out.stdout).context("load generator output")
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .map(|h| h.join().expect("client thread"))
+        .collect()
+}
+
+/// The act: the service, a round with only a watching channel, the push
+/// back, a round under it, and the before/after table.
+pub(super) fn act(agent: &Path, topo: &mut super::Topology, dir: &Path) -> Result<()> {
+    let me = std::env::current_exe()?;
+    topo.children.push(
+        Command::new("ip")
+            .args(["netns", "exec", super::SVC])
+            .arg(&me)
+            .args(["demo-pool", "serve", "--addr"])
+            .arg(format!("198.18.10.2:{PORT}"))
+            .stdout(Stdio::null())
+            .spawn()?,
+    );
+    thread::sleep(Duration::from_millis(300));
+    let endpoints = "endpoints:\n  interactive: [198.18.1.0/24, 198.18.2.0/24]\n  batch: [198.18.3.0/24]\n  db: [198.18.10.2/32]\n";
+    let channel = |limit: &str| {
+        format!("  - name: batch-to-db\n    from: batch\n    to: db\n    protocol: tcp\n    ports: [{PORT}]\n    direction: egress\n{limit}  - name: interactive-to-db\n    from: interactive\n    to: db\n    protocol: tcp\n    ports: [{PORT}]\n    direction: egress\n")
+    };
+    let watch = dir.join("3-watch-db.yaml");
+    let cap = dir.join("4-cap-batch.yaml");
+    std::fs::write(&watch, format!("{endpoints}channels:\n{}", channel("")))?;
+    std::fs::write(
+        &cap,
+        format!(
+            "{endpoints}channels:\n{}",
+            channel(&format!(
+                "    limit:\n      connections: {BATCH_CONNECTIONS}\n    connection_action: reset\n"
+            ))
+        ),
+    )?;
+    println!(
+        "\nAct 2 (Figure 3): a data-access service with a pool of {WORKERS} workers, one per open connection.\n\
+         The batch set runs {BATCH_SESSIONS} sessions of {BATCH_REQUESTS} queries; each interactive client one query per connection."
+    );
+    println!(
+        "Phase 3: watching only (`tc-agent apply {}`), {SECS}s...",
+        watch.display()
+    );
+    super::cli(agent, &["apply", watch.to_str().unwrap_or_default()])?;
+    let t = Instant::now();
+    let before = round()?;
+    println!("  ({:.1}s)", t.elapsed().as_secs_f64());
+    println!(
+        "Phase 4: `tc-agent apply {}`: the batch set may hold {BATCH_CONNECTIONS} connections; a new one over that is reset",
+        cap.display()
+    );
+    let t = Instant::now();
+    print!(
+        "{}",
+        super::cli(agent, &["apply", cap.to_str().unwrap_or_default()])?
+    );
+    println!("  (applied in {:.0} ms)", t.elapsed().as_secs_f64() * 1e3);
+    let after = round()?;
+    println!("\nchannels after phase 4 (from `tc-agent channels`):");
+    print!("{}", super::cli(agent, &["channels"])?);
+
+    let ms = |v: &serde_json::Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.1}"));
+    println!(
+        "\n{:<12} {:<12} {:>12} {:>12} {:>12} {:>12} {:>10} {:>10}",
+        "CLIENT", "ROLE", "BEFORE req", "BEFORE p99", "AFTER req", "AFTER p99", "p50 ms", "refused"
+    );
+    for (i, (_, addr, ..)) in super::CLIENTS.iter().enumerate() {
+        let role = if i == 2 { "batch" } else { "interactive" };
+        let (b, a) = (&before[i], &after[i]);
+        println!(
+            "{addr:<12} {role:<12} {:>12} {:>9} ms {:>12} {:>9} ms {:>4}->{:<5} {:>10}",
+            b["requests"],
+            ms(&b["p99_ms"]),
+            a["requests"],
+            ms(&a["p99_ms"]),
+            ms(&b["p50_ms"]),
+            ms(&a["p50_ms"]),
+            a["refused"],
+        );
+    }
+    println!(
+        "\nCapping the batch set's concurrency at {BATCH_CONNECTIONS} leaves {} of the {WORKERS} workers to the interactive clients: their p99 went from {} ms to {} ms.",
+        WORKERS as u32 - BATCH_CONNECTIONS,
+        ms(&before[0]["p99_ms"]),
+        ms(&after[0]["p99_ms"]),
+    );
+    Ok(())
+}
