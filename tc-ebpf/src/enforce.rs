@@ -231,7 +231,8 @@ pub fn enforce(
         verdict = Verdict {
             action: MARK,
             tstamp: 0,
-            l3: parsed.l3,
+            // Masked: the verifier must see a small offset.
+            l3: parsed.l3 & 0xff,
             v6: matches!(parsed.addrs, Addrs::V6 { .. }),
         };
     }

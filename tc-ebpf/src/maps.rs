@@ -84,28 +84,10 @@ pub struct ParseScratch {
     pub conn: u8,
     /// Explicit padding.
     pub _pad2: [u8; 2],
-    /// [`crate::parse::Parsed::l3`].
-    pub l3: u32,
-    /// [`crate::parse::Parsed::hdr_len`].
-    pub hdr_len: u32,
-    /// [`crate::parse::Parsed::frag`].
-    pub frag: u8,
-    /// [`crate::parse::Parsed::l4_flags`].
-    pub l4_flags: u8,
-    /// [`crate::parse::Parsed::tcp_flags`].
-    pub tcp_flags: u8,
-    /// Explicit padding.
-    pub _pad: u8,
-    /// [`crate::parse::Parsed::sport`].
-    pub sport: u16,
-    /// Explicit padding.
-    pub _pad4: u16,
-    /// [`crate::parse::Parsed::seq`].
-    pub seq: u32,
+    /// The parse results ([`crate::pipeline::handle`] passes them through here).
+    pub parsed: crate::parse::Parsed,
     /// The connection-table key of the packet (`conn`): off the 512-byte stack.
     pub conn_key: ConnKey,
-    /// Explicit padding.
-    pub _pad3: u32,
     /// A new connection's entry, staged for insertion (likewise).
     pub conn_entry: ConnEntry,
     /// The headers of a reset being built (`reset`): IP + TCP.

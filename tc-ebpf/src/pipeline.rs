@@ -39,20 +39,20 @@ pub fn handle(
         global.fail_open_pkts += 1;
         return Verdict::PASS;
     };
-    // SAFETY: a per-CPU map value, valid for this run.
-    let walk = unsafe { &raw mut (*scratch).walk };
-    let mut parsed = match parse(frame.start, frame.end, ld, walk) {
-        Ok(p) => p,
-        Err(Skip::NonIp) => {
+    match parse_into(frame.start, frame.end, ld, scratch) {
+        PARSED => {}
+        NON_IP => {
             global.non_ip_pkts += 1;
             return Verdict::PASS;
         }
-        Err(Skip::Malformed) => {
+        _ => {
             global.malformed_pkts += 1;
             return Verdict::PASS;
         }
-    };
-    join_parse_paths(scratch, &mut parsed);
+    }
+    // SAFETY: a per-CPU map value that only this program run uses, which
+    // `parse_into` just filled.
+    let parsed: &Parsed = unsafe { &*(&raw const (*scratch).parsed) };
     if parsed.l4_flags != 0 && parsed.frag != FRAG_LATER {
         global.no_ports_pkts += 1;
     }
@@ -69,14 +69,14 @@ pub fn handle(
     // does. Charge and count what the wire will carry.
     let mut wire = *frame;
     if frame.segs > 1 && parsed.hdr_len != 0 {
-        wire.len += (frame.segs - 1) * parsed.hdr_len as u64;
+        wire.len += (frame.segs - 1) * (parsed.hdr_len & 0xffff) as u64;
     }
     // A later fragment follows its datagram's first fragment: same
     // channel, same verdict.
     let mut first = NOT_FOUND;
     if parsed.frag == FRAG_LATER {
         global.fragment_pkts += 1;
-        first = follow_fragment(&parsed, dir, wire.len);
+        first = follow_fragment(parsed, dir, wire.len);
         if first == NOT_FOUND {
             // Its first fragment was not seen: classified on addresses and
             // protocol, into the first channel that could hold the datagram.
@@ -86,7 +86,7 @@ pub fn handle(
     let (slot, follow) = match first {
         NOT_FOUND => {
             let cache = config.flags & FLAG_NO_FLOW_CACHE == 0;
-            let slot = channel_slot(generation, gen_info.words, dir, &parsed, cache);
+            let slot = channel_slot(generation, gen_info.words, dir, parsed, cache);
             (slot, JUDGE)
         }
         f => ((f >> 8) as u32, f as u8),
@@ -94,7 +94,7 @@ pub fn handle(
     let (slot, follow) = join_enforce_paths(scratch, slot, follow);
     // Connection limits judge a TCP packet before the buckets do.
     let judged = if follow == JUDGE { slot } else { NO_CHANNEL };
-    let conn = connections(&parsed, judged, dir, &wire, global);
+    let conn = connections(parsed, judged, dir, &wire, global);
     let conn = join_conn_paths(scratch, conn);
     let mut verdict = if conn == CONN_REFUSE_RESET {
         Verdict::RESET
@@ -105,13 +105,13 @@ pub fn handle(
         global.unclassified_bytes += frame.len;
         Verdict::PASS
     } else {
-        enforce(&wire, &parsed, slot, follow, global, flow_hash)
+        enforce(&wire, parsed, slot, follow, global, flow_hash)
     };
     if verdict.action == RESET {
-        verdict.tstamp = reset(&parsed) as u64;
+        verdict.tstamp = reset(parsed) as u64;
     }
     if parsed.frag == FRAG_FIRST {
-        remember_first(&parsed, dir, slot, wire.len, verdict.action == DROP);
+        remember_first(parsed, dir, slot, wire.len, verdict.action == DROP);
     }
     verdict
 }
@@ -163,34 +163,37 @@ fn remember_first(parsed: &Parsed, dir: u8, slot: u32, len: u64, dropped: bool) 
 
 
 
-/// Passes the parse results that differ only in small constants between
-/// the parser's exits (fragment kind, port flags, header offsets) through a
-/// map value, which the verifier cannot see into. Every parse outcome then
-/// reaches classification and enforcement as the same abstract state, and
-/// the verifier walks those once instead of once per outcome (without this,
-/// the fragment and extension-header outcomes exhaust its budget of one
-/// million instructions). Costs a store and a load on a per-CPU line.
-#[inline(always)]
-fn join_parse_paths(s: *mut ParseScratch, p: &mut Parsed) {
-    // SAFETY: per-CPU slot, only this CPU uses it while the program runs;
-    // volatile so that LLVM cannot forward the stores to the loads.
-    unsafe {
-        write_volatile(&raw mut (*s).l3, p.l3);
-        write_volatile(&raw mut (*s).hdr_len, p.hdr_len);
-        write_volatile(&raw mut (*s).frag, p.frag);
-        write_volatile(&raw mut (*s).l4_flags, p.l4_flags);
-        write_volatile(&raw mut (*s).sport, p.sport);
-        write_volatile(&raw mut (*s).tcp_flags, p.tcp_flags);
-        write_volatile(&raw mut (*s).seq, p.seq);
-        // Masks keep the values provably small for the verifier (an
-        // offset into the packet must be bounded); they change nothing.
-        p.l3 = read_volatile(&raw const (*s).l3) & 0xff;
-        p.hdr_len = read_volatile(&raw const (*s).hdr_len) & 0xffff;
-        p.frag = read_volatile(&raw const (*s).frag);
-        p.l4_flags = read_volatile(&raw const (*s).l4_flags);
-        p.sport = read_volatile(&raw const (*s).sport);
-        p.tcp_flags = read_volatile(&raw const (*s).tcp_flags);
-        p.seq = read_volatile(&raw const (*s).seq);
+/// [`parse_into`]: the frame was parsed.
+const PARSED: u8 = 0;
+/// [`parse_into`]: not IP.
+const NON_IP: u8 = 1;
+/// [`parse_into`]: truncated or inconsistent headers.
+const MALFORMED: u8 = 2;
+
+/// Parses the frame into the scratch map value, and says whether it could.
+///
+/// The results differ in small constants between the parser's exits
+/// (family, fragment kind, port flags, header offsets, prefix lengths);
+/// in a map value, which the verifier cannot see into, they reach
+/// classification and enforcement as one abstract state, and the verifier
+/// walks those once instead of once per parse outcome (without this, the
+/// fragment and extension-header outcomes exhaust 6.1's budget of one
+/// million instructions). Not inlined, for the same reason, and so that the
+/// parser's locals live in a frame of their own: the hook's frame plus the
+/// deepest call chain must fit the kernel's 512 bytes of stack.
+#[inline(never)]
+fn parse_into(start: usize, end: usize, ld: &impl Load, s: *mut ParseScratch) -> u8 {
+    // SAFETY: per-CPU slot, only this CPU uses it while the program runs.
+    let walk = unsafe { &raw mut (*s).walk };
+    match parse(start, end, ld, walk) {
+        Ok(p) => {
+            // SAFETY: as above; volatile, so that LLVM cannot forward the
+            // stored values to the caller's loads.
+            unsafe { write_volatile(&raw mut (*s).parsed, p) };
+            PARSED
+        }
+        Err(Skip::NonIp) => NON_IP,
+        Err(Skip::Malformed) => MALFORMED,
     }
 }
 

@@ -112,9 +112,11 @@ fn swap_macs(m: [u8; 12]) -> [u8; 12] {
 /// out of the interface it came in on (ingress hook), or into the local
 /// stack that sent it (egress hook). Returns the tc verdict; a packet that
 /// cannot be rewritten is dropped, the refusal `drop` would give.
-#[inline(always)]
+///
+/// Not inlined: its buffers stay out of the hook's stack frame.
+#[inline(never)]
 pub fn reset_tc(ctx: &TcContext, p: &Parsed, egress: bool) -> i32 {
-    let l3 = p.l3 as usize;
+    let l3 = (p.l3 & 0xff) as usize;
     let ip_len = match p.addrs {
         Addrs::V4 { .. } => 20,
         Addrs::V6 { .. } => 40,
@@ -155,9 +157,10 @@ pub fn reset_tc(ctx: &TcContext, p: &Parsed, egress: bool) -> i32 {
 }
 
 /// The same at XDP: rewritten in place and sent back out (`XDP_TX`).
-#[inline(always)]
+/// Not inlined, as [`reset_tc`].
+#[inline(never)]
 pub fn reset_xdp(ctx: &XdpContext, ld: &impl Load, p: &Parsed) -> u32 {
-    let l3 = p.l3 as usize;
+    let l3 = (p.l3 & 0xff) as usize;
     let len = ctx.data_end() - ctx.data();
     let Some(macs) = ld.load::<12>(0) else {
         return xdp_action::XDP_DROP;
