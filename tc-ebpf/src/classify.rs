@@ -44,7 +44,7 @@ pub fn frag_key(p: &Parsed, dir: u8) -> FragKey {
 /// Not inlined: the lookup keys and channel sets live in its own stack
 /// frame, which is gone before the connection table's calls, so the
 /// deepest call chain stays within the kernel's 512 bytes.
-#[inline(never)]
+#[inline(always)]
 pub fn channel_slot(generation: u32, words: u32, dir: u8, p: &Parsed, cache: bool) -> u32 {
     let channel = if cache {
         classify_cached(generation as u8, words, dir, p)

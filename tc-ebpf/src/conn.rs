@@ -67,7 +67,7 @@ pub const CONN_NONE: u8 = 4;
 ///
 /// Not inlined: whatever path led here, the pipeline continues from one
 /// state (the verifier's budget).
-#[inline(never)]
+#[inline(always)]
 pub fn connections(
     p: &Parsed,
     slot: u32,
@@ -181,7 +181,7 @@ fn expired(conf: &ConnConfig, state: u8, last: u64, now: u64) -> bool {
 ///
 /// Not inlined: its own stack frame (the hooks' frames are near the
 /// 512-byte limit), verified once per hook.
-#[inline(never)]
+#[inline(always)]
 fn track(p: &Parsed, policy: &ChannelPolicy, dir: u8, untracked: &mut u64) -> u8 {
     let (Some(conf), Some(key)) = (TC_CONN_CONF.get(0), scratch_key()) else {
         return CONN_PASS;
@@ -310,7 +310,7 @@ fn track(p: &Parsed, policy: &ChannelPolicy, dir: u8, untracked: &mut u64) -> u8
 /// state. Nothing to do for connections that are not tracked.
 ///
 /// Not inlined, as [`track`].
-#[inline(never)]
+#[inline(always)]
 fn observe(p: &Parsed) {
     let (Some(conf), Some(key)) = (TC_CONN_CONF.get(0), scratch_key()) else {
         return;
@@ -345,7 +345,7 @@ fn observe(p: &Parsed) {
 ///
 /// # Safety
 /// `e` must point into a live value of the connection table.
-#[inline(never)]
+#[inline(always)]
 unsafe fn follow(e: *mut ConnEntry, from_client: u8, flags: u8, now: u64) -> u8 {
     // SAFETY: caller guarantees `e` is valid.
     unsafe {
@@ -474,7 +474,7 @@ fn table_full(policy: &ChannelPolicy) {
 /// and those that would have been refused are counted.
 ///
 /// Not inlined: both callers share one verified copy.
-#[inline(never)]
+#[inline(always)]
 fn admit(policy: &ChannelPolicy, now: u64) -> bool {
     let pool = policy.conn_pool;
     let Some(p) = TC_CONN_POOLS.get_ptr_mut(pool) else {

@@ -125,7 +125,7 @@ const NOT_FOUND: u64 = u64::MAX;
 /// budget), packed as `slot << 8 | follow`. [`NOT_FOUND`] otherwise.
 ///
 /// Not inlined: the fragment key lives in its own stack frame.
-#[inline(never)]
+#[inline(always)]
 fn follow_fragment(parsed: &Parsed, dir: u8, len: u64) -> u64 {
     let Some(f) = TC_FRAGS.get_ptr_mut(&frag_key(parsed, dir)) else {
         return NOT_FOUND;
@@ -150,7 +150,7 @@ fn follow_fragment(parsed: &Parsed, dir: u8, len: u64) -> u64 {
 /// fragments become orphans (counted).
 ///
 /// Not inlined, as [`follow_fragment`].
-#[inline(never)]
+#[inline(always)]
 fn remember_first(parsed: &Parsed, dir: u8, slot: u32, len: u64, dropped: bool) {
     let first = FragEntry {
         slot,
@@ -181,7 +181,7 @@ const MALFORMED: u8 = 2;
 /// million instructions). Not inlined, for the same reason, and so that the
 /// parser's locals live in a frame of their own: the hook's frame plus the
 /// deepest call chain must fit the kernel's 512 bytes of stack.
-#[inline(never)]
+#[inline(always)]
 fn parse_into(start: usize, end: usize, ld: &impl Load, s: *mut ParseScratch) -> u8 {
     // SAFETY: per-CPU slot, only this CPU uses it while the program runs.
     let walk = unsafe { &raw mut (*s).walk };

@@ -114,7 +114,7 @@ fn swap_macs(m: [u8; 12]) -> [u8; 12] {
 /// cannot be rewritten is dropped, the refusal `drop` would give.
 ///
 /// Not inlined: its buffers stay out of the hook's stack frame.
-#[inline(never)]
+#[inline(always)]
 pub fn reset_tc(ctx: &TcContext, p: &Parsed, egress: bool) -> i32 {
     let l3 = (p.l3 & 0xff) as usize;
     let ip_len = match p.addrs {
@@ -158,7 +158,7 @@ pub fn reset_tc(ctx: &TcContext, p: &Parsed, egress: bool) -> i32 {
 
 /// The same at XDP: rewritten in place and sent back out (`XDP_TX`).
 /// Not inlined, as [`reset_tc`].
-#[inline(never)]
+#[inline(always)]
 pub fn reset_xdp(ctx: &XdpContext, ld: &impl Load, p: &Parsed) -> u32 {
     let l3 = (p.l3 & 0xff) as usize;
     let len = ctx.data_end() - ctx.data();

@@ -1,18 +1,31 @@
 //! Helpers shared by the integration tests and the benchmark: crafted
 //! packets for BPF_PROG_TEST_RUN, network-namespace topologies that clean
-//! up after themselves, and a reference classifier for differential fuzzing.
+//! up after themselves, a reference classifier for differential fuzzing,
+//! and real endpoints for the connection tests: nginx and wrk (`web`), a
+//! counting TCP server and connection openers (`tcp`), and an `ss` sampler
+//! of established connections (`ss`).
 
 pub mod netns;
 pub mod packet;
 pub mod reference;
+pub mod ss;
+pub mod tcp;
+pub mod web;
 
-/// Pins the calling thread to `cpu`, so two threads charge a map from two
-/// CPUs at once.
-pub fn pin_to_cpu(cpu: usize) {
-    // SAFETY: cpu_set_t is plain data; sched_setaffinity only reads it.
+/// Pins the calling thread to `cpu`: two threads then charge a map, or
+/// send, from two CPUs at once.
+pub fn pin_to_cpu(cpu: usize) -> anyhow::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes inside it;
+    // pid 0 is the calling thread.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            anyhow::bail!(
+                "sched_setaffinity({cpu}): {}",
+                std::io::Error::last_os_error()
+            );
+        }
     }
+    Ok(())
 }

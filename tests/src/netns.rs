@@ -164,6 +164,153 @@ impl Drop for Pair {
     }
 }
 
+/// A third host behind the client: namespace `<tag>-h` on its own veth
+/// pair (`<tag>h` there, `<tag>r` in the client's namespace), with
+/// 198.18.1.1/24 and 2001:db8:1::1/64. The client's namespace routes
+/// between it (198.18.1.254, 2001:db8:1::fe) and the server, so what it
+/// sends reaches the server through the same veth as the client's traffic
+/// and its connections can be cut off without touching the pair.
+pub struct RoutedHost {
+    /// The host's namespace.
+    pub netns: String,
+    /// The host's end of its veth pair.
+    pub iface: String,
+}
+
+impl RoutedHost {
+    pub const V4: &'static str = "198.18.1.1";
+    pub const V6: &'static str = "2001:db8:1::1";
+
+    /// Deletes the host's veth pair: nothing it sends from now on (a FIN,
+    /// an RST) leaves its namespace, as if it had vanished.
+    pub fn unplug(&self) -> Result<()> {
+        sh(&["ip", "-n", &self.netns, "link", "del", &self.iface])?;
+        Ok(())
+    }
+
+    /// Deletes the namespace (its sockets go with it once closed).
+    pub fn delete(&self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+impl Drop for RoutedHost {
+    fn drop(&mut self) {
+        self.delete();
+    }
+}
+
+impl Pair {
+    /// Adds a [`RoutedHost`] behind the client.
+    pub fn routed_host(&self) -> Result<RoutedHost> {
+        let tag = self.client_if.trim_end_matches('c');
+        let h = RoutedHost {
+            netns: format!("{tag}-h"),
+            iface: format!("{tag}h"),
+        };
+        let router_if = format!("{tag}r");
+        // From here on, Drop deletes the namespace (and the veth with it).
+        sh(&["ip", "netns", "add", &h.netns])?;
+        sh(&[
+            "ip",
+            "link",
+            "add",
+            &h.iface,
+            "netns",
+            &h.netns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &router_if,
+            "netns",
+            &self.client,
+        ])?;
+        for (ns, dev, v4, v6) in [
+            (&h.netns, &h.iface, "198.18.1.1/24", "2001:db8:1::1/64"),
+            (
+                &self.client,
+                &router_if,
+                "198.18.1.254/24",
+                "2001:db8:1::fe/64",
+            ),
+        ] {
+            sh(&["ip", "-n", ns, "addr", "add", v4, "dev", dev])?;
+            sh(&["ip", "-n", ns, "addr", "add", v6, "dev", dev, "nodad"])?;
+            sh(&["ip", "-n", ns, "link", "set", dev, "up"])?;
+        }
+        sh(&["ip", "-n", &h.netns, "link", "set", "lo", "up"])?;
+        for key in ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"] {
+            sh(&["ip", "netns", "exec", &self.client, "sysctl", "-qw", key])?;
+        }
+        sh(&[
+            "ip",
+            "-n",
+            &h.netns,
+            "route",
+            "add",
+            "default",
+            "via",
+            "198.18.1.254",
+        ])?;
+        sh(&[
+            "ip",
+            "-n",
+            &h.netns,
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            "2001:db8:1::fe",
+        ])?;
+        // Replace: a second host on the same pair finds the routes there.
+        sh(&[
+            "ip",
+            "-n",
+            &self.server,
+            "route",
+            "replace",
+            "198.18.1.0/24",
+            "via",
+            "198.18.0.1",
+        ])?;
+        sh(&[
+            "ip",
+            "-n",
+            &self.server,
+            "-6",
+            "route",
+            "replace",
+            "2001:db8:1::/64",
+            "via",
+            "2001:db8::1",
+        ])?;
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &h.netns,
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "5",
+            "198.18.0.2",
+        ])?;
+        Ok(h)
+    }
+}
+
+/// Whether the tests run inside `cargo xtask vm-test`'s guest (qemu under
+/// TCG emulation: several times slower, and nothing may skip).
+pub fn in_vm() -> bool {
+    std::env::var_os("TC_TESTS_IN_VM").is_some()
+}
+
 /// Path of the `tc-agent` binary next to the test executable.
 pub fn agent_bin() -> PathBuf {
     if let Ok(p) = std::env::var("TC_AGENT_BIN") {
@@ -356,6 +503,16 @@ impl Agent {
         Ok(serde_json::from_slice(
             &self.cli(&["channels", "-o", "json"])?.stdout,
         )?)
+    }
+
+    /// The whole row of one channel in `channels -o json`.
+    pub fn channel(&self, name: &str) -> Result<serde_json::Value> {
+        let c = self.channels()?;
+        c["channels"]
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["name"] == name))
+            .cloned()
+            .with_context(|| format!("no channel {name} in {c}"))
     }
 
     /// Totals of one channel.

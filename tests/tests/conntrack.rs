@@ -333,7 +333,7 @@ fn both_cpus_admit_exactly_up_to_the_limit() {
     std::thread::scope(|s| {
         for cpu in 0..2u16 {
             s.spawn(move || {
-                tc_tests::pin_to_cpu(cpu as usize);
+                tc_tests::pin_to_cpu(cpu as usize).expect("pin to a CPU");
                 let p: &SchedClassifier = dp.ebpf.program(TC_INGRESS).unwrap().try_into().unwrap();
                 for i in 0..1000u16 {
                     let syn = packet::tcp(&client(10_000 + cpu * 1000 + i), SERVER, SYN, 1, 0);

@@ -515,7 +515,7 @@ fn both_cpus_charge_one_bucket_exactly() {
         for cpu in [0usize, 1] {
             let frame = &frame;
             s.spawn(move || {
-                tc_tests::pin_to_cpu(cpu);
+                tc_tests::pin_to_cpu(cpu).expect("pin to a CPU");
                 for _ in 0..10 {
                     let mut opts = TestRunOptions::new();
                     opts.data_in = Some(frame);

@@ -3,8 +3,9 @@
 //!
 //! - Kernels come from `apt-get download` + `dpkg -x`, cached under `target/vm/`.
 //! - The guest is a busybox-static initramfs holding the statically linked
-//!   test binaries and `tc-agent`, iproute2 and iperf3 with their shared
-//!   libraries, and the kernel modules the tests need.
+//!   test binaries and `tc-agent`, iproute2 (`ip`, `tc`, `ss`), iperf3,
+//!   nginx and wrk with their shared libraries, the few /etc files nginx
+//!   needs, and the kernel modules the tests need.
 //! - qemu runs under TCG: KVM hangs on this host kind (kvm_pvm).
 //! - Results come back as markers on the serial console; only a run that
 //!   printed its final `TCVM-DONE` marker, with every suite passing, counts.
@@ -40,8 +41,9 @@ pub const KERNELS: [Kernel; 2] = [
     },
 ];
 
-/// Modules the suites need; built in on some kernels, so a failed insmod is fine.
-const MODULES: [&str; 7] = [
+/// Modules the suites need; built in on some kernels, so a failed insmod is
+/// fine. /init loads them in name order: inet_diag before tcp_diag (`ss`).
+const MODULES: [&str; 9] = [
     "drivers/net/veth",
     "net/sched/sch_ingress",
     "net/sched/cls_bpf",
@@ -49,16 +51,19 @@ const MODULES: [&str; 7] = [
     "net/sched/sch_tbf",
     "net/sched/sch_htb",
     "net/sched/sch_netem",
+    "net/ipv4/inet_diag",
+    "net/ipv4/tcp_diag",
 ];
 
 /// Kernel-dependent suites (integration test targets of `tc-tests`).
-const SUITES: [&str; 6] = [
+const SUITES: [&str; 7] = [
     "verdicts",
     "conntrack",
     "traffic",
     "evasion",
     "restart",
     "qdisc",
+    "connections",
 ];
 /// Tests the guest leaves out, with the reason: each needs what the guest
 /// kernels have and this host lacks, the other way round.
@@ -67,7 +72,34 @@ const HOST_ONLY: [(&str, &str); 1] = [(
     "checks the refusal where a kernel has no fq; the guest kernels have it",
 )];
 /// Host-side limit for one guest run.
-const GUEST_TIMEOUT: Duration = Duration::from_secs(900);
+const GUEST_TIMEOUT: Duration = Duration::from_secs(1500);
+/// Programs the guest runs besides busybox's applets, copied with their
+/// shared libraries. coreutils' timeout, not busybox's: the applet would run
+/// its own `ip`. nginx and wrk are Debian's nginx-light and wrk
+/// (scripts/install-deps.sh), `ss` comes with iproute2.
+const GUEST_PROGRAMS: [&str; 8] = [
+    "/usr/sbin/ip",
+    "/usr/sbin/tc",
+    "/usr/bin/ss",
+    "/usr/bin/iperf3",
+    "/usr/bin/timeout",
+    "/usr/bin/ping",
+    "/usr/sbin/nginx",
+    "/usr/bin/wrk",
+];
+/// /etc files for the guest: nginx (as root, `user root root`) looks its
+/// user and group up, and glibc reads them through nsswitch's `files`.
+const GUEST_ETC: [(&str, &str); 3] = [
+    (
+        "passwd",
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+    ),
+    ("group", "root:x:0:\nnogroup:x:65534:\n"),
+    (
+        "nsswitch.conf",
+        "passwd: files\ngroup: files\nhosts: files\n",
+    ),
+];
 const TRIPLE: &str = "x86_64-unknown-linux-gnu";
 
 fn vm_dir() -> PathBuf {
@@ -228,9 +260,12 @@ fn initramfs(
     let _ = fs::remove_dir_all(&image);
     for d in [
         "bin", "sbin", "proc", "sys", "dev", "tmp", "run", "modules", "tests", "usr/bin",
-        "usr/sbin",
+        "usr/sbin", "etc",
     ] {
         fs::create_dir_all(image.join(d))?;
+    }
+    for (name, text) in GUEST_ETC {
+        fs::write(image.join("etc").join(name), text)?;
     }
     fs::copy("/usr/bin/busybox", image.join("bin/busybox")).context("busybox-static missing")?;
     // No `ip` or `tc` applets: the real iproute2 must answer to those names.
@@ -241,14 +276,7 @@ fn initramfs(
         std::os::unix::fs::symlink("busybox", image.join("bin").join(applet))?;
     }
     let mut libs = BTreeSet::new();
-    // coreutils' timeout, not busybox's: the applet would run its own `ip`.
-    for bin in [
-        "/usr/sbin/ip",
-        "/usr/sbin/tc",
-        "/usr/bin/iperf3",
-        "/usr/bin/timeout",
-        "/usr/bin/ping",
-    ] {
+    for bin in GUEST_PROGRAMS {
         copy_with_libs(bin, &image, &mut libs)?;
     }
     for lib in &libs {

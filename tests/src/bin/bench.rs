@@ -71,7 +71,7 @@ fn policy_text(channels: usize, prefixes_per_channel: usize) -> String {
 }
 
 fn per_packet() -> Result<Vec<serde_json::Value>> {
-    tc_tests::pin_to_cpu(0);
+    tc_tests::pin_to_cpu(0)?;
     // The measured packet matches the last channel, so every bit-vector word is ANDed.
     let cases: [(&str, usize, usize); 3] = [
         ("0 channels", 0, 0),
