@@ -40,10 +40,6 @@ pub fn frag_key(p: &Parsed, dir: u8) -> FragKey {
 
 /// The channel slot of a packet in `generation`, or [`NO_CHANNEL`]:
 /// [`classify_cached`], or [`classify`] when `cache` is false.
-///
-/// Not inlined: the lookup keys and channel sets live in its own stack
-/// frame, which is gone before the connection table's calls, so the
-/// deepest call chain stays within the kernel's 512 bytes.
 #[inline(always)]
 pub fn channel_slot(generation: u32, words: u32, dir: u8, p: &Parsed, cache: bool) -> u32 {
     let channel = if cache {

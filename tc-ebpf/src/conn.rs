@@ -64,9 +64,6 @@ pub const CONN_NONE: u8 = 4;
 /// packets without readable ports are not tracked. A packet refused here is counted in its channel's counters
 /// (matched and dropped) and never reaches the buckets: a refused SYN costs
 /// no bandwidth.
-///
-/// Not inlined: whatever path led here, the pipeline continues from one
-/// state (the verifier's budget).
 #[inline(always)]
 pub fn connections(
     p: &Parsed,
@@ -178,9 +175,6 @@ fn expired(conf: &ConnConfig, state: u8, last: u64, now: u64) -> bool {
 
 /// A packet of a channel with connection limits: admits or refuses a new
 /// connection's SYN, and follows the connection's state.
-///
-/// Not inlined: its own stack frame (the hooks' frames are near the
-/// 512-byte limit), verified once per hook.
 #[inline(always)]
 fn track(p: &Parsed, policy: &ChannelPolicy, dir: u8, untracked: &mut u64) -> u8 {
     let (Some(conf), Some(key)) = (TC_CONN_CONF.get(0), scratch_key()) else {
@@ -308,8 +302,6 @@ fn track(p: &Parsed, policy: &ChannelPolicy, dir: u8, untracked: &mut u64) -> u8
 /// A TCP packet with SYN, FIN or RST outside a limited channel (the
 /// server's side of a connection, usually): moves a tracked connection's
 /// state. Nothing to do for connections that are not tracked.
-///
-/// Not inlined, as [`track`].
 #[inline(always)]
 fn observe(p: &Parsed) {
     let (Some(conf), Some(key)) = (TC_CONN_CONF.get(0), scratch_key()) else {
@@ -340,8 +332,6 @@ fn observe(p: &Parsed) {
 /// Follows a tracked connection's state on one of its packets: handshake
 /// (and its time), FINs, RST. Returns [`CONN_LATE`] for client data after
 /// a reset, else [`CONN_PASS`].
-///
-/// Not inlined: both callers share one verified copy.
 ///
 /// # Safety
 /// `e` must point into a live value of the connection table.
@@ -472,8 +462,6 @@ fn table_full(policy: &ChannelPolicy) {
 /// limit, taken by compare-and-swap on `opened` so that two CPUs cannot
 /// both take the last one. In monitor mode every connection is admitted,
 /// and those that would have been refused are counted.
-///
-/// Not inlined: both callers share one verified copy.
 #[inline(always)]
 fn admit(policy: &ChannelPolicy, now: u64) -> bool {
     let pool = policy.conn_pool;

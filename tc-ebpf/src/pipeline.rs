@@ -1,5 +1,14 @@
 //! The per-packet pipeline every hook runs: count, parse, follow or
-//! classify, enforce, and remember a first fragment's verdict.
+//! classify, connection limits, enforce, and remember a first fragment's
+//! verdict.
+//!
+//! Everything is inlined into the hook, on purpose: before Linux 6.4 the
+//! verifier cannot track precision across BPF-to-BPF calls and marks every
+//! scalar precise at a call, so its state pruning fails and the same code
+//! as subprograms costs 6.1 more than its one million instructions. Large
+//! values (the parse results, the connection key and entry, a reset's
+//! headers) live in the per-CPU scratch value instead of the stack, so the
+//! one frame stays within 512 bytes.
 
 use core::ptr::{read_volatile, write_volatile};
 
@@ -123,8 +132,6 @@ const NOT_FOUND: u64 = u64::MAX;
 /// it: its slot, and `FOLLOW_DROP` (the first was dropped, or the
 /// datagram's budget is spent) or `FOLLOW_PASS` (charged against the
 /// budget), packed as `slot << 8 | follow`. [`NOT_FOUND`] otherwise.
-///
-/// Not inlined: the fragment key lives in its own stack frame.
 #[inline(always)]
 fn follow_fragment(parsed: &Parsed, dir: u8, len: u64) -> u64 {
     let Some(f) = TC_FRAGS.get_ptr_mut(&frag_key(parsed, dir)) else {
@@ -148,8 +155,6 @@ fn follow_fragment(parsed: &Parsed, dir: u8, len: u64) -> u64 {
 /// Records a first fragment's channel and verdict for the datagram's later
 /// fragments. A full table pushes out its oldest datagram, whose remaining
 /// fragments become orphans (counted).
-///
-/// Not inlined, as [`follow_fragment`].
 #[inline(always)]
 fn remember_first(parsed: &Parsed, dir: u8, slot: u32, len: u64, dropped: bool) {
     let first = FragEntry {
@@ -178,9 +183,7 @@ const MALFORMED: u8 = 2;
 /// classification and enforcement as one abstract state, and the verifier
 /// walks those once instead of once per parse outcome (without this, the
 /// fragment and extension-header outcomes exhaust 6.1's budget of one
-/// million instructions). Not inlined, for the same reason, and so that the
-/// parser's locals live in a frame of their own: the hook's frame plus the
-/// deepest call chain must fit the kernel's 512 bytes of stack.
+/// million instructions).
 #[inline(always)]
 fn parse_into(start: usize, end: usize, ld: &impl Load, s: *mut ParseScratch) -> u8 {
     // SAFETY: per-CPU slot, only this CPU uses it while the program runs.

@@ -112,8 +112,6 @@ fn swap_macs(m: [u8; 12]) -> [u8; 12] {
 /// out of the interface it came in on (ingress hook), or into the local
 /// stack that sent it (egress hook). Returns the tc verdict; a packet that
 /// cannot be rewritten is dropped, the refusal `drop` would give.
-///
-/// Not inlined: its buffers stay out of the hook's stack frame.
 #[inline(always)]
 pub fn reset_tc(ctx: &TcContext, p: &Parsed, egress: bool) -> i32 {
     let l3 = (p.l3 & 0xff) as usize;
@@ -157,7 +155,6 @@ pub fn reset_tc(ctx: &TcContext, p: &Parsed, egress: bool) -> i32 {
 }
 
 /// The same at XDP: rewritten in place and sent back out (`XDP_TX`).
-/// Not inlined, as [`reset_tc`].
 #[inline(always)]
 pub fn reset_xdp(ctx: &XdpContext, ld: &impl Load, p: &Parsed) -> u32 {
     let l3 = (p.l3 & 0xff) as usize;
