@@ -124,8 +124,8 @@ fn load(addr: SocketAddr, threads: usize, requests: u32, secs: u64) -> Result<()
                         Ok(s) => s,
                         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
                             refused.fetch_add(1, Ordering::Relaxed);
-                            // A refused session backs off a little, as a pool would.
-                            thread::sleep(Duration::from_millis(20));
+                            // A refused session backs off, as a pool would.
+                            thread::sleep(Duration::from_millis(100));
                             continue;
                         }
                         Err(_) => {
@@ -187,8 +187,9 @@ fn load(addr: SocketAddr, threads: usize, requests: u32, secs: u64) -> Result<()
 }
 
 /// One round: the batch set and both interactive clients at once; each
-/// client's JSON summary, in `super::CLIENTS` order.
-fn round() -> Result<Vec<serde_json::Value>> {
+/// client's JSON summary, in `super::CLIENTS` order, and `tc-agent
+/// channels` as it was halfway through.
+fn round(agent: &Path) -> Result<(Vec<serde_json::Value>, String)> {
     let me = std::env::current_exe()?;
     let addr = format!("198.18.10.2:{PORT}");
     let handles: Vec<_> = super::CLIENTS
@@ -213,10 +214,13 @@ fn round() -> Result<Vec<serde_json::Value>> {
             })
         })
         .collect();
-    handles
+    thread::sleep(Duration::from_secs(SECS / 2));
+    let channels = super::cli(agent, &["channels"])?;
+    let summaries = handles
         .into_iter()
         .map(|h| h.join().expect("client thread"))
-        .collect()
+        .collect::<Result<_>>()?;
+    Ok((summaries, channels))
 }
 
 /// The act: the service, a round with only a watching channel, the push
@@ -259,7 +263,7 @@ pub(super) fn act(agent: &Path, topo: &mut super::Topology, dir: &Path) -> Resul
     );
     super::cli(agent, &["apply", watch.to_str().unwrap_or_default()])?;
     let t = Instant::now();
-    let before = round()?;
+    let (before, _) = round(agent)?;
     println!("  ({:.1}s)", t.elapsed().as_secs_f64());
     println!(
         "Phase 4: `tc-agent apply {}`: the batch set may hold {BATCH_CONNECTIONS} connections; a new one over that is reset",
@@ -271,27 +275,36 @@ pub(super) fn act(agent: &Path, topo: &mut super::Topology, dir: &Path) -> Resul
         super::cli(agent, &["apply", cap.to_str().unwrap_or_default()])?
     );
     println!("  (applied in {:.0} ms)", t.elapsed().as_secs_f64() * 1e3);
-    let after = round()?;
-    println!("\nchannels after phase 4 (from `tc-agent channels`):");
-    print!("{}", super::cli(agent, &["channels"])?);
+    let (after, channels) = round(agent)?;
+    println!("\nchannels halfway through phase 4 (from `tc-agent channels`):");
+    print!("{channels}");
 
     let ms = |v: &serde_json::Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.1}"));
     println!(
-        "\n{:<12} {:<12} {:>12} {:>12} {:>12} {:>12} {:>10} {:>10}",
-        "CLIENT", "ROLE", "BEFORE req", "BEFORE p99", "AFTER req", "AFTER p99", "p50 ms", "refused"
+        "\n{:<12} {:<12} {:>10} {:>12} {:>10} {:>12} {:>10} {:>12} {:>10}",
+        "CLIENT",
+        "ROLE",
+        "BEFORE req",
+        "p50 ms",
+        "p99 ms",
+        "AFTER req",
+        "p50 ms",
+        "p99 ms",
+        "refused"
     );
     for (i, (_, addr, ..)) in super::CLIENTS.iter().enumerate() {
         let role = if i == 2 { "batch" } else { "interactive" };
         let (b, a) = (&before[i], &after[i]);
+        let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
         println!(
-            "{addr:<12} {role:<12} {:>12} {:>9} ms {:>12} {:>9} ms {:>4}->{:<5} {:>10}",
-            b["requests"],
-            ms(&b["p99_ms"]),
-            a["requests"],
-            ms(&a["p99_ms"]),
+            "{addr:<12} {role:<12} {:>10} {:>12} {:>10} {:>12} {:>10} {:>12} {:>10}",
+            n(&b["requests"]),
             ms(&b["p50_ms"]),
+            ms(&b["p99_ms"]),
+            n(&a["requests"]),
             ms(&a["p50_ms"]),
-            a["refused"],
+            ms(&a["p99_ms"]),
+            n(&a["refused"]),
         );
     }
     println!(
