@@ -225,9 +225,11 @@ pub struct ConnStatus {
     pub table_size: u32,
     /// Entries at the collector's last pass.
     pub entries: usize,
-    /// Idle timeouts, seconds: handshake, established, closing.
+    /// Idle timeout of a handshake that does not complete, seconds.
     pub timeout_syn_s: u64,
+    /// Idle timeout of an established connection, seconds.
     pub timeout_established_s: u64,
+    /// Idle timeout after a FIN or an RST, seconds.
     pub timeout_closing_s: u64,
     /// Time between collector passes now (it adapts to the churn), ms.
     pub collect_interval_ms: u64,

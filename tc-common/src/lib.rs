@@ -73,8 +73,12 @@ pub const MAX_POOLS: u32 = CHANNEL_SLOTS;
 /// [`ChannelPolicy::conn_pool`] of a channel without connection limits.
 pub const NO_POOL: u32 = u32::MAX;
 /// Default entries of the connection table; the agent's
-/// `--conn-table-size` sets it when the maps are created.
-pub const DEFAULT_MAX_CONNS: u32 = 262_144;
+/// `--conn-table-size` sets it when the maps are created. A closed
+/// connection's entry stays until the collector takes it (the closing
+/// timeout, 10 s, plus up to a collector interval), so this default holds
+/// about 80,000 new connections per second. Not preallocated: memory
+/// follows the entries in use.
+pub const DEFAULT_MAX_CONNS: u32 = 1_048_576;
 
 /// `ChannelPolicy::conn_action`: a refused SYN is dropped (the client's
 /// SYN retransmission, 1 s, 3 s, ... later, is the backpressure).
@@ -326,19 +330,36 @@ pub struct ConnEntry {
     /// 1 while the connection counts as open in its pool; taken to 0 once
     /// (a `u32`: BPF has no compare-and-swap on bytes).
     pub counted: u32,
+    /// The hook that saw the client's SYN: interface index << 1 | `DIR_*`.
+    /// A packet claiming to be the server's that shows up there is forged
+    /// by the client's side and moves nothing.
+    pub client_hook: u32,
+    /// Sequence number of the client's latest segment: its FIN or RST must
+    /// fall within [`SEQ_WINDOW`] of it.
+    pub client_seq: u32,
+    /// The client's latest acknowledgment (the server's next sequence
+    /// number as the client saw it): the server's FIN or RST must fall
+    /// within [`SEQ_WINDOW`] of it. 0 until the client acknowledged.
+    pub client_ack: u32,
     /// `CONN_*` state.
     pub state: u8,
     /// Non-zero when the client is the key's `a` endpoint.
     pub client_is_a: u8,
-    /// FINs seen: bit 0 from the client, bit 1 from the server.
+    /// Bit 0: the client's FIN was seen; bit 1: the server's; bit 2: the
+    /// connection was reset (the client's later data is dropped).
     pub fins: u8,
     /// `DIR_*` of the hook that saw the SYN: a SYN seen leaving means this
     /// node is on the client's side, and the handshake completes for it
     /// with the SYN-ACK; seen arriving, with the client's final ACK.
     pub syn_dir: u8,
-    /// Explicit padding, always zero.
-    pub _pad: [u8; 4],
 }
+
+/// How far (in sequence space, either way) a FIN or RST may lie from what
+/// the connection's packets last showed of its sender, to move the
+/// connection's state: a blind forger must guess the sequence number to
+/// within this (one chance in 128 per guess), and a client cannot close
+/// its own connection in our eyes with a segment its server ignores.
+pub const SEQ_WINDOW: u32 = 1 << 24;
 
 /// Connection counters of one pool (a channel with connection limits),
 /// shared by all CPUs and updated atomically. Open connections =
@@ -600,7 +621,7 @@ const _: () = assert!(core::mem::size_of::<FlowKey4>() == 16);
 const _: () = assert!(core::mem::size_of::<FlowKey6>() == 40);
 const _: () = assert!(core::mem::size_of::<ChannelPolicy>() == 72);
 const _: () = assert!(core::mem::size_of::<ConnKey>() == 36);
-const _: () = assert!(core::mem::size_of::<ConnEntry>() == 32);
+const _: () = assert!(core::mem::size_of::<ConnEntry>() == 40);
 const _: () = assert!(core::mem::size_of::<ConnPool>() == 72);
 const _: () = assert!(core::mem::size_of::<ConnConfig>() == 24);
 const _: () = assert!(core::mem::size_of::<BucketState>() == 24);

@@ -7,8 +7,9 @@
 //! it closes (both FINs, an RST) or the agent's collector times it out.
 //! The per-pool count is exact: see [`tc_common::ConnEntry`] for the rule
 //! that keeps the datapath and the collector from releasing one
-//! connection twice, and [`admit`] for the compare-and-swap that keeps
-//! two CPUs from admitting past the limit.
+//! connection twice, and [`admit`] for the compare-and-swap
+//! (`BPF_ATOMIC_CMPXCHG`, Linux 5.12) that keeps two CPUs from admitting
+//! past the limit.
 
 use core::{
     intrinsics::{atomic_cxchg, atomic_xadd, AtomicOrdering},
@@ -17,7 +18,7 @@ use core::{
 
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 use tc_common::{
-    ChannelPolicy, GlobalCounters, ConnConfig, ConnEntry, ConnKey, CONN_CLOSED, CONN_CLOSING, CONN_ESTABLISHED,
+    ChannelPolicy, GlobalCounters, L4_UNKNOWN, SEQ_WINDOW, ConnConfig, ConnEntry, ConnKey, CONN_CLOSED, CONN_CLOSING, CONN_ESTABLISHED,
     CONN_RESET, CONN_SYN_RECV, CONN_SYN_SENT, DIR_EGRESS, DIR_INGRESS, MODE_MONITOR, NO_CHANNEL,
 };
 
@@ -53,8 +54,14 @@ pub const CONN_REFUSE: u8 = 1;
 pub const CONN_LATE: u8 = 2;
 /// ...a refused SYN of a `reset` channel: answer it with an RST...
 pub const CONN_REFUSE_RESET: u8 = 3;
+/// ...a SYN on the addresses and ports of an entry idle past its timeout,
+/// which the collector has not taken yet: dropped (never reset: it is over
+/// no limit), the client's retransmission finds the way clear...
+pub const CONN_STALE: u8 = 5;
 /// ...or a packet of no limited channel.
 pub const CONN_NONE: u8 = 4;
+/// `-EEXIST` from a map insert: the key is there already.
+const EEXIST: i32 = -17;
 
 /// Connection limits for one packet: [`track`] for a TCP packet of a
 /// channel that limits connections, [`observe`] for a SYN, FIN or RST
@@ -72,14 +79,29 @@ pub fn connections(
     frame: &Frame,
     global: &mut GlobalCounters,
 ) -> u8 {
-    if p.proto != IPPROTO_TCP || p.l4_flags != 0 {
-        return CONN_NONE;
-    }
+    let tcp = p.proto == IPPROTO_TCP;
+    let hook = frame.ifindex << 1 | dir as u32;
     if slot != NO_CHANNEL {
         if let Some(policy) = TC_POLICIES.get(slot) {
             if policy.active != 0 && policy.limits_connections() {
-                let c = track(p, policy, dir, &mut global.conn_untracked_pkts);
-                if c == CONN_PASS {
+                let monitor = policy.mode == MODE_MONITOR;
+                let c = if p.l4_flags == 0 {
+                    if !tcp {
+                        return CONN_NONE;
+                    }
+                    track(p, policy, dir, hook, &mut global.conn_untracked_pkts)
+                } else if tcp || p.l4_flags & L4_UNKNOWN != 0 {
+                    // A TCP segment (or possibly one) whose ports cannot be
+                    // read: a first fragment cut inside the TCP header, a
+                    // header cut short, an extension chain past the walk.
+                    // It could be a SYN the table cannot follow, so a
+                    // channel that limits connections refuses it (RFC 1858).
+                    count_refusal(policy.conn_pool, monitor);
+                    CONN_REFUSE
+                } else {
+                    return CONN_NONE;
+                };
+                if c == CONN_PASS || monitor {
                     return CONN_PASS;
                 }
                 if let Some(counters) = TC_COUNTERS.get_ptr_mut(slot) {
@@ -95,13 +117,15 @@ pub fn connections(
                     global.conn_after_close_pkts += 1;
                     return CONN_LATE;
                 }
-                let reset = policy.conn_action == CONN_RESET && policy.mode != MODE_MONITOR;
-                return if reset { CONN_REFUSE_RESET } else { CONN_REFUSE };
+                if c == CONN_REFUSE && policy.conn_action == CONN_RESET && p.l4_flags == 0 {
+                    return CONN_REFUSE_RESET;
+                }
+                return CONN_REFUSE;
             }
         }
     }
-    if p.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 {
-        observe(p);
+    if tcp && p.l4_flags == 0 && p.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 {
+        observe(p, hook);
     }
     CONN_NONE
 }
@@ -176,7 +200,7 @@ fn expired(conf: &ConnConfig, state: u8, last: u64, now: u64) -> bool {
 /// A packet of a channel with connection limits: admits or refuses a new
 /// connection's SYN, and follows the connection's state.
 #[inline(always)]
-fn track(p: &Parsed, policy: &ChannelPolicy, dir: u8, untracked: &mut u64) -> u8 {
+fn track(p: &Parsed, policy: &ChannelPolicy, dir: u8, hook: u32, untracked: &mut u64) -> u8 {
     let (Some(conf), Some(key)) = (TC_CONN_CONF.get(0), scratch_key()) else {
         return CONN_PASS;
     };
@@ -203,7 +227,8 @@ fn track(p: &Parsed, policy: &ChannelPolicy, dir: u8, untracked: &mut u64) -> u8
                 // addresses and ports waits until it is collected (the SYN
                 // is retransmitted); other packets pass uncounted.
                 if pure_syn {
-                    return CONN_REFUSE;
+                    count_refusal(policy.conn_pool, policy.mode == MODE_MONITOR);
+                    return CONN_STALE;
                 }
                 *untracked += 1;
                 return CONN_PASS;
@@ -241,13 +266,16 @@ fn track(p: &Parsed, policy: &ChannelPolicy, dir: u8, untracked: &mut u64) -> u8
                     write_volatile(&raw mut (*e).pool, policy.conn_pool);
                     write_volatile(&raw mut (*e).fins, 0);
                     write_volatile(&raw mut (*e).syn_dir, dir);
+                    write_volatile(&raw mut (*e).client_hook, hook);
+                    write_volatile(&raw mut (*e).client_seq, p.seq);
+                    write_volatile(&raw mut (*e).client_ack, 0);
                     write_volatile(&raw mut (*e).client_is_a, sender_is_a as u8);
                     write_volatile(&raw mut (*e).state, CONN_SYN_SENT);
                 }
                 return CONN_PASS;
             }
             // SAFETY: as above.
-            unsafe { follow(e, from_client as u8, p.tcp_flags, now) }
+            unsafe { follow(e, from_client, p, hook, now) }
         }
         None => {
             if !pure_syn {
@@ -271,10 +299,12 @@ fn track(p: &Parsed, policy: &ChannelPolicy, dir: u8, untracked: &mut u64) -> u8
                 pool: policy.conn_pool,
                 state: CONN_SYN_SENT,
                 counted: 1,
+                client_hook: hook,
+                client_seq: p.seq,
+                client_ack: 0,
                 client_is_a: sender_is_a as u8,
                 fins: 0,
                 syn_dir: dir,
-                _pad: [0; 4],
             };
             match TC_CONNS.insert(key, entry, BPF_NOEXIST as u64) {
                 Ok(()) => CONN_PASS,
@@ -283,7 +313,7 @@ fn track(p: &Parsed, policy: &ChannelPolicy, dir: u8, untracked: &mut u64) -> u8
                     // -EEXIST: the same SYN on the other CPU got there
                     // first and counts the connection. Otherwise the table
                     // is full: refused, never uncounted.
-                    if err == -17 {
+                    if err == EEXIST {
                         CONN_PASS
                     } else {
                         table_full(policy);
@@ -303,7 +333,7 @@ fn track(p: &Parsed, policy: &ChannelPolicy, dir: u8, untracked: &mut u64) -> u8
 /// server's side of a connection, usually): moves a tracked connection's
 /// state. Nothing to do for connections that are not tracked.
 #[inline(always)]
-fn observe(p: &Parsed) {
+fn observe(p: &Parsed, hook: u32) {
     let (Some(conf), Some(key)) = (TC_CONN_CONF.get(0), scratch_key()) else {
         return;
     };
@@ -325,29 +355,67 @@ fn observe(p: &Parsed) {
         if from_client && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
             return;
         }
-        follow(e, from_client as u8, p.tcp_flags, now);
+        follow(e, from_client, p, hook, now);
     }
+}
+
+/// Whether `seq` lies within [`SEQ_WINDOW`] of `near`, either way.
+#[inline(always)]
+fn in_window(seq: u32, near: u32) -> bool {
+    seq.wrapping_sub(near).wrapping_add(SEQ_WINDOW) < 2 * SEQ_WINDOW
 }
 
 /// Follows a tracked connection's state on one of its packets: handshake
 /// (and its time), FINs, RST. Returns [`CONN_LATE`] for client data after
 /// a reset, else [`CONN_PASS`].
 ///
+/// A FIN or RST moves the state only if its sequence number lies near what
+/// its sender's packets showed ([`SEQ_WINDOW`]), and a packet claiming to
+/// be the server's moves nothing when it shows up at the hook that saw the
+/// client's SYN: neither a client nor a blind forger can close a
+/// connection in the table's eyes (and so free its slot) while the
+/// connection lives on.
+///
 /// # Safety
 /// `e` must point into a live value of the connection table.
 #[inline(always)]
-unsafe fn follow(e: *mut ConnEntry, from_client: u8, flags: u8, now: u64) -> u8 {
+unsafe fn follow(e: *mut ConnEntry, from_client: bool, p: &Parsed, hook: u32, now: u64) -> u8 {
+    let flags = p.tcp_flags;
     // SAFETY: caller guarantees `e` is valid.
     unsafe {
         let state = read_volatile(&raw const (*e).state);
         let fins = read_volatile(&raw const (*e).fins);
+        if !from_client && hook == read_volatile(&raw const (*e).client_hook) {
+            // The server's packets never pass the client's hook: forged.
+            return CONN_PASS;
+        }
+        let client_seq = read_volatile(&raw const (*e).client_seq);
+        let client_ack = read_volatile(&raw const (*e).client_ack);
+        let closing = flags & (TCP_FIN | TCP_RST) != 0;
+        let plausible = if from_client {
+            in_window(p.seq, client_seq)
+        } else if state == CONN_SYN_SENT {
+            // Answering the SYN: it must acknowledge it.
+            flags & TCP_ACK != 0 && p.ack == client_seq.wrapping_add(1)
+        } else {
+            client_ack == 0 || in_window(p.seq, client_ack)
+        };
+        if closing && !plausible {
+            return CONN_PASS;
+        }
         if state == CONN_CLOSED {
             // Late ACKs and FINs of a closed connection pass; data from a
             // client that was reset does not.
-            if fins & RESET_SEEN != 0 && from_client != 0 && flags & TCP_RST == 0 {
+            if fins & RESET_SEEN != 0 && from_client && flags & TCP_RST == 0 {
                 return CONN_LATE;
             }
             return CONN_PASS;
+        }
+        if from_client && in_window(p.seq, client_seq) {
+            write_volatile(&raw mut (*e).client_seq, p.seq);
+            if flags & TCP_ACK != 0 {
+                write_volatile(&raw mut (*e).client_ack, p.ack);
+            }
         }
         write_volatile(&raw mut (*e).last_ns, now);
         if flags & TCP_RST != 0 {
@@ -356,7 +424,7 @@ unsafe fn follow(e: *mut ConnEntry, from_client: u8, flags: u8, now: u64) -> u8 
             return CONN_PASS;
         }
         let syn_dir = read_volatile(&raw const (*e).syn_dir);
-        if from_client == 0 && flags & TCP_SYN != 0 {
+        if !from_client && flags & TCP_SYN != 0 {
             // The server's SYN-ACK (or its SYN, in a simultaneous open).
             if state == CONN_SYN_SENT {
                 write_volatile(&raw mut (*e).state, CONN_SYN_RECV);
@@ -367,7 +435,7 @@ unsafe fn follow(e: *mut ConnEntry, from_client: u8, flags: u8, now: u64) -> u8 
             }
             return CONN_PASS;
         }
-        if from_client != 0 && state == CONN_SYN_RECV && flags & TCP_ACK != 0 {
+        if from_client && state == CONN_SYN_RECV && flags & TCP_ACK != 0 {
             write_volatile(&raw mut (*e).state, CONN_ESTABLISHED);
             // On the server's side the client's final ACK completes it.
             if syn_dir == DIR_INGRESS {
@@ -378,7 +446,7 @@ unsafe fn follow(e: *mut ConnEntry, from_client: u8, flags: u8, now: u64) -> u8 
             write_volatile(&raw mut (*e).state, CONN_ESTABLISHED);
         }
         if flags & TCP_FIN != 0 {
-            let fins = fins | if from_client != 0 { FIN_CLIENT } else { FIN_SERVER };
+            let fins = fins | if from_client { FIN_CLIENT } else { FIN_SERVER };
             write_volatile(&raw mut (*e).fins, fins);
             if fins & (FIN_CLIENT | FIN_SERVER) == FIN_CLIENT | FIN_SERVER {
                 close(e);
@@ -457,6 +525,22 @@ fn table_full(policy: &ChannelPolicy) {
     }
 }
 
+/// A new connection refused (or, in monitor mode, one that would have been).
+#[inline(always)]
+fn count_refusal(pool: u32, monitor: bool) {
+    if let Some(p) = TC_CONN_POOLS.get_ptr_mut(pool) {
+        // SAFETY: an array value, valid for this run.
+        unsafe {
+            let counter = if monitor {
+                &raw mut (*p).would_refuse
+            } else {
+                &raw mut (*p).refused
+            };
+            atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(counter, 1);
+        }
+    }
+}
+
 /// Admits a new connection into the channel's pool, or refuses it: the
 /// new-connection rate first (GCRA), then a slot under the concurrency
 /// limit, taken by compare-and-swap on `opened` so that two CPUs cannot
@@ -527,10 +611,8 @@ fn admit(policy: &ChannelPolicy, now: u64) -> bool {
             }
         }
         if refuse {
-            if monitor {
-                atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(&raw mut (*p).would_refuse, 1);
-            } else {
-                atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(&raw mut (*p).refused, 1);
+            count_refusal(pool, monitor);
+            if !monitor {
                 return false;
             }
         }

@@ -76,6 +76,9 @@ pub struct Frame {
     pub len: u64,
     /// Packets charged to the packet bucket (GSO segments, at least 1).
     pub segs: u64,
+    /// The interface the hook runs on: the connection table tells a
+    /// client's hook from the server's by it.
+    pub ifindex: u32,
 }
 
 
@@ -143,11 +146,10 @@ pub fn enforce(
         counters.dropped_bytes += frame.len;
         return Verdict::DROP;
     }
-    let passed = Verdict::PASS;
     if policy.byte_cost_q16 == 0 && policy.pkt_cost_q16 == 0 {
         counters.passed_pkts += frame.segs;
         counters.passed_bytes += frame.len;
-        return passed;
+        return Verdict::PASS;
     }
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -218,7 +220,7 @@ pub fn enforce(
             conform(bucket, policy, now, frame.len, frame.segs, bursts)
         }
     };
-    let mut verdict = passed;
+    let mut verdict = Verdict::PASS;
     // SAFETY: as above. Every passing packet of the channel charges the
     // rate signal, ECN-capable or not.
     if marking

@@ -58,9 +58,12 @@ pub fn xdp_ingress(ctx: XdpContext) -> u32 {
         end: ctx.data_end(),
         len,
         segs: 1,
+        // SAFETY: the context pointer is valid for the whole program run.
+        ifindex: unsafe { (*ctx.ctx).ingress_ifindex },
     };
     let ld = XdpLoad(&ctx);
-    let v = handle(&frame, &ld, DIR_INGRESS, || 0, |p| reset_xdp(&ctx, &ld, p));
+    let v = handle(&frame, &ld, DIR_INGRESS, || 0, #[inline(always)]
+        |p| reset_xdp(&ctx, &ld, p));
     match v.action {
         DROP => xdp_action::XDP_DROP,
         RESET => v.tstamp as u32,
@@ -139,6 +142,8 @@ fn tc_verdict(ctx: &TcContext, dir: u8) -> i32 {
         end: ctx.data_end(),
         len: len as u64,
         segs: if gso_segs == 0 { 1 } else { gso_segs },
+        // SAFETY: the context pointer is valid for the whole program run.
+        ifindex: unsafe { (*ctx.skb.skb).ifindex },
     };
     // SAFETY: the context pointer is valid for the whole program run.
     // Usually a read of the hash the stack already set (TCP's txhash, the
@@ -148,6 +153,7 @@ fn tc_verdict(ctx: &TcContext, dir: u8) -> i32 {
         &TcLoad(ctx),
         dir,
         || unsafe { bpf_get_hash_recalc(ctx.skb.skb) },
+        #[inline(always)]
         |p| reset_tc(ctx, p, dir == DIR_EGRESS) as u32,
     );
     match v.action {

@@ -51,8 +51,9 @@ pub static TC_FRAGS: LruHashMap<FragKey, FragEntry> = LruHashMap::with_max_entri
 
 /// TCP connections of channels with connection limits. A plain hash map,
 /// not an LRU: an eviction would drop an open connection and leak its
-/// slot in the count. Not preallocated: an entry is freed after an RCU
-/// grace period, so a program that found one never sees it reused for
+/// slot in the count. Not preallocated (`BPF_F_NO_PREALLOC`, Linux 4.6;
+/// cheap allocation with bpf_mem_alloc since 6.1): an entry is freed after
+/// an RCU grace period, so a program that found one never sees it reused for
 /// another connection, and memory follows the connections open (the agent
 /// sets the size, `--conn-table-size`).
 #[map]
@@ -70,7 +71,7 @@ pub static TC_CONN_GC: Array<u64> = Array::with_max_entries(MAX_POOLS, 0);
 pub static TC_CONN_CONF: Array<ConnConfig> = Array::with_max_entries(1, 0);
 
 /// Per-CPU scratch: values pass through it where the verifier must not
-/// tell the paths that produced them apart (see `pipeline::join_parse_paths`, `pipeline::join_enforce_paths` and
+/// tell the paths that produced them apart (see `pipeline::parse_into`, `pipeline::join_enforce_paths` and
 /// the extension-header walk in `parse`). Nothing in it outlives a packet.
 #[repr(C)]
 pub struct ParseScratch {

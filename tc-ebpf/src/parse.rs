@@ -67,6 +67,8 @@ pub struct Parsed {
     pub tcp_flags: u8,
     /// TCP sequence number (host order): a reset answering a SYN acks it.
     pub seq: u32,
+    /// TCP acknowledgment number (host order).
+    pub ack: u32,
     /// Bytes of headers before the L4 payload (0 when unknown): a GSO
     /// super-packet carries them once, each of its segments on the wire.
     pub hdr_len: u32,
@@ -98,6 +100,7 @@ struct L4 {
     sport: u16,
     tcp_flags: u8,
     seq: u32,
+    ack: u32,
     hdr_len: u32,
     l4_flags: u8,
 }
@@ -110,6 +113,7 @@ impl L4 {
         sport: 0,
         tcp_flags: 0,
         seq: 0,
+        ack: 0,
         hdr_len: 0,
         l4_flags: L4_ANY_PORT,
     };
@@ -120,6 +124,7 @@ impl L4 {
         sport: 0,
         tcp_flags: 0,
         seq: 0,
+        ack: 0,
         hdr_len: 0,
         l4_flags: 0,
     };
@@ -132,6 +137,7 @@ impl L4 {
             sport: u16::from_be_bytes([h[0], h[1]]),
             tcp_flags: h[13],
             seq: u32::from_be_bytes([h[4], h[5], h[6], h[7]]),
+            ack: u32::from_be_bytes([h[8], h[9], h[10], h[11]]),
             hdr_len: (l4 + (h[12] >> 4) as usize * 4) as u32,
             l4_flags: 0,
         }
@@ -145,6 +151,7 @@ impl L4 {
             sport: u16::from_be_bytes([h[0], h[1]]),
             tcp_flags: 0,
             seq: 0,
+            ack: 0,
             hdr_len: (l4 + 8) as u32,
             l4_flags: 0,
         }
@@ -242,6 +249,7 @@ fn parse_v4(start: usize, end: usize, l3: usize) -> Result<Parsed, Skip> {
         sport: l4.sport,
         tcp_flags: l4.tcp_flags,
         seq: l4.seq,
+        ack: l4.ack,
         hdr_len: l4.hdr_len,
         l4_flags: l4.l4_flags,
         frag,
@@ -276,6 +284,7 @@ fn parse_v6(
         sport: 0,
         tcp_flags: 0,
         seq: 0,
+        ack: 0,
         hdr_len: 0,
         l4_flags: L4_UNKNOWN,
         frag: FRAG_NONE,
@@ -292,6 +301,7 @@ fn parse_v6(
         p.sport = l4.sport;
         p.tcp_flags = l4.tcp_flags;
         p.seq = l4.seq;
+        p.ack = l4.ack;
         p.hdr_len = l4.hdr_len;
         p.l4_flags = l4.l4_flags;
         return Ok(p);
@@ -340,6 +350,8 @@ fn parse_v6(
             p.sport = l4.sport;
             p.tcp_flags = l4.tcp_flags;
             p.seq = l4.seq;
+            p.ack = l4.ack;
+        p.ack = l4.ack;
             p.hdr_len = l4.hdr_len;
             p.l4_flags = l4.l4_flags;
             finish(&mut p);

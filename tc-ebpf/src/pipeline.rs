@@ -16,7 +16,7 @@ use tc_common::{FragEntry, FLAG_NO_FLOW_CACHE, FRAG_BUDGET, NO_CHANNEL};
 
 use crate::{
     classify::{channel_slot, frag_key},
-    conn::{connections, CONN_LATE, CONN_REFUSE, CONN_REFUSE_RESET},
+    conn::{connections, CONN_LATE, CONN_REFUSE, CONN_REFUSE_RESET, CONN_STALE},
     enforce::{enforce, Frame, Verdict, DROP, FOLLOW_DROP, FOLLOW_PASS, JUDGE, RESET},
     maps::{ParseScratch, TC_CONFIG, TC_FRAGS, TC_GENS, TC_GLOBAL, TC_SCRATCH},
     parse::{parse, Load, Parsed, Skip, FRAG_FIRST, FRAG_LATER},
@@ -107,7 +107,7 @@ pub fn handle(
     let conn = join_conn_paths(scratch, conn);
     let mut verdict = if conn == CONN_REFUSE_RESET {
         Verdict::RESET
-    } else if conn == CONN_REFUSE || conn == CONN_LATE {
+    } else if conn == CONN_REFUSE || conn == CONN_LATE || conn == CONN_STALE {
         Verdict::DROP
     } else if slot == NO_CHANNEL {
         global.unclassified_pkts += 1;
@@ -166,8 +166,6 @@ fn remember_first(parsed: &Parsed, dir: u8, slot: u32, len: u64, dropped: bool) 
     let _ = TC_FRAGS.insert(&frag_key(parsed, dir), &first, 0);
 }
 
-
-
 /// [`parse_into`]: the frame was parsed.
 const PARSED: u8 = 0;
 /// [`parse_into`]: not IP.
@@ -204,7 +202,8 @@ fn parse_into(start: usize, end: usize, ld: &impl Load, s: *mut ParseScratch) ->
 /// first fragment): enforcement is verified once for both.
 #[inline(always)]
 fn join_enforce_paths(s: *mut ParseScratch, slot: u32, follow: u8) -> (u32, u8) {
-    // SAFETY: as in `join_parse_paths`.
+    // SAFETY: per-CPU slot, only this CPU uses it while the program runs;
+    // volatile so that LLVM cannot forward the stores to the loads.
     unsafe {
         write_volatile(&raw mut (*s).slot, slot);
         write_volatile(&raw mut (*s).follow, follow);
@@ -219,7 +218,7 @@ fn join_enforce_paths(s: *mut ParseScratch, slot: u32, follow: u8) -> (u32, u8) 
 /// once for all of them, not once per outcome.
 #[inline(always)]
 fn join_conn_paths(s: *mut ParseScratch, conn: u8) -> u8 {
-    // SAFETY: as in `join_parse_paths`.
+    // SAFETY: as in `join_enforce_paths`.
     unsafe {
         write_volatile(&raw mut (*s).conn, conn);
         read_volatile(&raw const (*s).conn)

@@ -108,7 +108,9 @@ fn swap_macs(m: [u8; 12]) -> [u8; 12] {
     s
 }
 
-/// Rewrites the SYN in `ctx` into its RST and redirects it to the client:
+/// Rewrites the SYN in `ctx` into its RST (`bpf_skb_change_tail`, Linux
+/// 4.9) and redirects it to the client (`bpf_redirect`, with
+/// `BPF_F_INGRESS` since 4.5):
 /// out of the interface it came in on (ingress hook), or into the local
 /// stack that sent it (egress hook). Returns the tc verdict; a packet that
 /// cannot be rewritten is dropped, the refusal `drop` would give.
@@ -154,7 +156,8 @@ pub fn reset_tc(ctx: &TcContext, p: &Parsed, egress: bool) -> i32 {
     unsafe { bpf_redirect(ifindex, flags) as i32 }
 }
 
-/// The same at XDP: rewritten in place and sent back out (`XDP_TX`).
+/// The same at XDP: rewritten in place (`bpf_xdp_store_bytes`, Linux
+/// 5.18; the agent needs 5.18 anyway) and sent back out (`XDP_TX`).
 #[inline(always)]
 pub fn reset_xdp(ctx: &XdpContext, ld: &impl Load, p: &Parsed) -> u32 {
     let l3 = (p.l3 & 0xff) as usize;

@@ -15,14 +15,21 @@ pub mod web;
 /// Pins the calling thread to `cpu`: two threads then charge a map, or
 /// send, from two CPUs at once.
 pub fn pin_to_cpu(cpu: usize) -> anyhow::Result<()> {
+    pin_to_cpus(&[cpu])
+}
+
+/// Lets the calling thread run on `cpus` only.
+pub fn pin_to_cpus(cpus: &[usize]) -> anyhow::Result<()> {
     // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes inside it;
     // pid 0 is the calling thread.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
+        for cpu in cpus {
+            libc::CPU_SET(*cpu, &mut set);
+        }
         if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
             anyhow::bail!(
-                "sched_setaffinity({cpu}): {}",
+                "sched_setaffinity({cpus:?}): {}",
                 std::io::Error::last_os_error()
             );
         }

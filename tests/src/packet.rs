@@ -270,6 +270,17 @@ pub fn tcp(src: &str, dst: &str, flags: u8, seq: u32, payload: usize) -> Vec<u8>
     f
 }
 
+/// `f` (from [`tcp`]) with acknowledgment number `ack`.
+pub fn with_ack(mut f: Vec<u8>, ack: u32) -> Vec<u8> {
+    let l4 = if u16::from_be_bytes([f[12], f[13]]) == 0x86DD {
+        14 + 40
+    } else {
+        14 + 20
+    };
+    f[l4 + 8..l4 + 12].copy_from_slice(&ack.to_be_bytes());
+    f
+}
+
 /// Whether the TCP checksum of the IPv4 or IPv6 segment in `f` is valid.
 pub fn tcp_checksum_ok(f: &[u8]) -> bool {
     let v6 = u16::from_be_bytes([f[12], f[13]]) == 0x86DD;

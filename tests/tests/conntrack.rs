@@ -43,8 +43,11 @@ impl Node {
     }
 
     fn with_timeouts(setup: impl Fn(&mut tc_common::ChannelPolicy), timeout_ns: u64) -> Self {
+        // Compiled with a connection limit, so the tables hold the channel
+        // for TCP segments whose ports are hidden too; `setup` then sets
+        // the limits each test needs.
         let policy = Policy::parse(
-            "channels:\n  - name: web\n    from: [198.18.1.0/24, \"2001:db8:1::/64\"]\n    to: [198.18.2.10/32, \"2001:db8:2::10/128\"]\n    protocol: tcp\n    ports: [80]\n",
+            "channels:\n  - name: web\n    from: [198.18.1.0/24, \"2001:db8:1::/64\"]\n    to: [198.18.2.10/32, \"2001:db8:2::10/128\"]\n    protocol: tcp\n    ports: [80]\n    limit: {connections: 1000000}\n",
             "test.yaml",
         )
         .expect("valid policy");
@@ -298,26 +301,20 @@ fn a_timed_out_connection_is_released_once_by_the_collector() {
     assert_eq!(n.from_client(40001, ACK), PASS);
     assert_eq!(n.pool().open(), 1, "not released by the datapath");
     let early =
-        n.dp.collect_conns(
-            &ConnConfig {
-                syn_ns: 50_000_000,
-                established_ns: 50_000_000,
-                closing_ns: 50_000_000,
-            },
-            |_| true,
-        )
+        n.dp.collect_conns(&ConnConfig {
+            syn_ns: 50_000_000,
+            established_ns: 50_000_000,
+            closing_ns: 50_000_000,
+        })
         .unwrap();
     assert_eq!(early.removed, 0, "within the collector's margin");
     std::thread::sleep(tc_agent::datapath::conn::COLLECT_MARGIN);
     let c =
-        n.dp.collect_conns(
-            &ConnConfig {
-                syn_ns: 50_000_000,
-                established_ns: 50_000_000,
-                closing_ns: 50_000_000,
-            },
-            |_| true,
-        )
+        n.dp.collect_conns(&ConnConfig {
+            syn_ns: 50_000_000,
+            established_ns: 50_000_000,
+            closing_ns: 50_000_000,
+        })
         .unwrap();
     assert_eq!((c.scanned, c.removed, c.released), (1, 1, 1));
     let p = n.pool();
@@ -349,4 +346,98 @@ fn both_cpus_admit_exactly_up_to_the_limit() {
         (p.open(), p.pool.opened, p.pool.refused),
         (1000, 1000, 1000)
     );
+}
+
+#[test]
+fn forged_or_out_of_window_closes_free_no_slot() {
+    let mut n = Node::new(|p| p.conn_limit = 1);
+    n.connect(40001);
+    // The client forges the server's FIN and RST: they show up at the hook
+    // that saw the client's SYN, where the server's packets never pass.
+    for flags in [FIN | ACK, RST] {
+        let forged = packet::tcp(SERVER, &client(40001), flags, 5000, 0);
+        assert_eq!(n.run(TC_INGRESS, &forged).0, PASS);
+    }
+    // Its own FIN and RST far from its sequence numbers: the server would
+    // ignore them, and so does the table.
+    for flags in [FIN | ACK, RST] {
+        let stray = packet::tcp(&client(40001), SERVER, flags, 1000 + (1 << 25), 0);
+        assert_eq!(n.run(TC_INGRESS, &stray).0, PASS);
+    }
+    assert_eq!(n.pool().open(), 1, "nothing closed");
+    assert_eq!(n.from_client(40002, SYN), DROP, "the slot is still taken");
+    assert_eq!(n.from_client(40001, ACK), PASS, "the connection lives on");
+    // In window, each from where its sender's packets pass: closed.
+    assert_eq!(n.from_client(40001, FIN | ACK), PASS);
+    assert_eq!(n.from_server(40001, FIN | ACK), PASS);
+    assert_eq!(n.pool().open(), 0);
+}
+
+#[test]
+fn the_servers_rst_to_a_syn_must_acknowledge_it() {
+    let mut n = Node::new(|p| p.conn_limit = 1);
+    assert_eq!(n.from_client(40001, SYN), PASS);
+    let blind = packet::with_ack(packet::tcp(SERVER, &client(40001), RST | ACK, 0, 0), 7);
+    assert_eq!(n.run(TC_EGRESS, &blind).0, PASS);
+    assert_eq!(
+        n.pool().open(),
+        1,
+        "an RST that does not acknowledge the SYN closes nothing"
+    );
+    // The client's SYN has sequence number 1000: a closed port answers 1001.
+    let refused = packet::with_ack(packet::tcp(SERVER, &client(40001), RST | ACK, 0, 0), 1001);
+    assert_eq!(n.run(TC_EGRESS, &refused).0, PASS);
+    assert_eq!(n.pool().open(), 0);
+}
+
+/// A SYN whose first fragment ends 8 bytes into the TCP header (RFC 1858's
+/// tiny fragment): the ports, and whether it is a SYN, cannot be read.
+fn tiny_first_fragment() -> Vec<u8> {
+    let mut f = packet::tcp(&client(40001), SERVER, SYN, 1, 0);
+    f.truncate(14 + 20 + 8);
+    f[16..18].copy_from_slice(&28u16.to_be_bytes());
+    f[20] |= 0x20; // more fragments, offset 0
+    f
+}
+
+#[test]
+fn a_tcp_segment_without_readable_ports_is_refused_by_a_limited_channel() {
+    let mut n = Node::new(|p| p.conn_limit = 10);
+    assert_eq!(n.run(TC_INGRESS, &tiny_first_fragment()).0, DROP);
+    let p = n.pool();
+    assert_eq!((p.pool.refused, p.pool.opened), (1, 0));
+    n.connect(40002);
+}
+
+#[test]
+fn monitor_mode_drops_nothing() {
+    let mut n = Node::with_timeouts(
+        |p| {
+            p.conn_limit = 1;
+            p.mode = MODE_MONITOR;
+        },
+        50_000_000,
+    );
+    n.connect(40001);
+    assert_eq!(n.from_client(40001, RST), PASS);
+    assert_eq!(n.from_client(40001, ACK), PASS, "data after a reset");
+    assert_eq!(
+        n.run(TC_INGRESS, &tiny_first_fragment()).0,
+        PASS,
+        "hidden ports"
+    );
+    n.connect(40002);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(
+        n.from_client(40002, SYN),
+        PASS,
+        "a SYN on a timed-out entry"
+    );
+    let p = n.pool();
+    assert_eq!(p.pool.refused, 0);
+    assert_eq!(
+        p.pool.would_refuse, 2,
+        "the hidden segment and the early SYN"
+    );
+    assert_eq!(n.dp.global_counters().unwrap().conn_after_close_pkts, 0);
 }

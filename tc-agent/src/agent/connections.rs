@@ -2,11 +2,10 @@
 //! connections in a pool that outlives generations, so an apply keeps the
 //! open connections of a channel that keeps its name (also when its limit
 //! changes: a lowered limit cuts nothing, it only refuses new connections
-//! until the count is below it). A pool of a removed channel drains: the
-//! collector removes its connections, and once none is left it is zeroed
-//! and free again.
-//!
-//! Also the collector's schedule, which adapts to the churn.
+//! until the count is below it). A pool of a removed channel drains: its
+//! connections close or time out, and once none is left it is zeroed and
+//! free again. The collector's passes tell when that is, so its schedule
+//! (which adapts to the churn) lives here too.
 
 use std::collections::{HashMap, HashSet};
 
@@ -154,8 +153,7 @@ impl Agent {
     /// shorter while many entries time out, longer while none do.
     pub(super) fn collect(&mut self) -> Result<Duration> {
         let conf = self.config.conn_timeouts;
-        let live = &self.pools.live;
-        let c = self.dp.collect_conns(&conf, |p| live.contains(&p))?;
+        let c = self.dp.collect_conns(&conf)?;
         let mut freed = Vec::new();
         for (pool, empty) in self.pools.draining.iter_mut() {
             if c.left.contains_key(pool) {

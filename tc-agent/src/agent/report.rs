@@ -159,7 +159,13 @@ fn conn_row(
         open_connections: n.open(),
         connection_limit: c.limit.connections,
         opened_connections: p.opened,
-        refused_connections: p.refused + p.table_full,
+        // In monitor mode a full table refuses nothing: not a refusal.
+        refused_connections: p.refused
+            + if c.mode == crate::policy::Mode::Enforce {
+                p.table_full
+            } else {
+                0
+            },
         table_full_connections: p.table_full,
         would_refuse_connections: p.would_refuse,
         handshake_rtt_max_us: (p.rtt_count > 0).then(|| p.rtt_max_ns as f64 / 1e3),

@@ -46,12 +46,12 @@ impl PoolCounts {
 pub struct Collected {
     /// Entries in the table when the pass started.
     pub scanned: usize,
-    /// Entries removed (timed out, or of a pool no channel uses any more).
+    /// Entries removed (idle past their timeout and the margin).
     pub removed: usize,
     /// Of those, connections that still counted as open and were released.
     pub released: usize,
-    /// Entries left per pool, so the agent knows when a retired pool has
-    /// drained.
+    /// Entries left per pool, so the agent knows when the pool of a
+    /// removed channel has drained.
     pub left: StdHashMap<u32, usize>,
 }
 
@@ -117,14 +117,12 @@ impl Datapath {
     }
 
     /// One pass of the collector: removes the entries idle past their
-    /// state's timeout (plus [`COLLECT_MARGIN`]) and those of pools that
-    /// `in_use` says no channel holds any more, and releases the
-    /// connections among them that still counted as open.
-    pub fn collect_conns(
-        &mut self,
-        conf: &ConnConfig,
-        in_use: impl Fn(u32) -> bool,
-    ) -> Result<Collected, DatapathError> {
+    /// state's timeout (plus [`COLLECT_MARGIN`]), and releases the
+    /// connections among them that still counted as open. The entries of a
+    /// removed channel's pool go the same way, never sooner: the datapath
+    /// may still be writing any entry that has not timed out (a FIN, a
+    /// reused tuple reopening it into a live pool).
+    pub fn collect_conns(&mut self, conf: &ConnConfig) -> Result<Collected, DatapathError> {
         let margin = COLLECT_MARGIN.as_nanos() as u64;
         let mut out = Collected::default();
         let mut released: StdHashMap<u32, u64> = StdHashMap::new();
@@ -141,7 +139,7 @@ impl Datapath {
                 let timeout = conf.timeout(e.state);
                 let idle = now.saturating_sub(e.last_ns);
                 let timed_out = timeout != 0 && idle > timeout + margin;
-                if !timed_out && in_use(e.pool) {
+                if !timed_out {
                     *out.left.entry(e.pool).or_default() += 1;
                     continue;
                 }

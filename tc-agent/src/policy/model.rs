@@ -102,16 +102,10 @@ pub struct Limit {
 
 impl Limit {
     /// Whether the channel has no bandwidth and no packet-rate limit: no
-    /// limit that acts on a packet by itself. Connection limits do not
-    /// count here, by design, for the one caller, [`Channel::holds_hidden`]:
-    /// it is about packets whose ports (or protocol) the datapath cannot
-    /// read, and the datapath's connection tracking cannot follow such a
-    /// packet either (it cannot tell the packet's connection, or whether
-    /// it is a SYN), so a channel with only connection limits enforces
-    /// nothing on it. The other places that ask "is there a limit" do not
-    /// use this: validation's "a limit needs ..." accepts connection keys
-    /// (see [`Limit::limits_connections`]), and shadow analysis compares
-    /// only what channels match, never their limits.
+    /// limit that charges a packet by itself. Connection limits are asked
+    /// for separately ([`Limit::limits_connections`]): validation's "a
+    /// limit needs ..." accepts either, and [`Channel::holds_hidden`]
+    /// counts either as enforcing.
     pub fn is_unlimited(&self) -> bool {
         self.bandwidth_bps.is_none() && self.packets.is_none()
     }
@@ -170,9 +164,12 @@ impl Channel {
     pub fn holds_hidden(&self, hidden_proto: bool) -> bool {
         let more_specific =
             !self.ports.is_empty() || (hidden_proto && self.protocol.numbers().is_some());
-        // Connection limits do not count: connection tracking cannot see
-        // such a packet (see `Limit::is_unlimited`).
-        let enforces = self.mode == Mode::Enforce && !self.limit.is_unlimited();
+        // Connection limits count: the datapath refuses a TCP segment (or
+        // a packet that may be one) whose ports it cannot read in a channel
+        // that limits connections, since it could be a SYN the table cannot
+        // follow (RFC 1858's tiny first fragment).
+        let enforces = self.mode == Mode::Enforce
+            && (!self.limit.is_unlimited() || self.limit.limits_connections());
         !more_specific || enforces
     }
 }

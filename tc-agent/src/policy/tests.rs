@@ -1016,24 +1016,29 @@ fn new_connection_burst_admits_exactly_that_many_syns_at_once() {
 }
 
 #[test]
-fn connection_only_channels_do_not_hold_hidden_packets() {
-    // Connection tracking cannot follow a packet whose ports or protocol
-    // are hidden: a port-specific channel with only connection limits
-    // passes such a packet over, as an unlimited one does.
+fn connection_limited_channels_hold_hidden_packets() {
+    // A TCP segment whose ports are hidden could be a SYN the connection
+    // table cannot follow: a channel that limits connections must hold it
+    // (and refuses it), or it would slip past the limit.
     let p = Policy::parse(
         &one_channel(&["protocol: tcp", "ports: [443]", "limit: {connections: 5}"]),
         "p",
     )
     .unwrap();
-    assert!(!p.channels[0].holds_hidden(false));
-    assert!(!p.channels[0].holds_hidden(true));
+    assert!(p.channels[0].holds_hidden(false));
+    assert!(p.channels[0].holds_hidden(true));
+    // In monitor mode it enforces nothing, and is passed over as before.
     let p = Policy::parse(
-        &one_channel(&["protocol: tcp", "limit: {connections: 5}"]),
+        &one_channel(&[
+            "protocol: tcp",
+            "ports: [443]",
+            "limit: {connections: 5}",
+            "mode: monitor",
+        ]),
         "p",
     )
     .unwrap();
-    assert!(p.channels[0].holds_hidden(false), "names no ports");
-    assert!(!p.channels[0].holds_hidden(true), "names a protocol");
+    assert!(!p.channels[0].holds_hidden(false));
 }
 
 #[test]

@@ -52,8 +52,8 @@ pub const MAX_PACKETS: u64 = 100_000_000;
 pub const DEFAULT_PACKET_BURST_MS: u64 = 20;
 /// Most open TCP connections a channel may allow at once (`connections`).
 /// A bound on what the file may say, not on what the node can track: the
-/// connection tables ([`tc_common::DEFAULT_MAX_CONNS`] entries per family
-/// by default) bound that.
+/// connection table ([`tc_common::DEFAULT_MAX_CONNS`] entries for both
+/// families by default, `--conn-table-size`) bounds that.
 pub const MAX_CONNECTIONS: u32 = 1_000_000;
 /// New-connection rate ceiling, per second (`new_connections`). At it a
 /// connection costs 1,000 ns, so costs in whole nanoseconds (rounded down)

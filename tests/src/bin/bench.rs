@@ -6,7 +6,8 @@
 //!    streams at 10/100/1000 Mbit/s, tc-agent (drop) side by side with
 //!    Linux TBF and HTB on the same veth, with ping RTT under load.
 //! 3. Throughput cost of attaching the tc programs with no matching channel.
-//! 4. Per-packet cost of connection tracking (`connections`).
+//! 4. Connection tracking (`connections`): per-packet cost, and the new
+//!    connections per second nginx sustains with and without the agent.
 //!
 //! Not a test: this machine is noisy, so nothing here asserts. Results go to
 //! `target/bench.json`.
@@ -529,22 +530,32 @@ fn main() -> Result<()> {
         println!("TCVM-JSON {v}");
         return Ok(());
     }
+    // `bench connections`: only the connection-tracking tables.
+    if std::env::args().nth(1).as_deref() == Some("connections") {
+        tc_tests::pin_to_cpu(0)?;
+        let per_packet = connections::per_packet()?;
+        tc_tests::pin_to_cpus(&[0, 1])?;
+        let nginx = connections::nginx_connections()?;
+        let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/bench-connections.json");
+        let doc =
+            serde_json::json!({"connections_per_packet": per_packet, "nginx_connections": nginx});
+        std::fs::write(&out, serde_json::to_vec_pretty(&doc)?)?;
+        println!("\nwritten to {}", out.display());
+        return Ok(());
+    }
     let per_packet = per_packet()?;
     let conn_per_packet = connections::per_packet()?;
     // The traffic parts pin their own processes; let this one use both CPUs.
-    // SAFETY: cpu_set_t is plain data; sched_setaffinity only reads it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        libc::CPU_SET(1, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
+    tc_tests::pin_to_cpus(&[0, 1])?;
     let accuracy = accuracy()?;
     let attach = attach_cost()?;
+    let nginx = connections::nginx_connections()?;
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench.json");
     let doc = serde_json::json!({
         "per_packet": per_packet, "repeat": REPEAT, "runs": RUNS,
         "connections_per_packet": conn_per_packet,
+        "nginx_connections": nginx,
         "accuracy": accuracy, "attach_cost": attach,
     });
     std::fs::write(&out, serde_json::to_vec_pretty(&doc)?)?;

@@ -85,3 +85,79 @@ pub fn per_packet() -> Result<Vec<serde_json::Value>> {
     }
     Ok(rows)
 }
+
+/// Rounds of each case in [`nginx_connections`]; the median counts.
+const NGINX_ROUNDS: usize = 3;
+
+/// New connections per second that nginx sustains (wrk, one request per
+/// connection: nginx closes each after its first request) with no agent,
+/// with the agent and an unlimited channel for the traffic, and with the
+/// agent and a connection limit far above the load (every connection
+/// tracked). Rounds alternate between the cases, so drift on this noisy
+/// machine hits them alike.
+pub fn nginx_connections() -> Result<serde_json::Value> {
+    use tc_tests::{
+        netns::{write_policy, Agent, Pair},
+        web::{wrk, Nginx, NginxConfig, WrkConfig},
+    };
+    let cases = [
+        ("no agent", None),
+        (
+            "agent, unlimited channel",
+            Some("channels:\n  - name: web\n    protocol: tcp\n    ports: [80]\n"),
+        ),
+        (
+            "agent, connections: 1000000",
+            Some("channels:\n  - name: web\n    protocol: tcp\n    ports: [80]\n    limit:\n      connections: 1000000\n"),
+        ),
+    ];
+    let pair = Pair::new()?;
+    let _nginx = Nginx::start(
+        &pair.server,
+        &NginxConfig {
+            keepalive_requests: 1,
+            ..Default::default()
+        },
+    )?;
+    let mut rates: Vec<Vec<f64>> = vec![vec![]; cases.len()];
+    for _ in 0..NGINX_ROUNDS {
+        for (i, (_, policy)) in cases.iter().enumerate() {
+            let agent = match policy {
+                Some(text) => Some(Agent::start(
+                    &pair.server,
+                    &pair.server_if,
+                    &write_policy("bench-nginx", text),
+                )?),
+                None => None,
+            };
+            let r = wrk(
+                &pair.client,
+                "http://198.18.0.2/",
+                &WrkConfig {
+                    connections: 50,
+                    threads: 2,
+                    secs: 5,
+                    ..Default::default()
+                },
+            )?;
+            drop(agent);
+            rates[i].push(r.requests_per_s);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let base = median(&mut rates[0].clone());
+    println!(
+        "\n{:<30} {:>18} {:>8}",
+        "NGINX, NEW CONNECTION EACH", "connections/s", "ratio"
+    );
+    let mut rows = Vec::new();
+    for (i, (label, _)) in cases.iter().enumerate() {
+        let m = median(&mut rates[i]);
+        println!("{label:<30} {m:>18.0} {:>8.2}", m / base);
+        rows.push(serde_json::json!({"case": label, "connections_per_s": m, "ratio": m / base, "rounds": rates[i]}));
+    }
+    Ok(serde_json::json!(rows))
+}
