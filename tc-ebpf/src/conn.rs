@@ -139,45 +139,55 @@ const SLOT_TRIES: usize = 4;
 /// packet's sender is the key's `a` endpoint.
 #[inline(always)]
 fn key_of(p: &Parsed, k: &mut ConnKey) -> bool {
+    // Any total order works, as long as both directions agree on it: the
+    // addresses byte by byte, then the ports. Compared and copied a byte at
+    // a time between map values, so nothing is spilled to the stack (the
+    // hooks' frames have no room to spare).
+    let sender_is_a = match &p.addrs {
+        Addrs::V4 { src, dst } => lower(src, dst, p.sport, p.dport),
+        Addrs::V6 { src, dst } => lower(src, dst, p.sport, p.dport),
+    };
+    k.a = [0; 16];
+    k.b = [0; 16];
     match &p.addrs {
         Addrs::V4 { src, dst } => {
-            k.a = [0; 16];
-            k.b = [0; 16];
+            let (a, b) = if sender_is_a { (src, dst) } else { (dst, src) };
             k.a[10] = 0xff;
             k.a[11] = 0xff;
-            k.a[12..].copy_from_slice(src);
             k.b[10] = 0xff;
             k.b[11] = 0xff;
-            k.b[12..].copy_from_slice(dst);
+            for i in 0..4 {
+                k.a[12 + i] = a[i];
+                k.b[12 + i] = b[i];
+            }
         }
         Addrs::V6 { src, dst } => {
-            k.a = *src;
-            k.b = *dst;
+            let (a, b) = if sender_is_a { (src, dst) } else { (dst, src) };
+            for i in 0..16 {
+                k.a[i] = a[i];
+                k.b[i] = b[i];
+            }
         }
     }
-    k.a_port = p.sport.to_be();
-    k.b_port = p.dport.to_be();
-    // Any total order works, as long as both directions agree on it.
-    let word = |a: &[u8; 16], i: usize| {
-        u64::from_be_bytes([
-            a[i],
-            a[i + 1],
-            a[i + 2],
-            a[i + 3],
-            a[i + 4],
-            a[i + 5],
-            a[i + 6],
-            a[i + 7],
-        ])
+    let (a_port, b_port) = if sender_is_a {
+        (p.sport, p.dport)
+    } else {
+        (p.dport, p.sport)
     };
-    let s = (word(&k.a, 0), word(&k.a, 8), p.sport);
-    let d = (word(&k.b, 0), word(&k.b, 8), p.dport);
-    let sender_is_a = s <= d;
-    if !sender_is_a {
-        core::mem::swap(&mut k.a, &mut k.b);
-        core::mem::swap(&mut k.a_port, &mut k.b_port);
-    }
+    k.a_port = a_port.to_be();
+    k.b_port = b_port.to_be();
     sender_is_a
+}
+
+/// Whether endpoint (`a`, `a_port`) sorts at or before (`b`, `b_port`).
+#[inline(always)]
+fn lower<const N: usize>(a: &[u8; N], b: &[u8; N], a_port: u16, b_port: u16) -> bool {
+    for i in 0..N {
+        if a[i] != b[i] {
+            return a[i] < b[i];
+        }
+    }
+    a_port <= b_port
 }
 
 /// The scratch slot for the packet's connection key.

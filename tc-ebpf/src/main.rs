@@ -63,7 +63,7 @@ pub fn xdp_ingress(ctx: XdpContext) -> u32 {
     };
     let ld = XdpLoad(&ctx);
     let v = handle(&frame, &ld, DIR_INGRESS, || 0, #[inline(always)]
-        |p| reset_xdp(&ctx, &ld, p));
+        |p| reset_xdp(&ctx, p));
     match v.action {
         DROP => xdp_action::XDP_DROP,
         RESET => v.tstamp as u32,

@@ -91,8 +91,11 @@ pub struct ParseScratch {
     pub conn_key: ConnKey,
     /// A new connection's entry, staged for insertion (likewise).
     pub conn_entry: ConnEntry,
-    /// The headers of a reset being built (`reset`): IP + TCP.
-    pub rst: [u8; 60],
+    /// The headers of a reset being built (`reset`): IP + TCP, and the
+    /// pseudo-header's protocol and length word.
+    pub rst: [u8; 64],
+    /// Its Ethernet addresses, swapped (XDP).
+    pub rst_macs: [u8; 12],
 }
 
 /// Not pinned: nothing in it outlives one packet.

@@ -37,7 +37,7 @@ enum Task {
     #[command(hide = true)]
     DemoPool {
         #[command(subcommand)]
-        role: demo::pool::PoolRole,
+        role: demo::pool_roles::PoolRole,
     },
     /// Fuzz the policy parser/compiler and the datapath (BPF_PROG_TEST_RUN,
     /// needs root) in rounds with fresh seeds, longer than `test` does.
@@ -133,7 +133,7 @@ fn main() -> Result<()> {
             cargo(&["build", "--release", "-p", "tc-agent"])?;
             demo::run(&root().join("target/release/tc-agent"))
         }
-        Task::DemoPool { role } => demo::pool::role(role),
+        Task::DemoPool { role } => demo::pool_roles::role(role),
         Task::Fuzz { cases, minutes } => {
             install_deps()?;
             fuzz::fuzz(cases, minutes)

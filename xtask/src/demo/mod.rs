@@ -21,6 +21,7 @@ use std::{
 use anyhow::{Context, Result};
 
 pub mod pool;
+pub mod pool_roles;
 
 const CLIENTS: [(&str, &str, &str, u32); 3] = [
     ("tcd-c1", "198.18.1.2", "paying", 1),
