@@ -295,7 +295,9 @@ pub struct FragEntry {
 /// directions of a connection find the same entry with one lookup. IPv4
 /// addresses are stored IPv4-mapped (`::ffff:a.b.c.d`), so one table holds
 /// both families without collisions.
-#[repr(C)]
+///
+/// Aligned to 8 bytes so that the datapath builds it with word stores.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ConnKey {
     /// Address of the lower endpoint.
@@ -306,6 +308,8 @@ pub struct ConnKey {
     pub a_port: u16,
     /// Port of the higher endpoint (network order).
     pub b_port: u16,
+    /// Explicit padding, always zero (it is hashed with the key).
+    pub _pad: u32,
 }
 
 /// One TCP connection of a channel with connection limits.
@@ -620,7 +624,7 @@ const _: () = assert!(core::mem::size_of::<GenInfo>() == 8);
 const _: () = assert!(core::mem::size_of::<FlowKey4>() == 16);
 const _: () = assert!(core::mem::size_of::<FlowKey6>() == 40);
 const _: () = assert!(core::mem::size_of::<ChannelPolicy>() == 72);
-const _: () = assert!(core::mem::size_of::<ConnKey>() == 36);
+const _: () = assert!(core::mem::size_of::<ConnKey>() == 40);
 const _: () = assert!(core::mem::size_of::<ConnEntry>() == 40);
 const _: () = assert!(core::mem::size_of::<ConnPool>() == 72);
 const _: () = assert!(core::mem::size_of::<ConnConfig>() == 24);

@@ -26,7 +26,8 @@ use crate::{
     bucket::charge_once,
     enforce::Frame,
     maps::{
-        TC_CONNS, TC_CONN_CONF, TC_CONN_GC, TC_CONN_POOLS, TC_COUNTERS, TC_POLICIES, TC_SCRATCH,
+        ConnHint, CONN_HINT_SLOTS, TC_CONNS, TC_CONN_CONF, TC_CONN_GC, TC_CONN_HINTS,
+        TC_CONN_POOLS, TC_COUNTERS, TC_POLICIES, TC_SCRATCH,
     },
     parse::{Addrs, Parsed, IPPROTO_TCP},
 };
@@ -176,6 +177,7 @@ fn key_of(p: &Parsed, k: &mut ConnKey) -> bool {
     };
     k.a_port = a_port.to_be();
     k.b_port = b_port.to_be();
+    k._pad = 0;
     sender_is_a
 }
 
@@ -199,6 +201,27 @@ fn scratch_key() -> Option<&'static mut ConnKey> {
         .map(|s| unsafe { &mut (*s).conn_key })
 }
 
+/// The coarse clock (`bpf_ktime_get_coarse_ns`, Linux 5.11): the same
+/// monotonic clock as `bpf_ktime_get_ns` at tick resolution, for a fraction
+/// of the cost; all that idle timeouts of seconds and hints of 100 ms need.
+#[inline(always)]
+fn coarse_ns() -> u64 {
+    // SAFETY: helper 160 is bpf_ktime_get_coarse_ns (no arguments, no
+    // preconditions); aya-ebpf 0.2 has no binding for it yet.
+    unsafe {
+        let f: unsafe extern "C" fn() -> u64 = core::mem::transmute(160usize);
+        f()
+    }
+}
+
+/// The fine clock, for what needs nanoseconds: a SYN's time (the
+/// handshake time starts there) and the new-connection rate.
+#[inline(always)]
+fn fine_ns() -> u64 {
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
 /// Whether an entry has been idle past its state's timeout. Such an entry
 /// belongs to the agent's collector: the datapath no longer writes to it.
 #[inline(always)]
@@ -214,11 +237,24 @@ fn track(p: &Parsed, policy: &ChannelPolicy, dir: u8, hook: u32, untracked: &mut
     let (Some(conf), Some(key)) = (TC_CONN_CONF.get(0), scratch_key()) else {
         return CONN_PASS;
     };
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let pure_syn = p.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN;
+    let now = coarse_ns();
+    // An established client's segment seen on this CPU a moment ago
+    // needs nothing from the table: skip the lookup.
+    let plain = p.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0;
+    let tag = tuple_tag(p);
+    let hint = TC_CONN_HINTS.get_ptr_mut(tag as u32 & (CONN_HINT_SLOTS - 1));
+    if !plain {
+        forget_hint(tag);
+    } else if let Some(h) = hint {
+        // SAFETY: per-CPU slot, only this CPU uses it while the program runs.
+        let h = unsafe { &*h };
+        if h.tag == tag && now < h.until_ns && in_window_of(p.seq, h.seq, HINT_SEQ_WINDOW) {
+            return CONN_PASS;
+        }
+    }
     let sender_is_a = key_of(p, key);
     let key = &*key;
-    let pure_syn = p.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN;
     match TC_CONNS.get_ptr_mut(key) {
         Some(e) => {
             // SAFETY: a value of the hash map (no prealloc: freed after an
@@ -252,9 +288,10 @@ fn track(p: &Parsed, policy: &ChannelPolicy, dir: u8, hook: u32, untracked: &mut
                     return CONN_PASS;
                 }
                 // The addresses and ports of a closed connection, reused.
-                if !admit(policy, now) {
+                if !admit(policy) {
                     return CONN_REFUSE;
                 }
+                let now = fine_ns();
                 // SAFETY: as above; the CAS makes one CPU the owner of
                 // the new count.
                 let (_, won) = unsafe {
@@ -285,7 +322,21 @@ fn track(p: &Parsed, policy: &ChannelPolicy, dir: u8, hook: u32, untracked: &mut
                 return CONN_PASS;
             }
             // SAFETY: as above.
-            unsafe { follow(e, from_client, p, hook, now) }
+            let verdict = unsafe { follow(e, from_client, p, hook, now) };
+            if plain && from_client && state == CONN_ESTABLISHED && verdict == CONN_PASS {
+                if let Some(h) = hint {
+                    // SAFETY: as above.
+                    unsafe {
+                        *h = ConnHint {
+                            tag,
+                            until_ns: now + HINT_NS,
+                            seq: p.seq,
+                            _pad: 0,
+                        }
+                    };
+                }
+            }
+            verdict
         }
         None => {
             if !pure_syn {
@@ -293,9 +344,10 @@ fn track(p: &Parsed, policy: &ChannelPolicy, dir: u8, hook: u32, untracked: &mut
                 *untracked += 1;
                 return CONN_PASS;
             }
-            if !admit(policy, now) {
+            if !admit(policy) {
                 return CONN_REFUSE;
             }
+            let now = fine_ns();
             let Some(scratch) = TC_SCRATCH.get_ptr_mut(0) else {
                 release(policy.conn_pool);
                 return CONN_REFUSE;
@@ -351,8 +403,9 @@ fn observe(p: &Parsed, hook: u32) {
     let Some(e) = TC_CONNS.get_ptr_mut(&*key) else {
         return;
     };
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    // Its state may move: the client's segments on this CPU see the table.
+    forget_hint(tuple_tag(p));
+    let now = coarse_ns();
     // SAFETY: as in `track`.
     unsafe {
         let state = read_volatile(&raw const (*e).state);
@@ -372,7 +425,61 @@ fn observe(p: &Parsed, hook: u32) {
 /// Whether `seq` lies within [`SEQ_WINDOW`] of `near`, either way.
 #[inline(always)]
 fn in_window(seq: u32, near: u32) -> bool {
-    seq.wrapping_sub(near).wrapping_add(SEQ_WINDOW) < 2 * SEQ_WINDOW
+    in_window_of(seq, near, SEQ_WINDOW)
+}
+
+/// Whether `seq` lies within `window` of `near`, either way.
+#[inline(always)]
+fn in_window_of(seq: u32, near: u32, window: u32) -> bool {
+    seq.wrapping_sub(near).wrapping_add(window) < 2 * window
+}
+
+/// How long a hint lets this CPU skip the table for a connection: its
+/// idle time, sequence numbers and state are refreshed at least this often.
+/// A reset on another CPU is seen by this one's hint this late at most.
+const HINT_NS: u64 = 100_000_000;
+/// How far a connection's sequence numbers may move before the table is
+/// refreshed: a quarter of [`SEQ_WINDOW`], so the table's view never falls
+/// behind by the window its FIN and RST checks allow.
+const HINT_SEQ_WINDOW: u32 = SEQ_WINDOW / 4;
+
+/// A 64-bit tag of the packet's connection for the per-CPU hints, the
+/// same in both directions: each endpoint's address (its low 32 bits, and
+/// for IPv6 32 more) and port, mixed, then combined. Two connections that
+/// share a tag share a hint slot at worst, which only makes one of them
+/// take the lookup.
+#[inline(always)]
+fn tuple_tag(p: &Parsed) -> u64 {
+    let (s, d, family) = match &p.addrs {
+        Addrs::V4 { src, dst } => (u32::from_ne_bytes(*src), u32::from_ne_bytes(*dst), 4u64),
+        Addrs::V6 { src, dst } => (
+            u32::from_ne_bytes([src[12], src[13], src[14], src[15]])
+                ^ u32::from_ne_bytes([src[4], src[5], src[6], src[7]]),
+            u32::from_ne_bytes([dst[12], dst[13], dst[14], dst[15]])
+                ^ u32::from_ne_bytes([dst[4], dst[5], dst[6], dst[7]]),
+            6u64,
+        ),
+    };
+    let end = |addr: u32, port: u16| {
+        let x = ((addr as u64) << 16 | port as u64 | family << 48)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        x ^ (x >> 31)
+    };
+    (end(s, p.sport) ^ end(d, p.dport)) | 1
+}
+
+/// Forgets this CPU's hint for the packet's connection: its state moves
+/// (a FIN, an RST), so its next segments must see the table.
+#[inline(always)]
+fn forget_hint(tag: u64) {
+    if let Some(h) = TC_CONN_HINTS.get_ptr_mut(tag as u32 & (CONN_HINT_SLOTS - 1)) {
+        // SAFETY: per-CPU slot, only this CPU uses it while the program runs.
+        unsafe {
+            if (*h).tag == tag {
+                (*h).tag = 0;
+            }
+        }
+    }
 }
 
 /// Follows a tracked connection's state on one of its packets: handshake
@@ -440,7 +547,7 @@ unsafe fn follow(e: *mut ConnEntry, from_client: bool, p: &Parsed, hook: u32, no
                 write_volatile(&raw mut (*e).state, CONN_SYN_RECV);
                 // On the client's side the handshake is done for this node.
                 if syn_dir == DIR_EGRESS && flags & TCP_ACK != 0 {
-                    handshake(e, now);
+                    handshake(e);
                 }
             }
             return CONN_PASS;
@@ -449,7 +556,7 @@ unsafe fn follow(e: *mut ConnEntry, from_client: bool, p: &Parsed, hook: u32, no
             write_volatile(&raw mut (*e).state, CONN_ESTABLISHED);
             // On the server's side the client's final ACK completes it.
             if syn_dir == DIR_INGRESS {
-                handshake(e, now);
+                handshake(e);
             }
         } else if state == CONN_SYN_RECV && flags & TCP_ACK != 0 && flags & TCP_SYN == 0 {
             // The server's first ACK after a simultaneous open.
@@ -473,7 +580,7 @@ unsafe fn follow(e: *mut ConnEntry, from_client: bool, p: &Parsed, hook: u32, no
 /// # Safety
 /// `e` must point into a live value of the connection table.
 #[inline(always)]
-unsafe fn handshake(e: *mut ConnEntry, now: u64) {
+unsafe fn handshake(e: *mut ConnEntry) {
     // SAFETY: caller guarantees `e` is valid.
     let (pool, syn) = unsafe {
         (
@@ -484,6 +591,8 @@ unsafe fn handshake(e: *mut ConnEntry, now: u64) {
     let Some(p) = TC_CONN_POOLS.get_ptr_mut(pool) else {
         return;
     };
+    // The fine clock, as the SYN's time.
+    let now = fine_ns();
     let rtt = now.saturating_sub(syn);
     // SAFETY: an array value, valid for this run; counters are atomic.
     // The maximum is a plain store: two handshakes finishing on two CPUs
@@ -557,7 +666,7 @@ fn count_refusal(pool: u32, monitor: bool) {
 /// both take the last one. In monitor mode every connection is admitted,
 /// and those that would have been refused are counted.
 #[inline(always)]
-fn admit(policy: &ChannelPolicy, now: u64) -> bool {
+fn admit(policy: &ChannelPolicy) -> bool {
     let pool = policy.conn_pool;
     let Some(p) = TC_CONN_POOLS.get_ptr_mut(pool) else {
         // No pool: the agent always gives one; refuse rather than let a
@@ -585,7 +694,7 @@ fn admit(policy: &ChannelPolicy, now: u64) -> bool {
         if !refuse && policy.conn_cost_ns != 0 {
             rate_charged = charge_once(
                 &raw mut (*p).rate_tat,
-                now,
+                fine_ns(),
                 policy.conn_cost_ns,
                 policy.conn_tau_ns,
             );

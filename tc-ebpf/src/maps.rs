@@ -70,6 +70,30 @@ pub static TC_CONN_GC: Array<u64> = Array::with_max_entries(MAX_POOLS, 0);
 #[map]
 pub static TC_CONN_CONF: Array<ConnConfig> = Array::with_max_entries(1, 0);
 
+/// A hint that a connection was found established on this CPU a moment
+/// ago (see `conn::track`): its client's plain segments skip the
+/// connection table until `until_ns`.
+#[repr(C)]
+pub struct ConnHint {
+    /// Tag of the connection's addresses and ports; 0: empty.
+    pub tag: u64,
+    /// Until when the hint holds (coarse clock).
+    pub until_ns: u64,
+    /// The client's sequence number when the table last saw it.
+    pub seq: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+
+/// Slots of the per-CPU hint table (a power of two).
+pub const CONN_HINT_SLOTS: u32 = 1024;
+
+/// Per-CPU hints for established connections. Not pinned: a fresh agent
+/// starts without hints, which only costs lookups.
+#[map]
+pub static TC_CONN_HINTS: PerCpuArray<ConnHint> =
+    PerCpuArray::with_max_entries(CONN_HINT_SLOTS, 0);
+
 /// Per-CPU scratch: values pass through it where the verifier must not
 /// tell the paths that produced them apart (see `pipeline::parse_into`, `pipeline::join_enforce_paths` and
 /// the extension-header walk in `parse`). Nothing in it outlives a packet.

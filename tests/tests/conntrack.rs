@@ -441,3 +441,25 @@ fn monitor_mode_drops_nothing() {
     );
     assert_eq!(n.dp.global_counters().unwrap().conn_after_close_pkts, 0);
 }
+
+#[test]
+fn a_reset_ends_this_cpus_shortcut_for_the_connection() {
+    // An established client's segments skip the table for a moment on the
+    // CPU that saw them (a per-CPU hint); an RST or FIN seen on that CPU
+    // ends it, so data after a reset is dropped at once. One CPU here.
+    tc_tests::pin_to_cpu(0).expect("pin to a CPU");
+    let mut n = Node::new(|p| p.conn_limit = 2);
+    for (port, reset_by_server) in [(40001u16, false), (40002, true)] {
+        n.connect(port);
+        for _ in 0..3 {
+            assert_eq!(n.from_client(port, ACK), PASS, "the hint is set and used");
+        }
+        if reset_by_server {
+            assert_eq!(n.from_server(port, RST), PASS);
+        } else {
+            assert_eq!(n.from_client(port, RST), PASS);
+        }
+        assert_eq!(n.from_client(port, ACK), DROP, "data after the reset");
+    }
+    assert_eq!(n.pool().open(), 0);
+}

@@ -4,7 +4,7 @@
 
 use anyhow::Result;
 use tc_agent::{
-    datapath::{Datapath, TC_INGRESS, TC_PASS},
+    datapath::{Datapath, TC_EGRESS, TC_INGRESS, TC_PASS},
     policy::{compile::compile, Policy},
 };
 use tc_common::ConnConfig;
@@ -35,10 +35,10 @@ fn node(limit: Option<u32>) -> Result<Datapath> {
     Ok(dp)
 }
 
-/// Runs `frame` once through tc ingress (to open a connection).
-fn once(dp: &Datapath, frame: &[u8]) -> Result<()> {
+/// Runs `frame` once through tc program `prog` (to open a connection).
+fn once(dp: &Datapath, prog: &str, frame: &[u8]) -> Result<()> {
     use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
-    let p: &SchedClassifier = dp.ebpf.program(TC_INGRESS).expect("program").try_into()?;
+    let p: &SchedClassifier = dp.ebpf.program(prog).expect("program").try_into()?;
     let mut opts = TestRunOptions::new();
     opts.data_in = Some(frame);
     p.test_run(opts)?;
@@ -55,8 +55,14 @@ pub fn per_packet() -> Result<Vec<serde_json::Value>> {
     let plain = node(None)?;
     // Limit 1: the connection on port 40001 holds it, so 40002 is refused.
     let limited = node(Some(1))?;
-    once(&limited, &syn)?;
-    once(&limited, &established)?;
+    // A whole handshake, the server's SYN-ACK leaving at egress.
+    once(&limited, TC_INGRESS, &syn)?;
+    once(
+        &limited,
+        TC_EGRESS,
+        &packet::tcp(SERVER, CLIENT, SYN | ACK, 7, 0),
+    )?;
+    once(&limited, TC_INGRESS, &established)?;
     println!(
         "\n{:<34} {:>8} {:>18} {:>18} {:>8}",
         "TCP PACKET", "floor", "no conn limit", "conn limit", "added"
