@@ -345,17 +345,22 @@ pub struct ConnEntry {
     /// number as the client saw it): the server's FIN or RST must fall
     /// within [`SEQ_WINDOW`] of it. 0 until the client acknowledged.
     pub client_ack: u32,
+    /// Bit 0: the client's FIN was seen; bit 1: the server's; bit 2: the
+    /// connection was reset (the client's later data is dropped). Set with
+    /// atomic OR (a `u32`: BPF has no atomics on bytes): the two FINs of a
+    /// close often arrive on two CPUs at once, and a lost bit would keep a
+    /// closed connection counted until its timeout.
+    pub fins: u32,
     /// `CONN_*` state.
     pub state: u8,
     /// Non-zero when the client is the key's `a` endpoint.
     pub client_is_a: u8,
-    /// Bit 0: the client's FIN was seen; bit 1: the server's; bit 2: the
-    /// connection was reset (the client's later data is dropped).
-    pub fins: u8,
     /// `DIR_*` of the hook that saw the SYN: a SYN seen leaving means this
     /// node is on the client's side, and the handshake completes for it
     /// with the SYN-ACK; seen arriving, with the client's final ACK.
     pub syn_dir: u8,
+    /// Explicit padding, always zero.
+    pub _pad: [u8; 5],
 }
 
 /// How far (in sequence space, either way) a FIN or RST may lie from what
@@ -625,7 +630,7 @@ const _: () = assert!(core::mem::size_of::<FlowKey4>() == 16);
 const _: () = assert!(core::mem::size_of::<FlowKey6>() == 40);
 const _: () = assert!(core::mem::size_of::<ChannelPolicy>() == 72);
 const _: () = assert!(core::mem::size_of::<ConnKey>() == 40);
-const _: () = assert!(core::mem::size_of::<ConnEntry>() == 40);
+const _: () = assert!(core::mem::size_of::<ConnEntry>() == 48);
 const _: () = assert!(core::mem::size_of::<ConnPool>() == 72);
 const _: () = assert!(core::mem::size_of::<ConnConfig>() == 24);
 const _: () = assert!(core::mem::size_of::<BucketState>() == 24);

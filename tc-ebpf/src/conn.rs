@@ -12,7 +12,7 @@
 //! past the limit.
 
 use core::{
-    intrinsics::{atomic_cxchg, atomic_xadd, AtomicOrdering},
+    intrinsics::{atomic_cxchg, atomic_or, atomic_xadd, AtomicOrdering},
     ptr::{read_volatile, write_volatile},
 };
 
@@ -38,12 +38,12 @@ pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
 /// [`ConnEntry::fins`]: the client's FIN was seen.
-const FIN_CLIENT: u8 = 1;
+const FIN_CLIENT: u32 = 1;
 /// The server's FIN was seen.
-const FIN_SERVER: u8 = 2;
+const FIN_SERVER: u32 = 2;
 /// The connection was reset: the client's later data is dropped (a
 /// spoofed RST must not free a slot and keep its connection).
-const RESET_SEEN: u8 = 4;
+const RESET_SEEN: u32 = 4;
 
 /// What [`connections`] decided: a packet of a limited channel that may
 /// pass on to the buckets...
@@ -242,15 +242,25 @@ fn track(p: &Parsed, policy: &ChannelPolicy, dir: u8, hook: u32, untracked: &mut
     // An established client's segment seen on this CPU a moment ago
     // needs nothing from the table: skip the lookup.
     let plain = p.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0;
-    let tag = tuple_tag(p);
-    let hint = TC_CONN_HINTS.get_ptr_mut(tag as u32 & (CONN_HINT_SLOTS - 1));
-    if !plain {
+    let fin_rst = p.tcp_flags & (TCP_FIN | TCP_RST) != 0;
+    // A SYN needs no hint: it moves nothing an established connection's
+    // hint stands for.
+    let tag = if plain || fin_rst { tuple_tag(p) } else { 0 };
+    let hint = if plain {
+        TC_CONN_HINTS.get_ptr_mut(tag as u32 & (CONN_HINT_SLOTS - 1))
+    } else {
+        None
+    };
+    if fin_rst {
         forget_hint(tag);
-    } else if let Some(h) = hint {
-        // SAFETY: per-CPU slot, only this CPU uses it while the program runs.
-        let h = unsafe { &*h };
-        if h.tag == tag && now < h.until_ns && in_window_of(p.seq, h.seq, HINT_SEQ_WINDOW) {
-            return CONN_PASS;
+    } else if plain {
+        if let Some(h) = hint {
+            // SAFETY: per-CPU slot, only this CPU uses it while the
+            // program runs.
+            let h = unsafe { &*h };
+            if h.tag == tag && now < h.until_ns && in_window_of(p.seq, h.seq, HINT_SEQ_WINDOW) {
+                return CONN_PASS;
+            }
         }
     }
     let sender_is_a = key_of(p, key);
@@ -367,6 +377,7 @@ fn track(p: &Parsed, policy: &ChannelPolicy, dir: u8, hook: u32, untracked: &mut
                 client_is_a: sender_is_a as u8,
                 fins: 0,
                 syn_dir: dir,
+                _pad: [0; 5],
             };
             match TC_CONNS.insert(key, entry, BPF_NOEXIST as u64) {
                 Ok(()) => CONN_PASS,
@@ -536,7 +547,7 @@ unsafe fn follow(e: *mut ConnEntry, from_client: bool, p: &Parsed, hook: u32, no
         }
         write_volatile(&raw mut (*e).last_ns, now);
         if flags & TCP_RST != 0 {
-            write_volatile(&raw mut (*e).fins, fins | RESET_SEEN);
+            atomic_or::<u32, u32, { AtomicOrdering::SeqCst }>(&raw mut (*e).fins, RESET_SEEN);
             close(e);
             return CONN_PASS;
         }
@@ -563,8 +574,9 @@ unsafe fn follow(e: *mut ConnEntry, from_client: bool, p: &Parsed, hook: u32, no
             write_volatile(&raw mut (*e).state, CONN_ESTABLISHED);
         }
         if flags & TCP_FIN != 0 {
-            let fins = fins | if from_client { FIN_CLIENT } else { FIN_SERVER };
-            write_volatile(&raw mut (*e).fins, fins);
+            let bit = if from_client { FIN_CLIENT } else { FIN_SERVER };
+            // Atomic: the other side's FIN may be on the other CPU right now.
+            let fins = atomic_or::<u32, u32, { AtomicOrdering::SeqCst }>(&raw mut (*e).fins, bit) | bit;
             if fins & (FIN_CLIENT | FIN_SERVER) == FIN_CLIENT | FIN_SERVER {
                 close(e);
             } else {

@@ -371,7 +371,8 @@ fn lowering_the_limit_under_load_cuts_no_connection_and_converges() -> Result<()
         .unwrap_or(0);
     assert!(
         tail >= 2,
-        "only {tail} connections in the last 3 s: admissions stopped"
+        "only {tail} connections in the last 3 s: admissions stopped; {}",
+        agent.channel("web")?
     );
 
     assert!(report.requests > 0, "{}", report.text);

@@ -463,3 +463,35 @@ fn a_reset_ends_this_cpus_shortcut_for_the_connection() {
     }
     assert_eq!(n.pool().open(), 0);
 }
+
+#[test]
+fn both_fins_at_once_on_two_cpus_close_every_connection() {
+    // The two FINs of a close often arrive on two CPUs at the same moment:
+    // each side's bit is set atomically, so no close is lost (a lost one
+    // would keep the connection counted until its timeout).
+    let mut n = Node::new(|p| p.conn_limit = 2000);
+    let ports: Vec<u16> = (20_000..21_000).collect();
+    for port in &ports {
+        n.connect(*port);
+    }
+    assert_eq!(n.pool().open(), 1000);
+    let node = &n;
+    std::thread::scope(|s| {
+        for cpu in 0..2usize {
+            let ports = &ports;
+            s.spawn(move || {
+                tc_tests::pin_to_cpu(cpu).expect("pin to a CPU");
+                for port in ports {
+                    let verdict = if cpu == 0 {
+                        node.from_client(*port, FIN | ACK)
+                    } else {
+                        node.from_server(*port, FIN | ACK)
+                    };
+                    assert_eq!(verdict, PASS);
+                }
+            });
+        }
+    });
+    let p = n.pool();
+    assert_eq!((p.open(), p.pool.closed), (0, 1000));
+}
