@@ -43,6 +43,14 @@ impl Node {
     }
 
     fn with_timeouts(setup: impl Fn(&mut tc_common::ChannelPolicy), timeout_ns: u64) -> Self {
+        Self::with_table(setup, timeout_ns, 4096)
+    }
+
+    fn with_table(
+        setup: impl Fn(&mut tc_common::ChannelPolicy),
+        timeout_ns: u64,
+        table_size: u32,
+    ) -> Self {
         // Compiled with a connection limit, so the tables hold the channel
         // for TCP segments whose ports are hidden too; `setup` then sets
         // the limits each test needs.
@@ -55,7 +63,8 @@ impl Node {
         compiled.policies[0].conn_pool = 0;
         setup(&mut compiled.policies[0]);
         assert!(compiled.policies[0].limits_connections());
-        let mut dp = Datapath::load(None, 4096).expect("eBPF object loads and passes the verifier");
+        let mut dp =
+            Datapath::load(None, table_size).expect("eBPF object loads and passes the verifier");
         dp.set_conn_config(ConnConfig {
             syn_ns: timeout_ns,
             established_ns: timeout_ns,
@@ -494,4 +503,22 @@ fn both_fins_at_once_on_two_cpus_close_every_connection() {
     });
     let p = n.pool();
     assert_eq!((p.open(), p.pool.closed), (0, 1000));
+}
+
+#[test]
+fn a_full_table_refuses_new_connections_and_counts_them() {
+    // A table of 4 entries: the fifth connection finds no room. It is
+    // refused and counted, never let through uncounted.
+    let mut n = Node::with_table(|p| p.conn_limit = 100, 60_000_000_000, 4);
+    for port in 40001..40005 {
+        n.connect(port);
+    }
+    assert_eq!(n.from_client(40005, SYN), DROP);
+    let p = n.pool();
+    assert_eq!((p.open(), p.pool.table_full, p.pool.refused), (4, 1, 0));
+    // A close frees an entry only once the collector takes it; until then
+    // the table stays full.
+    assert_eq!(n.from_client(40001, RST), PASS);
+    assert_eq!(n.from_client(40005, SYN), DROP);
+    assert_eq!(n.pool().pool.table_full, 2);
 }
