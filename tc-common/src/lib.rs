@@ -339,11 +339,11 @@ pub struct ConnEntry {
     /// by the client's side and moves nothing.
     pub client_hook: u32,
     /// Sequence number of the client's latest segment: its FIN or RST must
-    /// fall within [`SEQ_WINDOW`] of it.
+    /// lie at or ahead of it, within [`SEQ_WINDOW`].
     pub client_seq: u32,
-    /// The client's latest acknowledgment (the server's next sequence
-    /// number as the client saw it): the server's FIN or RST must fall
-    /// within [`SEQ_WINDOW`] of it. 0 until the client acknowledged.
+    /// The server's next sequence number as this node knows it: from its
+    /// SYN-ACK, then from the client's acknowledgments. The server's FIN or
+    /// RST must lie at or ahead of it, within [`SEQ_WINDOW`].
     pub client_ack: u32,
     /// Bit 0: the client's FIN was seen; bit 1: the server's; bit 2: the
     /// connection was reset (the client's later data is dropped). Set with
@@ -363,11 +363,11 @@ pub struct ConnEntry {
     pub _pad: [u8; 5],
 }
 
-/// How far (in sequence space, either way) a FIN or RST may lie from what
-/// the connection's packets last showed of its sender, to move the
-/// connection's state: a blind forger must guess the sequence number to
-/// within this (one chance in 128 per guess), and a client cannot close
-/// its own connection in our eyes with a segment its server ignores.
+/// How far ahead (in sequence space) of what the connection's packets last
+/// showed of its sender a FIN or RST may lie, to move the connection's
+/// state: a blind forger must guess the sequence number to within this
+/// (one chance in 256 per guess). A segment behind it, which TCP ignores as
+/// old, moves nothing.
 pub const SEQ_WINDOW: u32 = 1 << 24;
 
 /// Connection counters of one pool (a channel with connection limits),
@@ -404,19 +404,21 @@ pub struct ConnPool {
 pub struct ConnConfig {
     /// `SYN_SENT`/`SYN_RECV`: a handshake that does not complete.
     pub syn_ns: u64,
-    /// `ESTABLISHED`: an idle connection.
+    /// `ESTABLISHED`/`CLOSING`: an idle connection (also a half-closed one).
     pub established_ns: u64,
-    /// `CLOSING`/`CLOSED`: after a FIN or an RST.
+    /// `CLOSED`: after both FINs or an RST.
     pub closing_ns: u64,
 }
 
 impl ConnConfig {
     /// The idle timeout of an entry in `state`; 0 before the agent set one
-    /// (entries never expire in the datapath's eyes then).
+    /// (entries never expire in the datapath's eyes then). A connection
+    /// with one FIN seen is half open, and may stay so for long: it keeps
+    /// the established timeout until it is closed.
     pub fn timeout(&self, state: u8) -> u64 {
         match state {
-            CONN_ESTABLISHED => self.established_ns,
-            CONN_CLOSING | CONN_CLOSED => self.closing_ns,
+            CONN_ESTABLISHED | CONN_CLOSING => self.established_ns,
+            CONN_CLOSED => self.closing_ns,
             _ => self.syn_ns,
         }
     }

@@ -258,7 +258,11 @@ fn track(p: &Parsed, policy: &ChannelPolicy, dir: u8, hook: u32, untracked: &mut
             // SAFETY: per-CPU slot, only this CPU uses it while the
             // program runs.
             let h = unsafe { &*h };
-            if h.tag == tag && now < h.until_ns && in_window_of(p.seq, h.seq, HINT_SEQ_WINDOW) {
+            if h.tag == tag
+                && now < h.until_ns
+                && in_window_of(p.seq, h.seq, HINT_SEQ_WINDOW)
+                && in_window_of(p.ack, h.ack, HINT_SEQ_WINDOW)
+            {
                 return CONN_PASS;
             }
         }
@@ -291,31 +295,26 @@ fn track(p: &Parsed, policy: &ChannelPolicy, dir: u8, hook: u32, untracked: &mut
             }
             let from_client = sender_is_a == (client_is_a != 0);
             if pure_syn && from_client {
-                if counted != 0 {
+                if counted != 0 && (state == CONN_SYN_SENT || state == CONN_SYN_RECV) {
                     // A retransmitted SYN: the connection already counts.
                     // SAFETY: as above.
                     unsafe { write_volatile(&raw mut (*e).last_ns, now) };
                     return CONN_PASS;
+                }
+                if counted != 0 {
+                    // A new connection on the addresses and ports of one
+                    // whose end this node did not see: that one is over.
+                    // SAFETY: as above.
+                    unsafe { close(e) };
                 }
                 // The addresses and ports of a closed connection, reused.
                 if !admit(policy) {
                     return CONN_REFUSE;
                 }
                 let now = fine_ns();
-                // SAFETY: as above; the CAS makes one CPU the owner of
-                // the new count.
-                let (_, won) = unsafe {
-                    atomic_cxchg::<u32, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
-                        &raw mut (*e).counted,
-                        0,
-                        1,
-                    )
-                };
-                if !won {
-                    // Another CPU reopened it first: ours was a duplicate.
-                    release(policy.conn_pool);
-                    return CONN_PASS;
-                }
+                // The new connection's facts first, then its count: a late
+                // close racing with this one then releases into the new
+                // pool, never into the old one.
                 // SAFETY: as above.
                 unsafe {
                     write_volatile(&raw mut (*e).syn_ns, now);
@@ -329,6 +328,20 @@ fn track(p: &Parsed, policy: &ChannelPolicy, dir: u8, hook: u32, untracked: &mut
                     write_volatile(&raw mut (*e).client_is_a, sender_is_a as u8);
                     write_volatile(&raw mut (*e).state, CONN_SYN_SENT);
                 }
+                // SAFETY: as above; the CAS makes one CPU the owner of
+                // the new count.
+                let (_, won) = unsafe {
+                    atomic_cxchg::<u32, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+                        &raw mut (*e).counted,
+                        0,
+                        1,
+                    )
+                };
+                if !won {
+                    // Another CPU reopened it first with the same SYN: ours
+                    // was a duplicate.
+                    release(policy.conn_pool);
+                }
                 return CONN_PASS;
             }
             // SAFETY: as above.
@@ -341,7 +354,7 @@ fn track(p: &Parsed, policy: &ChannelPolicy, dir: u8, hook: u32, untracked: &mut
                             tag,
                             until_ns: now + HINT_NS,
                             seq: p.seq,
-                            _pad: 0,
+                            ack: p.ack,
                         }
                     };
                 }
@@ -433,10 +446,11 @@ fn observe(p: &Parsed, hook: u32) {
     }
 }
 
-/// Whether `seq` lies within [`SEQ_WINDOW`] of `near`, either way.
+
+/// Whether `seq` lies at or ahead of `near`, by less than [`SEQ_WINDOW`].
 #[inline(always)]
-fn in_window(seq: u32, near: u32) -> bool {
-    in_window_of(seq, near, SEQ_WINDOW)
+fn ahead(seq: u32, near: u32) -> bool {
+    seq.wrapping_sub(near) < SEQ_WINDOW
 }
 
 /// Whether `seq` lies within `window` of `near`, either way.
@@ -455,21 +469,16 @@ const HINT_NS: u64 = 100_000_000;
 const HINT_SEQ_WINDOW: u32 = SEQ_WINDOW / 4;
 
 /// A 64-bit tag of the packet's connection for the per-CPU hints, the
-/// same in both directions: each endpoint's address (its low 32 bits, and
-/// for IPv6 32 more) and port, mixed, then combined. Two connections that
-/// share a tag share a hint slot at worst, which only makes one of them
-/// take the lookup.
+/// same in both directions: each endpoint's address (IPv6 folded to 32
+/// bits) and port, mixed, then combined. Two connections that share a tag
+/// share a hint: one of them may skip the table for a moment on the
+/// other's, which only delays its idle refresh (and, after a reset of its
+/// own, its drops) by up to [`HINT_NS`].
 #[inline(always)]
 fn tuple_tag(p: &Parsed) -> u64 {
     let (s, d, family) = match &p.addrs {
         Addrs::V4 { src, dst } => (u32::from_ne_bytes(*src), u32::from_ne_bytes(*dst), 4u64),
-        Addrs::V6 { src, dst } => (
-            u32::from_ne_bytes([src[12], src[13], src[14], src[15]])
-                ^ u32::from_ne_bytes([src[4], src[5], src[6], src[7]]),
-            u32::from_ne_bytes([dst[12], dst[13], dst[14], dst[15]])
-                ^ u32::from_ne_bytes([dst[4], dst[5], dst[6], dst[7]]),
-            6u64,
-        ),
+        Addrs::V6 { src, dst } => (fold16(src), fold16(dst), 6u64),
     };
     let end = |addr: u32, port: u16| {
         let x = ((addr as u64) << 16 | port as u64 | family << 48)
@@ -477,6 +486,13 @@ fn tuple_tag(p: &Parsed) -> u64 {
         x ^ (x >> 31)
     };
     (end(s, p.sport) ^ end(d, p.dport)) | 1
+}
+
+/// All 16 bytes of an IPv6 address folded into 32 bits.
+#[inline(always)]
+fn fold16(a: &[u8; 16]) -> u32 {
+    let w = |i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+    w(0) ^ w(4).rotate_left(8) ^ w(8).rotate_left(16) ^ w(12).rotate_left(24)
 }
 
 /// Forgets this CPU's hint for the packet's connection: its state moves
@@ -520,16 +536,27 @@ unsafe fn follow(e: *mut ConnEntry, from_client: bool, p: &Parsed, hook: u32, no
         let client_seq = read_volatile(&raw const (*e).client_seq);
         let client_ack = read_volatile(&raw const (*e).client_ack);
         let closing = flags & (TCP_FIN | TCP_RST) != 0;
+        // A FIN or RST must lie at or ahead of what its sender's packets
+        // last showed (never behind: an old sequence number is one TCP
+        // ignores), and within the window.
         let plausible = if from_client {
-            in_window(p.seq, client_seq)
+            ahead(p.seq, client_seq)
         } else if state == CONN_SYN_SENT {
             // Answering the SYN: it must acknowledge it.
             flags & TCP_ACK != 0 && p.ack == client_seq.wrapping_add(1)
         } else {
-            client_ack == 0 || in_window(p.seq, client_ack)
+            ahead(p.seq, client_ack)
         };
         if closing && !plausible {
             return CONN_PASS;
+        }
+        if !from_client
+            && flags & TCP_SYN != 0
+            && state == CONN_SYN_SENT
+            && (flags & TCP_ACK == 0 || p.ack == client_seq.wrapping_add(1))
+        {
+            // The server's SYN-ACK (or SYN): its sequence numbers start here.
+            write_volatile(&raw mut (*e).client_ack, p.seq.wrapping_add(1));
         }
         if state == CONN_CLOSED {
             // Late ACKs and FINs of a closed connection pass; data from a
@@ -539,9 +566,10 @@ unsafe fn follow(e: *mut ConnEntry, from_client: bool, p: &Parsed, hook: u32, no
             }
             return CONN_PASS;
         }
-        if from_client && in_window(p.seq, client_seq) {
+        // Only forward: a retransmission or a stale segment moves nothing.
+        if from_client && ahead(p.seq, client_seq) {
             write_volatile(&raw mut (*e).client_seq, p.seq);
-            if flags & TCP_ACK != 0 {
+            if flags & TCP_ACK != 0 && ahead(p.ack, client_ack) {
                 write_volatile(&raw mut (*e).client_ack, p.ack);
             }
         }

@@ -81,8 +81,9 @@ pub struct ConnHint {
     pub until_ns: u64,
     /// The client's sequence number when the table last saw it.
     pub seq: u32,
-    /// Explicit padding.
-    pub _pad: u32,
+    /// The client's acknowledgment number then: a download moves it, not
+    /// the sequence number, and the table must follow it too.
+    pub ack: u32,
 }
 
 /// Slots of the per-CPU hint table (a power of two).

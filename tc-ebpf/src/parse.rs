@@ -351,7 +351,6 @@ fn parse_v6(
             p.tcp_flags = l4.tcp_flags;
             p.seq = l4.seq;
             p.ack = l4.ack;
-        p.ack = l4.ack;
             p.hdr_len = l4.hdr_len;
             p.l4_flags = l4.l4_flags;
             finish(&mut p);

@@ -86,22 +86,30 @@ impl Node {
         (r.return_value, out)
     }
 
-    /// A segment from the client, arriving.
+    /// A segment from the client, arriving: its SYN has sequence number
+    /// 1000, what follows 1001 and acknowledges the server's 5001.
     fn from_client(&self, port: u16, flags: u8) -> u32 {
-        self.run(
-            TC_INGRESS,
-            &packet::tcp(&client(port), SERVER, flags, 1000, 0),
-        )
-        .0
+        let (seq, ack) = if flags & SYN != 0 {
+            (1000, 0)
+        } else {
+            (1001, 5001)
+        };
+        let mut f = packet::tcp(&client(port), SERVER, flags, seq, 0);
+        if flags & ACK != 0 {
+            f = packet::with_ack(f, ack);
+        }
+        self.run(TC_INGRESS, &f).0
     }
 
-    /// A segment from the server, leaving.
+    /// A segment from the server, leaving: its SYN has sequence number
+    /// 5000 and acknowledges the client's, what follows 5001.
     fn from_server(&self, port: u16, flags: u8) -> u32 {
-        self.run(
-            TC_EGRESS,
-            &packet::tcp(SERVER, &client(port), flags, 5000, 0),
-        )
-        .0
+        let seq = if flags & SYN != 0 { 5000 } else { 5001 };
+        let mut f = packet::tcp(SERVER, &client(port), flags, seq, 0);
+        if flags & ACK != 0 {
+            f = packet::with_ack(f, 1001);
+        }
+        self.run(TC_EGRESS, &f).0
     }
 
     /// A full handshake on client port `port`.
@@ -128,9 +136,8 @@ fn the_concurrency_limit_refuses_new_syns_and_a_close_frees_a_slot() {
     );
     let p = n.pool();
     assert_eq!((p.open(), p.pool.opened, p.pool.refused), (2, 2, 1));
-    // Data, pure ACKs and retransmitted SYNs of open connections pass and count once.
+    // Data and pure ACKs of open connections pass and count once.
     assert_eq!(n.from_client(40001, ACK), PASS);
-    assert_eq!(n.from_client(40001, SYN), PASS);
     assert_eq!(n.pool().open(), 2);
     // Both FINs close the first connection; its slot goes to a new one.
     assert_eq!(n.from_client(40001, FIN | ACK), PASS);
@@ -367,11 +374,13 @@ fn forged_or_out_of_window_closes_free_no_slot() {
         let forged = packet::tcp(SERVER, &client(40001), flags, 5000, 0);
         assert_eq!(n.run(TC_INGRESS, &forged).0, PASS);
     }
-    // Its own FIN and RST far from its sequence numbers: the server would
-    // ignore them, and so does the table.
-    for flags in [FIN | ACK, RST] {
-        let stray = packet::tcp(&client(40001), SERVER, flags, 1000 + (1 << 25), 0);
-        assert_eq!(n.run(TC_INGRESS, &stray).0, PASS);
+    // Its own FIN and RST far ahead of its sequence numbers, or behind
+    // them: the server would ignore them, and so does the table.
+    for seq in [1001 + (1 << 25), 1] {
+        for flags in [FIN | ACK, RST] {
+            let stray = packet::tcp(&client(40001), SERVER, flags, seq, 0);
+            assert_eq!(n.run(TC_INGRESS, &stray).0, PASS);
+        }
     }
     assert_eq!(n.pool().open(), 1, "nothing closed");
     assert_eq!(n.from_client(40002, SYN), DROP, "the slot is still taken");
@@ -521,4 +530,20 @@ fn a_full_table_refuses_new_connections_and_counts_them() {
     assert_eq!(n.from_client(40001, RST), PASS);
     assert_eq!(n.from_client(40005, SYN), DROP);
     assert_eq!(n.pool().pool.table_full, 2);
+}
+
+#[test]
+fn a_syn_retransmitted_during_the_handshake_counts_once_and_one_after_it_is_a_new_connection() {
+    let mut n = Node::new(|p| p.conn_limit = 2);
+    assert_eq!(n.from_client(40001, SYN), PASS);
+    assert_eq!(n.from_client(40001, SYN), PASS, "retransmitted");
+    assert_eq!(n.from_server(40001, SYN | ACK), PASS);
+    assert_eq!(n.from_client(40001, SYN), PASS, "retransmitted again");
+    assert_eq!((n.pool().open(), n.pool().pool.opened), (1, 1));
+    assert_eq!(n.from_client(40001, ACK), PASS);
+    // Established: a SYN on its addresses and ports means the client sees
+    // the old connection gone (this node missed its end): a new one.
+    assert_eq!(n.from_client(40001, SYN), PASS);
+    let p = n.pool();
+    assert_eq!((p.open(), p.pool.opened, p.pool.closed), (1, 2, 1));
 }

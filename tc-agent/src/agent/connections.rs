@@ -105,8 +105,8 @@ impl Pools {
                     }
                     if next_free == MAX_POOLS {
                         bail!(
-                            "no free connection pool for channel `{}`: {} pools of removed channels are still draining; \
-                             retry in a few seconds (policy not applied: the running policy is unchanged)",
+                            "no free connection pool for channel `{}`: {} pools of removed channels still hold connections \
+                             (they drain as those connections close or time out); policy not applied: the running policy is unchanged",
                             c.name,
                             self.draining.len()
                         );
