@@ -402,7 +402,10 @@ fn new_connection_rate(action: &str, min_share: f64) -> Result<()> {
     let server = AcceptServer::start(&pair.server, &["198.18.0.2:9000"])?;
     let cfg = OpenerConfig {
         threads: 200,
-        secs: 6.0,
+        // Longer under emulation: each `channels` reading below starts a
+        // process, which takes seconds there, and they must fall inside the
+        // run.
+        secs: slow(6.0).as_secs_f64(),
         connect_timeout: Duration::from_millis(1500),
         stagger: Duration::from_secs(1),
         max_per_thread: 20_000,
