@@ -88,7 +88,7 @@ impl Node {
 
     /// A segment from the client, arriving: its SYN has sequence number
     /// 1000, what follows 1001 and acknowledges the server's 5001.
-    fn from_client(&self, port: u16, flags: u8) -> u32 {
+    fn client_sends(&self, port: u16, flags: u8) -> u32 {
         let (seq, ack) = if flags & SYN != 0 {
             (1000, 0)
         } else {
@@ -103,7 +103,7 @@ impl Node {
 
     /// A segment from the server, leaving: its SYN has sequence number
     /// 5000 and acknowledges the client's, what follows 5001.
-    fn from_server(&self, port: u16, flags: u8) -> u32 {
+    fn server_sends(&self, port: u16, flags: u8) -> u32 {
         let seq = if flags & SYN != 0 { 5000 } else { 5001 };
         let mut f = packet::tcp(SERVER, &client(port), flags, seq, 0);
         if flags & ACK != 0 {
@@ -114,9 +114,9 @@ impl Node {
 
     /// A full handshake on client port `port`.
     fn connect(&self, port: u16) {
-        assert_eq!(self.from_client(port, SYN), PASS);
-        assert_eq!(self.from_server(port, SYN | ACK), PASS);
-        assert_eq!(self.from_client(port, ACK), PASS);
+        assert_eq!(self.client_sends(port, SYN), PASS);
+        assert_eq!(self.server_sends(port, SYN | ACK), PASS);
+        assert_eq!(self.client_sends(port, ACK), PASS);
     }
 
     fn pool(&mut self) -> PoolCounts {
@@ -130,28 +130,28 @@ fn the_concurrency_limit_refuses_new_syns_and_a_close_frees_a_slot() {
     n.connect(40001);
     n.connect(40002);
     assert_eq!(
-        n.from_client(40003, SYN),
+        n.client_sends(40003, SYN),
         DROP,
         "a third connection over the limit of 2"
     );
     let p = n.pool();
     assert_eq!((p.open(), p.pool.opened, p.pool.refused), (2, 2, 1));
     // Data and pure ACKs of open connections pass and count once.
-    assert_eq!(n.from_client(40001, ACK), PASS);
+    assert_eq!(n.client_sends(40001, ACK), PASS);
     assert_eq!(n.pool().open(), 2);
     // Both FINs close the first connection; its slot goes to a new one.
-    assert_eq!(n.from_client(40001, FIN | ACK), PASS);
+    assert_eq!(n.client_sends(40001, FIN | ACK), PASS);
     assert_eq!(n.pool().open(), 2, "one FIN half-closes");
-    assert_eq!(n.from_server(40001, FIN | ACK), PASS);
+    assert_eq!(n.server_sends(40001, FIN | ACK), PASS);
     assert_eq!(n.pool().open(), 1);
     assert_eq!(
-        n.from_client(40001, ACK),
+        n.client_sends(40001, ACK),
         PASS,
         "the last ACK of a closed connection passes"
     );
     n.connect(40003);
     // An RST from the server closes the second.
-    assert_eq!(n.from_server(40002, RST), PASS);
+    assert_eq!(n.server_sends(40002, RST), PASS);
     let p = n.pool();
     assert_eq!((p.open(), p.pool.opened, p.pool.closed), (1, 3, 2));
 }
@@ -159,16 +159,16 @@ fn the_concurrency_limit_refuses_new_syns_and_a_close_frees_a_slot() {
 #[test]
 fn the_handshake_is_timed_from_the_first_syn_to_the_final_ack() {
     let mut n = Node::new(|p| p.conn_limit = 10);
-    assert_eq!(n.from_client(40001, SYN), PASS);
+    assert_eq!(n.client_sends(40001, SYN), PASS);
     std::thread::sleep(std::time::Duration::from_millis(20));
-    assert_eq!(n.from_server(40001, SYN | ACK), PASS);
+    assert_eq!(n.server_sends(40001, SYN | ACK), PASS);
     let p = n.pool();
     assert_eq!(
         p.pool.rtt_count, 0,
         "on the server's side the final ACK completes it"
     );
     std::thread::sleep(std::time::Duration::from_millis(10));
-    assert_eq!(n.from_client(40001, ACK), PASS);
+    assert_eq!(n.client_sends(40001, ACK), PASS);
     let p = n.pool();
     assert_eq!(p.pool.rtt_count, 1);
     assert!(
@@ -178,7 +178,7 @@ fn the_handshake_is_timed_from_the_first_syn_to_the_final_ack() {
     );
     assert_eq!(p.pool.rtt_max_ns, p.pool.rtt_sum_ns);
     // Later ACKs time nothing more.
-    assert_eq!(n.from_client(40001, ACK), PASS);
+    assert_eq!(n.client_sends(40001, ACK), PASS);
     assert_eq!(n.pool().pool.rtt_count, 1);
 }
 
@@ -188,21 +188,21 @@ fn a_reset_connection_cannot_keep_sending() {
     n.connect(40001);
     // The client resets (or spoofs a reset of) its own connection: the
     // slot is free, and the connection's later data is dropped.
-    assert_eq!(n.from_client(40001, RST), PASS);
+    assert_eq!(n.client_sends(40001, RST), PASS);
     assert_eq!(n.pool().open(), 0);
-    assert_eq!(n.from_client(40001, ACK), DROP);
+    assert_eq!(n.client_sends(40001, ACK), DROP);
     assert_eq!(n.dp.global_counters().unwrap().conn_after_close_pkts, 1);
     // The addresses and ports can open a new connection, which counts.
     n.connect(40001);
     assert_eq!(n.pool().open(), 1);
-    assert_eq!(n.from_client(40002, SYN), DROP);
+    assert_eq!(n.client_sends(40002, SYN), DROP);
 }
 
 #[test]
 fn packets_without_a_seen_syn_pass_uncounted() {
     let mut n = Node::new(|p| p.conn_limit = 1);
     for port in 41000..41100 {
-        assert_eq!(n.from_client(port, ACK), PASS);
+        assert_eq!(n.client_sends(port, ACK), PASS);
     }
     assert_eq!(
         n.pool().open(),
@@ -216,14 +216,14 @@ fn packets_without_a_seen_syn_pass_uncounted() {
 #[test]
 fn simultaneous_open_establishes_one_connection() {
     let mut n = Node::new(|p| p.conn_limit = 1);
-    assert_eq!(n.from_client(40001, SYN), PASS);
-    assert_eq!(n.from_server(40001, SYN), PASS);
-    assert_eq!(n.from_server(40001, SYN | ACK), PASS);
-    assert_eq!(n.from_client(40001, SYN | ACK), PASS);
-    assert_eq!(n.from_client(40001, ACK), PASS);
+    assert_eq!(n.client_sends(40001, SYN), PASS);
+    assert_eq!(n.server_sends(40001, SYN), PASS);
+    assert_eq!(n.server_sends(40001, SYN | ACK), PASS);
+    assert_eq!(n.client_sends(40001, SYN | ACK), PASS);
+    assert_eq!(n.client_sends(40001, ACK), PASS);
     let p = n.pool();
     assert_eq!((p.open(), p.pool.opened), (1, 1));
-    assert_eq!(n.from_client(40002, SYN), DROP);
+    assert_eq!(n.client_sends(40002, SYN), DROP);
 }
 
 #[test]
@@ -234,7 +234,7 @@ fn the_new_connection_rate_admits_its_burst_then_refuses() {
         p.conn_tau_ns = 4 * 1_000_000_000;
     });
     let passed = (40001..40011)
-        .filter(|port| n.from_client(*port, SYN) == PASS)
+        .filter(|port| n.client_sends(*port, SYN) == PASS)
         .count();
     assert_eq!(passed, 4);
     let p = n.pool();
@@ -248,7 +248,7 @@ fn monitor_mode_counts_would_be_refusals_and_refuses_nothing() {
         p.mode = MODE_MONITOR;
     });
     for port in 40001..40006 {
-        assert_eq!(n.from_client(port, SYN), PASS);
+        assert_eq!(n.client_sends(port, SYN), PASS);
     }
     let p = n.pool();
     assert_eq!((p.open(), p.pool.refused, p.pool.would_refuse), (5, 0, 3));
@@ -313,8 +313,8 @@ fn a_timed_out_connection_is_released_once_by_the_collector() {
     std::thread::sleep(std::time::Duration::from_millis(100));
     // Past its timeout the entry belongs to the collector: a new SYN on
     // the same ports waits for it, other packets pass uncounted.
-    assert_eq!(n.from_client(40001, SYN), DROP);
-    assert_eq!(n.from_client(40001, ACK), PASS);
+    assert_eq!(n.client_sends(40001, SYN), DROP);
+    assert_eq!(n.client_sends(40001, ACK), PASS);
     assert_eq!(n.pool().open(), 1, "not released by the datapath");
     let early =
         n.dp.collect_conns(&ConnConfig {
@@ -383,18 +383,18 @@ fn forged_or_out_of_window_closes_free_no_slot() {
         }
     }
     assert_eq!(n.pool().open(), 1, "nothing closed");
-    assert_eq!(n.from_client(40002, SYN), DROP, "the slot is still taken");
-    assert_eq!(n.from_client(40001, ACK), PASS, "the connection lives on");
+    assert_eq!(n.client_sends(40002, SYN), DROP, "the slot is still taken");
+    assert_eq!(n.client_sends(40001, ACK), PASS, "the connection lives on");
     // In window, each from where its sender's packets pass: closed.
-    assert_eq!(n.from_client(40001, FIN | ACK), PASS);
-    assert_eq!(n.from_server(40001, FIN | ACK), PASS);
+    assert_eq!(n.client_sends(40001, FIN | ACK), PASS);
+    assert_eq!(n.server_sends(40001, FIN | ACK), PASS);
     assert_eq!(n.pool().open(), 0);
 }
 
 #[test]
 fn the_servers_rst_to_a_syn_must_acknowledge_it() {
     let mut n = Node::new(|p| p.conn_limit = 1);
-    assert_eq!(n.from_client(40001, SYN), PASS);
+    assert_eq!(n.client_sends(40001, SYN), PASS);
     let blind = packet::with_ack(packet::tcp(SERVER, &client(40001), RST | ACK, 0, 0), 7);
     assert_eq!(n.run(TC_EGRESS, &blind).0, PASS);
     assert_eq!(
@@ -437,8 +437,8 @@ fn monitor_mode_drops_nothing() {
         50_000_000,
     );
     n.connect(40001);
-    assert_eq!(n.from_client(40001, RST), PASS);
-    assert_eq!(n.from_client(40001, ACK), PASS, "data after a reset");
+    assert_eq!(n.client_sends(40001, RST), PASS);
+    assert_eq!(n.client_sends(40001, ACK), PASS, "data after a reset");
     assert_eq!(
         n.run(TC_INGRESS, &tiny_first_fragment()).0,
         PASS,
@@ -447,7 +447,7 @@ fn monitor_mode_drops_nothing() {
     n.connect(40002);
     std::thread::sleep(std::time::Duration::from_millis(100));
     assert_eq!(
-        n.from_client(40002, SYN),
+        n.client_sends(40002, SYN),
         PASS,
         "a SYN on a timed-out entry"
     );
@@ -470,14 +470,14 @@ fn a_reset_ends_this_cpus_shortcut_for_the_connection() {
     for (port, reset_by_server) in [(40001u16, false), (40002, true)] {
         n.connect(port);
         for _ in 0..3 {
-            assert_eq!(n.from_client(port, ACK), PASS, "the hint is set and used");
+            assert_eq!(n.client_sends(port, ACK), PASS, "the hint is set and used");
         }
         if reset_by_server {
-            assert_eq!(n.from_server(port, RST), PASS);
+            assert_eq!(n.server_sends(port, RST), PASS);
         } else {
-            assert_eq!(n.from_client(port, RST), PASS);
+            assert_eq!(n.client_sends(port, RST), PASS);
         }
-        assert_eq!(n.from_client(port, ACK), DROP, "data after the reset");
+        assert_eq!(n.client_sends(port, ACK), DROP, "data after the reset");
     }
     assert_eq!(n.pool().open(), 0);
 }
@@ -501,9 +501,9 @@ fn both_fins_at_once_on_two_cpus_close_every_connection() {
                 tc_tests::pin_to_cpu(cpu).expect("pin to a CPU");
                 for port in ports {
                     let verdict = if cpu == 0 {
-                        node.from_client(*port, FIN | ACK)
+                        node.client_sends(*port, FIN | ACK)
                     } else {
-                        node.from_server(*port, FIN | ACK)
+                        node.server_sends(*port, FIN | ACK)
                     };
                     assert_eq!(verdict, PASS);
                 }
@@ -522,28 +522,28 @@ fn a_full_table_refuses_new_connections_and_counts_them() {
     for port in 40001..40005 {
         n.connect(port);
     }
-    assert_eq!(n.from_client(40005, SYN), DROP);
+    assert_eq!(n.client_sends(40005, SYN), DROP);
     let p = n.pool();
     assert_eq!((p.open(), p.pool.table_full, p.pool.refused), (4, 1, 0));
     // A close frees an entry only once the collector takes it; until then
     // the table stays full.
-    assert_eq!(n.from_client(40001, RST), PASS);
-    assert_eq!(n.from_client(40005, SYN), DROP);
+    assert_eq!(n.client_sends(40001, RST), PASS);
+    assert_eq!(n.client_sends(40005, SYN), DROP);
     assert_eq!(n.pool().pool.table_full, 2);
 }
 
 #[test]
 fn a_syn_retransmitted_during_the_handshake_counts_once_and_one_after_it_is_a_new_connection() {
     let mut n = Node::new(|p| p.conn_limit = 2);
-    assert_eq!(n.from_client(40001, SYN), PASS);
-    assert_eq!(n.from_client(40001, SYN), PASS, "retransmitted");
-    assert_eq!(n.from_server(40001, SYN | ACK), PASS);
-    assert_eq!(n.from_client(40001, SYN), PASS, "retransmitted again");
+    assert_eq!(n.client_sends(40001, SYN), PASS);
+    assert_eq!(n.client_sends(40001, SYN), PASS, "retransmitted");
+    assert_eq!(n.server_sends(40001, SYN | ACK), PASS);
+    assert_eq!(n.client_sends(40001, SYN), PASS, "retransmitted again");
     assert_eq!((n.pool().open(), n.pool().pool.opened), (1, 1));
-    assert_eq!(n.from_client(40001, ACK), PASS);
+    assert_eq!(n.client_sends(40001, ACK), PASS);
     // Established: a SYN on its addresses and ports means the client sees
     // the old connection gone (this node missed its end): a new one.
-    assert_eq!(n.from_client(40001, SYN), PASS);
+    assert_eq!(n.client_sends(40001, SYN), PASS);
     let p = n.pool();
     assert_eq!((p.open(), p.pool.opened, p.pool.closed), (1, 2, 1));
 }
