@@ -10,4 +10,5 @@ pub mod agent;
 pub mod cli;
 pub mod control;
 pub mod datapath;
+pub mod observe;
 pub mod policy;

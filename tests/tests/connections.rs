@@ -459,7 +459,15 @@ fn new_connection_rate(action: &str, min_share: f64) -> Result<()> {
     match action {
         "reset" => {
             assert!(report.refusals() > 0, "{}", report.summary());
-            assert_eq!(report.timed_out, 0, "{}", report.summary());
+            // A reset answers at once, so a timeout means a SYN or its RST
+            // was lost on the way (a full veth backlog or listen queue under
+            // emulation's storm of 20k SYN/s). One in 10,000 is the
+            // tolerance; under `drop` every refused attempt times out.
+            assert!(
+                report.timed_out * 10_000 <= report.refusals(),
+                "{}",
+                report.summary()
+            );
         }
         _ => {
             assert_eq!(

@@ -406,6 +406,9 @@ impl Server {
         let data = match req {
             Request::Status => serde_json::to_value(self.snapshot.status()).map_err(Into::into),
             Request::Channels => self.channels().await,
+            Request::Map | Request::TopTalkers { .. } | Request::History { .. } => {
+                Err(anyhow::anyhow!("not served yet"))
+            }
             Request::Apply { .. } if peer.access != Access::Full => {
                 if let Some(held) = self.refused_log.pass() {
                     warn!(

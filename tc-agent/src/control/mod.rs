@@ -18,6 +18,10 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use tc_common::{ChannelCounters, GlobalCounters};
 
+mod observe;
+
+pub use self::observe::*;
+
 use crate::{
     datapath::attach::{HookKind, Mechanism},
     policy::{Action, Direction, Limit, Mode, Protocol},
@@ -40,6 +44,26 @@ pub enum Request {
     Channels,
     /// Interfaces, hooks, kernel features, generation, uptime.
     Status,
+    /// The interaction map over the last window.
+    Map,
+    /// Single sources by traffic over the last window.
+    TopTalkers {
+        /// Only traffic to this endpoint set or CIDR.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to: Option<String>,
+        /// Only sources in this endpoint set or CIDR.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from: Option<String>,
+        /// How many talkers at most.
+        n: usize,
+    },
+    /// One series of the metric history.
+    History {
+        /// A channel name, or `FROM->TO` (endpoint sets or addresses as `map` names them).
+        name: String,
+        /// How far back, seconds: up to 900 at 1 s steps, up to 86,400 at 60 s steps.
+        since_s: u64,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]

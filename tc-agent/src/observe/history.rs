@@ -1,0 +1,1 @@
+//! The metric history (being written).
