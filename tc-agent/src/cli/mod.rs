@@ -2,6 +2,7 @@
 
 mod apply;
 mod channels;
+mod history;
 mod run;
 mod status;
 mod uninstall;
@@ -19,7 +20,8 @@ use crate::control::DEFAULT_SOCKET;
 /// channel to its bandwidth and packet-rate limits.
 ///
 /// Start the agent on a node with `tc-agent run`, then drive it with
-/// `apply`, `channels` and `status`. `validate` checks a policy file offline.
+/// `apply`, `channels` and `status`; `history` shows a channel or an
+/// interaction over the last 24 hours. `validate` checks a policy file offline.
 /// A stopped agent leaves the node enforced; `uninstall` removes the datapath.
 #[derive(Debug, Parser)]
 #[command(name = "tc-agent", version, propagate_version = true)]
@@ -39,6 +41,7 @@ pub enum Command {
     Validate(validate::ValidateArgs),
     Channels(channels::ChannelsArgs),
     Status(status::StatusArgs),
+    History(history::HistoryArgs),
     Uninstall(uninstall::UninstallArgs),
 }
 
@@ -79,6 +82,7 @@ impl Cli {
             Command::Validate(a) => validate::execute(a),
             Command::Channels(a) => channels::execute(a, &self.socket),
             Command::Status(a) => status::execute(a, &self.socket),
+            Command::History(a) => history::execute(a, &self.socket),
             Command::Uninstall(a) => uninstall::execute(a),
         }
     }
