@@ -70,7 +70,7 @@ pub fn execute(args: HistoryArgs, socket: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Parses `--since`: a whole number of seconds, minutes or hours.
+/// Parses `--since`: a whole number of seconds, minutes, hours (or `1d`).
 fn parse_since(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -79,9 +79,10 @@ fn parse_since(s: &str) -> Result<u64, String> {
         "s" => 1,
         "m" => 60,
         "h" => 3_600,
+        "d" => 86_400,
         _ => {
             return Err(format!(
-                "`{s}`: give a whole number and a unit (s, m or h), e.g. 90s, 15m, 2h or 24h"
+                "`{s}`: give a whole number and a unit (s, m, h or d), e.g. 90s, 15m, 2h or 24h"
             ))
         }
     };
@@ -347,6 +348,8 @@ mod tests {
         assert_eq!(parse_since("15m"), Ok(900));
         assert_eq!(parse_since("2h"), Ok(7_200));
         assert_eq!(parse_since("24h"), Ok(86_400));
+        assert_eq!(parse_since("1d"), Ok(86_400));
+        assert!(parse_since("2d").unwrap_err().contains("at most 24h"));
         assert!(parse_since("25h").unwrap_err().contains("at most 24h"));
         assert!(parse_since("0m").unwrap_err().contains("greater than zero"));
         assert!(parse_since("15").unwrap_err().contains("unit"));
