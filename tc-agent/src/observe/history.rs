@@ -35,7 +35,8 @@
 //! byte per metric per block. Sealed blocks form two rings (15 minutes of
 //! seconds, 24 hours of minutes) from which the oldest block drops whole.
 //! With 1,024 channels (4 metrics) and 1,000 interactions (7 metrics) at
-//! full retention the store measures below 32 MiB; the memory test below
+//! full retention the store measures 15.3 MiB (0.6 bytes a point, overheads
+//! included), under the 32 MiB target; the memory test in `history/tests.rs`
 //! prints the figure.
 //!
 //! Callers record each live series about once a second with a unix second;
