@@ -1,10 +1,16 @@
 //! Thin binary: parse the command line, set up logging, run.
 
 use clap::Parser;
-use tc_agent::cli::{self, Cli};
+use tc_agent::cli::{self, Cli, Command};
 
 fn main() {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run(_)) {
+        // A report piped into `head` ends quietly, as other tools do. Not
+        // for `run`: the agent must survive a client that hangs up.
+        // SAFETY: restores the default disposition before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

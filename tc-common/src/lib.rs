@@ -56,12 +56,125 @@ pub const CONNS: &str = "TC_CONNS";
 pub const CONN_POOLS: &str = "TC_CONN_POOLS";
 pub const CONN_GC: &str = "TC_CONN_GC";
 pub const CONN_CONF: &str = "TC_CONN_CONF";
+pub const IX: &str = "TC_IX";
+pub const IX_CONF: &str = "TC_IX_CONF";
+pub const IX_IFACES: &str = "TC_IX_IFACES";
+pub const ACCOUNT: &str = "TC_ACCOUNT";
+pub const ACCOUNT_XDP_PROGS: &str = "TC_ACCOUNT_XDP";
 
-/// All maps, in the order the agent pins and reports them.
-pub const MAP_NAMES: [&str; 19] = [
+/// All pinned maps, in the order the agent pins and reports them.
+///
+/// The accounting program arrays ([`ACCOUNT`], [`ACCOUNT_XDP_PROGS`]) are
+/// not pinned: each loaded object's hooks must tail-call that object's own
+/// accounting programs (they share its unpinned scratch value). The kernel
+/// empties a program array once no process holds it, so while no agent
+/// runs the hooks judge packets without counting interactions, which no
+/// one reads then.
+pub const MAP_NAMES: [&str; 22] = [
     CONFIG, GENS, SRC_V4, DST_V4, SRC_V6, DST_V6, L4, POLICIES, BUCKETS, COUNTERS, GLOBAL, FLOWS4,
-    FLOWS6, PACE, FRAGS, CONNS, CONN_POOLS, CONN_GC, CONN_CONF,
+    FLOWS6, PACE, FRAGS, CONNS, CONN_POOLS, CONN_GC, CONN_CONF, IX, IX_CONF, IX_IFACES,
 ];
+
+/// Slots of the [`ACCOUNT`] program array (tc) and the
+/// [`ACCOUNT_XDP_PROGS`] one: the accounting program each hook
+/// tail-calls after its verdict.
+pub const ACCOUNT_TC_INGRESS: u32 = 0;
+pub const ACCOUNT_TC_EGRESS: u32 = 1;
+pub const ACCOUNT_XDP: u32 = 0;
+
+/// Default entries of the interaction table ([`IX`]); the agent's
+/// `--interaction-table-size` sets it when the table is created.
+pub const DEFAULT_MAX_INTERACTIONS: u32 = 16_384;
+/// Interfaces with an ingress hook at most ([`IX_IFACES`]).
+pub const MAX_IX_IFACES: u32 = 256;
+/// Rows of the heavy-hitter sketch (a count-min sketch).
+pub const IX_SKETCH_ROWS: usize = 4;
+/// Counters per row (a power of two).
+pub const IX_SKETCH_WIDTH: usize = 1024;
+/// A sketch counter counts bytes in units of this many (its low 24 bits;
+/// the high 8 bits tag the window it counts in).
+pub const IX_SKETCH_UNIT: u64 = 64;
+/// Sketch windows are `2^IX_WINDOW_SHIFT` ns (about 1.07 s) of the coarse clock.
+pub const IX_WINDOW_SHIFT: u32 = 30;
+
+/// One interaction: a client address talking to a server address's port
+/// over a protocol. IPv4 addresses are stored IPv4-mapped (`::ffff:a.b.c.d`).
+/// An all-zero `client` holds the traffic of clients that are not tracked
+/// one by one (below the admission threshold, or the table full).
+///
+/// Which side is the client: for a TCP SYN its sender, for a SYN-ACK its
+/// receiver; otherwise the side with the higher port (the lower one is the
+/// well-known, listening one; equal ports: the receiver is the server),
+/// except that a TCP server seen answering a SYN on a port above its
+/// client's stays the server (a per-node table of such servers); protocols
+/// without ports: the receiver is the server.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct IxKey {
+    /// The client's address.
+    pub client: [u8; 16],
+    /// The server's address.
+    pub server: [u8; 16],
+    /// The server's port (host order; 0 without ports).
+    pub port: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// Explicit padding, always zero (it is hashed with the key).
+    pub _pad: [u8; 5],
+}
+
+/// Per-CPU counters of one interaction ([`IX`] values).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IxCounters {
+    /// Client to server: packets and wire bytes.
+    pub req_pkts: u64,
+    pub req_bytes: u64,
+    /// Server to client: packets and wire bytes.
+    pub resp_pkts: u64,
+    pub resp_bytes: u64,
+    /// TCP SYNs from the client (connection attempts, retransmissions included).
+    pub syns: u64,
+    /// TCP SYN-ACKs from the server (attempts answered).
+    pub synacks: u64,
+    /// TCP RSTs, either side.
+    pub rsts: u64,
+    /// TCP FINs, either side.
+    pub fins: u64,
+    /// Time from a SYN to its SYN-ACK as this node saw them: sum and count.
+    pub rtt_sum_ns: u64,
+    pub rtt_count: u64,
+}
+
+impl IxCounters {
+    /// Adds `o` into `self` (summing CPUs, or carrying totals).
+    pub fn add(&mut self, o: &Self) {
+        self.req_pkts += o.req_pkts;
+        self.req_bytes += o.req_bytes;
+        self.resp_pkts += o.resp_pkts;
+        self.resp_bytes += o.resp_bytes;
+        self.syns += o.syns;
+        self.synacks += o.synacks;
+        self.rsts += o.rsts;
+        self.fins += o.fins;
+        self.rtt_sum_ns += o.rtt_sum_ns;
+        self.rtt_count += o.rtt_count;
+    }
+}
+
+/// How the datapath admits new interactions, index 0 of [`IX_CONF`];
+/// written by the agent every sample.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IxConfig {
+    /// A new client gets its own entry once the sketch estimates its bytes
+    /// in the current window at this many [`IX_SKETCH_UNIT`]s or more; 0:
+    /// at once (the table has room). Below it, its packets count in the
+    /// interaction's all-zero-client entry.
+    pub admit_units: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+}
 
 /// Connection pools: the per-channel connection counters
 /// ([`ConnPool`]), indexed by a pool id the agent gives each channel with
@@ -562,6 +675,12 @@ pub struct GlobalCounters {
     /// Data packets of a connection already closed by an RST, dropped: a
     /// spoofed RST cannot open room under the limit and keep its connection.
     pub conn_after_close_pkts: u64,
+    /// Packets counted in an interaction's untracked-clients entry (their
+    /// client below the admission threshold, or the table full).
+    pub ix_folded_pkts: u64,
+    /// Packets no interaction entry could count (the table full even for
+    /// the untracked-clients entry).
+    pub ix_lost_pkts: u64,
 }
 
 impl ChannelCounters {
@@ -598,6 +717,8 @@ impl GlobalCounters {
         self.contended_pkts += o.contended_pkts;
         self.conn_untracked_pkts += o.conn_untracked_pkts;
         self.conn_after_close_pkts += o.conn_after_close_pkts;
+        self.ix_folded_pkts += o.ix_folded_pkts;
+        self.ix_lost_pkts += o.ix_lost_pkts;
     }
 }
 
@@ -621,6 +742,9 @@ mod pod {
     unsafe impl aya::Pod for ConnEntry {}
     unsafe impl aya::Pod for ConnPool {}
     unsafe impl aya::Pod for ConnConfig {}
+    unsafe impl aya::Pod for IxKey {}
+    unsafe impl aya::Pod for IxCounters {}
+    unsafe impl aya::Pod for IxConfig {}
 }
 
 const _: () = assert!(core::mem::size_of::<ChannelSet>() == 8 * CHANNEL_WORDS);
@@ -632,10 +756,12 @@ const _: () = assert!(core::mem::size_of::<FlowKey4>() == 16);
 const _: () = assert!(core::mem::size_of::<FlowKey6>() == 40);
 const _: () = assert!(core::mem::size_of::<ChannelPolicy>() == 72);
 const _: () = assert!(core::mem::size_of::<ConnKey>() == 40);
+const _: () = assert!(core::mem::size_of::<IxKey>() == 40);
+const _: () = assert!(core::mem::size_of::<IxCounters>() == 80);
 const _: () = assert!(core::mem::size_of::<ConnEntry>() == 48);
 const _: () = assert!(core::mem::size_of::<ConnPool>() == 72);
 const _: () = assert!(core::mem::size_of::<ConnConfig>() == 24);
 const _: () = assert!(core::mem::size_of::<BucketState>() == 24);
 const _: () = assert!(core::mem::size_of::<ChannelCounters>() == 96);
-const _: () = assert!(core::mem::size_of::<GlobalCounters>() == 104);
+const _: () = assert!(core::mem::size_of::<GlobalCounters>() == 120);
 const _: () = assert!(MAX_CHANNELS.is_multiple_of(64));

@@ -205,7 +205,7 @@ fn scratch_key() -> Option<&'static mut ConnKey> {
 /// monotonic clock as `bpf_ktime_get_ns` at tick resolution, for a fraction
 /// of the cost; all that idle timeouts of seconds and hints of 100 ms need.
 #[inline(always)]
-fn coarse_ns() -> u64 {
+pub(crate) fn coarse_ns() -> u64 {
     // SAFETY: helper 160 is bpf_ktime_get_coarse_ns (no arguments, no
     // preconditions); aya-ebpf 0.2 has no binding for it yet.
     unsafe {
@@ -217,7 +217,7 @@ fn coarse_ns() -> u64 {
 /// The fine clock, for what needs nanoseconds: a SYN's time (the
 /// handshake time starts there) and the new-connection rate.
 #[inline(always)]
-fn fine_ns() -> u64 {
+pub(crate) fn fine_ns() -> u64 {
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     unsafe { bpf_ktime_get_ns() }
 }

@@ -79,6 +79,9 @@ pub struct Frame {
     /// The interface the hook runs on: the connection table tells a
     /// client's hook from the server's by it.
     pub ifindex: u32,
+    /// At egress, the interface the packet came in through (0: generated
+    /// on this node): a forwarded packet is accounted once, at ingress.
+    pub in_ifindex: u32,
 }
 
 

@@ -14,6 +14,7 @@
 )]
 
 
+mod account;
 mod bucket;
 mod classify;
 mod conn;
@@ -30,9 +31,15 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use tc_common::{DIR_EGRESS, DIR_INGRESS};
+use tc_common::{ACCOUNT_TC_EGRESS, ACCOUNT_TC_INGRESS, ACCOUNT_XDP, DIR_EGRESS, DIR_INGRESS};
+
+use core::ptr::{read_volatile, write_volatile};
+
+use aya_ebpf::{maps::ProgramArray, EbpfContext};
 
 use crate::{
+    account::account,
+    maps::{TC_ACCOUNT, TC_ACCOUNT_XDP, TC_SCRATCH},
     ecn::{mark_ce_tc, mark_ce_xdp},
     enforce::{Frame, DELAY, DROP, MARK, RESET},
     parse::Load,
@@ -40,17 +47,29 @@ use crate::{
     reset::{reset_tc, reset_xdp},
 };
 
+// Inlined into the entry point aya's macro wraps it in: the tail call to
+// the accounting program must be made from the program's main function
+// (a subprogram may only tail-call with BTF).
 #[classifier]
+#[inline(always)]
 pub fn tc_ingress(ctx: TcContext) -> i32 {
     tc_verdict(&ctx, DIR_INGRESS)
 }
 
+// Inlined into the entry point aya's macro wraps it in: the tail call to
+// the accounting program must be made from the program's main function
+// (a subprogram may only tail-call with BTF).
 #[classifier]
+#[inline(always)]
 pub fn tc_egress(ctx: TcContext) -> i32 {
     tc_verdict(&ctx, DIR_EGRESS)
 }
 
+// Inlined into the entry point aya's macro wraps it in: the tail call to
+// the accounting program must be made from the program's main function
+// (a subprogram may only tail-call with BTF).
 #[xdp]
+#[inline(always)]
 pub fn xdp_ingress(ctx: XdpContext) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
     let frame = Frame {
@@ -60,11 +79,12 @@ pub fn xdp_ingress(ctx: XdpContext) -> u32 {
         segs: 1,
         // SAFETY: the context pointer is valid for the whole program run.
         ifindex: unsafe { (*ctx.ctx).ingress_ifindex },
+        in_ifindex: 0,
     };
     let ld = XdpLoad(&ctx);
     let v = handle(&frame, &ld, DIR_INGRESS, || 0, #[inline(always)]
         |p| reset_xdp(&ctx, p));
-    match v.action {
+    let ret = match v.action {
         DROP => xdp_action::XDP_DROP,
         RESET => v.tstamp as u32,
         MARK => {
@@ -73,6 +93,57 @@ pub fn xdp_ingress(ctx: XdpContext) -> u32 {
         }
         // Delay is refused for ingress channels at validation.
         _ => xdp_action::XDP_PASS,
+    };
+    then_account(&ctx, &TC_ACCOUNT_XDP, ACCOUNT_XDP, ret as u64) as u32
+}
+
+/// The accounting program of tc ingress: counts the packet in its
+/// interaction, then returns the hook's verdict.
+#[classifier]
+pub fn tc_account_ingress(_ctx: TcContext) -> i32 {
+    account(DIR_INGRESS, 0);
+    parked() as i32
+}
+
+/// The accounting program of tc egress (a forwarded packet was counted at
+/// its ingress).
+#[classifier]
+pub fn tc_account_egress(ctx: TcContext) -> i32 {
+    // SAFETY: the context pointer is valid for the whole program run.
+    account(DIR_EGRESS, unsafe { (*ctx.skb.skb).ingress_ifindex });
+    parked() as i32
+}
+
+/// The accounting program of XDP.
+#[xdp]
+pub fn xdp_account(_ctx: XdpContext) -> u32 {
+    account(DIR_INGRESS, 0);
+    parked() as u32
+}
+
+/// Parks the hook's return code and tail-calls its accounting program
+/// (`slot` of `progs`), which returns it. Returns it itself if the
+/// tail call fails (no program in the slot): the verdict never depends on
+/// the accounting.
+#[inline(always)]
+fn then_account<C: EbpfContext>(ctx: &C, progs: &ProgramArray, slot: u32, ret: u64) -> u64 {
+    if let Some(s) = TC_SCRATCH.get_ptr_mut(0) {
+        // SAFETY: per-CPU scratch; the tail-called program runs on this CPU
+        // right after.
+        unsafe { write_volatile(&raw mut (*s).ret, ret) };
+        // SAFETY: a tail call either jumps (never returns) or fails.
+        let _ = unsafe { progs.tail_call(ctx, slot) };
+    }
+    ret
+}
+
+/// The return code [`then_account`] parked.
+#[inline(always)]
+fn parked() -> u64 {
+    match TC_SCRATCH.get_ptr_mut(0) {
+        // SAFETY: per-CPU scratch, written by the hook that tail-called us.
+        Some(s) => unsafe { read_volatile(&raw const (*s).ret) },
+        None => 0,
     }
 }
 
@@ -144,6 +215,8 @@ fn tc_verdict(ctx: &TcContext, dir: u8) -> i32 {
         segs: if gso_segs == 0 { 1 } else { gso_segs },
         // SAFETY: the context pointer is valid for the whole program run.
         ifindex: unsafe { (*ctx.skb.skb).ifindex },
+        // SAFETY: as above.
+        in_ifindex: unsafe { (*ctx.skb.skb).ingress_ifindex },
     };
     // SAFETY: the context pointer is valid for the whole program run.
     // Usually a read of the hash the stack already set (TCP's txhash, the
@@ -156,7 +229,7 @@ fn tc_verdict(ctx: &TcContext, dir: u8) -> i32 {
         #[inline(always)]
         |p| reset_tc(ctx, p, dir == DIR_EGRESS) as u32,
     );
-    match v.action {
+    let ret = match v.action {
         DROP => TC_ACT_SHOT,
         RESET => v.tstamp as i32,
         DELAY => {
@@ -175,7 +248,13 @@ fn tc_verdict(ctx: &TcContext, dir: u8) -> i32 {
             TC_ACT_UNSPEC
         }
         _ => TC_ACT_UNSPEC,
-    }
+    };
+    let slot = if dir == DIR_EGRESS {
+        ACCOUNT_TC_EGRESS
+    } else {
+        ACCOUNT_TC_INGRESS
+    };
+    then_account(ctx, &TC_ACCOUNT, slot, ret as u64) as i32
 }
 
 

@@ -4,13 +4,14 @@
 use aya_ebpf::{
     macros::map,
     bindings::BPF_F_NO_PREALLOC,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray},
 };
 use tc_common::{
     BucketState, ChannelCounters, ChannelPolicy, ChannelSet, Config, ConnConfig, ConnEntry,
-    ConnKey, ConnPool, FlowKey4, FlowKey6, FragEntry, FragKey, GenInfo, GlobalCounters, Ip4Key,
+    ConnKey, ConnPool, IxConfig, IxCounters, IxKey, FlowKey4, FlowKey6, FragEntry, FragKey, GenInfo, GlobalCounters, Ip4Key,
     Ip6Key, L4Key, CHANNEL_SLOTS, DEFAULT_MAX_CONNS, MAX_FLOWS, MAX_FRAGS, MAX_L4_ENTRIES,
-    MAX_POOLS, MAX_PREFIXES, PACE_SLOTS,
+    MAX_POOLS, MAX_PREFIXES, PACE_SLOTS, DEFAULT_MAX_INTERACTIONS, IX_SKETCH_ROWS,
+    IX_SKETCH_WIDTH, MAX_IX_IFACES,
 };
 
 #[map]
@@ -95,6 +96,85 @@ pub const CONN_HINT_SLOTS: u32 = 1024;
 pub static TC_CONN_HINTS: PerCpuArray<ConnHint> =
     PerCpuArray::with_max_entries(CONN_HINT_SLOTS, 0);
 
+/// Interactions (client, server, protocol, server port) and their
+/// counters, per CPU (no atomics on the per-packet path). Preallocated, so
+/// an insert never allocates in the datapath; the agent sizes it
+/// (`--interaction-table-size`), reads it every sample and removes idle
+/// entries, and raises the admission threshold ([`TC_IX_CONF`]) when it
+/// fills.
+#[map]
+pub static TC_IX: PerCpuHashMap<IxKey, IxCounters> =
+    PerCpuHashMap::with_max_entries(DEFAULT_MAX_INTERACTIONS, 0);
+/// The admission threshold for new clients, index 0; the agent writes it.
+#[map]
+pub static TC_IX_CONF: Array<IxConfig> = Array::with_max_entries(1, 0);
+/// Interfaces with one of our ingress hooks (tc or XDP), by ifindex: a
+/// forwarded packet that came in through one of them was counted there,
+/// and its egress hook does not count it again.
+#[map]
+pub static TC_IX_IFACES: HashMap<u32, u32> = HashMap::with_max_entries(MAX_IX_IFACES, 0);
+
+/// The accounting programs the hooks tail-call after their verdict:
+/// `tc_common::ACCOUNT_*` slots. Not pinned (see `tc_common::MAP_NAMES`).
+#[map]
+pub static TC_ACCOUNT: ProgramArray = ProgramArray::with_max_entries(2, 0);
+/// The same for XDP: a program array serves programs of one type only.
+#[map]
+pub static TC_ACCOUNT_XDP: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// The heavy-hitter sketch: a per-CPU count-min sketch of bytes per
+/// (client, server, protocol, port) in the current window, consulted only
+/// for clients without an entry while the admission threshold is on.
+#[repr(C)]
+pub struct IxSketch {
+    /// `IX_SKETCH_ROWS` rows of `IX_SKETCH_WIDTH` counters: the window tag
+    /// in the high 8 bits, units of `IX_SKETCH_UNIT` bytes in the low 24.
+    pub cells: [u32; IX_SKETCH_ROWS * IX_SKETCH_WIDTH],
+}
+
+/// Not pinned: its estimates only matter within a window of a second.
+#[map]
+pub static TC_IX_SKETCH: PerCpuArray<IxSketch> = PerCpuArray::with_max_entries(1, 0);
+
+/// A SYN's time, for its SYN-ACK's handshake time.
+#[repr(C)]
+pub struct SynStamp {
+    /// Tag of the connection (both directions agree on it); 0: empty.
+    pub tag: u64,
+    /// When the SYN passed (fine clock).
+    pub at_ns: u64,
+}
+
+/// Slots of the SYN table (a power of two).
+pub const SYN_SLOTS: u32 = 4096;
+
+/// Recent SYNs by connection tag (shared by the CPUs: a SYN-ACK may come
+/// in on another CPU than its SYN went out). A colliding SYN overwrites:
+/// a handshake time is then missed, never wrong. Not pinned.
+#[map]
+pub static TC_IX_SYNS: Array<SynStamp> = Array::with_max_entries(SYN_SLOTS, 0);
+
+/// A TCP server that listens on a port above its client's, seen answering
+/// a SYN: its address, port (host order) and an explicit padding.
+#[repr(C)]
+pub struct HighServer {
+    /// The server's address (IPv4-mapped for IPv4).
+    pub addr: [u8; 16],
+    /// Its port.
+    pub port: u16,
+    /// Explicit padding, always zero.
+    pub _pad: [u8; 6],
+}
+
+/// TCP servers that listen above their clients' ports (rare): without
+/// them, the higher-port rule would take them for the clients. Its first
+/// entry switches on a lookup per TCP packet ([`TC_IX_HIGH_ON`]). Not pinned.
+#[map]
+pub static TC_IX_HIGH: LruHashMap<HighServer, u8> = LruHashMap::with_max_entries(4096, 0);
+/// Index 0: non-zero once [`TC_IX_HIGH`] has an entry.
+#[map]
+pub static TC_IX_HIGH_ON: Array<u32> = Array::with_max_entries(1, 0);
+
 /// Per-CPU scratch: values pass through it where the verifier must not
 /// tell the paths that produced them apart (see `pipeline::parse_into`, `pipeline::join_enforce_paths` and
 /// the extension-header walk in `parse`). Nothing in it outlives a packet.
@@ -121,6 +201,19 @@ pub struct ParseScratch {
     pub rst: [u8; 64],
     /// Its Ethernet addresses, swapped (XDP).
     pub rst_macs: [u8; 12],
+    /// The packet's interaction key (`account`).
+    pub ix_key: IxKey,
+    /// A new interaction's counters, staged for insertion.
+    pub ix_new: IxCounters,
+    /// A high-port server's key, staged for a lookup or an insertion.
+    pub ix_high: HighServer,
+    /// What the packet adds to its interaction (`account`).
+    pub ix_delta: crate::account::Delta,
+    /// Non-zero when the pipeline parsed the packet: the accounting
+    /// program it tail-calls counts it.
+    pub ix_want: u64,
+    /// The hook's return code, for the accounting program to return.
+    pub ret: u64,
 }
 
 /// Not pinned: nothing in it outlives one packet.

@@ -15,6 +15,7 @@ use core::ptr::{read_volatile, write_volatile};
 use tc_common::{FragEntry, FLAG_NO_FLOW_CACHE, FRAG_BUDGET, NO_CHANNEL};
 
 use crate::{
+    account::stage,
     classify::{channel_slot, frag_key},
     conn::{connections, CONN_LATE, CONN_REFUSE, CONN_REFUSE_RESET, CONN_STALE},
     enforce::{enforce, Frame, Verdict, DROP, FOLLOW_DROP, FOLLOW_PASS, JUDGE, RESET},
@@ -48,6 +49,7 @@ pub fn handle(
         global.fail_open_pkts += 1;
         return Verdict::PASS;
     };
+    stage(scratch, false, 0, 0);
     match parse_into(frame.start, frame.end, ld, scratch) {
         PARSED => {}
         NON_IP => {
@@ -62,6 +64,15 @@ pub fn handle(
     // SAFETY: a per-CPU map value that only this program run uses, which
     // `parse_into` just filled.
     let parsed: &Parsed = unsafe { &*(&raw const (*scratch).parsed) };
+    // A GSO super-packet carries its headers once; on the wire each segment
+    // does. Charge and count what the wire will carry.
+    let mut wire = *frame;
+    if frame.segs > 1 && parsed.hdr_len != 0 {
+        wire.len += (frame.segs - 1) * (parsed.hdr_len & 0xffff) as u64;
+    }
+    // Interactions count every packet, whatever its verdict (demand, not
+    // what passed): the hook's accounting program, tail-called last.
+    stage(scratch, true, wire.len, wire.segs);
     if parsed.l4_flags != 0 && parsed.frag != FRAG_LATER {
         global.no_ports_pkts += 1;
     }
@@ -74,12 +85,6 @@ pub fn handle(
         global.fail_open_pkts += 1;
         return Verdict::PASS;
     };
-    // A GSO super-packet carries its headers once; on the wire each segment
-    // does. Charge and count what the wire will carry.
-    let mut wire = *frame;
-    if frame.segs > 1 && parsed.hdr_len != 0 {
-        wire.len += (frame.segs - 1) * (parsed.hdr_len & 0xffff) as u64;
-    }
     // A later fragment follows its datagram's first fragment: same
     // channel, same verdict.
     let mut first = NOT_FOUND;

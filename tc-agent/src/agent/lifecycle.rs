@@ -32,8 +32,14 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         None => None,
     };
 
-    let mut dp = Datapath::load(Some(&config.pin_dir), config.conn_table_size)
-        .context("loading the eBPF datapath")?;
+    let mut dp = Datapath::load_sized(
+        Some(&config.pin_dir),
+        TableSizes {
+            conns: config.conn_table_size,
+            interactions: config.interaction_table_size,
+        },
+    )
+    .context("loading the eBPF datapath")?;
     dp.set_conn_config(config.conn_timeouts)?;
     let table_size = dp.conn_table_size()?;
     if table_size != config.conn_table_size {
@@ -71,6 +77,15 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     }
     // Only now that every hook is in place: hooks of the other ingress kind.
     retire_other_ingress(&agent)?;
+    let ingress: Vec<u32> = config
+        .ifaces
+        .iter()
+        .map(|i| sys::ifindex(i))
+        .collect::<Result<_>>()?;
+    agent
+        .dp
+        .set_ingress_ifaces(&ingress)
+        .context("declaring the ingress interfaces for interaction accounting")?;
     agent.save();
 
     let snapshot = Arc::new(Snapshot::new(&mut agent)?);
@@ -302,6 +317,21 @@ impl Agent {
         let pools =
             connections::Pools::resume(&mut dp, &live_policies, named.then_some(&names[..]))?;
         let dp_table_size = dp.conn_table_size()?;
+        let ix_size = dp.interaction_table_size()?;
+        if ix_size != config.interaction_table_size {
+            warn!(
+                pinned = ix_size,
+                asked = config.interaction_table_size,
+                "the pinned interaction table keeps its size; --interaction-table-size takes effect after `tc-agent uninstall`"
+            );
+        }
+        let mut interactions =
+            crate::observe::interactions::Interactions::new(ix_size, config.max_unnamed);
+        interactions.set_policy(&saved.policy.endpoints);
+        let observer = Arc::new(Mutex::new(crate::observe::Observer {
+            interactions,
+            history: crate::observe::history::History::new(),
+        }));
         let agent = Agent {
             dp,
             hooks: Vec::new(),
@@ -319,6 +349,7 @@ impl Agent {
             started: Instant::now(),
             pools,
             conn_table_size: dp_table_size,
+            observer,
             config,
         };
         if !agent.policy.channels.is_empty() {

@@ -5,6 +5,7 @@ mod apply;
 mod connections;
 mod lifecycle;
 mod lock;
+mod observe;
 mod report;
 mod server;
 mod snapshot;
@@ -41,7 +42,7 @@ use crate::{
     datapath::{
         attach::{self, Hook, HookKind},
         conn::PoolCounts,
-        digest, qdisc, sys, Datapath,
+        digest, qdisc, sys, Datapath, TableSizes,
     },
     policy::{compile::compile, Action, Mode, Policy},
 };
@@ -73,6 +74,11 @@ pub struct AgentConfig {
     pub conn_table_size: u32,
     /// Idle timeouts of tracked connections, per state.
     pub conn_timeouts: tc_common::ConnConfig,
+    /// Entries of the interaction table when it is created.
+    pub interaction_table_size: u32,
+    /// Distinct unnamed addresses `map` shows at most; the quietest others
+    /// fold into `other`.
+    pub max_unnamed: usize,
 }
 
 /// Samples kept: two minutes at one per second.
@@ -133,6 +139,9 @@ struct Agent {
     pools: connections::Pools,
     /// Entries the connection table holds (as created).
     conn_table_size: u32,
+    /// Interactions, top talkers and history, shared with the server
+    /// (which reads them without the agent lock).
+    observer: Arc<Mutex<crate::observe::Observer>>,
 }
 
 impl Agent {

@@ -1,7 +1,7 @@
 //! What the agent reports: counter samples, `channels`, `status`, and the
 //! request dispatch.
 
-use super::*;
+use super::{observe, *};
 
 impl Agent {
     /// Live channels the kernel enforces beyond those the agent can name:
@@ -32,7 +32,7 @@ impl Agent {
         while self.history.len() > HISTORY {
             self.history.pop_front();
         }
-        Ok(())
+        self.observe()
     }
 
     pub(super) fn channels(&mut self) -> Result<ChannelsReport> {
@@ -138,8 +138,15 @@ impl Agent {
             Request::Apply { file, text } => serde_json::to_value(self.apply(&file, &text)?)?,
             Request::Channels => serde_json::to_value(self.channels()?)?,
             Request::Status => serde_json::to_value(self.status())?,
-            Request::Map | Request::TopTalkers { .. } | Request::History { .. } => {
-                bail!("not served yet")
+            Request::Map => serde_json::to_value(observe::map(&self.observer))?,
+            Request::TopTalkers { to, from, n } => serde_json::to_value(observe::top_talkers(
+                &self.observer,
+                to.as_deref(),
+                from.as_deref(),
+                n,
+            )?)?,
+            Request::History { name, since_s } => {
+                serde_json::to_value(observe::history(&self.observer, &name, since_s)?)?
             }
         })
     }

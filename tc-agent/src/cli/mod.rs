@@ -3,8 +3,10 @@
 mod apply;
 mod channels;
 mod history;
+mod map;
 mod run;
 mod status;
+mod top_talkers;
 mod uninstall;
 mod validate;
 
@@ -20,8 +22,9 @@ use crate::control::DEFAULT_SOCKET;
 /// channel to its bandwidth and packet-rate limits.
 ///
 /// Start the agent on a node with `tc-agent run`, then drive it with
-/// `apply`, `channels` and `status`; `history` shows a channel or an
-/// interaction over the last 24 hours. `validate` checks a policy file offline.
+/// `apply`, `channels` and `status`. See who talks to whom with `map`,
+/// the heaviest single sources with `top-talkers`, and a channel or an
+/// interaction over the last 24 hours with `history`. `validate` checks a policy file offline.
 /// A stopped agent leaves the node enforced; `uninstall` removes the datapath.
 #[derive(Debug, Parser)]
 #[command(name = "tc-agent", version, propagate_version = true)]
@@ -41,6 +44,8 @@ pub enum Command {
     Validate(validate::ValidateArgs),
     Channels(channels::ChannelsArgs),
     Status(status::StatusArgs),
+    Map(map::MapArgs),
+    TopTalkers(top_talkers::TopTalkersArgs),
     History(history::HistoryArgs),
     Uninstall(uninstall::UninstallArgs),
 }
@@ -82,6 +87,8 @@ impl Cli {
             Command::Validate(a) => validate::execute(a),
             Command::Channels(a) => channels::execute(a, &self.socket),
             Command::Status(a) => status::execute(a, &self.socket),
+            Command::Map(a) => map::execute(a, &self.socket),
+            Command::TopTalkers(a) => top_talkers::execute(a, &self.socket),
             Command::History(a) => history::execute(a, &self.socket),
             Command::Uninstall(a) => uninstall::execute(a),
         }

@@ -88,6 +88,24 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 10, value_name = "SECS",
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub conn_timeout_closing: u64,
+
+    /// Entries of the interaction table: (client, server, protocol, server
+    /// port) tuples counted one by one, for `map`, `top-talkers` and
+    /// `/metrics`. When it fills, the agent sheds the quietest entries and
+    /// the datapath admits a new client only once a sketch says it is
+    /// heavy; the rest count as `other` toward the same server, so totals
+    /// stay whole and a flood of small sources cannot hide the heavy ones.
+    /// Takes effect when the table is created (a pinned one keeps its size
+    /// until `tc-agent uninstall`); about 200 bytes per entry and CPU.
+    #[arg(long, default_value_t = tc_common::DEFAULT_MAX_INTERACTIONS, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(256..=4_194_304))]
+    pub interaction_table_size: u32,
+
+    /// Distinct addresses outside every endpoint set that `map` shows at
+    /// most; the quietest of the others fold into `other`.
+    #[arg(long, default_value_t = crate::observe::interactions::DEFAULT_MAX_UNNAMED as u64,
+          value_name = "N", value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub max_unnamed: u64,
 }
 
 pub fn execute(args: RunArgs, socket: PathBuf) -> Result<()> {
@@ -120,6 +138,8 @@ pub fn execute(args: RunArgs, socket: PathBuf) -> Result<()> {
             established_ns: args.conn_timeout_established * 1_000_000_000,
             closing_ns: args.conn_timeout_closing * 1_000_000_000,
         },
+        interaction_table_size: args.interaction_table_size,
+        max_unnamed: args.max_unnamed as usize,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

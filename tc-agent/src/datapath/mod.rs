@@ -4,6 +4,7 @@
 pub mod attach;
 pub mod conn;
 pub mod digest;
+pub mod interactions;
 pub mod qdisc;
 mod rtnl;
 pub mod sys;
@@ -31,7 +32,7 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("TC_EBPF_OBJ"))
 
 /// Layout version of the pinned maps. Bump it whenever a shared type in
 /// `tc-common` changes, so a new agent never reuses maps of another layout.
-pub const MAPS_LAYOUT: &str = "maps-v7";
+pub const MAPS_LAYOUT: &str = "maps-v8";
 
 /// tc programs in the object.
 pub const TC_INGRESS: &str = "tc_ingress";
@@ -40,6 +41,20 @@ pub const TC_PASS: &str = "tc_pass";
 /// XDP programs in the object.
 pub const XDP_INGRESS: &str = "xdp_ingress";
 pub const XDP_PASS: &str = "xdp_pass";
+/// The accounting programs the hooks tail-call (see `datapath::interactions`).
+pub const TC_ACCOUNT_INGRESS: &str = "tc_account_ingress";
+pub const TC_ACCOUNT_EGRESS: &str = "tc_account_egress";
+pub const XDP_ACCOUNT: &str = "xdp_account";
+
+/// Sizes of the tables the agent sizes when they are created (pinned ones
+/// keep theirs).
+#[derive(Debug, Clone, Copy)]
+pub struct TableSizes {
+    /// Entries of the connection table (`--conn-table-size`).
+    pub conns: u32,
+    /// Entries of the interaction table (`--interaction-table-size`).
+    pub interactions: u32,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
@@ -83,8 +98,20 @@ impl Datapath {
     /// restart. `conn_table_size` sizes the connection table when it is
     /// created (a pinned one keeps its size).
     pub fn load(pin_dir: Option<&Path>, conn_table_size: u32) -> Result<Self, DatapathError> {
+        Self::load_sized(
+            pin_dir,
+            TableSizes {
+                conns: conn_table_size,
+                interactions: tc_common::DEFAULT_MAX_INTERACTIONS,
+            },
+        )
+    }
+
+    /// [`load`](Self::load) with every table size the agent sets.
+    pub fn load_sized(pin_dir: Option<&Path>, sizes: TableSizes) -> Result<Self, DatapathError> {
         let mut loader = EbpfLoader::new();
-        loader.map_max_entries(tc_common::CONNS, conn_table_size);
+        loader.map_max_entries(tc_common::CONNS, sizes.conns);
+        loader.map_max_entries(tc_common::IX, sizes.interactions);
         if let Some(dir) = pin_dir {
             remove_other_layouts(dir);
             let maps = dir.join(MAPS_LAYOUT);
@@ -99,7 +126,13 @@ impl Datapath {
             }
         }
         let mut ebpf = loader.load(EBPF_OBJECT)?;
-        for name in [TC_INGRESS, TC_EGRESS, TC_PASS] {
+        for name in [
+            TC_INGRESS,
+            TC_EGRESS,
+            TC_PASS,
+            TC_ACCOUNT_INGRESS,
+            TC_ACCOUNT_EGRESS,
+        ] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or_else(|| DatapathError::Setup(format!("program {name} missing from object")))?
@@ -108,7 +141,7 @@ impl Datapath {
             prog.load()
                 .map_err(|source| DatapathError::Program { name, source })?;
         }
-        for name in [XDP_INGRESS, XDP_PASS] {
+        for name in [XDP_INGRESS, XDP_PASS, XDP_ACCOUNT] {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
                 .ok_or_else(|| DatapathError::Setup(format!("program {name} missing from object")))?
@@ -117,10 +150,12 @@ impl Datapath {
             prog.load()
                 .map_err(|source| DatapathError::Program { name, source })?;
         }
-        Ok(Self {
+        let mut dp = Self {
             ebpf,
             pin_dir: pin_dir.map(Path::to_path_buf),
-        })
+        };
+        dp.install_accounting()?;
+        Ok(dp)
     }
 
     /// Map `name` of the object, as the typed map `M`.

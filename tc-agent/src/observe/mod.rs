@@ -8,8 +8,54 @@
 //! (see `datapath::interactions`).
 
 pub mod history;
+pub mod interactions;
+pub mod naming;
 
 use serde::{Deserialize, Serialize};
+
+use self::{history::History, interactions::Interactions};
+
+/// What the agent has seen: the interaction view and the metric history.
+/// Shared behind its own lock, so `map`, `top-talkers` and `history` never
+/// wait behind an apply.
+#[derive(Debug)]
+pub struct Observer {
+    /// Interactions by kernel entry and by endpoint sets.
+    pub interactions: Interactions,
+    /// Per channel and per `FROM->TO`, 15 minutes at 1 s and 24 hours at 1 min.
+    pub history: History,
+}
+
+/// The metrics a channel's history keeps, in display order.
+pub const CHANNEL_METRICS: &[&str] = &["passed_bps", "passed_pps", "dropped_bps", "dropped_pps"];
+/// The metrics an interaction's (`FROM->TO`) history keeps.
+pub const INTERACTION_METRICS: &[&str] = &[
+    "request_bps",
+    "request_pps",
+    "response_bps",
+    "response_pps",
+    "new_connections_per_s",
+    "handshake_rtt_us",
+    "resets_per_s",
+];
+
+/// The values of [`INTERACTION_METRICS`] for a delta over `dt` seconds.
+pub fn interaction_point(d: &tc_common::IxCounters, dt: f64) -> [f64; 7] {
+    let r = |x: u64| x as f64 / dt;
+    [
+        8.0 * r(d.req_bytes),
+        r(d.req_pkts),
+        8.0 * r(d.resp_bytes),
+        r(d.resp_pkts),
+        r(d.syns),
+        if d.rtt_count > 0 {
+            d.rtt_sum_ns as f64 / d.rtt_count as f64 / 1e3
+        } else {
+            f64::NAN
+        },
+        r(d.rsts),
+    ]
+}
 
 /// Cumulative counters of one interaction between endpoint sets since the
 /// agent started: what `/metrics` exports (bounded cardinality: sets, not

@@ -179,6 +179,11 @@ impl Channel {
 pub struct Policy {
     /// Channels in file order: the first match wins.
     pub channels: Vec<Channel>,
+    /// The named endpoint sets in file order, with their networks: the
+    /// interaction map names each address by the most specific set that
+    /// holds it (ties: the first in file order).
+    #[serde(default)]
+    pub endpoints: Vec<(String, Vec<IpNet>)>,
     /// Non-fatal findings, such as shadowed channels.
     #[serde(skip)]
     pub warnings: Vec<Diagnostic>,

@@ -157,6 +157,7 @@ impl Policy {
         }
         Ok(Policy {
             channels: channels.0,
+            endpoints: channels.2,
             warnings: ck.warnings,
         })
     }
@@ -254,21 +255,31 @@ fn any_prefixes() -> Vec<IpNet> {
 }
 
 /// Checks everything but shadowing; returns the channels and the line of each.
-fn check_policy(ck: &mut Checker<'_>, raw: RawPolicy) -> (Vec<Channel>, Vec<usize>) {
+/// The channels, their lines, and the endpoint sets in file order.
+type Checked = (Vec<Channel>, Vec<usize>, Vec<(String, Vec<IpNet>)>);
+
+fn check_policy(ck: &mut Checker<'_>, raw: RawPolicy) -> Checked {
     let sets = check_endpoints(ck, &raw.endpoints);
+    let mut seen = std::collections::BTreeSet::new();
+    let in_order = raw
+        .endpoints
+        .iter()
+        .filter(|s| seen.insert(s.name.clone()))
+        .filter_map(|s| Some((s.name.clone(), sets.get(&s.name)?.clone())))
+        .collect();
     let Some((line, channels)) = raw.channels else {
         ck.error(
             raw.line,
             "channels",
             "missing: every policy lists its channels; a policy without channels says `channels: []`",
         );
-        return (Vec::new(), Vec::new());
+        return (Vec::new(), Vec::new(), in_order);
     };
     if !fits(ck, line, &channels, &sets) {
-        return (Vec::new(), Vec::new());
+        return (Vec::new(), Vec::new(), in_order);
     }
     let lines = channels.iter().map(|c| c.line).collect();
-    (check_channels(ck, channels, &sets), lines)
+    (check_channels(ck, channels, &sets), lines, in_order)
 }
 
 fn check_endpoints(ck: &mut Checker<'_>, raw: &[RawSet]) -> BTreeMap<String, Vec<IpNet>> {

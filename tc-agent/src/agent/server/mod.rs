@@ -154,6 +154,9 @@ pub(super) struct Server {
     agent: Arc<Mutex<Agent>>,
     /// The latest reports: reads answer from here without the agent lock.
     snapshot: Arc<Snapshot>,
+    /// Interactions, top talkers and history: `map`, `top-talkers` and
+    /// `history` answer from here without the agent lock.
+    observer: Arc<Mutex<crate::observe::Observer>>,
     /// Who besides root may read; None: root only.
     group: Option<SocketGroup>,
     /// Open connections, for the cap and for shedding idle ones.
@@ -178,9 +181,11 @@ impl Server {
         snapshot: Arc<Snapshot>,
         group: Option<SocketGroup>,
     ) -> Arc<Self> {
+        let observer = agent.lock().observer();
         Arc::new(Self {
             agent,
             snapshot,
+            observer,
             group,
             slots: Mutex::new(Slots {
                 open: 0,
@@ -406,8 +411,16 @@ impl Server {
         let data = match req {
             Request::Status => serde_json::to_value(self.snapshot.status()).map_err(Into::into),
             Request::Channels => self.channels().await,
-            Request::Map | Request::TopTalkers { .. } | Request::History { .. } => {
-                Err(anyhow::anyhow!("not served yet"))
+            Request::Map => {
+                serde_json::to_value(super::observe::map(&self.observer)).map_err(Into::into)
+            }
+            Request::TopTalkers { to, from, n } => {
+                super::observe::top_talkers(&self.observer, to.as_deref(), from.as_deref(), n)
+                    .and_then(|r| serde_json::to_value(r).map_err(Into::into))
+            }
+            Request::History { name, since_s } => {
+                super::observe::history(&self.observer, &name, since_s)
+                    .and_then(|r| serde_json::to_value(r).map_err(Into::into))
             }
             Request::Apply { .. } if peer.access != Access::Full => {
                 if let Some(held) = self.refused_log.pass() {

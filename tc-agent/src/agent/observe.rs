@@ -1,0 +1,116 @@
+//! The agent's side of observing: each sample folds the interaction table
+//! into the observer and records the history; `map`, `top-talkers` and
+//! `history` are answered from the observer alone (see `server`), never
+//! behind the agent lock.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::*;
+use crate::{
+    control::{HistoryReport, MapReport, TopTalkersReport},
+    observe::{interaction_point, naming::Filter, Observer, CHANNEL_METRICS, INTERACTION_METRICS},
+};
+
+/// Seconds since the epoch, for history points.
+pub(super) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Agent {
+    /// Reads the interaction table into the observer, records this
+    /// sample's history points, and tidies the table (idle entries out,
+    /// the admission threshold for floods). Called right after a counter
+    /// sample.
+    pub(super) fn observe(&mut self) -> Result<()> {
+        let entries = self.dp.interactions()?;
+        let folded = self.dp.global_counters()?.ix_folded_pkts;
+        let at = Instant::now();
+        let t = unix_now();
+        let hk = {
+            let mut obs = self.observer.lock();
+            let (pairs, hk) = obs.interactions.sample(entries, at, folded);
+            let dt = obs.interactions.last_dt();
+            if dt > 0.0 {
+                for (pair, d) in &pairs {
+                    obs.history
+                        .record(pair, INTERACTION_METRICS, t, &interaction_point(d, dt));
+                }
+            }
+            let n = self.history.len();
+            if n >= 2 {
+                let (a, b) = (&self.history[n - 2], &self.history[n - 1]);
+                let dt = (b.at - a.at).as_secs_f64();
+                for c in &self.policy.channels {
+                    if let (Some(x), Some(y)) = (a.totals.get(&c.name), b.totals.get(&c.name)) {
+                        let r = |u: u64, v: u64| v.saturating_sub(u) as f64 / dt;
+                        let point = [
+                            8.0 * r(x.passed_bytes, y.passed_bytes),
+                            r(x.passed_pkts, y.passed_pkts),
+                            8.0 * r(x.dropped_bytes, y.dropped_bytes),
+                            r(x.dropped_pkts, y.dropped_pkts),
+                        ];
+                        obs.history.record(&c.name, CHANNEL_METRICS, t, &point);
+                    }
+                }
+            }
+            if t.is_multiple_of(60) {
+                obs.history.forget_idle(t);
+            }
+            hk
+        };
+        if !hk.remove.is_empty() {
+            self.dp.remove_interactions(&hk.remove)?;
+        }
+        self.dp.set_admission(hk.admit_units)?;
+        Ok(())
+    }
+
+    /// The observer, for the server.
+    pub(super) fn observer(&self) -> Arc<Mutex<Observer>> {
+        self.observer.clone()
+    }
+}
+
+/// `map`.
+pub(super) fn map(obs: &Mutex<Observer>) -> MapReport {
+    obs.lock().interactions.map()
+}
+
+/// `top-talkers`: filters are endpoint sets of the live policy, CIDRs or
+/// addresses.
+pub(super) fn top_talkers(
+    obs: &Mutex<Observer>,
+    to: Option<&str>,
+    from: Option<&str>,
+    n: usize,
+) -> Result<TopTalkersReport> {
+    if n == 0 || n > 10_000 {
+        bail!("-n must be 1 to 10000, not {n}");
+    }
+    let obs = obs.lock();
+    let namer = obs.interactions.namer();
+    let to = to
+        .map(|t| Filter::parse(t, namer).map_err(|e| anyhow::anyhow!("--to: {e}")))
+        .transpose()?;
+    let from = from
+        .map(|t| Filter::parse(t, namer).map_err(|e| anyhow::anyhow!("--from: {e}")))
+        .transpose()?;
+    Ok(obs.interactions.top_talkers(to.as_ref(), from.as_ref(), n))
+}
+
+/// `history`: a channel or a `FROM->TO` pair, as far back as `since_s`.
+pub(super) fn history(obs: &Mutex<Observer>, name: &str, since_s: u64) -> Result<HistoryReport> {
+    if since_s == 0 || since_s > 86_400 {
+        bail!("--since must be 1 s to 24 h, not {since_s} s");
+    }
+    let obs = obs.lock();
+    obs.history
+        .query(name, unix_now(), since_s)
+        .with_context(|| {
+            format!(
+                "no history for `{name}`: NAME is a channel of the live policy, or FROM->TO as `tc-agent map` names an interaction (e.g. `clients->web`); a series starts at the first sample that sees it"
+            )
+        })
+}

@@ -1,0 +1,184 @@
+//! The interaction view on synthetic kernel reads.
+
+use std::{
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
+
+use super::*;
+use crate::observe::naming::mapped;
+
+fn key(client: &str, server: &str, port: u16) -> IxKey {
+    IxKey {
+        client: if client.is_empty() {
+            [0; 16]
+        } else {
+            mapped(client.parse::<Ipv4Addr>().unwrap())
+        },
+        server: mapped(server.parse::<Ipv4Addr>().unwrap()),
+        port,
+        proto: 17,
+        _pad: [0; 5],
+    }
+}
+
+fn counters(req_bytes: u64, resp_bytes: u64) -> IxCounters {
+    IxCounters {
+        req_pkts: req_bytes / 100,
+        req_bytes,
+        resp_pkts: resp_bytes / 100,
+        resp_bytes,
+        ..Default::default()
+    }
+}
+
+fn sets() -> Vec<(String, Vec<ipnet::IpNet>)> {
+    vec![
+        ("clients".into(), vec!["198.18.0.0/24".parse().unwrap()]),
+        ("server".into(), vec!["198.18.1.1/32".parse().unwrap()]),
+    ]
+}
+
+/// Feeds `samples` reads one second apart, where client i has sent
+/// `rate(i)` bytes per second since the start.
+fn run(ix: &mut Interactions, clients: &[(&str, u64)], samples: u64) -> Vec<Housekeeping> {
+    let t0 = Instant::now();
+    let mut out = Vec::new();
+    for s in 1..=samples {
+        let entries = clients
+            .iter()
+            .map(|(c, rate)| (key(c, "198.18.1.1", 53), counters(rate * s, rate * s / 2)))
+            .collect();
+        let (_, hk) = ix.sample(entries, t0 + Duration::from_secs(s), 0);
+        out.push(hk);
+    }
+    out
+}
+
+#[test]
+fn map_rows_are_named_by_set_and_rated_over_the_window() {
+    let mut ix = Interactions::new(1024, 100);
+    ix.set_policy(&sets());
+    run(
+        &mut ix,
+        &[
+            ("198.18.0.1", 1000),
+            ("198.18.0.2", 3000),
+            ("198.18.9.9", 500),
+        ],
+        8,
+    );
+    let m = ix.map();
+    assert!((m.window_s - 5.0).abs() < 1e-9, "{}", m.window_s);
+    assert_eq!(m.interactions.len(), 2, "{:?}", m.interactions);
+    let r = &m.interactions[0];
+    assert_eq!(
+        (r.from.as_str(), r.to.as_str(), r.protocol.as_str(), r.port),
+        ("clients", "server", "udp", 53)
+    );
+    assert!(
+        (r.request_bps - 8.0 * 4000.0).abs() < 1e-6,
+        "{}",
+        r.request_bps
+    );
+    assert!(
+        (r.response_bps - 8.0 * 2000.0).abs() < 1e-6,
+        "{}",
+        r.response_bps
+    );
+    let r = &m.interactions[1];
+    assert_eq!(r.from, "198.18.9.9");
+    assert!((r.request_pps - 5.0).abs() < 1e-9, "{}", r.request_pps);
+    let totals = ix.totals();
+    let t = totals.iter().find(|t| t.from == "clients").unwrap();
+    assert_eq!(t.request_bytes, 4000 * 8);
+}
+
+#[test]
+fn top_talkers_rank_single_sources_and_shares_include_untracked_traffic() {
+    let mut ix = Interactions::new(1024, 100);
+    ix.set_policy(&sets());
+    run(
+        &mut ix,
+        &[("198.18.0.1", 1000), ("198.18.0.2", 3000), ("", 6000)],
+        6,
+    );
+    let to = Filter::parse("server", ix.namer()).unwrap();
+    let t = ix.top_talkers(Some(&to), None, 10);
+    let names: Vec<&str> = t.talkers.iter().map(|t| t.source.as_str()).collect();
+    assert_eq!(names, ["other", "198.18.0.2", "198.18.0.1"]);
+    assert!((t.talkers[1].share - 0.3).abs() < 1e-9, "{:?}", t.talkers);
+    assert!((t.talkers[1].bps - 24_000.0).abs() < 1e-6);
+    // Responses go to the clients: with --to clients the server is the talker.
+    let to = Filter::parse("clients", ix.namer()).unwrap();
+    let t = ix.top_talkers(Some(&to), None, 1);
+    assert_eq!(t.talkers[0].source, "198.18.1.1");
+}
+
+#[test]
+fn past_the_bound_the_quietest_unnamed_addresses_fold_into_other() {
+    let mut ix = Interactions::new(1024, 2);
+    ix.set_policy(&[]);
+    run(
+        &mut ix,
+        &[
+            ("198.19.0.1", 100),
+            ("198.19.0.2", 200),
+            ("198.19.0.3", 300),
+            ("198.19.0.4", 400),
+        ],
+        3,
+    );
+    let m = ix.map();
+    let froms: Vec<&str> = m.interactions.iter().map(|r| r.from.as_str()).collect();
+    // The server 198.18.1.1 is one unnamed address; one client is kept.
+    assert!(froms.contains(&"other"), "{froms:?}");
+    assert!(froms.contains(&"198.19.0.4"), "{froms:?}");
+    assert_eq!(m.interactions.len(), 2, "{:?}", m.interactions);
+    let total: f64 = m.interactions.iter().map(|r| r.request_bps).sum();
+    assert!((total - 8.0 * 1000.0).abs() < 1e-6, "{total}");
+}
+
+#[test]
+fn a_filling_table_sheds_its_smallest_and_raises_the_admission_threshold() {
+    let mut ix = Interactions::new(8, 100);
+    ix.set_policy(&sets());
+    let clients: Vec<(String, u64)> = (1..=7)
+        .map(|i| (format!("198.18.0.{i}"), i * 100))
+        .collect();
+    let refs: Vec<(&str, u64)> = clients.iter().map(|(c, r)| (c.as_str(), *r)).collect();
+    let hk = run(&mut ix, &refs, 2);
+    let last = hk.last().unwrap();
+    // 7 of 8: past three quarters, shed down to half, the quietest first.
+    assert_eq!(last.remove.len(), 3, "{last:?}");
+    for k in &last.remove {
+        let a = addr_of(&k.client).to_string();
+        assert!(
+            ["198.18.0.1", "198.18.0.2", "198.18.0.3"].contains(&a.as_str()),
+            "{a}"
+        );
+    }
+    assert!(last.admit_units >= MIN_ADMIT, "{last:?}");
+    // Emptied: the threshold falls back to zero.
+    let t0 = Instant::now();
+    let mut units = last.admit_units;
+    for s in 0..20 {
+        let (_, hk) = ix.sample(Vec::new(), t0 + Duration::from_secs(10 + s), 0);
+        units = hk.admit_units;
+    }
+    assert_eq!(units, 0);
+}
+
+#[test]
+fn idle_entries_are_removed() {
+    let mut ix = Interactions::new(1024, 100);
+    ix.set_policy(&sets());
+    let t0 = Instant::now();
+    let entry = vec![(key("198.18.0.1", "198.18.1.1", 53), counters(100, 0))];
+    let mut removed = Vec::new();
+    for s in 0..(IDLE_SAMPLES as u64 + 2) {
+        let (_, hk) = ix.sample(entry.clone(), t0 + Duration::from_secs(s), 0);
+        removed.extend(hk.remove);
+    }
+    assert_eq!(removed.len(), 1);
+}
