@@ -67,6 +67,26 @@ impl Datapath {
         Ok(())
     }
 
+    /// Switches interaction accounting off (the hooks find no program to
+    /// tail-call and judge packets alone) or back on. For the benchmark,
+    /// which measures what accounting costs against the same object.
+    pub fn set_accounting(&mut self, on: bool) -> Result<(), DatapathError> {
+        if on {
+            return self.install_accounting();
+        }
+        for (name, slots) in [
+            (ACCOUNT, &[ACCOUNT_TC_INGRESS, ACCOUNT_TC_EGRESS][..]),
+            (ACCOUNT_XDP_PROGS, &[ACCOUNT_XDP][..]),
+        ] {
+            let mut progs: ProgramArray<&mut MapData> = self.map(name)?;
+            for slot in slots {
+                // An empty slot is fine.
+                let _ = progs.clear_index(slot);
+            }
+        }
+        Ok(())
+    }
+
     /// Declares the interfaces that have one of our ingress hooks: a
     /// forwarded packet that came in through one of them is counted there,
     /// not again at its egress.

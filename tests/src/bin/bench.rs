@@ -8,6 +8,9 @@
 //! 3. Throughput cost of attaching the tc programs with no matching channel.
 //! 4. Connection tracking (`connections`): per-packet cost, and the new
 //!    connections per second nginx sustains with and without the agent.
+//! 5. Interaction accounting (`interactions`): per-packet cost on the
+//!    cached path and under a random-source flood, and the agent's CPU and
+//!    memory with 10,000 active interactions against 10.
 //!
 //! Not a test: this machine is noisy, so nothing here asserts. Results go to
 //! `target/bench.json`.
@@ -25,6 +28,8 @@ use tc_tests::{
 
 #[path = "bench/connections.rs"]
 mod connections;
+#[path = "bench/interactions.rs"]
+mod interactions;
 
 const REPEAT: u32 = 1_000_000;
 const RUNS: usize = 3;
@@ -544,18 +549,34 @@ fn main() -> Result<()> {
         println!("\nwritten to {}", out.display());
         return Ok(());
     }
+    // `bench interactions`: only the interaction-accounting tables.
+    if std::env::args().nth(1).as_deref() == Some("interactions") {
+        tc_tests::pin_to_cpu(0)?;
+        let per_packet = interactions::per_packet()?;
+        tc_tests::pin_to_cpus(&[0, 1])?;
+        let agent = interactions::agent_cost()?;
+        let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/bench-interactions.json");
+        let doc = serde_json::json!({"interactions_per_packet": per_packet, "interactions_agent": agent});
+        std::fs::write(&out, serde_json::to_vec_pretty(&doc)?)?;
+        println!("\nwritten to {}", out.display());
+        return Ok(());
+    }
     let per_packet = per_packet()?;
     let conn_per_packet = connections::per_packet()?;
+    let ix_per_packet = interactions::per_packet()?;
     // The traffic parts pin their own processes; let this one use both CPUs.
     tc_tests::pin_to_cpus(&[0, 1])?;
     let accuracy = accuracy()?;
     let attach = attach_cost()?;
     let nginx = connections::nginx_connections()?;
+    let ix_agent = interactions::agent_cost()?;
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench.json");
     let doc = serde_json::json!({
         "per_packet": per_packet, "repeat": REPEAT, "runs": RUNS,
         "connections_per_packet": conn_per_packet,
         "nginx_connections": nginx,
+        "interactions_per_packet": ix_per_packet, "interactions_agent": ix_agent,
         "accuracy": accuracy, "attach_cost": attach,
     });
     std::fs::write(&out, serde_json::to_vec_pretty(&doc)?)?;

@@ -294,7 +294,26 @@ pub fn run(agent: &Path) -> Result<()> {
         "Phase 1: watching only (policy {}). All clients send for {SECS}s...",
         watch.display()
     );
-    let before = round()?;
+    // Midway, the operator looks before acting: who talks to whom, and
+    // who sends the most to the service.
+    let watching = thread::spawn(round);
+    thread::sleep(Duration::from_secs_f64(SECS as f64 * 0.9));
+    println!("\nThe interaction map mid-phase (`tc-agent map`):");
+    print!("{}", cli(agent, &["map"])?);
+    println!("\nTop talkers to the service (`tc-agent top-talkers --to service -n 5`):");
+    let talkers = cli(agent, &["top-talkers", "--to", "service", "-n", "5", "-o", "json"])?;
+    let talkers: serde_json::Value = serde_json::from_str(&talkers)?;
+    print!("{}", cli(agent, &["top-talkers", "--to", "service", "-n", "5"])?);
+    if let Some(t) = talkers["talkers"]
+        .as_array()
+        .and_then(|v| v.iter().find(|t| t["source"] == "198.18.3.2"))
+    {
+        println!(
+            "The freemium client 198.18.3.2 sends {:.0}% of the traffic to the service: push back on it.\n",
+            100.0 * t["share"].as_f64().unwrap_or(0.0)
+        );
+    }
+    let before = watching.join().expect("watch round")?;
     println!(
         "Phase 2: `tc-agent apply {}`: freemium held to {LIMIT_MBIT} Mbit/s",
         push.display()

@@ -50,7 +50,8 @@ pub(in crate::agent) struct Peer {
 pub(in crate::agent) enum Access {
     /// Root: every request.
     Full,
-    /// A member of `--socket-group`: `status` and `channels`.
+    /// A member of `--socket-group`: the read-only requests (`status`,
+    /// `channels`, `map`, `top-talkers`, `history`).
     ReadOnly,
 }
 
