@@ -16,7 +16,7 @@
 //! passes: its egress hook skips it when it came in through an interface
 //! with one of our ingress hooks ([`TC_IX_IFACES`]).
 
-use core::ptr::{read_volatile, write_volatile};
+use core::ptr::write_volatile;
 
 use aya_ebpf::bindings::BPF_NOEXIST;
 use tc_common::{
@@ -40,27 +40,22 @@ const SYN: u8 = 0x02;
 const RST: u8 = 0x04;
 const ACK: u8 = 0x10;
 
-/// What one packet adds to its interaction. It lives in the per-CPU
-/// scratch value: the verifier cannot see into it, so the many ways a
-/// packet's flags and sides are found end in one state, not one per
-/// combination (which would cost 6.1's budget dearly).
-#[repr(C)]
-pub struct Delta {
-    /// 1: client to server; 0: server to client.
-    pub request: u64,
+/// What one packet adds to its interaction.
+#[derive(Clone, Copy)]
+struct Delta {
+    /// Client to server (else server to client).
+    request: bool,
     /// Wire bytes and packets (GSO segments).
-    pub bytes: u64,
-    pub pkts: u64,
+    bytes: u64,
+    pkts: u64,
     /// TCP flags counted (0 or 1 each): a client SYN, a server SYN-ACK,
     /// an RST, a FIN.
-    pub syn: u64,
-    pub synack: u64,
-    pub rst: u64,
-    pub fin: u64,
+    syn: u64,
+    synack: u64,
+    rst: u64,
+    fin: u64,
     /// Handshake time this SYN-ACK closes, ns; 0 if none.
-    pub rtt_ns: u64,
-    /// The server's port, staged here for the key for the same reason.
-    pub port: u64,
+    rtt_ns: u64,
 }
 
 /// Counts the packet the pipeline just judged in its interaction, from
@@ -76,13 +71,7 @@ pub fn account(dir: u8, in_ifindex: u32) {
     };
     // SAFETY: per-CPU scratch, only this program run (and the pipeline's,
     // which tail-called it on this CPU) uses it.
-    let (want, bytes, pkts) = unsafe {
-        (
-            read_volatile(&raw const (*s).ix_want),
-            read_volatile(&raw const (*s).ix_delta.bytes),
-            read_volatile(&raw const (*s).ix_delta.pkts),
-        )
-    };
+    let (want, bytes, pkts) = unsafe { ((*s).ix_want, (*s).ix_bytes, (*s).ix_pkts) };
     if want == 0 {
         return;
     }
@@ -91,11 +80,6 @@ pub fn account(dir: u8, in_ifindex: u32) {
     {
         return;
     }
-    let Some(global) = TC_GLOBAL.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
-    let global = unsafe { &mut *global };
     // SAFETY: the parse results the pipeline wrote for this packet.
     let p: &Parsed = unsafe { &*(&raw const (*s).parsed) };
     let has_ports =
@@ -113,102 +97,76 @@ pub fn account(dir: u8, in_ifindex: u32) {
     } else {
         true
     };
-    // SAFETY: per-CPU scratch, only this program run uses it.
-    let high = unsafe { &mut (*s).ix_high };
     if tcp && flags & SYN == 0 && high_servers_seen() {
         // Is the higher-port side a server seen answering a SYN?
-        let (port, src_side) = if request {
-            (p.sport, true)
+        let high = if request {
+            endpoint(p, true, p.sport)
         } else {
-            (p.dport, false)
+            endpoint(p, false, p.dport)
         };
-        fill_high(high, p, src_side, port);
         // SAFETY: a plain u8 map value, read at once.
-        if unsafe { TC_IX_HIGH.get(&*high) }.is_some() {
+        if unsafe { TC_IX_HIGH.get(&high) }.is_some() {
             request = !request;
         }
     }
     if synack && p.sport > p.dport {
         // A server above its client's port: remember it, so that the
         // connection's other packets take it for the server too.
-        fill_high(high, p, true, p.sport);
-        let _ = TC_IX_HIGH.insert(&*high, &1, 0);
+        let _ = TC_IX_HIGH.insert(&endpoint(p, true, p.sport), &1, 0);
         if let Some(on) = TC_IX_HIGH_ON.get_ptr_mut(0) {
             // SAFETY: a u32 map value; racing writers all write 1.
             unsafe { *on = 1 };
         }
     }
-    // SAFETY: per-CPU scratch, only this program run uses it; volatile so
-    // that LLVM keeps the values in the map (see `Delta`).
-    let d = unsafe { &raw mut (*s).ix_delta };
-    unsafe {
-        write_volatile(&raw mut (*d).request, request as u64);
-        write_volatile(&raw mut (*d).syn, syn as u64);
-        write_volatile(&raw mut (*d).synack, synack as u64);
-        write_volatile(&raw mut (*d).rst, (flags & RST != 0) as u64);
-        write_volatile(&raw mut (*d).fin, (flags & FIN != 0) as u64);
-        let port = match (has_ports, request) {
-            (false, _) => 0,
-            (true, true) => p.dport,
-            (true, false) => p.sport,
-        };
-        write_volatile(&raw mut (*d).port, port as u64);
-        let client_port = if request { p.sport } else { p.dport };
-        write_volatile(&raw mut (*d).rtt_ns, client_port as u64);
-    }
-    // SAFETY: per-CPU scratch, only this program run uses it.
-    let k = unsafe { &mut (*s).ix_key };
-    // SAFETY: the scratch delta, just written.
-    let (request, port) = unsafe {
-        (
-            read_volatile(&raw const (*d).request) != 0,
-            read_volatile(&raw const (*d).port) as u16,
-        )
+    let port = match (has_ports, request) {
+        (false, _) => 0,
+        (true, true) => p.dport,
+        (true, false) => p.sport,
     };
-    fill_key(k, p, request, port);
-    // SAFETY: the scratch delta: the client's port, staged in `rtt_ns`
-    // until the handshake time replaces it.
-    unsafe {
-        let client_port = read_volatile(&raw const (*d).rtt_ns);
-        let syn = read_volatile(&raw const (*d).syn) != 0;
-        let synack = read_volatile(&raw const (*d).synack) != 0;
-        let rtt = if syn || synack {
-            handshake(hash_key(k) ^ client_port << 48, syn)
-        } else {
-            0
-        };
-        write_volatile(&raw mut (*d).rtt_ns, rtt);
+    let mut k = key(p, request, port);
+    let mut d = Delta {
+        request,
+        bytes,
+        pkts,
+        syn: syn as u64,
+        synack: synack as u64,
+        rst: (flags & RST != 0) as u64,
+        fin: (flags & FIN != 0) as u64,
+        rtt_ns: 0,
+    };
+    if syn || synack {
+        let client_port = if request { p.sport } else { p.dport };
+        d.rtt_ns = handshake(hash_key(&k) ^ (client_port as u64) << 48, syn);
     }
-    if let Some(c) = TC_IX.get_ptr_mut(&*k) {
+    if let Some(c) = TC_IX.get_ptr_mut(&k) {
         // SAFETY: this CPU's value of the entry, valid for this run.
-        unsafe { bump(c, d) };
+        unsafe { bump(c, &d) };
         return;
     }
     // A client without an entry: admitted at once while the table has
     // room, else once the sketch says it is heavy.
     let admit = match TC_IX_CONF.get(0) {
-        Some(conf) if conf.admit_units != 0 => sketch(k, bytes) >= conf.admit_units,
+        Some(conf) if conf.admit_units != 0 => sketch(&k, bytes) >= conf.admit_units,
         _ => true,
     };
-    // SAFETY: per-CPU scratch, only this program run uses it.
-    let staged = unsafe { &mut (*s).ix_new };
-    if admit {
-        fresh(staged, d);
-        if TC_IX.insert(&*k, &*staged, BPF_NOEXIST as u64).is_ok() {
-            return;
-        }
-        // Full (or another CPU inserted it this instant: then it counts as
-        // untracked once).
-    }
-    global.ix_folded_pkts += pkts;
-    k.client = [0; 16];
-    if let Some(c) = TC_IX.get_ptr_mut(&*k) {
-        // SAFETY: as above.
-        unsafe { bump(c, d) };
+    if admit && TC_IX.insert(&k, &fresh(&d), BPF_NOEXIST as u64).is_ok() {
         return;
     }
-    fresh(staged, d);
-    if TC_IX.insert(&*k, &*staged, BPF_NOEXIST as u64).is_err() {
+    // Not admitted, or the table full (or another CPU inserted it this
+    // instant: then it counts as untracked once).
+    let Some(global) = TC_GLOBAL.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+    let global = unsafe { &mut *global };
+    global.ix_folded_pkts += pkts;
+    k.client = [0; 16];
+    if let Some(c) = TC_IX.get_ptr_mut(&k) {
+        // SAFETY: as above.
+        unsafe { bump(c, &d) };
+        return;
+    }
+    if TC_IX.insert(&k, &fresh(&d), BPF_NOEXIST as u64).is_err() {
         global.ix_lost_pkts += pkts;
     }
 }
@@ -220,33 +178,31 @@ pub fn stage(s: *mut ParseScratch, want: bool, bytes: u64, pkts: u64) {
     // SAFETY: per-CPU scratch, only this program run uses it.
     unsafe {
         write_volatile(&raw mut (*s).ix_want, want as u64);
-        write_volatile(&raw mut (*s).ix_delta.bytes, bytes);
-        write_volatile(&raw mut (*s).ix_delta.pkts, pkts);
+        write_volatile(&raw mut (*s).ix_bytes, bytes);
+        write_volatile(&raw mut (*s).ix_pkts, pkts);
     }
 }
 
 /// Adds a packet's delta to this CPU's counters of an entry.
 #[inline(always)]
-unsafe fn bump(c: *mut IxCounters, d: *const Delta) {
-    // SAFETY: the caller passes this CPU's value of a live entry and the
-    // scratch delta.
+unsafe fn bump(c: *mut IxCounters, d: &Delta) {
+    // SAFETY: the caller passes this CPU's value of a live entry.
     unsafe {
-        let pkts = read_volatile(&raw const (*d).pkts);
-        let bytes = read_volatile(&raw const (*d).bytes);
-        if read_volatile(&raw const (*d).request) != 0 {
-            (*c).req_pkts += pkts;
-            (*c).req_bytes += bytes;
+        if d.request {
+            (*c).req_pkts += d.pkts;
+            (*c).req_bytes += d.bytes;
         } else {
-            (*c).resp_pkts += pkts;
-            (*c).resp_bytes += bytes;
+            (*c).resp_pkts += d.pkts;
+            (*c).resp_bytes += d.bytes;
         }
-        (*c).syns += read_volatile(&raw const (*d).syn);
-        (*c).synacks += read_volatile(&raw const (*d).synack);
-        (*c).rsts += read_volatile(&raw const (*d).rst);
-        (*c).fins += read_volatile(&raw const (*d).fin);
-        let rtt = read_volatile(&raw const (*d).rtt_ns);
-        if rtt != 0 {
-            (*c).rtt_sum_ns += rtt;
+        if d.syn | d.synack | d.rst | d.fin != 0 {
+            (*c).syns += d.syn;
+            (*c).synacks += d.synack;
+            (*c).rsts += d.rst;
+            (*c).fins += d.fin;
+        }
+        if d.rtt_ns != 0 {
+            (*c).rtt_sum_ns += d.rtt_ns;
             (*c).rtt_count += 1;
         }
     }
@@ -254,66 +210,66 @@ unsafe fn bump(c: *mut IxCounters, d: *const Delta) {
 
 /// A new entry's counters: the packet's delta alone.
 #[inline(always)]
-fn fresh(c: &mut IxCounters, d: *const Delta) {
-    *c = IxCounters::default();
-    // SAFETY: `c` is a valid, exclusive reference; `d` the scratch delta.
-    unsafe { bump(c, d) };
+fn fresh(d: &Delta) -> IxCounters {
+    let mut c = IxCounters::default();
+    // SAFETY: `c` is a valid, exclusive value.
+    unsafe { bump(&mut c, d) };
+    c
+}
+
+/// An address as the two words of its IPv4-mapped (IPv4) or plain
+/// (IPv6) form, in memory order: built with word stores, not byte by byte.
+#[inline(always)]
+fn words(p: &Parsed, src: bool) -> [u64; 2] {
+    match &p.addrs {
+        Addrs::V4 { src: s, dst: d } => {
+            let a = if src { s } else { d };
+            // ::ffff:a.b.c.d: bytes 10 and 11 are 0xff.
+            [0, 0xffff_0000 | (u32::from_ne_bytes(*a) as u64) << 32]
+        }
+        Addrs::V6 { src: s, dst: d } => {
+            let a = if src { s } else { d };
+            let w = |i: usize| {
+                u64::from_ne_bytes([
+                    a[i],
+                    a[i + 1],
+                    a[i + 2],
+                    a[i + 3],
+                    a[i + 4],
+                    a[i + 5],
+                    a[i + 6],
+                    a[i + 7],
+                ])
+            };
+            [w(0), w(8)]
+        }
+    }
 }
 
 /// The interaction key: client and server addresses (IPv4-mapped), the
 /// server's port, the protocol.
 #[inline(always)]
-fn fill_key(k: &mut IxKey, p: &Parsed, request: bool, port: u16) {
-    k.client = [0; 16];
-    k.server = [0; 16];
-    match &p.addrs {
-        Addrs::V4 { src, dst } => {
-            let (c, s) = if request { (src, dst) } else { (dst, src) };
-            k.client[10] = 0xff;
-            k.client[11] = 0xff;
-            k.server[10] = 0xff;
-            k.server[11] = 0xff;
-            for i in 0..4 {
-                k.client[12 + i] = c[i];
-                k.server[12 + i] = s[i];
-            }
-        }
-        Addrs::V6 { src, dst } => {
-            let (c, s) = if request { (src, dst) } else { (dst, src) };
-            for i in 0..16 {
-                k.client[i] = c[i];
-                k.server[i] = s[i];
-            }
-        }
-    }
-    k.port = port;
-    k.proto = p.proto;
-    k._pad = [0; 5];
+fn key(p: &Parsed, request: bool, port: u16) -> IxKey {
+    let (c, s) = (words(p, request), words(p, !request));
+    let w: [u64; 5] = [c[0], c[1], s[0], s[1], port as u64 | (p.proto as u64) << 16];
+    // SAFETY: IxKey is five u64 words (40 bytes, align 8): two addresses,
+    // then port, protocol and zero padding, in that order (little endian).
+    unsafe { core::mem::transmute::<[u64; 5], IxKey>(w) }
 }
 
-/// The key of the packet's source (`src_side`) or destination endpoint in
-/// the high-port server table.
+/// The key of the packet's source (`src`) or destination endpoint in the
+/// high-port server table.
 #[inline(always)]
-fn fill_high(h: &mut HighServer, p: &Parsed, src_side: bool, port: u16) {
-    h.addr = [0; 16];
-    match &p.addrs {
-        Addrs::V4 { src, dst } => {
-            let a = if src_side { src } else { dst };
-            h.addr[10] = 0xff;
-            h.addr[11] = 0xff;
-            for i in 0..4 {
-                h.addr[12 + i] = a[i];
-            }
-        }
-        Addrs::V6 { src, dst } => {
-            let a = if src_side { src } else { dst };
-            for i in 0..16 {
-                h.addr[i] = a[i];
-            }
-        }
+fn endpoint(p: &Parsed, src: bool, port: u16) -> HighServer {
+    let a = words(p, src);
+    let mut addr = [0u8; 16];
+    addr[..8].copy_from_slice(&a[0].to_ne_bytes());
+    addr[8..].copy_from_slice(&a[1].to_ne_bytes());
+    HighServer {
+        addr,
+        port,
+        _pad: [0; 6],
     }
-    h.port = port;
-    h._pad = [0; 6];
 }
 
 /// Whether any high-port server was seen: until then no TCP packet pays

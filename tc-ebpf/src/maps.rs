@@ -201,14 +201,9 @@ pub struct ParseScratch {
     pub rst: [u8; 64],
     /// Its Ethernet addresses, swapped (XDP).
     pub rst_macs: [u8; 12],
-    /// The packet's interaction key (`account`).
-    pub ix_key: IxKey,
-    /// A new interaction's counters, staged for insertion.
-    pub ix_new: IxCounters,
-    /// A high-port server's key, staged for a lookup or an insertion.
-    pub ix_high: HighServer,
-    /// What the packet adds to its interaction (`account`).
-    pub ix_delta: crate::account::Delta,
+    /// The packet's wire bytes and packets, for `account`.
+    pub ix_bytes: u64,
+    pub ix_pkts: u64,
     /// Non-zero when the pipeline parsed the packet: the accounting
     /// program it tail-calls counts it.
     pub ix_want: u64,
