@@ -59,6 +59,9 @@ pub const CONN_CONF: &str = "TC_CONN_CONF";
 pub const IX: &str = "TC_IX";
 pub const IX_CONF: &str = "TC_IX_CONF";
 pub const IX_IFACES: &str = "TC_IX_IFACES";
+pub const IX_SLOTS: &str = "TC_IX_SLOTS";
+pub const IX_FREE: &str = "TC_IX_FREE";
+pub const IX_ALLOC: &str = "TC_IX_ALLOC";
 pub const ACCOUNT: &str = "TC_ACCOUNT";
 pub const ACCOUNT_XDP_PROGS: &str = "TC_ACCOUNT_XDP";
 
@@ -70,9 +73,10 @@ pub const ACCOUNT_XDP_PROGS: &str = "TC_ACCOUNT_XDP";
 /// empties a program array once no process holds it, so while no agent
 /// runs the hooks judge packets without counting interactions, which no
 /// one reads then.
-pub const MAP_NAMES: [&str; 22] = [
+pub const MAP_NAMES: [&str; 25] = [
     CONFIG, GENS, SRC_V4, DST_V4, SRC_V6, DST_V6, L4, POLICIES, BUCKETS, COUNTERS, GLOBAL, FLOWS4,
-    FLOWS6, PACE, FRAGS, CONNS, CONN_POOLS, CONN_GC, CONN_CONF, IX, IX_CONF, IX_IFACES,
+    FLOWS6, PACE, FRAGS, CONNS, CONN_POOLS, CONN_GC, CONN_CONF, IX, IX_CONF, IX_IFACES, IX_SLOTS,
+    IX_FREE, IX_ALLOC,
 ];
 
 /// Slots of the [`ACCOUNT`] program array (tc) and the
@@ -82,8 +86,9 @@ pub const ACCOUNT_TC_INGRESS: u32 = 0;
 pub const ACCOUNT_TC_EGRESS: u32 = 1;
 pub const ACCOUNT_XDP: u32 = 0;
 
-/// Default entries of the interaction table ([`IX`]); the agent's
-/// `--interaction-table-size` sets it when the table is created.
+/// Default entries of the interaction table ([`IX`], and as many counter
+/// slots, [`IX_SLOTS`]); the agent's `--interaction-table-size` sets it
+/// when the table is created.
 pub const DEFAULT_MAX_INTERACTIONS: u32 = 16_384;
 /// Interfaces with an ingress hook at most ([`IX_IFACES`]).
 pub const MAX_IX_IFACES: u32 = 256;
@@ -123,7 +128,8 @@ pub struct IxKey {
     pub _pad: [u8; 5],
 }
 
-/// Per-CPU counters of one interaction ([`IX`] values).
+/// Per-CPU counters of one interaction ([`IX_SLOTS`] values, at the slot
+/// its [`IX`] entry names).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IxCounters {
@@ -172,9 +178,44 @@ pub struct IxConfig {
     /// at once (the table has room). Below it, its packets count in the
     /// interaction's all-zero-client entry.
     pub admit_units: u32,
+    /// Bumped by the agent whenever it frees slots: a flow-cache hint
+    /// ([`FlowValue::ix`]) taken under another epoch is not followed.
+    pub epoch: u32,
+    /// Slots of [`IX_SLOTS`] and of the free ring [`IX_FREE`] (the table's
+    /// size as created); 0 until the agent has filled the ring.
+    pub slots: u32,
     /// Explicit padding.
     pub _pad: u32,
 }
+
+/// [`IX_ALLOC`] index of the next free-ring position to take (only the
+/// datapath moves it, by compare-and-swap).
+pub const IX_ALLOC_HEAD: u32 = 0;
+/// [`IX_ALLOC`] index of the free-ring position after the last free slot
+/// (only the agent moves it). Free slots: `FREE[head % N .. tail % N]`.
+pub const IX_ALLOC_TAIL: u32 = 1;
+
+/// A flow-cache value: the flow's channel, and a hint to its interaction's
+/// counter slot so that a cached packet counts without a hash lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowValue {
+    /// Channel slot, or [`NO_CHANNEL`].
+    pub channel: u32,
+    /// [`IX_SLOTS`] slot of the flow's interaction, with [`IX_REQUEST`]
+    /// set when the flow is the client's direction; [`IX_NONE`]: not known
+    /// yet (the accounting program looks it up and fills it in).
+    pub ix: u32,
+    /// [`IxConfig::epoch`] when `ix` was filled in.
+    pub ix_epoch: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+
+/// [`FlowValue::ix`]: no hint.
+pub const IX_NONE: u32 = u32::MAX;
+/// [`FlowValue::ix`]: the flow is the client's direction (request).
+pub const IX_REQUEST: u32 = 1 << 31;
 
 /// Connection pools: the per-channel connection counters
 /// ([`ConnPool`]), indexed by a pool id the agent gives each channel with
@@ -745,6 +786,7 @@ mod pod {
     unsafe impl aya::Pod for IxKey {}
     unsafe impl aya::Pod for IxCounters {}
     unsafe impl aya::Pod for IxConfig {}
+    unsafe impl aya::Pod for FlowValue {}
 }
 
 const _: () = assert!(core::mem::size_of::<ChannelSet>() == 8 * CHANNEL_WORDS);

@@ -16,10 +16,14 @@
 //! passes: its egress hook skips it when it came in through an interface
 //! with one of our ingress hooks ([`TC_IX_IFACES`]).
 
-use core::ptr::write_volatile;
+use core::{
+    intrinsics::{atomic_cxchg, AtomicOrdering},
+    ptr::{read_volatile, write_volatile},
+};
 
 use aya_ebpf::bindings::BPF_NOEXIST;
 use tc_common::{
+    FlowKey4, FlowKey6, FlowMeta, IX_ALLOC_HEAD, IX_ALLOC_TAIL, IX_NONE, IX_REQUEST,
     IxCounters, IxKey, DIR_EGRESS, IX_SKETCH_ROWS, IX_SKETCH_UNIT,
     IX_SKETCH_WIDTH, IX_WINDOW_SHIFT,
 };
@@ -27,8 +31,10 @@ use tc_common::{
 use crate::{
     conn::{coarse_ns, fine_ns},
     maps::{
-        HighServer, ParseScratch, SYN_SLOTS, TC_IX, TC_IX_CONF, TC_IX_HIGH, TC_IX_HIGH_ON,
-        TC_IX_IFACES, TC_IX_SKETCH, TC_IX_SYNS, TC_GLOBAL, TC_SCRATCH,
+        HighServer, ParseScratch, SYN_SLOTS, TC_CONFIG, TC_FLOWS4, TC_FLOWS6, TC_GLOBAL, TC_IX,
+        TC_IX_ALLOC, TC_IX_CONF, TC_IX_FREE, TC_IX_HIGH, TC_IX_HIGH_ON, TC_IX_IFACES,
+        TC_IX_SKETCH, TC_IX_SLOTS, TC_IX_SYNS, TC_IX_UNTRACKED, TC_SCRATCH, UNTRACKED_HINTS,
+        UntrackedHint,
     },
     parse::{Addrs, Parsed, FRAG_LATER},
 };
@@ -64,6 +70,12 @@ struct Delta {
 /// verdict: the verifier walks it once, apart from the pipeline's many
 /// paths. `in_ifindex` is the interface a packet at egress came in through
 /// (0: generated on this node).
+///
+/// A packet whose flow-cache entry names its interaction's slot (under the
+/// current epoch) counts there at once: no key, no hash lookup. Others
+/// (a flow's first packets, SYNs and SYN-ACKs, whose handshake time needs
+/// the key) find or create the interaction and leave the slot in the flow
+/// cache for the next.
 #[inline(always)]
 pub fn account(dir: u8, in_ifindex: u32) {
     let Some(s) = TC_SCRATCH.get_ptr_mut(0) else {
@@ -71,7 +83,15 @@ pub fn account(dir: u8, in_ifindex: u32) {
     };
     // SAFETY: per-CPU scratch, only this program run (and the pipeline's,
     // which tail-called it on this CPU) uses it.
-    let (want, bytes, pkts) = unsafe { ((*s).ix_want, (*s).ix_bytes, (*s).ix_pkts) };
+    let (want, bytes, pkts, hint, hint_epoch) = unsafe {
+        (
+            (*s).ix_want,
+            (*s).ix_bytes,
+            (*s).ix_pkts,
+            (*s).ix_hint,
+            (*s).ix_hint_epoch,
+        )
+    };
     if want == 0 {
         return;
     }
@@ -80,12 +100,31 @@ pub fn account(dir: u8, in_ifindex: u32) {
     {
         return;
     }
+    let Some(conf) = TC_IX_CONF.get(0) else {
+        return;
+    };
+    let (epoch, admit_units) = (conf.epoch, conf.admit_units);
     // SAFETY: the parse results the pipeline wrote for this packet.
     let p: &Parsed = unsafe { &*(&raw const (*s).parsed) };
     let has_ports =
         (p.proto == IPPROTO_TCP || p.proto == IPPROTO_UDP) && p.l4_flags == 0 && p.frag != FRAG_LATER;
     let tcp = has_ports && p.proto == IPPROTO_TCP;
     let flags = if tcp { p.tcp_flags } else { 0 };
+    let mut d = Delta {
+        request: hint & IX_REQUEST != 0,
+        bytes,
+        pkts,
+        syn: 0,
+        synack: 0,
+        rst: (flags & RST != 0) as u64,
+        fin: (flags & FIN != 0) as u64,
+        rtt_ns: 0,
+    };
+    if hint != IX_NONE && hint_epoch == epoch && flags & SYN == 0 {
+        count(hint & !IX_REQUEST, &d);
+        return;
+    }
+
     let syn = flags & (SYN | ACK) == SYN;
     let synack = flags & (SYN | ACK) == SYN | ACK;
     // The client: a SYN's sender, a SYN-ACK's receiver, else the side with
@@ -124,36 +163,35 @@ pub fn account(dir: u8, in_ifindex: u32) {
         (true, false) => p.sport,
     };
     let mut k = key(p, request, port);
-    let mut d = Delta {
-        request,
-        bytes,
-        pkts,
-        syn: syn as u64,
-        synack: synack as u64,
-        rst: (flags & RST != 0) as u64,
-        fin: (flags & FIN != 0) as u64,
-        rtt_ns: 0,
-    };
+    d.request = request;
+    d.syn = syn as u64;
+    d.synack = synack as u64;
     if syn || synack {
         let client_port = if request { p.sport } else { p.dport };
         d.rtt_ns = handshake(hash_key(&k) ^ (client_port as u64) << 48, syn);
     }
-    if let Some(c) = TC_IX.get_ptr_mut(&k) {
-        // SAFETY: this CPU's value of the entry, valid for this run.
-        unsafe { bump(c, &d) };
-        return;
+    let side = if request { IX_REQUEST } else { 0 };
+    // Under admission (the table filling, a flood), the sketch weighs the
+    // client first: one below the threshold counts as untracked without a
+    // table lookup (an admitted client's flows find their slot in the
+    // flow cache).
+    if admit_units == 0 || sketch(&k, bytes) >= admit_units {
+        // SAFETY: a plain u32 map value, copied out at once.
+        if let Some(&slot) = unsafe { TC_IX.get(&k) } {
+            count(slot, &d);
+            remember(p, dir, slot | side, epoch);
+            return;
+        }
+        if let Some(slot) = open(&k, &d, conf.slots) {
+            remember(p, dir, slot | side, epoch);
+            return;
+        }
     }
-    // A client without an entry: admitted at once while the table has
-    // room, else once the sketch says it is heavy.
-    let admit = match TC_IX_CONF.get(0) {
-        Some(conf) if conf.admit_units != 0 => sketch(&k, bytes) >= conf.admit_units,
-        _ => true,
-    };
-    if admit && TC_IX.insert(&k, &fresh(&d), BPF_NOEXIST as u64).is_ok() {
-        return;
-    }
-    // Not admitted, or the table full (or another CPU inserted it this
-    // instant: then it counts as untracked once).
+    // Not admitted, or no room: the interaction's untracked-clients entry
+    // (never named in the flow cache: such a client is weighed again on
+    // its next packet, and admitted once it is heavy). Its slot is
+    // remembered per CPU by server, so a flood's packets find it without
+    // a table lookup either.
     let Some(global) = TC_GLOBAL.get_ptr_mut(0) else {
         return;
     };
@@ -161,13 +199,167 @@ pub fn account(dir: u8, in_ifindex: u32) {
     let global = unsafe { &mut *global };
     global.ix_folded_pkts += pkts;
     k.client = [0; 16];
-    if let Some(c) = TC_IX.get_ptr_mut(&k) {
-        // SAFETY: as above.
-        unsafe { bump(c, &d) };
-        return;
+    let hint = untracked_hint(&k);
+    if let Some(h) = hint {
+        // SAFETY: this CPU's hint slot, only this run uses it.
+        unsafe {
+            if (*h).epoch == epoch && same_key(&(*h).key, &k) {
+                count((*h).slot, &d);
+                return;
+            }
+        }
     }
-    if TC_IX.insert(&k, &fresh(&d), BPF_NOEXIST as u64).is_err() {
-        global.ix_lost_pkts += pkts;
+    // SAFETY: a plain u32 map value, copied out at once.
+    let slot = match unsafe { TC_IX.get(&k) } {
+        Some(&slot) => {
+            count(slot, &d);
+            slot
+        }
+        None => match open(&k, &d, conf.slots) {
+            Some(slot) => slot,
+            None => {
+                global.ix_lost_pkts += pkts;
+                return;
+            }
+        },
+    };
+    if let Some(h) = hint {
+        // SAFETY: as above.
+        unsafe {
+            (*h).key = k;
+            (*h).slot = slot;
+            (*h).epoch = epoch;
+        }
+    }
+}
+
+/// Whether two keys are equal, word by word (BPF has no memcmp).
+#[inline(always)]
+fn same_key(a: &IxKey, b: &IxKey) -> bool {
+    // SAFETY: IxKey is five u64 words (see `key`).
+    let (a, b) = unsafe {
+        (
+            core::mem::transmute::<IxKey, [u64; 5]>(*a),
+            core::mem::transmute::<IxKey, [u64; 5]>(*b),
+        )
+    };
+    a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4]
+}
+
+/// This CPU's hint slot for an untracked-clients key (by its server,
+/// port and protocol).
+#[inline(always)]
+fn untracked_hint(k: &IxKey) -> Option<*mut UntrackedHint> {
+    // SAFETY: IxKey is five u64 words (see `key`).
+    let w: [u64; 5] = unsafe { core::mem::transmute::<IxKey, [u64; 5]>(*k) };
+    let mut h = (w[2] ^ w[3].rotate_left(17) ^ w[4].rotate_left(41)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    h ^= h >> 32;
+    TC_IX_UNTRACKED.get_ptr_mut(h as u32 & (UNTRACKED_HINTS - 1))
+}
+
+/// Adds a packet to this CPU's counters in `slot`.
+#[inline(always)]
+fn count(slot: u32, d: &Delta) {
+    if let Some(c) = TC_IX_SLOTS.get_ptr_mut(slot) {
+        // SAFETY: this CPU's value of the slot, valid for this run.
+        unsafe { bump(c, d) };
+    }
+}
+
+/// Takes a free slot for `k`, enters it and counts the packet there.
+/// None without a free slot, or when the entry cannot be made (a full
+/// table, or another CPU entering the same interaction this instant: then
+/// the slot is lost until the agent takes it back, see
+/// `datapath::interactions`).
+#[inline(always)]
+fn open(k: &IxKey, d: &Delta, slots: u32) -> Option<u32> {
+    let slot = take_slot(slots)?;
+    TC_IX.insert(k, &slot, BPF_NOEXIST as u64).ok()?;
+    count(slot, d);
+    Some(slot)
+}
+
+/// The next slot of the free ring, if any (compare-and-swap on the head:
+/// CPUs never take the same one).
+#[inline(always)]
+fn take_slot(slots: u32) -> Option<u32> {
+    if slots == 0 {
+        return None;
+    }
+    let head = TC_IX_ALLOC.get_ptr_mut(IX_ALLOC_HEAD)?;
+    // SAFETY: a plain u64 map value, read at once.
+    let tail = unsafe { *TC_IX_ALLOC.get(IX_ALLOC_TAIL)? };
+    let mut tries = 0;
+    while tries < 4 {
+        // SAFETY: a u64 of the shared array; only compare-and-swap moves it.
+        let h = unsafe { read_volatile(head) };
+        if h >= tail {
+            return None;
+        }
+        // SAFETY: as above; lowers to BPF_ATOMIC_CMPXCHG (needs -mcpu=v3).
+        let (_, ok) = unsafe {
+            atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+                head,
+                h,
+                h + 1,
+            )
+        };
+        if ok {
+            // SAFETY: a plain u32 map value, copied out at once.
+            return unsafe { TC_IX_FREE.get((h % slots as u64) as u32) }.copied();
+        }
+        tries += 1;
+    }
+    None
+}
+
+/// Leaves `ix` (a slot and its side) in the packet's flow-cache entry, if
+/// it has one, for the flow's next packets.
+#[inline(always)]
+fn remember(p: &Parsed, dir: u8, ix: u32, epoch: u32) {
+    let Some(config) = TC_CONFIG.get(0) else {
+        return;
+    };
+    let meta = FlowMeta {
+        generation: (config.generation & 1) as u8,
+        dir: dir | p.l4_flags,
+        proto: p.proto,
+        l4_bits: p.l4_bits as u8,
+        dport: p.dport,
+        _pad: 0,
+    };
+    let v = match &p.addrs {
+        Addrs::V4 { src, dst } => TC_FLOWS4.get_ptr_mut(&FlowKey4 {
+            meta,
+            src: *src,
+            dst: *dst,
+        }),
+        Addrs::V6 { src, dst } => TC_FLOWS6.get_ptr_mut(&FlowKey6 {
+            meta,
+            src: *src,
+            dst: *dst,
+        }),
+    };
+    if let Some(v) = v {
+        // SAFETY: a value of the LRU map; racing writers write the same
+        // slot (an interaction has one), or a fresher epoch's.
+        unsafe {
+            (*v).ix = ix;
+            (*v).ix_epoch = epoch;
+        }
+    }
+}
+
+/// The flow cache's hint for the accounting program (see
+/// `classify::classify_cached`).
+#[inline(always)]
+pub fn hint(ix: u32, epoch: u32) {
+    if let Some(s) = TC_SCRATCH.get_ptr_mut(0) {
+        // SAFETY: per-CPU scratch, only this program run uses it.
+        unsafe {
+            write_volatile(&raw mut (*s).ix_hint, ix);
+            write_volatile(&raw mut (*s).ix_hint_epoch, epoch);
+        }
     }
 }
 
@@ -180,6 +372,7 @@ pub fn stage(s: *mut ParseScratch, want: bool, bytes: u64, pkts: u64) {
         write_volatile(&raw mut (*s).ix_want, want as u64);
         write_volatile(&raw mut (*s).ix_bytes, bytes);
         write_volatile(&raw mut (*s).ix_pkts, pkts);
+        write_volatile(&raw mut (*s).ix_hint, IX_NONE);
     }
 }
 

@@ -2,9 +2,13 @@
 //! three LPM tries, and the fragment table's key.
 
 use aya_ebpf::maps::lpm_trie::Key;
-use tc_common::{FlowKey4, FlowKey6, FlowMeta, FragKey, Ip6Key, CHANNEL_WORDS, GEN_BITS, NO_CHANNEL};
+use tc_common::{
+    FlowKey4, FlowKey6, FlowMeta, FlowValue, FragKey, Ip6Key, CHANNEL_WORDS, GEN_BITS, IX_NONE,
+    NO_CHANNEL,
+};
 
 use crate::{
+    account::hint,
     maps::{TC_DST_V4, TC_DST_V6, TC_FLOWS4, TC_FLOWS6, TC_L4, TC_SRC_V4, TC_SRC_V6},
     parse::{Addrs, Parsed},
 };
@@ -65,7 +69,7 @@ pub fn classify_cached(generation: u8, words: u32, dir: u8, p: &Parsed) -> Optio
         dport: p.dport,
         _pad: 0,
     };
-    // SAFETY (both gets): the value is a plain u32 copied out at once.
+    // SAFETY (both gets): the value is plain data copied out at once.
     let cached = match &p.addrs {
         Addrs::V4 { src, dst } => unsafe {
             TC_FLOWS4.get(&FlowKey4 {
@@ -82,7 +86,10 @@ pub fn classify_cached(generation: u8, words: u32, dir: u8, p: &Parsed) -> Optio
             })
         },
     };
-    if let Some(&channel) = cached {
+    if let Some(&v) = cached {
+        // The interaction slot it names, for the accounting program.
+        hint(v.ix, v.ix_epoch);
+        let channel = v.channel;
         return if channel == NO_CHANNEL {
             None
         } else {
@@ -90,7 +97,12 @@ pub fn classify_cached(generation: u8, words: u32, dir: u8, p: &Parsed) -> Optio
         };
     }
     let channel = classify(generation, words, dir, p);
-    let value = channel.unwrap_or(NO_CHANNEL);
+    let value = FlowValue {
+        channel: channel.unwrap_or(NO_CHANNEL),
+        ix: IX_NONE,
+        ix_epoch: 0,
+        _pad: 0,
+    };
     // A full cache evicts its least recently used flow; failing to insert only costs speed.
     let _ = match &p.addrs {
         Addrs::V4 { src, dst } => TC_FLOWS4.insert(

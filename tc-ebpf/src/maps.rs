@@ -4,11 +4,11 @@
 use aya_ebpf::{
     macros::map,
     bindings::BPF_F_NO_PREALLOC,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
 };
 use tc_common::{
     BucketState, ChannelCounters, ChannelPolicy, ChannelSet, Config, ConnConfig, ConnEntry,
-    ConnKey, ConnPool, IxConfig, IxCounters, IxKey, FlowKey4, FlowKey6, FragEntry, FragKey, GenInfo, GlobalCounters, Ip4Key,
+    ConnKey, ConnPool, FlowValue, IxConfig, IxCounters, IxKey, FlowKey4, FlowKey6, FragEntry, FragKey, GenInfo, GlobalCounters, Ip4Key,
     Ip6Key, L4Key, CHANNEL_SLOTS, DEFAULT_MAX_CONNS, MAX_FLOWS, MAX_FRAGS, MAX_L4_ENTRIES,
     MAX_POOLS, MAX_PREFIXES, PACE_SLOTS, DEFAULT_MAX_INTERACTIONS, IX_SKETCH_ROWS,
     IX_SKETCH_WIDTH, MAX_IX_IFACES,
@@ -19,9 +19,9 @@ pub static TC_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 #[map]
 pub static TC_GENS: Array<GenInfo> = Array::with_max_entries(2, 0);
 #[map]
-pub static TC_FLOWS4: LruHashMap<FlowKey4, u32> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+pub static TC_FLOWS4: LruHashMap<FlowKey4, FlowValue> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
 #[map]
-pub static TC_FLOWS6: LruHashMap<FlowKey6, u32> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+pub static TC_FLOWS6: LruHashMap<FlowKey6, FlowValue> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
 #[map]
 pub static TC_SRC_V4: LpmTrie<Ip4Key, ChannelSet> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
 #[map]
@@ -96,15 +96,25 @@ pub const CONN_HINT_SLOTS: u32 = 1024;
 pub static TC_CONN_HINTS: PerCpuArray<ConnHint> =
     PerCpuArray::with_max_entries(CONN_HINT_SLOTS, 0);
 
-/// Interactions (client, server, protocol, server port) and their
-/// counters, per CPU (no atomics on the per-packet path). Preallocated, so
-/// an insert never allocates in the datapath; the agent sizes it
-/// (`--interaction-table-size`), reads it every sample and removes idle
-/// entries, and raises the admission threshold ([`TC_IX_CONF`]) when it
-/// fills.
+/// Interactions (client, server, protocol, server port), each with the
+/// slot of its counters in [`TC_IX_SLOTS`]. Preallocated, so an insert
+/// never allocates in the datapath; the agent sizes it
+/// (`--interaction-table-size`), reads it every sample, removes idle
+/// entries (their slots go back to the free ring) and raises the admission
+/// threshold ([`TC_IX_CONF`]) when it fills.
 #[map]
-pub static TC_IX: PerCpuHashMap<IxKey, IxCounters> =
-    PerCpuHashMap::with_max_entries(DEFAULT_MAX_INTERACTIONS, 0);
+pub static TC_IX: HashMap<IxKey, u32> = HashMap::with_max_entries(DEFAULT_MAX_INTERACTIONS, 0);
+/// Per-CPU counters by slot: a packet whose flow-cache entry names its
+/// slot counts here without a hash lookup.
+#[map]
+pub static TC_IX_SLOTS: PerCpuArray<IxCounters> =
+    PerCpuArray::with_max_entries(DEFAULT_MAX_INTERACTIONS, 0);
+/// The ring of free slots (see `tc_common::IX_ALLOC_HEAD`).
+#[map]
+pub static TC_IX_FREE: Array<u32> = Array::with_max_entries(DEFAULT_MAX_INTERACTIONS, 0);
+/// The free ring's head (taken by the datapath) and tail (given by the agent).
+#[map]
+pub static TC_IX_ALLOC: Array<u64> = Array::with_max_entries(2, 0);
 /// The admission threshold for new clients, index 0; the agent writes it.
 #[map]
 pub static TC_IX_CONF: Array<IxConfig> = Array::with_max_entries(1, 0);
@@ -135,6 +145,27 @@ pub struct IxSketch {
 /// Not pinned: its estimates only matter within a window of a second.
 #[map]
 pub static TC_IX_SKETCH: PerCpuArray<IxSketch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Where an interaction's untracked-clients entry counts, remembered per
+/// CPU: during a flood most packets count there, and find it here without
+/// a table lookup.
+#[repr(C)]
+pub struct UntrackedHint {
+    /// The entry's key (client all zero).
+    pub key: IxKey,
+    /// Its slot in `TC_IX_SLOTS`.
+    pub slot: u32,
+    /// The epoch the slot was found under (see `tc_common::IxConfig`).
+    pub epoch: u32,
+}
+
+/// Slots of the per-CPU untracked-clients hints (a power of two).
+pub const UNTRACKED_HINTS: u32 = 256;
+
+/// Not pinned: hints only save lookups.
+#[map]
+pub static TC_IX_UNTRACKED: PerCpuArray<UntrackedHint> =
+    PerCpuArray::with_max_entries(UNTRACKED_HINTS, 0);
 
 /// A SYN's time, for its SYN-ACK's handshake time.
 #[repr(C)]
@@ -204,6 +235,10 @@ pub struct ParseScratch {
     /// The packet's wire bytes and packets, for `account`.
     pub ix_bytes: u64,
     pub ix_pkts: u64,
+    /// The flow cache's hint to the packet's interaction slot
+    /// (`tc_common::FlowValue::ix`), and the epoch it was taken under.
+    pub ix_hint: u32,
+    pub ix_hint_epoch: u32,
     /// Non-zero when the pipeline parsed the packet: the accounting
     /// program it tail-calls counts it.
     pub ix_want: u64,

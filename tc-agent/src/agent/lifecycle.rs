@@ -350,6 +350,7 @@ impl Agent {
             pools,
             conn_table_size: dp_table_size,
             observer,
+            ix_stray: Vec::new(),
             config,
         };
         if !agent.policy.channels.is_empty() {

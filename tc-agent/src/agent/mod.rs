@@ -142,6 +142,9 @@ struct Agent {
     /// Interactions, top talkers and history, shared with the server
     /// (which reads them without the agent lock).
     observer: Arc<Mutex<crate::observe::Observer>>,
+    /// Interaction slots found neither in use nor free at the last look
+    /// (see `observe`): reclaimed when the next look agrees.
+    ix_stray: Vec<u32>,
 }
 
 impl Agent {

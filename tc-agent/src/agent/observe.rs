@@ -61,9 +61,29 @@ impl Agent {
             hk
         };
         if !hk.remove.is_empty() {
-            self.dp.remove_interactions(&hk.remove)?;
+            let finals = self.dp.remove_interactions(&hk.remove)?;
+            self.observer.lock().interactions.removed(finals);
         }
         self.dp.set_admission(hk.admit_units)?;
+        // Slots a CPU took and could not enter (it lost a race to another
+        // CPU entering the same interaction): back to the ring once two
+        // looks a minute apart agree, so none in flight is taken.
+        if t.is_multiple_of(60) {
+            let stray = self.dp.stray_slots()?;
+            let confirmed: Vec<u32> = stray
+                .iter()
+                .filter(|s| self.ix_stray.contains(s))
+                .copied()
+                .collect();
+            if !confirmed.is_empty() {
+                info!(
+                    slots = confirmed.len(),
+                    "reclaimed interaction slots lost to races"
+                );
+                self.dp.reclaim_slots(&confirmed)?;
+            }
+            self.ix_stray = stray;
+        }
         Ok(())
     }
 

@@ -4,12 +4,13 @@
 //! threshold that keeps the table honest under floods.
 
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuHashMap, ProgramArray},
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues, ProgramArray},
     programs::{SchedClassifier, Xdp},
 };
 use tc_common::{
     IxConfig, IxCounters, IxKey, ACCOUNT, ACCOUNT_TC_EGRESS, ACCOUNT_TC_INGRESS, ACCOUNT_XDP,
-    ACCOUNT_XDP_PROGS, IX, IX_CONF, IX_IFACES,
+    ACCOUNT_XDP_PROGS, IX, IX_ALLOC, IX_ALLOC_HEAD, IX_ALLOC_TAIL, IX_CONF, IX_FREE, IX_IFACES,
+    IX_SLOTS,
 };
 
 use super::{map_err, Datapath, DatapathError, TC_ACCOUNT_EGRESS, TC_ACCOUNT_INGRESS, XDP_ACCOUNT};
@@ -104,31 +105,172 @@ impl Datapath {
         Ok(())
     }
 
+    /// Fills the free ring with every slot, once, when the table is new
+    /// (a pinned table keeps its ring). Then the datapath may open entries.
+    pub(super) fn init_slots(&mut self) -> Result<(), DatapathError> {
+        let mut conf = self.ix_config()?;
+        if conf.slots != 0 {
+            return Ok(());
+        }
+        let n = self.interaction_table_size()?;
+        let mut free: Array<&mut MapData, u32> = self.map(IX_FREE)?;
+        for i in 0..n {
+            free.set(i, i, 0).map_err(map_err(IX_FREE))?;
+        }
+        let mut alloc: Array<&mut MapData, u64> = self.map(IX_ALLOC)?;
+        alloc.set(IX_ALLOC_HEAD, 0, 0).map_err(map_err(IX_ALLOC))?;
+        alloc
+            .set(IX_ALLOC_TAIL, n as u64, 0)
+            .map_err(map_err(IX_ALLOC))?;
+        conf.slots = n;
+        self.set_ix_config(conf)
+    }
+
+    fn ix_config(&mut self) -> Result<IxConfig, DatapathError> {
+        let conf: Array<&mut MapData, IxConfig> = self.map(IX_CONF)?;
+        conf.get(&0, 0).map_err(map_err(IX_CONF))
+    }
+
+    fn set_ix_config(&mut self, c: IxConfig) -> Result<(), DatapathError> {
+        let mut conf: Array<&mut MapData, IxConfig> = self.map(IX_CONF)?;
+        conf.set(0, c, 0).map_err(map_err(IX_CONF))
+    }
+
+    /// This CPU-summed counters of `slot`.
+    fn slot_counters(&mut self, slot: u32) -> Result<IxCounters, DatapathError> {
+        let slots: PerCpuArray<&mut MapData, IxCounters> = self.map(IX_SLOTS)?;
+        let mut sum = IxCounters::default();
+        for v in slots.get(&slot, 0).map_err(map_err(IX_SLOTS))?.iter() {
+            sum.add(v);
+        }
+        Ok(sum)
+    }
+
     /// Every interaction in the table with its counters summed over CPUs.
     pub fn interactions(&mut self) -> Result<Vec<(IxKey, IxCounters)>, DatapathError> {
-        let map: PerCpuHashMap<&mut MapData, IxKey, IxCounters> = self.map(IX)?;
-        let mut out = Vec::new();
-        for item in map.iter() {
+        let entries: Vec<(IxKey, u32)> = {
+            let map: HashMap<&mut MapData, IxKey, u32> = self.map(IX)?;
             // An entry removed between two reads of the iteration is skipped.
-            let Ok((key, values)) = item else { continue };
-            let mut sum = IxCounters::default();
-            for v in values.iter() {
-                sum.add(v);
-            }
-            out.push((key, sum));
+            map.iter().filter_map(Result::ok).collect()
+        };
+        let mut out = Vec::with_capacity(entries.len());
+        for (key, slot) in entries {
+            out.push((key, self.slot_counters(slot)?));
         }
         Ok(out)
     }
 
     /// Removes interactions (idle, or the smallest while the table is
-    /// under pressure). Their counts up to the last read are the agent's.
-    pub fn remove_interactions(&mut self, keys: &[IxKey]) -> Result<(), DatapathError> {
-        let mut map: PerCpuHashMap<&mut MapData, IxKey, IxCounters> = self.map(IX)?;
-        for k in keys {
-            // Already gone is fine.
-            let _ = map.remove(k);
+    /// under pressure) and returns each one's final counters; their slots
+    /// go back to the free ring, zeroed. The epoch moves first, so no
+    /// flow-cache hint leads to a slot being recycled.
+    pub fn remove_interactions(
+        &mut self,
+        keys: &[IxKey],
+    ) -> Result<Vec<(IxKey, IxCounters)>, DatapathError> {
+        let mut freed = Vec::new();
+        {
+            let mut map: HashMap<&mut MapData, IxKey, u32> = self.map(IX)?;
+            for k in keys {
+                if let Ok(slot) = map.get(k, 0) {
+                    if map.remove(k).is_ok() {
+                        freed.push((*k, slot));
+                    }
+                }
+            }
         }
-        Ok(())
+        if freed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conf = self.ix_config()?;
+        conf.epoch = conf.epoch.wrapping_add(1);
+        self.set_ix_config(conf)?;
+        // Programs that read the old epoch or found a removed entry run for
+        // microseconds; after this, nothing writes to the freed slots.
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let mut out = Vec::with_capacity(freed.len());
+        for (k, slot) in &freed {
+            out.push((*k, self.slot_counters(*slot)?));
+        }
+        let slots: Vec<u32> = freed.iter().map(|(_, s)| *s).collect();
+        self.free_slots(&slots)?;
+        Ok(out)
+    }
+
+    /// Zeroes `slots` and appends them to the free ring.
+    fn free_slots(&mut self, slots: &[u32]) -> Result<(), DatapathError> {
+        let n = self.ix_config()?.slots;
+        if n == 0 {
+            return Ok(());
+        }
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(_, e)| DatapathError::Setup(format!("counting CPUs: {e}")))?;
+        {
+            let mut counters: PerCpuArray<&mut MapData, IxCounters> = self.map(IX_SLOTS)?;
+            for slot in slots {
+                let zero = PerCpuValues::try_from(vec![IxCounters::default(); cpus])
+                    .map_err(|e| DatapathError::Setup(format!("per-CPU zeros: {e}")))?;
+                counters.set(*slot, zero, 0).map_err(map_err(IX_SLOTS))?;
+            }
+        }
+        let tail = {
+            let alloc: Array<&mut MapData, u64> = self.map(IX_ALLOC)?;
+            alloc.get(&IX_ALLOC_TAIL, 0).map_err(map_err(IX_ALLOC))?
+        };
+        {
+            let mut free: Array<&mut MapData, u32> = self.map(IX_FREE)?;
+            for (i, slot) in slots.iter().enumerate() {
+                free.set(((tail + i as u64) % n as u64) as u32, *slot, 0)
+                    .map_err(map_err(IX_FREE))?;
+            }
+        }
+        // Only now may the datapath take them.
+        let mut alloc: Array<&mut MapData, u64> = self.map(IX_ALLOC)?;
+        alloc
+            .set(IX_ALLOC_TAIL, tail + slots.len() as u64, 0)
+            .map_err(map_err(IX_ALLOC))
+    }
+
+    /// Slots neither named by an entry nor in the free ring: taken by a
+    /// CPU that then lost the race to enter its interaction (or are being
+    /// entered this instant: call twice, a second apart, and reclaim only
+    /// what both calls found, see [`reclaim_slots`](Self::reclaim_slots)).
+    pub fn stray_slots(&mut self) -> Result<Vec<u32>, DatapathError> {
+        let n = self.ix_config()?.slots;
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let mut known = vec![false; n as usize];
+        {
+            let map: HashMap<&mut MapData, IxKey, u32> = self.map(IX)?;
+            for (_, slot) in map.iter().filter_map(Result::ok) {
+                if let Some(k) = known.get_mut(slot as usize) {
+                    *k = true;
+                }
+            }
+        }
+        let (head, tail) = {
+            let alloc: Array<&mut MapData, u64> = self.map(IX_ALLOC)?;
+            (
+                alloc.get(&IX_ALLOC_HEAD, 0).map_err(map_err(IX_ALLOC))?,
+                alloc.get(&IX_ALLOC_TAIL, 0).map_err(map_err(IX_ALLOC))?,
+            )
+        };
+        let free: Array<&mut MapData, u32> = self.map(IX_FREE)?;
+        for pos in head.min(tail)..tail {
+            let slot = free
+                .get(&((pos % n as u64) as u32), 0)
+                .map_err(map_err(IX_FREE))?;
+            if let Some(k) = known.get_mut(slot as usize) {
+                *k = true;
+            }
+        }
+        Ok((0..n).filter(|s| !known[*s as usize]).collect())
+    }
+
+    /// Gives stray slots back to the free ring (zeroed).
+    pub fn reclaim_slots(&mut self, slots: &[u32]) -> Result<(), DatapathError> {
+        self.free_slots(slots)
     }
 
     /// Entries the interaction table can hold.
@@ -137,10 +279,8 @@ impl Datapath {
             .ebpf
             .map(IX)
             .ok_or_else(|| DatapathError::Setup(format!("map {IX} missing from object")))?;
-        let aya::maps::Map::PerCpuHashMap(data) = map else {
-            return Err(DatapathError::Setup(format!(
-                "map {IX} is not a per-CPU hash map"
-            )));
+        let aya::maps::Map::HashMap(data) = map else {
+            return Err(DatapathError::Setup(format!("map {IX} is not a hash map")));
         };
         Ok(data.info().map_err(map_err(IX))?.max_entries())
     }
@@ -148,15 +288,11 @@ impl Datapath {
     /// Sets the admission threshold for new clients, in sketch units of
     /// `IX_SKETCH_UNIT` bytes per window; 0 admits every client at once.
     pub fn set_admission(&mut self, admit_units: u32) -> Result<(), DatapathError> {
-        let mut conf: Array<&mut MapData, IxConfig> = self.map(IX_CONF)?;
-        conf.set(
-            0,
-            IxConfig {
-                admit_units,
-                _pad: 0,
-            },
-            0,
-        )
-        .map_err(map_err(IX_CONF))
+        let mut conf = self.ix_config()?;
+        if conf.admit_units != admit_units {
+            conf.admit_units = admit_units;
+            self.set_ix_config(conf)?;
+        }
+        Ok(())
     }
 }

@@ -111,7 +111,9 @@ impl Datapath {
     pub fn load_sized(pin_dir: Option<&Path>, sizes: TableSizes) -> Result<Self, DatapathError> {
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(tc_common::CONNS, sizes.conns);
-        loader.map_max_entries(tc_common::IX, sizes.interactions);
+        for name in [tc_common::IX, tc_common::IX_SLOTS, tc_common::IX_FREE] {
+            loader.map_max_entries(name, sizes.interactions);
+        }
         if let Some(dir) = pin_dir {
             remove_other_layouts(dir);
             let maps = dir.join(MAPS_LAYOUT);
@@ -154,6 +156,7 @@ impl Datapath {
             ebpf,
             pin_dir: pin_dir.map(Path::to_path_buf),
         };
+        dp.init_slots()?;
         dp.install_accounting()?;
         Ok(dp)
     }
@@ -407,7 +410,7 @@ impl Datapath {
         g: u8,
         generation: fn(&K) -> u8,
     ) -> Result<(), DatapathError> {
-        let mut flows: HashMap<_, K, u32> = self.map(name)?;
+        let mut flows: HashMap<_, K, tc_common::FlowValue> = self.map(name)?;
         let stale: Vec<K> = flows
             .keys()
             .filter_map(Result::ok)

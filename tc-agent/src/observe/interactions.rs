@@ -247,9 +247,6 @@ impl Interactions {
         } else {
             units
         };
-        for k in &remove {
-            self.raw.remove(k);
-        }
         Housekeeping {
             remove,
             admit_units,
@@ -422,6 +419,30 @@ impl Interactions {
             .collect();
         v.sort_by(|a, b| (&a.from, &a.to, a.port).cmp(&(&b.from, &b.to, b.port)));
         v
+    }
+
+    /// Folds in the final counters of entries the kernel table just
+    /// removed (what they counted since the last read) and forgets them.
+    pub fn removed(&mut self, finals: Vec<(IxKey, IxCounters)>) {
+        for (k, cum) in finals {
+            let Some(r) = self.raw.remove(&k) else {
+                continue;
+            };
+            let d = delta(&cum, &r.last);
+            if d == IxCounters::default() {
+                continue;
+            }
+            if let Some(agg) = r.agg {
+                let agg = bound(agg, &mut self.unnamed, self.max_unnamed * KEPT_PER_SHOWN);
+                let a = self.aggs.entry(agg).or_default();
+                a.totals.add(&d);
+                match a.recent.back_mut() {
+                    Some(last) => last.add(&d),
+                    None => a.recent.push_back(d),
+                }
+            }
+        }
+        self.table.entries = self.raw.len() as u32;
     }
 
     /// The kernel table's state.

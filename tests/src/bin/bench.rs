@@ -557,7 +557,8 @@ fn main() -> Result<()> {
         let agent = interactions::agent_cost()?;
         let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../target/bench-interactions.json");
-        let doc = serde_json::json!({"interactions_per_packet": per_packet, "interactions_agent": agent});
+        let doc =
+            serde_json::json!({"interactions_per_packet": per_packet, "interactions_agent": agent});
         std::fs::write(&out, serde_json::to_vec_pretty(&doc)?)?;
         println!("\nwritten to {}", out.display());
         return Ok(());

@@ -301,9 +301,15 @@ pub fn run(agent: &Path) -> Result<()> {
     println!("\nThe interaction map mid-phase (`tc-agent map`):");
     print!("{}", cli(agent, &["map"])?);
     println!("\nTop talkers to the service (`tc-agent top-talkers --to service -n 5`):");
-    let talkers = cli(agent, &["top-talkers", "--to", "service", "-n", "5", "-o", "json"])?;
+    let talkers = cli(
+        agent,
+        &["top-talkers", "--to", "service", "-n", "5", "-o", "json"],
+    )?;
     let talkers: serde_json::Value = serde_json::from_str(&talkers)?;
-    print!("{}", cli(agent, &["top-talkers", "--to", "service", "-n", "5"])?);
+    print!(
+        "{}",
+        cli(agent, &["top-talkers", "--to", "service", "-n", "5"])?
+    );
     if let Some(t) = talkers["talkers"]
         .as_array()
         .and_then(|v| v.iter().find(|t| t["source"] == "198.18.3.2"))

@@ -46,7 +46,10 @@ pub fn per_packet() -> Result<Vec<serde_json::Value>> {
     );
     let mut rows = Vec::new();
     for (ip, frame) in [
-        ("IPv4", packet::ipv4("198.18.1.5", "198.18.2.10", UDP, 1000, 22)),
+        (
+            "IPv4",
+            packet::ipv4("198.18.1.5", "198.18.2.10", UDP, 1000, 22),
+        ),
         (
             "IPv6",
             packet::ipv6("2001:db8:1::5", "2001:db8:2::10", UDP, 1000, 2),
@@ -143,14 +146,24 @@ fn agent_load(sources: u32, secs: f64) -> Result<(f64, f64, u64)> {
 
 /// Sends `frames` round-robin out of `iface` (AF_PACKET, the calling
 /// thread's namespace) to `mac` at `per_sec` for `secs`. Returns frames sent.
-fn send_cycle(iface: &str, mac: [u8; 6], frames: &[Vec<u8>], per_sec: f64, secs: f64) -> Result<u64> {
+fn send_cycle(
+    iface: &str,
+    mac: [u8; 6],
+    frames: &[Vec<u8>],
+    per_sec: f64,
+    secs: f64,
+) -> Result<u64> {
     let name = std::ffi::CString::new(iface)?;
     // SAFETY: plain syscalls on values we own; the fd is closed below.
     unsafe {
         let ifindex = libc::if_nametoindex(name.as_ptr());
         anyhow::ensure!(ifindex != 0, "no interface {iface}");
         let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
-        anyhow::ensure!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+        anyhow::ensure!(
+            fd >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
         let mut addr: libc::sockaddr_ll = std::mem::zeroed();
         addr.sll_family = libc::AF_PACKET as u16;
         addr.sll_ifindex = ifindex as i32;
