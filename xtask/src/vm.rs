@@ -4,7 +4,7 @@
 //! - Kernels come from `apt-get download` + `dpkg -x`, cached under `target/vm/`.
 //! - The guest is a busybox-static initramfs holding the statically linked
 //!   test binaries and `tc-agent`, iproute2 (`ip`, `tc`, `ss`), iperf3,
-//!   nginx and wrk with their shared libraries, the few /etc files nginx
+//!   nginx, wrk and promtool with their shared libraries, the few /etc files nginx
 //!   needs, and the kernel modules the tests need.
 //! - qemu runs under TCG: KVM hangs on this host kind (kvm_pvm).
 //! - Results come back as markers on the serial console; only a run that
@@ -56,7 +56,7 @@ const MODULES: [&str; 9] = [
 ];
 
 /// Kernel-dependent suites (integration test targets of `tc-tests`).
-const SUITES: [&str; 7] = [
+const SUITES: [&str; 8] = [
     "verdicts",
     "conntrack",
     "traffic",
@@ -64,6 +64,7 @@ const SUITES: [&str; 7] = [
     "restart",
     "qdisc",
     "connections",
+    "metrics",
 ];
 /// Tests the guest leaves out, with the reason: each needs what the guest
 /// kernels have and this host lacks, the other way round.
@@ -75,9 +76,10 @@ const HOST_ONLY: [(&str, &str); 1] = [(
 const GUEST_TIMEOUT: Duration = Duration::from_secs(1500);
 /// Programs the guest runs besides busybox's applets, copied with their
 /// shared libraries. coreutils' timeout, not busybox's: the applet would run
-/// its own `ip`. nginx and wrk are Debian's nginx-light and wrk
-/// (scripts/install-deps.sh), `ss` comes with iproute2.
-const GUEST_PROGRAMS: [&str; 8] = [
+/// its own `ip`. nginx and wrk are Debian's nginx-light and wrk, promtool
+/// (`promtool check metrics`, the metrics suite) comes with Debian's
+/// prometheus (scripts/install-deps.sh), `ss` comes with iproute2.
+const GUEST_PROGRAMS: [&str; 9] = [
     "/usr/sbin/ip",
     "/usr/sbin/tc",
     "/usr/bin/ss",
@@ -86,6 +88,7 @@ const GUEST_PROGRAMS: [&str; 8] = [
     "/usr/bin/ping",
     "/usr/sbin/nginx",
     "/usr/bin/wrk",
+    "/usr/bin/promtool",
 ];
 /// /etc files for the guest: nginx (as root, `user root root`) looks its
 /// user and group up, and glibc reads them through nsswitch's `files`.

@@ -73,6 +73,8 @@ pub struct AgentConfig {
     pub conn_table_size: u32,
     /// Idle timeouts of tracked connections, per state.
     pub conn_timeouts: tc_common::ConnConfig,
+    /// Where to serve Prometheus `/metrics` (`--metrics-addr`); None: not served.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Samples kept: two minutes at one per second.

@@ -202,6 +202,7 @@ fn config(state_dir: &Path, socket: PathBuf, group: Option<SocketGroup>) -> Agen
         detach_on_exit: false,
         conn_table_size: tc_common::DEFAULT_MAX_CONNS,
         conn_timeouts: tc_common::ConnConfig::default(),
+        metrics_addr: None,
     }
 }
 
