@@ -3,9 +3,10 @@
 //!
 //! - Kernels come from `apt-get download` + `dpkg -x`, cached under `target/vm/`.
 //! - The guest is a busybox-static initramfs holding the statically linked
-//!   test binaries and `tc-agent`, iproute2 (`ip`, `tc`, `ss`), iperf3,
-//!   nginx, wrk and promtool with their shared libraries, the few /etc files nginx
-//!   needs, and the kernel modules the tests need.
+//!   test binaries and `tc-agent` (debug info stripped), iproute2 (`ip`,
+//!   `tc`, `ss`), iperf3, nginx, wrk and promtool with their shared
+//!   libraries, the few /etc files nginx needs, and the kernel modules the
+//!   tests need.
 //! - qemu runs under TCG: KVM hangs on this host kind (kvm_pvm).
 //! - Results come back as markers on the serial console; only a run that
 //!   printed its final `TCVM-DONE` marker, with every suite passing, counts.
@@ -302,10 +303,20 @@ fn initramfs(
             fs::copy(&src, &dst)?;
         }
     }
+    let mut ours = Vec::new();
     for (name, exe) in programs {
-        fs::copy(exe, image.join("tests").join(name))?;
+        let dst = image.join("tests").join(name);
+        fs::copy(exe, &dst)?;
+        ours.push(dst);
     }
-    fs::copy(agent, image.join("usr/bin/tc-agent"))?;
+    let dst = image.join("usr/bin/tc-agent");
+    fs::copy(agent, &dst)?;
+    ours.push(dst);
+    // Debug info is most of a static debug binary (about 90 of a test's
+    // 95 MB): with it, the initramfs no longer unpacks in the guest's
+    // 2 GiB ("Initramfs unpacking failed: write error"). Symbols stay, so
+    // backtraces still name functions.
+    run(Command::new("strip").arg("--strip-debug").args(&ours))?;
     let init = image.join("init");
     fs::write(&init, INIT.replace("COMMANDS", &commands.join("\n")))?;
     fs::set_permissions(&init, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
