@@ -109,6 +109,7 @@ struct Desc {
     unit: Option<Unit>,
 }
 
+/// A [`Desc`], short enough for the tables below.
 const fn desc(name: &'static str, help: &'static str, unit: Option<Unit>) -> Desc {
     Desc { name, help, unit }
 }
@@ -136,6 +137,8 @@ fn gauges<N: EncodeGaugeValue>(
     })
 }
 
+/// Writes one family of `kind`: its HELP and TYPE, then each sample
+/// through `write`; nothing when it has no samples.
 fn family<V>(
     enc: &mut DescriptorEncoder,
     d: &Desc,
@@ -158,6 +161,7 @@ fn gauge<N: EncodeGaugeValue>(enc: &mut DescriptorEncoder, d: &Desc, v: N) -> fm
     gauges(enc, d, vec![(Vec::new(), v)])
 }
 
+/// The agent and its policy: info, uptime, version, channel counts.
 fn encode_agent(enc: &mut DescriptorEncoder, view: &MetricsView) -> fmt::Result {
     let info = Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]);
     info.encode(enc.encode_descriptor(
@@ -205,15 +209,18 @@ fn encode_agent(enc: &mut DescriptorEncoder, view: &MetricsView) -> fmt::Result 
     )
 }
 
+/// The `channel` label.
 fn channel(name: &str) -> Labels<'_> {
     vec![("channel", Cow::Borrowed(name))]
 }
 
+/// `l` with one more label of a fixed value.
 fn with<'a>(mut l: Labels<'a>, k: &'static str, v: &'static str) -> Labels<'a> {
     l.push((k, Cow::Borrowed(v)));
     l
 }
 
+/// Per-channel families, one series per channel (and verdict or outcome).
 fn encode_channels(enc: &mut DescriptorEncoder, r: &ChannelsReport) -> fmt::Result {
     let rows = &r.channels;
     let lower = |x: &dyn fmt::Debug| format!("{x:?}").to_lowercase();
@@ -363,6 +370,7 @@ fn encode_channels(enc: &mut DescriptorEncoder, r: &ChannelsReport) -> fmt::Resu
     )
 }
 
+/// Node-wide counters by kind.
 fn encode_node(enc: &mut DescriptorEncoder, r: &ChannelsReport) -> fmt::Result {
     let n = &r.node;
     let kind = |k: &'static str| vec![("kind", Cow::Borrowed(k))];
@@ -413,6 +421,7 @@ fn interaction_labels(i: &InteractionTotals) -> Labels<'_> {
     ]
 }
 
+/// Interaction families, at most [`MAX_INTERACTIONS`] interactions.
 fn encode_interactions(enc: &mut DescriptorEncoder, all: &[InteractionTotals]) -> fmt::Result {
     let mut rows: Vec<&InteractionTotals> = all.iter().collect();
     rows.sort_by(|a, b| {

@@ -153,6 +153,7 @@ async fn respond(exporter: Arc<Exporter>, req: &Request<Incoming>) -> Response<F
     }
 }
 
+/// A short plain-text answer with `status`.
 fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
     *r.status_mut() = status;
