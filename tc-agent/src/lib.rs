@@ -4,11 +4,13 @@
 //! - [`datapath`]: the eBPF programs and maps: load, pin, attach, apply, read;
 //! - [`agent`]: the daemon: owns the datapath, serves the control socket, keeps history;
 //! - [`control`]: the control-socket protocol and its client;
+//! - [`metrics`]: the Prometheus exposition and its HTTP server (`run --metrics-addr`);
 //! - [`cli`]: one module per subcommand.
 
 pub mod agent;
 pub mod cli;
 pub mod control;
 pub mod datapath;
+pub mod metrics;
 pub mod observe;
 pub mod policy;

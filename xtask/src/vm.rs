@@ -3,9 +3,10 @@
 //!
 //! - Kernels come from `apt-get download` + `dpkg -x`, cached under `target/vm/`.
 //! - The guest is a busybox-static initramfs holding the statically linked
-//!   test binaries and `tc-agent`, iproute2 (`ip`, `tc`, `ss`), iperf3,
-//!   nginx and wrk with their shared libraries, the few /etc files nginx
-//!   needs, and the kernel modules the tests need.
+//!   test binaries and `tc-agent` (debug info stripped), iproute2 (`ip`,
+//!   `tc`, `ss`), iperf3, nginx, wrk and promtool with their shared
+//!   libraries, the few /etc files nginx needs, and the kernel modules the
+//!   tests need.
 //! - qemu runs under TCG: KVM hangs on this host kind (kvm_pvm).
 //! - Results come back as markers on the serial console; only a run that
 //!   printed its final `TCVM-DONE` marker, with every suite passing, counts.
@@ -56,7 +57,7 @@ const MODULES: [&str; 9] = [
 ];
 
 /// Kernel-dependent suites (integration test targets of `tc-tests`).
-const SUITES: [&str; 7] = [
+const SUITES: [&str; 8] = [
     "verdicts",
     "conntrack",
     "traffic",
@@ -64,6 +65,7 @@ const SUITES: [&str; 7] = [
     "restart",
     "qdisc",
     "connections",
+    "metrics",
 ];
 /// Tests the guest leaves out, with the reason: each needs what the guest
 /// kernels have and this host lacks, the other way round.
@@ -75,9 +77,10 @@ const HOST_ONLY: [(&str, &str); 1] = [(
 const GUEST_TIMEOUT: Duration = Duration::from_secs(1500);
 /// Programs the guest runs besides busybox's applets, copied with their
 /// shared libraries. coreutils' timeout, not busybox's: the applet would run
-/// its own `ip`. nginx and wrk are Debian's nginx-light and wrk
-/// (scripts/install-deps.sh), `ss` comes with iproute2.
-const GUEST_PROGRAMS: [&str; 8] = [
+/// its own `ip`. nginx and wrk are Debian's nginx-light and wrk, promtool
+/// (`promtool check metrics`, the metrics suite) comes with Debian's
+/// prometheus (scripts/install-deps.sh), `ss` comes with iproute2.
+const GUEST_PROGRAMS: [&str; 9] = [
     "/usr/sbin/ip",
     "/usr/sbin/tc",
     "/usr/bin/ss",
@@ -86,6 +89,7 @@ const GUEST_PROGRAMS: [&str; 8] = [
     "/usr/bin/ping",
     "/usr/sbin/nginx",
     "/usr/bin/wrk",
+    "/usr/bin/promtool",
 ];
 /// /etc files for the guest: nginx (as root, `user root root`) looks its
 /// user and group up, and glibc reads them through nsswitch's `files`.
@@ -299,10 +303,20 @@ fn initramfs(
             fs::copy(&src, &dst)?;
         }
     }
+    let mut ours = Vec::new();
     for (name, exe) in programs {
-        fs::copy(exe, image.join("tests").join(name))?;
+        let dst = image.join("tests").join(name);
+        fs::copy(exe, &dst)?;
+        ours.push(dst);
     }
-    fs::copy(agent, image.join("usr/bin/tc-agent"))?;
+    let dst = image.join("usr/bin/tc-agent");
+    fs::copy(agent, &dst)?;
+    ours.push(dst);
+    // Debug info is most of a static debug binary (about 90 of a test's
+    // 95 MB): with it, the initramfs no longer unpacks in the guest's
+    // 2 GiB ("Initramfs unpacking failed: write error"). Symbols stay, so
+    // backtraces still name functions.
+    run(Command::new("strip").arg("--strip-debug").args(&ours))?;
     let init = image.join("init");
     fs::write(&init, INIT.replace("COMMANDS", &commands.join("\n")))?;
     fs::set_permissions(&init, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;

@@ -11,6 +11,7 @@ use super::{
     uninstall::uninstall,
     *,
 };
+use crate::metrics;
 
 /// Runs the agent until `shutdown` completes.
 pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
@@ -21,6 +22,8 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     sys::ensure_bpffs(&config.pin_dir)?;
     let _locks = lock_dirs(&config.state_dir, &config.pin_dir)?;
     let _iface_locks = lock_ifaces(&config.ifaces)?;
+    // Bound before the kernel is touched: a busy address changes nothing.
+    let metrics_listener = config.metrics_addr.map(metrics::http::bind).transpose()?;
     // Validate the policy before touching the kernel: a bad file changes nothing.
     let initial = match &config.policy {
         Some(p) => {
@@ -127,6 +130,22 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         })
     };
 
+    let observer = agent.lock().observer();
+    let metrics = metrics_listener.map(|listener| {
+        let snapshot = snapshot.clone();
+        let started = snapshot.started();
+        let source: metrics::MetricsSource = Arc::new(move || metrics::MetricsView {
+            channels: snapshot.channels(),
+            interactions: Arc::from(observer.lock().interactions.totals()),
+            uptime: started.elapsed(),
+        });
+        let exporter = Arc::new(metrics::Exporter::new(source));
+        tokio::spawn(async move {
+            let Err(e) = metrics::http::serve(listener, exporter, Default::default()).await;
+            error!(error = %format!("{e:#}"), "the metrics server stopped");
+        })
+    });
+
     let server = Server::new(agent.clone(), snapshot, config.socket_group.clone());
     tokio::select! {
         _ = shutdown => {}
@@ -135,6 +154,9 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
 
     sampler.abort();
     collector.abort();
+    if let Some(m) = metrics {
+        m.abort();
+    }
     let _ = std::fs::remove_file(&config.socket);
     let mut agent = agent.lock();
     agent.closing = true;

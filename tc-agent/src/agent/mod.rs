@@ -79,6 +79,8 @@ pub struct AgentConfig {
     /// Distinct unnamed addresses `map` shows at most; the quietest others
     /// fold into `other`.
     pub max_unnamed: usize,
+    /// Where to serve Prometheus `/metrics` (`--metrics-addr`); None: not served.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Samples kept: two minutes at one per second.

@@ -41,6 +41,11 @@ impl Snapshot {
         s
     }
 
+    /// When the agent started, for `/metrics`' uptime.
+    pub(super) fn started(&self) -> Instant {
+        self.started
+    }
+
     /// `channels` as of the last sample or apply.
     pub(super) fn channels(&self) -> Arc<ChannelsReport> {
         self.channels.read().clone()

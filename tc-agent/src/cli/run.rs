@@ -1,6 +1,6 @@
 //! `tc-agent run`: the daemon, in the foreground.
 
-use std::{path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Result;
 use clap::Args;
@@ -106,6 +106,28 @@ pub struct RunArgs {
     #[arg(long, default_value_t = crate::observe::interactions::DEFAULT_MAX_UNNAMED as u64,
           value_name = "N", value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub max_unnamed: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics (IP:PORT, e.g.
+    /// 127.0.0.1:9464 or [::1]:9464; in the --netns namespace when one is
+    /// given). Off by default. Per-channel verdict and connection counters,
+    /// node counters, and interactions by endpoint set, read from the last
+    /// sample without waiting for the agent. The endpoint has no
+    /// authentication: bind a loopback or management address. The
+    /// Grafana dashboard deploy/grafana/tc-agent.json plots them.
+    #[arg(long, value_name = "ADDR", value_parser = parse_metrics_addr)]
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+/// `--metrics-addr`: an IP and a port, nothing to resolve, port not 0.
+fn parse_metrics_addr(s: &str) -> Result<SocketAddr, String> {
+    let addr: SocketAddr = s.parse().map_err(|_| {
+        format!("`{s}` is not IP:PORT (e.g. 127.0.0.1:9464, or [::1]:9464 for IPv6)")
+    })?;
+    if addr.port() == 0 {
+        return Err(format!(
+            "`{s}`: port 0 is no fixed port for Prometheus to scrape"
+        ));
+    }
+    Ok(addr)
 }
 
 pub fn execute(args: RunArgs, socket: PathBuf) -> Result<()> {
@@ -140,6 +162,7 @@ pub fn execute(args: RunArgs, socket: PathBuf) -> Result<()> {
         },
         interaction_table_size: args.interaction_table_size,
         max_unnamed: args.max_unnamed as usize,
+        metrics_addr: args.metrics_addr,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -156,4 +179,28 @@ pub fn execute(args: RunArgs, socket: PathBuf) -> Result<()> {
         };
         agent::run(config, shutdown).await
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_metrics_addr;
+
+    #[test]
+    fn metrics_addr_takes_ip_and_port_only() {
+        assert_eq!(
+            parse_metrics_addr("127.0.0.1:9464").unwrap(),
+            "127.0.0.1:9464".parse().unwrap()
+        );
+        assert!(parse_metrics_addr("[::1]:9464").is_ok());
+        for bad in [
+            "localhost:9464",
+            "127.0.0.1",
+            "9464",
+            "127.0.0.1:0",
+            "1.2.3.4:99999",
+        ] {
+            let e = parse_metrics_addr(bad).unwrap_err();
+            assert!(e.contains(bad), "{bad}: {e}");
+        }
+    }
 }

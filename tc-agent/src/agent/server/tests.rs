@@ -204,6 +204,7 @@ fn config(state_dir: &Path, socket: PathBuf, group: Option<SocketGroup>) -> Agen
         conn_timeouts: tc_common::ConnConfig::default(),
         interaction_table_size: tc_common::DEFAULT_MAX_INTERACTIONS,
         max_unnamed: 100,
+        metrics_addr: None,
     }
 }
 
