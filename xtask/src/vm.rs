@@ -4,8 +4,9 @@
 //! - Kernels come from `apt-get download` + `dpkg -x`, cached under `target/vm/`.
 //! - The guest is a busybox-static initramfs holding the statically linked
 //!   test binaries and `tc-agent`, iproute2 (`ip`, `tc`, `ss`), iperf3,
-//!   nginx and wrk with their shared libraries, the few /etc files nginx
-//!   needs, and the kernel modules the tests need.
+//!   nginx, wrk and tmux with their shared libraries, the few /etc files
+//!   nginx needs, tmux's terminfo entries, and the kernel modules the tests
+//!   need.
 //! - qemu runs under TCG: KVM hangs on this host kind (kvm_pvm).
 //! - Results come back as markers on the serial console; only a run that
 //!   printed its final `TCVM-DONE` marker, with every suite passing, counts.
@@ -56,7 +57,7 @@ const MODULES: [&str; 9] = [
 ];
 
 /// Kernel-dependent suites (integration test targets of `tc-tests`).
-const SUITES: [&str; 7] = [
+const SUITES: [&str; 8] = [
     "verdicts",
     "conntrack",
     "traffic",
@@ -64,6 +65,7 @@ const SUITES: [&str; 7] = [
     "restart",
     "qdisc",
     "connections",
+    "top",
 ];
 /// Tests the guest leaves out, with the reason: each needs what the guest
 /// kernels have and this host lacks, the other way round.
@@ -76,8 +78,9 @@ const GUEST_TIMEOUT: Duration = Duration::from_secs(1500);
 /// Programs the guest runs besides busybox's applets, copied with their
 /// shared libraries. coreutils' timeout, not busybox's: the applet would run
 /// its own `ip`. nginx and wrk are Debian's nginx-light and wrk
-/// (scripts/install-deps.sh), `ss` comes with iproute2.
-const GUEST_PROGRAMS: [&str; 8] = [
+/// (scripts/install-deps.sh), `ss` comes with iproute2; tmux gives
+/// `tc-agent top` a terminal (its pty needs /dev/pts, which /init mounts).
+const GUEST_PROGRAMS: [&str; 9] = [
     "/usr/sbin/ip",
     "/usr/sbin/tc",
     "/usr/bin/ss",
@@ -86,6 +89,15 @@ const GUEST_PROGRAMS: [&str; 8] = [
     "/usr/bin/ping",
     "/usr/sbin/nginx",
     "/usr/bin/wrk",
+    "/usr/bin/tmux",
+];
+/// Other host files the guest needs, copied to the same path: terminfo
+/// entries for the terminal types tmux names (`tmux-256color`, Debian's
+/// default-terminal, and `screen`, tmux's own default), and the console's.
+const GUEST_FILES: [&str; 3] = [
+    "/lib/terminfo/t/tmux-256color",
+    "/lib/terminfo/s/screen",
+    "/lib/terminfo/l/linux",
 ];
 /// /etc files for the guest: nginx (as root, `user root root`) looks its
 /// user and group up, and glibc reads them through nsswitch's `files`.
@@ -227,6 +239,8 @@ export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
+mkdir -p /dev/pts
+mount -t devpts devpts /dev/pts
 mount -t tmpfs tmp /tmp
 mount -t tmpfs run /run
 mkdir -p /sys/fs/bpf /run/netns
@@ -271,7 +285,7 @@ fn initramfs(
     // No `ip` or `tc` applets: the real iproute2 must answer to those names.
     for applet in [
         "sh", "mount", "mkdir", "echo", "cat", "ls", "poweroff", "sleep", "insmod", "uname",
-        "taskset", "ping", "rm", "ln", "kill", "grep", "env", "sysctl",
+        "taskset", "ping", "rm", "ln", "kill", "grep", "env", "sysctl", "stty",
     ] {
         std::os::unix::fs::symlink("busybox", image.join("bin").join(applet))?;
     }
@@ -282,6 +296,9 @@ fn initramfs(
     for lib in &libs {
         // fs::copy follows symlinks: the file lands under the name the loader asks for.
         copy_into(lib, &image)?;
+    }
+    for file in GUEST_FILES {
+        copy_into(Path::new(file), &image)?;
     }
     let modroot = kdir.join("root/lib/modules");
     for m in MODULES {

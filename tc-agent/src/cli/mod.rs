@@ -4,6 +4,7 @@ mod apply;
 mod channels;
 mod run;
 mod status;
+mod top;
 mod uninstall;
 mod validate;
 
@@ -19,8 +20,9 @@ use crate::control::DEFAULT_SOCKET;
 /// channel to its bandwidth and packet-rate limits.
 ///
 /// Start the agent on a node with `tc-agent run`, then drive it with
-/// `apply`, `channels` and `status`. `validate` checks a policy file offline.
-/// A stopped agent leaves the node enforced; `uninstall` removes the datapath.
+/// `apply`, `channels`, `status` and `top` (a live terminal view).
+/// `validate` checks a policy file offline. A stopped agent leaves the node
+/// enforced; `uninstall` removes the datapath.
 #[derive(Debug, Parser)]
 #[command(name = "tc-agent", version, propagate_version = true)]
 pub struct Cli {
@@ -39,6 +41,7 @@ pub enum Command {
     Validate(validate::ValidateArgs),
     Channels(channels::ChannelsArgs),
     Status(status::StatusArgs),
+    Top(top::TopArgs),
     Uninstall(uninstall::UninstallArgs),
 }
 
@@ -79,6 +82,7 @@ impl Cli {
             Command::Validate(a) => validate::execute(a),
             Command::Channels(a) => channels::execute(a, &self.socket),
             Command::Status(a) => status::execute(a, &self.socket),
+            Command::Top(a) => top::execute(a, &self.socket),
             Command::Uninstall(a) => uninstall::execute(a),
         }
     }
