@@ -114,6 +114,14 @@ const GUEST_ETC: [(&str, &str); 3] = [
 ];
 const TRIPLE: &str = "x86_64-unknown-linux-gnu";
 
+/// Cargo's target directory: `CARGO_TARGET_DIR` when set (cargo builds
+/// there, so the agent must be picked up there too), else `target/`.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}
+
 fn vm_dir() -> PathBuf {
     root().join("target/vm")
 }
@@ -203,10 +211,7 @@ fn build_static() -> Result<(Vec<(String, PathBuf)>, PathBuf)> {
         bail!("expected test binaries {SUITES:?}, cargo built {suites:?}");
     }
     cargo_output(&["build", "-p", "tc-agent", "--target", TRIPLE], &flags)?;
-    Ok((
-        suites,
-        root().join("target").join(TRIPLE).join("debug/tc-agent"),
-    ))
+    Ok((suites, target_dir().join(TRIPLE).join("debug/tc-agent")))
 }
 
 /// Copies `bin` into the image at the same path, with every shared library it needs.
@@ -507,7 +512,7 @@ pub fn vm_bench(methods: &[String]) -> Result<serde_json::Value> {
         &["build", "--release", "-p", "tc-agent", "--target", TRIPLE],
         &flags,
     )?;
-    let dir = root().join("target").join(TRIPLE).join("release");
+    let dir = target_dir().join(TRIPLE).join("release");
     let k = &KERNELS[1];
     let kdir = fetch_kernel(k)?;
     let programs = [("bench".to_string(), dir.join("bench"))];

@@ -46,8 +46,10 @@ impl Sort {
 /// The pane the scroll keys move.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Focus {
+    /// The channels table (the first pane, focused at start).
     #[default]
     Channels,
+    /// The interactions table from `map`.
     Interactions,
 }
 
