@@ -177,7 +177,7 @@ fn top_in_tmux_shows_the_channels_and_the_busy_ones_rate_and_q_quits_cleanly() -
             seen = Some(r);
         }
     }
-    println!("the pane:\n{pane}");
+    println!("the pane:\n{}", pane.trim_end());
     let rate = seen.with_context(|| format!("busy-udp never showed a rate:\n{pane}"))?;
     println!(
         "busy-udp shows {:.2} Mbit/s, {:.2} Mbit/s on the wire sent",
@@ -211,7 +211,7 @@ fn top_in_tmux_shows_the_channels_and_the_busy_ones_rate_and_q_quits_cleanly() -
         }
         sleep(Duration::from_millis(100));
     }
-    println!("after q:\n{after}");
+    println!("after q:\n{}", after.trim_end());
     assert!(
         after.contains("top-exit=0"),
         "top did not exit with status 0 after q:\n{after}"
