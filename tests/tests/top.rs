@@ -152,9 +152,9 @@ fn top_in_tmux_shows_the_channels_and_the_busy_ones_rate_and_q_quits_cleanly() -
     });
 
     // After `top`, the shell prints its exit status and the terminal's
-    // modes, then keeps the pane open so both can be read.
+    // modes and a marker, then keeps the pane open so all can be read.
     let command = format!(
-        "{} --socket {} top; echo top-exit=$?; stty -a; exec sleep 600",
+        "{} --socket {} top; echo top-exit=$?; stty -a; echo modes-end; exec sleep 600",
         agent_bin().display(),
         agent.socket.display()
     );
@@ -206,7 +206,8 @@ fn top_in_tmux_shows_the_channels_and_the_busy_ones_rate_and_q_quits_cleanly() -
     let mut after = String::new();
     while Instant::now() < deadline {
         after = tmux.capture()?;
-        if after.contains("top-exit=") {
+        // The shell is done writing once the marker after `stty` is out.
+        if after.contains("modes-end") {
             break;
         }
         sleep(Duration::from_millis(100));
