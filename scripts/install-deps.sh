@@ -7,13 +7,14 @@
 #   iproute2/iperf3/ethtool for the namespace tests and the demo,
 #   nginx-light and wrk for the connection-limit tests (web server and
 #   load generator in the namespaces), prometheus for `promtool check
-#   metrics` in the metrics test.
+#   metrics` in the metrics test, tmux for the `tc-agent top` test (a real
+#   terminal to run the view in).
 # - bpf-linker 0.13.0 built against LLVM 22, from crates.io.
 set -euo pipefail
 
 packages=(rustc-web rust-web-src llvm-22-dev libpolly-22-dev zlib1g-dev libzstd-dev
           iproute2 iperf3 ethtool iputils-ping qemu-system-x86 busybox-static cpio xz-utils
-          nginx-light wrk prometheus)
+          nginx-light wrk prometheus tmux)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -4,9 +4,9 @@
 //! - Kernels come from `apt-get download` + `dpkg -x`, cached under `target/vm/`.
 //! - The guest is a busybox-static initramfs holding the statically linked
 //!   test binaries and `tc-agent` (debug info stripped), iproute2 (`ip`,
-//!   `tc`, `ss`), iperf3, nginx, wrk and promtool with their shared
-//!   libraries, the few /etc files nginx needs, and the kernel modules the
-//!   tests need.
+//!   `tc`, `ss`), iperf3, nginx, wrk, promtool and tmux with their shared
+//!   libraries, the few /etc files nginx needs, tmux's terminfo entries,
+//!   and the kernel modules the tests need.
 //! - qemu runs under TCG: KVM hangs on this host kind (kvm_pvm).
 //! - Results come back as markers on the serial console; only a run that
 //!   printed its final `TCVM-DONE` marker, with every suite passing, counts.
@@ -57,7 +57,7 @@ const MODULES: [&str; 9] = [
 ];
 
 /// Kernel-dependent suites (integration test targets of `tc-tests`).
-const SUITES: [&str; 8] = [
+const SUITES: [&str; 9] = [
     "verdicts",
     "conntrack",
     "traffic",
@@ -66,6 +66,7 @@ const SUITES: [&str; 8] = [
     "qdisc",
     "connections",
     "metrics",
+    "top",
 ];
 /// Tests the guest leaves out, with the reason: each needs what the guest
 /// kernels have and this host lacks, the other way round.
@@ -79,8 +80,10 @@ const GUEST_TIMEOUT: Duration = Duration::from_secs(1500);
 /// shared libraries. coreutils' timeout, not busybox's: the applet would run
 /// its own `ip`. nginx and wrk are Debian's nginx-light and wrk, promtool
 /// (`promtool check metrics`, the metrics suite) comes with Debian's
-/// prometheus (scripts/install-deps.sh), `ss` comes with iproute2.
-const GUEST_PROGRAMS: [&str; 9] = [
+/// prometheus (scripts/install-deps.sh), `ss` comes with iproute2; tmux
+/// gives `tc-agent top` a terminal (its pty needs /dev/pts, which /init
+/// mounts).
+const GUEST_PROGRAMS: [&str; 10] = [
     "/usr/sbin/ip",
     "/usr/sbin/tc",
     "/usr/bin/ss",
@@ -90,6 +93,18 @@ const GUEST_PROGRAMS: [&str; 9] = [
     "/usr/sbin/nginx",
     "/usr/bin/wrk",
     "/usr/bin/promtool",
+    "/usr/bin/tmux",
+];
+/// Other host files the guest needs, copied to the same path: terminfo
+/// entries for the terminal types tmux names (`tmux-256color`, Debian's
+/// default-terminal, and `screen`, tmux's own default), and the console's;
+/// the C.UTF-8 locale's character classes, without which tmux refuses to
+/// start ("need UTF-8 locale (LC_CTYPE) but have ANSI_X3.4-1968").
+const GUEST_FILES: [&str; 4] = [
+    "/lib/terminfo/t/tmux-256color",
+    "/lib/terminfo/s/screen",
+    "/lib/terminfo/l/linux",
+    "/usr/lib/locale/C.utf8/LC_CTYPE",
 ];
 /// /etc files for the guest: nginx (as root, `user root root`) looks its
 /// user and group up, and glibc reads them through nsswitch's `files`.
@@ -105,6 +120,14 @@ const GUEST_ETC: [(&str, &str); 3] = [
     ),
 ];
 const TRIPLE: &str = "x86_64-unknown-linux-gnu";
+
+/// Cargo's target directory: `CARGO_TARGET_DIR` when set (cargo builds
+/// there, so the agent must be picked up there too), else `target/`.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}
 
 fn vm_dir() -> PathBuf {
     root().join("target/vm")
@@ -165,8 +188,19 @@ fn find_one(dir: &Path, pred: &dyn Fn(&Path) -> bool) -> Option<PathBuf> {
 }
 
 /// Builds the static test binaries and agent; returns (suite name, path) and the agent path.
+///
+/// Debug info is line tables only: backtraces keep their files and lines,
+/// and the binaries shrink from about 90 MB each (full DWARF) to a size
+/// the guest can hold. The initramfs is unpacked into the guest's 2 GiB of
+/// RAM; with eight suites and the agent at full debug info it came to
+/// 887 MB unpacked and the kernel failed with "Initramfs unpacking failed:
+/// write error".
 fn build_static() -> Result<(Vec<(String, PathBuf)>, PathBuf)> {
-    let flags = [("RUSTFLAGS", "-C target-feature=+crt-static")];
+    let flags = [
+        ("RUSTFLAGS", "-C target-feature=+crt-static"),
+        ("CARGO_PROFILE_DEV_DEBUG", "line-tables-only"),
+        ("CARGO_PROFILE_TEST_DEBUG", "line-tables-only"),
+    ];
     let out = cargo_output(
         &[
             "test",
@@ -195,10 +229,7 @@ fn build_static() -> Result<(Vec<(String, PathBuf)>, PathBuf)> {
         bail!("expected test binaries {SUITES:?}, cargo built {suites:?}");
     }
     cargo_output(&["build", "-p", "tc-agent", "--target", TRIPLE], &flags)?;
-    Ok((
-        suites,
-        root().join("target").join(TRIPLE).join("debug/tc-agent"),
-    ))
+    Ok((suites, target_dir().join(TRIPLE).join("debug/tc-agent")))
 }
 
 /// Copies `bin` into the image at the same path, with every shared library it needs.
@@ -231,6 +262,8 @@ export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
+mkdir -p /dev/pts
+mount -t devpts devpts /dev/pts
 mount -t tmpfs tmp /tmp
 mount -t tmpfs run /run
 mkdir -p /sys/fs/bpf /run/netns
@@ -275,7 +308,7 @@ fn initramfs(
     // No `ip` or `tc` applets: the real iproute2 must answer to those names.
     for applet in [
         "sh", "mount", "mkdir", "echo", "cat", "ls", "poweroff", "sleep", "insmod", "uname",
-        "taskset", "ping", "rm", "ln", "kill", "grep", "env", "sysctl",
+        "taskset", "ping", "rm", "ln", "kill", "grep", "env", "sysctl", "stty",
     ] {
         std::os::unix::fs::symlink("busybox", image.join("bin").join(applet))?;
     }
@@ -286,6 +319,9 @@ fn initramfs(
     for lib in &libs {
         // fs::copy follows symlinks: the file lands under the name the loader asks for.
         copy_into(lib, &image)?;
+    }
+    for file in GUEST_FILES {
+        copy_into(Path::new(file), &image)?;
     }
     let modroot = kdir.join("root/lib/modules");
     for m in MODULES {
@@ -456,9 +492,13 @@ pub fn vm_test(which: &str, only: Option<&str>) -> Result<()> {
         }
         None => (None, ""),
     };
+    // Only the suites that run go into the image: it is unpacked into RAM.
+    let suites: Vec<(String, PathBuf)> = suites
+        .into_iter()
+        .filter(|(name, _)| only_suite.is_none_or(|s| s == name))
+        .collect();
     let commands: Vec<String> = suites
         .iter()
-        .filter(|(name, _)| only_suite.is_none_or(|s| s == name))
         .map(|(name, _)| {
             format!("run {name} /tests/{name} --test-threads=1 --nocapture{skips} {filter}")
         })
@@ -504,7 +544,7 @@ pub fn vm_bench(methods: &[String]) -> Result<serde_json::Value> {
         &["build", "--release", "-p", "tc-agent", "--target", TRIPLE],
         &flags,
     )?;
-    let dir = root().join("target").join(TRIPLE).join("release");
+    let dir = target_dir().join(TRIPLE).join("release");
     let k = &KERNELS[1];
     let kdir = fetch_kernel(k)?;
     let programs = [("bench".to_string(), dir.join("bench"))];

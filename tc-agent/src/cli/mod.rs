@@ -6,6 +6,7 @@ mod history;
 mod map;
 mod run;
 mod status;
+mod top;
 mod top_talkers;
 mod uninstall;
 mod validate;
@@ -22,10 +23,11 @@ use crate::control::DEFAULT_SOCKET;
 /// channel to its bandwidth and packet-rate limits.
 ///
 /// Start the agent on a node with `tc-agent run`, then drive it with
-/// `apply`, `channels` and `status`. See who talks to whom with `map`,
-/// the heaviest single sources with `top-talkers`, and a channel or an
-/// interaction over the last 24 hours with `history`. `validate` checks a policy file offline.
-/// A stopped agent leaves the node enforced; `uninstall` removes the datapath.
+/// `apply`, `channels` and `status`; `top` is a live terminal view. See
+/// who talks to whom with `map`, the heaviest single sources with
+/// `top-talkers`, and a channel or an interaction over the last 24 hours
+/// with `history`. `validate` checks a policy file offline. A stopped agent
+/// leaves the node enforced; `uninstall` removes the datapath.
 #[derive(Debug, Parser)]
 #[command(name = "tc-agent", version, propagate_version = true)]
 pub struct Cli {
@@ -47,6 +49,7 @@ pub enum Command {
     Map(map::MapArgs),
     TopTalkers(top_talkers::TopTalkersArgs),
     History(history::HistoryArgs),
+    Top(top::TopArgs),
     Uninstall(uninstall::UninstallArgs),
 }
 
@@ -90,6 +93,7 @@ impl Cli {
             Command::Map(a) => map::execute(a, &self.socket),
             Command::TopTalkers(a) => top_talkers::execute(a, &self.socket),
             Command::History(a) => history::execute(a, &self.socket),
+            Command::Top(a) => top::execute(a, &self.socket),
             Command::Uninstall(a) => uninstall::execute(a),
         }
     }
