@@ -56,14 +56,16 @@ const MODULES: [&str; 9] = [
 ];
 
 /// Kernel-dependent suites (integration test targets of `tc-tests`).
-const SUITES: [&str; 7] = [
+const SUITES: [&str; 9] = [
     "verdicts",
     "conntrack",
+    "account",
     "traffic",
     "evasion",
     "restart",
     "qdisc",
     "connections",
+    "observe",
 ];
 /// Tests the guest leaves out, with the reason: each needs what the guest
 /// kernels have and this host lacks, the other way round.
