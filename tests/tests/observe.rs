@@ -562,9 +562,11 @@ fn flood_keeps_heavy_sources_on_top(xdp: bool) -> Result<()> {
                     "{s} holds {share:.3} of the traffic, sent 1/13 or 1/14"
                 );
             }
-            let total: f64 = list.iter().map(|(_, s)| s).sum();
+            // Most random sources are not tracked one by one (some are:
+            // admitted before the threshold rose, or by sketch collisions).
+            let other = list.iter().find(|(s, _)| s == "other").map(|(_, x)| *x);
             assert!(
-                list.iter().any(|(s, _)| s == "other") && total > 0.9,
+                other.is_some_and(|x| x > 0.3),
                 "the untracked sources count in the shares as `other`: {top}"
             );
             good += 1;
