@@ -93,6 +93,9 @@ pub struct Interactions {
     unnamed: HashSet<Name>,
     /// The kernel table's size, fill and admission threshold.
     table: InteractionTable,
+    /// Tracked clients' entries the last sample found new: admissions
+    /// since the one before.
+    admitted: usize,
 }
 
 /// One sample's interaction deltas by `FROM->TO` (endpoint sets or
@@ -113,6 +116,7 @@ impl Interactions {
                 size,
                 ..Default::default()
             },
+            admitted: 0,
         }
     }
 
@@ -147,8 +151,12 @@ impl Interactions {
         }
         let mut present = HashSet::with_capacity(entries.len());
         let mut pairs = PairDeltas::new();
+        self.admitted = 0;
         for (key, cum) in entries {
             present.insert(key);
+            if !is_untracked(&key.client) && !self.raw.contains_key(&key) {
+                self.admitted += 1;
+            }
             let r = self.raw.entry(key).or_default();
             let d = delta(&cum, &r.last);
             r.last = cum;
@@ -213,7 +221,10 @@ impl Interactions {
 
     /// Idle entries go; a table past three quarters loses its smallest
     /// entries down to half, and the admission threshold doubles while it
-    /// is past half full and halves below a quarter.
+    /// is past half full and still admitting quickly (more than 1/64 of
+    /// its size since the last sample), holds while the table is past half
+    /// full but no longer filling (a higher threshold would only shut out
+    /// heavy sources that start later), and halves below a quarter.
     fn housekeeping(&mut self) -> Housekeeping {
         let size = self.table.size.max(1) as usize;
         let mut remove: Vec<IxKey> = self
@@ -236,7 +247,7 @@ impl Interactions {
         }
         let fill = self.raw.len().saturating_sub(remove.len());
         let units = self.table.admit_threshold_bytes / tc_common::IX_SKETCH_UNIT as u32;
-        let admit_units = if self.raw.len() > size / 2 {
+        let admit_units = if self.raw.len() > size / 2 && self.admitted > size / 64 {
             (units * 2).clamp(MIN_ADMIT, MAX_ADMIT)
         } else if fill < size / 4 {
             if units / 2 < MIN_ADMIT {

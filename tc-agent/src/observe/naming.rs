@@ -40,6 +40,9 @@ pub struct Namer {
     v6: Vec<(u8, HashMap<u128, usize>)>,
     /// Set names in file order.
     sets: Vec<String>,
+    /// Each set's networks, in the same order (for `--to`/`--from` filters,
+    /// which take every address of a set, not only those it names).
+    nets: Vec<Vec<IpNet>>,
 }
 
 impl Namer {
@@ -73,6 +76,7 @@ impl Namer {
             v4,
             v6,
             sets: sets.iter().map(|(n, _)| n.clone()).collect(),
+            nets: sets.iter().map(|(_, nets)| nets.clone()).collect(),
         }
     }
 
@@ -112,6 +116,15 @@ impl Namer {
     /// Whether a set of this name exists.
     pub fn has_set(&self, name: &str) -> bool {
         self.sets.iter().any(|s| s == name)
+    }
+
+    /// Whether set `name` holds `addr` (whether or not a more specific set
+    /// names it).
+    pub fn in_set(&self, addr: IpAddr, name: &str) -> bool {
+        self.sets
+            .iter()
+            .zip(&self.nets)
+            .any(|(s, nets)| s == name && nets.iter().any(|n| n.contains(&addr)))
     }
 }
 
@@ -177,7 +190,7 @@ impl Filter {
     /// Whether `addr` is in the filter.
     pub fn matches(&self, addr: IpAddr, namer: &Namer) -> bool {
         match self {
-            Filter::Set(s) => namer.set_of(addr) == Some(s.as_str()),
+            Filter::Set(s) => namer.in_set(addr, s),
             Filter::Net(n) => n.contains(&addr),
         }
     }
@@ -244,6 +257,13 @@ mod tests {
         let f = Filter::parse("web", &n).unwrap();
         assert!(f.matches("198.18.1.1".parse().unwrap(), &n));
         assert!(!f.matches("198.18.2.1".parse().unwrap(), &n));
+        // A set holds its addresses that a more specific set names too.
+        let f = Filter::parse("clients", &n).unwrap();
+        assert!(f.matches("198.18.1.1".parse().unwrap(), &n));
+        assert!(f.matches("198.18.2.1".parse().unwrap(), &n));
+        assert!(!f.matches("198.19.0.1".parse().unwrap(), &n));
+        let f = Filter::parse("web2", &n).unwrap();
+        assert!(f.matches("198.18.1.1".parse().unwrap(), &n));
         let f = Filter::parse("198.18.2.0/24", &n).unwrap();
         assert!(f.matches("198.18.2.1".parse().unwrap(), &n));
         let f = Filter::parse("198.18.2.1", &n).unwrap();

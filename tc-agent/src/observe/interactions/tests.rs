@@ -170,6 +170,23 @@ fn a_filling_table_sheds_its_smallest_and_raises_the_admission_threshold() {
 }
 
 #[test]
+fn the_admission_threshold_holds_once_the_table_stops_filling() {
+    // 600 of 1024 entries, all busy: past half, but after the first read
+    // none is new. The threshold rises once and then holds: doubling on
+    // would soon shut out any heavy source that starts later.
+    let mut ix = Interactions::new(1024, 100);
+    ix.set_policy(&sets());
+    let clients: Vec<(String, u64)> = (0..600u32)
+        .map(|i| (Ipv4Addr::from(0xc613_0000 + i).to_string(), 100))
+        .collect();
+    let refs: Vec<(&str, u64)> = clients.iter().map(|(c, r)| (c.as_str(), *r)).collect();
+    let hk = run(&mut ix, &refs, 20);
+    let units: Vec<u32> = hk.iter().map(|h| h.admit_units).collect();
+    assert_eq!(units[0], MIN_ADMIT, "{units:?}");
+    assert!(units.iter().all(|u| *u == MIN_ADMIT), "{units:?}");
+}
+
+#[test]
 fn idle_entries_are_removed() {
     let mut ix = Interactions::new(1024, 100);
     ix.set_policy(&sets());
