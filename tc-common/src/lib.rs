@@ -62,6 +62,7 @@ pub const IX_IFACES: &str = "TC_IX_IFACES";
 pub const IX_SLOTS: &str = "TC_IX_SLOTS";
 pub const IX_FREE: &str = "TC_IX_FREE";
 pub const IX_ALLOC: &str = "TC_IX_ALLOC";
+pub const IX_GEN: &str = "TC_IX_GEN";
 pub const ACCOUNT: &str = "TC_ACCOUNT";
 pub const ACCOUNT_XDP_PROGS: &str = "TC_ACCOUNT_XDP";
 
@@ -73,10 +74,10 @@ pub const ACCOUNT_XDP_PROGS: &str = "TC_ACCOUNT_XDP";
 /// empties a program array once no process holds it, so while no agent
 /// runs the hooks judge packets without counting interactions, which no
 /// one reads then.
-pub const MAP_NAMES: [&str; 25] = [
+pub const MAP_NAMES: [&str; 26] = [
     CONFIG, GENS, SRC_V4, DST_V4, SRC_V6, DST_V6, L4, POLICIES, BUCKETS, COUNTERS, GLOBAL, FLOWS4,
     FLOWS6, PACE, FRAGS, CONNS, CONN_POOLS, CONN_GC, CONN_CONF, IX, IX_CONF, IX_IFACES, IX_SLOTS,
-    IX_FREE, IX_ALLOC,
+    IX_FREE, IX_ALLOC, IX_GEN,
 ];
 
 /// Slots of the [`ACCOUNT`] program array (tc) and the
@@ -178,14 +179,9 @@ pub struct IxConfig {
     /// at once (the table has room). Below it, its packets count in the
     /// interaction's all-zero-client entry.
     pub admit_units: u32,
-    /// Bumped by the agent whenever it frees slots: a flow-cache hint
-    /// ([`FlowValue::ix`]) taken under another epoch is not followed.
-    pub epoch: u32,
     /// Slots of [`IX_SLOTS`] and of the free ring [`IX_FREE`] (the table's
     /// size as created); 0 until the agent has filled the ring.
     pub slots: u32,
-    /// Explicit padding.
-    pub _pad: u32,
 }
 
 /// [`IX_ALLOC`] index of the next free-ring position to take (only the
@@ -206,10 +202,16 @@ pub struct FlowValue {
     /// set when the flow is the client's direction; [`IX_NONE`]: not known
     /// yet (the accounting program looks it up and fills it in).
     pub ix: u32,
-    /// [`IxConfig::epoch`] when `ix` was filled in.
-    pub ix_epoch: u32,
+    /// The slot's generation ([`IX_GEN`]) when `ix` was filled in: the
+    /// agent bumps it when it frees the slot, so a stale hint is not
+    /// followed into a recycled slot.
+    pub ix_gen: u32,
+    /// The interaction's server port: the flow key has no source port, so
+    /// a server's responses from two ports to one client port share an
+    /// entry; the hint is followed only for its own port.
+    pub ix_port: u16,
     /// Explicit padding.
-    pub _pad: u32,
+    pub _pad: u16,
 }
 
 /// [`FlowValue::ix`]: no hint.

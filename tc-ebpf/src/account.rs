@@ -32,7 +32,7 @@ use crate::{
     conn::{coarse_ns, fine_ns},
     maps::{
         HighServer, ParseScratch, SYN_SLOTS, TC_CONFIG, TC_FLOWS4, TC_FLOWS6, TC_GLOBAL, TC_IX,
-        TC_IX_ALLOC, TC_IX_CONF, TC_IX_FREE, TC_IX_HIGH, TC_IX_HIGH_ON, TC_IX_IFACES,
+        TC_IX_ALLOC, TC_IX_CONF, TC_IX_FREE, TC_IX_GEN, TC_IX_HIGH, TC_IX_HIGH_ON, TC_IX_IFACES,
         TC_IX_SKETCH, TC_IX_SLOTS, TC_IX_SYNS, TC_IX_UNTRACKED, TC_SCRATCH, UNTRACKED_HINTS,
         UntrackedHint,
     },
@@ -71,8 +71,9 @@ struct Delta {
 /// paths. `in_ifindex` is the interface a packet at egress came in through
 /// (0: generated on this node).
 ///
-/// A packet whose flow-cache entry names its interaction's slot (under the
-/// current epoch) counts there at once: no key, no hash lookup. Others
+/// A packet whose flow-cache entry names its interaction's slot (of the
+/// slot's current generation, for the packet's server port) counts there
+/// at once: no key, no hash lookup. Others
 /// (a flow's first packets, SYNs and SYN-ACKs, whose handshake time needs
 /// the key) find or create the interaction and leave the slot in the flow
 /// cache for the next.
@@ -83,13 +84,14 @@ pub fn account(dir: u8, in_ifindex: u32) {
     };
     // SAFETY: per-CPU scratch, only this program run (and the pipeline's,
     // which tail-called it on this CPU) uses it.
-    let (want, bytes, pkts, hint, hint_epoch) = unsafe {
+    let (want, bytes, pkts, hint, hint_gen, hint_port) = unsafe {
         (
             (*s).ix_want,
             (*s).ix_bytes,
             (*s).ix_pkts,
             (*s).ix_hint,
-            (*s).ix_hint_epoch,
+            (*s).ix_hint_gen,
+            (*s).ix_hint_port,
         )
     };
     if want == 0 {
@@ -103,7 +105,7 @@ pub fn account(dir: u8, in_ifindex: u32) {
     let Some(conf) = TC_IX_CONF.get(0) else {
         return;
     };
-    let (epoch, admit_units) = (conf.epoch, conf.admit_units);
+    let admit_units = conf.admit_units;
     // SAFETY: the parse results the pipeline wrote for this packet.
     let p: &Parsed = unsafe { &*(&raw const (*s).parsed) };
     let has_ports =
@@ -120,9 +122,13 @@ pub fn account(dir: u8, in_ifindex: u32) {
         fin: (flags & FIN != 0) as u64,
         rtt_ns: 0,
     };
-    if hint != IX_NONE && hint_epoch == epoch && flags & SYN == 0 {
-        count(hint & !IX_REQUEST, &d);
-        return;
+    if hint != IX_NONE && flags & SYN == 0 {
+        let slot = hint & !IX_REQUEST;
+        let port = if d.request { p.dport } else { p.sport };
+        if port as u32 == hint_port && generation(slot) == Some(hint_gen) {
+            count(slot, &d);
+            return;
+        }
     }
 
     let syn = flags & (SYN | ACK) == SYN;
@@ -174,16 +180,28 @@ pub fn account(dir: u8, in_ifindex: u32) {
     // Under admission (the table filling, a flood), the sketch weighs the
     // client first: one below the threshold counts as untracked without a
     // table lookup (an admitted client's flows find their slot in the
-    // flow cache).
-    if admit_units == 0 || sketch(&k, bytes) >= admit_units {
+    // flow cache). SYNs and SYN-ACKs, which always come this way, look
+    // their entry up first, so an admitted client's handshakes stay its own.
+    let lookup_first = admit_units == 0 || syn || synack;
+    if lookup_first {
         // SAFETY: a plain u32 map value, copied out at once.
         if let Some(&slot) = unsafe { TC_IX.get(&k) } {
             count(slot, &d);
-            remember(p, dir, slot | side, epoch);
+            remember(p, dir, slot | side, port);
             return;
         }
+    }
+    if admit_units == 0 || sketch(&k, bytes) >= admit_units {
+        if !lookup_first {
+            // SAFETY: as above.
+            if let Some(&slot) = unsafe { TC_IX.get(&k) } {
+                count(slot, &d);
+                remember(p, dir, slot | side, port);
+                return;
+            }
+        }
         if let Some(slot) = open(&k, &d, conf.slots) {
-            remember(p, dir, slot | side, epoch);
+            remember(p, dir, slot | side, port);
             return;
         }
     }
@@ -198,12 +216,15 @@ pub fn account(dir: u8, in_ifindex: u32) {
     // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
     let global = unsafe { &mut *global };
     global.ix_folded_pkts += pkts;
+    // One untracked entry per server and protocol, all ports together: a
+    // flood sprayed over ports cannot fill the table with them.
     k.client = [0; 16];
+    k.port = 0;
     let hint = untracked_hint(&k);
     if let Some(h) = hint {
         // SAFETY: this CPU's hint slot, only this run uses it.
         unsafe {
-            if (*h).epoch == epoch && same_key(&(*h).key, &k) {
+            if same_key(&(*h).key, &k) && generation((*h).slot) == Some((*h).gen) {
                 count((*h).slot, &d);
                 return;
             }
@@ -228,7 +249,7 @@ pub fn account(dir: u8, in_ifindex: u32) {
         unsafe {
             (*h).key = k;
             (*h).slot = slot;
-            (*h).epoch = epoch;
+            (*h).gen = generation(slot).unwrap_or(0);
         }
     }
 }
@@ -313,10 +334,21 @@ fn take_slot(slots: u32) -> Option<u32> {
     None
 }
 
-/// Leaves `ix` (a slot and its side) in the packet's flow-cache entry, if
-/// it has one, for the flow's next packets.
+/// A slot's generation (see `TC_IX_GEN`).
 #[inline(always)]
-fn remember(p: &Parsed, dir: u8, ix: u32, epoch: u32) {
+fn generation(slot: u32) -> Option<u32> {
+    // SAFETY: a plain u32 map value, copied out at once.
+    unsafe { TC_IX_GEN.get(slot) }.copied()
+}
+
+/// Leaves `ix` (a slot and its side), with the slot's generation and the
+/// interaction's server `port`, in the packet's flow-cache entry, if it
+/// has one, for the flow's next packets.
+#[inline(always)]
+fn remember(p: &Parsed, dir: u8, ix: u32, port: u16) {
+    let Some(gen) = generation(ix & !IX_REQUEST) else {
+        return;
+    };
     let Some(config) = TC_CONFIG.get(0) else {
         return;
     };
@@ -341,11 +373,13 @@ fn remember(p: &Parsed, dir: u8, ix: u32, epoch: u32) {
         }),
     };
     if let Some(v) = v {
-        // SAFETY: a value of the LRU map; racing writers write the same
-        // slot (an interaction has one), or a fresher epoch's.
+        // SAFETY: a value of the LRU map; racing writers write a hint that
+        // is valid for the packet that wrote it, and a wrong one is never
+        // followed (its port or generation does not match).
         unsafe {
             (*v).ix = ix;
-            (*v).ix_epoch = epoch;
+            (*v).ix_gen = gen;
+            (*v).ix_port = port;
         }
     }
 }
@@ -353,12 +387,13 @@ fn remember(p: &Parsed, dir: u8, ix: u32, epoch: u32) {
 /// The flow cache's hint for the accounting program (see
 /// `classify::classify_cached`).
 #[inline(always)]
-pub fn hint(ix: u32, epoch: u32) {
+pub fn hint(ix: u32, gen: u32, port: u16) {
     if let Some(s) = TC_SCRATCH.get_ptr_mut(0) {
         // SAFETY: per-CPU scratch, only this program run uses it.
         unsafe {
             write_volatile(&raw mut (*s).ix_hint, ix);
-            write_volatile(&raw mut (*s).ix_hint_epoch, epoch);
+            write_volatile(&raw mut (*s).ix_hint_gen, gen);
+            write_volatile(&raw mut (*s).ix_hint_port, port as u32);
         }
     }
 }
@@ -401,14 +436,6 @@ unsafe fn bump(c: *mut IxCounters, d: &Delta) {
     }
 }
 
-/// A new entry's counters: the packet's delta alone.
-#[inline(always)]
-fn fresh(d: &Delta) -> IxCounters {
-    let mut c = IxCounters::default();
-    // SAFETY: `c` is a valid, exclusive value.
-    unsafe { bump(&mut c, d) };
-    c
-}
 
 /// An address as the two words of its IPv4-mapped (IPv4) or plain
 /// (IPv6) form, in memory order: built with word stores, not byte by byte.
@@ -510,7 +537,9 @@ fn sketch(k: &IxKey, bytes: u64) -> u32 {
     let Some(sk) = TC_IX_SKETCH.get_ptr_mut(0) else {
         return u32::MAX;
     };
-    let h = hash_key(k);
+    // Per destination over sources: the client and server addresses, not
+    // the port, so a source spraying ports adds up.
+    let h = hash_words(k, 4);
     let step = (h >> 32) | 1;
     let window = ((coarse_ns() >> IX_WINDOW_SHIFT) & 0xff) as u32;
     let units = (bytes.div_ceil(IX_SKETCH_UNIT)).min(0xff_ffff) as u32;
@@ -535,10 +564,16 @@ fn sketch(k: &IxKey, bytes: u64) -> u32 {
 /// A 64-bit hash of the key's five words.
 #[inline(always)]
 fn hash_key(k: &IxKey) -> u64 {
+    hash_words(k, 5)
+}
+
+/// A 64-bit hash of the key's first `n` words (at most five).
+#[inline(always)]
+fn hash_words(k: &IxKey, n: usize) -> u64 {
     let w = k as *const IxKey as *const u64;
     let mut h: u64 = 0x243f_6a88_85a3_08d3;
     let mut i = 0;
-    while i < 5 {
+    while i < 5 && i < n {
         // SAFETY: IxKey is 40 bytes, aligned to 8: five u64 words.
         let x = unsafe { w.add(i).read() };
         h = (h ^ x).wrapping_mul(0x9e37_79b9_7f4a_7c15);

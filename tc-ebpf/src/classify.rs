@@ -88,7 +88,7 @@ pub fn classify_cached(generation: u8, words: u32, dir: u8, p: &Parsed) -> Optio
     };
     if let Some(&v) = cached {
         // The interaction slot it names, for the accounting program.
-        hint(v.ix, v.ix_epoch);
+        hint(v.ix, v.ix_gen, v.ix_port);
         let channel = v.channel;
         return if channel == NO_CHANNEL {
             None
@@ -100,7 +100,8 @@ pub fn classify_cached(generation: u8, words: u32, dir: u8, p: &Parsed) -> Optio
     let value = FlowValue {
         channel: channel.unwrap_or(NO_CHANNEL),
         ix: IX_NONE,
-        ix_epoch: 0,
+        ix_gen: 0,
+        ix_port: 0,
         _pad: 0,
     };
     // A full cache evicts its least recently used flow; failing to insert only costs speed.

@@ -110,7 +110,7 @@ fn xdp_judge(ctx: &XdpContext) -> u32 {
 #[classifier]
 pub fn tc_account_ingress(_ctx: TcContext) -> i32 {
     account(DIR_INGRESS, 0);
-    parked() as i32
+    parked(TC_ACT_UNSPEC as u64) as i32
 }
 
 /// The accounting program of tc egress (a forwarded packet was counted at
@@ -119,14 +119,14 @@ pub fn tc_account_ingress(_ctx: TcContext) -> i32 {
 pub fn tc_account_egress(ctx: TcContext) -> i32 {
     // SAFETY: the context pointer is valid for the whole program run.
     account(DIR_EGRESS, unsafe { (*ctx.skb.skb).ingress_ifindex });
-    parked() as i32
+    parked(TC_ACT_UNSPEC as u64) as i32
 }
 
 /// The accounting program of XDP.
 #[xdp]
 pub fn xdp_account(_ctx: XdpContext) -> u32 {
     account(DIR_INGRESS, 0);
-    parked() as u32
+    parked(xdp_action::XDP_PASS as u64) as u32
 }
 
 /// Parks the hook's return code and tail-calls its accounting program
@@ -145,13 +145,14 @@ fn then_account<C: EbpfContext>(ctx: &C, progs: &ProgramArray, slot: u32, ret: u
     ret
 }
 
-/// The return code [`then_account`] parked.
+/// The return code [`then_account`] parked (`pass` if the scratch value
+/// cannot be had, which cannot happen: the hook parked it there).
 #[inline(always)]
-fn parked() -> u64 {
+fn parked(pass: u64) -> u64 {
     match TC_SCRATCH.get_ptr_mut(0) {
         // SAFETY: per-CPU scratch, written by the hook that tail-called us.
         Some(s) => unsafe { read_volatile(&raw const (*s).ret) },
-        None => 0,
+        None => pass,
     }
 }
 

@@ -115,6 +115,10 @@ pub static TC_IX_FREE: Array<u32> = Array::with_max_entries(DEFAULT_MAX_INTERACT
 /// The free ring's head (taken by the datapath) and tail (given by the agent).
 #[map]
 pub static TC_IX_ALLOC: Array<u64> = Array::with_max_entries(2, 0);
+/// Per slot, its generation: the agent bumps it when it frees the slot,
+/// which turns every hint to it (flow cache, untracked hints) stale.
+#[map]
+pub static TC_IX_GEN: Array<u32> = Array::with_max_entries(DEFAULT_MAX_INTERACTIONS, 0);
 /// The admission threshold for new clients, index 0; the agent writes it.
 #[map]
 pub static TC_IX_CONF: Array<IxConfig> = Array::with_max_entries(1, 0);
@@ -155,8 +159,8 @@ pub struct UntrackedHint {
     pub key: IxKey,
     /// Its slot in `TC_IX_SLOTS`.
     pub slot: u32,
-    /// The epoch the slot was found under (see `tc_common::IxConfig`).
-    pub epoch: u32,
+    /// The slot's generation when it was found (see `TC_IX_GEN`).
+    pub gen: u32,
 }
 
 /// Slots of the per-CPU untracked-clients hints (a power of two).
@@ -236,9 +240,11 @@ pub struct ParseScratch {
     pub ix_bytes: u64,
     pub ix_pkts: u64,
     /// The flow cache's hint to the packet's interaction slot
-    /// (`tc_common::FlowValue::ix`), and the epoch it was taken under.
+    /// (`tc_common::FlowValue::ix`), the slot's generation then, and the
+    /// interaction's server port.
     pub ix_hint: u32,
-    pub ix_hint_epoch: u32,
+    pub ix_hint_gen: u32,
+    pub ix_hint_port: u32,
     /// Non-zero when the pipeline parsed the packet: the accounting
     /// program it tail-calls counts it.
     pub ix_want: u64,

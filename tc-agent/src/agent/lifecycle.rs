@@ -136,7 +136,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         let started = snapshot.started();
         let source: metrics::MetricsSource = Arc::new(move || metrics::MetricsView {
             channels: snapshot.channels(),
-            interactions: Arc::from(observer.lock().interactions.totals()),
+            interactions: Arc::from(observer.lock().interactions.totals_by_set()),
             uptime: started.elapsed(),
         });
         let exporter = Arc::new(metrics::Exporter::new(source));
@@ -373,6 +373,7 @@ impl Agent {
             conn_table_size: dp_table_size,
             observer,
             ix_stray: Vec::new(),
+            minute_jobs_at: 0,
             config,
         };
         if !agent.policy.channels.is_empty() {

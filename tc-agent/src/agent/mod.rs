@@ -147,6 +147,9 @@ struct Agent {
     /// Interaction slots found neither in use nor free at the last look
     /// (see `observe`): reclaimed when the next look agrees.
     ix_stray: Vec<u32>,
+    /// When the once-a-minute jobs (forgetting idle history, reclaiming
+    /// stray slots) last ran, unix seconds.
+    minute_jobs_at: u64,
 }
 
 impl Agent {

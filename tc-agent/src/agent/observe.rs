@@ -11,6 +11,10 @@ use crate::{
     observe::{interaction_point, naming::Filter, Observer, CHANNEL_METRICS, INTERACTION_METRICS},
 };
 
+/// History series kept at most: every channel (1,024 at most) and the
+/// busiest pairs of names first seen; a later pair past it has none.
+const MAX_HISTORY_SERIES: usize = 4096;
+
 /// Seconds since the epoch, for history points.
 pub(super) fn unix_now() -> u64 {
     SystemTime::now()
@@ -34,8 +38,12 @@ impl Agent {
             let dt = obs.interactions.last_dt();
             if dt > 0.0 {
                 for (pair, d) in &pairs {
-                    obs.history
-                        .record(pair, INTERACTION_METRICS, t, &interaction_point(d, dt));
+                    // Bounded: a pair past the cap gets no history (it still
+                    // shows in `map` and `/metrics`).
+                    if obs.history.len() < MAX_HISTORY_SERIES || obs.history.has(pair) {
+                        obs.history
+                            .record(pair, INTERACTION_METRICS, t, &interaction_point(d, dt));
+                    }
                 }
             }
             let n = self.history.len();
@@ -55,7 +63,7 @@ impl Agent {
                     }
                 }
             }
-            if t.is_multiple_of(60) {
+            if t >= self.minute_jobs_at + 60 {
                 obs.history.forget_idle(t);
             }
             hk
@@ -68,7 +76,8 @@ impl Agent {
         // Slots a CPU took and could not enter (it lost a race to another
         // CPU entering the same interaction): back to the ring once two
         // looks a minute apart agree, so none in flight is taken.
-        if t.is_multiple_of(60) {
+        if t >= self.minute_jobs_at + 60 {
+            self.minute_jobs_at = t;
             let stray = self.dp.stray_slots()?;
             let confirmed: Vec<u32> = stray
                 .iter()

@@ -9,8 +9,8 @@ use aya::{
 };
 use tc_common::{
     IxConfig, IxCounters, IxKey, ACCOUNT, ACCOUNT_TC_EGRESS, ACCOUNT_TC_INGRESS, ACCOUNT_XDP,
-    ACCOUNT_XDP_PROGS, IX, IX_ALLOC, IX_ALLOC_HEAD, IX_ALLOC_TAIL, IX_CONF, IX_FREE, IX_IFACES,
-    IX_SLOTS,
+    ACCOUNT_XDP_PROGS, IX, IX_ALLOC, IX_ALLOC_HEAD, IX_ALLOC_TAIL, IX_CONF, IX_FREE, IX_GEN,
+    IX_IFACES, IX_SLOTS,
 };
 
 use super::{map_err, Datapath, DatapathError, TC_ACCOUNT_EGRESS, TC_ACCOUNT_INGRESS, XDP_ACCOUNT};
@@ -162,8 +162,8 @@ impl Datapath {
 
     /// Removes interactions (idle, or the smallest while the table is
     /// under pressure) and returns each one's final counters; their slots
-    /// go back to the free ring, zeroed. The epoch moves first, so no
-    /// flow-cache hint leads to a slot being recycled.
+    /// go back to the free ring, zeroed. Their generations move first, so
+    /// no flow-cache hint leads to a slot being recycled.
     pub fn remove_interactions(
         &mut self,
         keys: &[IxKey],
@@ -182,11 +182,19 @@ impl Datapath {
         if freed.is_empty() {
             return Ok(Vec::new());
         }
-        let mut conf = self.ix_config()?;
-        conf.epoch = conf.epoch.wrapping_add(1);
-        self.set_ix_config(conf)?;
-        // Programs that read the old epoch or found a removed entry run for
-        // microseconds; after this, nothing writes to the freed slots.
+        // Each freed slot's generation moves first, so no hint leads to it
+        // once it is recycled.
+        {
+            let mut gens: Array<&mut MapData, u32> = self.map(IX_GEN)?;
+            for (_, slot) in &freed {
+                let g = gens.get(slot, 0).map_err(map_err(IX_GEN))?;
+                gens.set(*slot, g.wrapping_add(1), 0)
+                    .map_err(map_err(IX_GEN))?;
+            }
+        }
+        // Programs that read an old generation or found a removed entry
+        // run for microseconds; after this, nothing writes to the freed
+        // slots.
         std::thread::sleep(std::time::Duration::from_millis(2));
         let mut out = Vec::with_capacity(freed.len());
         for (k, slot) in &freed {
@@ -213,10 +221,22 @@ impl Datapath {
                 counters.set(*slot, zero, 0).map_err(map_err(IX_SLOTS))?;
             }
         }
-        let tail = {
+        let (head, tail) = {
             let alloc: Array<&mut MapData, u64> = self.map(IX_ALLOC)?;
-            alloc.get(&IX_ALLOC_TAIL, 0).map_err(map_err(IX_ALLOC))?
+            (
+                alloc.get(&IX_ALLOC_HEAD, 0).map_err(map_err(IX_ALLOC))?,
+                alloc.get(&IX_ALLOC_TAIL, 0).map_err(map_err(IX_ALLOC))?,
+            )
         };
+        // The ring holds every slot at most once: more would overwrite free
+        // slots not yet taken (a slot freed twice would be owned twice).
+        if tail.saturating_sub(head) + slots.len() as u64 > n as u64 {
+            return Err(DatapathError::Setup(format!(
+                "interaction free ring: {} slots to free with {} already free of {n}; refusing to overwrite",
+                slots.len(),
+                tail.saturating_sub(head)
+            )));
+        }
         {
             let mut free: Array<&mut MapData, u32> = self.map(IX_FREE)?;
             for (i, slot) in slots.iter().enumerate() {

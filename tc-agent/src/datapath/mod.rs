@@ -111,7 +111,12 @@ impl Datapath {
     pub fn load_sized(pin_dir: Option<&Path>, sizes: TableSizes) -> Result<Self, DatapathError> {
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(tc_common::CONNS, sizes.conns);
-        for name in [tc_common::IX, tc_common::IX_SLOTS, tc_common::IX_FREE] {
+        for name in [
+            tc_common::IX,
+            tc_common::IX_SLOTS,
+            tc_common::IX_FREE,
+            tc_common::IX_GEN,
+        ] {
             loader.map_max_entries(name, sizes.interactions);
         }
         if let Some(dir) = pin_dir {

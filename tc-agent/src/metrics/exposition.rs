@@ -378,7 +378,7 @@ fn encode_node(enc: &mut DescriptorEncoder, r: &ChannelsReport) -> fmt::Result {
         enc,
         &desc(
             "tc_node_packets",
-            "Packets the datapath saw on this node, by kind: seen (all) and subsets of it: unclassified (IP, no channel), non_ip, malformed, fragment (non-first fragments), fragment_orphan, no_ports, fail_open (a map lookup failed: passed), contended, conn_untracked, conn_after_close (dropped). Kinds overlap: do not sum them.",
+            "Packets the datapath saw on this node, by kind: seen (all) and subsets of it: unclassified (IP, no channel), non_ip, malformed, fragment (non-first fragments), fragment_orphan, no_ports, fail_open (a map lookup failed: passed), contended, conn_untracked, conn_after_close (dropped), ix_folded (counted in an interaction's untracked-clients entry), ix_lost (no interaction entry could count them: the table full). Kinds overlap: do not sum them.",
             None,
         ),
         [
@@ -393,6 +393,8 @@ fn encode_node(enc: &mut DescriptorEncoder, r: &ChannelsReport) -> fmt::Result {
             ("contended", n.contended_pkts),
             ("conn_untracked", n.conn_untracked_pkts),
             ("conn_after_close", n.conn_after_close_pkts),
+            ("ix_folded", n.ix_folded_pkts),
+            ("ix_lost", n.ix_lost_pkts),
         ]
         .map(|(k, v)| (kind(k), v))
         .into(),

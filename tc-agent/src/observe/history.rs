@@ -245,6 +245,11 @@ impl History {
         }
     }
 
+    /// Whether series `key` is tracked.
+    pub fn has(&self, key: &str) -> bool {
+        self.series.contains_key(key)
+    }
+
     /// Series tracked.
     pub fn len(&self) -> usize {
         self.series.len()

@@ -35,6 +35,10 @@ pub const DEFAULT_MAX_UNNAMED: usize = 1000;
 /// The aggregates keep this many times more unnamed addresses apart than
 /// `map` shows, so that `map` can choose the busiest; memory stays bounded.
 const KEPT_PER_SHOWN: usize = 4;
+/// Interactions between names kept at most. Past it, a new one counts
+/// with its unnamed sides as `other` and its port as 0 (all ports), so a
+/// scan over every port of every address cannot grow the agent.
+pub const MAX_AGGREGATES: usize = 16_384;
 
 /// What one kernel entry's last samples said.
 #[derive(Debug, Default)]
@@ -96,6 +100,10 @@ pub struct Interactions {
     /// Tracked clients' entries the last sample found new: admissions
     /// since the one before.
     admitted: usize,
+    /// Whether the first read is done: the entries it finds (a pinned
+    /// table after a restart) count from there, not from their creation,
+    /// so a restart shows no spike.
+    primed: bool,
 }
 
 /// One sample's interaction deltas by `FROM->TO` (endpoint sets or
@@ -117,6 +125,7 @@ impl Interactions {
                 ..Default::default()
             },
             admitted: 0,
+            primed: false,
         }
     }
 
@@ -158,6 +167,9 @@ impl Interactions {
                 self.admitted += 1;
             }
             let r = self.raw.entry(key).or_default();
+            if !self.primed {
+                r.last = cum;
+            }
             let d = delta(&cum, &r.last);
             r.last = cum;
             r.idle = if d == IxCounters::default() {
@@ -190,10 +202,12 @@ impl Interactions {
                 &mut self.unnamed,
                 self.max_unnamed * KEPT_PER_SHOWN,
             );
-            let a = self.aggs.entry(agg.clone()).or_default();
+            let agg = capped(agg, &self.aggs);
+            let a = self.aggs.entry(agg).or_default();
             a.now.add(&d);
             a.totals.add(&d);
         }
+        self.primed = true;
         // Entries gone from the kernel (removed, or a new table).
         self.raw.retain(|k, _| present.contains(k));
         for (k, a) in self.aggs.iter_mut() {
@@ -249,7 +263,7 @@ impl Interactions {
         let units = self.table.admit_threshold_bytes / tc_common::IX_SKETCH_UNIT as u32;
         let admit_units = if self.raw.len() > size / 2 && self.admitted > size / 64 {
             (units * 2).clamp(MIN_ADMIT, MAX_ADMIT)
-        } else if fill < size / 4 {
+        } else if fill < size / 2 {
             if units / 2 < MIN_ADMIT {
                 0
             } else {
@@ -293,7 +307,7 @@ impl Interactions {
                 for d in a.recent.iter().rev().take(n) {
                     sum.add(d);
                 }
-                if w <= 0.0 || sum == IxCounters::default() && open(&a.totals) == 0 {
+                if w <= 0.0 || sum == IxCounters::default() {
                     return None;
                 }
                 Some(InteractionRow {
@@ -408,6 +422,39 @@ impl Interactions {
         }
     }
 
+    /// [`totals`](Self::totals) with every unnamed address as `other`:
+    /// what `/metrics` exports, whose series must stay few whatever the
+    /// traffic (endpoint sets only).
+    pub fn totals_by_set(&self) -> Vec<InteractionTotals> {
+        let mut merged: HashMap<(String, String, String, u16), InteractionTotals> = HashMap::new();
+        for mut t in self.totals() {
+            for n in [&mut t.from, &mut t.to] {
+                if !self.namer.has_set(n) {
+                    *n = OTHER.to_string();
+                }
+            }
+            let k = (t.from.clone(), t.to.clone(), t.protocol.clone(), t.port);
+            match merged.get_mut(&k) {
+                None => {
+                    merged.insert(k, t);
+                }
+                Some(m) => {
+                    m.request_pkts += t.request_pkts;
+                    m.request_bytes += t.request_bytes;
+                    m.response_pkts += t.response_pkts;
+                    m.response_bytes += t.response_bytes;
+                    m.syns += t.syns;
+                    m.synacks += t.synacks;
+                    m.resets += t.resets;
+                    m.fins += t.fins;
+                }
+            }
+        }
+        let mut v: Vec<InteractionTotals> = merged.into_values().collect();
+        v.sort_by(|a, b| (&a.from, &a.to, a.port).cmp(&(&b.from, &b.to, b.port)));
+        v
+    }
+
     /// Totals per interaction between names since the agent started.
     pub fn totals(&self) -> Vec<InteractionTotals> {
         let mut v: Vec<InteractionTotals> = self
@@ -445,6 +492,7 @@ impl Interactions {
             }
             if let Some(agg) = r.agg {
                 let agg = bound(agg, &mut self.unnamed, self.max_unnamed * KEPT_PER_SHOWN);
+                let agg = capped(agg, &self.aggs);
                 let a = self.aggs.entry(agg).or_default();
                 a.totals.add(&d);
                 match a.recent.back_mut() {
@@ -525,6 +573,21 @@ fn bound(mut key: AggKey, kept: &mut HashSet<Name>, cap: usize) -> AggKey {
             }
         }
     }
+    key
+}
+
+/// `key` itself while the aggregates have room (or already hold it), else
+/// with its unnamed sides as `other` and its port as 0.
+fn capped(mut key: AggKey, aggs: &HashMap<AggKey, AggState>) -> AggKey {
+    if aggs.len() < MAX_AGGREGATES || aggs.contains_key(&key) {
+        return key;
+    }
+    for n in [&mut key.from, &mut key.to] {
+        if matches!(n, Name::Unnamed(_)) {
+            *n = Name::Unnamed(OTHER.into());
+        }
+    }
+    key.port = 0;
     key
 }
 
