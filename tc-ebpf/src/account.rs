@@ -97,6 +97,10 @@ pub fn account(dir: u8, in_ifindex: u32) {
     if want == 0 {
         return;
     }
+    // Once only: should a hook ever tail-call here without staging its
+    // packet, the previous packet is not counted again.
+    // SAFETY: as above.
+    unsafe { (*s).ix_want = 0 };
     // SAFETY: a plain u32 map value, read at once.
     if dir == DIR_EGRESS && in_ifindex != 0 && unsafe { TC_IX_IFACES.get(&in_ifindex) }.is_some()
     {

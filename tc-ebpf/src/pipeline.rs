@@ -37,12 +37,6 @@ pub fn handle(
     flow_hash: impl Fn() -> u32,
     reset: impl FnOnce(&Parsed) -> u32,
 ) -> Verdict {
-    let Some(scratch) = TC_SCRATCH.get_ptr_mut(0) else {
-        return Verdict::PASS;
-    };
-    // Nothing to account until the packet is parsed: the accounting
-    // program never sees the previous packet's leftovers.
-    stage(scratch, false, 0, 0);
     let Some(global) = TC_GLOBAL.get_ptr_mut(0) else {
         return Verdict::PASS;
     };
@@ -50,6 +44,12 @@ pub fn handle(
     let global = unsafe { &mut *global };
     global.seen_pkts += frame.segs;
     global.seen_bytes += frame.len;
+
+    let Some(scratch) = TC_SCRATCH.get_ptr_mut(0) else {
+        global.fail_open_pkts += 1;
+        return Verdict::PASS;
+    };
+    stage(scratch, false, 0, 0);
     match parse_into(frame.start, frame.end, ld, scratch) {
         PARSED => {}
         NON_IP => {

@@ -94,6 +94,9 @@ fn per_packet() -> Result<Vec<serde_json::Value>> {
         let compiled = compile(&policy)?;
         let mut dp = Datapath::load(None, tc_common::DEFAULT_MAX_CONNS)?;
         dp.apply(&compiled, &vec![None; channels])?;
+        // Classification and enforcement alone: what interaction accounting
+        // adds is its own table (`interactions`).
+        dp.set_accounting(false)?;
         let last = channels.saturating_sub(1) * per.max(1) + per.saturating_sub(1);
         let v4_src = format!(
             "198.{}.{}.{}",
@@ -546,6 +549,15 @@ fn main() -> Result<()> {
         let doc =
             serde_json::json!({"connections_per_packet": per_packet, "nginx_connections": nginx});
         std::fs::write(&out, serde_json::to_vec_pretty(&doc)?)?;
+        println!("\nwritten to {}", out.display());
+        return Ok(());
+    }
+    // `bench classify`: only the per-packet classification table.
+    if std::env::args().nth(1).as_deref() == Some("classify") {
+        let rows = per_packet()?;
+        let out =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-classify.json");
+        std::fs::write(&out, serde_json::to_vec_pretty(&rows)?)?;
         println!("\nwritten to {}", out.display());
         return Ok(());
     }
