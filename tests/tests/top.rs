@@ -192,11 +192,13 @@ fn top_in_tmux_shows_the_channels_and_the_busy_ones_rate_and_q_quits_cleanly() -
         .with_context(|| format!("no idle-tcp row in the pane:\n{pane}"))?;
     assert_eq!(idle.get(3), Some(&"0.0bit"), "{idle:?}");
     assert!(pane.contains("policy v1"), "{pane}");
-    // The interactions pane: the map's table, or the agent's one-line
-    // reason for not serving it (the map is being built elsewhere).
+    // The interactions pane: the map's table with the busy interaction.
     assert!(
-        pane.contains("FROM -> TO") || pane.lines().any(|l| l.contains("map: ")),
-        "no interactions pane content:\n{pane}"
+        pane.contains("FROM -> TO")
+            && pane
+                .lines()
+                .any(|l| l.contains("198.18.0.1 -> 198.18.0.2") && l.contains("udp/9000")),
+        "no busy interaction in the pane's map:\n{pane}"
     );
     // The events pane with the node counters.
     assert!(pane.contains("seen "), "{pane}");

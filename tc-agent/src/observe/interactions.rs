@@ -238,7 +238,7 @@ impl Interactions {
     /// is past half full and still admitting quickly (more than 1/64 of
     /// its size since the last sample), holds while the table is past half
     /// full but no longer filling (a higher threshold would only shut out
-    /// heavy sources that start later), and halves below a quarter.
+    /// heavy sources that start later), and halves below half full.
     fn housekeeping(&mut self) -> Housekeeping {
         let size = self.table.size.max(1) as usize;
         let mut remove: Vec<IxKey> = self

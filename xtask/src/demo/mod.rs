@@ -318,6 +318,8 @@ pub fn run(agent: &Path) -> Result<()> {
             "The freemium client 198.18.3.2 sends {:.0}% of the traffic to the service: push back on it.\n",
             100.0 * t["share"].as_f64().unwrap_or(0.0)
         );
+    } else {
+        println!("The freemium client 198.18.3.2 is not among the top talkers yet (its streams had not started?).\n");
     }
     let before = watching.join().expect("watch round")?;
     println!(
