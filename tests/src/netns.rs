@@ -406,7 +406,9 @@ impl Agent {
             .spawn()
             .with_context(|| format!("starting {}", agent_bin().display()))?;
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
+        // Under emulation loading alone (the verifier over every program,
+        // filling the interaction table's free ring) takes most of 20 s.
+        let deadline = Instant::now() + Duration::from_secs(if in_vm() { 60 } else { 20 });
         while Instant::now() < deadline {
             if self.cli(&["status"]).is_ok() {
                 return Ok(());
