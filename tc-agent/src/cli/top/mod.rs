@@ -92,6 +92,22 @@ pub fn execute(args: TopArgs, socket: &Path) -> Result<()> {
         signal_hook::flag::register(sig, Arc::clone(&stop))
             .with_context(|| format!("handling signal {sig}"))?;
     }
+    // A terminal that went away (its tmux or ssh session killed) leaves
+    // crossterm's reader spinning on end-of-file inside `event::poll`, where
+    // the loop never sees the flag: a second after a signal, whatever the
+    // loop is doing, the process ends (the terminal is gone or restored).
+    {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            std::thread::sleep(Duration::from_secs(1));
+            let _ = disable_raw_mode();
+            let _ = execute!(stdout(), LeaveAlternateScreen, Show);
+            std::process::exit(1);
+        });
+    }
     let rounds = poll::spawn(
         socket.to_path_buf(),
         Duration::from_millis(args.interval_ms),
