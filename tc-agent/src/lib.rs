@@ -2,6 +2,7 @@
 //!
 //! - [`policy`]: the policy file, its validation and its compilation into tables;
 //! - [`datapath`]: the eBPF programs and maps: load, pin, attach, apply, read;
+//! - [`detect`]: spikes, upstream collapse and floods found in what was observed, and the policy that answers each;
 //! - [`agent`]: the daemon: owns the datapath, serves the control socket, keeps history;
 //! - [`control`]: the control-socket protocol and its client;
 //! - [`metrics`]: the Prometheus exposition and its HTTP server (`run --metrics-addr`);
@@ -11,6 +12,7 @@ pub mod agent;
 pub mod cli;
 pub mod control;
 pub mod datapath;
+pub mod detect;
 pub mod metrics;
 pub mod observe;
 pub mod policy;

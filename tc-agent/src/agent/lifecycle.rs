@@ -353,6 +353,7 @@ impl Agent {
         let observer = Arc::new(Mutex::new(crate::observe::Observer {
             interactions,
             history: crate::observe::history::History::new(),
+            detector: crate::detect::Detector::default(),
         }));
         let agent = Agent {
             dp,

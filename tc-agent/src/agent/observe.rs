@@ -8,6 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use super::*;
 use crate::{
     control::{HistoryReport, MapReport, TopTalkersReport},
+    detect::{Change, ChannelSample, Sample},
     observe::{interaction_point, naming::Filter, Observer, CHANNEL_METRICS, INTERACTION_METRICS},
 };
 
@@ -46,6 +47,7 @@ impl Agent {
                     }
                 }
             }
+            let mut channels = Vec::new();
             let n = self.history.len();
             if n >= 2 {
                 let (a, b) = (&self.history[n - 2], &self.history[n - 1]);
@@ -60,7 +62,27 @@ impl Agent {
                             r(x.dropped_pkts, y.dropped_pkts),
                         ];
                         obs.history.record(&c.name, CHANNEL_METRICS, t, &point);
+                        channels.push(ChannelSample {
+                            name: c.name.clone(),
+                            passed_bps: point[0],
+                            passed_pps: point[1],
+                            dropped_bps: point[2],
+                            dropped_pps: point[3],
+                        });
                     }
+                }
+            }
+            if dt > 0.0 {
+                let (pairs, sources) = obs.interactions.detect_view();
+                let sample = Sample {
+                    t,
+                    dt,
+                    pairs,
+                    sources,
+                    channels,
+                };
+                for change in obs.detector.observe(&sample) {
+                    log_change(&change);
                 }
             }
             if t >= self.minute_jobs_at + 60 {
@@ -99,6 +121,27 @@ impl Agent {
     /// The observer, for the server.
     pub(super) fn observer(&self) -> Arc<Mutex<Observer>> {
         self.observer.clone()
+    }
+}
+
+/// An event in the agent's log: a warning when it starts (someone should
+/// look), a note when it ends.
+fn log_change(change: &Change) {
+    match change {
+        Change::Started(e) => warn!(
+            id = %e.id,
+            kind = e.kind.as_str(),
+            from = ?e.from,
+            to = ?e.to,
+            "event started: {}",
+            e.summary
+        ),
+        Change::Ended(e) => info!(
+            id = %e.id,
+            kind = e.kind.as_str(),
+            lasted_s = e.ended.unwrap_or(e.started).saturating_sub(e.started),
+            "event ended"
+        ),
     }
 }
 

@@ -20,7 +20,10 @@ use super::{
     naming::{addr_of, is_untracked, Filter, Name, Namer, OTHER},
     InteractionTotals,
 };
-use crate::control::{InteractionRow, InteractionTable, MapReport, Talker, TopTalkersReport};
+use crate::{
+    control::{InteractionRow, InteractionTable, MapReport, Talker, TopTalkersReport},
+    detect::{PairSample, SourceSample},
+};
 
 /// Samples a window spans: `map` and `top-talkers` average over the last
 /// five (five seconds at the default sampling period).
@@ -276,6 +279,51 @@ impl Interactions {
             remove,
             admit_units,
         }
+    }
+
+    /// The last sample as the detectors take it: every interaction between
+    /// names with traffic, and per destination name every source address
+    /// (`other` for the untracked ones) with requests.
+    pub fn detect_view(&self) -> (Vec<PairSample>, Vec<SourceSample>) {
+        let pairs = self
+            .aggs
+            .iter()
+            .filter(|(_, a)| a.now != IxCounters::default())
+            .map(|(k, a)| PairSample {
+                from: k.from.as_str().to_string(),
+                to: k.to.as_str().to_string(),
+                proto: k.proto,
+                port: k.port,
+                d: a.now,
+            })
+            .collect();
+        let mut by_source: HashMap<(String, &str), (u64, u64)> = HashMap::new();
+        for (k, r) in &self.raw {
+            let (Some(d), Some(agg)) = (r.recent.back(), r.agg.as_ref()) else {
+                continue;
+            };
+            if d[0] == 0 && d[1] == 0 {
+                continue;
+            }
+            let source = if is_untracked(&k.client) {
+                OTHER.to_string()
+            } else {
+                addr_of(&k.client).to_string()
+            };
+            let e = by_source.entry((source, agg.to.as_str())).or_default();
+            e.0 += d[1];
+            e.1 += d[0];
+        }
+        let sources = by_source
+            .into_iter()
+            .map(|((source, to), (req_pkts, req_bytes))| SourceSample {
+                source,
+                to: to.to_string(),
+                req_pkts,
+                req_bytes,
+            })
+            .collect();
+        (pairs, sources)
     }
 
     /// Seconds between the last two samples (0 before two exist).

@@ -14,8 +14,10 @@ pub mod naming;
 use serde::{Deserialize, Serialize};
 
 use self::{history::History, interactions::Interactions};
+use crate::detect::Detector;
 
-/// What the agent has seen: the interaction view and the metric history.
+/// What the agent has seen: the interaction view, the metric history and
+/// the events found in them.
 /// Shared behind its own lock, so `map`, `top-talkers` and `history` never
 /// wait behind an apply.
 #[derive(Debug)]
@@ -24,6 +26,8 @@ pub struct Observer {
     pub interactions: Interactions,
     /// Per channel and per `FROM->TO`, 15 minutes at 1 s and 24 hours at 1 min.
     pub history: History,
+    /// The detectors, fed every sample, and the events they opened.
+    pub detector: Detector,
 }
 
 /// The metrics a channel's history keeps, in display order.

@@ -1,0 +1,1 @@
+//! `suggest`: the policy that pushes back on an event (to be written).
