@@ -28,7 +28,7 @@ fn events_of(log: &EventLog, since: Option<u64>) -> Result<EventsReport> {
             cursor: now,
         }),
         Some(c) if c > now => bail!(
-            "cursor {c} is ahead of this agent's events (at {now}): the agent restarted since the cursor was given (ids and cursors are per agent run); ask again without --since"
+            "cursor {c} is ahead of this agent's events (at {now}): the agent restarted since the cursor was given (ids and cursors are per agent run); ask again without a cursor"
         ),
         Some(c) => {
             let (events, cursor) = log.since(c);
@@ -155,7 +155,7 @@ mod tests {
     fn a_cursor_from_the_future_is_refused() {
         let e = events_of(&log(), Some(99)).unwrap_err().to_string();
         assert!(e.contains("cursor 99 is ahead"), "{e}");
-        assert!(e.contains("without --since"), "{e}");
+        assert!(e.contains("without a cursor"), "{e}");
     }
 
     #[test]
