@@ -16,6 +16,7 @@ pub mod compile;
 mod diagnostic;
 mod model;
 mod raw;
+pub mod render;
 mod shadow;
 pub mod units;
 mod validate;
