@@ -277,7 +277,7 @@ pub fn scalar(s: &str) -> String {
 /// `n` over `unit` with at most three decimals, exactly; `None` when that
 /// would lose digits or be under 1.
 fn decimal(n: u64, unit: u64) -> Option<String> {
-    if n < unit || n % (unit / 1000).max(1) != 0 {
+    if n < unit || !n.is_multiple_of((unit / 1000).max(1)) {
         return None;
     }
     let (int, frac) = (n / unit, n % unit);
@@ -309,7 +309,7 @@ pub fn rate(bps: u64) -> String {
 /// exactly by validation).
 fn size(bytes: u64) -> String {
     for (unit, name) in [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")] {
-        if bytes >= unit && bytes % unit == 0 {
+        if bytes >= unit && bytes.is_multiple_of(unit) {
             return format!("{}{name}", bytes / unit);
         }
     }
@@ -319,7 +319,7 @@ fn size(bytes: u64) -> String {
 /// A duration in the largest whole unit.
 fn duration(ns: u64) -> String {
     for (unit, name) in [(1_000_000_000, "s"), (1_000_000, "ms"), (1_000, "us")] {
-        if ns >= unit && ns % unit == 0 {
+        if ns >= unit && ns.is_multiple_of(unit) {
             return format!("{}{name}", ns / unit);
         }
     }

@@ -388,7 +388,7 @@ fn model(rng: &mut Rng) -> Policy {
         if p.channels.iter().any(|c| c.name == n) {
             continue;
         }
-        let mut side = |rng: &mut Rng| match rng.range(0, 2) {
+        let side = |rng: &mut Rng| match rng.range(0, 2) {
             0 => any.clone(),
             1 if !p.endpoints.is_empty() => p.endpoints
                 [rng.range(0, p.endpoints.len() as u64 - 1) as usize]
@@ -513,8 +513,10 @@ fn notes_are_comments() {
         "n.yaml",
     )
     .unwrap();
-    let mut notes = Notes::default();
-    notes.header = vec!["top".into(), "two\nlines".into()];
+    let mut notes = Notes {
+        header: vec!["top".into(), "two\nlines".into()],
+        ..Notes::default()
+    };
     notes.sets.insert("web".into(), vec!["the web tier".into()]);
     notes
         .channels

@@ -1,0 +1,568 @@
+//! `suggest` on hand-built events of every kind, against a history of
+//! 1 s points: what it builds validates, leaves the live policy as it was,
+//! and holds what the event names to a limit derived from the numbers.
+
+use serde_json::json;
+
+use super::*;
+use crate::{
+    detect::EventKind,
+    observe::{CHANNEL_METRICS, INTERACTION_METRICS},
+    policy::render::render,
+};
+
+/// When the test events open (unix seconds).
+const STARTED: u64 = 1_764_369_000;
+
+const LIVE: &str = r#"
+endpoints:
+  clients: [198.18.1.0/24, "2001:db8:1::/64"]
+  service: [198.18.10.2/32]
+channels:
+  - name: web
+    from: clients
+    to: service
+    protocol: tcp
+    ports: [80]
+  - name: dns
+    to: service
+    protocol: udp
+    ports: [53]
+    limit: {packets: 5000}
+  - name: rest
+"#;
+
+fn live() -> Policy {
+    Policy::parse(LIVE, "live.yaml").unwrap()
+}
+
+/// The value of a wandering series at second `i`: `level` ±30%.
+fn wander(level: f64, i: u64) -> f64 {
+    level * (1.0 + 0.3 * ((i as f64) * 0.7).sin())
+}
+
+/// The p95 the history should give for `wander(level, ..)` over the
+/// window before the onset (the history keeps 1%).
+fn expected_p95(level: f64) -> f64 {
+    let end = STARTED - ONSET_S;
+    let mut v: Vec<f64> = (end + 1 - WINDOW_S..=end)
+        .map(|t| wander(level, t))
+        .collect();
+    v.sort_by(f64::total_cmp);
+    v[(v.len() as f64 * 0.95).ceil() as usize - 1]
+}
+
+/// A pair's history: `bps`/`pps`/`conns` wandering for 10 minutes before
+/// `STARTED`, then 80 times that (the flood, after the onset).
+fn record_pair(h: &mut History, key: &str, bps: f64, pps: f64, conns: f64) {
+    for t in STARTED - 600..STARTED + 5 {
+        let k = if t >= STARTED - 5 { 80.0 } else { 1.0 };
+        let (b, p, c) = (k * wander(bps, t), k * wander(pps, t), k * wander(conns, t));
+        h.record(
+            key,
+            INTERACTION_METRICS,
+            t,
+            &[b, p, b / 4.0, p / 2.0, c, 300.0, 0.0],
+        );
+    }
+}
+
+fn event(kind: EventKind, from: &[&str], to: &[&str], evidence: Value) -> Event {
+    Event {
+        id: format!("{}-3", kind.as_str()),
+        kind,
+        started: STARTED,
+        ended: None,
+        from: from.iter().map(|s| s.to_string()).collect(),
+        to: to.iter().map(|s| s.to_string()).collect(),
+        summary: "test event: 3 sources carry 96% of 198.18.10.2's requests".into(),
+        evidence: evidence.as_object().unwrap().clone(),
+    }
+}
+
+fn dos_event(from: &[&str], crowd: bool) -> Event {
+    let sources: Vec<Value> = from
+        .iter()
+        .map(|s| {
+            json!({"source": s, "share": 0.32, "bps": 3.2e6, "pps": 800.0,
+                   "baseline_bps": 40_000.0, "baseline_pps": 10.0})
+        })
+        .collect();
+    event(
+        EventKind::Dos,
+        from,
+        &["service"],
+        json!({
+            "metric": "request_bps", "baseline": 2.0e6, "now": 11.6e6, "factor": 5.8,
+            "protocol": "tcp", "port": 80,
+            "distinct_sources": 200, "baseline_distinct_sources": 200,
+            "sources": sources, "crowd": crowd,
+        }),
+    )
+}
+
+/// Parses a suggestion, checks that the live policy is in it unchanged
+/// (same channels after the new ones, same sets after the new one, and
+/// rendered alone it is the live policy's text), and returns it.
+fn check(text: &str, live: &Policy, new_sets: usize, new_channels: usize) -> Policy {
+    let p = Policy::parse(text, "suggested.yaml")
+        .unwrap_or_else(|e| panic!("the suggestion does not validate: {e}\n{text}"));
+    assert_eq!(
+        p.channels.len(),
+        live.channels.len() + new_channels,
+        "{text}"
+    );
+    assert_eq!(p.channels[new_channels..], live.channels[..], "{text}");
+    assert_eq!(p.endpoints[new_sets..], live.endpoints[..], "{text}");
+    let rest = Policy {
+        channels: p.channels[new_channels..].to_vec(),
+        endpoints: p.endpoints[new_sets..].to_vec(),
+        warnings: Vec::new(),
+    };
+    assert_eq!(
+        render(&rest),
+        render(live),
+        "the live part renders differently"
+    );
+    p
+}
+
+fn within(got: u64, want: f64, rel: f64) -> bool {
+    (got as f64 - want).abs() <= want * rel
+}
+
+#[test]
+fn dos_holds_the_named_sources_together_to_their_baseline() {
+    let live = live();
+    let mut h = History::new();
+    let flooders = ["198.18.1.7", "198.18.1.8", "198.18.1.9"];
+    for f in flooders {
+        record_pair(&mut h, &format!("{f}->service"), 40_000.0, 10.0, 1.0);
+    }
+    // A quiet source with history: not held.
+    record_pair(&mut h, "198.18.1.20->service", 40_000.0, 10.0, 1.0);
+    let e = dos_event(&flooders, false);
+    let text = suggest(&e, &live, &h, Mode::Enforce).unwrap();
+    println!("{text}");
+    let p = check(&text, &live, 1, 1);
+    let (set, nets) = &p.endpoints[0];
+    assert_eq!(set, "dos-3-sources");
+    let want: Vec<IpNet> = flooders
+        .iter()
+        .map(|a| format!("{a}/32").parse().unwrap())
+        .collect();
+    assert_eq!(nets, &want);
+    let c = &p.channels[0];
+    assert_eq!(c.name, "hold-dos-3");
+    assert_eq!(&c.from, nets);
+    assert_eq!(c.to, live.endpoints[1].1);
+    assert_eq!((c.protocol, &c.ports[..]), (Protocol::Tcp, &[(80, 80)][..]));
+    // `web` (ingress) carries this traffic now: the hold is on ingress.
+    assert_eq!(c.direction, Direction::Ingress);
+    assert_eq!(c.mode, Mode::Enforce);
+    assert_eq!(c.action, Action::Drop);
+    // Three sources' p95 together, times the headroom, rounded up to 3 digits.
+    let bps = 3.0 * expected_p95(40_000.0) * HEADROOM;
+    let pps = 3.0 * expected_p95(10.0) * HEADROOM;
+    let got = c.limit.bandwidth_bps.unwrap();
+    assert!(within(got, bps, 0.02), "{got} vs {bps}\n{text}");
+    assert!(
+        within(c.limit.packets.unwrap(), pps, 0.05),
+        "{:?} vs {pps}",
+        c.limit
+    );
+    // Held far below the flood (80x the baseline).
+    assert!((got as f64) < 3.0 * 40_000.0 * 80.0 / 10.0);
+    // Another source does not match the hold: it goes on to `web`.
+    let quiet: IpNet = "198.18.1.20/32".parse().unwrap();
+    assert!(!c.from.iter().any(|n| n.contains(&quiet)));
+    // The comment says why, with the numbers.
+    for needle in [
+        "# Why: event dos-3 (dos), started at unix second 1764369000:",
+        "#   test event: 3 sources carry 96%",
+        "#   198.18.1.7: ",
+        "p95 of 300 s of `198.18.1.7->service` history before the onset",
+        "x 1.5 headroom",
+        "# The sources of dos-3 (dos): 198.18.1.7, 198.18.1.8, 198.18.1.9.",
+        "The other sources do not match this channel",
+        "tc-agent apply FILE",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?}:\n{text}");
+    }
+    assert!(
+        text.contains(&format!("bandwidth: {}", render::rate(got))),
+        "{text}"
+    );
+    // The new set and channel come first.
+    let set_at = text.find("  dos-3-sources:").unwrap();
+    assert!(set_at < text.find("  clients:").unwrap());
+    assert!(text.find("- name: hold-dos-3").unwrap() < text.find("- name: web").unwrap());
+}
+
+#[test]
+fn without_history_the_evidence_gives_the_baseline_and_the_comment_says_so() {
+    let live = live();
+    let e = dos_event(&["198.18.1.7", "2001:db8:1::9"], false);
+    let text = suggest(&e, &live, &History::new(), Mode::Enforce).unwrap();
+    let p = check(&text, &live, 1, 1);
+    let c = &p.channels[0];
+    let v6: IpNet = "2001:db8:1::9/128".parse().unwrap();
+    assert!(c.from.contains(&v6), "{text}");
+    // 2 x 40 kbit/s x 1.5; 2 x 10 packets/s x 1.5.
+    assert_eq!(c.limit.bandwidth_bps, Some(120_000));
+    assert_eq!(c.limit.packets, Some(30));
+    assert!(
+        text.contains("the event's baseline for this source (the history has no 30 s"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_new_source_without_any_baseline_is_held_to_the_floor() {
+    let live = live();
+    let mut e = dos_event(&["198.18.1.7"], false);
+    e.evidence.insert("sources".into(), json!([]));
+    let text = suggest(&e, &live, &History::new(), Mode::Enforce).unwrap();
+    let p = check(&text, &live, 1, 1);
+    assert_eq!(p.channels[0].limit.bandwidth_bps, Some(MIN_RATE_BPS));
+    assert!(text.contains("a new source, held to the floor"), "{text}");
+}
+
+#[test]
+fn a_crowd_is_held_as_a_whole_and_the_comment_says_it_holds_everyone() {
+    let live = live();
+    for (from, crowd) in [
+        (&["other"][..], true),
+        (&["other"][..], false),
+        (&["198.18.1.7", "other"][..], true),
+    ] {
+        let e = dos_event(from, crowd);
+        let text = suggest(&e, &live, &History::new(), Mode::Enforce).unwrap();
+        // No set: the channel is from any address.
+        let p = check(&text, &live, 0, 1);
+        let c = &p.channels[0];
+        assert_eq!(c.from.len(), 2, "{text}");
+        assert!(c.from.iter().all(|n| n.prefix_len() == 0));
+        // The destination's baseline (2 Mbit/s) x 1.5.
+        assert_eq!(c.limit.bandwidth_bps, Some(3_000_000), "{text}");
+        assert!(text.contains("Holds EVERYONE toward service"), "{text}");
+        let reason = if crowd {
+            "a crowd of sources"
+        } else {
+            "they are `other`"
+        };
+        assert!(text.contains(reason), "{text}");
+        assert!(!text.contains("dos-3-sources"), "{text}");
+    }
+}
+
+#[test]
+fn names_do_not_collide() {
+    let mut live = live();
+    let mut taken = Policy::parse(
+        "endpoints:\n  dos-3-sources: [198.18.99.0/24]\nchannels:\n  - name: hold-dos-3\n    from: dos-3-sources\n  - name: hold-dos-3-2\n    from: dos-3-sources\n",
+        "t.yaml",
+    )
+    .unwrap();
+    taken.channels.extend(live.channels.clone());
+    taken.endpoints.extend(live.endpoints.clone());
+    live = taken;
+    let e = dos_event(&["198.18.1.7"], false);
+    let text = suggest(&e, &live, &History::new(), Mode::Enforce).unwrap();
+    let p = check(&text, &live, 1, 1);
+    assert_eq!(p.endpoints[0].0, "dos-3-sources-2");
+    assert_eq!(p.channels[0].name, "hold-dos-3-3");
+    // An id outside the name charset becomes a valid name.
+    let mut e = dos_event(&["198.18.1.7"], false);
+    e.id = "dos 4/x".into();
+    let text = suggest(&e, &live, &History::new(), Mode::Enforce).unwrap();
+    let p = check(&text, &live, 1, 1);
+    assert_eq!(p.channels[0].name, "hold-dos-4-x");
+}
+
+#[test]
+fn monitor_mode_is_a_dry_run() {
+    let live = live();
+    let e = dos_event(&["198.18.1.7"], false);
+    let text = suggest(&e, &live, &History::new(), Mode::Monitor).unwrap();
+    let p = check(&text, &live, 1, 1);
+    assert_eq!(p.channels[0].mode, Mode::Monitor);
+    assert!(
+        text.contains("mode: monitor: counts what this would drop"),
+        "{text}"
+    );
+    assert!(text.contains("    mode: monitor\n"), "{text}");
+}
+
+#[test]
+fn a_full_policy_is_refused_clearly() {
+    let mut text = String::from("endpoints:\n  service: [198.18.10.2/32]\nchannels:\n");
+    for i in 0..tc_common::MAX_CHANNELS {
+        text.push_str(&format!(
+            "  - {{name: c{i}, to: 198.18.10.2, protocol: tcp}}\n"
+        ));
+    }
+    let full = Policy::parse(&text, "full.yaml").unwrap();
+    let e = dos_event(&["198.18.1.7"], false);
+    let err = suggest(&e, &full, &History::new(), Mode::Enforce).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SuggestError::PolicyFull {
+                have: 1024,
+                add: 1,
+                max: 1024
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "the live policy has 1024 channels and the suggestion adds 1; a policy holds at most 1024: remove a channel first, or limit the sources by hand"
+    );
+    // One free slot, but no live channel says the hook: two are needed.
+    let mut one_free = Policy::parse(&text, "full.yaml").unwrap();
+    one_free.channels.truncate(1023);
+    for c in &mut one_free.channels {
+        c.to = any();
+    }
+    one_free.channels[0].direction = Direction::Egress;
+    let err = suggest(&e, &one_free, &History::new(), Mode::Enforce).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SuggestError::PolicyFull {
+                have: 1023,
+                add: 2,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn the_hook_follows_the_live_channels_or_is_both() {
+    let e = dos_event(&["198.18.1.7"], false);
+    // No live channel carries it: ingress and egress, held together.
+    let none = Policy::parse(
+        "endpoints:\n  service: [198.18.10.2/32]\nchannels: []\n",
+        "e.yaml",
+    )
+    .unwrap();
+    let text = suggest(&e, &none, &History::new(), Mode::Enforce).unwrap();
+    let p = check(&text, &none, 1, 2);
+    assert_eq!(p.channels[0].name, "hold-dos-3");
+    assert_eq!(p.channels[0].direction, Direction::Ingress);
+    assert_eq!(p.channels[1].name, "hold-dos-3-egress");
+    assert_eq!(p.channels[1].direction, Direction::Egress);
+    assert_eq!(p.channels[0].limit, p.channels[1].limit);
+    assert!(text.contains("a packet is charged once"), "{text}");
+    // Only egress channels carry it (a router): egress.
+    let egress = Policy::parse(
+        "endpoints:\n  service: [198.18.10.0/24]\nchannels:\n  - name: out\n    to: service\n    direction: egress\n",
+        "e.yaml",
+    )
+    .unwrap();
+    let text = suggest(&e, &egress, &History::new(), Mode::Enforce).unwrap();
+    let p = check(&text, &egress, 1, 1);
+    assert_eq!(p.channels[0].direction, Direction::Egress);
+}
+
+#[test]
+fn a_spike_on_a_channel_sets_its_limit_in_place() {
+    let live = live();
+    let mut h = History::new();
+    for t in STARTED - 600..STARTED {
+        h.record(
+            "web",
+            CHANNEL_METRICS,
+            t,
+            &[wander(8e6, t), wander(1000.0, t), 0.0, 0.0],
+        );
+    }
+    let e = event(
+        EventKind::Spike,
+        &[],
+        &[],
+        json!({"metric": "passed_bps", "baseline": 8e6, "now": 25e6, "factor": 3.1,
+               "protocol": "tcp", "port": 80, "channel": "web"}),
+    );
+    let text = suggest(&e, &live, &h, Mode::Enforce).unwrap();
+    let p = Policy::parse(&text, "s.yaml").unwrap();
+    assert_eq!(p.endpoints, live.endpoints);
+    assert_eq!(p.channels.len(), live.channels.len());
+    assert_eq!(p.channels[1..], live.channels[1..]);
+    let web = &p.channels[0];
+    let (a, b) = (&live.channels[0], web);
+    assert_eq!(
+        (&a.from, &a.to, a.protocol, &a.ports),
+        (&b.from, &b.to, b.protocol, &b.ports)
+    );
+    let bps = expected_p95(8e6) * HEADROOM;
+    assert!(
+        within(web.limit.bandwidth_bps.unwrap(), bps, 0.02),
+        "{text}"
+    );
+    assert!(
+        text.contains("set in place: a copy ahead with the same match"),
+        "{text}"
+    );
+    assert!(text.contains("of the channel's history (passed)"), "{text}");
+    // Applied, the same event finds nothing to tighten.
+    let err = suggest(&e, &p, &h, Mode::Enforce).unwrap_err();
+    assert!(matches!(err, SuggestError::AlreadyHeld { .. }), "{err}");
+    // `dns` enforces a limit: monitor mode would stop that.
+    let mut dns = e.clone();
+    dns.evidence.insert("channel".into(), json!("dns"));
+    let err = suggest(&dns, &live, &History::new(), Mode::Monitor).unwrap_err();
+    assert!(
+        matches!(err, SuggestError::MonitorWouldRelax { .. }),
+        "{err}"
+    );
+    // `web` has no limit: a dry run of one is fine.
+    let text = suggest(&e, &live, &h, Mode::Monitor).unwrap();
+    let p = Policy::parse(&text, "s.yaml").unwrap();
+    assert_eq!(p.channels[0].mode, Mode::Monitor);
+    // A channel gone since.
+    let mut gone = e.clone();
+    gone.evidence.insert("channel".into(), json!("removed"));
+    let err = suggest(&gone, &live, &h, Mode::Enforce).unwrap_err();
+    assert!(matches!(err, SuggestError::ChannelGone { .. }), "{err}");
+}
+
+#[test]
+fn a_spike_on_an_interaction_reuses_a_named_set() {
+    let live = live();
+    let mut h = History::new();
+    record_pair(&mut h, "clients->service", 4e6, 600.0, 20.0);
+    let e = event(
+        EventKind::Spike,
+        &["clients"],
+        &["service"],
+        json!({"metric": "request_bps", "baseline": 4e6, "now": 12e6, "factor": 3.0,
+               "protocol": "tcp", "port": 80,
+               "request_bps": {"baseline": 4e6, "now": 12e6},
+               "request_pps": {"baseline": 600.0, "now": 1800.0}}),
+    );
+    let text = suggest(&e, &live, &h, Mode::Enforce).unwrap();
+    let p = check(&text, &live, 0, 1);
+    let c = &p.channels[0];
+    assert_eq!(c.from, live.endpoints[0].1);
+    assert!(
+        text.contains("    from: clients\n    to: service\n"),
+        "{text}"
+    );
+    assert!(within(
+        c.limit.bandwidth_bps.unwrap(),
+        expected_p95(4e6) * HEADROOM,
+        0.02
+    ));
+    // Without history: the evidence's figure for the interaction.
+    let text = suggest(&e, &live, &History::new(), Mode::Enforce).unwrap();
+    let p = check(&text, &live, 0, 1);
+    assert_eq!(p.channels[0].limit.bandwidth_bps, Some(6_000_000));
+    assert_eq!(p.channels[0].limit.packets, Some(900));
+    assert!(
+        text.contains("the event's baseline of the interaction"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_spike_from_other_only_holds_everyone_toward_the_destination() {
+    let live = live();
+    let mut h = History::new();
+    record_pair(&mut h, "other->service", 1e6, 100.0, 5.0);
+    record_pair(&mut h, "clients->service", 2e6, 200.0, 5.0);
+    let e = event(
+        EventKind::Spike,
+        &["other"],
+        &["service"],
+        json!({"metric": "request_bps", "baseline": 1e6, "now": 3e6, "factor": 3.0,
+               "protocol": "udp", "port": 53,
+               "request_bps": {"baseline": 1e6, "now": 3e6},
+               "request_pps": {"baseline": 100.0, "now": 300.0}}),
+    );
+    let text = suggest(&e, &live, &h, Mode::Enforce).unwrap();
+    let p = check(&text, &live, 0, 1);
+    let c = &p.channels[0];
+    assert!(c.from.iter().all(|n| n.prefix_len() == 0), "{text}");
+    assert_eq!((c.protocol, &c.ports[..]), (Protocol::Udp, &[(53, 53)][..]));
+    // Everyone toward `service`: the sets' pairs and `other`'s, summed.
+    let want = (expected_p95(1e6) + expected_p95(2e6)) * HEADROOM;
+    assert!(within(c.limit.bandwidth_bps.unwrap(), want, 0.02), "{text}");
+    assert!(text.contains("Holds EVERYONE toward service"), "{text}");
+    assert!(text.contains("not in this sum"), "{text}");
+    // `dns` (udp 53 to service, ingress) carries it: ingress only.
+    assert_eq!(c.direction, Direction::Ingress);
+}
+
+#[test]
+fn an_upstream_collapse_holds_the_driving_clients_and_their_new_connections() {
+    let live = live();
+    let mut h = History::new();
+    record_pair(&mut h, "198.18.1.7->service", 2e6, 300.0, 40.0);
+    let e = event(
+        EventKind::UpstreamCollapse,
+        &["198.18.1.7", "198.18.1.8"],
+        &["service"],
+        json!({"metric": "response_ratio", "baseline": 0.9, "now": 0.3, "factor": 0.33,
+               "protocol": "tcp", "port": 80,
+               "response_ratio": {"baseline": 0.9, "now": 0.3},
+               "handshake_rtt_us": {"baseline": 200.0, "now": 90000.0},
+               "resets_per_s": {"baseline": 0.0, "now": 30.0},
+               "new_connections_per_s": {"baseline": 80.0, "now": 320.0},
+               "unanswered_syns": 900,
+               "clients": [
+                   {"from": "198.18.1.7", "request_bps": 8e6, "baseline_request_bps": 2e6,
+                    "request_pps": 1200.0, "baseline_request_pps": 300.0},
+                   {"from": "198.18.1.8", "request_bps": 8e6, "baseline_request_bps": 1e6,
+                    "request_pps": 1200.0, "baseline_request_pps": 150.0}]}),
+    );
+    let text = suggest(&e, &live, &h, Mode::Enforce).unwrap();
+    let p = check(&text, &live, 1, 1);
+    let c = &p.channels[0];
+    assert_eq!(c.from.len(), 2);
+    // .7 from its history, .8 from the evidence (no history).
+    let bps = (expected_p95(2e6) + 1e6) * HEADROOM;
+    assert!(within(c.limit.bandwidth_bps.unwrap(), bps, 0.02), "{text}");
+    // New connections: .7's p95 plus the destination's 80/s for .8.
+    let conns = (expected_p95(40.0) + 80.0) * HEADROOM;
+    let got = c.limit.new_connections.unwrap();
+    assert!(
+        within(u64::from(got), conns, 0.03),
+        "{got} vs {conns}\n{text}"
+    );
+    assert!(
+        text.contains("new connections: the destination's"),
+        "{text}"
+    );
+}
+
+#[test]
+fn unknown_destinations_and_empty_events_are_refused() {
+    let live = live();
+    let mut e = dos_event(&["198.18.1.7"], false);
+    e.to = vec!["other".into(), "gone-set".into()];
+    let err = suggest(&e, &live, &History::new(), Mode::Enforce).unwrap_err();
+    assert!(matches!(err, SuggestError::NoDestination { .. }), "{err}");
+    assert!(err.to_string().contains("other, gone-set"), "{err}");
+    let e = event(
+        EventKind::Spike,
+        &[],
+        &["service"],
+        json!({"metric": "request_bps"}),
+    );
+    let err = suggest(&e, &live, &History::new(), Mode::Enforce).unwrap_err();
+    assert!(matches!(err, SuggestError::NothingToHold { .. }), "{err}");
+}
+
+#[test]
+fn rounding() {
+    assert_eq!(round_up(0.0), 0);
+    assert_eq!(round_up(2.1), 3);
+    assert_eq!(round_up(999.0), 999);
+    assert_eq!(round_up(1001.0), 1010);
+    assert_eq!(round_up(123_456.0), 124_000);
+}
