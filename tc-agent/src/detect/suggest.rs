@@ -173,7 +173,10 @@ impl Rates {
 
 impl std::fmt::Display for Rates {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/s, {:.1} packets/s", Rate(self.bps), self.pps)?;
+        write!(f, "{}/s", Rate(self.bps))?;
+        if self.pps > 0.0 {
+            write!(f, ", {:.1} packets/s", self.pps)?;
+        }
         if let Some(n) = self.new_conns {
             write!(f, ", {n:.1} new connections/s")?;
         }
@@ -213,8 +216,11 @@ enum Resolved {
 
 /// What every step reads.
 struct Cx<'a> {
+    /// The event to push back on.
     event: &'a Event,
+    /// The live policy: kept whole, its sets resolve the event's names.
     policy: &'a Policy,
+    /// Where the baselines come from.
     history: &'a History,
     /// `event.evidence`.
     ev: &'a Map<String, Value>,
@@ -236,6 +242,27 @@ impl Cx<'_> {
     /// `{"baseline": x, "now": y}`'s baseline.
     fn baseline_of(&self, key: &str) -> Option<f64> {
         self.ev.get(key)?.get("baseline")?.as_f64()
+    }
+
+    /// The evidence's `baseline` as rates, when its `metric` is a rate in
+    /// bits (`_bps`) or packets (`_pps`) per second.
+    fn evidence_rates(&self) -> Option<(Rates, String)> {
+        let metric = self.text("metric")?;
+        let b = self.num("baseline")?;
+        let r = if metric.ends_with("_bps") {
+            Rates {
+                bps: b,
+                ..Rates::default()
+            }
+        } else if metric.ends_with("_pps") {
+            Rates {
+                pps: b,
+                ..Rates::default()
+            }
+        } else {
+            return None;
+        };
+        Some((r, format!("the event's baseline {metric}: {r}")))
     }
 
     fn resolve(&self, name: &str) -> Resolved {
@@ -366,10 +393,16 @@ impl Cx<'_> {
         }
         nets.sort();
         nets.dedup();
-        // One set named alone is reused as it is.
+        // A set of the live policy that is exactly the sources (named
+        // alone, or holding just these addresses) is reused as it is.
         let reuse = match (&sets[..], named.len()) {
             ([s], 1) => Some(s.clone()),
-            _ => None,
+            _ => self
+                .policy
+                .endpoints
+                .iter()
+                .find(|(_, n)| *n == nets)
+                .map(|(s, _)| s.clone()),
         };
         (nets, named, unnamed, reuse)
     }
@@ -391,7 +424,10 @@ impl Cx<'_> {
                 None => match fallback(s) {
                     Some((r, label)) => (
                         r,
-                        format!("{label} (the history has no {MIN_POINTS} s of `{s}->` points before the onset)"),
+                        format!(
+                            "{label}; the history has no {MIN_POINTS} s of `{s}->{}` before the onset",
+                            dests.join("|")
+                        ),
                     ),
                     None => (
                         Rates::default(),
@@ -414,28 +450,13 @@ impl Cx<'_> {
     /// history of every set's (and `other`'s) pair toward it, else the
     /// evidence's `baseline` of its `metric`.
     fn destination_total(&self, dests: &[String], tcp: bool) -> (Rates, Vec<String>) {
-        let metric = self.text("metric").unwrap_or("");
-        let evidence = self
-            .num("baseline")
-            .filter(|_| self.event.kind == EventKind::Dos);
-        if let Some(b) = evidence {
-            let r = if metric.ends_with("_pps") {
-                Rates {
-                    pps: b,
-                    ..Rates::default()
-                }
-            } else {
-                Rates {
-                    bps: b,
-                    ..Rates::default()
-                }
-            };
-            return (
-                r,
-                vec![format!(
-                    "  the destination's baseline {metric} from the event's evidence: {b:.1}"
-                )],
-            );
+        // A flood's evidence is about the destination as a whole (and
+        // counts sources the history keeps by address, which the sum
+        // below cannot find): first choice for a `dos`.
+        if self.event.kind == EventKind::Dos {
+            if let Some((r, how)) = self.evidence_rates() {
+                return (r, vec![format!("  {how}")]);
+            }
         }
         let mut total = Rates::default();
         let mut lines = Vec::new();
@@ -451,27 +472,24 @@ impl Cx<'_> {
                 lines.push(format!("  {f}: {r} ({how})"));
             }
         }
-        lines.push("  (sources tracked by address outside every set are not in this sum)".into());
-        if total == Rates::default() {
-            lines.clear();
-            let b = self.num("baseline").unwrap_or(0.0);
-            let r = if metric.ends_with("_pps") {
-                Rates {
-                    pps: b,
-                    ..Rates::default()
-                }
-            } else {
-                Rates {
-                    bps: b,
-                    ..Rates::default()
-                }
-            };
-            total = r;
-            lines.push(format!(
-                "  no history toward the destination: the event's baseline {metric}: {b:.1}"
-            ));
+        if !lines.is_empty() {
+            lines.push(format!("  together: {total}"));
+            lines.push(
+                "  (sources the history keeps by address, outside every set, are not in this sum)"
+                    .into(),
+            );
+            return (total, lines);
         }
-        (total, lines)
+        match self.evidence_rates() {
+            Some((r, how)) => (
+                r,
+                vec![format!("  no history toward the destination: {how}")],
+            ),
+            None => (
+                Rates::default(),
+                vec!["  no history toward the destination and no rate in the evidence: held to the floor".into()],
+            ),
+        }
     }
 
     /// A plan for `names` (the sources) toward the destination; when
@@ -511,16 +529,18 @@ impl Cx<'_> {
             });
         }
         let (baseline, lines) = self.per_source(&named, &dests, tcp, fallback);
-        let mut why = vec![format!(
-            "Holds {} together toward {} to their baseline:",
-            if named.len() == 1 {
-                "the source".to_string()
-            } else {
-                format!("the {} sources", named.len())
-            },
-            dests.join(", ")
-        )];
+        let dest = dests.join(", ");
+        let mut why = vec![match &named[..] {
+            [one] => format!("Holds {one} toward {dest} to its baseline:"),
+            _ => format!(
+                "Holds the {} sources together toward {dest} to the sum of their baselines:",
+                named.len()
+            ),
+        }];
         why.extend(lines);
+        if named.len() > 1 {
+            why.push(format!("  together: {baseline}"));
+        }
         if !unnamed.is_empty() {
             why.push(format!(
                 "  not held: {} (no address or set names them)",
@@ -574,20 +594,28 @@ impl Cx<'_> {
                 id: self.id().into(),
             });
         }
-        // The evidence holds the interaction's total, not per source: used
-        // when the event names one source only.
-        let single = self.event.from.len() == 1;
+        // The evidence holds the interaction's total, not per source: it
+        // stands for the first source without history, and counts once.
         let bps = self.baseline_of("request_bps");
         let pps = self.baseline_of("request_pps").unwrap_or(0.0);
+        let used = std::cell::Cell::new(false);
         let fallback = move |_: &str| {
-            Some((
-                Rates {
-                    bps: bps.filter(|_| single)?,
-                    pps,
-                    new_conns: None,
-                },
-                "the event's baseline of the interaction",
-            ))
+            let first = !used.replace(true);
+            Some(if first {
+                (
+                    Rates {
+                        bps: bps?,
+                        pps,
+                        new_conns: None,
+                    },
+                    "the event's baseline of the whole interaction",
+                )
+            } else {
+                (
+                    Rates::default(),
+                    "counted in the interaction's baseline above",
+                )
+            })
         };
         self.plan_for(
             &self.event.from,
@@ -626,7 +654,7 @@ impl Cx<'_> {
                     pps: f("baseline_request_pps").unwrap_or(0.0),
                     new_conns: conns,
                 },
-                "the event's baseline for this client (new connections: the destination's)",
+                "the event's baseline for this client, new connections the destination's",
             ))
         };
         self.plan_for(
@@ -672,6 +700,7 @@ impl Cx<'_> {
         // Connection limits count TCP connections: only with `protocol: tcp`.
         let (limit, limit_lines) = limit_for(plan.baseline, plan.protocol == Protocol::Tcp);
         let mut channels = Vec::new();
+        let mut caps = Vec::new();
         let base = format!("hold-{id}");
         for d in &directions {
             let wanted = match (directions.len(), d) {
@@ -682,7 +711,7 @@ impl Cx<'_> {
                 self.policy.channels.iter().any(|c| c.name == n)
                     || channels.iter().any(|c: &Channel| c.name == n)
             });
-            channels.push(Channel {
+            let mut channel = Channel {
                 name,
                 from: plan.from.clone(),
                 to: plan.to.clone(),
@@ -694,28 +723,35 @@ impl Cx<'_> {
                 connection_action: ConnAction::Drop,
                 horizon_ns: None,
                 mode,
-            });
+            };
+            caps.push(self.cap(&plan, &mut channel));
+            channels.push(channel);
         }
         let mut why = self.event_lines();
         why.extend(plan.why.iter().cloned());
-        why.push(format!("  baseline together: {}", plan.baseline));
         why.extend(limit_lines);
         if set.is_some() || plan.from_set.is_some() {
             why.push("The other sources do not match this channel: they go on to the channels below, unchanged.".into());
         }
         why.push(match &directions[..] {
             [d] => format!(
-                "Direction {}: the live channels that carry this traffic are {} channels.",
+                "Direction {}: as `{}`, the first live channel that carries all of this traffic.",
                 dir(*d),
-                dir(*d)
+                self.policy
+                    .channels
+                    .iter()
+                    .find(|c| carries(c, &plan))
+                    .map_or("", |c| c.name.as_str())
             ),
             _ => "Ingress and egress: no live channel tells which hook sees this traffic on this node; the requests arrive (ingress) at a server and leave (egress) at a client, and a packet is charged once, so the two hold the sources together.".into(),
         });
         if mode == Mode::Monitor {
             why.push("mode: monitor: counts what this would drop and drops nothing (`tc-agent channels`: would-drop); once the counts look right, suggest again without `--mode monitor` and apply that.".into());
         }
-        for c in &channels {
-            notes.channels.insert(c.name.clone(), why.clone());
+        for (c, cap) in channels.iter().zip(caps) {
+            let mut why = why.clone();
+            why.extend(cap);
+            notes.channels.insert(c.name.clone(), why);
         }
         let added: Vec<String> = channels.iter().map(|c| format!("`{}`", c.name)).collect();
         let added = match &added[..] {
@@ -766,22 +802,19 @@ impl Cx<'_> {
                 },
                 format!("p95 of {n} s of the channel's history (passed) before the onset"),
             ),
-            _ => {
-                let metric = self.text("metric").unwrap_or("");
-                let b = self.num("baseline").unwrap_or(0.0);
-                let r = if metric.ends_with("_pps") {
-                    Rates {
-                        pps: b,
-                        ..Rates::default()
-                    }
-                } else {
-                    Rates {
-                        bps: b,
-                        ..Rates::default()
-                    }
-                };
-                (r, format!("the event's baseline {metric} (the history has no {MIN_POINTS} s of the channel before the onset)"))
-            }
+            _ => match self.evidence_rates() {
+                Some((r, how)) => (
+                    r,
+                    format!(
+                        "{how} (the history has no {MIN_POINTS} s of the channel before the onset)"
+                    ),
+                ),
+                None => (
+                    Rates::default(),
+                    "no history of the channel and no rate in the evidence: held to the floor"
+                        .into(),
+                ),
+            },
         };
         let (wanted, lines) = limit_for(baseline, tcp);
         let pacing = live.action == Action::Delay;
@@ -859,16 +892,11 @@ impl Cx<'_> {
     /// The hooks of the live channels that carry the plan's traffic: the
     /// hold goes on the same one, or on both when that is not one hook.
     fn directions(&self, plan: &Plan) -> Vec<Direction> {
-        let carries = |c: &Channel| {
-            covers(&c.from, &plan.from)
-                && covers(&c.to, &plan.to)
-                && (c.protocol == Protocol::Any || c.protocol == plan.protocol)
-        };
         let mut dirs: Vec<Direction> = self
             .policy
             .channels
             .iter()
-            .filter(|c| carries(c))
+            .filter(|c| carries(c, plan))
             .map(|c| c.direction)
             .collect();
         dirs.sort_by_key(|d| *d == Direction::Egress);
@@ -877,6 +905,66 @@ impl Cx<'_> {
             [d] => vec![d],
             _ => vec![Direction::Ingress, Direction::Egress],
         }
+    }
+
+    /// Caps `hold` by the first live channel on its hook that carries all
+    /// of its traffic (and enforces): that channel held this traffic
+    /// before, and the hold, ahead of it, must not loosen what it
+    /// enforced. Returns what was capped, for the comment.
+    fn cap(&self, plan: &Plan, hold: &mut Channel) -> Vec<String> {
+        let Some(live) =
+            self.policy.channels.iter().find(|c| {
+                c.direction == hold.direction && c.mode == Mode::Enforce && carries(c, plan)
+            })
+        else {
+            return Vec::new();
+        };
+        let (l, h) = (&live.limit, &mut hold.limit);
+        let mut capped = Vec::new();
+        if let Some(b) = l
+            .bandwidth_bps
+            .filter(|b| h.bandwidth_bps.is_none_or(|x| *b < x))
+        {
+            h.bandwidth_bps = Some(b);
+            h.burst_bytes = render::default_burst(b, false);
+            capped.push(format!("bandwidth {}", render::rate(b)));
+        }
+        if let Some(p) = l.packets.filter(|p| h.packets.is_none_or(|x| *p < x)) {
+            h.packets = Some(p);
+            h.packet_burst = render::default_packet_burst(p);
+            capped.push(format!("packets {p}/s"));
+        }
+        // Connection limits need `protocol: tcp`; a live channel that has
+        // them and carries all of the hold's traffic is TCP, so is the hold.
+        if hold.protocol == Protocol::Tcp {
+            if let Some(n) = l
+                .connections
+                .filter(|n| h.connections.is_none_or(|x| *n < x))
+            {
+                h.connections = Some(n);
+                capped.push(format!("connections {n}"));
+            }
+            if let Some(n) = l
+                .new_connections
+                .filter(|n| h.new_connections.is_none_or(|x| *n < x))
+            {
+                h.new_connections = Some(n);
+                h.new_connection_burst = render::default_new_connection_burst(n);
+                capped.push(format!("new connections {n}/s"));
+            }
+            if h.limits_connections() {
+                hold.connection_action = live.connection_action;
+            }
+        }
+        if capped.is_empty() {
+            return Vec::new();
+        }
+        vec![format!(
+            "Never looser than `{}`, which carried this traffic before and enforces tighter: {} (from `{}`).",
+            live.name,
+            capped.join(", "),
+            live.name
+        )]
     }
 
     /// Renders, validates, and checks that the live channels read back
@@ -966,6 +1054,20 @@ fn round_up(x: f64) -> u64 {
     }
     let m = 10u64.pow(digits - 3);
     n.div_ceil(m) * m
+}
+
+/// Whether live channel `c` matches all of the plan's traffic (on some
+/// hook): its addresses, protocol and ports hold the plan's.
+fn carries(c: &Channel, plan: &Plan) -> bool {
+    let protocol = c.protocol == Protocol::Any
+        || (c.protocol == plan.protocol && plan.protocol != Protocol::Any);
+    let ports = c.ports.is_empty()
+        || (!plan.ports.is_empty()
+            && plan
+                .ports
+                .iter()
+                .all(|(a, b)| c.ports.iter().any(|(x, y)| x <= a && b <= y)));
+    protocol && ports && covers(&c.from, &plan.from) && covers(&c.to, &plan.to)
 }
 
 /// Whether every prefix of `inner` lies in one of `outer`.
