@@ -23,6 +23,13 @@
 //!   (`evidence.clients`) toward the destination, and for TCP their new
 //!   connections per second too, which is what a squeezed server pays for.
 //!
+//! The hold goes on the hook (`direction`) of the first live channel that
+//! carries all of its traffic, and is never looser than that channel's
+//! enforced limits (it comes first, so it must not undo them). When no
+//! live channel tells the hook, there are two holds, ingress and egress:
+//! requests arrive at a server and leave a client, and a packet is charged
+//! on one hook only, so the two hold the sources together on any node.
+//!
 //! A baseline is the 95th percentile of the 1 s history points in the
 //! [`WINDOW_S`] seconds before the onset ([`ONSET_S`] before `started`,
 //! since detection lags the onset), per `FROM->TO` pair (or channel); a
@@ -698,7 +705,7 @@ impl Cx<'_> {
             Some(name)
         };
         // Connection limits count TCP connections: only with `protocol: tcp`.
-        let (limit, limit_lines) = limit_for(plan.baseline, plan.protocol == Protocol::Tcp);
+        let (limit, summary) = limit_for(plan.baseline, plan.protocol == Protocol::Tcp);
         let mut channels = Vec::new();
         let mut caps = Vec::new();
         let base = format!("hold-{id}");
@@ -729,7 +736,7 @@ impl Cx<'_> {
         }
         let mut why = self.event_lines();
         why.extend(plan.why.iter().cloned());
-        why.extend(limit_lines);
+        why.extend(derivation(&summary));
         if set.is_some() || plan.from_set.is_some() {
             why.push("The other sources do not match this channel: they go on to the channels below, unchanged.".into());
         }
@@ -816,7 +823,7 @@ impl Cx<'_> {
                 ),
             },
         };
-        let (wanted, lines) = limit_for(baseline, tcp);
+        let (wanted, summary) = limit_for(baseline, tcp);
         let pacing = live.action == Action::Delay;
         let mut limit = live.limit;
         if let Some(bps) = wanted.bandwidth_bps {
@@ -836,7 +843,7 @@ impl Cx<'_> {
         if limit == live.limit && live.mode == mode {
             return Err(SuggestError::AlreadyHeld {
                 channel: channel.into(),
-                limit: lines.last().cloned().unwrap_or_default().trim().to_string(),
+                limit: summary,
             });
         }
         if mode == Mode::Monitor && enforces {
@@ -849,7 +856,7 @@ impl Cx<'_> {
             "Holds channel `{channel}` to its baseline, set in place: a copy ahead with the same match would leave `{channel}` matching nothing, move its counters and history to a new name, and bypass its other limits."
         ));
         why.push(format!("  baseline: {baseline} ({how})"));
-        why.extend(lines);
+        why.extend(derivation(&summary));
         why.push("  a limit the channel already had that is tighter is kept.".into());
         if live.mode == Mode::Monitor && mode == Mode::Enforce {
             why.push(
@@ -1011,18 +1018,16 @@ impl Cx<'_> {
     }
 }
 
-/// The limit for a baseline, and the lines that say how it came.
-fn limit_for(b: Rates, tcp: bool) -> (Limit, Vec<String>) {
+/// The limit for a baseline, and what it holds to, as text
+/// (`bandwidth 233kbit, packets 58/s`).
+fn limit_for(b: Rates, tcp: bool) -> (Limit, String) {
     let bps = round_up(b.bps * HEADROOM).clamp(MIN_RATE_BPS, MAX_RATE_BPS);
     let mut limit = Limit {
         bandwidth_bps: Some(bps),
         burst_bytes: render::default_burst(bps, false),
         ..Limit::default()
     };
-    let mut out = format!(
-        "  limit = baseline x {HEADROOM} headroom, rounded up to 3 digits: bandwidth {}",
-        render::rate(bps)
-    );
+    let mut out = format!("bandwidth {}", render::rate(bps));
     if b.pps > 0.0 {
         let p = round_up(b.pps * HEADROOM).clamp(1, MAX_PACKETS);
         limit.packets = Some(p);
@@ -1035,11 +1040,18 @@ fn limit_for(b: Rates, tcp: bool) -> (Limit, Vec<String>) {
         limit.new_connection_burst = render::default_new_connection_burst(n);
         let _ = write!(out, ", new connections {n}/s");
     }
-    let floors = format!(
-        "  (never below the validator's minimums: {} bandwidth, 1 packet/s, 1 new connection/s)",
-        render::rate(MIN_RATE_BPS)
-    );
-    (limit, vec![out, floors])
+    (limit, out)
+}
+
+/// How the limit came from the baseline, for a channel's comment.
+fn derivation(summary: &str) -> Vec<String> {
+    vec![
+        format!("  limit = baseline x {HEADROOM} headroom, rounded up to 3 digits: {summary}"),
+        format!(
+            "  (never below the validator's minimums: {} bandwidth, 1 packet/s, 1 new connection/s)",
+            render::rate(MIN_RATE_BPS)
+        ),
+    ]
 }
 
 /// `x` rounded up to an integer of at most three significant digits.

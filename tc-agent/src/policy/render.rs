@@ -6,7 +6,8 @@
 //! The agent keeps the validated model, not the operator's text, so what
 //! it hands out (`suggest`) is written here. The text is meant to be read:
 //! a channel's `from`/`to` is the name of a set when it is exactly that
-//! set, and left out when it is any address; rates and sizes take the
+//! set (the names of sets when it is exactly their union), prefixes
+//! otherwise, and left out when it is any address; rates and sizes take the
 //! largest unit that writes them exactly; defaults (burst, packet burst,
 //! new-connection burst, ingress, enforce, drop) are left out. Comments
 //! can be put above the file, a set or a channel ([`Notes`]).
@@ -107,9 +108,13 @@ fn channel(out: &mut String, c: &Channel, sets: &[(String, Vec<IpNet>)]) {
         if is_any(nets) {
             continue;
         }
-        match sets.iter().find(|(_, s)| s == nets) {
-            Some((name, _)) => {
+        match by_sets(nets, sets).as_deref() {
+            Some([name]) => {
                 let _ = writeln!(out, "    {key}: {}", scalar(name));
+            }
+            Some(names) => {
+                let items: Vec<String> = names.iter().map(|n| scalar(n)).collect();
+                list(out, "    ", key, &items);
             }
             None => {
                 let items: Vec<String> = nets.iter().map(cidr).collect();
@@ -157,6 +162,39 @@ fn channel(out: &mut String, c: &Channel, sets: &[(String, Vec<IpNet>)]) {
     if c.mode == Mode::Monitor {
         out.push_str("    mode: monitor\n");
     }
+}
+
+/// The set names a side is written with: the set it equals, else sets
+/// whose union it is exactly (`from: [web, db]`, also keeping a file that
+/// names several large sets within the file size limit, where copying
+/// their prefixes out would not be); `None` when no sets make it up.
+fn by_sets<'s>(nets: &[IpNet], sets: &'s [(String, Vec<IpNet>)]) -> Option<Vec<&'s str>> {
+    if let Some((name, _)) = sets.iter().find(|(_, s)| s == nets) {
+        return Some(vec![name]);
+    }
+    // Sides are sorted and deduplicated by validation.
+    let index = |n: &IpNet| nets.binary_search(n).ok();
+    let mut parts: Vec<&(String, Vec<IpNet>)> = sets
+        .iter()
+        .filter(|(_, s)| {
+            !s.is_empty() && s.len() < nets.len() && s.iter().all(|n| index(n).is_some())
+        })
+        .collect();
+    if parts.len() < 2 {
+        return None;
+    }
+    // Largest first (file order among equals): few names for the union.
+    parts.sort_by_key(|(_, s)| std::cmp::Reverse(s.len()));
+    let mut covered = vec![false; nets.len()];
+    let mut names = Vec::new();
+    for (name, s) in parts {
+        let at: Vec<usize> = s.iter().filter_map(index).collect();
+        if at.iter().any(|&i| !covered[i]) {
+            at.iter().for_each(|&i| covered[i] = true);
+            names.push(name.as_str());
+        }
+    }
+    covered.iter().all(|c| *c).then_some(names)
 }
 
 /// The `limit:` map, only the keys that differ from what validation

@@ -414,6 +414,13 @@ fn a_spike_on_a_channel_sets_its_limit_in_place() {
     // Applied, the same event finds nothing to tighten.
     let err = suggest(&e, &p, &h, Mode::Enforce).unwrap_err();
     assert!(matches!(err, SuggestError::AlreadyHeld { .. }), "{err}");
+    assert!(
+        err.to_string().starts_with(&format!(
+            "channel `web` already holds its traffic at or below its baseline's limit (bandwidth {}, packets ",
+            render::rate(web.limit.bandwidth_bps.unwrap())
+        )),
+        "{err}"
+    );
     // `dns` enforces a limit: monitor mode would stop that.
     let mut dns = e.clone();
     dns.evidence.insert("channel".into(), json!("dns"));
@@ -659,4 +666,26 @@ channels:
     let text = suggest(&e, &monitor, &History::new(), Mode::Enforce).unwrap();
     let p = check(&text, &monitor, 1, 1);
     assert_eq!(p.channels[0].limit.bandwidth_bps, Some(180_000), "{text}");
+}
+
+#[test]
+fn ipv6_sources_and_destinations() {
+    let live = Policy::parse("channels:\n  - name: all\n", "l.yaml").unwrap();
+    let mut e = dos_event(&["2001:db8:1::7", "2001:db8:2::/64"], false);
+    e.to = vec!["2001:db8:10::/64".into()];
+    e.evidence.insert("protocol".into(), json!("udp"));
+    e.evidence.insert("port".into(), json!(443));
+    let text = suggest(&e, &live, &History::new(), Mode::Enforce).unwrap();
+    let p = check(&text, &live, 1, 1);
+    let c = &p.channels[0];
+    let nets = |v: &[&str]| -> Vec<IpNet> { v.iter().map(|s| s.parse().unwrap()).collect() };
+    assert_eq!(c.from, nets(&["2001:db8:1::7/128", "2001:db8:2::/64"]));
+    assert_eq!(c.to, nets(&["2001:db8:10::/64"]));
+    assert_eq!(
+        (c.protocol, &c.ports[..]),
+        (Protocol::Udp, &[(443, 443)][..])
+    );
+    assert!(text.contains("    to: [\"2001:db8:10::/64\"]\n"), "{text}");
+    // `all` carries everything on ingress: one channel, on ingress.
+    assert_eq!(c.direction, Direction::Ingress);
 }

@@ -200,6 +200,9 @@ channels:
     from: everything
   - name: almost-any
     from: mixed
+  - name: union
+    from: [v6, 198.18.0.1]
+    to: [198.19.0.0/16, v6]
 "#,
         // Delay with a horizon, mark, default and odd bursts.
         r#"
@@ -248,10 +251,33 @@ channels:
         "{out}"
     );
     assert!(out.contains("bandwidth: 1234.567kbit"), "{out}");
+    // A union of sets is written with their names; with a prefix no set
+    // holds, as prefixes.
+    assert!(out.contains("  - name: union\n    from: [198.18.0.1/32, \"2001:db8::/32\", \"2001:db8:1::1/128\"]\n    to: [198.19.0.0/16, \"2001:db8::/32\", \"2001:db8:1::1/128\"]\n"), "{out}");
     let out = text_round_trip(cases[2]);
     assert!(out.contains("    horizon: 1500us\n"), "{out}");
     assert!(out.contains("    horizon: 50ms\n"), "{out}");
     assert!(out.contains("burst: 100000\n"), "{out}");
+}
+
+#[test]
+fn unions_of_sets_are_written_by_name() {
+    let out = text_round_trip(
+        r#"
+endpoints:
+  web: [198.18.1.0/24, "2001:db8:1::/64"]
+  db: [198.18.2.10/32]
+  inner: [198.18.1.0/24]
+channels:
+  - name: both
+    from: [db, web]
+    to: [inner, db]
+"#,
+    );
+    assert!(
+        out.contains("    from: [web, db]\n    to: [db, inner]\n"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -528,4 +554,42 @@ fn notes_are_comments() {
     );
     let back = Policy::parse(&text, "n.yaml").unwrap();
     assert_eq!(back.channels, p.channels);
+}
+
+/// Four channels naming two 32,000-prefix sets together (as many copies
+/// as a policy may hold): written out as prefixes that would be 256,000
+/// more lines, past the file size limit; by name it is the sets once.
+#[test]
+fn large_sets_named_together_stay_within_the_file_limit() {
+    let mut text = String::from("endpoints:\n");
+    for (name, hi) in [("a", 18), ("b", 19)] {
+        text.push_str(&format!("  {name}:\n"));
+        for i in 0..32_000u32 {
+            text.push_str(&format!("    - 198.{hi}.{}.{}\n", i >> 8, i & 255));
+        }
+    }
+    text.push_str("channels:\n");
+    for i in 0..4 {
+        text.push_str(&format!(
+            "  - name: c{i}\n    from: [a, b]\n    ports: [{}]\n",
+            80 + i
+        ));
+    }
+    let p = Policy::parse(&text, "big.yaml").unwrap();
+    let out = round_trip(&p);
+    assert!(out.contains("    from: [a, b]\n"));
+    // The sets' lines, and each channel's copy of their prefixes.
+    let line = "    - 198.18.0.0/32\n".len();
+    let sets: usize = p.endpoints.iter().map(|(_, n)| n.len() * line).sum();
+    let inline: usize = sets
+        + p.channels
+            .iter()
+            .map(|c| c.from.len() * line)
+            .sum::<usize>();
+    assert!(inline > crate::policy::MAX_FILE_BYTES, "{inline}");
+    assert!(
+        out.len() < crate::policy::MAX_FILE_BYTES / 4,
+        "{}",
+        out.len()
+    );
 }
