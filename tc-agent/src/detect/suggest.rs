@@ -39,8 +39,6 @@
 //! never below the validator's minimums. Whatever is built is validated
 //! like any policy file before it is handed out.
 
-use std::fmt::Write;
-
 use ipnet::IpNet;
 use serde_json::{Map, Value};
 
@@ -68,6 +66,9 @@ pub const MIN_POINTS: usize = 30;
 /// The limit over the baseline: room for the ordinary swings of a p95
 /// baseline (rates that wander ±30% stay under it), far below a flood.
 pub const HEADROOM: f64 = 1.5;
+/// What the live part of a suggestion is, said in its header: the agent
+/// keeps the validated policy, not the operator's file.
+const KEPT: &str = "(The live policy is written from the agent's validated copy: same sets and channels, the file's own comments and layout are not kept.)";
 /// Sources listed one by one in a comment; the rest are counted.
 const SHOWN: usize = 10;
 
@@ -159,8 +160,9 @@ pub fn suggest(
 /// Rates a baseline holds.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 struct Rates {
-    /// Request wire bits per second.
-    bps: f64,
+    /// Request wire bits per second; `None` when unknown (the evidence
+    /// gave packets only).
+    bps: Option<f64>,
     /// Request packets per second; 0 when unknown.
     pps: f64,
     /// New TCP connections per second; `None` when unknown.
@@ -169,25 +171,32 @@ struct Rates {
 
 impl Rates {
     fn add(&mut self, o: Rates) {
-        self.bps += o.bps;
-        self.pps += o.pps;
-        self.new_conns = match (self.new_conns, o.new_conns) {
+        let sum = |a: Option<f64>, b: Option<f64>| match (a, b) {
             (Some(a), Some(b)) => Some(a + b),
             (a, b) => a.or(b),
         };
+        self.bps = sum(self.bps, o.bps);
+        self.pps += o.pps;
+        self.new_conns = sum(self.new_conns, o.new_conns);
     }
 }
 
 impl std::fmt::Display for Rates {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/s", Rate(self.bps))?;
+        let mut parts = Vec::new();
+        if let Some(bps) = self.bps {
+            parts.push(format!("{}/s", Rate(bps)));
+        }
         if self.pps > 0.0 {
-            write!(f, ", {:.1} packets/s", self.pps)?;
+            parts.push(format!("{:.1} packets/s", self.pps));
         }
         if let Some(n) = self.new_conns {
-            write!(f, ", {n:.1} new connections/s")?;
+            parts.push(format!("{n:.1} new connections/s"));
         }
-        Ok(())
+        if parts.is_empty() {
+            parts.push("nothing known".into());
+        }
+        f.write_str(&parts.join(", "))
     }
 }
 
@@ -258,7 +267,7 @@ impl Cx<'_> {
         let b = self.num("baseline")?;
         let r = if metric.ends_with("_bps") {
             Rates {
-                bps: b,
+                bps: Some(b),
                 ..Rates::default()
             }
         } else if metric.ends_with("_pps") {
@@ -361,7 +370,7 @@ impl Cx<'_> {
                 None
             };
             r.add(Rates {
-                bps,
+                bps: Some(bps),
                 pps,
                 new_conns: conns,
             });
@@ -580,7 +589,7 @@ impl Cx<'_> {
             let f = |k: &str| e.get(k).and_then(Value::as_f64);
             Some((
                 Rates {
-                    bps: f("baseline_bps")?,
+                    bps: Some(f("baseline_bps")?),
                     pps: f("baseline_pps").unwrap_or(0.0),
                     new_conns: None,
                 },
@@ -611,7 +620,7 @@ impl Cx<'_> {
             Some(if first {
                 (
                     Rates {
-                        bps: bps?,
+                        bps: Some(bps?),
                         pps,
                         new_conns: None,
                     },
@@ -657,7 +666,7 @@ impl Cx<'_> {
             let f = |k: &str| c.get(k).and_then(Value::as_f64);
             Some((
                 Rates {
-                    bps: f("baseline_request_bps")?,
+                    bps: Some(f("baseline_request_bps")?),
                     pps: f("baseline_request_pps").unwrap_or(0.0),
                     new_conns: conns,
                 },
@@ -776,6 +785,7 @@ impl Cx<'_> {
                     .map_or(String::new(), |s| format!("the set `{s}` and "))
             ),
             "Apply it as it is: `tc-agent apply FILE`.".into(),
+            KEPT.into(),
         ];
         let added_n = channels.len();
         channels.extend(self.policy.channels.iter().cloned());
@@ -803,7 +813,7 @@ impl Cx<'_> {
         ) {
             (Some((bps, n)), Some((pps, _))) => (
                 Rates {
-                    bps,
+                    bps: Some(bps),
                     pps,
                     new_conns: None,
                 },
@@ -879,6 +889,7 @@ impl Cx<'_> {
             ),
             format!("channel `{channel}` set to its baseline; nothing else changes."),
             "Apply it as it is: `tc-agent apply FILE`.".into(),
+            KEPT.into(),
         ];
         self.finish(&policy, &mut notes, 0)
     }
@@ -1021,26 +1032,29 @@ impl Cx<'_> {
 /// The limit for a baseline, and what it holds to, as text
 /// (`bandwidth 233kbit, packets 58/s`).
 fn limit_for(b: Rates, tcp: bool) -> (Limit, String) {
-    let bps = round_up(b.bps * HEADROOM).clamp(MIN_RATE_BPS, MAX_RATE_BPS);
-    let mut limit = Limit {
-        bandwidth_bps: Some(bps),
-        burst_bytes: render::default_burst(bps, false),
-        ..Limit::default()
-    };
-    let mut out = format!("bandwidth {}", render::rate(bps));
+    let mut limit = Limit::default();
+    let mut out = Vec::new();
+    // A bandwidth when the baseline has one, or has nothing at all (the
+    // floor); not when it knows packets only.
+    if b.bps.is_some() || b.pps <= 0.0 {
+        let bps = round_up(b.bps.unwrap_or(0.0) * HEADROOM).clamp(MIN_RATE_BPS, MAX_RATE_BPS);
+        limit.bandwidth_bps = Some(bps);
+        limit.burst_bytes = render::default_burst(bps, false);
+        out.push(format!("bandwidth {}", render::rate(bps)));
+    }
     if b.pps > 0.0 {
         let p = round_up(b.pps * HEADROOM).clamp(1, MAX_PACKETS);
         limit.packets = Some(p);
         limit.packet_burst = render::default_packet_burst(p);
-        let _ = write!(out, ", packets {p}/s");
+        out.push(format!("packets {p}/s"));
     }
     if let Some(n) = b.new_conns.filter(|_| tcp) {
         let n = round_up(n * HEADROOM).clamp(1, u64::from(MAX_NEW_CONNECTIONS)) as u32;
         limit.new_connections = Some(n);
         limit.new_connection_burst = render::default_new_connection_burst(n);
-        let _ = write!(out, ", new connections {n}/s");
+        out.push(format!("new connections {n}/s"));
     }
-    (limit, out)
+    (limit, out.join(", "))
 }
 
 /// How the limit came from the baseline, for a channel's comment.

@@ -689,3 +689,20 @@ fn ipv6_sources_and_destinations() {
     // `all` carries everything on ingress: one channel, on ingress.
     assert_eq!(c.direction, Direction::Ingress);
 }
+
+#[test]
+fn a_baseline_in_packets_only_limits_packets_only() {
+    let live = live();
+    let mut e = dos_event(&["other"], true);
+    e.evidence.insert("metric".into(), json!("request_pps"));
+    e.evidence.insert("baseline".into(), json!(4000.0));
+    let text = suggest(&e, &live, &History::new(), Mode::Enforce).unwrap();
+    let p = check(&text, &live, 0, 1);
+    let l = &p.channels[0].limit;
+    // No bandwidth floor of 8 kbit on a destination whose bandwidth is unknown.
+    assert_eq!((l.bandwidth_bps, l.packets), (None, Some(6000)), "{text}");
+    assert!(
+        text.contains("the event's baseline request_pps: 4000.0 packets/s"),
+        "{text}"
+    );
+}
