@@ -339,19 +339,42 @@ impl Cx<'_> {
     /// The p95 of `metric` in series `key` over the window before the
     /// onset, and its number of points; `None` with too few points.
     fn p95(&self, key: &str, metric: &str) -> Option<(f64, usize)> {
+        self.p95_of(key, |p| p.get(metric)?.as_f64())
+    }
+
+    /// The p95 of `value` of each point of series `key` over the window
+    /// before the onset (points without one do not count), and the number
+    /// of points; `None` with fewer than [`MIN_POINTS`].
+    fn p95_of(
+        &self,
+        key: &str,
+        value: impl Fn(&Map<String, Value>) -> Option<f64>,
+    ) -> Option<(f64, usize)> {
         let end = self.event.started.saturating_sub(ONSET_S);
         let report = self.history.query(key, end, WINDOW_S)?;
-        let mut v: Vec<f64> = report
-            .points
-            .iter()
-            .filter_map(|p| p.get(metric)?.as_f64())
-            .collect();
+        let mut v: Vec<f64> = report.points.iter().filter_map(value).collect();
         if v.len() < MIN_POINTS {
             return None;
         }
         v.sort_by(f64::total_cmp);
         let rank = (v.len() as f64 * 0.95).ceil() as usize;
         Some((v[rank.clamp(1, v.len()) - 1], v.len()))
+    }
+
+    /// The detector's baselines of the `{"baseline","now"}` pairs `bps`
+    /// and `pps` (either may be missing); `None` without both.
+    fn evidence_pairs(&self, bps: &str, pps: &str) -> Option<(Rates, String)> {
+        let r = Rates {
+            bps: self.baseline_of(bps),
+            pps: self.baseline_of(pps).unwrap_or(0.0),
+            new_conns: None,
+        };
+        (r.bps.is_some() || r.pps > 0.0).then(|| {
+            (
+                r,
+                format!("the detector's baseline (its moving mean) of {bps} and {pps}: {r}"),
+            )
+        })
     }
 
     /// The baseline of `source` toward every destination name, from the
@@ -466,11 +489,15 @@ impl Cx<'_> {
     /// history of every set's (and `other`'s) pair toward it, else the
     /// evidence's `baseline` of its `metric`.
     fn destination_total(&self, dests: &[String], tcp: bool) -> (Rates, Vec<String>) {
-        // A flood's evidence is about the destination as a whole (and
-        // counts sources the history keeps by address, which the sum
-        // below cannot find): first choice for a `dos`.
-        if self.event.kind == EventKind::Dos {
-            if let Some((r, how)) = self.evidence_rates() {
+        // A flood's or a collapse's evidence is about the destination as a
+        // whole (and counts sources the history keeps by address, which
+        // the sum below cannot find): first choice. A spike's is about one
+        // interaction only.
+        if self.event.kind != EventKind::Spike {
+            let evidence = self
+                .evidence_pairs("request_bps", "request_pps")
+                .or_else(|| self.evidence_rates());
+            if let Some((r, how)) = evidence {
                 return (r, vec![format!("  {how}")]);
             }
         }
@@ -807,9 +834,16 @@ impl Cx<'_> {
         };
         let live = &self.policy.channels[at];
         let tcp = live.protocol == Protocol::Tcp;
+        // What was offered to the channel: passed and dropped.
+        let offered = |unit: &'static str| {
+            move |p: &Map<String, Value>| {
+                let get = |k: String| p.get(&k)?.as_f64();
+                Some(get(format!("passed_{unit}"))? + get(format!("dropped_{unit}"))?)
+            }
+        };
         let (baseline, how) = match (
-            self.p95(channel, "passed_bps"),
-            self.p95(channel, "passed_pps"),
+            self.p95_of(channel, offered("bps")),
+            self.p95_of(channel, offered("pps")),
         ) {
             (Some((bps, n)), Some((pps, _))) => (
                 Rates {
@@ -817,9 +851,14 @@ impl Cx<'_> {
                     pps,
                     new_conns: None,
                 },
-                format!("p95 of {n} s of the channel's history (passed) before the onset"),
+                format!(
+                    "p95 of {n} s of the channel's history (passed + dropped) before the onset"
+                ),
             ),
-            _ => match self.evidence_rates() {
+            _ => match self
+                .evidence_pairs("offered_bps", "offered_pps")
+                .or_else(|| self.evidence_rates())
+            {
                 Some((r, how)) => (
                     r,
                     format!(

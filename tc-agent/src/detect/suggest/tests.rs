@@ -95,6 +95,8 @@ fn dos_event(from: &[&str], crowd: bool) -> Event {
         json!({
             "metric": "request_bps", "baseline": 2.0e6, "now": 11.6e6, "factor": 5.8,
             "protocol": "tcp", "port": 80,
+            "request_bps": {"baseline": 2.0e6, "now": 11.6e6},
+            "request_pps": {"baseline": 500.0, "now": 2900.0},
             "distinct_sources": 200, "baseline_distinct_sources": 200,
             "sources": sources, "crowd": crowd,
         }),
@@ -244,8 +246,10 @@ fn a_crowd_is_held_as_a_whole_and_the_comment_says_it_holds_everyone() {
         let c = &p.channels[0];
         assert_eq!(c.from.len(), 2, "{text}");
         assert!(c.from.iter().all(|n| n.prefix_len() == 0));
-        // The destination's baseline (2 Mbit/s) x 1.5.
+        // The destination's baseline (2 Mbit/s, 500 packets/s) x 1.5.
         assert_eq!(c.limit.bandwidth_bps, Some(3_000_000), "{text}");
+        assert_eq!(c.limit.packets, Some(750), "{text}");
+        assert!(text.contains("the detector's baseline (its moving mean) of request_bps and request_pps: 2.0Mbit/s, 500.0 packets/s"), "{text}");
         assert!(text.contains("Holds EVERYONE toward service"), "{text}");
         let reason = if crowd {
             "a crowd of sources"
@@ -379,15 +383,23 @@ fn a_spike_on_a_channel_sets_its_limit_in_place() {
             "web",
             CHANNEL_METRICS,
             t,
-            &[wander(8e6, t), wander(1000.0, t), 0.0, 0.0],
+            // 3/4 passed, 1/4 dropped: offered is their sum.
+            &[
+                0.75 * wander(8e6, t),
+                0.75 * wander(1000.0, t),
+                0.25 * wander(8e6, t),
+                0.25 * wander(1000.0, t),
+            ],
         );
     }
     let e = event(
         EventKind::Spike,
         &[],
         &[],
-        json!({"metric": "passed_bps", "baseline": 8e6, "now": 25e6, "factor": 3.1,
-               "protocol": "tcp", "port": 80, "channel": "web"}),
+        json!({"metric": "offered_bps", "baseline": 8e6, "now": 25e6, "factor": 3.1,
+               "protocol": "mixed", "port": null, "channel": "web",
+               "offered_bps": {"baseline": 8e6, "now": 25e6},
+               "offered_pps": {"baseline": 1000.0, "now": 3100.0}}),
     );
     let text = suggest(&e, &live, &h, Mode::Enforce).unwrap();
     println!("{text}");
@@ -410,7 +422,10 @@ fn a_spike_on_a_channel_sets_its_limit_in_place() {
         text.contains("set in place: a copy ahead with the same match"),
         "{text}"
     );
-    assert!(text.contains("of the channel's history (passed)"), "{text}");
+    assert!(
+        text.contains("of the channel's history (passed + dropped)"),
+        "{text}"
+    );
     // Applied, the same event finds nothing to tighten.
     let err = suggest(&e, &p, &h, Mode::Enforce).unwrap_err();
     assert!(matches!(err, SuggestError::AlreadyHeld { .. }), "{err}");
@@ -433,6 +448,16 @@ fn a_spike_on_a_channel_sets_its_limit_in_place() {
     let text = suggest(&e, &live, &h, Mode::Monitor).unwrap();
     let p = Policy::parse(&text, "s.yaml").unwrap();
     assert_eq!(p.channels[0].mode, Mode::Monitor);
+    // Without history: the detector's offered baselines.
+    let text = suggest(&e, &live, &History::new(), Mode::Enforce).unwrap();
+    let p = Policy::parse(&text, "s.yaml").unwrap();
+    let l = &p.channels[0].limit;
+    assert_eq!(
+        (l.bandwidth_bps, l.packets),
+        (Some(12_000_000), Some(1500)),
+        "{text}"
+    );
+    assert!(text.contains("of offered_bps and offered_pps"), "{text}");
     // A channel gone since.
     let mut gone = e.clone();
     gone.evidence.insert("channel".into(), json!("removed"));
@@ -694,6 +719,8 @@ fn ipv6_sources_and_destinations() {
 fn a_baseline_in_packets_only_limits_packets_only() {
     let live = live();
     let mut e = dos_event(&["other"], true);
+    e.evidence.remove("request_bps");
+    e.evidence.remove("request_pps");
     e.evidence.insert("metric".into(), json!("request_pps"));
     e.evidence.insert("baseline".into(), json!(4000.0));
     let text = suggest(&e, &live, &History::new(), Mode::Enforce).unwrap();
