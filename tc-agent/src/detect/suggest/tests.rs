@@ -733,3 +733,102 @@ fn a_baseline_in_packets_only_limits_packets_only() {
         "{text}"
     );
 }
+
+/// End to end on synthetic traffic: 200 quiet sources, then three of them
+/// jump 80x; the detectors' own `dos` event, with the history the agent
+/// records every second, gives a hold on exactly the three, at their
+/// baseline, far below the flood, and no other source matches it.
+#[test]
+fn the_detectors_dos_event_becomes_a_hold_on_the_flooders() {
+    use crate::{
+        detect::{
+            testutil::{rng, sample, Flow, Noise, Run, Wander},
+            Detector,
+        },
+        observe::interaction_point,
+    };
+    let live = Policy::parse(
+        "endpoints:\n  service: [198.18.10.2/32]\nchannels:\n  - name: web\n    to: service\n    protocol: tcp\n",
+        "live.yaml",
+    )
+    .unwrap();
+    let flows: Vec<Flow> = (0..200)
+        .map(|i| {
+            Flow::tcp(
+                &format!("198.18.{}.{}", 1 + i / 100, i % 100),
+                "service",
+                50.0,
+            )
+        })
+        .collect();
+    let flooders = [7usize, 58, 142];
+    let (onset, t0) = (420u64, STARTED - 420);
+    let mut r = rng(3);
+    let mut w: Vec<Wander> = flows.iter().map(|_| Wander::new(Noise::Iid(0.3))).collect();
+    let (mut det, mut run, mut h) = (Detector::default(), Run::default(), History::new());
+    for i in 0..onset + 30 {
+        let pairs: Vec<_> = flows
+            .iter()
+            .zip(&mut w)
+            .enumerate()
+            .map(|(j, (f, w))| {
+                let k = if i >= onset && flooders.contains(&j) {
+                    80.0
+                } else {
+                    1.0
+                };
+                f.pair(w.next(&mut r) * k)
+            })
+            .collect();
+        for p in &pairs {
+            let key = format!("{}->{}", p.from, p.to);
+            h.record(
+                &key,
+                INTERACTION_METRICS,
+                t0 + i,
+                &interaction_point(&p.d, 1.0),
+            );
+        }
+        run.feed(&mut det, i, &sample(t0 + i, pairs, Vec::new()));
+    }
+    let dos = run.of(EventKind::Dos);
+    assert_eq!(dos.len(), 1, "{:?}", run.started);
+    let (at, e) = dos[0];
+    assert!(*at >= onset && *at < onset + 10, "detected at {at}");
+    let text = suggest(e, &live, &h, Mode::Enforce).unwrap();
+    println!("{}\n{text}", serde_json::to_string(e).unwrap());
+    let p = check(&text, &live, 1, 1);
+    let hold = &p.channels[0];
+    let want: Vec<IpNet> = flooders
+        .iter()
+        .map(|&j| format!("{}/32", flows[j].from).parse().unwrap())
+        .collect();
+    let mut want = want;
+    want.sort();
+    assert_eq!(hold.from, want, "{text}");
+    assert_eq!(
+        (hold.protocol, &hold.ports[..]),
+        (Protocol::Tcp, &[(80, 80)][..])
+    );
+    // Each source's baseline: 50 packets/s of 100 bytes (40 kbit/s) ±30%,
+    // so a p95 within 1.2-1.3x of the level; three of them, times 1.5.
+    let level = 3.0 * 40_000.0 * HEADROOM;
+    let bw = hold.limit.bandwidth_bps.unwrap() as f64;
+    assert!(
+        (1.15 * level..=1.35 * level).contains(&bw),
+        "{bw} vs {level}"
+    );
+    // The flood offers 80x the level: the hold passes under 2.5% of it.
+    let flood = 3.0 * 40_000.0 * 80.0;
+    assert!(bw / flood < 0.025, "{bw} of {flood}");
+    // No other source matches the hold: they go on to `web`, as before.
+    for (j, f) in flows
+        .iter()
+        .enumerate()
+        .filter(|(j, _)| !flooders.contains(j))
+    {
+        let a: IpNet = format!("{}/32", f.from).parse().unwrap();
+        assert!(!hold.from.iter().any(|n| n.contains(&a)), "source {j}");
+    }
+    assert!(text.contains("history before the onset"), "{text}");
+}
