@@ -126,8 +126,12 @@ pub enum SuggestError {
         "the suggested policy does not validate, so it is not handed out (a bug in suggest): {0}"
     )]
     Invalid(PolicyError),
+    /// What was built does not fit the datapath's tables (the live policy
+    /// is near them, and the hold's prefixes or ports tip it over).
+    #[error("the suggested policy would not fit the datapath: {0}; limit the sources by hand, or make room in the live policy")]
+    TooLarge(crate::policy::compile::CapacityError),
     /// What was built reads back to another live policy: a bug here.
-    #[error("the suggested policy would change the live channel `{0}`: not handed out (a bug in suggest)")]
+    #[error("the suggested policy would change {0} of the live policy: not handed out (a bug in suggest)")]
     Changed(String),
 }
 
@@ -1037,12 +1041,14 @@ impl Cx<'_> {
         let parsed = Policy::parse(&text, &file).map_err(SuggestError::Invalid)?;
         for (a, b) in parsed.channels.iter().zip(&policy.channels) {
             if a != b {
-                return Err(SuggestError::Changed(b.name.clone()));
+                return Err(SuggestError::Changed(format!("channel `{}`", b.name)));
             }
         }
         if parsed.channels.len() != policy.channels.len() || parsed.endpoints != policy.endpoints {
-            return Err(SuggestError::Changed("(endpoints)".into()));
+            return Err(SuggestError::Changed("the endpoint sets".into()));
         }
+        // What `apply` does next: the tables must hold it.
+        crate::policy::compile::compile(&parsed).map_err(SuggestError::TooLarge)?;
         // Live channels the hold shadows: said, not hidden.
         let mut shadowed = Vec::new();
         for w in &parsed.warnings {
