@@ -193,7 +193,7 @@ struct GenChannel {
 
 /// A generated policy file.
 #[derive(Debug, Clone)]
-pub(super) struct GenPolicy {
+pub(crate) struct GenPolicy {
     /// `endpoints:` sets in order, each a name and its items.
     sets: Vec<(String, Vec<String>)>,
     /// `channels:` in order.
@@ -548,7 +548,7 @@ fn channel(valid: bool, defined: Vec<String>) -> impl Strategy<Value = GenChanne
         )
 }
 
-pub(super) fn policy(valid: bool) -> impl Strategy<Value = GenPolicy> {
+pub(crate) fn policy(valid: bool) -> impl Strategy<Value = GenPolicy> {
     // Now and then past 64 channels: a second word in every channel set.
     let count = prop_oneof![7 => 0..8usize, 1 => 60..80usize];
     (sets(valid), any::<bool>(), count).prop_flat_map(move |(sets, quote, count)| {
@@ -578,7 +578,7 @@ fn scalar(s: &str, quote: bool, in_flow: bool) -> String {
 }
 
 impl GenPolicy {
-    pub(super) fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let q = self.quote;
         let mut out = String::new();
         if !self.sets.is_empty() {

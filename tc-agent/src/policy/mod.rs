@@ -36,7 +36,7 @@ pub use self::{
 };
 
 #[cfg(test)]
-mod fuzz;
+pub(crate) mod fuzz;
 #[cfg(test)]
 mod sim;
 #[cfg(test)]

@@ -832,3 +832,124 @@ fn the_detectors_dos_event_becomes_a_hold_on_the_flooders() {
     }
     assert!(text.contains("history before the onset"), "{text}");
 }
+
+/// Random live policies (the policy fuzzer's) and random events of every
+/// kind, with evidence whole, partial, or wrong, names that are sets,
+/// addresses, `other` or nothing known: `suggest` either hands out a file
+/// that validates and keeps the live policy, or refuses with one of the
+/// errors an operator can act on, never one that says it built something
+/// wrong, and never panics.
+#[test]
+fn random_events_on_random_policies() {
+    use proptest::{
+        prelude::*,
+        test_runner::{Config, TestRunner},
+    };
+    let names = prop::sample::select(
+        &[
+            "web",
+            "db",
+            "lan",
+            "ext",
+            "a",
+            "b_2",
+            "set.x",
+            "n-1",
+            "other",
+            "gone",
+            "198.18.1.7",
+            "198.18.1.8",
+            "10.0.0.1",
+            "2001:db8::1",
+            "2001:db8:5::/64",
+            "not an address",
+            "",
+        ][..],
+    );
+    let evidence = (
+        prop::sample::select(&["request_bps", "request_pps", "offered_bps", "response_ratio", "x"][..]),
+        prop::option::of(0.0..1e9f64),
+        prop::sample::select(&["tcp", "udp", "icmp", "other", "mixed", "TCP", ""][..]),
+        prop::option::of(0u32..70_000),
+        any::<bool>(),
+        prop::option::of(prop::sample::select(&["c0", "c1", "c5", "x", ""][..])),
+        prop::collection::vec((prop::sample::select(&["198.18.1.7", "other", "web", "198.18.1.9"][..]), prop::option::of(0.0..1e8f64)), 0..4),
+    )
+        .prop_map(|(metric, baseline, protocol, port, crowd, channel, sources)| {
+            let mut ev = json!({
+                "metric": metric, "baseline": baseline, "now": 1e9, "factor": 3.0,
+                "protocol": protocol, "port": port, "crowd": crowd,
+                "request_bps": {"baseline": baseline, "now": 1e9},
+                "sources": sources.iter().map(|(s, b)| json!({"source": s, "baseline_bps": b, "baseline_pps": b.map(|b| b / 1000.0)})).collect::<Vec<_>>(),
+                "clients": sources.iter().map(|(s, b)| json!({"from": s, "baseline_request_bps": b})).collect::<Vec<_>>(),
+                "new_connections_per_s": {"baseline": 12.0, "now": 100.0},
+            });
+            if let Some(c) = channel {
+                ev["channel"] = json!(c);
+            }
+            ev
+        });
+    let case = (
+        crate::policy::fuzz::policy(true),
+        prop::sample::select(&EventKind::ALL[..]),
+        prop::collection::vec(names.clone(), 0..4),
+        prop::collection::vec(names, 0..3),
+        evidence,
+        any::<bool>(),
+    );
+    let mut runner = TestRunner::new(Config {
+        cases: 256,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let (ok, refused) = (std::cell::Cell::new(0), std::cell::Cell::new(0));
+    runner
+        .run(&case, |(g, kind, from, to, ev, monitor)| {
+            let live = Policy::parse(&g.render(), "fuzz.yaml").expect("valid");
+            let from: Vec<&str> = from.iter().map(|s| &**s).collect();
+            let to: Vec<&str> = to.iter().map(|s| &**s).collect();
+            let e = event(kind, &from, &to, ev);
+            let mode = if monitor {
+                Mode::Monitor
+            } else {
+                Mode::Enforce
+            };
+            match suggest(&e, &live, &History::new(), mode) {
+                Ok(text) => {
+                    let p = Policy::parse(&text, "s.yaml")
+                        .unwrap_or_else(|err| panic!("{err}\n{text}"));
+                    // Everything live is there (a channel spike changes one
+                    // channel's limit and mode in place).
+                    let added = p.channels.len() - live.channels.len();
+                    for (a, b) in p.channels[added..].iter().zip(&live.channels) {
+                        assert_eq!(
+                            (&a.name, &a.from, &a.to, a.protocol, &a.ports),
+                            (&b.name, &b.from, &b.to, b.protocol, &b.ports)
+                        );
+                        if e.evidence.get("channel").and_then(Value::as_str)
+                            != Some(b.name.as_str())
+                            || kind != EventKind::Spike
+                        {
+                            assert_eq!(a, b, "{text}");
+                        }
+                    }
+                    assert!(p.channels[..added].iter().all(|c| c.mode == mode));
+                    ok.set(ok.get() + 1);
+                }
+                Err(
+                    err @ (SuggestError::Invalid(_)
+                    | SuggestError::Changed(_)
+                    | SuggestError::TooLarge(_)),
+                ) => panic!("{err}\n{e:?}\n{}", g.render()),
+                Err(_) => refused.set(refused.get() + 1),
+            }
+            Ok(())
+        })
+        .unwrap();
+    println!(
+        "{} suggestions, {} refused with a reason",
+        ok.get(),
+        refused.get()
+    );
+    assert!(ok.get() > 25, "{} suggestions only", ok.get());
+}
