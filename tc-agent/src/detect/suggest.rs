@@ -467,10 +467,18 @@ impl Cx<'_> {
                 None => match fallback(s) {
                     Some((r, label)) => (
                         r,
-                        format!(
-                            "{label}; the history has no {MIN_POINTS} s of `{s}->{}` before the onset",
-                            dests.join("|")
-                        ),
+                        match self.set_of(s) {
+                            // The map names the address by its set: its
+                            // history is the whole set's.
+                            Some(set) => format!(
+                                "{label}; its history is the whole set's, `{set}->{}`",
+                                dests.join("|")
+                            ),
+                            None => format!(
+                                "{label}; the history has no {MIN_POINTS} s of `{s}->{}` before the onset",
+                                dests.join("|")
+                            ),
+                        },
                     ),
                     None => (
                         Rates::default(),
@@ -487,6 +495,27 @@ impl Cx<'_> {
             lines.push(format!("  ... and {} more sources", named.len() - SHOWN));
         }
         (total, lines)
+    }
+
+    /// The live set the interaction map names address `name` by (the most
+    /// specific that holds it, the first in file order among equals), if
+    /// `name` is an address in one.
+    fn set_of(&self, name: &str) -> Option<&str> {
+        let Resolved::Net(net) = self.resolve(name) else {
+            return None;
+        };
+        let mut best: Option<(&str, u8)> = None;
+        for (set, nets) in &self.policy.endpoints {
+            let len = nets
+                .iter()
+                .filter(|n| n.contains(&net))
+                .map(IpNet::prefix_len)
+                .max();
+            if let Some(len) = len.filter(|l| best.is_none_or(|(_, b)| *l > b)) {
+                best = Some((set, len));
+            }
+        }
+        best.map(|(s, _)| s)
     }
 
     /// The destination's total baseline, for holding everyone: the

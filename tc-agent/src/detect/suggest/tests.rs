@@ -213,8 +213,17 @@ fn without_history_the_evidence_gives_the_baseline_and_the_comment_says_so() {
     // 2 x 40 kbit/s x 1.5; 2 x 10 packets/s x 1.5.
     assert_eq!(c.limit.bandwidth_bps, Some(120_000));
     assert_eq!(c.limit.packets, Some(30));
+    // Both addresses are in `clients`: the map names them by it, so their
+    // history is the set's.
+    assert!(text.contains("#   198.18.1.7: 40.0kbit/s, 10.0 packets/s (the event's baseline for this source; its history is the whole set's, `clients->service`)"), "{text}");
+    let mut lone = dos_event(&["198.18.77.7"], false);
+    lone.evidence.insert(
+        "sources".into(),
+        json!([{"source": "198.18.77.7", "baseline_bps": 1e5}]),
+    );
+    let text = suggest(&lone, &live, &History::new(), Mode::Enforce).unwrap();
     assert!(
-        text.contains("the event's baseline for this source; the history has no 30 s"),
+        text.contains("the history has no 30 s of `198.18.77.7->service` before the onset"),
         "{text}"
     );
 }
