@@ -137,7 +137,15 @@ pub enum SuggestError {
 
 /// A complete policy file: `policy` plus, ahead of its channels, an
 /// endpoint set for the event's sources and a channel that holds them to
-/// their baseline (from `history`), in `mode`.
+/// their baseline (from `history`), in `mode`; for a spike on a channel,
+/// `policy` with that channel's limit set in place. The text has been
+/// validated and compiled as `apply` will; an event that cannot be
+/// answered (no destination, no room, nothing to tighten) is an error
+/// that says why.
+///
+/// Costs a render, a parse and a compile of the whole policy: 3.6 s in a
+/// debug build for 1,000 channels and two 32,000-prefix sets (1.6 MB of
+/// text), where parsing the live file alone takes 1.7 s.
 pub fn suggest(
     event: &Event,
     policy: &Policy,
