@@ -585,6 +585,19 @@ impl Cx<'_> {
         everyone_reason: &str,
     ) -> Result<Plan, SuggestError> {
         let (to, dests) = self.destination()?;
+        let lost: Vec<&str> = self
+            .event
+            .to
+            .iter()
+            .filter(|t| !dests.contains(t))
+            .map(String::as_str)
+            .collect();
+        let lost = (!lost.is_empty()).then(|| {
+            format!(
+                "  not held toward {}: no address or set of the live policy names it",
+                lost.join(", ")
+            )
+        });
         let (protocol, ports) = self.protocol();
         // New connections are what a squeezed upstream pays for; a flood
         // or a spike is held in bytes and packets.
@@ -601,6 +614,7 @@ impl Cx<'_> {
                     dests.join(", ")
                 ),
             );
+            why.extend(lost);
             return Ok(Plan {
                 from: any(),
                 from_set: None,
@@ -631,6 +645,7 @@ impl Cx<'_> {
                 unnamed.join(", ")
             ));
         }
+        why.extend(lost);
         Ok(Plan {
             from,
             from_set,

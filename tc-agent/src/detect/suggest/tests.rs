@@ -589,6 +589,14 @@ fn unknown_destinations_and_empty_events_are_refused() {
     let err = suggest(&e, &live, &History::new(), Mode::Enforce).unwrap_err();
     assert!(matches!(err, SuggestError::NoDestination { .. }), "{err}");
     assert!(err.to_string().contains("other, gone-set"), "{err}");
+    // One destination known, one not: held toward the known one, and said.
+    e.to = vec!["service".into(), "gone-set".into()];
+    let text = suggest(&e, &live, &History::new(), Mode::Enforce).unwrap();
+    check(&text, &live, 1, 1);
+    assert!(
+        text.contains("not held toward gone-set: no address or set of the live policy names it"),
+        "{text}"
+    );
     let e = event(
         EventKind::Spike,
         &[],
