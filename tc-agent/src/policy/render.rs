@@ -71,16 +71,17 @@ pub fn render_with(policy: &Policy, notes: &Notes) -> String {
     out
 }
 
-/// Comment lines at `indent`; a line break inside a note starts a new
-/// comment line, so no note can end the comment early.
+/// Comment lines at `indent`. Every line break YAML knows (`\n`, `\r`,
+/// NEL, LS, PS) inside a note starts a new comment line, and other control
+/// characters become spaces, so no note (an event's summary) can end the
+/// comment early or make the file unreadable.
 fn comment(out: &mut String, indent: &str, lines: &[String]) {
-    for line in lines.iter().flat_map(|l| {
-        if l.is_empty() {
-            "".split('\n')
-        } else {
-            l.split('\n')
-        }
-    }) {
+    let breaks = |c: char| matches!(c, '\n' | '\r' | '\u{85}' | '\u{2028}' | '\u{2029}');
+    for line in lines.iter().flat_map(|l| l.split(breaks)) {
+        let line: String = line
+            .chars()
+            .map(|c| if c.is_control() && c != '\t' { ' ' } else { c })
+            .collect();
         let line = line.trim_end();
         if line.is_empty() {
             let _ = writeln!(out, "{indent}#");

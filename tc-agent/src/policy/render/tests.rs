@@ -554,6 +554,20 @@ fn notes_are_comments() {
     );
     let back = Policy::parse(&text, "n.yaml").unwrap();
     assert_eq!(back.channels, p.channels);
+    // Whatever a note holds, it stays a comment.
+    let nasty = "a\rchannels: []\u{2028}b\u{85}c\u{7}d\u{1b}[2J\n  - name: x";
+    let mut notes = Notes {
+        header: vec![nasty.into()],
+        ..Notes::default()
+    };
+    notes.channels.insert("c".into(), vec![nasty.into()]);
+    let text = render_with(&p, &notes);
+    assert!(
+        text.starts_with("# a\n# channels: []\n# b\n# c d [2J\n#   - name: x\n"),
+        "{text:?}"
+    );
+    let back = Policy::parse(&text, "n.yaml").unwrap();
+    assert_eq!(back.channels, p.channels);
 }
 
 /// Four channels naming two 32,000-prefix sets together (as many copies
