@@ -614,6 +614,16 @@ impl Cx<'_> {
                     dests.join(", ")
                 ),
             );
+            if crowd && !named.is_empty() {
+                let other = self.num("other_share").map_or(String::new(), |x| {
+                    format!(", and `other` carries {:.0}%", x * 100.0)
+                });
+                why.push(format!(
+                    "  the event names {} of the crowd ({}){other}: holding those alone would leave the rest of it unheld",
+                    named.len(),
+                    shorten(&named.join(", "))
+                ));
+            }
             why.extend(lost);
             return Ok(Plan {
                 from: any(),

@@ -267,6 +267,8 @@ fn a_crowd_is_held_as_a_whole_and_the_comment_says_it_holds_everyone() {
         };
         assert!(text.contains(reason), "{text}");
         assert!(!text.contains("dos-3-sources"), "{text}");
+        let partial = "the event names 1 of the crowd (198.18.1.7): holding those alone";
+        assert_eq!(text.contains(partial), from.len() == 2, "{text}");
     }
 }
 
