@@ -143,9 +143,10 @@ pub enum SuggestError {
 /// answered (no destination, no room, nothing to tighten) is an error
 /// that says why.
 ///
-/// Costs a render, a parse and a compile of the whole policy: 3.6 s in a
-/// debug build for 1,000 channels and two 32,000-prefix sets (1.6 MB of
-/// text), where parsing the live file alone takes 1.7 s.
+/// Costs a render, a parse and a compile of the whole policy (measured in
+/// a release build: 72 µs for a policy of three channels; 386 ms for
+/// 1,000 channels and two 32,000-prefix sets, 1.6 MB of text, where
+/// parsing the live file alone takes 222 ms).
 pub fn suggest(
     event: &Event,
     policy: &Policy,
