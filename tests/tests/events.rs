@@ -291,6 +291,41 @@ fn events_follow_prints_a_floods_start_and_end_and_ends_cleanly() -> Result<()> 
     ensure!(listed["ended"] == ended_at, "{listed}");
     ensure!(all["cursor"].as_u64().is_some_and(|c| c >= 2), "{all}");
 
+    // `suggest ID > file && apply file` works as it stands.
+    let suggested = String::from_utf8(agent.cli(&["suggest", &id])?.stdout)?;
+    println!("tc-agent suggest {id}:\n{suggested}");
+    let file = write_policy("events-suggested", &suggested);
+    let file = file.to_str().context("policy path")?;
+    agent.cli(&["apply", file])?;
+    let live: Vec<String> = agent.channels()?["channels"]
+        .as_array()
+        .context("channels")?
+        .iter()
+        .filter_map(|c| c["name"].as_str().map(str::to_string))
+        .collect();
+    ensure!(
+        live.len() >= 2 && live.contains(&"udp-in".to_string()),
+        "{live:?}"
+    );
+    // `-o json` carries the contract's fields, and the suggestion now
+    // builds on the policy just applied (the observer's copy followed the
+    // apply): every live channel is in it.
+    let v: Value = serde_json::from_slice(
+        &agent
+            .cli(&["suggest", &id, "--mode", "monitor", "-o", "json"])?
+            .stdout,
+    )?;
+    ensure!(v["id"] == id.as_str() && v["mode"] == "monitor", "{v}");
+    ensure!(v["event"]["id"] == id.as_str(), "{v}");
+    let text = v["policy"].as_str().context("policy")?;
+    for name in &live {
+        ensure!(
+            text.contains(name.as_str()),
+            "{name} not in the new suggestion:\n{text}"
+        );
+    }
+    ensure!(text.contains("monitor"), "{text}");
+
     // An id this run never gave: a clear error, status 1.
     let out = Command::new(agent_bin())
         .arg("--socket")
