@@ -5,8 +5,10 @@
 //!
 //! - demand is up when request bits/s or packets/s is at least
 //!   [`DEMAND_RATIO`] times its baseline and [`DEMAND_K`] deviations above
-//!   it (and above the floors), or new connections (SYNs) per second at
-//!   least [`CONN_RATIO`] times theirs and at least [`CONN_FLOOR`];
+//!   it (and above the floors), or new connections (SYNs) per second over
+//!   the last [`WINDOW`] samples at least [`CONN_RATIO`] times theirs and
+//!   at least [`CONN_FLOOR`] (a client that opens more connections does so
+//!   in a burst, then keeps them alive);
 //! - the responses are not keeping up when one of these holds:
 //!   - the response/request byte ratio is at most [`RATIO_DROP`] times its
 //!     baseline (and [`DEMAND_K`] deviations under it);
@@ -56,6 +58,8 @@ pub const CONN_FLOOR: f64 = 5.0;
 /// Responses behind: the response/request byte ratio at most this share of
 /// its baseline.
 pub const RATIO_DROP: f64 = 0.6;
+/// A response/request ratio under this is no answer to fall from.
+pub const MIN_RATIO: f64 = 0.01;
 /// Samples the handshake signals are summed over (handshakes are rare).
 pub const WINDOW: usize = 3;
 /// Responses behind: at least this share of SYNs unanswered...
@@ -113,7 +117,7 @@ struct Dest {
     bps: Baseline,
     /// Request packets/s.
     pps: Baseline,
-    /// New connections (SYNs) per second.
+    /// New connections (SYNs) per second over the last [`WINDOW`] samples.
     conn: Baseline,
     /// Resets per second.
     rst: Baseline,
@@ -273,7 +277,7 @@ fn read(now: &IxCounters, window: &[IxCounters; WINDOW], dt: f64) -> Reading {
     Reading {
         bps,
         pps: now.req_pkts as f64 / dt,
-        conn: now.syns as f64 / dt,
+        conn: w.syns as f64 / (WINDOW as f64 * dt),
         rst: now.rsts as f64 / dt,
         ratio: (bps >= BPS_FLOOR / 2.0 && now.req_bytes > 0)
             .then(|| now.resp_bytes as f64 / now.req_bytes as f64),
@@ -296,8 +300,12 @@ fn judge(d: &Dest, r: &Reading) -> (bool, &'static str) {
     let Some(metric) = demand else {
         return (false, "request_bps");
     };
+    // A destination that never answers (one-way UDP) has a ratio of zero
+    // and no fall to see.
     let ratio = r.ratio.is_some_and(|x| {
         d.ratio.warm()
+            && d.ratio.mean() >= MIN_RATIO
+            && x < d.ratio.mean()
             && x <= RATIO_DROP * d.ratio.mean()
             && x <= d.ratio.mean() - DEMAND_K * d.ratio.dev()
     });

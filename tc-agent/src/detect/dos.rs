@@ -55,9 +55,9 @@ pub const RISE: f64 = 1.5;
 /// ... and this many deviations above it (also for each heavy source).
 pub const K: f64 = 3.0;
 /// Request bits/s a destination needs now to be judged.
-pub const BPS_FLOOR: f64 = 500_000.0;
+pub const BPS_FLOOR: f64 = 250_000.0;
 /// Request packets/s a destination needs now to be judged.
-pub const PPS_FLOOR: f64 = 100.0;
+pub const PPS_FLOOR: f64 = 50.0;
 /// A heavy source is at least this many times its own baseline.
 pub const SOURCE_RATIO: f64 = 8.0;
 /// A new source is heavy at this many times the typical source...
@@ -65,9 +65,9 @@ pub const NEW_TYPICAL: f64 = 10.0;
 /// ... or at this share of the destination's whole baseline.
 pub const NEW_SHARE: f64 = 0.1;
 /// Request bits/s a heavy source needs at least.
-pub const SOURCE_BPS_FLOOR: f64 = 100_000.0;
+pub const SOURCE_BPS_FLOOR: f64 = 50_000.0;
 /// Request packets/s a heavy source needs at least.
-pub const SOURCE_PPS_FLOOR: f64 = 20.0;
+pub const SOURCE_PPS_FLOOR: f64 = 10.0;
 /// Heavy sources at most for case (a).
 pub const FEW: usize = 16;
 /// Share of the destination's traffic the heavy sources carry together.

@@ -18,6 +18,44 @@
 //!
 //! Nothing here does I/O: the agent feeds samples in and reads events out,
 //! so every detector is tested on synthetic series.
+//!
+//! Every series has a [`baseline`] (EWMA of the value and of its absolute
+//! deviation, a time constant of a minute, no verdict in its first
+//! [`baseline::WARMUP`] samples, frozen while an episode is open or
+//! pending) and every episode hysteresis (a few hot samples in a row open
+//! it, ten calm ones in a row end it). Coherence: see [`Detector::observe`].
+//!
+//! ## Thresholds and what they give on synthetic traffic
+//!
+//! The constants are in each detector's module. Measured by the
+//! `threshold_table` tests (`cargo test -p tc-agent --lib threshold_table
+//! -- --nocapture`), 1 s samples, seeded; a delay counts samples from the
+//! onset's first sample (1 = flagged at it; with real traffic the onset's
+//! first sample is partial, add up to one).
+//!
+//! Wandering traffic: `Iid` uniform within ±30% each sample; `Walk` a
+//! bounded random walk within ±30%; `Bursty` ±30% plus, in 2% of the
+//! samples, a burst of 3x for one or two samples.
+//!
+//! | detector | traffic | false events per hour |
+//! |---|---|---|
+//! | spike (ratio 2.0, k 4, 3 samples) | one interaction, Iid/Walk/Bursty ±30% (50 h each) | 0 / 0 / 0 |
+//! | spike | Iid ±50%, Walk ±50%, Iid ±80% | 0 / 0 / 0 |
+//! | spike, ratio 1.5 instead | Walk ±50% | 0.06 (1.5 rejected) |
+//! | upstream_collapse | a destination of 5 clients, Iid/Walk/Bursty ±30%, Iid ±50% (20 h each) | 0 |
+//! | dos | a destination of 20 sources, Iid/Walk/Bursty ±30%, Iid/Walk ±50% (5 h each, any kind of event) | 0 |
+//!
+//! | onset | delay (samples) |
+//! |---|---|
+//! | spike 3x, 80x | 3 (all 20 seeds, both noises) |
+//! | spike 2.5x | median 3 (max 10-28) |
+//! | spike 2x (the threshold) | median 4-7; 6-11 of 20 missed |
+//! | spike 1.5x | never (below the ratio) |
+//! | upstream_collapse: demand 2x/4x/6x, responses flat | 3 |
+//! | dos: 3 of 200 sources 80x (55% of the traffic) | 2 (5 seeds) |
+//! | dos: 10 of 200 sources 40x; 1 of 200 400x | 2 |
+//! | dos: 10 of 200 sources 20x (51%, at the share threshold) | 2, once 4 |
+//! | dos: 3 of 200 sources 10x or 20x (13%, 23% of the traffic) | none: not dominated |
 
 pub mod baseline;
 pub mod collapse;

@@ -112,8 +112,11 @@ struct Verdict {
 }
 
 /// The spike detector's state.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Spike {
+    /// The onset ratio: [`RATIO`], other values only in the threshold
+    /// table's sweep.
+    ratio: f64,
     /// Interactions by `from\0to`.
     pairs: HashMap<String, Series>,
     /// Channels by name.
@@ -122,7 +125,27 @@ pub struct Spike {
     key: String,
 }
 
+impl Default for Spike {
+    fn default() -> Self {
+        Self {
+            ratio: RATIO,
+            pairs: HashMap::new(),
+            channels: HashMap::new(),
+            key: String::new(),
+        }
+    }
+}
+
 impl Spike {
+    /// A detector with another onset ratio, for the threshold sweep.
+    #[cfg(test)]
+    fn with_ratio(ratio: f64) -> Self {
+        Self {
+            ratio,
+            ..Self::default()
+        }
+    }
+
     /// Looks at one sample, `tick` counting samples. `busy`: destinations
     /// where a more specific detector has an episode open or pending.
     pub fn observe(&mut self, s: &Sample, tick: u64, busy: &HashSet<String>) -> Vec<Found> {
@@ -156,7 +179,7 @@ impl Spike {
         }
         for (key, series) in &mut self.pairs {
             let (from, to) = key.split_once('\0').unwrap_or((key.as_str(), ""));
-            let v = judge(series, tick, busy.contains(to));
+            let v = judge(series, tick, busy.contains(to), self.ratio);
             if v.open {
                 found.push(Found::Started {
                     key: format!("ix:{key}"),
@@ -171,7 +194,7 @@ impl Spike {
             }
         }
         for (name, series) in &mut self.channels {
-            let v = judge(series, tick, !busy.is_empty());
+            let v = judge(series, tick, !busy.is_empty(), self.ratio);
             if v.open {
                 found.push(Found::Started {
                     key: format!("ch:{name}"),
@@ -212,10 +235,10 @@ fn entry<'a>(map: &'a mut HashMap<String, Series>, key: &str) -> Option<&'a mut 
 }
 
 /// One sample's verdict on one series, learning it when calm.
-fn judge(series: &mut Series, tick: u64, busy: bool) -> Verdict {
+fn judge(series: &mut Series, tick: u64, busy: bool, ratio: f64) -> Verdict {
     let (pps, bps) = series.now(tick);
-    let hot_bps = bps >= BPS_FLOOR && series.bps.far_above(bps, RATIO, K);
-    let hot_pps = pps >= PPS_FLOOR && series.pps.far_above(pps, RATIO, K);
+    let hot_bps = bps >= BPS_FLOOR && series.bps.far_above(bps, ratio, K);
+    let hot_pps = pps >= PPS_FLOOR && series.pps.far_above(pps, ratio, K);
     let up_bps = bps >= BPS_FLOOR / 2.0 && series.bps.far_above(bps, END_RATIO, END_K);
     let up_pps = pps >= PPS_FLOOR / 2.0 && series.pps.far_above(pps, END_RATIO, END_K);
     let mut v = Verdict {

@@ -22,6 +22,11 @@ pub enum Noise {
     /// A random walk bounded to ±`amp` (steps of a fifth of it), plus
     /// independent jitter: the sum stays within ±`amp`.
     Walk(f64),
+    /// Independent within ±`amp`, and in 2% of the samples a burst of
+    /// three times the level lasting one or two samples (a transfer, a
+    /// retransmission storm), never two bursts back to back: a burst of
+    /// three samples or more is a spike by the detectors' definition.
+    Bursty(f64),
 }
 
 /// One wandering rate.
@@ -31,11 +36,20 @@ pub struct Wander {
     noise: Noise,
     /// The walk's position, within ±1.
     pos: f64,
+    /// Samples left in the current burst.
+    burst: u32,
+    /// Whether the previous sample was part of a burst.
+    bursting: bool,
 }
 
 impl Wander {
     pub fn new(noise: Noise) -> Self {
-        Self { noise, pos: 0.0 }
+        Self {
+            noise,
+            pos: 0.0,
+            burst: 0,
+            bursting: false,
+        }
     }
 
     /// The next multiplier of the level: 1 ± amp.
@@ -46,6 +60,19 @@ impl Wander {
                 self.pos = (self.pos + rng.random_range(-0.2..=0.2)).clamp(-1.0, 1.0);
                 let jitter = rng.random_range(-1.0..=1.0);
                 1.0 + amp * (0.7 * self.pos + 0.3 * jitter)
+            }
+            Noise::Bursty(amp) => {
+                if self.burst == 0 && !self.bursting && rng.random_range(0.0..1.0) < 0.02 {
+                    self.burst = rng.random_range(1..=2);
+                }
+                let x = 1.0 + amp * rng.random_range(-1.0..=1.0);
+                self.bursting = self.burst > 0;
+                if self.burst > 0 {
+                    self.burst -= 1;
+                    3.0 * x
+                } else {
+                    x
+                }
             }
         }
     }

@@ -233,7 +233,12 @@ fn the_episode_ends_after_calm() {
 /// demand times 2, 4 and 6 with the response ratio falling in proportion.
 #[test]
 fn threshold_table() {
-    for noise in [Noise::Iid(0.3), Noise::Walk(0.3), Noise::Iid(0.5)] {
+    for noise in [
+        Noise::Iid(0.3),
+        Noise::Walk(0.3),
+        Noise::Bursty(0.3),
+        Noise::Iid(0.5),
+    ] {
         let mut det = Detector::default();
         let mut r = rng(9);
         let flows: Vec<Flow> = (0..100)
@@ -264,7 +269,7 @@ fn threshold_table() {
                 .count();
         }
         eprintln!("collapse {noise:?}: {:.2} false events per destination-hour (20 destinations, 5 clients each)", events as f64 / 20.0);
-        if matches!(noise, Noise::Iid(a) | Noise::Walk(a) if a <= 0.3) {
+        if matches!(noise, Noise::Iid(a) | Noise::Walk(a) | Noise::Bursty(a) if a <= 0.3) {
             assert_eq!(events, 0);
         }
     }
@@ -284,4 +289,29 @@ fn threshold_table() {
             assert!(delay.is_some_and(|d| d <= 5), "{delay:?}");
         }
     }
+}
+
+#[test]
+fn one_way_traffic_has_no_ratio_to_fall() {
+    // UDP with no answers: a ratio of zero all along, and demand up.
+    let run = run(|_, f| {
+        f.pps *= 2.0;
+    });
+    assert!(run.of(EventKind::UpstreamCollapse).is_empty());
+    let mut det = Detector::default();
+    let mut out = Run::default();
+    let mut f = Flow::tcp("c", "srv", 500.0);
+    f.proto = 17;
+    f.resp_ratio = 0.0;
+    f.syns = 0.0;
+    f.synacks = 0.0;
+    for i in 0..200 {
+        let scale = if i >= 100 { 2.0 } else { 1.0 };
+        out.feed(&mut det, i, &sample(i, vec![f.pair(scale)], Vec::new()));
+    }
+    assert!(
+        out.of(EventKind::UpstreamCollapse).is_empty(),
+        "{:?}",
+        out.started
+    );
 }

@@ -291,7 +291,7 @@ fn threshold_table() {
             "dos {noise:?}: {:.2} false events (any kind) per destination-hour (5 destinations, 20 sources each)",
             events as f64 / 5.0
         );
-        if matches!(noise, Noise::Iid(a) | Noise::Walk(a) if a <= 0.3) {
+        if matches!(noise, Noise::Iid(a) | Noise::Walk(a) | Noise::Bursty(a) if a <= 0.3) {
             assert_eq!(events, 0);
         }
     }
