@@ -11,10 +11,13 @@
 //! - (a) a few sources: between 1 and [`FEW`] tracked sources (never
 //!   `other`) are each heavy — at least [`SOURCE_RATIO`] times their own
 //!   baseline (and [`K`] deviations above it), or, new (still warming up),
-//!   at least [`NEW_TYPICAL`] times the destination's typical source or
-//!   [`NEW_SHARE`] of its whole baseline — above the source floors, and
+//!   at least [`NEW_TYPICAL`] times the destination's typical tracked
+//!   source and [`NEW_SHARE`] of its whole baseline (the latter alone when
+//!   the quiet sources are all untracked) — above the source floors, and
 //!   together they carry at least [`SHARE`] of the destination's traffic
-//!   now;
+//!   now. A source that already carried [`WAS_DOMINANT`] of the
+//!   destination's baseline is never heavy: its main client sending more
+//!   is a `spike` (or an `upstream_collapse`), not a flood;
 //! - (b) a crowd: the total is at least [`CROWD_RISE`] times its baseline
 //!   and the distinct tracked sources at least [`CROWD_SOURCES`] times
 //!   their baseline plus [`CROWD_EXTRA`], or the untracked `other` share at
@@ -60,14 +63,17 @@ pub const BPS_FLOOR: f64 = 250_000.0;
 pub const PPS_FLOOR: f64 = 50.0;
 /// A heavy source is at least this many times its own baseline.
 pub const SOURCE_RATIO: f64 = 8.0;
-/// A new source is heavy at this many times the typical source...
+/// A new source is heavy at this many times the typical tracked source...
 pub const NEW_TYPICAL: f64 = 10.0;
-/// ... or at this share of the destination's whole baseline.
+/// ... and at this share of the destination's whole baseline at least.
 pub const NEW_SHARE: f64 = 0.1;
 /// Request bits/s a heavy source needs at least.
 pub const SOURCE_BPS_FLOOR: f64 = 50_000.0;
 /// Request packets/s a heavy source needs at least.
 pub const SOURCE_PPS_FLOOR: f64 = 10.0;
+/// A source that carried this share of the destination's baseline is
+/// never heavy: it was the main client already.
+pub const WAS_DOMINANT: f64 = 0.5;
 /// Heavy sources at most for case (a).
 pub const FEW: usize = 16;
 /// Share of the destination's traffic the heavy sources carry together.
@@ -329,22 +335,30 @@ fn judge(d: &Dest, tick: u64) -> Option<Verdict> {
         return None;
     }
     let by_bps = up_bps;
-    let typical = d.distinct.mean().max(1.0);
-    let (typical_bps, typical_pps) = (d.bps.mean() / typical, d.pps.mean() / typical);
+    // The typical tracked source (the `other` share set apart), and the
+    // bar for a new one: far above it, and a sizeable share of the
+    // destination's baseline by itself.
+    let tracked = (1.0 - d.other.mean()).clamp(0.0, 1.0) / d.distinct.mean().max(1.0);
+    let new_bps = (NEW_TYPICAL * tracked).max(NEW_SHARE) * d.bps.mean();
+    let new_pps = (NEW_TYPICAL * tracked).max(NEW_SHARE) * d.pps.mean();
     let mut heavy: Vec<Named> = Vec::new();
     for (k, v) in d.sources.iter().filter(|(_, v)| v.stamp == tick) {
         // The baseline as of this tick: absent samples count as zeros.
         let (mut b, mut p) = (v.bps, v.pps);
         b.skip_to(tick);
         p.skip_to(tick);
-        let is_heavy = if b.warm() {
+        // The destination's main client sending more is a spike or a
+        // collapse, not a set of sources coming to dominate it.
+        let was_dominant =
+            b.warm() && d.bps.mean() > 0.0 && b.mean() >= WAS_DOMINANT * d.bps.mean();
+        let is_heavy = if was_dominant {
+            false
+        } else if b.warm() {
             (v.now_bps >= SOURCE_BPS_FLOOR && b.far_above(v.now_bps, SOURCE_RATIO, K))
                 || (v.now_pps >= SOURCE_PPS_FLOOR && p.far_above(v.now_pps, SOURCE_RATIO, K))
         } else {
-            (v.now_bps >= SOURCE_BPS_FLOOR
-                && v.now_bps >= (NEW_TYPICAL * typical_bps).min(NEW_SHARE * d.bps.mean()))
-                || (v.now_pps >= SOURCE_PPS_FLOOR
-                    && v.now_pps >= (NEW_TYPICAL * typical_pps).min(NEW_SHARE * d.pps.mean()))
+            (v.now_bps >= SOURCE_BPS_FLOOR && v.now_bps >= new_bps)
+                || (v.now_pps >= SOURCE_PPS_FLOOR && v.now_pps >= new_pps)
         };
         if is_heavy {
             heavy.push(Named {

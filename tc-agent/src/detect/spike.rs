@@ -14,10 +14,12 @@
 //!
 //! Coherence: a spike is the least specific pattern. An interaction whose
 //! destination has a `dos` or `upstream_collapse` episode open or pending
-//! opens a silent episode instead of an event (the other detectors decide
-//! in [`ONSET`]` - 1` samples, so they win the race); a channel does the
-//! same while any destination has one, since a channel's traffic is not
-//! split by destination in the sample.
+//! opens a silent episode instead of an event (`dos` decides in fewer
+//! samples, and `upstream_collapse` is judged first, so they win the
+//! race). A channel does the same while any destination has one, or any
+//! interaction has a spike open or pending, since a channel's traffic is
+//! not split by interaction in the sample: a channel's own event is for
+//! demand spread over many interactions, none of which spiked alone.
 //!
 //! Thresholds, measured by `tests::threshold_table` on synthetic series
 //! (1 s samples, seeded): see the table in `spike/tests.rs` and the
@@ -177,9 +179,11 @@ impl Spike {
                 series.add(tick, pps, bps);
             }
         }
+        let mut pair_busy = false;
         for (key, series) in &mut self.pairs {
             let (from, to) = key.split_once('\0').unwrap_or((key.as_str(), ""));
             let v = judge(series, tick, busy.contains(to), self.ratio);
+            pair_busy |= series.ep.frozen();
             if v.open {
                 found.push(Found::Started {
                     key: format!("ix:{key}"),
@@ -194,7 +198,7 @@ impl Spike {
             }
         }
         for (name, series) in &mut self.channels {
-            let v = judge(series, tick, !busy.is_empty(), self.ratio);
+            let v = judge(series, tick, pair_busy || !busy.is_empty(), self.ratio);
             if v.open {
                 found.push(Found::Started {
                     key: format!("ch:{name}"),

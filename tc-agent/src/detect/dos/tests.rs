@@ -320,3 +320,20 @@ fn threshold_table() {
         }
     }
 }
+
+#[test]
+fn the_main_client_sending_more_is_no_flood() {
+    // One client (wrk) and a trickle from a second: the main one sends
+    // twenty times as much. That is demand (a spike), not a flood.
+    let main = Flow::tcp("198.18.0.1", "web", 200.0);
+    let other = Flow::tcp("198.18.0.9", "web", 5.0);
+    let mut det = Detector::default();
+    let mut run = Run::default();
+    for i in 0..120u64 {
+        let scale = if i >= 60 { 20.0 } else { 1.0 };
+        let pairs = vec![main.pair(scale), other.pair(1.0)];
+        run.feed(&mut det, i, &sample(i, pairs, Vec::new()));
+    }
+    assert!(run.of(EventKind::Dos).is_empty(), "{:?}", run.started);
+    assert_eq!(run.of(EventKind::Spike).len(), 1, "{:?}", run.started);
+}

@@ -231,3 +231,58 @@ fn threshold_table() {
         }
     }
 }
+
+#[test]
+fn a_channel_rising_with_one_interaction_is_that_interaction_s_spike() {
+    // Two client sets through one channel; one triples: one event, the
+    // interaction's, not also the channel's (which doubles).
+    let a = Flow::tcp("a", "srv", 200.0);
+    let b = Flow::tcp("b", "srv", 200.0);
+    let mut r = rng(4);
+    let mut w = [Wander::new(Noise::Iid(0.1)), Wander::new(Noise::Iid(0.1))];
+    let mut det = Detector::default();
+    let mut run = Run::default();
+    for i in 0..200 {
+        let scale = if i >= 100 { 3.0 } else { 1.0 };
+        let pairs = vec![a.pair(scale * w[0].next(&mut r)), b.pair(w[1].next(&mut r))];
+        let bits: f64 = pairs.iter().map(|p| p.d.req_bytes as f64 * 8.0).sum();
+        run.feed(
+            &mut det,
+            i,
+            &sample(i, pairs, vec![channel("to-srv", bits * 1.2)]),
+        );
+    }
+    assert_eq!(run.started.len(), 1, "{:?}", run.started);
+    assert_eq!(run.started[0].1.from, ["a"]);
+}
+
+#[test]
+fn demand_spread_over_many_interactions_is_the_channel_s_spike() {
+    // Forty clients each send a little more (1.5x, under the ratio) and
+    // forty new ones join: the channel's offered rate triples.
+    let old: Vec<Flow> = (0..40)
+        .map(|i| Flow::tcp(&format!("o{i}"), &format!("s{}", i % 4), 20.0))
+        .collect();
+    let new: Vec<Flow> = (0..40)
+        .map(|i| Flow::tcp(&format!("n{i}"), &format!("s{}", i % 4), 45.0))
+        .collect();
+    let mut det = Detector::default();
+    let mut run = Run::default();
+    for i in 0..200 {
+        let mut pairs: Vec<_> = old
+            .iter()
+            .map(|f| f.pair(if i >= 100 { 1.5 } else { 1.0 }))
+            .collect();
+        if i >= 100 {
+            pairs.extend(new.iter().map(|f| f.pair(1.0)));
+        }
+        let bits: f64 = pairs.iter().map(|p| p.d.req_bytes as f64 * 8.0).sum();
+        run.feed(&mut det, i, &sample(i, pairs, vec![channel("all", bits)]));
+    }
+    // Newcomers at about twice the typical client are a flash crowd, no
+    // flood: one event, the channel's.
+    assert_eq!(run.started.len(), 1, "{:?}", run.started);
+    let spikes = run.of(EventKind::Spike);
+    assert_eq!(spikes.len(), 1, "{:?}", run.started);
+    assert_eq!(spikes[0].1.evidence["channel"], "all");
+}
