@@ -37,6 +37,11 @@
 //! [`MAX_SOURCES`] in all and [`MAX_SOURCES_PER_DEST`] each (the smallest
 //! go first), and forgotten after [`SOURCE_IDLE`] samples without traffic.
 //!
+//! The evidence's `distinct_sources` counts the tracked sources with
+//! traffic in the sample, plus one for `other` when untracked sources sent
+//! (they are at least one; how many the datapath does not say: their
+//! share is `other_share`).
+//!
 //! `dos` is the most specific pattern: it is decided first and wins over
 //! `upstream_collapse` and `spike` on the same destination.
 
