@@ -52,6 +52,8 @@
 //! | spike 2x (the threshold) | median 4-7; 6-11 of 20 missed |
 //! | spike 1.5x | never (below the ratio) |
 //! | upstream_collapse: demand 2x/4x/6x, responses flat | 3 |
+//! | upstream_collapse: the real squeezed nginx replayed (demand 1.6x, ratio 0.6x) | 3 |
+//! | spike: the real tripled client set replayed | 3 (its first whole sample counted as 1) |
 //! | dos: 3 of 200 sources 80x (55% of the traffic) | 2 (5 seeds) |
 //! | dos: 10 of 200 sources 40x; 1 of 200 400x | 2 |
 //! | dos: 10 of 200 sources 20x (51%, at the share threshold) | 2, once 4 |

@@ -5,6 +5,7 @@ use crate::detect::{
     testutil::{channel, rng, sample, Flow, Noise, Run, Wander},
     Detector,
 };
+use tc_common::IxCounters;
 
 /// `n` clients of `srv` at `pps` each, wandering by `noise`; from sample
 /// `at` on, client 0 sends `factor` times its rate. Returns the run.
@@ -285,4 +286,106 @@ fn demand_spread_over_many_interactions_is_the_channel_s_spike() {
     let spikes = run.of(EventKind::Spike);
     assert_eq!(spikes.len(), 1, "{:?}", run.started);
     assert_eq!(spikes[0].1.evidence["channel"], "all");
+}
+
+/// The map of the real run (`tests/tests/detect.rs`, 2026-11-28): per
+/// second, request bits/s and packets/s of `a -> srv` and `b -> srv` (UDP,
+/// no answers, four sources each); `a` triples between the rows at -0.7 s
+/// and +0.3 s.
+const TRIPLED_A: [(f64, f64, f64, f64); 40] = [
+    (502970.0, 142.0, 552558.0, 156.0),
+    (675452.0, 191.0, 739108.0, 209.0),
+    (696665.0, 197.0, 749711.0, 212.0),
+    (703527.0, 199.0, 742415.0, 210.0),
+    (700245.0, 198.0, 753294.0, 213.0),
+    (689579.0, 195.0, 753233.0, 213.0),
+    (689398.0, 195.0, 745964.0, 211.0),
+    (700176.0, 198.0, 756756.0, 214.0),
+    (692944.0, 196.0, 753046.0, 213.0),
+    (721393.0, 204.0, 742611.0, 210.0),
+    (714368.0, 202.0, 739123.0, 209.0),
+    (731795.0, 207.0, 724725.0, 205.0),
+    (728509.0, 206.0, 724973.0, 205.0),
+    (714406.0, 202.0, 735626.0, 208.0),
+    (717064.0, 203.0, 734726.0, 208.0),
+    (703165.0, 199.0, 734966.0, 208.0),
+    (693117.0, 196.0, 749698.0, 212.0),
+    (703732.0, 199.0, 749705.0, 212.0),
+    (699961.0, 198.0, 752989.0, 213.0),
+    (682453.0, 193.0, 753174.0, 213.0),
+    (1096352.0, 310.0, 763910.0, 216.0),
+    (2041651.0, 577.0, 757216.0, 214.0),
+    (2014570.0, 570.0, 752813.0, 213.0),
+    (2039532.0, 577.0, 738756.0, 209.0),
+    (2045904.0, 579.0, 736242.0, 208.0),
+    (2053924.0, 581.0, 724706.0, 205.0),
+    (2049283.0, 580.0, 731382.0, 207.0),
+    (2097198.0, 593.0, 732074.0, 207.0),
+    (2124073.0, 601.0, 731586.0, 207.0),
+    (2143517.0, 606.0, 728654.0, 206.0),
+    (2178643.0, 616.0, 732109.0, 207.0),
+    (2207645.0, 624.0, 735882.0, 208.0),
+    (2198480.0, 622.0, 738718.0, 209.0),
+    (2191403.0, 620.0, 745784.0, 211.0),
+    (2189528.0, 619.0, 735738.0, 208.0),
+    (2184690.0, 618.0, 724695.0, 205.0),
+    (2182131.0, 617.0, 725019.0, 205.0),
+    (2171128.0, 614.0, 721352.0, 204.0),
+    (2153679.0, 609.0, 724966.0, 205.0),
+    (2140140.0, 605.0, 718097.0, 203.0),
+];
+
+/// The real run replayed, with the channel `to-srv` carrying both sets:
+/// the first event is the spike of `a -> srv` within [`ONSET`] samples of
+/// the row at +1.3 s (the first whole sample of the step), and it is the
+/// only one (no collapse of a destination that never answers, no channel
+/// spike beside the interaction's, no flood).
+#[test]
+fn a_tripled_client_set_as_measured() {
+    let mut det = Detector::default();
+    let mut run = Run::default();
+    for (i, &(a_bps, a_pps, b_bps, b_pps)) in TRIPLED_A.iter().enumerate() {
+        let mut pairs = Vec::new();
+        let mut sources = Vec::new();
+        for (set, bps, pps) in [("a", a_bps, a_pps), ("b", b_bps, b_pps)] {
+            let d = IxCounters {
+                req_pkts: pps as u64,
+                req_bytes: (bps / 8.0) as u64,
+                ..Default::default()
+            };
+            pairs.push(crate::detect::PairSample {
+                from: set.into(),
+                to: "srv".into(),
+                proto: 17,
+                port: 9000,
+                d,
+            });
+            for k in 0..4 {
+                sources.push(crate::detect::SourceSample {
+                    source: format!("198.18.2.{set}{k}"),
+                    to: "srv".into(),
+                    req_pkts: d.req_pkts / 4,
+                    req_bytes: d.req_bytes / 4,
+                });
+            }
+        }
+        let c = channel("to-srv", a_bps + b_bps);
+        let s = crate::detect::Sample {
+            t: i as u64,
+            dt: 1.0,
+            pairs,
+            sources,
+            channels: vec![c],
+        };
+        run.feed(&mut det, i as u64, &s);
+    }
+    assert_eq!(run.started.len(), 1, "{:?}", run.started);
+    let (i, e) = &run.started[0];
+    assert_eq!(e.kind, EventKind::Spike);
+    assert!((21..21 + u64::from(ONSET)).contains(i), "at {i}");
+    assert_eq!(e.from, ["a"]);
+    assert_eq!(e.to, ["srv"]);
+    assert_eq!(e.evidence["protocol"], "udp");
+    assert_eq!(e.evidence["port"], 9000);
+    eprintln!("replayed step at row {i}: {}", e.summary);
 }
