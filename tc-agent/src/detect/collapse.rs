@@ -146,10 +146,13 @@ struct Dest {
 /// One sample's readings of a destination.
 #[derive(Debug, Default)]
 struct Reading {
-    /// Request bits/s and packets/s, SYNs/s, resets/s.
+    /// Request bits/s: demand.
     bps: f64,
+    /// Request packets/s: demand.
     pps: f64,
+    /// SYNs/s over the window: demand as new connections.
     conn: f64,
+    /// Resets/s.
     rst: f64,
     /// Response/request bytes (unknown without requests).
     ratio: Option<f64>,
@@ -362,11 +365,13 @@ fn learn(d: &mut Dest, r: &Reading, tick: u64) {
 struct Driver<'a> {
     /// The client's `from`.
     from: &'a str,
-    /// Request bits/s and packets/s now.
+    /// Request bits/s now.
     bps: f64,
+    /// Request packets/s now.
     pps: f64,
-    /// Their baselines (absent samples counted as zeros).
+    /// The baseline of its bits/s (absent samples counted as zeros).
     base_bps: f64,
+    /// The baseline of its packets/s.
     base_pps: f64,
 }
 

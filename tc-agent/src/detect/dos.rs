@@ -143,8 +143,9 @@ struct Dest {
     distinct: Baseline,
     /// Share of the bytes from untracked sources (`other`).
     other: Baseline,
-    /// This sample's totals (valid when `stamp` is the tick).
+    /// This sample's total bits/s (valid when `stamp` is the tick).
     now_bps: f64,
+    /// This sample's total packets/s.
     now_pps: f64,
     /// This sample's distinct tracked sources.
     now_distinct: u32,
@@ -166,11 +167,13 @@ struct Dest {
 struct Named {
     /// The address (or `other`).
     source: String,
-    /// Its rates now.
+    /// Its bits/s now.
     bps: f64,
+    /// Its packets/s now.
     pps: f64,
-    /// Its baselines.
+    /// The baseline of its bits/s.
     base_bps: f64,
+    /// The baseline of its packets/s.
     base_pps: f64,
 }
 

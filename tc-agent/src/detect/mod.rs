@@ -168,14 +168,17 @@ pub struct Detector {
 /// is bounded by a cap in its detector's module.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StateSize {
-    /// `spike`: interactions and channels watched.
+    /// `spike`: interactions watched.
     pub spike_pairs: usize,
+    /// `spike`: channels watched.
     pub spike_channels: usize,
-    /// `upstream_collapse`: destinations and their clients.
+    /// `upstream_collapse`: destinations watched.
     pub collapse_dests: usize,
+    /// `upstream_collapse`: clients watched, all destinations together.
     pub collapse_clients: usize,
-    /// `dos`: destinations and their sources.
+    /// `dos`: destinations watched.
     pub dos_dests: usize,
+    /// `dos`: sources watched, all destinations together.
     pub dos_sources: usize,
 }
 

@@ -81,9 +81,13 @@ impl Wander {
 /// One interaction's traffic in one 1 s sample.
 #[derive(Debug, Clone)]
 pub struct Flow {
+    /// The client's name.
     pub from: String,
+    /// The server's name.
     pub to: String,
+    /// IP protocol number.
     pub proto: u8,
+    /// Server port.
     pub port: u16,
     /// Request packets/s.
     pub pps: f64,
@@ -91,8 +95,9 @@ pub struct Flow {
     pub bpp: f64,
     /// Response bytes per request byte.
     pub resp_ratio: f64,
-    /// SYNs and SYN-ACKs per second.
+    /// SYNs per second.
     pub syns: f64,
+    /// SYN-ACKs per second.
     pub synacks: f64,
     /// Handshake time, microseconds.
     pub rtt_us: f64,
@@ -184,7 +189,9 @@ pub fn channel(name: &str, bps: f64) -> ChannelSample {
 /// sample index it started at, and the index of every end.
 #[derive(Debug, Default)]
 pub struct Run {
+    /// Events as they started, with the sample index.
     pub started: Vec<(u64, Event)>,
+    /// Events as they ended, with the sample index.
     pub ended: Vec<(u64, Event)>,
 }
 
