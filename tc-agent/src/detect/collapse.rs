@@ -24,6 +24,9 @@
 //! row without both end it. With keep-alive connections there are few
 //! handshakes, so the ratio and the RTT matter most.
 //!
+//! The episode lasts as long as the pattern holds, with its baselines
+//! frozen, however long.
+//!
 //! The event names the destination and the clients (the pairs' `from`)
 //! whose request rate rose most over their own baselines, until they cover
 //! [`COVER`] of the rise (at most [`MAX_CLIENTS`]).

@@ -42,6 +42,10 @@
 //! (they are at least one; how many the datapath does not say: their
 //! share is `other_share`).
 //!
+//! A flood's episode lasts as long as the traffic stays up, however long:
+//! its baselines stay frozen meanwhile (an hour-long flood does not become
+//! the normal that the next one is judged against).
+//!
 //! `dos` is the most specific pattern: it is decided first and wins over
 //! `upstream_collapse` and `spike` on the same destination.
 
