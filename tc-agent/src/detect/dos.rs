@@ -22,7 +22,10 @@
 //!   and the distinct tracked sources at least [`CROWD_SOURCES`] times
 //!   their baseline plus [`CROWD_EXTRA`], or the untracked `other` share at
 //!   least [`OTHER_SHARE`] and [`OTHER_RISE`] above its baseline (a
-//!   random-source flood lands mostly in `other`).
+//!   random-source flood lands mostly in `other`). The event names the
+//!   busiest of the crowd's tracked sources (new ones, or ones at
+//!   [`CROWD_MEMBER`] times their baseline; at most [`CROWD_NAMED`]) and
+//!   gives `other`'s share: a crowd in `other` has no address to name.
 //!
 //! [`ONSET`] samples in a row open an event; it ends after [`CALM`]
 //! samples in a row with the total back under [`END_RATIO`] times its
@@ -105,6 +108,9 @@ pub const END_RATIO: f64 = 1.3;
 pub const END_K: f64 = 2.0;
 /// Calm samples in a row that end an event.
 pub const CALM: u32 = 10;
+/// A tracked source is named as one of a crowd when new, or at least this
+/// many times its own baseline.
+pub const CROWD_MEMBER: f64 = 2.0;
 /// Sources named at most in a crowd's event.
 pub const CROWD_NAMED: usize = 10;
 /// Samples without traffic after which a source is forgotten.
@@ -412,22 +418,25 @@ fn judge(d: &Dest, tick: u64) -> Option<Verdict> {
     if !(rise2 && (more_sources || more_other)) {
         return None;
     }
-    // Name the busiest sources of the crowd (and `other`, if it counts).
+    // Name the busiest sources of the crowd: new ones, or ones at least
+    // CROWD_MEMBER times their own baseline (the regular clients sending
+    // as usual are not in it); and `other`, if it sent.
     let mut named: Vec<Named> = d
         .sources
         .iter()
         .filter(|(_, v)| v.stamp == tick)
-        .map(|(k, v)| {
+        .filter_map(|(k, v)| {
             let (mut b, mut p) = (v.bps, v.pps);
             b.skip_to(tick);
             p.skip_to(tick);
-            Named {
+            let member = !b.warm() || v.now_bps >= CROWD_MEMBER * b.mean();
+            member.then(|| Named {
                 source: k.clone(),
                 bps: v.now_bps,
                 pps: v.now_pps,
                 base_bps: b.mean(),
                 base_pps: p.mean(),
-            }
+            })
         })
         .collect();
     named.sort_by(|a, b| {
