@@ -19,6 +19,10 @@
 //! Nothing here does I/O: the agent feeds samples in and reads events out,
 //! so every detector is tested on synthetic series.
 //!
+//! The detectors judge samples of about a second: an agent that samples
+//! faster has its samples summed first ([`bucket`]), so every count of
+//! samples below is a count of seconds, whatever `--sample-ms` is.
+//!
 //! Every series has a [`baseline`] (EWMA of the value and of its absolute
 //! deviation, a time constant of a minute, no verdict in its first
 //! [`baseline::WARMUP`] samples, frozen while an episode is open or
@@ -71,6 +75,7 @@
 //! forgotten.
 
 pub mod baseline;
+mod bucket;
 pub mod collapse;
 pub mod dos;
 mod episode;
@@ -148,7 +153,9 @@ pub struct Sample {
 /// The detectors and the events they opened.
 #[derive(Debug, Default)]
 pub struct Detector {
-    /// Samples seen: the detectors' clock (warm-ups, idle series).
+    /// The agent's samples summed into the ~1 s ones the detectors judge.
+    bucket: bucket::Bucket,
+    /// Samples judged: the detectors' clock (warm-ups, idle series).
     tick: u64,
     /// Demand spikes on interactions and channels.
     spike: spike::Spike,
@@ -195,7 +202,13 @@ impl Detector {
     /// when the louder one ends while the traffic is still up. `spike` and
     /// `upstream_collapse` need one more hot sample than `dos`, so the more
     /// specific one wins when all see the same onset.
+    ///
+    /// Samples shorter than a second are summed until they span one
+    /// ([`bucket`]): what they return is empty until then.
     pub fn observe(&mut self, s: &Sample) -> Vec<Change> {
+        let Some(s) = self.bucket.add(s) else {
+            return Vec::new();
+        };
         self.tick += 1;
         let tick = self.tick;
         let mut found = self.dos.observe(s, tick);
