@@ -48,6 +48,7 @@
 //! | spike, ratio 1.5 instead | Walk ±50% | 0.06 (1.5 rejected) |
 //! | upstream_collapse | a destination of 5 clients, Iid/Walk/Bursty ±30%, Iid ±50% (20 h each) | 0 |
 //! | dos | a destination of 20 sources, Iid/Walk/Bursty ±30%, Iid/Walk ±50% (5 h each, any kind of event) | 0 |
+//! | dos, stress: every source also bursts to 10x for 1-2 s, 7 times an hour | 12.6 on destinations of 5 sources, 0.2 of 20 (a 2 s burst of one of five is the pattern to the letter: a known weakness) |
 //!
 //! | onset | delay (samples) |
 //! |---|---|

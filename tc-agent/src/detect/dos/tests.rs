@@ -301,6 +301,16 @@ fn threshold_table() {
             assert_eq!(events, 0);
         }
     }
+    // Stress, printed for the record: every source bursts to 10x its rate
+    // for 1-2 s about 7 times an hour. On destinations of few sources a
+    // burst of one is, by this pattern's letter, a few sources dominating.
+    for n_src in [5usize, 20] {
+        let n = bursts_of_ten(n_src);
+        eprintln!(
+            "dos stress, 10x bursts of single sources, {n_src} sources a destination: {:.2} events per destination-hour",
+            n as f64 / (100 / n_src) as f64
+        );
+    }
     for (k, factor) in [
         (3, 80.0),
         (3, 20.0),
@@ -342,4 +352,43 @@ fn the_main_client_sending_more_is_no_flood() {
     }
     assert!(run.of(EventKind::Dos).is_empty(), "{:?}", run.started);
     assert_eq!(run.of(EventKind::Spike).len(), 1, "{:?}", run.started);
+}
+
+/// `dos` events in an hour of 100 sources, `n_src` to a destination, each
+/// wandering ±30% and bursting to 10x for 1-2 s at 0.2% a second.
+fn bursts_of_ten(n_src: usize) -> usize {
+    use proptest::prelude::RngExt;
+    let flows: Vec<Flow> = (0..100)
+        .map(|i| Flow::tcp(&format!("198.18.1.{i}"), &format!("s{}", i / n_src), 50.0))
+        .collect();
+    let mut r = rng(8);
+    let mut w: Vec<Wander> = flows.iter().map(|_| Wander::new(Noise::Iid(0.3))).collect();
+    let mut burst = vec![0u32; flows.len()];
+    let mut det = Detector::default();
+    let mut events = 0;
+    for i in 0..3600 {
+        let pairs = flows
+            .iter()
+            .zip(&mut w)
+            .zip(&mut burst)
+            .map(|((f, w), b)| {
+                if *b == 0 && r.random_range(0.0..1.0) < 0.002 {
+                    *b = r.random_range(1..=2);
+                }
+                let scale = if *b > 0 {
+                    *b -= 1;
+                    10.0
+                } else {
+                    1.0
+                };
+                f.pair(w.next(&mut r) * scale)
+            })
+            .collect();
+        events += det
+            .observe(&sample(i, pairs, Vec::new()))
+            .iter()
+            .filter(|c| matches!(c, crate::detect::Change::Started(e) if e.kind == EventKind::Dos))
+            .count();
+    }
+    events
 }
