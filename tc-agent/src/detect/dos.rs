@@ -27,7 +27,8 @@
 //!   [`CROWD_MEMBER`] times their baseline; at most [`CROWD_NAMED`]) and
 //!   gives `other`'s share: a crowd in `other` has no address to name.
 //!
-//! [`ONSET`] samples in a row open an event; it ends after [`CALM`]
+//! [`ONSET`] samples in a row open an event (one, in case (a), when every
+//! heavy source is at [`AT_ONCE`] times its own baseline); it ends after [`CALM`]
 //! samples in a row with the total back under [`END_RATIO`] times its
 //! baseline (plus [`END_K`] deviations). Baselines (the destination's and
 //! its sources') freeze while an episode is open or pending.
@@ -102,6 +103,10 @@ pub const OTHER_SHARE: f64 = 0.5;
 pub const OTHER_RISE: f64 = 0.3;
 /// Hot samples in a row that open an event.
 pub const ONSET: u32 = 2;
+/// ... but one is enough when every heavy source sends at least this many
+/// times its own baseline (bits and packets): a flood that plain is
+/// called at once.
+pub const AT_ONCE: f64 = 20.0;
 /// Back near baseline: under this many times it...
 pub const END_RATIO: f64 = 1.3;
 /// ... plus this many deviations.
@@ -288,9 +293,13 @@ impl Dos {
                 d.now_bps >= BPS_FLOOR / 2.0 && d.bps.far_above(d.now_bps, END_RATIO, END_K);
             let up_pps =
                 d.now_pps >= PPS_FLOOR / 2.0 && d.pps.far_above(d.now_pps, END_RATIO, END_K);
+            let onset = match &verdict {
+                Some(v) if v.overwhelming => 1,
+                _ => ONSET,
+            };
             match d
                 .ep
-                .step(tick, verdict.is_some(), !(up_bps || up_pps), ONSET, CALM)
+                .step(tick, verdict.is_some(), !(up_bps || up_pps), onset, CALM)
             {
                 Step::Open => {
                     if let Some(v) = verdict {
@@ -341,6 +350,9 @@ struct Verdict {
     by_bps: bool,
     /// Case (b).
     crowd: bool,
+    /// Case (a) with every named source at least [`AT_ONCE`] times its
+    /// own baseline: no need to wait for a second sample.
+    overwhelming: bool,
     /// The sources to name, heaviest first.
     named: Vec<Named>,
 }
@@ -401,9 +413,13 @@ fn judge(d: &Dest, tick: u64) -> Option<Verdict> {
                 .total_cmp(&a.bps)
                 .then_with(|| a.source.cmp(&b.source))
         });
+        let overwhelming = heavy.iter().all(|n| {
+            n.bps >= AT_ONCE * n.base_bps && n.pps >= AT_ONCE * n.base_pps && n.base_pps > 0.0
+        });
         return Some(Verdict {
             by_bps,
             crowd: false,
+            overwhelming,
             named: heavy,
         });
     }
@@ -457,6 +473,7 @@ fn judge(d: &Dest, tick: u64) -> Option<Verdict> {
     Some(Verdict {
         by_bps,
         crowd: true,
+        overwhelming: false,
         named,
     })
 }

@@ -59,9 +59,10 @@
 //! | upstream_collapse: demand 2x/4x/6x, responses flat | 3 |
 //! | upstream_collapse: the real squeezed nginx replayed (demand 1.6x, ratio 0.6x) | 3 |
 //! | spike: the real tripled client set replayed | 3 (its first whole sample counted as 1) |
-//! | dos: 3 of 200 sources 80x (55% of the traffic) | 2 (5 seeds) |
-//! | dos: 10 of 200 sources 40x; 1 of 200 400x | 2 |
+//! | dos: 3 of 200 sources 80x (55% of the traffic) | 1 (5 seeds; at 20x their baseline or more one sample is enough) |
+//! | dos: 10 of 200 sources 40x; 1 of 200 400x | 1 |
 //! | dos: 10 of 200 sources 20x (51%, at the share threshold) | 2, once 4 |
+//! | dos: 3 of 20 sources 15x, for 1 sample / for 3 | none / 2 |
 //! | dos: 3 of 200 sources 10x or 20x (13%, 23% of the traffic) | none: not dominated |
 //!
 //! Cost (`tests::steady_state_does_not_grow`, `tests::state_is_bounded_and_pruned`,

@@ -330,7 +330,9 @@ fn threshold_table() {
         let flood = factor * k as f64;
         if flood / (flood + 200.0 - k as f64) >= 0.54 {
             assert!(
-                delays.iter().all(|d| *d == Some((u64::from(ONSET), k))),
+                delays
+                    .iter()
+                    .all(|d| d.is_some_and(|(s, n)| s <= u64::from(ONSET) && n == k)),
                 "{delays:?}"
             );
         }
@@ -391,4 +393,30 @@ fn bursts_of_ten(n_src: usize) -> usize {
             .count();
     }
     events
+}
+
+#[test]
+fn a_one_sample_burst_under_at_once_is_no_flood() {
+    // Three of 20 sources at 15x (under AT_ONCE) for one sample: nothing;
+    // for three samples: a flood, at the second.
+    for (len, want) in [(1u64, 0usize), (3, 1)] {
+        let flows: Vec<Flow> = (0..20)
+            .map(|i| Flow::tcp(&format!("198.18.1.{i}"), "srv", 50.0))
+            .collect();
+        let mut det = Detector::default();
+        let mut run = Run::default();
+        for i in 0..100u64 {
+            let on = (60..60 + len).contains(&i);
+            let pairs = flows
+                .iter()
+                .enumerate()
+                .map(|(j, f)| f.pair(if j < 3 && on { 15.0 } else { 1.0 }))
+                .collect();
+            run.feed(&mut det, i, &sample(i, pairs, Vec::new()));
+        }
+        assert_eq!(run.started.len(), want, "{len}: {:?}", run.started);
+        if want == 1 {
+            assert_eq!(run.started[0].0, 60 + u64::from(ONSET) - 1);
+        }
+    }
 }
