@@ -89,9 +89,10 @@ pub const RST_RATIO: f64 = 3.0;
 /// ... and at least this many per second.
 pub const RST_FLOOR: f64 = 5.0;
 /// Resets and unanswered SYNs are not the upstream's when the agent's own
-/// channels drop at least this share of their rate (a connection limit
-/// refuses a SYN with a reset, and counts the SYN as dropped).
-pub const OWN_REFUSALS: f64 = 0.5;
+/// channels drop at least this share of their summed rate. A connection
+/// limit drops a refused SYN and answers it with a reset: one drop for one
+/// unanswered SYN plus one reset, a share of 0.5, so the bar is half that.
+pub const OWN_REFUSALS: f64 = 0.25;
 /// Hot samples in a row that open an event (one more than `dos` needs, so
 /// that a flood is called a flood).
 pub const ONSET: u32 = 3;
