@@ -20,6 +20,12 @@
 //!   - resets per second are at least [`RST_RATIO`] times their baseline
 //!     and at least [`RST_FLOOR`].
 //!
+//!   The last two do not count while the agent's own channels drop at
+//!   least [`OWN_REFUSALS`] of their rate: a connection limit refuses a SYN
+//!   with a reset and counts the SYN as dropped, and its refusals are no
+//!   upstream's collapse. (The sample does not split drops by
+//!   destination, so any channel's drops count.)
+//!
 //! Both in [`ONSET`] samples in a row open an event; [`CALM`] samples in a
 //! row without both end it. With keep-alive connections there are few
 //! handshakes, so the ratio and the RTT matter most.
@@ -82,6 +88,11 @@ pub const RTT_MIN_RISE_US: f64 = 1000.0;
 pub const RST_RATIO: f64 = 3.0;
 /// ... and at least this many per second.
 pub const RST_FLOOR: f64 = 5.0;
+/// Resets and unanswered SYNs are not the upstream's when the agent's own
+/// channels drop at least this share of their summed rate. A connection
+/// limit drops a refused SYN and answers it with a reset: one drop for one
+/// unanswered SYN plus one reset, a share of 0.5, so the bar is half that.
+pub const OWN_REFUSALS: f64 = 0.25;
 /// Hot samples in a row that open an event (one more than `dos` needs, so
 /// that a flood is called a flood).
 pub const ONSET: u32 = 3;
@@ -163,6 +174,8 @@ struct Reading {
     rtt: Option<f64>,
     /// Unanswered share of the window's SYNs.
     unanswered: Option<f64>,
+    /// Unanswered SYNs per second over the window.
+    unanswered_per_s: f64,
 }
 
 /// The collapse detector's state.
@@ -222,6 +235,9 @@ impl Collapse {
                 c.now_pps += p.d.req_pkts as f64 / s.dt;
             }
         }
+        // Packets the agent's own channels dropped: a connection limit
+        // answers a refused SYN with a reset and counts it here.
+        let own_drops: f64 = s.channels.iter().map(|c| c.dropped_pps).sum();
         for (to, d) in &mut self.dests {
             let now = if d.stamp == tick {
                 d.now
@@ -230,7 +246,13 @@ impl Collapse {
             };
             d.window.rotate_left(1);
             d.window[WINDOW - 1] = now;
-            let r = read(&now, &d.window, s.dt);
+            let mut r = read(&now, &d.window, s.dt);
+            if own_drops > 0.0 && own_drops >= OWN_REFUSALS * (r.rst + r.unanswered_per_s) {
+                // The resets and the unanswered SYNs are ours, not the
+                // upstream's.
+                r.rst = 0.0;
+                r.unanswered = None;
+            }
             let (hot, metric) = judge(d, &r);
             match d.ep.step(tick, hot, !hot, ONSET, CALM) {
                 Step::Open if busy.contains(to) => d.ep.shadow(),
@@ -291,6 +313,7 @@ fn read(now: &IxCounters, window: &[IxCounters; WINDOW], dt: f64) -> Reading {
             .then(|| now.resp_bytes as f64 / now.req_bytes as f64),
         rtt: (w.rtt_count >= 2).then(|| w.rtt_sum_ns as f64 / w.rtt_count as f64 / 1000.0),
         unanswered: (w.syns >= MIN_SYNS).then(|| 1.0 - (w.synacks as f64 / w.syns as f64).min(1.0)),
+        unanswered_per_s: w.syns.saturating_sub(w.synacks) as f64 / (WINDOW as f64 * dt),
     }
 }
 

@@ -415,3 +415,27 @@ fn a_squeezed_nginx_as_measured() {
     assert_eq!(e.from, ["clients"]);
     eprintln!("replayed squeeze: {}", e.summary);
 }
+
+#[test]
+fn refusals_by_the_agent_s_own_connection_limit_are_no_collapse() {
+    // A capped client retries: more SYNs, a reset for each refused one,
+    // and the channel counts the refused SYNs as drops.
+    for (drops, want) in [(0.0, 1usize), (60.0, 0)] {
+        let f = Flow::tcp("batch", "db", 500.0);
+        let mut det = Detector::default();
+        let mut out = Run::default();
+        for i in 0..200 {
+            let mut f = f.clone();
+            let mut c = crate::detect::testutil::channel("batch-to-db", 400_000.0);
+            if i >= 100 {
+                f.syns = 80.0;
+                f.synacks = 20.0;
+                f.rsts = 60.0;
+                c.dropped_pps = drops;
+            }
+            out.feed(&mut det, i, &sample(i, vec![f.pair(1.0)], vec![c]));
+        }
+        let got = out.of(EventKind::UpstreamCollapse).len();
+        assert_eq!(got, want, "drops {drops}: {:?}", out.started);
+    }
+}
