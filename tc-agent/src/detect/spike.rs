@@ -5,7 +5,9 @@
 //! port: request packets/s and request bits/s. Per channel: offered (passed
 //! plus dropped) packets/s and bits/s. A sample is hot when either rate is
 //! at least [`RATIO`] times its baseline, [`K`] deviations above it, and
-//! above its floor ([`PPS_FLOOR`], [`BPS_FLOOR`]: tiny flows are ignored);
+//! above its floor ([`PPS_FLOOR`], [`BPS_FLOOR`]: tiny flows are ignored),
+//! and its baseline was not silence (at least [`ACTIVE`] of a floor: traffic
+//! that starts on an idle channel is no spike);
 //! [`ONSET`] hot samples in a row open an event. It ends after [`CALM`]
 //! samples in a row back under [`END_RATIO`] times the baseline (plus
 //! [`END_K`] deviations) or under half the floor. Baselines freeze while an
@@ -46,6 +48,9 @@ pub const K: f64 = 4.0;
 pub const PPS_FLOOR: f64 = 20.0;
 /// Request bits/s under which an interaction is too small to judge.
 pub const BPS_FLOOR: f64 = 100_000.0;
+/// A baseline under this part of the floors is silence, not a level a
+/// spike rises from.
+pub const ACTIVE: f64 = 0.1;
 /// Hot samples in a row that open an event.
 pub const ONSET: u32 = 3;
 /// Back near the baseline: under this many times it...
@@ -241,8 +246,12 @@ fn entry<'a>(map: &'a mut HashMap<String, Series>, key: &str) -> Option<&'a mut 
 /// One sample's verdict on one series, learning it when calm.
 fn judge(series: &mut Series, tick: u64, busy: bool, ratio: f64) -> Verdict {
     let (pps, bps) = series.now(tick);
-    let hot_bps = bps >= BPS_FLOOR && series.bps.far_above(bps, ratio, K);
-    let hot_pps = pps >= PPS_FLOOR && series.pps.far_above(pps, ratio, K);
+    // A series that was silent has no level to spike from: traffic that
+    // starts (a service coming up, a channel's first client) is not a
+    // demand spike. A flood onto an idle destination is `dos`'s.
+    let active = series.bps.mean() >= BPS_FLOOR * ACTIVE || series.pps.mean() >= PPS_FLOOR * ACTIVE;
+    let hot_bps = active && bps >= BPS_FLOOR && series.bps.far_above(bps, ratio, K);
+    let hot_pps = active && pps >= PPS_FLOOR && series.pps.far_above(pps, ratio, K);
     let up_bps = bps >= BPS_FLOOR / 2.0 && series.bps.far_above(bps, END_RATIO, END_K);
     let up_pps = pps >= PPS_FLOOR / 2.0 && series.pps.far_above(pps, END_RATIO, END_K);
     let mut v = Verdict {

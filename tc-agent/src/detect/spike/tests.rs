@@ -389,3 +389,22 @@ fn a_tripled_client_set_as_measured() {
     assert_eq!(e.evidence["port"], 9000);
     eprintln!("replayed step at row {i}: {}", e.summary);
 }
+
+#[test]
+fn traffic_starting_on_a_silent_channel_is_no_spike() {
+    // A fresh agent: the channel is idle past the warm-up, then its
+    // clients start. Zero was its level, not a baseline to spike from.
+    let mut r = rng(4);
+    let mut w = Wander::new(Noise::Iid(0.3));
+    let mut det = Detector::default();
+    let mut run = Run::default();
+    for i in 0..200 {
+        let bps = if i >= 60 { 10e6 * w.next(&mut r) } else { 0.0 };
+        run.feed(
+            &mut det,
+            i,
+            &sample(i, Vec::new(), vec![channel("web", bps)]),
+        );
+    }
+    assert!(run.started.is_empty(), "{:?}", run.started);
+}
