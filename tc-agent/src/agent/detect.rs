@@ -13,6 +13,19 @@ use crate::{
 /// is not worth repeating.
 const MAX_ECHOED_ID: usize = 64;
 
+/// This agent run's identity for [`EventsReport::run`]: the process id
+/// and the time the first report was asked for (nanoseconds), which a
+/// restarted agent cannot repeat.
+fn run_id() -> &'static str {
+    static RUN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    RUN.get_or_init(|| {
+        let ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        format!("{}-{ns}", std::process::id())
+    })
+}
+
 /// `events`: every event kept, or what changed after `since`.
 pub(super) fn events(obs: &Mutex<Observer>, since: Option<u64>) -> Result<EventsReport> {
     events_of(obs.lock().detector.log(), since)
@@ -26,13 +39,18 @@ fn events_of(log: &EventLog, since: Option<u64>) -> Result<EventsReport> {
         None => Ok(EventsReport {
             events: log.all().cloned().collect(),
             cursor: now,
+            run: run_id().to_string(),
         }),
         Some(c) if c > now => bail!(
             "cursor {c} is ahead of this agent's events (at {now}): the agent restarted since the cursor was given (ids and cursors are per agent run); ask again without a cursor"
         ),
         Some(c) => {
             let (events, cursor) = log.since(c);
-            Ok(EventsReport { events, cursor })
+            Ok(EventsReport {
+                events,
+                cursor,
+                run: run_id().to_string(),
+            })
         }
     }
 }

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use nix::poll::{poll, PollFd, PollFlags};
 
@@ -65,7 +65,7 @@ pub struct EventsArgs {
 
     /// Output format: `text` for people, `json` for scripts (the field
     /// names are a contract: `{"events": [{"id", "kind", "started",
-    /// "ended", "from", "to", "summary", "evidence"}], "cursor"}`, times in
+    /// "ended", "from", "to", "summary", "evidence"}], "cursor", "run"}`, times in
     /// unix seconds, `ended` null while the event lasts). With `--follow`,
     /// JSON Lines: one event object per line, each time it starts or ends.
     #[arg(short, long, value_enum, default_value_t)]
@@ -122,6 +122,11 @@ fn follow(socket: &Path, output: Output) -> Result<()> {
         }
         let r = ask(Some(cursor))
             .context("the agent stopped answering while `events --follow` watched it")?;
+        if r.run != first.run {
+            bail!(
+                "the agent restarted while `events --follow` watched it: event ids and cursors are per agent run; follow again"
+            );
+        }
         print_events(&mut out, &r.events, output)?;
         cursor = r.cursor;
     }
