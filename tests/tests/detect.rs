@@ -136,12 +136,15 @@ fn history_values(agent: &Agent, name: &str, metric: &str, since: u32) -> Result
         .collect())
 }
 
+/// One reading of the map: unix time and the rows picked.
+type Reading = (f64, Vec<Value>);
+
 /// `map -o json` read every second by a thread, keeping the rows a test
 /// watches: the series the detectors saw, for the scenario's own checks
 /// and for the report when a detector misses.
 struct MapTrace {
-    /// (unix time, the rows picked) per reading.
-    rows: Arc<Mutex<Vec<(f64, Vec<Value>)>>>,
+    /// The readings so far.
+    rows: Arc<Mutex<Vec<Reading>>>,
     /// The map's `window_s` in the last reading.
     window: Arc<Mutex<f64>>,
     stop: StopFlag,
@@ -193,7 +196,7 @@ impl MapTrace {
     }
 
     /// The readings so far.
-    fn readings(&self) -> Vec<(f64, Vec<Value>)> {
+    fn readings(&self) -> Vec<Reading> {
         self.rows.lock().unwrap().clone()
     }
 
