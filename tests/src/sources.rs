@@ -110,6 +110,9 @@ impl Tally {
     /// The sum over the sources `pick` accepts, over seconds `from..to`.
     pub fn sum(&self, pick: impl Fn(&str) -> bool, from: u64, to: u64) -> Count {
         let mut total = Count::default();
+        if from >= to {
+            return total;
+        }
         for (s, bins) in &self.by_source {
             if pick(s) {
                 for c in bins.range(from..to).map(|(_, c)| c) {
@@ -325,6 +328,35 @@ pub fn reply_server(
         }
     }
     Ok(served)
+}
+
+/// Times TCP handshakes to `dst` from the calling thread's namespace: every
+/// `every`, a connect (given up after 3 s) closed at once, for at most
+/// `secs` or until `stop`. Returns (unix time of the attempt, seconds the
+/// handshake took, or None when it failed or timed out). Ground truth for
+/// what a squeeze does to handshakes, whatever a datapath measures.
+pub fn handshake_times(
+    dst: SocketAddr,
+    every: Duration,
+    secs: f64,
+    stop: &AtomicBool,
+) -> Vec<(f64, Option<f64>)> {
+    let start = Instant::now();
+    let mut out = Vec::new();
+    let mut n = 0u32;
+    while start.elapsed().as_secs_f64() < secs && !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let t = unix_now();
+        let t0 = Instant::now();
+        let took = TcpStream::connect_timeout(&dst, Duration::from_secs(3))
+            .ok()
+            .map(|_| t0.elapsed().as_secs_f64());
+        out.push((t, took));
+        if let Some(d) = (start + every * n).checked_duration_since(Instant::now()) {
+            std::thread::sleep(d);
+        }
+    }
+    out
 }
 
 /// A multiplier that wanders within `1 ± amplitude`: each second a random
