@@ -931,8 +931,9 @@ fn quiet_90s_of_wandering_udp_and_tcp_from_20_sources_raise_no_event() -> Result
         "TCP exchanges failed: {tcp:?}"
     );
     // The agent saw the rates wander: per source, the 1 s points of its
-    // request rate (UDP and TCP) between their 5th and 95th percentiles
-    // span a good part of ±30% around their median, and stay near it.
+    // request rate (UDP and TCP), from their 5th to their 95th percentile,
+    // span a good part of the band (1.3 / 0.7 = 1.86 from its bottom to
+    // its top) and not much more.
     let mut spans = Vec::new();
     for s in &sources {
         let name = format!("{s}->srv");
@@ -943,10 +944,10 @@ fn quiet_90s_of_wandering_udp_and_tcp_from_20_sources_raise_no_event() -> Result
             .collect();
         anyhow::ensure!(v.len() >= 60, "{name}: {} points in the history", v.len());
         v.sort_by(f64::total_cmp);
-        let (p5, m, p95) = (v[v.len() / 20], v[v.len() / 2], v[v.len() * 19 / 20]);
+        let (p5, p95) = (v[v.len() / 20], v[v.len() * 19 / 20]);
         assert!(
-            p5 > 0.5 * m && p95 < 1.6 * m,
-            "{name} left the ±30% band: 5th to 95th percentile {p5:.0}..{p95:.0} around {m:.0}"
+            p95 / p5 < 2.3,
+            "{name} left the ±30% band: 5th to 95th percentile {p5:.0}..{p95:.0}"
         );
         spans.push(p95 / p5);
     }
