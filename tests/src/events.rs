@@ -222,10 +222,14 @@ pub fn check_event(e: &Value) {
     }
 }
 
-/// `events -o json`, checked against the contract: `{"events": [...]}`
-/// with every event well formed. Returns the events.
+/// `events -o json`, checked against the contract: `{"events": [...],
+/// "cursor": N}` with every event well formed. Returns the events.
 pub fn events(agent: &Agent) -> Result<Vec<Value>> {
     let r = agent.json(&["events"])?;
+    anyhow::ensure!(
+        r["cursor"].is_u64(),
+        "no `cursor` (the change count to follow from) in {r}"
+    );
     let list = r["events"]
         .as_array()
         .with_context(|| format!("no `events` list in {r}"))?
