@@ -14,10 +14,12 @@
 //!
 //! Coherence: a spike is the least specific pattern. An interaction whose
 //! destination has a `dos` or `upstream_collapse` episode open or pending
-//! opens a silent episode instead of an event (the other detectors decide
-//! in [`ONSET`]` - 1` samples, so they win the race); a channel does the
-//! same while any destination has one, since a channel's traffic is not
-//! split by destination in the sample.
+//! opens a silent episode instead of an event (`dos` decides in fewer
+//! samples, and `upstream_collapse` is judged first, so they win the
+//! race). A channel does the same while any destination has one, or any
+//! interaction has a spike open or pending, since a channel's traffic is
+//! not split by interaction in the sample: a channel's own event is for
+//! demand spread over many interactions, none of which spiked alone.
 //!
 //! Thresholds, measured by `tests::threshold_table` on synthetic series
 //! (1 s samples, seeded): see the table in `spike/tests.rs` and the
@@ -112,8 +114,11 @@ struct Verdict {
 }
 
 /// The spike detector's state.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Spike {
+    /// The onset ratio: [`RATIO`], other values only in the threshold
+    /// table's sweep.
+    ratio: f64,
     /// Interactions by `from\0to`.
     pairs: HashMap<String, Series>,
     /// Channels by name.
@@ -122,7 +127,27 @@ pub struct Spike {
     key: String,
 }
 
+impl Default for Spike {
+    fn default() -> Self {
+        Self {
+            ratio: RATIO,
+            pairs: HashMap::new(),
+            channels: HashMap::new(),
+            key: String::new(),
+        }
+    }
+}
+
 impl Spike {
+    /// A detector with another onset ratio, for the threshold sweep.
+    #[cfg(test)]
+    fn with_ratio(ratio: f64) -> Self {
+        Self {
+            ratio,
+            ..Self::default()
+        }
+    }
+
     /// Looks at one sample, `tick` counting samples. `busy`: destinations
     /// where a more specific detector has an episode open or pending.
     pub fn observe(&mut self, s: &Sample, tick: u64, busy: &HashSet<String>) -> Vec<Found> {
@@ -154,9 +179,11 @@ impl Spike {
                 series.add(tick, pps, bps);
             }
         }
+        let mut pair_busy = false;
         for (key, series) in &mut self.pairs {
             let (from, to) = key.split_once('\0').unwrap_or((key.as_str(), ""));
-            let v = judge(series, tick, busy.contains(to));
+            let v = judge(series, tick, busy.contains(to), self.ratio);
+            pair_busy |= series.ep.frozen();
             if v.open {
                 found.push(Found::Started {
                     key: format!("ix:{key}"),
@@ -171,7 +198,7 @@ impl Spike {
             }
         }
         for (name, series) in &mut self.channels {
-            let v = judge(series, tick, !busy.is_empty());
+            let v = judge(series, tick, pair_busy || !busy.is_empty(), self.ratio);
             if v.open {
                 found.push(Found::Started {
                     key: format!("ch:{name}"),
@@ -212,10 +239,10 @@ fn entry<'a>(map: &'a mut HashMap<String, Series>, key: &str) -> Option<&'a mut 
 }
 
 /// One sample's verdict on one series, learning it when calm.
-fn judge(series: &mut Series, tick: u64, busy: bool) -> Verdict {
+fn judge(series: &mut Series, tick: u64, busy: bool, ratio: f64) -> Verdict {
     let (pps, bps) = series.now(tick);
-    let hot_bps = bps >= BPS_FLOOR && series.bps.far_above(bps, RATIO, K);
-    let hot_pps = pps >= PPS_FLOOR && series.pps.far_above(pps, RATIO, K);
+    let hot_bps = bps >= BPS_FLOOR && series.bps.far_above(bps, ratio, K);
+    let hot_pps = pps >= PPS_FLOOR && series.pps.far_above(pps, ratio, K);
     let up_bps = bps >= BPS_FLOOR / 2.0 && series.bps.far_above(bps, END_RATIO, END_K);
     let up_pps = pps >= PPS_FLOOR / 2.0 && series.pps.far_above(pps, END_RATIO, END_K);
     let mut v = Verdict {
