@@ -3,11 +3,15 @@
 //! up after themselves, a reference classifier for differential fuzzing,
 //! and real endpoints for the connection tests: nginx and wrk (`web`), a
 //! counting TCP server and connection openers (`tcp`), and an `ss` sampler
-//! of established connections (`ss`).
+//! of established connections (`ss`); crowds of sources at scheduled rates
+//! and per-source tallies (`sources`) and the agent's events as a test
+//! reads them (`events`) for the detection tests.
 
+pub mod events;
 pub mod netns;
 pub mod packet;
 pub mod reference;
+pub mod sources;
 pub mod ss;
 pub mod tcp;
 pub mod web;

@@ -500,6 +500,19 @@ impl Agent {
         Ok(out)
     }
 
+    /// A CLI command with `-o json` added, its answer parsed.
+    pub fn json(&self, args: &[&str]) -> Result<serde_json::Value> {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        let out = self.cli(&a)?;
+        serde_json::from_slice(&out.stdout).with_context(|| {
+            format!(
+                "tc-agent {a:?} printed no JSON: {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
     /// `channels -o json`, parsed.
     pub fn channels(&self) -> Result<serde_json::Value> {
         Ok(serde_json::from_slice(
@@ -654,7 +667,7 @@ pub fn udp_receive_bins(bind: &str, secs: f64) -> Result<std::collections::BTree
 /// receiving thread's scheduling (slow under emulation, with a flood
 /// alongside, and starved for seconds while an agent's programs are
 /// verified): 64 MiB of queue is several seconds at the rates tested.
-fn deepen_receive_buffer(sock: &UdpSocket) {
+pub fn deepen_receive_buffer(sock: &UdpSocket) {
     let size: libc::c_int = 64 << 20;
     // SAFETY: setsockopt reads `size` for its length; the fd is ours.
     unsafe {

@@ -267,6 +267,40 @@ pub struct WrkConfig {
     pub cpus: Option<String>,
     /// Request timeout (`--timeout`), seconds.
     pub timeout_s: u32,
+    /// A Lua script (`-s`), e.g. one from [`wrk_script`], to pace each connection.
+    pub script: Option<PathBuf>,
+}
+
+/// A wrk script whose connections each wait about `think_ms` (uniformly
+/// 0.5 to 1.5 times it, so that connections started together drift apart)
+/// after every response before the next request: a closed loop with think
+/// time, so a connection's request rate is about 1000 / (`think_ms` +
+/// response time) per second and wrk does not take every CPU it can; with
+/// a think time long against the response time, demand barely depends on
+/// how fast the server answers, as clients that arrive on their own
+/// schedule. With `close`, each
+/// request asks for `Connection: close`: nginx closes after answering and
+/// wrk opens a new connection (a handshake per request, as clients that
+/// do not keep connections alive).
+pub fn wrk_script(think_ms: u32, close: bool) -> Result<PathBuf> {
+    let p = std::env::temp_dir().join(format!(
+        "tc-test-{}-wrk-{think_ms}-{close}.lua",
+        std::process::id()
+    ));
+    let header = if close {
+        "wrk.headers[\"Connection\"] = \"close\"\n"
+    } else {
+        ""
+    };
+    std::fs::write(
+        &p,
+        format!(
+            "-- Written by tc-tests (tests/src/web.rs).\n{header}function delay()\n  return math.random({lo}, {hi})\nend\n",
+            lo = think_ms / 2,
+            hi = think_ms + think_ms / 2
+        ),
+    )?;
+    Ok(p)
 }
 
 impl Default for WrkConfig {
@@ -277,6 +311,7 @@ impl Default for WrkConfig {
             secs: 8,
             cpus: None,
             timeout_s: 2,
+            script: None,
         }
     }
 }
@@ -415,10 +450,9 @@ pub fn parse_wrk(text: &str) -> Result<WrkReport> {
     Ok(r)
 }
 
-/// Runs wrk in `netns` against `url` ("http://198.18.0.2:80/",
-/// "http://[2001:db8::2]:80/") and returns its report. Bounded: killed
-/// after its duration plus 60 s.
-pub fn wrk(netns: &str, url: &str, cfg: &WrkConfig) -> Result<WrkReport> {
+/// The wrk command line for `cfg`, bounded: killed after its duration
+/// plus 60 s.
+fn wrk_command(netns: &str, url: &str, cfg: &WrkConfig) -> Command {
     let limit = (cfg.secs + 60).to_string();
     let mut cmd = Command::new("timeout");
     cmd.args(["-s", "KILL", &limit, "ip", "netns", "exec", netns]);
@@ -436,9 +470,25 @@ pub fn wrk(netns: &str, url: &str, cfg: &WrkConfig) -> Result<WrkReport> {
         "--timeout",
         &format!("{}s", cfg.timeout_s),
         "--latency",
-        url,
     ]);
-    let out = cmd.output().context("running wrk (Debian package wrk)")?;
+    if let Some(script) = &cfg.script {
+        cmd.arg("-s").arg(script);
+    }
+    cmd.arg(url);
+    cmd
+}
+
+/// Runs wrk in `netns` against `url` ("http://198.18.0.2:80/",
+/// "http://[2001:db8::2]:80/") and returns its report. Bounded: killed
+/// after its duration plus 60 s.
+pub fn wrk(netns: &str, url: &str, cfg: &WrkConfig) -> Result<WrkReport> {
+    let out = wrk_command(netns, url, cfg)
+        .output()
+        .context("running wrk (Debian package wrk)")?;
+    wrk_result(url, out)
+}
+
+fn wrk_result(url: &str, out: std::process::Output) -> Result<WrkReport> {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
         bail!(
@@ -448,6 +498,59 @@ pub fn wrk(netns: &str, url: &str, cfg: &WrkConfig) -> Result<WrkReport> {
         );
     }
     parse_wrk(&text)
+}
+
+/// wrk running in the background, to be stopped when the test has seen
+/// enough ([`WrkRun::stop`]); dropping it kills wrk.
+pub struct WrkRun {
+    child: Option<Child>,
+    /// The URL, for messages.
+    url: String,
+}
+
+impl WrkRun {
+    /// Starts wrk as [`wrk`] does, without waiting for it.
+    pub fn start(netns: &str, url: &str, cfg: &WrkConfig) -> Result<Self> {
+        let child = wrk_command(netns, url, cfg)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting wrk (Debian package wrk)")?;
+        Ok(Self {
+            child: Some(child),
+            url: url.to_string(),
+        })
+    }
+
+    /// Stops wrk with SIGINT (`timeout` passes it on; wrk then prints its
+    /// report as at the end of its duration) and returns the report.
+    pub fn stop(mut self) -> Result<WrkReport> {
+        let child = self.child.take().context("wrk already stopped")?;
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        wrk_result(&self.url, child.wait_with_output()?)
+    }
+}
+
+impl Drop for WrkRun {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SIGKILL reaches `timeout` only: SIGINT first lets it pass the
+            // signal on to wrk.
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 /// [`wrk`] on its own thread.

@@ -24,6 +24,7 @@ use tc_tests::{
         agent_bin, in_netns, in_vm, mac_of, serial, sh, udp_receive, write_policy, Agent, Pair,
     },
     packet,
+    sources::source_addresses,
 };
 
 /// Ethernet + IPv4 + UDP header bytes on the wire per datagram.
@@ -70,12 +71,6 @@ fn udp_from(bind: &str, dst: &str, payload: usize, wire_bps: f64, secs: f64) -> 
         }
     }
     Ok(sent)
-}
-
-fn json(agent: &Agent, args: &[&str]) -> Result<Value> {
-    let mut a = args.to_vec();
-    a.extend(["-o", "json"]);
-    Ok(serde_json::from_slice(&agent.cli(&a)?.stdout)?)
 }
 
 /// The `map` row of `from` -> `to` over `protocol` to `port`.
@@ -151,7 +146,7 @@ fn a_forwarding_node_maps_each_interaction_once_by_endpoint_set() -> Result<()> 
     std::thread::sleep(slow(2.0));
     let (mut seen_a, mut seen_b) = (Vec::new(), Vec::new());
     for _ in 0..6 {
-        let m = json(&agent, &["map"])?;
+        let m = agent.json(&["map"])?;
         let ra = row(&m, "a", "srv", "udp", 9000).with_context(|| format!("no a->srv in {m}"))?;
         let rb = row(&m, "b", "srv", "udp", 9000).with_context(|| format!("no b->srv in {m}"))?;
         seen_a.push(f(&ra, "request_bps") / rate_a);
@@ -228,7 +223,7 @@ fn a_forwarding_node_maps_each_interaction_once_by_endpoint_set() -> Result<()> 
         Ok((done, start.elapsed().as_secs_f64()))
     });
     std::thread::sleep(slow(2.5));
-    let m = json(&agent, &["map"])?;
+    let m = agent.json(&["map"])?;
     let (done, took) = client.join().unwrap()??;
     let served = server.join().unwrap()??;
     let r = row(&m, "a", "srv", "tcp", 8080).with_context(|| format!("no a->srv tcp in {m}"))?;
@@ -261,22 +256,6 @@ fn a_forwarding_node_maps_each_interaction_once_by_endpoint_set() -> Result<()> 
     Ok(())
 }
 
-/// Adds `count` addresses 198.18.2.1.. (/24) to `dev` in `netns` in one
-/// `ip -batch`; returns them.
-fn add_addresses(netns: &str, dev: &str, count: u32) -> Result<Vec<String>> {
-    let addrs: Vec<String> = (1..=count).map(|i| format!("198.18.2.{i}")).collect();
-    let batch: String = addrs
-        .iter()
-        .map(|a| format!("addr add {a}/24 dev {dev}\n"))
-        .collect();
-    let path = std::env::temp_dir().join(format!("tc-test-{}-{netns}.ip", std::process::id()));
-    std::fs::write(&path, batch)?;
-    let r = sh(&["ip", "-n", netns, "-batch", path.to_str().unwrap()]);
-    let _ = std::fs::remove_file(&path);
-    r?;
-    Ok(addrs)
-}
-
 /// The talkers of a `top-talkers -o json` answer: (source, share).
 fn talkers(t: &Value) -> Vec<(String, f64)> {
     t["talkers"]
@@ -297,17 +276,7 @@ fn talkers(t: &Value) -> Vec<(String, f64)> {
 fn among_200_sources_the_three_heavy_ones_are_the_top_talkers() -> Result<()> {
     let _g = serial();
     let pair = Pair::new()?;
-    let addrs = add_addresses(&pair.client, &pair.client_if, 200)?;
-    sh(&[
-        "ip",
-        "-n",
-        &pair.server,
-        "route",
-        "add",
-        "198.18.2.0/24",
-        "via",
-        "198.18.0.1",
-    ])?;
+    let addrs = source_addresses(&pair, 200)?;
     let policy = write_policy(
         "observe-200",
         "endpoints:\n  srv: [198.18.0.2/32]\n  lab: [198.18.0.0/16]\n\
@@ -363,7 +332,7 @@ fn among_200_sources_the_three_heavy_ones_are_the_top_talkers() -> Result<()> {
     let expect = 3.0 * 40.0 / (197.0 + 120.0);
     let mut readings = Vec::new();
     for to in ["srv", "lab", "198.18.0.2"] {
-        let t = json(&agent, &["top-talkers", "--to", to, "-n", "3"])?;
+        let t = agent.json(&["top-talkers", "--to", to, "-n", "3"])?;
         let top = talkers(&t);
         eprintln!("top-talkers --to {to}: {top:?}");
         let mut names: Vec<String> = top.iter().map(|(s, _)| s.clone()).collect();
@@ -530,13 +499,13 @@ fn flood_keeps_heavy_sources_on_top(xdp: bool) -> Result<()> {
     std::thread::sleep(slow(2.0));
     while !tx.is_finished() && start.elapsed() < Duration::from_secs_f64(secs) {
         let at = start.elapsed().as_secs_f64();
-        let m = json(&agent, &["map"])?;
+        let m = agent.json(&["map"])?;
         let t = &m["table"];
         let admit = t["admit_threshold_bytes"].as_u64().unwrap_or(0);
         admit_seen = admit_seen.max(admit);
         entries_max = entries_max.max(t["entries"].as_u64().unwrap_or(0));
         folded = folded.max(t["folded_pkts"].as_u64().unwrap_or(0));
-        let top = json(&agent, &["top-talkers", "--to", "srv", "-n", "5"])?;
+        let top = agent.json(&["top-talkers", "--to", "srv", "-n", "5"])?;
         let list = talkers(&top);
         let addrs: Vec<&(String, f64)> = list.iter().filter(|(s, _)| s != "other").collect();
         readings += 1;
@@ -710,7 +679,7 @@ fn history_shows_a_rate_step_at_the_right_second() -> Result<()> {
     let t = tx.join().unwrap()??;
     let _ = rx.join().unwrap()??;
     std::thread::sleep(slow(3.0));
-    let h = json(&agent, &["history", "hist", "--since", "60s"])?;
+    let h = agent.json(&["history", "hist", "--since", "60s"])?;
     assert_eq!(h["step_s"], 1);
     assert_eq!(
         h["metrics"],
@@ -723,7 +692,7 @@ fn history_shows_a_rate_step_at_the_right_second() -> Result<()> {
         low / ((payload + UDP_OVERHEAD) * 8) as f64,
         t,
     );
-    let h = json(&agent, &["history", "cli->srv", "--since", "60s"])?;
+    let h = agent.json(&["history", "cli->srv", "--since", "60s"])?;
     for m in [
         "request_bps",
         "request_pps",
