@@ -177,8 +177,13 @@ pub fn account(dir: u8, in_ifindex: u32) {
     d.syn = syn as u64;
     d.synack = synack as u64;
     if syn || synack {
+        // One slot per connection, not per interaction: the client port
+        // is multiplied into the bits the slot index reads (bits 20-31),
+        // so concurrent handshakes of one interaction do not overwrite
+        // each other's SYN time.
         let client_port = if request { p.sport } else { p.dport };
-        d.rtt_ns = handshake(hash_key(&k) ^ (client_port as u64) << 48, syn);
+        let tag = (hash_key(&k) ^ client_port as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        d.rtt_ns = handshake(tag, syn);
     }
     let side = if request { IX_REQUEST } else { 0 };
     // Under admission (the table filling, a flood), the sketch weighs the
