@@ -186,5 +186,60 @@ impl Baseline {
     }
 }
 
+/// An onset is a step, not a ramp: the sample that opens an episode is at
+/// least this many times the highest 1 s value of the series over the last
+/// minute before the episode became pending ([`RecentMax`]). A ramp's next
+/// values are barely above its recent maximum; a 2x-3x step is well above
+/// the maximum of ±30% noise (1.3x the mean).
+pub const STEP: f64 = 1.4;
+
+/// Ticks one bin of [`RecentMax`] spans.
+pub const MAX_BIN: u64 = 10;
+
+/// Bins [`RecentMax`] keeps: with [`MAX_BIN`], a minute.
+pub const MAX_BINS: usize = 6;
+
+/// The highest value of a series over the last minute, per 10-tick bin in
+/// a small ring (cheap: seven numbers per series). Like a [`Baseline`], it
+/// learns only while no episode is open or pending, so it is the highest
+/// value *before* the onset.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RecentMax {
+    /// The highest value of each bin; `bins[(tick / MAX_BIN) % MAX_BINS]`.
+    bins: [f64; MAX_BINS],
+    /// The bin index (`tick / MAX_BIN`) of the last value learned, to
+    /// clear the bins the series skipped.
+    bin: u64,
+}
+
+impl RecentMax {
+    /// Learns the value `x` of tick `tick`.
+    pub fn learn(&mut self, x: f64, tick: u64) {
+        let x = if x.is_finite() { x.max(0.0) } else { 0.0 };
+        let bin = tick / MAX_BIN;
+        if bin != self.bin {
+            // The bins between the last one and this one saw nothing.
+            let skipped = bin.saturating_sub(self.bin).min(MAX_BINS as u64);
+            for i in 1..=skipped {
+                self.bins[((self.bin + i) % MAX_BINS as u64) as usize] = 0.0;
+            }
+            self.bin = bin;
+        }
+        let b = &mut self.bins[(bin % MAX_BINS as u64) as usize];
+        *b = b.max(x);
+    }
+
+    /// The highest value learned over the last minute.
+    pub fn max(&self) -> f64 {
+        self.bins.iter().copied().fold(0.0, f64::max)
+    }
+
+    /// Whether `x` is a step above the last minute: at least [`STEP`]
+    /// times its highest value.
+    pub fn stepped(&self, x: f64) -> bool {
+        x >= STEP * self.max()
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -26,7 +26,12 @@
 //!   upstream's collapse. (The sample does not split drops by
 //!   destination, so any channel's drops count.)
 //!
-//! Both in [`ONSET`] samples in a row open an event; [`CALM`] samples in a
+//! Both in [`ONSET`] samples in a row open an event, and in the sample that
+//! opens it the rise in demand must be a step, not a ramp: at least
+//! [`STEP`](super::baseline::STEP) times the highest value of the last
+//! minute before the episode became pending
+//! ([`RecentMax`](super::baseline::RecentMax)): a new service's clients
+//! ramping up are no collapse; [`CALM`] samples in a
 //! row without both end it. With keep-alive connections there are few
 //! handshakes, so the ratio and the RTT matter most.
 //!
@@ -47,7 +52,7 @@ use serde_json::{json, Value};
 use tc_common::IxCounters;
 
 use super::{
-    baseline::Baseline,
+    baseline::{Baseline, RecentMax},
     episode::{Episode, Step},
     events::{Event, EventKind},
     evidence::{self, Mix},
@@ -153,6 +158,13 @@ struct Dest {
     mix: Mix,
     /// The clients by `from`.
     clients: HashMap<String, Client>,
+    /// Highest request bits/s per 10 s over the last minute: a rise in
+    /// demand must be a step above it, not a ramp.
+    max_bps: RecentMax,
+    /// Highest request packets/s likewise.
+    max_pps: RecentMax,
+    /// Highest new connections/s likewise.
+    max_conn: RecentMax,
     /// Hysteresis.
     ep: Episode,
 }
@@ -253,7 +265,7 @@ impl Collapse {
                 r.rst = 0.0;
                 r.unanswered = None;
             }
-            let (hot, metric) = judge(d, &r);
+            let (hot, metric) = judge(d, &r, d.ep.would_open(ONSET));
             match d.ep.step(tick, hot, !hot, ONSET, CALM) {
                 Step::Open if busy.contains(to) => d.ep.shadow(),
                 Step::Open => found.push(Found::Started {
@@ -317,13 +329,25 @@ fn read(now: &IxCounters, window: &[IxCounters; WINDOW], dt: f64) -> Reading {
     }
 }
 
-/// Whether the pattern holds, and the demand metric that rose.
-fn judge(d: &Dest, r: &Reading) -> (bool, &'static str) {
-    let demand = if r.bps >= BPS_FLOOR && d.bps.far_above(r.bps, DEMAND_RATIO, DEMAND_K) {
+/// Whether the pattern holds, and the demand metric that rose. `opening`:
+/// the sample would open the episode, so the rise in demand must also be
+/// a step above the last minute's maximum (a ramp is no onset).
+fn judge(d: &Dest, r: &Reading, opening: bool) -> (bool, &'static str) {
+    let step = |m: &RecentMax, x: f64| !opening || m.stepped(x);
+    let demand = if r.bps >= BPS_FLOOR
+        && d.bps.far_above(r.bps, DEMAND_RATIO, DEMAND_K)
+        && step(&d.max_bps, r.bps)
+    {
         Some("request_bps")
-    } else if r.pps >= PPS_FLOOR && d.pps.far_above(r.pps, DEMAND_RATIO, DEMAND_K) {
+    } else if r.pps >= PPS_FLOOR
+        && d.pps.far_above(r.pps, DEMAND_RATIO, DEMAND_K)
+        && step(&d.max_pps, r.pps)
+    {
         Some("request_pps")
-    } else if r.conn >= CONN_FLOOR && d.conn.far_above(r.conn, CONN_RATIO, DEMAND_K) {
+    } else if r.conn >= CONN_FLOOR
+        && d.conn.far_above(r.conn, CONN_RATIO, DEMAND_K)
+        && step(&d.max_conn, r.conn)
+    {
         Some("new_connections_per_s")
     } else {
         None
@@ -371,6 +395,9 @@ fn learn(d: &mut Dest, r: &Reading, tick: u64) {
     d.pps.learn(r.pps, tick);
     d.conn.learn(r.conn, tick);
     d.rst.learn(r.rst, tick);
+    d.max_bps.learn(r.bps, tick);
+    d.max_pps.learn(r.pps, tick);
+    d.max_conn.learn(r.conn, tick);
     if let Some(x) = r.ratio {
         d.ratio.learn_sparse(x);
     }

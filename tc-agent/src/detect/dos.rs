@@ -27,8 +27,12 @@
 //!   [`CROWD_MEMBER`] times their baseline; at most [`CROWD_NAMED`]) and
 //!   gives `other`'s share: a crowd in `other` has no address to name.
 //!
-//! [`ONSET`] samples in a row open an event (one, in case (a), when every
-//! heavy source is at [`AT_ONCE`] times its own baseline); it ends after [`CALM`]
+//! [`ONSET`] samples in a row open an event, always: one burst second (a
+//! client uploading a file) is not a flood, however heavy. The sample that
+//! would open it must also be a step, not a ramp: its total at least
+//! [`STEP`](super::baseline::STEP) times the highest 1 s total of the last
+//! minute before the episode became pending ([`RecentMax`]), so a new
+//! service ramping up is not a flood. It ends after [`CALM`]
 //! samples in a row with the total back under [`END_RATIO`] times its
 //! baseline (plus [`END_K`] deviations). Baselines (the destination's and
 //! its sources') freeze while an episode is open or pending.
@@ -58,7 +62,7 @@ use std::collections::{HashMap, HashSet};
 use serde_json::{json, Value};
 
 use super::{
-    baseline::Baseline,
+    baseline::{Baseline, RecentMax},
     episode::{Episode, Step},
     events::{Event, EventKind},
     evidence::{self, Mix},
@@ -101,12 +105,9 @@ pub const CROWD_EXTRA: f64 = 10.0;
 pub const OTHER_SHARE: f64 = 0.5;
 /// ... and this much above its baseline.
 pub const OTHER_RISE: f64 = 0.3;
-/// Hot samples in a row that open an event.
+/// Hot samples in a row that open an event: never one, a single burst
+/// second is not a flood.
 pub const ONSET: u32 = 2;
-/// ... but one is enough when every heavy source sends at least this many
-/// times its own baseline (bits and packets): a flood that plain is
-/// called at once.
-pub const AT_ONCE: f64 = 20.0;
 /// Back near baseline: under this many times it...
 pub const END_RATIO: f64 = 1.3;
 /// ... plus this many deviations.
@@ -174,6 +175,11 @@ struct Dest {
     mix: Mix,
     /// Tracked sources by address.
     sources: HashMap<String, Source>,
+    /// Highest total bits/s per 10 s over the last minute: an onset must
+    /// be a step above it.
+    max_bps: RecentMax,
+    /// Highest total packets/s likewise.
+    max_pps: RecentMax,
     /// Hysteresis.
     ep: Episode,
 }
@@ -293,13 +299,19 @@ impl Dos {
                 d.now_bps >= BPS_FLOOR / 2.0 && d.bps.far_above(d.now_bps, END_RATIO, END_K);
             let up_pps =
                 d.now_pps >= PPS_FLOOR / 2.0 && d.pps.far_above(d.now_pps, END_RATIO, END_K);
-            let onset = match &verdict {
-                Some(v) if v.overwhelming => 1,
-                _ => ONSET,
-            };
+            // The sample that would open the episode must be a step above
+            // the last minute's highest total, not the next value of a ramp.
+            let verdict = verdict.filter(|v| {
+                !d.ep.would_open(ONSET)
+                    || if v.by_bps {
+                        d.max_bps.stepped(d.now_bps)
+                    } else {
+                        d.max_pps.stepped(d.now_pps)
+                    }
+            });
             match d
                 .ep
-                .step(tick, verdict.is_some(), !(up_bps || up_pps), onset, CALM)
+                .step(tick, verdict.is_some(), !(up_bps || up_pps), ONSET, CALM)
             {
                 Step::Open => {
                     if let Some(v) = verdict {
@@ -350,9 +362,6 @@ struct Verdict {
     by_bps: bool,
     /// Case (b).
     crowd: bool,
-    /// Case (a) with every named source at least [`AT_ONCE`] times its
-    /// own baseline: no need to wait for a second sample.
-    overwhelming: bool,
     /// The sources to name, heaviest first.
     named: Vec<Named>,
 }
@@ -413,13 +422,9 @@ fn judge(d: &Dest, tick: u64) -> Option<Verdict> {
                 .total_cmp(&a.bps)
                 .then_with(|| a.source.cmp(&b.source))
         });
-        let overwhelming = heavy.iter().all(|n| {
-            n.bps >= AT_ONCE * n.base_bps && n.pps >= AT_ONCE * n.base_pps && n.base_pps > 0.0
-        });
         return Some(Verdict {
             by_bps,
             crowd: false,
-            overwhelming,
             named: heavy,
         });
     }
@@ -473,7 +478,6 @@ fn judge(d: &Dest, tick: u64) -> Option<Verdict> {
     Some(Verdict {
         by_bps,
         crowd: true,
-        overwhelming: false,
         named,
     })
 }
@@ -492,6 +496,8 @@ fn learn(d: &mut Dest, tick: u64) {
     }
     d.bps.learn(d.now_bps, tick);
     d.pps.learn(d.now_pps, tick);
+    d.max_bps.learn(d.now_bps, tick);
+    d.max_pps.learn(d.now_pps, tick);
     d.distinct.learn(f64::from(d.now_distinct), tick);
     if d.now_bps > 0.0 {
         d.other.learn_sparse(d.now_other_bps / d.now_bps);

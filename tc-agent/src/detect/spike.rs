@@ -8,7 +8,12 @@
 //! above its floor ([`PPS_FLOOR`], [`BPS_FLOOR`]: tiny flows are ignored),
 //! and its baseline was not silence (at least [`ACTIVE`] of a floor: traffic
 //! that starts on an idle channel is no spike);
-//! [`ONSET`] hot samples in a row open an event. It ends after [`CALM`]
+//! [`ONSET`] hot samples in a row open an event, and the one that opens it
+//! must be a step, not a ramp: at least [`STEP`](super::baseline::STEP)
+//! times the highest 1 s rate of the last minute before the episode became
+//! pending ([`RecentMax`](super::baseline::RecentMax)). A new service
+//! ramping up outruns its lagging baseline but never its own recent
+//! maximum; growth doubling every few seconds is a spike. It ends after [`CALM`]
 //! samples in a row back under [`END_RATIO`] times the baseline (plus
 //! [`END_K`] deviations) or under half the floor. Baselines freeze while an
 //! episode is open or pending. An episode that lasts [`MAX_EPISODE`]
@@ -32,7 +37,7 @@ use std::collections::{HashMap, HashSet};
 use serde_json::json;
 
 use super::{
-    baseline::Baseline,
+    baseline::{Baseline, RecentMax},
     episode::{Episode, Step},
     events::{Event, EventKind},
     evidence::{self, Mix},
@@ -81,6 +86,11 @@ struct Series {
     stamp: u64,
     /// This sample's protocols and ports, for the evidence.
     mix: Mix,
+    /// Highest packets/s per 10 s over the last minute: an onset must be
+    /// a step above it.
+    max_pps: RecentMax,
+    /// Highest bits/s likewise.
+    max_bps: RecentMax,
     /// Hysteresis.
     ep: Episode,
 }
@@ -250,8 +260,18 @@ fn judge(series: &mut Series, tick: u64, busy: bool, ratio: f64) -> Verdict {
     // starts (a service coming up, a channel's first client) is not a
     // demand spike. A flood onto an idle destination is `dos`'s.
     let active = series.bps.mean() >= BPS_FLOOR * ACTIVE || series.pps.mean() >= PPS_FLOOR * ACTIVE;
-    let hot_bps = active && bps >= BPS_FLOOR && series.bps.far_above(bps, ratio, K);
-    let hot_pps = active && pps >= PPS_FLOOR && series.pps.far_above(pps, ratio, K);
+    // The sample that would open the episode must be a step above the
+    // last minute's highest rate: a ramp (a new service taking load) keeps
+    // outrunning its lagging baseline, but never its own recent maximum.
+    let step = !series.ep.would_open(ONSET);
+    let hot_bps = active
+        && bps >= BPS_FLOOR
+        && series.bps.far_above(bps, ratio, K)
+        && (step || series.max_bps.stepped(bps));
+    let hot_pps = active
+        && pps >= PPS_FLOOR
+        && series.pps.far_above(pps, ratio, K)
+        && (step || series.max_pps.stepped(pps));
     let up_bps = bps >= BPS_FLOOR / 2.0 && series.bps.far_above(bps, END_RATIO, END_K);
     let up_pps = pps >= PPS_FLOOR / 2.0 && series.pps.far_above(pps, END_RATIO, END_K);
     let mut v = Verdict {
@@ -275,6 +295,8 @@ fn judge(series: &mut Series, tick: u64, busy: bool, ratio: f64) -> Verdict {
         }
         series.bps = Baseline::new();
         series.pps = Baseline::new();
+        series.max_bps = RecentMax::default();
+        series.max_pps = RecentMax::default();
     }
     if series.ep.frozen() {
         series.bps.hold(tick);
@@ -282,6 +304,8 @@ fn judge(series: &mut Series, tick: u64, busy: bool, ratio: f64) -> Verdict {
     } else {
         series.bps.learn(bps, tick);
         series.pps.learn(pps, tick);
+        series.max_bps.learn(bps, tick);
+        series.max_pps.learn(pps, tick);
     }
     v
 }
