@@ -125,7 +125,7 @@ impl Agent {
 }
 
 /// An event in the agent's log: a warning when it starts (someone should
-/// look), a note when it ends. Both carry what `tc-agent events` shows
+/// look), a note when it changes what it names or ends. Both carry what `tc-agent events` shows
 /// (id, kind, from, to, the summary), so the log alone tells the story;
 /// the start adds the evidence's numbers.
 fn log_change(change: &Change) {
@@ -139,6 +139,15 @@ fn log_change(change: &Change) {
             "event started: {} (`tc-agent suggest {}` writes a policy that answers it)",
             e.summary,
             e.id
+        ),
+        Change::Updated(e) => info!(
+            id = %e.id,
+            kind = e.kind.as_str(),
+            from = ?e.from,
+            to = ?e.to,
+            evidence = %serde_json::Value::Object(e.evidence.clone()),
+            "event updated: {}",
+            e.summary
         ),
         Change::Ended(e) => info!(
             id = %e.id,

@@ -193,6 +193,11 @@ impl Baseline {
 /// the maximum of ±30% noise (1.3x the mean).
 pub const STEP: f64 = 1.4;
 
+/// ... and the samples of the pending episode, this one included, at
+/// least this many times it on average: noise on a ramp can lift one
+/// sample by 1.4x over the last minute's highest, hardly all of them.
+pub const STEP_MEAN: f64 = 1.2;
+
 /// Ticks one bin of [`RecentMax`] spans.
 pub const MAX_BIN: u64 = 10;
 
@@ -210,6 +215,11 @@ pub struct RecentMax {
     /// The bin index (`tick / MAX_BIN`) of the last value learned, to
     /// clear the bins the series skipped.
     bin: u64,
+    /// Sum of the values held (the pending episode's), since the last one
+    /// learned.
+    held_sum: f64,
+    /// How many values were held.
+    held_n: u32,
 }
 
 impl RecentMax {
@@ -227,6 +237,17 @@ impl RecentMax {
         }
         let b = &mut self.bins[(bin % MAX_BINS as u64) as usize];
         *b = b.max(x);
+        self.held_sum = 0.0;
+        self.held_n = 0;
+    }
+
+    /// Notes the value `x` of a sample not learned (an episode is pending
+    /// or open): the step test averages the pending samples.
+    pub fn hold(&mut self, x: f64) {
+        if x.is_finite() {
+            self.held_sum += x.max(0.0);
+            self.held_n = self.held_n.saturating_add(1);
+        }
     }
 
     /// The highest value learned over the last minute.
@@ -235,9 +256,12 @@ impl RecentMax {
     }
 
     /// Whether `x` is a step above the last minute: at least [`STEP`]
-    /// times its highest value.
+    /// times its highest value, and the samples held since (the pending
+    /// episode's) with `x` at least [`STEP_MEAN`] times it on average.
     pub fn stepped(&self, x: f64) -> bool {
-        x >= STEP * self.max()
+        let max = self.max();
+        let mean = (self.held_sum + x) / f64::from(self.held_n + 1);
+        x >= STEP * max && mean >= STEP_MEAN * max
     }
 }
 

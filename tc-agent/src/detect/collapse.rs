@@ -385,6 +385,9 @@ fn learn(d: &mut Dest, r: &Reading, tick: u64) {
         for b in [&mut d.bps, &mut d.pps, &mut d.conn, &mut d.rst] {
             b.hold(tick);
         }
+        d.max_bps.hold(r.bps);
+        d.max_pps.hold(r.pps);
+        d.max_conn.hold(r.conn);
         for c in d.clients.values_mut().filter(|c| c.stamp == tick) {
             c.bps.hold(tick);
             c.pps.hold(tick);

@@ -117,8 +117,11 @@ pub const CALM: u32 = 10;
 /// A tracked source is named as one of a crowd when new, or at least this
 /// many times its own baseline.
 pub const CROWD_MEMBER: f64 = 2.0;
-/// Sources named at most in a crowd's event.
+/// Sources named at most in a crowd's event (per sample).
 pub const CROWD_NAMED: usize = 10;
+/// Sources an event names at most over its whole episode (its `from`):
+/// beyond, `evidence.more_sources` counts them.
+pub const MAX_FROM: usize = 64;
 /// Samples without traffic after which a source is forgotten.
 pub const SOURCE_IDLE: u64 = 300;
 /// Samples without traffic after which a destination is forgotten.
@@ -180,6 +183,17 @@ struct Dest {
     max_bps: RecentMax,
     /// Highest total packets/s likewise.
     max_pps: RecentMax,
+    /// The sources the open event names (its `from`), at most
+    /// [`MAX_FROM`]: a source that takes over during the episode is added.
+    from: Vec<String>,
+    /// The open event's `evidence.sources`, by source, at most
+    /// [`MAX_FROM`] (plus `other`).
+    listed: Vec<Value>,
+    /// Heavy sources seen during the open episode beyond [`MAX_FROM`], by
+    /// name (at most [`MAX_SOURCES_PER_DEST`], then only counted).
+    more: HashSet<String>,
+    /// Heavy sources beyond [`MAX_FROM`]: `more`'s size, or more.
+    more_n: usize,
     /// Hysteresis.
     ep: Episode,
 }
@@ -315,10 +329,30 @@ impl Dos {
             {
                 Step::Open => {
                     if let Some(v) = verdict {
+                        let e = event(to, d, v, s.t);
+                        d.from = e.from.clone();
+                        d.listed = match e.evidence.get("sources") {
+                            Some(Value::Array(a)) => a.clone(),
+                            _ => Vec::new(),
+                        };
+                        d.more.clear();
+                        d.more_n = 0;
                         found.push(Found::Started {
                             key: format!("dest:{to}"),
-                            event: event(to, d, v, s.t),
+                            event: e,
                         });
+                    }
+                }
+                Step::Nothing if d.ep.open() => {
+                    // A flood that switches sources: the sources heavy now
+                    // that the event does not name yet are added to it.
+                    if let Some(v) = verdict {
+                        if let Some(e) = update(to, d, v, s.t) {
+                            found.push(Found::Updated {
+                                key: format!("dest:{to}"),
+                                event: e,
+                            });
+                        }
                     }
                 }
                 Step::Close { .. } => found.push(Found::Ended {
@@ -488,6 +522,8 @@ fn learn(d: &mut Dest, tick: u64) {
         for b in [&mut d.bps, &mut d.pps, &mut d.distinct] {
             b.hold(tick);
         }
+        d.max_bps.hold(d.now_bps);
+        d.max_pps.hold(d.now_pps);
         for v in d.sources.values_mut().filter(|v| v.stamp == tick) {
             v.bps.hold(tick);
             v.pps.hold(tick);
@@ -506,6 +542,67 @@ fn learn(d: &mut Dest, tick: u64) {
         v.bps.learn(v.now_bps, tick);
         v.pps.learn(v.now_pps, tick);
     }
+}
+
+/// The open event of a destination's flood with the sources heavy now
+/// merged in, when some of them are new to it: `None` when it names them
+/// all already. Sources named earlier stay, with their numbers of then.
+fn update(to: &str, d: &mut Dest, v: Verdict, t: u64) -> Option<Event> {
+    let mut e = event(to, d, v, t);
+    let fresh: Vec<String> = e
+        .from
+        .iter()
+        .filter(|n| !d.from.contains(n) && !d.more.contains(*n))
+        .cloned()
+        .collect();
+    if fresh.is_empty() {
+        return None;
+    }
+    let now = match e.evidence.get("sources") {
+        Some(Value::Array(a)) => a.clone(),
+        _ => Vec::new(),
+    };
+    let name = |x: &Value| x.get("source").and_then(Value::as_str).map(str::to_string);
+    // The sources heavy now first, with today's numbers, then the earlier
+    // ones not heavy any more.
+    let mut listed = now.clone();
+    listed.extend(
+        d.listed
+            .iter()
+            .filter(|x| !now.iter().any(|y| name(y) == name(x)))
+            .cloned(),
+    );
+    let others = listed
+        .iter()
+        .filter(|x| name(x).as_deref() == Some(OTHER))
+        .count();
+    listed.truncate(MAX_FROM + others);
+    d.listed = listed;
+    for n in fresh {
+        if d.from.len() < MAX_FROM {
+            d.from.push(n);
+        } else {
+            d.more_n += 1;
+            if d.more.len() < MAX_SOURCES_PER_DEST {
+                d.more.insert(n);
+            }
+        }
+    }
+    e.from = d.from.clone();
+    e.evidence
+        .insert("sources".into(), Value::Array(d.listed.clone()));
+    e.evidence.insert("more_sources".into(), json!(d.more_n));
+    e.summary = format!(
+        "{}; the flood switched sources: {} named since it started{}",
+        e.summary,
+        d.from.len(),
+        if d.more_n > 0 {
+            format!(" and {} more", d.more_n)
+        } else {
+            String::new()
+        }
+    );
+    Some(e)
 }
 
 /// The event of a destination's flood.

@@ -118,8 +118,9 @@ pub struct SourceSample {
     pub source: String,
     /// The destination's name, as [`PairSample::to`].
     pub to: String,
-    /// Request (client to server) packets and wire bytes.
+    /// Request (client to server) packets.
     pub req_pkts: u64,
+    /// Request wire bytes.
     pub req_bytes: u64,
 }
 
@@ -128,11 +129,13 @@ pub struct SourceSample {
 pub struct ChannelSample {
     /// The channel's name.
     pub name: String,
-    /// Traffic the channel let through (bits and packets per second).
+    /// Bits per second the channel let through.
     pub passed_bps: f64,
+    /// Packets per second the channel let through.
     pub passed_pps: f64,
-    /// Traffic it dropped (or, in monitor mode, would have).
+    /// Bits per second it dropped (or, in monitor mode, would have).
     pub dropped_bps: f64,
+    /// Packets per second it dropped (or would have).
     pub dropped_pps: f64,
 }
 

@@ -301,6 +301,8 @@ fn judge(series: &mut Series, tick: u64, busy: bool, ratio: f64) -> Verdict {
     if series.ep.frozen() {
         series.bps.hold(tick);
         series.pps.hold(tick);
+        series.max_bps.hold(bps);
+        series.max_pps.hold(pps);
     } else {
         series.bps.learn(bps, tick);
         series.pps.learn(pps, tick);

@@ -193,6 +193,8 @@ pub struct Run {
     pub started: Vec<(u64, Event)>,
     /// Events as they ended, with the sample index.
     pub ended: Vec<(u64, Event)>,
+    /// Open events as they changed, with the sample index.
+    pub updated: Vec<(u64, Event)>,
 }
 
 impl Run {
@@ -202,6 +204,7 @@ impl Run {
             match c {
                 super::Change::Started(e) => self.started.push((i, e)),
                 super::Change::Ended(e) => self.ended.push((i, e)),
+                super::Change::Updated(e) => self.updated.push((i, e)),
             }
         }
     }

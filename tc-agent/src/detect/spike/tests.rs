@@ -132,6 +132,7 @@ fn a_lasting_level_becomes_the_new_normal() {
             match x {
                 Found::Started { .. } => starts += 1,
                 Found::Ended { .. } => ends += 1,
+                Found::Updated { .. } => {}
             }
         }
     }
