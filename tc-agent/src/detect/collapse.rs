@@ -53,6 +53,7 @@ use tc_common::IxCounters;
 
 use super::{
     baseline::{Baseline, RecentMax},
+    bucket::rate,
     episode::{Episode, Step},
     events::{Event, EventKind},
     evidence::{self, Mix},
@@ -202,7 +203,7 @@ impl Collapse {
     /// where `dos` has an episode open or pending.
     pub fn observe(&mut self, s: &Sample, tick: u64, busy: &HashSet<String>) -> Vec<Found> {
         let mut found = Vec::new();
-        if s.dt <= 0.0 {
+        if !(s.dt > 0.0 && s.dt.is_finite()) {
             return found;
         }
         for p in &s.pairs {
@@ -249,7 +250,7 @@ impl Collapse {
         }
         // Packets the agent's own channels dropped: a connection limit
         // answers a refused SYN with a reset and counts it here.
-        let own_drops: f64 = s.channels.iter().map(|c| c.dropped_pps).sum();
+        let own_drops: f64 = s.channels.iter().map(|c| rate(c.dropped_pps)).sum();
         for (to, d) in &mut self.dests {
             let now = if d.stamp == tick {
                 d.now

@@ -225,7 +225,7 @@ impl Dos {
     /// Looks at one sample, `tick` counting samples.
     pub fn observe(&mut self, s: &Sample, tick: u64) -> Vec<Found> {
         let mut found = Vec::new();
-        if s.dt <= 0.0 {
+        if !(s.dt > 0.0 && s.dt.is_finite()) {
             return found;
         }
         for x in &s.sources {

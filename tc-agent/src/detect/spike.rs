@@ -38,6 +38,7 @@ use serde_json::json;
 
 use super::{
     baseline::{Baseline, RecentMax},
+    bucket::rate,
     episode::{Episode, Step},
     events::{Event, EventKind},
     evidence::{self, Mix},
@@ -167,7 +168,7 @@ impl Spike {
     /// where a more specific detector has an episode open or pending.
     pub fn observe(&mut self, s: &Sample, tick: u64, busy: &HashSet<String>) -> Vec<Found> {
         let mut found = Vec::new();
-        if s.dt <= 0.0 {
+        if !(s.dt > 0.0 && s.dt.is_finite()) {
             return found;
         }
         for p in &s.pairs {
@@ -189,7 +190,11 @@ impl Spike {
             let Some(series) = entry(&mut self.channels, &c.name) else {
                 continue;
             };
-            let (pps, bps) = (c.passed_pps + c.dropped_pps, c.passed_bps + c.dropped_bps);
+            let (pps, bps) = (
+                rate(c.passed_pps) + rate(c.dropped_pps),
+                rate(c.passed_bps) + rate(c.dropped_bps),
+            );
+            let (pps, bps) = (rate(pps), rate(bps));
             if pps > 0.0 || bps > 0.0 {
                 series.add(tick, pps, bps);
             }

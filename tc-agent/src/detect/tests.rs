@@ -370,3 +370,58 @@ fn an_update_bumps_the_version_and_keeps_id_and_start() {
     }]);
     assert!(ch.is_empty());
 }
+
+#[test]
+fn broken_samples_neither_panic_nor_open_events() {
+    // Steady traffic through a channel, with broken samples among the good
+    // ones: NaN, infinite, zero and negative `dt`, NaN, infinite and
+    // negative channel rates, huge counts for one sample, tiny `dt`.
+    let flows: Vec<Flow> = (0..20)
+        .map(|i| Flow::tcp(&format!("198.18.1.{i}"), "srv", 50.0))
+        .collect();
+    let mut det = Detector::default();
+    let mut run = Run::default();
+    for i in 0..300u64 {
+        let pairs: Vec<_> = flows.iter().map(|f| f.pair(1.0)).collect();
+        let bits: f64 = pairs.iter().map(|p| p.d.req_bytes as f64 * 8.0).sum();
+        let mut s = sample(i, pairs, vec![channel("all", bits)]);
+        run.feed(&mut det, i, &s);
+        if i % 7 == 0 {
+            for dt in [
+                f64::NAN,
+                f64::INFINITY,
+                f64::NEG_INFINITY,
+                0.0,
+                -1.0,
+                1e-300,
+            ] {
+                s.dt = dt;
+                run.feed(&mut det, i, &s);
+            }
+            s.dt = 1.0;
+            for x in [f64::NAN, f64::INFINITY, -1e9, f64::MAX] {
+                s.channels = vec![ChannelSample {
+                    name: "all".into(),
+                    passed_bps: x,
+                    passed_pps: x,
+                    dropped_bps: x,
+                    dropped_pps: x,
+                }];
+                s.dt = 0.2;
+                run.feed(&mut det, i, &s);
+            }
+        }
+        if i == 150 {
+            // One sample of absurd counts (a counter reset read as a delta).
+            let mut s = sample(i, flows.iter().map(|f| f.pair(1e9)).collect(), Vec::new());
+            s.dt = 1.0;
+            run.feed(&mut det, i, &s);
+        }
+    }
+    assert!(run.started.is_empty(), "{:?}", run.started);
+    for e in det.log().all() {
+        for v in e.evidence.values() {
+            assert!(!v.to_string().contains("NaN"), "{v}");
+        }
+    }
+}
