@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use super::*;
 use crate::{
     control::{HistoryReport, MapReport, TopTalkersReport},
-    detect::{Change, ChannelSample, Sample},
+    detect::{scope, Change, ChannelSample, Sample},
     observe::{interaction_point, naming::Filter, Observer, CHANNEL_METRICS, INTERACTION_METRICS},
 };
 
@@ -62,8 +62,13 @@ impl Agent {
                             r(x.dropped_pkts, y.dropped_pkts),
                         ];
                         obs.history.record(&c.name, CHANNEL_METRICS, t, &point);
+                        let sets = &self.policy.endpoints;
                         channels.push(ChannelSample {
                             name: c.name.clone(),
+                            from: scope::side_names(&c.from, sets),
+                            to: scope::side_names(&c.to, sets),
+                            to_nets: c.to.clone(),
+                            to_sets: scope::sets_within(&c.to, sets),
                             passed_bps: point[0],
                             passed_pps: point[1],
                             dropped_bps: point[2],

@@ -79,11 +79,11 @@ impl Bucket {
                     self.channels
                         .insert(c.name.clone(), self.sum.channels.len());
                     self.sum.channels.push(ChannelSample {
-                        name: c.name.clone(),
                         passed_bps: 0.0,
                         passed_pps: 0.0,
                         dropped_bps: 0.0,
                         dropped_pps: 0.0,
+                        ..c.clone()
                     });
                     self.sum.channels.len() - 1
                 }

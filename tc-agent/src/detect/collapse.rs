@@ -20,11 +20,13 @@
 //!   - resets per second are at least [`RST_RATIO`] times their baseline
 //!     and at least [`RST_FLOOR`].
 //!
-//!   The last two do not count while the agent's own channels drop at
-//!   least [`OWN_REFUSALS`] of their rate: a connection limit refuses a SYN
+//!   The last two do not count while the agent's own channels toward the
+//!   destination (those whose `to` covers it: an endpoint set within
+//!   their networks, an address in them, or `any`) drop at least
+//!   [`OWN_REFUSALS`] of their rate: a connection limit refuses a SYN
 //!   with a reset and counts the SYN as dropped, and its refusals are no
-//!   upstream's collapse. (The sample does not split drops by
-//!   destination, so any channel's drops count.)
+//!   upstream's collapse. Drops of channels toward other destinations do
+//!   not count.
 //!
 //! Both in [`ONSET`] samples in a row open an event, and in the sample that
 //! opens it the rise in demand must be a step, not a ramp: at least
@@ -58,6 +60,7 @@ use super::{
     events::{Event, EventKind},
     evidence::{self, Mix},
     prune::make_room,
+    scope::covers,
     spike::{BPS_FLOOR, PPS_FLOOR},
     Found, Sample,
 };
@@ -248,9 +251,6 @@ impl Collapse {
                 c.now_pps += p.d.req_pkts as f64 / s.dt;
             }
         }
-        // Packets the agent's own channels dropped: a connection limit
-        // answers a refused SYN with a reset and counts it here.
-        let own_drops: f64 = s.channels.iter().map(|c| rate(c.dropped_pps)).sum();
         for (to, d) in &mut self.dests {
             let now = if d.stamp == tick {
                 d.now
@@ -260,6 +260,16 @@ impl Collapse {
             d.window.rotate_left(1);
             d.window[WINDOW - 1] = now;
             let mut r = read(&now, &d.window, s.dt);
+            // Packets the agent's own channels toward this destination
+            // dropped: a connection limit answers a refused SYN with a
+            // reset and counts it here. A channel elsewhere does not hide
+            // this destination's resets.
+            let own_drops: f64 = s
+                .channels
+                .iter()
+                .filter(|c| covers(&c.to_nets, &c.to_sets, to))
+                .map(|c| rate(c.dropped_pps))
+                .sum();
             if own_drops > 0.0 && own_drops >= OWN_REFUSALS * (r.rst + r.unanswered_per_s) {
                 // The resets and the unanswered SYNs are ours, not the
                 // upstream's.

@@ -677,12 +677,20 @@ fn event(to: &str, d: &Dest, v: Verdict, t: u64) -> Event {
         kind: EventKind::Dos,
         started: t,
         ended: None,
-        from: v
-            .named
-            .iter()
-            .filter(|n| n.source != OTHER)
-            .map(|n| n.source.clone())
-            .collect(),
+        from: {
+            let mut from: Vec<String> = v
+                .named
+                .iter()
+                .filter(|n| n.source != OTHER)
+                .map(|n| n.source.clone())
+                .collect();
+            // A crowd all in `other` has no address to name: `other` says
+            // who it is.
+            if from.is_empty() && v.named.iter().any(|n| n.source == OTHER) {
+                from.push(OTHER.to_string());
+            }
+            from
+        },
         to: vec![to.to_string()],
         summary,
         evidence: ev,

@@ -84,6 +84,7 @@ mod episode;
 pub mod events;
 mod evidence;
 mod prune;
+pub mod scope;
 pub mod spike;
 pub mod suggest;
 #[cfg(test)]
@@ -124,11 +125,22 @@ pub struct SourceSample {
     pub req_bytes: u64,
 }
 
-/// One channel's rates over one sample.
-#[derive(Debug, Clone, PartialEq)]
+/// One channel's rates over one sample, and what it covers.
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct ChannelSample {
     /// The channel's name.
     pub name: String,
+    /// Its sources as an event names them ([`scope::side_names`]): the
+    /// endpoint set its `from` equals, else its CIDRs; empty for `any`.
+    pub from: Vec<String>,
+    /// Its destinations likewise.
+    pub to: Vec<String>,
+    /// Its destination networks as the live policy holds them (`any`
+    /// included), to tell which destinations its drops concern.
+    pub to_nets: Vec<ipnet::IpNet>,
+    /// The endpoint sets within its destinations ([`scope::sets_within`]),
+    /// likewise.
+    pub to_sets: Vec<String>,
     /// Bits per second the channel let through.
     pub passed_bps: f64,
     /// Packets per second the channel let through.

@@ -87,6 +87,10 @@ struct Series {
     stamp: u64,
     /// This sample's protocols and ports, for the evidence.
     mix: Mix,
+    /// A channel's sources and destinations as the event names them (from
+    /// the sample, [`ChannelSample::from`](super::ChannelSample::from));
+    /// empty for an interaction.
+    sides: (Vec<String>, Vec<String>),
     /// Highest packets/s per 10 s over the last minute: an onset must be
     /// a step above it.
     max_pps: RecentMax,
@@ -197,6 +201,9 @@ impl Spike {
             let (pps, bps) = (rate(pps), rate(bps));
             if pps > 0.0 || bps > 0.0 {
                 series.add(tick, pps, bps);
+            }
+            if series.sides.0 != c.from || series.sides.1 != c.to {
+                series.sides = (c.from.clone(), c.to.clone());
             }
         }
         let mut pair_busy = false;
@@ -376,8 +383,8 @@ fn channel_event(name: &str, series: &Series, tick: u64, t: u64, by_bps: bool) -
         kind: EventKind::Spike,
         started: t,
         ended: None,
-        from: Vec::new(),
-        to: Vec::new(),
+        from: series.sides.0.clone(),
+        to: series.sides.1.clone(),
         summary,
         evidence: ev,
     }

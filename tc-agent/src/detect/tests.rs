@@ -406,6 +406,7 @@ fn broken_samples_neither_panic_nor_open_events() {
                     passed_pps: x,
                     dropped_bps: x,
                     dropped_pps: x,
+                    ..channel("all", 0.0)
                 }];
                 s.dt = 0.2;
                 run.feed(&mut det, i, &s);

@@ -156,7 +156,7 @@ fn a_random_source_crowd_in_other() {
     let other = sources.iter().find(|s| s["source"] == "other").unwrap();
     assert!(other["share"].as_f64().unwrap() > 0.8, "{other}");
     // The 20 regular clients send as usual: none of them is named.
-    assert!(e.from.is_empty(), "{:?}", e.from);
+    assert_eq!(e.from, ["other"], "a crowd all in `other` is named so");
     assert!(e.summary.starts_with("a crowd floods srv"), "{}", e.summary);
 }
 
