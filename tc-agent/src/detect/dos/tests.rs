@@ -485,11 +485,7 @@ fn a_flood_that_switches_sources_updates_its_event() {
     let sources = e.evidence["sources"].as_array().unwrap();
     assert_eq!(sources.len(), 6);
     // Heavy now first, with their numbers of now.
-    assert_eq!(
-        sources[0]["share"].as_f64().unwrap() > 0.1,
-        true,
-        "{sources:?}"
-    );
+    assert!(sources[0]["share"].as_f64().unwrap() > 0.1, "{sources:?}");
     assert!(e.summary.contains("switched sources"), "{}", e.summary);
     // Bounded: 138 sources flooded in turn, 64 are named, the rest counted.
     let (_, last) = run.updated.last().unwrap();
