@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use super::*;
 use crate::{
     control::{HistoryReport, MapReport, TopTalkersReport},
-    detect::{Change, ChannelSample, Sample},
+    detect::{scope, Change, ChannelSample, Sample},
     observe::{interaction_point, naming::Filter, Observer, CHANNEL_METRICS, INTERACTION_METRICS},
 };
 
@@ -62,8 +62,13 @@ impl Agent {
                             r(x.dropped_pkts, y.dropped_pkts),
                         ];
                         obs.history.record(&c.name, CHANNEL_METRICS, t, &point);
+                        let sets = &self.policy.endpoints;
                         channels.push(ChannelSample {
                             name: c.name.clone(),
+                            from: scope::side_names(&c.from, sets),
+                            to: scope::side_names(&c.to, sets),
+                            to_nets: c.to.clone(),
+                            to_sets: scope::sets_within(&c.to, sets),
                             passed_bps: point[0],
                             passed_pps: point[1],
                             dropped_bps: point[2],
@@ -125,7 +130,7 @@ impl Agent {
 }
 
 /// An event in the agent's log: a warning when it starts (someone should
-/// look), a note when it ends. Both carry what `tc-agent events` shows
+/// look), a note when it changes what it names or ends. Both carry what `tc-agent events` shows
 /// (id, kind, from, to, the summary), so the log alone tells the story;
 /// the start adds the evidence's numbers.
 fn log_change(change: &Change) {
@@ -139,6 +144,15 @@ fn log_change(change: &Change) {
             "event started: {} (`tc-agent suggest {}` writes a policy that answers it)",
             e.summary,
             e.id
+        ),
+        Change::Updated(e) => info!(
+            id = %e.id,
+            kind = e.kind.as_str(),
+            from = ?e.from,
+            to = ?e.to,
+            evidence = %serde_json::Value::Object(e.evidence.clone()),
+            "event updated: {}",
+            e.summary
         ),
         Change::Ended(e) => info!(
             id = %e.id,

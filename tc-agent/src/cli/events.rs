@@ -1,5 +1,5 @@
 //! `tc-agent events`: what the agent's detectors found, and, with
-//! `--follow`, every start and end as it happens.
+//! `--follow`, every start, change and end as it happens.
 
 use std::{
     io::Write,
@@ -56,7 +56,8 @@ const FLOW_WIDTH: usize = 44;
 #[derive(Debug, Args)]
 pub struct EventsArgs {
     /// Keep running: print the events there are, then every change as it
-    /// happens (an event's start, and its end again with `ended` set),
+    /// happens (an event's start, again when an open `dos` names sources
+    /// that took over, and its end again with `ended` set),
     /// polling the agent twice a second, until interrupted (Ctrl-C,
     /// SIGTERM, or the reader of a pipe going away). An agent that stops
     /// or restarts ends it with an error.
@@ -67,7 +68,8 @@ pub struct EventsArgs {
     /// names are a contract: `{"events": [{"id", "kind", "started",
     /// "ended", "from", "to", "summary", "evidence"}], "cursor", "run"}`, times in
     /// unix seconds, `ended` null while the event lasts). With `--follow`,
-    /// JSON Lines: one event object per line, each time it starts or ends.
+    /// JSON Lines: one event object per line, each time it starts, changes
+    /// or ends.
     #[arg(short, long, value_enum, default_value_t)]
     pub output: Output,
 }

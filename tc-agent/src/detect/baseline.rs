@@ -186,5 +186,84 @@ impl Baseline {
     }
 }
 
+/// An onset is a step, not a ramp: the sample that opens an episode is at
+/// least this many times the highest 1 s value of the series over the last
+/// minute before the episode became pending ([`RecentMax`]). A ramp's next
+/// values are barely above its recent maximum; a 2x-3x step is well above
+/// the maximum of ±30% noise (1.3x the mean).
+pub const STEP: f64 = 1.4;
+
+/// ... and the samples of the pending episode, this one included, at
+/// least this many times it on average: noise on a ramp can lift one
+/// sample by 1.4x over the last minute's highest, hardly all of them.
+pub const STEP_MEAN: f64 = 1.2;
+
+/// Ticks one bin of [`RecentMax`] spans.
+pub const MAX_BIN: u64 = 10;
+
+/// Bins [`RecentMax`] keeps: with [`MAX_BIN`], a minute.
+pub const MAX_BINS: usize = 6;
+
+/// The highest value of a series over the last minute, per 10-tick bin in
+/// a small ring (cheap: seven numbers per series). Like a [`Baseline`], it
+/// learns only while no episode is open or pending, so it is the highest
+/// value *before* the onset.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RecentMax {
+    /// The highest value of each bin; `bins[(tick / MAX_BIN) % MAX_BINS]`.
+    bins: [f64; MAX_BINS],
+    /// The bin index (`tick / MAX_BIN`) of the last value learned, to
+    /// clear the bins the series skipped.
+    bin: u64,
+    /// Sum of the values held (the pending episode's), since the last one
+    /// learned.
+    held_sum: f64,
+    /// How many values were held.
+    held_n: u32,
+}
+
+impl RecentMax {
+    /// Learns the value `x` of tick `tick`.
+    pub fn learn(&mut self, x: f64, tick: u64) {
+        let x = if x.is_finite() { x.max(0.0) } else { 0.0 };
+        let bin = tick / MAX_BIN;
+        if bin != self.bin {
+            // The bins between the last one and this one saw nothing.
+            let skipped = bin.saturating_sub(self.bin).min(MAX_BINS as u64);
+            for i in 1..=skipped {
+                self.bins[((self.bin + i) % MAX_BINS as u64) as usize] = 0.0;
+            }
+            self.bin = bin;
+        }
+        let b = &mut self.bins[(bin % MAX_BINS as u64) as usize];
+        *b = b.max(x);
+        self.held_sum = 0.0;
+        self.held_n = 0;
+    }
+
+    /// Notes the value `x` of a sample not learned (an episode is pending
+    /// or open): the step test averages the pending samples.
+    pub fn hold(&mut self, x: f64) {
+        if x.is_finite() {
+            self.held_sum += x.max(0.0);
+            self.held_n = self.held_n.saturating_add(1);
+        }
+    }
+
+    /// The highest value learned over the last minute.
+    pub fn max(&self) -> f64 {
+        self.bins.iter().copied().fold(0.0, f64::max)
+    }
+
+    /// Whether `x` is a step above the last minute: at least [`STEP`]
+    /// times its highest value, and the samples held since (the pending
+    /// episode's) with `x` at least [`STEP_MEAN`] times it on average.
+    pub fn stepped(&self, x: f64) -> bool {
+        let max = self.max();
+        let mean = (self.held_sum + x) / f64::from(self.held_n + 1);
+        x >= STEP * max && mean >= STEP_MEAN * max
+    }
+}
+
 #[cfg(test)]
 mod tests;

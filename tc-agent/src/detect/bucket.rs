@@ -35,7 +35,9 @@ impl Bucket {
     /// itself when it spans a second alone and nothing is pending, else
     /// the sum once it spans one.
     pub fn add<'a>(&'a mut self, s: &'a Sample) -> Option<&'a Sample> {
-        if s.dt <= 0.0 {
+        // NaN, infinite, zero or negative: no time passed that rates can
+        // be divided by.
+        if !(s.dt > 0.0 && s.dt.is_finite()) {
             return None;
         }
         if self.sum.dt == 0.0 && s.dt >= BUCKET_S - SLACK_S {
@@ -77,26 +79,31 @@ impl Bucket {
                     self.channels
                         .insert(c.name.clone(), self.sum.channels.len());
                     self.sum.channels.push(ChannelSample {
-                        name: c.name.clone(),
                         passed_bps: 0.0,
                         passed_pps: 0.0,
                         dropped_bps: 0.0,
                         dropped_pps: 0.0,
+                        ..c.clone()
                     });
                     self.sum.channels.len() - 1
                 }
             };
             let y = &mut self.sum.channels[i];
-            y.passed_bps += c.passed_bps * s.dt;
-            y.passed_pps += c.passed_pps * s.dt;
-            y.dropped_bps += c.dropped_bps * s.dt;
-            y.dropped_pps += c.dropped_pps * s.dt;
+            y.passed_bps += rate(c.passed_bps) * s.dt;
+            y.passed_pps += rate(c.passed_pps) * s.dt;
+            y.dropped_bps += rate(c.dropped_bps) * s.dt;
+            y.dropped_pps += rate(c.dropped_pps) * s.dt;
         }
         if self.sum.dt < BUCKET_S - SLACK_S {
             return None;
         }
         let dt = self.sum.dt;
         for y in &mut self.sum.channels {
+            // Rates × seconds summed may overflow to infinity: none.
+            y.passed_bps = rate(y.passed_bps);
+            y.passed_pps = rate(y.passed_pps);
+            y.dropped_bps = rate(y.dropped_bps);
+            y.dropped_pps = rate(y.dropped_pps);
             y.passed_bps /= dt;
             y.passed_pps /= dt;
             y.dropped_bps /= dt;
@@ -114,6 +121,16 @@ impl Bucket {
         self.pairs.clear();
         self.sources.clear();
         self.channels.clear();
+    }
+}
+
+/// A channel's rate as the detectors may use it: NaN, infinite or
+/// negative rates (a broken sample) count as none.
+pub fn rate(x: f64) -> f64 {
+    if x.is_finite() {
+        x.max(0.0)
+    } else {
+        0.0
     }
 }
 

@@ -20,13 +20,20 @@
 //!   - resets per second are at least [`RST_RATIO`] times their baseline
 //!     and at least [`RST_FLOOR`].
 //!
-//!   The last two do not count while the agent's own channels drop at
-//!   least [`OWN_REFUSALS`] of their rate: a connection limit refuses a SYN
+//!   The last two do not count while the agent's own channels toward the
+//!   destination (those whose `to` covers it: an endpoint set within
+//!   their networks, an address in them, or `any`) drop at least
+//!   [`OWN_REFUSALS`] of their rate: a connection limit refuses a SYN
 //!   with a reset and counts the SYN as dropped, and its refusals are no
-//!   upstream's collapse. (The sample does not split drops by
-//!   destination, so any channel's drops count.)
+//!   upstream's collapse. Drops of channels toward other destinations do
+//!   not count.
 //!
-//! Both in [`ONSET`] samples in a row open an event; [`CALM`] samples in a
+//! Both in [`ONSET`] samples in a row open an event, and in the sample that
+//! opens it the rise in demand must be a step, not a ramp: at least
+//! [`STEP`](super::baseline::STEP) times the highest value of the last
+//! minute before the episode became pending
+//! ([`RecentMax`](super::baseline::RecentMax)): a new service's clients
+//! ramping up are no collapse; [`CALM`] samples in a
 //! row without both end it. With keep-alive connections there are few
 //! handshakes, so the ratio and the RTT matter most.
 //!
@@ -47,11 +54,13 @@ use serde_json::{json, Value};
 use tc_common::IxCounters;
 
 use super::{
-    baseline::Baseline,
+    baseline::{Baseline, RecentMax},
+    bucket::rate,
     episode::{Episode, Step},
     events::{Event, EventKind},
     evidence::{self, Mix},
     prune::make_room,
+    scope::covers,
     spike::{BPS_FLOOR, PPS_FLOOR},
     Found, Sample,
 };
@@ -153,6 +162,13 @@ struct Dest {
     mix: Mix,
     /// The clients by `from`.
     clients: HashMap<String, Client>,
+    /// Highest request bits/s per 10 s over the last minute: a rise in
+    /// demand must be a step above it, not a ramp.
+    max_bps: RecentMax,
+    /// Highest request packets/s likewise.
+    max_pps: RecentMax,
+    /// Highest new connections/s likewise.
+    max_conn: RecentMax,
     /// Hysteresis.
     ep: Episode,
 }
@@ -190,7 +206,7 @@ impl Collapse {
     /// where `dos` has an episode open or pending.
     pub fn observe(&mut self, s: &Sample, tick: u64, busy: &HashSet<String>) -> Vec<Found> {
         let mut found = Vec::new();
-        if s.dt <= 0.0 {
+        if !(s.dt > 0.0 && s.dt.is_finite()) {
             return found;
         }
         for p in &s.pairs {
@@ -235,9 +251,6 @@ impl Collapse {
                 c.now_pps += p.d.req_pkts as f64 / s.dt;
             }
         }
-        // Packets the agent's own channels dropped: a connection limit
-        // answers a refused SYN with a reset and counts it here.
-        let own_drops: f64 = s.channels.iter().map(|c| c.dropped_pps).sum();
         for (to, d) in &mut self.dests {
             let now = if d.stamp == tick {
                 d.now
@@ -247,13 +260,23 @@ impl Collapse {
             d.window.rotate_left(1);
             d.window[WINDOW - 1] = now;
             let mut r = read(&now, &d.window, s.dt);
+            // Packets the agent's own channels toward this destination
+            // dropped: a connection limit answers a refused SYN with a
+            // reset and counts it here. A channel elsewhere does not hide
+            // this destination's resets.
+            let own_drops: f64 = s
+                .channels
+                .iter()
+                .filter(|c| covers(&c.to_nets, &c.to_sets, to))
+                .map(|c| rate(c.dropped_pps))
+                .sum();
             if own_drops > 0.0 && own_drops >= OWN_REFUSALS * (r.rst + r.unanswered_per_s) {
                 // The resets and the unanswered SYNs are ours, not the
                 // upstream's.
                 r.rst = 0.0;
                 r.unanswered = None;
             }
-            let (hot, metric) = judge(d, &r);
+            let (hot, metric) = judge(d, &r, d.ep.would_open(ONSET));
             match d.ep.step(tick, hot, !hot, ONSET, CALM) {
                 Step::Open if busy.contains(to) => d.ep.shadow(),
                 Step::Open => found.push(Found::Started {
@@ -317,13 +340,25 @@ fn read(now: &IxCounters, window: &[IxCounters; WINDOW], dt: f64) -> Reading {
     }
 }
 
-/// Whether the pattern holds, and the demand metric that rose.
-fn judge(d: &Dest, r: &Reading) -> (bool, &'static str) {
-    let demand = if r.bps >= BPS_FLOOR && d.bps.far_above(r.bps, DEMAND_RATIO, DEMAND_K) {
+/// Whether the pattern holds, and the demand metric that rose. `opening`:
+/// the sample would open the episode, so the rise in demand must also be
+/// a step above the last minute's maximum (a ramp is no onset).
+fn judge(d: &Dest, r: &Reading, opening: bool) -> (bool, &'static str) {
+    let step = |m: &RecentMax, x: f64| !opening || m.stepped(x);
+    let demand = if r.bps >= BPS_FLOOR
+        && d.bps.far_above(r.bps, DEMAND_RATIO, DEMAND_K)
+        && step(&d.max_bps, r.bps)
+    {
         Some("request_bps")
-    } else if r.pps >= PPS_FLOOR && d.pps.far_above(r.pps, DEMAND_RATIO, DEMAND_K) {
+    } else if r.pps >= PPS_FLOOR
+        && d.pps.far_above(r.pps, DEMAND_RATIO, DEMAND_K)
+        && step(&d.max_pps, r.pps)
+    {
         Some("request_pps")
-    } else if r.conn >= CONN_FLOOR && d.conn.far_above(r.conn, CONN_RATIO, DEMAND_K) {
+    } else if r.conn >= CONN_FLOOR
+        && d.conn.far_above(r.conn, CONN_RATIO, DEMAND_K)
+        && step(&d.max_conn, r.conn)
+    {
         Some("new_connections_per_s")
     } else {
         None
@@ -361,6 +396,9 @@ fn learn(d: &mut Dest, r: &Reading, tick: u64) {
         for b in [&mut d.bps, &mut d.pps, &mut d.conn, &mut d.rst] {
             b.hold(tick);
         }
+        d.max_bps.hold(r.bps);
+        d.max_pps.hold(r.pps);
+        d.max_conn.hold(r.conn);
         for c in d.clients.values_mut().filter(|c| c.stamp == tick) {
             c.bps.hold(tick);
             c.pps.hold(tick);
@@ -371,6 +409,9 @@ fn learn(d: &mut Dest, r: &Reading, tick: u64) {
     d.pps.learn(r.pps, tick);
     d.conn.learn(r.conn, tick);
     d.rst.learn(r.rst, tick);
+    d.max_bps.learn(r.bps, tick);
+    d.max_pps.learn(r.pps, tick);
+    d.max_conn.learn(r.conn, tick);
     if let Some(x) = r.ratio {
         d.ratio.learn_sparse(x);
     }

@@ -27,8 +27,12 @@
 //!   [`CROWD_MEMBER`] times their baseline; at most [`CROWD_NAMED`]) and
 //!   gives `other`'s share: a crowd in `other` has no address to name.
 //!
-//! [`ONSET`] samples in a row open an event (one, in case (a), when every
-//! heavy source is at [`AT_ONCE`] times its own baseline); it ends after [`CALM`]
+//! [`ONSET`] samples in a row open an event, always: one burst second (a
+//! client uploading a file) is not a flood, however heavy. The sample that
+//! would open it must also be a step, not a ramp: its total at least
+//! [`STEP`](super::baseline::STEP) times the highest 1 s total of the last
+//! minute before the episode became pending ([`RecentMax`]), so a new
+//! service ramping up is not a flood. It ends after [`CALM`]
 //! samples in a row with the total back under [`END_RATIO`] times its
 //! baseline (plus [`END_K`] deviations). Baselines (the destination's and
 //! its sources') freeze while an episode is open or pending.
@@ -58,7 +62,7 @@ use std::collections::{HashMap, HashSet};
 use serde_json::{json, Value};
 
 use super::{
-    baseline::Baseline,
+    baseline::{Baseline, RecentMax},
     episode::{Episode, Step},
     events::{Event, EventKind},
     evidence::{self, Mix},
@@ -101,12 +105,9 @@ pub const CROWD_EXTRA: f64 = 10.0;
 pub const OTHER_SHARE: f64 = 0.5;
 /// ... and this much above its baseline.
 pub const OTHER_RISE: f64 = 0.3;
-/// Hot samples in a row that open an event.
+/// Hot samples in a row that open an event: never one, a single burst
+/// second is not a flood.
 pub const ONSET: u32 = 2;
-/// ... but one is enough when every heavy source sends at least this many
-/// times its own baseline (bits and packets): a flood that plain is
-/// called at once.
-pub const AT_ONCE: f64 = 20.0;
 /// Back near baseline: under this many times it...
 pub const END_RATIO: f64 = 1.3;
 /// ... plus this many deviations.
@@ -116,8 +117,11 @@ pub const CALM: u32 = 10;
 /// A tracked source is named as one of a crowd when new, or at least this
 /// many times its own baseline.
 pub const CROWD_MEMBER: f64 = 2.0;
-/// Sources named at most in a crowd's event.
+/// Sources named at most in a crowd's event (per sample).
 pub const CROWD_NAMED: usize = 10;
+/// Sources an event names at most over its whole episode (its `from`):
+/// beyond, `evidence.more_sources` counts them.
+pub const MAX_FROM: usize = 64;
 /// Samples without traffic after which a source is forgotten.
 pub const SOURCE_IDLE: u64 = 300;
 /// Samples without traffic after which a destination is forgotten.
@@ -174,6 +178,22 @@ struct Dest {
     mix: Mix,
     /// Tracked sources by address.
     sources: HashMap<String, Source>,
+    /// Highest total bits/s per 10 s over the last minute: an onset must
+    /// be a step above it.
+    max_bps: RecentMax,
+    /// Highest total packets/s likewise.
+    max_pps: RecentMax,
+    /// The sources the open event names (its `from`), at most
+    /// [`MAX_FROM`]: a source that takes over during the episode is added.
+    from: Vec<String>,
+    /// The open event's `evidence.sources`, by source, at most
+    /// [`MAX_FROM`] (plus `other`).
+    listed: Vec<Value>,
+    /// Heavy sources seen during the open episode beyond [`MAX_FROM`], by
+    /// name (at most [`MAX_SOURCES_PER_DEST`], then only counted).
+    more: HashSet<String>,
+    /// Heavy sources beyond [`MAX_FROM`]: `more`'s size, or more.
+    more_n: usize,
     /// Hysteresis.
     ep: Episode,
 }
@@ -205,7 +225,7 @@ impl Dos {
     /// Looks at one sample, `tick` counting samples.
     pub fn observe(&mut self, s: &Sample, tick: u64) -> Vec<Found> {
         let mut found = Vec::new();
-        if s.dt <= 0.0 {
+        if !(s.dt > 0.0 && s.dt.is_finite()) {
             return found;
         }
         for x in &s.sources {
@@ -293,20 +313,46 @@ impl Dos {
                 d.now_bps >= BPS_FLOOR / 2.0 && d.bps.far_above(d.now_bps, END_RATIO, END_K);
             let up_pps =
                 d.now_pps >= PPS_FLOOR / 2.0 && d.pps.far_above(d.now_pps, END_RATIO, END_K);
-            let onset = match &verdict {
-                Some(v) if v.overwhelming => 1,
-                _ => ONSET,
-            };
+            // The sample that would open the episode must be a step above
+            // the last minute's highest total, not the next value of a ramp.
+            let verdict = verdict.filter(|v| {
+                !d.ep.would_open(ONSET)
+                    || if v.by_bps {
+                        d.max_bps.stepped(d.now_bps)
+                    } else {
+                        d.max_pps.stepped(d.now_pps)
+                    }
+            });
             match d
                 .ep
-                .step(tick, verdict.is_some(), !(up_bps || up_pps), onset, CALM)
+                .step(tick, verdict.is_some(), !(up_bps || up_pps), ONSET, CALM)
             {
                 Step::Open => {
                     if let Some(v) = verdict {
+                        let e = event(to, d, v, s.t);
+                        d.from = e.from.clone();
+                        d.listed = match e.evidence.get("sources") {
+                            Some(Value::Array(a)) => a.clone(),
+                            _ => Vec::new(),
+                        };
+                        d.more.clear();
+                        d.more_n = 0;
                         found.push(Found::Started {
                             key: format!("dest:{to}"),
-                            event: event(to, d, v, s.t),
+                            event: e,
                         });
+                    }
+                }
+                Step::Nothing if d.ep.open() => {
+                    // A flood that switches sources: the sources heavy now
+                    // that the event does not name yet are added to it.
+                    if let Some(v) = verdict {
+                        if let Some(e) = update(to, d, v, s.t) {
+                            found.push(Found::Updated {
+                                key: format!("dest:{to}"),
+                                event: e,
+                            });
+                        }
                     }
                 }
                 Step::Close { .. } => found.push(Found::Ended {
@@ -350,9 +396,6 @@ struct Verdict {
     by_bps: bool,
     /// Case (b).
     crowd: bool,
-    /// Case (a) with every named source at least [`AT_ONCE`] times its
-    /// own baseline: no need to wait for a second sample.
-    overwhelming: bool,
     /// The sources to name, heaviest first.
     named: Vec<Named>,
 }
@@ -413,13 +456,9 @@ fn judge(d: &Dest, tick: u64) -> Option<Verdict> {
                 .total_cmp(&a.bps)
                 .then_with(|| a.source.cmp(&b.source))
         });
-        let overwhelming = heavy.iter().all(|n| {
-            n.bps >= AT_ONCE * n.base_bps && n.pps >= AT_ONCE * n.base_pps && n.base_pps > 0.0
-        });
         return Some(Verdict {
             by_bps,
             crowd: false,
-            overwhelming,
             named: heavy,
         });
     }
@@ -473,7 +512,6 @@ fn judge(d: &Dest, tick: u64) -> Option<Verdict> {
     Some(Verdict {
         by_bps,
         crowd: true,
-        overwhelming: false,
         named,
     })
 }
@@ -484,6 +522,8 @@ fn learn(d: &mut Dest, tick: u64) {
         for b in [&mut d.bps, &mut d.pps, &mut d.distinct] {
             b.hold(tick);
         }
+        d.max_bps.hold(d.now_bps);
+        d.max_pps.hold(d.now_pps);
         for v in d.sources.values_mut().filter(|v| v.stamp == tick) {
             v.bps.hold(tick);
             v.pps.hold(tick);
@@ -492,6 +532,8 @@ fn learn(d: &mut Dest, tick: u64) {
     }
     d.bps.learn(d.now_bps, tick);
     d.pps.learn(d.now_pps, tick);
+    d.max_bps.learn(d.now_bps, tick);
+    d.max_pps.learn(d.now_pps, tick);
     d.distinct.learn(f64::from(d.now_distinct), tick);
     if d.now_bps > 0.0 {
         d.other.learn_sparse(d.now_other_bps / d.now_bps);
@@ -500,6 +542,67 @@ fn learn(d: &mut Dest, tick: u64) {
         v.bps.learn(v.now_bps, tick);
         v.pps.learn(v.now_pps, tick);
     }
+}
+
+/// The open event of a destination's flood with the sources heavy now
+/// merged in, when some of them are new to it: `None` when it names them
+/// all already. Sources named earlier stay, with their numbers of then.
+fn update(to: &str, d: &mut Dest, v: Verdict, t: u64) -> Option<Event> {
+    let mut e = event(to, d, v, t);
+    let fresh: Vec<String> = e
+        .from
+        .iter()
+        .filter(|n| !d.from.contains(n) && !d.more.contains(*n))
+        .cloned()
+        .collect();
+    if fresh.is_empty() {
+        return None;
+    }
+    let now = match e.evidence.get("sources") {
+        Some(Value::Array(a)) => a.clone(),
+        _ => Vec::new(),
+    };
+    let name = |x: &Value| x.get("source").and_then(Value::as_str).map(str::to_string);
+    // The sources heavy now first, with today's numbers, then the earlier
+    // ones not heavy any more.
+    let mut listed = now.clone();
+    listed.extend(
+        d.listed
+            .iter()
+            .filter(|x| !now.iter().any(|y| name(y) == name(x)))
+            .cloned(),
+    );
+    let others = listed
+        .iter()
+        .filter(|x| name(x).as_deref() == Some(OTHER))
+        .count();
+    listed.truncate(MAX_FROM + others);
+    d.listed = listed;
+    for n in fresh {
+        if d.from.len() < MAX_FROM {
+            d.from.push(n);
+        } else {
+            d.more_n += 1;
+            if d.more.len() < MAX_SOURCES_PER_DEST {
+                d.more.insert(n);
+            }
+        }
+    }
+    e.from = d.from.clone();
+    e.evidence
+        .insert("sources".into(), Value::Array(d.listed.clone()));
+    e.evidence.insert("more_sources".into(), json!(d.more_n));
+    e.summary = format!(
+        "{}; the flood switched sources: {} named since it started{}",
+        e.summary,
+        d.from.len(),
+        if d.more_n > 0 {
+            format!(" and {} more", d.more_n)
+        } else {
+            String::new()
+        }
+    );
+    Some(e)
 }
 
 /// The event of a destination's flood.
@@ -574,12 +677,20 @@ fn event(to: &str, d: &Dest, v: Verdict, t: u64) -> Event {
         kind: EventKind::Dos,
         started: t,
         ended: None,
-        from: v
-            .named
-            .iter()
-            .filter(|n| n.source != OTHER)
-            .map(|n| n.source.clone())
-            .collect(),
+        from: {
+            let mut from: Vec<String> = v
+                .named
+                .iter()
+                .filter(|n| n.source != OTHER)
+                .map(|n| n.source.clone())
+                .collect();
+            // A crowd all in `other` has no address to name: `other` says
+            // who it is.
+            if from.is_empty() && v.named.iter().any(|n| n.source == OTHER) {
+                from.push(OTHER.to_string());
+            }
+            from
+        },
         to: vec![to.to_string()],
         summary,
         evidence: ev,

@@ -82,6 +82,13 @@ impl Episode {
         self.shadow = true;
     }
 
+    /// Whether a hot sample now would open an episode (`onset` as in
+    /// [`Episode::step`]): the moment a detector checks that the onset is
+    /// a step, not a ramp.
+    pub fn would_open(&self, onset: u32) -> bool {
+        self.since.is_none() && self.hot + 1 >= onset
+    }
+
     /// Whether an episode is open.
     pub fn open(&self) -> bool {
         self.since.is_some()

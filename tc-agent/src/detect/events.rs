@@ -5,8 +5,10 @@
 use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
+use tracing::warn;
 
-/// Events the log keeps; older ones are forgotten first.
+/// Events the log keeps: when full, the oldest ended one is forgotten
+/// first; an open one only when all are open (with a warning).
 pub const MAX_EVENTS: usize = 1000;
 
 /// Which pattern an event is.
@@ -51,9 +53,17 @@ pub struct Event {
     pub started: u64,
     /// Unix seconds of the sample that closed it; `null` while it lasts.
     pub ended: Option<u64>,
-    /// The sources that drive it: addresses or endpoint sets.
+    /// The sources that drive it: addresses or endpoint sets; `other` for
+    /// the sources too small to be tracked one by one (a crowd of them).
+    /// For a channel's spike, the endpoint sets (or CIDRs) the channel
+    /// holds traffic from, as the live policy states them (empty when the
+    /// channel matches any source). A `dos` that is still open adds the
+    /// sources that take over ([`Change::Updated`]), at most
+    /// [`MAX_FROM`](super::dos::MAX_FROM) by name.
     pub from: Vec<String>,
-    /// The destinations it concerns: endpoint sets or addresses.
+    /// The destinations it concerns: endpoint sets or addresses. For a
+    /// channel's spike, the channel's destination sets (or CIDRs), empty
+    /// when it matches any destination.
     pub to: Vec<String>,
     /// One line a person reads, with the numbers.
     pub summary: String,
@@ -69,6 +79,10 @@ pub enum Found {
     /// A new episode: `key` is the detector's own name for what it watches
     /// (unique per kind), so that it can end it later.
     Started { key: String, event: Event },
+    /// The episode of `key`, still open, changed what it names (a flood
+    /// that switched sources): `event` replaces its `from`, `summary` and
+    /// `evidence` (its id, kind and start stay).
+    Updated { key: String, event: Event },
     /// The episode of `key` is over at `t` (unix seconds).
     Ended { key: String, t: u64 },
 }
@@ -76,7 +90,12 @@ pub enum Found {
 /// A change the log recorded: the event as it is now.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
+    /// A new event, with its id.
     Started(Event),
+    /// An open event changed what it names; `events --since` returns it
+    /// again.
+    Updated(Event),
+    /// An event ended: `ended` is set.
     Ended(Event),
 }
 
@@ -111,8 +130,23 @@ impl EventLog {
                     event.ended = None;
                     changes.push(Change::Started(event.clone()));
                     self.events.push_back((self.version, key, event));
-                    while self.events.len() > MAX_EVENTS {
-                        self.events.pop_front();
+                    self.evict();
+                }
+                Found::Updated { key, event } => {
+                    let version = self.version + 1;
+                    if let Some((v, _, e)) = self
+                        .events
+                        .iter_mut()
+                        .rev()
+                        .find(|(_, k, e)| *k == key && e.ended.is_none())
+                    {
+                        self.version = version;
+                        *v = version;
+                        e.from = event.from;
+                        e.to = event.to;
+                        e.summary = event.summary;
+                        e.evidence = event.evidence;
+                        changes.push(Change::Updated(e.clone()));
                     }
                 }
                 Found::Ended { key, t } => {
@@ -134,6 +168,28 @@ impl EventLog {
         changes
     }
 
+    /// Keeps at most [`MAX_EVENTS`]: the oldest ended event goes first (an
+    /// open one is still news, and its end must find it); an open one only
+    /// when every event kept is open.
+    fn evict(&mut self) {
+        while self.events.len() > MAX_EVENTS {
+            match self.events.iter().position(|(_, _, e)| e.ended.is_some()) {
+                Some(i) => {
+                    self.events.remove(i);
+                }
+                None => {
+                    if let Some((_, _, e)) = self.events.pop_front() {
+                        warn!(
+                            id = %e.id,
+                            kept = MAX_EVENTS,
+                            "every event kept is open: forgot the oldest open one (its end will not be logged)"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     /// Events still open by kind, for the Prometheus gauge and `top`.
     pub fn open_by_kind(&self) -> [(EventKind, u64); 3] {
         let mut out = EventKind::ALL.map(|k| (k, 0));
@@ -148,7 +204,7 @@ impl EventLog {
         self.events.iter().map(|(_, _, e)| e)
     }
 
-    /// Events that started or ended after `version`, oldest change first,
+    /// Events that started, changed or ended after `version`, oldest change first,
     /// and the version to ask from next time.
     pub fn since(&self, version: u64) -> (Vec<Event>, u64) {
         let mut changed: Vec<&(u64, String, Event)> = self

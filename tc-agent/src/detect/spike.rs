@@ -8,7 +8,12 @@
 //! above its floor ([`PPS_FLOOR`], [`BPS_FLOOR`]: tiny flows are ignored),
 //! and its baseline was not silence (at least [`ACTIVE`] of a floor: traffic
 //! that starts on an idle channel is no spike);
-//! [`ONSET`] hot samples in a row open an event. It ends after [`CALM`]
+//! [`ONSET`] hot samples in a row open an event, and the one that opens it
+//! must be a step, not a ramp: at least [`STEP`](super::baseline::STEP)
+//! times the highest 1 s rate of the last minute before the episode became
+//! pending ([`RecentMax`](super::baseline::RecentMax)). A new service
+//! ramping up outruns its lagging baseline but never its own recent
+//! maximum; growth doubling every few seconds is a spike. It ends after [`CALM`]
 //! samples in a row back under [`END_RATIO`] times the baseline (plus
 //! [`END_K`] deviations) or under half the floor. Baselines freeze while an
 //! episode is open or pending. An episode that lasts [`MAX_EPISODE`]
@@ -32,7 +37,8 @@ use std::collections::{HashMap, HashSet};
 use serde_json::json;
 
 use super::{
-    baseline::Baseline,
+    baseline::{Baseline, RecentMax},
+    bucket::rate,
     episode::{Episode, Step},
     events::{Event, EventKind},
     evidence::{self, Mix},
@@ -81,6 +87,15 @@ struct Series {
     stamp: u64,
     /// This sample's protocols and ports, for the evidence.
     mix: Mix,
+    /// A channel's sources and destinations as the event names them (from
+    /// the sample, [`ChannelSample::from`](super::ChannelSample::from));
+    /// empty for an interaction.
+    sides: (Vec<String>, Vec<String>),
+    /// Highest packets/s per 10 s over the last minute: an onset must be
+    /// a step above it.
+    max_pps: RecentMax,
+    /// Highest bits/s likewise.
+    max_bps: RecentMax,
     /// Hysteresis.
     ep: Episode,
 }
@@ -157,7 +172,7 @@ impl Spike {
     /// where a more specific detector has an episode open or pending.
     pub fn observe(&mut self, s: &Sample, tick: u64, busy: &HashSet<String>) -> Vec<Found> {
         let mut found = Vec::new();
-        if s.dt <= 0.0 {
+        if !(s.dt > 0.0 && s.dt.is_finite()) {
             return found;
         }
         for p in &s.pairs {
@@ -179,9 +194,16 @@ impl Spike {
             let Some(series) = entry(&mut self.channels, &c.name) else {
                 continue;
             };
-            let (pps, bps) = (c.passed_pps + c.dropped_pps, c.passed_bps + c.dropped_bps);
+            let (pps, bps) = (
+                rate(c.passed_pps) + rate(c.dropped_pps),
+                rate(c.passed_bps) + rate(c.dropped_bps),
+            );
+            let (pps, bps) = (rate(pps), rate(bps));
             if pps > 0.0 || bps > 0.0 {
                 series.add(tick, pps, bps);
+            }
+            if series.sides.0 != c.from || series.sides.1 != c.to {
+                series.sides = (c.from.clone(), c.to.clone());
             }
         }
         let mut pair_busy = false;
@@ -250,8 +272,18 @@ fn judge(series: &mut Series, tick: u64, busy: bool, ratio: f64) -> Verdict {
     // starts (a service coming up, a channel's first client) is not a
     // demand spike. A flood onto an idle destination is `dos`'s.
     let active = series.bps.mean() >= BPS_FLOOR * ACTIVE || series.pps.mean() >= PPS_FLOOR * ACTIVE;
-    let hot_bps = active && bps >= BPS_FLOOR && series.bps.far_above(bps, ratio, K);
-    let hot_pps = active && pps >= PPS_FLOOR && series.pps.far_above(pps, ratio, K);
+    // The sample that would open the episode must be a step above the
+    // last minute's highest rate: a ramp (a new service taking load) keeps
+    // outrunning its lagging baseline, but never its own recent maximum.
+    let step = !series.ep.would_open(ONSET);
+    let hot_bps = active
+        && bps >= BPS_FLOOR
+        && series.bps.far_above(bps, ratio, K)
+        && (step || series.max_bps.stepped(bps));
+    let hot_pps = active
+        && pps >= PPS_FLOOR
+        && series.pps.far_above(pps, ratio, K)
+        && (step || series.max_pps.stepped(pps));
     let up_bps = bps >= BPS_FLOOR / 2.0 && series.bps.far_above(bps, END_RATIO, END_K);
     let up_pps = pps >= PPS_FLOOR / 2.0 && series.pps.far_above(pps, END_RATIO, END_K);
     let mut v = Verdict {
@@ -275,13 +307,19 @@ fn judge(series: &mut Series, tick: u64, busy: bool, ratio: f64) -> Verdict {
         }
         series.bps = Baseline::new();
         series.pps = Baseline::new();
+        series.max_bps = RecentMax::default();
+        series.max_pps = RecentMax::default();
     }
     if series.ep.frozen() {
         series.bps.hold(tick);
         series.pps.hold(tick);
+        series.max_bps.hold(bps);
+        series.max_pps.hold(pps);
     } else {
         series.bps.learn(bps, tick);
         series.pps.learn(pps, tick);
+        series.max_bps.learn(bps, tick);
+        series.max_pps.learn(pps, tick);
     }
     v
 }
@@ -345,8 +383,8 @@ fn channel_event(name: &str, series: &Series, tick: u64, t: u64, by_bps: bool) -
         kind: EventKind::Spike,
         started: t,
         ended: None,
-        from: Vec::new(),
-        to: Vec::new(),
+        from: series.sides.0.clone(),
+        to: series.sides.1.clone(),
         summary,
         evidence: ev,
     }

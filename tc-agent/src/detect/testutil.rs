@@ -182,6 +182,8 @@ pub fn channel(name: &str, bps: f64) -> ChannelSample {
         passed_pps: bps / 1000.0,
         dropped_bps: 0.0,
         dropped_pps: 0.0,
+        to_nets: vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()],
+        ..ChannelSample::default()
     }
 }
 
@@ -193,6 +195,8 @@ pub struct Run {
     pub started: Vec<(u64, Event)>,
     /// Events as they ended, with the sample index.
     pub ended: Vec<(u64, Event)>,
+    /// Open events as they changed, with the sample index.
+    pub updated: Vec<(u64, Event)>,
 }
 
 impl Run {
@@ -202,6 +206,7 @@ impl Run {
             match c {
                 super::Change::Started(e) => self.started.push((i, e)),
                 super::Change::Ended(e) => self.ended.push((i, e)),
+                super::Change::Updated(e) => self.updated.push((i, e)),
             }
         }
     }

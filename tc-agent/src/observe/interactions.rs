@@ -107,6 +107,16 @@ pub struct Interactions {
     /// table after a restart) count from there, not from their creation,
     /// so a restart shows no spike.
     primed: bool,
+    /// Final deltas of entries removed since the last sample, by
+    /// aggregate: what they counted after the last read belongs to the
+    /// next sample's `now`, so the detectors do not undercount under
+    /// table churn.
+    carry: HashMap<AggKey, IxCounters>,
+    /// Likewise by (source, destination name): request packets, bytes.
+    carry_sources: HashMap<(String, String), (u64, u64)>,
+    /// The carried per-source counts of the current sample, for
+    /// [`Interactions::detect_view`].
+    gone_sources: HashMap<(String, String), (u64, u64)>,
 }
 
 /// One sample's interaction deltas by `FROM->TO` (endpoint sets or
@@ -129,6 +139,9 @@ impl Interactions {
             },
             admitted: 0,
             primed: false,
+            carry: HashMap::new(),
+            carry_sources: HashMap::new(),
+            gone_sources: HashMap::new(),
         }
     }
 
@@ -161,6 +174,12 @@ impl Interactions {
         for a in self.aggs.values_mut() {
             a.now = IxCounters::default();
         }
+        // What removed entries counted after their last read (their
+        // totals have it already).
+        for (agg, d) in self.carry.drain() {
+            self.aggs.entry(agg).or_default().now.add(&d);
+        }
+        self.gone_sources = std::mem::take(&mut self.carry_sources);
         let mut present = HashSet::with_capacity(entries.len());
         let mut pairs = PairDeltas::new();
         self.admitted = 0;
@@ -298,6 +317,11 @@ impl Interactions {
             })
             .collect();
         let mut by_source: HashMap<(String, &str), (u64, u64)> = HashMap::new();
+        for ((source, to), (pkts, bytes)) in &self.gone_sources {
+            let e = by_source.entry((source.clone(), to.as_str())).or_default();
+            e.0 += pkts;
+            e.1 += bytes;
+        }
         for (k, r) in &self.raw {
             let (Some(d), Some(agg)) = (r.recent.back(), r.agg.as_ref()) else {
                 continue;
@@ -528,7 +552,9 @@ impl Interactions {
     }
 
     /// Folds in the final counters of entries the kernel table just
-    /// removed (what they counted since the last read) and forgets them.
+    /// removed (what they counted since the last read) and forgets them:
+    /// into the totals now, and into the next sample's deltas (the
+    /// aggregates' `now` and the per-source view the detectors read).
     pub fn removed(&mut self, finals: Vec<(IxKey, IxCounters)>) {
         for (k, cum) in finals {
             let Some(r) = self.raw.remove(&k) else {
@@ -539,14 +565,23 @@ impl Interactions {
                 continue;
             }
             if let Some(agg) = r.agg {
+                let source = if is_untracked(&k.client) {
+                    OTHER.to_string()
+                } else {
+                    addr_of(&k.client).to_string()
+                };
+                let e = self
+                    .carry_sources
+                    .entry((source, agg.to.as_str().to_string()))
+                    .or_default();
+                e.0 += d.req_pkts;
+                e.1 += d.req_bytes;
                 let agg = bound(agg, &mut self.unnamed, self.max_unnamed * KEPT_PER_SHOWN);
                 let agg = capped(agg, &self.aggs);
-                let a = self.aggs.entry(agg).or_default();
-                a.totals.add(&d);
-                match a.recent.back_mut() {
-                    Some(last) => last.add(&d),
-                    None => a.recent.push_back(d),
-                }
+                // Counted now in the totals, and in the next sample's
+                // `now` (and so its window slot and the detectors' view).
+                self.aggs.entry(agg.clone()).or_default().totals.add(&d);
+                self.carry.entry(agg).or_default().add(&d);
             }
         }
         self.table.entries = self.raw.len() as u32;

@@ -88,3 +88,34 @@ fn factor_is_none_from_zero() {
     assert!(b.far_above(5.0, 2.0, 4.0));
     assert!(!b.far_above(0.0, 2.0, 4.0));
 }
+
+#[test]
+fn the_recent_max_spans_a_minute_and_steps_are_judged_against_it() {
+    let mut m = RecentMax::default();
+    // A burst of 500 at tick 5 among values of 100.
+    for tick in 1..=30u64 {
+        m.learn(if tick == 5 { 500.0 } else { 100.0 }, tick);
+    }
+    assert_eq!(m.max(), 500.0);
+    assert!(!m.stepped(600.0) && m.stepped(700.0));
+    // A minute later (six bins of ten ticks) the burst is forgotten.
+    for tick in 31..=70u64 {
+        m.learn(100.0, tick);
+    }
+    assert_eq!(m.max(), 100.0);
+    // A gap longer than the ring clears it; NaN and negatives count as 0.
+    m.learn(f64::NAN, 500);
+    m.learn(-3.0, 501);
+    assert_eq!(m.max(), 0.0);
+    // The pending samples held must average STEP_MEAN times the max too:
+    // one sample 1.4x above, after two held at the max, is no step.
+    let mut m = RecentMax::default();
+    m.learn(100.0, 1);
+    m.hold(100.0);
+    m.hold(100.0);
+    assert!(!m.stepped(145.0));
+    m.learn(100.0, 2);
+    m.hold(150.0);
+    m.hold(150.0);
+    assert!(m.stepped(145.0));
+}

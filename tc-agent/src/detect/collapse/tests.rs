@@ -419,8 +419,17 @@ fn a_squeezed_nginx_as_measured() {
 #[test]
 fn refusals_by_the_agent_s_own_connection_limit_are_no_collapse() {
     // A capped client retries: more SYNs, a reset for each refused one,
-    // and the channel counts the refused SYNs as drops.
-    for (drops, want) in [(0.0, 1usize), (60.0, 0)] {
+    // and the channel counts the refused SYNs as drops. Only the drops of
+    // a channel toward `db` (its set, or `any`) are `db`'s: a channel
+    // dropping as much toward another set hides nothing.
+    let any = || vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()];
+    let web = || vec!["198.18.5.0/24".parse().unwrap()];
+    for (drops, to_nets, to_sets, want) in [
+        (0.0, any(), vec![], 1usize),
+        (60.0, any(), vec![], 0),
+        (60.0, web(), vec!["web".to_string()], 1),
+        (60.0, web(), vec!["db".to_string()], 0),
+    ] {
         let f = Flow::tcp("batch", "db", 500.0);
         let mut det = Detector::default();
         let mut out = Run::default();
@@ -433,9 +442,11 @@ fn refusals_by_the_agent_s_own_connection_limit_are_no_collapse() {
                 f.rsts = 60.0;
                 c.dropped_pps = drops;
             }
+            c.to_nets = to_nets.clone();
+            c.to_sets = to_sets.clone();
             out.feed(&mut det, i, &sample(i, vec![f.pair(1.0)], vec![c]));
         }
         let got = out.of(EventKind::UpstreamCollapse).len();
-        assert_eq!(got, want, "drops {drops}: {:?}", out.started);
+        assert_eq!(got, want, "drops {drops} {to_sets:?}: {:?}", out.started);
     }
 }

@@ -156,7 +156,7 @@ fn a_random_source_crowd_in_other() {
     let other = sources.iter().find(|s| s["source"] == "other").unwrap();
     assert!(other["share"].as_f64().unwrap() > 0.8, "{other}");
     // The 20 regular clients send as usual: none of them is named.
-    assert!(e.from.is_empty(), "{:?}", e.from);
+    assert_eq!(e.from, ["other"], "a crowd all in `other` is named so");
     assert!(e.summary.starts_with("a crowd floods srv"), "{}", e.summary);
 }
 
@@ -396,27 +396,107 @@ fn bursts_of_ten(n_src: usize) -> usize {
 }
 
 #[test]
-fn a_one_sample_burst_under_at_once_is_no_flood() {
-    // Three of 20 sources at 15x (under AT_ONCE) for one sample: nothing;
-    // for three samples: a flood, at the second.
-    for (len, want) in [(1u64, 0usize), (3, 1)] {
-        let flows: Vec<Flow> = (0..20)
-            .map(|i| Flow::tcp(&format!("198.18.1.{i}"), "srv", 50.0))
-            .collect();
-        let mut det = Detector::default();
-        let mut run = Run::default();
-        for i in 0..100u64 {
-            let on = (60..60 + len).contains(&i);
-            let pairs = flows
-                .iter()
-                .enumerate()
-                .map(|(j, f)| f.pair(if j < 3 && on { 15.0 } else { 1.0 }))
+fn a_one_sample_burst_is_no_flood_however_heavy() {
+    // Three of 20 sources at 15x or 80x for one sample, or one of 20
+    // clients at 50 kbit/s uploading 1 MB in one second (160x): nothing.
+    // For three samples: a flood, at the second.
+    for (k, factor) in [(3usize, 15.0), (3, 80.0), (1, 160.0)] {
+        for (len, want) in [(1u64, 0usize), (3, 1)] {
+            // 62.5 packets of 100 bytes a second: 50 kbit/s.
+            let flows: Vec<Flow> = (0..20)
+                .map(|i| Flow::tcp(&format!("198.18.1.{i}"), "srv", 62.5))
                 .collect();
-            run.feed(&mut det, i, &sample(i, pairs, Vec::new()));
-        }
-        assert_eq!(run.started.len(), want, "{len}: {:?}", run.started);
-        if want == 1 {
-            assert_eq!(run.started[0].0, 60 + u64::from(ONSET) - 1);
+            let mut det = Detector::default();
+            let mut run = Run::default();
+            for i in 0..100u64 {
+                let on = (60..60 + len).contains(&i);
+                let pairs = flows
+                    .iter()
+                    .enumerate()
+                    .map(|(j, f)| f.pair(if j < k && on { factor } else { 1.0 }))
+                    .collect();
+                run.feed(&mut det, i, &sample(i, pairs, Vec::new()));
+            }
+            assert_eq!(
+                run.started.len(),
+                want,
+                "{k} x{factor} {len}: {:?}",
+                run.started
+            );
+            if want == 1 {
+                assert_eq!(run.started[0].0, 60 + u64::from(ONSET) - 1);
+                assert_eq!(run.started[0].1.kind, EventKind::Dos);
+            }
         }
     }
+}
+
+#[test]
+fn a_flood_that_switches_sources_updates_its_event() {
+    // 20 sources; from 30 on, three of them flood at 80x; from 50 on, three
+    // others take over (the first three back to normal); then sets of
+    // three keep switching every 3 s, 44 times (138 sources in all); the
+    // flood stops at 200.
+    let flows: Vec<Flow> = (0..200)
+        .map(|i| Flow::tcp(&format!("198.18.{}.{}", i / 250, i % 250 + 1), "srv", 10.0))
+        .collect();
+    let mut det = Detector::default();
+    let mut run = Run::default();
+    for i in 0..260u64 {
+        let set = match i {
+            30..50 => Some(0),
+            50..70 => Some(1),
+            70..200 => Some(2 + (i - 70) / 3),
+            _ => None,
+        };
+        let pairs = flows
+            .iter()
+            .enumerate()
+            .map(|(j, f)| {
+                let hot = set.is_some_and(|s| j as u64 / 3 == s);
+                f.pair(if hot { 80.0 } else { 1.0 })
+            })
+            .collect();
+        run.feed(&mut det, i, &sample(1000 + i, pairs, Vec::new()));
+    }
+    assert_eq!(run.started.len(), 1, "{:?}", run.started);
+    let (_, first) = &run.started[0];
+    let mut from = first.from.clone();
+    from.sort();
+    assert_eq!(from, ["198.18.0.1", "198.18.0.2", "198.18.0.3"]);
+    // The takeover at 50 is reported within two samples, with all six.
+    let (i, e) = &run.updated[0];
+    assert!((50..=51).contains(i), "updated at {i}");
+    assert_eq!(e.id, first.id);
+    assert_eq!(e.started, first.started);
+    let mut from = e.from.clone();
+    from.sort();
+    assert_eq!(
+        from,
+        [
+            "198.18.0.1",
+            "198.18.0.2",
+            "198.18.0.3",
+            "198.18.0.4",
+            "198.18.0.5",
+            "198.18.0.6"
+        ]
+    );
+    let sources = e.evidence["sources"].as_array().unwrap();
+    assert_eq!(sources.len(), 6);
+    // Heavy now first, with their numbers of now.
+    assert!(sources[0]["share"].as_f64().unwrap() > 0.1, "{sources:?}");
+    assert!(e.summary.contains("switched sources"), "{}", e.summary);
+    // Bounded: 138 sources flooded in turn, 64 are named, the rest counted.
+    let (_, last) = run.updated.last().unwrap();
+    assert_eq!(last.from.len(), MAX_FROM);
+    assert!(last.evidence["sources"].as_array().unwrap().len() <= MAX_FROM);
+    let more = last.evidence["more_sources"].as_u64().unwrap();
+    assert_eq!(more, 138 - MAX_FROM as u64);
+    // The log returns it as changed, once per change; it ends once.
+    assert_eq!(run.ended.len(), 1);
+    assert!(run.updated.len() >= 40, "{}", run.updated.len());
+    let kept = det.log().get(&first.id).unwrap();
+    assert_eq!(kept.from.len(), MAX_FROM);
+    assert!(kept.ended.is_some());
 }

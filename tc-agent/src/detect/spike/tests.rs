@@ -101,13 +101,17 @@ fn a_channel_spike_names_the_channel() {
     let mut run = Run::default();
     for i in 0..200 {
         let scale = if i >= 100 { 3.0 } else { 1.0 };
-        let c = channel("web", 10e6 * scale * w.next(&mut r));
+        let mut c = channel("web", 10e6 * scale * w.next(&mut r));
+        // As the agent names the channel's sides: a set, CIDRs, `any`.
+        c.from = vec!["clients".into()];
+        c.to = vec!["198.18.5.0/24".into()];
         run.feed(&mut det, i, &sample(i, Vec::new(), vec![c]));
     }
     assert_eq!(run.started.len(), 1, "{:?}", run.started);
     let (i, e) = &run.started[0];
     assert!(*i < 100 + u64::from(ONSET));
-    assert!(e.from.is_empty() && e.to.is_empty());
+    assert_eq!(e.from, ["clients"]);
+    assert_eq!(e.to, ["198.18.5.0/24"]);
     assert_eq!(e.evidence["channel"], "web");
     assert_eq!(e.evidence["metric"], "offered_bps");
     assert_eq!(e.evidence["protocol"], "mixed");
@@ -132,6 +136,7 @@ fn a_lasting_level_becomes_the_new_normal() {
             match x {
                 Found::Started { .. } => starts += 1,
                 Found::Ended { .. } => ends += 1,
+                Found::Updated { .. } => {}
             }
         }
     }

@@ -210,3 +210,44 @@ fn idle_entries_are_removed() {
     assert_eq!(removed.len(), 1);
     assert_eq!(ix.table().entries, 0);
 }
+
+#[test]
+fn removed_entries_final_counts_reach_the_next_detector_sample() {
+    // An entry counts 100 bytes a second; the kernel removes it with 150
+    // more counted since the last read: the next sample's detector view
+    // has those 150 bytes, for the pair and for the source.
+    let mut ix = Interactions::new(1024, 100);
+    ix.set_policy(&sets());
+    let t0 = Instant::now();
+    let k = key("198.18.0.1", "198.18.1.1", 53);
+    for s in 1..=3u64 {
+        ix.sample(
+            vec![(k, counters(100 * s, 0))],
+            t0 + Duration::from_secs(s),
+            0,
+        );
+    }
+    let (pairs, sources) = ix.detect_view();
+    assert_eq!(pairs[0].d.req_bytes, 100);
+    assert_eq!(sources[0].req_bytes, 100);
+    ix.removed(vec![(k, counters(450, 0))]);
+    ix.sample(Vec::new(), t0 + Duration::from_secs(4), 0);
+    let (pairs, sources) = ix.detect_view();
+    assert_eq!(pairs.len(), 1, "{pairs:?}");
+    assert_eq!(
+        (pairs[0].from.as_str(), pairs[0].to.as_str()),
+        ("clients", "server")
+    );
+    assert_eq!(pairs[0].d.req_bytes, 150);
+    assert_eq!(sources.len(), 1, "{sources:?}");
+    assert_eq!(sources[0].source, "198.18.0.1");
+    assert_eq!(sources[0].to, "server");
+    assert_eq!((sources[0].req_bytes, sources[0].req_pkts), (150, 1));
+    // Counted once: the sample after has nothing.
+    ix.sample(Vec::new(), t0 + Duration::from_secs(5), 0);
+    let (pairs, sources) = ix.detect_view();
+    assert!(
+        pairs.is_empty() && sources.is_empty(),
+        "{pairs:?} {sources:?}"
+    );
+}
