@@ -24,20 +24,33 @@
 //!   connections per second too, which is what a squeezed server pays for.
 //!
 //! The hold goes on the hook (`direction`) of the first live channel that
-//! carries all of its traffic, and is never looser than that channel's
-//! enforced limits (it comes first, so it must not undo them). When no
-//! live channel tells the hook, there are two holds, ingress and egress:
-//! requests arrive at a server and leave a client, and a packet is charged
-//! on one hook only, so the two hold the sources together on any node.
+//! carries all of its traffic. When no live channel tells the hook, there
+//! are two holds, ingress and egress, each with HALF of the limit:
+//! requests arrive at a server and leave a client, a packet is charged on
+//! one hook only, and sources on both sides of the node together stay
+//! within the limit.
+//!
+//! The hold comes first and takes every packet it matches, so it must not
+//! undo a live limit: it is capped by EVERY enforcing live channel on its
+//! hook that could hold one of its packets (addresses that meet; for
+//! connection limits, protocols that meet too), the smallest of each kind
+//! of limit. A `protocol: any` hold over TCP traffic that a live channel
+//! limits in connections is refused (connection limits need `protocol:
+//! tcp`), and so is a monitor-mode hold over traffic a live channel
+//! enforces limits on (a dry run that stopped enforcing them). The hold
+//! has its own buckets: the destination's other traffic keeps the live
+//! channels' full limits, and the comment says so.
 //!
 //! A baseline is the 95th percentile of the 1 s history points in the
 //! [`WINDOW_S`] seconds before the onset ([`ONSET_S`] before `started`,
 //! since detection lags the onset), per `FROM->TO` pair (or channel); a
 //! series with fewer than [`MIN_POINTS`] points falls back to the event's
-//! evidence, and the comment says which was used. The limit is the
-//! baseline times [`HEADROOM`], rounded up to three significant digits,
-//! never below the validator's minimums. Whatever is built is validated
-//! like any policy file before it is handed out.
+//! evidence (the detector's figures), and the comment says which was
+//! used. The limit is the baseline times [`HEADROOM`], rounded up to three
+//! significant digits, never below the validator's minimums. Whatever is
+//! built is validated like any policy file before it is handed out.
+
+use std::collections::HashMap;
 
 use ipnet::IpNet;
 use serde_json::{Map, Value};
@@ -121,6 +134,22 @@ pub enum SuggestError {
         /// The channel.
         channel: String,
     },
+    /// The hold cannot keep a live channel's limits on the packets it
+    /// would take from it.
+    #[error("the hold cannot keep the limits of live channel `{channel}`: {why}; limit the sources by hand")]
+    CannotCap {
+        /// The live channel.
+        channel: String,
+        /// Why, as text.
+        why: String,
+    },
+    /// A monitor-mode hold would take packets that live channels enforce
+    /// limits on, and enforce nothing for them during the dry run.
+    #[error("a monitor-mode hold comes first and would stop enforcing the limits of {channels} for the packets it takes (a dry run must not relax what is enforced now); suggest with `--mode enforce` to apply it for real")]
+    MonitorWouldBypass {
+        /// The live channels, as text (`` `web`, `dns` ``).
+        channels: String,
+    },
     /// What was built does not validate: a bug here, never handed out.
     #[error(
         "the suggested policy does not validate, so it is not handed out (a bug in suggest): {0}"
@@ -153,6 +182,18 @@ pub fn suggest(
     history: &History,
     mode: Mode,
 ) -> Result<String, SuggestError> {
+    suggest_from(event, policy, &Window::take(event, policy, history), mode)
+}
+
+/// [`suggest`] from the history points taken beforehand ([`Window::take`]):
+/// the agent takes them under the observer's lock and builds the file
+/// (the slow part) after releasing it.
+pub fn suggest_from(
+    event: &Event,
+    policy: &Policy,
+    history: &Window,
+    mode: Mode,
+) -> Result<String, SuggestError> {
     let cx = Cx {
         event,
         policy,
@@ -168,6 +209,61 @@ pub fn suggest(
         EventKind::UpstreamCollapse => cx.collapse()?,
     };
     cx.hold(plan, mode)
+}
+
+/// The history a suggestion may read: the points of the window before
+/// the event's onset, of every series a baseline could come from. Taking
+/// it is quick (a few series of [`WINDOW_S`] points), so the agent does it
+/// under the observer's lock and builds the suggestion after.
+#[derive(Debug, Default)]
+pub struct Window {
+    /// Series key -> its points in the window (oldest first).
+    series: HashMap<String, Vec<Map<String, Value>>>,
+}
+
+impl Window {
+    /// The window of every series `suggest` may ask for: the event's
+    /// channel, and each source (the event's `from`, its evidence's
+    /// clients, every set of `policy` and `other`) toward each of its
+    /// destinations.
+    pub fn take(event: &Event, policy: &Policy, history: &History) -> Window {
+        let end = event.started.saturating_sub(ONSET_S);
+        let clients = event
+            .evidence
+            .get("clients")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.get("from")?.as_str());
+        let sources: Vec<&str> = event
+            .from
+            .iter()
+            .map(String::as_str)
+            .chain(clients)
+            .chain(policy.endpoints.iter().map(|(n, _)| n.as_str()))
+            .chain(std::iter::once(crate::observe::naming::OTHER))
+            .collect();
+        let mut keys: Vec<String> = event
+            .evidence
+            .get("channel")
+            .and_then(Value::as_str)
+            .map(String::from)
+            .into_iter()
+            .collect();
+        for s in &sources {
+            keys.extend(event.to.iter().map(|d| format!("{s}->{d}")));
+        }
+        let mut series = HashMap::new();
+        for key in keys {
+            if series.contains_key(&key) {
+                continue;
+            }
+            if let Some(report) = history.query(&key, end, WINDOW_S) {
+                series.insert(key, report.points);
+            }
+        }
+        Window { series }
+    }
 }
 
 /// Rates a baseline holds.
@@ -191,6 +287,17 @@ impl Rates {
         self.bps = sum(self.bps, o.bps);
         self.pps += o.pps;
         self.new_conns = sum(self.new_conns, o.new_conns);
+    }
+}
+
+impl Rates {
+    /// Every rate times `k`.
+    fn scaled(self, k: f64) -> Rates {
+        Rates {
+            bps: self.bps.map(|b| b * k),
+            pps: self.pps * k,
+            new_conns: self.new_conns.map(|n| n * k),
+        }
     }
 }
 
@@ -250,7 +357,7 @@ struct Cx<'a> {
     /// The live policy: kept whole, its sets resolve the event's names.
     policy: &'a Policy,
     /// Where the baselines come from.
-    history: &'a History,
+    history: &'a Window,
     /// `event.evidence`.
     ev: &'a Map<String, Value>,
 }
@@ -363,9 +470,8 @@ impl Cx<'_> {
         key: &str,
         value: impl Fn(&Map<String, Value>) -> Option<f64>,
     ) -> Option<(f64, usize)> {
-        let end = self.event.started.saturating_sub(ONSET_S);
-        let report = self.history.query(key, end, WINDOW_S)?;
-        let mut v: Vec<f64> = report.points.iter().filter_map(value).collect();
+        let points = self.history.series.get(key)?;
+        let mut v: Vec<f64> = points.iter().filter_map(value).collect();
         if v.len() < MIN_POINTS {
             return None;
         }
@@ -527,22 +633,10 @@ impl Cx<'_> {
         best.map(|(s, _)| s)
     }
 
-    /// The destination's total baseline, for holding everyone: the
-    /// history of every set's (and `other`'s) pair toward it, else the
-    /// evidence's `baseline` of its `metric`.
+    /// The destination's total baseline, for holding everyone: first the
+    /// history (the p95 of every set's, and `other`'s, pair toward it,
+    /// summed), else the detector's figures in the evidence.
     fn destination_total(&self, dests: &[String], tcp: bool) -> (Rates, Vec<String>) {
-        // A flood's or a collapse's evidence is about the destination as a
-        // whole (and counts sources the history keeps by address, which
-        // the sum below cannot find): first choice. A spike's is about one
-        // interaction only.
-        if self.event.kind != EventKind::Spike {
-            let evidence = self
-                .evidence_pairs("request_bps", "request_pps")
-                .or_else(|| self.evidence_rates());
-            if let Some((r, how)) = evidence {
-                return (r, vec![format!("  {how}")]);
-            }
-        }
         let mut total = Rates::default();
         let mut lines = Vec::new();
         let froms = self
@@ -565,10 +659,19 @@ impl Cx<'_> {
             );
             return (total, lines);
         }
-        match self.evidence_rates() {
+        // No history: a flood's or a collapse's evidence is about the
+        // destination as a whole; a spike's is about one interaction only.
+        let pairs = if self.event.kind != EventKind::Spike {
+            self.evidence_pairs("request_bps", "request_pps")
+        } else {
+            None
+        };
+        match pairs.or_else(|| self.evidence_rates()) {
             Some((r, how)) => (
                 r,
-                vec![format!("  no history toward the destination: {how}")],
+                vec![format!(
+                    "  no {MIN_POINTS} s of history toward the destination before the onset: {how}"
+                )],
             ),
             None => (
                 Rates::default(),
@@ -808,7 +911,11 @@ impl Cx<'_> {
             Some(name)
         };
         // Connection limits count TCP connections: only with `protocol: tcp`.
-        let (limit, summary) = limit_for(plan.baseline, plan.protocol == Protocol::Tcp);
+        // Two hooks: the sources may sit on both sides of this node, so
+        // each hook holds half, and together they hold the baseline's limit.
+        let share = 1.0 / directions.len() as f64;
+        let (limit, summary) =
+            limit_for(plan.baseline.scaled(share), plan.protocol == Protocol::Tcp);
         let mut channels = Vec::new();
         let mut caps = Vec::new();
         let base = format!("hold-{id}");
@@ -834,7 +941,16 @@ impl Cx<'_> {
                 horizon_ns: None,
                 mode,
             };
-            caps.push(self.cap(&plan, &mut channel));
+            if mode == Mode::Monitor {
+                let relaxed = self.relaxed_by_monitor(&channel);
+                if !relaxed.is_empty() {
+                    let names: Vec<String> = relaxed.iter().map(|n| format!("`{n}`")).collect();
+                    return Err(SuggestError::MonitorWouldBypass {
+                        channels: names.join(", "),
+                    });
+                }
+            }
+            caps.push(self.cap(&mut channel)?);
             channels.push(channel);
         }
         let mut why = self.event_lines();
@@ -853,7 +969,7 @@ impl Cx<'_> {
                     .find(|c| carries(c, &plan))
                     .map_or("", |c| c.name.as_str())
             ),
-            _ => "Ingress and egress: no live channel tells which hook sees this traffic on this node; the requests arrive (ingress) at a server and leave (egress) at a client, and a packet is charged once, so the two hold the sources together.".into(),
+            _ => "Ingress and egress: no live channel tells which hook sees this traffic on this node; the requests arrive (ingress) at a server and leave (egress) at a client, and a packet is charged once, so the two hold the sources together. Each holds HALF of the limit above (never below the minimums), so that sources on both sides of the node together stay within it.".into(),
         });
         if mode == Mode::Monitor {
             why.push("mode: monitor: counts what this would drop and drops nothing (`tc-agent channels`: would-drop); once the counts look right, suggest again without `--mode monitor` and apply that.".into());
@@ -1031,64 +1147,121 @@ impl Cx<'_> {
         }
     }
 
-    /// Caps `hold` by the first live channel on its hook that carries all
-    /// of its traffic (and enforces): that channel held this traffic
-    /// before, and the hold, ahead of it, must not loosen what it
-    /// enforced. Returns what was capped, for the comment.
-    fn cap(&self, plan: &Plan, hold: &mut Channel) -> Vec<String> {
-        let Some(live) =
-            self.policy.channels.iter().find(|c| {
-                c.direction == hold.direction && c.mode == Mode::Enforce && carries(c, plan)
-            })
-        else {
-            return Vec::new();
-        };
-        let (l, h) = (&live.limit, &mut hold.limit);
-        let mut capped = Vec::new();
-        if let Some(b) = l
-            .bandwidth_bps
-            .filter(|b| h.bandwidth_bps.is_none_or(|x| *b < x))
+    /// Caps `hold` by EVERY enforcing live channel on its hook that could
+    /// hold a packet the hold matches (see [`overlaps`]): the hold comes
+    /// first and takes those packets, so each limit that would have
+    /// applied to one of them applies to the hold too, the smallest of
+    /// each kind. Returns what was capped, for the comment; refuses when a
+    /// live channel's connection limits cannot be carried over (the hold
+    /// is not `protocol: tcp`).
+    fn cap(&self, hold: &mut Channel) -> Result<Vec<String>, SuggestError> {
+        let mut capped: Vec<String> = Vec::new();
+        let mut from: Vec<String> = Vec::new();
+        let mut conn_action: Option<ConnAction> = None;
+        for live in self
+            .policy
+            .channels
+            .iter()
+            .filter(|c| c.direction == hold.direction && enforces(c))
         {
-            h.bandwidth_bps = Some(b);
-            h.burst_bytes = render::default_burst(b, false);
+            let (rates, conns) = overlaps(live, hold);
+            if !rates {
+                continue;
+            }
+            let (l, h) = (live.limit, &mut hold.limit);
+            let mut took = false;
+            if let Some(b) = l
+                .bandwidth_bps
+                .filter(|b| h.bandwidth_bps.is_none_or(|x| *b < x))
+            {
+                h.bandwidth_bps = Some(b);
+                h.burst_bytes = render::default_burst(b, false);
+                took = true;
+            }
+            if let Some(p) = l.packets.filter(|p| h.packets.is_none_or(|x| *p < x)) {
+                h.packets = Some(p);
+                h.packet_burst = render::default_packet_burst(p);
+                took = true;
+            }
+            if conns && l.limits_connections() {
+                // Connection limits need `protocol: tcp`: a hold that
+                // also takes other protocols cannot carry them.
+                if hold.protocol != Protocol::Tcp {
+                    return Err(SuggestError::CannotCap {
+                        channel: live.name.clone(),
+                        why: format!(
+                            "`{}` limits TCP connections ({}) and the hold would take some of its TCP packets, but the hold matches protocol {} and connection limits need `protocol: tcp`; the hold cannot be narrowed to TCP without leaving the event's other traffic unheld",
+                            live.name,
+                            conn_text(&l),
+                            protocol_name(hold.protocol)
+                        ),
+                    });
+                }
+                if let Some(n) = l
+                    .connections
+                    .filter(|n| h.connections.is_none_or(|x| *n < x))
+                {
+                    h.connections = Some(n);
+                    took = true;
+                }
+                if let Some(n) = l
+                    .new_connections
+                    .filter(|n| h.new_connections.is_none_or(|x| *n < x))
+                {
+                    h.new_connections = Some(n);
+                    h.new_connection_burst = render::default_new_connection_burst(n);
+                    took = true;
+                }
+                // Both refuse the SYN; the first channel's way is kept.
+                conn_action.get_or_insert(live.connection_action);
+            }
+            if took {
+                from.push(if conns {
+                    format!("`{}`", live.name)
+                } else {
+                    format!(
+                        "`{}` (its protocol differs: only packets whose protocol the datapath cannot read reach it from here)",
+                        live.name
+                    )
+                });
+            }
+        }
+        if let Some(a) = conn_action.filter(|_| hold.limit.limits_connections()) {
+            hold.connection_action = a;
+        }
+        let h = &hold.limit;
+        if let Some(b) = h.bandwidth_bps {
             capped.push(format!("bandwidth {}", render::rate(b)));
         }
-        if let Some(p) = l.packets.filter(|p| h.packets.is_none_or(|x| *p < x)) {
-            h.packets = Some(p);
-            h.packet_burst = render::default_packet_burst(p);
+        if let Some(p) = h.packets {
             capped.push(format!("packets {p}/s"));
         }
-        // Connection limits need `protocol: tcp`; a live channel that has
-        // them and carries all of the hold's traffic is TCP, so is the hold.
-        if hold.protocol == Protocol::Tcp {
-            if let Some(n) = l
-                .connections
-                .filter(|n| h.connections.is_none_or(|x| *n < x))
-            {
-                h.connections = Some(n);
-                capped.push(format!("connections {n}"));
-            }
-            if let Some(n) = l
-                .new_connections
-                .filter(|n| h.new_connections.is_none_or(|x| *n < x))
-            {
-                h.new_connections = Some(n);
-                h.new_connection_burst = render::default_new_connection_burst(n);
-                capped.push(format!("new connections {n}/s"));
-            }
-            if h.limits_connections() {
-                hold.connection_action = live.connection_action;
-            }
+        if h.limits_connections() {
+            capped.push(conn_text(h));
         }
-        if capped.is_empty() {
-            return Vec::new();
+        if from.is_empty() {
+            return Ok(Vec::new());
         }
-        vec![format!(
-            "Never looser than `{}`, which carried this traffic before and enforces tighter: {} (from `{}`).",
-            live.name,
-            capped.join(", "),
-            live.name
-        )]
+        Ok(vec![
+            format!(
+                "Never looser than {}: live channel(s) that enforce limits on packets this channel takes first; each limit is the smallest of theirs and the baseline's: {}.",
+                from.join(", "),
+                capped.join(", ")
+            ),
+            "  This channel has its own buckets: the destination's other traffic still gets the live channels' full limits, so together they may pass up to their limit plus this one.".into(),
+        ])
+    }
+
+    /// The enforcing live channels on `hook` that a monitor-mode hold
+    /// would take packets from (and so stop enforcing for them).
+    fn relaxed_by_monitor(&self, hold: &Channel) -> Vec<&str> {
+        self.policy
+            .channels
+            .iter()
+            .filter(|c| c.direction == hold.direction && enforces(c))
+            .filter(|c| overlaps(c, hold).1)
+            .map(|c| c.name.as_str())
+            .collect()
     }
 
     /// Renders, validates, and checks that the live channels read back
@@ -1207,6 +1380,63 @@ fn carries(c: &Channel, plan: &Plan) -> bool {
 /// Whether every prefix of `inner` lies in one of `outer`.
 fn covers(outer: &[IpNet], inner: &[IpNet]) -> bool {
     inner.iter().all(|i| outer.iter().any(|o| o.contains(i)))
+}
+
+/// Whether live channel `c` enforces something: the only channels whose
+/// limits a hold ahead of them could take away.
+fn enforces(c: &Channel) -> bool {
+    c.mode == Mode::Enforce && (!c.limit.is_unlimited() || c.limit.limits_connections())
+}
+
+/// Whether a packet `hold` matches could otherwise be held by `c` (on the
+/// same hook), as `(any packet, a packet whose protocol the datapath
+/// reads)`. Both sides' addresses must meet. A packet whose protocol the
+/// datapath cannot read (an IPv6 header chain past its parse limit) goes
+/// to the first enforcing channel of its addresses whatever their
+/// protocols, so for rate limits only the addresses count. For a packet
+/// whose protocol is read, the protocols must meet; ports narrow nothing
+/// for an enforcing hold, which also takes its protocol's fragments
+/// (ports unread) whatever their port, and a monitor hold is refused on
+/// any such overlap, so ports are not compared at all.
+fn overlaps(c: &Channel, hold: &Channel) -> (bool, bool) {
+    let addrs = meet(&c.from, &hold.from) && meet(&c.to, &hold.to);
+    let proto = |x: &Channel| match x.protocol.numbers() {
+        // `protocol: any` with ports matches TCP and UDP only.
+        None if !x.ports.is_empty() => Some(&[6u8, 17][..]),
+        n => n,
+    };
+    let protocols = match (proto(c), proto(hold)) {
+        (Some(a), Some(b)) => a.iter().any(|p| b.contains(p)),
+        _ => true,
+    };
+    (addrs, addrs && protocols)
+}
+
+/// Whether some address is in both `a` and `b`.
+fn meet(a: &[IpNet], b: &[IpNet]) -> bool {
+    a.iter()
+        .any(|x| b.iter().any(|y| x.contains(y) || y.contains(x)))
+}
+
+/// A channel's connection limits, as text.
+fn conn_text(l: &Limit) -> String {
+    let mut parts = Vec::new();
+    if let Some(n) = l.connections {
+        parts.push(format!("connections {n}"));
+    }
+    if let Some(n) = l.new_connections {
+        parts.push(format!("new connections {n}/s"));
+    }
+    parts.join(", ")
+}
+
+fn protocol_name(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+        Protocol::Icmp => "icmp",
+        Protocol::Any => "any",
+    }
 }
 
 /// Both "any" prefixes: what a missing `from`/`to` means.
