@@ -4,7 +4,7 @@
 
 use serde_json::json;
 
-use super::*;
+use super::{baseline::round_up, hold::enforces, *};
 use crate::{
     detect::EventKind,
     observe::{CHANNEL_METRICS, INTERACTION_METRICS},
