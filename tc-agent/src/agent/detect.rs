@@ -44,9 +44,10 @@ fn events_of(log: &EventLog, since: Option<u64>) -> Result<EventsReport> {
 /// sources to their baseline, in `mode`.
 ///
 /// Under the observer's lock only what the suggestion reads is taken (the
-/// event, the live policy's `Arc`, the history window before the onset);
-/// the render, parse and compile (up to hundreds of milliseconds on a
-/// large policy) run after it is released, so the sampler, `/metrics`,
+/// event, the live policy's `Arc`, a copy of the history series it may
+/// read, still encoded); decoding them, the render, the parse and the
+/// compile (up to hundreds of milliseconds on a large policy) run after it
+/// is released, so the sampler, `/metrics`,
 /// `map` and `events` do not wait for them.
 pub(super) fn suggest(obs: &Mutex<Observer>, id: &str, mode: Mode) -> Result<SuggestReport> {
     let (event, policy, window) = {

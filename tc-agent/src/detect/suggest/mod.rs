@@ -50,8 +50,6 @@
 //! significant digits, never below the validator's minimums. Whatever is
 //! built is validated like any policy file before it is handed out.
 
-use std::collections::HashMap;
-
 use ipnet::IpNet;
 use serde_json::{Map, Value};
 
