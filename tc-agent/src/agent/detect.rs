@@ -5,8 +5,11 @@
 use super::*;
 use crate::{
     control::{EventsReport, SuggestReport},
-    detect::{suggest::suggest as suggest_policy, EventLog},
-    observe::{history::History, Observer},
+    detect::{
+        suggest::{suggest_from as suggest_policy, Window},
+        Event, EventLog,
+    },
+    observe::Observer,
 };
 
 /// Longest id echoed back in an error: a hostile client's megabyte of id
@@ -57,19 +60,55 @@ fn events_of(log: &EventLog, since: Option<u64>) -> Result<EventsReport> {
 
 /// `suggest`: the live policy plus a channel that holds the event's
 /// sources to their baseline, in `mode`.
+///
+/// Under the observer's lock only what the suggestion reads is taken (the
+/// event, the live policy's `Arc`, a copy of the history series it may
+/// read, still encoded); decoding them, the render, the parse and the
+/// compile (up to hundreds of milliseconds on a large policy) run after it
+/// is released, so the sampler, `/metrics`,
+/// `map` and `events` do not wait for them.
 pub(super) fn suggest(obs: &Mutex<Observer>, id: &str, mode: Mode) -> Result<SuggestReport> {
-    let obs = obs.lock();
-    suggest_of(obs.detector.log(), &obs.policy, &obs.history, id, mode)
+    let (event, policy, window) = {
+        let obs = obs.lock();
+        let event = find(obs.detector.log(), id)?.clone();
+        let window = Window::take(&event, &obs.policy, &obs.history);
+        (event, Arc::clone(&obs.policy), window)
+    };
+    build(event, &policy, &window, mode)
 }
 
 /// `suggest` from one log, policy and history.
+#[cfg(test)]
 fn suggest_of(
     log: &EventLog,
     policy: &Policy,
-    history: &History,
+    history: &crate::observe::history::History,
     id: &str,
     mode: Mode,
 ) -> Result<SuggestReport> {
+    let event = find(log, id)?;
+    build(
+        event.clone(),
+        policy,
+        &Window::take(event, policy, history),
+        mode,
+    )
+}
+
+/// The suggestion for `event`, from what was taken under the lock.
+fn build(event: Event, policy: &Policy, window: &Window, mode: Mode) -> Result<SuggestReport> {
+    let text = suggest_policy(&event, policy, window, mode)
+        .with_context(|| format!("cannot suggest a policy for {}", event.id))?;
+    Ok(SuggestReport {
+        id: event.id.clone(),
+        mode,
+        policy: text,
+        event,
+    })
+}
+
+/// The event `id` of `log`, or why there is none.
+fn find<'l>(log: &'l EventLog, id: &str) -> Result<&'l Event> {
     let Some(event) = log.get(id) else {
         if id.len() > MAX_ECHOED_ID || id.chars().any(char::is_control) {
             bail!(
@@ -79,20 +118,16 @@ fn suggest_of(
         }
         bail!("no event {id}: ids are per agent run; see `tc-agent events`");
     };
-    let text = suggest_policy(event, policy, history, mode)
-        .with_context(|| format!("cannot suggest a policy for {id}"))?;
-    Ok(SuggestReport {
-        id: id.to_string(),
-        mode,
-        policy: text,
-        event: event.clone(),
-    })
+    Ok(event)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::{Event, EventKind, Found};
+    use crate::{
+        detect::{EventKind, Found},
+        observe::history::History,
+    };
 
     fn event(kind: EventKind, t: u64, from: &[&str], to: &str) -> Event {
         let mut evidence = serde_json::Map::new();
@@ -219,7 +254,7 @@ mod tests {
     #[test]
     fn suggest_for_a_known_id_writes_a_policy_that_parses() {
         let policy = Policy::parse(
-            "endpoints:\n  web: [198.18.0.2/32]\nchannels:\n  - name: udp-in\n    to: [web]\n    protocol: udp\n    limit:\n      bandwidth: 1Gbit\n",
+            "endpoints:\n  web: [198.18.0.2/32]\nchannels:\n  - name: udp-in\n    to: [web]\n    protocol: udp\n    limit:\n      bandwidth: 1Gbit\n    mode: monitor\n",
             "live.yaml",
         )
         .unwrap();

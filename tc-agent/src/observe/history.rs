@@ -88,7 +88,7 @@ const OFFSETS: u8 = 4;
 const FULL: u64 = (1 << BLOCK) - 1;
 
 /// The metric history of every series the agent tracks.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct History {
     /// Series by key: a channel name, or `FROM->TO` for an interaction
     /// between endpoint sets (the caller chooses).
@@ -99,7 +99,7 @@ pub struct History {
 }
 
 /// One series: its metrics at both resolutions.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Series {
     /// The metric names, in the order values are recorded and shown.
     metrics: &'static [&'static str],
@@ -117,7 +117,7 @@ struct Series {
 
 /// One resolution of a series: an open block of raw codes, and the sealed
 /// blocks before it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Ring {
     /// Index of the open block (its first slot over `BLOCK`).
     open_block: u64,
@@ -131,7 +131,7 @@ struct Ring {
 }
 
 /// A sealed block: `BLOCK` slots of every metric, encoded.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Sealed {
     /// Its index (first slot over `BLOCK`): blocks of gaps are not kept, so
     /// the ring is not contiguous.
@@ -152,6 +152,22 @@ impl History {
     pub fn record(&mut self, key: &str, metrics: &'static [&'static str], t: u64, values: &[f64]) {
         debug_assert_eq!(metrics.len(), values.len(), "one value per metric");
         series_mut(&mut self.series, key, metrics, t).record(t, values, &mut self.scratch);
+    }
+
+    /// A copy of the series of `keys` that exist (encoded as they are:
+    /// a copy of their bytes, no decoding), for a reader that wants to
+    /// query them after letting go of a lock on this history.
+    pub fn subset<'k>(&self, keys: impl IntoIterator<Item = &'k str>) -> History {
+        let mut series = HashMap::new();
+        for key in keys {
+            if let Some(s) = self.series.get(key) {
+                series.insert(key.to_string(), s.clone());
+            }
+        }
+        History {
+            series,
+            scratch: Vec::new(),
+        }
     }
 
     /// The points of `key` over the `since_s` seconds up to `now`

@@ -100,9 +100,9 @@ fn run<S: Strategy>(
 
 /// splitmix64: the packets of one case come from its seed, so a shrunk
 /// failure replays with the same packets.
-struct Rng(
+pub(crate) struct Rng(
     /// The state: the case's seed, advanced per draw.
-    u64,
+    pub(crate) u64,
 );
 
 impl Rng {
@@ -909,7 +909,7 @@ fn mutated() -> impl Strategy<Value = String> {
 // The checks.
 
 /// Random packets aimed at the policy's prefixes, ports and their edges.
-fn packets(policy: &Policy, rng: &mut Rng, n: usize) -> Vec<Pkt> {
+pub(crate) fn packets(policy: &Policy, rng: &mut Rng, n: usize) -> Vec<Pkt> {
     let nets: Vec<IpNet> = policy
         .channels
         .iter()

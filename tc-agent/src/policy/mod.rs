@@ -38,6 +38,6 @@ pub use self::{
 #[cfg(test)]
 pub(crate) mod fuzz;
 #[cfg(test)]
-mod sim;
+pub(crate) mod sim;
 #[cfg(test)]
 mod tests;

@@ -4,7 +4,7 @@
 
 use serde_json::json;
 
-use super::*;
+use super::{baseline::round_up, hold::enforces, *};
 use crate::{
     detect::EventKind,
     observe::{CHANNEL_METRICS, INTERACTION_METRICS},
@@ -745,8 +745,15 @@ fn a_baseline_in_packets_only_limits_packets_only() {
     let text = suggest(&e, &live, &History::new(), Mode::Enforce).unwrap();
     let p = check(&text, &live, 0, 1);
     let l = &p.channels[0].limit;
-    // No bandwidth floor of 8 kbit on a destination whose bandwidth is unknown.
-    assert_eq!((l.bandwidth_bps, l.packets), (None, Some(6000)), "{text}");
+    // No bandwidth floor of 8 kbit on a destination whose bandwidth is
+    // unknown. The baseline gives 6000 packets/s; `dns` (udp/53, 5000
+    // packets/s) would hold the packets whose protocol the datapath
+    // cannot read, which the hold (tcp) takes first: its limit is kept.
+    assert_eq!((l.bandwidth_bps, l.packets), (None, Some(5000)), "{text}");
+    assert!(
+        text.contains("Never looser than `dns` (its protocol differs"),
+        "{text}"
+    );
     assert!(
         text.contains("the event's baseline request_pps: 4000.0 packets/s"),
         "{text}"
@@ -857,7 +864,8 @@ fn the_detectors_dos_event_becomes_a_hold_on_the_flooders() {
 /// addresses, `other` or nothing known: `suggest` either hands out a file
 /// that validates and keeps the live policy, or refuses with one of the
 /// errors an operator can act on, never one that says it built something
-/// wrong, and never panics.
+/// wrong, and never panics; and no packet a hold takes escapes a limit
+/// the live policy held it to ([`no_limit_escapes`]).
 #[test]
 fn random_events_on_random_policies() {
     use proptest::{
@@ -915,15 +923,20 @@ fn random_events_on_random_policies() {
         prop::collection::vec(names, 0..3),
         evidence,
         any::<bool>(),
+        any::<u64>(),
     );
     let mut runner = TestRunner::new(Config {
-        cases: 256,
+        cases: 512,
         failure_persistence: None,
         ..Config::default()
     });
-    let (ok, refused) = (std::cell::Cell::new(0), std::cell::Cell::new(0));
+    let (ok, refused, held) = (
+        std::cell::Cell::new(0),
+        std::cell::Cell::new(0),
+        std::cell::Cell::new(0),
+    );
     runner
-        .run(&case, |(g, kind, from, to, ev, monitor)| {
+        .run(&case, |(g, kind, from, to, ev, monitor, seed)| {
             let live = Policy::parse(&g.render(), "fuzz.yaml").expect("valid");
             let from: Vec<&str> = from.iter().map(|s| &**s).collect();
             let to: Vec<&str> = to.iter().map(|s| &**s).collect();
@@ -953,6 +966,7 @@ fn random_events_on_random_policies() {
                         }
                     }
                     assert!(p.channels[..added].iter().all(|c| c.mode == mode));
+                    held.set(held.get() + no_limit_escapes(&live, &p, added, seed));
                     ok.set(ok.get() + 1);
                 }
                 Err(
@@ -966,9 +980,380 @@ fn random_events_on_random_policies() {
         })
         .unwrap();
     println!(
-        "{} suggestions, {} refused with a reason",
+        "{} suggestions, {} refused with a reason, {} packets taken by a hold from an enforcing live channel checked",
         ok.get(),
-        refused.get()
+        refused.get(),
+        held.get()
     );
-    assert!(ok.get() > 25, "{} suggestions only", ok.get());
+    assert!(ok.get() > 50, "{} suggestions only", ok.get());
+}
+
+/// Random packets through the suggestion and the live policy, by the
+/// policy simulator's first match: every packet that a new channel (a
+/// hold, the first `added`) takes and that an enforcing live channel held
+/// before is held at least as strictly: the hold enforces, and each limit
+/// the live channel had (bandwidth, packets; connections for a TCP packet
+/// whose protocol the datapath reads) the hold has too, no larger.
+/// Returns how many such packets were checked.
+fn no_limit_escapes(live: &Policy, suggested: &Policy, added: usize, seed: u64) -> usize {
+    use crate::policy::{
+        fuzz::{packets, Rng},
+        sim::reference,
+    };
+    use tc_common::L4_UNKNOWN;
+    let mut checked = 0;
+    let mut rng = Rng(seed);
+    // Packets aimed anywhere in the file, and packets aimed at the holds'
+    // own prefixes (with the live channels' ports and their edges).
+    let aimed = Policy {
+        channels: suggested.channels[..added]
+            .iter()
+            .cloned()
+            .chain(suggested.channels[added..].iter().map(|c| Channel {
+                from: suggested.channels[0].from.clone(),
+                to: suggested.channels[0].to.clone(),
+                ..c.clone()
+            }))
+            .collect(),
+        ..Policy::default()
+    };
+    let mut all = packets(suggested, &mut rng, 200);
+    if added > 0 {
+        all.extend(packets(&aimed, &mut rng, 1500));
+    }
+    for p in all {
+        let Some(h) = reference(suggested, &p).filter(|i| *i < added) else {
+            continue;
+        };
+        let Some(l) = reference(live, &p) else {
+            continue;
+        };
+        let (hold, was) = (&suggested.channels[h], &live.channels[l]);
+        if !enforces(was) {
+            continue;
+        }
+        checked += 1;
+        let why = || {
+            format!(
+                "{p:?}: hold `{}` {hold:?}\nlive `{}` {was:?}",
+                hold.name, was.name
+            )
+        };
+        assert_eq!(hold.mode, Mode::Enforce, "{}", why());
+        let (hl, wl) = (hold.limit, was.limit);
+        let tighter = |h: Option<u64>, w: Option<u64>| w.is_none_or(|w| h.is_some_and(|h| h <= w));
+        assert!(
+            tighter(hl.bandwidth_bps, wl.bandwidth_bps),
+            "bandwidth: {}",
+            why()
+        );
+        assert!(tighter(hl.packets, wl.packets), "packets: {}", why());
+        if p.proto == 6 && p.hidden != L4_UNKNOWN {
+            let c = |x: Option<u32>| x.map(u64::from);
+            assert!(
+                tighter(c(hl.connections), c(wl.connections)),
+                "connections: {}",
+                why()
+            );
+            assert!(
+                tighter(c(hl.new_connections), c(wl.new_connections)),
+                "new connections: {}",
+                why()
+            );
+        }
+    }
+    checked
+}
+
+/// The reviewer's case: `vip` (from .7) at 10 kbit and `web` (tcp/80)
+/// with a connection limit; a flood from .7, .8, .9 of mixed protocols.
+/// The hold would have been protocol any at 180 kbit, ahead of both: .7
+/// from 10 kbit to 180 kbit, and past web's connection limit.
+const VIP_WEB: &str = r#"
+endpoints:
+  vip: [198.18.1.7/32]
+  service: [198.18.10.2/32]
+channels:
+  - name: vip
+    from: vip
+    limit: {bandwidth: 10kbit}
+  - name: web
+    to: service
+    protocol: tcp
+    ports: [80]
+    limit: {connections: 20}
+"#;
+
+#[test]
+fn a_hold_never_loosens_or_bypasses_a_live_limit() {
+    let live = Policy::parse(VIP_WEB, "l.yaml").unwrap();
+    let mut e = dos_event(&["198.18.1.7", "198.18.1.8", "198.18.1.9"], false);
+    e.evidence.insert("protocol".into(), json!("mixed"));
+    // Protocol any cannot carry web's connection limit: refused, saying why.
+    let err = suggest(&e, &live, &History::new(), Mode::Enforce).unwrap_err();
+    assert!(
+        matches!(&err, SuggestError::CannotCap { channel, .. } if channel == "web"),
+        "{err:?}"
+    );
+    let msg = err.to_string();
+    assert!(msg.contains("connections 20"), "{msg}");
+    assert!(msg.contains("need `protocol: tcp`"), "{msg}");
+    // The same flood on TCP: the hold keeps vip's 10 kbit (.7 is among
+    // the sources) and web's 20 connections, not the baseline's 180 kbit.
+    e.evidence.insert("protocol".into(), json!("tcp"));
+    let text = suggest(&e, &live, &History::new(), Mode::Enforce).unwrap();
+    let p = check(&text, &live, 1, 1);
+    let h = &p.channels[0];
+    assert_eq!(h.protocol, Protocol::Tcp);
+    assert_eq!(h.limit.bandwidth_bps, Some(10_000), "{text}");
+    assert_eq!(h.limit.connections, Some(20), "{text}");
+    assert!(text.contains("Never looser than `vip`, `web`"), "{text}");
+    assert!(
+        text.contains("may pass up to their limit plus this one"),
+        "{text}"
+    );
+    // Without .7: vip holds none of the hold's packets, web still does.
+    let e = dos_event(&["198.18.1.8", "198.18.1.9"], false);
+    let text = suggest(&e, &live, &History::new(), Mode::Enforce).unwrap();
+    let p = check(&text, &live, 1, 1);
+    assert_eq!(p.channels[0].limit.bandwidth_bps, Some(120_000), "{text}");
+    assert_eq!(p.channels[0].limit.connections, Some(20), "{text}");
+    // And packet by packet, through the simulator.
+    let mut e = dos_event(&["198.18.1.7", "198.18.1.8", "198.18.1.9"], false);
+    e.evidence.insert("protocol".into(), json!("tcp"));
+    let text = suggest(&e, &live, &History::new(), Mode::Enforce).unwrap();
+    let p = check(&text, &live, 1, 1);
+    assert!(no_limit_escapes(&live, &p, 1, 7) > 0);
+}
+
+#[test]
+fn a_monitor_hold_over_enforced_traffic_is_refused() {
+    let live = Policy::parse(VIP_WEB, "l.yaml").unwrap();
+    let e = dos_event(&["198.18.1.8"], false);
+    let err = suggest(&e, &live, &History::new(), Mode::Monitor).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(&err, SuggestError::MonitorWouldBypass { channels } if channels == "`web`"),
+        "{err:?}"
+    );
+    assert!(
+        msg.contains("would stop enforcing the limits of `web`"),
+        "{msg}"
+    );
+    assert!(msg.contains("`--mode enforce`"), "{msg}");
+    // In enforce mode, the same event is held.
+    suggest(&e, &live, &History::new(), Mode::Enforce).unwrap();
+    // Live channels that enforce nothing there: the dry run is fine.
+    let mut relaxed = live.clone();
+    relaxed.channels[1].mode = Mode::Monitor;
+    let text = suggest(&e, &relaxed, &History::new(), Mode::Monitor).unwrap();
+    assert_eq!(check(&text, &relaxed, 1, 1).channels[0].mode, Mode::Monitor);
+}
+
+#[test]
+fn two_hooks_split_the_limit() {
+    let none = Policy::parse(
+        "endpoints:\n  service: [198.18.10.2/32]\nchannels: []\n",
+        "e.yaml",
+    )
+    .unwrap();
+    let e = dos_event(&["198.18.1.7", "198.18.1.8", "198.18.1.9"], false);
+    let text = suggest(&e, &none, &History::new(), Mode::Enforce).unwrap();
+    let p = check(&text, &none, 1, 2);
+    // The baseline gives 180 kbit/s and 45 packets/s: half on each hook.
+    for c in &p.channels[..2] {
+        assert_eq!(c.limit.bandwidth_bps, Some(90_000), "{text}");
+        assert_eq!(c.limit.packets, Some(23), "{text}");
+    }
+    assert!(
+        text.contains("Each holds HALF of the limit above"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_destination_baseline_comes_from_the_history_first() {
+    let live = live();
+    let mut h = History::new();
+    record_pair(&mut h, "clients->service", 1.0e6, 200.0, 5.0);
+    // A crowd: everyone toward service, from the history of `clients`,
+    // not the evidence's 2 Mbit/s mean.
+    let e = dos_event(&["198.18.1.7"], true);
+    let text = suggest(&e, &live, &h, Mode::Enforce).unwrap();
+    let p = check(&text, &live, 0, 1);
+    let want = expected_p95(1.0e6) * HEADROOM;
+    let got = p.channels[0].limit.bandwidth_bps.unwrap();
+    assert!(within(got, want, 0.02), "{got} vs {want}\n{text}");
+    assert!(text.contains("`clients->service`"), "{text}");
+    // Without history: the evidence, and the comment says why.
+    let text = suggest(&e, &live, &History::new(), Mode::Enforce).unwrap();
+    assert!(
+        text.contains("no 30 s of history toward the destination"),
+        "{text}"
+    );
+    assert!(text.contains("bandwidth 3Mbit"), "{text}");
+}
+
+#[test]
+fn the_history_window_is_taken_once_and_enough() {
+    // What the agent takes under its lock gives the same file as the
+    // history itself.
+    let live = live();
+    let mut h = History::new();
+    record_pair(&mut h, "198.18.1.7->service", 40_000.0, 10.0, 1.0);
+    record_pair(&mut h, "clients->service", 1.0e6, 200.0, 5.0);
+    for e in [
+        dos_event(&["198.18.1.7"], false),
+        dos_event(&["198.18.1.7"], true),
+    ] {
+        let w = Window::take(&e, &live, &h);
+        assert_eq!(
+            suggest_from(&e, &live, &w, Mode::Enforce).unwrap(),
+            suggest(&e, &live, &h, Mode::Enforce).unwrap()
+        );
+        assert_eq!(w.history.len(), 2);
+    }
+}
+
+/// The property on policies and events built to meet: live channels over a
+/// few overlapping prefixes, protocols, ports, hooks, modes and limits, and
+/// events of every kind from sources among them, toward them. For each
+/// suggestion, random packets through the simulator: none that a hold
+/// takes escapes a limit (or sees one grow) that the live policy held it
+/// to ([`no_limit_escapes`]).
+#[test]
+fn no_packet_a_hold_takes_escapes_a_live_limit() {
+    use proptest::{
+        prelude::*,
+        test_runner::{Config, TestRunner},
+    };
+    let channel = (
+        prop::sample::select(
+            &[
+                "",
+                "198.18.1.7/32",
+                "198.18.1.0/24",
+                "198.18.1.0/29",
+                "198.18.2.0/24",
+                "clients",
+            ][..],
+        ),
+        prop::sample::select(&["", "198.18.10.2/32", "198.18.10.0/24", "service"][..]),
+        prop::sample::select(&["any", "tcp", "udp", "icmp"][..]),
+        prop::sample::select(&["", "[80]", "[53]", "[\"1-1024\"]"][..]),
+        any::<bool>(),
+        prop::option::of(prop::sample::select(&["10kbit", "500kbit", "20Mbit"][..])),
+        prop::option::of(prop::sample::select(&[5u32, 100, 5000][..])),
+        prop::option::of((1u32..50, any::<bool>())),
+        // Mostly enforcing: those are the limits a hold could undo.
+        prop::sample::select(&[false, false, false, true][..]),
+    )
+        .prop_map(|(from, to, proto, ports, egress, bw, pk, conns, monitor)| {
+            let mut c = String::new();
+            if !from.is_empty() {
+                c += &format!("    from: {from}\n");
+            }
+            if !to.is_empty() {
+                c += &format!("    to: {to}\n");
+            }
+            c += &format!("    protocol: {proto}\n");
+            if !ports.is_empty() && proto != "icmp" {
+                c += &format!("    ports: {ports}\n");
+            }
+            if egress {
+                c += "    direction: egress\n";
+            }
+            let mut limit = Vec::new();
+            if let Some(b) = bw {
+                limit.push(format!("bandwidth: {b}"));
+            }
+            if let Some(p) = pk {
+                limit.push(format!("packets: {p}"));
+            }
+            if let Some((n, new)) = conns.filter(|_| proto == "tcp") {
+                limit.push(if new {
+                    format!("new_connections: {n}")
+                } else {
+                    format!("connections: {n}")
+                });
+            }
+            if !limit.is_empty() {
+                c += &format!("    limit: {{{}}}\n", limit.join(", "));
+            }
+            if monitor {
+                c += "    mode: monitor\n";
+            }
+            c
+        });
+    let sources =
+        prop::sample::select(&["198.18.1.7", "198.18.1.8", "198.18.2.9", "clients", "other"][..]);
+    let case = (
+        prop::collection::vec(channel, 0..6),
+        prop::sample::select(&EventKind::ALL[..]),
+        prop::collection::vec(sources, 0..4),
+        prop::sample::select(&["service", "198.18.10.2"][..]),
+        prop::sample::select(&["tcp", "udp", "icmp", "mixed"][..]),
+        prop::option::of(prop::sample::select(&[80u16, 53][..])),
+        any::<bool>(),
+        any::<bool>(),
+        any::<u64>(),
+    );
+    let mut runner = TestRunner::new(Config {
+        cases: 400,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let (ok, refused, held) = (
+        std::cell::Cell::new(0),
+        std::cell::Cell::new(0),
+        std::cell::Cell::new(0),
+    );
+    runner
+        .run(&case, |(channels, kind, from, to, protocol, port, crowd, monitor, seed)| {
+            let mut text = String::from(
+                "endpoints:\n  clients: [198.18.1.0/24]\n  service: [198.18.10.2/32]\nchannels:\n",
+            );
+            for (i, c) in channels.iter().enumerate() {
+                text += &format!("  - name: c{i}\n{c}");
+            }
+            if channels.is_empty() {
+                text = text.replace("channels:\n", "channels: []\n");
+            }
+            let live = Policy::parse(&text, "live.yaml").unwrap_or_else(|e| panic!("{e}\n{text}"));
+            let ev = json!({
+                "metric": "request_bps", "baseline": 2.0e6, "now": 2.0e7, "factor": 10.0,
+                "protocol": protocol, "port": port, "crowd": crowd,
+                "request_bps": {"baseline": 2.0e6, "now": 2.0e7},
+                "request_pps": {"baseline": 500.0, "now": 5000.0},
+                "new_connections_per_s": {"baseline": 12.0, "now": 100.0},
+                "sources": from.iter().map(|s| json!({"source": s, "baseline_bps": 40_000.0, "baseline_pps": 10.0})).collect::<Vec<_>>(),
+                "clients": from.iter().map(|s| json!({"from": s, "baseline_request_bps": 40_000.0})).collect::<Vec<_>>(),
+            });
+            let e = event(kind, &from, &[to], ev);
+            let mode = if monitor { Mode::Monitor } else { Mode::Enforce };
+            match suggest(&e, &live, &History::new(), mode) {
+                Ok(out) => {
+                    let p = Policy::parse(&out, "s.yaml").unwrap_or_else(|err| panic!("{err}\n{out}"));
+                    let added = p.channels.len() - live.channels.len();
+                    held.set(held.get() + no_limit_escapes(&live, &p, added, seed));
+                    ok.set(ok.get() + 1);
+                }
+                Err(
+                    err @ (SuggestError::Invalid(_)
+                    | SuggestError::Changed(_)
+                    | SuggestError::TooLarge(_)),
+                ) => panic!("{err}\n{e:?}\n{text}"),
+                Err(_) => refused.set(refused.get() + 1),
+            }
+            Ok(())
+        })
+        .unwrap();
+    println!(
+        "{} suggestions, {} refused with a reason, {} packets taken by a hold from an enforcing live channel checked",
+        ok.get(),
+        refused.get(),
+        held.get()
+    );
+    assert!(ok.get() > 100, "{} suggestions only", ok.get());
+    assert!(held.get() > 500, "{} packets checked only", held.get());
 }
