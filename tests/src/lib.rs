@@ -2,12 +2,14 @@
 //! packets for BPF_PROG_TEST_RUN, network-namespace topologies that clean
 //! up after themselves, a reference classifier for differential fuzzing,
 //! and real endpoints for the connection tests: nginx and wrk (`web`), a
-//! counting TCP server and connection openers (`tcp`), and an `ss` sampler
-//! of established connections (`ss`).
+//! counting TCP server and connection openers (`tcp`), an `ss` sampler of
+//! established connections (`ss`), and the detection scenarios' traffic:
+//! many sources, rates changed while they run (`scenario`).
 
 pub mod netns;
 pub mod packet;
 pub mod reference;
+pub mod scenario;
 pub mod ss;
 pub mod tcp;
 pub mod web;
