@@ -270,7 +270,7 @@ fn dos_run() -> Result<Run> {
         &pair.client,
         &sources,
         dst,
-        100,
+        200,
         &rates,
         WARM_S + WAIT_S + 5.0,
     )?;
@@ -311,7 +311,7 @@ fn spike_run() -> Result<Run> {
         &pair.client,
         &sources,
         dst,
-        200,
+        400,
         &rates,
         WARM_S + WAIT_S + 5.0,
     )?;
@@ -328,8 +328,10 @@ fn spike_run() -> Result<Run> {
 
 /// 20 sources send HTTP requests to nginx (10 a second each, a connection
 /// each), then demand quadruples while a TBF on the server's egress
-/// squeezes its replies to 200 kbit/s: an `upstream_collapse` event naming
-/// `srv`. The agent runs on the client's side.
+/// squeezes its replies to 800 kbit/s, about what the steady demand's
+/// replies took (as the `detect` test does): an `upstream_collapse` event
+/// naming `srv`. The agent runs on the client's side, which sees the
+/// replies after the squeeze.
 fn collapse_run() -> Result<Run> {
     const WARM_S: f64 = 25.0;
     const BASE_RPS: f64 = 10.0;
@@ -378,11 +380,11 @@ fn collapse_run() -> Result<Run> {
         "root",
         "tbf",
         "rate",
-        "200kbit",
+        "800kbit",
         "burst",
         "4kb",
         "latency",
-        "50ms",
+        "20ms",
     ])?;
     rates.scale(&(0..sources.len()).collect::<Vec<_>>(), 4.0);
     let run = wait_for(&agent, "upstream_collapse", onset, onset_unix, |e| {
