@@ -110,6 +110,19 @@ fn metrics_pass_promtool_and_move_with_traffic() -> Result<()> {
     promtool_check(&first)?;
     ensure!(sample(&first, "tc_policy_version")? >= 1.0);
     ensure!(sample(&first, r#"tc_channel_connection_limit{channel="tcp-in"}"#)? == 50.0);
+    // Every kind of event has its series from the first scrape, at zero
+    // (no detector fires on an idle pair).
+    for kind in ["spike", "upstream_collapse", "dos"] {
+        let total = sample(
+            &first,
+            &format!(r#"tc_agent_events_total{{kind="{kind}"}}"#),
+        )?;
+        let open = sample(&first, &format!(r#"tc_agent_events_open{{kind="{kind}"}}"#))?;
+        ensure!(
+            total == 0.0 && open == 0.0,
+            "{kind}: {total} opened, {open} open"
+        );
+    }
 
     // UDP: a bounded burst the channel lets through whole.
     let rx = in_netns(&pair.server, || udp_receive("198.18.0.2:9000", 4.0, 0.0));
@@ -275,7 +288,8 @@ fn every_family_passes_promtool() -> Result<()> {
     use std::sync::Arc;
     use tc_agent::{
         control::{ChannelRow, ChannelsReport},
-        metrics::{Exporter, MetricsView},
+        detect::EventKind,
+        metrics::{EventCounts, Exporter, MetricsView},
         observe::InteractionTotals,
     };
     let row: ChannelRow = serde_json::from_value(serde_json::json!({
@@ -325,6 +339,18 @@ fn every_family_passes_promtool() -> Result<()> {
         ]
         .into(),
         uptime: Duration::from_millis(1500),
+        events: EventCounts {
+            opened: [
+                (EventKind::Spike, 4),
+                (EventKind::UpstreamCollapse, 0),
+                (EventKind::Dos, 2),
+            ],
+            open: [
+                (EventKind::Spike, 1),
+                (EventKind::UpstreamCollapse, 0),
+                (EventKind::Dos, 0),
+            ],
+        },
     };
     let text = Exporter::new(Arc::new(move || view.clone())).render()?;
     promtool_check(&text)?;
@@ -335,6 +361,8 @@ fn every_family_passes_promtool() -> Result<()> {
         "tc_channel_delay_seconds_total",
         "tc_channel_handshake_rtt_seconds",
         "tc_channel_bandwidth_limit_bytes_per_second",
+        "tc_agent_events_total",
+        "tc_agent_events_open",
     ] {
         ensure!(
             text.contains(&format!("\n{family}{{")),

@@ -112,10 +112,7 @@ impl Agent {
         self.digest = digest::of_compiled(&compiled);
         self.state_check = StateCheck::Consistent;
         self.live_slots = policy.channels.len();
-        self.observer
-            .lock()
-            .interactions
-            .set_policy(&policy.endpoints);
+        self.observer.lock().set_policy(&policy);
         self.policy = policy;
         self.policy_file = Some(file.to_string());
         self.history.clear();

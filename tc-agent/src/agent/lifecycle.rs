@@ -134,10 +134,14 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     let metrics = metrics_listener.map(|listener| {
         let snapshot = snapshot.clone();
         let started = snapshot.started();
-        let source: metrics::MetricsSource = Arc::new(move || metrics::MetricsView {
-            channels: snapshot.channels(),
-            interactions: Arc::from(observer.lock().interactions.totals_by_set()),
-            uptime: started.elapsed(),
+        let source: metrics::MetricsSource = Arc::new(move || {
+            let obs = observer.lock();
+            metrics::MetricsView {
+                channels: snapshot.channels(),
+                interactions: Arc::from(obs.interactions.totals_by_set()),
+                uptime: started.elapsed(),
+                events: metrics::EventCounts::of(obs.detector.log()),
+            }
         });
         let exporter = Arc::new(metrics::Exporter::new(source));
         tokio::spawn(async move {
@@ -347,14 +351,16 @@ impl Agent {
                 "the pinned interaction table keeps its size; --interaction-table-size takes effect after `tc-agent uninstall`"
             );
         }
-        let mut interactions =
+        let interactions =
             crate::observe::interactions::Interactions::new(ix_size, config.max_unnamed);
-        interactions.set_policy(&saved.policy.endpoints);
-        let observer = Arc::new(Mutex::new(crate::observe::Observer {
+        let mut observer = crate::observe::Observer {
             interactions,
             history: crate::observe::history::History::new(),
             detector: crate::detect::Detector::default(),
-        }));
+            policy: Default::default(),
+        };
+        observer.set_policy(&saved.policy);
+        let observer = Arc::new(Mutex::new(observer));
         let agent = Agent {
             dp,
             hooks: Vec::new(),

@@ -3,6 +3,7 @@
 
 mod apply;
 mod connections;
+mod detect;
 mod lifecycle;
 mod lock;
 mod observe;

@@ -125,7 +125,9 @@ impl Agent {
 }
 
 /// An event in the agent's log: a warning when it starts (someone should
-/// look), a note when it ends.
+/// look), a note when it ends. Both carry what `tc-agent events` shows
+/// (id, kind, from, to, the summary), so the log alone tells the story;
+/// the start adds the evidence's numbers.
 fn log_change(change: &Change) {
     match change {
         Change::Started(e) => warn!(
@@ -133,14 +135,19 @@ fn log_change(change: &Change) {
             kind = e.kind.as_str(),
             from = ?e.from,
             to = ?e.to,
-            "event started: {}",
-            e.summary
+            evidence = %serde_json::Value::Object(e.evidence.clone()),
+            "event started: {} (`tc-agent suggest {}` writes a policy that answers it)",
+            e.summary,
+            e.id
         ),
         Change::Ended(e) => info!(
             id = %e.id,
             kind = e.kind.as_str(),
+            from = ?e.from,
+            to = ?e.to,
             lasted_s = e.ended.unwrap_or(e.started).saturating_sub(e.started),
-            "event ended"
+            "event ended: {}",
+            e.summary
         ),
     }
 }

@@ -1,7 +1,7 @@
 //! What the agent reports: counter samples, `channels`, `status`, and the
 //! request dispatch.
 
-use super::{observe, *};
+use super::{detect, observe, *};
 
 impl Agent {
     /// Live channels the kernel enforces beyond those the agent can name:
@@ -147,6 +147,12 @@ impl Agent {
             )?)?,
             Request::History { name, since_s } => {
                 serde_json::to_value(observe::history(&self.observer, &name, since_s)?)?
+            }
+            Request::Events { since } => {
+                serde_json::to_value(detect::events(&self.observer, since)?)?
+            }
+            Request::Suggest { id, mode } => {
+                serde_json::to_value(detect::suggest(&self.observer, &id, mode)?)?
             }
         })
     }

@@ -2,10 +2,12 @@
 
 mod apply;
 mod channels;
+mod events;
 mod history;
 mod map;
 mod run;
 mod status;
+mod suggest;
 mod top;
 mod top_talkers;
 mod uninstall;
@@ -26,7 +28,9 @@ use crate::control::DEFAULT_SOCKET;
 /// `apply`, `channels` and `status`; `top` is a live terminal view. See
 /// who talks to whom with `map`, the heaviest single sources with
 /// `top-talkers`, and a channel or an interaction over the last 24 hours
-/// with `history`. `validate` checks a policy file offline. A stopped agent
+/// with `history`. The agent flags demand spikes, upstream collapses and
+/// floods by itself: `events` lists them and `suggest ID` writes the
+/// policy that answers one. `validate` checks a policy file offline. A stopped agent
 /// leaves the node enforced; `uninstall` removes the datapath.
 #[derive(Debug, Parser)]
 #[command(name = "tc-agent", version, propagate_version = true)]
@@ -49,6 +53,8 @@ pub enum Command {
     Map(map::MapArgs),
     TopTalkers(top_talkers::TopTalkersArgs),
     History(history::HistoryArgs),
+    Events(events::EventsArgs),
+    Suggest(suggest::SuggestArgs),
     Top(top::TopArgs),
     Uninstall(uninstall::UninstallArgs),
 }
@@ -93,6 +99,8 @@ impl Cli {
             Command::Map(a) => map::execute(a, &self.socket),
             Command::TopTalkers(a) => top_talkers::execute(a, &self.socket),
             Command::History(a) => history::execute(a, &self.socket),
+            Command::Events(a) => events::execute(a, &self.socket),
+            Command::Suggest(a) => suggest::execute(a, &self.socket),
             Command::Top(a) => top::execute(a, &self.socket),
             Command::Uninstall(a) => uninstall::execute(a),
         }

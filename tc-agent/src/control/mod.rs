@@ -18,9 +18,10 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use tc_common::{ChannelCounters, GlobalCounters};
 
+mod detect;
 mod observe;
 
-pub use self::observe::*;
+pub use self::{detect::*, observe::*};
 
 use crate::{
     datapath::attach::{HookKind, Mechanism},
@@ -63,6 +64,21 @@ pub enum Request {
         name: String,
         /// How far back, seconds: up to 900 at 1 s steps, up to 86,400 at 60 s steps.
         since_s: u64,
+    },
+    /// The detectors' events: all of them, or what changed after a cursor.
+    Events {
+        /// The `cursor` of an earlier answer: only the events that started
+        /// or ended after it. None: every event kept.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<u64>,
+    },
+    /// A policy file that answers one event.
+    Suggest {
+        /// The event's id (`dos-3`), as `events` lists it.
+        id: String,
+        /// The suggested channel's mode: `monitor` for a dry run first.
+        #[serde(default)]
+        mode: Mode,
     },
 }
 

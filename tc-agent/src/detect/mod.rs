@@ -22,9 +22,16 @@
 pub mod baseline;
 pub mod collapse;
 pub mod dos;
+mod episode;
 pub mod events;
+mod evidence;
+mod prune;
 pub mod spike;
 pub mod suggest;
+#[cfg(test)]
+mod testutil;
+
+use std::collections::HashSet;
 
 use tc_common::IxCounters;
 
@@ -90,25 +97,59 @@ pub struct Sample {
 /// The detectors and the events they opened.
 #[derive(Debug, Default)]
 pub struct Detector {
+    /// Samples seen: the detectors' clock (warm-ups, idle series).
+    tick: u64,
     /// Demand spikes on interactions and channels.
     spike: spike::Spike,
     /// Upstreams that stop keeping up with their demand.
     collapse: collapse::Collapse,
     /// Destinations flooded by a few sources or a crowd of new ones.
     dos: dos::Dos,
+    /// Destinations where a more specific detector has an episode open or
+    /// pending, rebuilt every sample (kept for its allocation).
+    busy: HashSet<String>,
     /// Every event since the agent started (bounded), with a cursor for
     /// `events --follow`.
     log: EventLog,
 }
 
+/// How much state the detectors keep, for tests and metrics: every count
+/// is bounded by a cap in its detector's module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateSize {
+    /// `spike`: interactions and channels watched.
+    pub spike_pairs: usize,
+    pub spike_channels: usize,
+    /// `upstream_collapse`: destinations and their clients.
+    pub collapse_dests: usize,
+    pub collapse_clients: usize,
+    /// `dos`: destinations and their sources.
+    pub dos_dests: usize,
+    pub dos_sources: usize,
+}
+
 impl Detector {
     /// Feeds one sample to every detector; returns what started or ended,
     /// also recorded in [`Detector::log`].
+    ///
+    /// Coherence, one event per episode: the most specific pattern wins.
+    /// `dos` is decided first; `upstream_collapse` then opens no event on
+    /// a destination where `dos` has an episode open or pending, and
+    /// `spike` none on an interaction into a destination where either has
+    /// one (nor on a channel while any destination has one). The detector
+    /// that stands back keeps a silent episode, so that it does not fire
+    /// when the louder one ends while the traffic is still up. `spike` and
+    /// `upstream_collapse` need one more hot sample than `dos`, so the more
+    /// specific one wins when all see the same onset.
     pub fn observe(&mut self, s: &Sample) -> Vec<Change> {
-        let mut found = Vec::new();
-        found.extend(self.spike.observe(s));
-        found.extend(self.collapse.observe(s));
-        found.extend(self.dos.observe(s));
+        self.tick += 1;
+        let tick = self.tick;
+        let mut found = self.dos.observe(s, tick);
+        self.busy.clear();
+        self.dos.busy(&mut self.busy);
+        found.extend(self.collapse.observe(s, tick, &self.busy));
+        self.collapse.busy(&mut self.busy);
+        found.extend(self.spike.observe(s, tick, &self.busy));
         self.log.apply(found)
     }
 
@@ -116,4 +157,22 @@ impl Detector {
     pub fn log(&self) -> &EventLog {
         &self.log
     }
+
+    /// How much state the detectors keep.
+    pub fn state_size(&self) -> StateSize {
+        let (spike_pairs, spike_channels) = self.spike.len();
+        let (collapse_dests, collapse_clients) = self.collapse.len();
+        let (dos_dests, dos_sources) = self.dos.len();
+        StateSize {
+            spike_pairs,
+            spike_channels,
+            collapse_dests,
+            collapse_clients,
+            dos_dests,
+            dos_sources,
+        }
+    }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,14 +1,320 @@
-//! `spike`: a request rate far above its own baseline (to be written).
+//! `spike`: an interaction's or a channel's request rate far above its own
+//! baseline.
+//!
+//! Per interaction between names (`from`, `to`), summed over protocol and
+//! port: request packets/s and request bits/s. Per channel: offered (passed
+//! plus dropped) packets/s and bits/s. A sample is hot when either rate is
+//! at least [`RATIO`] times its baseline, [`K`] deviations above it, and
+//! above its floor ([`PPS_FLOOR`], [`BPS_FLOOR`]: tiny flows are ignored);
+//! [`ONSET`] hot samples in a row open an event. It ends after [`CALM`]
+//! samples in a row back under [`END_RATIO`] times the baseline (plus
+//! [`END_K`] deviations) or under half the floor. Baselines freeze while an
+//! episode is open or pending. An episode that lasts [`MAX_EPISODE`]
+//! samples is the new normal: the event ends and the baseline starts over.
+//!
+//! Coherence: a spike is the least specific pattern. An interaction whose
+//! destination has a `dos` or `upstream_collapse` episode open or pending
+//! opens a silent episode instead of an event (the other detectors decide
+//! in [`ONSET`]` - 1` samples, so they win the race); a channel does the
+//! same while any destination has one, since a channel's traffic is not
+//! split by destination in the sample.
+//!
+//! Thresholds, measured by `tests::threshold_table` on synthetic series
+//! (1 s samples, seeded): see the table in `spike/tests.rs` and the
+//! report in `detect/mod.rs`.
 
-use super::{Found, Sample};
+use std::collections::{HashMap, HashSet};
+
+use serde_json::json;
+
+use super::{
+    baseline::Baseline,
+    episode::{Episode, Step},
+    events::{Event, EventKind},
+    evidence::{self, Mix},
+    prune::make_room,
+    Found, Sample,
+};
+
+/// Onset: the rate is at least this many times its baseline...
+pub const RATIO: f64 = 2.0;
+/// ... and this many mean absolute deviations above it.
+pub const K: f64 = 4.0;
+/// Request packets/s under which an interaction is too small to judge.
+pub const PPS_FLOOR: f64 = 20.0;
+/// Request bits/s under which an interaction is too small to judge.
+pub const BPS_FLOOR: f64 = 100_000.0;
+/// Hot samples in a row that open an event.
+pub const ONSET: u32 = 3;
+/// Back near the baseline: under this many times it...
+pub const END_RATIO: f64 = 1.5;
+/// ... plus this many deviations.
+pub const END_K: f64 = 2.0;
+/// Calm samples in a row that end an event.
+pub const CALM: u32 = 10;
+/// Samples after which a level that stays up is the new normal.
+pub const MAX_EPISODE: u64 = 900;
+/// Samples without traffic after which a series is forgotten.
+pub const IDLE: u64 = 300;
+/// Series kept at most (interactions and channels each).
+pub const MAX_SERIES: usize = 8192;
+
+/// One watched rate series.
+#[derive(Debug, Default)]
+struct Series {
+    /// Baseline of the packets/s.
+    pps: Baseline,
+    /// Baseline of the bits/s.
+    bps: Baseline,
+    /// This sample's packets/s (valid when `stamp` is the tick).
+    now_pps: f64,
+    /// This sample's bits/s.
+    now_bps: f64,
+    /// The tick of the last sample with traffic.
+    stamp: u64,
+    /// This sample's protocols and ports, for the evidence.
+    mix: Mix,
+    /// Hysteresis.
+    ep: Episode,
+}
+
+impl Series {
+    /// The current rates (zero when absent from this sample).
+    fn now(&self, tick: u64) -> (f64, f64) {
+        if self.stamp == tick {
+            (self.now_pps, self.now_bps)
+        } else {
+            (0.0, 0.0)
+        }
+    }
+
+    /// Adds traffic of this sample.
+    fn add(&mut self, tick: u64, pps: f64, bps: f64) {
+        if self.stamp != tick {
+            self.stamp = tick;
+            self.now_pps = 0.0;
+            self.now_bps = 0.0;
+            self.mix.clear();
+        }
+        self.now_pps += pps;
+        self.now_bps += bps;
+    }
+}
+
+/// What one series' verdict was, for the event.
+struct Verdict {
+    /// The event opened.
+    open: bool,
+    /// The event ended (and was not silent).
+    close: bool,
+    /// Which rate fired: bits (`true`) or packets.
+    by_bps: bool,
+}
 
 /// The spike detector's state.
 #[derive(Debug, Default)]
-pub struct Spike {}
+pub struct Spike {
+    /// Interactions by `from\0to`.
+    pairs: HashMap<String, Series>,
+    /// Channels by name.
+    channels: HashMap<String, Series>,
+    /// Scratch key, reused.
+    key: String,
+}
 
 impl Spike {
-    /// Looks at one sample.
-    pub fn observe(&mut self, _s: &Sample) -> Vec<Found> {
-        Vec::new()
+    /// Looks at one sample, `tick` counting samples. `busy`: destinations
+    /// where a more specific detector has an episode open or pending.
+    pub fn observe(&mut self, s: &Sample, tick: u64, busy: &HashSet<String>) -> Vec<Found> {
+        let mut found = Vec::new();
+        if s.dt <= 0.0 {
+            return found;
+        }
+        for p in &s.pairs {
+            self.key.clear();
+            self.key.push_str(&p.from);
+            self.key.push('\0');
+            self.key.push_str(&p.to);
+            let Some(series) = entry(&mut self.pairs, &self.key) else {
+                continue;
+            };
+            series.add(
+                tick,
+                p.d.req_pkts as f64 / s.dt,
+                p.d.req_bytes as f64 * 8.0 / s.dt,
+            );
+            series.mix.add(p.proto, p.port, p.d.req_bytes);
+        }
+        for c in &s.channels {
+            let Some(series) = entry(&mut self.channels, &c.name) else {
+                continue;
+            };
+            let (pps, bps) = (c.passed_pps + c.dropped_pps, c.passed_bps + c.dropped_bps);
+            if pps > 0.0 || bps > 0.0 {
+                series.add(tick, pps, bps);
+            }
+        }
+        for (key, series) in &mut self.pairs {
+            let (from, to) = key.split_once('\0').unwrap_or((key.as_str(), ""));
+            let v = judge(series, tick, busy.contains(to));
+            if v.open {
+                found.push(Found::Started {
+                    key: format!("ix:{key}"),
+                    event: pair_event(from, to, series, tick, s.t, v.by_bps),
+                });
+            }
+            if v.close {
+                found.push(Found::Ended {
+                    key: format!("ix:{key}"),
+                    t: s.t,
+                });
+            }
+        }
+        for (name, series) in &mut self.channels {
+            let v = judge(series, tick, !busy.is_empty());
+            if v.open {
+                found.push(Found::Started {
+                    key: format!("ch:{name}"),
+                    event: channel_event(name, series, tick, s.t, v.by_bps),
+                });
+            }
+            if v.close {
+                found.push(Found::Ended {
+                    key: format!("ch:{name}"),
+                    t: s.t,
+                });
+            }
+        }
+        if tick.is_multiple_of(16) {
+            let live = |v: &Series| tick.saturating_sub(v.stamp) < IDLE || v.ep.open();
+            self.pairs.retain(|_, v| live(v));
+            self.channels.retain(|_, v| live(v));
+        }
+        found
+    }
+
+    /// Series kept: interactions and channels (for the bounded-state test).
+    pub fn len(&self) -> (usize, usize) {
+        (self.pairs.len(), self.channels.len())
     }
 }
+
+/// The series of `key`, created if there is room.
+fn entry<'a>(map: &'a mut HashMap<String, Series>, key: &str) -> Option<&'a mut Series> {
+    if !map.contains_key(key) {
+        make_room(map, MAX_SERIES, |v| v.bps.mean(), |v| v.ep.open());
+        if map.len() >= MAX_SERIES {
+            return None;
+        }
+        map.insert(key.to_string(), Series::default());
+    }
+    map.get_mut(key)
+}
+
+/// One sample's verdict on one series, learning it when calm.
+fn judge(series: &mut Series, tick: u64, busy: bool) -> Verdict {
+    let (pps, bps) = series.now(tick);
+    let hot_bps = bps >= BPS_FLOOR && series.bps.far_above(bps, RATIO, K);
+    let hot_pps = pps >= PPS_FLOOR && series.pps.far_above(pps, RATIO, K);
+    let up_bps = bps >= BPS_FLOOR / 2.0 && series.bps.far_above(bps, END_RATIO, END_K);
+    let up_pps = pps >= PPS_FLOOR / 2.0 && series.pps.far_above(pps, END_RATIO, END_K);
+    let mut v = Verdict {
+        open: false,
+        close: false,
+        by_bps: hot_bps,
+    };
+    match series
+        .ep
+        .step(tick, hot_bps || hot_pps, !(up_bps || up_pps), ONSET, CALM)
+    {
+        Step::Open if busy => series.ep.shadow(),
+        Step::Open => v.open = true,
+        Step::Close { shadow } => v.close = !shadow,
+        Step::Nothing => {}
+    }
+    if series.ep.age(tick) >= MAX_EPISODE {
+        // The new normal: end the event and learn the level afresh.
+        if let Step::Close { shadow } = series.ep.close() {
+            v.close = !shadow;
+        }
+        series.bps = Baseline::new();
+        series.pps = Baseline::new();
+    }
+    if series.ep.frozen() {
+        series.bps.hold(tick);
+        series.pps.hold(tick);
+    } else {
+        series.bps.learn(bps, tick);
+        series.pps.learn(pps, tick);
+    }
+    v
+}
+
+/// The event of an interaction's spike.
+fn pair_event(from: &str, to: &str, series: &Series, tick: u64, t: u64, by_bps: bool) -> Event {
+    let (pps, bps) = series.now(tick);
+    let (metric, b, now) = if by_bps {
+        ("request_bps", &series.bps, bps)
+    } else {
+        ("request_pps", &series.pps, pps)
+    };
+    let mut ev = evidence::headline(metric, b, now);
+    series.mix.put(&mut ev);
+    ev.insert("request_bps".into(), evidence::pair(&series.bps, bps));
+    ev.insert("request_pps".into(), evidence::pair(&series.pps, pps));
+    let summary = format!(
+        "{from} -> {to}: requests at {} ({}), {} the baseline of {} ({})",
+        evidence::bps(bps),
+        evidence::pps(pps, "pkt"),
+        evidence::factor(b, now),
+        evidence::bps(series.bps.mean()),
+        evidence::pps(series.pps.mean(), "pkt"),
+    );
+    Event {
+        id: String::new(),
+        kind: EventKind::Spike,
+        started: t,
+        ended: None,
+        from: vec![from.to_string()],
+        to: vec![to.to_string()],
+        summary,
+        evidence: ev,
+    }
+}
+
+/// The event of a channel's spike.
+fn channel_event(name: &str, series: &Series, tick: u64, t: u64, by_bps: bool) -> Event {
+    let (pps, bps) = series.now(tick);
+    let (metric, b, now) = if by_bps {
+        ("offered_bps", &series.bps, bps)
+    } else {
+        ("offered_pps", &series.pps, pps)
+    };
+    let mut ev = evidence::headline(metric, b, now);
+    ev.insert("protocol".into(), json!("mixed"));
+    ev.insert("port".into(), json!(null));
+    ev.insert("channel".into(), json!(name));
+    ev.insert("offered_bps".into(), evidence::pair(&series.bps, bps));
+    ev.insert("offered_pps".into(), evidence::pair(&series.pps, pps));
+    let summary = format!(
+        "channel {name}: offered {} ({}), {} the baseline of {} ({})",
+        evidence::bps(bps),
+        evidence::pps(pps, "pkt"),
+        evidence::factor(b, now),
+        evidence::bps(series.bps.mean()),
+        evidence::pps(series.pps.mean(), "pkt"),
+    );
+    Event {
+        id: String::new(),
+        kind: EventKind::Spike,
+        started: t,
+        ended: None,
+        from: Vec::new(),
+        to: Vec::new(),
+        summary,
+        evidence: ev,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -19,7 +19,7 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
-use crate::{control::ChannelsReport, observe::InteractionTotals};
+use crate::{control::ChannelsReport, detect::EventKind, observe::InteractionTotals};
 
 /// `Content-Type` of what [`Exporter::render`] produces: the Prometheus
 /// text format 0.0.4, which Prometheus and `promtool check metrics` read.
@@ -43,6 +43,38 @@ pub struct MetricsView {
     pub interactions: Arc<[InteractionTotals]>,
     /// Time since the agent started, for `tc_agent_uptime_seconds`.
     pub uptime: Duration,
+    /// The detectors' events by kind, from the observer's event log.
+    pub events: EventCounts,
+}
+
+/// Events by kind, every kind present (zeros included), so a rate or an
+/// alert on a kind that never fired still has a series.
+#[derive(Debug, Clone, Copy)]
+pub struct EventCounts {
+    /// Events opened since the agent started (`tc_agent_events_total`):
+    /// counted when they open, so forgetting old ones keeps it monotonic.
+    pub opened: [(EventKind, u64); 3],
+    /// Events open now (`tc_agent_events_open`).
+    pub open: [(EventKind, u64); 3],
+}
+
+impl Default for EventCounts {
+    fn default() -> Self {
+        Self {
+            opened: EventKind::ALL.map(|k| (k, 0)),
+            open: EventKind::ALL.map(|k| (k, 0)),
+        }
+    }
+}
+
+impl EventCounts {
+    /// The counts of an event log now.
+    pub fn of(log: &crate::detect::EventLog) -> Self {
+        Self {
+            opened: log.opened_by_kind(),
+            open: log.open_by_kind(),
+        }
+    }
 }
 
 /// Where each scrape gets its view: called once per scrape, so it must be
@@ -90,6 +122,7 @@ impl Collector for ViewCollector {
         encode_agent(&mut enc, &view)?;
         encode_channels(&mut enc, &view.channels)?;
         encode_node(&mut enc, &view.channels)?;
+        encode_events(&mut enc, &view.events)?;
         encode_interactions(&mut enc, &view.interactions)
     }
 }
@@ -423,6 +456,34 @@ fn interaction_labels(i: &InteractionTotals) -> Labels<'_> {
     ]
 }
 
+/// The detectors' events by kind: opened since start, and open now.
+fn encode_events(enc: &mut DescriptorEncoder, e: &EventCounts) -> fmt::Result {
+    let by_kind = |counts: &[(EventKind, u64); 3]| -> Vec<(Labels<'static>, u64)> {
+        counts
+            .iter()
+            .map(|(k, n)| (vec![("kind", Cow::Borrowed(k.as_str()))], *n))
+            .collect()
+    };
+    counters(
+        enc,
+        &desc(
+            "tc_agent_events",
+            "Events the agent's detectors opened since it started, by kind: spike (a request rate far above its baseline), upstream_collapse (demand rising while responses stop keeping up), dos (traffic to a destination rising sharply, carried by a few sources).",
+            None,
+        ),
+        by_kind(&e.opened),
+    )?;
+    gauges(
+        enc,
+        &desc(
+            "tc_agent_events_open",
+            "Events open now (started and not yet ended), by kind.",
+            None,
+        ),
+        by_kind(&e.open),
+    )
+}
+
 /// Interaction families, at most [`MAX_INTERACTIONS`] interactions.
 fn encode_interactions(enc: &mut DescriptorEncoder, all: &[InteractionTotals]) -> fmt::Result {
     let mut rows: Vec<&InteractionTotals> = all.iter().collect();
@@ -537,6 +598,7 @@ mod tests {
             channels: Arc::new(report(channels)),
             interactions: interactions.into(),
             uptime: Duration::from_secs(5),
+            events: EventCounts::default(),
         };
         Exporter::new(Arc::new(move || view.clone()))
             .render()
@@ -684,6 +746,7 @@ mod tests {
                 )])),
                 interactions: Arc::from(Vec::new()),
                 uptime: Duration::ZERO,
+                events: EventCounts::default(),
             })
         };
         let e = Exporter::new(source);
@@ -697,6 +760,71 @@ mod tests {
         assert!(passed(&e.render().unwrap()).unwrap().ends_with(" 1"));
         n.store(99, std::sync::atomic::Ordering::Relaxed);
         assert!(passed(&e.render().unwrap()).unwrap().ends_with(" 99"));
+    }
+
+    #[test]
+    fn events_are_counted_by_kind_with_zeros() {
+        use crate::detect::{Event, EventLog, Found};
+        let text = render(Vec::new(), Vec::new());
+        for k in ["spike", "upstream_collapse", "dos"] {
+            for family in ["tc_agent_events_total", "tc_agent_events_open"] {
+                let line = format!(r#"{family}{{kind="{k}"}} 0"#);
+                assert!(
+                    text.lines().any(|l| l == line),
+                    "missing `{line}` in:\n{text}"
+                );
+            }
+        }
+        assert!(
+            text.contains("# TYPE tc_agent_events_total counter"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE tc_agent_events_open gauge"), "{text}");
+        // From a log: two DoS opened, one of them ended; a spike open.
+        let mut log = EventLog::default();
+        let started = |key: &str, kind| Found::Started {
+            key: key.into(),
+            event: Event {
+                id: String::new(),
+                kind,
+                started: 1,
+                ended: None,
+                from: vec![],
+                to: vec![],
+                summary: String::new(),
+                evidence: Default::default(),
+            },
+        };
+        log.apply(vec![
+            started("a", EventKind::Dos),
+            started("b", EventKind::Dos),
+            started("c", EventKind::Spike),
+        ]);
+        log.apply(vec![Found::Ended {
+            key: "a".into(),
+            t: 2,
+        }]);
+        let view = MetricsView {
+            channels: Arc::new(report(Vec::new())),
+            interactions: Arc::from(Vec::new()),
+            uptime: Duration::ZERO,
+            events: EventCounts::of(&log),
+        };
+        let text = Exporter::new(Arc::new(move || view.clone()))
+            .render()
+            .unwrap();
+        for line in [
+            r#"tc_agent_events_total{kind="dos"} 2"#,
+            r#"tc_agent_events_total{kind="spike"} 1"#,
+            r#"tc_agent_events_total{kind="upstream_collapse"} 0"#,
+            r#"tc_agent_events_open{kind="dos"} 1"#,
+            r#"tc_agent_events_open{kind="spike"} 1"#,
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing `{line}` in:\n{text}"
+            );
+        }
     }
 
     /// Every query of the shipped dashboard names only families this

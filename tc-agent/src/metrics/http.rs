@@ -189,6 +189,7 @@ mod tests {
             channels: report.clone(),
             interactions: Arc::from(Vec::new()),
             uptime: Duration::from_secs(1),
+            events: Default::default(),
         });
         Arc::new(Exporter::new(source))
     }

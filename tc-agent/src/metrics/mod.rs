@@ -6,10 +6,10 @@
 //! - [`http`]: the HTTP server, bounded against hostile clients.
 //!
 //! A scrape never takes the agent lock: it reads the published `channels`
-//! report (see `agent/snapshot.rs`) and the observer's interaction totals
-//! through a [`MetricsSource`]. Channels, node counters and interactions are
-//! labelled by names the agent bounds (channel names, a fixed list of
-//! kinds, endpoint sets), never by raw addresses.
+//! report (see `agent/snapshot.rs`), and the observer's interaction totals
+//! and event counts, through a [`MetricsSource`]. Channels, node counters,
+//! events and interactions are labelled by names the agent bounds (channel
+//! names, fixed lists of kinds, endpoint sets), never by raw addresses.
 //!
 //! The Grafana dashboard `deploy/grafana/tc-agent.json` plots these
 //! families.
@@ -17,4 +17,6 @@
 pub mod exposition;
 pub mod http;
 
-pub use self::exposition::{Exporter, MetricsSource, MetricsView, CONTENT_TYPE, MAX_INTERACTIONS};
+pub use self::exposition::{
+    EventCounts, Exporter, MetricsSource, MetricsView, CONTENT_TYPE, MAX_INTERACTIONS,
+};

@@ -11,10 +11,12 @@ pub mod history;
 pub mod interactions;
 pub mod naming;
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use self::{history::History, interactions::Interactions};
-use crate::detect::Detector;
+use crate::{detect::Detector, policy::Policy};
 
 /// What the agent has seen: the interaction view, the metric history and
 /// the events found in them.
@@ -28,6 +30,19 @@ pub struct Observer {
     pub history: History,
     /// The detectors, fed every sample, and the events they opened.
     pub detector: Detector,
+    /// The live policy, for `suggest` (which writes it out with a channel
+    /// added): a copy the agent refreshes at start and on every apply, so
+    /// `suggest` never waits behind an apply for the agent's own.
+    pub policy: Arc<Policy>,
+}
+
+impl Observer {
+    /// Takes in a newly live policy: its endpoint sets name the
+    /// interactions, and `suggest` builds on it.
+    pub fn set_policy(&mut self, policy: &Policy) {
+        self.interactions.set_policy(&policy.endpoints);
+        self.policy = Arc::new(policy.clone());
+    }
 }
 
 /// The metrics a channel's history keeps, in display order.

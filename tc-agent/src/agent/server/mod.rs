@@ -422,6 +422,10 @@ impl Server {
                 super::observe::history(&self.observer, &name, since_s)
                     .and_then(|r| serde_json::to_value(r).map_err(Into::into))
             }
+            Request::Events { since } => super::detect::events(&self.observer, since)
+                .and_then(|r| serde_json::to_value(r).map_err(Into::into)),
+            Request::Suggest { id, mode } => super::detect::suggest(&self.observer, &id, mode)
+                .and_then(|r| serde_json::to_value(r).map_err(Into::into)),
             Request::Apply { .. } if peer.access != Access::Full => {
                 if let Some(held) = self.refused_log.pass() {
                     warn!(

@@ -265,3 +265,59 @@ fn throttled_warnings_count_what_they_held_back() {
     t.state.lock().0 = Instant::now();
     assert_eq!(t.pass(), Some(2));
 }
+
+/// The request the server reads from `line`, or the error it answers
+/// with (as [`Server`]'s connection handler words it).
+fn parse(line: &str) -> Result<Request, String> {
+    serde_json::from_str::<Request>(line).map_err(|e| format!("bad request: {e}"))
+}
+
+#[test]
+fn events_and_suggest_requests_parse_with_their_defaults() {
+    assert!(matches!(
+        parse(r#"{"cmd":"events"}"#),
+        Ok(Request::Events { since: None })
+    ));
+    assert!(matches!(
+        parse(r#"{"cmd":"events","since":42}"#),
+        Ok(Request::Events { since: Some(42) })
+    ));
+    match parse(r#"{"cmd":"suggest","id":"dos-1"}"#) {
+        Ok(Request::Suggest { id, mode }) => {
+            assert_eq!(id, "dos-1");
+            assert_eq!(mode, crate::policy::Mode::Enforce);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        parse(r#"{"cmd":"suggest","id":"dos-1","mode":"monitor"}"#),
+        Ok(Request::Suggest {
+            mode: crate::policy::Mode::Monitor,
+            ..
+        })
+    ));
+    // What the CLI sends is what the server reads.
+    let sent = serde_json::to_string(&Request::Events { since: Some(7) }).unwrap();
+    assert_eq!(sent, r#"{"cmd":"events","since":7}"#);
+}
+
+#[test]
+fn malformed_events_and_suggest_requests_get_a_clear_error() {
+    for (line, says) in [
+        (r#"{"cmd":"events","since":-1}"#, "invalid value"),
+        (r#"{"cmd":"events","since":"yesterday"}"#, "invalid type"),
+        (r#"{"cmd":"suggest"}"#, "missing field `id`"),
+        (r#"{"cmd":"suggest","id":7}"#, "invalid type"),
+        (
+            r#"{"cmd":"suggest","id":"dos-1","mode":"block"}"#,
+            "unknown variant `block`, expected `enforce` or `monitor`",
+        ),
+        (r#"{"cmd":"event"}"#, "unknown variant `event`"),
+    ] {
+        let e = parse(line).expect_err(line);
+        assert!(
+            e.starts_with("bad request: ") && e.contains(says),
+            "{line}: {e}"
+        );
+    }
+}

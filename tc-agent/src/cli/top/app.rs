@@ -7,8 +7,11 @@ use std::time::Instant;
 
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
-use super::poll::Round;
-use crate::control::{ChannelRow, ChannelsReport, MapReport, NodeCounters, StatusReport};
+use super::poll::{EventsDelta, Round};
+use crate::{
+    control::{ChannelRow, ChannelsReport, MapReport, NodeCounters, StatusReport},
+    detect::{events::MAX_EVENTS, Event},
+};
 
 /// How the channels table is ordered; `s` cycles through them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -118,6 +121,11 @@ pub struct App {
     /// Why the last round got no map (e.g. an agent that does not serve
     /// it yet): one line at the top of the interactions pane.
     pub map_error: Option<String>,
+    /// The agent's events as the rounds told them (every event, then the
+    /// changes), oldest start first; kept like `map` when a round fails.
+    pub events: Vec<Event>,
+    /// Why the last round got no events: one line in the events pane.
+    pub events_error: Option<String>,
     /// When the last round with channels arrived: the header says how old
     /// the numbers are.
     pub updated: Option<Instant>,
@@ -172,7 +180,31 @@ impl App {
                 }
                 Err(e) => self.map_error = Some(e),
             }
+            match round.events {
+                Ok(d) => {
+                    self.take_events(d);
+                    self.events_error = None;
+                }
+                Err(e) => self.events_error = Some(e),
+            }
         }
+    }
+
+    /// Takes in one round's events: all of them, or the changes.
+    fn take_events(&mut self, d: EventsDelta) {
+        if d.full {
+            self.events = d.events;
+            return;
+        }
+        for e in d.events {
+            match self.events.iter_mut().find(|k| k.id == e.id) {
+                Some(k) => *k = e,
+                None => self.events.push(e),
+            }
+        }
+        // As bounded as the agent's log: the oldest go first.
+        let excess = self.events.len().saturating_sub(MAX_EVENTS);
+        self.events.drain(..excess);
     }
 
     /// The channels in the chosen order.

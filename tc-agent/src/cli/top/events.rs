@@ -1,102 +1,115 @@
-//! `top`'s events pane, at the bottom of the frame.
-//!
-//! The agent has no events request yet; until it has, this pane shows the
-//! node-wide counters that `channels` carries (what the datapath saw that
-//! no channel explains: unclassified, non-IP, malformed, fail-open
-//! packets...), with per-second rates between the last two rounds. When
-//! events arrive, they replace this file's body: the frame gives the pane a
-//! fixed [`HEIGHT`] and this function its area, and nothing else in the
-//! view depends on what is drawn here.
+//! `top`'s events pane: what the agent's detectors found, open events
+//! first (newest first), then the last ones that ended, one line each:
+//! id, kind, sources -> destinations, how long ago, the summary.
+
+use std::{
+    cmp::Reverse,
+    time::{SystemTime, UNIX_EPOCH},
+};
 
 use ratatui::{
     layout::Rect,
-    style::{Color, Stylize},
+    style::{Color, Style, Stylize},
     text::{Line, Span},
     widgets::{Block, Paragraph},
     Frame,
 };
 
-use super::{app::App, view::packets};
+use super::{app::App, view::duration};
+use crate::{cli::events::names, detect::Event};
 
-/// Lines the pane takes, borders included.
-pub const HEIGHT: u16 = 5;
+/// Lines the pane takes, borders included: four events.
+pub const HEIGHT: u16 = 6;
+/// Width of the sources -> destinations cell.
+const FLOW_WIDTH: usize = 40;
 
 /// Draws the pane into `area`.
 pub fn render(frame: &mut Frame, area: Rect, app: &App) {
-    let block = Block::bordered()
-        .title(" node (events pane: node counters until the agent reports events) ");
-    let Some(now) = app.node_samples.1 else {
-        frame.render_widget(Paragraph::new("no counters yet").block(block), area);
-        return;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut open: Vec<&Event> = app.events.iter().filter(|e| e.ended.is_none()).collect();
+    open.sort_by_key(|e| Reverse(e.started));
+    let mut ended: Vec<&Event> = app.events.iter().filter(|e| e.ended.is_some()).collect();
+    ended.sort_by_key(|e| Reverse(e.ended));
+    let title = format!(
+        " events: {} open, {} ended (tc-agent events; tc-agent suggest ID) ",
+        open.len(),
+        ended.len()
+    );
+    let block = if open.is_empty() {
+        Block::bordered().title(title)
+    } else {
+        Block::bordered()
+            .title(title)
+            .border_style(Style::new().fg(Color::Red))
     };
-    let n = now.counters;
-    // Per second since the previous round; `-` until there is one (or if
-    // the agent restarted and its counters went back).
-    let rate = |pick: fn(&crate::control::NodeCounters) -> u64| -> String {
-        let Some(before) = app.node_samples.0 else {
-            return "-".into();
-        };
-        let secs = now.at.duration_since(before.at).as_secs_f64();
-        match pick(&n).checked_sub(pick(&before.counters)) {
-            Some(d) if secs > 0.0 => format!("{}/s", packets(d as f64 / secs)),
-            _ => "-".into(),
-        }
+    let rows = usize::from(area.height.saturating_sub(2));
+    let mut lines = Vec::new();
+    if let Some(e) = &app.events_error {
+        lines.push(Line::from(format!("events: {e}")).fg(Color::Yellow));
+    }
+    if app.events.is_empty() && app.events_error.is_none() {
+        lines.push(Line::from(
+            "none: the detectors found no spike, upstream collapse or flood since the agent started",
+        ));
+    }
+    let room = rows.saturating_sub(lines.len());
+    // Open events first; if they do not all fit, the last line counts the rest.
+    let shown_open = if open.len() > room {
+        room.saturating_sub(1)
+    } else {
+        open.len()
     };
-    let item = |label: &'static str, total: u64, per_s: String| {
-        let style = if total > 0 && label != "seen" {
-            Color::Yellow
-        } else {
-            Color::Reset
-        };
-        vec![
-            Span::from(format!("{label} ")),
-            Span::from(format!("{total} ({per_s})")).fg(style),
-            Span::from("   "),
-        ]
-    };
-    let lines = vec![
-        Line::from(
-            [
-                item("seen", n.seen_pkts, rate(|c| c.seen_pkts)),
-                item(
-                    "unclassified",
-                    n.unclassified_pkts,
-                    rate(|c| c.unclassified_pkts),
-                ),
-                item("non-IP", n.non_ip_pkts, rate(|c| c.non_ip_pkts)),
-                item("malformed", n.malformed_pkts, rate(|c| c.malformed_pkts)),
-            ]
-            .concat(),
-        ),
-        Line::from(
-            [
-                item("fail-open", n.fail_open_pkts, rate(|c| c.fail_open_pkts)),
-                item("fragments", n.fragment_pkts, rate(|c| c.fragment_pkts)),
-                item(
-                    "orphan fragments",
-                    n.fragment_orphan_pkts,
-                    rate(|c| c.fragment_orphan_pkts),
-                ),
-                item("no ports", n.no_ports_pkts, rate(|c| c.no_ports_pkts)),
-            ]
-            .concat(),
-        ),
-        Line::from(
-            [
-                item("contended", n.contended_pkts, rate(|c| c.contended_pkts)),
-                item(
-                    "conn untracked",
-                    n.conn_untracked_pkts,
-                    rate(|c| c.conn_untracked_pkts),
-                ),
-                item(
-                    "after reset",
-                    n.conn_after_close_pkts,
-                    rate(|c| c.conn_after_close_pkts),
-                ),
-            ]
-            .concat(),
-        ),
-    ];
+    for e in &open[..shown_open] {
+        lines.push(line(
+            e,
+            format!("ongoing {}", duration(now.saturating_sub(e.started))),
+            true,
+        ));
+    }
+    if shown_open < open.len() {
+        lines.push(
+            Line::from(format!(
+                "+{} more open: tc-agent events lists them",
+                open.len() - shown_open
+            ))
+            .fg(Color::Red),
+        );
+    }
+    let left = rows.saturating_sub(lines.len());
+    for e in ended.iter().take(left) {
+        let end = e.ended.unwrap_or(e.started);
+        lines.push(line(
+            e,
+            format!(
+                "ended {} ago, lasted {}",
+                duration(now.saturating_sub(end)),
+                duration(end.saturating_sub(e.started))
+            ),
+            false,
+        ));
+    }
     frame.render_widget(Paragraph::new(lines).block(block), area);
+}
+
+/// One event: open ones stand out, ended ones are dim.
+fn line(e: &Event, age: String, open: bool) -> Line<'static> {
+    let flow = format!(
+        "{} -> {}",
+        names(&e.from, FLOW_WIDTH / 2),
+        names(&e.to, FLOW_WIDTH / 2)
+    );
+    let spans = vec![
+        Span::from(format!("{:<16} ", e.id)),
+        Span::from(format!("{:<17} ", e.kind.as_str())),
+        Span::from(format!("{flow:<FLOW_WIDTH$} ")),
+        Span::from(format!("{age:<28} ")),
+        Span::from(e.summary.clone()),
+    ];
+    if open {
+        Line::from(spans).fg(Color::Red)
+    } else {
+        Line::from(spans).dim()
+    }
 }

@@ -1,16 +1,18 @@
 //! `tc-agent top`: a live terminal view of channels, interactions and the
 //! node's counters.
 //!
-//! - `poll`: a thread that asks the agent for `channels`, `status` and
-//!   `map` every interval, so a slow agent never freezes the keys;
+//! - `poll`: a thread that asks the agent for `channels`, `status`, `map`
+//!   and `events` every interval, so a slow agent never freezes the keys;
 //! - `app`: the state (last reports, errors, sort, focus, scroll) and keys;
-//! - `view`: the frame drawn from that state; `events`: its bottom pane.
+//! - `view`: the frame drawn from that state; `events` and `node`: its
+//!   bottom panes.
 //!
 //! The terminal is restored on every way out: `q`, Esc, Ctrl-C, SIGTERM,
 //! SIGHUP, SIGINT, an error, a panic.
 
 mod app;
 mod events;
+mod node;
 mod poll;
 mod view;
 
@@ -47,8 +49,11 @@ use self::app::{App, Step};
 /// second; open connections against the limit and refusals per second for
 /// channels with connection limits), the interactions the agent's map
 /// reports (who talks to whom, request and response rates, new connections
-/// and handshake time), and the node-wide counters (unclassified, non-IP,
-/// malformed, fail-open packets).
+/// and handshake time), the events the agent's detectors found (open ones
+/// first, then the last that ended: kind, sources -> destinations, the
+/// summary and how long ago; `tc-agent events` lists them all), and the
+/// node-wide counters (unclassified, non-IP, malformed, fail-open
+/// packets).
 ///
 /// Keys: `q`, Esc or Ctrl-C quit; `s` orders the channels by policy order,
 /// name or rate; Tab switches the pane the arrows, PgUp/PgDn and Home/End
@@ -153,7 +158,7 @@ impl Drop for RestoreTerminal {
 
 /// `--once`: one round, one frame, as text.
 fn once(interval_ms: u64, socket: &Path) -> Result<()> {
-    let round = poll::fetch(socket);
+    let round = poll::Poller::default().fetch(socket);
     if let Err(e) = &round.channels {
         anyhow::bail!("{e}");
     }

@@ -8,13 +8,14 @@ use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use super::{
     app::{App, Sort, Step},
     frame_text,
-    poll::Round,
+    poll::{EventsDelta, Round},
 };
 use crate::{
     control::{
         ChannelRow, ChannelsReport, ConnRow, Features, InteractionRow, InteractionTable, MapReport,
         NodeCounters, Rates, StateCheck, StatusReport,
     },
+    detect::{Event, EventKind},
     policy::{Action, Direction, Limit, Mode, Protocol},
 };
 
@@ -128,6 +129,7 @@ fn round(map: Result<MapReport, String>) -> Round {
         status: Ok(status_report()),
         channels: Ok(channels_report()),
         map,
+        events: Ok(EventsDelta::default()),
     }
 }
 
@@ -255,6 +257,7 @@ fn an_unreachable_agent_is_shown_and_the_last_numbers_kept() {
         status: Err(refused.into()),
         channels: Err(refused.into()),
         map: Err(refused.into()),
+        events: Err(refused.into()),
     });
     let text = frame_text(&mut app, 160, 40).unwrap();
     let header = line_with(&text, "cannot reach");
@@ -391,4 +394,144 @@ fn formats() {
     assert_eq!(duration(423), "7m3s");
     assert_eq!(duration(3 * 86_400 + 4 * 3600 + 5), "3d4h");
     assert_eq!(millis(1_234.0), "1.23ms");
+}
+
+/// An event that started `ago` seconds before now, ended `lasted` seconds
+/// after it started if given.
+fn event(id: &str, kind: EventKind, ago: u64, lasted: Option<u64>, from: &[&str]) -> Event {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    Event {
+        id: id.into(),
+        kind,
+        started: now - ago,
+        ended: lasted.map(|l| now - ago + l),
+        from: from.iter().map(|s| s.to_string()).collect(),
+        to: vec!["web".into()],
+        summary: format!("{id}: the summary"),
+        evidence: Default::default(),
+    }
+}
+
+fn with_events(full: bool, events: Vec<Event>) -> Round {
+    Round {
+        events: Ok(EventsDelta { full, events }),
+        ..round(Ok(map_report()))
+    }
+}
+
+#[test]
+fn the_events_pane_shows_open_events_first_then_the_last_ended() {
+    let mut app = App::new(1000);
+    app.apply(round(Ok(map_report())));
+    let text = frame_text(&mut app, 160, 40).unwrap();
+    assert!(text.contains(" events: 0 open, 0 ended "), "{text}");
+    assert!(
+        text.contains("none: the detectors found no spike, upstream collapse or flood"),
+        "{text}"
+    );
+
+    app.apply(with_events(
+        true,
+        vec![
+            event("dos-1", EventKind::Dos, 600, Some(60), &["198.18.0.7"]),
+            event("spike-2", EventKind::Spike, 300, Some(20), &["clients"]),
+            event(
+                "dos-3",
+                EventKind::Dos,
+                42,
+                None,
+                &["198.18.0.7", "198.18.0.9", "198.18.0.11"],
+            ),
+        ],
+    ));
+    let text = frame_text(&mut app, 160, 40).unwrap();
+    println!("{text}");
+    assert!(text.contains(" events: 1 open, 2 ended "), "{text}");
+    let open = line_with(&text, "dos-3");
+    assert!(open.contains("198.18.0.7,+2 -> web"), "{open}");
+    assert!(open.contains("ongoing 42s"), "{open}");
+    assert!(open.contains("dos-3: the summary"), "{open}");
+    let spike = line_with(&text, "spike-2");
+    assert!(spike.contains("clients -> web"), "{spike}");
+    assert!(spike.contains("ended 4m40s ago, lasted 20s"), "{spike}");
+    // Open first, then the most recent end.
+    let at = |id: &str| text.find(id).unwrap();
+    assert!(
+        at("dos-3") < at("spike-2") && at("spike-2") < at("dos-1"),
+        "{text}"
+    );
+    // The node counters are still there, in their own pane.
+    assert!(line_with(&text, "seen").contains("seen 123456"), "{text}");
+
+    // A change: dos-3 ends. A new one opens.
+    app.apply(with_events(
+        false,
+        vec![
+            event("dos-3", EventKind::Dos, 42, Some(40), &["198.18.0.7"]),
+            event(
+                "upstream_collapse-4",
+                EventKind::UpstreamCollapse,
+                1,
+                None,
+                &["clients"],
+            ),
+        ],
+    ));
+    let text = frame_text(&mut app, 160, 40).unwrap();
+    assert!(text.contains(" events: 1 open, 3 ended "), "{text}");
+    assert!(
+        line_with(&text, "upstream_collapse-4").contains("ongoing 1s"),
+        "{text}"
+    );
+    assert!(line_with(&text, "dos-3").contains("lasted 40s"), "{text}");
+    assert_eq!(app.events.len(), 4);
+
+    // A full answer (a new agent run) replaces everything.
+    app.apply(with_events(true, Vec::new()));
+    assert!(app.events.is_empty());
+}
+
+#[test]
+fn more_open_events_than_lines_are_counted() {
+    let mut app = App::new(1000);
+    let many = (1..=9)
+        .map(|i| {
+            event(
+                &format!("spike-{i}"),
+                EventKind::Spike,
+                100 - i,
+                None,
+                &["c"],
+            )
+        })
+        .collect();
+    app.apply(with_events(true, many));
+    let text = frame_text(&mut app, 160, 40).unwrap();
+    // Four lines: the three newest, and the count of the others.
+    assert!(text.contains("spike-9"), "{text}");
+    assert!(text.contains("spike-7"), "{text}");
+    assert!(!text.contains("spike-6 "), "{text}");
+    assert!(
+        text.contains("+6 more open: tc-agent events lists them"),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_agent_failing_events_keeps_the_last_ones_under_a_notice() {
+    let mut app = App::new(1000);
+    app.apply(with_events(
+        true,
+        vec![event("dos-1", EventKind::Dos, 10, None, &["198.18.0.7"])],
+    ));
+    app.apply(Round {
+        events: Err("unknown variant `events`".into()),
+        ..round(Ok(map_report()))
+    });
+    let text = frame_text(&mut app, 160, 40).unwrap();
+    assert!(text.contains("events: unknown variant `events`"), "{text}");
+    assert!(text.contains("dos-1"), "{text}");
 }

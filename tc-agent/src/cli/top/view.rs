@@ -1,6 +1,6 @@
-//! `top`'s frame: header, channels, interactions, the events pane and a key
-//! line, drawn from [`App`] alone (so a `TestBackend` renders exactly what
-//! a terminal would).
+//! `top`'s frame: header, channels, interactions, the events and node
+//! panes and a key line, drawn from [`App`] alone (so a `TestBackend`
+//! renders exactly what a terminal would).
 //!
 //! The layout never depends on what the agent answered: a pane that has no
 //! data says so inside its own border, and the others stay where they
@@ -18,7 +18,7 @@ use ratatui::{
 
 use super::{
     app::{App, Focus},
-    events,
+    events, node,
 };
 use crate::{
     control::{ChannelRow, InteractionRow},
@@ -27,11 +27,12 @@ use crate::{
 
 /// Draws the whole frame.
 pub fn render(frame: &mut Frame, app: &mut App) {
-    let [header, channels, interactions, events_area, keys] = Layout::vertical([
+    let [header, channels, interactions, events_area, node_area, keys] = Layout::vertical([
         Constraint::Length(2),
         Constraint::Fill(3),
         Constraint::Fill(2),
         Constraint::Length(events::HEIGHT),
+        Constraint::Length(node::HEIGHT),
         Constraint::Length(1),
     ])
     .areas(frame.area());
@@ -39,6 +40,7 @@ pub fn render(frame: &mut Frame, app: &mut App) {
     render_channels(frame, channels, app);
     render_interactions(frame, interactions, app);
     events::render(frame, events_area, app);
+    node::render(frame, node_area, app);
     frame.render_widget(
         Paragraph::new(
             " q quit   s sort (policy order/name/rate)   Tab switch pane   Up/Down PgUp/PgDn Home/End scroll",

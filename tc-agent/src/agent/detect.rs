@@ -1,0 +1,221 @@
+//! The agent's side of detecting: `events` and `suggest` are answered from
+//! the observer alone (its detector's event log, its history and its copy
+//! of the live policy), never behind the agent lock, like `map`.
+
+use super::*;
+use crate::{
+    control::{EventsReport, SuggestReport},
+    detect::{suggest::suggest as suggest_policy, EventLog},
+    observe::{history::History, Observer},
+};
+
+/// Longest id echoed back in an error: a hostile client's megabyte of id
+/// is not worth repeating.
+const MAX_ECHOED_ID: usize = 64;
+
+/// `events`: every event kept, or what changed after `since`.
+pub(super) fn events(obs: &Mutex<Observer>, since: Option<u64>) -> Result<EventsReport> {
+    events_of(obs.lock().detector.log(), since)
+}
+
+/// `events` from one log.
+fn events_of(log: &EventLog, since: Option<u64>) -> Result<EventsReport> {
+    // The log's version: the cursor of an answer that holds everything.
+    let (_, now) = log.since(u64::MAX);
+    match since {
+        None => Ok(EventsReport {
+            events: log.all().cloned().collect(),
+            cursor: now,
+        }),
+        Some(c) if c > now => bail!(
+            "cursor {c} is ahead of this agent's events (at {now}): the agent restarted since the cursor was given (ids and cursors are per agent run); ask again without --since"
+        ),
+        Some(c) => {
+            let (events, cursor) = log.since(c);
+            Ok(EventsReport { events, cursor })
+        }
+    }
+}
+
+/// `suggest`: the live policy plus a channel that holds the event's
+/// sources to their baseline, in `mode`.
+pub(super) fn suggest(obs: &Mutex<Observer>, id: &str, mode: Mode) -> Result<SuggestReport> {
+    let obs = obs.lock();
+    suggest_of(obs.detector.log(), &obs.policy, &obs.history, id, mode)
+}
+
+/// `suggest` from one log, policy and history.
+fn suggest_of(
+    log: &EventLog,
+    policy: &Policy,
+    history: &History,
+    id: &str,
+    mode: Mode,
+) -> Result<SuggestReport> {
+    let Some(event) = log.get(id) else {
+        if id.len() > MAX_ECHOED_ID || id.chars().any(char::is_control) {
+            bail!(
+                "no event with that id ({} bytes): ids look like `dos-3`; see `tc-agent events`",
+                id.len()
+            );
+        }
+        bail!("no event {id}: ids are per agent run; see `tc-agent events`");
+    };
+    let text = suggest_policy(event, policy, history, mode)
+        .with_context(|| format!("cannot suggest a policy for {id}"))?;
+    Ok(SuggestReport {
+        id: id.to_string(),
+        mode,
+        policy: text,
+        event: event.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::{Event, EventKind, Found};
+
+    fn event(kind: EventKind, t: u64, from: &[&str], to: &str) -> Event {
+        let mut evidence = serde_json::Map::new();
+        evidence.insert("baseline".into(), 100.0.into());
+        evidence.insert("now".into(), 8000.0.into());
+        Event {
+            id: String::new(),
+            kind,
+            started: t,
+            ended: None,
+            from: from.iter().map(|s| s.to_string()).collect(),
+            to: vec![to.into()],
+            summary: format!("{to}: 80x its baseline"),
+            evidence,
+        }
+    }
+
+    fn started(key: &str, e: Event) -> Found {
+        Found::Started {
+            key: key.into(),
+            event: e,
+        }
+    }
+
+    /// A log with a DoS that ended and a spike still open.
+    fn log() -> EventLog {
+        let mut log = EventLog::default();
+        log.apply(vec![started(
+            "web",
+            event(EventKind::Dos, 1000, &["198.18.0.7", "198.18.0.9"], "web"),
+        )]);
+        log.apply(vec![started(
+            "clients->api",
+            event(EventKind::Spike, 1010, &["clients"], "api"),
+        )]);
+        log.apply(vec![Found::Ended {
+            key: "web".into(),
+            t: 1030,
+        }]);
+        log
+    }
+
+    #[test]
+    fn events_without_a_cursor_are_every_event_in_start_order() {
+        let r = events_of(&log(), None).unwrap();
+        let ids: Vec<&str> = r.events.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["dos-1", "spike-2"]);
+        assert_eq!(r.events[0].ended, Some(1030));
+        assert_eq!(r.events[1].ended, None);
+        assert_eq!(r.cursor, 3, "two starts and an end");
+    }
+
+    #[test]
+    fn events_since_a_cursor_are_the_changes_after_it() {
+        let mut log = log();
+        let r = events_of(&log, Some(1)).unwrap();
+        // The spike started after 1; the DoS ended after it.
+        let ids: Vec<&str> = r.events.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["spike-2", "dos-1"]);
+        assert_eq!(r.cursor, 3);
+        // Nothing new: nothing, and the same cursor.
+        let r = events_of(&log, Some(3)).unwrap();
+        assert!(r.events.is_empty());
+        assert_eq!(r.cursor, 3);
+        // The spike ends: it comes again, with its end.
+        log.apply(vec![Found::Ended {
+            key: "clients->api".into(),
+            t: 1040,
+        }]);
+        let r = events_of(&log, Some(3)).unwrap();
+        assert_eq!(r.events.len(), 1);
+        assert_eq!(r.events[0].id, "spike-2");
+        assert_eq!(r.events[0].ended, Some(1040));
+        assert_eq!(r.cursor, 4);
+    }
+
+    #[test]
+    fn a_cursor_from_the_future_is_refused() {
+        let e = events_of(&log(), Some(99)).unwrap_err().to_string();
+        assert!(e.contains("cursor 99 is ahead"), "{e}");
+        assert!(e.contains("without --since"), "{e}");
+    }
+
+    #[test]
+    fn events_json_has_the_contracts_field_names() {
+        let r = events_of(&log(), None).unwrap();
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["cursor"], 3);
+        let e = &v["events"][0];
+        for field in [
+            "id", "kind", "started", "ended", "from", "to", "summary", "evidence",
+        ] {
+            assert!(e.get(field).is_some(), "no {field} in {e}");
+        }
+        assert_eq!(e["kind"], "dos");
+        assert_eq!(e["from"][1], "198.18.0.9");
+        assert_eq!(e["evidence"]["baseline"], 100.0);
+        assert!(v["events"][1]["ended"].is_null(), "{v}");
+        assert_eq!(v["events"][1]["kind"], "spike");
+    }
+
+    #[test]
+    fn suggest_for_an_unknown_id_says_ids_are_per_run() {
+        let (policy, history) = (Policy::default(), History::new());
+        let e = suggest_of(&log(), &policy, &history, "dos-9", Mode::Enforce)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "no event dos-9: ids are per agent run; see `tc-agent events`"
+        );
+        let long = "x".repeat(10_000);
+        let e = suggest_of(&log(), &policy, &history, &long, Mode::Enforce)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("10000 bytes"), "{e}");
+        assert!(e.len() < 200, "the id was echoed: {} bytes", e.len());
+        let e = suggest_of(&log(), &policy, &history, "dos-1\n\x1b[2J", Mode::Enforce)
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains('\x1b'), "{e:?}");
+    }
+
+    #[test]
+    fn suggest_for_a_known_id_answers_with_the_suggesters_policy_or_its_error() {
+        let (policy, history) = (Policy::default(), History::new());
+        let log = log();
+        // Whatever the suggester answers (a policy, or why it cannot), it
+        // is about this event: the report carries the event, the error
+        // names it.
+        match suggest_of(&log, &policy, &history, "dos-1", Mode::Monitor) {
+            Ok(r) => {
+                assert_eq!(r.id, "dos-1");
+                assert_eq!(r.mode, Mode::Monitor);
+                assert_eq!(r.event.kind, EventKind::Dos);
+                assert!(!r.policy.is_empty());
+            }
+            Err(e) => assert!(
+                format!("{e:#}").starts_with("cannot suggest a policy for dos-1: "),
+                "{e:#}"
+            ),
+        }
+    }
+}
