@@ -193,7 +193,7 @@ struct GenChannel {
 
 /// A generated policy file.
 #[derive(Debug, Clone)]
-struct GenPolicy {
+pub(crate) struct GenPolicy {
     /// `endpoints:` sets in order, each a name and its items.
     sets: Vec<(String, Vec<String>)>,
     /// `channels:` in order.
@@ -548,7 +548,7 @@ fn channel(valid: bool, defined: Vec<String>) -> impl Strategy<Value = GenChanne
         )
 }
 
-fn policy(valid: bool) -> impl Strategy<Value = GenPolicy> {
+pub(crate) fn policy(valid: bool) -> impl Strategy<Value = GenPolicy> {
     // Now and then past 64 channels: a second word in every channel set.
     let count = prop_oneof![7 => 0..8usize, 1 => 60..80usize];
     (sets(valid), any::<bool>(), count).prop_flat_map(move |(sets, quote, count)| {
@@ -578,7 +578,7 @@ fn scalar(s: &str, quote: bool, in_flow: bool) -> String {
 }
 
 impl GenPolicy {
-    fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let q = self.quote;
         let mut out = String::new();
         if !self.sets.is_empty() {
@@ -685,7 +685,7 @@ impl GenPolicy {
 // Mutations of valid files.
 
 /// Valid files the mutations start from, beside generated ones.
-const CORPUS: [&str; 3] = [
+pub(super) const CORPUS: [&str; 3] = [
     r#"
 endpoints:                       # named endpoint sets
   web: [198.18.1.0/24, "2001:db8:1::/64"]

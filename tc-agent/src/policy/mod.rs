@@ -16,6 +16,7 @@ pub mod compile;
 mod diagnostic;
 mod model;
 mod raw;
+pub mod render;
 mod shadow;
 pub mod units;
 mod validate;
@@ -35,7 +36,7 @@ pub use self::{
 };
 
 #[cfg(test)]
-mod fuzz;
+pub(crate) mod fuzz;
 #[cfg(test)]
 mod sim;
 #[cfg(test)]
