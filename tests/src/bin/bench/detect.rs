@@ -585,6 +585,7 @@ fn quiet(minutes: f64) -> Result<serde_json::Value> {
     }
     let observed = start.elapsed().as_secs_f64();
     let evs = events(&agent)?;
+    println!("  at the end, {}", map_line(&agent, "srv")?);
     let sent = udp_load.stop()?;
     let h = http_load.counts();
     drop(http_load);
