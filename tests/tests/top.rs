@@ -200,7 +200,9 @@ fn top_in_tmux_shows_the_channels_and_the_busy_ones_rate_and_q_quits_cleanly() -
                 .any(|l| l.contains("198.18.0.1 -> 198.18.0.2") && l.contains("udp/9000")),
         "no busy interaction in the pane's map:\n{pane}"
     );
-    // The events pane with the node counters.
+    // The events pane (nothing on this quiet pair yet: its count line)
+    // and the node counters.
+    assert!(pane.contains(" events: "), "{pane}");
     assert!(pane.contains("seen "), "{pane}");
 
     tmux.run(&["send-keys", "-t", &tmux.name, "q"])?;

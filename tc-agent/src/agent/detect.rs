@@ -13,6 +13,19 @@ use crate::{
 /// is not worth repeating.
 const MAX_ECHOED_ID: usize = 64;
 
+/// This agent run's identity for [`EventsReport::run`]: the process id
+/// and the time the first report was asked for (nanoseconds), which a
+/// restarted agent cannot repeat.
+fn run_id() -> &'static str {
+    static RUN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    RUN.get_or_init(|| {
+        let ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        format!("{}-{ns}", std::process::id())
+    })
+}
+
 /// `events`: every event kept, or what changed after `since`.
 pub(super) fn events(obs: &Mutex<Observer>, since: Option<u64>) -> Result<EventsReport> {
     events_of(obs.lock().detector.log(), since)
@@ -26,13 +39,18 @@ fn events_of(log: &EventLog, since: Option<u64>) -> Result<EventsReport> {
         None => Ok(EventsReport {
             events: log.all().cloned().collect(),
             cursor: now,
+            run: run_id().to_string(),
         }),
         Some(c) if c > now => bail!(
-            "cursor {c} is ahead of this agent's events (at {now}): the agent restarted since the cursor was given (ids and cursors are per agent run); ask again without --since"
+            "cursor {c} is ahead of this agent's events (at {now}): the agent restarted since the cursor was given (ids and cursors are per agent run); ask again without a cursor"
         ),
         Some(c) => {
             let (events, cursor) = log.since(c);
-            Ok(EventsReport { events, cursor })
+            Ok(EventsReport {
+                events,
+                cursor,
+                run: run_id().to_string(),
+            })
         }
     }
 }
@@ -155,7 +173,7 @@ mod tests {
     fn a_cursor_from_the_future_is_refused() {
         let e = events_of(&log(), Some(99)).unwrap_err().to_string();
         assert!(e.contains("cursor 99 is ahead"), "{e}");
-        assert!(e.contains("without --since"), "{e}");
+        assert!(e.contains("without a cursor"), "{e}");
     }
 
     #[test]
@@ -199,23 +217,39 @@ mod tests {
     }
 
     #[test]
-    fn suggest_for_a_known_id_answers_with_the_suggesters_policy_or_its_error() {
-        let (policy, history) = (Policy::default(), History::new());
-        let log = log();
-        // Whatever the suggester answers (a policy, or why it cannot), it
-        // is about this event: the report carries the event, the error
-        // names it.
-        match suggest_of(&log, &policy, &history, "dos-1", Mode::Monitor) {
-            Ok(r) => {
-                assert_eq!(r.id, "dos-1");
-                assert_eq!(r.mode, Mode::Monitor);
-                assert_eq!(r.event.kind, EventKind::Dos);
-                assert!(!r.policy.is_empty());
-            }
-            Err(e) => assert!(
-                format!("{e:#}").starts_with("cannot suggest a policy for dos-1: "),
-                "{e:#}"
-            ),
-        }
+    fn suggest_for_a_known_id_writes_a_policy_that_parses() {
+        let policy = Policy::parse(
+            "endpoints:\n  web: [198.18.0.2/32]\nchannels:\n  - name: udp-in\n    to: [web]\n    protocol: udp\n    limit:\n      bandwidth: 1Gbit\n",
+            "live.yaml",
+        )
+        .unwrap();
+        let r = suggest_of(&log(), &policy, &History::new(), "dos-1", Mode::Monitor).unwrap();
+        assert_eq!(r.id, "dos-1");
+        assert_eq!(r.mode, Mode::Monitor);
+        assert_eq!(r.event.kind, EventKind::Dos);
+        assert!(r.policy.contains("198.18.0.7"), "{}", r.policy);
+        let p = Policy::parse(&r.policy, "suggested.yaml").unwrap();
+        assert!(p.channels.len() > policy.channels.len(), "{}", r.policy);
+        assert!(
+            p.channels.iter().any(|c| c.mode == Mode::Monitor),
+            "{}",
+            r.policy
+        );
+        // The live channel is still there, after the new one.
+        assert_eq!(p.channels.last().unwrap().name, "udp-in");
+        // A policy the suggestion cannot build on: the suggester's reason,
+        // under the event's id.
+        let e = suggest_of(
+            &log(),
+            &Policy::default(),
+            &History::new(),
+            "dos-1",
+            Mode::Enforce,
+        )
+        .unwrap_err();
+        assert!(
+            format!("{e:#}").starts_with("cannot suggest a policy for dos-1: "),
+            "{e:#}"
+        );
     }
 }

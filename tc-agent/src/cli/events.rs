@@ -3,6 +3,7 @@
 
 use std::{
     io::Write,
+    os::fd::AsFd,
     path::Path,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -11,8 +12,9 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
+use nix::poll::{poll, PollFd, PollFlags};
 
 use super::Output;
 use crate::{
@@ -63,7 +65,7 @@ pub struct EventsArgs {
 
     /// Output format: `text` for people, `json` for scripts (the field
     /// names are a contract: `{"events": [{"id", "kind", "started",
-    /// "ended", "from", "to", "summary", "evidence"}], "cursor"}`, times in
+    /// "ended", "from", "to", "summary", "evidence"}], "cursor", "run"}`, times in
     /// unix seconds, `ended` null while the event lasts). With `--follow`,
     /// JSON Lines: one event object per line, each time it starts or ends.
     #[arg(short, long, value_enum, default_value_t)]
@@ -87,21 +89,18 @@ pub fn execute(args: EventsArgs, socket: &Path) -> Result<()> {
 /// `--follow`: the events there are, then each change, until a signal.
 fn follow(socket: &Path, output: Output) -> Result<()> {
     // SIGINT and SIGTERM set the flag: the loop ends within a tenth of a
-    // second and the process exits 0. A closed pipe ends the process at its
-    // next write (SIGPIPE, restored to its default in `main`), as `head`
-    // expects.
+    // second and the process exits 0. So does the reader of a pipe going
+    // away (`| head -3`): a write would meet SIGPIPE (restored to its
+    // default in `main`), but with no event to write the loop would never
+    // learn it, so it asks the pipe itself.
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&stop))
             .with_context(|| format!("handling signal {sig}"))?;
     }
+    let done = || stop.load(Ordering::Relaxed) || reader_gone();
     let ask = |since| -> Result<EventsReport> {
-        let data = request(socket, &Request::Events { since }).with_context(|| {
-            format!(
-                "stopped following the events of the agent at {}",
-                socket.display()
-            )
-        })?;
+        let data = request(socket, &Request::Events { since })?;
         Ok(serde_json::from_value(data)?)
     };
     let first = ask(None)?;
@@ -111,21 +110,38 @@ fn follow(socket: &Path, output: Output) -> Result<()> {
     }
     print_events(&mut out, &first.events, output)?;
     let mut cursor = first.cursor;
-    while !stop.load(Ordering::Relaxed) {
+    while !done() {
         // Sleep in short steps so a signal ends the loop promptly.
         let mut slept = Duration::ZERO;
-        while slept < FOLLOW_EVERY && !stop.load(Ordering::Relaxed) {
+        while slept < FOLLOW_EVERY && !done() {
             std::thread::sleep(Duration::from_millis(100));
             slept += Duration::from_millis(100);
         }
-        if stop.load(Ordering::Relaxed) {
+        if done() {
             break;
         }
-        let r = ask(Some(cursor))?;
+        let r = ask(Some(cursor))
+            .context("the agent stopped answering while `events --follow` watched it")?;
+        if r.run != first.run {
+            bail!(
+                "the agent restarted while `events --follow` watched it: event ids and cursors are per agent run; follow again"
+            );
+        }
         print_events(&mut out, &r.events, output)?;
         cursor = r.cursor;
     }
     Ok(())
+}
+
+/// Whether standard output's reader has gone: a pipe whose reading end
+/// closed (or a terminal that hung up) reports an error or a hang-up.
+fn reader_gone() -> bool {
+    let stdout = std::io::stdout();
+    let mut fds = [PollFd::new(stdout.as_fd(), PollFlags::empty())];
+    matches!(poll(&mut fds, 0u8), Ok(1..))
+        && fds[0]
+            .revents()
+            .is_some_and(|r| r.intersects(PollFlags::POLLERR | PollFlags::POLLHUP))
 }
 
 /// Writes events as table rows or JSON Lines, flushed at once so a reader
@@ -176,19 +192,30 @@ fn row(e: &Event, now: u64) -> String {
         Some(t) => format!("{} ({})", clock(t), duration(t.saturating_sub(e.started))),
         None => format!("ongoing ({})", duration(now.saturating_sub(e.started))),
     };
-    let flow = format!(
-        "{} -> {}",
-        names(&e.from, FLOW_WIDTH / 2),
-        names(&e.to, FLOW_WIDTH / 2)
-    );
     format!(
         "{:<20} {:<17} {:<9} {:<19} {:<FLOW_WIDTH$} {}\n",
         e.id,
         e.kind.as_str(),
         clock(e.started),
         ended,
-        flow,
+        flow(e, FLOW_WIDTH),
         e.summary
+    )
+}
+
+/// An event's sources and destinations as `FROM -> TO`, each side cut to
+/// half of `width` (see [`names`]); a channel's event, which has neither,
+/// as `channel NAME`.
+pub fn flow(e: &Event, width: usize) -> String {
+    if e.from.is_empty() && e.to.is_empty() {
+        if let Some(c) = e.evidence.get("channel").and_then(|c| c.as_str()) {
+            return format!("channel {c}");
+        }
+    }
+    format!(
+        "{} -> {}",
+        names(&e.from, width / 2),
+        names(&e.to, width / 2)
     )
 }
 
@@ -284,6 +311,16 @@ mod tests {
         let col = header.find("SUMMARY").unwrap();
         assert_eq!(&dos[col..col + 4], "web:", "{t}");
         assert_eq!(&spike[col..col + 4], "web:", "{t}");
+    }
+
+    #[test]
+    fn a_channels_event_names_the_channel() {
+        let mut e = event("spike-4", EventKind::Spike, None, &[]);
+        e.to.clear();
+        e.evidence.insert("channel".into(), "udp-in".into());
+        assert_eq!(flow(&e, FLOW_WIDTH), "channel udp-in");
+        e.evidence.clear();
+        assert_eq!(flow(&e, FLOW_WIDTH), "- -> -");
     }
 
     #[test]

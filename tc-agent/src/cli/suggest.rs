@@ -14,7 +14,8 @@ use crate::{
 /// Write the policy that answers an event: the live policy, plus, ahead of
 /// its channels, an endpoint set for the event's sources and a channel that
 /// holds them to their baseline (a limit derived from the agent's history
-/// of that traffic, not a constant), with a comment saying why.
+/// of that traffic, not a constant), with a comment saying why. A spike on
+/// a channel sets (or lowers) that channel's own limit in place instead.
 ///
 /// The file goes to stdout, whole and unchanged, so it can be read, kept
 /// and applied: `tc-agent suggest dos-1 > answer.yaml && tc-agent apply

@@ -17,6 +17,12 @@ pub struct EventsReport {
     /// The agent's change count now: ask `since` it to get only what
     /// changes after this answer.
     pub cursor: u64,
+    /// Which run of the agent answered (its process id and start time):
+    /// ids and cursors are per run, so a follower that sees this change
+    /// knows the agent restarted, even when the new run's cursor has
+    /// already passed the old one. `default`: an older agent sends none.
+    #[serde(default)]
+    pub run: String,
 }
 
 /// `tc-agent suggest`: a complete policy file that answers one event.

@@ -11,17 +11,24 @@
 //! - (a) a few sources: between 1 and [`FEW`] tracked sources (never
 //!   `other`) are each heavy — at least [`SOURCE_RATIO`] times their own
 //!   baseline (and [`K`] deviations above it), or, new (still warming up),
-//!   at least [`NEW_TYPICAL`] times the destination's typical source or
-//!   [`NEW_SHARE`] of its whole baseline — above the source floors, and
+//!   at least [`NEW_TYPICAL`] times the destination's typical tracked
+//!   source and [`NEW_SHARE`] of its whole baseline (the latter alone when
+//!   the quiet sources are all untracked) — above the source floors, and
 //!   together they carry at least [`SHARE`] of the destination's traffic
-//!   now;
+//!   now. A source that already carried [`WAS_DOMINANT`] of the
+//!   destination's baseline is never heavy: its main client sending more
+//!   is a `spike` (or an `upstream_collapse`), not a flood;
 //! - (b) a crowd: the total is at least [`CROWD_RISE`] times its baseline
 //!   and the distinct tracked sources at least [`CROWD_SOURCES`] times
 //!   their baseline plus [`CROWD_EXTRA`], or the untracked `other` share at
 //!   least [`OTHER_SHARE`] and [`OTHER_RISE`] above its baseline (a
-//!   random-source flood lands mostly in `other`).
+//!   random-source flood lands mostly in `other`). The event names the
+//!   busiest of the crowd's tracked sources (new ones, or ones at
+//!   [`CROWD_MEMBER`] times their baseline; at most [`CROWD_NAMED`]) and
+//!   gives `other`'s share: a crowd in `other` has no address to name.
 //!
-//! [`ONSET`] samples in a row open an event; it ends after [`CALM`]
+//! [`ONSET`] samples in a row open an event (one, in case (a), when every
+//! heavy source is at [`AT_ONCE`] times its own baseline); it ends after [`CALM`]
 //! samples in a row with the total back under [`END_RATIO`] times its
 //! baseline (plus [`END_K`] deviations). Baselines (the destination's and
 //! its sources') freeze while an episode is open or pending.
@@ -33,6 +40,15 @@
 //! taking load is not a flood). Sources are kept per destination, at most
 //! [`MAX_SOURCES`] in all and [`MAX_SOURCES_PER_DEST`] each (the smallest
 //! go first), and forgotten after [`SOURCE_IDLE`] samples without traffic.
+//!
+//! The evidence's `distinct_sources` counts the tracked sources with
+//! traffic in the sample, plus one for `other` when untracked sources sent
+//! (they are at least one; how many the datapath does not say: their
+//! share is `other_share`).
+//!
+//! A flood's episode lasts as long as the traffic stays up, however long:
+//! its baselines stay frozen meanwhile (an hour-long flood does not become
+//! the normal that the next one is judged against).
 //!
 //! `dos` is the most specific pattern: it is decided first and wins over
 //! `upstream_collapse` and `spike` on the same destination.
@@ -55,19 +71,22 @@ pub const RISE: f64 = 1.5;
 /// ... and this many deviations above it (also for each heavy source).
 pub const K: f64 = 3.0;
 /// Request bits/s a destination needs now to be judged.
-pub const BPS_FLOOR: f64 = 500_000.0;
+pub const BPS_FLOOR: f64 = 250_000.0;
 /// Request packets/s a destination needs now to be judged.
-pub const PPS_FLOOR: f64 = 100.0;
+pub const PPS_FLOOR: f64 = 50.0;
 /// A heavy source is at least this many times its own baseline.
 pub const SOURCE_RATIO: f64 = 8.0;
-/// A new source is heavy at this many times the typical source...
+/// A new source is heavy at this many times the typical tracked source...
 pub const NEW_TYPICAL: f64 = 10.0;
-/// ... or at this share of the destination's whole baseline.
+/// ... and at this share of the destination's whole baseline at least.
 pub const NEW_SHARE: f64 = 0.1;
 /// Request bits/s a heavy source needs at least.
-pub const SOURCE_BPS_FLOOR: f64 = 100_000.0;
+pub const SOURCE_BPS_FLOOR: f64 = 50_000.0;
 /// Request packets/s a heavy source needs at least.
-pub const SOURCE_PPS_FLOOR: f64 = 20.0;
+pub const SOURCE_PPS_FLOOR: f64 = 10.0;
+/// A source that carried this share of the destination's baseline is
+/// never heavy: it was the main client already.
+pub const WAS_DOMINANT: f64 = 0.5;
 /// Heavy sources at most for case (a).
 pub const FEW: usize = 16;
 /// Share of the destination's traffic the heavy sources carry together.
@@ -84,12 +103,19 @@ pub const OTHER_SHARE: f64 = 0.5;
 pub const OTHER_RISE: f64 = 0.3;
 /// Hot samples in a row that open an event.
 pub const ONSET: u32 = 2;
+/// ... but one is enough when every heavy source sends at least this many
+/// times its own baseline (bits and packets): a flood that plain is
+/// called at once.
+pub const AT_ONCE: f64 = 20.0;
 /// Back near baseline: under this many times it...
 pub const END_RATIO: f64 = 1.3;
 /// ... plus this many deviations.
 pub const END_K: f64 = 2.0;
 /// Calm samples in a row that end an event.
 pub const CALM: u32 = 10;
+/// A tracked source is named as one of a crowd when new, or at least this
+/// many times its own baseline.
+pub const CROWD_MEMBER: f64 = 2.0;
 /// Sources named at most in a crowd's event.
 pub const CROWD_NAMED: usize = 10;
 /// Samples without traffic after which a source is forgotten.
@@ -132,8 +158,9 @@ struct Dest {
     distinct: Baseline,
     /// Share of the bytes from untracked sources (`other`).
     other: Baseline,
-    /// This sample's totals (valid when `stamp` is the tick).
+    /// This sample's total bits/s (valid when `stamp` is the tick).
     now_bps: f64,
+    /// This sample's total packets/s.
     now_pps: f64,
     /// This sample's distinct tracked sources.
     now_distinct: u32,
@@ -155,11 +182,13 @@ struct Dest {
 struct Named {
     /// The address (or `other`).
     source: String,
-    /// Its rates now.
+    /// Its bits/s now.
     bps: f64,
+    /// Its packets/s now.
     pps: f64,
-    /// Its baselines.
+    /// The baseline of its bits/s.
     base_bps: f64,
+    /// The baseline of its packets/s.
     base_pps: f64,
 }
 
@@ -264,9 +293,13 @@ impl Dos {
                 d.now_bps >= BPS_FLOOR / 2.0 && d.bps.far_above(d.now_bps, END_RATIO, END_K);
             let up_pps =
                 d.now_pps >= PPS_FLOOR / 2.0 && d.pps.far_above(d.now_pps, END_RATIO, END_K);
+            let onset = match &verdict {
+                Some(v) if v.overwhelming => 1,
+                _ => ONSET,
+            };
             match d
                 .ep
-                .step(tick, verdict.is_some(), !(up_bps || up_pps), ONSET, CALM)
+                .step(tick, verdict.is_some(), !(up_bps || up_pps), onset, CALM)
             {
                 Step::Open => {
                     if let Some(v) = verdict {
@@ -317,6 +350,9 @@ struct Verdict {
     by_bps: bool,
     /// Case (b).
     crowd: bool,
+    /// Case (a) with every named source at least [`AT_ONCE`] times its
+    /// own baseline: no need to wait for a second sample.
+    overwhelming: bool,
     /// The sources to name, heaviest first.
     named: Vec<Named>,
 }
@@ -329,22 +365,30 @@ fn judge(d: &Dest, tick: u64) -> Option<Verdict> {
         return None;
     }
     let by_bps = up_bps;
-    let typical = d.distinct.mean().max(1.0);
-    let (typical_bps, typical_pps) = (d.bps.mean() / typical, d.pps.mean() / typical);
+    // The typical tracked source (the `other` share set apart), and the
+    // bar for a new one: far above it, and a sizeable share of the
+    // destination's baseline by itself.
+    let tracked = (1.0 - d.other.mean()).clamp(0.0, 1.0) / d.distinct.mean().max(1.0);
+    let new_bps = (NEW_TYPICAL * tracked).max(NEW_SHARE) * d.bps.mean();
+    let new_pps = (NEW_TYPICAL * tracked).max(NEW_SHARE) * d.pps.mean();
     let mut heavy: Vec<Named> = Vec::new();
     for (k, v) in d.sources.iter().filter(|(_, v)| v.stamp == tick) {
         // The baseline as of this tick: absent samples count as zeros.
         let (mut b, mut p) = (v.bps, v.pps);
         b.skip_to(tick);
         p.skip_to(tick);
-        let is_heavy = if b.warm() {
+        // The destination's main client sending more is a spike or a
+        // collapse, not a set of sources coming to dominate it.
+        let was_dominant =
+            b.warm() && d.bps.mean() > 0.0 && b.mean() >= WAS_DOMINANT * d.bps.mean();
+        let is_heavy = if was_dominant {
+            false
+        } else if b.warm() {
             (v.now_bps >= SOURCE_BPS_FLOOR && b.far_above(v.now_bps, SOURCE_RATIO, K))
                 || (v.now_pps >= SOURCE_PPS_FLOOR && p.far_above(v.now_pps, SOURCE_RATIO, K))
         } else {
-            (v.now_bps >= SOURCE_BPS_FLOOR
-                && v.now_bps >= (NEW_TYPICAL * typical_bps).min(NEW_SHARE * d.bps.mean()))
-                || (v.now_pps >= SOURCE_PPS_FLOOR
-                    && v.now_pps >= (NEW_TYPICAL * typical_pps).min(NEW_SHARE * d.pps.mean()))
+            (v.now_bps >= SOURCE_BPS_FLOOR && v.now_bps >= new_bps)
+                || (v.now_pps >= SOURCE_PPS_FLOOR && v.now_pps >= new_pps)
         };
         if is_heavy {
             heavy.push(Named {
@@ -369,9 +413,13 @@ fn judge(d: &Dest, tick: u64) -> Option<Verdict> {
                 .total_cmp(&a.bps)
                 .then_with(|| a.source.cmp(&b.source))
         });
+        let overwhelming = heavy.iter().all(|n| {
+            n.bps >= AT_ONCE * n.base_bps && n.pps >= AT_ONCE * n.base_pps && n.base_pps > 0.0
+        });
         return Some(Verdict {
             by_bps,
             crowd: false,
+            overwhelming,
             named: heavy,
         });
     }
@@ -386,22 +434,25 @@ fn judge(d: &Dest, tick: u64) -> Option<Verdict> {
     if !(rise2 && (more_sources || more_other)) {
         return None;
     }
-    // Name the busiest sources of the crowd (and `other`, if it counts).
+    // Name the busiest sources of the crowd: new ones, or ones at least
+    // CROWD_MEMBER times their own baseline (the regular clients sending
+    // as usual are not in it); and `other`, if it sent.
     let mut named: Vec<Named> = d
         .sources
         .iter()
         .filter(|(_, v)| v.stamp == tick)
-        .map(|(k, v)| {
+        .filter_map(|(k, v)| {
             let (mut b, mut p) = (v.bps, v.pps);
             b.skip_to(tick);
             p.skip_to(tick);
-            Named {
+            let member = !b.warm() || v.now_bps >= CROWD_MEMBER * b.mean();
+            member.then(|| Named {
                 source: k.clone(),
                 bps: v.now_bps,
                 pps: v.now_pps,
                 base_bps: b.mean(),
                 base_pps: p.mean(),
-            }
+            })
         })
         .collect();
     named.sort_by(|a, b| {
@@ -422,6 +473,7 @@ fn judge(d: &Dest, tick: u64) -> Option<Verdict> {
     Some(Verdict {
         by_bps,
         crowd: true,
+        overwhelming: false,
         named,
     })
 }

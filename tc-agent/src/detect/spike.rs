@@ -5,7 +5,9 @@
 //! port: request packets/s and request bits/s. Per channel: offered (passed
 //! plus dropped) packets/s and bits/s. A sample is hot when either rate is
 //! at least [`RATIO`] times its baseline, [`K`] deviations above it, and
-//! above its floor ([`PPS_FLOOR`], [`BPS_FLOOR`]: tiny flows are ignored);
+//! above its floor ([`PPS_FLOOR`], [`BPS_FLOOR`]: tiny flows are ignored),
+//! and its baseline was not silence (at least [`ACTIVE`] of a floor: traffic
+//! that starts on an idle channel is no spike);
 //! [`ONSET`] hot samples in a row open an event. It ends after [`CALM`]
 //! samples in a row back under [`END_RATIO`] times the baseline (plus
 //! [`END_K`] deviations) or under half the floor. Baselines freeze while an
@@ -14,10 +16,12 @@
 //!
 //! Coherence: a spike is the least specific pattern. An interaction whose
 //! destination has a `dos` or `upstream_collapse` episode open or pending
-//! opens a silent episode instead of an event (the other detectors decide
-//! in [`ONSET`]` - 1` samples, so they win the race); a channel does the
-//! same while any destination has one, since a channel's traffic is not
-//! split by destination in the sample.
+//! opens a silent episode instead of an event (`dos` decides in fewer
+//! samples, and `upstream_collapse` is judged first, so they win the
+//! race). A channel does the same while any destination has one, or any
+//! interaction has a spike open or pending, since a channel's traffic is
+//! not split by interaction in the sample: a channel's own event is for
+//! demand spread over many interactions, none of which spiked alone.
 //!
 //! Thresholds, measured by `tests::threshold_table` on synthetic series
 //! (1 s samples, seeded): see the table in `spike/tests.rs` and the
@@ -44,6 +48,9 @@ pub const K: f64 = 4.0;
 pub const PPS_FLOOR: f64 = 20.0;
 /// Request bits/s under which an interaction is too small to judge.
 pub const BPS_FLOOR: f64 = 100_000.0;
+/// A baseline under this part of the floors is silence, not a level a
+/// spike rises from.
+pub const ACTIVE: f64 = 0.1;
 /// Hot samples in a row that open an event.
 pub const ONSET: u32 = 3;
 /// Back near the baseline: under this many times it...
@@ -112,8 +119,11 @@ struct Verdict {
 }
 
 /// The spike detector's state.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Spike {
+    /// The onset ratio: [`RATIO`], other values only in the threshold
+    /// table's sweep.
+    ratio: f64,
     /// Interactions by `from\0to`.
     pairs: HashMap<String, Series>,
     /// Channels by name.
@@ -122,7 +132,27 @@ pub struct Spike {
     key: String,
 }
 
+impl Default for Spike {
+    fn default() -> Self {
+        Self {
+            ratio: RATIO,
+            pairs: HashMap::new(),
+            channels: HashMap::new(),
+            key: String::new(),
+        }
+    }
+}
+
 impl Spike {
+    /// A detector with another onset ratio, for the threshold sweep.
+    #[cfg(test)]
+    fn with_ratio(ratio: f64) -> Self {
+        Self {
+            ratio,
+            ..Self::default()
+        }
+    }
+
     /// Looks at one sample, `tick` counting samples. `busy`: destinations
     /// where a more specific detector has an episode open or pending.
     pub fn observe(&mut self, s: &Sample, tick: u64, busy: &HashSet<String>) -> Vec<Found> {
@@ -154,9 +184,11 @@ impl Spike {
                 series.add(tick, pps, bps);
             }
         }
+        let mut pair_busy = false;
         for (key, series) in &mut self.pairs {
             let (from, to) = key.split_once('\0').unwrap_or((key.as_str(), ""));
-            let v = judge(series, tick, busy.contains(to));
+            let v = judge(series, tick, busy.contains(to), self.ratio);
+            pair_busy |= series.ep.frozen();
             if v.open {
                 found.push(Found::Started {
                     key: format!("ix:{key}"),
@@ -171,7 +203,7 @@ impl Spike {
             }
         }
         for (name, series) in &mut self.channels {
-            let v = judge(series, tick, !busy.is_empty());
+            let v = judge(series, tick, pair_busy || !busy.is_empty(), self.ratio);
             if v.open {
                 found.push(Found::Started {
                     key: format!("ch:{name}"),
@@ -212,10 +244,14 @@ fn entry<'a>(map: &'a mut HashMap<String, Series>, key: &str) -> Option<&'a mut 
 }
 
 /// One sample's verdict on one series, learning it when calm.
-fn judge(series: &mut Series, tick: u64, busy: bool) -> Verdict {
+fn judge(series: &mut Series, tick: u64, busy: bool, ratio: f64) -> Verdict {
     let (pps, bps) = series.now(tick);
-    let hot_bps = bps >= BPS_FLOOR && series.bps.far_above(bps, RATIO, K);
-    let hot_pps = pps >= PPS_FLOOR && series.pps.far_above(pps, RATIO, K);
+    // A series that was silent has no level to spike from: traffic that
+    // starts (a service coming up, a channel's first client) is not a
+    // demand spike. A flood onto an idle destination is `dos`'s.
+    let active = series.bps.mean() >= BPS_FLOOR * ACTIVE || series.pps.mean() >= PPS_FLOOR * ACTIVE;
+    let hot_bps = active && bps >= BPS_FLOOR && series.bps.far_above(bps, ratio, K);
+    let hot_pps = active && pps >= PPS_FLOOR && series.pps.far_above(pps, ratio, K);
     let up_bps = bps >= BPS_FLOOR / 2.0 && series.bps.far_above(bps, END_RATIO, END_K);
     let up_pps = pps >= PPS_FLOOR / 2.0 && series.pps.far_above(pps, END_RATIO, END_K);
     let mut v = Verdict {

@@ -85,7 +85,7 @@ fn state_is_bounded_and_pruned() {
         .collect();
     let mut det = Detector::default();
     let mut max = det.state_size();
-    let mut worst = 0.0f64;
+    let mut times = Vec::new();
     let churn = 600u64;
     for i in 0..churn + spike::IDLE + 40 {
         let pairs: Vec<_> = if i < churn {
@@ -107,7 +107,9 @@ fn state_is_bounded_and_pruned() {
         }
         let at = Instant::now();
         det.observe(&s);
-        worst = worst.max(at.elapsed().as_secs_f64());
+        if i < churn {
+            times.push(at.elapsed().as_secs_f64());
+        }
         let now = det.state_size();
         max = StateSize {
             spike_pairs: max.spike_pairs.max(now.spike_pairs),
@@ -118,9 +120,13 @@ fn state_is_bounded_and_pruned() {
             dos_sources: max.dos_sources.max(now.dos_sources),
         };
     }
+    times.sort_by(f64::total_cmp);
     eprintln!(
-        "largest state {max:?}; slowest sample {:.1} ms (unoptimised build)",
-        worst * 1e3
+        "largest state {max:?}; observe with 1,000 interactions and 3,000 new sources: median {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} build)",
+        times[times.len() / 2] * 1e3,
+        times[times.len() * 99 / 100] * 1e3,
+        times[times.len() - 1] * 1e3,
+        if cfg!(debug_assertions) { "debug" } else { "release" },
     );
     assert!(max.spike_pairs <= spike::MAX_SERIES);
     assert!(max.collapse_dests <= collapse::MAX_DESTS);
@@ -133,4 +139,61 @@ fn state_is_bounded_and_pruned() {
     assert_eq!(end.collapse_clients, 10, "{end:?}");
     assert_eq!(end.dos_sources, 10, "{end:?}");
     assert_eq!(end.dos_dests, 50, "destinations are kept longer: {end:?}");
+}
+
+/// 1,000 interactions and 3,000 sources a sample, the same ones every
+/// sample: the state is exactly what is watched, and stays so.
+#[test]
+fn steady_state_does_not_grow() {
+    let flows: Vec<Flow> = (0..1000)
+        .map(|i| {
+            Flow::tcp(
+                &format!("10.1.{}.{}", i / 250, i % 250),
+                &format!("s{}", i % 50),
+                30.0,
+            )
+        })
+        .collect();
+    let mut r = rng(6);
+    let mut w: Vec<Wander> = flows.iter().map(|_| Wander::new(Noise::Iid(0.3))).collect();
+    let mut det = Detector::default();
+    let mut times = Vec::new();
+    let mut sizes = Vec::new();
+    for i in 0..300u64 {
+        let pairs: Vec<_> = flows
+            .iter()
+            .zip(&mut w)
+            .map(|(f, w)| f.pair(w.next(&mut r)))
+            .collect();
+        let mut s = sample(i, pairs, Vec::new());
+        for k in 0..3000u64 {
+            s.sources.push(SourceSample {
+                source: format!("2001:db8::{k:x}"),
+                to: format!("s{}", k % 50),
+                req_pkts: 3,
+                req_bytes: 300,
+            });
+        }
+        let at = Instant::now();
+        let changes = det.observe(&s);
+        times.push(at.elapsed().as_secs_f64());
+        assert!(changes.is_empty(), "{changes:?}");
+        sizes.push(det.state_size());
+    }
+    times.sort_by(f64::total_cmp);
+    eprintln!(
+        "observe with 1,000 steady interactions and 4,000 sources: median {:.2} ms, p99 {:.2} ms ({} build)",
+        times[times.len() / 2] * 1e3,
+        times[times.len() * 99 / 100] * 1e3,
+        if cfg!(debug_assertions) { "debug" } else { "release" },
+    );
+    let want = StateSize {
+        spike_pairs: 1000,
+        spike_channels: 0,
+        collapse_dests: 50,
+        collapse_clients: 1000,
+        dos_dests: 50,
+        dos_sources: 4000,
+    };
+    assert!(sizes.iter().all(|s| *s == want), "{:?}", sizes.last());
 }

@@ -22,6 +22,11 @@ pub enum Noise {
     /// A random walk bounded to ±`amp` (steps of a fifth of it), plus
     /// independent jitter: the sum stays within ±`amp`.
     Walk(f64),
+    /// Independent within ±`amp`, and in 2% of the samples a burst of
+    /// three times the level lasting one or two samples (a transfer, a
+    /// retransmission storm), never two bursts back to back: a burst of
+    /// three samples or more is a spike by the detectors' definition.
+    Bursty(f64),
 }
 
 /// One wandering rate.
@@ -31,11 +36,20 @@ pub struct Wander {
     noise: Noise,
     /// The walk's position, within ±1.
     pos: f64,
+    /// Samples left in the current burst.
+    burst: u32,
+    /// Whether the previous sample was part of a burst.
+    bursting: bool,
 }
 
 impl Wander {
     pub fn new(noise: Noise) -> Self {
-        Self { noise, pos: 0.0 }
+        Self {
+            noise,
+            pos: 0.0,
+            burst: 0,
+            bursting: false,
+        }
     }
 
     /// The next multiplier of the level: 1 ± amp.
@@ -47,6 +61,19 @@ impl Wander {
                 let jitter = rng.random_range(-1.0..=1.0);
                 1.0 + amp * (0.7 * self.pos + 0.3 * jitter)
             }
+            Noise::Bursty(amp) => {
+                if self.burst == 0 && !self.bursting && rng.random_range(0.0..1.0) < 0.02 {
+                    self.burst = rng.random_range(1..=2);
+                }
+                let x = 1.0 + amp * rng.random_range(-1.0..=1.0);
+                self.bursting = self.burst > 0;
+                if self.burst > 0 {
+                    self.burst -= 1;
+                    3.0 * x
+                } else {
+                    x
+                }
+            }
         }
     }
 }
@@ -54,9 +81,13 @@ impl Wander {
 /// One interaction's traffic in one 1 s sample.
 #[derive(Debug, Clone)]
 pub struct Flow {
+    /// The client's name.
     pub from: String,
+    /// The server's name.
     pub to: String,
+    /// IP protocol number.
     pub proto: u8,
+    /// Server port.
     pub port: u16,
     /// Request packets/s.
     pub pps: f64,
@@ -64,8 +95,9 @@ pub struct Flow {
     pub bpp: f64,
     /// Response bytes per request byte.
     pub resp_ratio: f64,
-    /// SYNs and SYN-ACKs per second.
+    /// SYNs per second.
     pub syns: f64,
+    /// SYN-ACKs per second.
     pub synacks: f64,
     /// Handshake time, microseconds.
     pub rtt_us: f64,
@@ -157,7 +189,9 @@ pub fn channel(name: &str, bps: f64) -> ChannelSample {
 /// sample index it started at, and the index of every end.
 #[derive(Debug, Default)]
 pub struct Run {
+    /// Events as they started, with the sample index.
     pub started: Vec<(u64, Event)>,
+    /// Events as they ended, with the sample index.
     pub ended: Vec<(u64, Event)>,
 }
 

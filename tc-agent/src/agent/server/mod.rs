@@ -424,8 +424,17 @@ impl Server {
             }
             Request::Events { since } => super::detect::events(&self.observer, since)
                 .and_then(|r| serde_json::to_value(r).map_err(Into::into)),
-            Request::Suggest { id, mode } => super::detect::suggest(&self.observer, &id, mode)
-                .and_then(|r| serde_json::to_value(r).map_err(Into::into)),
+            // Writing a policy out may take milliseconds for a large one:
+            // off the runtime's threads.
+            Request::Suggest { id, mode } => {
+                let observer = self.observer.clone();
+                tokio::task::spawn_blocking(move || {
+                    super::detect::suggest(&observer, &id, mode)
+                        .and_then(|r| serde_json::to_value(r).map_err(Into::into))
+                })
+                .await
+                .unwrap_or_else(|e| Err(anyhow::anyhow!("internal error: {e}")))
+            }
             Request::Apply { .. } if peer.access != Access::Full => {
                 if let Some(held) = self.refused_log.pass() {
                     warn!(

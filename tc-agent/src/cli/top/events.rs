@@ -16,7 +16,7 @@ use ratatui::{
 };
 
 use super::{app::App, view::duration};
-use crate::{cli::events::names, detect::Event};
+use crate::{cli::events::flow, detect::Event};
 
 /// Lines the pane takes, borders included: four events.
 pub const HEIGHT: u16 = 6;
@@ -95,11 +95,7 @@ pub fn render(frame: &mut Frame, area: Rect, app: &App) {
 
 /// One event: open ones stand out, ended ones are dim.
 fn line(e: &Event, age: String, open: bool) -> Line<'static> {
-    let flow = format!(
-        "{} -> {}",
-        names(&e.from, FLOW_WIDTH / 2),
-        names(&e.to, FLOW_WIDTH / 2)
-    );
+    let flow = flow(e, FLOW_WIDTH);
     let spans = vec![
         Span::from(format!("{:<16} ", e.id)),
         Span::from(format!("{:<17} ", e.kind.as_str())),

@@ -155,7 +155,8 @@ fn a_random_source_crowd_in_other() {
     let sources = e.evidence["sources"].as_array().unwrap();
     let other = sources.iter().find(|s| s["source"] == "other").unwrap();
     assert!(other["share"].as_f64().unwrap() > 0.8, "{other}");
-    assert!(!e.from.contains(&"other".to_string()));
+    // The 20 regular clients send as usual: none of them is named.
+    assert!(e.from.is_empty(), "{:?}", e.from);
     assert!(e.summary.starts_with("a crowd floods srv"), "{}", e.summary);
 }
 
@@ -184,6 +185,11 @@ fn a_crowd_of_new_tracked_sources() {
     assert_eq!(e.evidence["crowd"], true);
     assert_eq!(e.evidence["distinct_sources"], 320);
     assert_eq!(e.from.len(), CROWD_NAMED);
+    assert!(
+        e.from.iter().all(|f| f.starts_with("198.19.")),
+        "{:?}",
+        e.from
+    );
 }
 
 #[test]
@@ -291,9 +297,19 @@ fn threshold_table() {
             "dos {noise:?}: {:.2} false events (any kind) per destination-hour (5 destinations, 20 sources each)",
             events as f64 / 5.0
         );
-        if matches!(noise, Noise::Iid(a) | Noise::Walk(a) if a <= 0.3) {
+        if matches!(noise, Noise::Iid(a) | Noise::Walk(a) | Noise::Bursty(a) if a <= 0.3) {
             assert_eq!(events, 0);
         }
+    }
+    // Stress, printed for the record: every source bursts to 10x its rate
+    // for 1-2 s about 7 times an hour. On destinations of few sources a
+    // burst of one is, by this pattern's letter, a few sources dominating.
+    for n_src in [5usize, 20] {
+        let n = bursts_of_ten(n_src);
+        eprintln!(
+            "dos stress, 10x bursts of single sources, {n_src} sources a destination: {:.2} events per destination-hour",
+            n as f64 / (100 / n_src) as f64
+        );
     }
     for (k, factor) in [
         (3, 80.0),
@@ -314,9 +330,93 @@ fn threshold_table() {
         let flood = factor * k as f64;
         if flood / (flood + 200.0 - k as f64) >= 0.54 {
             assert!(
-                delays.iter().all(|d| *d == Some((u64::from(ONSET), k))),
+                delays
+                    .iter()
+                    .all(|d| d.is_some_and(|(s, n)| s <= u64::from(ONSET) && n == k)),
                 "{delays:?}"
             );
+        }
+    }
+}
+
+#[test]
+fn the_main_client_sending_more_is_no_flood() {
+    // One client (wrk) and a trickle from a second: the main one sends
+    // twenty times as much. That is demand (a spike), not a flood.
+    let main = Flow::tcp("198.18.0.1", "web", 200.0);
+    let other = Flow::tcp("198.18.0.9", "web", 5.0);
+    let mut det = Detector::default();
+    let mut run = Run::default();
+    for i in 0..120u64 {
+        let scale = if i >= 60 { 20.0 } else { 1.0 };
+        let pairs = vec![main.pair(scale), other.pair(1.0)];
+        run.feed(&mut det, i, &sample(i, pairs, Vec::new()));
+    }
+    assert!(run.of(EventKind::Dos).is_empty(), "{:?}", run.started);
+    assert_eq!(run.of(EventKind::Spike).len(), 1, "{:?}", run.started);
+}
+
+/// `dos` events in an hour of 100 sources, `n_src` to a destination, each
+/// wandering ±30% and bursting to 10x for 1-2 s at 0.2% a second.
+fn bursts_of_ten(n_src: usize) -> usize {
+    use proptest::prelude::RngExt;
+    let flows: Vec<Flow> = (0..100)
+        .map(|i| Flow::tcp(&format!("198.18.1.{i}"), &format!("s{}", i / n_src), 50.0))
+        .collect();
+    let mut r = rng(8);
+    let mut w: Vec<Wander> = flows.iter().map(|_| Wander::new(Noise::Iid(0.3))).collect();
+    let mut burst = vec![0u32; flows.len()];
+    let mut det = Detector::default();
+    let mut events = 0;
+    for i in 0..3600 {
+        let pairs = flows
+            .iter()
+            .zip(&mut w)
+            .zip(&mut burst)
+            .map(|((f, w), b)| {
+                if *b == 0 && r.random_range(0.0..1.0) < 0.002 {
+                    *b = r.random_range(1..=2);
+                }
+                let scale = if *b > 0 {
+                    *b -= 1;
+                    10.0
+                } else {
+                    1.0
+                };
+                f.pair(w.next(&mut r) * scale)
+            })
+            .collect();
+        events += det
+            .observe(&sample(i, pairs, Vec::new()))
+            .iter()
+            .filter(|c| matches!(c, crate::detect::Change::Started(e) if e.kind == EventKind::Dos))
+            .count();
+    }
+    events
+}
+
+#[test]
+fn a_one_sample_burst_under_at_once_is_no_flood() {
+    // Three of 20 sources at 15x (under AT_ONCE) for one sample: nothing;
+    // for three samples: a flood, at the second.
+    for (len, want) in [(1u64, 0usize), (3, 1)] {
+        let flows: Vec<Flow> = (0..20)
+            .map(|i| Flow::tcp(&format!("198.18.1.{i}"), "srv", 50.0))
+            .collect();
+        let mut det = Detector::default();
+        let mut run = Run::default();
+        for i in 0..100u64 {
+            let on = (60..60 + len).contains(&i);
+            let pairs = flows
+                .iter()
+                .enumerate()
+                .map(|(j, f)| f.pair(if j < 3 && on { 15.0 } else { 1.0 }))
+                .collect();
+            run.feed(&mut det, i, &sample(i, pairs, Vec::new()));
+        }
+        assert_eq!(run.started.len(), want, "{len}: {:?}", run.started);
+        if want == 1 {
+            assert_eq!(run.started[0].0, 60 + u64::from(ONSET) - 1);
         }
     }
 }
