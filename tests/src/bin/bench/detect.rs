@@ -2,7 +2,8 @@
 //! often it raises an event on steady traffic, and what detecting costs.
 //!
 //! - **Delay**: real traffic through a veth pair with the real agent
-//!   sampling at its default period (1 s), a fresh pair and agent per run;
+//!   sampling at its default period (1 s), a fresh pair and agent per run,
+//!   the onset at a random point of the sampling period;
 //!   the delay is from the onset (the instant the generator's rates change)
 //!   to the event's first appearance in `tc-agent events` (polled every
 //!   100 ms), median/min/max over the runs.
@@ -131,6 +132,19 @@ pub fn run(o: &Options) -> Result<serde_json::Value> {
         doc.insert("agent_cpu".into(), agent_cpu()?);
     }
     Ok(serde_json::Value::Object(doc))
+}
+
+/// A pause of 0 to 1 s, different each run: the agent samples once a
+/// second from its start, and every run's steps take about as long, so
+/// without it every onset would fall at the same point of the sampling
+/// period and the runs would repeat one delay instead of spreading over
+/// the period as real onsets do.
+fn phase() -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    // The low digits of the clock, scrambled into a fraction of a second.
+    Duration::from_nanos(u64::from(nanos.wrapping_mul(2_654_435_761)) % 1_000_000_000)
 }
 
 /// Unix time now, seconds with a fraction.
@@ -274,7 +288,7 @@ fn dos_run() -> Result<Run> {
         &rates,
         WARM_S + WAIT_S + 5.0,
     )?;
-    std::thread::sleep(Duration::from_secs_f64(WARM_S));
+    std::thread::sleep(Duration::from_secs_f64(WARM_S) + phase());
     println!("    before the onset, {}", map_line(&agent, "srv")?);
     let (onset, onset_unix) = (Instant::now(), unix_now());
     rates.scale(&FLOODERS, 80.0);
@@ -315,7 +329,7 @@ fn spike_run() -> Result<Run> {
         &rates,
         WARM_S + WAIT_S + 5.0,
     )?;
-    std::thread::sleep(Duration::from_secs_f64(WARM_S));
+    std::thread::sleep(Duration::from_secs_f64(WARM_S) + phase());
     println!("    before the onset, {}", map_line(&agent, "srv")?);
     let (onset, onset_unix) = (Instant::now(), unix_now());
     rates.scale(&(0..16).collect::<Vec<_>>(), 3.0);
@@ -363,7 +377,7 @@ fn collapse_run() -> Result<Run> {
         &rates,
         WARM_S + WAIT_S + 5.0,
     )?;
-    std::thread::sleep(Duration::from_secs_f64(WARM_S));
+    std::thread::sleep(Duration::from_secs_f64(WARM_S) + phase());
     println!("    before the onset, {}", map_line(&agent, "srv")?);
     let warm = load.counts();
     let (onset, onset_unix) = (Instant::now(), unix_now());
@@ -524,7 +538,9 @@ fn fmt_s(x: f64) -> String {
 /// Steady traffic for `minutes`: 20 sources, each sending UDP (mean 50
 /// datagrams/s) and HTTP requests (mean 4 a second, a connection each),
 /// every rate on its own random walk within ±30% (a step of up to 10% a
-/// second). Every event the agent opens is a false one.
+/// second). The sources are in no set, so each is its own interaction
+/// (40 series wandering ±30%, not two smoothed sums). Every event the
+/// agent opens is a false one.
 fn quiet(minutes: f64) -> Result<serde_json::Value> {
     const UDP_PPS: f64 = 50.0;
     const HTTP_RPS: f64 = 4.0;
@@ -546,7 +562,7 @@ fn quiet(minutes: f64) -> Result<serde_json::Value> {
     )?;
     let policy = write_policy(
         "bench-detect-quiet",
-        "endpoints:\n  clients: [198.18.0.0/27]\n  srv: [198.18.0.2/32]\nchannels:\n  - name: udp-to-srv\n    to: srv\n    protocol: udp\n  - name: tcp-to-srv\n    to: srv\n    protocol: tcp\n",
+        "endpoints:\n  srv: [198.18.0.2/32]\nchannels:\n  - name: udp-to-srv\n    to: srv\n    protocol: udp\n  - name: tcp-to-srv\n    to: srv\n    protocol: tcp\n",
     );
     let agent = Agent::start_with(
         &pair.server,
