@@ -5,12 +5,14 @@
 //! counting TCP server and connection openers (`tcp`), and an `ss` sampler
 //! of established connections (`ss`); crowds of sources at scheduled rates
 //! and per-source tallies (`sources`) and the agent's events as a test
-//! reads them (`events`) for the detection tests.
+//! reads them (`events`) for the detection tests, and the benchmark's
+//! detection scenarios: rates changed while they run (`scenario`).
 
 pub mod events;
 pub mod netns;
 pub mod packet;
 pub mod reference;
+pub mod scenario;
 pub mod sources;
 pub mod ss;
 pub mod tcp;

@@ -31,13 +31,25 @@ enum Task {
     },
     /// Demo: three clients and a service in namespaces; throttle the noisy
     /// one, then cap a batch client set's connections to a service whose
-    /// connection pool it drains.
-    Demo,
+    /// connection pool it drains, then let the agent find a flood in a
+    /// crowd of clients and hold the flooders with its own suggestion.
+    Demo {
+        /// Run only this act (the crowd still starts first: the flood act
+        /// waits for its baseline).
+        #[arg(long, value_enum)]
+        only: Option<demo::Act>,
+    },
     /// The demo's service and load generators, run inside its namespaces.
     #[command(hide = true)]
     DemoPool {
         #[command(subcommand)]
         role: demo::pool_roles::PoolRole,
+    },
+    /// The demo's crowd and its UDP service, run inside its namespaces.
+    #[command(hide = true)]
+    DemoFlood {
+        #[command(subcommand)]
+        role: demo::flood_roles::FloodRole,
     },
     /// Fuzz the policy parser/compiler and the datapath (BPF_PROG_TEST_RUN,
     /// needs root) in rounds with fresh seeds, longer than `test` does.
@@ -128,12 +140,13 @@ fn main() -> Result<()> {
             }
             vm::vm_test("all", None)
         }
-        Task::Demo => {
+        Task::Demo { only } => {
             install_deps()?;
             cargo(&["build", "--release", "-p", "tc-agent"])?;
-            demo::run(&root().join("target/release/tc-agent"))
+            demo::run(&vm::target_dir().join("release/tc-agent"), only)
         }
         Task::DemoPool { role } => demo::pool_roles::role(role),
+        Task::DemoFlood { role } => demo::flood_roles::role(role),
         Task::Fuzz { cases, minutes } => {
             install_deps()?;
             fuzz::fuzz(cases, minutes)

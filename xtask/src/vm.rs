@@ -125,7 +125,7 @@ const TRIPLE: &str = "x86_64-unknown-linux-gnu";
 
 /// Cargo's target directory: `CARGO_TARGET_DIR` when set (cargo builds
 /// there, so the agent must be picked up there too), else `target/`.
-fn target_dir() -> PathBuf {
+pub(crate) fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("target"))

@@ -82,6 +82,9 @@ pub struct AgentConfig {
     pub max_unnamed: usize,
     /// Where to serve Prometheus `/metrics` (`--metrics-addr`); None: not served.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Feed the detectors every sample; false only for the benchmark's
+    /// baseline (`run --no-detect`, hidden).
+    pub detect: bool,
 }
 
 /// Samples kept: two minutes at one per second.

@@ -77,7 +77,7 @@ impl Agent {
                     }
                 }
             }
-            if dt > 0.0 {
+            if dt > 0.0 && self.config.detect {
                 let (pairs, sources) = obs.interactions.detect_view();
                 let sample = Sample {
                     t,

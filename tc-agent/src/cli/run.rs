@@ -115,6 +115,11 @@ pub struct RunArgs {
     /// Grafana dashboard deploy/grafana/tc-agent.json plots them.
     #[arg(long, value_name = "ADDR", value_parser = parse_metrics_addr)]
     pub metrics_addr: Option<SocketAddr>,
+
+    /// Do not feed the detectors (no events): the benchmark's baseline for
+    /// what detection costs. Not for operators, so hidden from --help.
+    #[arg(long, hide = true)]
+    pub no_detect: bool,
 }
 
 /// `--metrics-addr`: an IP and a port, nothing to resolve, port not 0.
@@ -163,6 +168,7 @@ pub fn execute(args: RunArgs, socket: PathBuf) -> Result<()> {
         interaction_table_size: args.interaction_table_size,
         max_unnamed: args.max_unnamed as usize,
         metrics_addr: args.metrics_addr,
+        detect: !args.no_detect,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -11,6 +11,12 @@
 //! 5. Interaction accounting (`interactions`): per-packet cost on the
 //!    cached path and under a random-source flood, and the agent's CPU and
 //!    memory with 10,000 active interactions against 10.
+//! 6. Detection (`detect`): delay from onset to event for each pattern
+//!    (several runs), false events per hour of steady traffic, and the
+//!    agent's CPU for detection with 1,000 interactions; also written to
+//!    `target/bench-detect.json`. `bench detect --help`-style arguments:
+//!    `[delays|quiet|cpu|observe]... [--pattern P]... [--runs N]
+//!    [--quiet-minutes M]`.
 //!
 //! Not a test: this machine is noisy, so nothing here asserts. Results go to
 //! `target/bench.json`.
@@ -28,6 +34,8 @@ use tc_tests::{
 
 #[path = "bench/connections.rs"]
 mod connections;
+#[path = "bench/detect.rs"]
+mod detect;
 #[path = "bench/interactions.rs"]
 mod interactions;
 
@@ -530,6 +538,17 @@ fn actions(only: &[String]) -> Result<serde_json::Value> {
     Ok(serde_json::Value::Object(rows))
 }
 
+/// Writes the detection part's document to `target/bench-detect.json`.
+fn write_detect(doc: &serde_json::Value) -> Result<()> {
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-detect.json");
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&out, serde_json::to_vec_pretty(doc)?)?;
+    println!("\nwritten to {}", out.display());
+    Ok(())
+}
+
 fn main() -> Result<()> {
     // `bench actions`: the part that needs fq and netem, run inside the VM.
     if std::env::args().nth(1).as_deref() == Some("actions") {
@@ -561,6 +580,14 @@ fn main() -> Result<()> {
         println!("\nwritten to {}", out.display());
         return Ok(());
     }
+    // `bench detect [PARTS] [OPTIONS]`: only the detection tables.
+    if std::env::args().nth(1).as_deref() == Some("detect") {
+        let args: Vec<String> = std::env::args().skip(2).collect();
+        let opts = detect::Options::parse(&args)?;
+        let doc = detect::run(&opts)?;
+        write_detect(&doc)?;
+        return Ok(());
+    }
     // `bench interactions`: only the interaction-accounting tables.
     if std::env::args().nth(1).as_deref() == Some("interactions") {
         tc_tests::pin_to_cpu(0)?;
@@ -584,6 +611,8 @@ fn main() -> Result<()> {
     let attach = attach_cost()?;
     let nginx = connections::nginx_connections()?;
     let ix_agent = interactions::agent_cost()?;
+    let detect = detect::run(&detect::Options::default())?;
+    write_detect(&detect)?;
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench.json");
     let doc = serde_json::json!({
         "per_packet": per_packet, "repeat": REPEAT, "runs": RUNS,
@@ -591,6 +620,7 @@ fn main() -> Result<()> {
         "nginx_connections": nginx,
         "interactions_per_packet": ix_per_packet, "interactions_agent": ix_agent,
         "accuracy": accuracy, "attach_cost": attach,
+        "detect": detect,
     });
     std::fs::write(&out, serde_json::to_vec_pretty(&doc)?)?;
     println!("\nwritten to {}", out.display());

@@ -20,6 +20,8 @@ use std::{
 
 use anyhow::{Context, Result};
 
+pub mod flood;
+pub mod flood_roles;
 pub mod pool;
 pub mod pool_roles;
 
@@ -45,7 +47,14 @@ struct Topology {
 
 impl Topology {
     fn teardown_namespaces() {
-        for ns in [NODE, SVC, CLIENTS[0].0, CLIENTS[1].0, CLIENTS[2].0] {
+        for ns in [
+            NODE,
+            SVC,
+            CLIENTS[0].0,
+            CLIENTS[1].0,
+            CLIENTS[2].0,
+            flood::CROWD_NS,
+        ] {
             let _ = Command::new("ip")
                 .args(["netns", "del", ns])
                 .stderr(Stdio::null())
@@ -223,9 +232,22 @@ fn cli(agent: &Path, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-pub fn run(agent: &Path) -> Result<()> {
+/// One act of the demo, for `--only`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Act {
+    /// Act 1: the noisy client's bandwidth.
+    Noisy,
+    /// Act 2 (Figure 3): the batch set's connections.
+    Pool,
+    /// Act 3 (Figure 4): the flood, detected and held.
+    Flood,
+}
+
+pub fn run(agent: &Path, only: Option<Act>) -> Result<()> {
+    let runs = |a: Act| only.is_none_or(|o| o == a);
+    let started = std::time::Instant::now();
     println!(
-        "Building the topology: 3 clients -> node (tc-agent) -> service, in network namespaces..."
+        "Building the topology: 3 clients and a crowd -> node (tc-agent) -> service, in network namespaces..."
     );
     let mut topo = Topology::build()?;
     for i in 0..CLIENTS.len() {
@@ -249,7 +271,10 @@ pub fn run(agent: &Path) -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let watch = dir.join("1-watch.yaml");
     let push = dir.join("2-push-back.yaml");
-    let endpoints = "endpoints:\n  paying: [198.18.1.0/24, 198.18.2.0/24]\n  freemium: [198.18.3.0/24]\n  service: [198.18.10.2/32]\n";
+    let endpoints = format!(
+        "endpoints:\n  paying: [198.18.1.0/24, 198.18.2.0/24]\n  freemium: [198.18.3.0/24]\n  service: [198.18.10.2/32]\n{}",
+        flood::ENDPOINTS
+    );
     std::fs::write(
         &watch,
         format!("{endpoints}channels:\n  - name: freemium-to-svc\n    from: freemium\n    to: service\n    protocol: tcp\n    direction: egress\n  - name: paying-to-svc\n    from: paying\n    to: service\n    protocol: tcp\n    direction: egress\n"),
@@ -289,7 +314,27 @@ pub fn run(agent: &Path) -> Result<()> {
         thread::sleep(Duration::from_millis(100));
     }
     cli(agent, &["status"]).context("the agent did not start; see the log in the temp dir")?;
+    // The crowd sends quietly from now on: Act 3's baseline.
+    let crowd = flood::start()?;
+    if runs(Act::Noisy) {
+        noisy(agent, &watch, &push)?;
+    }
+    if runs(Act::Pool) {
+        pool::act(agent, &mut topo, &dir)?;
+    }
+    if runs(Act::Flood) {
+        flood::act(agent, crowd, &dir)?;
+    }
+    println!(
+        "Cleaning up (the demo took {:.0}s).",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
 
+/// Act 1: everyone sends through a watching policy, the operator looks at
+/// the map and the top talkers, and one apply holds the freemium client.
+fn noisy(agent: &Path, watch: &Path, push: &Path) -> Result<()> {
     println!(
         "Phase 1: watching only (policy {}). All clients send for {SECS}s...",
         watch.display()
@@ -352,7 +397,5 @@ pub fn run(agent: &Path) -> Result<()> {
         paying(&after) / paying(&before).max(0.001),
     );
     println!("Limit {LIMIT_MBIT} Mbit/s is on wire bytes; goodput is TCP payload.");
-    pool::act(agent, &mut topo, &dir)?;
-    println!("Cleaning up.");
     Ok(())
 }

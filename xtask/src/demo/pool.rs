@@ -82,7 +82,10 @@ pub(super) fn act(agent: &Path, topo: &mut super::Topology, dir: &Path) -> Resul
             .spawn()?,
     );
     thread::sleep(Duration::from_millis(300));
-    let endpoints = "endpoints:\n  interactive: [198.18.1.0/24, 198.18.2.0/24]\n  batch: [198.18.3.0/24]\n  db: [198.18.10.2/32]\n";
+    let endpoints = format!(
+        "endpoints:\n  interactive: [198.18.1.0/24, 198.18.2.0/24]\n  batch: [198.18.3.0/24]\n  db: [198.18.10.2/32]\n{}",
+        super::flood::ENDPOINTS
+    );
     let channel = |limit: &str| {
         format!("  - name: batch-to-db\n    from: batch\n    to: db\n    protocol: tcp\n    ports: [{PORT}]\n    direction: egress\n{limit}  - name: interactive-to-db\n    from: interactive\n    to: db\n    protocol: tcp\n    ports: [{PORT}]\n    direction: egress\n")
     };

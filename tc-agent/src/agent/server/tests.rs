@@ -205,6 +205,7 @@ fn config(state_dir: &Path, socket: PathBuf, group: Option<SocketGroup>) -> Agen
         interaction_table_size: tc_common::DEFAULT_MAX_INTERACTIONS,
         max_unnamed: 100,
         metrics_addr: None,
+        detect: true,
     }
 }
 

@@ -146,7 +146,7 @@ fn agent_load(sources: u32, secs: f64) -> Result<(f64, f64, u64)> {
 
 /// Sends `frames` round-robin out of `iface` (AF_PACKET, the calling
 /// thread's namespace) to `mac` at `per_sec` for `secs`. Returns frames sent.
-fn send_cycle(
+pub fn send_cycle(
     iface: &str,
     mac: [u8; 6],
     frames: &[Vec<u8>],
@@ -201,7 +201,7 @@ fn send_cycle(
 }
 
 /// utime + stime of a process, in clock ticks.
-fn cpu_ticks(pid: u32) -> Result<u64> {
+pub fn cpu_ticks(pid: u32) -> Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let rest = stat.rsplit_once(')').context("stat")?.1;
     let f: Vec<&str> = rest.split_whitespace().collect();
@@ -209,7 +209,7 @@ fn cpu_ticks(pid: u32) -> Result<u64> {
 }
 
 /// Resident set size of a process, KiB.
-fn rss_kib(pid: u32) -> Result<u64> {
+pub fn rss_kib(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status
         .lines()
