@@ -742,6 +742,7 @@ fn observe_cost() -> Result<serde_json::Value> {
                 passed_pps: 0.0,
                 dropped_bps: 0.0,
                 dropped_pps: 0.0,
+                ..ChannelSample::default()
             }],
         };
         let (mut bps, mut pps) = (0.0, 0.0);
