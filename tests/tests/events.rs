@@ -310,12 +310,8 @@ fn events_follow_prints_a_floods_start_and_end_and_ends_cleanly() -> Result<()> 
     // `-o json` carries the contract's fields, and the suggestion now
     // builds on the policy just applied (the observer's copy followed the
     // apply): every live channel is in it.
-    let v: Value = serde_json::from_slice(
-        &agent
-            .cli(&["suggest", &id, "--mode", "monitor", "-o", "json"])?
-            .stdout,
-    )?;
-    ensure!(v["id"] == id.as_str() && v["mode"] == "monitor", "{v}");
+    let v: Value = serde_json::from_slice(&agent.cli(&["suggest", &id, "-o", "json"])?.stdout)?;
+    ensure!(v["id"] == id.as_str() && v["mode"] == "enforce", "{v}");
     ensure!(v["event"]["id"] == id.as_str(), "{v}");
     let text = v["policy"].as_str().context("policy")?;
     for name in &live {
@@ -324,7 +320,22 @@ fn events_follow_prints_a_floods_start_and_end_and_ends_cleanly() -> Result<()> 
             "{name} not in the new suggestion:\n{text}"
         );
     }
-    ensure!(text.contains("monitor"), "{text}");
+    // A dry run here would come first and stop enforcing the live limits
+    // (`udp-in`'s bandwidth, the applied hold) for the sources it takes:
+    // `--mode monitor` is refused with the reason, status 1.
+    let out = Command::new(agent_bin())
+        .arg("--socket")
+        .arg(&agent.socket)
+        .args(["suggest", &id, "--mode", "monitor"])
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.code() == Some(1), "{:?}: {err}", out.status);
+    ensure!(
+        err.contains("would stop enforcing")
+            && err.contains("udp-in")
+            && err.contains("--mode enforce"),
+        "{err}"
+    );
 
     // An id this run never gave: a clear error, status 1.
     let out = Command::new(agent_bin())
