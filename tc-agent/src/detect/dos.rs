@@ -361,7 +361,12 @@ impl Dos {
                 }),
                 Step::Nothing => {}
             }
-            learn(d, tick);
+            // A total already up (a flood's first, partial second, whose
+            // sources did not yet carry the share) is part of the rise, not
+            // of the level the onset must step above.
+            let rising = (d.now_bps >= BPS_FLOOR && d.bps.far_above(d.now_bps, RISE, K))
+                || (d.now_pps >= PPS_FLOOR && d.pps.far_above(d.now_pps, RISE, K));
+            learn(d, tick, rising);
         }
         if tick.is_multiple_of(16) {
             self.dests
@@ -516,8 +521,9 @@ fn judge(d: &Dest, tick: u64) -> Option<Verdict> {
     })
 }
 
-/// Learns the sample, unless an episode is open or pending.
-fn learn(d: &mut Dest, tick: u64) {
+/// Learns the sample, unless an episode is open or pending; the last
+/// minute's highest total does not learn a `rising` one.
+fn learn(d: &mut Dest, tick: u64, rising: bool) {
     if d.ep.frozen() {
         for b in [&mut d.bps, &mut d.pps, &mut d.distinct] {
             b.hold(tick);
@@ -532,8 +538,13 @@ fn learn(d: &mut Dest, tick: u64) {
     }
     d.bps.learn(d.now_bps, tick);
     d.pps.learn(d.now_pps, tick);
-    d.max_bps.learn(d.now_bps, tick);
-    d.max_pps.learn(d.now_pps, tick);
+    if rising {
+        d.max_bps.hold(d.now_bps);
+        d.max_pps.hold(d.now_pps);
+    } else {
+        d.max_bps.learn(d.now_bps, tick);
+        d.max_pps.learn(d.now_pps, tick);
+    }
     d.distinct.learn(f64::from(d.now_distinct), tick);
     if d.now_bps > 0.0 {
         d.other.learn_sparse(d.now_other_bps / d.now_bps);

@@ -1,7 +1,7 @@
 use super::*;
 use crate::detect::{
     testutil::{rng, sample, Flow, Noise, Run, Wander},
-    Detector, SourceSample,
+    Detector, PairSample, SourceSample,
 };
 
 /// `n` sources of `srv` at `pps` each, wandering ±30%; from sample `at`
@@ -499,4 +499,44 @@ fn a_flood_that_switches_sources_updates_its_event() {
     let kept = det.log().get(&first.id).unwrap();
     assert_eq!(kept.from.len(), MAX_FROM);
     assert!(kept.ended.is_some());
+}
+
+#[test]
+fn a_flood_starting_at_any_point_of_a_second_is_called() {
+    // The agent samples every 200 ms and the detectors judge seconds: a
+    // flood that starts mid-second gives a first second only partly up, in
+    // which the three flooders carry under half of the traffic (not the
+    // pattern yet). That second must not become the level the onset has
+    // to step above (it did: 4 of 5 phases were never called).
+    let flows: Vec<Flow> = (0..200)
+        .map(|i| Flow::tcp(&format!("198.18.2.{}", i + 1), "srv", 10.0))
+        .collect();
+    for phase in 0..5u64 {
+        let mut det = Detector::default();
+        let mut run = Run::default();
+        let onset = 150 + phase;
+        for i in 0..60 * 5 {
+            let pairs: Vec<PairSample> = flows
+                .iter()
+                .enumerate()
+                .map(|(j, f)| f.pair(if j < 3 && i >= onset { 80.0 * 0.2 } else { 0.2 }))
+                .collect();
+            let sources: Vec<SourceSample> = pairs.iter().map(Flow::source).collect();
+            let mut total = pairs[0].clone();
+            total.from = "clients".into();
+            for p in &pairs[1..] {
+                total.d.add(&p.d);
+            }
+            let mut s = sample(1000 + i / 5, vec![total], Vec::new());
+            s.sources = sources;
+            s.dt = 0.2;
+            run.feed(&mut det, i, &s);
+        }
+        assert_eq!(run.started.len(), 1, "phase {phase}: {:?}", run.started);
+        let (i, e) = &run.started[0];
+        assert_eq!(e.kind, EventKind::Dos, "phase {phase}");
+        // Two whole seconds after the partial one at most.
+        assert!(*i < onset + 15, "phase {phase}: called at sub-sample {i}");
+        assert_eq!(e.from.len(), 3, "phase {phase}: {:?}", e.from);
+    }
 }
