@@ -9,6 +9,7 @@
 //! detection scenarios: rates changed while they run (`scenario`).
 
 pub mod events;
+pub mod flood;
 pub mod netns;
 pub mod packet;
 pub mod reference;

@@ -57,7 +57,7 @@ const MODULES: [&str; 9] = [
 ];
 
 /// Kernel-dependent suites (integration test targets of `tc-tests`).
-const SUITES: [&str; 11] = [
+const SUITES: [&str; 12] = [
     "verdicts",
     "conntrack",
     "account",
@@ -69,6 +69,7 @@ const SUITES: [&str; 11] = [
     "metrics",
     "top",
     "observe",
+    "flood",
 ];
 /// Tests the guest leaves out, with the reason: each needs what the guest
 /// kernels have and this host lacks, the other way round.
@@ -84,8 +85,8 @@ const GUEST_TIMEOUT: Duration = Duration::from_secs(1500);
 /// (`promtool check metrics`, the metrics suite) comes with Debian's
 /// prometheus (scripts/install-deps.sh), `ss` comes with iproute2; tmux
 /// gives `tc-agent top` a terminal (its pty needs /dev/pts, which /init
-/// mounts).
-const GUEST_PROGRAMS: [&str; 10] = [
+/// mounts); ethtool reads the flood suite's veth XDP counters.
+const GUEST_PROGRAMS: [&str; 11] = [
     "/usr/sbin/ip",
     "/usr/sbin/tc",
     "/usr/bin/ss",
@@ -96,6 +97,7 @@ const GUEST_PROGRAMS: [&str; 10] = [
     "/usr/bin/wrk",
     "/usr/bin/promtool",
     "/usr/bin/tmux",
+    "/usr/sbin/ethtool",
 ];
 /// Other host files the guest needs, copied to the same path: terminfo
 /// entries for the terminal types tmux names (`tmux-256color`, Debian's

@@ -17,6 +17,11 @@
 //!    `target/bench-detect.json`. `bench detect --help`-style arguments:
 //!    `[delays|quiet|cpu|observe]... [--pattern P]... [--runs N]
 //!    [--quiet-minutes M]`.
+//! 7. XDP floods (`flood`): the packets per second the agent's XDP hook
+//!    sustains under a 64-byte UDP flood (live frames from an XDP_TX
+//!    generator), against a bare XDP_DROP on the same veth, and a
+//!    legitimate flow's flow-cache hits during a flood; also written to
+//!    `target/bench-flood.json`.
 //!
 //! Not a test: this machine is noisy, so nothing here asserts. Results go to
 //! `target/bench.json`.
@@ -36,6 +41,8 @@ use tc_tests::{
 mod connections;
 #[path = "bench/detect.rs"]
 mod detect;
+#[path = "bench/flood.rs"]
+mod flood;
 #[path = "bench/interactions.rs"]
 mod interactions;
 
@@ -549,6 +556,14 @@ fn write_detect(doc: &serde_json::Value) -> Result<()> {
     Ok(())
 }
 
+/// Writes the flood part's document to `target/bench-flood.json`.
+fn write_flood(doc: &serde_json::Value) -> Result<()> {
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-flood.json");
+    std::fs::write(&out, serde_json::to_vec_pretty(doc)?)?;
+    println!("\nwritten to {}", out.display());
+    Ok(())
+}
+
 fn main() -> Result<()> {
     // `bench actions`: the part that needs fq and netem, run inside the VM.
     if std::env::args().nth(1).as_deref() == Some("actions") {
@@ -588,6 +603,12 @@ fn main() -> Result<()> {
         write_detect(&doc)?;
         return Ok(());
     }
+    // `bench flood`: only the XDP flood table.
+    if std::env::args().nth(1).as_deref() == Some("flood") {
+        let doc = flood::run()?;
+        write_flood(&doc)?;
+        return Ok(());
+    }
     // `bench interactions`: only the interaction-accounting tables.
     if std::env::args().nth(1).as_deref() == Some("interactions") {
         tc_tests::pin_to_cpu(0)?;
@@ -613,6 +634,8 @@ fn main() -> Result<()> {
     let ix_agent = interactions::agent_cost()?;
     let detect = detect::run(&detect::Options::default())?;
     write_detect(&detect)?;
+    let flood = flood::run()?;
+    write_flood(&flood)?;
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench.json");
     let doc = serde_json::json!({
         "per_packet": per_packet, "repeat": REPEAT, "runs": RUNS,
@@ -620,7 +643,7 @@ fn main() -> Result<()> {
         "nginx_connections": nginx,
         "interactions_per_packet": ix_per_packet, "interactions_agent": ix_agent,
         "accuracy": accuracy, "attach_cost": attach,
-        "detect": detect,
+        "detect": detect, "flood": flood,
     });
     std::fs::write(&out, serde_json::to_vec_pretty(&doc)?)?;
     println!("\nwritten to {}", out.display());

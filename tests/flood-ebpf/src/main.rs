@@ -1,0 +1,131 @@
+//! Flood generator for the XDP flood benchmark and its real-traffic test.
+//!
+//! Both programs are run with `BPF_PROG_TEST_RUN` and
+//! `BPF_F_TEST_XDP_LIVE_FRAMES` (Linux 5.18) by `tc_tests::flood`: every
+//! repetition is a real frame that leaves the veth named as the run's
+//! ingress interface, so its peer's XDP hook receives it.
+//!
+//! - `flood_tx`: draws each frame's IPv4 source (and, optionally, its UDP
+//!   destination port) from `bpf_get_prandom_u32` inside the configured
+//!   range, fixes the IPv4 header checksum and returns `XDP_TX`.
+//! - `bare_drop`: returns `XDP_DROP`, the receiver's baseline.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::bpf_get_prandom_u32,
+    macros::{map, xdp},
+    maps::Array,
+    programs::XdpContext,
+};
+
+/// What `flood_tx` rewrites; one entry in [`FLOOD_CONFIG`]. The same
+/// layout as `tc_tests::flood::FloodConfig`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FloodConfig {
+    /// The source range's first address, host order; the bits outside
+    /// `src_mask` are kept from it.
+    pub src_base: u32,
+    /// Source bits drawn at random for each frame; 0 leaves the frame's
+    /// source as it is (a single-source flood).
+    pub src_mask: u32,
+    /// The UDP destination port range's first port; bits outside
+    /// `dport_mask` are kept from it.
+    pub dport_base: u16,
+    /// Destination-port bits drawn at random for each frame (UDP only; the
+    /// UDP checksum is then cleared); 0 leaves the port as it is.
+    pub dport_mask: u16,
+}
+
+/// The generator's configuration, written by the harness before a run.
+#[map]
+static FLOOD_CONFIG: Array<FloodConfig> = Array::with_max_entries(1, 0);
+
+const ETH_LEN: usize = 14;
+const IPV4_LEN: usize = 20;
+const UDP: u8 = 17;
+
+/// Rewrites the frame as configured and sends it back out of the
+/// interface it came "in" on: under live frames, out of the veth.
+#[xdp]
+pub fn flood_tx(ctx: XdpContext) -> u32 {
+    match try_rewrite(&ctx) {
+        Ok(()) => xdp_action::XDP_TX,
+        Err(()) => xdp_action::XDP_ABORTED,
+    }
+}
+
+/// The baseline receiver: drops every frame.
+#[xdp]
+pub fn bare_drop(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_DROP
+}
+
+/// Fails on a frame that is not IPv4 without options with a UDP or TCP
+/// header in reach (the harness builds its frame; nothing else reaches here).
+#[inline(always)]
+fn try_rewrite(ctx: &XdpContext) -> Result<(), ()> {
+    let cfg = FLOOD_CONFIG.get(0).ok_or(())?;
+    let (src_base, src_mask) = (cfg.src_base, cfg.src_mask);
+    let (dport_base, dport_mask) = (cfg.dport_base, cfg.dport_mask);
+    let start = ctx.data();
+    if start + ETH_LEN + IPV4_LEN + 8 > ctx.data_end() {
+        return Err(());
+    }
+    let eth = start as *mut u8;
+    let ip = (start + ETH_LEN) as *mut u8;
+    let l4 = (start + ETH_LEN + IPV4_LEN) as *mut u8;
+    // SAFETY: every access below is within the first 42 bytes, checked above.
+    unsafe {
+        if *eth.add(12) != 0x08 || *eth.add(13) != 0x00 || *ip != 0x45 {
+            return Err(());
+        }
+        if src_mask != 0 {
+            let src = (src_base & !src_mask) | (bpf_get_prandom_u32() & src_mask);
+            let b = src.to_be_bytes();
+            *ip.add(12) = b[0];
+            *ip.add(13) = b[1];
+            *ip.add(14) = b[2];
+            *ip.add(15) = b[3];
+        }
+        if dport_mask != 0 {
+            if *ip.add(9) != UDP {
+                return Err(());
+            }
+            let port = (dport_base & !dport_mask) | (bpf_get_prandom_u32() as u16 & dport_mask);
+            let b = port.to_be_bytes();
+            *l4.add(2) = b[0];
+            *l4.add(3) = b[1];
+            // No UDP checksum (allowed over IPv4): the port changed under it.
+            *l4.add(6) = 0;
+            *l4.add(7) = 0;
+        }
+        // The header checksum, afresh over the ten 16-bit words.
+        *ip.add(10) = 0;
+        *ip.add(11) = 0;
+        let mut sum: u32 = 0;
+        let mut i = 0;
+        while i < IPV4_LEN {
+            sum += u16::from_be_bytes([*ip.add(i), *ip.add(i + 1)]) as u32;
+            i += 2;
+        }
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum = (sum & 0xffff) + (sum >> 16);
+        let c = (!(sum as u16)).to_be_bytes();
+        *ip.add(10) = c[0];
+        *ip.add(11) = c[1];
+    }
+    Ok(())
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

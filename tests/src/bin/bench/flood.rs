@@ -1,0 +1,287 @@
+//! `bench flood`: the packets per second an XDP receiver sustains under a
+//! 64-byte UDP flood (`tc_tests::flood`: live frames from an `XDP_TX`
+//! generator on CPU 0 into a veth whose threaded NAPI runs on CPU 1),
+//! with the bare `XDP_DROP` baseline measured on the same veth in the same
+//! run: bare drop, the agent's `--xdp` hook with 1 channel and with 1,024
+//! channels (65,536 prefixes per side) whose last channel limits the
+//! flood; single-source and random-source (198.18.0.0/15) floods. Then,
+//! while a random-flow flood runs, a legitimate TCP flow's flow-cache hits
+//! (the agent's `flow_hits`, where it reports them).
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tc_tests::{
+    flood::{self, FloodConfig, FloodRun, FlowCounters, Generator, Pace, Rx},
+    netns::{iperf3_background, mac_of, write_policy, Agent, Pair},
+};
+
+/// Rounds: every case once per round, so a slow phase of the machine hits
+/// all of them alike; medians reported.
+const ROUNDS: usize = 3;
+/// Seconds per measured flood.
+const SECS: f64 = 3.0;
+/// Frames per measured flood at most.
+const MAX_FRAMES: u64 = 200_000_000;
+/// The generator's CPU; the receiver's NAPI thread runs on the other.
+const GEN_CPU: usize = 0;
+const RX_CPU: usize = 1;
+
+/// The receivers of the table's rows.
+#[derive(Clone, Copy)]
+enum Receiver {
+    Bare,
+    Agent(usize),
+}
+
+impl Receiver {
+    fn label(self) -> String {
+        match self {
+            Receiver::Bare => "bare XDP_DROP".into(),
+            Receiver::Agent(1) => "tc-agent --xdp, 1 channel".into(),
+            Receiver::Agent(n) => format!("tc-agent --xdp, {n} channels"),
+        }
+    }
+}
+
+const COLUMNS: [(&str, FloodConfig); 2] = [
+    ("single-source", FloodConfig::SINGLE),
+    ("random-source", FloodConfig::RANDOM_SOURCE),
+];
+
+/// One measured flood: warm-up of 0.3 s (the ring and caches fill), then
+/// `SECS` at full speed.
+fn measure(
+    gen: &mut Generator,
+    pair: &Pair,
+    rx: &Rx,
+    frame: &[u8],
+    cfg: FloodConfig,
+) -> Result<FloodRun> {
+    gen.configure(cfg)?;
+    let tx = (pair.client.as_str(), pair.client_if.as_str());
+    let pace = |secs| Pace {
+        max_frames: MAX_FRAMES,
+        secs,
+        per_sec: None,
+        cpu: GEN_CPU,
+    };
+    gen.flood(tx, rx, frame, pace(0.3))?;
+    gen.flood(tx, rx, frame, pace(SECS))
+}
+
+/// Attaches the receiver, floods with every column's generator, detaches.
+fn round(
+    gen: &mut Generator,
+    pair: &Pair,
+    frame: &[u8],
+    rx: Receiver,
+    policies: &[(usize, std::path::PathBuf)],
+) -> Result<Vec<FloodRun>> {
+    let _agent = match rx {
+        Receiver::Bare => {
+            gen.attach_drop(&pair.server, &pair.server_if)?;
+            None
+        }
+        Receiver::Agent(n) => {
+            let policy = &policies.iter().find(|(c, _)| *c == n).context("policy")?.1;
+            let hooks = ["--iface", &pair.server_if, "--xdp", &pair.server_if];
+            Some(Agent::start_hooks(&pair.server, &hooks, policy)?)
+        }
+    };
+    let rxq = flood::threaded_napi(&pair.server, &pair.server_if, RX_CPU)?;
+    let mut runs = Vec::new();
+    for (name, cfg) in COLUMNS {
+        let r = measure(gen, pair, &rxq, frame, cfg)?;
+        println!(
+            "  {:<32} {name:<14} generated {:>6.2} Mpps, received {:>6.2} Mpps ({:>6.2} per core, NAPI busy {:.0}%), XDP-dropped {:.3} of received",
+            rx.label(),
+            r.generated_pps() / 1e6,
+            r.received_pps() / 1e6,
+            r.per_core_pps() / 1e6,
+            100.0 * r.rx_busy_secs / r.secs,
+            r.dropped as f64 / r.received.max(1) as f64
+        );
+        runs.push(r);
+    }
+    gen.detach_drop()?;
+    Ok(runs)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// The table, then the legitimate flow's hits.
+pub fn run() -> Result<serde_json::Value> {
+    println!(
+        "\nXDP flood: 64-byte UDP, live frames (XDP_TX generator on CPU {GEN_CPU}) into a veth with threaded NAPI on CPU {RX_CPU}; {SECS} s per run, median of {ROUNDS} rounds; kernel {}",
+        tc_agent::datapath::sys::kernel_release()
+    );
+    let pair = Pair::new()?;
+    let mut gen = Generator::load()?;
+    let frame = flood::frame(
+        mac_of(&pair.client, &pair.client_if)?,
+        mac_of(&pair.server, &pair.server_if)?,
+    );
+    let rows = [Receiver::Bare, Receiver::Agent(1), Receiver::Agent(1024)];
+    let policies: Vec<(usize, std::path::PathBuf)> = [1usize, 1024]
+        .iter()
+        .map(|&n| {
+            (
+                n,
+                write_policy(&format!("flood-{n}"), &flood::policy(n, None)),
+            )
+        })
+        .collect();
+    // runs[row][column] over the rounds.
+    let mut runs: Vec<Vec<Vec<FloodRun>>> = vec![vec![Vec::new(); COLUMNS.len()]; rows.len()];
+    for r in 0..ROUNDS {
+        println!("round {}:", r + 1);
+        for (i, rx) in rows.iter().enumerate() {
+            for (j, run) in round(&mut gen, &pair, &frame, *rx, &policies)?
+                .into_iter()
+                .enumerate()
+            {
+                runs[i][j].push(run);
+            }
+        }
+    }
+    let med = |i: usize, j: usize, f: fn(&FloodRun) -> f64| {
+        median(runs[i][j].iter().map(|r| f(r) / 1e6).collect())
+    };
+    let wall = |i, j| med(i, j, FloodRun::received_pps);
+    let core = |i, j| med(i, j, FloodRun::per_core_pps);
+    println!(
+        "\nMpps received (wall clock) and per core (received / the NAPI thread's CPU time), ratio to bare XDP_DROP in brackets:"
+    );
+    println!(
+        "{:<32} {:>22} {:>22} {:>22} {:>22}",
+        "RECEIVER", "single-source", "single, per core", "random-source", "random, per core"
+    );
+    let mut table = Vec::new();
+    for (i, rx) in rows.iter().enumerate() {
+        let cell = |x: f64, base: f64| format!("{x:.2} ({:.2})", x / base);
+        println!(
+            "{:<32} {:>22} {:>22} {:>22} {:>22}",
+            rx.label(),
+            cell(wall(i, 0), wall(0, 0)),
+            cell(core(i, 0), core(0, 0)),
+            cell(wall(i, 1), wall(0, 1)),
+            cell(core(i, 1), core(0, 1)),
+        );
+        let mut row = serde_json::json!({"receiver": rx.label()});
+        for (j, (name, _)) in COLUMNS.iter().enumerate() {
+            row[*name] = serde_json::json!({
+                "received_mpps": wall(i, j), "ratio_to_bare": wall(i, j) / wall(0, j),
+                "per_core_mpps": core(i, j), "per_core_ratio_to_bare": core(i, j) / core(0, j),
+                "runs": runs[i][j].iter().map(|r| serde_json::json!({
+                    "generated": r.generated, "received": r.received,
+                    "xdp_dropped": r.dropped, "secs": r.secs, "rx_busy_secs": r.rx_busy_secs,
+                })).collect::<Vec<_>>(),
+            });
+        }
+        table.push(row);
+    }
+    let random_1024 = wall(2, 1);
+    drop(gen);
+    drop(pair);
+    let hits = legit_hits(random_1024 * 1e6 / 2.0)?;
+    Ok(serde_json::json!({
+        "kernel": tc_agent::datapath::sys::kernel_release(),
+        "secs": SECS, "rounds": ROUNDS, "table": table, "legit_flow": hits,
+    }))
+}
+
+/// Seconds of each phase of the legitimate flow's measurement.
+const PHASE: f64 = 4.0;
+
+/// A legitimate TCP flow (iperf3, its own 50 Mbit/s channel in the
+/// 1,024-channel policy) alone for `PHASE` s, then alongside a random-flow
+/// flood at `per_sec` (half what the 1,024-channel receiver sustained: the
+/// veth's receive ring is shared, and a full ring drops anyone's frames)
+/// for `PHASE` s: its flow-cache hits per legitimate packet in each phase.
+/// The random-flow flood varies the destination port too, so its own
+/// frames find no cached flow and the node's hits are the legitimate
+/// traffic's (the flow's segments and the server's ACKs).
+fn legit_hits(per_sec: f64) -> Result<serde_json::Value> {
+    let pair = Pair::new()?;
+    let mut gen = Generator::load()?;
+    gen.configure(FloodConfig::RANDOM_FLOW)?;
+    let frame = flood::frame(
+        mac_of(&pair.client, &pair.client_if)?,
+        mac_of(&pair.server, &pair.server_if)?,
+    );
+    let policy = write_policy("flood-legit", &flood::policy(1024, Some("50Mbit")));
+    let hooks = ["--iface", &pair.server_if, "--xdp", &pair.server_if];
+    let agent = Agent::start_hooks(&pair.server, &hooks, &policy)?;
+    let rx = flood::threaded_napi(&pair.server, &pair.server_if, RX_CPU)?;
+    let secs = (2.0 * PHASE + 4.0) as u32;
+    let iperf = iperf3_background(&pair, 5201, secs, 1);
+    std::thread::sleep(Duration::from_secs(2));
+    let sample = || -> Result<(FlowCounters, u64)> {
+        let legit = agent.totals("legit")?["matched_pkts"]
+            .as_u64()
+            .context("legit matched_pkts")?;
+        Ok((FlowCounters::read(&agent)?, legit))
+    };
+    let s0 = sample()?;
+    std::thread::sleep(Duration::from_secs_f64(PHASE));
+    let s1 = sample()?;
+    let run = gen.flood(
+        (&pair.client, &pair.client_if),
+        &rx,
+        &frame,
+        Pace {
+            max_frames: (per_sec * PHASE) as u64,
+            secs: PHASE,
+            per_sec: Some(per_sec),
+            cpu: GEN_CPU,
+        },
+    )?;
+    let s2 = sample()?;
+    let report = iperf.join().expect("iperf3 thread")?;
+    let intervals = tc_tests::netns::server_intervals(&report);
+    let per_legit = |a: &(FlowCounters, u64), b: &(FlowCounters, u64)| {
+        let pkts = b.1 - a.1;
+        a.0.hits
+            .zip(b.0.hits)
+            .map(|(x, y)| (y - x) as f64 / pkts.max(1) as f64)
+    };
+    let (before, during) = (per_legit(&s0, &s1), per_legit(&s1, &s2));
+    let fmt = |x: Option<f64>| x.map_or("n/a".into(), |x| format!("{x:.3}"));
+    let count = |c: &FlowCounters, d: &FlowCounters, f: fn(&FlowCounters) -> Option<u64>| {
+        f(c).zip(f(d)).map(|(x, y)| y - x)
+    };
+    let misses = count(&s1.0, &s2.0, |c| c.misses);
+    let inserts = count(&s1.0, &s2.0, |c| c.inserts);
+    println!(
+        "\nLegitimate TCP flow (50 Mbit/s channel, 1,024 channels) during a random-flow flood of {:.2} Mpps received ({:.2} Mpps asked): flow-cache hits per legitimate packet {} before, {} during (ratio {}); during the flood {} misses, {} inserts{}",
+        run.received_pps() / 1e6,
+        per_sec / 1e6,
+        fmt(before),
+        fmt(during),
+        fmt(before.zip(during).map(|(b, d)| d / b)),
+        misses.map_or("n/a".into(), |x| x.to_string()),
+        inserts.map_or("n/a".into(), |x| x.to_string()),
+        if s0.0.hits.is_none() {
+            " (this agent reports no flow_hits/flow_misses/flow_inserts)"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "  iperf3 receiver intervals, Mbit/s: {:?}",
+        intervals
+            .iter()
+            .map(|b| (b / 1e6).round())
+            .collect::<Vec<_>>()
+    );
+    Ok(serde_json::json!({
+        "flood_received_pps": run.received_pps(), "flood_asked_pps": per_sec,
+        "hits_per_legit_packet_before": before, "hits_per_legit_packet_during": during,
+        "flood_misses": misses, "flood_inserts": inserts,
+        "iperf3_intervals_bps": intervals,
+    }))
+}

@@ -1,0 +1,248 @@
+//! A legitimate TCP flow through a bandwidth-limited channel keeps its rate
+//! and its flow-cache hits while a random-source UDP flood, sent with live
+//! XDP frames (`tc_tests::flood`), runs through the agent's XDP hook
+//! against another channel whose limit is far below the flood; the flood
+//! is judged (dropped at XDP) and both limits hold.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+use tc_tests::{
+    flood::{self, FloodConfig, FlowCounters, Generator, Pace},
+    netns::{
+        in_vm, iperf3_background, mac_of, serial, server_intervals, write_policy, Agent, Pair,
+    },
+};
+
+/// The legitimate flow's limit, bit/s: well below what either machine
+/// (this host, or the emulated guest) carries over a veth.
+fn legit_bps() -> f64 {
+    if in_vm() {
+        20e6
+    } else {
+        50e6
+    }
+}
+
+/// Seconds of each phase (the flow alone, then with the flood).
+fn phase() -> f64 {
+    if in_vm() {
+        8.0
+    } else {
+        5.0
+    }
+}
+
+/// The flood channel's packet limit per second (`flood::policy`).
+const FLOOD_LIMIT_PPS: f64 = 1000.0;
+
+/// What one sample of the agent's counters holds.
+struct Sample {
+    at: Instant,
+    legit: Value,
+    flood: Value,
+    cache: FlowCounters,
+}
+
+fn sample(agent: &Agent) -> Result<Sample> {
+    Ok(Sample {
+        at: Instant::now(),
+        legit: agent.totals("legit")?,
+        flood: agent.totals("flood")?,
+        cache: FlowCounters::read(agent)?,
+    })
+}
+
+/// `field` of `which` totals, from `a` to `b`.
+fn delta(a: &Sample, b: &Sample, which: fn(&Sample) -> &Value, field: &str) -> u64 {
+    let get = |s: &Sample| which(s)[field].as_u64().unwrap_or(0);
+    get(b).saturating_sub(get(a))
+}
+
+#[test]
+fn a_legitimate_flow_keeps_its_rate_and_cache_hits_during_a_random_source_flood() -> Result<()> {
+    let _g = serial();
+    let pair = Pair::new()?;
+    let mut gen = Generator::load()?;
+    let frame = flood::frame(
+        mac_of(&pair.client, &pair.client_if)?,
+        mac_of(&pair.server, &pair.server_if)?,
+    );
+    let rate = legit_bps();
+    let policy = write_policy(
+        "flood",
+        &flood::policy(2, Some(&format!("{}Mbit", rate / 1e6))),
+    );
+    let hooks = ["--iface", &pair.server_if, "--xdp", &pair.server_if];
+    let agent = Agent::start_hooks(&pair.server, &hooks, &policy)?;
+    let rx = flood::threaded_napi(&pair.server, &pair.server_if, 1)?;
+    let tx = (pair.client.as_str(), pair.client_if.as_str());
+
+    // What the receiver takes at full speed, on this machine: the flood
+    // runs at half of it, so the veth's receive ring (shared with the
+    // legitimate flow, and dropping anyone's frames when full, before any
+    // XDP program sees them) has room. Every flow new: random sources and
+    // destination ports, so flood frames find no cached flow and the
+    // node's cache hits are the legitimate traffic's.
+    gen.configure(FloodConfig::RANDOM_FLOW)?;
+    let full = gen.flood(
+        tx,
+        &rx,
+        &frame,
+        Pace {
+            max_frames: 20_000_000,
+            secs: 1.0,
+            per_sec: None,
+            cpu: 0,
+        },
+    )?;
+    let per_sec = full.received_pps() / 2.0;
+    eprintln!(
+        "full speed: generated {:.0}/s, received {:.0}/s; the flood runs at {per_sec:.0}/s",
+        full.generated_pps(),
+        full.received_pps()
+    );
+    assert!(
+        per_sec >= 20.0 * FLOOD_LIMIT_PPS,
+        "the receiver took only {:.0} frames/s: no flood far above the flood channel's limit",
+        full.received_pps()
+    );
+
+    let t = phase();
+    let iperf = iperf3_background(&pair, 5201, (2.0 * t + 5.0) as u32, 1);
+    // Past slow start and the bucket's initial burst.
+    std::thread::sleep(Duration::from_secs(3));
+    let s0 = sample(&agent)?;
+    std::thread::sleep(Duration::from_secs_f64(t));
+    let s1 = sample(&agent)?;
+    let run = gen.flood(
+        tx,
+        &rx,
+        &frame,
+        Pace {
+            max_frames: (per_sec * t) as u64,
+            secs: t,
+            per_sec: Some(per_sec),
+            cpu: 0,
+        },
+    )?;
+    // The paced loop ends once its frames are out; the phase lasts `t`.
+    let left = Duration::from_secs_f64(t).saturating_sub(s1.at.elapsed());
+    std::thread::sleep(left);
+    let s2 = sample(&agent)?;
+    let report = iperf.join().expect("iperf3 thread")?;
+    let (secs_a, secs_b) = ((s1.at - s0.at).as_secs_f64(), (s2.at - s1.at).as_secs_f64());
+
+    let legit = |a: &Sample, b: &Sample, f: &str| delta(a, b, |s| &s.legit, f);
+    let flood_d = |f: &str| delta(&s1, &s2, |s| &s.flood, f);
+    let (bytes_a, bytes_b) = (
+        legit(&s0, &s1, "passed_bytes"),
+        legit(&s1, &s2, "passed_bytes"),
+    );
+    let (pkts_a, pkts_b) = (
+        legit(&s0, &s1, "matched_pkts"),
+        legit(&s1, &s2, "matched_pkts"),
+    );
+    let (bps_a, bps_b) = (bytes_a as f64 * 8.0 / secs_a, bytes_b as f64 * 8.0 / secs_b);
+    let flood_frames = run.received.saturating_sub(pkts_b);
+    eprintln!(
+        "legit: {:.1} Mbit/s alone ({pkts_a} packets), {:.1} Mbit/s during the flood ({pkts_b} packets), limit {:.0} Mbit/s; iperf3 intervals {:?} Mbit/s",
+        bps_a / 1e6,
+        bps_b / 1e6,
+        rate / 1e6,
+        server_intervals(&report)
+            .iter()
+            .map(|b| (b / 1e6).round())
+            .collect::<Vec<_>>()
+    );
+    eprintln!(
+        "flood: generated {} ({:.0}/s), {} frames reached XDP of which {flood_frames} flood frames; flood channel matched {} dropped {} passed {}",
+        run.generated,
+        run.generated_pps(),
+        run.received,
+        flood_d("matched_pkts"),
+        flood_d("dropped_pkts"),
+        flood_d("passed_pkts")
+    );
+    eprintln!(
+        "flow cache: {:?} -> {:?} -> {:?}",
+        s0.cache, s1.cache, s2.cache
+    );
+
+    // The flow ran at its limit: the limit, not the machine, set its rate.
+    assert!(
+        bps_a >= 0.7 * rate,
+        "the flow alone reached {:.1} Mbit/s of its {:.0} Mbit/s limit",
+        bps_a / 1e6,
+        rate / 1e6
+    );
+    // It keeps its rate during the flood, measured over the same duration.
+    assert!(
+        bps_b >= 0.8 * bps_a,
+        "during the flood the flow fell to {:.1} Mbit/s from {:.1} Mbit/s",
+        bps_b / 1e6,
+        bps_a / 1e6
+    );
+    // The limit held: within rate x time + the bucket (250 ms at the rate),
+    // with 100 ms of slack for the samples' timing.
+    let allowed = rate / 8.0 * (secs_a + secs_b + 0.25 + 0.1);
+    assert!(
+        (bytes_a + bytes_b) as f64 <= allowed,
+        "the legitimate channel passed {} bytes in {:.1} s, over its limit ({allowed:.0})",
+        bytes_a + bytes_b,
+        secs_a + secs_b
+    );
+    // The flood was far above its channel's limit, and judged: classified
+    // into its channel and dropped at XDP, all but what the limit allows.
+    assert!(
+        flood_frames as f64 >= 20.0 * FLOOD_LIMIT_PPS * secs_b,
+        "only {flood_frames} flood frames reached the XDP hook in {secs_b:.1} s"
+    );
+    assert!(
+        flood_d("matched_pkts") as f64 >= 0.9 * flood_frames as f64,
+        "the flood channel matched {} of {flood_frames} flood frames",
+        flood_d("matched_pkts")
+    );
+    assert!(
+        flood_d("dropped_pkts") as f64 >= 0.9 * flood_frames as f64,
+        "the flood channel dropped {} of {flood_frames} flood frames",
+        flood_d("dropped_pkts")
+    );
+    let flood_allowed = FLOOD_LIMIT_PPS * (secs_b + 0.25 + 0.1);
+    assert!(
+        flood_d("passed_pkts") as f64 <= flood_allowed,
+        "the flood channel passed {} packets in {secs_b:.1} s, over its 1,000/s limit",
+        flood_d("passed_pkts")
+    );
+
+    // Legitimate packets hit the flow cache during the flood as before it.
+    // The flood's frames are all new flows, so the node's hits are the
+    // legitimate traffic's (its segments, and the server's ACKs if the
+    // cache keeps unclassified flows).
+    let hits = |a: &Sample, b: &Sample| -> Result<u64> {
+        let (x, y) = a.cache.hits.zip(b.cache.hits).context(
+            "`tc-agent status -o json` reports no `flow_hits` field: the node's flow-cache counters \
+             (flow_hits, flow_misses, flow_inserts in the global counters) are missing, so the \
+             legitimate flow's cache hits cannot be measured",
+        )?;
+        Ok(y.saturating_sub(x))
+    };
+    let (hits_a, hits_b) = (hits(&s0, &s1)?, hits(&s1, &s2)?);
+    let (per_a, per_b) = (
+        hits_a as f64 / pkts_a.max(1) as f64,
+        hits_b as f64 / pkts_b.max(1) as f64,
+    );
+    eprintln!(
+        "flow-cache hits per legitimate packet: {per_a:.3} alone, {per_b:.3} during the flood"
+    );
+    assert!(
+        per_a >= 0.9,
+        "without a flood the flow's packets hit the cache: {hits_a} hits for {pkts_a} packets"
+    );
+    assert!(
+        per_b >= 0.8 * per_a && per_b >= 0.9,
+        "during the flood the flow's packets miss the cache: {hits_b} hits for {pkts_b} packets ({per_b:.3} a packet, {per_a:.3} before)"
+    );
+    Ok(())
+}
