@@ -48,9 +48,12 @@ pub struct FloodConfig {
     pub dport_base: u16,
     /// Destination-port bits drawn at random per frame; 0 keeps the port.
     pub dport_mask: u16,
+    /// The share of frames sent, out of `u32::MAX` (all); the rest are
+    /// dropped by the generator. Set by [`Generator::flood`] to pace it.
+    pub send_share: u32,
 }
 
-// SAFETY: plain integers, no padding (4 + 4 + 2 + 2 bytes).
+// SAFETY: plain integers, no padding (4 + 4 + 2 + 2 + 4 bytes).
 unsafe impl aya::Pod for FloodConfig {}
 
 impl FloodConfig {
@@ -60,6 +63,7 @@ impl FloodConfig {
         src_mask: 0,
         dport_base: 0,
         dport_mask: 0,
+        send_share: u32::MAX,
     };
 
     /// Sources drawn from 198.18.0.0/15 (131,072 of them), the ports kept.
@@ -68,6 +72,7 @@ impl FloodConfig {
         src_mask: (1 << 17) - 1,
         dport_base: 0,
         dport_mask: 0,
+        send_share: u32::MAX,
     };
 
     /// Sources from 198.18.0.0/15 and UDP destination ports from
@@ -79,6 +84,7 @@ impl FloodConfig {
         src_mask: (1 << 17) - 1,
         dport_base: 32768,
         dport_mask: 0x7fff,
+        send_share: u32::MAX,
     };
 }
 
@@ -108,6 +114,11 @@ pub const BATCH: u32 = 256;
 /// The loaded generator and the baseline receiver.
 pub struct Generator {
     ebpf: Ebpf,
+    /// `FLOOD_CONFIG`, taken out of `ebpf` so it can be written while
+    /// `flood_tx` runs.
+    config: Array<aya::maps::MapData, FloodConfig>,
+    /// What [`configure`](Generator::configure) set last.
+    current: FloodConfig,
     /// Where `bare_drop` is attached: (namespace, interface, link).
     attached: Option<(String, String, XdpLinkId)>,
 }
@@ -115,7 +126,7 @@ pub struct Generator {
 /// One flood run's outcome.
 #[derive(Clone, Copy, Debug)]
 pub struct FloodRun {
-    /// Frames the generator produced (repetitions run).
+    /// Frames the generator sent (repetitions run, times the share sent).
     pub generated: u64,
     /// Wall time from the first frame to the last, s.
     pub secs: f64,
@@ -150,7 +161,7 @@ impl FloodRun {
 /// How fast and how long to flood.
 #[derive(Clone, Copy, Debug)]
 pub struct Pace {
-    /// Stop after this many frames.
+    /// Stop after this many frames sent.
     pub max_frames: u64,
     /// Stop after this long.
     pub secs: f64,
@@ -158,6 +169,9 @@ pub struct Pace {
     pub per_sec: Option<f64>,
     /// The CPU the generator runs on.
     pub cpu: usize,
+    /// Whether the generator runs as a real-time thread (`SCHED_FIFO`), so
+    /// the other processes of a busy machine do not set its rate.
+    pub realtime: bool,
 }
 
 impl Generator {
@@ -171,20 +185,24 @@ impl Generator {
                 .try_into()?;
             p.load().with_context(|| format!("verifying {name}"))?;
         }
-        Ok(Self {
+        let config = ebpf
+            .take_map("FLOOD_CONFIG")
+            .context("no FLOOD_CONFIG map")?
+            .try_into()?;
+        let mut g = Self {
             ebpf,
+            config,
+            current: FloodConfig::SINGLE,
             attached: None,
-        })
+        };
+        g.configure(FloodConfig::SINGLE)?;
+        Ok(g)
     }
 
     /// Sets what `flood_tx` rewrites.
     pub fn configure(&mut self, cfg: FloodConfig) -> Result<()> {
-        let mut map: Array<_, FloodConfig> = self
-            .ebpf
-            .map_mut("FLOOD_CONFIG")
-            .context("no FLOOD_CONFIG map")?
-            .try_into()?;
-        map.set(0, cfg, 0)?;
+        self.config.set(0, cfg, 0)?;
+        self.current = cfg;
         Ok(())
     }
 
@@ -222,13 +240,20 @@ impl Generator {
     /// what `rx_if` in `rx_ns` (its peer) received. Runs of the kernel's
     /// live-frames loop are chunked (about 100 ms each, sized from the rate
     /// so far), so both bounds hold whatever the machine's speed.
-    pub fn flood(&self, tx: (&str, &str), rx: &Rx, frame: &[u8], pace: Pace) -> Result<FloodRun> {
+    pub fn flood(
+        &mut self,
+        tx: (&str, &str),
+        rx: &Rx,
+        frame: &[u8],
+        pace: Pace,
+    ) -> Result<FloodRun> {
         let p: &Xdp = self
             .ebpf
             .program("flood_tx")
             .context("no flood_tx")?
             .try_into()?;
         let (tx_ns, tx_if) = tx;
+        let (config, cfg) = (&mut self.config, self.current);
         let busy0 = rx.busy_ns();
         let before = xdp_stats(&rx.netns, &rx.dev)?;
         // On a thread of its own: the caller keeps its namespace and CPUs.
@@ -236,8 +261,14 @@ impl Generator {
             s.spawn(|| {
                 in_ns(tx_ns, || {
                     crate::pin_to_cpu(pace.cpu)?;
+                    if pace.realtime {
+                        realtime(0)?;
+                    }
                     let ifindex = ifindex(tx_if)?;
-                    run_live(p, frame, ifindex, pace)
+                    let r = run_live(p, config, cfg, frame, ifindex, pace);
+                    // Whatever happened, the next run starts sending all.
+                    config.set(0, cfg, 0)?;
+                    r
                 })
             })
             .join()
@@ -270,8 +301,19 @@ impl Drop for Generator {
 }
 
 /// The live-frames loop in the calling thread: chunks of `flood_tx` runs
-/// until `pace` is spent. Returns (frames generated, seconds).
-fn run_live(p: &Xdp, frame: &[u8], ifindex: u32, pace: Pace) -> Result<(u64, f64)> {
+/// of about 100 ms each (sized from the rate so far) until `pace` is
+/// spent. A paced flood sends a share of the frames, set anew after each
+/// chunk from the generator's rate (one syscall per batch would not do:
+/// setting up a live-frames run takes milliseconds). Returns (frames
+/// sent, seconds).
+fn run_live(
+    p: &Xdp,
+    config: &mut Array<aya::maps::MapData, FloodConfig>,
+    cfg: FloodConfig,
+    frame: &[u8],
+    ifindex: u32,
+    pace: Pace,
+) -> Result<(u64, f64)> {
     let md = XdpMd {
         data_end: frame.len() as u32,
         ingress_ifindex: ifindex,
@@ -283,20 +325,18 @@ fn run_live(p: &Xdp, frame: &[u8], ifindex: u32, pace: Pace) -> Result<(u64, f64
     };
     let start = Instant::now();
     let limit = Duration::from_secs_f64(pace.secs);
-    let mut done = 0u64;
-    // The first chunk is small: the rate is unknown (a TCG guest is ~50x slower).
+    let (mut runs, mut sent) = (0u64, 0.0f64);
+    // The first chunk is small: the rate is unknown (a TCG guest is ~50x
+    // slower); a paced one starts as if the generator made 10 Mpps.
     let mut chunk = 20_000u64;
-    while done < pace.max_frames && start.elapsed() < limit {
-        if let Some(rate) = pace.per_sec {
-            // Paced: one batch at a time, each when it is due.
-            chunk = BATCH as u64;
-            let due = start + Duration::from_secs_f64(done as f64 / rate);
-            let now = Instant::now();
-            if due > now {
-                std::thread::sleep(due - now);
-            }
+    let mut share = pace.per_sec.map_or(1.0, |r| (r / 1e7).min(1.0));
+    while (sent as u64) < pace.max_frames && start.elapsed() < limit {
+        if pace.per_sec.is_some() {
+            let send_share = (share * u32::MAX as f64) as u32;
+            config.set(0, FloodConfig { send_share, ..cfg }, 0)?;
         }
-        let n = chunk.min(pace.max_frames - done);
+        // At the share sent, at most the frames still allowed.
+        let n = chunk.min(((pace.max_frames as f64 - sent) / share.max(1e-6)).ceil() as u64);
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);
         opts.ctx_in = Some(ctx);
@@ -304,13 +344,35 @@ fn run_live(p: &Xdp, frame: &[u8], ifindex: u32, pace: Pace) -> Result<(u64, f64
         opts.attrs = TestRunAttrs::new().xdp_live_frames(BATCH);
         p.test_run(opts)
             .context("BPF_PROG_TEST_RUN with live frames (Linux 5.18+)")?;
-        done += n;
-        if pace.per_sec.is_none() {
-            let rate = done as f64 / start.elapsed().as_secs_f64().max(1e-6);
-            chunk = ((rate * 0.1) as u64).clamp(BATCH as u64, 50_000_000);
+        runs += n;
+        sent += n as f64 * share;
+        let rate = runs as f64 / start.elapsed().as_secs_f64().max(1e-6);
+        chunk = ((rate * 0.1) as u64).clamp(BATCH as u64, 50_000_000);
+        if let Some(per_sec) = pace.per_sec {
+            // What is still to send over what is left of the time, at
+            // the generator's rate.
+            let left = (pace.secs - start.elapsed().as_secs_f64()).max(0.01);
+            let want = (per_sec * pace.secs - sent).max(0.0) / left;
+            share = (want / rate).clamp(0.0, 1.0);
         }
     }
-    Ok((done, start.elapsed().as_secs_f64()))
+    Ok((sent as u64, start.elapsed().as_secs_f64()))
+}
+
+/// Makes thread `tid` (0: the calling thread) a `SCHED_FIFO` thread at
+/// the lowest real-time priority: it runs whenever it is ready, ahead of
+/// every ordinary process (the kernel still leaves them 5% of each CPU,
+/// `sched_rt_runtime_us`).
+pub fn realtime(tid: i32) -> Result<()> {
+    let param = libc::sched_param { sched_priority: 1 };
+    // SAFETY: plain syscall on a thread id and a parameter we own.
+    if unsafe { libc::sched_setscheduler(tid, libc::SCHED_FIFO, &param) } != 0 {
+        bail!(
+            "SCHED_FIFO for thread {tid}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
 }
 
 /// `ethtool -S dev` in `netns`, by name.
@@ -348,9 +410,9 @@ impl Rx {
 
 /// Turns on threaded NAPI (Linux 5.12) for `dev` in `netns` (it needs
 /// NAPI, so an XDP program attached first) and pins its NAPI thread to
-/// `cpu`. Call it again after the XDP program changes: the veth makes
-/// its NAPI (and thread) afresh.
-pub fn threaded_napi(netns: &str, dev: &str, cpu: usize) -> Result<Rx> {
+/// `cpu`, as a real-time thread with `realtime`. Call it again after the
+/// XDP program changes: the veth makes its NAPI (and thread) afresh.
+pub fn threaded_napi(netns: &str, dev: &str, cpu: usize, realtime: bool) -> Result<Rx> {
     sh(&[
         "ip",
         "netns",
@@ -382,6 +444,9 @@ pub fn threaded_napi(netns: &str, dev: &str, cpu: usize) -> Result<Rx> {
                     "pinning {comm:?} to CPU {cpu}: {}",
                     std::io::Error::last_os_error()
                 );
+                if realtime {
+                    self::realtime(pid)?;
+                }
                 threads.push(pid);
             }
         }
@@ -533,5 +598,133 @@ fn find_u64(v: &serde_json::Value, name: &str) -> Option<u64> {
             .or_else(|| m.values().find_map(|x| find_u64(x, name))),
         serde_json::Value::Array(a) => a.iter().find_map(|x| find_u64(x, name)),
         _ => None,
+    }
+}
+
+/// A legitimate TCP flow from the client (198.18.0.1) to the server
+/// (198.18.0.2) port 5201 over the kernel's stack: a sender writing as
+/// fast as the path takes, and a receiver counting bytes as they arrive,
+/// so the rate over any window is read exactly when the window ends.
+pub struct TcpFlow {
+    /// Bytes the receiver has read so far.
+    received: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Tells both ends to stop.
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    sender: Option<std::thread::JoinHandle<Result<()>>>,
+    receiver: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+impl TcpFlow {
+    /// Starts the flow from `client` to `server` (namespaces); it stops
+    /// after `secs` at the latest.
+    pub fn start(client: &str, server: &str, secs: f64) -> Result<Self> {
+        use std::{
+            io::{Read, Write},
+            sync::{
+                atomic::{AtomicBool, AtomicU64, Ordering},
+                Arc,
+            },
+        };
+        let received = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let deadline = Instant::now() + Duration::from_secs_f64(secs);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (count, halt) = (received.clone(), stop.clone());
+        let receiver = crate::netns::in_netns(server, move || -> Result<()> {
+            let listener = std::net::TcpListener::bind("198.18.0.2:5201")?;
+            listener.set_nonblocking(true)?;
+            let _ = ready_tx.send(());
+            let mut conn = loop {
+                match listener.accept() {
+                    Ok((c, _)) => break c,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        if halt.load(Ordering::Relaxed) || Instant::now() > deadline {
+                            bail!("no connection to the flow's receiver");
+                        }
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            };
+            conn.set_nonblocking(false)?;
+            conn.set_read_timeout(Some(Duration::from_millis(100)))?;
+            let mut buf = vec![0u8; 1 << 16];
+            while !halt.load(Ordering::Relaxed) && Instant::now() < deadline {
+                match conn.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        count.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Ok(())
+        });
+        let receiver = std::thread::spawn(move || receiver.join().expect("receiver thread")?);
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .context("the flow's receiver did not listen")?;
+        let halt = stop.clone();
+        let sender = crate::netns::in_netns(client, move || -> Result<()> {
+            let mut conn = std::net::TcpStream::connect("198.18.0.2:5201")?;
+            conn.set_write_timeout(Some(Duration::from_millis(100)))?;
+            let buf = vec![0x5au8; 1 << 16];
+            while !halt.load(Ordering::Relaxed) && Instant::now() < deadline {
+                match conn.write(&buf) {
+                    Ok(_) => {}
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Ok(())
+        });
+        let sender = std::thread::spawn(move || sender.join().expect("sender thread")?);
+        Ok(Self {
+            received,
+            stop,
+            sender: Some(sender),
+            receiver: Some(receiver),
+        })
+    }
+
+    /// Bytes received so far, and when they were counted.
+    pub fn received(&self) -> (u64, Instant) {
+        (
+            self.received.load(std::sync::atomic::Ordering::Relaxed),
+            Instant::now(),
+        )
+    }
+
+    /// Stops both ends and reports either's error.
+    pub fn finish(mut self) -> Result<()> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for h in [self.sender.take(), self.receiver.take()]
+            .into_iter()
+            .flatten()
+        {
+            h.join().expect("flow thread")?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for TcpFlow {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for h in [self.sender.take(), self.receiver.take()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = h.join();
+        }
     }
 }

@@ -7,7 +7,8 @@
 //!
 //! - `flood_tx`: draws each frame's IPv4 source (and, optionally, its UDP
 //!   destination port) from `bpf_get_prandom_u32` inside the configured
-//!   range, fixes the IPv4 header checksum and returns `XDP_TX`.
+//!   range, fixes the IPv4 header checksum and returns `XDP_TX` (or, for
+//!   the configured share of frames not sent, `XDP_DROP`).
 //! - `bare_drop`: returns `XDP_DROP`, the receiver's baseline.
 #![no_std]
 #![no_main]
@@ -37,6 +38,10 @@ pub struct FloodConfig {
     /// Destination-port bits drawn at random for each frame (UDP only; the
     /// UDP checksum is then cleared); 0 leaves the port as it is.
     pub dport_mask: u16,
+    /// The share of frames sent, out of 2^32 - 1 (`u32::MAX`: all): the
+    /// rest are dropped here, which thins the flood to a rate below the
+    /// generator's without a syscall per batch.
+    pub send_share: u32,
 }
 
 /// The generator's configuration, written by the harness before a run.
@@ -52,7 +57,8 @@ const UDP: u8 = 17;
 #[xdp]
 pub fn flood_tx(ctx: XdpContext) -> u32 {
     match try_rewrite(&ctx) {
-        Ok(()) => xdp_action::XDP_TX,
+        Ok(true) => xdp_action::XDP_TX,
+        Ok(false) => xdp_action::XDP_DROP,
         Err(()) => xdp_action::XDP_ABORTED,
     }
 }
@@ -64,10 +70,15 @@ pub fn bare_drop(_ctx: XdpContext) -> u32 {
 }
 
 /// Fails on a frame that is not IPv4 without options with a UDP or TCP
-/// header in reach (the harness builds its frame; nothing else reaches here).
+/// header in reach (the harness builds its frame; nothing else reaches
+/// here). Returns whether to send the frame.
 #[inline(always)]
-fn try_rewrite(ctx: &XdpContext) -> Result<(), ()> {
+fn try_rewrite(ctx: &XdpContext) -> Result<bool, ()> {
     let cfg = FLOOD_CONFIG.get(0).ok_or(())?;
+    // SAFETY: the helper takes no arguments.
+    if cfg.send_share != u32::MAX && unsafe { bpf_get_prandom_u32() } > cfg.send_share {
+        return Ok(false);
+    }
     let (src_base, src_mask) = (cfg.src_base, cfg.src_mask);
     let (dport_base, dport_mask) = (cfg.dport_base, cfg.dport_mask);
     let start = ctx.data();
@@ -117,7 +128,7 @@ fn try_rewrite(ctx: &XdpContext) -> Result<(), ()> {
         *ip.add(10) = c[0];
         *ip.add(11) = c[1];
     }
-    Ok(())
+    Ok(true)
 }
 
 #[cfg(not(test))]
