@@ -496,6 +496,9 @@ pub fn in_ns<T>(netns: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     r
 }
 
+/// The flood channel's packet limit, per second.
+pub const FLOOD_LIMIT_PPS: u32 = 100;
+
 /// The flood's UDP destination port when it is not drawn at random.
 pub const FLOOD_PORT: u16 = 2023;
 
@@ -518,7 +521,7 @@ pub fn frame(src_mac: [u8; 6], dst_mac: [u8; 6]) -> Vec<u8> {
 /// A policy of `channels` channels (at least one) whose last, `flood`,
 /// takes the flood (UDP from 198.18.0.0/15 to the server, port
 /// [`FLOOD_PORT`] or 32768-65535) with limits far below any flood
-/// (1,000 packets/s, 10 Mbit/s). The ones before it are the benchmark's
+/// ([`FLOOD_LIMIT_PPS`] packets/s, 1 Mbit/s). The ones before it are the benchmark's
 /// `policy_text` channels (UDP port 1000 + i, 64 IPv4 and 64 IPv6 /32 and
 /// /128 sources each: 65,536 prefixes per side at 1,024 channels); with
 /// `legit` (a bandwidth such as `50Mbit`), the one before `flood` is
@@ -556,7 +559,7 @@ pub fn policy(channels: usize, legit: Option<&str>) -> String {
         ));
     }
     t.push_str(&format!(
-        "  - name: flood\n    protocol: udp\n    from: [198.18.0.0/15]\n    to: [198.18.0.2/32]\n    ports: [{FLOOD_PORT}, \"32768-65535\"]\n    limit: {{bandwidth: 10Mbit, packets: 1000}}\n"
+        "  - name: flood\n    protocol: udp\n    from: [198.18.0.0/15]\n    to: [198.18.0.2/32]\n    ports: [{FLOOD_PORT}, \"32768-65535\"]\n    limit: {{bandwidth: 1Mbit, packets: {FLOOD_LIMIT_PPS}}}\n"
     ));
     t
 }
@@ -660,6 +663,8 @@ impl TcpFlow {
                             e.kind(),
                             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                         ) => {}
+                    // The other end stopped first: the flow is over.
+                    Err(_) if halt.load(Ordering::Relaxed) => break,
                     Err(e) => return Err(e.into()),
                 }
             }
@@ -682,6 +687,8 @@ impl TcpFlow {
                             e.kind(),
                             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                         ) => {}
+                    // The other end stopped first: the flow is over.
+                    Err(_) if halt.load(Ordering::Relaxed) => break,
                     Err(e) => return Err(e.into()),
                 }
             }

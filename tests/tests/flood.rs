@@ -33,7 +33,18 @@ fn phase() -> f64 {
 }
 
 /// The flood channel's packet limit per second (`flood::policy`).
-const FLOOD_LIMIT_PPS: f64 = 1000.0;
+const FLOOD_LIMIT_PPS: f64 = flood::FLOOD_LIMIT_PPS as f64;
+
+/// The flood's rate as a share of what the receiver takes at full speed:
+/// under emulation the receiving vCPU wakes slowly and the flow needs a
+/// larger share of it.
+fn flood_share() -> f64 {
+    if in_vm() {
+        0.125
+    } else {
+        0.25
+    }
+}
 
 /// What one sample of the flow and the agent's counters holds.
 struct Sample {
@@ -87,7 +98,7 @@ fn a_legitimate_flow_keeps_its_rate_and_cache_hits_during_a_random_source_flood(
     let tx = (pair.client.as_str(), pair.client_if.as_str());
 
     // What the receiver takes at full speed, on this machine: the flood
-    // runs at a quarter of it, so the veth's receive ring (shared with the
+    // runs at a share of it (`flood_share`), so the veth's receive ring (shared with the
     // legitimate flow, and dropping anyone's frames when full, before any
     // XDP program sees them) has room. Every flow new: random sources and
     // destination ports, so flood frames find no cached flow and the
@@ -105,7 +116,7 @@ fn a_legitimate_flow_keeps_its_rate_and_cache_hits_during_a_random_source_flood(
             realtime: false,
         },
     )?;
-    let per_sec = full.received_pps() / 4.0;
+    let per_sec = full.received_pps() * flood_share();
     eprintln!(
         "full speed: generated {:.0}/s, received {:.0}/s; the flood runs at {per_sec:.0}/s",
         full.generated_pps(),
@@ -218,7 +229,7 @@ fn a_legitimate_flow_keeps_its_rate_and_cache_hits_during_a_random_source_flood(
     let flood_allowed = FLOOD_LIMIT_PPS * ((s3.at - s1.at).as_secs_f64() + 0.25 + 0.1);
     assert!(
         flood_d("passed_pkts") as f64 <= flood_allowed,
-        "the flood channel passed {} packets in {secs_b:.1} s, over its 1,000/s limit",
+        "the flood channel passed {} packets in {secs_b:.1} s, over its {FLOOD_LIMIT_PPS}/s limit",
         flood_d("passed_pkts")
     );
 
