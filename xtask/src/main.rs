@@ -76,7 +76,8 @@ enum Task {
         /// Run only these methods (drop, delay, mark, tbf, htb); all by default.
         methods: Vec<String>,
     },
-    /// Per-packet cost, enforcement accuracy vs TBF/HTB with ping RTT, attach cost; writes target/bench.json.
+    /// Per-packet cost, enforcement accuracy vs TBF/HTB with ping RTT, attach cost, XDP floods
+    /// against a bare XDP_DROP; writes target/bench.json.
     Bench,
     /// Soak: UDP and TCP load on several channels, applies, bad inputs and
     /// agent kills for N minutes; asserts nothing lost or leaked; writes target/soak.json.
