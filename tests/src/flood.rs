@@ -121,6 +121,9 @@ pub struct Generator {
     current: FloodConfig,
     /// Where `bare_drop` is attached: (namespace, interface, link).
     attached: Option<(String, String, XdpLinkId)>,
+    /// The namespace where `flood_tx` is attached to an idle veth, see
+    /// [`park`](Generator::park).
+    parked: Option<String>,
 }
 
 /// One flood run's outcome.
@@ -194,6 +197,7 @@ impl Generator {
             config,
             current: FloodConfig::SINGLE,
             attached: None,
+            parked: None,
         };
         g.configure(FloodConfig::SINGLE)?;
         Ok(g)
@@ -236,6 +240,36 @@ impl Generator {
         Ok(())
     }
 
+    /// Attaches `flood_tx` to a veth pair of its own in `netns`, down, so
+    /// nothing ever arrives there: the kernel's XDP dispatcher then holds
+    /// the program already, and a test run does not rewrite the
+    /// dispatcher's code (`bpf_prog_change_xdp`) at its start and end.
+    /// That rewrite waits for an RCU grace period, and under qemu's TCG a
+    /// vCPU running the dispatcher (the receiver's NAPI thread) while the
+    /// other patches it can hit the patch's int3 (seen on 6.12: an oops in
+    /// `bpf_dispatcher_xdp_func`).
+    fn park(&mut self, netns: &str, tx_if: &str) -> Result<()> {
+        if self.parked.as_deref() == Some(netns) {
+            return Ok(());
+        }
+        let (a, b) = (format!("{tx_if}g"), format!("{tx_if}h"));
+        sh(&[
+            "ip", "-n", netns, "link", "add", &a, "type", "veth", "peer", "name", &b,
+        ])?;
+        let p: &mut Xdp = self
+            .ebpf
+            .program_mut("flood_tx")
+            .context("no flood_tx")?
+            .try_into()?;
+        // The link lives as long as the program: until the generator drops.
+        in_ns(netns, || {
+            p.attach(&a, XdpMode::Default)
+                .with_context(|| format!("parking flood_tx on {a}"))
+        })?;
+        self.parked = Some(netns.into());
+        Ok(())
+    }
+
     /// Floods `frame` out of `tx_if` in `tx_ns` as `pace` says and counts
     /// what `rx_if` in `rx_ns` (its peer) received. Runs of the kernel's
     /// live-frames loop are chunked (about 100 ms each, sized from the rate
@@ -247,12 +281,13 @@ impl Generator {
         frame: &[u8],
         pace: Pace,
     ) -> Result<FloodRun> {
+        let (tx_ns, tx_if) = tx;
+        self.park(tx_ns, tx_if)?;
         let p: &Xdp = self
             .ebpf
             .program("flood_tx")
             .context("no flood_tx")?
             .try_into()?;
-        let (tx_ns, tx_if) = tx;
         let (config, cfg) = (&mut self.config, self.current);
         let busy0 = rx.busy_ns();
         let before = xdp_stats(&rx.netns, &rx.dev)?;
