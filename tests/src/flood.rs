@@ -532,7 +532,7 @@ pub fn in_ns<T>(netns: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
 }
 
 /// The flood channel's packet limit, per second.
-pub const FLOOD_LIMIT_PPS: u32 = 100;
+pub const FLOOD_LIMIT_PPS: u32 = 50;
 
 /// The flood's UDP destination port when it is not drawn at random.
 pub const FLOOD_PORT: u16 = 2023;
