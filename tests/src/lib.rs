@@ -10,6 +10,7 @@
 
 pub mod events;
 pub mod flood;
+pub mod flow;
 pub mod netns;
 pub mod packet;
 pub mod reference;

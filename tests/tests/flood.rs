@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde_json::Value;
 use tc_tests::{
-    flood::{self, FloodConfig, FlowCounters, Generator, Pace, TcpFlow},
+    flood::{self, FloodConfig, FlowCounters, Generator, Pace},
+    flow::TcpFlow,
     netns::{in_vm, mac_of, serial, write_policy, Agent, Pair},
 };
 
@@ -52,8 +53,11 @@ struct Sample {
     at: Instant,
     /// Bytes the flow's receiver had read.
     received: u64,
+    /// The legitimate channel's totals (`channels -o json`).
     legit: Value,
+    /// The flood channel's totals.
     flood: Value,
+    /// The node's flow-cache counters, where the agent reports them.
     cache: FlowCounters,
 }
 

@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tc_tests::{
-    flood::{self, FloodConfig, FloodRun, FlowCounters, Generator, Pace, Rx, TcpFlow},
+    flood::{self, FloodConfig, FloodRun, FlowCounters, Generator, Pace, Rx},
+    flow::TcpFlow,
     netns::{mac_of, write_policy, Agent, Pair},
 };
 
@@ -204,7 +205,7 @@ pub fn run() -> Result<serde_json::Value> {
 /// Seconds of each phase of the legitimate flow's measurement.
 const PHASE: f64 = 5.0;
 
-/// A legitimate TCP flow (`flood::TcpFlow`, its own 50 Mbit/s channel in
+/// A legitimate TCP flow (`TcpFlow`, its own 50 Mbit/s channel in
 /// the 1,024-channel policy) alone for `PHASE` s, then alongside a
 /// random-flow flood at `per_sec` for `PHASE` s: its goodput at the
 /// receiver and its flow-cache hits per legitimate packet in each phase.
