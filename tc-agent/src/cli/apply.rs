@@ -28,9 +28,31 @@ pub fn execute(args: ApplyArgs, socket: &std::path::Path) -> Result<()> {
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
     let file = args.file.display().to_string();
-    // Validate locally first for a fast answer; the agent validates again.
-    Policy::parse(&text, &file)?;
-    let data = request(socket, &Request::Apply { file, text })?;
+    // The agent validates the policy itself; the CLI validates it too, at
+    // the same time (a large policy takes a tenth of a second to read), so
+    // that a refused file is reported with every diagnostic as the CLI
+    // renders them. The agent's answer decides: a policy it applied is
+    // reported as applied.
+    let data = std::thread::scope(|s| {
+        let agent = s.spawn(|| {
+            request(
+                socket,
+                &Request::Apply {
+                    file: file.clone(),
+                    text: text.clone(),
+                },
+            )
+        });
+        let local = Policy::parse(&text, &file);
+        let answer = agent
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the request to the agent panicked")));
+        match (answer, local) {
+            (Ok(data), _) => Ok(data),
+            (Err(_), Err(local)) => Err(anyhow::Error::new(local)),
+            (Err(e), Ok(_)) => Err(e),
+        }
+    })?;
     if args.output == Output::Json {
         println!("{data}");
         return Ok(());

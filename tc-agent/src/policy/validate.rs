@@ -319,16 +319,26 @@ fn check_endpoints(ck: &mut Checker<'_>, raw: &[RawSet]) -> BTreeMap<String, Vec
     sets
 }
 
-/// The items of `from` / `to` with their field paths.
-fn endpoint_items<'r>(field: &str, raw: &'r RawEndpoints) -> Vec<(String, &'r Text)> {
+/// The items of `from` / `to`, each with its index in the list (`None`:
+/// the field is a single value), from which [`item_field`] makes its
+/// field path when a diagnostic needs it.
+fn endpoint_items(raw: &RawEndpoints) -> Vec<(Option<usize>, &Text)> {
     match raw {
-        RawEndpoints::One(t) => vec![(field.to_string(), t)],
+        RawEndpoints::One(t) => vec![(None, t)],
         RawEndpoints::Many(l) => l
             .items
             .iter()
             .enumerate()
-            .map(|(i, t)| (format!("{field}[{i}]"), t))
+            .map(|(i, t)| (Some(i), t))
             .collect(),
+    }
+}
+
+/// The field path of item `i` of `field`.
+fn item_field(field: &str, i: Option<usize>) -> String {
+    match i {
+        None => field.to_string(),
+        Some(i) => format!("{field}[{i}]"),
     }
 }
 
@@ -369,7 +379,7 @@ fn fits(
         for (side, raw) in [(0, &c.from), (1, &c.to)] {
             let Some(raw) = raw else { continue };
             let count = &mut counts[side];
-            for (_, t) in endpoint_items("", raw) {
+            for (_, t) in endpoint_items(raw) {
                 if let Some((name, c)) = per_family.get_key_value(t.text.as_str()) {
                     count.copies += c[0] + c[1];
                     count.sets.insert(name);
@@ -466,18 +476,18 @@ fn resolve(
         }
     }
     let mut out = Vec::new();
-    for (f, item) in endpoint_items(field, &raw) {
+    for (i, item) in endpoint_items(&raw) {
         if let Some(set) = sets.get(&item.text) {
             out.extend_from_slice(set);
         } else if item.text.contains('/') || item.text.parse::<IpAddr>().is_ok() {
             match parse_cidr(&item.text) {
                 Ok(n) => out.push(n),
-                Err(m) => ck.error(item.line, &f, m),
+                Err(m) => ck.error(item.line, &item_field(field, i), m),
             }
         } else {
             ck.error(
                 item.line,
-                &f,
+                &item_field(field, i),
                 format!(
                     "endpoint set `{}` is not defined under `endpoints` (defined: {defined})",
                     item.text,
@@ -487,6 +497,8 @@ fn resolve(
     }
     out.sort();
     out.dedup();
+    // Kept for the policy's life: no slack from growing it.
+    out.shrink_to_fit();
     out
 }
 
