@@ -79,6 +79,6 @@ where
             Ok(((bits as u8, a), held::entry(id, bits, &a, &set)))
         })
         .collect::<Result<Held<(u8, [u8; A])>, DatapathError>>()?;
-    out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    out.sort_unstable_by_key(|a| a.0);
     Ok(out)
 }

@@ -167,7 +167,7 @@ pub fn diff<K: Ord + Copy>(held: &Held<K>, want: &Held<K>) -> (Vec<K>, Vec<usize
 
 fn sorted<K: Ord + Copy>(it: impl Iterator<Item = (K, u64)>) -> Held<K> {
     let mut v: Held<K> = it.collect();
-    v.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    v.sort_unstable_by_key(|a| a.0);
     v.shrink_to_fit();
     v
 }

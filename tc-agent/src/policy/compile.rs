@@ -15,7 +15,7 @@ use tc_common::{
 };
 
 use super::{
-    cover::{Cover, Family, V4, V6},
+    cover::{Cover, Covered, Family, V4, V6},
     Action, Channel, ConnAction, Direction, Mode, Policy,
 };
 
@@ -112,24 +112,33 @@ pub fn compile(policy: &Policy) -> Result<Compiled, CapacityError> {
 /// Builds one address trie. For every prefix P some channels name, the
 /// entry holds each channel that names P or any prefix containing P: those
 /// are exactly the channels whose prefixes contain an address whose longest
-/// match is P (see [`Cover`]).
+/// match is P (see [`Cover`]). Sorted by length, then address.
 fn addr_table<const N: usize>(
     channels: &[Channel],
     side: impl Fn(&Channel) -> &[IpNet],
     family: &Family,
 ) -> Vec<AddrEntry<N>> {
-    let cover = Cover::build(channels.iter().map(side), family);
-    cover
-        .prefixes
-        .into_iter()
-        .zip(cover.sets)
-        .map(|((len, addr), set)| {
-            let be = addr.to_be_bytes();
-            let mut a = [0u8; N];
-            a.copy_from_slice(&be[16 - N..]);
-            AddrEntry { len, addr: a, set }
-        })
-        .collect()
+    Cover::build_with(channels.iter().map(side), family, |len, addr| {
+        let be = addr.to_be_bytes();
+        let mut a = [0u8; N];
+        a.copy_from_slice(&be[16 - N..]);
+        AddrEntry {
+            len,
+            addr: a,
+            set: ChannelSet::EMPTY,
+        }
+    })
+    .items
+}
+
+impl<const N: usize> Covered for AddrEntry<N> {
+    fn set(&self) -> &ChannelSet {
+        &self.set
+    }
+
+    fn set_mut(&mut self) -> &mut ChannelSet {
+        &mut self.set
+    }
 }
 
 fn dir_byte(d: Direction) -> u8 {

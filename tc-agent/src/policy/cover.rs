@@ -38,19 +38,59 @@ pub(crate) const V6: Family = Family {
     },
 };
 
+/// What a cover keeps per prefix: its channel set, inside whatever the
+/// caller builds from it (the compiler keeps its table entries, so the
+/// sets are not held twice).
+pub(crate) trait Covered {
+    /// The prefix's channel set.
+    fn set(&self) -> &ChannelSet;
+    /// The prefix's channel set, to add channels to.
+    fn set_mut(&mut self) -> &mut ChannelSet;
+}
+
+impl Covered for ChannelSet {
+    fn set(&self) -> &ChannelSet {
+        self
+    }
+
+    fn set_mut(&mut self) -> &mut ChannelSet {
+        self
+    }
+}
+
 /// The distinct prefixes of one side and family, sorted by `(length,
 /// address)`, each with the channels that contain it.
-pub(crate) struct Cover {
+pub(crate) struct Cover<T = ChannelSet> {
     /// `(length, network address)`, sorted, distinct.
     pub prefixes: Vec<(u8, u128)>,
-    /// `sets[i]`: every channel naming `prefixes[i]` or a prefix containing it.
-    pub sets: Vec<ChannelSet>,
+    /// `items[i]` holds every channel naming `prefixes[i]` or a prefix
+    /// containing it.
+    pub items: Vec<T>,
 }
 
 impl Cover {
-    /// Builds the cover of `side` (each channel's prefixes, in channel order)
-    /// in `family`.
+    /// Builds the cover of `sides` (each channel's prefixes, in channel
+    /// order) in `family`.
     pub fn build<'a, I>(sides: I, family: &Family) -> Self
+    where
+        I: IntoIterator<Item = &'a [IpNet]>,
+    {
+        Self::build_with(sides, family, |_, _| ChannelSet::EMPTY)
+    }
+
+    /// The channels containing `prefix`, if some channel names it.
+    pub fn get(&self, prefix: (u8, u128)) -> Option<&ChannelSet> {
+        self.prefixes
+            .binary_search(&prefix)
+            .ok()
+            .map(|i| &self.items[i])
+    }
+}
+
+impl<T: Covered> Cover<T> {
+    /// [`Cover::build`] keeping `make(length, address)` per prefix, its set
+    /// empty, then filled.
+    pub fn build_with<'a, I>(sides: I, family: &Family, make: impl Fn(u8, u128) -> T) -> Self
     where
         I: IntoIterator<Item = &'a [IpNet]>,
     {
@@ -66,20 +106,24 @@ impl Cover {
         named.dedup();
         // Sized exactly: a set is 128 bytes, and a vector grown by doubling
         // would hold up to twice the 8 MiB that 65,536 prefixes need.
-        let distinct = 1 + named
-            .windows(2)
-            .filter(|w| w[0].0 != w[1].0 || w[0].1 != w[1].1)
-            .count();
-        let distinct = if named.is_empty() { 0 } else { distinct };
+        let distinct = match named.len() {
+            0 => 0,
+            _ => {
+                1 + named
+                    .windows(2)
+                    .filter(|w| (w[0].0, w[0].1) != (w[1].0, w[1].1))
+                    .count()
+            }
+        };
         let mut prefixes: Vec<(u8, u128)> = Vec::with_capacity(distinct);
-        let mut sets: Vec<ChannelSet> = Vec::with_capacity(distinct);
+        let mut items: Vec<T> = Vec::with_capacity(distinct);
         for (len, addr, ch) in named {
             if prefixes.last() != Some(&(len, addr)) {
                 prefixes.push((len, addr));
-                sets.push(ChannelSet::EMPTY);
+                items.push(make(len, addr));
             }
-            if let Some(s) = sets.last_mut() {
-                s.insert(ch as usize);
+            if let Some(s) = items.last_mut() {
+                s.set_mut().insert(ch as usize);
             }
         }
         let mut lengths: Vec<u8> = prefixes.iter().map(|p| p.0).collect();
@@ -91,22 +135,15 @@ impl Cover {
             for &l in lengths.iter().take_while(|l| **l < len) {
                 let key = (l, mask(addr, l, family.bits));
                 if let Ok(j) = prefixes[..i].binary_search(&key) {
-                    let (head, tail) = sets.split_at_mut(i);
-                    for (w, x) in tail[0].words.iter_mut().zip(head[j].words) {
+                    let (head, tail) = items.split_at_mut(i);
+                    let from = *head[j].set();
+                    for (w, x) in tail[0].set_mut().words.iter_mut().zip(from.words) {
                         *w |= x;
                     }
                 }
             }
         }
-        Self { prefixes, sets }
-    }
-
-    /// The channels containing `prefix`, if some channel names it.
-    pub fn get(&self, prefix: (u8, u128)) -> Option<&ChannelSet> {
-        self.prefixes
-            .binary_search(&prefix)
-            .ok()
-            .map(|i| &self.sets[i])
+        Self { prefixes, items }
     }
 }
 
