@@ -28,31 +28,24 @@ pub fn execute(args: ApplyArgs, socket: &std::path::Path) -> Result<()> {
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
     let file = args.file.display().to_string();
-    // The agent validates the policy itself; the CLI validates it too, at
-    // the same time (a large policy takes a tenth of a second to read), so
-    // that a refused file is reported with every diagnostic as the CLI
-    // renders them. The agent's answer decides: a policy it applied is
-    // reported as applied.
-    let data = std::thread::scope(|s| {
-        let agent = s.spawn(|| {
-            request(
-                socket,
-                &Request::Apply {
-                    file: file.clone(),
-                    text: text.clone(),
-                },
-            )
-        });
-        let local = Policy::parse(&text, &file);
-        let answer = agent
-            .join()
-            .unwrap_or_else(|_| Err(anyhow::anyhow!("the request to the agent panicked")));
-        match (answer, local) {
-            (Ok(data), _) => Ok(data),
-            (Err(_), Err(local)) => Err(anyhow::Error::new(local)),
-            (Err(e), Ok(_)) => Err(e),
+    // The agent validates the policy itself (a large policy takes a tenth
+    // of a second to read, so the CLI does not read it first). If the
+    // agent refuses it, or cannot be reached, the CLI reads it: a file it
+    // finds invalid is reported with every diagnostic as the CLI renders
+    // them.
+    let data = match request(
+        socket,
+        &Request::Apply {
+            file: file.clone(),
+            text: text.clone(),
+        },
+    ) {
+        Ok(data) => data,
+        Err(e) => {
+            Policy::parse(&text, &file)?;
+            return Err(e);
         }
-    })?;
+    };
     if args.output == Output::Json {
         println!("{data}");
         return Ok(());
