@@ -17,6 +17,9 @@
 //!    `target/bench-detect.json`. `bench detect --help`-style arguments:
 //!    `[delays|quiet|cpu|observe]... [--pattern P]... [--runs N]
 //!    [--quiet-minutes M]`.
+//! 7. Apply (`apply`): a full apply and a one-channel change of the
+//!    1,024-channel policy through the CLI, and the agent's RSS at rest and
+//!    at peak, against issue 11's targets; also `target/bench-apply.json`.
 //!
 //! Not a test: this machine is noisy, so nothing here asserts. Results go to
 //! `target/bench.json`.
@@ -32,6 +35,8 @@ use tc_tests::{
     packet::{self, UDP},
 };
 
+#[path = "bench/apply.rs"]
+mod apply;
 #[path = "bench/connections.rs"]
 mod connections;
 #[path = "bench/detect.rs"]
@@ -557,6 +562,19 @@ fn main() -> Result<()> {
         println!("TCVM-JSON {v}");
         return Ok(());
     }
+    // `bench apply`: only the apply-latency and agent-memory table.
+    if std::env::args().nth(1).as_deref() == Some("apply") {
+        tc_tests::pin_to_cpus(&[0, 1])?;
+        let doc = apply::run()?;
+        let out =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-apply.json");
+        if let Some(dir) = out.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(&out, serde_json::to_vec_pretty(&doc)?)?;
+        println!("\nwritten to {}", out.display());
+        return Ok(());
+    }
     // `bench connections`: only the connection-tracking tables.
     if std::env::args().nth(1).as_deref() == Some("connections") {
         tc_tests::pin_to_cpu(0)?;
@@ -611,6 +629,7 @@ fn main() -> Result<()> {
     let attach = attach_cost()?;
     let nginx = connections::nginx_connections()?;
     let ix_agent = interactions::agent_cost()?;
+    let apply = apply::run()?;
     let detect = detect::run(&detect::Options::default())?;
     write_detect(&detect)?;
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench.json");
@@ -621,6 +640,7 @@ fn main() -> Result<()> {
         "interactions_per_packet": ix_per_packet, "interactions_agent": ix_agent,
         "accuracy": accuracy, "attach_cost": attach,
         "detect": detect,
+        "apply": apply,
     });
     std::fs::write(&out, serde_json::to_vec_pretty(&doc)?)?;
     println!("\nwritten to {}", out.display());
