@@ -724,6 +724,16 @@ pub struct GlobalCounters {
     /// Packets no interaction entry could count (the table full even for
     /// the untracked-clients entry).
     pub ix_lost_pkts: u64,
+    /// Classifications the flow cache answered: with `flow_misses`, the
+    /// cache's hit rate, which should stay high for established flows
+    /// even while a random-source flood misses on every packet.
+    pub flow_hits: u64,
+    /// Classifications the flow cache could not answer (the tries walked).
+    pub flow_misses: u64,
+    /// Flows admitted to the cache: seen twice in a row on their CPU (see
+    /// `tc-ebpf`'s `classify_cached`). Misses that were not admitted cost
+    /// the cache nothing.
+    pub flow_inserts: u64,
 }
 
 impl ChannelCounters {
@@ -762,6 +772,9 @@ impl GlobalCounters {
         self.conn_after_close_pkts += o.conn_after_close_pkts;
         self.ix_folded_pkts += o.ix_folded_pkts;
         self.ix_lost_pkts += o.ix_lost_pkts;
+        self.flow_hits += o.flow_hits;
+        self.flow_misses += o.flow_misses;
+        self.flow_inserts += o.flow_inserts;
     }
 }
 
@@ -807,5 +820,5 @@ const _: () = assert!(core::mem::size_of::<ConnPool>() == 72);
 const _: () = assert!(core::mem::size_of::<ConnConfig>() == 24);
 const _: () = assert!(core::mem::size_of::<BucketState>() == 24);
 const _: () = assert!(core::mem::size_of::<ChannelCounters>() == 96);
-const _: () = assert!(core::mem::size_of::<GlobalCounters>() == 120);
+const _: () = assert!(core::mem::size_of::<GlobalCounters>() == 144);
 const _: () = assert!(MAX_CHANNELS.is_multiple_of(64));

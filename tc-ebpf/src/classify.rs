@@ -1,15 +1,20 @@
 //! Classification: the flow cache in front of the bit-vector search over
 //! three LPM tries, and the fragment table's key.
 
+use core::ptr::{read_volatile, write_volatile};
+
 use aya_ebpf::maps::lpm_trie::Key;
 use tc_common::{
-    FlowKey4, FlowKey6, FlowMeta, FlowValue, FragKey, Ip6Key, CHANNEL_WORDS, GEN_BITS, IX_NONE,
-    NO_CHANNEL,
+    FlowKey4, FlowKey6, FlowMeta, FlowValue, FragKey, GlobalCounters, Ip6Key, CHANNEL_WORDS,
+    GEN_BITS, IX_NONE, NO_CHANNEL,
 };
 
 use crate::{
     account::hint,
-    maps::{TC_DST_V4, TC_DST_V6, TC_FLOWS4, TC_FLOWS6, TC_L4, TC_SRC_V4, TC_SRC_V6},
+    maps::{
+        FLOW_SEEN_SLOTS, TC_DST_V4, TC_DST_V6, TC_FLOWS4, TC_FLOWS6, TC_FLOW_SEEN, TC_L4, TC_SCRATCH,
+        TC_SRC_V4, TC_SRC_V6,
+    },
     parse::{Addrs, Parsed},
 };
 
@@ -45,22 +50,49 @@ pub fn frag_key(p: &Parsed, dir: u8) -> FragKey {
 /// The channel slot of a packet in `generation`, or [`NO_CHANNEL`]:
 /// [`classify_cached`], or [`classify`] when `cache` is false.
 #[inline(always)]
-pub fn channel_slot(generation: u32, words: u32, dir: u8, p: &Parsed, cache: bool) -> u32 {
+pub fn channel_slot(
+    generation: u32,
+    words: u32,
+    dir: u8,
+    p: &Parsed,
+    cache: bool,
+    global: &mut GlobalCounters,
+) -> u32 {
     let channel = if cache {
-        classify_cached(generation as u8, words, dir, p)
+        classify_cached(generation as u8, words, dir, p, global)
     } else {
-        classify(generation as u8, words, dir, p)
+        classify(generation as u8, words, dir, p).unwrap_or(NO_CHANNEL)
     };
-    match channel {
-        Some(c) => generation * tc_common::MAX_CHANNELS + c,
-        None => NO_CHANNEL,
+    if channel == NO_CHANNEL {
+        NO_CHANNEL
+    } else {
+        generation * tc_common::MAX_CHANNELS + channel
     }
 }
 
 /// [`classify`] behind the flow cache: one hash lookup for a known flow
-/// instead of three trie walks.
+/// instead of three trie walks. The channel, or [`NO_CHANNEL`] (a plain
+/// value rather than an `Option`: LLVM may compute with an `Option`'s
+/// undefined payload on the `None` path, which the verifier rejects as a
+/// read of an uninitialised register).
+///
+/// The cache only takes flows that profit from it, so that a flood cannot
+/// push out the flows it exists for: a flow is cached on its second
+/// packet in a row on this CPU (a "doorkeeper", as in TinyLFU). A
+/// random-source flood, whose every packet is a new flow, inserts nothing
+/// and evicts nothing, while a real flow gets in on its next packet (or,
+/// when a flood packet took its doorkeeper slot in between, on one of the
+/// following ones). Flows in no channel are cached too: their entry carries
+/// the interaction hint, which under admission is how an admitted client's
+/// packets find their own counters (`account`).
 #[inline(always)]
-pub fn classify_cached(generation: u8, words: u32, dir: u8, p: &Parsed) -> Option<u32> {
+pub fn classify_cached(
+    generation: u8,
+    words: u32,
+    dir: u8,
+    p: &Parsed,
+    global: &mut GlobalCounters,
+) -> u32 {
     let meta = FlowMeta {
         generation,
         dir: dir | p.l4_flags,
@@ -87,18 +119,22 @@ pub fn classify_cached(generation: u8, words: u32, dir: u8, p: &Parsed) -> Optio
         },
     };
     if let Some(&v) = cached {
+        global.flow_hits += 1;
         // The interaction slot it names, for the accounting program.
         hint(v.ix, v.ix_gen, v.ix_port);
-        let channel = v.channel;
-        return if channel == NO_CHANNEL {
-            None
-        } else {
-            Some(channel)
-        };
+        return v.channel;
     }
-    let channel = classify(generation, words, dir, p);
+    global.flow_misses += 1;
+    let channel = join_channels(match classify(generation, words, dir, p) {
+        Some(c) => c,
+        None => NO_CHANNEL,
+    });
+    if !second_sight(&meta, p) {
+        return channel;
+    }
+    global.flow_inserts += 1;
     let value = FlowValue {
-        channel: channel.unwrap_or(NO_CHANNEL),
+        channel,
         ix: IX_NONE,
         ix_gen: 0,
         ix_port: 0,
@@ -126,6 +162,81 @@ pub fn classify_cached(generation: u8, words: u32, dir: u8, p: &Parsed) -> Optio
         ),
     };
     channel
+}
+
+/// Passes a classification through the per-CPU scratch value, which the
+/// verifier cannot see into: the admission and insertion that follow are
+/// verified once, not once per word of the bit-vector search that found
+/// the channel (as `pipeline::join_enforce_paths` does for enforcement).
+#[inline(always)]
+fn join_channels(channel: u32) -> u32 {
+    let Some(s) = TC_SCRATCH.get_ptr_mut(0) else {
+        return channel;
+    };
+    // SAFETY: per-CPU scratch, only this program run uses it; volatile so
+    // that LLVM cannot forward the store to the load. The pipeline writes
+    // the enforced slot over it later.
+    unsafe {
+        write_volatile(&raw mut (*s).slot, channel);
+        read_volatile(&raw const (*s).slot)
+    }
+}
+
+/// The doorkeeper: whether the flow's previous uncached packet on this CPU
+/// was the last one to pass through its slot. Records the flow in its slot
+/// otherwise. Collisions only delay an admission (or, rarely, admit a flow
+/// one packet early); they never change a classification.
+#[inline(always)]
+fn second_sight(meta: &FlowMeta, p: &Parsed) -> bool {
+    let m = u64::from(meta.generation)
+        | u64::from(meta.dir) << 8
+        | u64::from(meta.proto) << 16
+        | u64::from(meta.l4_bits) << 24
+        | u64::from(meta.dport) << 32;
+    let h = match &p.addrs {
+        Addrs::V4 { src, dst } => mix(
+            mix(m, 0),
+            u64::from(u32::from_ne_bytes(*src)) << 32 | u64::from(u32::from_ne_bytes(*dst)),
+        ),
+        Addrs::V6 { src, dst } => {
+            let mut h = mix(m, 0);
+            h = mix(h, word(src, 0));
+            h = mix(h, word(src, 8));
+            h = mix(h, word(dst, 0));
+            mix(h, word(dst, 8))
+        }
+    };
+    let tag = (h >> 32) as u32 | 1;
+    let Some(seen) = TC_FLOW_SEEN.get_ptr_mut((h as u32) & (FLOW_SEEN_SLOTS - 1)) else {
+        return false;
+    };
+    // SAFETY: a per-CPU slot, only this program run uses it.
+    unsafe {
+        if *seen == tag {
+            *seen = 0;
+            return true;
+        }
+        *seen = tag;
+    }
+    false
+}
+
+/// One round of a multiply-xorshift hash (the 64-bit finaliser of
+/// MurmurHash3's constants): cheap in BPF, and good enough to spread flows
+/// over the doorkeeper's slots.
+#[inline(always)]
+fn mix(h: u64, w: u64) -> u64 {
+    let mut x = (h ^ w).wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x.wrapping_mul(0xc4ce_b9fe_1a85_ec53)
+}
+
+/// Bytes `at..at + 8` of an address, as a word.
+#[inline(always)]
+fn word(a: &[u8; 16], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&a[at..at + 8]);
+    u64::from_ne_bytes(w)
 }
 
 /// Index of the first channel (in policy order) whose source set, destination

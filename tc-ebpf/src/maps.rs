@@ -22,6 +22,14 @@ pub static TC_GENS: Array<GenInfo> = Array::with_max_entries(2, 0);
 pub static TC_FLOWS4: LruHashMap<FlowKey4, FlowValue> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
 #[map]
 pub static TC_FLOWS6: LruHashMap<FlowKey6, FlowValue> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+/// Slots of the flow cache's doorkeeper (a power of two).
+pub const FLOW_SEEN_SLOTS: u32 = 4096;
+/// The flow cache's doorkeeper, per CPU: a tag of the last uncached flow
+/// whose hash fell in each slot (see `classify::classify_cached`). Not
+/// pinned: a fresh agent starts with an empty one, which delays each
+/// flow's admission by one packet.
+#[map]
+pub static TC_FLOW_SEEN: PerCpuArray<u32> = PerCpuArray::with_max_entries(FLOW_SEEN_SLOTS, 0);
 #[map]
 pub static TC_SRC_V4: LpmTrie<Ip4Key, ChannelSet> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
 #[map]

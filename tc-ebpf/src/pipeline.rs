@@ -100,7 +100,7 @@ pub fn handle(
     let (slot, follow) = match first {
         NOT_FOUND => {
             let cache = config.flags & FLAG_NO_FLOW_CACHE == 0;
-            let slot = channel_slot(generation, gen_info.words, dir, parsed, cache);
+            let slot = channel_slot(generation, gen_info.words, dir, parsed, cache, global);
             (slot, JUDGE)
         }
         f => ((f >> 8) as u32, f as u8),

@@ -67,6 +67,13 @@ fn ipv4_sum(f: &[u8]) -> u16 {
     sum as u16
 }
 
+/// Rewrites the source address of an IPv4 frame from [`ipv4`], and its
+/// header checksum (a UDP checksum of 0 means none; a TCP one goes stale).
+pub fn set_ipv4_source(f: &mut [u8], src: Ipv4Addr) {
+    f[26..30].copy_from_slice(&src.octets());
+    set_ipv4_checksum(f);
+}
+
 fn set_ipv4_checksum(f: &mut [u8]) {
     f[24] = 0;
     f[25] = 0;

@@ -483,8 +483,12 @@ fn the_flow_cache_never_serves_a_previous_policy() {
     // entry from P1 would send it to channel 0 (`z`).
     let mut f = Fixture::new("channels:\n  - name: a\n    to: [198.18.2.10/32]\n  - name: b\n");
     let frame = packet::ipv4("198.18.1.5", "198.18.2.10", UDP, 53, 10);
+    // A flow enters the cache on its second packet.
+    tc_tests::pin_to_cpu(0).expect("pin to a CPU");
     assert_eq!(f.ingress(&frame), PASS);
-    assert_eq!(f.counters("a").matched_pkts, 1);
+    assert_eq!(f.ingress(&frame), PASS);
+    assert_eq!(f.counters("a").matched_pkts, 2);
+    assert_eq!(f.global().flow_inserts, 1);
     for text in [
         "channels:\n  - name: x\n",
         "channels:\n  - name: z\n    from: [198.19.0.0/16]\n  - name: b2\n  - name: a2\n    to: [198.18.2.10/32]\n",
@@ -500,6 +504,58 @@ fn the_flow_cache_never_serves_a_previous_policy() {
     }
     assert_eq!(f.counters("z").matched_pkts, 0);
     assert_eq!(f.counters("b2").matched_pkts, 1);
+}
+
+/// More distinct flood flows than the flow cache holds (`MAX_FLOWS`).
+const FLOOD_FLOWS: u32 = tc_common::MAX_FLOWS + 14_464;
+
+#[test]
+fn a_random_source_flood_neither_enters_nor_empties_the_flow_cache() {
+    let mut f = Fixture::new(
+        "channels:\n  - name: legit\n    from: [198.18.1.5/32]\n  - name: flood\n    to: [198.18.2.20/32]\n    limit: {packets: 1000}\n",
+    );
+    // The doorkeeper is per CPU: the test's packets must all run on one.
+    tc_tests::pin_to_cpu(0).expect("pin to a CPU");
+    let legit = packet::ipv4("198.18.1.5", "198.18.2.10", UDP, 53, 10);
+    // First packet: classified, not cached. Second: cached. Third: a hit.
+    for _ in 0..3 {
+        assert_eq!(f.ingress(&legit), PASS);
+    }
+    let g = f.global();
+    assert_eq!(
+        (g.flow_misses, g.flow_inserts, g.flow_hits),
+        (2, 1, 1),
+        "{g:?}"
+    );
+    // Traffic in no channel is admitted the same way (its entry carries
+    // the interaction hint).
+    let stray = packet::ipv4("198.18.9.9", "198.18.2.30", UDP, 53, 10);
+    for _ in 0..3 {
+        assert_eq!(f.ingress(&stray), PASS);
+    }
+    let g = f.global();
+    assert_eq!(
+        (g.flow_misses, g.flow_inserts, g.flow_hits),
+        (4, 2, 2),
+        "{g:?}"
+    );
+    // A flood from a new source per packet, more flows than the cache
+    // holds: judged by its channel, and not one of them cached.
+    let mut frame = packet::ipv4("198.18.128.0", "198.18.2.20", UDP, 53, 10);
+    for i in 0..FLOOD_FLOWS {
+        packet::set_ipv4_source(&mut frame, (0xc612_8000 + i).into());
+        f.ingress(&frame);
+    }
+    let flood = f.counters("flood");
+    assert_eq!(flood.matched_pkts, FLOOD_FLOWS as u64);
+    assert!(flood.dropped_pkts > FLOOD_FLOWS as u64 / 2, "{flood:?}");
+    let g = f.global();
+    assert_eq!(g.flow_inserts, 2, "the flood entered the cache: {g:?}");
+    assert_eq!(g.flow_misses, 4 + FLOOD_FLOWS as u64, "{g:?}");
+    // The legitimate flow is still cached.
+    assert_eq!(f.ingress(&legit), PASS);
+    assert_eq!(f.global().flow_hits, g.flow_hits + 1);
+    assert_eq!(f.counters("legit").matched_pkts, 4);
 }
 
 #[test]

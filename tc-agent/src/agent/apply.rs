@@ -1,22 +1,32 @@
 //! Applying a policy: validate, compile, write the inactive generation, flip.
 
 use super::*;
+use crate::datapath::{held::Tables, steps::Steps};
 
 impl Agent {
     pub(super) fn apply(&mut self, file: &str, text: &str) -> Result<ApplyReport> {
         if self.closing {
             bail!("the agent is stopping: policy not applied, the running policy is unchanged");
         }
+        let t = Instant::now();
         let policy = Policy::parse(text, file)?;
+        tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "policy parsed");
         self.apply_policy(policy, file)
     }
 
     /// Applies a validated policy (from a file, or the saved state's).
     pub(super) fn apply_policy(&mut self, policy: Policy, file: &str) -> Result<ApplyReport> {
         let t0 = Instant::now();
+        let mut steps = Steps::new("agent apply");
+        // The previous switch's fold must read its old generation before
+        // this apply writes into it.
+        self.settle();
+        steps.step("settle");
         let mut compiled = compile(&policy)?;
+        steps.step("compile");
         let pools = self.pools.assign(&policy, &mut compiled.policies)?;
         let fq_new = self.prepare_fq(&policy)?;
+        steps.step("pools and fq");
         let old: HashMap<&str, (usize, &crate::policy::Channel)> = self
             .policy
             .channels
@@ -59,16 +69,22 @@ impl Agent {
                 }
             }
         }
+        let new_names: std::collections::HashSet<&str> =
+            policy.channels.iter().map(|c| c.name.as_str()).collect();
         report.removed = self
             .policy
             .channels
             .iter()
-            .filter(|c| !policy.channels.iter().any(|n| n.name == c.name))
+            .filter(|c| !new_names.contains(c.name.as_str()))
             .map(|c| c.name.clone())
             .collect();
 
+        steps.step("diff channels");
         let previous = self.generation;
-        let live = match self.dp.apply(&compiled, &carry) {
+        let tables = Tables::of(&compiled);
+        let digest = tables.digest();
+        steps.step("record");
+        let live = match self.dp.apply_tables(&compiled, tables, &carry) {
             Ok(live) => live,
             Err(e) => {
                 // The old policy is still live: undo what this apply added.
@@ -89,34 +105,42 @@ impl Agent {
         report.generation = live.generation;
         report.version = live.version;
 
-        // Fold the old generation's counters into the carried totals.
-        std::thread::sleep(SWITCH_GRACE);
-        let old_counters = self
-            .dp
-            .channel_counters(previous, self.policy.channels.len())
-            .unwrap_or_else(|e| {
-                warn!(error = %e, "reading the previous policy's counters failed; its totals restart");
-                vec![Default::default(); self.policy.channels.len()]
-            });
-        let mut carried = HashMap::new();
-        for (c, counters) in self.policy.channels.iter().zip(old_counters) {
-            if policy.channels.iter().any(|n| n.name == c.name) {
-                let mut t = self.carried.get(&c.name).copied().unwrap_or_default();
-                t.add(&counters);
-                carried.insert(c.name.clone(), t);
-            }
-        }
-        self.carried = carried;
+        steps.step("datapath");
+        // The old generation's counters are folded into the carried
+        // totals after the grace period (`settle`); until then `totals`
+        // adds them. Totals of removed channels are dropped now.
+        let kept: Vec<(usize, String)> = self
+            .policy
+            .channels
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| new_names.contains(c.name.as_str()))
+            .map(|(i, c)| (i, c.name.clone()))
+            .collect();
+        self.carried
+            .retain(|name, _| new_names.contains(name.as_str()));
+        self.pending = Some(PendingFold {
+            at: Instant::now(),
+            generation: previous,
+            kept,
+        });
+        drop(compiled);
         self.generation = live.generation;
         self.version = live.version;
-        self.digest = digest::of_compiled(&compiled);
+        self.digest = digest;
         self.state_check = StateCheck::Consistent;
         self.live_slots = policy.channels.len();
-        self.observer.lock().set_policy(&policy);
+        let policy = Arc::new(policy);
+        self.observer.lock().set_policy(policy.clone());
         self.policy = policy;
         self.policy_file = Some(file.to_string());
         self.history.clear();
+        steps.step("observer");
         self.save();
+        steps.step("save");
+        release_freed_memory();
+        steps.step("trim");
+        steps.log();
         info!(
             version = live.version,
             generation = live.generation,
@@ -163,5 +187,17 @@ impl Agent {
         }
         self.fq_installed.extend(installed.iter().cloned());
         Ok(installed)
+    }
+}
+
+/// Hands the heap memory an apply freed (parse tree, compiled tables:
+/// tens of megabytes for a 1,024-channel policy) back to the kernel: glibc
+/// keeps freed memory of its arenas otherwise, and the agent's resident
+/// size would stay at its peak.
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

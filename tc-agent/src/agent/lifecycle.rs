@@ -164,6 +164,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     let _ = std::fs::remove_file(&config.socket);
     let mut agent = agent.lock();
     agent.closing = true;
+    agent.settle();
     agent.save();
     if config.detach_on_exit {
         info!("shutting down: --detach-on-exit, removing the datapath");
@@ -290,7 +291,13 @@ fn check_saved(
     } else if saved.generation != live.generation {
         Some("the saved state and the kernel disagree on the live generation".into())
     } else {
-        match dp.digest_of_generation(live.generation) {
+        // What the live generation holds, read back: its digest checks the
+        // saved state, and it is the record the next writes diff against.
+        match dp.read_generation(live.generation).map(|t| {
+            let d = t.digest();
+            dp.adopt(live.generation, t);
+            d
+        }) {
             Ok(d) if d == saved.digest => None,
             Ok(_) => Some(format!(
                 "the kernel's tables for policy version {} differ from the saved policy",
@@ -325,6 +332,9 @@ impl Agent {
     /// maps and the saved state say is live.
     fn resume(mut dp: Datapath, config: AgentConfig) -> Result<(Self, Option<Lost>)> {
         let live = dp.config()?;
+        if live.version == 0 {
+            dp.reset_generations()?;
+        }
         let saved = SavedState::load(&config.state_dir.join("state.json"));
         let (saved, state_check, lost) = check_saved(&mut dp, live, saved);
         if let StateCheck::Mismatch(why) = &state_check {
@@ -359,12 +369,13 @@ impl Agent {
             detector: crate::detect::Detector::default(),
             policy: Default::default(),
         };
-        observer.set_policy(&saved.policy);
+        let policy = Arc::new(saved.policy);
+        observer.set_policy(policy.clone());
         let observer = Arc::new(Mutex::new(observer));
         let agent = Agent {
             dp,
             hooks: Vec::new(),
-            policy: saved.policy,
+            policy,
             policy_file: saved.policy_file,
             generation: live.generation,
             version: live.version,
@@ -373,6 +384,7 @@ impl Agent {
             live_slots,
             closing: false,
             carried: saved.carried,
+            pending: None,
             history: VecDeque::new(),
             fq_installed: saved.fq_installed,
             started: Instant::now(),

@@ -43,7 +43,7 @@ use crate::{
     datapath::{
         attach::{self, Hook, HookKind},
         conn::PoolCounts,
-        digest, qdisc, sys, Datapath, TableSizes,
+        qdisc, sys, Datapath, TableSizes,
     },
     policy::{compile::compile, Action, Mode, Policy},
 };
@@ -104,6 +104,17 @@ struct Sample {
     conns: HashMap<String, PoolCounts>,
 }
 
+/// A generation switch whose old generation's counters are not yet in
+/// `carried`.
+struct PendingFold {
+    /// When the switch was made: the fold waits [`SWITCH_GRACE`] after it.
+    at: Instant,
+    /// The old generation.
+    generation: u32,
+    /// Slot and name of each old channel the new policy still has.
+    kept: Vec<(usize, String)>,
+}
+
 /// The agent's mutable state, behind one lock.
 struct Agent {
     /// What `run` was told: interfaces, directories, socket.
@@ -112,8 +123,9 @@ struct Agent {
     dp: Datapath,
     /// The hooks this agent attached or took over; left attached on stop.
     hooks: Vec<Hook>,
-    /// The live policy (its channels are the live generation's slots, in order).
-    policy: Policy,
+    /// The live policy (its channels are the live generation's slots, in
+    /// order), shared with the observer for `suggest`.
+    policy: Arc<Policy>,
     /// Where it came from, for `status`.
     policy_file: Option<String>,
     /// The live generation slot (0 or 1): where the live policy's tables,
@@ -134,6 +146,10 @@ struct Agent {
     closing: bool,
     /// Counters of earlier generations, by channel name, so totals survive re-applies.
     carried: HashMap<String, Totals>,
+    /// The last switch's old generation, whose counters are folded into
+    /// `carried` once the grace period has passed (see [`Agent::settle`]):
+    /// an apply answers without waiting for it.
+    pending: Option<PendingFold>,
     /// Recent samples, newest last, for rates.
     history: VecDeque<Sample>,
     /// Interfaces where the agent installed fq for `delay`; `uninstall`
@@ -162,26 +178,31 @@ impl Agent {
     }
 
     fn save(&self) {
-        let s = SavedState {
+        let s = state::SavedStateRef {
             generation: self.generation,
             version: self.version,
             digest: self.digest,
             hooks: self.saved_hooks(),
-            policy: self.policy.clone(),
-            policy_file: self.policy_file.clone(),
-            carried: self.carried.clone(),
-            fq_installed: self.fq_installed.clone(),
+            policy: &self.policy,
+            policy_file: &self.policy_file,
+            carried: &self.carried,
+            fq_installed: &self.fq_installed,
         };
         if let Err(e) = s.save(&self.state_file()) {
             warn!(error = %e, "cannot save agent state; counters of earlier generations will reset on restart");
         }
     }
 
-    /// Totals per channel of the live policy: carried + live slots.
+    /// Totals per channel of the live policy: carried + live slots (+ the
+    /// old generation's, while its fold is pending).
     fn totals(&mut self) -> Result<Vec<Totals>> {
         let live = self
             .dp
             .channel_counters(self.generation, self.policy.channels.len())?;
+        let pending = match &self.pending {
+            Some(p) => pending_counters(&mut self.dp, p.generation, &p.kept)?,
+            None => HashMap::new(),
+        };
         Ok(self
             .policy
             .channels
@@ -190,8 +211,52 @@ impl Agent {
             .map(|(c, l)| {
                 let mut t = self.carried.get(&c.name).copied().unwrap_or_default();
                 t.add(&l);
+                if let Some(p) = pending.get(c.name.as_str()) {
+                    t.add(p);
+                }
                 t
             })
             .collect())
     }
+
+    /// Completes the last switch: once the grace period has passed (it
+    /// waits out what is left of it), folds the old generation's counters
+    /// into `carried`, removes the old generation's flow-cache entries so
+    /// the next apply need not walk the cache, and saves the state.
+    fn settle(&mut self) {
+        let Some(p) = self.pending.take() else {
+            return;
+        };
+        if let Some(left) = SWITCH_GRACE.checked_sub(p.at.elapsed()) {
+            std::thread::sleep(left);
+        }
+        match pending_counters(&mut self.dp, p.generation, &p.kept) {
+            Ok(old) => {
+                for (name, c) in old {
+                    self.carried.entry(name.to_string()).or_default().add(&c);
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "reading the previous policy's counters failed; its totals restart")
+            }
+        }
+        if let Err(e) = self.dp.tidy_standby() {
+            warn!(error = %e, "removing the old generation's flow-cache entries failed; the next apply removes them");
+        }
+        self.save();
+    }
+}
+
+/// Counters of the old generation's `kept` channels, by name.
+fn pending_counters<'a>(
+    dp: &mut Datapath,
+    generation: u32,
+    kept: &'a [(usize, String)],
+) -> Result<HashMap<&'a str, crate::datapath::Counters>> {
+    let n = kept.iter().map(|(i, _)| i + 1).max().unwrap_or(0);
+    let counters = dp.channel_counters(generation, n)?;
+    Ok(kept
+        .iter()
+        .map(|(i, name)| (name.as_str(), counters[*i]))
+        .collect())
 }

@@ -3,7 +3,7 @@
 //! and what it changed on the node (hooks, qdiscs) so that `tc-agent
 //! uninstall` can undo it without an agent.
 
-use std::{collections::HashMap, io::Write, path::Path};
+use std::{collections::HashMap, path::Path};
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -53,14 +53,39 @@ pub struct SavedHook {
     pub mechanism: Mechanism,
 }
 
-impl SavedState {
+/// [`SavedState`] as the agent writes it: borrowed from the agent, so a
+/// save copies neither the policy nor the counters (the same JSON fields).
+#[derive(Debug, Serialize)]
+pub struct SavedStateRef<'a> {
+    /// As [`SavedState::generation`].
+    pub generation: u32,
+    /// As [`SavedState::version`].
+    pub version: u64,
+    /// As [`SavedState::digest`].
+    pub digest: u64,
+    /// As [`SavedState::policy`].
+    pub policy: &'a Policy,
+    /// As [`SavedState::policy_file`].
+    pub policy_file: &'a Option<String>,
+    /// As [`SavedState::carried`].
+    pub carried: &'a HashMap<String, Totals>,
+    /// As [`SavedState::fq_installed`].
+    pub fq_installed: &'a [String],
+    /// As [`SavedState::hooks`].
+    pub hooks: Vec<SavedHook>,
+}
+
+impl SavedStateRef<'_> {
     /// Writes atomically and durably: a temporary file, fsync, rename, so a
     /// crash leaves either the old state or the new one, never a torn file.
+    /// Compact JSON, streamed: no second copy of a large policy in memory.
     pub fn save(&self, path: &Path) -> Result<()> {
         let tmp = path.with_extension("json.tmp");
-        let mut f =
+        let f =
             std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(&serde_json::to_vec_pretty(self)?)?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 16, f);
+        serde_json::to_writer(&mut w, self)?;
+        let f = w.into_inner().map_err(|e| e.into_error())?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
         if let Some(dir) = path.parent() {
@@ -68,6 +93,23 @@ impl SavedState {
             std::fs::File::open(dir)?.sync_all()?;
         }
         Ok(())
+    }
+}
+
+impl SavedState {
+    /// Writes it as [`SavedStateRef::save`] does.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        SavedStateRef {
+            generation: self.generation,
+            version: self.version,
+            digest: self.digest,
+            policy: &self.policy,
+            policy_file: &self.policy_file,
+            carried: &self.carried,
+            fq_installed: &self.fq_installed,
+            hooks: self.hooks.clone(),
+        }
+        .save(path)
     }
 
     pub fn load(path: &Path) -> Option<Self> {

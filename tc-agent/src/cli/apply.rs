@@ -28,9 +28,24 @@ pub fn execute(args: ApplyArgs, socket: &std::path::Path) -> Result<()> {
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
     let file = args.file.display().to_string();
-    // Validate locally first for a fast answer; the agent validates again.
-    Policy::parse(&text, &file)?;
-    let data = request(socket, &Request::Apply { file, text })?;
+    // The agent validates the policy itself (a large policy takes a tenth
+    // of a second to read, so the CLI does not read it first). If the
+    // agent refuses it, or cannot be reached, the CLI reads it: a file it
+    // finds invalid is reported with every diagnostic as the CLI renders
+    // them.
+    let data = match request(
+        socket,
+        &Request::Apply {
+            file: file.clone(),
+            text: text.clone(),
+        },
+    ) {
+        Ok(data) => data,
+        Err(e) => {
+            Policy::parse(&text, &file)?;
+            return Err(e);
+        }
+    };
     if args.output == Output::Json {
         println!("{data}");
         return Ok(());

@@ -133,6 +133,10 @@ pub fn render(r: &ChannelsReport) -> String {
         "      {} later fragments ({} orphans), {} without readable ports (held conservatively)\n",
         n.fragment_pkts, n.fragment_orphan_pkts, n.no_ports_pkts
     ));
+    out.push_str(&format!(
+        "      flow cache: {} hits, {} misses, {} flows admitted\n",
+        n.flow_hits, n.flow_misses, n.flow_inserts
+    ));
     if n.conn_untracked_pkts + n.conn_after_close_pkts > 0 {
         out.push_str(&format!(
             "      {} packets of connections not tracked (opened before a limit, or timed out), {} dropped after a reset\n",

@@ -170,6 +170,7 @@ pub fn execute(args: RunArgs, socket: PathBuf) -> Result<()> {
         metrics_addr: args.metrics_addr,
         detect: !args.no_detect,
     };
+    one_heap_arena();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -185,6 +186,22 @@ pub fn execute(args: RunArgs, socket: PathBuf) -> Result<()> {
         };
         agent::run(config, shutdown).await
     })
+}
+
+/// Makes every thread of the agent allocate from one glibc heap arena
+/// (before any thread starts). By default each thread that allocates gets
+/// its own arena, and an apply that parses on one thread and compiles on
+/// another leaves freed megabytes in several arenas that `malloc_trim`
+/// cannot give back whole: measured with a 1,024-channel policy, the
+/// agent at rest held 68 MB with per-thread arenas and 37 MB with one. The
+/// agent's threads take turns on one lock anyway, so they barely contend
+/// on the arena's.
+fn one_heap_arena() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes the allocator's tuning; no thread runs yet.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
 }
 
 #[cfg(test)]

@@ -4,9 +4,11 @@
 pub mod attach;
 pub mod conn;
 pub mod digest;
+pub mod held;
 pub mod interactions;
 pub mod qdisc;
 mod rtnl;
+pub mod steps;
 pub mod sys;
 
 use std::{
@@ -89,6 +91,10 @@ pub struct Datapath {
     pub ebpf: Ebpf,
     /// Where the maps are pinned, if they are (`None` in unit-style tests).
     pub pin_dir: Option<PathBuf>,
+    /// What each generation's tables hold, so a write into one writes only
+    /// what differs (see [`held`]). Unknown until this agent writes or
+    /// reads a generation.
+    gens: [held::Generation; 2],
 }
 
 impl Datapath {
@@ -160,6 +166,7 @@ impl Datapath {
         let mut dp = Self {
             ebpf,
             pin_dir: pin_dir.map(Path::to_path_buf),
+            gens: [held::Generation::unknown(), held::Generation::unknown()],
         };
         dp.init_slots()?;
         dp.install_accounting()?;
@@ -212,6 +219,10 @@ impl Datapath {
     /// the token-bucket state of an unchanged channel, so a re-apply does not
     /// hand out a fresh burst.
     ///
+    /// Only what differs from what the inactive generation holds is written
+    /// (stale entries removed, new and changed ones written); a generation
+    /// of unknown content is emptied first and written whole.
+    ///
     /// Returns the new live config: its generation, and its policy
     /// version, one more than the previous.
     pub fn apply(
@@ -219,43 +230,92 @@ impl Datapath {
         compiled: &Compiled,
         carry: &[Option<u32>],
     ) -> Result<Config, DatapathError> {
+        self.apply_tables(compiled, held::Tables::of(compiled), carry)
+    }
+
+    /// [`apply`](Self::apply) with the record of `compiled` already made
+    /// (the agent makes it once for the write and the digest).
+    pub fn apply_tables(
+        &mut self,
+        compiled: &Compiled,
+        want: held::Tables,
+        carry: &[Option<u32>],
+    ) -> Result<Config, DatapathError> {
+        let mut steps = steps::Steps::new("datapath apply");
         let live = self.config()?;
         let next = live.generation ^ 1;
-        self.purge(next)?;
         let g = next as u8;
+        // Until the write below completes, the generation holds neither
+        // its old content nor the new: unknown if anything fails.
+        let prior = std::mem::replace(&mut self.gens[next as usize], held::Generation::unknown());
+        let (held, known) = match prior.tables {
+            Some(t) => (t, true),
+            None => {
+                self.purge_tries(g)?;
+                (held::Tables::default(), false)
+            }
+        };
+        steps.step("purge unknown");
+        if prior.flows_dirty {
+            self.purge_flows::<FlowKey4>(FLOWS4, g, |k| k.meta.generation)?;
+            self.purge_flows::<FlowKey6>(FLOWS6, g, |k| k.meta.generation)?;
+        }
+        steps.step("purge flows");
 
-        write_addr(
+        sync_addr(
             &mut self.trie::<[u8; 5]>(SRC_V4)?,
             SRC_V4,
             g,
+            &held.src_v4,
+            &want.src_v4,
             &compiled.src_v4,
         )?;
-        write_addr(
+        sync_addr(
             &mut self.trie::<[u8; 5]>(DST_V4)?,
             DST_V4,
             g,
+            &held.dst_v4,
+            &want.dst_v4,
             &compiled.dst_v4,
         )?;
-        write_addr(
+        sync_addr(
             &mut self.trie::<[u8; 17]>(SRC_V6)?,
             SRC_V6,
             g,
+            &held.src_v6,
+            &want.src_v6,
             &compiled.src_v6,
         )?;
-        write_addr(
+        sync_addr(
             &mut self.trie::<[u8; 17]>(DST_V6)?,
             DST_V6,
             g,
+            &held.dst_v6,
+            &want.dst_v6,
             &compiled.dst_v6,
         )?;
+        steps.step("write addresses");
         {
             let mut l4 = self.trie::<[u8; 5]>(L4)?;
-            for e in &compiled.l4 {
-                let [a, b, c, d] = e.data;
-                l4.insert(&Key::new(GEN_BITS + e.bits, [g, a, b, c, d]), e.set, 0)
+            let (stale, write) = held::diff(&held.l4, &want.l4);
+            for (bits, [a, b, c, d]) in stale {
+                l4.remove(&Key::new(GEN_BITS + bits as u32, [g, a, b, c, d]))
+                    .map_err(map_err(L4))?;
+            }
+            for j in write {
+                let (bits, data) = want.l4[j].0;
+                let set = compiled
+                    .l4
+                    .iter()
+                    .find(|e| (e.bits as u8, e.data) == (bits, data))
+                    .map(|e| e.set)
+                    .unwrap_or(ChannelSet::EMPTY);
+                let [a, b, c, d] = data;
+                l4.insert(&Key::new(GEN_BITS + bits as u32, [g, a, b, c, d]), set, 0)
                     .map_err(map_err(L4))?;
             }
         }
+        steps.step("write l4");
         let base = next * MAX_CHANNELS;
         let ncpus = aya::util::nr_cpus()
             .map_err(|(_, e)| DatapathError::Setup(format!("cannot count CPUs: {e}")))?;
@@ -271,6 +331,7 @@ impl Datapath {
                     .map_err(map_err(BUCKETS))?;
             }
         }
+        steps.step("buckets");
         {
             let mut counters = self.percpu::<ChannelCounters>(COUNTERS)?;
             for i in 0..compiled.policies.len() as u32 {
@@ -279,11 +340,26 @@ impl Datapath {
                 counters.set(base + i, zero, 0).map_err(map_err(COUNTERS))?;
             }
         }
+        steps.step("counters");
         {
             let mut policies = self.array::<ChannelPolicy>(POLICIES)?;
-            for (i, p) in compiled.policies.iter().enumerate() {
+            if !known {
+                // What the slots hold is not known: deactivate every active one.
+                for i in base..base + MAX_CHANNELS {
+                    if policies.get(&i, 0).map_err(map_err(POLICIES))?.active != 0 {
+                        policies
+                            .set(i, ChannelPolicy::default(), 0)
+                            .map_err(map_err(POLICIES))?;
+                    }
+                }
+            }
+            for i in 0..held.policies.len().max(want.policies.len()) {
+                let new = want.policies.get(i).copied().unwrap_or_default();
+                if known && held.policies.get(i).copied().unwrap_or_default() == new {
+                    continue;
+                }
                 policies
-                    .set(base + i as u32, *p, 0)
+                    .set(base + i as u32, new, 0)
                     .map_err(map_err(POLICIES))?;
             }
         }
@@ -307,29 +383,80 @@ impl Datapath {
         self.array::<Config>(CONFIG)?
             .set(0, config, 0)
             .map_err(map_err(CONFIG))?;
+        steps.step("policies and switch");
+        steps.log();
+        self.gens[next as usize] = held::Generation {
+            tables: Some(want),
+            flows_dirty: false,
+        };
+        // Packets classified under the old generation were cached under it.
+        self.gens[live.generation as usize].flows_dirty = true;
         Ok(config)
     }
 
-    /// Removes every entry of generation `generation` from the tries and
-    /// deactivates its policy slots.
-    fn purge(&mut self, generation: u32) -> Result<(), DatapathError> {
-        let g = generation as u8;
+    /// Empties both generations of maps that hold no policy (version 0:
+    /// new maps, or a wipe), so that both are known to be empty and the
+    /// first applies write only what they add. Entries a failed apply left
+    /// behind are removed here; nothing is live, so nothing is unenforced.
+    pub fn reset_generations(&mut self) -> Result<(), DatapathError> {
+        if self.config()?.version != 0 {
+            return Err(DatapathError::Setup(
+                "refusing to empty the generations of maps that hold a live policy".into(),
+            ));
+        }
+        for generation in 0..2u32 {
+            self.purge_tries(generation as u8)?;
+            let mut policies = self.array::<ChannelPolicy>(POLICIES)?;
+            let base = generation * MAX_CHANNELS;
+            for i in base..base + MAX_CHANNELS {
+                if policies.get(&i, 0).map_err(map_err(POLICIES))?.active != 0 {
+                    policies
+                        .set(i, ChannelPolicy::default(), 0)
+                        .map_err(map_err(POLICIES))?;
+                }
+            }
+            self.gens[generation as usize].tables = Some(held::Tables::default());
+        }
+        Ok(())
+    }
+
+    /// Records that generation `generation` holds `tables` (a new agent
+    /// that read the live generation back from the kernel).
+    pub fn adopt(&mut self, generation: u32, tables: held::Tables) {
+        self.gens[(generation & 1) as usize].tables = Some(tables);
+    }
+
+    /// Removes the flow-cache entries of the inactive generation if it may
+    /// hold some, so the next apply need not walk the cache. Call it only
+    /// once every program that may have read the old generation has
+    /// finished (a grace period after the switch).
+    pub fn tidy_standby(&mut self) -> Result<(), DatapathError> {
+        let standby = self.config()?.generation ^ 1;
+        if self.gens[standby as usize].flows_dirty {
+            let g = standby as u8;
+            self.purge_flows::<FlowKey4>(FLOWS4, g, |k| k.meta.generation)?;
+            self.purge_flows::<FlowKey6>(FLOWS6, g, |k| k.meta.generation)?;
+            self.gens[standby as usize].flows_dirty = false;
+        }
+        Ok(())
+    }
+
+    /// Bytes the records of both generations take on the heap.
+    pub fn held_bytes(&self) -> usize {
+        self.gens
+            .iter()
+            .filter_map(|g| g.tables.as_ref())
+            .map(held::Tables::heap_bytes)
+            .sum()
+    }
+
+    /// Removes every entry of generation `g` from the tries.
+    fn purge_tries(&mut self, g: u8) -> Result<(), DatapathError> {
         purge_trie(&mut self.trie::<[u8; 5]>(SRC_V4)?, SRC_V4, g)?;
         purge_trie(&mut self.trie::<[u8; 5]>(DST_V4)?, DST_V4, g)?;
         purge_trie(&mut self.trie::<[u8; 17]>(SRC_V6)?, SRC_V6, g)?;
         purge_trie(&mut self.trie::<[u8; 17]>(DST_V6)?, DST_V6, g)?;
         purge_trie(&mut self.trie::<[u8; 5]>(L4)?, L4, g)?;
-        self.purge_flows::<FlowKey4>(FLOWS4, g, |k| k.meta.generation)?;
-        self.purge_flows::<FlowKey6>(FLOWS6, g, |k| k.meta.generation)?;
-        let mut policies = self.array::<ChannelPolicy>(POLICIES)?;
-        let base = generation * MAX_CHANNELS;
-        for i in base..base + MAX_CHANNELS {
-            if policies.get(&i, 0).map_err(map_err(POLICIES))?.active != 0 {
-                policies
-                    .set(i, ChannelPolicy::default(), 0)
-                    .map_err(map_err(POLICIES))?;
-            }
-        }
         Ok(())
     }
 
@@ -486,23 +613,36 @@ fn remove_other_layouts(dir: &Path) {
     }
 }
 
-/// Inserts address entries under generation `g`: key data is the
-/// generation byte followed by the address (`K == A + 1`).
-fn write_addr<const A: usize, const K: usize>(
+/// Turns what generation `g` holds in one address trie (`held`) into
+/// `want`: removes stale prefixes, writes new and changed ones. Key data is
+/// the generation byte followed by the address (`K == A + 1`); `entries`
+/// are the compiled entries `want` was made from, in the same order.
+fn sync_addr<const A: usize, const K: usize>(
     trie: &mut LpmTrie<&mut MapData, [u8; K], ChannelSet>,
     name: &'static str,
     g: u8,
+    held: &held::Held<held::AddrKey<A>>,
+    want: &held::Held<held::AddrKey<A>>,
     entries: &[AddrEntry<A>],
 ) -> Result<(), DatapathError>
 where
     [u8; K]: aya::Pod,
 {
     const { assert!(K == A + 1) };
-    for e in entries {
+    let key = |(len, addr): held::AddrKey<A>| {
         let mut data = [0u8; K];
         data[0] = g;
-        data[1..].copy_from_slice(&e.addr);
-        trie.insert(&Key::new(GEN_BITS + e.len as u32, data), e.set, 0)
+        data[1..].copy_from_slice(&addr);
+        Key::new(GEN_BITS + len as u32, data)
+    };
+    let (stale, write) = held::diff(held, want);
+    for k in stale {
+        trie.remove(&key(k)).map_err(map_err(name))?;
+    }
+    for j in write {
+        let e = &entries[j];
+        debug_assert_eq!(want[j].0, (e.len, e.addr));
+        trie.insert(&key(want[j].0), e.set, 0)
             .map_err(map_err(name))?;
     }
     Ok(())

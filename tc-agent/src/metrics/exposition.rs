@@ -435,6 +435,21 @@ fn encode_node(enc: &mut DescriptorEncoder, r: &ChannelsReport) -> fmt::Result {
     counters(
         enc,
         &desc(
+            "tc_node_flow_cache",
+            "Flow-cache classifications on this node, by result: hit (answered by the cache), miss (the tries walked), insert (a missed flow admitted on its second packet in a row; a subset of miss). hit / (hit + miss) is the hit rate; under a random-source flood misses rise while established flows keep hitting.",
+            None,
+        ),
+        [
+            ("hit", n.flow_hits),
+            ("miss", n.flow_misses),
+            ("insert", n.flow_inserts),
+        ]
+        .map(|(k, v)| (vec![("result", Cow::Borrowed(k))], v))
+        .into(),
+    )?;
+    counters(
+        enc,
+        &desc(
             "tc_node",
             "Wire bytes the datapath saw on this node, by kind: seen (all), unclassified (IP, no channel; a subset of seen).",
             Some(Unit::Bytes),

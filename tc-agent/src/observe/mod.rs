@@ -31,17 +31,18 @@ pub struct Observer {
     /// The detectors, fed every sample, and the events they opened.
     pub detector: Detector,
     /// The live policy, for `suggest` (which writes it out with a channel
-    /// added): a copy the agent refreshes at start and on every apply, so
-    /// `suggest` never waits behind an apply for the agent's own.
+    /// added): shared with the agent (not a copy: a 1,024-channel policy
+    /// is megabytes) and replaced at start and on every apply, so
+    /// `suggest` never waits behind an apply for the agent's lock.
     pub policy: Arc<Policy>,
 }
 
 impl Observer {
     /// Takes in a newly live policy: its endpoint sets name the
     /// interactions, and `suggest` builds on it.
-    pub fn set_policy(&mut self, policy: &Policy) {
+    pub fn set_policy(&mut self, policy: Arc<Policy>) {
         self.interactions.set_policy(&policy.endpoints);
-        self.policy = Arc::new(policy.clone());
+        self.policy = policy;
     }
 }
 

@@ -6,7 +6,7 @@
 //! union of every channel that accepts *any* packet it is the longest match
 //! for; the functions here compute those unions.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use ipnet::IpNet;
 use tc_common::{
@@ -14,7 +14,10 @@ use tc_common::{
     DIR_EGRESS, DIR_INGRESS, L4_ANY_PORT, L4_UNKNOWN, MODE_ENFORCE, MODE_MONITOR, NO_POOL,
 };
 
-use super::{Action, Channel, ConnAction, Direction, Mode, Policy};
+use super::{
+    cover::{Cover, Covered, Family, V4, V6},
+    Action, Channel, ConnAction, Direction, Mode, Policy,
+};
 
 /// Address-trie entries one generation may use per side and family.
 pub const MAX_ADDR_ENTRIES: usize = 65_536 + 512;
@@ -82,10 +85,10 @@ pub fn compile(policy: &Policy) -> Result<Compiled, CapacityError> {
         }
     };
     let out = Compiled {
-        src_v4: addr_table(ch, |c| &c.from, v4),
-        dst_v4: addr_table(ch, |c| &c.to, v4),
-        src_v6: addr_table(ch, |c| &c.from, v6),
-        dst_v6: addr_table(ch, |c| &c.to, v6),
+        src_v4: addr_table(ch, |c| &c.from, &V4),
+        dst_v4: addr_table(ch, |c| &c.to, &V4),
+        src_v6: addr_table(ch, |c| &c.from, &V6),
+        dst_v6: addr_table(ch, |c| &c.to, &V6),
         l4: l4_table(ch),
         policies: ch.iter().map(channel_policy).collect(),
         words: ch.len().div_ceil(64) as u32,
@@ -106,68 +109,36 @@ pub fn compile(policy: &Policy) -> Result<Compiled, CapacityError> {
     Ok(out)
 }
 
-fn v4(net: &IpNet) -> Option<(u128, u8)> {
-    match net {
-        IpNet::V4(n) => Some((u32::from(n.network()) as u128, n.prefix_len())),
-        IpNet::V6(_) => None,
-    }
-}
-
-fn v6(net: &IpNet) -> Option<(u128, u8)> {
-    match net {
-        IpNet::V6(n) => Some((u128::from(n.network()), n.prefix_len())),
-        IpNet::V4(_) => None,
-    }
-}
-
-/// Keeps the top `len` of `bits` address bits of `addr`.
-fn mask(addr: u128, len: u8, bits: u8) -> u128 {
-    if len == 0 {
-        0
-    } else {
-        let keep = u128::MAX << (128 - len as u32);
-        (addr << (128 - bits as u32) & keep) >> (128 - bits as u32)
-    }
-}
-
-/// Builds one address trie. For every prefix P some channel names, the entry
-/// holds each channel that names P or any prefix containing P: those are
-/// exactly the channels whose prefixes contain an address whose longest
-/// match is P.
+/// Builds one address trie. For every prefix P some channels name, the
+/// entry holds each channel that names P or any prefix containing P: those
+/// are exactly the channels whose prefixes contain an address whose longest
+/// match is P (see [`Cover`]). Sorted by length, then address.
 fn addr_table<const N: usize>(
     channels: &[Channel],
-    side: impl Fn(&Channel) -> &Vec<IpNet>,
-    family: fn(&IpNet) -> Option<(u128, u8)>,
+    side: impl Fn(&Channel) -> &[IpNet],
+    family: &Family,
 ) -> Vec<AddrEntry<N>> {
-    let bits = (N * 8) as u8;
-    let mut direct: HashMap<(u128, u8), ChannelSet> = HashMap::new();
-    for (i, c) in channels.iter().enumerate() {
-        for (addr, len) in side(c).iter().filter_map(family) {
-            direct
-                .entry((addr, len))
-                .or_insert(ChannelSet::EMPTY)
-                .insert(i);
+    Cover::build_with(channels.iter().map(side), family, |len, addr| {
+        let be = addr.to_be_bytes();
+        let mut a = [0u8; N];
+        a.copy_from_slice(&be[16 - N..]);
+        AddrEntry {
+            len,
+            addr: a,
+            set: ChannelSet::EMPTY,
         }
+    })
+    .items
+}
+
+impl<const N: usize> Covered for AddrEntry<N> {
+    fn set(&self) -> &ChannelSet {
+        &self.set
     }
-    let mut out: Vec<AddrEntry<N>> = direct
-        .keys()
-        .map(|&(addr, len)| {
-            let mut set = ChannelSet::EMPTY;
-            for l in 0..=len {
-                if let Some(s) = direct.get(&(mask(addr, l, bits), l)) {
-                    for (w, x) in set.words.iter_mut().zip(s.words) {
-                        *w |= x;
-                    }
-                }
-            }
-            let be = addr.to_be_bytes();
-            let mut a = [0u8; N];
-            a.copy_from_slice(&be[16 - N..]);
-            AddrEntry { len, addr: a, set }
-        })
-        .collect();
-    out.sort_by_key(|e| (e.len, e.addr));
-    out
+
+    fn set_mut(&mut self) -> &mut ChannelSet {
+        &mut self.set
+    }
 }
 
 fn dir_byte(d: Direction) -> u8 {

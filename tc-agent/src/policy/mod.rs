@@ -8,11 +8,13 @@
 //! - `yaml`: text to a node tree with lines, every parser resource bounded;
 //! - `raw`: the tree read into the file's shape (keys, lists, maps);
 //! - `validate`: the shape to a [`Policy`], every rule and limit;
+//! - `cover`: for each prefix, the channels containing it (compile, shadow);
 //! - `shadow`: channels an earlier channel matches entirely;
 //! - `model`: the validated types; `diagnostic`: errors and warnings;
 //! - [`compile`]: the datapath's tables; [`units`]: rates, sizes, durations.
 
 pub mod compile;
+mod cover;
 mod diagnostic;
 mod model;
 mod raw;

@@ -222,6 +222,12 @@ impl Reader {
     }
 
     fn text(&mut self, path: &str, node: &Node) -> Option<Text> {
+        self.text_at(|| path.to_string(), node)
+    }
+
+    /// [`text`](Self::text) with the field path made only for a problem
+    /// (a list of 65,536 prefixes would format 65,536 paths otherwise).
+    fn text_at(&mut self, path: impl FnOnce() -> String, node: &Node) -> Option<Text> {
         match &node.value {
             Value::Scalar(s) => Some(Text {
                 line: node.line,
@@ -230,7 +236,7 @@ impl Reader {
             other => {
                 self.problem(
                     node.line,
-                    path,
+                    &path(),
                     format!("expected a single value, found {}", other.kind()),
                 );
                 None
@@ -250,7 +256,7 @@ impl Reader {
         let items = items
             .iter()
             .enumerate()
-            .filter_map(|(i, n)| self.text(&format!("{path}[{i}]"), n))
+            .filter_map(|(i, n)| self.text_at(|| format!("{path}[{i}]"), n))
             .collect();
         Some(TextList {
             line: entry.line,

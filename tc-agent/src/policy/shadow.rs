@@ -10,12 +10,13 @@
 //! compared on direction, protocol and ports, with merged, sorted port
 //! ranges in one linear pass per pair.
 
-use std::collections::{BTreeSet, HashMap};
-
 use ipnet::IpNet;
 use tc_common::ChannelSet;
 
-use super::model::{Channel, Protocol};
+use super::{
+    cover::{Cover, Family, V4, V6},
+    model::{Channel, Protocol},
+};
 
 /// `channel` can never match because of `by`, an earlier channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,7 +44,7 @@ pub fn shadowed(channels: &[Channel]) -> Vec<Shadowed> {
         })
         .collect();
     for side in [side_from, side_to] {
-        for family in [v4 as Family, v6] {
+        for family in [&V4, &V6] {
             narrow(channels, side, family, &mut candidates);
         }
     }
@@ -65,8 +66,6 @@ pub fn shadowed(channels: &[Channel]) -> Vec<Shadowed> {
 
 /// One side of a channel.
 type Side = fn(&Channel) -> &[IpNet];
-/// One family: `(address, prefix length, address bits)` of a prefix, or `None`.
-type Family = fn(&IpNet) -> Option<(u128, u8, u8)>;
 
 fn side_from(c: &Channel) -> &[IpNet] {
     &c.from
@@ -76,77 +75,19 @@ fn side_to(c: &Channel) -> &[IpNet] {
     &c.to
 }
 
-fn v4(n: &IpNet) -> Option<(u128, u8, u8)> {
-    match n {
-        IpNet::V4(n) => Some((u32::from(n.network()).into(), n.prefix_len(), 32)),
-        IpNet::V6(_) => None,
-    }
-}
-
-fn v6(n: &IpNet) -> Option<(u128, u8, u8)> {
-    match n {
-        IpNet::V6(n) => Some((u128::from(n.network()), n.prefix_len(), 128)),
-        IpNet::V4(_) => None,
-    }
-}
-
-/// The top `len` of the `bits` address bits of `addr`.
-fn mask(addr: u128, len: u8, bits: u8) -> u128 {
-    if len == 0 {
-        0
-    } else {
-        let drop = u32::from(bits - len);
-        (addr >> drop) << drop
-    }
-}
-
 /// Removes from each channel's candidates every channel whose `side`
 /// prefixes of `family` do not contain all of the channel's own.
-fn narrow(channels: &[Channel], side: Side, family: Family, candidates: &mut [ChannelSet]) {
-    // Which channels name each prefix exactly.
-    let mut direct: HashMap<(u128, u8), ChannelSet> = HashMap::new();
-    let mut lengths = BTreeSet::new();
-    let mut bits = 0;
-    for (i, c) in channels.iter().enumerate() {
-        for (addr, len, b) in side(c).iter().filter_map(family) {
-            direct
-                .entry((addr, len))
-                .or_insert(ChannelSet::EMPTY)
-                .insert(i);
-            lengths.insert(len);
-            bits = b;
-        }
-    }
-    if direct.is_empty() {
+fn narrow(channels: &[Channel], side: Side, family: &Family, candidates: &mut [ChannelSet]) {
+    let cover = Cover::build(channels.iter().map(side), family);
+    if cover.prefixes.is_empty() {
         return;
     }
-    // Which channels contain each prefix: those naming it or an ancestor.
-    // Only lengths some prefix has are looked up.
-    let lengths: Vec<u8> = lengths.into_iter().collect();
-    let covering: HashMap<(u128, u8), ChannelSet> = direct
-        .keys()
-        .map(|&(addr, len)| {
-            let mut set = ChannelSet::EMPTY;
-            for &l in lengths.iter().take_while(|l| **l <= len) {
-                if let Some(s) = direct.get(&(mask(addr, l, bits), l)) {
-                    or(&mut set, s);
-                }
-            }
-            ((addr, len), set)
-        })
-        .collect();
     for (c, cand) in channels.iter().zip(candidates.iter_mut()) {
-        for key in side(c).iter().filter_map(family) {
-            if let Some(s) = covering.get(&(key.0, key.1)) {
+        for (addr, len) in side(c).iter().filter_map(family.of) {
+            if let Some(s) = cover.get((len, addr)) {
                 and(cand, s);
             }
         }
-    }
-}
-
-fn or(a: &mut ChannelSet, b: &ChannelSet) {
-    for (x, y) in a.words.iter_mut().zip(b.words) {
-        *x |= y;
     }
 }
 

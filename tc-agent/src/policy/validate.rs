@@ -129,6 +129,9 @@ impl Policy {
             warnings: Vec::new(),
         };
         let (raw, problems) = raw::read(&root);
+        // The node tree is the largest thing parsing holds; what is
+        // checked from here on is in `raw`.
+        drop(root);
         // A file of the wrong shape would mostly produce follow-on errors
         // (an unknown `bandwith` would also be a limit without a rate): the
         // shape is reported alone.
@@ -319,16 +322,26 @@ fn check_endpoints(ck: &mut Checker<'_>, raw: &[RawSet]) -> BTreeMap<String, Vec
     sets
 }
 
-/// The items of `from` / `to` with their field paths.
-fn endpoint_items<'r>(field: &str, raw: &'r RawEndpoints) -> Vec<(String, &'r Text)> {
+/// The items of `from` / `to`, each with its index in the list (`None`:
+/// the field is a single value), from which [`item_field`] makes its
+/// field path when a diagnostic needs it.
+fn endpoint_items(raw: &RawEndpoints) -> Vec<(Option<usize>, &Text)> {
     match raw {
-        RawEndpoints::One(t) => vec![(field.to_string(), t)],
+        RawEndpoints::One(t) => vec![(None, t)],
         RawEndpoints::Many(l) => l
             .items
             .iter()
             .enumerate()
-            .map(|(i, t)| (format!("{field}[{i}]"), t))
+            .map(|(i, t)| (Some(i), t))
             .collect(),
+    }
+}
+
+/// The field path of item `i` of `field`.
+fn item_field(field: &str, i: Option<usize>) -> String {
+    match i {
+        None => field.to_string(),
+        Some(i) => format!("{field}[{i}]"),
     }
 }
 
@@ -347,8 +360,9 @@ fn fits(
     struct Count<'s> {
         /// Each channel's copy counted.
         copies: usize,
-        /// Distinct prefixes named directly.
-        inline: HashSet<IpNet>,
+        /// Prefixes named directly (sorted and deduplicated below: a
+        /// sort is several times faster than hashing 131,072 prefixes).
+        inline: Vec<IpNet>,
         /// Sets named at least once (their prefixes count once).
         sets: HashSet<&'s str>,
     }
@@ -369,13 +383,13 @@ fn fits(
         for (side, raw) in [(0, &c.from), (1, &c.to)] {
             let Some(raw) = raw else { continue };
             let count = &mut counts[side];
-            for (_, t) in endpoint_items("", raw) {
+            for (_, t) in endpoint_items(raw) {
                 if let Some((name, c)) = per_family.get_key_value(t.text.as_str()) {
                     count.copies += c[0] + c[1];
                     count.sets.insert(name);
                 } else if let Ok(n) = parse_cidr(&t.text) {
                     count.copies += 1;
-                    count.inline.insert(n);
+                    count.inline.push(n);
                 }
             }
         }
@@ -383,14 +397,18 @@ fn fits(
     }
     let mut ok = true;
     for (side, count) in ["source", "destination"].iter().zip(&counts) {
-        let mut distinct: [HashSet<&IpNet>; 2] = Default::default();
+        let mut distinct: [Vec<&IpNet>; 2] = Default::default();
         for n in count
             .sets
             .iter()
             .flat_map(|s| &sets[*s])
             .chain(&count.inline)
         {
-            distinct[family(n)].insert(n);
+            distinct[family(n)].push(n);
+        }
+        for d in &mut distinct {
+            d.sort_unstable();
+            d.dedup();
         }
         for (fam, d) in ["IPv4", "IPv6"].iter().zip(&distinct) {
             if d.len() > MAX_PREFIXES {
@@ -466,18 +484,18 @@ fn resolve(
         }
     }
     let mut out = Vec::new();
-    for (f, item) in endpoint_items(field, &raw) {
+    for (i, item) in endpoint_items(&raw) {
         if let Some(set) = sets.get(&item.text) {
             out.extend_from_slice(set);
         } else if item.text.contains('/') || item.text.parse::<IpAddr>().is_ok() {
             match parse_cidr(&item.text) {
                 Ok(n) => out.push(n),
-                Err(m) => ck.error(item.line, &f, m),
+                Err(m) => ck.error(item.line, &item_field(field, i), m),
             }
         } else {
             ck.error(
                 item.line,
-                &f,
+                &item_field(field, i),
                 format!(
                     "endpoint set `{}` is not defined under `endpoints` (defined: {defined})",
                     item.text,
@@ -487,6 +505,8 @@ fn resolve(
     }
     out.sort();
     out.dedup();
+    // Kept for the policy's life: no slack from growing it.
+    out.shrink_to_fit();
     out
 }
 

@@ -17,7 +17,10 @@
 //!    `target/bench-detect.json`. `bench detect --help`-style arguments:
 //!    `[delays|quiet|cpu|observe]... [--pattern P]... [--runs N]
 //!    [--quiet-minutes M]`.
-//! 7. XDP floods (`flood`): the packets per second the agent's XDP hook
+//! 7. Apply (`apply`): a full apply and a one-channel change of the
+//!    1,024-channel policy through the CLI, and the agent's RSS at rest and
+//!    at peak, against issue 11's targets; also `target/bench-apply.json`.
+//! 8. XDP floods (`flood`): the packets per second the agent's XDP hook
 //!    sustains under a 64-byte UDP flood (live frames from an XDP_TX
 //!    generator), against a bare XDP_DROP on the same veth, and a
 //!    legitimate flow's flow-cache hits during a flood; also written to
@@ -37,6 +40,8 @@ use tc_tests::{
     packet::{self, UDP},
 };
 
+#[path = "bench/apply.rs"]
+mod apply;
 #[path = "bench/connections.rs"]
 mod connections;
 #[path = "bench/detect.rs"]
@@ -572,6 +577,19 @@ fn main() -> Result<()> {
         println!("TCVM-JSON {v}");
         return Ok(());
     }
+    // `bench apply`: only the apply-latency and agent-memory table.
+    if std::env::args().nth(1).as_deref() == Some("apply") {
+        tc_tests::pin_to_cpus(&[0, 1])?;
+        let doc = apply::run()?;
+        let out =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-apply.json");
+        if let Some(dir) = out.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(&out, serde_json::to_vec_pretty(&doc)?)?;
+        println!("\nwritten to {}", out.display());
+        return Ok(());
+    }
     // `bench connections`: only the connection-tracking tables.
     if std::env::args().nth(1).as_deref() == Some("connections") {
         tc_tests::pin_to_cpu(0)?;
@@ -632,6 +650,7 @@ fn main() -> Result<()> {
     let attach = attach_cost()?;
     let nginx = connections::nginx_connections()?;
     let ix_agent = interactions::agent_cost()?;
+    let apply = apply::run()?;
     let detect = detect::run(&detect::Options::default())?;
     write_detect(&detect)?;
     let flood = flood::run()?;
@@ -643,7 +662,9 @@ fn main() -> Result<()> {
         "nginx_connections": nginx,
         "interactions_per_packet": ix_per_packet, "interactions_agent": ix_agent,
         "accuracy": accuracy, "attach_cost": attach,
-        "detect": detect, "flood": flood,
+        "detect": detect,
+        "apply": apply,
+        "flood": flood,
     });
     std::fs::write(&out, serde_json::to_vec_pretty(&doc)?)?;
     println!("\nwritten to {}", out.display());

@@ -14,7 +14,7 @@ use ratatui::{
 use super::{app::App, view::packets};
 
 /// Lines the pane takes, borders included.
-pub const HEIGHT: u16 = 5;
+pub const HEIGHT: u16 = 6;
 
 /// Draws the pane into `area`.
 pub fn render(frame: &mut Frame, area: Rect, app: &App) {
@@ -88,6 +88,14 @@ pub fn render(frame: &mut Frame, area: Rect, app: &App) {
                     n.conn_after_close_pkts,
                     rate(|c| c.conn_after_close_pkts),
                 ),
+            ]
+            .concat(),
+        ),
+        Line::from(
+            [
+                item("flow-cache hits", n.flow_hits, rate(|c| c.flow_hits)),
+                item("misses", n.flow_misses, rate(|c| c.flow_misses)),
+                item("inserts", n.flow_inserts, rate(|c| c.flow_inserts)),
             ]
             .concat(),
         ),

@@ -1,0 +1,236 @@
+//! What each generation's tables hold, kept by the agent so that writing a
+//! policy into a generation writes only what differs from what it holds
+//! ("write only what changed"): a one-channel change in a 1,024-channel
+//! policy touches a handful of entries, not 130,000.
+//!
+//! A table is held as its keys, sorted, each with a 64-bit fingerprint of
+//! its value (a 1,024-bit channel set is 128 bytes; the fingerprint keeps
+//! the record at 16 bytes an IPv4 entry). The sum of the fingerprints is
+//! also the tables' digest (`datapath::digest`): one pass computes both, and
+//! a restarted agent that reads a generation back from the kernel gets its
+//! record and its digest at once.
+//!
+//! A generation whose content is not known (a new agent over pinned maps
+//! before it read it, or a write into it that failed half-way) holds
+//! `None`: the next write into it removes every entry of the generation
+//! by walking the table, then writes all.
+
+use tc_common::{ChannelPolicy, ChannelSet};
+
+use crate::policy::compile::Compiled;
+
+/// A key and the fingerprint of its value.
+pub type Held<K> = Vec<(K, u64)>;
+
+/// The key of an address entry: prefix length, then the address.
+pub type AddrKey<const N: usize> = (u8, [u8; N]);
+/// The key of an L4 entry: prefix bits after the generation byte, then
+/// `[direction, protocol, port_hi, port_lo]`.
+pub type L4Key = (u8, [u8; 4]);
+
+/// Every table of one generation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tables {
+    /// Source IPv4 prefixes.
+    pub src_v4: Held<AddrKey<4>>,
+    /// Destination IPv4 prefixes.
+    pub dst_v4: Held<AddrKey<4>>,
+    /// Source IPv6 prefixes.
+    pub src_v6: Held<AddrKey<16>>,
+    /// Destination IPv6 prefixes.
+    pub dst_v6: Held<AddrKey<16>>,
+    /// Direction/protocol/port entries.
+    pub l4: Held<L4Key>,
+    /// The generation's policy slots in order, up to the last active one
+    /// (slots past it are inactive).
+    pub policies: Vec<ChannelPolicy>,
+}
+
+impl Tables {
+    /// The record of `compiled` as [`Datapath::apply`](super::Datapath::apply)
+    /// writes it, every table sorted by key.
+    pub fn of(c: &Compiled) -> Self {
+        let addr = |id: u64, e: &[crate::policy::compile::AddrEntry<4>]| -> Held<AddrKey<4>> {
+            sorted(
+                e.iter()
+                    .map(|e| ((e.len, e.addr), entry(id, e.len as u32, &e.addr, &e.set))),
+            )
+        };
+        let addr6 = |id: u64, e: &[crate::policy::compile::AddrEntry<16>]| -> Held<AddrKey<16>> {
+            sorted(
+                e.iter()
+                    .map(|e| ((e.len, e.addr), entry(id, e.len as u32, &e.addr, &e.set))),
+            )
+        };
+        Self {
+            src_v4: addr(0, &c.src_v4),
+            dst_v4: addr(1, &c.dst_v4),
+            src_v6: addr6(2, &c.src_v6),
+            dst_v6: addr6(3, &c.dst_v6),
+            l4: sorted(
+                c.l4.iter()
+                    .map(|e| ((e.bits as u8, e.data), entry(4, e.bits, &e.data, &e.set))),
+            ),
+            policies: c.policies.clone(),
+        }
+    }
+
+    /// The digest of the generation: stable across processes and builds,
+    /// independent of the order entries are listed in.
+    pub fn digest(&self) -> u64 {
+        let mut h = 0xcbf2_9ce4_8422_2325u64;
+        for (n, sum) in [
+            (self.src_v4.len(), fold_sum(&self.src_v4)),
+            (self.dst_v4.len(), fold_sum(&self.dst_v4)),
+            (self.src_v6.len(), fold_sum(&self.src_v6)),
+            (self.dst_v6.len(), fold_sum(&self.dst_v6)),
+            (self.l4.len(), fold_sum(&self.l4)),
+        ] {
+            h = mix(mix(h, n as u64), sum);
+        }
+        h = mix(h, self.policies.len() as u64);
+        for p in &self.policies {
+            h = mix(h, policy_fingerprint(p));
+        }
+        h
+    }
+
+    /// Bytes this record takes on the heap, for the memory figures.
+    pub fn heap_bytes(&self) -> usize {
+        fn b<K>(v: &Held<K>) -> usize {
+            v.capacity() * std::mem::size_of::<(K, u64)>()
+        }
+        b(&self.src_v4)
+            + b(&self.dst_v4)
+            + b(&self.src_v6)
+            + b(&self.dst_v6)
+            + b(&self.l4)
+            + self.policies.capacity() * std::mem::size_of::<ChannelPolicy>()
+    }
+}
+
+/// What one generation holds, and whether the flow cache may still hold
+/// entries classified under it.
+#[derive(Debug, Clone, Default)]
+pub struct Generation {
+    /// Its tables; `None`: not known, so the next write walks and rewrites.
+    pub tables: Option<Tables>,
+    /// Whether the flow cache may hold entries of this generation: set when
+    /// the generation stops being live (packets classified under it were
+    /// cached), cleared once they are removed. A clean generation needs no
+    /// walk of the 65,536-entry flow cache before it goes live again.
+    pub flows_dirty: bool,
+}
+
+impl Generation {
+    /// A generation this agent knows nothing about.
+    pub fn unknown() -> Self {
+        Self {
+            tables: None,
+            flows_dirty: true,
+        }
+    }
+}
+
+/// Keys to remove and entries to write to turn `held` into `want` (both
+/// sorted by key): stale keys, and the indices in `want` of entries that
+/// are new or whose value differs.
+pub fn diff<K: Ord + Copy>(held: &Held<K>, want: &Held<K>) -> (Vec<K>, Vec<usize>) {
+    let (mut stale, mut write) = (Vec::new(), Vec::new());
+    let (mut i, mut j) = (0, 0);
+    while i < held.len() || j < want.len() {
+        match (held.get(i), want.get(j)) {
+            (Some(h), Some(w)) if h.0 == w.0 => {
+                if h.1 != w.1 {
+                    write.push(j);
+                }
+                i += 1;
+                j += 1;
+            }
+            (Some(h), Some(w)) if h.0 < w.0 => {
+                stale.push(h.0);
+                i += 1;
+            }
+            (Some(h), None) => {
+                stale.push(h.0);
+                i += 1;
+            }
+            (_, Some(_)) => {
+                write.push(j);
+                j += 1;
+            }
+            (None, None) => break,
+        }
+    }
+    (stale, write)
+}
+
+fn sorted<K: Ord + Copy>(it: impl Iterator<Item = (K, u64)>) -> Held<K> {
+    let mut v: Held<K> = it.collect();
+    v.sort_unstable_by_key(|a| a.0);
+    v.shrink_to_fit();
+    v
+}
+
+/// The fingerprint of one entry of table `id`: its prefix bits, key bytes
+/// and channel set.
+pub fn entry(id: u64, bits: u32, key: &[u8], set: &ChannelSet) -> u64 {
+    let mut h = mix(id, bits as u64);
+    for chunk in key.chunks(8) {
+        let mut w = [0u8; 8];
+        w[..chunk.len()].copy_from_slice(chunk);
+        h = mix(h, u64::from_le_bytes(w));
+    }
+    for w in set.words {
+        h = mix(h, w);
+    }
+    h
+}
+
+/// The fingerprint of one policy slot.
+pub fn policy_fingerprint(p: &ChannelPolicy) -> u64 {
+    let mut h = 0;
+    for w in [
+        p.byte_cost_q16,
+        p.byte_tau_ns,
+        p.pkt_cost_q16,
+        p.pkt_tau_ns,
+        p.horizon_ns,
+        p.conn_cost_ns,
+        p.conn_tau_ns,
+        p.conn_limit as u64,
+        p.conn_pool as u64,
+        u64::from_le_bytes([p.action, p.mode, p.active, p.conn_action, 0, 0, 0, 0]),
+    ] {
+        h = mix(h, w);
+    }
+    h
+}
+
+fn fold_sum<K>(v: &Held<K>) -> u64 {
+    v.iter().fold(0u64, |a, (_, f)| a.wrapping_add(*f))
+}
+
+/// One step of a folded-multiply hash (as wyhash and foldhash use): fast on
+/// whole words, and every input bit reaches every output bit.
+fn mix(h: u64, w: u64) -> u64 {
+    let m = u128::from(h ^ w ^ 0x2d35_8dcc_aa6c_78a5).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    ((m >> 64) as u64) ^ (m as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diff_lists_stale_new_and_changed() {
+        let held: Held<u8> = vec![(1, 10), (2, 20), (4, 40)];
+        let want: Held<u8> = vec![(2, 21), (3, 30), (4, 40), (5, 50)];
+        let (stale, write) = diff(&held, &want);
+        assert_eq!(stale, vec![1]);
+        assert_eq!(write, vec![0, 1, 3]);
+        assert_eq!(diff(&want, &want), (vec![], vec![]));
+        assert_eq!(diff(&vec![], &want).1, vec![0, 1, 2, 3]);
+        assert_eq!(diff(&want, &vec![]).0, vec![2, 3, 4, 5]);
+    }
+}
