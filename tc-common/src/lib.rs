@@ -728,11 +728,12 @@ pub struct GlobalCounters {
     /// cache's hit rate, which should stay high for established flows
     /// even while a random-source flood misses on every packet.
     pub flow_hits: u64,
-    /// Classifications the flow cache could not answer (the tries walked).
+    /// Classifications the flow cache could not answer (the tries walked);
+    /// with the cache switched off (`FLAG_NO_FLOW_CACHE`) nothing counts.
     pub flow_misses: u64,
-    /// Flows admitted to the cache: seen twice in a row on their CPU (see
-    /// `tc-ebpf`'s `classify_cached`). Misses that were not admitted cost
-    /// the cache nothing.
+    /// Flows inserted into the cache: seen twice in a row on their CPU
+    /// (see `tc-ebpf`'s `classify_cached`; two CPUs may each insert one
+    /// flow). Misses that were not admitted cost the cache nothing.
     pub flow_inserts: u64,
 }
 

@@ -132,7 +132,6 @@ pub fn classify_cached(
     if !second_sight(&meta, p) {
         return channel;
     }
-    global.flow_inserts += 1;
     let value = FlowValue {
         channel,
         ix: IX_NONE,
@@ -141,7 +140,7 @@ pub fn classify_cached(
         _pad: 0,
     };
     // A full cache evicts its least recently used flow; failing to insert only costs speed.
-    let _ = match &p.addrs {
+    let inserted = match &p.addrs {
         Addrs::V4 { src, dst } => TC_FLOWS4.insert(
             &FlowKey4 {
                 meta,
@@ -161,6 +160,9 @@ pub fn classify_cached(
             0,
         ),
     };
+    if inserted.is_ok() {
+        global.flow_inserts += 1;
+    }
     channel
 }
 

@@ -512,7 +512,7 @@ const FLOOD_FLOWS: u32 = tc_common::MAX_FLOWS + 14_464;
 #[test]
 fn a_random_source_flood_neither_enters_nor_empties_the_flow_cache() {
     let mut f = Fixture::new(
-        "channels:\n  - name: legit\n    from: [198.18.1.5/32]\n  - name: flood\n    to: [198.18.2.20/32]\n    limit: {packets: 1000}\n",
+        "channels:\n  - name: legit\n    from: [198.18.1.5/32]\n  - name: flood\n    to: [198.18.2.20/32]\n    limit: {packets: 10}\n",
     );
     // The doorkeeper is per CPU: the test's packets must all run on one.
     tc_tests::pin_to_cpu(0).expect("pin to a CPU");

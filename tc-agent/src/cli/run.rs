@@ -192,8 +192,10 @@ pub fn execute(args: RunArgs, socket: PathBuf) -> Result<()> {
 /// (before any thread starts). By default each thread that allocates gets
 /// its own arena, and an apply that parses on one thread and compiles on
 /// another leaves freed megabytes in several arenas that `malloc_trim`
-/// cannot give back whole: measured with a 1,024-channel policy, the
-/// agent at rest held 68 MB with per-thread arenas and 37 MB with one. The
+/// cannot give back whole: measured with a 1,024-channel policy after its
+/// first apply, the agent at rest held 68 MB with per-thread arenas and
+/// 37 MB with one (after several applies it grows further: the README's
+/// apply table). The
 /// agent's threads take turns on one lock anyway, so they barely contend
 /// on the arena's.
 fn one_heap_arena() {

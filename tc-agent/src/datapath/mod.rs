@@ -34,7 +34,7 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("TC_EBPF_OBJ"))
 
 /// Layout version of the pinned maps. Bump it whenever a shared type in
 /// `tc-common` changes, so a new agent never reuses maps of another layout.
-pub const MAPS_LAYOUT: &str = "maps-v8";
+pub const MAPS_LAYOUT: &str = "maps-v9";
 
 /// tc programs in the object.
 pub const TC_INGRESS: &str = "tc_ingress";
@@ -302,14 +302,21 @@ impl Datapath {
                 l4.remove(&Key::new(GEN_BITS + bits as u32, [g, a, b, c, d]))
                     .map_err(map_err(L4))?;
             }
+            // The compiled entries by key, for the ones to write (a
+            // missing one is a bug: writing an empty set instead would let
+            // its traffic pass unclassified).
+            let by_key: std::collections::HashMap<(u8, [u8; 4]), &ChannelSet> = compiled
+                .l4
+                .iter()
+                .map(|e| ((e.bits as u8, e.data), &e.set))
+                .collect();
             for j in write {
                 let (bits, data) = want.l4[j].0;
-                let set = compiled
-                    .l4
-                    .iter()
-                    .find(|e| (e.bits as u8, e.data) == (bits, data))
-                    .map(|e| e.set)
-                    .unwrap_or(ChannelSet::EMPTY);
+                let set = *by_key.get(&(bits, data)).ok_or_else(|| {
+                    DatapathError::Setup(format!(
+                        "internal error: L4 entry {bits}/{data:?} is in the record but not in the compiled policy"
+                    ))
+                })?;
                 let [a, b, c, d] = data;
                 l4.insert(&Key::new(GEN_BITS + bits as u32, [g, a, b, c, d]), set, 0)
                     .map_err(map_err(L4))?;
@@ -640,9 +647,15 @@ where
         trie.remove(&key(k)).map_err(map_err(name))?;
     }
     for j in write {
-        let e = &entries[j];
-        debug_assert_eq!(want[j].0, (e.len, e.addr));
-        trie.insert(&key(want[j].0), e.set, 0)
+        // The record lists the compiled entries in their order; a
+        // mismatch is a bug, and writing on would put one entry's channels
+        // under another's prefix.
+        let e = entries.get(j).filter(|e| want[j].0 == (e.len, e.addr)).ok_or_else(|| {
+            DatapathError::Setup(format!(
+                "internal error: `{name}` entry {j} of the record does not match the compiled policy"
+            ))
+        })?;
+        trie.insert(&key((e.len, e.addr)), e.set, 0)
             .map_err(map_err(name))?;
     }
     Ok(())
