@@ -1,31 +1,22 @@
 //! Builds the eBPF object (`tc-ebpf`) for `bpfel-unknown-none` and hands its
-//! path to the agent, which embeds it with `include_bytes_aligned!`.
-//!
-//! The kernel side needs `-Z build-std=core`, so a compiler with its `rust-src`:
-//! - `TC_EBPF_RUSTC=/path/to/rustc`, if set;
-//! - else Debian's `/usr/bin/rustc` when `rust-web-src` is installed
-//!   (what `scripts/install-deps.sh` sets up);
-//! - else the rustup `nightly` toolchain, if it has `rust-src`.
+//! path to the agent, which embeds it with `include_bytes_aligned!` (how the
+//! compiler is chosen: `build-support/ebpf.rs`).
 //!
 //! `TC_EBPF_OBJECT=/path/to/tc-ebpf` skips the build and embeds that object.
 
-use std::{
-    env,
-    path::{Path, PathBuf},
-    process::Command,
-};
+#[path = "../build-support/ebpf.rs"]
+mod ebpf;
+
+use std::{env, path::PathBuf};
 
 fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let ebpf_dir = manifest.join("../tc-ebpf");
-    for p in ["src", "Cargo.toml", "Cargo.lock"] {
-        println!("cargo:rerun-if-changed={}", ebpf_dir.join(p).display());
-    }
+    ebpf::rerun_if_changed(&ebpf_dir, &manifest.join("../build-support/ebpf.rs"));
     println!(
         "cargo:rerun-if-changed={}",
         manifest.join("../tc-common/src").display()
     );
-    println!("cargo:rerun-if-env-changed=TC_EBPF_RUSTC");
     println!("cargo:rerun-if-env-changed=TC_EBPF_OBJECT");
 
     if let Ok(obj) = env::var("TC_EBPF_OBJECT") {
@@ -34,66 +25,13 @@ fn main() {
     }
 
     // One target dir for every host profile, so debug, release and test
-    // builds share one eBPF build.
-    let target_dir = manifest.join("../target/ebpf");
-    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    let debian = Path::new("/usr/bin/rustc");
-    let debian_src = Path::new("/usr/lib/rustlib/src/rust/library/core");
-    match env::var("TC_EBPF_RUSTC") {
-        Ok(rustc) => {
-            cmd.env("RUSTC", rustc).env("RUSTC_BOOTSTRAP", "1");
-        }
-        Err(_) if debian.exists() && debian_src.exists() => {
-            cmd.env("RUSTC", debian).env("RUSTC_BOOTSTRAP", "1");
-        }
-        Err(_) => {
-            cmd.arg("+nightly");
-        }
-    }
-    // Do not leak the host build's settings into the eBPF build.
-    for var in [
-        "RUSTC_WRAPPER",
-        "RUSTC_WORKSPACE_WRAPPER",
-        "RUSTFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS",
-        "CARGO_BUILD_TARGET",
-        "CARGO_TARGET_DIR",
-        "RUSTDOC",
-    ] {
-        cmd.env_remove(var);
-    }
-    for (k, _) in env::vars() {
-        if k.starts_with("CARGO_PROFILE_")
-            || k.starts_with("CARGO_CFG_")
-            || k.starts_with("CARGO_FEATURE_")
-        {
-            cmd.env_remove(k);
-        }
-    }
-    // BPF_ATOMIC_CMPXCHG and fetch-and-add with a result need the v3 ISA (kernel 5.12+).
-    cmd.env("CARGO_ENCODED_RUSTFLAGS", "-C\x1ftarget-cpu=v3")
-        .current_dir(&ebpf_dir)
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "bpfel-unknown-none",
-            "-Z",
-            "build-std=core",
-        ])
-        .arg("--target-dir")
-        .arg(&target_dir);
-    let status = cmd.status().unwrap_or_else(|e| {
-        panic!("cannot run cargo to build the eBPF object: {e}");
-    });
-    if !status.success() {
-        panic!(
-            "building the eBPF object failed ({status}).\n\
-             It needs bpf-linker and a rustc with rust-src: run `scripts/install-deps.sh`,\n\
-             or set TC_EBPF_RUSTC to such a rustc, or TC_EBPF_OBJECT to a prebuilt object."
-        );
-    }
-    let obj = target_dir.join("bpfel-unknown-none/release/tc-ebpf");
+    // builds share one eBPF build. BPF_ATOMIC_CMPXCHG and fetch-and-add
+    // with a result need the v3 ISA (kernel 5.12+).
+    let obj = ebpf::build(
+        &ebpf_dir,
+        &manifest.join("../target/ebpf"),
+        "tc-ebpf",
+        Some("-C target-cpu=v3"),
+    );
     println!("cargo:rustc-env=TC_EBPF_OBJ={}", obj.display());
 }
