@@ -59,19 +59,13 @@ impl TcpFlow {
             conn.set_read_timeout(Some(Duration::from_millis(100)))?;
             let mut buf = vec![0u8; 1 << 16];
             while !halt.load(Ordering::Relaxed) && Instant::now() < deadline {
-                match conn.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => {
+                match go_on(conn.read(&mut buf), &halt)? {
+                    Some(0) => break,
+                    Some(n) => {
                         count.fetch_add(n as u64, Ordering::Relaxed);
                     }
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                        ) => {}
-                    // The other end stopped first: the flow is over.
-                    Err(_) if halt.load(Ordering::Relaxed) => break,
-                    Err(e) => return Err(e.into()),
+                    None if halt.load(Ordering::Relaxed) => break,
+                    None => {}
                 }
             }
             Ok(())
@@ -86,16 +80,8 @@ impl TcpFlow {
             conn.set_write_timeout(Some(Duration::from_millis(100)))?;
             let buf = vec![0x5au8; 1 << 16];
             while !halt.load(Ordering::Relaxed) && Instant::now() < deadline {
-                match conn.write(&buf) {
-                    Ok(_) => {}
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                        ) => {}
-                    // The other end stopped first: the flow is over.
-                    Err(_) if halt.load(Ordering::Relaxed) => break,
-                    Err(e) => return Err(e.into()),
+                if go_on(conn.write(&buf), &halt)?.is_none() && halt.load(Ordering::Relaxed) {
+                    break;
                 }
             }
             Ok(())
@@ -139,5 +125,24 @@ impl Drop for TcpFlow {
         {
             let _ = h.join();
         }
+    }
+}
+
+/// One read or write of the flow: `Some(bytes)`, or `None` when it timed
+/// out or (the other end having stopped first, `halt` raised) failed; any
+/// other failure is the flow's error.
+fn go_on(r: std::io::Result<usize>, halt: &std::sync::atomic::AtomicBool) -> Result<Option<usize>> {
+    match r {
+        Ok(n) => Ok(Some(n)),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(_) if halt.load(std::sync::atomic::Ordering::Relaxed) => Ok(None),
+        Err(e) => Err(e.into()),
     }
 }
