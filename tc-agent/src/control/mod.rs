@@ -290,7 +290,18 @@ pub fn request(socket: &Path, req: &Request) -> Result<serde_json::Value> {
     stream.set_read_timeout(Some(Duration::from_secs(120)))?;
     let mut line = serde_json::to_vec(req)?;
     line.push(b'\n');
-    stream.write_all(&line)?;
+    // The agent may answer before it reads (a refused peer, a request too
+    // large) and close: the write then fails with a broken pipe while the
+    // agent's reason waits in our receive queue. Read it rather than report
+    // the pipe.
+    if let Err(e) = stream.write_all(&line) {
+        if !matches!(
+            e.kind(),
+            std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+        ) {
+            return Err(e.into());
+        }
+    }
     // Once the request is sent, a lost reply says nothing about the
     // outcome: an apply may be live or not. Say so rather than guess.
     let unknown = || {
