@@ -3,17 +3,14 @@
 //! (when an agent starts), so the saved state can be checked against what
 //! the kernel really enforces.
 
-use aya::maps::{lpm_trie::Key, MapData};
-use tc_common::{
-    ChannelPolicy, ChannelSet, DST_V4, DST_V6, GEN_BITS, L4, MAX_CHANNELS, POLICIES, SRC_V4, SRC_V6,
+use tc_common::{ChannelPolicy, Probes, MAX_CHANNELS, POLICIES, TABLES};
+
+use super::{
+    map_err,
+    prefixes::{self, Tables},
+    Datapath, DatapathError,
 };
-
-use super::{map_err, Datapath, DatapathError};
 use crate::policy::compile::Compiled;
-
-/// One trie entry in canonical form: prefix bits after the generation
-/// byte, key bytes after it, channel set.
-type Entry = (u32, Vec<u8>, ChannelSet);
 
 /// FNV-1a, 64 bits: stable across builds and platforms (unlike std's
 /// hasher), and collisions only matter by accident here, not by attack.
@@ -31,15 +28,21 @@ impl Fnv {
         }
     }
 
-    fn table(&mut self, id: u8, mut entries: Vec<Entry>) {
-        entries.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
-        self.bytes(&[id]);
-        self.bytes(&(entries.len() as u64).to_le_bytes());
-        for (bits, data, set) in entries {
-            self.bytes(&bits.to_le_bytes());
-            self.bytes(&data);
-            for w in set.words {
-                self.bytes(&w.to_le_bytes());
+    /// Every table, and where its entries are (its `Probes`: the hash
+    /// maps' lengths or the trie), so that entries in the wrong place or a
+    /// `GenInfo` that does not match them show.
+    fn tables(&mut self, tables: Tables, probes: &[Probes; TABLES]) {
+        for (id, (mut entries, p)) in tables.into_iter().zip(probes).enumerate() {
+            entries.sort_by(|a, b| (a.len, &a.data).cmp(&(b.len, &b.data)));
+            self.bytes(&[id as u8, p.count]);
+            self.bytes(&p.lens);
+            self.bytes(&(entries.len() as u64).to_le_bytes());
+            for e in entries {
+                self.bytes(&(e.len as u32).to_le_bytes());
+                self.bytes(&e.data);
+                for w in e.set.words {
+                    self.bytes(&w.to_le_bytes());
+                }
             }
         }
     }
@@ -68,51 +71,7 @@ impl Fnv {
 /// The digest of `compiled` as [`Datapath::apply`] writes it.
 pub fn of_compiled(c: &Compiled) -> u64 {
     let mut h = Fnv::new();
-    let addr = |e: Vec<(u8, Vec<u8>, ChannelSet)>| -> Vec<Entry> {
-        e.into_iter().map(|(l, a, s)| (l as u32, a, s)).collect()
-    };
-    h.table(
-        0,
-        addr(
-            c.src_v4
-                .iter()
-                .map(|e| (e.len, e.addr.to_vec(), e.set))
-                .collect(),
-        ),
-    );
-    h.table(
-        1,
-        addr(
-            c.dst_v4
-                .iter()
-                .map(|e| (e.len, e.addr.to_vec(), e.set))
-                .collect(),
-        ),
-    );
-    h.table(
-        2,
-        addr(
-            c.src_v6
-                .iter()
-                .map(|e| (e.len, e.addr.to_vec(), e.set))
-                .collect(),
-        ),
-    );
-    h.table(
-        3,
-        addr(
-            c.dst_v6
-                .iter()
-                .map(|e| (e.len, e.addr.to_vec(), e.set))
-                .collect(),
-        ),
-    );
-    h.table(
-        4,
-        c.l4.iter()
-            .map(|e| (e.bits, e.data.to_vec(), e.set))
-            .collect(),
-    );
+    h.tables(prefixes::tables_of(c), &prefixes::plan(c));
     h.policies(&c.policies);
     h.0
 }
@@ -120,19 +79,9 @@ pub fn of_compiled(c: &Compiled) -> u64 {
 impl Datapath {
     /// The digest of what generation `generation` holds in the kernel.
     pub fn digest_of_generation(&mut self, generation: u32) -> Result<u64, DatapathError> {
-        let g = generation as u8;
         let mut h = Fnv::new();
-        h.table(0, read_trie(&mut self.trie::<[u8; 5]>(SRC_V4)?, SRC_V4, g)?);
-        h.table(1, read_trie(&mut self.trie::<[u8; 5]>(DST_V4)?, DST_V4, g)?);
-        h.table(
-            2,
-            read_trie(&mut self.trie::<[u8; 17]>(SRC_V6)?, SRC_V6, g)?,
-        );
-        h.table(
-            3,
-            read_trie(&mut self.trie::<[u8; 17]>(DST_V6)?, DST_V6, g)?,
-        );
-        h.table(4, read_trie(&mut self.trie::<[u8; 5]>(L4)?, L4, g)?);
+        let (tables, probes) = self.read_tables(generation)?;
+        h.tables(tables, &probes);
         let policies = self.array::<ChannelPolicy>(POLICIES)?;
         let base = generation * MAX_CHANNELS;
         let mut live = Vec::new();
@@ -146,25 +95,4 @@ impl Datapath {
         h.policies(&live);
         Ok(h.0)
     }
-}
-
-fn read_trie<const N: usize>(
-    trie: &mut aya::maps::LpmTrie<&mut MapData, [u8; N], ChannelSet>,
-    name: &'static str,
-    g: u8,
-) -> Result<Vec<Entry>, DatapathError>
-where
-    [u8; N]: aya::Pod,
-{
-    let keys: Vec<Key<[u8; N]>> = trie
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|k| k.data()[0] == g)
-        .collect();
-    keys.into_iter()
-        .map(|k| {
-            let set = trie.get(&k, 0).map_err(map_err(name))?;
-            Ok((k.prefix_len() - GEN_BITS, k.data()[1..].to_vec(), set))
-        })
-        .collect()
 }

@@ -2,9 +2,11 @@
 //! maps, write policies into them atomically and read the counters back.
 
 pub mod attach;
+mod batch;
 pub mod conn;
 pub mod digest;
 pub mod interactions;
+pub mod prefixes;
 pub mod qdisc;
 mod rtnl;
 pub mod sys;
@@ -15,24 +17,24 @@ use std::{
 };
 
 use aya::{
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues},
+    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues},
     programs::{ProgramError, SchedClassifier, Xdp},
     Ebpf, EbpfLoader,
 };
 use tc_common::{
     BucketState, ChannelCounters, ChannelPolicy, ChannelSet, Config, FlowKey4, FlowKey6, GenInfo,
-    GlobalCounters, BUCKETS, CHANNEL_SLOTS, CONFIG, COUNTERS, DST_V4, DST_V6, FLAG_NO_FLOW_CACHE,
-    FLOWS4, FLOWS6, GENS, GEN_BITS, GLOBAL, L4, MAP_NAMES, MAX_CHANNELS, POLICIES, SRC_V4, SRC_V6,
+    GlobalCounters, BUCKETS, CHANNEL_SLOTS, CONFIG, COUNTERS, FLAG_NO_FLOW_CACHE, FLOWS4, FLOWS6,
+    GENS, GLOBAL, MAP_NAMES, MAX_CHANNELS, POLICIES,
 };
 
-use crate::policy::compile::{AddrEntry, Compiled};
+use crate::policy::compile::Compiled;
 
 /// The datapath object, built by `build.rs` from `tc-ebpf`.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("TC_EBPF_OBJ"));
 
 /// Layout version of the pinned maps. Bump it whenever a shared type in
 /// `tc-common` changes, so a new agent never reuses maps of another layout.
-pub const MAPS_LAYOUT: &str = "maps-v8";
+pub const MAPS_LAYOUT: &str = "maps-v9";
 
 /// tc programs in the object.
 pub const TC_INGRESS: &str = "tc_ingress";
@@ -222,40 +224,9 @@ impl Datapath {
         let live = self.config()?;
         let next = live.generation ^ 1;
         self.purge(next)?;
-        let g = next as u8;
 
-        write_addr(
-            &mut self.trie::<[u8; 5]>(SRC_V4)?,
-            SRC_V4,
-            g,
-            &compiled.src_v4,
-        )?;
-        write_addr(
-            &mut self.trie::<[u8; 5]>(DST_V4)?,
-            DST_V4,
-            g,
-            &compiled.dst_v4,
-        )?;
-        write_addr(
-            &mut self.trie::<[u8; 17]>(SRC_V6)?,
-            SRC_V6,
-            g,
-            &compiled.src_v6,
-        )?;
-        write_addr(
-            &mut self.trie::<[u8; 17]>(DST_V6)?,
-            DST_V6,
-            g,
-            &compiled.dst_v6,
-        )?;
-        {
-            let mut l4 = self.trie::<[u8; 5]>(L4)?;
-            for e in &compiled.l4 {
-                let [a, b, c, d] = e.data;
-                l4.insert(&Key::new(GEN_BITS + e.bits, [g, a, b, c, d]), e.set, 0)
-                    .map_err(map_err(L4))?;
-            }
-        }
+        // Addresses and ports: hash maps or tries (`prefixes`).
+        let info = self.write_tables(next, compiled)?;
         let base = next * MAX_CHANNELS;
         let ncpus = aya::util::nr_cpus()
             .map_err(|(_, e)| DatapathError::Setup(format!("cannot count CPUs: {e}")))?;
@@ -288,14 +259,7 @@ impl Datapath {
             }
         }
         self.array::<GenInfo>(GENS)?
-            .set(
-                next,
-                GenInfo {
-                    words: compiled.words,
-                    _pad: 0,
-                },
-                0,
-            )
+            .set(next, info, 0)
             .map_err(map_err(GENS))?;
         // The switch: of what the datapath reads, only the generation's low
         // byte changes, so even a byte-wise copy is atomic for every reader.
@@ -310,15 +274,12 @@ impl Datapath {
         Ok(config)
     }
 
-    /// Removes every entry of generation `generation` from the tries and
-    /// deactivates its policy slots.
+    /// Removes every entry of generation `generation` from the
+    /// classification tables and the flow cache, and deactivates its
+    /// policy slots.
     fn purge(&mut self, generation: u32) -> Result<(), DatapathError> {
         let g = generation as u8;
-        purge_trie(&mut self.trie::<[u8; 5]>(SRC_V4)?, SRC_V4, g)?;
-        purge_trie(&mut self.trie::<[u8; 5]>(DST_V4)?, DST_V4, g)?;
-        purge_trie(&mut self.trie::<[u8; 17]>(SRC_V6)?, SRC_V6, g)?;
-        purge_trie(&mut self.trie::<[u8; 17]>(DST_V6)?, DST_V6, g)?;
-        purge_trie(&mut self.trie::<[u8; 5]>(L4)?, L4, g)?;
+        self.purge_tables(generation)?;
         self.purge_flows::<FlowKey4>(FLOWS4, g, |k| k.meta.generation)?;
         self.purge_flows::<FlowKey6>(FLOWS6, g, |k| k.meta.generation)?;
         let mut policies = self.array::<ChannelPolicy>(POLICIES)?;
@@ -484,45 +445,4 @@ fn remove_other_layouts(dir: &Path) {
             }
         }
     }
-}
-
-/// Inserts address entries under generation `g`: key data is the
-/// generation byte followed by the address (`K == A + 1`).
-fn write_addr<const A: usize, const K: usize>(
-    trie: &mut LpmTrie<&mut MapData, [u8; K], ChannelSet>,
-    name: &'static str,
-    g: u8,
-    entries: &[AddrEntry<A>],
-) -> Result<(), DatapathError>
-where
-    [u8; K]: aya::Pod,
-{
-    const { assert!(K == A + 1) };
-    for e in entries {
-        let mut data = [0u8; K];
-        data[0] = g;
-        data[1..].copy_from_slice(&e.addr);
-        trie.insert(&Key::new(GEN_BITS + e.len as u32, data), e.set, 0)
-            .map_err(map_err(name))?;
-    }
-    Ok(())
-}
-
-fn purge_trie<const N: usize>(
-    trie: &mut LpmTrie<&mut MapData, [u8; N], ChannelSet>,
-    name: &'static str,
-    g: u8,
-) -> Result<(), DatapathError>
-where
-    [u8; N]: aya::Pod,
-{
-    let stale: Vec<Key<[u8; N]>> = trie
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|k| k.data()[0] == g)
-        .collect();
-    for k in stale {
-        trie.remove(&k).map_err(map_err(name))?;
-    }
-    Ok(())
 }
