@@ -451,7 +451,7 @@ mod tests {
     #[test]
     fn only_flagless_tcp_and_udp_entries_reach_past_the_protocol() {
         let c = compiled(
-            "channels:\n  - name: a\n    protocol: tcp\n    ports: [80, 1000-2000]\n    limit: {packets: 10}\n  - name: b\n    protocol: [udp, icmp]\n    direction: egress\n    ports: [53]\n    limit: {packets: 10}\n  - name: c\n    limit: {packets: 10}\n",
+            "channels:\n  - name: a\n    protocol: tcp\n    ports: [80, 1000-2000]\n    limit: {packets: 10}\n  - name: b\n    protocol: udp\n    direction: egress\n    ports: [53]\n    limit: {packets: 10}\n  - name: c\n    protocol: icmp\n    limit: {packets: 10}\n  - name: d\n    limit: {packets: 10}\n",
         );
         let t = tables_of(&c);
         assert!(t[TABLE_L4 as usize].iter().any(|e| e.len > 16));
