@@ -78,6 +78,18 @@ pub fn tables_of(c: &Compiled) -> Tables {
     ]
 }
 
+/// The entries of table `t` of `c` as (length, data, set), borrowed: the
+/// writer streams them without a copy of the tables.
+fn entries_of(c: &Compiled, t: u8) -> Box<dyn Iterator<Item = (u8, &[u8], &ChannelSet)> + '_> {
+    match t {
+        TABLE_SRC_V4 => Box::new(c.src_v4.iter().map(|e| (e.len, &e.addr[..], &e.set))),
+        TABLE_DST_V4 => Box::new(c.dst_v4.iter().map(|e| (e.len, &e.addr[..], &e.set))),
+        TABLE_SRC_V6 => Box::new(c.src_v6.iter().map(|e| (e.len, &e.addr[..], &e.set))),
+        TABLE_DST_V6 => Box::new(c.dst_v6.iter().map(|e| (e.len, &e.addr[..], &e.set))),
+        _ => Box::new(c.l4.iter().map(|e| (e.bits as u8, &e.data[..], &e.set))),
+    }
+}
+
 /// `data` with the bits past `len` cleared.
 fn masked(data: &[u8], len: u8) -> Vec<u8> {
     data.iter()
@@ -97,10 +109,19 @@ fn masked(data: &[u8], len: u8) -> Vec<u8> {
 /// first, when there are at most [`HASH_MAX_LENS`] and the trie would not
 /// be tiny; else its trie.
 pub fn probes_for(entries: &[TableEntry]) -> Probes {
-    let mut lens: Vec<u8> = entries.iter().map(|e| e.len).collect();
-    lens.sort_unstable_by(|a, b| b.cmp(a));
-    lens.dedup();
-    if lens.len() > HASH_MAX_LENS || (1..=SMALL_TABLE).contains(&entries.len()) {
+    probes_of_lens(entries.iter().map(|e| e.len))
+}
+
+/// [`probes_for`] from the entries' lengths alone.
+fn probes_of_lens(all: impl Iterator<Item = u8>) -> Probes {
+    let mut seen = [false; 256];
+    let mut n = 0;
+    for l in all {
+        seen[l as usize] = true;
+        n += 1;
+    }
+    let lens: Vec<u8> = (0..=255u8).rev().filter(|l| seen[*l as usize]).collect();
+    if lens.len() > HASH_MAX_LENS || (1..=SMALL_TABLE).contains(&n) {
         return Probes {
             count: PROBE_TRIE,
             ..Probes::default()
@@ -116,8 +137,7 @@ pub fn probes_for(entries: &[TableEntry]) -> Probes {
 
 /// Where each table of `compiled` goes, as [`tc_common::GenInfo::probes`] holds it.
 pub fn plan(compiled: &Compiled) -> [Probes; TABLES] {
-    let tables = tables_of(compiled);
-    std::array::from_fn(|t| probes_for(&tables[t]))
+    std::array::from_fn(|t| probes_of_lens(entries_of(compiled, t as u8).map(|e| e.0)))
 }
 
 /// The trie of each table.
@@ -134,53 +154,83 @@ impl Datapath {
         compiled: &Compiled,
     ) -> Result<GenInfo, DatapathError> {
         let g = generation as u8;
-        let tables = tables_of(compiled);
-        let probes: [Probes; TABLES] = std::array::from_fn(|t| probes_for(&tables[t]));
+        let probes = plan(compiled);
         let info = GenInfo {
             words: compiled.words,
             probes,
             ..GenInfo::default()
         };
-        let mut keys4 = Vec::new();
-        let mut keys6 = Vec::new();
-        let mut sets4 = Vec::new();
-        let mut sets6 = Vec::new();
-        for (t, entries) in tables.iter().enumerate() {
-            if probes[t].count == PROBE_TRIE {
-                self.write_trie(TRIES[t], g, entries)?;
+        // Written a chunk at a time, so the agent never holds a second
+        // copy of the tables.
+        let mut keys4 = Vec::with_capacity(batch::CHUNK);
+        let mut keys6 = Vec::with_capacity(batch::CHUNK);
+        let mut sets4 = Vec::with_capacity(batch::CHUNK);
+        let mut sets6 = Vec::with_capacity(batch::CHUNK);
+        for t in 0..TABLES as u8 {
+            if probes[t as usize].count == PROBE_TRIE {
+                let entries: Vec<TableEntry> = entries_of(compiled, t)
+                    .map(|(len, data, set)| TableEntry {
+                        len,
+                        data: masked(data, len),
+                        set: *set,
+                    })
+                    .collect();
+                self.write_trie(TRIES[t as usize], g, &entries)?;
                 continue;
             }
-            for e in entries {
-                if t as u8 == TABLE_SRC_V6 || t as u8 == TABLE_DST_V6 {
-                    let mut data = [0u8; 16];
-                    data.copy_from_slice(&e.data);
+            for (len, raw, set) in entries_of(compiled, t) {
+                let data = masked(raw, len);
+                if t == TABLE_SRC_V6 || t == TABLE_DST_V6 {
+                    let mut d = [0u8; 16];
+                    d.copy_from_slice(&data);
                     keys6.push(PrefixKey6 {
                         generation: g,
-                        table: t as u8,
-                        len: e.len,
+                        table: t,
+                        len,
                         _pad: 0,
-                        data,
+                        data: d,
                     });
-                    sets6.push(e.set);
+                    sets6.push(*set);
                 } else {
-                    let mut data = [0u8; 4];
-                    data.copy_from_slice(&e.data);
+                    let mut d = [0u8; 4];
+                    d.copy_from_slice(&data);
                     keys4.push(PrefixKey4 {
                         generation: g,
-                        table: t as u8,
-                        len: e.len,
+                        table: t,
+                        len,
                         _pad: 0,
-                        data,
+                        data: d,
                     });
-                    sets4.push(e.set);
+                    sets4.push(*set);
+                }
+                if keys4.len() == batch::CHUNK {
+                    self.flush(PREFIX4, &mut keys4, &mut sets4)?;
+                }
+                if keys6.len() == batch::CHUNK {
+                    self.flush(PREFIX6, &mut keys6, &mut sets6)?;
                 }
             }
         }
-        let map = self.prefix_map::<PrefixKey4>(PREFIX4)?;
-        batch::update(map, &keys4, &sets4).map_err(batch_err(PREFIX4))?;
-        let map = self.prefix_map::<PrefixKey6>(PREFIX6)?;
-        batch::update(map, &keys6, &sets6).map_err(batch_err(PREFIX6))?;
+        self.flush(PREFIX4, &mut keys4, &mut sets4)?;
+        self.flush(PREFIX6, &mut keys6, &mut sets6)?;
         Ok(info)
+    }
+
+    /// Writes and empties one chunk of prefix hash entries.
+    fn flush<K: aya::Pod>(
+        &mut self,
+        name: &'static str,
+        keys: &mut Vec<K>,
+        sets: &mut Vec<ChannelSet>,
+    ) -> Result<(), DatapathError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let map = self.prefix_map::<K>(name)?;
+        batch::update(map, keys, sets).map_err(batch_err(name))?;
+        keys.clear();
+        sets.clear();
+        Ok(())
     }
 
     /// Removes every entry of `generation` from the tries and the prefix
