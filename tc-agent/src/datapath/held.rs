@@ -19,7 +19,7 @@
 //! A generation whose content is not known (a new agent over pinned maps
 //! before it read it, or a write into it that failed half-way) holds
 //! `None`: the next write into it removes every entry of the generation
-//! by walking the table, then writes all.
+//! by walking every trie and prefix hash map, then writes all.
 
 use tc_common::{
     ChannelPolicy, ChannelSet, Probes, TABLES, TABLE_DST_V4, TABLE_DST_V6, TABLE_L4, TABLE_SRC_V4,
@@ -187,6 +187,7 @@ fn table<W: Width>(c: &Compiled, t: u8) -> Held<(u8, W)> {
     }))
 }
 
+/// `it` as a record: sorted by key, no spare capacity.
 pub fn sorted<K: Ord + Copy>(it: impl Iterator<Item = (K, u64)>) -> Held<K> {
     let mut v: Held<K> = it.collect();
     v.sort_unstable_by_key(|a| a.0);
@@ -254,5 +255,20 @@ mod tests {
         assert_eq!(diff(&want, &want), (vec![], vec![]));
         assert_eq!(diff(&vec![], &want).1, vec![0, 1, 2, 3]);
         assert_eq!(diff(&want, &vec![]).0, vec![2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn the_digest_covers_where_each_table_is() {
+        let t = Tables::default();
+        let mut moved = t.clone();
+        moved.probes[TABLE_L4 as usize].count = tc_common::PROBE_TRIE;
+        assert_ne!(t.digest(), moved.digest());
+        let mut lens = t.clone();
+        lens.probes[TABLE_SRC_V4 as usize].count = 1;
+        lens.probes[TABLE_SRC_V4 as usize].lens[0] = 32;
+        assert_ne!(t.digest(), lens.digest());
+        let mut stray = t.clone();
+        stray.misplaced = 1;
+        assert_ne!(t.digest(), stray.digest());
     }
 }

@@ -223,9 +223,14 @@ impl Datapath {
     /// the token-bucket state of an unchanged channel, so a re-apply does not
     /// hand out a fresh burst.
     ///
-    /// Only what differs from what the inactive generation holds is written
-    /// (stale entries removed, new and changed ones written); a generation
-    /// of unknown content is emptied first and written whole.
+    /// Each table goes where [`prefixes::plan`] places it (its LPM trie or
+    /// the prefix hash maps). Only what differs from what the inactive
+    /// generation holds is written (stale entries removed, new and changed
+    /// ones written) for each table that stays where it was; a table that
+    /// moves is removed from the old place and written whole in the new
+    /// (`sync`); a generation of unknown content is emptied first and
+    /// written whole. Its `GenInfo` (words, where each table is) is written
+    /// before the switch.
     ///
     /// Returns the new live config: its generation, and its policy
     /// version, one more than the previous.
