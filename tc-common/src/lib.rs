@@ -17,6 +17,10 @@
 //! - destination address: LPM trie ([`DST_V4`]/[`DST_V6`]), same keys;
 //! - direction, protocol and destination port: LPM trie ([`L4`]), key [`L4Key`].
 //!
+//! A table whose prefixes come in few lengths lives instead in a prefix
+//! hash map ([`PREFIX4`]/[`PREFIX6`]) that the datapath probes once per
+//! length, longest first ([`Probes`], in the generation's [`GenInfo`]).
+//!
 //! Every key starts with a generation byte: the agent writes a whole new
 //! policy under the inactive generation, then flips [`Config::generation`].
 //! The datapath reads the generation once per packet, so a packet is never
@@ -43,6 +47,9 @@ pub const DST_V4: &str = "TC_DST_V4";
 pub const SRC_V6: &str = "TC_SRC_V6";
 pub const DST_V6: &str = "TC_DST_V6";
 pub const L4: &str = "TC_L4";
+/// The prefix hash maps (see [`Probes`]): IPv4 and L4, and IPv6.
+pub const PREFIX4: &str = "TC_PREFIX4";
+pub const PREFIX6: &str = "TC_PREFIX6";
 pub const POLICIES: &str = "TC_POLICIES";
 pub const BUCKETS: &str = "TC_BUCKETS";
 pub const COUNTERS: &str = "TC_COUNTERS";
@@ -74,10 +81,10 @@ pub const ACCOUNT_XDP_PROGS: &str = "TC_ACCOUNT_XDP";
 /// empties a program array once no process holds it, so while no agent
 /// runs the hooks judge packets without counting interactions, which no
 /// one reads then.
-pub const MAP_NAMES: [&str; 26] = [
-    CONFIG, GENS, SRC_V4, DST_V4, SRC_V6, DST_V6, L4, POLICIES, BUCKETS, COUNTERS, GLOBAL, FLOWS4,
-    FLOWS6, PACE, FRAGS, CONNS, CONN_POOLS, CONN_GC, CONN_CONF, IX, IX_CONF, IX_IFACES, IX_SLOTS,
-    IX_FREE, IX_ALLOC, IX_GEN,
+pub const MAP_NAMES: [&str; 28] = [
+    CONFIG, GENS, SRC_V4, DST_V4, SRC_V6, DST_V6, L4, PREFIX4, PREFIX6, POLICIES, BUCKETS,
+    COUNTERS, GLOBAL, FLOWS4, FLOWS6, PACE, FRAGS, CONNS, CONN_POOLS, CONN_GC, CONN_CONF, IX,
+    IX_CONF, IX_IFACES, IX_SLOTS, IX_FREE, IX_ALLOC, IX_GEN,
 ];
 
 /// Slots of the [`ACCOUNT`] program array (tc) and the
@@ -368,7 +375,89 @@ pub struct GenInfo {
     pub words: u32,
     /// Explicit padding, always zero.
     pub _pad: u32,
+    /// Per table (`TABLE_*`): where its longest-prefix lookups go, the
+    /// prefix hash maps ([`PREFIX4`]/[`PREFIX6`]) or its LPM trie.
+    pub probes: [Probes; TABLES],
 }
+
+/// How one table of a generation finds a field's longest matching prefix.
+///
+/// An LPM trie walks about log2(entries) nodes, a cache miss each: 65,536
+/// host prefixes cost some 60 ns more than one. A policy's prefixes mostly
+/// come in a few lengths, though, so when a table has at most
+/// [`MAX_PROBES`] distinct lengths the agent writes its entries (the same
+/// merged sets the trie would hold) into a hash map keyed by length and
+/// masked field, and the datapath probes those lengths longest first: the
+/// first hit is the longest match, at one hash lookup per length tried.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Probes {
+    /// How many of `lens` to probe, or [`PROBE_TRIE`]: the table's entries
+    /// are in its LPM trie. 0: the table is empty, nothing matches.
+    pub count: u8,
+    /// The table's distinct prefix lengths, longest first, in bits after
+    /// the generation byte (an [`L4Key`]'s `bits`, an address's length).
+    pub lens: [u8; MAX_PROBES],
+    /// Explicit padding, always zero.
+    pub _pad: [u8; 3],
+}
+
+/// [`Probes::count`]: look up in the table's LPM trie.
+pub const PROBE_TRIE: u8 = u8::MAX;
+/// Prefix lengths a table may have and still be probed by hash: each is
+/// one more exit from the probe loop for the verifier to walk.
+pub const MAX_PROBES: usize = 4;
+/// Tables of a generation, the index into [`GenInfo::probes`] and the
+/// `table` byte of a [`PrefixKey4`]/[`PrefixKey6`].
+pub const TABLE_SRC_V4: u8 = 0;
+pub const TABLE_DST_V4: u8 = 1;
+pub const TABLE_SRC_V6: u8 = 2;
+pub const TABLE_DST_V6: u8 = 3;
+/// The direction/protocol/port table (its data is an [`L4Key`] less the
+/// generation byte, 4 bytes, so it shares [`PREFIX4`] with IPv4).
+pub const TABLE_L4: u8 = 4;
+/// Number of tables.
+pub const TABLES: usize = 5;
+
+/// Key of [`PREFIX4`]: one prefix of an IPv4 address table or of the L4
+/// table. 8 bytes, a multiple of 4, so the kernel hashes it by words.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PrefixKey4 {
+    /// Generation the entry belongs to.
+    pub generation: u8,
+    /// `TABLE_SRC_V4`, `TABLE_DST_V4` or `TABLE_L4`.
+    pub table: u8,
+    /// Prefix length in bits of `data`.
+    pub len: u8,
+    /// Explicit padding, always zero (it is hashed with the key).
+    pub _pad: u8,
+    /// The prefix, bits past `len` zero: an address in network order, or
+    /// direction, protocol and port (big-endian) as in an [`L4Key`].
+    pub data: [u8; 4],
+}
+
+/// Key of [`PREFIX6`]: one prefix of an IPv6 address table (20 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PrefixKey6 {
+    /// Generation the entry belongs to.
+    pub generation: u8,
+    /// `TABLE_SRC_V6` or `TABLE_DST_V6`.
+    pub table: u8,
+    /// Prefix length in bits of `data`.
+    pub len: u8,
+    /// Explicit padding, always zero (it is hashed with the key).
+    pub _pad: u8,
+    /// The address, bits past `len` zero.
+    pub data: [u8; 16],
+}
+
+/// Entries [`PREFIX4`] may hold over both generations: two IPv4 address
+/// tables and the L4 table.
+pub const MAX_PREFIX4_ENTRIES: u32 = 2 * MAX_PREFIXES + MAX_L4_ENTRIES;
+/// Entries [`PREFIX6`] may hold over both generations.
+pub const MAX_PREFIX6_ENTRIES: u32 = 2 * MAX_PREFIXES;
 
 /// The part of a flow-cache key that is not an address: everything else
 /// classification reads from a packet, plus the generation it was
@@ -786,6 +875,8 @@ mod pod {
     unsafe impl aya::Pod for ChannelSet {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for GenInfo {}
+    unsafe impl aya::Pod for PrefixKey4 {}
+    unsafe impl aya::Pod for PrefixKey6 {}
     unsafe impl aya::Pod for FlowMeta {}
     unsafe impl aya::Pod for FlowKey4 {}
     unsafe impl aya::Pod for FlowKey6 {}
@@ -809,7 +900,10 @@ const _: () = assert!(core::mem::size_of::<ChannelSet>() == 8 * CHANNEL_WORDS);
 const _: () = assert!(core::mem::size_of::<Config>() == 16);
 const _: () = assert!(core::mem::size_of::<FragKey>() == 40);
 const _: () = assert!(core::mem::size_of::<FragEntry>() == 16);
-const _: () = assert!(core::mem::size_of::<GenInfo>() == 8);
+const _: () = assert!(core::mem::size_of::<GenInfo>() == 8 + 8 * TABLES);
+const _: () = assert!(core::mem::size_of::<Probes>() == 8);
+const _: () = assert!(core::mem::size_of::<PrefixKey4>() == 8);
+const _: () = assert!(core::mem::size_of::<PrefixKey6>() == 20);
 const _: () = assert!(core::mem::size_of::<FlowKey4>() == 16);
 const _: () = assert!(core::mem::size_of::<FlowKey6>() == 40);
 const _: () = assert!(core::mem::size_of::<ChannelPolicy>() == 72);

@@ -1,19 +1,21 @@
 //! Classification: the flow cache in front of the bit-vector search over
-//! three LPM tries, and the fragment table's key.
+//! three prefix tables (hash probes per prefix length, or LPM tries), and
+//! the fragment table's key.
 
 use core::ptr::{read_volatile, write_volatile};
 
-use aya_ebpf::maps::lpm_trie::Key;
+use aya_ebpf::maps::{lpm_trie::Key, LpmTrie};
 use tc_common::{
-    FlowKey4, FlowKey6, FlowMeta, FlowValue, FragKey, GlobalCounters, Ip6Key, CHANNEL_WORDS,
-    GEN_BITS, IX_NONE, NO_CHANNEL,
+    ChannelSet, FlowKey4, FlowKey6, FlowMeta, FlowValue, FragKey, GenInfo, GlobalCounters, Ip4Key,
+    Ip6Key, PrefixKey4, PrefixKey6, CHANNEL_WORDS, GEN_BITS, IX_NONE, MAX_PROBES, NO_CHANNEL,
+    PROBE_TRIE, TABLE_DST_V4, TABLE_DST_V6, TABLE_L4, TABLE_SRC_V4, TABLE_SRC_V6,
 };
 
 use crate::{
     account::hint,
     maps::{
-        FLOW_SEEN_SLOTS, TC_DST_V4, TC_DST_V6, TC_FLOWS4, TC_FLOWS6, TC_FLOW_SEEN, TC_L4, TC_SCRATCH,
-        TC_SRC_V4, TC_SRC_V6,
+        FLOW_SEEN_SLOTS, TC_DST_V4, TC_DST_V6, TC_FLOWS4, TC_FLOWS6, TC_FLOW_SEEN, TC_GENS, TC_L4,
+        TC_PREFIX4, TC_PREFIX6, TC_SCRATCH, TC_SRC_V4, TC_SRC_V6,
     },
     parse::{Addrs, Parsed},
 };
@@ -243,49 +245,235 @@ fn word(a: &[u8; 16], at: usize) -> u64 {
 
 /// Index of the first channel (in policy order) whose source set, destination
 /// set and protocol/port all match, or `None`.
+///
+/// Each field's set is its longest matching prefix in its table: probed by
+/// hash, one lookup per prefix length, or walked in the LPM trie, as the
+/// generation's [`GenInfo::probes`] say.
 #[inline(always)]
 pub fn classify(generation: u8, words: u32, dir: u8, p: &Parsed) -> Option<u32> {
+    let info = TC_GENS.get(generation as u32)?;
+    let scratch = TC_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: per-CPU slot, only this CPU uses it while the program runs.
+    let acc = unsafe { &raw mut (*scratch).acc };
     let (src, dst) = match &p.addrs {
         Addrs::V4 { src, dst } => {
-            let s = TC_SRC_V4.get(Key::new(
-                GEN_BITS + 32,
-                [generation, src[0], src[1], src[2], src[3]],
-            ))?;
-            let d = TC_DST_V4.get(Key::new(
-                GEN_BITS + 32,
-                [generation, dst[0], dst[1], dst[2], dst[3]],
-            ))?;
+            let s = addr4(&TC_SRC_V4, TABLE_SRC_V4, info, generation, src)?;
+            let d = addr4(&TC_DST_V4, TABLE_DST_V4, info, generation, dst)?;
             (s, d)
         }
         Addrs::V6 { src, dst } => {
-            let s = TC_SRC_V6.get(Key::new(GEN_BITS + 128, v6_key(generation, src)))?;
-            let d = TC_DST_V6.get(Key::new(GEN_BITS + 128, v6_key(generation, dst)))?;
+            let s = addr6(&TC_SRC_V6, TABLE_SRC_V6, info, generation, src)?;
+            let d = addr6(&TC_DST_V6, TABLE_DST_V6, info, generation, dst)?;
             (s, d)
         }
     };
+    // Every word, without a branch: a bound here would let LLVM thread
+    // each exit of this loop into its own copy of the next one.
+    let mut i = 0;
+    while i < CHANNEL_WORDS {
+        // SAFETY: as above; volatile, so that the words go through memory.
+        unsafe { write_volatile(&raw mut (*acc)[i], src.words[i] & dst.words[i]) };
+        i += 1;
+    }
     // Port-less protocols look up with a prefix that stops at the protocol,
     // so they can only hit protocol-wide entries, never a port range.
     // Packets whose ports or protocol are hidden look up under a flag in
     // the direction byte, whose entries hold every channel they could
     // belong to (see `L4_ANY_PORT`).
     let port = p.dport.to_be_bytes();
-    let l4 = TC_L4.get(Key::new(
-        p.l4_bits,
-        [generation, dir | p.l4_flags, p.proto, port[0], port[1]],
-    ))?;
+    let l4_data = [dir | p.l4_flags, p.proto, port[0], port[1]];
+    let l4 = if info.probes[TABLE_L4 as usize].count == PROBE_TRIE {
+        let [a, b, c, d] = l4_data;
+        TC_L4.get(Key::new(p.l4_bits, [generation, a, b, c, d]))?
+    } else {
+        probe4(
+            info,
+            generation,
+            TABLE_L4,
+            l4_data,
+        )?
+    };
 
+    // The same for the L4 set: the search below reads only the scratch
+    // words, and is walked once whatever the three lookups were.
+    let mut i = 0;
+    while i < CHANNEL_WORDS {
+        // SAFETY: as above.
+        unsafe {
+            let x = read_volatile(&raw const (*acc)[i]) & l4.words[i];
+            write_volatile(&raw mut (*acc)[i], x);
+        }
+        i += 1;
+    }
+    let mut found = NO_CHANNEL;
     let mut i = 0;
     while i < CHANNEL_WORDS {
         if i as u32 >= words {
             break;
         }
-        let x = src.words[i] & dst.words[i] & l4.words[i];
+        // SAFETY: as above.
+        let x = unsafe { read_volatile(&raw const (*acc)[i]) };
         if x != 0 {
-            return Some(i as u32 * 64 + trailing_zeros(x));
+            found = i as u32 * 64 + trailing_zeros(x);
+            break;
+        }
+        i += 1;
+    }
+    let found = join_classify_paths(found);
+    if found == NO_CHANNEL {
+        None
+    } else {
+        Some(found)
+    }
+}
+
+/// Passes `channel` through the per-CPU scratch value, which the verifier
+/// cannot see into: the three tables each come from a hash map, a trie or
+/// the generation's `GenInfo`, and the channel from one of 16 words, and
+/// without this the verifier walks the rest of the program once for every
+/// combination (past 6.1's budget of one million instructions).
+#[inline(always)]
+fn join_classify_paths(channel: u32) -> u32 {
+    let Some(s) = TC_SCRATCH.get_ptr_mut(0) else {
+        return channel;
+    };
+    // SAFETY: per-CPU slot, only this CPU uses it while the program runs;
+    // volatile so that LLVM cannot forward the store to the load.
+    unsafe {
+        write_volatile(&raw mut (*s).channel, channel);
+        read_volatile(&raw const (*s).channel)
+    }
+}
+
+/// The set of an IPv4 address's longest matching prefix in `table`.
+#[inline(always)]
+fn addr4(
+    trie: &'static LpmTrie<Ip4Key, ChannelSet>,
+    table: u8,
+    info: &'static GenInfo,
+    generation: u8,
+    addr: &[u8; 4],
+) -> Option<&'static ChannelSet> {
+    let probes = &info.probes[table as usize];
+    if probes.count == PROBE_TRIE {
+        return trie.get(Key::new(
+            GEN_BITS + 32,
+            [generation, addr[0], addr[1], addr[2], addr[3]],
+        ));
+    }
+    probe4(info, generation, table, *addr)
+}
+
+/// The set of an IPv6 address's longest matching prefix in `table`.
+#[inline(always)]
+fn addr6(
+    trie: &'static LpmTrie<Ip6Key, ChannelSet>,
+    table: u8,
+    info: &'static GenInfo,
+    generation: u8,
+    addr: &[u8; 16],
+) -> Option<&'static ChannelSet> {
+    let probes = &info.probes[table as usize];
+    if probes.count == PROBE_TRIE {
+        return trie.get(Key::new(GEN_BITS + 128, v6_key(generation, addr)));
+    }
+    let hi = u64::from_be_bytes([
+        addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7],
+    ]);
+    let lo = u64::from_be_bytes([
+        addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15],
+    ]);
+    let mut key = PrefixKey6 {
+        generation,
+        table,
+        len: 0,
+        _pad: 0,
+        data: [0; 16],
+    };
+    let mut i = 0;
+    while i < MAX_PROBES {
+        if i >= probes.count as usize {
+            break;
+        }
+        let len = probes.lens[i] as u32;
+        // Bits in the low half: 1 when len > 64, without a branch.
+        let over = (len.wrapping_sub(65) >> 31) ^ 1;
+        let lo_len = over * len.wrapping_sub(64);
+        let mask_hi = mask64(len - lo_len);
+        let mask_lo = mask64(lo_len);
+        key.len = len as u8;
+        key.data[..8].copy_from_slice(&(hi & mask_hi).to_be_bytes());
+        key.data[8..].copy_from_slice(&(lo & mask_lo).to_be_bytes());
+        if let Some(set) = TC_PREFIX6.get_ptr(&key) {
+            // SAFETY: a value of the map, valid for this run; only read.
+            return Some(unsafe { &*set });
         }
         i += 1;
     }
     None
+}
+
+/// The set of `data`'s longest matching prefix in `table`, in the
+/// IPv4/L4 hash map.
+///
+/// An L4 query may stop short of the port (`Parsed::l4_bits`), and the
+/// trie then matches no longer entry; the probes need not check it: only
+/// TCP and UDP entries under a flagless direction byte are longer than the
+/// protocol (`policy::compile`), and a query stops short only for another
+/// protocol or under a flag (`L4_ANY_PORT`, `L4_UNKNOWN`), whose masked
+/// data no longer entry holds.
+#[inline(always)]
+fn probe4(
+    info: &'static GenInfo,
+    generation: u8,
+    table: u8,
+    data: [u8; 4],
+) -> Option<&'static ChannelSet> {
+    let probes = &info.probes[table as usize];
+    let value = u32::from_be_bytes(data);
+    let mut key = PrefixKey4 {
+        generation,
+        table,
+        len: 0,
+        _pad: 0,
+        data: [0; 4],
+    };
+    let mut i = 0;
+    while i < MAX_PROBES {
+        if i >= probes.count as usize {
+            break;
+        }
+        let len = probes.lens[i] as u32;
+        key.len = len as u8;
+        key.data = (value & mask32(len)).to_be_bytes();
+        if let Some(set) = TC_PREFIX4.get_ptr(&key) {
+            // SAFETY: a value of the map, valid for this run; only read.
+            return Some(unsafe { &*set });
+        }
+        i += 1;
+    }
+    None
+}
+
+/// The low `n` of 64 bits set, `n` in 0..=64, without a branch (the
+/// verifier walks each branch of the probe loops once per iteration).
+#[inline(always)]
+fn low64(n: u32) -> u64 {
+    let half = n >> 1;
+    ((1u64 << half) << (n - half)).wrapping_sub(1)
+}
+
+/// The top `len` of 32 bits set, `len` in 0..=32 (the agent writes no
+/// other; another value only makes a probe miss).
+#[inline(always)]
+fn mask32(len: u32) -> u32 {
+    !(low64(32u32.wrapping_sub(len)) as u32)
+}
+
+/// The top `len` of 64 bits set, `len` in 0..=64.
+#[inline(always)]
+fn mask64(len: u32) -> u64 {
+    !low64(64u32.wrapping_sub(len))
 }
 
 #[inline(always)]
@@ -297,32 +485,15 @@ fn v6_key(generation: u8, addr: &[u8; 16]) -> Ip6Key {
 }
 
 /// Index of the lowest set bit of a non-zero word. BPF has no ctz
-/// instruction; this is six branches instead of a table in .rodata.
+/// instruction, and LLVM's expansion reads a table in .rodata; this counts
+/// the bits below the lowest set one (SWAR popcount), without branches:
+/// branches would split the verifier's walk into one path per outcome, for
+/// every word and every combination of the three tables' lookup kinds.
 #[inline(always)]
-fn trailing_zeros(mut x: u64) -> u32 {
-    let mut n = 0;
-    if x & 0xffff_ffff == 0 {
-        n += 32;
-        x >>= 32;
-    }
-    if x & 0xffff == 0 {
-        n += 16;
-        x >>= 16;
-    }
-    if x & 0xff == 0 {
-        n += 8;
-        x >>= 8;
-    }
-    if x & 0xf == 0 {
-        n += 4;
-        x >>= 4;
-    }
-    if x & 0x3 == 0 {
-        n += 2;
-        x >>= 2;
-    }
-    if x & 0x1 == 0 {
-        n += 1;
-    }
-    n
+fn trailing_zeros(x: u64) -> u32 {
+    let mut v = (x & x.wrapping_neg()).wrapping_sub(1);
+    v -= (v >> 1) & 0x5555_5555_5555_5555;
+    v = (v & 0x3333_3333_3333_3333) + ((v >> 2) & 0x3333_3333_3333_3333);
+    v = (v + (v >> 4)) & 0x0f0f_0f0f_0f0f_0f0f;
+    (v.wrapping_mul(0x0101_0101_0101_0101) >> 56) as u32
 }

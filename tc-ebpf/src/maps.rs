@@ -10,7 +10,8 @@ use tc_common::{
     BucketState, ChannelCounters, ChannelPolicy, ChannelSet, Config, ConnConfig, ConnEntry,
     ConnKey, ConnPool, FlowValue, IxConfig, IxCounters, IxKey, FlowKey4, FlowKey6, FragEntry, FragKey, GenInfo, GlobalCounters, Ip4Key,
     Ip6Key, L4Key, CHANNEL_SLOTS, DEFAULT_MAX_CONNS, MAX_FLOWS, MAX_FRAGS, MAX_L4_ENTRIES,
-    MAX_POOLS, MAX_PREFIXES, PACE_SLOTS, DEFAULT_MAX_INTERACTIONS, IX_SKETCH_ROWS,
+    MAX_POOLS, MAX_PREFIXES, MAX_PREFIX4_ENTRIES, MAX_PREFIX6_ENTRIES, PACE_SLOTS, PrefixKey4,
+    PrefixKey6, DEFAULT_MAX_INTERACTIONS, IX_SKETCH_ROWS,
     IX_SKETCH_WIDTH, MAX_IX_IFACES,
 };
 
@@ -40,6 +41,16 @@ pub static TC_SRC_V6: LpmTrie<Ip6Key, ChannelSet> = LpmTrie::with_max_entries(MA
 pub static TC_DST_V6: LpmTrie<Ip6Key, ChannelSet> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
 #[map]
 pub static TC_L4: LpmTrie<L4Key, ChannelSet> = LpmTrie::with_max_entries(MAX_L4_ENTRIES, 0);
+/// The address and L4 tables whose prefixes come in few lengths, as one
+/// hash map per key size (see `tc_common::Probes`). Not preallocated
+/// (`BPF_F_NO_PREALLOC`, Linux 4.6): memory follows the entries written,
+/// as in the tries, and only the agent inserts.
+#[map]
+pub static TC_PREFIX4: HashMap<PrefixKey4, ChannelSet> =
+    HashMap::with_max_entries(MAX_PREFIX4_ENTRIES, BPF_F_NO_PREALLOC as u32);
+#[map]
+pub static TC_PREFIX6: HashMap<PrefixKey6, ChannelSet> =
+    HashMap::with_max_entries(MAX_PREFIX6_ENTRIES, BPF_F_NO_PREALLOC as u32);
 #[map]
 pub static TC_POLICIES: Array<ChannelPolicy> = Array::with_max_entries(CHANNEL_SLOTS, 0);
 #[map]
@@ -233,6 +244,16 @@ pub struct ParseScratch {
     pub conn: u8,
     /// Explicit padding.
     pub _pad2: [u8; 2],
+    /// The channel [`crate::classify::classify`] found, passed through
+    /// here so that the verifier sees one value for every table lookup
+    /// kind and word it came from.
+    pub channel: u32,
+    /// Explicit padding.
+    pub _pad3: u32,
+    /// The AND of the source and destination sets (`classify`): the
+    /// lookups' pointers end here, so the verifier walks the L4 lookup and
+    /// the last AND once, not once per kind of address lookup.
+    pub acc: [u64; tc_common::CHANNEL_WORDS],
     /// The parse results ([`crate::pipeline::handle`] passes them through here).
     pub parsed: crate::parse::Parsed,
     /// The connection-table key of the packet (`conn`): off the 512-byte stack.

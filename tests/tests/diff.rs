@@ -11,6 +11,12 @@
 //! equal the record of a fresh compilation, and random TCP/UDP packets (each
 //! sent twice, the second through the flow cache) land in the channel
 //! `tc_tests::reference::first_match` names.
+//!
+//! A second run uses prefixes of few lengths, so that the address and L4
+//! tables go to the prefix hash maps, and moves them to their tries and
+//! back (a few channels with prefixes of other lengths and a port range):
+//! the diff within the hash maps, a table moved either way out of a
+//! generation the agent knows, and a restart over hash-placed tables.
 
 use std::path::PathBuf;
 
@@ -44,10 +50,17 @@ impl Rng {
 }
 
 /// A random IPv4 prefix inside 198.18.0.0/22, or an IPv6 one inside
-/// 2001:db8::/46 (small spaces, so prefixes overlap often).
-fn prefix(rng: &mut Rng) -> String {
-    let lens4 = [22, 23, 24, 26, 28, 30, 32];
-    let lens6 = [46, 47, 48, 56, 64, 120, 128];
+/// 2001:db8::/46 (small spaces, so prefixes overlap often). `few`: of two
+/// lengths per family only, so a table of them goes to the hash maps.
+fn prefix(rng: &mut Rng, few: bool) -> String {
+    let (lens4, lens6): (&[u32], &[u32]) = if few {
+        (&[24, 32], &[64, 128])
+    } else {
+        (
+            &[22, 23, 24, 26, 28, 30, 32],
+            &[46, 47, 48, 56, 64, 120, 128],
+        )
+    };
     if rng.below(2) == 0 {
         let len = lens4[rng.below(lens4.len() as u64) as usize];
         let a = (198u32 << 24) | (18 << 16) | (rng.below(1 << 10) as u32);
@@ -63,11 +76,17 @@ fn prefix(rng: &mut Rng) -> String {
 
 /// One random channel named `ch{i}`.
 fn channel(rng: &mut Rng, i: usize) -> String {
+    channel_of(rng, i, false)
+}
+
+/// One random channel named `ch{i}`; `few`: its prefixes of two lengths
+/// per family and at most one port.
+fn channel_of(rng: &mut Rng, i: usize, few: bool) -> String {
     let mut c = format!("  - name: ch{i}\n");
-    let from: Vec<String> = (0..1 + rng.below(3)).map(|_| prefix(rng)).collect();
+    let from: Vec<String> = (0..1 + rng.below(3)).map(|_| prefix(rng, few)).collect();
     c.push_str(&format!("    from: [{}]\n", from.join(", ")));
     if rng.below(3) == 0 {
-        let to: Vec<String> = (0..1 + rng.below(2)).map(|_| prefix(rng)).collect();
+        let to: Vec<String> = (0..1 + rng.below(2)).map(|_| prefix(rng, few)).collect();
         c.push_str(&format!("    to: [{}]\n", to.join(", ")));
     }
     match rng.below(3) {
@@ -77,7 +96,7 @@ fn channel(rng: &mut Rng, i: usize) -> String {
     }
     if rng.below(2) == 0 {
         let lo = 1000 + rng.below(100);
-        let hi = lo + rng.below(30);
+        let hi = if few { lo } else { lo + rng.below(30) };
         c.push_str(&format!("    ports: [\"{lo}-{hi}\"]\n"));
     }
     c.push_str("    limit: {packets: 100000000}\n");
@@ -170,8 +189,8 @@ fn apply_and_check(dp: &mut Datapath, text: &str, rng: &mut Rng, step: &str) {
     );
 }
 
-#[test]
-fn a_diff_write_classifies_like_a_full_rewrite_also_after_a_restart() {
+/// The seed of a run: `TC_DIFF_SEED`, or the clock.
+fn seed() -> u64 {
     let seed = std::env::var("TC_DIFF_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -183,7 +202,107 @@ fn a_diff_write_classifies_like_a_full_rewrite_also_after_a_restart() {
                 | 1
         });
     println!("seed {seed} (TC_DIFF_SEED reproduces it)");
-    let mut rng = Rng(seed);
+    seed
+}
+
+/// Channel `i` with prefixes of lengths no few-length channel has, and a
+/// port range: with a few of them the source tables (more than four
+/// lengths) and the L4 table go to their tries.
+fn spread(i: usize) -> String {
+    let l4 = [22, 23, 26, 28, 30][i % 5];
+    let l6 = [46, 47, 48, 56, 120][i % 5];
+    format!(
+        "  - name: ch{i}\n    from: [198.18.0.0/{l4}, \"2001:db8::/{l6}\"]\n    protocol: tcp\n    ports: [\"1000-1099\"]\n    limit: {{packets: 100000000}}\n"
+    )
+}
+
+/// Where the tables of `text` go: (source IPv4, source IPv6, L4) in tries.
+fn in_tries(text: &str) -> (bool, bool, bool) {
+    let compiled = compile(&Policy::parse(text, "diff.yaml").expect("valid")).expect("compiles");
+    let p = tc_agent::datapath::prefixes::plan(&compiled);
+    let trie = |t: u8| p[t as usize].count == tc_common::PROBE_TRIE;
+    (
+        trie(tc_common::TABLE_SRC_V4),
+        trie(tc_common::TABLE_SRC_V6),
+        trie(tc_common::TABLE_L4),
+    )
+}
+
+#[test]
+fn tables_moved_between_tries_and_hash_maps_classify_like_a_full_rewrite() {
+    let mut rng = Rng(seed());
+    let pins = Pins(PathBuf::from(format!(
+        "/sys/fs/bpf/tc-agent-test-diff-moves-{}",
+        std::process::id()
+    )));
+    let mut few: Vec<String> = (0..CHANNELS)
+        .map(|i| channel_of(&mut rng, i, true))
+        .collect();
+    let change_one = |chans: &mut Vec<String>, rng: &mut Rng| {
+        let k = 8 + rng.below(CHANNELS as u64 - 8) as usize;
+        chans[k] = channel_of(rng, k, true);
+    };
+    let moved = |few: &[String]| -> String {
+        let mut c = few.to_vec();
+        for (i, ch) in c.iter_mut().enumerate().take(8) {
+            *ch = spread(i);
+        }
+        text(&c)
+    };
+    assert_eq!(
+        in_tries(&text(&few)),
+        (false, false, false),
+        "few lengths: hash maps"
+    );
+    assert_eq!(in_tries(&moved(&few)), (true, true, true), "spread: tries");
+    let mut dp = Datapath::load(Some(&pins.0), 4096).expect("loads");
+    dp.reset_generations().expect("fresh maps");
+    // Generation 1, then 0: hash maps, written whole into empty ones.
+    apply_and_check(&mut dp, &text(&few), &mut rng, "hash 1");
+    change_one(&mut few, &mut rng);
+    apply_and_check(&mut dp, &text(&few), &mut rng, "hash 2");
+    // Generation 1: hash to trie, out of a known generation.
+    change_one(&mut few, &mut rng);
+    apply_and_check(&mut dp, &moved(&few), &mut rng, "to the tries");
+    // Generation 0: a diff within the hash maps.
+    change_one(&mut few, &mut rng);
+    apply_and_check(&mut dp, &text(&few), &mut rng, "hash diff");
+    // Generation 1: a diff within the tries.
+    change_one(&mut few, &mut rng);
+    apply_and_check(&mut dp, &moved(&few), &mut rng, "trie diff");
+    // Generation 0: a diff within the hash maps again; generation 1: trie
+    // to hash.
+    dp.tidy_standby().expect("tidies");
+    change_one(&mut few, &mut rng);
+    apply_and_check(&mut dp, &text(&few), &mut rng, "hash diff again");
+    change_one(&mut few, &mut rng);
+    apply_and_check(&mut dp, &text(&few), &mut rng, "back to the hash maps");
+    drop(dp);
+    // A restart over hash-placed tables: the live generation read back
+    // from the hash maps; the other rewritten whole, then diffs.
+    let mut dp = Datapath::load(Some(&pins.0), 4096).expect("reloads");
+    let live = dp.config().expect("config").generation;
+    let tables = dp.read_generation(live).expect("reads back");
+    assert_eq!(tables.misplaced, 0, "nothing outside its place");
+    dp.adopt(live, tables);
+    for step in [
+        "after restart: into the unknown generation, to the tries",
+        "after restart: over the read-back one, hash diff",
+        "after restart: trie diff",
+    ] {
+        change_one(&mut few, &mut rng);
+        let t = if step.contains("hash") {
+            text(&few)
+        } else {
+            moved(&few)
+        };
+        apply_and_check(&mut dp, &t, &mut rng, step);
+    }
+}
+
+#[test]
+fn a_diff_write_classifies_like_a_full_rewrite_also_after_a_restart() {
+    let mut rng = Rng(seed());
     let pins = Pins(PathBuf::from(format!(
         "/sys/fs/bpf/tc-agent-test-diff-{}",
         std::process::id()

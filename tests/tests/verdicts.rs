@@ -838,10 +838,12 @@ fn loading_removes_maps_pinned_by_another_layout() {
 #[test]
 fn the_programs_leave_headroom_in_the_verifier_budget() {
     // The verifier walks every path of a program up to one million
-    // instructions; Linux 6.1 prunes less than this host's kernel, so the
-    // same object costs it several times as much. Show the figures and keep
-    // room: a change that eats the headroom fails here before it fails in
-    // the VM.
+    // instructions, and kernels prune differently: with the hash probes
+    // and tries of classification and the flow cache's doorkeeper, this
+    // host (6.18) walked tc_ingress in 309k instructions and 6.1 in 166k
+    // (tries only: 224k here, several times that on 6.1). Show the figures
+    // and keep room: a change that eats the headroom fails here before it
+    // fails in the VM.
     let dp = Datapath::load(None, 4096).expect("loads");
     for name in [TC_INGRESS, TC_EGRESS, XDP_INGRESS] {
         let n = dp
@@ -853,6 +855,194 @@ fn the_programs_leave_headroom_in_the_verifier_budget() {
             .verified_instruction_count()
             .expect("the kernel reports the instructions it verified (5.16+)");
         println!("{name}: {n} instructions verified");
-        assert!(n < 300_000, "{name}: {n} instructions verified");
+        assert!(n < 400_000, "{name}: {n} instructions verified");
+    }
+}
+
+/// splitmix64: the same seed gives the same packets.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d4_9bb7_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// 1,024 channels whose sources are host prefixes (and, every 8th
+/// channel, a /24 over them), whose destinations are a /16 or open, on
+/// one UDP or TCP port each (`hash`): few prefix lengths, so the datapath
+/// probes them by hash. Or (`!hash`) sources and destinations of 6 lengths
+/// and port ranges, which go to the LPM tries.
+fn wide_policy(hash: bool) -> String {
+    let mut t = String::from("channels:\n");
+    for i in 0..1024usize {
+        let mut from = Vec::new();
+        for j in 0..4 {
+            let n = i * 4 + j;
+            from.push(format!("198.18.{}.{}/32", n >> 8, n & 0xff));
+            from.push(format!("2001:db8::{n:x}/128"));
+        }
+        if hash {
+            if i % 8 == 0 {
+                from.push(format!("198.18.{}.0/24", (i * 4) >> 8));
+                from.push(format!("2001:db8::{:x}00/120", (i * 4) >> 8));
+            }
+        } else {
+            let len = 24 + (i % 6) as u32;
+            from.push(format!("198.18.{}.0/{len}", i % 16));
+            from.push(format!("2001:db8::{:x}00/{}", i % 16, 96 + len));
+        }
+        let to = match (hash, i % 3) {
+            (_, 0) => String::new(),
+            (true, _) => "    to: [198.19.0.0/16, \"2001:db8:1::/48\"]\n".into(),
+            (false, k) => format!(
+                "    to: [198.19.{}.0/{}, \"2001:db8:1000::/{}\"]\n",
+                (i % 4) * 64,
+                18 + k * 2 + i % 5,
+                36 + i % 7
+            ),
+        };
+        let proto = if i % 2 == 0 { "udp" } else { "tcp" };
+        let ports = if hash {
+            format!("{}", 1000 + i % 100)
+        } else {
+            let lo = 2000 + (i % 50) * 100;
+            format!("\"{lo}-{}\"", lo + 10 + i % 37)
+        };
+        t.push_str(&format!(
+            "  - name: c{i}\n    from: [{}]\n{to}    protocol: {proto}\n    ports: [{ports}]\n    limit: {{packets: 100000000, bandwidth: 400Gbit}}\n",
+            from.iter()
+                .map(|f| format!("\"{f}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    t
+}
+
+/// Random packets through the uncached path at 1,024 channels land in the
+/// channel a plain first-match scan of the policy names (or in none), for
+/// both families, with the tables probed by hash and with them in the tries.
+#[test]
+fn classification_at_1024_channels_is_first_match() {
+    use aya::maps::PerCpuArray;
+    use std::net::IpAddr;
+    use tc_agent::policy::Direction;
+    use tc_common::{PROBE_TRIE, TABLE_L4, TABLE_SRC_V4, TABLE_SRC_V6};
+    use tc_tests::reference::{first_match, Packet};
+
+    for hash in [true, false] {
+        let text = wide_policy(hash);
+        let policy = Policy::parse(&text, "wide.yaml").expect("valid policy");
+        let compiled = compile(&policy).expect("compiles");
+        // The policy exercises the path it is meant to.
+        let plan = tc_agent::datapath::prefixes::plan(&compiled);
+        for t in [TABLE_SRC_V4, TABLE_SRC_V6, TABLE_L4] {
+            assert_eq!(
+                plan[t as usize].count == PROBE_TRIE,
+                !hash,
+                "table {t}: {:?}",
+                plan[t as usize]
+            );
+        }
+        let mut f = Fixture::new(&text);
+        f.dp.set_flow_cache(false).unwrap();
+        let mut rng = Rng(0x7c1a_55f1 + hash as u64);
+        let (mut matched, mut unmatched) = (0, 0);
+        for n in 0..3000 {
+            let v6 = n % 2 == 1;
+            // Aimed at a random channel: each field is its own most of
+            // the time (an earlier channel may take the packet first), and
+            // else anything nearby.
+            let i = rng.below(1024) as usize;
+            let k = if rng.below(8) == 0 {
+                rng.below(4096 + 512) as usize
+            } else {
+                i * 4 + rng.below(4) as usize
+            };
+            let src = if v6 {
+                format!("2001:db8::{k:x}")
+            } else {
+                format!("198.18.{}.{}", k >> 8, k & 0xff)
+            };
+            let own = rng.below(8) != 0;
+            let dst = match (v6, own, hash) {
+                (false, true, true) => format!("198.19.{}.1", i % 4),
+                (false, true, false) => format!("198.19.{}.1", (i % 4) * 64),
+                (true, true, true) => "2001:db8:1::1".into(),
+                (true, true, false) => "2001:db8:1000::1".into(),
+                (false, false, _) => format!("198.19.{}.{}", rng.below(256), rng.below(256)),
+                (true, false, _) => format!("2001:db8:{:x}::1", rng.below(0x2000)),
+            };
+            let proto = match (rng.below(8) != 0, i % 2) {
+                (true, 0) | (false, 1) => UDP,
+                _ => TCP,
+            };
+            let port = match (rng.below(8) != 0, hash) {
+                (true, true) => 1000 + (i % 100) as u16,
+                (true, false) => {
+                    (2000 + (i % 50) * 100) as u16 + rng.below(11 + (i % 37) as u64) as u16
+                }
+                (false, true) => 990 + rng.below(120) as u16,
+                (false, false) => 1990 + rng.below(5100) as u16,
+            };
+            let frame = if v6 {
+                packet::ipv6(&src, &dst, proto, port, 8)
+            } else {
+                packet::ipv4(&src, &dst, proto, port, 8)
+            };
+            let p = Packet {
+                src: src.parse::<IpAddr>().unwrap(),
+                dst: dst.parse::<IpAddr>().unwrap(),
+                proto,
+                port: Some(port),
+                hidden: 0,
+                frag: tc_tests::reference::Frag::None,
+                datagram: None,
+            };
+            let want = first_match(&policy, &p, Direction::Ingress);
+            let before_global = f.global();
+            let slot = want.map(|c| Datapath::slot(f.generation, c));
+            let read = |f: &mut Fixture, slot: u32| -> u64 {
+                let m: PerCpuArray<_, ChannelCounters> =
+                    PerCpuArray::try_from(f.dp.ebpf.map(tc_common::COUNTERS).unwrap()).unwrap();
+                m.get(&slot, 0)
+                    .unwrap()
+                    .iter()
+                    .map(|c| c.matched_pkts)
+                    .sum()
+            };
+            let before = slot.map(|s| read(&mut f, s));
+            assert_eq!(f.ingress(&frame), PASS, "{p:?}");
+            let after_global = f.global();
+            match (slot, before) {
+                (Some(s), Some(b)) => {
+                    assert_eq!(
+                        read(&mut f, s),
+                        b + 1,
+                        "hash={hash}: {p:?} belongs to channel {want:?}, which did not count it"
+                    );
+                    matched += 1;
+                }
+                _ => {
+                    assert_eq!(
+                        after_global.unclassified_pkts,
+                        before_global.unclassified_pkts + 1,
+                        "hash={hash}: {p:?} matches no channel, yet was classified"
+                    );
+                    unmatched += 1;
+                }
+            }
+        }
+        // Both outcomes were exercised, many times.
+        assert!(matched > 500 && unmatched > 300, "{matched} / {unmatched}");
     }
 }

@@ -2,17 +2,21 @@
 //! from a compiled policy (when it is written) and from the kernel's maps
 //! (when an agent starts), so the saved state can be checked against what
 //! the kernel really enforces. It is the sum of the entries' fingerprints
-//! (see `datapath::held`), so the record the agent keeps of a generation
-//! and its digest come from one pass.
+//! and where each table is (see `datapath::held`), so the record the agent
+//! keeps of a generation and its digest come from one pass.
 
-use aya::maps::{lpm_trie::Key, MapData};
+use aya::maps::MapData;
 use tc_common::{
-    ChannelPolicy, ChannelSet, DST_V4, DST_V6, GEN_BITS, L4, MAX_CHANNELS, POLICIES, SRC_V4, SRC_V6,
+    ChannelPolicy, ChannelSet, GenInfo, Probes, GENS, MAX_CHANNELS, POLICIES, TABLES, TABLE_DST_V4,
+    TABLE_DST_V6, TABLE_L4, TABLE_SRC_V4, TABLE_SRC_V6,
 };
 
 use super::{
+    batch,
     held::{self, Held, Tables},
-    map_err, Datapath, DatapathError,
+    map_err,
+    prefixes::{batch_err, in_trie, Width, TRIES},
+    Datapath, DatapathError,
 };
 use crate::policy::compile::Compiled;
 
@@ -21,6 +25,9 @@ pub fn of_compiled(c: &Compiled) -> u64 {
     Tables::of(c).digest()
 }
 
+/// One width's prefix hash entries of a generation, per table.
+type Hashed<W> = [Held<(u8, W)>; TABLES];
+
 impl Datapath {
     /// The digest of what generation `generation` holds in the kernel.
     pub fn digest_of_generation(&mut self, generation: u32) -> Result<u64, DatapathError> {
@@ -28,16 +35,43 @@ impl Datapath {
     }
 
     /// Reads back what generation `generation` holds in the kernel, as the
-    /// record [`Datapath::apply`] keeps of what it wrote.
+    /// record [`Datapath::apply`] keeps of what it wrote: each table from
+    /// where the generation's `GenInfo` places it (its trie or the prefix
+    /// hash maps), entries of it found in the other place counted as
+    /// misplaced.
     pub fn read_generation(&mut self, generation: u32) -> Result<Tables, DatapathError> {
         let g = generation as u8;
+        let info = self
+            .array::<GenInfo>(GENS)?
+            .get(&generation, 0)
+            .map_err(map_err(GENS))?;
+        let (mut hashed4, odd4) = read_hash::<[u8; 4]>(
+            self.prefix_map::<tc_common::PrefixKey4>(<[u8; 4]>::HASH)?,
+            g,
+        )?;
+        let (mut hashed6, odd6) = read_hash::<[u8; 16]>(
+            self.prefix_map::<tc_common::PrefixKey6>(<[u8; 16]>::HASH)?,
+            g,
+        )?;
+        let mut misplaced = odd4 + odd6;
+        // IPv6 tables in the IPv4 map and the other way round: a table
+        // byte no agent writes there.
+        for t in [TABLE_SRC_V6, TABLE_DST_V6] {
+            misplaced += hashed4[t as usize].len();
+        }
+        for t in [TABLE_SRC_V4, TABLE_DST_V4, TABLE_L4] {
+            misplaced += hashed6[t as usize].len();
+        }
+        let probes = info.probes;
         let mut t = Tables {
-            src_v4: read_trie(&mut self.trie::<[u8; 5]>(SRC_V4)?, SRC_V4, g, 0)?,
-            dst_v4: read_trie(&mut self.trie::<[u8; 5]>(DST_V4)?, DST_V4, g, 1)?,
-            src_v6: read_trie(&mut self.trie::<[u8; 17]>(SRC_V6)?, SRC_V6, g, 2)?,
-            dst_v6: read_trie(&mut self.trie::<[u8; 17]>(DST_V6)?, DST_V6, g, 3)?,
-            l4: read_trie(&mut self.trie::<[u8; 5]>(L4)?, L4, g, 4)?,
+            src_v4: self.read_table(TABLE_SRC_V4, g, &probes, &mut hashed4, &mut misplaced)?,
+            dst_v4: self.read_table(TABLE_DST_V4, g, &probes, &mut hashed4, &mut misplaced)?,
+            src_v6: self.read_table(TABLE_SRC_V6, g, &probes, &mut hashed6, &mut misplaced)?,
+            dst_v6: self.read_table(TABLE_DST_V6, g, &probes, &mut hashed6, &mut misplaced)?,
+            l4: self.read_table(TABLE_L4, g, &probes, &mut hashed4, &mut misplaced)?,
             policies: Vec::new(),
+            probes,
+            misplaced,
         };
         let policies = self.array::<ChannelPolicy>(POLICIES)?;
         let base = generation * MAX_CHANNELS;
@@ -50,35 +84,73 @@ impl Datapath {
         }
         Ok(t)
     }
+
+    /// Table `t` of generation `g` from where `probes` places it: its
+    /// trie's entries, or its share of `hashed`. The other place's entries
+    /// of it are added to `misplaced`.
+    fn read_table<W: Width>(
+        &mut self,
+        t: u8,
+        g: u8,
+        probes: &[Probes; TABLES],
+        hashed: &mut Hashed<W>,
+        misplaced: &mut usize,
+    ) -> Result<Held<(u8, W)>, DatapathError> {
+        let from_hash = std::mem::take(&mut hashed[t as usize]);
+        let from_trie = self.read_trie::<W>(t, g)?;
+        let (mine, other) = if in_trie(&probes[t as usize]) {
+            (from_trie, from_hash)
+        } else {
+            (from_hash, from_trie)
+        };
+        *misplaced += other.len();
+        Ok(held::sorted(mine.into_iter()))
+    }
+
+    /// The entries of generation `g` in table `t`'s trie, with their
+    /// fingerprints.
+    fn read_trie<W: Width>(&mut self, t: u8, g: u8) -> Result<Held<(u8, W)>, DatapathError> {
+        let name = TRIES[t as usize];
+        let trie = self.trie::<W::Trie>(name)?;
+        let keys: Vec<_> = trie
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| W::from_trie(&k.data()).0 == g)
+            .collect();
+        keys.into_iter()
+            .map(|k| {
+                let set = trie.get(&k, 0).map_err(map_err(name))?;
+                let len = (k.prefix_len() - tc_common::GEN_BITS) as u8;
+                let data = W::from_trie(&k.data()).1;
+                Ok((
+                    (len, data),
+                    held::entry(t as u64, len as u32, data.as_ref(), &set),
+                ))
+            })
+            .collect()
+    }
 }
 
-/// The entries of generation `g` in one trie, sorted, with their
-/// fingerprints as table `id`.
-fn read_trie<const K: usize, const A: usize>(
-    trie: &mut aya::maps::LpmTrie<&mut MapData, [u8; K], ChannelSet>,
-    name: &'static str,
-    g: u8,
-    id: u64,
-) -> Result<Held<(u8, [u8; A])>, DatapathError>
-where
-    [u8; K]: aya::Pod,
-{
-    const { assert!(K == A + 1) };
-    let keys: Vec<Key<[u8; K]>> = trie
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|k| k.data()[0] == g)
-        .collect();
-    let mut out = keys
-        .into_iter()
-        .map(|k| {
-            let set = trie.get(&k, 0).map_err(map_err(name))?;
-            let bits = k.prefix_len() - GEN_BITS;
-            let mut a = [0u8; A];
-            a.copy_from_slice(&k.data()[1..]);
-            Ok(((bits as u8, a), held::entry(id, bits, &a, &set)))
-        })
-        .collect::<Result<Held<(u8, [u8; A])>, DatapathError>>()?;
-    out.sort_unstable_by_key(|a| a.0);
-    Ok(out)
+/// The entries of generation `g` in the prefix hash map `map` of width
+/// `W`, per table, with their fingerprints, and how many have a table byte
+/// no agent writes (the caller counts the tables of the other width as
+/// misplaced).
+fn read_hash<W: Width>(map: &MapData, g: u8) -> Result<(Hashed<W>, usize), DatapathError> {
+    let mut out: Hashed<W> = Default::default();
+    let mut odd = 0;
+    batch::for_each::<W::Hash, ChannelSet>(map, |k, set| {
+        let (generation, t, len, data) = W::from_hash(k);
+        if generation == g {
+            if let Some(table) = out.get_mut(t as usize) {
+                table.push((
+                    (len, data),
+                    held::entry(t as u64, len as u32, data.as_ref(), set),
+                ));
+            } else {
+                odd += 1;
+            }
+        }
+    })
+    .map_err(batch_err(W::HASH))?;
+    Ok((out, odd))
 }

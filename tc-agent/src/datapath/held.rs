@@ -10,19 +10,30 @@
 //! a restarted agent that reads a generation back from the kernel gets its
 //! record and its digest at once.
 //!
+//! The record also says where each table is (its `Probes`: an LPM trie, or
+//! the prefix hash maps and the lengths probed there, see
+//! `datapath::prefixes`), and so does the digest: the same entries in
+//! another place, or a `GenInfo` that places them elsewhere, are another
+//! content.
+//!
 //! A generation whose content is not known (a new agent over pinned maps
 //! before it read it, or a write into it that failed half-way) holds
 //! `None`: the next write into it removes every entry of the generation
-//! by walking the table, then writes all.
+//! by walking every trie and prefix hash map, then writes all.
 
-use tc_common::{ChannelPolicy, ChannelSet};
+use tc_common::{
+    ChannelPolicy, ChannelSet, Probes, TABLES, TABLE_DST_V4, TABLE_DST_V6, TABLE_L4, TABLE_SRC_V4,
+    TABLE_SRC_V6,
+};
 
+use super::prefixes::{self, entries_of, masked, Width};
 use crate::policy::compile::Compiled;
 
 /// A key and the fingerprint of its value.
 pub type Held<K> = Vec<(K, u64)>;
 
-/// The key of an address entry: prefix length, then the address.
+/// The key of an address entry: prefix length, then the address (bits
+/// past the length zero).
 pub type AddrKey<const N: usize> = (u8, [u8; N]);
 /// The key of an L4 entry: prefix bits after the generation byte, then
 /// `[direction, protocol, port_hi, port_lo]`.
@@ -44,34 +55,30 @@ pub struct Tables {
     /// The generation's policy slots in order, up to the last active one
     /// (slots past it are inactive).
     pub policies: Vec<ChannelPolicy>,
+    /// Where each table is (index `TABLE_*`), as the generation's
+    /// `GenInfo` tells the datapath.
+    pub probes: [Probes; TABLES],
+    /// Entries of the generation found where its `GenInfo` does not place
+    /// their table (read back from the kernel only; a written generation
+    /// has none). The datapath never sees them, but a record that left
+    /// them out would let them resurface when the table moves there:
+    /// a generation with any is not adopted, and its digest differs.
+    pub misplaced: usize,
 }
 
 impl Tables {
     /// The record of `compiled` as [`Datapath::apply`](super::Datapath::apply)
     /// writes it, every table sorted by key.
     pub fn of(c: &Compiled) -> Self {
-        let addr = |id: u64, e: &[crate::policy::compile::AddrEntry<4>]| -> Held<AddrKey<4>> {
-            sorted(
-                e.iter()
-                    .map(|e| ((e.len, e.addr), entry(id, e.len as u32, &e.addr, &e.set))),
-            )
-        };
-        let addr6 = |id: u64, e: &[crate::policy::compile::AddrEntry<16>]| -> Held<AddrKey<16>> {
-            sorted(
-                e.iter()
-                    .map(|e| ((e.len, e.addr), entry(id, e.len as u32, &e.addr, &e.set))),
-            )
-        };
         Self {
-            src_v4: addr(0, &c.src_v4),
-            dst_v4: addr(1, &c.dst_v4),
-            src_v6: addr6(2, &c.src_v6),
-            dst_v6: addr6(3, &c.dst_v6),
-            l4: sorted(
-                c.l4.iter()
-                    .map(|e| ((e.bits as u8, e.data), entry(4, e.bits, &e.data, &e.set))),
-            ),
+            src_v4: table(c, TABLE_SRC_V4),
+            dst_v4: table(c, TABLE_DST_V4),
+            src_v6: table(c, TABLE_SRC_V6),
+            dst_v6: table(c, TABLE_DST_V6),
+            l4: table(c, TABLE_L4),
             policies: c.policies.clone(),
+            probes: prefixes::plan(c),
+            misplaced: 0,
         }
     }
 
@@ -88,6 +95,13 @@ impl Tables {
         ] {
             h = mix(mix(h, n as u64), sum);
         }
+        for p in &self.probes {
+            let mut w = [0u8; 8];
+            w[0] = p.count;
+            w[1..1 + p.lens.len()].copy_from_slice(&p.lens);
+            h = mix(h, u64::from_le_bytes(w));
+        }
+        h = mix(h, self.misplaced as u64);
         h = mix(h, self.policies.len() as u64);
         for p in &self.policies {
             h = mix(h, policy_fingerprint(p));
@@ -165,7 +179,16 @@ pub fn diff<K: Ord + Copy>(held: &Held<K>, want: &Held<K>) -> (Vec<K>, Vec<usize
     (stale, write)
 }
 
-fn sorted<K: Ord + Copy>(it: impl Iterator<Item = (K, u64)>) -> Held<K> {
+/// The record of table `t` of `c`: keys masked as the maps hold them.
+fn table<W: Width>(c: &Compiled, t: u8) -> Held<(u8, W)> {
+    sorted(entries_of(c, t).map(|(len, raw, set)| {
+        let data = masked(&W::from_slice(raw), len);
+        ((len, data), entry(t as u64, len as u32, data.as_ref(), set))
+    }))
+}
+
+/// `it` as a record: sorted by key, no spare capacity.
+pub fn sorted<K: Ord + Copy>(it: impl Iterator<Item = (K, u64)>) -> Held<K> {
     let mut v: Held<K> = it.collect();
     v.sort_unstable_by_key(|a| a.0);
     v.shrink_to_fit();
@@ -232,5 +255,20 @@ mod tests {
         assert_eq!(diff(&want, &want), (vec![], vec![]));
         assert_eq!(diff(&vec![], &want).1, vec![0, 1, 2, 3]);
         assert_eq!(diff(&want, &vec![]).0, vec![2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn the_digest_covers_where_each_table_is() {
+        let t = Tables::default();
+        let mut moved = t.clone();
+        moved.probes[TABLE_L4 as usize].count = tc_common::PROBE_TRIE;
+        assert_ne!(t.digest(), moved.digest());
+        let mut lens = t.clone();
+        lens.probes[TABLE_SRC_V4 as usize].count = 1;
+        lens.probes[TABLE_SRC_V4 as usize].lens[0] = 32;
+        assert_ne!(t.digest(), lens.digest());
+        let mut stray = t.clone();
+        stray.misplaced = 1;
+        assert_ne!(t.digest(), stray.digest());
     }
 }

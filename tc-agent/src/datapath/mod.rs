@@ -2,13 +2,16 @@
 //! maps, write policies into them atomically and read the counters back.
 
 pub mod attach;
+mod batch;
 pub mod conn;
 pub mod digest;
 pub mod held;
 pub mod interactions;
+pub mod prefixes;
 pub mod qdisc;
 mod rtnl;
 pub mod steps;
+mod sync;
 pub mod sys;
 
 use std::{
@@ -17,24 +20,25 @@ use std::{
 };
 
 use aya::{
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues},
+    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues},
     programs::{ProgramError, SchedClassifier, Xdp},
     Ebpf, EbpfLoader,
 };
 use tc_common::{
     BucketState, ChannelCounters, ChannelPolicy, ChannelSet, Config, FlowKey4, FlowKey6, GenInfo,
-    GlobalCounters, BUCKETS, CHANNEL_SLOTS, CONFIG, COUNTERS, DST_V4, DST_V6, FLAG_NO_FLOW_CACHE,
-    FLOWS4, FLOWS6, GENS, GEN_BITS, GLOBAL, L4, MAP_NAMES, MAX_CHANNELS, POLICIES, SRC_V4, SRC_V6,
+    GlobalCounters, BUCKETS, CHANNEL_SLOTS, CONFIG, COUNTERS, FLAG_NO_FLOW_CACHE, FLOWS4, FLOWS6,
+    GENS, GLOBAL, MAP_NAMES, MAX_CHANNELS, POLICIES, TABLE_DST_V4, TABLE_DST_V6, TABLE_L4,
+    TABLE_SRC_V4, TABLE_SRC_V6,
 };
 
-use crate::policy::compile::{AddrEntry, Compiled};
+use crate::policy::compile::Compiled;
 
 /// The datapath object, built by `build.rs` from `tc-ebpf`.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("TC_EBPF_OBJ"));
 
 /// Layout version of the pinned maps. Bump it whenever a shared type in
 /// `tc-common` changes, so a new agent never reuses maps of another layout.
-pub const MAPS_LAYOUT: &str = "maps-v9";
+pub const MAPS_LAYOUT: &str = "maps-v10";
 
 /// tc programs in the object.
 pub const TC_INGRESS: &str = "tc_ingress";
@@ -219,9 +223,14 @@ impl Datapath {
     /// the token-bucket state of an unchanged channel, so a re-apply does not
     /// hand out a fresh burst.
     ///
-    /// Only what differs from what the inactive generation holds is written
-    /// (stale entries removed, new and changed ones written); a generation
-    /// of unknown content is emptied first and written whole.
+    /// Each table goes where [`prefixes::plan`] places it (its LPM trie or
+    /// the prefix hash maps). Only what differs from what the inactive
+    /// generation holds is written (stale entries removed, new and changed
+    /// ones written) for each table that stays where it was; a table that
+    /// moves is removed from the old place and written whole in the new
+    /// (`sync`); a generation of unknown content is emptied first and
+    /// written whole. Its `GenInfo` (words, where each table is) is written
+    /// before the switch.
     ///
     /// Returns the new live config: its generation, and its policy
     /// version, one more than the previous.
@@ -251,7 +260,8 @@ impl Datapath {
         let (held, known) = match prior.tables {
             Some(t) => (t, true),
             None => {
-                self.purge_tries(g)?;
+                // Its entries may be anywhere: every trie and hash map.
+                self.purge_tables(next)?;
                 (held::Tables::default(), false)
             }
         };
@@ -262,67 +272,56 @@ impl Datapath {
         }
         steps.step("purge flows");
 
-        sync_addr(
-            &mut self.trie::<[u8; 5]>(SRC_V4)?,
-            SRC_V4,
+        // Addresses and ports, each table in its trie or the prefix hash
+        // maps (`prefixes`), only what differs where it stays (`sync`).
+        let to = want.probes;
+        self.sync_table(
+            TABLE_SRC_V4,
             g,
-            &held.src_v4,
+            sync::Holds::known(known, &held.src_v4, held.probes[TABLE_SRC_V4 as usize]),
             &want.src_v4,
-            &compiled.src_v4,
+            to[TABLE_SRC_V4 as usize],
+            compiled,
         )?;
-        sync_addr(
-            &mut self.trie::<[u8; 5]>(DST_V4)?,
-            DST_V4,
+        self.sync_table(
+            TABLE_DST_V4,
             g,
-            &held.dst_v4,
+            sync::Holds::known(known, &held.dst_v4, held.probes[TABLE_DST_V4 as usize]),
             &want.dst_v4,
-            &compiled.dst_v4,
+            to[TABLE_DST_V4 as usize],
+            compiled,
         )?;
-        sync_addr(
-            &mut self.trie::<[u8; 17]>(SRC_V6)?,
-            SRC_V6,
+        self.sync_table(
+            TABLE_SRC_V6,
             g,
-            &held.src_v6,
+            sync::Holds::known(known, &held.src_v6, held.probes[TABLE_SRC_V6 as usize]),
             &want.src_v6,
-            &compiled.src_v6,
+            to[TABLE_SRC_V6 as usize],
+            compiled,
         )?;
-        sync_addr(
-            &mut self.trie::<[u8; 17]>(DST_V6)?,
-            DST_V6,
+        self.sync_table(
+            TABLE_DST_V6,
             g,
-            &held.dst_v6,
+            sync::Holds::known(known, &held.dst_v6, held.probes[TABLE_DST_V6 as usize]),
             &want.dst_v6,
-            &compiled.dst_v6,
+            to[TABLE_DST_V6 as usize],
+            compiled,
         )?;
         steps.step("write addresses");
-        {
-            let mut l4 = self.trie::<[u8; 5]>(L4)?;
-            let (stale, write) = held::diff(&held.l4, &want.l4);
-            for (bits, [a, b, c, d]) in stale {
-                l4.remove(&Key::new(GEN_BITS + bits as u32, [g, a, b, c, d]))
-                    .map_err(map_err(L4))?;
-            }
-            // The compiled entries by key, for the ones to write (a
-            // missing one is a bug: writing an empty set instead would let
-            // its traffic pass unclassified).
-            let by_key: std::collections::HashMap<(u8, [u8; 4]), &ChannelSet> = compiled
-                .l4
-                .iter()
-                .map(|e| ((e.bits as u8, e.data), &e.set))
-                .collect();
-            for j in write {
-                let (bits, data) = want.l4[j].0;
-                let set = *by_key.get(&(bits, data)).ok_or_else(|| {
-                    DatapathError::Setup(format!(
-                        "internal error: L4 entry {bits}/{data:?} is in the record but not in the compiled policy"
-                    ))
-                })?;
-                let [a, b, c, d] = data;
-                l4.insert(&Key::new(GEN_BITS + bits as u32, [g, a, b, c, d]), set, 0)
-                    .map_err(map_err(L4))?;
-            }
-        }
+        self.sync_table(
+            TABLE_L4,
+            g,
+            sync::Holds::known(known, &held.l4, held.probes[TABLE_L4 as usize]),
+            &want.l4,
+            to[TABLE_L4 as usize],
+            compiled,
+        )?;
         steps.step("write l4");
+        let info = GenInfo {
+            words: compiled.words,
+            probes: want.probes,
+            ..GenInfo::default()
+        };
         let base = next * MAX_CHANNELS;
         let ncpus = aya::util::nr_cpus()
             .map_err(|(_, e)| DatapathError::Setup(format!("cannot count CPUs: {e}")))?;
@@ -371,14 +370,7 @@ impl Datapath {
             }
         }
         self.array::<GenInfo>(GENS)?
-            .set(
-                next,
-                GenInfo {
-                    words: compiled.words,
-                    _pad: 0,
-                },
-                0,
-            )
+            .set(next, info, 0)
             .map_err(map_err(GENS))?;
         // The switch: of what the datapath reads, only the generation's low
         // byte changes, so even a byte-wise copy is atomic for every reader.
@@ -412,7 +404,7 @@ impl Datapath {
             ));
         }
         for generation in 0..2u32 {
-            self.purge_tries(generation as u8)?;
+            self.purge_tables(generation)?;
             let mut policies = self.array::<ChannelPolicy>(POLICIES)?;
             let base = generation * MAX_CHANNELS;
             for i in base..base + MAX_CHANNELS {
@@ -429,7 +421,17 @@ impl Datapath {
 
     /// Records that generation `generation` holds `tables` (a new agent
     /// that read the live generation back from the kernel).
+    /// A generation with entries outside the places its `GenInfo` names
+    /// stays unknown: its next write empties it whole.
     pub fn adopt(&mut self, generation: u32, tables: held::Tables) {
+        if tables.misplaced != 0 {
+            tracing::warn!(
+                generation,
+                misplaced = tables.misplaced,
+                "the generation holds entries where its tables are not: it is rewritten whole"
+            );
+            return;
+        }
         self.gens[(generation & 1) as usize].tables = Some(tables);
     }
 
@@ -455,16 +457,6 @@ impl Datapath {
             .filter_map(|g| g.tables.as_ref())
             .map(held::Tables::heap_bytes)
             .sum()
-    }
-
-    /// Removes every entry of generation `g` from the tries.
-    fn purge_tries(&mut self, g: u8) -> Result<(), DatapathError> {
-        purge_trie(&mut self.trie::<[u8; 5]>(SRC_V4)?, SRC_V4, g)?;
-        purge_trie(&mut self.trie::<[u8; 5]>(DST_V4)?, DST_V4, g)?;
-        purge_trie(&mut self.trie::<[u8; 17]>(SRC_V6)?, SRC_V6, g)?;
-        purge_trie(&mut self.trie::<[u8; 17]>(DST_V6)?, DST_V6, g)?;
-        purge_trie(&mut self.trie::<[u8; 5]>(L4)?, L4, g)?;
-        Ok(())
     }
 
     /// Makes the next apply's version follow `version` when the maps hold
@@ -618,64 +610,4 @@ fn remove_other_layouts(dir: &Path) {
             }
         }
     }
-}
-
-/// Turns what generation `g` holds in one address trie (`held`) into
-/// `want`: removes stale prefixes, writes new and changed ones. Key data is
-/// the generation byte followed by the address (`K == A + 1`); `entries`
-/// are the compiled entries `want` was made from, in the same order.
-fn sync_addr<const A: usize, const K: usize>(
-    trie: &mut LpmTrie<&mut MapData, [u8; K], ChannelSet>,
-    name: &'static str,
-    g: u8,
-    held: &held::Held<held::AddrKey<A>>,
-    want: &held::Held<held::AddrKey<A>>,
-    entries: &[AddrEntry<A>],
-) -> Result<(), DatapathError>
-where
-    [u8; K]: aya::Pod,
-{
-    const { assert!(K == A + 1) };
-    let key = |(len, addr): held::AddrKey<A>| {
-        let mut data = [0u8; K];
-        data[0] = g;
-        data[1..].copy_from_slice(&addr);
-        Key::new(GEN_BITS + len as u32, data)
-    };
-    let (stale, write) = held::diff(held, want);
-    for k in stale {
-        trie.remove(&key(k)).map_err(map_err(name))?;
-    }
-    for j in write {
-        // The record lists the compiled entries in their order; a
-        // mismatch is a bug, and writing on would put one entry's channels
-        // under another's prefix.
-        let e = entries.get(j).filter(|e| want[j].0 == (e.len, e.addr)).ok_or_else(|| {
-            DatapathError::Setup(format!(
-                "internal error: `{name}` entry {j} of the record does not match the compiled policy"
-            ))
-        })?;
-        trie.insert(&key((e.len, e.addr)), e.set, 0)
-            .map_err(map_err(name))?;
-    }
-    Ok(())
-}
-
-fn purge_trie<const N: usize>(
-    trie: &mut LpmTrie<&mut MapData, [u8; N], ChannelSet>,
-    name: &'static str,
-    g: u8,
-) -> Result<(), DatapathError>
-where
-    [u8; N]: aya::Pod,
-{
-    let stale: Vec<Key<[u8; N]>> = trie
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|k| k.data()[0] == g)
-        .collect();
-    for k in stale {
-        trie.remove(&k).map_err(map_err(name))?;
-    }
-    Ok(())
 }

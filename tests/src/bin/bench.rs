@@ -114,6 +114,15 @@ fn per_packet() -> Result<Vec<serde_json::Value>> {
         let compiled = compile(&policy)?;
         let mut dp = Datapath::load(None, tc_common::DEFAULT_MAX_CONNS)?;
         dp.apply(&compiled, &vec![None; channels])?;
+        // The same policy again: a purge of the other generation (empty)
+        // and a full write, as an operator's re-apply does.
+        let started = std::time::Instant::now();
+        dp.apply(&compiled, &vec![None; channels])?;
+        let apply_ms = started.elapsed().as_secs_f64() * 1e3;
+        println!(
+            "{label}: apply {apply_ms:.0} ms ({} table entries)",
+            compiled.entries()
+        );
         // Classification and enforcement alone: what interaction accounting
         // adds is its own table (`interactions`).
         dp.set_accounting(false)?;
@@ -152,6 +161,7 @@ fn per_packet() -> Result<Vec<serde_json::Value>> {
                 "case": label, "ip": ip, "floor_ns": floor,
                 "cached_ns": cached, "cached_above_floor_ns": cached - floor,
                 "uncached_ns": uncached, "uncached_above_floor_ns": uncached - floor,
+                "apply_ms": apply_ms,
             }));
         }
     }

@@ -1,0 +1,147 @@
+//! Writing one classification table of a generation: from what the
+//! generation holds of it (its record in `datapath::held`, and where it
+//! is) to what a compiled policy wants, wherever `datapath::prefixes`
+//! places it.
+//!
+//! When the table stays where it is (trie to trie, or hash maps to hash
+//! maps, whatever lengths are probed), only the difference is written:
+//! stale keys removed, new and changed entries written. When it moves,
+//! its entries are removed from the old place by their recorded keys and
+//! the table is written whole in the new one. Hash map entries are
+//! removed and written in batches (`datapath::batch`); the tries take
+//! one call per entry, as aya 0.14 offers them.
+
+use tc_common::{ChannelSet, Probes};
+
+use super::{
+    batch,
+    held::Held,
+    map_err,
+    prefixes::{batch_err, entries_of, in_trie, masked, trie_key, Width, TRIES},
+    Datapath, DatapathError,
+};
+use crate::policy::compile::Compiled;
+
+/// What a generation holds of one table: its record, and where it is.
+pub struct Holds<'a, W> {
+    /// The table's keys and fingerprints, sorted.
+    pub entries: &'a Held<(u8, W)>,
+    /// Where the entries are.
+    pub at: Probes,
+}
+
+impl<'a, W> Holds<'a, W> {
+    /// What a generation holds of a table, if its content is `known`.
+    pub fn known(known: bool, entries: &'a Held<(u8, W)>, at: Probes) -> Option<Self> {
+        known.then_some(Self { entries, at })
+    }
+}
+
+impl Datapath {
+    /// Turns table `t` of generation `g` from `held` (`None`: the
+    /// generation holds nothing of it, anywhere) into `want` (sorted by
+    /// key, made from `compiled`), placed as `to` says.
+    pub(super) fn sync_table<W: Width>(
+        &mut self,
+        t: u8,
+        g: u8,
+        held: Option<Holds<'_, W>>,
+        want: &Held<(u8, W)>,
+        to: Probes,
+        compiled: &Compiled,
+    ) -> Result<(), DatapathError> {
+        let none = Held::new();
+        let base = match held {
+            Some(h) if in_trie(&h.at) == in_trie(&to) => h.entries,
+            Some(h) => {
+                // Moved: the old place's entries go, by their keys.
+                self.remove::<W>(t, g, &h.at, h.entries.iter().map(|e| e.0))?;
+                &none
+            }
+            None => &none,
+        };
+        let (stale, write) = super::held::diff(base, want);
+        self.remove::<W>(t, g, &to, stale.into_iter())?;
+        if write.is_empty() {
+            return Ok(());
+        }
+        // The compiled entries to write, streamed: all of them, or those
+        // whose (masked) key the diff names.
+        let all = write.len() == want.len();
+        let need: Vec<(u8, W)> = if all {
+            Vec::new()
+        } else {
+            write.iter().map(|&j| want[j].0).collect()
+        };
+        let mut found = 0usize;
+        let entries = entries_of(compiled, t).filter_map(|(len, raw, set)| {
+            let key = (len, masked(&W::from_slice(raw), len));
+            let take = all || need.binary_search(&key).is_ok();
+            found += usize::from(take);
+            take.then_some((key, set))
+        });
+        if in_trie(&to) {
+            let name = TRIES[t as usize];
+            let mut trie = self.trie::<W::Trie>(name)?;
+            for ((len, data), set) in entries {
+                trie.insert(&trie_key(g, len, &data), set, 0)
+                    .map_err(map_err(name))?;
+            }
+        } else {
+            let map = self.prefix_map::<W::Hash>(W::HASH)?;
+            let mut keys = Vec::with_capacity(write.len().min(batch::CHUNK));
+            let mut sets: Vec<ChannelSet> = Vec::with_capacity(keys.capacity());
+            for ((len, data), set) in entries {
+                keys.push(W::hash_key(g, t, len, &data));
+                sets.push(*set);
+                if keys.len() == batch::CHUNK {
+                    batch::update(map, &keys, &sets).map_err(batch_err(W::HASH))?;
+                    keys.clear();
+                    sets.clear();
+                }
+            }
+            batch::update(map, &keys, &sets).map_err(batch_err(W::HASH))?;
+        }
+        // Every entry the diff names must have been in the compiled
+        // policy: one that was not would be missing from the kernel, and
+        // its traffic would pass unclassified. The generation is then
+        // unknown and rewritten whole next time.
+        if found != write.len() {
+            return Err(DatapathError::Setup(format!(
+                "internal error: table {t} wrote {found} of {} entries its record names",
+                write.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Removes `keys` of table `t` of generation `g` from where `at` says
+    /// they are. Every key must be there: a record that names one the
+    /// kernel does not hold fails the write, and the generation becomes
+    /// unknown (rewritten whole next time).
+    fn remove<W: Width>(
+        &mut self,
+        t: u8,
+        g: u8,
+        at: &Probes,
+        keys: impl Iterator<Item = (u8, W)>,
+    ) -> Result<(), DatapathError> {
+        if in_trie(at) {
+            let name = TRIES[t as usize];
+            let mut trie = self.trie::<W::Trie>(name)?;
+            for (len, data) in keys {
+                trie.remove(&trie_key(g, len, &data))
+                    .map_err(map_err(name))?;
+            }
+        } else {
+            let keys: Vec<W::Hash> = keys
+                .map(|(len, data)| W::hash_key(g, t, len, &data))
+                .collect();
+            if !keys.is_empty() {
+                let map = self.prefix_map::<W::Hash>(W::HASH)?;
+                batch::delete(map, &keys).map_err(batch_err(W::HASH))?;
+            }
+        }
+        Ok(())
+    }
+}
