@@ -299,7 +299,7 @@ pub const GEN_BITS: u32 = 8;
 
 /// A set of channel indices; bit `i` of word `i / 64` is channel `i`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ChannelSet {
     /// Bit vector over [`MAX_CHANNELS`] channels, lowest index first.
     pub words: [u64; CHANNEL_WORDS],
@@ -378,6 +378,15 @@ pub struct GenInfo {
     /// Per table (`TABLE_*`): where its longest-prefix lookups go, the
     /// prefix hash maps ([`PREFIX4`]/[`PREFIX6`]) or its LPM trie.
     pub probes: [Probes; TABLES],
+    /// Per table and probed length (`probes[t].lens[i]`): the channels a
+    /// hit at that length can add to the ones its shorter prefixes
+    /// already hold (each entry's set less its longest containing
+    /// prefix's). A probe whose length reaches none of the channels the
+    /// other tables left possible cannot change the result, and is
+    /// skipped: the first hit among the lengths kept gives the same
+    /// channels, of those possible, as the longest match. Empty for
+    /// tables in their trie.
+    pub reach: [[ChannelSet; MAX_PROBES]; TABLES],
 }
 
 /// How one table of a generation finds a field's longest matching prefix.
@@ -900,7 +909,10 @@ const _: () = assert!(core::mem::size_of::<ChannelSet>() == 8 * CHANNEL_WORDS);
 const _: () = assert!(core::mem::size_of::<Config>() == 16);
 const _: () = assert!(core::mem::size_of::<FragKey>() == 40);
 const _: () = assert!(core::mem::size_of::<FragEntry>() == 16);
-const _: () = assert!(core::mem::size_of::<GenInfo>() == 8 + 8 * TABLES);
+const _: () = assert!(
+    core::mem::size_of::<GenInfo>()
+        == 8 + 8 * TABLES + TABLES * MAX_PROBES * core::mem::size_of::<ChannelSet>()
+);
 const _: () = assert!(core::mem::size_of::<Probes>() == 8);
 const _: () = assert!(core::mem::size_of::<PrefixKey4>() == 8);
 const _: () = assert!(core::mem::size_of::<PrefixKey6>() == 20);

@@ -539,8 +539,16 @@ fn handshake(tag: u64, syn: bool) -> u64 {
 
 /// Adds the packet to this CPU's count-min sketch and returns the
 /// estimate of its interaction's bytes in the current window, in
-/// `IX_SKETCH_UNIT`s. Windows are told apart by an 8-bit tag in each
-/// counter, so nothing ever has to clear the sketch.
+/// `IX_SKETCH_UNIT`s; 0 when the estimate is no more than twice a row's
+/// average cell. Windows are told apart by an 8-bit tag in each counter,
+/// so nothing ever has to clear the sketch.
+///
+/// The average is the floor collisions put under every estimate: a flood
+/// of many small sources raises every cell alike, and no source of it
+/// stands out, while one that sends more than its share of a cell does.
+/// Without it, a flood heavy enough to fill every cell past the threshold
+/// would have each of its packets look up its client in the table until
+/// the agent's threshold caught up, seconds later.
 #[inline(always)]
 fn sketch(k: &IxKey, bytes: u64) -> u32 {
     let Some(sk) = TC_IX_SKETCH.get_ptr_mut(0) else {
@@ -552,6 +560,12 @@ fn sketch(k: &IxKey, bytes: u64) -> u32 {
     let step = (h >> 32) | 1;
     let window = ((coarse_ns() >> IX_WINDOW_SHIFT) & 0xff) as u32;
     let units = (bytes.div_ceil(IX_SKETCH_UNIT)).min(0xff_ffff) as u32;
+    // SAFETY: as below.
+    let total = unsafe { &mut (*sk).total };
+    let before = if *total >> 24 == window { *total & 0xff_ffff } else { 0 };
+    let sum = (before + units).min(0xff_ffff);
+    *total = window << 24 | sum;
+    let floor = sum / IX_SKETCH_WIDTH as u32;
     let mut estimate = u32::MAX;
     let mut row = 0;
     while row < IX_SKETCH_ROWS {
@@ -567,7 +581,11 @@ fn sketch(k: &IxKey, bytes: u64) -> u32 {
         }
         row += 1;
     }
-    estimate
+    if estimate <= 2 * floor {
+        0
+    } else {
+        estimate
+    }
 }
 
 /// A 64-bit hash of the key's five words.

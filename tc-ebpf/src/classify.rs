@@ -249,32 +249,20 @@ fn word(a: &[u8; 16], at: usize) -> u64 {
 /// Each field's set is its longest matching prefix in its table: probed by
 /// hash, one lookup per prefix length, or walked in the LPM trie, as the
 /// generation's [`GenInfo::probes`] say.
+///
+/// The tables are read L4 first, then destination, then source, each
+/// narrowing the channels still possible: when none is left the packet is
+/// in no channel and the next table is not read, and a hash-probed table
+/// skips each length that holds no prefix of a channel still possible
+/// ([`GenInfo::reach`]). A flood from random sources against one service
+/// so probes only the lengths the service's channels name, not the long
+/// host prefixes other channels hold, each a cache miss in a large map.
 #[inline(always)]
 pub fn classify(generation: u8, words: u32, dir: u8, p: &Parsed) -> Option<u32> {
     let info = TC_GENS.get(generation as u32)?;
     let scratch = TC_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: per-CPU slot, only this CPU uses it while the program runs.
     let acc = unsafe { &raw mut (*scratch).acc };
-    let (src, dst) = match &p.addrs {
-        Addrs::V4 { src, dst } => {
-            let s = addr4(&TC_SRC_V4, TABLE_SRC_V4, info, generation, src)?;
-            let d = addr4(&TC_DST_V4, TABLE_DST_V4, info, generation, dst)?;
-            (s, d)
-        }
-        Addrs::V6 { src, dst } => {
-            let s = addr6(&TC_SRC_V6, TABLE_SRC_V6, info, generation, src)?;
-            let d = addr6(&TC_DST_V6, TABLE_DST_V6, info, generation, dst)?;
-            (s, d)
-        }
-    };
-    // Every word, without a branch: a bound here would let LLVM thread
-    // each exit of this loop into its own copy of the next one.
-    let mut i = 0;
-    while i < CHANNEL_WORDS {
-        // SAFETY: as above; volatile, so that the words go through memory.
-        unsafe { write_volatile(&raw mut (*acc)[i], src.words[i] & dst.words[i]) };
-        i += 1;
-    }
     // Port-less protocols look up with a prefix that stops at the protocol,
     // so they can only hit protocol-wide entries, never a port range.
     // Packets whose ports or protocol are hidden look up under a flag in
@@ -286,24 +274,34 @@ pub fn classify(generation: u8, words: u32, dir: u8, p: &Parsed) -> Option<u32> 
         let [a, b, c, d] = l4_data;
         TC_L4.get(Key::new(p.l4_bits, [generation, a, b, c, d]))?
     } else {
-        probe4(
-            info,
-            generation,
-            TABLE_L4,
-            l4_data,
-        )?
+        probe4::<false>(info, generation, TABLE_L4, l4_data, acc)?
     };
-
-    // The same for the L4 set: the search below reads only the scratch
-    // words, and is walked once whatever the three lookups were.
+    // Every word, without a branch: a bound here would let LLVM thread
+    // each exit of this loop into its own copy of the next one.
     let mut i = 0;
     while i < CHANNEL_WORDS {
-        // SAFETY: as above.
-        unsafe {
-            let x = read_volatile(&raw const (*acc)[i]) & l4.words[i];
-            write_volatile(&raw mut (*acc)[i], x);
-        }
+        // SAFETY: as above; volatile, so that the words go through memory
+        // and the search below is walked once whatever the lookups were.
+        unsafe { write_volatile(&raw mut (*acc)[i], l4.words[i]) };
         i += 1;
+    }
+    match &p.addrs {
+        Addrs::V4 { src, dst } => {
+            let d = addr4(&TC_DST_V4, TABLE_DST_V4, info, generation, dst, acc)?;
+            if and_into(acc, d) == 0 {
+                return None;
+            }
+            let s = addr4(&TC_SRC_V4, TABLE_SRC_V4, info, generation, src, acc)?;
+            and_into(acc, s);
+        }
+        Addrs::V6 { src, dst } => {
+            let d = addr6(&TC_DST_V6, TABLE_DST_V6, info, generation, dst, acc)?;
+            if and_into(acc, d) == 0 {
+                return None;
+            }
+            let s = addr6(&TC_SRC_V6, TABLE_SRC_V6, info, generation, src, acc)?;
+            and_into(acc, s);
+        }
     }
     let mut found = NO_CHANNEL;
     let mut i = 0;
@@ -327,6 +325,46 @@ pub fn classify(generation: u8, words: u32, dir: u8, p: &Parsed) -> Option<u32> 
     }
 }
 
+/// The channels still possible (`acc`, in scratch) narrowed to `set`;
+/// returns the OR of the words left, 0 when no channel is.
+#[inline(always)]
+fn and_into(acc: *mut [u64; CHANNEL_WORDS], set: &ChannelSet) -> u64 {
+    let mut any = 0;
+    let mut i = 0;
+    while i < CHANNEL_WORDS {
+        // SAFETY: the per-CPU scratch words (see `classify`).
+        unsafe {
+            let x = read_volatile(&raw const (*acc)[i]) & set.words[i];
+            write_volatile(&raw mut (*acc)[i], x);
+            any |= x;
+        }
+        i += 1;
+    }
+    any
+}
+
+/// Whether a channel still possible (`acc`) names a prefix of the `i`th
+/// probed length of `table` ([`GenInfo::reach`]): if none does, the
+/// probe cannot change which of them match, and is skipped.
+#[inline(always)]
+fn reaches(info: &GenInfo, table: u8, i: usize, acc: *const [u64; CHANNEL_WORDS]) -> bool {
+    let Some(reach) = info
+        .reach
+        .get(table as usize)
+        .and_then(|r| r.get(i))
+    else {
+        return true;
+    };
+    let mut any = 0;
+    let mut w = 0;
+    while w < CHANNEL_WORDS {
+        // SAFETY: the per-CPU scratch words (see `classify`).
+        any |= reach.words[w] & unsafe { read_volatile(&raw const (*acc)[w]) };
+        w += 1;
+    }
+    any != 0
+}
+
 /// Passes `channel` through the per-CPU scratch value, which the verifier
 /// cannot see into: the three tables each come from a hash map, a trie or
 /// the generation's `GenInfo`, and the channel from one of 16 words, and
@@ -345,7 +383,8 @@ fn join_classify_paths(channel: u32) -> u32 {
     }
 }
 
-/// The set of an IPv4 address's longest matching prefix in `table`.
+/// The set of an IPv4 address's longest matching prefix in `table`
+/// (probed lengths: those that [`reaches`] the channels in `acc`).
 #[inline(always)]
 fn addr4(
     trie: &'static LpmTrie<Ip4Key, ChannelSet>,
@@ -353,6 +392,7 @@ fn addr4(
     info: &'static GenInfo,
     generation: u8,
     addr: &[u8; 4],
+    acc: *const [u64; CHANNEL_WORDS],
 ) -> Option<&'static ChannelSet> {
     let probes = &info.probes[table as usize];
     if probes.count == PROBE_TRIE {
@@ -361,10 +401,11 @@ fn addr4(
             [generation, addr[0], addr[1], addr[2], addr[3]],
         ));
     }
-    probe4(info, generation, table, *addr)
+    probe4::<true>(info, generation, table, *addr, acc)
 }
 
-/// The set of an IPv6 address's longest matching prefix in `table`.
+/// The set of an IPv6 address's longest matching prefix in `table`
+/// (probed lengths: those that [`reaches`] the channels in `acc`).
 #[inline(always)]
 fn addr6(
     trie: &'static LpmTrie<Ip6Key, ChannelSet>,
@@ -372,6 +413,7 @@ fn addr6(
     info: &'static GenInfo,
     generation: u8,
     addr: &[u8; 16],
+    acc: *const [u64; CHANNEL_WORDS],
 ) -> Option<&'static ChannelSet> {
     let probes = &info.probes[table as usize];
     if probes.count == PROBE_TRIE {
@@ -395,6 +437,10 @@ fn addr6(
         if i >= probes.count as usize {
             break;
         }
+        if !reaches(info, table, i, acc) {
+            i += 1;
+            continue;
+        }
         let len = probes.lens[i] as u32;
         // Bits in the low half: 1 when len > 64, without a branch.
         let over = (len.wrapping_sub(65) >> 31) ^ 1;
@@ -414,7 +460,8 @@ fn addr6(
 }
 
 /// The set of `data`'s longest matching prefix in `table`, in the
-/// IPv4/L4 hash map.
+/// IPv4/L4 hash map; with `SKIP`, among the lengths that [`reaches`]
+/// the channels still possible (`acc`).
 ///
 /// An L4 query may stop short of the port (`Parsed::l4_bits`), and the
 /// trie then matches no longer entry; the probes need not check it: only
@@ -423,11 +470,12 @@ fn addr6(
 /// protocol or under a flag (`L4_ANY_PORT`, `L4_UNKNOWN`), whose masked
 /// data no longer entry holds.
 #[inline(always)]
-fn probe4(
+fn probe4<const SKIP: bool>(
     info: &'static GenInfo,
     generation: u8,
     table: u8,
     data: [u8; 4],
+    acc: *const [u64; CHANNEL_WORDS],
 ) -> Option<&'static ChannelSet> {
     let probes = &info.probes[table as usize];
     let value = u32::from_be_bytes(data);
@@ -442,6 +490,10 @@ fn probe4(
     while i < MAX_PROBES {
         if i >= probes.count as usize {
             break;
+        }
+        if SKIP && !reaches(info, table, i, acc) {
+            i += 1;
+            continue;
         }
         let len = probes.lens[i] as u32;
         key.len = len as u8;

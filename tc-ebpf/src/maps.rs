@@ -163,6 +163,10 @@ pub struct IxSketch {
     /// `IX_SKETCH_ROWS` rows of `IX_SKETCH_WIDTH` counters: the window tag
     /// in the high 8 bits, units of `IX_SKETCH_UNIT` bytes in the low 24.
     pub cells: [u32; IX_SKETCH_ROWS * IX_SKETCH_WIDTH],
+    /// Units added to each row in the current window, tagged the same
+    /// way: a row's average cell is `total / IX_SKETCH_WIDTH`, the floor
+    /// that hash collisions alone put under every estimate.
+    pub total: u32,
 }
 
 /// Not pinned: its estimates only matter within a window of a second.

@@ -143,6 +143,35 @@ pub struct FloodRun {
     pub rx_busy_secs: f64,
 }
 
+/// Run time and runs of every loaded BPF program named `name` (names
+/// are as the kernel keeps them, at most 15 bytes), summed: counted only
+/// while a [`RunStats`] is held.
+pub fn prog_runs(name: &str) -> Result<(Duration, u64)> {
+    let mut total = (Duration::ZERO, 0);
+    for info in aya::programs::loaded_programs() {
+        let info = info.context("listing loaded BPF programs")?;
+        if info.name_as_str() == Some(name) {
+            total.0 += info.run_time();
+            total.1 += info.run_count();
+        }
+    }
+    Ok(total)
+}
+
+/// While held, the kernel counts each BPF program's runs and run time
+/// (`BPF_ENABLE_STATS`, Linux 5.8), which [`prog_runs`] reads: it costs
+/// two clock reads per run, for every program alike.
+pub struct RunStats(#[expect(dead_code, reason = "held for its Drop")] std::os::fd::OwnedFd);
+
+impl RunStats {
+    pub fn enable() -> Result<Self> {
+        Ok(Self(
+            aya::sys::enable_stats(aya::sys::Stats::RunTime)
+                .context("enabling BPF run-time statistics")?,
+        ))
+    }
+}
+
 impl FloodRun {
     /// Frames per second that reached the receiver's XDP program.
     pub fn received_pps(&self) -> f64 {

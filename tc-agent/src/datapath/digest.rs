@@ -71,6 +71,7 @@ impl Datapath {
             l4: self.read_table(TABLE_L4, g, &probes, &mut hashed4, &mut misplaced)?,
             policies: Vec::new(),
             probes,
+            reach: info.reach,
             misplaced,
         };
         let policies = self.array::<ChannelPolicy>(POLICIES)?;

@@ -22,7 +22,7 @@
 //! by walking every trie and prefix hash map, then writes all.
 
 use tc_common::{
-    ChannelPolicy, ChannelSet, Probes, TABLES, TABLE_DST_V4, TABLE_DST_V6, TABLE_L4, TABLE_SRC_V4,
+    ChannelPolicy, ChannelSet, Probes, MAX_PROBES, TABLES, TABLE_DST_V4, TABLE_DST_V6, TABLE_L4, TABLE_SRC_V4,
     TABLE_SRC_V6,
 };
 
@@ -58,6 +58,9 @@ pub struct Tables {
     /// Where each table is (index `TABLE_*`), as the generation's
     /// `GenInfo` tells the datapath.
     pub probes: [Probes; TABLES],
+    /// Per table and probed length, the channels that length adds, as the
+    /// generation's `GenInfo` tells the datapath (`datapath::reach`).
+    pub reach: [[ChannelSet; MAX_PROBES]; TABLES],
     /// Entries of the generation found where its `GenInfo` does not place
     /// their table (read back from the kernel only; a written generation
     /// has none). The datapath never sees them, but a record that left
@@ -70,6 +73,7 @@ impl Tables {
     /// The record of `compiled` as [`Datapath::apply`](super::Datapath::apply)
     /// writes it, every table sorted by key.
     pub fn of(c: &Compiled) -> Self {
+        let probes = prefixes::plan(c);
         Self {
             src_v4: table(c, TABLE_SRC_V4),
             dst_v4: table(c, TABLE_DST_V4),
@@ -77,7 +81,8 @@ impl Tables {
             dst_v6: table(c, TABLE_DST_V6),
             l4: table(c, TABLE_L4),
             policies: c.policies.clone(),
-            probes: prefixes::plan(c),
+            reach: super::reach::reach(c, &probes),
+            probes,
             misplaced: 0,
         }
     }
@@ -100,6 +105,11 @@ impl Tables {
             w[0] = p.count;
             w[1..1 + p.lens.len()].copy_from_slice(&p.lens);
             h = mix(h, u64::from_le_bytes(w));
+        }
+        for set in self.reach.iter().flatten() {
+            for w in set.words {
+                h = mix(h, w);
+            }
         }
         h = mix(h, self.misplaced as u64);
         h = mix(h, self.policies.len() as u64);

@@ -9,6 +9,7 @@ pub mod held;
 pub mod interactions;
 pub mod prefixes;
 pub mod qdisc;
+pub mod reach;
 mod rtnl;
 pub mod steps;
 mod sync;
@@ -38,7 +39,7 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("TC_EBPF_OBJ"))
 
 /// Layout version of the pinned maps. Bump it whenever a shared type in
 /// `tc-common` changes, so a new agent never reuses maps of another layout.
-pub const MAPS_LAYOUT: &str = "maps-v10";
+pub const MAPS_LAYOUT: &str = "maps-v11";
 
 /// tc programs in the object.
 pub const TC_INGRESS: &str = "tc_ingress";
@@ -320,6 +321,7 @@ impl Datapath {
         let info = GenInfo {
             words: compiled.words,
             probes: want.probes,
+            reach: want.reach,
             ..GenInfo::default()
         };
         let base = next * MAX_CHANNELS;

@@ -14,7 +14,7 @@
 //! - [`compile`]: the datapath's tables; [`units`]: rates, sizes, durations.
 
 pub mod compile;
-mod cover;
+pub(crate) mod cover;
 mod diagnostic;
 mod model;
 mod raw;

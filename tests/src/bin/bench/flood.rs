@@ -57,14 +57,16 @@ const COLUMNS: [(&str, FloodConfig); 2] = [
 ];
 
 /// One measured flood: warm-up of 0.3 s (the ring and caches fill), then
-/// `SECS` at full speed.
+/// `SECS` at full speed; with the receiving program's (`prog`) run time
+/// per frame in that time, ns.
 fn measure(
     gen: &mut Generator,
     pair: &Pair,
     rx: &Rx,
     frame: &[u8],
     cfg: FloodConfig,
-) -> Result<FloodRun> {
+    prog: &str,
+) -> Result<(FloodRun, f64)> {
     gen.configure(cfg)?;
     let tx = (pair.client.as_str(), pair.client_if.as_str());
     let pace = |secs| Pace {
@@ -75,7 +77,11 @@ fn measure(
         realtime: REALTIME,
     };
     gen.flood(tx, rx, frame, pace(0.3))?;
-    gen.flood(tx, rx, frame, pace(SECS))
+    let (t0, n0) = flood::prog_runs(prog)?;
+    let run = gen.flood(tx, rx, frame, pace(SECS))?;
+    let (t1, n1) = flood::prog_runs(prog)?;
+    let ns = (t1 - t0).as_nanos() as f64 / (n1 - n0).max(1) as f64;
+    Ok((run, ns))
 }
 
 /// Attaches the receiver, floods with every column's generator, detaches.
@@ -85,7 +91,7 @@ fn round(
     frame: &[u8],
     rx: Receiver,
     policies: &[(usize, std::path::PathBuf)],
-) -> Result<Vec<FloodRun>> {
+) -> Result<Vec<Run>> {
     let _agent = match rx {
         Receiver::Bare => {
             gen.attach_drop(&pair.server, &pair.server_if)?;
@@ -98,11 +104,15 @@ fn round(
         }
     };
     let rxq = flood::threaded_napi(&pair.server, &pair.server_if, RX_CPU, REALTIME)?;
+    let prog = match rx {
+        Receiver::Bare => "bare_drop",
+        Receiver::Agent(_) => tc_agent::datapath::XDP_INGRESS,
+    };
     let mut runs = Vec::new();
     for (name, cfg) in COLUMNS {
-        let r = measure(gen, pair, &rxq, frame, cfg)?;
+        let (r, ns) = measure(gen, pair, &rxq, frame, cfg, prog)?;
         println!(
-            "  {:<32} {name:<14} generated {:>6.2} Mpps, received {:>6.2} Mpps ({:>6.2} per core, NAPI busy {:.0}%), XDP-dropped {:.3} of received",
+            "  {:<32} {name:<14} generated {:>6.2} Mpps, received {:>6.2} Mpps ({:>6.2} per core, NAPI busy {:.0}%), XDP-dropped {:.3} of received, {ns:.0} ns a frame in {prog}",
             rx.label(),
             r.generated_pps() / 1e6,
             r.received_pps() / 1e6,
@@ -110,11 +120,15 @@ fn round(
             100.0 * r.rx_busy_secs / r.secs,
             r.dropped as f64 / r.received.max(1) as f64
         );
-        runs.push(r);
+        runs.push((r, ns));
     }
     gen.detach_drop()?;
     Ok(runs)
 }
+
+/// One receiver's run of one flood: the frames, and the ns its XDP
+/// program ran per frame.
+type Run = (FloodRun, f64);
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -144,7 +158,8 @@ pub fn run() -> Result<serde_json::Value> {
         })
         .collect();
     // runs[row][column] over the rounds.
-    let mut runs: Vec<Vec<Vec<FloodRun>>> = vec![vec![Vec::new(); COLUMNS.len()]; rows.len()];
+    let _stats = flood::RunStats::enable()?;
+    let mut runs: Vec<Vec<Vec<Run>>> = vec![vec![Vec::new(); COLUMNS.len()]; rows.len()];
     for r in 0..ROUNDS {
         println!("round {}:", r + 1);
         for (i, rx) in rows.iter().enumerate() {
@@ -157,34 +172,45 @@ pub fn run() -> Result<serde_json::Value> {
         }
     }
     let med = |i: usize, j: usize, f: fn(&FloodRun) -> f64| {
-        median(runs[i][j].iter().map(|r| f(r) / 1e6).collect())
+        median(runs[i][j].iter().map(|r| f(&r.0) / 1e6).collect())
     };
+    let ns = |i: usize, j: usize| median(runs[i][j].iter().map(|r| r.1).collect());
     let wall = |i, j| med(i, j, FloodRun::received_pps);
     let core = |i, j| med(i, j, FloodRun::per_core_pps);
     println!(
-        "\nMpps received (wall clock) and per core (received / the NAPI thread's CPU time), ratio to bare XDP_DROP in brackets:"
+        "\nMpps received (wall clock) and per core (received / the NAPI thread's CPU time), ratio to bare XDP_DROP in brackets; ns: the receiving XDP program's run time per frame (kernel.bpf_stats), accounting tail call included:"
     );
     println!(
-        "{:<32} {:>22} {:>22} {:>22} {:>22}",
-        "RECEIVER", "single-source", "single, per core", "random-source", "random, per core"
+        "{:<32} {:>22} {:>22} {:>12} {:>22} {:>22} {:>12}",
+        "RECEIVER",
+        "single-source",
+        "single, per core",
+        "single, ns",
+        "random-source",
+        "random, per core",
+        "random, ns"
     );
     let mut table = Vec::new();
     for (i, rx) in rows.iter().enumerate() {
         let cell = |x: f64, base: f64| format!("{x:.2} ({:.2})", x / base);
         println!(
-            "{:<32} {:>22} {:>22} {:>22} {:>22}",
+            "{:<32} {:>22} {:>22} {:>12.0} {:>22} {:>22} {:>12.0}",
             rx.label(),
             cell(wall(i, 0), wall(0, 0)),
             cell(core(i, 0), core(0, 0)),
+            ns(i, 0),
             cell(wall(i, 1), wall(0, 1)),
             cell(core(i, 1), core(0, 1)),
+            ns(i, 1),
         );
         let mut row = serde_json::json!({"receiver": rx.label()});
         for (j, (name, _)) in COLUMNS.iter().enumerate() {
             row[*name] = serde_json::json!({
                 "received_mpps": wall(i, j), "ratio_to_bare": wall(i, j) / wall(0, j),
                 "per_core_mpps": core(i, j), "per_core_ratio_to_bare": core(i, j) / core(0, j),
-                "runs": runs[i][j].iter().map(|r| serde_json::json!({
+                "prog_ns_per_frame": ns(i, j),
+                "runs": runs[i][j].iter().map(|(r, ns)| serde_json::json!({
+                    "prog_ns_per_frame": ns,
                     "generated": r.generated, "received": r.received,
                     "xdp_dropped": r.dropped, "secs": r.secs, "rx_busy_secs": r.rx_busy_secs,
                 })).collect::<Vec<_>>(),
