@@ -437,22 +437,22 @@ fn addr6(
         if i >= probes.count as usize {
             break;
         }
-        if !reaches(info, table, i, acc) {
-            i += 1;
-            continue;
-        }
-        let len = probes.lens[i] as u32;
-        // Bits in the low half: 1 when len > 64, without a branch.
-        let over = (len.wrapping_sub(65) >> 31) ^ 1;
-        let lo_len = over * len.wrapping_sub(64);
-        let mask_hi = mask64(len - lo_len);
-        let mask_lo = mask64(lo_len);
-        key.len = len as u8;
-        key.data[..8].copy_from_slice(&(hi & mask_hi).to_be_bytes());
-        key.data[8..].copy_from_slice(&(lo & mask_lo).to_be_bytes());
-        if let Some(set) = TC_PREFIX6.get_ptr(&key) {
-            // SAFETY: a value of the map, valid for this run; only read.
-            return Some(unsafe { &*set });
+        if reaches(info, table, i, acc) {
+            // `i` is below MAX_PROBES; `get` keeps a panic path (which the
+            // verifier refuses) out of the loop LLVM rotates.
+            let len = probes.lens.get(i).copied().unwrap_or(0) as u32;
+            // Bits in the low half: 1 when len > 64, without a branch.
+            let over = (len.wrapping_sub(65) >> 31) ^ 1;
+            let lo_len = over * len.wrapping_sub(64);
+            let mask_hi = mask64(len - lo_len);
+            let mask_lo = mask64(lo_len);
+            key.len = len as u8;
+            key.data[..8].copy_from_slice(&(hi & mask_hi).to_be_bytes());
+            key.data[8..].copy_from_slice(&(lo & mask_lo).to_be_bytes());
+            if let Some(set) = TC_PREFIX6.get_ptr(&key) {
+                // SAFETY: a value of the map, valid for this run; only read.
+                return Some(unsafe { &*set });
+            }
         }
         i += 1;
     }
@@ -491,16 +491,15 @@ fn probe4<const SKIP: bool>(
         if i >= probes.count as usize {
             break;
         }
-        if SKIP && !reaches(info, table, i, acc) {
-            i += 1;
-            continue;
-        }
-        let len = probes.lens[i] as u32;
-        key.len = len as u8;
-        key.data = (value & mask32(len)).to_be_bytes();
-        if let Some(set) = TC_PREFIX4.get_ptr(&key) {
-            // SAFETY: a value of the map, valid for this run; only read.
-            return Some(unsafe { &*set });
+        if !SKIP || reaches(info, table, i, acc) {
+            // As in `addr6`.
+            let len = probes.lens.get(i).copied().unwrap_or(0) as u32;
+            key.len = len as u8;
+            key.data = (value & mask32(len)).to_be_bytes();
+            if let Some(set) = TC_PREFIX4.get_ptr(&key) {
+                // SAFETY: a value of the map, valid for this run; only read.
+                return Some(unsafe { &*set });
+            }
         }
         i += 1;
     }
