@@ -23,18 +23,17 @@ use core::{
 
 use aya_ebpf::bindings::BPF_NOEXIST;
 use tc_common::{
-    FlowKey4, FlowKey6, FlowMeta, IX_ALLOC_HEAD, IX_ALLOC_TAIL, IX_NONE, IX_REQUEST,
-    IxCounters, IxKey, DIR_EGRESS, IX_SKETCH_ROWS, IX_SKETCH_UNIT,
-    IX_SKETCH_WIDTH, IX_WINDOW_SHIFT,
+    FlowKey4, FlowKey6, FlowMeta, IxCounters, IxKey, DIR_EGRESS, IX_ALLOC_HEAD, IX_ALLOC_TAIL,
+    IX_NONE, IX_REQUEST, IX_SKETCH_ROWS, IX_SKETCH_UNIT, IX_SKETCH_WIDTH, IX_WINDOW_SHIFT,
 };
 
 use crate::{
     conn::{coarse_ns, fine_ns},
     maps::{
-        HighServer, ParseScratch, SYN_SLOTS, TC_CONFIG, TC_FLOWS4, TC_FLOWS6, TC_GLOBAL, TC_IX,
-        TC_IX_ALLOC, TC_IX_CONF, TC_IX_FREE, TC_IX_GEN, TC_IX_HIGH, TC_IX_HIGH_ON, TC_IX_IFACES,
-        TC_IX_SKETCH, TC_IX_SLOTS, TC_IX_SYNS, TC_IX_UNTRACKED, TC_SCRATCH, UNTRACKED_HINTS,
-        UntrackedHint,
+        HighServer, ParseScratch, UntrackedHint, SYN_SLOTS, TC_CONFIG, TC_FLOWS4, TC_FLOWS6,
+        TC_GLOBAL, TC_IX, TC_IX_ALLOC, TC_IX_CONF, TC_IX_FREE, TC_IX_GEN, TC_IX_HIGH,
+        TC_IX_HIGH_ON, TC_IX_IFACES, TC_IX_SKETCH, TC_IX_SLOTS, TC_IX_SYNS, TC_IX_UNTRACKED,
+        TC_SCRATCH, UNTRACKED_HINTS,
     },
     parse::{Addrs, Parsed, FRAG_LATER},
 };
@@ -102,8 +101,7 @@ pub fn account(dir: u8, in_ifindex: u32) {
     // SAFETY: as above.
     unsafe { (*s).ix_want = 0 };
     // SAFETY: a plain u32 map value, read at once.
-    if dir == DIR_EGRESS && in_ifindex != 0 && unsafe { TC_IX_IFACES.get(&in_ifindex) }.is_some()
-    {
+    if dir == DIR_EGRESS && in_ifindex != 0 && unsafe { TC_IX_IFACES.get(&in_ifindex) }.is_some() {
         return;
     }
     let Some(conf) = TC_IX_CONF.get(0) else {
@@ -112,8 +110,9 @@ pub fn account(dir: u8, in_ifindex: u32) {
     let admit_units = conf.admit_units;
     // SAFETY: the parse results the pipeline wrote for this packet.
     let p: &Parsed = unsafe { &*(&raw const (*s).parsed) };
-    let has_ports =
-        (p.proto == IPPROTO_TCP || p.proto == IPPROTO_UDP) && p.l4_flags == 0 && p.frag != FRAG_LATER;
+    let has_ports = (p.proto == IPPROTO_TCP || p.proto == IPPROTO_UDP)
+        && p.l4_flags == 0
+        && p.frag != FRAG_LATER;
     let tcp = has_ports && p.proto == IPPROTO_TCP;
     let flags = if tcp { p.tcp_flags } else { 0 };
     let mut d = Delta {
@@ -282,7 +281,8 @@ fn same_key(a: &IxKey, b: &IxKey) -> bool {
 fn untracked_hint(k: &IxKey) -> Option<*mut UntrackedHint> {
     // SAFETY: IxKey is five u64 words (see `key`).
     let w: [u64; 5] = unsafe { core::mem::transmute::<IxKey, [u64; 5]>(*k) };
-    let mut h = (w[2] ^ w[3].rotate_left(17) ^ w[4].rotate_left(41)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let mut h =
+        (w[2] ^ w[3].rotate_left(17) ^ w[4].rotate_left(41)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     h ^= h >> 32;
     TC_IX_UNTRACKED.get_ptr_mut(h as u32 & (UNTRACKED_HINTS - 1))
 }
@@ -445,7 +445,6 @@ unsafe fn bump(c: *mut IxCounters, d: &Delta) {
     }
 }
 
-
 /// An address as the two words of its IPv4-mapped (IPv4) or plain
 /// (IPv6) form, in memory order: built with word stores, not byte by byte.
 #[inline(always)]
@@ -562,7 +561,11 @@ fn sketch(k: &IxKey, bytes: u64) -> u32 {
     let units = (bytes.div_ceil(IX_SKETCH_UNIT)).min(0xff_ffff) as u32;
     // SAFETY: as below.
     let total = unsafe { &mut (*sk).total };
-    let before = if *total >> 24 == window { *total & 0xff_ffff } else { 0 };
+    let before = if *total >> 24 == window {
+        *total & 0xff_ffff
+    } else {
+        0
+    };
     let sum = (before + units).min(0xff_ffff);
     *total = window << 24 | sum;
     let floor = sum / IX_SKETCH_WIDTH as u32;
@@ -573,7 +576,11 @@ fn sketch(k: &IxKey, bytes: u64) -> u32 {
         let i = row * IX_SKETCH_WIDTH + col;
         // SAFETY: this CPU's sketch, only this run uses it; `i` is in bounds.
         let cell = unsafe { &mut (*sk).cells[i] };
-        let held = if *cell >> 24 == window { *cell & 0xff_ffff } else { 0 };
+        let held = if *cell >> 24 == window {
+            *cell & 0xff_ffff
+        } else {
+            0
+        };
         let n = (held + units).min(0xff_ffff);
         *cell = window << 24 | n;
         if n < estimate {

@@ -348,11 +348,7 @@ fn and_into(acc: *mut [u64; CHANNEL_WORDS], set: &ChannelSet) -> u64 {
 /// probe cannot change which of them match, and is skipped.
 #[inline(always)]
 fn reaches(info: &GenInfo, table: u8, i: usize, acc: *const [u64; CHANNEL_WORDS]) -> bool {
-    let Some(reach) = info
-        .reach
-        .get(table as usize)
-        .and_then(|r| r.get(i))
-    else {
+    let Some(reach) = info.reach.get(table as usize).and_then(|r| r.get(i)) else {
         return true;
     };
     let mut any = 0;

@@ -18,8 +18,9 @@ use core::{
 
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 use tc_common::{
-    ChannelPolicy, GlobalCounters, L4_UNKNOWN, SEQ_WINDOW, ConnConfig, ConnEntry, ConnKey, CONN_CLOSED, CONN_CLOSING, CONN_ESTABLISHED,
-    CONN_RESET, CONN_SYN_RECV, CONN_SYN_SENT, DIR_EGRESS, DIR_INGRESS, MODE_MONITOR, NO_CHANNEL,
+    ChannelPolicy, ConnConfig, ConnEntry, ConnKey, GlobalCounters, CONN_CLOSED, CONN_CLOSING,
+    CONN_ESTABLISHED, CONN_RESET, CONN_SYN_RECV, CONN_SYN_SENT, DIR_EGRESS, DIR_INGRESS,
+    L4_UNKNOWN, MODE_MONITOR, NO_CHANNEL, SEQ_WINDOW,
 };
 
 use crate::{
@@ -446,7 +447,6 @@ fn observe(p: &Parsed, hook: u32) {
     }
 }
 
-
 /// Whether `seq` lies at or ahead of `near`, by less than [`SEQ_WINDOW`].
 #[inline(always)]
 fn ahead(seq: u32, near: u32) -> bool {
@@ -481,8 +481,8 @@ fn tuple_tag(p: &Parsed) -> u64 {
         Addrs::V6 { src, dst } => (fold16(src), fold16(dst), 6u64),
     };
     let end = |addr: u32, port: u16| {
-        let x = ((addr as u64) << 16 | port as u64 | family << 48)
-            .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let x =
+            ((addr as u64) << 16 | port as u64 | family << 48).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         x ^ (x >> 31)
     };
     (end(s, p.sport) ^ end(d, p.dport)) | 1
@@ -604,7 +604,8 @@ unsafe fn follow(e: *mut ConnEntry, from_client: bool, p: &Parsed, hook: u32, no
         if flags & TCP_FIN != 0 {
             let bit = if from_client { FIN_CLIENT } else { FIN_SERVER };
             // Atomic: the other side's FIN may be on the other CPU right now.
-            let fins = atomic_or::<u32, u32, { AtomicOrdering::SeqCst }>(&raw mut (*e).fins, bit) | bit;
+            let fins =
+                atomic_or::<u32, u32, { AtomicOrdering::SeqCst }>(&raw mut (*e).fins, bit) | bit;
             if fins & (FIN_CLIENT | FIN_SERVER) == FIN_CLIENT | FIN_SERVER {
                 close(e);
             } else {

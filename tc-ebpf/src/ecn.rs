@@ -51,4 +51,3 @@ pub fn mark_ce_tc(ctx: &TcContext, l3: usize, v6: bool) {
     );
     let _ = ctx.store(l3 + 1, &new[1], 0);
 }
-

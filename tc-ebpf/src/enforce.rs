@@ -3,8 +3,7 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use tc_common::{
-    BucketState, ChannelPolicy, GlobalCounters, ACTION_DELAY, ACTION_MARK, MODE_MONITOR,
-    PACE_SLOTS,
+    BucketState, ChannelPolicy, GlobalCounters, ACTION_DELAY, ACTION_MARK, MODE_MONITOR, PACE_SLOTS,
 };
 
 use crate::{
@@ -64,7 +63,6 @@ impl Verdict {
     };
 }
 
-
 /// The packet as the hooks see it: linear header bytes plus accounting sizes.
 #[derive(Clone, Copy)]
 pub struct Frame {
@@ -83,7 +81,6 @@ pub struct Frame {
     /// on this node): a forwarded packet is accounted once, at ingress.
     pub in_ifindex: u32,
 }
-
 
 /// Departure for a packet of a `delay` channel given its place `t` in the
 /// channel's schedule, and the flow's new finish time.
@@ -258,4 +255,3 @@ pub fn enforce(
     counters.passed_bytes += frame.len;
     verdict
 }
-

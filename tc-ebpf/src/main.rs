@@ -13,7 +13,6 @@
     reason = "core::intrinsics::atomic_cxchg is the only CAS that lowers to BPF_CMPXCHG on bpfel"
 )]
 
-
 mod account;
 mod bucket;
 mod classify;
@@ -39,9 +38,9 @@ use aya_ebpf::{maps::ProgramArray, EbpfContext};
 
 use crate::{
     account::account,
-    maps::{TC_ACCOUNT, TC_ACCOUNT_XDP, TC_SCRATCH},
     ecn::{mark_ce_tc, mark_ce_xdp},
     enforce::{Frame, DELAY, DROP, MARK, RESET},
+    maps::{TC_ACCOUNT, TC_ACCOUNT_XDP, TC_SCRATCH},
     parse::Load,
     pipeline::handle,
     reset::{reset_tc, reset_xdp},
@@ -91,8 +90,14 @@ fn xdp_judge(ctx: &XdpContext) -> u32 {
         in_ifindex: 0,
     };
     let ld = XdpLoad(ctx);
-    let v = handle(&frame, &ld, DIR_INGRESS, || 0, #[inline(always)]
-        |p| reset_xdp(ctx, p));
+    let v = handle(
+        &frame,
+        &ld,
+        DIR_INGRESS,
+        || 0,
+        #[inline(always)]
+        |p| reset_xdp(ctx, p),
+    );
     match v.action {
         DROP => xdp_action::XDP_DROP,
         RESET => v.tstamp as u32,
@@ -175,17 +180,11 @@ impl Load for XdpLoad<'_> {
         let mut buf = [0u8; N];
         // SAFETY: the helper writes at most N bytes into `buf`.
         let r = unsafe {
-            bpf_xdp_load_bytes(
-                self.0.ctx,
-                offset as u32,
-                buf.as_mut_ptr().cast(),
-                N as u32,
-            )
+            bpf_xdp_load_bytes(self.0.ctx, offset as u32, buf.as_mut_ptr().cast(), N as u32)
         };
         (r == 0).then_some(buf)
     }
 }
-
 
 /// Floor for the per-packet cost benchmark: a tc program that only passes.
 #[classifier]
@@ -198,7 +197,6 @@ pub fn tc_pass(_ctx: TcContext) -> i32 {
 pub fn xdp_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
-
 
 /// Bytes of headers the parser may need in the linear area: Ethernet, two
 /// VLAN tags, IPv6 with eight short extension headers, and a TCP header.
@@ -265,7 +263,6 @@ fn tc_verdict(ctx: &TcContext, dir: u8) -> i32 {
     };
     then_account(ctx, &TC_ACCOUNT, slot, ret as u64) as i32
 }
-
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -2,17 +2,17 @@
 //! `tc-common` exports, so the agent pins and reads the same maps.
 
 use aya_ebpf::{
-    macros::map,
     bindings::BPF_F_NO_PREALLOC,
+    macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
 };
 use tc_common::{
     BucketState, ChannelCounters, ChannelPolicy, ChannelSet, Config, ConnConfig, ConnEntry,
-    ConnKey, ConnPool, FlowValue, IxConfig, IxCounters, IxKey, FlowKey4, FlowKey6, FragEntry, FragKey, GenInfo, GlobalCounters, Ip4Key,
-    Ip6Key, L4Key, CHANNEL_SLOTS, DEFAULT_MAX_CONNS, MAX_FLOWS, MAX_FRAGS, MAX_L4_ENTRIES,
-    MAX_POOLS, MAX_PREFIXES, MAX_PREFIX4_ENTRIES, MAX_PREFIX6_ENTRIES, PACE_SLOTS, PrefixKey4,
-    PrefixKey6, DEFAULT_MAX_INTERACTIONS, IX_SKETCH_ROWS,
-    IX_SKETCH_WIDTH, MAX_IX_IFACES,
+    ConnKey, ConnPool, FlowKey4, FlowKey6, FlowValue, FragEntry, FragKey, GenInfo, GlobalCounters,
+    Ip4Key, Ip6Key, IxConfig, IxCounters, IxKey, L4Key, PrefixKey4, PrefixKey6, CHANNEL_SLOTS,
+    DEFAULT_MAX_CONNS, DEFAULT_MAX_INTERACTIONS, IX_SKETCH_ROWS, IX_SKETCH_WIDTH, MAX_FLOWS,
+    MAX_FRAGS, MAX_IX_IFACES, MAX_L4_ENTRIES, MAX_POOLS, MAX_PREFIX4_ENTRIES, MAX_PREFIX6_ENTRIES,
+    MAX_PREFIXES, PACE_SLOTS,
 };
 
 #[map]
@@ -56,7 +56,8 @@ pub static TC_POLICIES: Array<ChannelPolicy> = Array::with_max_entries(CHANNEL_S
 #[map]
 pub static TC_BUCKETS: Array<BucketState> = Array::with_max_entries(CHANNEL_SLOTS, 0);
 #[map]
-pub static TC_COUNTERS: PerCpuArray<ChannelCounters> = PerCpuArray::with_max_entries(CHANNEL_SLOTS, 0);
+pub static TC_COUNTERS: PerCpuArray<ChannelCounters> =
+    PerCpuArray::with_max_entries(CHANNEL_SLOTS, 0);
 #[map]
 pub static TC_GLOBAL: PerCpuArray<GlobalCounters> = PerCpuArray::with_max_entries(1, 0);
 /// `delay` channels: per flow (hash slot), when its last packet finishes
@@ -112,8 +113,7 @@ pub const CONN_HINT_SLOTS: u32 = 1024;
 /// Per-CPU hints for established connections. Not pinned: a fresh agent
 /// starts without hints, which only costs lookups.
 #[map]
-pub static TC_CONN_HINTS: PerCpuArray<ConnHint> =
-    PerCpuArray::with_max_entries(CONN_HINT_SLOTS, 0);
+pub static TC_CONN_HINTS: PerCpuArray<ConnHint> = PerCpuArray::with_max_entries(CONN_HINT_SLOTS, 0);
 
 /// Interactions (client, server, protocol, server port), each with the
 /// slot of its counters in [`TC_IX_SLOTS`]. Preallocated, so an insert

@@ -184,12 +184,7 @@ fn be16_at(start: usize, end: usize, offset: usize) -> Result<u16, Skip> {
 /// Parses Ethernet (with up to two VLAN tags), IPv4/IPv6 and the TCP/UDP
 /// destination port of the frame between `start` and `end`.
 #[inline(always)]
-pub fn parse(
-    start: usize,
-    end: usize,
-    ld: &impl Load,
-    walk: *mut Walk,
-) -> Result<Parsed, Skip> {
+pub fn parse(start: usize, end: usize, ld: &impl Load, walk: *mut Walk) -> Result<Parsed, Skip> {
     let mut l3 = ETH_HLEN;
     let mut ethertype = be16_at(start, end, 12)?;
     for _ in 0..VLAN_MAX_TAGS {

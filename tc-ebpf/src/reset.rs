@@ -11,8 +11,7 @@
 use aya_ebpf::{
     bindings::{xdp_action, BPF_F_INGRESS, TC_ACT_SHOT},
     helpers::{
-        bpf_csum_diff, bpf_redirect, bpf_skb_change_tail, bpf_xdp_adjust_tail,
-        bpf_xdp_store_bytes,
+        bpf_csum_diff, bpf_redirect, bpf_skb_change_tail, bpf_xdp_adjust_tail, bpf_xdp_store_bytes,
     },
     programs::{TcContext, XdpContext},
 };
@@ -137,7 +136,9 @@ fn rst6(src: &[u8; 16], dst: &[u8; 16], p: &Parsed, h: &mut [u8; 64]) {
 #[inline(always)]
 fn scratch_macs() -> Option<&'static mut [u8; 12]> {
     // SAFETY: a per-CPU map value that only this program run uses.
-    TC_SCRATCH.get_ptr_mut(0).map(|s| unsafe { &mut (*s).rst_macs })
+    TC_SCRATCH
+        .get_ptr_mut(0)
+        .map(|s| unsafe { &mut (*s).rst_macs })
 }
 
 /// The scratch buffer the RST's headers are built in (the stack is too small).

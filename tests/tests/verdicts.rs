@@ -960,11 +960,10 @@ fn classification_at_1024_channels_is_first_match() {
         let f = match &mut fixture {
             None => fixture.insert(Fixture::new(&text)),
             Some(f) => {
-                f.generation = f
-                    .dp
-                    .apply(&compiled, &vec![None; policy.channels.len()])
-                    .expect("applies")
-                    .generation;
+                f.generation =
+                    f.dp.apply(&compiled, &vec![None; policy.channels.len()])
+                        .expect("applies")
+                        .generation;
                 f
             }
         };

@@ -22,8 +22,8 @@
 //! by walking every trie and prefix hash map, then writes all.
 
 use tc_common::{
-    ChannelPolicy, ChannelSet, Probes, MAX_PROBES, TABLES, TABLE_DST_V4, TABLE_DST_V6, TABLE_L4, TABLE_SRC_V4,
-    TABLE_SRC_V6,
+    ChannelPolicy, ChannelSet, Probes, MAX_PROBES, TABLES, TABLE_DST_V4, TABLE_DST_V6, TABLE_L4,
+    TABLE_SRC_V4, TABLE_SRC_V6,
 };
 
 use super::prefixes::{self, entries_of, masked, Width};

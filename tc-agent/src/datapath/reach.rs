@@ -13,7 +13,9 @@
 //! channels possible, the longest match. No hit at all means none of them
 //! names a prefix containing the address, as for the longest match.
 
-use tc_common::{ChannelSet, Probes, CHANNEL_WORDS, MAX_PROBES, TABLES, TABLE_SRC_V6, TABLE_DST_V6};
+use tc_common::{
+    ChannelSet, Probes, CHANNEL_WORDS, MAX_PROBES, TABLES, TABLE_DST_V6, TABLE_SRC_V6,
+};
 
 use super::prefixes::{entries_of, in_trie};
 use crate::policy::{compile::Compiled, cover::mask};
@@ -39,9 +41,7 @@ fn table_reach(c: &Compiled, t: u8, probes: &Probes) -> [ChannelSet; MAX_PROBES]
     // ones containing it: a stack of the current chain finds each parent.
     let mut entries: Vec<(u128, u8, &ChannelSet)> = entries_of(c, t)
         .map(|(len, raw, set)| {
-            let v = raw
-                .iter()
-                .fold(0u128, |v, &b| v << 8 | u128::from(b));
+            let v = raw.iter().fold(0u128, |v, &b| v << 8 | u128::from(b));
             (mask(v, len, bits), len, set)
         })
         .collect();
