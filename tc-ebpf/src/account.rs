@@ -83,7 +83,7 @@ pub fn account(dir: u8, in_ifindex: u32) {
     };
     // SAFETY: per-CPU scratch, only this program run (and the pipeline's,
     // which tail-called it on this CPU) uses it.
-    let (want, bytes, pkts, hint, hint_gen, hint_port) = unsafe {
+    let (want, bytes, pkts, hint, hint_gen, hint_port, cached) = unsafe {
         (
             (*s).ix_want,
             (*s).ix_bytes,
@@ -91,6 +91,7 @@ pub fn account(dir: u8, in_ifindex: u32) {
             (*s).ix_hint,
             (*s).ix_hint_gen,
             (*s).ix_hint_port,
+            (*s).ix_hint_port != NOT_CACHED,
         )
     };
     if want == 0 {
@@ -189,8 +190,13 @@ pub fn account(dir: u8, in_ifindex: u32) {
     // client first: one below the threshold counts as untracked without a
     // table lookup (an admitted client's flows find their slot in the
     // flow cache). SYNs and SYN-ACKs, which always come this way, look
-    // their entry up first, so an admitted client's handshakes stay its own.
-    let lookup_first = admit_units == 0 || syn || synack;
+    // their entry up first, so an admitted client's handshakes stay its
+    // own; so do packets of a cached flow whose entry names no slot yet
+    // (the flow cache takes a flow on its second packet, after its
+    // handshake; a flood's new flows seldom get in): the lookup leaves the
+    // slot in the entry, and the flow's next packets count there, however
+    // small the client is next to the flood (`sketch`'s floor).
+    let lookup_first = admit_units == 0 || syn || synack || cached;
     if lookup_first {
         // SAFETY: a plain u32 map value, copied out at once.
         if let Some(&slot) = unsafe { TC_IX.get(&k) } {
@@ -393,6 +399,11 @@ fn remember(p: &Parsed, dir: u8, ix: u32, port: u16) {
     }
 }
 
+/// [`ParseScratch::ix_hint_port`] of a packet whose flow was not in the
+/// flow cache (a port is below 65,536): no store of its own on the
+/// classification's many paths, which the verifier walks each.
+const NOT_CACHED: u32 = u32::MAX;
+
 /// The flow cache's hint for the accounting program (see
 /// `classify::classify_cached`).
 #[inline(always)]
@@ -417,6 +428,7 @@ pub fn stage(s: *mut ParseScratch, want: bool, bytes: u64, pkts: u64) {
         write_volatile(&raw mut (*s).ix_bytes, bytes);
         write_volatile(&raw mut (*s).ix_pkts, pkts);
         write_volatile(&raw mut (*s).ix_hint, IX_NONE);
+        write_volatile(&raw mut (*s).ix_hint_port, NOT_CACHED);
     }
 }
 

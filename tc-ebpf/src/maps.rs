@@ -274,7 +274,9 @@ pub struct ParseScratch {
     pub ix_pkts: u64,
     /// The flow cache's hint to the packet's interaction slot
     /// (`tc_common::FlowValue::ix`), the slot's generation then, and the
-    /// interaction's server port.
+    /// interaction's server port; the port is `account::NOT_CACHED` when
+    /// the flow was not in the cache (`account` then trusts the sketch
+    /// before any table lookup).
     pub ix_hint: u32,
     pub ix_hint_gen: u32,
     pub ix_hint_port: u32,

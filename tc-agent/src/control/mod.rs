@@ -294,21 +294,34 @@ pub fn request(socket: &Path, req: &Request) -> Result<serde_json::Value> {
     // large) and close: the write then fails with a broken pipe while the
     // agent's reason waits in our receive queue. Read it rather than report
     // the pipe.
-    if let Err(e) = stream.write_all(&line) {
-        if !matches!(
-            e.kind(),
-            std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
-        ) {
-            return Err(e.into());
+    let sent = match stream.write_all(&line) {
+        Ok(()) => true,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            false
         }
-    }
+        Err(e) => return Err(e.into()),
+    };
     // Once the request is sent, a lost reply says nothing about the
     // outcome: an apply may be live or not. Say so rather than guess.
     let unknown = || {
-        format!(
-            "no reply from the agent at {}: the outcome is unknown (`tc-agent status` shows the live policy version)",
-            socket.display()
-        )
+        if sent {
+            format!(
+                "no reply from the agent at {}: the outcome is unknown (`tc-agent status` shows the live policy version)",
+                socket.display()
+            )
+        } else {
+            // The agent acts on a whole request only, and it closed
+            // before this one was written.
+            format!(
+                "the agent at {} closed the connection before the request was sent, and gave no reason: nothing was done",
+                socket.display()
+            )
+        }
     };
     let mut reply = String::new();
     BufReader::new(&stream)

@@ -230,8 +230,8 @@ impl Datapath {
     /// ones written) for each table that stays where it was; a table that
     /// moves is removed from the old place and written whole in the new
     /// (`sync`); a generation of unknown content is emptied first and
-    /// written whole. Its `GenInfo` (words, where each table is) is written
-    /// before the switch.
+    /// written whole. Its `GenInfo` (words, where each table is, what each
+    /// probed length reaches) is written before the switch.
     ///
     /// Returns the new live config: its generation, and its policy
     /// version, one more than the previous.
