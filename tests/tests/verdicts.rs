@@ -1023,7 +1023,7 @@ fn classification_at_1024_channels_is_first_match() {
                 rng.below(4096 + 512) as usize
             } else if hash && wide_only(i) {
                 // Anywhere in its block: mostly other channels' hosts.
-                (i * 4 & !0xff) + rng.below(256) as usize
+                ((i * 4) & !0xff) + rng.below(256) as usize
             } else {
                 i * 4 + rng.below(4) as usize
             };
