@@ -82,7 +82,9 @@ pub fn channel_slot(
 /// push out the flows it exists for: a flow is cached on its second
 /// packet in a row on this CPU (a "doorkeeper", as in TinyLFU). A
 /// random-source flood, whose every packet is a new flow, inserts nothing
-/// and evicts nothing, while a real flow gets in on its next packet (or,
+/// and evicts nothing (from a source space as small as a /15, a few in a
+/// hundred of its flows recur while their slot still holds them, and get
+/// in), while a real flow gets in on its next packet (or,
 /// when a flood packet took its doorkeeper slot in between, on one of the
 /// following ones). Flows in no channel are cached too: their entry carries
 /// the interaction hint, which under admission is how an admitted client's

@@ -877,11 +877,6 @@ impl Rng {
     }
 }
 
-/// 1,024 channels whose sources are host prefixes (and, every 8th
-/// channel, a /24 over them), whose destinations are a /16 or open, on
-/// one UDP or TCP port each (`hash`): few prefix lengths, so the datapath
-/// probes them by hash. Or (`!hash`) sources and destinations of 6 lengths
-/// and port ranges, which go to the LPM tries.
 /// Whether channel `i` of the hash-probed [`wide_policy`] names only a
 /// /24 and a /120 (the block holding its neighbours' host prefixes), on a
 /// port of its own: its packets' longest match is a neighbour's host
@@ -891,6 +886,11 @@ fn wide_only(i: usize) -> bool {
     i % 16 == 8
 }
 
+/// 1,024 channels whose sources are host prefixes (and, every 8th
+/// channel, a /24 over them; every 16th, the /24 alone, see [`wide_only`]), whose destinations are a /16 or open, on
+/// one UDP or TCP port each (`hash`): few prefix lengths, so the datapath
+/// probes them by hash. Or (`!hash`) sources and destinations of 6 lengths
+/// and port ranges, which go to the LPM tries.
 fn wide_policy(hash: bool) -> String {
     let mut t = String::from("channels:\n");
     for i in 0..1024usize {
