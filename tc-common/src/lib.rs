@@ -76,11 +76,11 @@ pub const ACCOUNT_XDP_PROGS: &str = "TC_ACCOUNT_XDP";
 /// All pinned maps, in the order the agent pins and reports them.
 ///
 /// The accounting program arrays ([`ACCOUNT`], [`ACCOUNT_XDP_PROGS`]) are
-/// not pinned: each loaded object's hooks must tail-call that object's own
-/// accounting programs (they share its unpinned scratch value). The kernel
-/// empties a program array once no process holds it, so while no agent
-/// runs the hooks judge packets without counting interactions, which no
-/// one reads then.
+/// not among them: each loaded object's hooks must tail-call that object's
+/// own accounting programs (they share its unpinned scratch value), so a
+/// new agent never reuses an earlier one's. Each object's arrays are pinned
+/// apart, until no program uses them (see the agent's
+/// `datapath::accounting`).
 pub const MAP_NAMES: [&str; 28] = [
     CONFIG, GENS, SRC_V4, DST_V4, SRC_V6, DST_V6, L4, PREFIX4, PREFIX6, POLICIES, BUCKETS,
     COUNTERS, GLOBAL, FLOWS4, FLOWS6, PACE, FRAGS, CONNS, CONN_POOLS, CONN_GC, CONN_CONF, IX,
@@ -299,7 +299,7 @@ pub const GEN_BITS: u32 = 8;
 
 /// A set of channel indices; bit `i` of word `i / 64` is channel `i`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ChannelSet {
     /// Bit vector over [`MAX_CHANNELS`] channels, lowest index first.
     pub words: [u64; CHANNEL_WORDS],

@@ -148,7 +148,8 @@ pub static TC_IX_CONF: Array<IxConfig> = Array::with_max_entries(1, 0);
 pub static TC_IX_IFACES: HashMap<u32, u32> = HashMap::with_max_entries(MAX_IX_IFACES, 0);
 
 /// The accounting programs the hooks tail-call after their verdict:
-/// `tc_common::ACCOUNT_*` slots. Not pinned (see `tc_common::MAP_NAMES`).
+/// `tc_common::ACCOUNT_*` slots. Pinned apart from the maps, per loaded
+/// object (see `tc_common::MAP_NAMES`).
 #[map]
 pub static TC_ACCOUNT: ProgramArray = ProgramArray::with_max_entries(2, 0);
 /// The same for XDP: a program array serves programs of one type only.

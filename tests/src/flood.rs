@@ -143,19 +143,43 @@ pub struct FloodRun {
     pub rx_busy_secs: f64,
 }
 
-/// Run time and runs of every loaded BPF program named `name` (names
-/// are as the kernel keeps them, at most 15 bytes), summed: counted only
-/// while a [`RunStats`] is held.
-pub fn prog_runs(name: &str) -> Result<(Duration, u64)> {
-    let mut total = (Duration::ZERO, 0);
+/// Run time and runs of the loaded BPF program `id`: counted only while a
+/// [`RunStats`] is held.
+pub fn prog_runs(id: u32) -> Result<(Duration, u64)> {
     for info in aya::programs::loaded_programs() {
         let info = info.context("listing loaded BPF programs")?;
-        if info.name_as_str() == Some(name) {
-            total.0 += info.run_time();
-            total.1 += info.run_count();
+        if info.id() == id {
+            return Ok((info.run_time(), info.run_count()));
         }
     }
-    Ok(total)
+    bail!("no loaded BPF program has id {id}")
+}
+
+/// The id of the XDP program attached to `iface` in `netns` (as `ip link`
+/// reports it): the receiver's program itself, not another of its name.
+pub fn xdp_prog_id(netns: &str, iface: &str) -> Result<u32> {
+    let out = std::process::Command::new("ip")
+        .args(["-n", netns, "-j", "-d", "link", "show", "dev", iface])
+        .output()
+        .context("running ip")?;
+    ensure!(
+        out.status.success(),
+        "ip link show {iface}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("ip -j output")?;
+    let xdp = &v[0]["xdp"];
+    // One program: `xdp.prog`; programs in several modes: `xdp.attached[]`.
+    if let Some(many) = xdp["attached"].as_array() {
+        bail!(
+            "{iface} has {} XDP programs attached (several modes); the receiver's is not known",
+            many.len()
+        );
+    }
+    xdp["prog"]["id"]
+        .as_u64()
+        .and_then(|id| u32::try_from(id).ok())
+        .with_context(|| format!("no XDP program attached to {iface}"))
 }
 
 /// While held, the kernel counts each BPF program's runs and run time

@@ -6,7 +6,8 @@
 //! of established connections (`ss`); crowds of sources at scheduled rates
 //! and per-source tallies (`sources`) and the agent's events as a test
 //! reads them (`events`) for the detection tests, and the benchmark's
-//! detection scenarios: rates changed while they run (`scenario`).
+//! detection scenarios: rates changed while they run (`scenario`); one
+//! loaded datapath that a suite's tests take in turn (`shared`).
 
 pub mod events;
 pub mod flood;
@@ -15,6 +16,7 @@ pub mod netns;
 pub mod packet;
 pub mod reference;
 pub mod scenario;
+pub mod shared;
 pub mod sources;
 pub mod ss;
 pub mod tcp;

@@ -476,11 +476,17 @@ impl Agent {
     /// `tc-agent uninstall` for this agent's pins and state (the agent must
     /// be stopped).
     pub fn uninstall(&self) -> Result<Output> {
+        self.uninstall_with(&[])
+    }
+
+    /// [`uninstall`](Agent::uninstall) with more arguments (`--iface X`).
+    pub fn uninstall_with(&self, extra: &[&str]) -> Result<Output> {
         let out = Command::new(agent_bin())
             .args(["uninstall", "--netns", &self.netns, "--pin-dir"])
             .arg(&self.pin_dir)
             .arg("--state-dir")
             .arg(&self.state_dir)
+            .args(extra)
             .output()?;
         if !out.status.success() {
             bail!(
@@ -585,9 +591,12 @@ pub fn udp_send(dst: &str, payload: usize, rate_bps: f64, secs: f64, max: u64) -
     Ok(sent)
 }
 
-/// [`udp_send`], returning the payload bytes sent in each second of Unix
-/// time (as [`udp_receive_bins`] bins what arrived), so a test can tell a
-/// second in which the flood was on from one in which the sender stalled.
+/// [`udp_send`], returning the payload bytes sent in each tenth of a
+/// second of Unix time (key: Unix time in tenths of a second), so a test can
+/// tell a second in which the flood was on throughout from one in which the
+/// sender stalled for part of it. A second's total is not enough: after a
+/// stall the sender catches up in a burst, which a token bucket cuts to
+/// its burst size.
 pub fn udp_send_bins(
     dst: &str,
     payload: usize,
@@ -597,7 +606,7 @@ pub fn udp_send_bins(
 ) -> Result<std::collections::BTreeMap<u64, u64>> {
     let mut bins = std::collections::BTreeMap::new();
     udp_send_with(dst, payload, rate_bps, secs, max, |stamp| {
-        *bins.entry(stamp / 1_000_000_000).or_insert(0) += payload as u64;
+        *bins.entry(stamp / 100_000_000).or_insert(0) += payload as u64;
     })?;
     Ok(bins)
 }

@@ -12,7 +12,7 @@
 use std::{net::Ipv4Addr, time::Duration};
 
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
-use tc_agent::datapath::{Datapath, TC_EGRESS, TC_INGRESS, XDP_INGRESS};
+use tc_agent::datapath::{TC_EGRESS, TC_INGRESS, XDP_INGRESS};
 use tc_common::{IxCounters, IxKey};
 use tc_tests::packet::{self, ACK, FIN, ICMP, RST, SYN, TCP, UDP};
 
@@ -71,14 +71,16 @@ fn tcp(src: &str, dst: &str, flags: u8, payload: usize) -> Vec<u8> {
 }
 
 struct Node {
-    dp: Datapath,
+    /// The process's shared datapath (`tc_tests::shared`).
+    dp: tc_tests::shared::Loaded,
 }
 
 impl Node {
     fn new() -> Self {
         // No policy: every packet is unclassified and passes, and is counted.
-        let dp = Datapath::load(None, 4096).expect("eBPF object loads and passes the verifier");
-        Self { dp }
+        Self {
+            dp: tc_tests::shared::datapath(),
+        }
     }
 
     /// Runs tc `prog` on `frame`, with `ingress_ifindex` in the context if

@@ -272,12 +272,14 @@ fn lowering_the_limit_under_load_cuts_no_connection_and_converges() -> Result<()
     // The server's namespace holds only this channel's connections: its
     // CurrEstab is the strict count under this churn (see tc_tests::ss).
     let sampler = Sampler::start(&pair.server, &[80], Some(CLIENT_V4), 120.0)?;
+    const LOAD_SECS: u32 = 14;
+    let load_started = Instant::now();
     let load = wrk_background(
         &pair.client,
         URL_V4,
         &WrkConfig {
             connections: 40,
-            secs: 14,
+            secs: LOAD_SECS,
             ..Default::default()
         },
     );
@@ -362,13 +364,23 @@ fn lowering_the_limit_under_load_cuts_no_connection_and_converges() -> Result<()
         took.as_secs_f64()
     );
     assert!(took <= slow(6.0), "the count took {took:?} to fall to 5");
-    // New connections still get in, up to 5: the last 3 s of load.
-    let end = samples.0.last().map(|s| s.at).context("no samples")?;
+    // New connections still get in, up to 5: the last 3 s of load, once
+    // the count had fallen to 5. Timed from the load's start (wrk starts
+    // after it, so it is still on): the samples go on after wrk ends, and
+    // wrk can take seconds to exit.
+    let end = load_started + Duration::from_secs(LOAD_SECS.into()) - Duration::from_millis(500);
+    let start = (end - Duration::from_secs(3)).max(converged + Duration::from_millis(500));
+    assert!(
+        end >= start + Duration::from_secs(1),
+        "the count fell to 5 only {:.1}s into the {LOAD_SECS}s load: no time left to see admissions go on",
+        (converged - load_started).as_secs_f64()
+    );
     let tail = samples
-        .since(end - Duration::from_secs(3))
+        .since(start)
+        .take_while(|s| s.at <= end)
         .map(|s| s.curr_estab)
         .max()
-        .unwrap_or(0);
+        .context("no sample in the last 3 s of load")?;
     assert!(
         tail >= 2,
         "only {tail} connections in the last 3 s: admissions stopped; {}",

@@ -10,7 +10,7 @@
 
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
 use tc_agent::{
-    datapath::{conn::PoolCounts, Datapath, TC_EGRESS, TC_INGRESS, XDP_INGRESS},
+    datapath::{conn::PoolCounts, TC_EGRESS, TC_INGRESS, XDP_INGRESS},
     policy::{compile::compile, Policy},
 };
 use tc_common::{ConnConfig, CONN_RESET, MODE_MONITOR};
@@ -34,7 +34,9 @@ fn client(port: u16) -> String {
 /// A node with one channel `web` (client -> server:80, TCP) whose
 /// connection limits `setup` sets on its compiled policy, in pool 0.
 struct Node {
-    dp: Datapath,
+    /// The process's shared datapath (`tc_tests::shared`), or, for a
+    /// connection table of another size, one of the test's own.
+    dp: tc_tests::shared::Loaded,
 }
 
 impl Node {
@@ -43,7 +45,7 @@ impl Node {
     }
 
     fn with_timeouts(setup: impl Fn(&mut tc_common::ChannelPolicy), timeout_ns: u64) -> Self {
-        Self::with_table(setup, timeout_ns, 4096)
+        Self::with_table(setup, timeout_ns, tc_tests::shared::CONN_TABLE)
     }
 
     fn with_table(
@@ -63,8 +65,11 @@ impl Node {
         compiled.policies[0].conn_pool = 0;
         setup(&mut compiled.policies[0]);
         assert!(compiled.policies[0].limits_connections());
-        let mut dp =
-            Datapath::load(None, table_size).expect("eBPF object loads and passes the verifier");
+        let mut dp = if table_size == tc_tests::shared::CONN_TABLE {
+            tc_tests::shared::datapath()
+        } else {
+            tc_tests::shared::own(table_size)
+        };
         dp.set_conn_config(ConnConfig {
             syn_ns: timeout_ns,
             established_ns: timeout_ns,

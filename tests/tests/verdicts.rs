@@ -42,16 +42,30 @@ channels:
 "#;
 
 struct Fixture {
-    dp: Datapath,
+    /// The process's shared datapath (`tc_tests::shared`), or one of the
+    /// test's own.
+    dp: tc_tests::shared::Loaded,
+    /// The live generation, whose counters the test reads.
     generation: u32,
+    /// The channels' names, in policy order.
     names: Vec<String>,
 }
 
 impl Fixture {
+    /// `policy` applied to the process's shared datapath, its maps fresh.
     fn new(policy: &str) -> Self {
+        Self::with(tc_tests::shared::datapath(), policy)
+    }
+
+    /// `policy` applied to a datapath of the test's own: one whose tables
+    /// are too large to clear entry by entry for the next test.
+    fn alone(policy: &str) -> Self {
+        Self::with(tc_tests::shared::own(tc_tests::shared::CONN_TABLE), policy)
+    }
+
+    fn with(mut dp: tc_tests::shared::Loaded, policy: &str) -> Self {
         let policy = Policy::parse(policy, "test.yaml").expect("valid policy");
         let compiled = compile(&policy).expect("compiles");
-        let mut dp = Datapath::load(None, 4096).expect("eBPF object loads and passes the verifier");
         let generation = dp
             .apply(&compiled, &vec![None; policy.channels.len()])
             .expect("applies")
@@ -822,17 +836,32 @@ fn loading_removes_maps_pinned_by_another_layout() {
     tc_agent::datapath::sys::ensure_bpffs(&dir).unwrap();
     std::fs::create_dir_all(dir.join("maps-v1")).unwrap();
     std::fs::create_dir_all(dir.join("links")).unwrap();
+    // An older object's accounting arrays: its programs may still be in
+    // the hooks, so they stay.
+    let older = dir
+        .join(tc_agent::datapath::accounting::ACCOUNTING_PINS)
+        .join("1");
+    std::fs::create_dir_all(&older).unwrap();
     let loaded = Datapath::load(Some(&dir), 4096);
     let left: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
+    let older_kept = older.exists();
     drop(loaded);
     let _ = std::fs::remove_dir_all(&dir);
     let mut left = left;
     left.sort();
-    assert_eq!(left, ["links", tc_agent::datapath::MAPS_LAYOUT]);
+    assert_eq!(
+        left,
+        [
+            tc_agent::datapath::accounting::ACCOUNTING_PINS,
+            "links",
+            tc_agent::datapath::MAPS_LAYOUT
+        ]
+    );
+    assert!(older_kept, "an older object's accounting pins were removed");
 }
 
 #[test]
@@ -845,7 +874,7 @@ fn the_programs_leave_headroom_in_the_verifier_budget() {
     // 224k here, several times that on 6.1). Show the figures
     // and keep room: a change that eats the headroom fails here before it
     // fails in the VM.
-    let dp = Datapath::load(None, 4096).expect("loads");
+    let dp = tc_tests::shared::datapath();
     for name in [TC_INGRESS, TC_EGRESS, XDP_INGRESS] {
         let n = dp
             .ebpf
@@ -987,7 +1016,7 @@ fn classification_at_1024_channels_is_first_match() {
             assert!(reach[TABLE_SRC_V4 as usize][host].contains(9));
         }
         let f = match &mut fixture {
-            None => fixture.insert(Fixture::new(&text)),
+            None => fixture.insert(Fixture::alone(&text)),
             Some(f) => {
                 f.generation =
                     f.dp.apply(&compiled, &vec![None; policy.channels.len()])

@@ -274,8 +274,48 @@ mkdir -p /sys/fs/bpf /run/netns
 mount -t bpf bpf /sys/fs/bpf
 for m in /modules/*.ko; do insmod "$m" 2>/dev/null; done
 ip link set lo up
-export TC_AGENT_BIN=/usr/bin/tc-agent TMPDIR=/tmp RUST_BACKTRACE=1 TC_TESTS_IN_VM=1
 echo "TCVM-KERNEL $(uname -r)"
+# Holds the packet path's hook static keys on for the whole run, in a
+# namespace of its own: a clsact qdisc holds the clsact ones (ingress and
+# egress), and on kernels with TCX (Linux 6.6+) an agent's programs left in the
+# veth's TCX hooks hold the TCX one. Otherwise every test's first hook and
+# last detach flips them, and flipping a static key patches the packet
+# path's code with int3 while the other vCPU may be running it, which
+# qemu's TCG can get wrong (as with the CRNG's key: see `boot`). The agent
+# is killed once up: its hooks stay, as a killed agent's do. iproute2's
+# `ip` and `tc` by path: the shell prefers busybox's own applets.
+keys=1
+/usr/sbin/ip netns add tcvm-keys \
+  && /usr/sbin/ip -n tcvm-keys link add tcvmkeys0 type veth peer name tcvmkeys1 \
+  && /usr/sbin/tc -n tcvm-keys qdisc add dev tcvmkeys0 clsact \
+  && mkdir -p /tmp/tcvm-keys \
+  && echo 'channels: []' > /tmp/tcvm-keys/policy.yaml \
+  && keys=0
+if [ $keys -eq 0 ]; then
+  /usr/bin/tc-agent --socket /tmp/tcvm-keys/sock run --netns tcvm-keys --iface tcvmkeys1 \
+    --pin-dir /sys/fs/bpf/tcvm-keys --state-dir /tmp/tcvm-keys/state \
+    --policy /tmp/tcvm-keys/policy.yaml > /tmp/tcvm-keys/log 2>&1 &
+  agent=$!
+  keys=1
+  i=0
+  while [ $i -lt 120 ] && kill -0 $agent 2> /dev/null; do
+    if /usr/bin/tc-agent --socket /tmp/tcvm-keys/sock status > /dev/null 2>&1; then
+      keys=0
+      break
+    fi
+    sleep 1
+    i=$((i + 1))
+  done
+  kill -9 $agent 2> /dev/null
+  if [ $keys -eq 0 ]; then
+    echo "TCVM-KEYS held; pinned hook links (none where hooks are netlink filters):"
+    ls /sys/fs/bpf/tcvm-keys/links 2> /dev/null
+  else
+    cat /tmp/tcvm-keys/log
+  fi
+fi
+[ $keys -eq 0 ] || echo "TCVM-KEYS failed"
+export TC_AGENT_BIN=/usr/bin/tc-agent TMPDIR=/tmp RUST_BACKTRACE=1 TC_TESTS_IN_VM=1
 all=0
 run() {
   name=$1; shift
@@ -437,6 +477,14 @@ fn boot(k: &Kernel, kdir: &Path, initrd: &Path, suites: &[&str]) -> Result<bool>
     for p in &problems {
         println!("vm-test {}: {p}", k.name);
     }
+    // The kernel's first report again, last: a long run's log can be cut
+    // to its tail, and the register dump that ends it names no cause.
+    if let Some(report) = kernel_report(&text) {
+        println!("vm-test {}: the kernel's first report:", k.name);
+        for l in report {
+            println!("[{}] {}", k.name, l.trim_end());
+        }
+    }
     println!(
         "vm-test {}: {} in {:.0}s (console log: {})",
         k.name,
@@ -452,6 +500,39 @@ fn boot(k: &Kernel, kdir: &Path, initrd: &Path, suites: &[&str]) -> Result<bool>
         println!("vm-test {}: qemu exited with {status}", k.name);
     }
     Ok(done.as_deref() == Some("0") && problems.is_empty())
+}
+
+/// The first lines of the kernel's first oops, BUG or panic on the
+/// console, if there is one. Only the kernel's own lines count (they carry
+/// printk's `[seconds]` stamp, which may follow a test's unfinished line):
+/// a test may print "WARNING:" too. (With `quiet`, the console shows only
+/// messages above warning level: an oops, a BUG, a panic.)
+fn kernel_report(text: &str) -> Option<Vec<&str>> {
+    const MARKS: [&str; 7] = [
+        "cut here",
+        "BUG:",
+        "Oops",
+        "[#1]",
+        "general protection fault",
+        "WARNING:",
+        "Kernel panic",
+    ];
+    let lines: Vec<&str> = text.lines().collect();
+    let first = lines
+        .iter()
+        .position(|l| printk_message(l).is_some_and(|m| MARKS.iter().any(|s| m.contains(s))))?;
+    Some(lines[first..].iter().take(45).copied().collect())
+}
+
+/// The message of a kernel console line (`[  354.441652] message`), also
+/// where the stamp follows other output on the same line.
+fn printk_message(line: &str) -> Option<&str> {
+    line.match_indices('[').find_map(|(i, _)| {
+        let (stamp, message) = line[i + 1..].split_once(']')?;
+        let stamp = stamp.trim();
+        let is_stamp = stamp.contains('.') && stamp.chars().all(|c| c.is_ascii_digit() || c == '.');
+        is_stamp.then(|| message.trim_start())
+    })
 }
 
 /// What the console must show besides a zero exit: the kernel that was
@@ -470,6 +551,9 @@ fn check_console(k: &Kernel, text: &str, suites: &[&str]) -> Vec<String> {
         if !text.contains(&format!("TCVM-RESULT {suite} rc=0")) {
             problems.push(format!("suite {suite} did not run and pass"));
         }
+    }
+    if text.contains("TCVM-KEYS failed") {
+        problems.push("the guest could not hold the hooks' static keys (see /init)".into());
     }
     for l in text.lines().filter(|l| l.contains("skipped:")) {
         problems.push(format!("a test skipped in the VM: {}", l.trim()));
@@ -585,4 +669,34 @@ pub fn vm_bench(methods: &[String]) -> Result<serde_json::Value> {
         .find_map(|l| l.split("TCVM-JSON ").nth(1))
         .context("the VM benchmark printed no results")?;
     Ok(serde_json::from_str(json.trim())?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{kernel_report, printk_message};
+
+    #[test]
+    fn kernel_lines_are_found_also_after_a_tests_unfinished_line() {
+        assert_eq!(
+            printk_message("[  354.441652] Kernel panic - not syncing"),
+            Some("Kernel panic - not syncing")
+        );
+        assert_eq!(
+            printk_message("test a ... [   12.5] int3: 0000 [#1] PREEMPT SMP"),
+            Some("int3: 0000 [#1] PREEMPT SMP")
+        );
+        assert_eq!(printk_message("ratios [1.0, 0.9]"), None);
+        assert_eq!(printk_message("WARNING: the kernel enforces"), None);
+    }
+
+    #[test]
+    fn the_report_starts_at_the_first_kernel_oops_line() {
+        let console = "WARNING: the kernel enforces v1\n\
+                       test x ... [  12.000001] int3: 0000 [#1] PREEMPT SMP\n\
+                       [  12.000002] RIP: 0010:tc_ingress\n";
+        let report = kernel_report(console).expect("an oops");
+        assert_eq!(report.len(), 2);
+        assert!(report[0].contains("int3"));
+        assert_eq!(kernel_report("WARNING: only a test's line\n"), None);
+    }
 }

@@ -114,6 +114,28 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         })
     };
 
+    // The earlier agents' accounting arrays go once no program uses them
+    // (their programs are freed a grace period after their last hook is
+    // replaced): tried once a second, for half a minute at most (a hook
+    // on an interface this agent does not manage keeps its programs, and
+    // their arrays, until a later start or an uninstall).
+    let retirer = {
+        let pin_dir = config.pin_dir.clone();
+        tokio::spawn(async move {
+            for _ in 0..30 {
+                let dir = pin_dir.clone();
+                let left = tokio::task::spawn_blocking(move || {
+                    crate::datapath::accounting::retire_unused(&dir)
+                })
+                .await;
+                if matches!(left, Ok(n) if n <= 1) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        })
+    };
+
     let collector = {
         let agent = agent.clone();
         tokio::spawn(async move {
@@ -157,6 +179,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     }
 
     sampler.abort();
+    retirer.abort();
     collector.abort();
     if let Some(m) = metrics {
         m.abort();
@@ -164,13 +187,18 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     let _ = std::fs::remove_file(&config.socket);
     let mut agent = agent.lock();
     agent.closing = true;
-    agent.settle();
+    // Saved once, folded or not (a large policy takes about 17 ms to
+    // write out).
+    agent.fold();
     agent.save();
     if config.detach_on_exit {
         info!("shutting down: --detach-on-exit, removing the datapath");
         for h in std::mem::take(&mut agent.hooks) {
             h.leave();
         }
+        // Uninstalling waits for the programs to be freed before it
+        // removes their accounting arrays: this process holds them too.
+        agent.dp.unload_programs();
         let report = uninstall(&config.pin_dir, &config.state_dir, None)?;
         for f in &report.failed {
             warn!(failed = %f, "uninstall left something behind");
@@ -393,6 +421,12 @@ impl Agent {
             observer,
             ix_stray: Vec::new(),
             minute_jobs_at: 0,
+            channel_sides: Default::default(),
+            features: Features {
+                tcx: sys::has_tcx(),
+                btf: sys::has_btf(),
+                delay: qdisc::fq_available(),
+            },
             config,
         };
         if !agent.policy.channels.is_empty() {

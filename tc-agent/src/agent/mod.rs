@@ -170,6 +170,13 @@ struct Agent {
     /// When the once-a-minute jobs (forgetting idle history, reclaiming
     /// stray slots) last ran, unix seconds.
     minute_jobs_at: u64,
+    /// The live policy's channel sides for detection (`observe`): made
+    /// again only when the policy changes, not every sample.
+    channel_sides: observe::SidesCache,
+    /// What the kernel offers, found once at start: looking for fq reads
+    /// all of /proc/kallsyms (30-40 ms), which every apply's status
+    /// snapshot paid before answering the client.
+    features: Features,
 }
 
 impl Agent {
@@ -219,13 +226,22 @@ impl Agent {
             .collect())
     }
 
-    /// Completes the last switch: once the grace period has passed (it
-    /// waits out what is left of it), folds the old generation's counters
-    /// into `carried`, removes the old generation's flow-cache entries so
-    /// the next apply need not walk the cache, and saves the state.
+    /// Completes the last switch and saves the state (see [`fold`](Self::fold)).
     fn settle(&mut self) {
+        if self.fold() {
+            self.save();
+        }
+    }
+
+    /// Completes the last switch, if one is pending: once the grace period
+    /// has passed (it waits out what is left of it), folds the old
+    /// generation's counters into `carried` and removes the old
+    /// generation's flow-cache entries so the next apply need not walk the
+    /// cache. Whether it did: `carried` changed, and the state is to be
+    /// saved before anything writes into the old generation.
+    fn fold(&mut self) -> bool {
         let Some(p) = self.pending.take() else {
-            return;
+            return false;
         };
         if let Some(left) = SWITCH_GRACE.checked_sub(p.at.elapsed()) {
             std::thread::sleep(left);
@@ -243,7 +259,7 @@ impl Agent {
         if let Err(e) = self.dp.tidy_standby() {
             warn!(error = %e, "removing the old generation's flow-cache entries failed; the next apply removes them");
         }
-        self.save();
+        true
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use super::*;
 use crate::{
     control::{HistoryReport, MapReport, TopTalkersReport},
-    detect::{scope, Change, ChannelSample, Sample},
+    detect::{scope, Change, ChannelSample, ChannelSides, Sample},
     observe::{interaction_point, naming::Filter, Observer, CHANNEL_METRICS, INTERACTION_METRICS},
 };
 
@@ -23,12 +23,50 @@ pub(super) fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// The live policy's [`ChannelSides`] and the policy they were made from.
+#[derive(Default)]
+pub(super) struct SidesCache {
+    /// The policy they were made from: they are made again when the live
+    /// one is another (held weakly, so its address cannot be reused).
+    of: std::sync::Weak<Policy>,
+    /// One per channel, in the policy's order.
+    sides: Vec<Arc<ChannelSides>>,
+}
+
 impl Agent {
+    /// The live policy's [`ChannelSides`], one per channel in order: made
+    /// again only when the policy changed since the last call.
+    fn channel_sides(&mut self) -> Vec<Arc<ChannelSides>> {
+        let live = Arc::downgrade(&self.policy);
+        if !self.channel_sides.of.ptr_eq(&live) {
+            let sets = &self.policy.endpoints;
+            let made = self
+                .policy
+                .channels
+                .iter()
+                .map(|c| {
+                    Arc::new(ChannelSides {
+                        from: scope::Side::of(&c.from, sets),
+                        to: scope::Side::of(&c.to, sets),
+                        to_nets: c.to.clone(),
+                        to_sets: scope::sets_within(&c.to, sets),
+                    })
+                })
+                .collect();
+            self.channel_sides = SidesCache {
+                of: live,
+                sides: made,
+            };
+        }
+        self.channel_sides.sides.clone()
+    }
+
     /// Reads the interaction table into the observer, records this
     /// sample's history points, and tidies the table (idle entries out,
     /// the admission threshold for floods). Called right after a counter
     /// sample.
     pub(super) fn observe(&mut self) -> Result<()> {
+        let sides = self.channel_sides();
         let entries = self.dp.interactions()?;
         let folded = self.dp.global_counters()?.ix_folded_pkts;
         let at = Instant::now();
@@ -52,7 +90,7 @@ impl Agent {
             if n >= 2 {
                 let (a, b) = (&self.history[n - 2], &self.history[n - 1]);
                 let dt = (b.at - a.at).as_secs_f64();
-                for c in &self.policy.channels {
+                for (c, sides) in self.policy.channels.iter().zip(&sides) {
                     if let (Some(x), Some(y)) = (a.totals.get(&c.name), b.totals.get(&c.name)) {
                         let r = |u: u64, v: u64| v.saturating_sub(u) as f64 / dt;
                         let point = [
@@ -62,13 +100,9 @@ impl Agent {
                             r(x.dropped_pkts, y.dropped_pkts),
                         ];
                         obs.history.record(&c.name, CHANNEL_METRICS, t, &point);
-                        let sets = &self.policy.endpoints;
                         channels.push(ChannelSample {
                             name: c.name.clone(),
-                            from: scope::side_names(&c.from, sets),
-                            to: scope::side_names(&c.to, sets),
-                            to_nets: c.to.clone(),
-                            to_sets: scope::sets_within(&c.to, sets),
+                            sides: sides.clone(),
                             passed_bps: point[0],
                             passed_pps: point[1],
                             dropped_bps: point[2],

@@ -103,11 +103,7 @@ impl Agent {
             pid: std::process::id(),
             uptime_s: self.started.elapsed().as_secs(),
             kernel: sys::kernel_release(),
-            features: Features {
-                tcx: sys::has_tcx(),
-                btf: sys::has_btf(),
-                delay: qdisc::fq_available(),
-            },
+            features: self.features.clone(),
             fq_on: self.fq_installed.clone(),
             hooks: self
                 .hooks

@@ -2,7 +2,7 @@
 //! agent never performs by itself. Used by `tc-agent uninstall` and by
 //! `tc-agent run --detach-on-exit`.
 
-use std::path::Path;
+use std::{path::Path, time::Duration};
 
 use anyhow::Result;
 use serde::Serialize;
@@ -10,6 +10,7 @@ use tracing::{info, warn};
 
 use super::state::SavedState;
 use crate::datapath::{
+    accounting,
     attach::{self, HookKind, Mechanism},
     qdisc, sys, Datapath,
 };
@@ -30,7 +31,9 @@ pub struct UninstallReport {
 
 /// Detaches the hooks of `ifaces` (all when `None`), restores the qdiscs the
 /// agent installed there and, when all are gone, removes the pinned maps
-/// and the saved state. The caller holds the directory locks.
+/// and the saved state. Accounting program arrays go once no loaded
+/// program uses them (see `datapath::accounting`). The caller holds the
+/// directory locks, and no program of its own is loaded.
 pub fn uninstall(
     pin_dir: &Path,
     state_dir: &Path,
@@ -91,9 +94,21 @@ pub fn uninstall(
     }
     state.fq_installed = fq_left;
 
-    let anything_left = !attach::pinned_hooks(&links).is_empty()
-        || !state.hooks.is_empty()
-        || !state.fq_installed.is_empty();
+    let hooks_left = !attach::pinned_hooks(&links).is_empty() || !state.hooks.is_empty();
+    if ifaces.is_none() && !hooks_left {
+        // No program of ours is left in a hook. The detached ones are
+        // freed a little later: their arrays go once they are (emptying an
+        // array rewrites the code of the programs using it), or after 5 s.
+        if accounting::retire_detached(pin_dir, Duration::from_secs(5)) > 0 {
+            warn!("programs using the accounting arrays are still loaded after 5 s; removing their pins anyway");
+        }
+        accounting::remove_all(pin_dir);
+    } else {
+        // Hooks on other interfaces (the saved state may not know them all:
+        // a netlink filter has no pin) keep their programs' arrays.
+        accounting::retire_detached(pin_dir, Duration::from_secs(1));
+    }
+    let anything_left = hooks_left || !state.fq_installed.is_empty();
     if ifaces.is_none() && !anything_left {
         Datapath::unpin_all(pin_dir);
         let _ = std::fs::remove_dir(&links);

@@ -189,37 +189,16 @@ fn link_ifindex(fd: &FdLink) -> Result<Option<u32>> {
         /// Where the kernel writes the `bpf_link_info`.
         info: u64,
     }
-    // Raw bpf(2): neither nix nor rustix wraps the bpf syscall, and aya 0.14
-    // keeps its own wrapper private.
-    let sys_bpf = |cmd: bpf_cmd, attr: *mut libc::c_void, size: usize| {
-        // SAFETY: `attr` points to a live struct of `size` bytes laid out as
-        // `cmd` reads it; the kernel writes only where that struct says.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                cmd as libc::c_int,
-                attr,
-                size as libc::c_uint,
-            )
-        };
-        if rc < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(rc)
-        }
-    };
     // aya's FdLink does not lend out its fd: open another one by the link's id.
     let mut id = IdAttr {
         link_id: fd.info().context("reading the pinned link's id")?.id(),
         next_id: 0,
         open_flags: 0,
     };
-    let raw = sys_bpf(
-        bpf_cmd::BPF_LINK_GET_FD_BY_ID,
-        (&raw mut id).cast(),
-        std::mem::size_of::<IdAttr>(),
-    )
-    .context("opening the pinned link by id")?;
+    // SAFETY: `IdAttr` is laid out as BPF_LINK_GET_FD_BY_ID reads the
+    // attribute union, and points to no buffer.
+    let raw = unsafe { super::bpf_call::sys_bpf(bpf_cmd::BPF_LINK_GET_FD_BY_ID, &mut id) }
+        .context("opening the pinned link by id")?;
     // SAFETY: the kernel just returned this fd to us; OwnedFd closes it.
     let link = unsafe { OwnedFd::from_raw_fd(raw as i32) };
     // SAFETY: bpf_link_info is plain data; all-zero is a valid value.
@@ -229,12 +208,11 @@ fn link_ifindex(fd: &FdLink) -> Result<Option<u32>> {
         info_len: std::mem::size_of::<bpf_link_info>() as u32,
         info: &raw mut info as u64,
     };
-    sys_bpf(
-        bpf_cmd::BPF_OBJ_GET_INFO_BY_FD,
-        (&raw mut attr).cast(),
-        std::mem::size_of::<InfoAttr>(),
-    )
-    .context("reading the pinned link's info")?;
+    // SAFETY: `InfoAttr` is laid out as BPF_OBJ_GET_INFO_BY_FD reads the
+    // attribute union; `info` points to a live `bpf_link_info` of the size
+    // it names, where the kernel writes.
+    unsafe { super::bpf_call::sys_bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr) }
+        .context("reading the pinned link's info")?;
     // SAFETY: the XDP and TCX members both start with the interface index,
     // a plain u32; which one the kernel filled depends on the link type.
     let ifindex = unsafe { info.__bindgen_anon_1.tcx.ifindex };

@@ -3,13 +3,12 @@
 //! aya 0.14 offers make one each. A policy of 131,072 prefixes is written
 //! in a few dozen calls instead of 131,072.
 
-use std::{
-    io,
-    os::fd::{AsFd, AsRawFd},
-};
+use std::io;
 
 use aya::maps::MapData;
 use aya_obj::generated::bpf_cmd;
+
+use super::bpf_call::{map_fd as fd, sys_bpf};
 
 /// Entries per call: large enough that the calls cost nothing next to the
 /// kernel's per-entry work, small enough that the buffers stay small.
@@ -37,32 +36,6 @@ struct BatchAttr {
     flags: u64,
 }
 
-/// Raw bpf(2): aya 0.14 keeps its wrapper private and has no batch calls.
-fn sys_bpf(cmd: bpf_cmd, attr: &mut BatchAttr) -> io::Result<()> {
-    // SAFETY: `attr` is a live `BatchAttr`, laid out as the batch commands
-    // read `union bpf_attr`; the buffers it points to are live and hold
-    // `count` keys (and values) of the map's sizes, which the callers
-    // check; the kernel writes only into `out_batch`, `keys` and `values`
-    // (within `count` entries) and `count`.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd as libc::c_int,
-            (attr as *mut BatchAttr).cast::<libc::c_void>(),
-            std::mem::size_of::<BatchAttr>() as libc::c_uint,
-        )
-    };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
-fn fd(map: &MapData) -> u32 {
-    map.fd().as_fd().as_raw_fd() as u32
-}
-
 /// Writes `keys[i] => values[i]` into `map`, [`CHUNK`] entries per call.
 /// The caller guarantees that `K` and `V` are the map's key and value
 /// types (a typed aya map checked their sizes).
@@ -76,9 +49,31 @@ pub fn update<K: aya::Pod, V: aya::Pod>(map: &MapData, keys: &[K], values: &[V])
             map_fd: fd(map),
             ..Default::default()
         };
-        sys_bpf(bpf_cmd::BPF_MAP_UPDATE_BATCH, &mut attr)?;
+        // SAFETY: `k` and `v` hold `count` keys and values of the map's
+        // types (the caller's guarantee).
+        unsafe { sys_bpf(bpf_cmd::BPF_MAP_UPDATE_BATCH, &mut attr) }?;
     }
     Ok(())
+}
+
+/// Writes `count` entries into `map` from raw buffers: `keys` holds them
+/// back to back at the map's key size, `values` at its value size as the
+/// kernel reads it (per-CPU maps: one slot, rounded up to 8 bytes, per
+/// possible CPU).
+pub fn update_raw(map: &MapData, keys: &[u8], values: &[u8], count: usize) -> io::Result<()> {
+    let info = map.info().map_err(io::Error::other)?;
+    assert!(keys.len() >= count * info.key_size() as usize);
+    assert!(values.len() >= count * info.value_size() as usize);
+    let mut attr = BatchAttr {
+        keys: keys.as_ptr() as u64,
+        values: values.as_ptr() as u64,
+        count: count as u32,
+        map_fd: fd(map),
+        ..Default::default()
+    };
+    // SAFETY: the buffers hold `count` keys and values at least of the
+    // map's sizes (checked above; per-CPU values the caller sizes).
+    unsafe { sys_bpf(bpf_cmd::BPF_MAP_UPDATE_BATCH, &mut attr) }.map(drop)
 }
 
 /// Removes `keys` from `map`, [`CHUNK`] per call. Every key must be there
@@ -91,7 +86,9 @@ pub fn delete<K: aya::Pod>(map: &MapData, keys: &[K]) -> io::Result<()> {
             map_fd: fd(map),
             ..Default::default()
         };
-        sys_bpf(bpf_cmd::BPF_MAP_DELETE_BATCH, &mut attr)?;
+        // SAFETY: `k` holds `count` keys of the map's type (the caller's
+        // guarantee).
+        unsafe { sys_bpf(bpf_cmd::BPF_MAP_DELETE_BATCH, &mut attr) }?;
     }
     Ok(())
 }
@@ -121,8 +118,11 @@ pub fn for_each<K: aya::Pod, V: aya::Pod>(
             map_fd: fd(map),
             ..Default::default()
         };
-        let done = match sys_bpf(bpf_cmd::BPF_MAP_LOOKUP_BATCH, &mut attr) {
-            Ok(()) => false,
+        // SAFETY: `keys` and `values` hold `chunk` entries of the map's
+        // types (the caller's guarantee); `token` holds the kernel's resume
+        // token (a u32 for hash maps).
+        let done = match unsafe { sys_bpf(bpf_cmd::BPF_MAP_LOOKUP_BATCH, &mut attr) } {
+            Ok(_) => false,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
             Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && attr.count == 0 => {
                 chunk *= 2;

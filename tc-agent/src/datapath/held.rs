@@ -191,10 +191,19 @@ pub fn diff<K: Ord + Copy>(held: &Held<K>, want: &Held<K>) -> (Vec<K>, Vec<usize
 
 /// The record of table `t` of `c`: keys masked as the maps hold them.
 fn table<W: Width>(c: &Compiled, t: u8) -> Held<(u8, W)> {
-    sorted(entries_of(c, t).map(|(len, raw, set)| {
+    let held = sorted(entries_of(c, t).map(|(len, raw, set)| {
         let data = masked(&W::from_slice(raw), len);
         ((len, data), entry(t as u64, len as u32, data.as_ref(), set))
-    }))
+    }));
+    // The compiled keys are distinct (for L4 because validation refuses
+    // port 0, so no port range's entries collide with its protocol's):
+    // the writer's check that it wrote every entry the record names
+    // (`sync`) counts on it.
+    debug_assert!(
+        held.windows(2).all(|w| w[0].0 < w[1].0),
+        "table {t}: compiled keys repeat"
+    );
+    held
 }
 
 /// `it` as a record: sorted by key, no spare capacity.

@@ -1,10 +1,13 @@
 //! The eBPF side as the agent sees it: load the embedded object, pin its
 //! maps, write policies into them atomically and read the counters back.
 
+pub mod accounting;
 pub mod attach;
 mod batch;
+mod bpf_call;
 pub mod conn;
 pub mod digest;
+mod fresh;
 pub mod held;
 pub mod interactions;
 pub mod prefixes;
@@ -175,6 +178,9 @@ impl Datapath {
         };
         dp.init_slots()?;
         dp.install_accounting()?;
+        if let Some(dir) = pin_dir {
+            dp.pin_accounting(dir)?;
+        }
         Ok(dp)
     }
 
@@ -575,10 +581,12 @@ impl Datapath {
         generation * MAX_CHANNELS + i as u32
     }
 
-    /// Removes the maps pinned under `pin_dir` (any layout): the next agent
-    /// starts from empty state, and the kernel frees them once no program
-    /// uses them.
+    /// Removes the maps pinned under `pin_dir` (any layout) and the
+    /// accounting program arrays: the next agent starts from empty state.
+    /// The kernel frees the maps once no program uses them, and empties the
+    /// program arrays at once (call this once no hook of ours is left).
     pub fn unpin_all(pin_dir: &Path) {
+        accounting::remove_all(pin_dir);
         let Ok(entries) = std::fs::read_dir(pin_dir) else {
             return;
         };
@@ -591,8 +599,10 @@ impl Datapath {
 }
 
 /// Removes maps pinned under `dir` by an agent of another layout (an
-/// upgrade): nothing can use them any more, and their pins would keep them,
-/// megabytes of kernel memory, alive for good.
+/// upgrade): no new program can use them, and their pins would keep them,
+/// megabytes of kernel memory, alive for good. The programs still in the
+/// hooks keep them until they are replaced; their accounting arrays are
+/// pinned apart (see [`accounting`]), so they go on counting until then.
 fn remove_other_layouts(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;

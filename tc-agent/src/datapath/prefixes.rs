@@ -42,11 +42,14 @@ pub(super) fn entries_of(
     t: u8,
 ) -> Box<dyn Iterator<Item = (u8, &[u8], &ChannelSet)> + '_> {
     match t {
-        TABLE_SRC_V4 => Box::new(c.src_v4.iter().map(|e| (e.len, &e.addr[..], &e.set))),
-        TABLE_DST_V4 => Box::new(c.dst_v4.iter().map(|e| (e.len, &e.addr[..], &e.set))),
-        TABLE_SRC_V6 => Box::new(c.src_v6.iter().map(|e| (e.len, &e.addr[..], &e.set))),
-        TABLE_DST_V6 => Box::new(c.dst_v6.iter().map(|e| (e.len, &e.addr[..], &e.set))),
-        _ => Box::new(c.l4.iter().map(|e| (e.bits as u8, &e.data[..], &e.set))),
+        TABLE_SRC_V4 => Box::new(c.src_v4.iter().map(|e| (e.len, &e.addr[..], c.set(e.set)))),
+        TABLE_DST_V4 => Box::new(c.dst_v4.iter().map(|e| (e.len, &e.addr[..], c.set(e.set)))),
+        TABLE_SRC_V6 => Box::new(c.src_v6.iter().map(|e| (e.len, &e.addr[..], c.set(e.set)))),
+        TABLE_DST_V6 => Box::new(c.dst_v6.iter().map(|e| (e.len, &e.addr[..], c.set(e.set)))),
+        _ => Box::new(
+            c.l4.iter()
+                .map(|e| (e.bits as u8, &e.data[..], c.set(e.set))),
+        ),
     }
 }
 
@@ -197,25 +200,29 @@ impl Datapath {
         self.purge_trie::<17>(SRC_V6, g)?;
         self.purge_trie::<17>(DST_V6, g)?;
         self.purge_trie::<5>(L4, g)?;
-        let map = self.prefix_map::<PrefixKey4>(PREFIX4)?;
-        let mut stale = Vec::new();
-        batch::for_each::<PrefixKey4, ChannelSet>(map, |k, _| {
-            if k.generation == g {
-                stale.push(*k)
-            }
-        })
-        .map_err(batch_err(PREFIX4))?;
-        batch::delete(map, &stale).map_err(batch_err(PREFIX4))?;
-        let map = self.prefix_map::<PrefixKey6>(PREFIX6)?;
-        let mut stale = Vec::new();
-        batch::for_each::<PrefixKey6, ChannelSet>(map, |k, _| {
-            if k.generation == g {
-                stale.push(*k)
-            }
-        })
-        .map_err(batch_err(PREFIX6))?;
-        batch::delete(map, &stale).map_err(batch_err(PREFIX6))?;
+        self.purge_prefix_map::<PrefixKey4>(PREFIX4, g, |k| k.generation)?;
+        self.purge_prefix_map::<PrefixKey6>(PREFIX6, g, |k| k.generation)?;
         Ok(())
+    }
+
+    /// Removes every entry of generation `g` (as `generation_of` reads a
+    /// key's) from the prefix hash map `name`: listed, then deleted, in
+    /// batches.
+    fn purge_prefix_map<K: aya::Pod>(
+        &self,
+        name: &'static str,
+        g: u8,
+        generation_of: impl Fn(&K) -> u8,
+    ) -> Result<(), DatapathError> {
+        let map = self.prefix_map::<K>(name)?;
+        let mut stale = Vec::new();
+        batch::for_each::<K, ChannelSet>(map, |k, _| {
+            if generation_of(k) == g {
+                stale.push(*k)
+            }
+        })
+        .map_err(batch_err(name))?;
+        batch::delete(map, &stale).map_err(batch_err(name))
     }
 
     /// The prefix hash map `name`, its key and value sizes checked.

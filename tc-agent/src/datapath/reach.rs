@@ -165,7 +165,7 @@ mod tests {
             let entries: Vec<(u128, u8, ChannelSet)> = c
                 .src_v4
                 .iter()
-                .map(|e| (u128::from(u32::from_be_bytes(e.addr)), e.len, e.set))
+                .map(|e| (u128::from(u32::from_be_bytes(e.addr)), e.len, *c.set(e.set)))
                 .collect();
             for _ in 0..2000 {
                 let addr = base + u128::from(rng.below(1 << 17));

@@ -267,7 +267,7 @@ impl Collapse {
             let own_drops: f64 = s
                 .channels
                 .iter()
-                .filter(|c| covers(&c.to_nets, &c.to_sets, to))
+                .filter(|c| covers(&c.sides.to_nets, &c.sides.to_sets, to))
                 .map(|c| rate(c.dropped_pps))
                 .sum();
             if own_drops > 0.0 && own_drops >= OWN_REFUSALS * (r.rst + r.unanswered_per_s) {

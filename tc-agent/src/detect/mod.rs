@@ -135,22 +135,33 @@ pub struct SourceSample {
     pub req_bytes: u64,
 }
 
+/// What a channel covers, as detection reads it. Made once per policy and
+/// shared by every sample: a 1,024-channel policy of 128 prefixes each
+/// names 131,072 CIDRs, which made per sample cost milliseconds and held
+/// three copies of several MiB.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ChannelSides {
+    /// Its sources as an event names them ([`scope::Side`]): the endpoint
+    /// set its `from` equals, else its CIDRs; nothing for `any`.
+    pub from: scope::Side,
+    /// Its destinations likewise.
+    pub to: scope::Side,
+    /// Its destination networks as the live policy holds them (`any`
+    /// included), to tell which destinations its drops concern (shared
+    /// with the policy: 65,536 networks are not copied).
+    pub to_nets: std::sync::Arc<[ipnet::IpNet]>,
+    /// The endpoint sets within its destinations ([`scope::sets_within`]),
+    /// likewise.
+    pub to_sets: Vec<String>,
+}
+
 /// One channel's rates over one sample, and what it covers.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ChannelSample {
     /// The channel's name.
     pub name: String,
-    /// Its sources as an event names them ([`scope::side_names`]): the
-    /// endpoint set its `from` equals, else its CIDRs; empty for `any`.
-    pub from: Vec<String>,
-    /// Its destinations likewise.
-    pub to: Vec<String>,
-    /// Its destination networks as the live policy holds them (`any`
-    /// included), to tell which destinations its drops concern.
-    pub to_nets: Vec<ipnet::IpNet>,
-    /// The endpoint sets within its destinations ([`scope::sets_within`]),
-    /// likewise.
-    pub to_sets: Vec<String>,
+    /// What it covers (shared: see [`ChannelSides`]).
+    pub sides: std::sync::Arc<ChannelSides>,
     /// Bits per second the channel let through.
     pub passed_bps: f64,
     /// Packets per second the channel let through.

@@ -3,7 +3,7 @@
 //! a destination name lies within its destinations (for `collapse`'s "the
 //! agent's own refusals" rule, judged per destination).
 
-use std::net::IpAddr;
+use std::{net::IpAddr, sync::Arc};
 
 use ipnet::IpNet;
 
@@ -13,25 +13,56 @@ pub fn is_any(nets: &[IpNet]) -> bool {
     nets.iter().any(|n| n.prefix_len() == 0)
 }
 
-/// One side of a channel as an event names it: the endpoint set whose
-/// networks are exactly `nets`, else the networks as text; nothing for
-/// `any`.
-pub fn side_names(nets: &[IpNet], sets: &[(String, Vec<IpNet>)]) -> Vec<String> {
-    if is_any(nets) {
-        return Vec::new();
+/// One side of a channel as an event names it, kept as found and written
+/// out only when an event names it: a side of 128 networks is shared with
+/// the policy until then, not 128 strings.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Side {
+    /// `any`: named by nothing.
+    #[default]
+    Any,
+    /// The endpoint set whose networks are exactly the side's.
+    Set(String),
+    /// Networks that no set equals, sorted and distinct (the policy's own).
+    Nets(Arc<[IpNet]>),
+}
+
+impl Side {
+    /// The side whose networks are `nets`, among the endpoint `sets`.
+    /// Shares `nets` when they are sorted and distinct, as a validated
+    /// channel holds them.
+    pub fn of(nets: &Arc<[IpNet]>, sets: &[(String, Vec<IpNet>)]) -> Self {
+        if is_any(nets) {
+            return Side::Any;
+        }
+        let nets = if nets.windows(2).all(|w| w[0] < w[1]) {
+            nets.clone()
+        } else {
+            let mut v = nets.to_vec();
+            v.sort();
+            v.dedup();
+            v.into()
+        };
+        for (name, set) in sets {
+            let mut have = set.clone();
+            have.sort();
+            have.dedup();
+            if *have == *nets {
+                return Side::Set(name.clone());
+            }
+        }
+        Side::Nets(nets)
     }
-    let mut want = nets.to_vec();
-    want.sort();
-    want.dedup();
-    for (name, set) in sets {
-        let mut have = set.clone();
-        have.sort();
-        have.dedup();
-        if have == want {
-            return vec![name.clone()];
+
+    /// The names an event gives the side: the set, else the networks as
+    /// text; nothing for `any`.
+    pub fn names(&self) -> Vec<String> {
+        match self {
+            Side::Any => Vec::new(),
+            Side::Set(name) => vec![name.clone()],
+            Side::Nets(nets) => nets.iter().map(IpNet::to_string).collect(),
         }
     }
-    want.iter().map(IpNet::to_string).collect()
 }
 
 /// The endpoint sets that lie entirely within `nets` (every set for
@@ -76,13 +107,14 @@ mod tests {
             ("db".to_string(), nets(&["198.18.1.0/24", "2001:db8::/64"])),
         ];
         let any = nets(&["0.0.0.0/0", "::/0"]);
-        assert!(side_names(&any, &sets).is_empty());
+        assert_eq!(Side::of(&any.clone().into(), &sets), Side::Any);
+        assert!(Side::Any.names().is_empty());
         assert_eq!(
-            side_names(&nets(&["2001:db8::/64", "198.18.1.0/24"]), &sets),
+            Side::of(&nets(&["2001:db8::/64", "198.18.1.0/24"]).into(), &sets).names(),
             ["db"]
         );
         assert_eq!(
-            side_names(&nets(&["198.18.0.0/23"]), &sets),
+            Side::of(&nets(&["198.18.0.0/23"]).into(), &sets).names(),
             ["198.18.0.0/23"]
         );
         let wide = nets(&["198.18.0.0/23"]);

@@ -87,10 +87,10 @@ struct Series {
     stamp: u64,
     /// This sample's protocols and ports, for the evidence.
     mix: Mix,
-    /// A channel's sources and destinations as the event names them (from
-    /// the sample, [`ChannelSample::from`](super::ChannelSample::from));
-    /// empty for an interaction.
-    sides: (Vec<String>, Vec<String>),
+    /// What a channel covers, whose sides the event names (from the
+    /// sample, [`ChannelSides`](super::ChannelSides)); empty for an
+    /// interaction.
+    sides: std::sync::Arc<super::ChannelSides>,
     /// Highest packets/s per 10 s over the last minute: an onset must be
     /// a step above it.
     max_pps: RecentMax,
@@ -202,8 +202,8 @@ impl Spike {
             if pps > 0.0 || bps > 0.0 {
                 series.add(tick, pps, bps);
             }
-            if series.sides.0 != c.from || series.sides.1 != c.to {
-                series.sides = (c.from.clone(), c.to.clone());
+            if !std::sync::Arc::ptr_eq(&series.sides, &c.sides) {
+                series.sides = c.sides.clone();
             }
         }
         let mut pair_busy = false;
@@ -383,8 +383,8 @@ fn channel_event(name: &str, series: &Series, tick: u64, t: u64, by_bps: bool) -
         kind: EventKind::Spike,
         started: t,
         ended: None,
-        from: series.sides.0.clone(),
-        to: series.sides.1.clone(),
+        from: series.sides.from.names(),
+        to: series.sides.to.names(),
         summary,
         evidence: ev,
     }

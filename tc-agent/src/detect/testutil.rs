@@ -182,8 +182,10 @@ pub fn channel(name: &str, bps: f64) -> ChannelSample {
         passed_pps: bps / 1000.0,
         dropped_bps: 0.0,
         dropped_pps: 0.0,
-        to_nets: vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()],
-        ..ChannelSample::default()
+        sides: std::sync::Arc::new(super::ChannelSides {
+            to_nets: vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()].into(),
+            ..Default::default()
+        }),
     }
 }
 

@@ -16,6 +16,7 @@ use std::{
 
 use tc_common::{IxCounters, IxKey};
 
+use self::departed::{add4, Departed};
 use super::{
     naming::{addr_of, is_untracked, Filter, Name, Namer, OTHER},
     InteractionTotals,
@@ -117,6 +118,9 @@ pub struct Interactions {
     /// The carried per-source counts of the current sample, for
     /// [`Interactions::detect_view`].
     gone_sources: HashMap<(String, String), (u64, u64)>,
+    /// What entries gone from the kernel table counted in the window
+    /// (see [`departed`]).
+    departed: Departed,
 }
 
 /// One sample's interaction deltas by `FROM->TO` (endpoint sets or
@@ -142,6 +146,7 @@ impl Interactions {
             carry: HashMap::new(),
             carry_sources: HashMap::new(),
             gone_sources: HashMap::new(),
+            departed: Departed::new(size as usize),
         }
     }
 
@@ -180,6 +185,7 @@ impl Interactions {
             self.aggs.entry(agg).or_default().now.add(&d);
         }
         self.gone_sources = std::mem::take(&mut self.carry_sources);
+        self.departed.advance();
         let mut present = HashSet::with_capacity(entries.len());
         let mut pairs = PairDeltas::new();
         self.admitted = 0;
@@ -231,7 +237,18 @@ impl Interactions {
         }
         self.primed = true;
         // Entries gone from the kernel (removed, or a new table).
-        self.raw.retain(|k, _| present.contains(k));
+        let gone: Vec<IxKey> = self
+            .raw
+            .keys()
+            .filter(|k| !present.contains(*k))
+            .copied()
+            .collect();
+        for k in gone {
+            if let Some(r) = self.raw.remove(&k) {
+                // Its window ends a sample earlier than the kept entries'.
+                self.departed.add(k, &r.recent, 1, [0; 4]);
+            }
+        }
         for (k, a) in self.aggs.iter_mut() {
             a.recent.push_back(a.now);
             while a.recent.len() > WINDOW {
@@ -426,12 +443,12 @@ impl Interactions {
         let mut by_source: HashMap<String, (u64, u64)> = HashMap::new();
         let mut total = 0u64;
         let n_recent = self.times.len().saturating_sub(1);
-        for (k, r) in &self.raw {
+        let kept = self.raw.iter().map(|(k, r)| (k, &r.recent));
+        let departed = self.departed.windows();
+        for (k, recent) in kept.chain(departed) {
             let mut sum = [0u64; 4];
-            for d in r.recent.iter().rev().take(n_recent) {
-                for i in 0..4 {
-                    sum[i] += d[i];
-                }
+            for d in recent.iter().rev().take(n_recent) {
+                add4(&mut sum, d);
             }
             if sum == [0; 4] {
                 continue;
@@ -561,6 +578,8 @@ impl Interactions {
                 continue;
             };
             let d = delta(&cum, &r.last);
+            let next = [d.req_bytes, d.req_pkts, d.resp_bytes, d.resp_pkts];
+            self.departed.add(k, &r.recent, 0, next);
             if d == IxCounters::default() {
                 continue;
             }
@@ -731,5 +750,6 @@ fn fold_smallest(rows: Vec<InteractionRow>, max: usize) -> Vec<InteractionRow> {
     merged.into_values().collect()
 }
 
+mod departed;
 #[cfg(test)]
 mod tests;

@@ -6,7 +6,7 @@
 //! union of every channel that accepts *any* packet it is the longest match
 //! for; the functions here compute those unions.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use ipnet::IpNet;
 use tc_common::{
@@ -24,21 +24,25 @@ pub const MAX_ADDR_ENTRIES: usize = 65_536 + 512;
 /// L4-trie entries one generation may use.
 pub const MAX_L4_ENTRIES: usize = (tc_common::MAX_L4_ENTRIES / 2) as usize;
 
-/// One address-trie entry: `len` address bits of `addr`.
+/// One address-trie entry: `len` address bits of `addr`. Two entries
+/// compare equal only within one [`Compiled`] (their sets are indices).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AddrEntry<const N: usize> {
     pub len: u8,
     pub addr: [u8; N],
-    pub set: ChannelSet,
+    /// Its channel set, as an index into [`Compiled::sets`].
+    pub set: u32,
 }
 
 /// One L4-trie entry: `bits` bits (after the generation byte) of
-/// `[direction, protocol, port_hi, port_lo]`.
+/// `[direction, protocol, port_hi, port_lo]`. Comparable within one
+/// [`Compiled`] only, as [`AddrEntry`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct L4Entry {
     pub bits: u32,
     pub data: [u8; 4],
-    pub set: ChannelSet,
+    /// Its channel set, as an index into [`Compiled::sets`].
+    pub set: u32,
 }
 
 /// Everything the datapath needs for one generation.
@@ -53,9 +57,19 @@ pub struct Compiled {
     pub policies: Vec<ChannelPolicy>,
     /// `ChannelSet` words in use.
     pub words: u32,
+    /// The distinct channel sets the entries name, each once: a policy's
+    /// entries share a few sets (one per channel, where channels name
+    /// disjoint prefixes), and 131,072 entries of 128-byte sets held
+    /// 17 MiB while an apply ran.
+    pub sets: Vec<ChannelSet>,
 }
 
 impl Compiled {
+    /// The channel set an entry names.
+    pub fn set(&self, id: u32) -> &ChannelSet {
+        &self.sets[id as usize]
+    }
+
     /// Trie entries in all tables, for reports.
     pub fn entries(&self) -> usize {
         self.src_v4.len()
@@ -84,14 +98,16 @@ pub fn compile(policy: &Policy) -> Result<Compiled, CapacityError> {
             Ok(())
         }
     };
+    let mut sets = Interner::default();
     let out = Compiled {
-        src_v4: addr_table(ch, |c| &c.from, &V4),
-        dst_v4: addr_table(ch, |c| &c.to, &V4),
-        src_v6: addr_table(ch, |c| &c.from, &V6),
-        dst_v6: addr_table(ch, |c| &c.to, &V6),
-        l4: l4_table(ch),
+        src_v4: addr_table(ch, |c| &c.from, &V4, &mut sets),
+        dst_v4: addr_table(ch, |c| &c.to, &V4, &mut sets),
+        src_v6: addr_table(ch, |c| &c.from, &V6, &mut sets),
+        dst_v6: addr_table(ch, |c| &c.to, &V6, &mut sets),
+        l4: l4_table(ch, &mut sets),
         policies: ch.iter().map(channel_policy).collect(),
         words: ch.len().div_ceil(64) as u32,
+        sets: sets.sets,
     };
     check("source IPv4 prefixes", out.src_v4.len(), MAX_ADDR_ENTRIES)?;
     check(
@@ -117,21 +133,56 @@ fn addr_table<const N: usize>(
     channels: &[Channel],
     side: impl Fn(&Channel) -> &[IpNet],
     family: &Family,
+    sets: &mut Interner,
 ) -> Vec<AddrEntry<N>> {
+    // One table's sets are whole while it is built, then interned.
     Cover::build_with(channels.iter().map(side), family, |len, addr| {
         let be = addr.to_be_bytes();
         let mut a = [0u8; N];
         a.copy_from_slice(&be[16 - N..]);
-        AddrEntry {
+        Building {
             len,
             addr: a,
             set: ChannelSet::EMPTY,
         }
     })
     .items
+    .into_iter()
+    .map(|b| AddrEntry {
+        len: b.len,
+        addr: b.addr,
+        set: sets.id(b.set),
+    })
+    .collect()
 }
 
-impl<const N: usize> Covered for AddrEntry<N> {
+/// Each distinct channel set once, and its index.
+#[derive(Default)]
+struct Interner {
+    /// The index of each set in `sets`.
+    ids: HashMap<ChannelSet, u32>,
+    /// The sets, in the order first seen.
+    sets: Vec<ChannelSet>,
+}
+
+impl Interner {
+    /// The index of `set`, added if new.
+    fn id(&mut self, set: ChannelSet) -> u32 {
+        *self.ids.entry(set).or_insert_with(|| {
+            self.sets.push(set);
+            (self.sets.len() - 1) as u32
+        })
+    }
+}
+
+/// An address-trie entry while its table is built: its whole set.
+struct Building<const N: usize> {
+    len: u8,
+    addr: [u8; N],
+    set: ChannelSet,
+}
+
+impl<const N: usize> Covered for Building<N> {
     fn set(&self) -> &ChannelSet {
         &self.set
     }
@@ -197,7 +248,7 @@ pub fn port_prefixes(lo: u16, hi: u16) -> Vec<(u16, u8)> {
 /// port) or whose protocol is ([`L4_UNKNOWN`]: every channel of the
 /// direction), less those that could only let such a packet escape a
 /// limit (see [`Channel::holds_hidden`]).
-fn l4_table(channels: &[Channel]) -> Vec<L4Entry> {
+fn l4_table(channels: &[Channel], sets: &mut Interner) -> Vec<L4Entry> {
     let mut out = Vec::new();
     for dir in [Direction::Ingress, Direction::Egress] {
         let d = dir_byte(dir);
@@ -208,7 +259,9 @@ fn l4_table(channels: &[Channel]) -> Vec<L4Entry> {
         out.push(L4Entry {
             bits: 8,
             data: [d | L4_UNKNOWN, 0, 0, 0],
-            set: set_of(channels, |c| c.direction == dir && c.holds_hidden(true)),
+            set: sets.id(set_of(channels, |c| {
+                c.direction == dir && c.holds_hidden(true)
+            })),
         });
         let matches = |c: &Channel, proto: Option<u8>, port: Option<u16>| {
             c.direction == dir
@@ -225,7 +278,7 @@ fn l4_table(channels: &[Channel]) -> Vec<L4Entry> {
                 out.push(L4Entry {
                     bits: 8,
                     data: [d | flag, 0, 0, 0],
-                    set: any,
+                    set: sets.id(any),
                 });
             }
         }
@@ -243,14 +296,14 @@ fn l4_table(channels: &[Channel]) -> Vec<L4Entry> {
             out.push(L4Entry {
                 bits: 16,
                 data: [d | L4_ANY_PORT, p, 0, 0],
-                set: any_port,
+                set: sets.id(any_port),
             });
             let set = set_of(channels, |c| matches(c, Some(p), None));
             if set != ChannelSet::EMPTY {
                 out.push(L4Entry {
                     bits: 16,
                     data: [d, p, 0, 0],
-                    set,
+                    set: sets.id(set),
                 });
             }
             if p != 6 && p != 17 {
@@ -278,7 +331,7 @@ fn l4_table(channels: &[Channel]) -> Vec<L4Entry> {
                     out.push(L4Entry {
                         bits: 16 + len as u32,
                         data: [d, p, b[0], b[1]],
-                        set,
+                        set: sets.id(set),
                     });
                 }
             }

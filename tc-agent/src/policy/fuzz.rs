@@ -913,7 +913,7 @@ pub(crate) fn packets(policy: &Policy, rng: &mut Rng, n: usize) -> Vec<Pkt> {
     let nets: Vec<IpNet> = policy
         .channels
         .iter()
-        .flat_map(|c| c.from.iter().chain(&c.to))
+        .flat_map(|c| c.from.iter().chain(c.to.iter()))
         .copied()
         .collect();
     let mut ports: Vec<u16> = vec![0, 1, 53, 80, 443, 65535];

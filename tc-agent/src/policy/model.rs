@@ -125,9 +125,9 @@ pub struct Channel {
     pub name: String,
     /// Source prefixes, sorted and deduplicated; `0.0.0.0/0` + `::/0` when
     /// the file says nothing.
-    pub from: Vec<IpNet>,
+    pub from: std::sync::Arc<[IpNet]>,
     /// Destination prefixes; likewise.
-    pub to: Vec<IpNet>,
+    pub to: std::sync::Arc<[IpNet]>,
     /// Which IP protocols the channel matches.
     pub protocol: Protocol,
     /// Destination port ranges, inclusive, sorted; empty = any port.

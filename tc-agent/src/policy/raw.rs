@@ -121,7 +121,10 @@ pub struct RawPolicy {
 }
 
 /// Reads the node tree into [`RawPolicy`], collecting every problem of shape.
-pub fn read(root: &Node) -> (RawPolicy, Vec<Problem>) {
+/// Consumes the tree: scalars move into the result, and each channel's
+/// nodes are freed once it is read, so the tree and its reading are not
+/// both whole in memory (the peak of a large apply).
+pub fn read(root: Node) -> (RawPolicy, Vec<Problem>) {
     let mut r = Reader::default();
     let mut policy = RawPolicy {
         line: root.line,
@@ -166,13 +169,13 @@ impl Reader {
 
     /// The entries of a map node whose keys are all in `known`, each once;
     /// `None` (reported) if the node is not a map.
-    fn map<'n>(
+    fn map(
         &mut self,
         path: &str,
-        node: &'n Node,
+        node: Node,
         known: &[&'static str],
-    ) -> Option<Vec<(&'static str, &'n Entry)>> {
-        let Value::Map(entries) = &node.value else {
+    ) -> Option<Vec<(&'static str, Entry)>> {
+        let Value::Map(entries) = node.value else {
             let expected = if path.is_empty() {
                 "a policy is a map with `endpoints` and `channels`".to_string()
             } else {
@@ -185,7 +188,7 @@ impl Reader {
             );
             return None;
         };
-        let mut out: Vec<(&'static str, &Entry)> = Vec::new();
+        let mut out: Vec<(&'static str, Entry)> = Vec::new();
         for e in entries {
             let Some(&k) = known.iter().find(|k| **k == e.key) else {
                 self.problem(
@@ -221,17 +224,17 @@ impl Reader {
         );
     }
 
-    fn text(&mut self, path: &str, node: &Node) -> Option<Text> {
+    fn text(&mut self, path: &str, node: Node) -> Option<Text> {
         self.text_at(|| path.to_string(), node)
     }
 
     /// [`text`](Self::text) with the field path made only for a problem
     /// (a list of 65,536 prefixes would format 65,536 paths otherwise).
-    fn text_at(&mut self, path: impl FnOnce() -> String, node: &Node) -> Option<Text> {
-        match &node.value {
-            Value::Scalar(s) => Some(Text {
+    fn text_at(&mut self, path: impl FnOnce() -> String, node: Node) -> Option<Text> {
+        match node.value {
+            Value::Scalar(text) => Some(Text {
                 line: node.line,
-                text: s.clone(),
+                text,
             }),
             other => {
                 self.problem(
@@ -244,8 +247,8 @@ impl Reader {
         }
     }
 
-    fn texts(&mut self, path: &str, entry: &Entry) -> Option<TextList> {
-        let Value::List(items) = &entry.value.value else {
+    fn texts(&mut self, path: &str, entry: Entry) -> Option<TextList> {
+        let Value::List(items) = entry.value.value else {
             self.problem(
                 entry.value.line,
                 path,
@@ -254,7 +257,7 @@ impl Reader {
             return None;
         };
         let items = items
-            .iter()
+            .into_iter()
             .enumerate()
             .filter_map(|(i, n)| self.text_at(|| format!("{path}[{i}]"), n))
             .collect();
@@ -264,8 +267,8 @@ impl Reader {
         })
     }
 
-    fn sets(&mut self, entry: &Entry) -> Vec<RawSet> {
-        let Value::Map(entries) = &entry.value.value else {
+    fn sets(&mut self, entry: Entry) -> Vec<RawSet> {
+        let Value::Map(entries) = entry.value.value else {
             self.problem(
                 entry.value.line,
                 "endpoints",
@@ -278,12 +281,14 @@ impl Reader {
         };
         let mut out: Vec<RawSet> = Vec::new();
         let mut seen = HashSet::new();
-        for e in entries {
+        for mut e in entries {
             let field = join("endpoints", &e.key);
-            if !seen.insert(e.key.as_str()) {
+            if !seen.insert(e.key.clone()) {
                 self.duplicate(e.line, &field);
                 continue;
             }
+            // The key moves into the set; `texts` reads only the value.
+            let (name, line) = (std::mem::take(&mut e.key), e.line);
             let cidrs = match &e.value.value {
                 Value::Null => {
                     self.problem(
@@ -298,17 +303,13 @@ impl Reader {
                     None => continue,
                 },
             };
-            out.push(RawSet {
-                name: e.key.clone(),
-                line: e.line,
-                cidrs,
-            });
+            out.push(RawSet { name, line, cidrs });
         }
         out
     }
 
-    fn channels(&mut self, entry: &Entry) -> Option<(usize, Vec<RawChannel>)> {
-        let Value::List(items) = &entry.value.value else {
+    fn channels(&mut self, entry: Entry) -> Option<(usize, Vec<RawChannel>)> {
+        let Value::List(items) = entry.value.value else {
             self.problem(
                 entry.value.line,
                 "channels",
@@ -334,14 +335,14 @@ impl Reader {
             return None;
         }
         let channels = items
-            .iter()
+            .into_iter()
             .enumerate()
             .filter_map(|(i, n)| self.channel(&format!("channels[{i}]"), n))
             .collect();
         Some((entry.line, channels))
     }
 
-    fn channel(&mut self, path: &str, node: &Node) -> Option<RawChannel> {
+    fn channel(&mut self, path: &str, node: Node) -> Option<RawChannel> {
         const KEYS: &[&str] = &[
             "name",
             "from",
@@ -355,50 +356,52 @@ impl Reader {
             "horizon",
             "mode",
         ];
+        let named = matches!(&node.value, Value::Map(es) if es.iter().any(|e| e.key == "name"));
+        let line = node.line;
         let fields = self.map(path, node, KEYS)?;
         let mut c = RawChannel {
-            line: node.line,
+            line,
             ..RawChannel::default()
         };
         for (key, e) in fields {
             let field = join(path, key);
-            let v = &e.value;
             match key {
-                "name" => c.name = self.text(&field, v),
                 "from" => c.from = self.endpoints(&field, e),
                 "to" => c.to = self.endpoints(&field, e),
-                "protocol" => c.protocol = self.text(&field, v),
                 "ports" => c.ports = self.texts(&field, e),
-                "direction" => c.direction = self.text(&field, v),
                 "limit" => c.limit = self.limit(&field, e),
-                "action" => c.action = self.text(&field, v),
-                "connection_action" => c.connection_action = self.text(&field, v),
-                "horizon" => c.horizon = self.text(&field, v),
-                _ => c.mode = self.text(&field, v),
+                _ => {
+                    let t = self.text(&field, e.value);
+                    match key {
+                        "name" => c.name = t,
+                        "protocol" => c.protocol = t,
+                        "direction" => c.direction = t,
+                        "action" => c.action = t,
+                        "connection_action" => c.connection_action = t,
+                        "horizon" => c.horizon = t,
+                        _ => c.mode = t,
+                    }
+                }
             }
         }
-        let named = matches!(&node.value, Value::Map(es) if es.iter().any(|e| e.key == "name"));
         if !named {
-            self.problem(
-                node.line,
-                path,
-                "missing field `name`: every channel needs one",
-            );
+            self.problem(line, path, "missing field `name`: every channel needs one");
         }
         Some(c)
     }
 
-    fn endpoints(&mut self, path: &str, entry: &Entry) -> Option<RawEndpoints> {
+    fn endpoints(&mut self, path: &str, entry: Entry) -> Option<RawEndpoints> {
         match &entry.value.value {
             Value::List(_) => self.texts(path, entry).map(RawEndpoints::Many),
-            _ => self.text(path, &entry.value).map(RawEndpoints::One),
+            _ => self.text(path, entry.value).map(RawEndpoints::One),
         }
     }
 
-    fn limit(&mut self, path: &str, entry: &Entry) -> Option<RawLimit> {
+    fn limit(&mut self, path: &str, entry: Entry) -> Option<RawLimit> {
+        let line = entry.line;
         let fields = self.map(
             path,
-            &entry.value,
+            entry.value,
             &[
                 "bandwidth",
                 "burst",
@@ -410,11 +413,11 @@ impl Reader {
             ],
         )?;
         let mut l = RawLimit {
-            line: entry.line,
+            line,
             ..RawLimit::default()
         };
         for (key, e) in fields {
-            let t = self.text(&join(path, key), &e.value);
+            let t = self.text(&join(path, key), e.value);
             match key {
                 "bandwidth" => l.bandwidth = t,
                 "burst" => l.burst = t,

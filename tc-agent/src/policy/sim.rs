@@ -61,7 +61,7 @@ pub fn reference(policy: &Policy, p: &Pkt) -> Option<usize> {
 }
 
 /// Longest-prefix match over one address table, as the kernel's LPM trie.
-pub fn lpm<const N: usize>(t: &[AddrEntry<N>], addr: [u8; N]) -> Option<ChannelSet> {
+pub fn lpm<const N: usize>(c: &Compiled, t: &[AddrEntry<N>], addr: [u8; N]) -> Option<ChannelSet> {
     let a = u128::from_be_bytes({
         let mut b = [0u8; 16];
         b[16 - N..].copy_from_slice(&addr);
@@ -78,18 +78,20 @@ pub fn lpm<const N: usize>(t: &[AddrEntry<N>], addr: [u8; N]) -> Option<ChannelS
             e.len == 0 || (a >> shift) == (e_addr >> shift)
         })
         .max_by_key(|e| e.len)
-        .map(|e| e.set)
+        .map(|e| *c.set(e.set))
 }
 
 /// First match through the compiled tables, the way the datapath does it.
 pub fn through_tables(c: &Compiled, p: &Pkt) -> Option<usize> {
     let (s, d) = match (p.src, p.dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            (lpm(&c.src_v4, s.octets())?, lpm(&c.dst_v4, d.octets())?)
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            (lpm(&c.src_v6, s.octets())?, lpm(&c.dst_v6, d.octets())?)
-        }
+        (IpAddr::V4(s), IpAddr::V4(d)) => (
+            lpm(c, &c.src_v4, s.octets())?,
+            lpm(c, &c.dst_v4, d.octets())?,
+        ),
+        (IpAddr::V6(s), IpAddr::V6(d)) => (
+            lpm(c, &c.src_v6, s.octets())?,
+            lpm(c, &c.dst_v6, d.octets())?,
+        ),
         _ => unreachable!("a packet has one family"),
     };
     let dir = if p.dir == Direction::Ingress { 0u8 } else { 1 } | p.hidden;
@@ -110,5 +112,6 @@ pub fn through_tables(c: &Compiled, p: &Pkt) -> Option<usize> {
             })
             .max_by_key(|e| e.bits)?
             .set;
+    let l4 = *c.set(l4);
     (0..c.words as usize * 64).find(|&i| s.contains(i) && d.contains(i) && l4.contains(i))
 }

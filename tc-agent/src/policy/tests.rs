@@ -511,7 +511,10 @@ fn anchors_still_share_values() {
         "p.yaml",
     )
     .unwrap();
-    assert_eq!(p.channels[0].to, vec!["198.18.1.0/24".parse().unwrap()]);
+    assert_eq!(
+        p.channels[0].to.to_vec(),
+        vec!["198.18.1.0/24".parse().unwrap()]
+    );
     assert_eq!(p.channels[1].limit, p.channels[0].limit);
 }
 

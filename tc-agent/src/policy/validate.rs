@@ -128,10 +128,9 @@ impl Policy {
             dropped: 0,
             warnings: Vec::new(),
         };
-        let (raw, problems) = raw::read(&root);
-        // The node tree is the largest thing parsing holds; what is
-        // checked from here on is in `raw`.
-        drop(root);
+        // The node tree is the largest thing parsing holds: reading
+        // consumes it; what is checked from here on is in `raw`.
+        let (raw, problems) = raw::read(root);
         // A file of the wrong shape would mostly produce follow-on errors
         // (an unknown `bandwith` would also be a limit without a rate): the
         // shape is reported alone.
@@ -901,8 +900,8 @@ fn check_channels(
         }
         out.push(Channel {
             name: name.text,
-            from,
-            to,
+            from: from.into(),
+            to: to.into(),
             protocol,
             ports,
             direction,

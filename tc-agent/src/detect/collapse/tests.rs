@@ -442,8 +442,11 @@ fn refusals_by_the_agent_s_own_connection_limit_are_no_collapse() {
                 f.rsts = 60.0;
                 c.dropped_pps = drops;
             }
-            c.to_nets = to_nets.clone();
-            c.to_sets = to_sets.clone();
+            c.sides = std::sync::Arc::new(crate::detect::ChannelSides {
+                to_nets: to_nets.clone().into(),
+                to_sets: to_sets.clone(),
+                ..Default::default()
+            });
             out.feed(&mut det, i, &sample(i, vec![f.pair(1.0)], vec![c]));
         }
         let got = out.of(EventKind::UpstreamCollapse).len();

@@ -99,12 +99,17 @@ fn a_channel_spike_names_the_channel() {
     let mut w = Wander::new(Noise::Iid(0.3));
     let mut det = Detector::default();
     let mut run = Run::default();
+    // As the agent names the channel's sides: a set, CIDRs, `any`; made
+    // once per policy and shared by the samples.
+    let sides = std::sync::Arc::new(crate::detect::ChannelSides {
+        from: crate::detect::scope::Side::Set("clients".into()),
+        to: crate::detect::scope::Side::Nets(vec!["198.18.5.0/24".parse().unwrap()].into()),
+        ..Default::default()
+    });
     for i in 0..200 {
         let scale = if i >= 100 { 3.0 } else { 1.0 };
         let mut c = channel("web", 10e6 * scale * w.next(&mut r));
-        // As the agent names the channel's sides: a set, CIDRs, `any`.
-        c.from = vec!["clients".into()];
-        c.to = vec!["198.18.5.0/24".into()];
+        c.sides = sides.clone();
         run.feed(&mut det, i, &sample(i, Vec::new(), vec![c]));
     }
     assert_eq!(run.started.len(), 1, "{:?}", run.started);

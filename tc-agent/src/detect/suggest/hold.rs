@@ -57,8 +57,8 @@ impl Cx<'_> {
             });
             let mut channel = Channel {
                 name,
-                from: plan.from.clone(),
-                to: plan.to.clone(),
+                from: plan.from.clone().into(),
+                to: plan.to.clone().into(),
                 protocol: plan.protocol,
                 ports: plan.ports.clone(),
                 direction: *d,

@@ -156,8 +156,8 @@ fn dos_holds_the_named_sources_together_to_their_baseline() {
     assert_eq!(nets, &want);
     let c = &p.channels[0];
     assert_eq!(c.name, "hold-dos-3");
-    assert_eq!(&c.from, nets);
-    assert_eq!(c.to, live.endpoints[1].1);
+    assert_eq!(c.from.to_vec(), *nets);
+    assert_eq!(c.to.to_vec(), live.endpoints[1].1);
     assert_eq!((c.protocol, &c.ports[..]), (Protocol::Tcp, &[(80, 80)][..]));
     // `web` (ingress) carries this traffic now: the hold is on ingress.
     assert_eq!(c.direction, Direction::Ingress);
@@ -340,7 +340,7 @@ fn a_full_policy_is_refused_clearly() {
     let mut one_free = Policy::parse(&text, "full.yaml").unwrap();
     one_free.channels.truncate(1023);
     for c in &mut one_free.channels {
-        c.to = any();
+        c.to = any().into();
     }
     one_free.channels[0].direction = Direction::Egress;
     let err = suggest(&e, &one_free, &History::new(), Mode::Enforce).unwrap_err();
@@ -493,7 +493,7 @@ fn a_spike_on_an_interaction_reuses_a_named_set() {
     let text = suggest(&e, &live, &h, Mode::Enforce).unwrap();
     let p = check(&text, &live, 0, 1);
     let c = &p.channels[0];
-    assert_eq!(c.from, live.endpoints[0].1);
+    assert_eq!(c.from.to_vec(), live.endpoints[0].1);
     assert!(
         text.contains("    from: clients\n    to: service\n"),
         "{text}"
@@ -629,7 +629,7 @@ fn a_set_that_is_exactly_the_sources_is_reused() {
     let text = suggest(&e, &live, &History::new(), Mode::Enforce).unwrap();
     let p = check(&text, &live, 0, 1);
     assert!(text.contains("    from: suspects\n"), "{text}");
-    assert_eq!(p.channels[0].from, live.endpoints[1].1);
+    assert_eq!(p.channels[0].from.to_vec(), live.endpoints[1].1);
 }
 
 #[test]
@@ -723,8 +723,11 @@ fn ipv6_sources_and_destinations() {
     let p = check(&text, &live, 1, 1);
     let c = &p.channels[0];
     let nets = |v: &[&str]| -> Vec<IpNet> { v.iter().map(|s| s.parse().unwrap()).collect() };
-    assert_eq!(c.from, nets(&["2001:db8:1::7/128", "2001:db8:2::/64"]));
-    assert_eq!(c.to, nets(&["2001:db8:10::/64"]));
+    assert_eq!(
+        c.from.to_vec(),
+        nets(&["2001:db8:1::7/128", "2001:db8:2::/64"])
+    );
+    assert_eq!(c.to.to_vec(), nets(&["2001:db8:10::/64"]));
     assert_eq!(
         (c.protocol, &c.ports[..]),
         (Protocol::Udp, &[(443, 443)][..])
@@ -831,7 +834,7 @@ fn the_detectors_dos_event_becomes_a_hold_on_the_flooders() {
         .collect();
     let mut want = want;
     want.sort();
-    assert_eq!(hold.from, want, "{text}");
+    assert_eq!(hold.from.to_vec(), want, "{text}");
     assert_eq!(
         (hold.protocol, &hold.ports[..]),
         (Protocol::Tcp, &[(80, 80)][..])

@@ -251,3 +251,58 @@ fn removed_entries_final_counts_reach_the_next_detector_sample() {
         "{pairs:?} {sources:?}"
     );
 }
+
+#[test]
+fn shares_stay_honest_when_the_table_sheds_entries() {
+    // A heavy client sends 1,000 B/s from the first read; six light ones
+    // 100 B/s each from the second. The table (8 entries) then sheds three
+    // light ones, whose traffic goes on untracked: what they sent in the
+    // window while tracked still counts (under their addresses), so the
+    // heavy one's share does not move.
+    let mut ix = Interactions::new(8, 100);
+    ix.set_policy(&sets());
+    let t0 = Instant::now();
+    let to = Filter::parse("server", ix.namer()).unwrap();
+    let heavy = key("198.18.0.100", "198.18.1.1", 53);
+    let mut light: Vec<IxKey> = (1..=6)
+        .map(|i| key(&format!("198.18.0.{i}"), "198.18.1.1", 53))
+        .collect();
+    let mut shares = Vec::new();
+    let mut shed = 0;
+    for s in 1..=(WINDOW as u64 + 3) {
+        let read = |light: &[IxKey], s: u64| {
+            let mut e = vec![(heavy, counters(1000 * s, 0))];
+            if s >= 2 {
+                e.extend(light.iter().map(|k| (*k, counters(100 * (s - 1), 0))));
+            }
+            if s >= 4 {
+                // The shed ones, from the read after their final counts.
+                let untracked = key("", "198.18.1.1", 53);
+                e.push((untracked, counters(300 * (s - 3), 0)));
+            }
+            e
+        };
+        let (_, hk) = ix.sample(read(&light, s), t0 + Duration::from_secs(s), 0);
+        assert!(!hk.remove.contains(&heavy), "{hk:?}");
+        // Removed a second after the read, with that second's bytes.
+        let finals: Vec<(IxKey, IxCounters)> = read(&light, s + 1)
+            .into_iter()
+            .filter(|(k, _)| hk.remove.contains(k))
+            .collect();
+        shed += finals.len();
+        light.retain(|k| !hk.remove.contains(k));
+        ix.removed(finals);
+        if s >= 2 {
+            let t = ix.top_talkers(Some(&to), None, 10);
+            let sum: f64 = t.talkers.iter().map(|t| t.share).sum();
+            assert!((sum - 1.0).abs() < 1e-9, "{t:?}");
+            let h = t.talkers.iter().find(|t| t.source == "198.18.0.100");
+            shares.push(h.map(|t| t.share).unwrap_or(0.0));
+        }
+    }
+    assert_eq!(shed, 3, "7 of 8 entries: shed down to half");
+    // The heavy one holds 1000 / 1600 of every second, so of every window.
+    for share in &shares {
+        assert!((share - 1000.0 / 1600.0).abs() < 1e-9, "{shares:?}");
+    }
+}

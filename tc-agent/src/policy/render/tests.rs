@@ -490,8 +490,8 @@ fn model(rng: &mut Rng) -> Policy {
         };
         p.channels.push(Channel {
             name: n,
-            from,
-            to,
+            from: from.into(),
+            to: to.into(),
             protocol,
             ports,
             direction: if pacing || rng.chance(30) {

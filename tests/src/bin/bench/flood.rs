@@ -57,15 +57,14 @@ const COLUMNS: [(&str, FloodConfig); 2] = [
 ];
 
 /// One measured flood: warm-up of 0.3 s (the ring and caches fill), then
-/// `SECS` at full speed; with the receiving program's (`prog`) run time
-/// per frame in that time, ns.
+/// `SECS` at full speed; with the receiving XDP program's run time per
+/// frame in that time, ns.
 fn measure(
     gen: &mut Generator,
     pair: &Pair,
     rx: &Rx,
     frame: &[u8],
     cfg: FloodConfig,
-    prog: &str,
 ) -> Result<(FloodRun, f64)> {
     gen.configure(cfg)?;
     let tx = (pair.client.as_str(), pair.client_if.as_str());
@@ -77,6 +76,7 @@ fn measure(
         realtime: REALTIME,
     };
     gen.flood(tx, rx, frame, pace(0.3))?;
+    let prog = flood::xdp_prog_id(&pair.server, &pair.server_if)?;
     let (t0, n0) = flood::prog_runs(prog)?;
     let run = gen.flood(tx, rx, frame, pace(SECS))?;
     let (t1, n1) = flood::prog_runs(prog)?;
@@ -110,7 +110,7 @@ fn round(
     };
     let mut runs = Vec::new();
     for (name, cfg) in COLUMNS {
-        let (r, ns) = measure(gen, pair, &rxq, frame, cfg, prog)?;
+        let (r, ns) = measure(gen, pair, &rxq, frame, cfg)?;
         println!(
             "  {:<32} {name:<14} generated {:>6.2} Mpps, received {:>6.2} Mpps ({:>6.2} per core, NAPI busy {:.0}%), XDP-dropped {:.3} of received, {ns:.0} ns a frame in {prog}",
             rx.label(),
