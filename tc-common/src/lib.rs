@@ -317,6 +317,10 @@ impl ChannelSet {
     pub fn contains(&self, channel: usize) -> bool {
         self.words[channel / 64] & (1 << (channel % 64)) != 0
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.words.iter().all(|w| *w == 0)
+    }
 }
 
 /// LPM data of an IPv4 address trie: generation byte, then the address in

@@ -233,6 +233,15 @@ impl Agent {
         }
     }
 
+    /// [`settle`](Self::settle), unless the agent is stopping (its
+    /// directory locks may be released by then, and another agent's state
+    /// must not be overwritten).
+    fn settle_in_background(&mut self) {
+        if !self.closing {
+            self.settle();
+        }
+    }
+
     /// Completes the last switch, if one is pending: once the grace period
     /// has passed (it waits out what is left of it), folds the old
     /// generation's counters into `carried` and removes the old

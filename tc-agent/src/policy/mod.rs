@@ -11,12 +11,14 @@
 //! - `cover`: for each prefix, the channels containing it (compile, shadow);
 //! - `shadow`: channels an earlier channel matches entirely;
 //! - `model`: the validated types; `diagnostic`: errors and warnings;
+//! - `prefix_text`: prefixes written out for the saved state;
 //! - [`compile`]: the datapath's tables; [`units`]: rates, sizes, durations.
 
 pub mod compile;
 pub(crate) mod cover;
 mod diagnostic;
 mod model;
+mod prefix_text;
 mod raw;
 pub mod render;
 mod shadow;

@@ -125,8 +125,10 @@ pub struct Channel {
     pub name: String,
     /// Source prefixes, sorted and deduplicated; `0.0.0.0/0` + `::/0` when
     /// the file says nothing.
+    #[serde(serialize_with = "super::prefix_text::serialize")]
     pub from: std::sync::Arc<[IpNet]>,
     /// Destination prefixes; likewise.
+    #[serde(serialize_with = "super::prefix_text::serialize")]
     pub to: std::sync::Arc<[IpNet]>,
     /// Which IP protocols the channel matches.
     pub protocol: Protocol,

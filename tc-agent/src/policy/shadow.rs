@@ -45,6 +45,12 @@ pub fn shadowed(channels: &[Channel]) -> Vec<Shadowed> {
         .collect();
     for side in [side_from, side_to] {
         for family in [&V4, &V6] {
+            // Once no channel has a candidate left, the other sides' covers
+            // (8 MiB per 65,536 prefixes) need not be built: in a policy of
+            // distinct sources, the first side usually settles it.
+            if candidates.iter().all(ChannelSet::is_empty) {
+                return Vec::new();
+            }
             narrow(channels, side, family, &mut candidates);
         }
     }
@@ -83,6 +89,9 @@ fn narrow(channels: &[Channel], side: Side, family: &Family, candidates: &mut [C
         return;
     }
     for (c, cand) in channels.iter().zip(candidates.iter_mut()) {
+        if cand.is_empty() {
+            continue;
+        }
         for (addr, len) in side(c).iter().filter_map(family.of) {
             if let Some(s) = cover.get((len, addr)) {
                 and(cand, s);

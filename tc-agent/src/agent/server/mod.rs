@@ -448,12 +448,24 @@ impl Server {
             }
             req @ Request::Apply { .. } => {
                 let snapshot = self.snapshot.clone();
-                return locked(self.agent.clone(), move |agent| {
+                let response = locked(self.agent.clone(), move |agent| {
                     let r = agent.handle(req);
                     agent.publish(&snapshot);
                     r
                 })
                 .await;
+                // The switch's fold (reading the old generation once its
+                // grace period has passed, and saving the state) runs now,
+                // off this request's path, rather than at the start of the
+                // next apply or in the next sample.
+                let agent = self.agent.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(super::SWITCH_GRACE).await;
+                    let _ =
+                        tokio::task::spawn_blocking(move || agent.lock().settle_in_background())
+                            .await;
+                });
+                return response;
             }
         };
         to_response(data)
