@@ -318,6 +318,7 @@ impl ChannelSet {
         self.words[channel / 64] & (1 << (channel % 64)) != 0
     }
 
+    /// Whether no channel is in the set.
     pub fn is_empty(&self) -> bool {
         self.words.iter().all(|w| *w == 0)
     }

@@ -9,8 +9,8 @@ use std::{fmt::Write as _, net::Ipv4Addr};
 use ipnet::IpNet;
 use serde::{ser::SerializeSeq, Serializer};
 
-/// Longest text of a prefix: a full IPv6 address with an embedded IPv4
-/// tail and `/128`.
+/// Room for the text of a prefix: the longest is 43 bytes (eight full
+/// IPv6 groups and `/128`).
 const MAX_TEXT: usize = 64;
 
 /// Serializes a list of prefixes as `ipnet` does (`"198.18.0.0/15"`), so the
@@ -27,8 +27,8 @@ pub fn serialize<S: Serializer>(nets: &[IpNet], s: S) -> Result<S::Ok, S::Error>
                 buf.push_decimal(n.prefix_len());
             }
             IpNet::V6(n) => {
-                // `MAX_TEXT` holds every IPv6 prefix's text.
-                let _ = write!(buf, "{n}");
+                let written = write!(buf, "{n}");
+                debug_assert!(written.is_ok(), "{n} is longer than {MAX_TEXT} bytes");
             }
         }
         seq.serialize_element(buf.as_str())?;
@@ -105,7 +105,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_text_is_ipnets_own_and_reads_back() {
+    fn edge_prefixes_are_written_as_ipnet_writes_them() {
         let nets: Vec<IpNet> = [
             "0.0.0.0/0",
             "198.18.0.0/15",
@@ -116,15 +116,43 @@ mod tests {
             "2001:db8::/32",
             "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff/128",
             "::ffff:198.18.0.1/128",
+            "198.18.0.1/15",
+            "100.105.200.5/32",
+            "255.255.255.255/32",
+            "::ffff:0:0/96",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128",
         ]
         .iter()
         .map(|s| s.parse().unwrap())
         .collect();
+        check(&nets);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_prefix_is_written_as_ipnet_writes_it(
+            v4 in proptest::collection::vec((proptest::prelude::any::<u32>(), 0u8..=32), 0..16),
+            v6 in proptest::collection::vec((proptest::prelude::any::<u128>(), 0u8..=128), 0..16),
+        ) {
+            let mut nets: Vec<IpNet> = v4
+                .into_iter()
+                .map(|(a, l)| IpNet::V4(ipnet::Ipv4Net::new(a.into(), l).unwrap()))
+                .collect();
+            nets.extend(
+                v6.into_iter()
+                    .map(|(a, l)| IpNet::V6(ipnet::Ipv6Net::new(a.into(), l).unwrap())),
+            );
+            check(&nets);
+        }
+    }
+
+    /// The text is `ipnet`'s own, and reads back.
+    fn check(nets: &[IpNet]) {
         let mut out = Vec::new();
-        serialize(&nets, &mut serde_json::Serializer::new(&mut out)).unwrap();
+        serialize(nets, &mut serde_json::Serializer::new(&mut out)).unwrap();
         assert_eq!(
             String::from_utf8(out.clone()).unwrap(),
-            serde_json::to_string(&nets).unwrap()
+            serde_json::to_string(nets).unwrap()
         );
         let back: Vec<IpNet> = serde_json::from_slice(&out).unwrap();
         assert_eq!(back, nets);

@@ -45,9 +45,9 @@ pub fn shadowed(channels: &[Channel]) -> Vec<Shadowed> {
         .collect();
     for side in [side_from, side_to] {
         for family in [&V4, &V6] {
-            // Once no channel has a candidate left, the other sides' covers
-            // (8 MiB per 65,536 prefixes) need not be built: in a policy of
-            // distinct sources, the first side usually settles it.
+            // Once no channel has a candidate left, the remaining covers
+            // need not be built (a side's IPv6 cover of 65,536 prefixes is
+            // 8 MiB): in a policy of distinct sources, the first settles it.
             if candidates.iter().all(ChannelSet::is_empty) {
                 return Vec::new();
             }

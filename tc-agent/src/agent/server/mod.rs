@@ -454,17 +454,22 @@ impl Server {
                     r
                 })
                 .await;
-                // The switch's fold (reading the old generation once its
-                // grace period has passed, and saving the state) runs now,
-                // off this request's path, rather than at the start of the
-                // next apply or in the next sample.
-                let agent = self.agent.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(super::SWITCH_GRACE).await;
-                    let _ =
-                        tokio::task::spawn_blocking(move || agent.lock().settle_in_background())
-                            .await;
-                });
+                // A switch's fold (reading the old generation once its
+                // grace period has passed, and saving the state) runs once
+                // that period is over, off this request's path, rather than
+                // at the start of the next apply or in the next sample.
+                if response.ok {
+                    let agent = self.agent.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(super::SWITCH_GRACE).await;
+                        let fold = tokio::task::spawn_blocking(move || {
+                            agent.lock().settle_in_background()
+                        });
+                        if let Err(e) = fold.await {
+                            error!(error = %e, "the fold after an apply failed inside the agent");
+                        }
+                    });
+                }
                 return response;
             }
         };
