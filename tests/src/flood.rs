@@ -666,18 +666,21 @@ pub struct FlowCounters {
 }
 
 impl FlowCounters {
-    /// Reads `flow_hits`, `flow_misses` and `flow_inserts` wherever they
-    /// are in `tc-agent status -o json` (or, failing that, in
-    /// `channels -o json`'s node counters).
+    /// Reads `flow_hits`, `flow_misses` and `flow_inserts` from
+    /// `tc-agent channels -o json`'s node counters.
     pub fn read(agent: &crate::netns::Agent) -> Result<Self> {
-        let status = agent.json(&["status"])?;
-        let channels = agent.json(&["channels"])?;
-        let get = |name: &str| find_u64(&status, name).or_else(|| find_u64(&channels, name));
-        Ok(Self {
-            hits: get("flow_hits"),
-            misses: get("flow_misses"),
-            inserts: get("flow_inserts"),
-        })
+        Ok(Self::of(&agent.json(&["channels"])?))
+    }
+
+    /// The counters in a `channels -o json` report, wherever they are in
+    /// it: taken from the same report as a channel's totals, both are of
+    /// the same moment (a busy agent answers with its last sample).
+    pub fn of(report: &serde_json::Value) -> Self {
+        Self {
+            hits: find_u64(report, "flow_hits"),
+            misses: find_u64(report, "flow_misses"),
+            inserts: find_u64(report, "flow_inserts"),
+        }
     }
 }
 

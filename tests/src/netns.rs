@@ -545,13 +545,17 @@ impl Agent {
 
     /// Totals of one channel.
     pub fn totals(&self, name: &str) -> Result<serde_json::Value> {
-        let c = self.channels()?;
-        c["channels"]
-            .as_array()
-            .and_then(|a| a.iter().find(|c| c["name"] == name))
-            .map(|c| c["totals"].clone())
-            .with_context(|| format!("no channel {name} in {c}"))
+        totals_in(&self.channels()?, name)
     }
+}
+
+/// Channel `name`'s totals in a `channels -o json` report.
+pub fn totals_in(report: &serde_json::Value, name: &str) -> Result<serde_json::Value> {
+    report["channels"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["name"] == name))
+        .map(|c| c["totals"].clone())
+        .with_context(|| format!("no channel {name} in {report}"))
 }
 
 impl Drop for Agent {

@@ -11,7 +11,7 @@ use serde_json::Value;
 use tc_tests::{
     flood::{self, FloodConfig, FlowCounters, Generator, Pace},
     flow::TcpFlow,
-    netns::{in_vm, mac_of, serial, write_policy, Agent, Pair},
+    netns::{in_vm, mac_of, serial, totals_in, write_policy, Agent, Pair},
 };
 
 /// The legitimate flow's limit, bit/s: well below what either machine
@@ -66,13 +66,37 @@ struct Sample {
 
 fn sample(agent: &Agent, flow: &TcpFlow) -> Result<Sample> {
     let (received, at) = flow.received();
+    // One report for every counter, so that they are of one moment, and a
+    // report taken after this sample began: a busy agent (a flood under
+    // emulation) answers with its last sample, which may be seconds old.
+    let asked = unix_ms();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let report = loop {
+        let report = agent.channels()?;
+        let taken = report["taken_unix_ms"].as_u64().unwrap_or(0);
+        if taken >= asked {
+            break report;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the agent's `channels` reports stayed older than this sample for 20 s (last taken at {taken} ms, asked at {asked})"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
     Ok(Sample {
         at,
         received,
-        legit: agent.totals("legit")?,
-        flood: agent.totals("flood")?,
-        cache: FlowCounters::read(agent)?,
+        legit: totals_in(&report, "legit")?,
+        flood: totals_in(&report, "flood")?,
+        cache: FlowCounters::of(&report),
     })
+}
+
+/// Unix time in ms, as the agent stamps its reports.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// `field` of `which` totals, from `a` to `b`.

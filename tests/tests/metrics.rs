@@ -312,6 +312,7 @@ fn every_family_passes_promtool() -> Result<()> {
         version: 2,
         generation: 1,
         rate_window_s: 1.0,
+        taken_unix_ms: 0,
         channels: vec![row],
         unnamed_channels: 1,
         node: Default::default(),

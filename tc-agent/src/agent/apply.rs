@@ -1,17 +1,27 @@
 //! Applying a policy: validate, compile, write the inactive generation, flip.
 
 use super::*;
-use crate::datapath::{held::Tables, steps::Steps};
+use crate::{
+    datapath::{held::Tables, steps::Steps},
+    policy::PolicyError,
+};
 
 impl Agent {
     pub(super) fn apply(&mut self, file: &str, text: &str) -> Result<ApplyReport> {
+        self.apply_parsed(parse(file, text), file)
+    }
+
+    /// Applies what [`parse`] made of a file (the control server parses
+    /// before it takes the agent lock).
+    pub(super) fn apply_parsed(
+        &mut self,
+        parsed: std::result::Result<Policy, PolicyError>,
+        file: &str,
+    ) -> Result<ApplyReport> {
         if self.closing {
             bail!("the agent is stopping: policy not applied, the running policy is unchanged");
         }
-        let t = Instant::now();
-        let policy = Policy::parse(text, file)?;
-        tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "policy parsed");
-        self.apply_policy(policy, file)
+        self.apply_policy(parsed?, file)
     }
 
     /// Applies a validated policy (from a file, or the saved state's).
@@ -200,4 +210,12 @@ fn release_freed_memory() {
     unsafe {
         libc::malloc_trim(0);
     }
+}
+
+/// Reads and validates a policy file's text; `file` names it in diagnostics.
+pub(super) fn parse(file: &str, text: &str) -> std::result::Result<Policy, PolicyError> {
+    let t = Instant::now();
+    let parsed = Policy::parse(text, file);
+    tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "policy parsed");
+    parsed
 }

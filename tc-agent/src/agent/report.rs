@@ -1,7 +1,7 @@
 //! What the agent reports: counter samples, `channels`, `status`, and the
 //! request dispatch.
 
-use super::{detect, observe, *};
+use super::*;
 
 impl Agent {
     /// Live channels the kernel enforces beyond those the agent can name:
@@ -92,6 +92,9 @@ impl Agent {
             version: self.version,
             generation: self.generation,
             rate_window_s: window.map_or(0.0, |(a, b)| (b.at - a.at).as_secs_f64()),
+            taken_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
             channels: rows,
             unnamed_channels: self.unnamed_channels(),
             node: g,
@@ -127,30 +130,6 @@ impl Agent {
                 .pools
                 .status(self.conn_table_size, &self.config.conn_timeouts),
         }
-    }
-
-    pub(super) fn handle(&mut self, req: Request) -> Result<serde_json::Value> {
-        Ok(match req {
-            Request::Apply { file, text } => serde_json::to_value(self.apply(&file, &text)?)?,
-            Request::Channels => serde_json::to_value(self.channels()?)?,
-            Request::Status => serde_json::to_value(self.status())?,
-            Request::Map => serde_json::to_value(observe::map(&self.observer))?,
-            Request::TopTalkers { to, from, n } => serde_json::to_value(observe::top_talkers(
-                &self.observer,
-                to.as_deref(),
-                from.as_deref(),
-                n,
-            )?)?,
-            Request::History { name, since_s } => {
-                serde_json::to_value(observe::history(&self.observer, &name, since_s)?)?
-            }
-            Request::Events { since } => {
-                serde_json::to_value(detect::events(&self.observer, since)?)?
-            }
-            Request::Suggest { id, mode } => {
-                serde_json::to_value(detect::suggest(&self.observer, &id, mode)?)?
-            }
-        })
     }
 }
 

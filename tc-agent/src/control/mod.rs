@@ -191,6 +191,11 @@ pub struct ChannelsReport {
     pub generation: u32,
     /// Seconds between the samples the rates come from (0 before two samples exist).
     pub rate_window_s: f64,
+    /// When the counters were read, Unix time in ms: a busy agent answers
+    /// `channels` with its last sample, and a script comparing two reports
+    /// needs to know how old each is. 0 from agents before it.
+    #[serde(default)]
+    pub taken_unix_ms: u64,
     pub channels: Vec<ChannelRow>,
     /// Channels the kernel enforces that the agent cannot name (its saved
     /// state did not match the kernel at start): counted, never hidden.

@@ -602,6 +602,7 @@ mod tests {
             version: 7,
             generation: 1,
             rate_window_s: 1.0,
+            taken_unix_ms: 0,
             channels,
             unnamed_channels: 0,
             node: Default::default(),

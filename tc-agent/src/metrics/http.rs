@@ -181,6 +181,7 @@ mod tests {
             version: 3,
             generation: 0,
             rate_window_s: 0.0,
+            taken_unix_ms: 0,
             channels: Vec::new(),
             unnamed_channels: 0,
             node: Default::default(),

@@ -32,6 +32,7 @@ use tc_common::{L4_ANY_PORT, L4_UNKNOWN};
 use super::{
     compile::compile,
     sim::{reference, through_tables, Pkt},
+    yaml::Lines,
     Direction, Policy, Protocol,
 };
 
@@ -1001,6 +1002,26 @@ pub(crate) fn packets(policy: &Policy, rng: &mut Rng, n: usize) -> Vec<Pkt> {
 /// Every property's check of one file: no panic; refused with file and
 /// line on each error; or accepted, compiled, and equal to first match.
 fn check_text(text: &str, seed: u64, must_accept: bool) -> Result<Outcome, TestCaseError> {
+    // Read with or without the lines of list items (`Policy::parse`'s
+    // first reading), the file gives the same policy or is refused alike.
+    match (
+        Policy::parse_with(text, FILE, Lines::MapsOnly),
+        Policy::parse_with(text, FILE, Lines::All),
+    ) {
+        (Ok(maps), Ok(all)) => {
+            prop_assert_eq!(&maps.channels, &all.channels, "{}", text);
+            prop_assert_eq!(&maps.endpoints, &all.endpoints, "{}", text);
+            prop_assert_eq!(maps.warnings.len(), all.warnings.len(), "{}", text);
+        }
+        (Err(_), Err(_)) => {}
+        (maps, all) => prop_assert!(
+            false,
+            "the readings disagree: without item lines {:?}, with {:?}\n--- file ---\n{}",
+            maps.is_ok(),
+            all.is_ok(),
+            text
+        ),
+    }
     let policy = match Policy::parse(text, FILE) {
         Ok(p) => p,
         Err(e) => {

@@ -20,7 +20,8 @@ use super::{
     diagnostic::{Diagnostic, PolicyError},
     model::{Action, Channel, ConnAction, Direction, Limit, Mode, Policy, Protocol},
     raw::{self, RawChannel, RawEndpoints, RawLimit, RawPolicy, RawSet, Text, TextList},
-    shadow, units, yaml,
+    shadow, units,
+    yaml::{self, Lines},
 };
 
 /// A GSO super-packet is charged whole, so a burst smaller than the largest
@@ -112,8 +113,21 @@ impl Policy {
     }
 
     /// Validates policy text; `file` names it in diagnostics.
+    ///
+    /// Most files are valid and warn of nothing: they are read once,
+    /// without the line of each list item (a large policy's prefixes),
+    /// which no valid policy keeps. Anything else is read again with every
+    /// line, so that each diagnostic names its own.
     pub fn parse(text: &str, file: &str) -> Result<Policy, PolicyError> {
-        let root = yaml::parse(text)
+        match Self::parse_with(text, file, Lines::MapsOnly) {
+            Ok(policy) if policy.warnings.is_empty() => Ok(policy),
+            _ => Self::parse_with(text, file, Lines::All),
+        }
+    }
+
+    /// [`Policy::parse`], with `lines` as the parser gives them.
+    pub(super) fn parse_with(text: &str, file: &str, lines: Lines) -> Result<Policy, PolicyError> {
+        let root = yaml::parse(text, lines)
             .map_err(|e| PolicyError::whole_file(file, e.line, e.message))?
             .ok_or_else(|| {
                 PolicyError::whole_file(

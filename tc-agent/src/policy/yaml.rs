@@ -89,9 +89,22 @@ pub struct SyntaxError {
     pub message: String,
 }
 
+/// Which nodes [`parse`] gives their line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lines {
+    /// Every node: what diagnostics need.
+    All,
+    /// Mapping keys and values only; a list's items get line 0. The
+    /// parser's span of a node costs about as much as the node itself, and
+    /// a large policy is mostly list items (its prefixes): a file read this
+    /// way is read again with [`Lines::All`] when there is anything to say
+    /// about it (`Policy::parse`).
+    MapsOnly,
+}
+
 /// Parses `text` into a node tree; `Ok(None)` for a file without a document
 /// (empty, or only comments), which `validate` turns into its own error.
-pub fn parse(text: &str) -> Result<Option<Node>, SyntaxError> {
+pub fn parse(text: &str, lines: Lines) -> Result<Option<Node>, SyntaxError> {
     if text.len() > MAX_FILE_BYTES {
         return Err(SyntaxError {
             line: None,
@@ -103,15 +116,22 @@ pub fn parse(text: &str) -> Result<Option<Node>, SyntaxError> {
             ),
         });
     }
-    let root: Option<Spanned<Value>> =
-        serde_saphyr::from_str_with_options(text, options()).map_err(|e| syntax_error(&e))?;
-    Ok(root.and_then(|r| match r.value {
+    let root = match lines {
+        Lines::All => read::<true>(text)?,
+        Lines::MapsOnly => read::<false>(text)?,
+    };
+    Ok(root.and_then(|(line, value)| match value {
         Value::Null => None,
-        value => Some(Node {
-            line: line_of(&r.referenced),
-            value,
-        }),
+        value => Some(Node { line, value }),
     }))
+}
+
+/// The document's root and its line, its list items spanned or not
+/// (`ITEM_LINES`).
+fn read<const ITEM_LINES: bool>(text: &str) -> Result<Option<(usize, Value)>, SyntaxError> {
+    let root: Option<Spanned<Read<ITEM_LINES>>> =
+        serde_saphyr::from_str_with_options(text, options()).map_err(|e| syntax_error(&e))?;
+    Ok(root.map(|r| (line_of(&r.referenced), r.value.0)))
 }
 
 fn options() -> Options {
@@ -185,17 +205,24 @@ fn syntax_error(e: &serde_saphyr::Error) -> SyntaxError {
     SyntaxError { line, message }
 }
 
-impl<'de> Deserialize<'de> for Value {
+/// A [`Value`] as read with list items spanned (`ITEM_LINES`) or not.
+struct Read<const ITEM_LINES: bool>(
+    /// What was read.
+    Value,
+);
+
+impl<'de, const ITEM_LINES: bool> Deserialize<'de> for Read<ITEM_LINES> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(ValueVisitor)
+        d.deserialize_any(ValueVisitor::<ITEM_LINES>).map(Read)
     }
 }
 
-/// Builds a [`Value`] from whatever the parser found; lists and maps ask for
-/// their items with spans, so every node gets its line.
-struct ValueVisitor;
+/// Builds a [`Value`] from whatever the parser found; maps ask for their
+/// keys and values with spans, lists for their items with spans when
+/// `ITEM_LINES` (see [`Lines`]).
+struct ValueVisitor<const ITEM_LINES: bool>;
 
-impl<'de> Visitor<'de> for ValueVisitor {
+impl<'de, const ITEM_LINES: bool> Visitor<'de> for ValueVisitor<ITEM_LINES> {
     type Value = Value;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -211,7 +238,7 @@ impl<'de> Visitor<'de> for ValueVisitor {
     }
 
     fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        Value::deserialize(d)
+        Read::<ITEM_LINES>::deserialize(d).map(|r| r.0)
     }
 
     fn visit_bool<E: de::Error>(self, v: bool) -> Result<Value, E> {
@@ -252,11 +279,20 @@ impl<'de> Visitor<'de> for ValueVisitor {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         let mut items = Vec::new();
-        while let Some(item) = seq.next_element::<Spanned<Value>>()? {
-            items.push(Node {
-                line: line_of(&item.referenced),
-                value: item.value,
-            });
+        if ITEM_LINES {
+            while let Some(item) = seq.next_element::<Spanned<Read<ITEM_LINES>>>()? {
+                items.push(Node {
+                    line: line_of(&item.referenced),
+                    value: item.value.0,
+                });
+            }
+        } else {
+            while let Some(item) = seq.next_element::<Read<ITEM_LINES>>()? {
+                items.push(Node {
+                    line: 0,
+                    value: item.0,
+                });
+            }
         }
         Ok(Value::List(items))
     }
@@ -264,13 +300,13 @@ impl<'de> Visitor<'de> for ValueVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut entries = Vec::new();
         while let Some(key) = map.next_key::<Spanned<Key>>()? {
-            let value: Spanned<Value> = map.next_value()?;
+            let value: Spanned<Read<ITEM_LINES>> = map.next_value()?;
             entries.push(Entry {
                 key: key.value.0,
                 line: line_of(&key.referenced),
                 value: Node {
                     line: line_of(&value.referenced),
-                    value: value.value,
+                    value: value.value.0,
                 },
             });
         }
@@ -287,13 +323,84 @@ struct Key(
 
 impl<'de> Deserialize<'de> for Key {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        match Value::deserialize(d)? {
+        match Read::<false>::deserialize(d)?.0 {
             Value::Scalar(s) => Ok(Key(s)),
             Value::Null => Ok(Key(String::new())),
             other => Err(de::Error::custom(format!(
                 "a key must be a name, not {}",
                 other.kind()
             ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `tree` with every list item's line set to 0.
+    fn without_item_lines(mut node: Node) -> Node {
+        node.value = match node.value {
+            Value::List(items) => Value::List(
+                items
+                    .into_iter()
+                    .map(|i| Node {
+                        line: 0,
+                        ..without_item_lines(i)
+                    })
+                    .collect(),
+            ),
+            Value::Map(entries) => Value::Map(
+                entries
+                    .into_iter()
+                    .map(|e| Entry {
+                        value: without_item_lines(e.value),
+                        ..e
+                    })
+                    .collect(),
+            ),
+            v => v,
+        };
+        node
+    }
+
+    #[test]
+    fn without_item_lines_the_tree_is_the_same() {
+        let text = r#"
+endpoints:
+  web: &web [198.18.1.0/24, "2001:db8:1::/64"]
+  nothing:
+channels:
+  - name: a
+    from: *web
+    ports: [80, "443", 8000-8080, 0x50, 1e3, true, ~, null, '']
+    limit: {bandwidth: 10Mbit, packets: 1000}
+  -
+    name: b
+    to:
+      - 198.18.2.0/24
+      - [nested, list]
+      - {a: map}
+    limit:
+      bandwidth: 5Mbit
+"#;
+        let all = parse(text, Lines::All).unwrap().unwrap();
+        let maps = parse(text, Lines::MapsOnly).unwrap().unwrap();
+        assert_ne!(all, maps, "the list items' lines differ");
+        assert_eq!(without_item_lines(all), maps);
+    }
+
+    #[test]
+    fn both_readings_refuse_alike() {
+        for text in [
+            "a: [1, 2",
+            "a: *nothing",
+            "---\na: 1\n---\nb: 2\n",
+            &"[".repeat(40),
+        ] {
+            let all = parse(text, Lines::All).unwrap_err();
+            let maps = parse(text, Lines::MapsOnly).unwrap_err();
+            assert_eq!(all.message, maps.message, "{text}");
         }
     }
 }

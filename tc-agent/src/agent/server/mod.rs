@@ -446,10 +446,24 @@ impl Server {
                 }
                 return failure(APPLY_NEEDS_ROOT.to_string());
             }
-            req @ Request::Apply { .. } => {
+            Request::Apply { file, text } => {
+                // Reading the file needs no agent: it is done before the
+                // lock is taken, so samples, reports and the previous
+                // switch's fold are not held up by it.
+                let parsed = tokio::task::spawn_blocking(move || {
+                    let parsed = super::apply::parse(&file, &text);
+                    (parsed, file)
+                })
+                .await;
+                let (parsed, file) = match parsed {
+                    Ok(p) => p,
+                    Err(e) => return failure(format!("internal error: {e}")),
+                };
                 let snapshot = self.snapshot.clone();
                 let response = locked(self.agent.clone(), move |agent| {
-                    let r = agent.handle(req);
+                    let r = agent
+                        .apply_parsed(parsed, &file)
+                        .and_then(|report| Ok(serde_json::to_value(report)?));
                     agent.publish(&snapshot);
                     r
                 })

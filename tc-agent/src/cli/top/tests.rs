@@ -64,6 +64,7 @@ fn channels_report() -> ChannelsReport {
         version: 7,
         generation: 1,
         rate_window_s: 1.0,
+        taken_unix_ms: 0,
         channels: vec![web, flood, watch],
         unnamed_channels: 0,
         node: NodeCounters {

@@ -16,7 +16,7 @@ use anyhow::{Context, Result};
 use tc_tests::{
     flood::{self, FloodConfig, FloodRun, FlowCounters, Generator, Pace, Rx},
     flow::TcpFlow,
-    netns::{mac_of, write_policy, Agent, Pair},
+    netns::{mac_of, totals_in, write_policy, Agent, Pair},
 };
 
 /// Rounds: every case once per round, so a slow phase of the machine hits
@@ -256,10 +256,12 @@ fn legit_hits(per_sec: f64) -> Result<serde_json::Value> {
     let flow = TcpFlow::start(&pair.client, &pair.server, 2.0 * PHASE + 10.0)?;
     std::thread::sleep(Duration::from_secs(3));
     let sample = || -> Result<(FlowCounters, u64, (u64, std::time::Instant))> {
-        let legit = agent.totals("legit")?["matched_pkts"]
+        // One report for both, so they are of the same moment.
+        let report = agent.channels()?;
+        let legit = totals_in(&report, "legit")?["matched_pkts"]
             .as_u64()
             .context("legit matched_pkts")?;
-        Ok((FlowCounters::read(&agent)?, legit, flow.received()))
+        Ok((FlowCounters::of(&report), legit, flow.received()))
     };
     let s0 = sample()?;
     std::thread::sleep(Duration::from_secs_f64(PHASE));
