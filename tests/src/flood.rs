@@ -666,12 +666,6 @@ pub struct FlowCounters {
 }
 
 impl FlowCounters {
-    /// Reads `flow_hits`, `flow_misses` and `flow_inserts` from
-    /// `tc-agent channels -o json`'s node counters.
-    pub fn read(agent: &crate::netns::Agent) -> Result<Self> {
-        Ok(Self::of(&agent.json(&["channels"])?))
-    }
-
     /// The counters in a `channels -o json` report, wherever they are in
     /// it: taken from the same report as a channel's totals, both are of
     /// the same moment (a busy agent answers with its last sample).

@@ -271,7 +271,7 @@ fn a_legitimate_flow_keeps_its_rate_and_cache_hits_during_a_random_source_flood(
     // cache keeps unclassified flows).
     let hits = |a: &Sample, b: &Sample| -> Result<u64> {
         let (x, y) = a.cache.hits.zip(b.cache.hits).context(
-            "`tc-agent status -o json` reports no `flow_hits` field: the node's flow-cache counters \
+            "`tc-agent channels -o json` reports no `flow_hits` field: the node's flow-cache counters \
              (flow_hits, flow_misses, flow_inserts in the global counters) are missing, so the \
              legitimate flow's cache hits cannot be measured",
         )?;

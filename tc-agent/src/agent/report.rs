@@ -36,6 +36,9 @@ impl Agent {
     }
 
     pub(super) fn channels(&mut self) -> Result<ChannelsReport> {
+        let taken_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         let totals = self.totals()?;
         let conns = self.pool_counts()?;
         let g = self.dp.global_counters()?;
@@ -92,9 +95,7 @@ impl Agent {
             version: self.version,
             generation: self.generation,
             rate_window_s: window.map_or(0.0, |(a, b)| (b.at - a.at).as_secs_f64()),
-            taken_unix_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
+            taken_unix_ms,
             channels: rows,
             unnamed_channels: self.unnamed_channels(),
             node: g,

@@ -119,64 +119,77 @@ impl Policy {
     /// which no valid policy keeps. Anything else is read again with every
     /// line, so that each diagnostic names its own.
     pub fn parse(text: &str, file: &str) -> Result<Policy, PolicyError> {
-        match Self::parse_with(text, file, Lines::MapsOnly) {
+        // A file the parser refuses is refused alike in both readings (the
+        // error's line is the parser's own): it is not read again.
+        let root = read_tree(text, file, Lines::MapsOnly)?;
+        match check(root, file) {
             Ok(policy) if policy.warnings.is_empty() => Ok(policy),
-            _ => Self::parse_with(text, file, Lines::All),
+            _ => check(read_tree(text, file, Lines::All)?, file),
         }
     }
 
     /// [`Policy::parse`], with `lines` as the parser gives them.
+    #[cfg(test)]
     pub(super) fn parse_with(text: &str, file: &str, lines: Lines) -> Result<Policy, PolicyError> {
-        let root = yaml::parse(text, lines)
-            .map_err(|e| PolicyError::whole_file(file, e.line, e.message))?
-            .ok_or_else(|| {
-                PolicyError::whole_file(
-                    file,
-                    None,
-                    "the file holds no policy (it is empty, or only comments); a policy without channels says `channels: []`".into(),
-                )
-            })?;
-        let mut ck = Checker {
-            file,
-            errors: Vec::new(),
-            dropped: 0,
-            warnings: Vec::new(),
-        };
-        // The node tree is the largest thing parsing holds: reading
-        // consumes it; what is checked from here on is in `raw`.
-        let (raw, problems) = raw::read(root);
-        // A file of the wrong shape would mostly produce follow-on errors
-        // (an unknown `bandwith` would also be a limit without a rate): the
-        // shape is reported alone.
-        if !problems.is_empty() {
-            for p in problems {
-                ck.error(p.line, &p.field, p.message);
-            }
-            return Err(ck.into_error());
-        }
-        let channels = check_policy(&mut ck, raw);
-        if ck.errors.is_empty() {
-            for w in shadow::shadowed(&channels.0) {
-                let line = channels.1.get(w.channel).copied();
-                ck.warnings.push(ck.diag(
-                    line,
-                    &format!("channels[{}]", w.channel),
-                    format!(
-                        "channel `{}` can never match: `{}` comes first and matches all of its traffic",
-                        channels.0[w.channel].name, channels.0[w.by].name
-                    ),
-                ));
-            }
-        }
-        if !ck.errors.is_empty() {
-            return Err(ck.into_error());
-        }
-        Ok(Policy {
-            channels: channels.0,
-            endpoints: channels.2,
-            warnings: ck.warnings,
-        })
+        check(read_tree(text, file, lines)?, file)
     }
+}
+
+/// The file's node tree, with `lines` as the parser gives them.
+fn read_tree(text: &str, file: &str, lines: Lines) -> Result<yaml::Node, PolicyError> {
+    yaml::parse(text, lines)
+        .map_err(|e| PolicyError::whole_file(file, e.line, e.message))?
+        .ok_or_else(|| {
+            PolicyError::whole_file(
+                file,
+                None,
+                "the file holds no policy (it is empty, or only comments); a policy without channels says `channels: []`".into(),
+            )
+        })
+}
+
+/// Checks a file's node tree: the policy, or every error found.
+fn check(root: yaml::Node, file: &str) -> Result<Policy, PolicyError> {
+    let mut ck = Checker {
+        file,
+        errors: Vec::new(),
+        dropped: 0,
+        warnings: Vec::new(),
+    };
+    // The node tree is the largest thing parsing holds: reading
+    // consumes it; what is checked from here on is in `raw`.
+    let (raw, problems) = raw::read(root);
+    // A file of the wrong shape would mostly produce follow-on errors
+    // (an unknown `bandwith` would also be a limit without a rate): the
+    // shape is reported alone.
+    if !problems.is_empty() {
+        for p in problems {
+            ck.error(p.line, &p.field, p.message);
+        }
+        return Err(ck.into_error());
+    }
+    let channels = check_policy(&mut ck, raw);
+    if ck.errors.is_empty() {
+        for w in shadow::shadowed(&channels.0) {
+            let line = channels.1.get(w.channel).copied();
+            ck.warnings.push(ck.diag(
+                line,
+                &format!("channels[{}]", w.channel),
+                format!(
+                    "channel `{}` can never match: `{}` comes first and matches all of its traffic",
+                    channels.0[w.channel].name, channels.0[w.by].name
+                ),
+            ));
+        }
+    }
+    if !ck.errors.is_empty() {
+        return Err(ck.into_error());
+    }
+    Ok(Policy {
+        channels: channels.0,
+        endpoints: channels.2,
+        warnings: ck.warnings,
+    })
 }
 
 /// Collects diagnostics.

@@ -94,9 +94,10 @@ pub struct SyntaxError {
 pub enum Lines {
     /// Every node: what diagnostics need.
     All,
-    /// Mapping keys and values only; a list's items get line 0. The
-    /// parser's span of a node costs about as much as the node itself, and
-    /// a large policy is mostly list items (its prefixes): a file read this
+    /// Mapping keys and values only; a list's items get line 0. A large
+    /// policy is mostly list items (its prefixes), and the parser's spans
+    /// are costly: the agent read the benchmark's 2.9 MB policy in 160-170
+    /// ms with every span, 117-119 ms without the items'. A file read this
     /// way is read again with [`Lines::All`] when there is anything to say
     /// about it (`Policy::parse`).
     MapsOnly,
@@ -338,7 +339,7 @@ impl<'de> Deserialize<'de> for Key {
 mod tests {
     use super::*;
 
-    /// `tree` with every list item's line set to 0.
+    /// `node` with every list item's line set to 0.
     fn without_item_lines(mut node: Node) -> Node {
         node.value = match node.value {
             Value::List(items) => Value::List(
@@ -400,7 +401,7 @@ channels:
         ] {
             let all = parse(text, Lines::All).unwrap_err();
             let maps = parse(text, Lines::MapsOnly).unwrap_err();
-            assert_eq!(all.message, maps.message, "{text}");
+            assert_eq!((all.line, all.message), (maps.line, maps.message), "{text}");
         }
     }
 }

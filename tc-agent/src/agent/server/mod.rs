@@ -163,6 +163,10 @@ pub(super) struct Server {
     slots: Mutex<Slots>,
     /// Permits to buffer a request larger than [`SMALL_REQUEST`].
     big: Arc<Semaphore>,
+    /// Held by an apply from its reading of the file to its answer:
+    /// applies run one at a time, in the order they came (tokio's mutex
+    /// is fair), and never read several large files at once.
+    applying: tokio::sync::Mutex<()>,
     /// Refused peers (wrong uid and group).
     refused_log: Throttle,
     /// Oversized requests.
@@ -193,6 +197,7 @@ impl Server {
                 reading: BTreeMap::new(),
             }),
             big: Arc::new(Semaphore::new(BIG_REQUESTS)),
+            applying: tokio::sync::Mutex::new(()),
             refused_log: Throttle::new(),
             oversize_log: Throttle::new(),
             slow_log: Throttle::new(),
@@ -447,17 +452,21 @@ impl Server {
                 return failure(APPLY_NEEDS_ROOT.to_string());
             }
             Request::Apply { file, text } => {
+                let _one_at_a_time = self.applying.lock().await;
                 // Reading the file needs no agent: it is done before the
-                // lock is taken, so samples, reports and the previous
-                // switch's fold are not held up by it.
+                // agent lock is taken, so samples, reports and the
+                // previous switch's fold are not held up by it.
                 let parsed = tokio::task::spawn_blocking(move || {
-                    let parsed = super::apply::parse(&file, &text);
+                    let parsed = super::apply::parse(&text, &file);
                     (parsed, file)
                 })
                 .await;
                 let (parsed, file) = match parsed {
                     Ok(p) => p,
-                    Err(e) => return failure(format!("internal error: {e}")),
+                    Err(e) => {
+                        error!(error = %e, "reading a policy failed inside the agent");
+                        return failure(format!("internal error: {e}"));
+                    }
                 };
                 let snapshot = self.snapshot.clone();
                 let response = locked(self.agent.clone(), move |agent| {
