@@ -116,8 +116,9 @@ impl Policy {
     ///
     /// Most files are valid and warn of nothing: they are read once,
     /// without the line of each list item (a large policy's prefixes),
-    /// which no valid policy keeps. Anything else is read again with every
-    /// line, so that each diagnostic names its own.
+    /// which no valid policy keeps. A file that validation refuses or that
+    /// draws a warning is read again with every line, so that each
+    /// diagnostic names its own; one the YAML parser refuses is not.
     pub fn parse(text: &str, file: &str) -> Result<Policy, PolicyError> {
         // A file the parser refuses is refused alike in both readings (the
         // error's line is the parser's own): it is not read again.

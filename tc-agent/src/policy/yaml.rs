@@ -98,8 +98,8 @@ pub enum Lines {
     /// policy is mostly list items (its prefixes), and the parser's spans
     /// are costly: the agent read the benchmark's 2.9 MB policy in 160-170
     /// ms with every span, 117-119 ms without the items'. A file read this
-    /// way is read again with [`Lines::All`] when there is anything to say
-    /// about it (`Policy::parse`).
+    /// way is read again with [`Lines::All`] when validation has anything
+    /// to say about it (`Policy::parse`).
     MapsOnly,
 }
 
