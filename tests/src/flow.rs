@@ -59,7 +59,7 @@ impl TcpFlow {
             conn.set_read_timeout(Some(Duration::from_millis(100)))?;
             let mut buf = vec![0u8; 1 << 16];
             while !halt.load(Ordering::Relaxed) && Instant::now() < deadline {
-                match go_on(conn.read(&mut buf), &halt)? {
+                match go_on(conn.read(&mut buf), &halt, deadline)? {
                     Some(0) => break,
                     Some(n) => {
                         count.fetch_add(n as u64, Ordering::Relaxed);
@@ -80,7 +80,9 @@ impl TcpFlow {
             conn.set_write_timeout(Some(Duration::from_millis(100)))?;
             let buf = vec![0x5au8; 1 << 16];
             while !halt.load(Ordering::Relaxed) && Instant::now() < deadline {
-                if go_on(conn.write(&buf), &halt)?.is_none() && halt.load(Ordering::Relaxed) {
+                if go_on(conn.write(&buf), &halt, deadline)?.is_none()
+                    && halt.load(Ordering::Relaxed)
+                {
                     break;
                 }
             }
@@ -129,9 +131,14 @@ impl Drop for TcpFlow {
 }
 
 /// One read or write of the flow: `Some(bytes)`, or `None` when it timed
-/// out or (the other end having stopped first, `halt` raised) failed; any
-/// other failure is the flow's error.
-fn go_on(r: std::io::Result<usize>, halt: &std::sync::atomic::AtomicBool) -> Result<Option<usize>> {
+/// out or failed once the flow was over (`halt` raised, or its `deadline`
+/// passed: the other end may have stopped first and reset the
+/// connection); any other failure is the flow's error.
+fn go_on(
+    r: std::io::Result<usize>,
+    halt: &std::sync::atomic::AtomicBool,
+    deadline: Instant,
+) -> Result<Option<usize>> {
     match r {
         Ok(n) => Ok(Some(n)),
         Err(e)
@@ -142,7 +149,9 @@ fn go_on(r: std::io::Result<usize>, halt: &std::sync::atomic::AtomicBool) -> Res
         {
             Ok(None)
         }
-        Err(_) if halt.load(std::sync::atomic::Ordering::Relaxed) => Ok(None),
+        Err(_) if halt.load(std::sync::atomic::Ordering::Relaxed) || Instant::now() >= deadline => {
+            Ok(None)
+        }
         Err(e) => Err(e.into()),
     }
 }

@@ -70,7 +70,7 @@ fn sample(agent: &Agent, flow: &TcpFlow) -> Result<Sample> {
     // report taken after this sample began: a busy agent (a flood under
     // emulation) answers with its last sample, which may be seconds old.
     let asked = unix_ms();
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + FRESH_WAIT;
     let report = loop {
         let report = agent.channels()?;
         let taken = report["taken_unix_ms"].as_u64().unwrap_or(0);
@@ -79,7 +79,7 @@ fn sample(agent: &Agent, flow: &TcpFlow) -> Result<Sample> {
         }
         anyhow::ensure!(
             Instant::now() < deadline,
-            "the agent's `channels` reports stayed older than this sample for 20 s (last taken at {taken} ms, asked at {asked})"
+            "the agent's `channels` reports stayed older than this sample for {FRESH_WAIT:?} (last taken at {taken} ms, asked at {asked}; 0: this agent does not stamp its reports)"
         );
         std::thread::sleep(Duration::from_millis(100));
     };
@@ -91,6 +91,9 @@ fn sample(agent: &Agent, flow: &TcpFlow) -> Result<Sample> {
         cache: FlowCounters::of(&report),
     })
 }
+
+/// Longest wait of a sample for a `channels` report taken after it began.
+const FRESH_WAIT: Duration = Duration::from_secs(20);
 
 /// Unix time in ms, as the agent stamps its reports.
 fn unix_ms() -> u64 {
@@ -160,7 +163,14 @@ fn a_legitimate_flow_keeps_its_rate_and_cache_hits_during_a_random_source_flood(
     );
 
     let t = phase();
-    let flow = TcpFlow::start(&pair.client, &pair.server, 2.0 * t + 10.0)?;
+    // Long enough for both phases, the pauses between, and each of the
+    // four samples waiting out its longest wait for a fresh report: a
+    // flow that ended on its own mid-test would measure nothing.
+    let flow = TcpFlow::start(
+        &pair.client,
+        &pair.server,
+        2.0 * t + 10.0 + 4.0 * FRESH_WAIT.as_secs_f64(),
+    )?;
     // Past slow start and the bucket's initial burst.
     std::thread::sleep(Duration::from_secs(3));
     let s0 = sample(&agent, &flow)?;
