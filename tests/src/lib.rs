@@ -28,6 +28,22 @@ pub fn pin_to_cpu(cpu: usize) -> anyhow::Result<()> {
     pin_to_cpus(&[cpu])
 }
 
+/// Gives the calling thread the lowest priority (nice 19), for load
+/// generators: the threads that observe the load (the test's own readings,
+/// the agent, the servers) then run first whenever they are ready.
+pub fn lower_priority() -> anyhow::Result<()> {
+    // SAFETY: no pointers; on Linux the nice value is per thread, and the
+    // thread id names the calling thread.
+    let rc = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19)
+    };
+    if rc != 0 {
+        anyhow::bail!("setpriority(nice 19): {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Lets the calling thread run on `cpus` only.
 pub fn pin_to_cpus(cpus: &[usize]) -> anyhow::Result<()> {
     // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes inside it;

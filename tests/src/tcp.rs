@@ -473,6 +473,12 @@ pub fn open_fast(
                         if cfg.pin {
                             crate::pin_to_cpu(cpu)?;
                         }
+                        // Two hundred busy threads would otherwise take all
+                        // but a sliver of the CPU from the test's readings
+                        // and the agent under emulation (EEVDF, Linux 6.6+,
+                        // shares it per thread): a reading then came back
+                        // only after the run.
+                        crate::lower_priority()?;
                         let delay = cfg.stagger.mul_f64(i as f64 / cfg.threads.max(1) as f64);
                         std::thread::sleep(delay);
                         Ok(open_loop(addr, &cfg, deadline))
