@@ -6,10 +6,12 @@
 //! - [`agent`]: the daemon: owns the datapath, serves the control socket, keeps history;
 //! - [`control`]: the control-socket protocol and its client;
 //! - [`metrics`]: the Prometheus exposition and its HTTP server (`run --metrics-addr`);
-//! - [`cli`]: one module per subcommand.
+//! - [`cli`]: one module per subcommand;
+//! - [`clock`]: Unix-time stamps.
 
 pub mod agent;
 pub mod cli;
+pub mod clock;
 pub mod control;
 pub mod datapath;
 pub mod detect;

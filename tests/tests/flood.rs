@@ -69,7 +69,7 @@ fn sample(agent: &Agent, flow: &TcpFlow) -> Result<Sample> {
     // One report for every counter, so that they are of one moment, and a
     // report taken after this sample began: a busy agent (a flood under
     // emulation) answers with its last sample, which may be seconds old.
-    let asked = unix_ms();
+    let asked = tc_agent::clock::unix_ms();
     let deadline = Instant::now() + FRESH_WAIT;
     let report = loop {
         let report = agent.channels()?;
@@ -94,13 +94,6 @@ fn sample(agent: &Agent, flow: &TcpFlow) -> Result<Sample> {
 
 /// Longest wait of a sample for a `channels` report taken after it began.
 const FRESH_WAIT: Duration = Duration::from_secs(20);
-
-/// Unix time in ms, as the agent stamps its reports.
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// `field` of `which` totals, from `a` to `b`.
 fn delta(a: &Sample, b: &Sample, which: fn(&Sample) -> &Value, field: &str) -> u64 {

@@ -14,7 +14,7 @@ use std::{
     io::{Read, Write},
     net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket},
     process::Command,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
@@ -42,13 +42,6 @@ fn scale() -> f64 {
     } else {
         1.0
     }
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
 }
 
 /// Sends UDP datagrams of `payload` bytes from `bind` (an address of the
@@ -670,11 +663,11 @@ fn history_shows_a_rate_step_at_the_right_second() -> Result<()> {
     let rx = in_netns(&pair.server, || udp_receive("198.18.0.2:9100", 24.0, 0.0));
     std::thread::sleep(Duration::from_millis(300));
     let tx = in_netns(&pair.client, move || -> Result<[f64; 3]> {
-        let t0 = unix_now();
+        let t0 = tc_tests::sources::unix_now();
         udp_from("198.18.0.1", "198.18.0.2:9100", payload, low, 10.0)?;
-        let t1 = unix_now();
+        let t1 = tc_tests::sources::unix_now();
         udp_from("198.18.0.1", "198.18.0.2:9100", payload, 4.0 * low, 10.0)?;
-        Ok([t0, t1, unix_now()])
+        Ok([t0, t1, tc_tests::sources::unix_now()])
     });
     let t = tx.join().unwrap()??;
     let _ = rx.join().unwrap()??;

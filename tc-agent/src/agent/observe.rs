@@ -3,8 +3,6 @@
 //! `history` are answered from the observer alone (see `server`), never
 //! behind the agent lock.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use super::*;
 use crate::{
     control::{HistoryReport, MapReport, TopTalkersReport},
@@ -15,13 +13,6 @@ use crate::{
 /// History series kept at most: every channel (1,024 at most) and the
 /// busiest pairs of names first seen; a later pair past it has none.
 const MAX_HISTORY_SERIES: usize = 4096;
-
-/// Seconds since the epoch, for history points.
-pub(super) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
 
 /// The live policy's [`ChannelSides`] and the policy they were made from.
 #[derive(Default)]
@@ -70,7 +61,7 @@ impl Agent {
         let entries = self.dp.interactions()?;
         let folded = self.dp.global_counters()?.ix_folded_pkts;
         let at = Instant::now();
-        let t = unix_now();
+        let t = crate::clock::unix_secs();
         let hk = {
             let mut obs = self.observer.lock();
             let (pairs, hk) = obs.interactions.sample(entries, at, folded);
@@ -234,7 +225,7 @@ pub(super) fn history(obs: &Mutex<Observer>, name: &str, since_s: u64) -> Result
     }
     let obs = obs.lock();
     obs.history
-        .query(name, unix_now(), since_s)
+        .query(name, crate::clock::unix_secs(), since_s)
         .with_context(|| {
             format!(
                 "no history for `{name}`: NAME is a channel of the live policy, or FROM->TO as `tc-agent map` names an interaction (e.g. `clients->web`); a series starts at the first sample that sees it"

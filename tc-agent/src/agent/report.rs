@@ -36,9 +36,7 @@ impl Agent {
     }
 
     pub(super) fn channels(&mut self) -> Result<ChannelsReport> {
-        let taken_unix_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let taken_unix_ms = crate::clock::unix_ms();
         let totals = self.totals()?;
         let conns = self.pool_counts()?;
         let g = self.dp.global_counters()?;

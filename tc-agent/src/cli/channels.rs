@@ -34,11 +34,25 @@ pub fn execute(args: ChannelsArgs, socket: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
+/// Says how old the counters are when they were read more than a second
+/// before `now_ms`: a busy agent answers from its last sample (see
+/// `taken_unix_ms`). Nothing for a fresh report or an agent without the stamp.
+fn age_note(taken_unix_ms: u64, now_ms: u64) -> String {
+    let age_ms = now_ms.saturating_sub(taken_unix_ms);
+    if taken_unix_ms == 0 || age_ms < 1000 {
+        return String::new();
+    }
+    format!(
+        ", counters read {:.1}s ago (the agent was busy)",
+        age_ms as f64 / 1000.0
+    )
+}
+
 /// The text table, also used by the demo.
 pub fn render(r: &ChannelsReport) -> String {
     let mut out = format!(
-        "policy version {}, rates over {:.1}s\n{:<20} {:<8} {:<22} {:<8} {:>11} {:>11} {:>11} {:>12} {:>12} {:>10}\n",
-        r.version, r.rate_window_s, "CHANNEL", "DIR", "LIMIT", "MODE", "PASS", "DROP", "PASS pps", "PASSED pkts", "DROPPED pkts", "ACTION"
+        "policy version {}, rates over {:.1}s{}\n{:<20} {:<8} {:<22} {:<8} {:>11} {:>11} {:>11} {:>12} {:>12} {:>10}\n",
+        r.version, r.rate_window_s, age_note(r.taken_unix_ms, crate::clock::unix_ms()), "CHANNEL", "DIR", "LIMIT", "MODE", "PASS", "DROP", "PASS pps", "PASSED pkts", "DROPPED pkts", "ACTION"
     );
     for c in &r.channels {
         let mut limit = Vec::new();
@@ -144,4 +158,20 @@ pub fn render(r: &ChannelsReport) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::age_note;
+
+    #[test]
+    fn only_a_report_older_than_a_second_says_its_age() {
+        assert_eq!(age_note(10_000, 10_999), "");
+        assert_eq!(age_note(0, 10_000), "", "an agent without the stamp");
+        assert_eq!(age_note(10_000, 9_000), "", "a clock that stepped back");
+        assert_eq!(
+            age_note(10_000, 12_500),
+            ", counters read 2.5s ago (the agent was busy)"
+        );
+    }
 }

@@ -9,7 +9,7 @@ use std::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use anyhow::{bail, Context, Result};
@@ -84,7 +84,7 @@ pub fn execute(args: EventsArgs, socket: &Path) -> Result<()> {
         return Ok(());
     }
     let r: EventsReport = serde_json::from_value(data)?;
-    print!("{}", render(&r.events, unix_now()));
+    print!("{}", render(&r.events, crate::clock::unix_secs()));
     Ok(())
 }
 
@@ -149,7 +149,7 @@ fn reader_gone() -> bool {
 /// Writes events as table rows or JSON Lines, flushed at once so a reader
 /// at the other end of a pipe sees each as it happens.
 fn print_events(out: &mut impl Write, events: &[Event], output: Output) -> Result<()> {
-    let now = unix_now();
+    let now = crate::clock::unix_secs();
     for e in events {
         match output {
             Output::Json => writeln!(out, "{}", serde_json::to_string(e)?)?,
@@ -158,13 +158,6 @@ fn print_events(out: &mut impl Write, events: &[Event], output: Output) -> Resul
     }
     out.flush()?;
     Ok(())
-}
-
-/// Seconds since the epoch, for "ongoing" durations.
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// The text table, also used by the demo: `now` is unix seconds, for the

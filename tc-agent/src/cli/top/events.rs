@@ -2,10 +2,7 @@
 //! first (newest first), then the last ones that ended, one line each:
 //! id, kind, sources -> destinations, how long ago, the summary.
 
-use std::{
-    cmp::Reverse,
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::cmp::Reverse;
 
 use ratatui::{
     layout::Rect,
@@ -25,9 +22,7 @@ const FLOW_WIDTH: usize = 40;
 
 /// Draws the pane into `area`.
 pub fn render(frame: &mut Frame, area: Rect, app: &App) {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = crate::clock::unix_secs();
     let mut open: Vec<&Event> = app.events.iter().filter(|e| e.ended.is_none()).collect();
     open.sort_by_key(|e| Reverse(e.started));
     let mut ended: Vec<&Event> = app.events.iter().filter(|e| e.ended.is_some()).collect();

@@ -147,13 +147,6 @@ fn phase() -> Duration {
     Duration::from_nanos(u64::from(nanos.wrapping_mul(2_654_435_761)) % 1_000_000_000)
 }
 
-/// Unix time now, seconds with a fraction.
-fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
 /// `tc-agent events -o json`: every event the agent keeps.
 fn events(agent: &Agent) -> Result<Vec<serde_json::Value>> {
     let out = agent.cli(&["events", "-o", "json"])?;
@@ -290,7 +283,7 @@ fn dos_run() -> Result<Run> {
     )?;
     std::thread::sleep(Duration::from_secs_f64(WARM_S) + phase());
     println!("    before the onset, {}", map_line(&agent, "srv")?);
-    let (onset, onset_unix) = (Instant::now(), unix_now());
+    let (onset, onset_unix) = (Instant::now(), tc_tests::sources::unix_now());
     rates.scale(&FLOODERS, 80.0);
     let flooders: Vec<String> = FLOODERS.iter().map(|&i| sources[i].to_string()).collect();
     let run = wait_for(&agent, "dos", onset, onset_unix, |e| {
@@ -331,7 +324,7 @@ fn spike_run() -> Result<Run> {
     )?;
     std::thread::sleep(Duration::from_secs_f64(WARM_S) + phase());
     println!("    before the onset, {}", map_line(&agent, "srv")?);
-    let (onset, onset_unix) = (Instant::now(), unix_now());
+    let (onset, onset_unix) = (Instant::now(), tc_tests::sources::unix_now());
     rates.scale(&(0..16).collect::<Vec<_>>(), 3.0);
     let run = wait_for(&agent, "spike", onset, onset_unix, |e| {
         lists(e, "from", "a") && lists(e, "to", "srv")
@@ -380,7 +373,7 @@ fn collapse_run() -> Result<Run> {
     std::thread::sleep(Duration::from_secs_f64(WARM_S) + phase());
     println!("    before the onset, {}", map_line(&agent, "srv")?);
     let warm = load.counts();
-    let (onset, onset_unix) = (Instant::now(), unix_now());
+    let (onset, onset_unix) = (Instant::now(), tc_tests::sources::unix_now());
     sh(&[
         "ip",
         "netns",
