@@ -12,7 +12,7 @@
 //! table did before. Either way the entries are the compiler's: each holds
 //! the merged set of its longest-match prefix.
 
-use aya::maps::{lpm_trie::Key, HashMap, MapData};
+use aya::maps::{lpm_trie::Key, HashMap, LpmTrie, MapData};
 use tc_common::{
     ChannelSet, PrefixKey4, PrefixKey6, Probes, DST_V4, DST_V6, GEN_BITS, L4, MAX_PROBES, PREFIX4,
     PREFIX6, PROBE_TRIE, SRC_V4, SRC_V6, TABLES, TABLE_DST_V4, TABLE_DST_V6, TABLE_SRC_V4,
@@ -239,6 +239,25 @@ impl Datapath {
             aya::maps::Map::HashMap(data) => Ok(data),
             _ => Err(DatapathError::Setup(format!(
                 "map {name} is not a hash map"
+            ))),
+        }
+    }
+
+    /// The trie `name`, its key and value sizes checked (for writes by
+    /// its descriptor, `elem`).
+    pub(super) fn trie_map<K: aya::Pod>(
+        &self,
+        name: &'static str,
+    ) -> Result<&MapData, DatapathError> {
+        let map = self
+            .ebpf
+            .map(name)
+            .ok_or_else(|| DatapathError::Setup(format!("map {name} missing from object")))?;
+        let _typed: LpmTrie<&MapData, K, ChannelSet> = map.try_into().map_err(map_err(name))?;
+        match map {
+            aya::maps::Map::LpmTrie(data) => Ok(data),
+            _ => Err(DatapathError::Setup(format!(
+                "map {name} is not an LPM trie"
             ))),
         }
     }

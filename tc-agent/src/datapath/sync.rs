@@ -9,18 +9,41 @@
 //! its entries are removed from the old place by their recorded keys and
 //! the table is written whole in the new one. Hash map entries are
 //! removed and written in batches (`datapath::batch`); the tries take
-//! one call per entry, as aya 0.14 offers them.
+//! one call per entry (`datapath::elem`).
+//!
+//! A table's write needs only its trie and its width's prefix hash map,
+//! shared ([`TableMaps`]): the apply writes the IPv4 and the IPv6 tables,
+//! which share no map, from two threads at once.
 
+use aya::maps::MapData;
 use tc_common::{ChannelSet, Probes};
 
 use super::{
-    batch,
+    batch, elem,
     held::Held,
-    map_err,
     prefixes::{batch_err, entries_of, in_trie, masked, trie_key, Width, TRIES},
     Datapath, DatapathError,
 };
 use crate::policy::compile::Compiled;
+
+/// The maps one table's entries may be in.
+#[derive(Clone, Copy)]
+pub struct TableMaps<'a> {
+    /// The table's trie.
+    trie: &'a MapData,
+    /// The prefix hash map of the table's width.
+    hash: &'a MapData,
+}
+
+impl Datapath {
+    /// The maps table `t` of width `W` may be in, their types checked.
+    pub(super) fn table_maps<W: Width>(&self, t: u8) -> Result<TableMaps<'_>, DatapathError> {
+        Ok(TableMaps {
+            trie: self.trie_map::<W::Trie>(TRIES[t as usize])?,
+            hash: self.prefix_map::<W::Hash>(W::HASH)?,
+        })
+    }
+}
 
 /// What a generation holds of one table: its record, and where it is.
 pub struct Holds<'a, W> {
@@ -37,12 +60,12 @@ impl<'a, W> Holds<'a, W> {
     }
 }
 
-impl Datapath {
+impl TableMaps<'_> {
     /// Turns table `t` of generation `g` from `held` (`None`: the
     /// generation holds nothing of it, anywhere) into `want` (sorted by
     /// key, made from `compiled`), placed as `to` says.
     pub(super) fn sync_table<W: Width>(
-        &mut self,
+        self,
         t: u8,
         g: u8,
         held: Option<Holds<'_, W>>,
@@ -82,13 +105,11 @@ impl Datapath {
         });
         if in_trie(&to) {
             let name = TRIES[t as usize];
-            let mut trie = self.trie::<W::Trie>(name)?;
             for ((len, data), set) in entries {
-                trie.insert(&trie_key(g, len, &data), set, 0)
-                    .map_err(map_err(name))?;
+                elem::update(self.trie, &trie_key(g, len, &data), set).map_err(elem_err(name))?;
             }
         } else {
-            let map = self.prefix_map::<W::Hash>(W::HASH)?;
+            let map = self.hash;
             let mut keys = Vec::with_capacity(write.len().min(batch::CHUNK));
             let mut sets: Vec<ChannelSet> = Vec::with_capacity(keys.capacity());
             for ((len, data), set) in entries {
@@ -120,7 +141,7 @@ impl Datapath {
     /// kernel does not hold fails the write, and the generation becomes
     /// unknown (rewritten whole next time).
     fn remove<W: Width>(
-        &mut self,
+        self,
         t: u8,
         g: u8,
         at: &Probes,
@@ -128,20 +149,22 @@ impl Datapath {
     ) -> Result<(), DatapathError> {
         if in_trie(at) {
             let name = TRIES[t as usize];
-            let mut trie = self.trie::<W::Trie>(name)?;
             for (len, data) in keys {
-                trie.remove(&trie_key(g, len, &data))
-                    .map_err(map_err(name))?;
+                elem::delete(self.trie, &trie_key(g, len, &data)).map_err(elem_err(name))?;
             }
         } else {
             let keys: Vec<W::Hash> = keys
                 .map(|(len, data)| W::hash_key(g, t, len, &data))
                 .collect();
             if !keys.is_empty() {
-                let map = self.prefix_map::<W::Hash>(W::HASH)?;
-                batch::delete(map, &keys).map_err(batch_err(W::HASH))?;
+                batch::delete(self.hash, &keys).map_err(batch_err(W::HASH))?;
             }
         }
         Ok(())
     }
+}
+
+/// A trie write's error, naming the trie.
+fn elem_err(name: &'static str) -> impl FnOnce(std::io::Error) -> DatapathError {
+    move |e| DatapathError::Setup(format!("eBPF map `{name}`: {e}"))
 }
