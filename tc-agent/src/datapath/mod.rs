@@ -285,7 +285,8 @@ impl Datapath {
         // The IPv6 tables are written from a second thread while this one
         // writes the IPv4 ones: they share no map, and a large policy's
         // write is mostly the kernel's time per entry (on a 2-core machine,
-        // 162-272 ms for the benchmark's 132,100 entries one after the other).
+        // 162-272 ms for the benchmark's 132,100 entries one table after the
+        // other, 140-154 ms in two threads).
         let to = want.probes;
         let (v4_src, v4_dst) = (
             self.table_maps::<[u8; 4]>(TABLE_SRC_V4)?,
