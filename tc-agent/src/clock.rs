@@ -10,6 +10,13 @@ pub fn unix_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Nanoseconds since the Unix epoch.
+pub fn unix_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn unix_ms() -> u64 {
     SystemTime::now()

@@ -641,7 +641,7 @@ fn udp_send_with(
             std::thread::sleep(due - now);
         }
         // The send time, for receivers that bin by when a datagram left.
-        let stamp = unix_ns();
+        let stamp = tc_agent::clock::unix_ns();
         if payload >= 8 {
             buf[..8].copy_from_slice(&stamp.to_be_bytes());
         }
@@ -651,13 +651,6 @@ fn udp_send_with(
         }
     }
     Ok(())
-}
-
-/// Nanoseconds since the Unix epoch.
-fn unix_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// Receives datagrams from [`udp_send`] on `bind` for `secs` and returns the

@@ -29,13 +29,7 @@ pub const UDP_OVERHEAD: usize = 14 + 20 + 8;
 
 /// Unix time in seconds.
 pub fn unix_now() -> f64 {
-    unix_ns() as f64 / 1e9
-}
-
-fn unix_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
+    tc_agent::clock::unix_ns() as f64 / 1e9
 }
 
 /// Adds `count` (at most 254) addresses 198.18.2.1.. (/24) to the client's
@@ -180,7 +174,7 @@ pub fn udp_crowd(
             owed[i] += rate(i, t) * dt;
             while owed[i] >= 1.0 && sent < max {
                 owed[i] -= 1.0;
-                let stamp = unix_ns();
+                let stamp = tc_agent::clock::unix_ns();
                 buf[..8].copy_from_slice(&stamp.to_be_bytes());
                 if sock.send_to(&buf, dst).is_ok() {
                     sent += 1;

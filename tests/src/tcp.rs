@@ -349,6 +349,11 @@ pub struct OpenerConfig {
     pub pin: bool,
     /// Threads start spread over this span, not all in the same instant.
     pub stagger: Duration,
+    /// Threads run at the lowest priority (nice 19), so that a test's own
+    /// readings during the load, the agent and the server run first: under
+    /// emulation 200 busy threads left a reading thread so little of the
+    /// CPU that it came back only after the run.
+    pub low_priority: bool,
 }
 
 impl Default for OpenerConfig {
@@ -361,6 +366,7 @@ impl Default for OpenerConfig {
             hold: Duration::ZERO,
             pin: false,
             stagger: Duration::ZERO,
+            low_priority: false,
         }
     }
 }
@@ -473,12 +479,9 @@ pub fn open_fast(
                         if cfg.pin {
                             crate::pin_to_cpu(cpu)?;
                         }
-                        // Two hundred busy threads would otherwise take all
-                        // but a sliver of the CPU from the test's readings
-                        // and the agent under emulation (EEVDF, Linux 6.6+,
-                        // shares it per thread): a reading then came back
-                        // only after the run.
-                        crate::lower_priority()?;
+                        if cfg.low_priority {
+                            crate::lower_priority()?;
+                        }
                         let delay = cfg.stagger.mul_f64(i as f64 / cfg.threads.max(1) as f64);
                         std::thread::sleep(delay);
                         Ok(open_loop(addr, &cfg, deadline))

@@ -319,15 +319,19 @@ fi
 # ping asks for SO_TIMESTAMP, and each test's first ping (or scapy socket)
 # flipped it, patching netif_rx_internal while the other vCPU ran it (seen
 # once on 6.12: an int3 oops there, under a test's ping). This ping sends one
-# echo to an address of its own namespace's loopback and then waits an hour
-# with its socket open.
+# echo to an address on its own namespace's loopback, has its reply (so its
+# socket is set up), and then waits an hour with the socket open. `ip netns
+# exec` execs the command in place: $! is ping itself. It is checked again
+# at the end of the run (`stamp_held`).
 stamp=1
+stamper=
 if /usr/sbin/ip -n tcvm-keys link set lo up \
   && /usr/sbin/ip -n tcvm-keys addr add 198.18.255.254/32 dev lo; then
   /usr/sbin/ip netns exec tcvm-keys /usr/bin/ping -i 3600 198.18.255.254 > /tmp/tcvm-stamp.log 2>&1 &
+  stamper=$!
   i=0
-  while [ $i -lt 30 ]; do
-    if grep -qx ping /proc/[0-9]*/comm 2> /dev/null; then
+  while [ $i -lt 30 ] && kill -0 $stamper 2> /dev/null; do
+    if grep -q "bytes from" /tmp/tcvm-stamp.log; then
       stamp=0
       break
     fi
@@ -335,7 +339,15 @@ if /usr/sbin/ip -n tcvm-keys link set lo up \
     i=$((i + 1))
   done
 fi
-[ $stamp -eq 0 ] && echo "TCVM-STAMP held" || echo "TCVM-STAMP failed"
+stamp_held() {
+  [ -n "$stamper" ] && [ "$(cat /proc/$stamper/comm 2> /dev/null)" = ping ]
+}
+if [ $stamp -eq 0 ] && stamp_held; then
+  echo "TCVM-STAMP held"
+else
+  echo "TCVM-STAMP failed"
+  cat /tmp/tcvm-stamp.log
+fi
 export TC_AGENT_BIN=/usr/bin/tc-agent TMPDIR=/tmp RUST_BACKTRACE=1 TC_TESTS_IN_VM=1
 all=0
 run() {
@@ -346,6 +358,7 @@ run() {
   [ $rc -eq 0 ] || all=1
 }
 COMMANDS
+stamp_held || echo "TCVM-STAMP lost"
 echo "TCVM-DONE rc=$all"
 poweroff -f
 "#;
@@ -576,8 +589,11 @@ fn check_console(k: &Kernel, text: &str, suites: &[&str]) -> Vec<String> {
     if text.contains("TCVM-KEYS failed") {
         problems.push("the guest could not hold the hooks' static keys (see /init)".into());
     }
-    if !text.contains("TCVM-STAMP held") {
-        problems.push("the guest could not hold the receive timestamp key (see /init)".into());
+    if !text.contains("TCVM-STAMP held") || text.contains("TCVM-STAMP lost") {
+        problems.push(
+            "the guest could not hold the receive timestamp key for the whole run (see /init)"
+                .into(),
+        );
     }
     for l in text.lines().filter(|l| l.contains("skipped:")) {
         problems.push(format!("a test skipped in the VM: {}", l.trim()));

@@ -22,9 +22,7 @@ const MAX_ECHOED_ID: usize = 64;
 fn run_id() -> &'static str {
     static RUN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     RUN.get_or_init(|| {
-        let ns = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
+        let ns = crate::clock::unix_ns();
         format!("{}-{ns}", std::process::id())
     })
 }

@@ -30,16 +30,16 @@ pub fn execute(args: ChannelsArgs, socket: &std::path::Path) -> Result<()> {
         return Ok(());
     }
     let r: ChannelsReport = serde_json::from_value(data)?;
-    print!("{}", render(&r));
+    print!("{}", render(&r, crate::clock::unix_ms()));
     Ok(())
 }
 
 /// Says how old the counters are when they were read more than a second
-/// before `now_ms`: a busy agent answers from its last sample (see
+/// before `now_ms` (Unix ms): a busy agent answers from its last sample (see
 /// `taken_unix_ms`). Nothing for a fresh report or an agent without the stamp.
 fn age_note(taken_unix_ms: u64, now_ms: u64) -> String {
     let age_ms = now_ms.saturating_sub(taken_unix_ms);
-    if taken_unix_ms == 0 || age_ms < 1000 {
+    if taken_unix_ms == 0 || age_ms <= 1000 {
         return String::new();
     }
     format!(
@@ -48,11 +48,11 @@ fn age_note(taken_unix_ms: u64, now_ms: u64) -> String {
     )
 }
 
-/// The text table, also used by the demo.
-pub fn render(r: &ChannelsReport) -> String {
+/// The text table; `now_ms` (Unix ms) dates the report's counters.
+pub fn render(r: &ChannelsReport, now_ms: u64) -> String {
     let mut out = format!(
         "policy version {}, rates over {:.1}s{}\n{:<20} {:<8} {:<22} {:<8} {:>11} {:>11} {:>11} {:>12} {:>12} {:>10}\n",
-        r.version, r.rate_window_s, age_note(r.taken_unix_ms, crate::clock::unix_ms()), "CHANNEL", "DIR", "LIMIT", "MODE", "PASS", "DROP", "PASS pps", "PASSED pkts", "DROPPED pkts", "ACTION"
+        r.version, r.rate_window_s, age_note(r.taken_unix_ms, now_ms), "CHANNEL", "DIR", "LIMIT", "MODE", "PASS", "DROP", "PASS pps", "PASSED pkts", "DROPPED pkts", "ACTION"
     );
     for c in &r.channels {
         let mut limit = Vec::new();
@@ -166,7 +166,7 @@ mod tests {
 
     #[test]
     fn only_a_report_older_than_a_second_says_its_age() {
-        assert_eq!(age_note(10_000, 10_999), "");
+        assert_eq!(age_note(10_000, 11_000), "");
         assert_eq!(age_note(0, 10_000), "", "an agent without the stamp");
         assert_eq!(age_note(10_000, 9_000), "", "a clock that stepped back");
         assert_eq!(

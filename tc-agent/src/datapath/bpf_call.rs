@@ -1,5 +1,6 @@
 //! Raw bpf(2), for the commands aya 0.14 does not offer (batched map
-//! operations, listing a map's keys, opening a link by id): aya keeps its
+//! operations, listing a map's keys, opening a link by id) and for
+//! writing a map through a shared handle (`elem`): aya keeps its
 //! wrapper private, and neither nix nor rustix wraps the syscall. Each
 //! caller lays out its own `union bpf_attr` member.
 

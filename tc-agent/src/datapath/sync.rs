@@ -15,6 +15,8 @@
 //! shared ([`TableMaps`]): the apply writes the IPv4 and the IPv6 tables,
 //! which share no map, from two threads at once.
 
+use std::marker::PhantomData;
+
 use aya::maps::MapData;
 use tc_common::{ChannelSet, Probes};
 
@@ -26,21 +28,33 @@ use super::{
 };
 use crate::policy::compile::Compiled;
 
-/// The maps one table's entries may be in.
-#[derive(Clone, Copy)]
-pub struct TableMaps<'a> {
+/// The maps one table of width `W` may be in, their key and value sizes
+/// checked for `W`: the writes below go by descriptor, and the kernel reads
+/// as many bytes as the map's sizes say.
+pub struct TableMaps<'a, W> {
     /// The table's trie.
     trie: &'a MapData,
     /// The prefix hash map of the table's width.
     hash: &'a MapData,
+    /// The width the sizes were checked for.
+    width: PhantomData<W>,
 }
+
+impl<W> Clone for TableMaps<'_, W> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<W> Copy for TableMaps<'_, W> {}
 
 impl Datapath {
     /// The maps table `t` of width `W` may be in, their types checked.
-    pub(super) fn table_maps<W: Width>(&self, t: u8) -> Result<TableMaps<'_>, DatapathError> {
+    pub(super) fn table_maps<W: Width>(&self, t: u8) -> Result<TableMaps<'_, W>, DatapathError> {
         Ok(TableMaps {
             trie: self.trie_map::<W::Trie>(TRIES[t as usize])?,
             hash: self.prefix_map::<W::Hash>(W::HASH)?,
+            width: PhantomData,
         })
     }
 }
@@ -60,11 +74,11 @@ impl<'a, W> Holds<'a, W> {
     }
 }
 
-impl TableMaps<'_> {
+impl<W: Width> TableMaps<'_, W> {
     /// Turns table `t` of generation `g` from `held` (`None`: the
     /// generation holds nothing of it, anywhere) into `want` (sorted by
     /// key, made from `compiled`), placed as `to` says.
-    pub(super) fn sync_table<W: Width>(
+    pub(super) fn sync_table(
         self,
         t: u8,
         g: u8,
@@ -78,13 +92,13 @@ impl TableMaps<'_> {
             Some(h) if in_trie(&h.at) == in_trie(&to) => h.entries,
             Some(h) => {
                 // Moved: the old place's entries go, by their keys.
-                self.remove::<W>(t, g, &h.at, h.entries.iter().map(|e| e.0))?;
+                self.remove(t, g, &h.at, h.entries.iter().map(|e| e.0))?;
                 &none
             }
             None => &none,
         };
         let (stale, write) = super::held::diff(base, want);
-        self.remove::<W>(t, g, &to, stale.into_iter())?;
+        self.remove(t, g, &to, stale.into_iter())?;
         if write.is_empty() {
             return Ok(());
         }
@@ -106,7 +120,8 @@ impl TableMaps<'_> {
         if in_trie(&to) {
             let name = TRIES[t as usize];
             for ((len, data), set) in entries {
-                elem::update(self.trie, &trie_key(g, len, &data), set).map_err(elem_err(name))?;
+                elem::update(self.trie, &trie_key(g, len, &data), set)
+                    .map_err(elem_err(name, "write"))?;
             }
         } else {
             let map = self.hash;
@@ -140,7 +155,7 @@ impl TableMaps<'_> {
     /// they are. Every key must be there: a record that names one the
     /// kernel does not hold fails the write, and the generation becomes
     /// unknown (rewritten whole next time).
-    fn remove<W: Width>(
+    fn remove(
         self,
         t: u8,
         g: u8,
@@ -150,7 +165,8 @@ impl TableMaps<'_> {
         if in_trie(at) {
             let name = TRIES[t as usize];
             for (len, data) in keys {
-                elem::delete(self.trie, &trie_key(g, len, &data)).map_err(elem_err(name))?;
+                elem::delete(self.trie, &trie_key(g, len, &data))
+                    .map_err(elem_err(name, "remove"))?;
             }
         } else {
             let keys: Vec<W::Hash> = keys
@@ -164,7 +180,7 @@ impl TableMaps<'_> {
     }
 }
 
-/// A trie write's error, naming the trie.
-fn elem_err(name: &'static str) -> impl FnOnce(std::io::Error) -> DatapathError {
-    move |e| DatapathError::Setup(format!("eBPF map `{name}`: {e}"))
+/// A trie write's error, naming the trie and the operation.
+fn elem_err(name: &'static str, op: &'static str) -> impl FnOnce(std::io::Error) -> DatapathError {
+    move |e| DatapathError::Setup(format!("eBPF map `{name}`: {op} an entry: {e}"))
 }

@@ -400,10 +400,7 @@ fn formats() {
 /// An event that started `ago` seconds before now, ended `lasted` seconds
 /// after it started if given.
 fn event(id: &str, kind: EventKind, ago: u64, lasted: Option<u64>, from: &[&str]) -> Event {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let now = crate::clock::unix_secs();
     Event {
         id: id.into(),
         kind,
