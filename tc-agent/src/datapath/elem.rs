@@ -10,20 +10,22 @@ use aya_obj::generated::bpf_cmd;
 
 use super::bpf_call::{map_fd, sys_bpf};
 
-/// `union bpf_attr` as the `BPF_MAP_*_ELEM` commands read it.
+/// `union bpf_attr` as the element commands (`BPF_MAP_*_ELEM`,
+/// `BPF_MAP_GET_NEXT_KEY`) read it.
 #[repr(C)]
 #[derive(Default)]
-struct ElemAttr {
+pub(super) struct ElemAttr {
     /// The map.
-    map_fd: u32,
+    pub map_fd: u32,
     /// Explicit padding: `key` is 8-byte aligned.
-    _pad: u32,
-    /// The key.
-    key: u64,
-    /// The value (not for `DELETE_ELEM`).
-    value: u64,
-    /// `BPF_ANY` and friends.
-    flags: u64,
+    pub _pad: u32,
+    /// The key; for `GET_NEXT_KEY` the one before, null for the first.
+    pub key: u64,
+    /// The value (`UPDATE_ELEM`), or where `GET_NEXT_KEY` writes the
+    /// following key; unused by `DELETE_ELEM`.
+    pub value_or_next_key: u64,
+    /// `BPF_ANY` and friends; none for the other commands.
+    pub flags: u64,
 }
 
 /// Writes `key => value` into `map` (`BPF_ANY`). The caller guarantees
@@ -33,7 +35,7 @@ pub fn update<K: aya::Pod, V: aya::Pod>(map: &MapData, key: &K, value: &V) -> io
     let mut attr = ElemAttr {
         map_fd: map_fd(map),
         key: (key as *const K) as u64,
-        value: (value as *const V) as u64,
+        value_or_next_key: (value as *const V) as u64,
         ..Default::default()
     };
     // SAFETY: `key` and `value` are live values of the map's key and value

@@ -13,6 +13,7 @@ use aya_obj::generated::bpf_cmd;
 use super::{
     batch,
     bpf_call::{map_fd, sys_bpf},
+    elem::ElemAttr,
     held, Datapath, DatapathError,
 };
 
@@ -22,22 +23,6 @@ enum Clear {
     Zero { per_cpu: bool },
     /// Every key removed.
     Delete,
-}
-
-/// `union bpf_attr` as the element commands read it.
-#[repr(C)]
-#[derive(Default)]
-struct ElemAttr {
-    /// The map.
-    map_fd: u32,
-    /// Padding to the key pointer's alignment.
-    _pad: u32,
-    /// The key to look up or remove; null asks for the first key.
-    key: u64,
-    /// Where `BPF_MAP_GET_NEXT_KEY` writes the following key.
-    next_key: u64,
-    /// Flags; none for these commands.
-    flags: u64,
 }
 
 impl Datapath {
@@ -132,7 +117,7 @@ fn delete_all(map: &MapData) -> io::Result<()> {
         let mut attr = ElemAttr {
             map_fd: fd,
             key: prev,
-            next_key: next.as_mut_ptr() as u64,
+            value_or_next_key: next.as_mut_ptr() as u64,
             ..Default::default()
         };
         // SAFETY: `prev` is null or points to a key of the map's size in

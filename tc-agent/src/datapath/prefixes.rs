@@ -230,17 +230,7 @@ impl Datapath {
         &self,
         name: &'static str,
     ) -> Result<&MapData, DatapathError> {
-        let map = self
-            .ebpf
-            .map(name)
-            .ok_or_else(|| DatapathError::Setup(format!("map {name} missing from object")))?;
-        let _typed: HashMap<&MapData, K, ChannelSet> = map.try_into().map_err(map_err(name))?;
-        match map {
-            aya::maps::Map::HashMap(data) => Ok(data),
-            _ => Err(DatapathError::Setup(format!(
-                "map {name} is not a hash map"
-            ))),
-        }
+        self.checked_map::<HashMap<&MapData, K, ChannelSet>>(name)
     }
 
     /// The trie `name`, its key and value sizes checked (for writes by
@@ -249,15 +239,24 @@ impl Datapath {
         &self,
         name: &'static str,
     ) -> Result<&MapData, DatapathError> {
+        self.checked_map::<LpmTrie<&MapData, K, ChannelSet>>(name)
+    }
+
+    /// The map `name`, once aya's typed view `T` of it has checked its
+    /// type and its key and value sizes.
+    fn checked_map<'a, T>(&'a self, name: &'static str) -> Result<&'a MapData, DatapathError>
+    where
+        T: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>,
+    {
         let map = self
             .ebpf
             .map(name)
             .ok_or_else(|| DatapathError::Setup(format!("map {name} missing from object")))?;
-        let _typed: LpmTrie<&MapData, K, ChannelSet> = map.try_into().map_err(map_err(name))?;
+        T::try_from(map).map_err(map_err(name))?;
         match map {
-            aya::maps::Map::LpmTrie(data) => Ok(data),
+            aya::maps::Map::HashMap(data) | aya::maps::Map::LpmTrie(data) => Ok(data),
             _ => Err(DatapathError::Setup(format!(
-                "map {name} is not an LPM trie"
+                "map {name} is neither a hash map nor an LPM trie"
             ))),
         }
     }
