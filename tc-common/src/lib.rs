@@ -278,6 +278,9 @@ pub const MAX_FLOWS: u32 = 65_536;
 pub const NO_CHANNEL: u32 = u32::MAX;
 /// `Config::flags`: bypass the flow cache (benchmarks measure the slow path with it).
 pub const FLAG_NO_FLOW_CACHE: u32 = 1;
+/// `Config::flags`: bypass the per-CPU destination memo, so that every
+/// uncached packet walks all three tables (benchmarks measure both).
+pub const FLAG_NO_DST_MEMO: u32 = 2;
 
 /// Direction byte of an [`L4Key`].
 pub const DIR_INGRESS: u8 = 0;
@@ -378,8 +381,12 @@ pub struct GenInfo {
     /// Words of [`ChannelSet`] in use (channels / 64, rounded up), so the AND
     /// loop stops early for small policies.
     pub words: u32,
-    /// Explicit padding, always zero.
-    pub _pad: u32,
+    /// Which write of the tables this generation holds: every write gives
+    /// a number that neither generation held before, so that what the
+    /// datapath derived from an earlier content (its per-CPU destination
+    /// memo, `tc-ebpf`'s `classify`) can never be taken for this one.
+    /// Agents before it wrote 0 here (padding).
+    pub epoch: u32,
     /// Per table (`TABLE_*`): where its longest-prefix lookups go, the
     /// prefix hash maps ([`PREFIX4`]/[`PREFIX6`]) or its LPM trie.
     pub probes: [Probes; TABLES],

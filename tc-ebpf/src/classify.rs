@@ -7,15 +7,16 @@ use core::ptr::{read_volatile, write_volatile};
 use aya_ebpf::maps::{lpm_trie::Key, LpmTrie};
 use tc_common::{
     ChannelSet, FlowKey4, FlowKey6, FlowMeta, FlowValue, FragKey, GenInfo, GlobalCounters, Ip4Key,
-    Ip6Key, PrefixKey4, PrefixKey6, CHANNEL_WORDS, GEN_BITS, IX_NONE, MAX_PROBES, NO_CHANNEL,
-    PROBE_TRIE, TABLE_DST_V4, TABLE_DST_V6, TABLE_L4, TABLE_SRC_V4, TABLE_SRC_V6,
+    Ip6Key, PrefixKey4, PrefixKey6, CHANNEL_WORDS, FLAG_NO_DST_MEMO, FLAG_NO_FLOW_CACHE, GEN_BITS,
+    IX_NONE, MAX_PROBES, NO_CHANNEL, PROBE_TRIE, TABLE_DST_V4, TABLE_DST_V6, TABLE_L4,
+    TABLE_SRC_V4, TABLE_SRC_V6,
 };
 
 use crate::{
     account::hint,
     maps::{
-        FLOW_SEEN_SLOTS, TC_DST_V4, TC_DST_V6, TC_FLOWS4, TC_FLOWS6, TC_FLOW_SEEN, TC_GENS, TC_L4,
-        TC_PREFIX4, TC_PREFIX6, TC_SCRATCH, TC_SRC_V4, TC_SRC_V6,
+        FLOW_SEEN_SLOTS, TC_DST_MEMO, TC_DST_V4, TC_DST_V6, TC_FLOWS4, TC_FLOWS6, TC_FLOW_SEEN,
+        TC_GENS, TC_L4, TC_PREFIX4, TC_PREFIX6, TC_SCRATCH, TC_SRC_V4, TC_SRC_V6,
     },
     parse::{Addrs, Parsed},
 };
@@ -50,20 +51,22 @@ pub fn frag_key(p: &Parsed, dir: u8) -> FragKey {
 }
 
 /// The channel slot of a packet in `generation`, or [`NO_CHANNEL`]:
-/// [`classify_cached`], or [`classify`] when `cache` is false.
+/// [`classify_cached`], or [`classify`] when `flags` (the config's) turn
+/// the flow cache off; with the destination memo unless they turn it off.
 #[inline(always)]
 pub fn channel_slot(
     generation: u32,
     words: u32,
     dir: u8,
     p: &Parsed,
-    cache: bool,
+    flags: u32,
     global: &mut GlobalCounters,
 ) -> u32 {
-    let channel = if cache {
-        classify_cached(generation as u8, words, dir, p, global)
+    let memo = flags & FLAG_NO_DST_MEMO == 0;
+    let channel = if flags & FLAG_NO_FLOW_CACHE == 0 {
+        classify_cached(generation as u8, words, dir, p, memo, global)
     } else {
-        classify(generation as u8, words, dir, p).unwrap_or(NO_CHANNEL)
+        classify(generation as u8, words, dir, p, memo).unwrap_or(NO_CHANNEL)
     };
     if channel == NO_CHANNEL {
         NO_CHANNEL
@@ -95,6 +98,7 @@ pub fn classify_cached(
     words: u32,
     dir: u8,
     p: &Parsed,
+    memo: bool,
     global: &mut GlobalCounters,
 ) -> u32 {
     let meta = FlowMeta {
@@ -129,7 +133,7 @@ pub fn classify_cached(
         return v.channel;
     }
     global.flow_misses += 1;
-    let channel = join_channels(match classify(generation, words, dir, p) {
+    let channel = join_channels(match classify(generation, words, dir, p, memo) {
         Some(c) => c,
         None => NO_CHANNEL,
     });
@@ -259,12 +263,19 @@ fn word(a: &[u8; 16], at: usize) -> u64 {
 /// ([`GenInfo::reach`]). A flood from random sources against one service
 /// so probes only the lengths the service's channels name, not the long
 /// host prefixes other channels hold, each a cache miss in a large map.
+///
+/// What the L4 and destination tables leave possible is kept per CPU
+/// ([`DstMemo`](crate::maps::DstMemo)), with the generation's epoch, the L4 query and the
+/// destination: the next packet with the same ones (a flood from many
+/// sources to one service, or a new client of a busy one) reads only the
+/// source table. `memo` false (`FLAG_NO_DST_MEMO`) reads all three.
 #[inline(always)]
-pub fn classify(generation: u8, words: u32, dir: u8, p: &Parsed) -> Option<u32> {
+pub fn classify(generation: u8, words: u32, dir: u8, p: &Parsed, memo: bool) -> Option<u32> {
     let info = TC_GENS.get(generation as u32)?;
     let scratch = TC_SCRATCH.get_ptr_mut(0)?;
-    // SAFETY: per-CPU slot, only this CPU uses it while the program runs.
-    let acc = unsafe { &raw mut (*scratch).acc };
+    let m = TC_DST_MEMO.get_ptr_mut(0)?;
+    // SAFETY: per-CPU slots, only this CPU uses them while the program runs.
+    let (acc, out) = unsafe { (&raw mut (*m).words, &raw mut (*scratch).acc) };
     // Port-less protocols look up with a prefix that stops at the protocol,
     // so they can only hit protocol-wide entries, never a port range.
     // Packets whose ports or protocol are hidden look up under a flag in
@@ -272,39 +283,49 @@ pub fn classify(generation: u8, words: u32, dir: u8, p: &Parsed) -> Option<u32> 
     // belong to (see `L4_ANY_PORT`).
     let port = p.dport.to_be_bytes();
     let l4_data = [dir | p.l4_flags, p.proto, port[0], port[1]];
-    let l4 = if info.probes[TABLE_L4 as usize].count == PROBE_TRIE {
-        let [a, b, c, d] = l4_data;
-        TC_L4.get(Key::new(p.l4_bits, [generation, a, b, c, d]))?
-    } else {
-        probe4::<false>(info, generation, TABLE_L4, l4_data, acc)?
+    let (family, dst) = match &p.addrs {
+        Addrs::V4 { dst, .. } => (4, [u64::from(u32::from_ne_bytes(*dst)), 0]),
+        Addrs::V6 { dst, .. } => (6, [word(dst, 0), word(dst, 8)]),
     };
-    // Every word, without a branch: a bound here would let LLVM thread
-    // each exit of this loop into its own copy of the next one.
-    let mut i = 0;
-    while i < CHANNEL_WORDS {
-        // SAFETY: as above; volatile, so that the words go through memory
-        // and the search below is walked once whatever the lookups were.
-        unsafe { write_volatile(&raw mut (*acc)[i], l4.words[i]) };
-        i += 1;
-    }
-    match &p.addrs {
-        Addrs::V4 { src, dst } => {
-            let d = addr4(&TC_DST_V4, TABLE_DST_V4, info, generation, dst, acc)?;
-            if and_into(acc, d) == 0 {
-                return None;
-            }
-            let s = addr4(&TC_SRC_V4, TABLE_SRC_V4, info, generation, src, acc)?;
-            and_into(acc, s);
+    let head = u64::from(info.epoch)
+        | u64::from(generation) << 32
+        | u64::from(p.l4_bits) << 40
+        | family << 48;
+    let l4 = u64::from(u32::from_ne_bytes(l4_data));
+    // SAFETY (the memo's fields): as above; volatile, so that what a miss
+    // stores is read back from memory and the verifier walks the source
+    // lookup once for a hit and a miss alike.
+    let differs = unsafe {
+        (read_volatile(&raw const (*m).head) ^ head)
+            | (read_volatile(&raw const (*m).l4) ^ l4)
+            | (read_volatile(&raw const (*m).dst[0]) ^ dst[0])
+            | (read_volatile(&raw const (*m).dst[1]) ^ dst[1])
+    };
+    if differs != 0 || !memo {
+        // The key first: its values are then dead during the lookups,
+        // which keeps the one stack frame within its 512 bytes on 6.1.
+        // No other run on this CPU reads the memo before this one has
+        // written `any` (nothing below returns early).
+        // SAFETY: as above.
+        unsafe {
+            write_volatile(&raw mut (*m).head, head);
+            write_volatile(&raw mut (*m).l4, l4);
+            write_volatile(&raw mut (*m).dst[0], dst[0]);
+            write_volatile(&raw mut (*m).dst[1], dst[1]);
         }
-        Addrs::V6 { src, dst } => {
-            let d = addr6(&TC_DST_V6, TABLE_DST_V6, info, generation, dst, acc)?;
-            if and_into(acc, d) == 0 {
-                return None;
-            }
-            let s = addr6(&TC_SRC_V6, TABLE_SRC_V6, info, generation, src, acc)?;
-            and_into(acc, s);
-        }
+        let any = narrow(info, generation, l4_data, p, acc);
+        // SAFETY: as above.
+        unsafe { write_volatile(&raw mut (*m).any, any) };
     }
+    // SAFETY: as above.
+    if unsafe { read_volatile(&raw const (*m).any) } == 0 {
+        return None;
+    }
+    let s = match &p.addrs {
+        Addrs::V4 { src, .. } => addr4(&TC_SRC_V4, TABLE_SRC_V4, info, generation, src, acc)?,
+        Addrs::V6 { src, .. } => addr6(&TC_SRC_V6, TABLE_SRC_V6, info, generation, src, acc)?,
+    };
+    and_to(out, acc, s);
     let mut found = NO_CHANNEL;
     let mut i = 0;
     while i < CHANNEL_WORDS {
@@ -312,7 +333,7 @@ pub fn classify(generation: u8, words: u32, dir: u8, p: &Parsed) -> Option<u32> 
             break;
         }
         // SAFETY: as above.
-        let x = unsafe { read_volatile(&raw const (*acc)[i]) };
+        let x = unsafe { read_volatile(&raw const (*out)[i]) };
         if x != 0 {
             found = i as u32 * 64 + trailing_zeros(x);
             break;
@@ -327,14 +348,68 @@ pub fn classify(generation: u8, words: u32, dir: u8, p: &Parsed) -> Option<u32> 
     }
 }
 
-/// The channels still possible (`acc`, in scratch) narrowed to `set`;
+/// The channels the L4 and destination tables leave possible for `p`,
+/// into `acc`; returns the OR of their words, 0 when none is (also when a
+/// table has no entry for the packet).
+#[inline(always)]
+fn narrow(
+    info: &'static GenInfo,
+    generation: u8,
+    l4_data: [u8; 4],
+    p: &Parsed,
+    acc: *mut [u64; CHANNEL_WORDS],
+) -> u64 {
+    let l4 = if info.probes[TABLE_L4 as usize].count == PROBE_TRIE {
+        let [a, b, c, d] = l4_data;
+        TC_L4.get(Key::new(p.l4_bits, [generation, a, b, c, d]))
+    } else {
+        probe4::<false>(info, generation, TABLE_L4, l4_data, acc)
+    };
+    let Some(l4) = l4 else {
+        return 0;
+    };
+    // Every word, without a branch: a bound here would let LLVM thread
+    // each exit of this loop into its own copy of the next one.
+    let mut i = 0;
+    while i < CHANNEL_WORDS {
+        // SAFETY: the per-CPU memo's words (see `classify`); volatile, so
+        // that the words go through memory and what follows is walked once
+        // whatever the lookups were.
+        unsafe { write_volatile(&raw mut (*acc)[i], l4.words[i]) };
+        i += 1;
+    }
+    let d = match &p.addrs {
+        Addrs::V4 { dst, .. } => addr4(&TC_DST_V4, TABLE_DST_V4, info, generation, dst, acc),
+        Addrs::V6 { dst, .. } => addr6(&TC_DST_V6, TABLE_DST_V6, info, generation, dst, acc),
+    };
+    match d {
+        Some(d) => and_into(acc, d),
+        None => 0,
+    }
+}
+
+/// `out` = the channels still possible (`acc`) narrowed to `set`.
+#[inline(always)]
+fn and_to(out: *mut [u64; CHANNEL_WORDS], acc: *const [u64; CHANNEL_WORDS], set: &ChannelSet) {
+    let mut i = 0;
+    while i < CHANNEL_WORDS {
+        // SAFETY: the per-CPU memo's and scratch's words (see `classify`).
+        unsafe {
+            let x = read_volatile(&raw const (*acc)[i]) & set.words[i];
+            write_volatile(&raw mut (*out)[i], x);
+        }
+        i += 1;
+    }
+}
+
+/// The channels still possible (`acc`, in the memo) narrowed to `set`;
 /// returns the OR of the words left, 0 when no channel is.
 #[inline(always)]
 fn and_into(acc: *mut [u64; CHANNEL_WORDS], set: &ChannelSet) -> u64 {
     let mut any = 0;
     let mut i = 0;
     while i < CHANNEL_WORDS {
-        // SAFETY: the per-CPU scratch words (see `classify`).
+        // SAFETY: the per-CPU memo's words (see `classify`).
         unsafe {
             let x = read_volatile(&raw const (*acc)[i]) & set.words[i];
             write_volatile(&raw mut (*acc)[i], x);
@@ -356,7 +431,7 @@ fn reaches(info: &GenInfo, table: u8, i: usize, acc: *const [u64; CHANNEL_WORDS]
     let mut any = 0;
     let mut w = 0;
     while w < CHANNEL_WORDS {
-        // SAFETY: the per-CPU scratch words (see `classify`).
+        // SAFETY: the per-CPU memo's words (see `classify`).
         any |= reach.words[w] & unsafe { read_volatile(&raw const (*acc)[w]) };
         w += 1;
     }

@@ -31,6 +31,31 @@ pub const FLOW_SEEN_SLOTS: u32 = 4096;
 /// flow's admission by one packet.
 #[map]
 pub static TC_FLOW_SEEN: PerCpuArray<u32> = PerCpuArray::with_max_entries(FLOW_SEEN_SLOTS, 0);
+/// What the L4 and destination tables left possible for the last packet
+/// classified afresh on this CPU (see `classify::classify`): a flood from
+/// many sources to one service walks only the source table.
+#[repr(C)]
+pub struct DstMemo {
+    /// The generation's `GenInfo::epoch`, the generation, the L4 query's
+    /// length and the family (4 or 6, so that the zeroed value of a new
+    /// map matches no packet), packed by `classify::classify`.
+    pub head: u64,
+    /// The L4 query's data: direction byte with flags, protocol, port.
+    pub l4: u64,
+    /// The destination address (IPv4: the first four bytes, the rest 0).
+    pub dst: [u64; 2],
+    /// The OR of `words`; 0: no channel is possible.
+    pub any: u64,
+    /// The channels both tables left possible.
+    pub words: [u64; tc_common::CHANNEL_WORDS],
+}
+
+/// The per-CPU destination memo. Not pinned: a fresh agent's programs
+/// start with an empty one. Its entry names the generation's epoch, which
+/// every write of the generation's tables changes, so it never serves
+/// another content of the tables, whichever agent wrote them.
+#[map]
+pub static TC_DST_MEMO: PerCpuArray<DstMemo> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static TC_SRC_V4: LpmTrie<Ip4Key, ChannelSet> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
 #[map]
@@ -255,9 +280,9 @@ pub struct ParseScratch {
     pub channel: u32,
     /// Explicit padding.
     pub _pad3: u32,
-    /// The AND of the source and destination sets (`classify`): the
-    /// lookups' pointers end here, so the verifier walks the L4 lookup and
-    /// the last AND once, not once per kind of address lookup.
+    /// The channels all three tables leave possible (`classify`): the
+    /// lookups' pointers end here, so the verifier walks the search for
+    /// the first of them once, not once per kind of lookup.
     pub acc: [u64; tc_common::CHANNEL_WORDS],
     /// The parse results ([`crate::pipeline::handle`] passes them through here).
     pub parsed: crate::parse::Parsed,

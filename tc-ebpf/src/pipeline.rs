@@ -12,7 +12,7 @@
 
 use core::ptr::{read_volatile, write_volatile};
 
-use tc_common::{FragEntry, FLAG_NO_FLOW_CACHE, FRAG_BUDGET, NO_CHANNEL};
+use tc_common::{FragEntry, FRAG_BUDGET, NO_CHANNEL};
 
 use crate::{
     account::stage,
@@ -99,8 +99,14 @@ pub fn handle(
     }
     let (slot, follow) = match first {
         NOT_FOUND => {
-            let cache = config.flags & FLAG_NO_FLOW_CACHE == 0;
-            let slot = channel_slot(generation, gen_info.words, dir, parsed, cache, global);
+            let slot = channel_slot(
+                generation,
+                gen_info.words,
+                dir,
+                parsed,
+                config.flags,
+                global,
+            );
             (slot, JUDGE)
         }
         f => ((f >> 8) as u32, f as u8),

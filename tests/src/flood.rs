@@ -169,14 +169,17 @@ pub fn xdp_prog_id(netns: &str, iface: &str) -> Result<u32> {
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("ip -j output")?;
     let xdp = &v[0]["xdp"];
-    // One program: `xdp.prog`; programs in several modes: `xdp.attached[]`.
-    if let Some(many) = xdp["attached"].as_array() {
-        bail!(
+    // One program: `xdp.prog`; programs in several modes: `xdp.attached[]`
+    // (which some kernels report for a single one, too).
+    let prog = match xdp["attached"].as_array() {
+        Some(one) if one.len() == 1 => &one[0]["prog"],
+        Some(many) => bail!(
             "{iface} has {} XDP programs attached (several modes); the receiver's is not known",
             many.len()
-        );
-    }
-    xdp["prog"]["id"]
+        ),
+        None => &xdp["prog"],
+    };
+    prog["id"]
         .as_u64()
         .and_then(|id| u32::try_from(id).ok())
         .with_context(|| format!("no XDP program attached to {iface}"))

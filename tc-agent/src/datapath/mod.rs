@@ -31,9 +31,9 @@ use aya::{
 };
 use tc_common::{
     BucketState, ChannelCounters, ChannelPolicy, ChannelSet, Config, FlowKey4, FlowKey6, GenInfo,
-    GlobalCounters, BUCKETS, CHANNEL_SLOTS, CONFIG, COUNTERS, FLAG_NO_FLOW_CACHE, FLOWS4, FLOWS6,
-    GENS, GLOBAL, MAP_NAMES, MAX_CHANNELS, POLICIES, TABLE_DST_V4, TABLE_DST_V6, TABLE_L4,
-    TABLE_SRC_V4, TABLE_SRC_V6,
+    GlobalCounters, BUCKETS, CHANNEL_SLOTS, CONFIG, COUNTERS, FLAG_NO_DST_MEMO, FLAG_NO_FLOW_CACHE,
+    FLOWS4, FLOWS6, GENS, GLOBAL, MAP_NAMES, MAX_CHANNELS, POLICIES, TABLE_DST_V4, TABLE_DST_V6,
+    TABLE_L4, TABLE_SRC_V4, TABLE_SRC_V6,
 };
 
 use crate::policy::compile::Compiled;
@@ -372,9 +372,9 @@ impl Datapath {
         steps.step("write l4");
         let info = GenInfo {
             words: compiled.words,
+            epoch: self.next_epoch()?,
             probes: want.probes,
             reach: want.reach,
-            ..GenInfo::default()
         };
         let base = next * MAX_CHANNELS;
         let ncpus = aya::util::nr_cpus()
@@ -608,13 +608,37 @@ impl Datapath {
         Ok(())
     }
 
+    /// An epoch for the generation about to be written
+    /// ([`GenInfo::epoch`]): one past the larger of the two the generations
+    /// hold, so it differs from both (0, which agents before epochs wrote,
+    /// is skipped when the count wraps).
+    fn next_epoch(&mut self) -> Result<u32, DatapathError> {
+        let gens = self.array::<GenInfo>(GENS)?;
+        let mut max = 0;
+        for g in 0..2 {
+            max = max.max(gens.get(&g, 0).map_err(map_err(GENS))?.epoch);
+        }
+        Ok(max.checked_add(1).unwrap_or(1))
+    }
+
     /// Turns the flow cache on or off (benchmarks measure both paths).
     pub fn set_flow_cache(&mut self, enabled: bool) -> Result<(), DatapathError> {
+        self.set_flag(FLAG_NO_FLOW_CACHE, !enabled)
+    }
+
+    /// Turns the per-CPU destination memo on or off (benchmarks measure
+    /// the uncached path with and without it).
+    pub fn set_dst_memo(&mut self, enabled: bool) -> Result<(), DatapathError> {
+        self.set_flag(FLAG_NO_DST_MEMO, !enabled)
+    }
+
+    /// Sets or clears one of the config's `FLAG_*` bits.
+    fn set_flag(&mut self, flag: u32, on: bool) -> Result<(), DatapathError> {
         let mut config = self.config()?;
-        if enabled {
-            config.flags &= !FLAG_NO_FLOW_CACHE;
+        if on {
+            config.flags |= flag;
         } else {
-            config.flags |= FLAG_NO_FLOW_CACHE;
+            config.flags &= !flag;
         }
         self.array::<Config>(CONFIG)?
             .set(0, config, 0)
