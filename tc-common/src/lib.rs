@@ -381,11 +381,12 @@ pub struct GenInfo {
     /// Words of [`ChannelSet`] in use (channels / 64, rounded up), so the AND
     /// loop stops early for small policies.
     pub words: u32,
-    /// Which write of the tables this generation holds: every write gives
-    /// a number that neither generation held before, so that what the
-    /// datapath derived from an earlier content (its per-CPU destination
-    /// memo, `tc-ebpf`'s `classify`) can never be taken for this one.
-    /// Agents before it wrote 0 here (padding).
+    /// Which write of the tables this generation holds: the low 32 bits
+    /// of the policy version the write made live ([`Config::version`],
+    /// which only grows), so that what the datapath derived from an
+    /// earlier content (its per-CPU destination memo, `tc-ebpf`'s
+    /// `classify`) is never taken for this one. 0: unknown (agents before
+    /// it wrote 0 here, as padding), and the datapath keeps no memo.
     pub epoch: u32,
     /// Per table (`TABLE_*`): where its longest-prefix lookups go, the
     /// prefix hash maps ([`PREFIX4`]/[`PREFIX6`]) or its LPM trie.

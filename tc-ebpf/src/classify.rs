@@ -268,14 +268,18 @@ fn word(a: &[u8; 16], at: usize) -> u64 {
 /// ([`DstMemo`](crate::maps::DstMemo)), with the generation's epoch, the L4 query and the
 /// destination: the next packet with the same ones (a flood from many
 /// sources to one service, or a new client of a busy one) reads only the
-/// source table. `memo` false (`FLAG_NO_DST_MEMO`) reads all three.
+/// source table. `memo` false (`FLAG_NO_DST_MEMO`), or a generation of
+/// unknown epoch (0), reads all three.
 #[inline(always)]
 pub fn classify(generation: u8, words: u32, dir: u8, p: &Parsed, memo: bool) -> Option<u32> {
     let info = TC_GENS.get(generation as u32)?;
     let scratch = TC_SCRATCH.get_ptr_mut(0)?;
     let m = TC_DST_MEMO.get_ptr_mut(0)?;
-    // SAFETY: per-CPU slots, only this CPU uses them while the program runs.
-    let (acc, out) = unsafe { (&raw mut (*m).words, &raw mut (*scratch).acc) };
+    // SAFETY: per-CPU values. Runs on one CPU never interleave (the hooks
+    // run in softirq or with bottom halves off), so the memo, which
+    // outlives the run, is only ever read whole: its key is written before
+    // its words, but no other run can look between.
+    let (possible, acc) = unsafe { (&raw mut (*m).words, &raw mut (*scratch).acc) };
     // Port-less protocols look up with a prefix that stops at the protocol,
     // so they can only hit protocol-wide entries, never a port range.
     // Packets whose ports or protocol are hidden look up under a flag in
@@ -289,7 +293,7 @@ pub fn classify(generation: u8, words: u32, dir: u8, p: &Parsed, memo: bool) -> 
     };
     let head = u64::from(info.epoch)
         | u64::from(generation) << 32
-        | u64::from(p.l4_bits) << 40
+        | u64::from(p.l4_bits & 0xff) << 40
         | family << 48;
     let l4 = u64::from(u32::from_ne_bytes(l4_data));
     // SAFETY (the memo's fields): as above; volatile, so that what a miss
@@ -301,7 +305,7 @@ pub fn classify(generation: u8, words: u32, dir: u8, p: &Parsed, memo: bool) -> 
             | (read_volatile(&raw const (*m).dst[0]) ^ dst[0])
             | (read_volatile(&raw const (*m).dst[1]) ^ dst[1])
     };
-    if differs != 0 || !memo {
+    if differs != 0 || !memo || info.epoch == 0 {
         // The key first: its values are then dead during the lookups,
         // which keeps the one stack frame within its 512 bytes on 6.1.
         // No other run on this CPU reads the memo before this one has
@@ -313,7 +317,7 @@ pub fn classify(generation: u8, words: u32, dir: u8, p: &Parsed, memo: bool) -> 
             write_volatile(&raw mut (*m).dst[0], dst[0]);
             write_volatile(&raw mut (*m).dst[1], dst[1]);
         }
-        let any = narrow(info, generation, l4_data, p, acc);
+        let any = narrow(info, generation, l4_data, p, possible);
         // SAFETY: as above.
         unsafe { write_volatile(&raw mut (*m).any, any) };
     }
@@ -322,10 +326,10 @@ pub fn classify(generation: u8, words: u32, dir: u8, p: &Parsed, memo: bool) -> 
         return None;
     }
     let s = match &p.addrs {
-        Addrs::V4 { src, .. } => addr4(&TC_SRC_V4, TABLE_SRC_V4, info, generation, src, acc)?,
-        Addrs::V6 { src, .. } => addr6(&TC_SRC_V6, TABLE_SRC_V6, info, generation, src, acc)?,
+        Addrs::V4 { src, .. } => addr4(&TC_SRC_V4, TABLE_SRC_V4, info, generation, src, possible)?,
+        Addrs::V6 { src, .. } => addr6(&TC_SRC_V6, TABLE_SRC_V6, info, generation, src, possible)?,
     };
-    and_to(out, acc, s);
+    and_to(acc, possible, s);
     let mut found = NO_CHANNEL;
     let mut i = 0;
     while i < CHANNEL_WORDS {
@@ -333,7 +337,7 @@ pub fn classify(generation: u8, words: u32, dir: u8, p: &Parsed, memo: bool) -> 
             break;
         }
         // SAFETY: as above.
-        let x = unsafe { read_volatile(&raw const (*out)[i]) };
+        let x = unsafe { read_volatile(&raw const (*acc)[i]) };
         if x != 0 {
             found = i as u32 * 64 + trailing_zeros(x);
             break;

@@ -51,9 +51,10 @@ pub struct DstMemo {
 }
 
 /// The per-CPU destination memo. Not pinned: a fresh agent's programs
-/// start with an empty one. Its entry names the generation's epoch, which
-/// every write of the generation's tables changes, so it never serves
-/// another content of the tables, whichever agent wrote them.
+/// start with an empty one. Its entry names the generation's epoch, the
+/// policy version that write made live, so it never serves another
+/// content of the tables; a generation of epoch 0 (written by an agent
+/// before epochs) is not memoised.
 #[map]
 pub static TC_DST_MEMO: PerCpuArray<DstMemo> = PerCpuArray::with_max_entries(1, 0);
 #[map]

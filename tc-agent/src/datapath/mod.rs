@@ -372,7 +372,9 @@ impl Datapath {
         steps.step("write l4");
         let info = GenInfo {
             words: compiled.words,
-            epoch: self.next_epoch()?,
+            // Versions only grow, across agents, restarts and wipes
+            // (`seed_version`); a wrapped 0 leaves the memo off for it.
+            epoch: (live.version + 1) as u32,
             probes: want.probes,
             reach: want.reach,
         };
@@ -606,19 +608,6 @@ impl Datapath {
             let _ = flows.remove(&k);
         }
         Ok(())
-    }
-
-    /// An epoch for the generation about to be written
-    /// ([`GenInfo::epoch`]): one past the larger of the two the generations
-    /// hold, so it differs from both (0, which agents before epochs wrote,
-    /// is skipped when the count wraps).
-    fn next_epoch(&mut self) -> Result<u32, DatapathError> {
-        let gens = self.array::<GenInfo>(GENS)?;
-        let mut max = 0;
-        for g in 0..2 {
-            max = max.max(gens.get(&g, 0).map_err(map_err(GENS))?.epoch);
-        }
-        Ok(max.checked_add(1).unwrap_or(1))
     }
 
     /// Turns the flow cache on or off (benchmarks measure both paths).
