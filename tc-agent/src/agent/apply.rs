@@ -8,7 +8,7 @@ use crate::{
 
 impl Agent {
     pub(super) fn apply(&mut self, file: &str, text: &str) -> Result<ApplyReport> {
-        self.apply_parsed(parse(text, file), file)
+        self.apply_parsed(Policy::parse(text, file), file)
     }
 
     /// Applies what [`parse`] made of a file (the control server parses
@@ -212,10 +212,15 @@ fn release_freed_memory() {
     }
 }
 
-/// Reads and validates a policy file's text; `file` names it in diagnostics.
-pub(super) fn parse(text: &str, file: &str) -> std::result::Result<Policy, PolicyError> {
+/// Reads and validates a policy file's text, reusing what `reuse` kept
+/// of the last one; `file` names it in diagnostics.
+pub(super) fn parse(
+    reuse: &crate::policy::Reuse,
+    text: &str,
+    file: &str,
+) -> std::result::Result<Policy, PolicyError> {
     let t = Instant::now();
-    let parsed = Policy::parse(text, file);
+    let parsed = reuse.parse(text, file);
     tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "policy parsed");
     parsed
 }

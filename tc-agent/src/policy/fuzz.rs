@@ -33,7 +33,7 @@ use super::{
     compile::compile,
     sim::{reference, through_tables, Pkt},
     yaml::Lines,
-    Direction, Policy, Protocol,
+    Direction, Policy, Protocol, Reuse,
 };
 
 /// The name every generated file is parsed under; each error must carry it.
@@ -1120,4 +1120,45 @@ fn mutated_policies_are_refused_with_lines_or_compile_to_first_match() {
     run("mutated", (mutated(), any::<u64>()), |(text, seed)| {
         check_text(&text, seed, false)
     });
+}
+
+/// A valid file, then an edit of it: read reusing the channels of the
+/// first reading (`reuse`), the edited file gives the same policy as read
+/// whole, or is refused with the same diagnostics.
+#[test]
+fn edited_policies_read_reusing_channels_as_they_read_whole() {
+    let reused = Cell::new(0u64);
+    let edits = (policy(true), prop::collection::vec(mutation(), 1..3));
+    run("edited", edits, |(p, muts)| {
+        let base = p.render();
+        let reuse = Reuse::eager();
+        prop_assert!(reuse.parse(&base, FILE).is_ok(), "{}", base);
+        reuse.settle();
+        let edited = muts.iter().fold(base, |t, m| m.apply(t));
+        let before = reuse.reused();
+        let got = reuse.parse(&edited, FILE);
+        reused.set(reused.get() + reuse.reused() - before);
+        match (got, Policy::parse(&edited, FILE)) {
+            (Ok(a), Ok(b)) => {
+                prop_assert_eq!(a, b, "{}", edited);
+                Ok(Outcome::Accepted(0))
+            }
+            (Err(a), Err(b)) => {
+                prop_assert_eq!(a.to_string(), b.to_string(), "{}", edited);
+                Ok(Outcome::Refused)
+            }
+            (a, b) => {
+                prop_assert!(
+                    false,
+                    "reusing: {:?}\nwhole: {:?}\n--- file ---\n{}",
+                    a,
+                    b,
+                    edited
+                );
+                unreachable!()
+            }
+        }
+    });
+    println!("edited: {} files read reusing channels", reused.get());
+    assert!(reused.get() > 0, "no edit was read reusing channels");
 }

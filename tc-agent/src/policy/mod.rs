@@ -6,6 +6,8 @@
 //!
 //! One job per file:
 //! - `yaml`: text to a node tree with lines, every parser resource bounded;
+//! - `chunks`: the text cut at its channel items by its lines alone;
+//! - [`reuse`]: reading an edited file again, parsing only its new items;
 //! - `raw`: the tree read into the file's shape (keys, lists, maps);
 //! - `validate`: the shape to a [`Policy`], every rule and limit;
 //! - `cover`: for each prefix, the channels containing it (compile, shadow);
@@ -14,6 +16,7 @@
 //! - `prefix_text`: prefixes written out for the saved state;
 //! - [`compile`]: the datapath's tables; [`units`]: rates, sizes, durations.
 
+mod chunks;
 pub mod compile;
 pub(crate) mod cover;
 mod diagnostic;
@@ -21,6 +24,7 @@ mod model;
 mod prefix_text;
 mod raw;
 pub mod render;
+pub mod reuse;
 mod shadow;
 pub mod units;
 mod validate;
@@ -29,6 +33,7 @@ mod yaml;
 pub use self::{
     diagnostic::{Diagnostic, PolicyError},
     model::{Action, Channel, ConnAction, Direction, Limit, Mode, Policy, Protocol},
+    reuse::Reuse,
     validate::{
         DEFAULT_BURST_MS, DEFAULT_HORIZON, DEFAULT_MIN_BURST_BYTES,
         DEFAULT_MIN_NEW_CONNECTION_BURST, DEFAULT_PACKET_BURST_MS, MAX_BURST_BYTES,

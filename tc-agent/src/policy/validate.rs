@@ -120,37 +120,67 @@ impl Policy {
     /// draws a warning is read again with every line, so that each
     /// diagnostic names its own; one the YAML parser refuses is not.
     pub fn parse(text: &str, file: &str) -> Result<Policy, PolicyError> {
-        // A file the parser refuses is refused alike in both readings (the
-        // error's line is the parser's own): it is not read again.
-        let root = read_tree(text, file, Lines::MapsOnly)?;
-        match check(root, file) {
-            Ok(policy) if policy.warnings.is_empty() => Ok(policy),
-            _ => check(read_tree(text, file, Lines::All)?, file),
-        }
+        read(text, file).map(|r| r.policy)
     }
 
     /// [`Policy::parse`], with `lines` as the parser gives them.
     #[cfg(test)]
     pub(super) fn parse_with(text: &str, file: &str, lines: Lines) -> Result<Policy, PolicyError> {
-        check(read_tree(text, file, lines)?, file)
+        check(read_tree(text, file, lines)?.0, file).map(|(policy, _)| policy)
     }
 }
 
-/// The file's node tree, with `lines` as the parser gives them.
-fn read_tree(text: &str, file: &str, lines: Lines) -> Result<yaml::Node, PolicyError> {
-    yaml::parse(text, lines)
-        .map_err(|e| PolicyError::whole_file(file, e.line, e.message))?
-        .ok_or_else(|| {
-            PolicyError::whole_file(
-                file,
-                None,
-                "the file holds no policy (it is empty, or only comments); a policy without channels says `channels: []`".into(),
-            )
-        })
+/// What [`read`] made of a file.
+pub(super) struct Reading {
+    /// The policy.
+    pub policy: Policy,
+    /// Each channel's [`Footprint`], in policy order.
+    pub footprints: Vec<Footprint>,
+    /// Parser events the file produced ([`yaml::MAX_EVENTS`] bounds them).
+    pub events: usize,
 }
 
-/// Checks a file's node tree: the policy, or every error found.
-fn check(root: yaml::Node, file: &str) -> Result<Policy, PolicyError> {
+/// [`Policy::parse`], with what a later reading of an edited file needs to
+/// reuse this one's channels (`reuse`).
+pub(super) fn read(text: &str, file: &str) -> Result<Reading, PolicyError> {
+    // A file the parser refuses is refused alike in both readings (the
+    // error's line is the parser's own): it is not read again.
+    let (root, events) = read_tree(text, file, Lines::MapsOnly)?;
+    match check(root, file) {
+        Ok((policy, footprints)) if policy.warnings.is_empty() => Ok(Reading {
+            policy,
+            footprints,
+            events,
+        }),
+        _ => {
+            let (policy, footprints) = check(read_tree(text, file, Lines::All)?.0, file)?;
+            Ok(Reading {
+                policy,
+                footprints,
+                events,
+            })
+        }
+    }
+}
+
+/// The file's node tree, with `lines` as the parser gives them, and the
+/// parser events it took.
+fn read_tree(text: &str, file: &str, lines: Lines) -> Result<(yaml::Node, usize), PolicyError> {
+    let (root, events) = yaml::parse_counted(text, lines)
+        .map_err(|e| PolicyError::whole_file(file, e.line, e.message))?;
+    let root = root.ok_or_else(|| {
+        PolicyError::whole_file(
+            file,
+            None,
+            "the file holds no policy (it is empty, or only comments); a policy without channels says `channels: []`".into(),
+        )
+    })?;
+    Ok((root, events))
+}
+
+/// Checks a file's node tree: the policy and each channel's footprint, or
+/// every error found.
+fn check(root: yaml::Node, file: &str) -> Result<(Policy, Vec<Footprint>), PolicyError> {
     let mut ck = Checker {
         file,
         errors: Vec::new(),
@@ -186,11 +216,14 @@ fn check(root: yaml::Node, file: &str) -> Result<Policy, PolicyError> {
     if !ck.errors.is_empty() {
         return Err(ck.into_error());
     }
-    Ok(Policy {
-        channels: channels.0,
-        endpoints: channels.2,
-        warnings: ck.warnings,
-    })
+    Ok((
+        Policy {
+            channels: channels.0,
+            endpoints: channels.2,
+            warnings: ck.warnings,
+        },
+        channels.3,
+    ))
 }
 
 /// Collects diagnostics.
@@ -284,9 +317,14 @@ fn any_prefixes() -> Vec<IpNet> {
     ]
 }
 
-/// Checks everything but shadowing; returns the channels and the line of each.
-/// The channels, their lines, and the endpoint sets in file order.
-type Checked = (Vec<Channel>, Vec<usize>, Vec<(String, Vec<IpNet>)>);
+/// Checks everything but shadowing: the channels, their lines, the
+/// endpoint sets in file order, and each channel's [`Footprint`].
+type Checked = (
+    Vec<Channel>,
+    Vec<usize>,
+    Vec<(String, Vec<IpNet>)>,
+    Vec<Footprint>,
+);
 
 fn check_policy(ck: &mut Checker<'_>, raw: RawPolicy) -> Checked {
     let sets = check_endpoints(ck, &raw.endpoints);
@@ -303,13 +341,18 @@ fn check_policy(ck: &mut Checker<'_>, raw: RawPolicy) -> Checked {
             "channels",
             "missing: every policy lists its channels; a policy without channels says `channels: []`",
         );
-        return (Vec::new(), Vec::new(), in_order);
+        return (Vec::new(), Vec::new(), in_order, Vec::new());
     };
-    if !fits(ck, line, &channels, &sets) {
-        return (Vec::new(), Vec::new(), in_order);
-    }
+    let Some(footprints) = fits(ck, line, &channels, &sets) else {
+        return (Vec::new(), Vec::new(), in_order, Vec::new());
+    };
     let lines = channels.iter().map(|c| c.line).collect();
-    (check_channels(ck, channels, &sets), lines, in_order)
+    (
+        check_channels(ck, channels, &sets),
+        lines,
+        in_order,
+        footprints,
+    )
 }
 
 fn check_endpoints(ck: &mut Checker<'_>, raw: &[RawSet]) -> BTreeMap<String, Vec<IpNet>> {
@@ -381,12 +424,10 @@ fn fits(
     line: usize,
     channels: &[RawChannel],
     sets: &BTreeMap<String, Vec<IpNet>>,
-) -> bool {
-    /// Prefix counts of one side and family.
+) -> Option<Vec<Footprint>> {
+    /// Prefixes of one side, counted once each.
     #[derive(Default)]
     struct Count<'s> {
-        /// Each channel's copy counted.
-        copies: usize,
         /// Prefixes named directly (sorted and deduplicated below: a
         /// sort is several times faster than hashing 131,072 prefixes).
         inline: Vec<IpNet>,
@@ -405,25 +446,27 @@ fn fits(
         })
         .collect();
     let mut counts: [Count<'_>; 2] = Default::default();
-    let mut port_ranges = 0usize;
+    let mut footprints = Vec::with_capacity(channels.len());
     for c in channels {
+        let mut f = Footprint::default();
         for (side, raw) in [(0, &c.from), (1, &c.to)] {
             let Some(raw) = raw else { continue };
+            f.named[side] = true;
             let count = &mut counts[side];
             for (_, t) in endpoint_items(raw) {
                 if let Some((name, c)) = per_family.get_key_value(t.text.as_str()) {
-                    count.copies += c[0] + c[1];
+                    f.copies[side] += c[0] + c[1];
                     count.sets.insert(name);
                 } else if let Ok(n) = parse_cidr(&t.text) {
-                    count.copies += 1;
+                    f.copies[side] += 1;
                     count.inline.push(n);
                 }
             }
         }
-        port_ranges += c.ports.as_ref().map_or(0, |p| p.items.len());
+        f.port_ranges = c.ports.as_ref().map_or(0, |p| p.items.len());
+        footprints.push(f);
     }
-    let mut ok = true;
-    for (side, count) in ["source", "destination"].iter().zip(&counts) {
+    let distinct = counts.map(|count| {
         let mut distinct: [Vec<&IpNet>; 2] = Default::default();
         for n in count
             .sets
@@ -433,48 +476,63 @@ fn fits(
         {
             distinct[family(n)].push(n);
         }
-        for d in &mut distinct {
+        distinct.map(|mut d| {
             d.sort_unstable();
             d.dedup();
-        }
-        for (fam, d) in ["IPv4", "IPv6"].iter().zip(&distinct) {
-            if d.len() > MAX_PREFIXES {
-                ck.error(
-                    line,
-                    "channels",
-                    format!(
-                        "{} distinct {side} {fam} prefixes; the datapath holds at most {MAX_PREFIXES} per side and family",
-                        d.len()
-                    ),
-                );
-                ok = false;
+            d.len()
+        })
+    });
+    let over = over_limits(&footprints, distinct);
+    for message in &over {
+        ck.error(line, "channels", message.clone());
+    }
+    over.is_empty().then_some(footprints)
+}
+
+/// What one channel adds to the policy-wide counts that [`fits`] bounds,
+/// as the file writes it (before its sets are copied in): kept per
+/// channel, so that a file read again with a few channels changed
+/// (`reuse`) is held to the same bounds without reading the others.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Footprint {
+    /// Per side (`from`, `to`): whether the file names addresses; a side
+    /// it leaves out matches any address and counts nothing.
+    pub named: [bool; 2],
+    /// Per side: prefixes, counting the channel's copy of each set it names.
+    pub copies: [usize; 2],
+    /// Port ranges.
+    pub port_ranges: usize,
+}
+
+/// The bounds a whole policy is held to, given each channel's
+/// [`Footprint`] and the distinct prefixes per side and family: one
+/// message per bound exceeded.
+pub(super) fn over_limits(footprints: &[Footprint], distinct: [[usize; 2]; 2]) -> Vec<String> {
+    let mut over = Vec::new();
+    for (side, name) in ["source", "destination"].iter().enumerate() {
+        for (fam, d) in ["IPv4", "IPv6"].iter().zip(distinct[side]) {
+            if d > MAX_PREFIXES {
+                over.push(format!(
+                    "{d} distinct {name} {fam} prefixes; the datapath holds at most {MAX_PREFIXES} per side and family"
+                ));
             }
         }
         // Copies are counted for both families together: the bound is on
         // memory, and the sum bounds each family too.
-        if count.copies > MAX_PREFIX_COPIES {
-            ck.error(
-                line,
-                "channels",
-                format!(
-                    "{} {side} prefixes counting each channel's copy of the sets it names; at most {MAX_PREFIX_COPIES}: share a large set among fewer channels",
-                    count.copies
-                ),
-            );
-            ok = false;
+        let copies: usize = footprints.iter().map(|f| f.copies[side]).sum();
+        if copies > MAX_PREFIX_COPIES {
+            over.push(format!(
+                "{copies} {name} prefixes counting each channel's copy of the sets it names; at most {MAX_PREFIX_COPIES}: share a large set among fewer channels"
+            ));
         }
     }
+    let port_ranges: usize = footprints.iter().map(|f| f.port_ranges).sum();
     if port_ranges > MAX_PORT_RANGES {
-        ck.error(
-            line,
-            "channels",
-            format!(
-                "{port_ranges} port ranges in all; the datapath holds at most {MAX_PORT_RANGES}"
-            ),
-        );
-        ok = false;
+        over.push(format!(
+            "{port_ranges} port ranges in all; the datapath holds at most {MAX_PORT_RANGES}"
+        ));
     }
-    ok
+    over
 }
 
 /// The defined set names for "not defined" errors, the first few only.

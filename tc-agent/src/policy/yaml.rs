@@ -105,7 +105,15 @@ pub enum Lines {
 
 /// Parses `text` into a node tree; `Ok(None)` for a file without a document
 /// (empty, or only comments), which `validate` turns into its own error.
+#[cfg(test)]
 pub fn parse(text: &str, lines: Lines) -> Result<Option<Node>, SyntaxError> {
+    parse_counted(text, lines).map(|(root, _)| root)
+}
+
+/// [`parse`], with the parser events the text produced (what
+/// [`MAX_EVENTS`] bounds), so that a file read in parts (`reuse`) can
+/// be held to the bound of the whole.
+pub fn parse_counted(text: &str, lines: Lines) -> Result<(Option<Node>, usize), SyntaxError> {
     if text.len() > MAX_FILE_BYTES {
         return Err(SyntaxError {
             line: None,
@@ -117,21 +125,28 @@ pub fn parse(text: &str, lines: Lines) -> Result<Option<Node>, SyntaxError> {
             ),
         });
     }
+    let events = std::rc::Rc::new(std::cell::Cell::new(0));
+    let counted = events.clone();
+    let opts = options().with_budget_report(move |r| counted.set(r.events));
     let root = match lines {
-        Lines::All => read::<true>(text)?,
-        Lines::MapsOnly => read::<false>(text)?,
+        Lines::All => read::<true>(text, opts)?,
+        Lines::MapsOnly => read::<false>(text, opts)?,
     };
-    Ok(root.and_then(|(line, value)| match value {
+    let root = root.and_then(|(line, value)| match value {
         Value::Null => None,
         value => Some(Node { line, value }),
-    }))
+    });
+    Ok((root, events.get()))
 }
 
 /// The document's root and its line, its list items spanned or not
 /// (`ITEM_LINES`).
-fn read<const ITEM_LINES: bool>(text: &str) -> Result<Option<(usize, Value)>, SyntaxError> {
+fn read<const ITEM_LINES: bool>(
+    text: &str,
+    opts: Options,
+) -> Result<Option<(usize, Value)>, SyntaxError> {
     let root: Option<Spanned<Read<ITEM_LINES>>> =
-        serde_saphyr::from_str_with_options(text, options()).map_err(|e| syntax_error(&e))?;
+        serde_saphyr::from_str_with_options(text, opts).map_err(|e| syntax_error(&e))?;
     Ok(root.map(|r| (line_of(&r.referenced), r.value.0)))
 }
 

@@ -167,6 +167,9 @@ pub(super) struct Server {
     /// applies run one at a time, in the order they came (tokio's mutex
     /// is fair), and never read several large files at once.
     applying: tokio::sync::Mutex<()>,
+    /// The last policy file read, for the next apply to parse only the
+    /// channels an edit changed.
+    reuse: Arc<crate::policy::Reuse>,
     /// Refused peers (wrong uid and group).
     refused_log: Throttle,
     /// Oversized requests.
@@ -198,6 +201,7 @@ impl Server {
             }),
             big: Arc::new(Semaphore::new(BIG_REQUESTS)),
             applying: tokio::sync::Mutex::new(()),
+            reuse: Arc::default(),
             refused_log: Throttle::new(),
             oversize_log: Throttle::new(),
             slow_log: Throttle::new(),
@@ -456,8 +460,9 @@ impl Server {
                 // Reading the file needs no agent: it is done before the
                 // agent lock is taken, so samples, reports and the
                 // previous switch's fold are not held up by it.
+                let reuse = self.reuse.clone();
                 let parsed = tokio::task::spawn_blocking(move || {
-                    let parsed = super::apply::parse(&text, &file);
+                    let parsed = super::apply::parse(&reuse, &text, &file);
                     (parsed, file)
                 })
                 .await;
@@ -477,6 +482,9 @@ impl Server {
                     r
                 })
                 .await;
+                // The file read whole is remembered for the next apply
+                // now that this one is done with the CPU.
+                self.reuse.remember();
                 // A switch's fold (reading the old generation once its
                 // grace period has passed, and saving the state) runs once
                 // that period is over, off this request's path, rather than
