@@ -32,7 +32,7 @@ impl Agent {
         // this apply writes into it.
         self.settle();
         steps.step("settle");
-        let mut compiled = compile(&policy)?;
+        let mut compiled = compile_reusing(&policy, self.addresses.take())?;
         steps.step("compile");
         let pools = self.pools.assign(&policy, &mut compiled.policies)?;
         let fq_new = self.prepare_fq(&policy)?;
@@ -134,6 +134,9 @@ impl Agent {
             generation: previous,
             kept,
         });
+        // The address tables are kept for the next apply; the rest of
+        // the compile is done with.
+        self.addresses = Some(Addresses::take(&policy, &mut compiled));
         drop(compiled);
         self.generation = live.generation;
         self.version = live.version;
@@ -216,11 +219,15 @@ fn release_freed_memory() {
 /// of the last one; `file` names it in diagnostics.
 pub(super) fn parse(
     reuse: &crate::policy::Reuse,
-    text: &str,
+    text: String,
     file: &str,
 ) -> std::result::Result<Policy, PolicyError> {
     let t = Instant::now();
     let parsed = reuse.parse(text, file);
-    tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "policy parsed");
+    tracing::debug!(
+        ms = t.elapsed().as_secs_f64() * 1e3,
+        reused_so_far = reuse.reused(),
+        "policy parsed"
+    );
     parsed
 }

@@ -408,6 +408,7 @@ impl Agent {
             generation: live.generation,
             version: live.version,
             digest: saved.digest,
+            addresses: None,
             state_check,
             live_slots,
             closing: false,

@@ -45,7 +45,10 @@ use crate::{
         conn::PoolCounts,
         qdisc, sys, Datapath, TableSizes,
     },
-    policy::{compile::compile, Action, Mode, Policy},
+    policy::{
+        compile::{compile_reusing, Addresses},
+        Action, Mode, Policy,
+    },
 };
 
 /// Everything `tc-agent run` is told.
@@ -136,6 +139,10 @@ struct Agent {
     /// Digest of the live generation's tables, saved with the state so a
     /// restarted agent can tell whether the kernel still holds them.
     digest: u64,
+    /// The live policy's compiled address tables, for the next apply to
+    /// reuse when its channels name the same addresses (`None` until this
+    /// agent's first apply).
+    addresses: Option<Addresses>,
     /// Whether the saved state matched the kernel at start.
     state_check: StateCheck,
     /// Channels the live generation holds in the kernel, named or not.

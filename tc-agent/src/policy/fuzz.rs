@@ -1,6 +1,6 @@
 //! Property-based fuzzing of the policy parser and compiler (proptest).
 //!
-//! Three properties, each over generated policy files:
+//! Four properties, each over generated policy files:
 //! - structured policies within the rules are accepted, and compile to
 //!   tables that agree with a plain first-match scan ([`sim::reference`])
 //!   on random packets;
@@ -9,7 +9,10 @@
 //!   agree with the first-match scan like the valid ones;
 //! - byte and line mutations of valid files (truncation, inserted YAML
 //!   punctuation, duplicated and moved lines, deep nesting, anchors and
-//!   aliases): the same.
+//!   aliases): the same;
+//! - a valid file, then two edits of it (the same mutations): each read
+//!   reusing the channels of the reading before ([`super::reuse`]) gives
+//!   what reading it whole gives, the same policy or the same diagnostics.
 //!
 //! `cargo test` runs [`DEFAULT_CASES`] files per property with
 //! [`DEFAULT_PACKETS`] packets each; `TC_FUZZ_CASES` and `TC_FUZZ_PACKETS`
@@ -1122,42 +1125,101 @@ fn mutated_policies_are_refused_with_lines_or_compile_to_first_match() {
     });
 }
 
-/// A valid file, then an edit of it: read reusing the channels of the
-/// first reading (`reuse`), the edited file gives the same policy as read
-/// whole, or is refused with the same diagnostics.
+/// One edit of a generated policy's channels, as an operator makes them.
+#[derive(Debug, Clone)]
+enum Edit {
+    /// A channel replaced by another.
+    Replace(Index, GenChannel),
+    /// A channel removed.
+    Remove(Index),
+    /// Two channels swapped.
+    Swap(Index, Index),
+    /// A channel added.
+    Insert(Index, GenChannel),
+}
+
+impl Edit {
+    fn apply(&self, p: &mut GenPolicy) {
+        let n = p.channels.len();
+        match self {
+            Edit::Replace(i, c) if n > 0 => p.channels[i.index(n)] = c.clone(),
+            Edit::Remove(i) if n > 0 => {
+                p.channels.remove(i.index(n));
+            }
+            Edit::Swap(a, b) if n > 0 => p.channels.swap(a.index(n), b.index(n)),
+            Edit::Insert(i, c) => p.channels.insert(i.index(n + 1), c.clone()),
+            _ => {}
+        }
+    }
+}
+
+/// A valid policy and two rounds of edits of its channels (channels of
+/// its own endpoint sets).
+fn edited() -> impl Strategy<Value = (GenPolicy, Vec<Edit>, Vec<Edit>)> {
+    policy(true).prop_flat_map(|p| {
+        let defined: Vec<String> = p.sets.iter().map(|(n, _)| n.clone()).collect();
+        let edit = prop_oneof![
+            (any::<Index>(), channel(true, defined.clone())).prop_map(|(i, c)| Edit::Replace(i, c)),
+            any::<Index>().prop_map(Edit::Remove),
+            (any::<Index>(), any::<Index>()).prop_map(|(a, b)| Edit::Swap(a, b)),
+            (any::<Index>(), channel(true, defined)).prop_map(|(i, c)| Edit::Insert(i, c)),
+        ];
+        (
+            Just(p),
+            prop::collection::vec(edit.clone(), 1..3),
+            prop::collection::vec(edit, 1..3),
+        )
+    })
+}
+
+/// A valid file, then edits of it, one after the other (two rounds of
+/// its channels edited, then byte and line mutations): each read reusing
+/// the channels of the reading before (`reuse`, whose memo after the first
+/// edit may come from a reading that itself reused) gives what reading it
+/// whole gives, the same policy or the same diagnostics.
 #[test]
 fn edited_policies_read_reusing_channels_as_they_read_whole() {
     let reused = Cell::new(0u64);
-    let edits = (policy(true), prop::collection::vec(mutation(), 1..3));
-    run("edited", edits, |(p, muts)| {
+    let cases = (edited(), prop::collection::vec(mutation(), 1..3));
+    run("edited", cases, |((p, first, second), mutations)| {
         let base = p.render();
         let reuse = Reuse::eager();
-        prop_assert!(reuse.parse(&base, FILE).is_ok(), "{}", base);
+        prop_assert!(reuse.parse(base.clone(), FILE).is_ok(), "{}", base);
         reuse.settle();
-        let edited = muts.iter().fold(base, |t, m| m.apply(t));
-        let before = reuse.reused();
-        let got = reuse.parse(&edited, FILE);
-        reused.set(reused.get() + reuse.reused() - before);
-        match (got, Policy::parse(&edited, FILE)) {
-            (Ok(a), Ok(b)) => {
-                prop_assert_eq!(a, b, "{}", edited);
-                Ok(Outcome::Accepted(0))
-            }
-            (Err(a), Err(b)) => {
-                prop_assert_eq!(a.to_string(), b.to_string(), "{}", edited);
-                Ok(Outcome::Refused)
-            }
-            (a, b) => {
-                prop_assert!(
-                    false,
-                    "reusing: {:?}\nwhole: {:?}\n--- file ---\n{}",
-                    a,
-                    b,
-                    edited
-                );
-                unreachable!()
-            }
+        let mut q = p.clone();
+        first.iter().for_each(|e| e.apply(&mut q));
+        let once = q.render();
+        second.iter().for_each(|e| e.apply(&mut q));
+        let twice = q.render();
+        let mutated = mutations.iter().fold(twice.clone(), |t, m| m.apply(t));
+        let mut outcome = Outcome::Refused;
+        for edited in [once, twice, mutated] {
+            let before = reuse.reused();
+            let got = reuse.parse(edited.clone(), FILE);
+            reuse.settle();
+            reused.set(reused.get() + reuse.reused() - before);
+            outcome = match (got, Policy::parse(&edited, FILE)) {
+                (Ok(a), Ok(b)) => {
+                    prop_assert_eq!(a, b, "{}", edited);
+                    Outcome::Accepted(0)
+                }
+                (Err(a), Err(b)) => {
+                    prop_assert_eq!(a.to_string(), b.to_string(), "{}", edited);
+                    Outcome::Refused
+                }
+                (a, b) => {
+                    prop_assert!(
+                        false,
+                        "reusing: {:?}\nwhole: {:?}\n--- file ---\n{}",
+                        a,
+                        b,
+                        edited
+                    );
+                    unreachable!()
+                }
+            };
         }
+        Ok(outcome)
     });
     println!("edited: {} files read reusing channels", reused.get());
     assert!(reused.get() > 0, "no edit was read reusing channels");

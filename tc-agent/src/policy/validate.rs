@@ -199,16 +199,16 @@ fn check(root: yaml::Node, file: &str) -> Result<(Policy, Vec<Footprint>), Polic
         }
         return Err(ck.into_error());
     }
-    let channels = check_policy(&mut ck, raw);
+    let checked = check_policy(&mut ck, raw);
     if ck.errors.is_empty() {
-        for w in shadow::shadowed(&channels.0) {
-            let line = channels.1.get(w.channel).copied();
+        for w in shadow::shadowed(&checked.channels) {
+            let line = checked.lines.get(w.channel).copied();
             ck.warnings.push(ck.diag(
                 line,
                 &format!("channels[{}]", w.channel),
                 format!(
                     "channel `{}` can never match: `{}` comes first and matches all of its traffic",
-                    channels.0[w.channel].name, channels.0[w.by].name
+                    checked.channels[w.channel].name, checked.channels[w.by].name
                 ),
             ));
         }
@@ -218,11 +218,11 @@ fn check(root: yaml::Node, file: &str) -> Result<(Policy, Vec<Footprint>), Polic
     }
     Ok((
         Policy {
-            channels: channels.0,
-            endpoints: channels.2,
+            channels: checked.channels,
+            endpoints: checked.endpoints,
             warnings: ck.warnings,
         },
-        channels.3,
+        checked.footprints,
     ))
 }
 
@@ -317,14 +317,18 @@ fn any_prefixes() -> Vec<IpNet> {
     ]
 }
 
-/// Checks everything but shadowing: the channels, their lines, the
-/// endpoint sets in file order, and each channel's [`Footprint`].
-type Checked = (
-    Vec<Channel>,
-    Vec<usize>,
-    Vec<(String, Vec<IpNet>)>,
-    Vec<Footprint>,
-);
+/// What [`check_policy`] found: everything but shadowing.
+#[derive(Default)]
+struct Checked {
+    /// The channels, in file order.
+    channels: Vec<Channel>,
+    /// The line of each channel's item, for diagnostics about it.
+    lines: Vec<usize>,
+    /// The endpoint sets in file order.
+    endpoints: Vec<(String, Vec<IpNet>)>,
+    /// Each channel's [`Footprint`].
+    footprints: Vec<Footprint>,
+}
 
 fn check_policy(ck: &mut Checker<'_>, raw: RawPolicy) -> Checked {
     let sets = check_endpoints(ck, &raw.endpoints);
@@ -341,18 +345,24 @@ fn check_policy(ck: &mut Checker<'_>, raw: RawPolicy) -> Checked {
             "channels",
             "missing: every policy lists its channels; a policy without channels says `channels: []`",
         );
-        return (Vec::new(), Vec::new(), in_order, Vec::new());
+        return Checked {
+            endpoints: in_order,
+            ..Checked::default()
+        };
     };
     let Some(footprints) = fits(ck, line, &channels, &sets) else {
-        return (Vec::new(), Vec::new(), in_order, Vec::new());
+        return Checked {
+            endpoints: in_order,
+            ..Checked::default()
+        };
     };
     let lines = channels.iter().map(|c| c.line).collect();
-    (
-        check_channels(ck, channels, &sets),
+    Checked {
+        channels: check_channels(ck, channels, &sets),
         lines,
-        in_order,
+        endpoints: in_order,
         footprints,
-    )
+    }
 }
 
 fn check_endpoints(ck: &mut Checker<'_>, raw: &[RawSet]) -> BTreeMap<String, Vec<IpNet>> {
@@ -428,8 +438,7 @@ fn fits(
     /// Prefixes of one side, counted once each.
     #[derive(Default)]
     struct Count<'s> {
-        /// Prefixes named directly (sorted and deduplicated below: a
-        /// sort is several times faster than hashing 131,072 prefixes).
+        /// Prefixes named directly.
         inline: Vec<IpNet>,
         /// Sets named at least once (their prefixes count once).
         sets: HashSet<&'s str>,
@@ -467,26 +476,34 @@ fn fits(
         footprints.push(f);
     }
     let distinct = counts.map(|count| {
-        let mut distinct: [Vec<&IpNet>; 2] = Default::default();
-        for n in count
-            .sets
-            .iter()
-            .flat_map(|s| &sets[*s])
-            .chain(&count.inline)
-        {
-            distinct[family(n)].push(n);
-        }
-        distinct.map(|mut d| {
-            d.sort_unstable();
-            d.dedup();
-            d.len()
-        })
+        distinct_per_family(
+            count
+                .sets
+                .iter()
+                .flat_map(|s| &sets[*s])
+                .chain(&count.inline),
+        )
     });
     let over = over_limits(&footprints, distinct);
     for message in &over {
         ck.error(line, "channels", message.clone());
     }
     over.is_empty().then_some(footprints)
+}
+
+/// How many distinct IPv4 and IPv6 prefixes `nets` holds (sorted and
+/// deduplicated: a sort is several times faster than hashing 131,072
+/// prefixes).
+pub(super) fn distinct_per_family<'a>(nets: impl IntoIterator<Item = &'a IpNet>) -> [usize; 2] {
+    let mut by_family: [Vec<&IpNet>; 2] = Default::default();
+    for n in nets {
+        by_family[usize::from(matches!(n, IpNet::V6(_)))].push(n);
+    }
+    by_family.map(|mut d| {
+        d.sort_unstable();
+        d.dedup();
+        d.len()
+    })
 }
 
 /// What one channel adds to the policy-wide counts that [`fits`] bounds,

@@ -103,16 +103,11 @@ pub enum Lines {
     MapsOnly,
 }
 
-/// Parses `text` into a node tree; `Ok(None)` for a file without a document
-/// (empty, or only comments), which `validate` turns into its own error.
-#[cfg(test)]
-pub fn parse(text: &str, lines: Lines) -> Result<Option<Node>, SyntaxError> {
-    parse_counted(text, lines).map(|(root, _)| root)
-}
-
-/// [`parse`], with the parser events the text produced (what
-/// [`MAX_EVENTS`] bounds), so that a file read in parts (`reuse`) can
-/// be held to the bound of the whole.
+/// Parses `text` into a node tree, `None` for a file without a document
+/// (empty, or only comments), which `validate` turns into its own error;
+/// with the parser events the text produced (what [`MAX_EVENTS`] bounds),
+/// so that a file read in parts (`reuse`) is held to the bound of the
+/// whole.
 pub fn parse_counted(text: &str, lines: Lines) -> Result<(Option<Node>, usize), SyntaxError> {
     if text.len() > MAX_FILE_BYTES {
         return Err(SyntaxError {
@@ -400,8 +395,8 @@ channels:
     limit:
       bandwidth: 5Mbit
 "#;
-        let all = parse(text, Lines::All).unwrap().unwrap();
-        let maps = parse(text, Lines::MapsOnly).unwrap().unwrap();
+        let all = parse_counted(text, Lines::All).unwrap().0.unwrap();
+        let maps = parse_counted(text, Lines::MapsOnly).unwrap().0.unwrap();
         assert_ne!(all, maps, "the list items' lines differ");
         assert_eq!(without_item_lines(all), maps);
     }
@@ -414,8 +409,8 @@ channels:
             "---\na: 1\n---\nb: 2\n",
             &"[".repeat(40),
         ] {
-            let all = parse(text, Lines::All).unwrap_err();
-            let maps = parse(text, Lines::MapsOnly).unwrap_err();
+            let all = parse_counted(text, Lines::All).unwrap_err();
+            let maps = parse_counted(text, Lines::MapsOnly).unwrap_err();
             assert_eq!((all.line, all.message), (maps.line, maps.message), "{text}");
         }
     }

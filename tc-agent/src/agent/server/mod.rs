@@ -462,7 +462,7 @@ impl Server {
                 // previous switch's fold are not held up by it.
                 let reuse = self.reuse.clone();
                 let parsed = tokio::task::spawn_blocking(move || {
-                    let parsed = super::apply::parse(&reuse, &text, &file);
+                    let parsed = super::apply::parse(&reuse, text, &file);
                     (parsed, file)
                 })
                 .await;

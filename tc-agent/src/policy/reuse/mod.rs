@@ -1,7 +1,7 @@
 //! Reading a policy file again after an edit of a few channels: the
-//! channels whose text is unchanged are taken from the last reading, and
-//! only the others are parsed and checked, with the whole policy then held
-//! to every bound and rule that spans channels.
+//! channels whose item text is unchanged are taken from the last reading,
+//! and only the others are parsed and checked, with the whole policy then
+//! held to every bound and rule that spans channels.
 //!
 //! Reading the benchmark's 1,024-channel, 2.9 MB file takes about 100 ms,
 //! most of a one-channel change's time; an operator pushing back on one
@@ -12,7 +12,8 @@
 //!
 //! - the file is cut by its lines (`chunks`), and the text before and
 //!   after the items (the `endpoints` the channels name, and any other
-//!   key) must be the same as the last reading's, byte for byte;
+//!   key) must be the last reading's, byte for byte, and an item is taken
+//!   only for the text it was read from (by cryptographic digests);
 //! - every item taken from a reading, and every new one, was parsed on its
 //!   own (`channels:` and the item) and read as exactly one complete item:
 //!   it neither starts nor leaves open a string, a `[...]` or a `{...}`,
@@ -23,56 +24,65 @@
 //!   channel's [`Footprint`]), the parser's event bound ([`MAX_EVENTS`]:
 //!   each item's events are counted), and shadowing.
 //!
-//! Anything else (a file this cannot cut, an error, a warning, more new
-//! items than [`MAX_NEW`] allows) reads the whole file, which reports
-//! every diagnostic with its line, and starts the next reuse from it.
+//! Anything else (a file this cannot cut, an error, a warning, a changed
+//! endpoint set, more than a [`NEW_SHARE`]th of the items new) reads the
+//! whole file, which reports every diagnostic with its line, and starts
+//! the next reuse from it. The memo of a whole reading is built on a
+//! thread of its own at idle priority, once the apply is done; a reading
+//! that comes before it is there (back-to-back applies, a CPU-bound node)
+//! is whole too.
+
+mod memo;
 
 use std::{
-    collections::{HashMap, HashSet},
-    hash::{BuildHasher, RandomState},
+    collections::HashSet,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
     },
 };
 
-use ipnet::IpNet;
 use parking_lot::Mutex;
 use tracing::debug;
 
+use self::memo::{build, digest, idle_priority, item_events, Known, Memo, Pending};
 use super::{
     chunks::{self, Cut},
     diagnostic::PolicyError,
     model::{Channel, Policy},
     shadow,
-    validate::{self, over_limits, Footprint, Reading},
-    yaml::{self, Lines, MAX_EVENTS},
+    validate::{self, distinct_per_family, over_limits, Footprint},
+    yaml::{self, MAX_EVENTS},
     MAX_PREFIXES,
 };
 
-/// New items, as a share of the file's, up to which only they are read:
-/// each is parsed twice (alone, and among the endpoint sets), so past
-/// about a third of the file reading it whole is as fast.
-const MAX_NEW: usize = 4;
+/// New items may be at most this fraction's denominator's share of the
+/// file's (a quarter) for only them to be read: each is parsed twice
+/// (alone, and among the endpoint sets), so past about a third of the
+/// file reading it whole is as fast.
+const NEW_SHARE: usize = 4;
 
 /// Readings of one policy file after another, each reusing the channels
 /// of the last one it can. Shared by the applies of one agent (they run
-/// one at a time); the memo of a whole reading is built on a thread of
-/// its own, off the apply's path.
+/// one at a time).
 pub struct Reuse {
     /// The last reading's channels by item, when it could be cut.
     memo: Arc<Mutex<Option<Memo>>>,
-    /// Readings started, so that a memo built in the background for an
-    /// older reading does not replace a newer one's.
+    /// Readings started, so that a memo built for an older reading stops,
+    /// and does not replace a newer one's.
     readings: Arc<AtomicU64>,
-    /// Readings that reused channels (the rest were read whole).
+    /// Readings that reused channels of an earlier one (the rest were
+    /// whole), for the apply's log.
     reused: AtomicU64,
-    /// The last whole reading, until [`Reuse::remember`] builds its memo.
-    pending: Mutex<Option<Pending>>,
+    /// The last whole reading and its number, until [`Reuse::remember`]
+    /// builds its memo.
+    pending: Mutex<Option<(Pending, u64)>>,
+    /// [`NEW_SHARE`]; tests lift it, to reuse whatever they can.
+    #[cfg(test)]
+    new_share: usize,
     /// The memo being built, for tests to wait on.
+    #[cfg(test)]
     building: Mutex<Option<std::thread::JoinHandle<()>>>,
-    /// [`MAX_NEW`]; tests lift it, to reuse whatever they can.
-    max_new: usize,
 }
 
 impl Default for Reuse {
@@ -82,122 +92,88 @@ impl Default for Reuse {
             readings: Arc::default(),
             reused: AtomicU64::new(0),
             pending: Mutex::new(None),
+            #[cfg(test)]
+            new_share: NEW_SHARE,
+            #[cfg(test)]
             building: Mutex::new(None),
-            max_new: MAX_NEW,
         }
     }
-}
-
-/// What a reading left for the next one.
-struct Memo {
-    /// Keys of the digests below (random: no text can be made to collide).
-    keys: [RandomState; 2],
-    /// Digest of the text before the items.
-    head: u128,
-    /// Digest of the text after them.
-    tail: u128,
-    /// Column of the items' `-`.
-    indent: usize,
-    /// The endpoint sets, as the head and tail define them.
-    endpoints: Vec<(String, Vec<IpNet>)>,
-    /// Each item's channel, by the digest of its text.
-    items: HashMap<u128, Known>,
-    /// Parser events of the whole file.
-    events: usize,
-}
-
-/// A whole reading whose memo is still to be built.
-struct Pending {
-    /// The file's text.
-    text: String,
-    /// Its channels, one per item.
-    channels: Vec<Channel>,
-    /// Its endpoint sets.
-    endpoints: Vec<(String, Vec<IpNet>)>,
-    /// Each channel's footprint.
-    footprints: Vec<Footprint>,
-    /// The file's parser events.
-    events: usize,
-    /// Which reading it was (`Reuse::readings`).
-    reading: u64,
-}
-
-/// One item of the last reading.
-#[derive(Clone)]
-struct Known {
-    /// Its channel, as validation made it.
-    channel: Channel,
-    /// What it adds to the policy's counts.
-    footprint: Footprint,
-    /// Parser events of the item.
-    events: usize,
-}
-
-impl Memo {
-    fn digest(&self, text: &str) -> u128 {
-        digest(&self.keys, text)
-    }
-}
-
-fn digest(keys: &[RandomState; 2], text: &str) -> u128 {
-    u128::from(keys[0].hash_one(text)) << 64 | u128::from(keys[1].hash_one(text))
 }
 
 impl Reuse {
     /// Reads and validates `text` as [`Policy::parse`] does, reusing the
     /// channels of the last reading whose item text is unchanged.
-    pub fn parse(&self, text: &str, file: &str) -> Result<Policy, PolicyError> {
+    pub fn parse(&self, text: String, file: &str) -> Result<Policy, PolicyError> {
         let reading = self.readings.fetch_add(1, Ordering::SeqCst) + 1;
-        if let Some(policy) = self.reuse(text) {
+        if let Some(policy) = self.reuse(&text) {
             self.reused.fetch_add(1, Ordering::Relaxed);
             return Ok(policy);
         }
-        let r = validate::read(text, file)?;
+        let r = validate::read(&text, file)?;
         if r.policy.warnings.is_empty() {
-            self.keep(text, &r, reading);
+            let pending = Pending {
+                text,
+                channels: r.policy.channels.clone(),
+                endpoints: r.policy.endpoints.clone(),
+                footprints: r.footprints,
+                events: r.events,
+            };
+            *self.pending.lock() = Some((pending, reading));
         }
         Ok(r.policy)
+    }
+
+    /// Readings so far that reused channels of an earlier one.
+    pub fn reused(&self) -> u64 {
+        self.reused.load(Ordering::Relaxed)
+    }
+
+    /// The largest share of new items worth reading alone.
+    fn new_share(&self) -> usize {
+        #[cfg(test)]
+        return self.new_share;
+        #[cfg(not(test))]
+        NEW_SHARE
     }
 
     /// The policy from the memo and the items new to it, or `None` when
     /// the file must be read whole.
     fn reuse(&self, text: &str) -> Option<Policy> {
-        let mut slot = self.memo.lock();
+        // The memo's thread holds the lock only to put a memo in place;
+        // at idle priority it may wait a long time for a CPU while it
+        // does, and the apply does not wait for it.
+        let mut slot = self.memo.try_lock()?;
         let memo = slot.as_ref()?;
         if text.len() > yaml::MAX_FILE_BYTES {
             return None;
         }
         let cut = chunks::cut(text)?;
         if cut.indent != memo.indent
-            || memo.digest(cut.head) != memo.head
-            || memo.digest(cut.tail) != memo.tail
+            || memo.head != digest(cut.head)
+            || memo.tail != digest(cut.tail)
         {
             return None;
         }
-        let mut digests = Vec::with_capacity(cut.items.len());
         let mut new = Vec::new();
+        let mut digests = Vec::with_capacity(cut.items.len());
         for (i, item) in cut.items.iter().enumerate() {
-            let d = memo.digest(item);
+            let d = digest(item);
+            digests.push(d);
             if !memo.items.contains_key(&d) {
                 new.push(i);
                 // Too many to gain from: given up at once (a whole new
                 // policy costs one pass over a share of its items).
-                if new.len() * self.max_new > cut.items.len() {
+                if new.len() * self.new_share() > cut.items.len() {
                     return None;
                 }
             }
-            digests.push(d);
         }
-        let fresh = read_new(&cut, &new)?;
-        let mut known: Vec<Known> = Vec::with_capacity(cut.items.len());
-        let mut fresh = fresh.into_iter();
-        for d in &digests {
-            match memo.items.get(d) {
-                Some(k) => known.push(k.clone()),
-                None => known.push(fresh.next()?),
-            }
-        }
-        let in_file: HashSet<u128> = digests.iter().copied().collect();
+        let mut fresh = read_new(&cut, &new)?.into_iter();
+        let known = digests
+            .iter()
+            .map(|d| memo.items.get(d).cloned().or_else(|| fresh.next()))
+            .collect::<Option<Vec<Known>>>()?;
+        let in_file: HashSet<&blake3::Hash> = digests.iter().collect();
         let removed: usize = memo
             .items
             .iter()
@@ -205,7 +181,7 @@ impl Reuse {
             .map(|(_, k)| k.events)
             .sum();
         let added: usize = new.iter().map(|&i| known[i].events).sum();
-        let events = (memo.events - removed).checked_add(added)?;
+        let events = memo.events.checked_sub(removed)?.checked_add(added)?;
         if events > MAX_EVENTS || !holds_together(&known) {
             return None;
         }
@@ -215,7 +191,6 @@ impl Reuse {
             warnings: Vec::new(),
         };
         let next = Memo {
-            keys: memo.keys.clone(),
             head: memo.head,
             tail: memo.tail,
             indent: memo.indent,
@@ -223,34 +198,25 @@ impl Reuse {
             items: digests.into_iter().zip(known).collect(),
             events,
         };
+        let old = slot.replace(next);
+        drop(slot);
+        // Outside the lock, as the memo's thread does.
+        drop(old);
         debug!(
             items = cut.items.len(),
             new = new.len(),
             "policy read reusing unchanged channels"
         );
-        *slot = Some(next);
         Some(policy)
-    }
-
-    /// Keeps what the memo of a whole reading needs, for [`Reuse::remember`].
-    fn keep(&self, text: &str, r: &Reading, reading: u64) {
-        *self.pending.lock() = Some(Pending {
-            text: text.to_string(),
-            channels: r.policy.channels.clone(),
-            endpoints: r.policy.endpoints.clone(),
-            footprints: r.footprints.clone(),
-            events: r.events,
-            reading,
-        });
     }
 
     /// Builds the memo of the last whole reading (one short parse per
     /// item) on a thread of its own, at idle priority: called once the
-    /// caller is done with the CPU (the agent: once the apply has
-    /// answered), so that it never slows the apply it read the file for.
-    /// Until the memo is there, readings are whole.
+    /// caller is done with the CPU (the agent: once the apply is done), so
+    /// that it never slows the apply it read the file for. A newer reading
+    /// stops it.
     pub fn remember(&self) {
-        let Some(p) = self.pending.lock().take() else {
+        let Some((pending, reading)) = self.pending.lock().take() else {
             return;
         };
         let (memo, readings) = (self.memo.clone(), self.readings.clone());
@@ -258,25 +224,30 @@ impl Reuse {
             .name("policy-memo".into())
             .spawn(move || {
                 idle_priority();
-                let m = build(&p.text, p.channels, p.endpoints, p.footprints, p.events);
-                let mut slot = memo.lock();
-                // A newer reading has started: its memo (or its own
-                // reuse of the current one) is the one to keep.
-                if readings.load(Ordering::SeqCst) == p.reading {
-                    *slot = m;
-                }
+                let stale = || readings.load(Ordering::SeqCst) != reading;
+                let Some(m) = build(pending, stale) else {
+                    return;
+                };
+                let old = {
+                    let mut slot = memo.lock();
+                    if stale() {
+                        return;
+                    }
+                    slot.replace(m)
+                };
+                // Outside the lock: the old memo may hold the last
+                // references to large prefix lists.
+                drop(old);
             });
         match built {
+            #[cfg(test)]
             Ok(handle) => *self.building.lock() = Some(handle),
+            #[cfg(not(test))]
+            Ok(_) => {}
             Err(e) => {
                 debug!(error = %e, "no thread for the policy memo; the next reading is whole")
             }
         }
-    }
-
-    /// Readings so far that reused channels of an earlier one.
-    pub fn reused(&self) -> u64 {
-        self.reused.load(Ordering::Relaxed)
     }
 
     /// A reuse that reads only the new items however many there are, so
@@ -284,7 +255,7 @@ impl Reuse {
     #[cfg(test)]
     pub(crate) fn eager() -> Self {
         Self {
-            max_new: 1,
+            new_share: 1,
             ..Self::default()
         }
     }
@@ -296,84 +267,6 @@ impl Reuse {
         if let Some(h) = self.building.lock().take() {
             h.join().expect("the memo's thread");
         }
-    }
-}
-
-/// Puts the calling thread in the idle scheduling class (`SCHED_IDLE`,
-/// Linux 2.6.23): it runs only on a CPU nothing else wants, so building a
-/// memo never slows the apply that is writing the same policy into the
-/// datapath, nor anything else the node runs. Failing that, it runs as it is.
-fn idle_priority() {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: changes only this thread's scheduling class (pid 0 is the
-    // calling thread); `param` is a valid struct for the call.
-    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
-    if rc != 0 {
-        debug!(error = %std::io::Error::last_os_error(), "the policy memo's thread keeps its priority");
-    }
-}
-
-/// The memo of a whole reading, if every item of its cut reads alone as
-/// one complete item and the cut has one item per channel.
-fn build(
-    text: &str,
-    channels: Vec<Channel>,
-    endpoints: Vec<(String, Vec<IpNet>)>,
-    footprints: Vec<Footprint>,
-    events: usize,
-) -> Option<Memo> {
-    let cut = chunks::cut(text)?;
-    if cut.items.len() != channels.len() || footprints.len() != channels.len() {
-        return None;
-    }
-    // The head reads alone: it leaves nothing open for the items.
-    yaml::parse_counted(cut.head, Lines::MapsOnly).ok()?;
-    let keys = [RandomState::new(), RandomState::new()];
-    let mut items = HashMap::with_capacity(cut.items.len());
-    for ((item, channel), footprint) in cut.items.iter().zip(channels).zip(footprints) {
-        let events = item_events(item)?;
-        let known = Known {
-            channel,
-            footprint,
-            events,
-        };
-        // Two equal items would be two channels of one name: no valid
-        // file has them.
-        if items.insert(digest(&keys, item), known).is_some() {
-            return None;
-        }
-    }
-    Some(Memo {
-        head: digest(&keys, cut.head),
-        tail: digest(&keys, cut.tail),
-        keys,
-        indent: cut.indent,
-        endpoints,
-        items,
-        events,
-    })
-}
-
-/// Parser events of an item that reads alone as exactly one complete
-/// item of `channels`, or `None`.
-fn item_events(item: &str) -> Option<usize> {
-    /// Events of the frame around the item (`channels:` and the list).
-    static FRAME: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    let frame = *FRAME.get_or_init(|| {
-        yaml::parse_counted("channels: []\n", Lines::MapsOnly).map_or(usize::MAX, |(_, n)| n)
-    });
-    let (root, events) =
-        yaml::parse_counted(&format!("channels:\n{item}"), Lines::MapsOnly).ok()?;
-    let yaml::Value::Map(entries) = root?.value else {
-        return None;
-    };
-    match &entries[..] {
-        [e] if e.key == "channels"
-            && matches!(&e.value.value, yaml::Value::List(l) if l.len() == 1) =>
-        {
-            events.checked_sub(frame)
-        }
-        _ => None,
     }
 }
 
@@ -430,8 +323,8 @@ fn holds_together(known: &[Known]) -> bool {
     shadow::shadowed(&channels).is_empty()
 }
 
-/// Distinct prefixes per side and family, over the sides the file names
-/// (as `fits` counts them: a channel's prefixes are its sets' and its
+/// Distinct prefixes per side and family, over the sides the file names,
+/// as `fits` counts them (a channel's prefixes are its sets' and its
 /// own). A side whose copies cannot exceed [`MAX_PREFIXES`] is not
 /// counted: its copies bound its distinct prefixes.
 fn distinct(known: &[Known]) -> [[usize; 2]; 2] {
@@ -440,22 +333,18 @@ fn distinct(known: &[Known]) -> [[usize; 2]; 2] {
         if copies <= MAX_PREFIXES {
             return [copies; 2];
         }
-        let mut by_family: [Vec<&IpNet>; 2] = Default::default();
-        for k in known.iter().filter(|k| k.footprint.named[side]) {
-            let nets = if side == 0 {
-                &k.channel.from
-            } else {
-                &k.channel.to
-            };
-            for n in nets.iter() {
-                by_family[usize::from(matches!(n, IpNet::V6(_)))].push(n);
-            }
-        }
-        by_family.map(|mut d| {
-            d.sort_unstable();
-            d.dedup();
-            d.len()
-        })
+        distinct_per_family(
+            known
+                .iter()
+                .filter(|k| k.footprint.named[side])
+                .flat_map(|k| {
+                    if side == 0 {
+                        k.channel.from.iter()
+                    } else {
+                        k.channel.to.iter()
+                    }
+                }),
+        )
     })
 }
 
@@ -482,7 +371,7 @@ mod tests {
     /// whether `reuse` reused channels.
     fn agree(reuse: &Reuse, text: &str) -> bool {
         let before = reuse.reused();
-        let got = reuse.parse(text, "p.yaml");
+        let got = reuse.parse(text.to_string(), "p.yaml");
         let want = Policy::parse(text, "p.yaml");
         match (&got, &want) {
             (Ok(a), Ok(b)) => assert_eq!(a, b, "{text}"),
@@ -550,6 +439,19 @@ mod tests {
         assert!(!agree(
             &reuse,
             &base.replace("db: [198.18.2.10/32]", "db: [198.18.2.11/32]")
+        ));
+        // A list that runs on at column 0 (the parser allows it): the cut
+        // ends the items there, the item before reads alone as an open
+        // list, and no memo is built from the file: edits of it are whole.
+        let open = base.replace(
+            "from: [198.18.10.4/32, web]",
+            "from: [198.18.10.4/32,\nweb]",
+        );
+        Policy::parse(&open, "p.yaml").expect("valid");
+        assert!(!agree(&reuse, &open));
+        assert!(!agree(
+            &reuse,
+            &open.replace("ports: [1001]", "ports: [2001]")
         ));
         // After a whole reading the next edit reuses again.
         agree(&reuse, &base);
