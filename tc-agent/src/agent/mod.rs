@@ -140,8 +140,9 @@ struct Agent {
     /// restarted agent can tell whether the kernel still holds them.
     digest: u64,
     /// The live policy's compiled address tables, for the next apply to
-    /// reuse when its channels name the same addresses (`None` until this
-    /// agent's first apply).
+    /// reuse when its channels name the same addresses. `None` until this
+    /// agent's first apply, and after an apply that failed (taken by its
+    /// compile): the next compile then builds them.
     addresses: Option<Addresses>,
     /// Whether the saved state matched the kernel at start.
     state_check: StateCheck,

@@ -10,9 +10,10 @@
 //! - byte and line mutations of valid files (truncation, inserted YAML
 //!   punctuation, duplicated and moved lines, deep nesting, anchors and
 //!   aliases): the same;
-//! - a valid file, then two edits of it (the same mutations): each read
-//!   reusing the channels of the reading before ([`super::reuse`]) gives
-//!   what reading it whole gives, the same policy or the same diagnostics.
+//! - a valid file, then edits of it: each read reusing the channels of the
+//!   reading before ([`super::reuse`]) gives what reading it whole gives,
+//!   the same policy or the same diagnostics, and each compile reusing the
+//!   address tables of the one before equals a fresh compile.
 //!
 //! `cargo test` runs [`DEFAULT_CASES`] files per property with
 //! [`DEFAULT_PACKETS`] packets each; `TC_FUZZ_CASES` and `TC_FUZZ_PACKETS`
@@ -33,7 +34,7 @@ use proptest::{
 use tc_common::{L4_ANY_PORT, L4_UNKNOWN};
 
 use super::{
-    compile::compile,
+    compile::{compile, compile_reusing, Addresses},
     sim::{reference, through_tables, Pkt},
     yaml::Lines,
     Direction, Policy, Protocol, Reuse,
@@ -1193,6 +1194,10 @@ fn edited_policies_read_reusing_channels_as_they_read_whole() {
         let twice = q.render();
         let mutated = mutations.iter().fold(twice.clone(), |t, m| m.apply(t));
         let mut outcome = Outcome::Refused;
+        // The agent's compile keeps the live policy's address tables for
+        // the next one: compiled so along the edits, each must equal a
+        // fresh compile.
+        let mut addresses = None;
         for edited in [once, twice, mutated] {
             let before = reuse.reused();
             let got = reuse.parse(edited.clone(), FILE);
@@ -1200,7 +1205,12 @@ fn edited_policies_read_reusing_channels_as_they_read_whole() {
             reused.set(reused.get() + reuse.reused() - before);
             outcome = match (got, Policy::parse(&edited, FILE)) {
                 (Ok(a), Ok(b)) => {
-                    prop_assert_eq!(a, b, "{}", edited);
+                    prop_assert_eq!(&a, &b, "{}", edited);
+                    if let Ok(fresh) = compile(&a) {
+                        let mut c = compile_reusing(&a, addresses.take()).expect("compiles");
+                        prop_assert_eq!(&c, &fresh, "{}", edited);
+                        addresses = Some(Addresses::take(&a, &mut c));
+                    }
                     Outcome::Accepted(0)
                 }
                 (Err(a), Err(b)) => {

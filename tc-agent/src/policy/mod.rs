@@ -14,7 +14,9 @@
 //! - `shadow`: channels an earlier channel matches entirely;
 //! - `model`: the validated types; `diagnostic`: errors and warnings;
 //! - `prefix_text`: prefixes written out for the saved state;
-//! - [`compile`]: the datapath's tables; [`units`]: rates, sizes, durations.
+//! - [`compile`]: the datapath's tables (`compile/addresses`: the address
+//!   tables a compile leaves for the next); [`units`]: rates, sizes,
+//!   durations.
 
 mod chunks;
 pub mod compile;

@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 
 use ipnet::IpNet;
-use tracing::debug;
 
 use super::super::{
     chunks,
@@ -65,12 +64,15 @@ pub(super) struct Pending {
 
 /// Items parsed between two looks at whether the memo being built is
 /// still wanted.
-const STALE_CHECK_EVERY: usize = 64;
+const STALE_CHECK_EVERY: usize = 16;
 
 /// The memo of a whole reading, if every item of its cut reads alone as
 /// one complete item and the cut has one item per channel; `None` too as
 /// soon as `stale` says a newer reading made it useless.
 pub(super) fn build(p: Pending, stale: impl Fn() -> bool) -> Option<Memo> {
+    if stale() {
+        return None;
+    }
     let cut = chunks::cut(&p.text)?;
     if cut.items.len() != p.channels.len() || p.footprints.len() != p.channels.len() {
         return None;
@@ -132,19 +134,5 @@ pub(super) fn item_events(item: &str) -> Option<usize> {
             events.checked_sub(frame)
         }
         _ => None,
-    }
-}
-
-/// Puts the calling thread in the idle scheduling class (`SCHED_IDLE`,
-/// Linux 2.6.23): it runs only on a CPU nothing else wants, so building a
-/// memo never slows an apply, nor anything else the node runs. Failing
-/// that, it runs as it is.
-pub(super) fn idle_priority() {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: changes only this thread's scheduling class (pid 0 is the
-    // calling thread); `param` is a valid struct for the call.
-    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
-    if rc != 0 {
-        debug!(error = %std::io::Error::last_os_error(), "the policy memo's thread keeps its priority");
     }
 }

@@ -28,10 +28,11 @@
 //! endpoint set, more than a [`NEW_SHARE`]th of the items new) reads the
 //! whole file, which reports every diagnostic with its line, and starts
 //! the next reuse from it. The memo of a whole reading is built on a
-//! thread of its own at idle priority, once the apply is done; a reading
-//! that comes before it is there (back-to-back applies, a CPU-bound node)
-//! is whole too.
+//! thread at the lowest priority, once the apply is done (`builder`); a
+//! reading that comes before it is there (back-to-back applies, a
+//! CPU-bound node) is whole too.
 
+mod builder;
 mod memo;
 
 use std::{
@@ -45,7 +46,10 @@ use std::{
 use parking_lot::Mutex;
 use tracing::debug;
 
-use self::memo::{build, digest, idle_priority, item_events, Known, Memo, Pending};
+use self::{
+    builder::Job,
+    memo::{digest, item_events, Known, Memo, Pending},
+};
 use super::{
     chunks::{self, Cut},
     diagnostic::PolicyError,
@@ -56,10 +60,10 @@ use super::{
     MAX_PREFIXES,
 };
 
-/// New items may be at most this fraction's denominator's share of the
-/// file's (a quarter) for only them to be read: each is parsed twice
-/// (alone, and among the endpoint sets), so past about a third of the
-/// file reading it whole is as fast.
+/// Only the new items are read when they are at most one in this many
+/// of the file's (a quarter): each is parsed twice (alone, and among the
+/// endpoint sets), so past about a third of the file reading it whole is
+/// as fast.
 const NEW_SHARE: usize = 4;
 
 /// Readings of one policy file after another, each reusing the channels
@@ -77,12 +81,11 @@ pub struct Reuse {
     /// The last whole reading and its number, until [`Reuse::remember`]
     /// builds its memo.
     pending: Mutex<Option<(Pending, u64)>>,
+    /// The memo builder's queue, once [`Reuse::remember`] has started it.
+    builder: Mutex<Option<std::sync::mpsc::Sender<Job>>>,
     /// [`NEW_SHARE`]; tests lift it, to reuse whatever they can.
     #[cfg(test)]
     new_share: usize,
-    /// The memo being built, for tests to wait on.
-    #[cfg(test)]
-    building: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Default for Reuse {
@@ -92,10 +95,9 @@ impl Default for Reuse {
             readings: Arc::default(),
             reused: AtomicU64::new(0),
             pending: Mutex::new(None),
+            builder: Mutex::new(None),
             #[cfg(test)]
             new_share: NEW_SHARE,
-            #[cfg(test)]
-            building: Mutex::new(None),
         }
     }
 }
@@ -210,42 +212,36 @@ impl Reuse {
         Some(policy)
     }
 
-    /// Builds the memo of the last whole reading (one short parse per
-    /// item) on a thread of its own, at idle priority: called once the
+    /// Hands the last whole reading to the memo builder (one short parse
+    /// per item, on a thread at the lowest priority): called once the
     /// caller is done with the CPU (the agent: once the apply is done), so
-    /// that it never slows the apply it read the file for. A newer reading
-    /// stops it.
+    /// that it does not slow the apply it read the file for. A newer
+    /// reading stops it.
     pub fn remember(&self) {
-        let Some((pending, reading)) = self.pending.lock().take() else {
+        let Some(job) = self.pending.lock().take() else {
             return;
         };
-        let (memo, readings) = (self.memo.clone(), self.readings.clone());
-        let built = std::thread::Builder::new()
-            .name("policy-memo".into())
-            .spawn(move || {
-                idle_priority();
-                let stale = || readings.load(Ordering::SeqCst) != reading;
-                let Some(m) = build(pending, stale) else {
-                    return;
-                };
-                let old = {
-                    let mut slot = memo.lock();
-                    if stale() {
-                        return;
-                    }
-                    slot.replace(m)
-                };
-                // Outside the lock: the old memo may hold the last
-                // references to large prefix lists.
-                drop(old);
-            });
-        match built {
-            #[cfg(test)]
-            Ok(handle) => *self.building.lock() = Some(handle),
-            #[cfg(not(test))]
-            Ok(_) => {}
+        self.send(Job::Build(job.0, job.1));
+    }
+
+    /// Sends `job` to the builder, starting it (again, if it is gone).
+    fn send(&self, job: Job) {
+        let mut builder = self.builder.lock();
+        let job = match builder.as_ref() {
+            Some(tx) => match tx.send(job) {
+                Ok(()) => return,
+                Err(e) => e.0,
+            },
+            None => job,
+        };
+        match builder::spawn(self.memo.clone(), self.readings.clone()) {
+            Ok(tx) => {
+                // A new thread's queue takes it.
+                let _ = tx.send(job);
+                *builder = Some(tx);
+            }
             Err(e) => {
-                debug!(error = %e, "no thread for the policy memo; the next reading is whole")
+                debug!(error = %e, "no thread for the policy memo; readings are whole")
             }
         }
     }
@@ -264,9 +260,9 @@ impl Reuse {
     #[cfg(test)]
     pub(crate) fn settle(&self) {
         self.remember();
-        if let Some(h) = self.building.lock().take() {
-            h.join().expect("the memo's thread");
-        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.send(Job::Sync(tx));
+        rx.recv().expect("the memo's thread answers");
     }
 }
 

@@ -6,10 +6,9 @@
 //! union of every channel that accepts *any* packet it is the longest match
 //! for; the functions here compute those unions.
 
-use std::{
-    collections::{BTreeSet, HashMap},
-    sync::Arc,
-};
+mod addresses;
+
+use std::collections::{BTreeSet, HashMap};
 
 use ipnet::IpNet;
 use tc_common::{
@@ -49,7 +48,7 @@ pub struct L4Entry {
 }
 
 /// Everything the datapath needs for one generation.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Compiled {
     pub src_v4: Vec<AddrEntry<4>>,
     pub dst_v4: Vec<AddrEntry<4>>,
@@ -96,70 +95,6 @@ pub fn compile(policy: &Policy) -> Result<Compiled, CapacityError> {
     compile_reusing(policy, None)
 }
 
-/// The address tables of a compiled policy and the channel sets they
-/// name: what the channels' addresses alone decide. The agent takes the
-/// live policy's out of its compile once they are written, and the next
-/// compile reuses them when every channel names the same addresses at the
-/// same place (a change of limits, ports, protocol, direction or mode):
-/// building the four tables is most of a compile (about 16 ms of a
-/// 1,024-channel, 131,072-prefix policy's 21-24).
-#[derive(Debug, Default)]
-pub struct Addresses {
-    /// Per channel, in order, the prefixes the tables were built from.
-    from_to: Vec<Sides>,
-    /// The tables, as [`Compiled`] holds them.
-    src_v4: Vec<AddrEntry<4>>,
-    dst_v4: Vec<AddrEntry<4>>,
-    src_v6: Vec<AddrEntry<16>>,
-    dst_v6: Vec<AddrEntry<16>>,
-    /// The channel sets they name, the first of [`Compiled::sets`].
-    sets: Vec<ChannelSet>,
-}
-
-/// A channel's sources and destinations.
-type Sides = (Arc<[IpNet]>, Arc<[IpNet]>);
-
-impl Addresses {
-    /// The address tables of `compiled`, the compile of `policy`, taken
-    /// out of it (left empty): for when its tables are written.
-    pub fn take(policy: &Policy, compiled: &mut Compiled) -> Self {
-        let src_v4 = std::mem::take(&mut compiled.src_v4);
-        let dst_v4 = std::mem::take(&mut compiled.dst_v4);
-        let src_v6 = std::mem::take(&mut compiled.src_v6);
-        let dst_v6 = std::mem::take(&mut compiled.dst_v6);
-        // Interned first, so the address tables' sets come first.
-        let named = src_v4
-            .iter()
-            .chain(&dst_v4)
-            .map(|e| e.set)
-            .chain(src_v6.iter().chain(&dst_v6).map(|e| e.set))
-            .max()
-            .map_or(0, |m| m as usize + 1);
-        Self {
-            from_to: policy
-                .channels
-                .iter()
-                .map(|c| (c.from.clone(), c.to.clone()))
-                .collect(),
-            sets: compiled.sets[..named].to_vec(),
-            src_v4,
-            dst_v4,
-            src_v6,
-            dst_v6,
-        }
-    }
-
-    /// Whether these tables are the ones `channels` compile to.
-    fn fit(&self, channels: &[Channel]) -> bool {
-        self.from_to.len() == channels.len()
-            && self.from_to.iter().zip(channels).all(|((f, t), c)| {
-                // The reading that reused an item shares its lists.
-                (Arc::ptr_eq(f, &c.from) || **f == *c.from)
-                    && (Arc::ptr_eq(t, &c.to) || **t == *c.to)
-            })
-    }
-}
-
 /// [`compile`], with `previous`'s address tables moved in when they fit
 /// the policy (see [`Addresses`]).
 pub fn compile_reusing(
@@ -175,16 +110,7 @@ pub fn compile_reusing(
         }
     };
     let (mut sets, src_v4, dst_v4, src_v6, dst_v6) = match previous.filter(|a| a.fit(ch)) {
-        Some(a) => {
-            let ids = a
-                .sets
-                .iter()
-                .enumerate()
-                .map(|(i, s)| (*s, i as u32))
-                .collect();
-            let sets = Interner { ids, sets: a.sets };
-            (sets, a.src_v4, a.dst_v4, a.src_v6, a.dst_v6)
-        }
+        Some(a) => a.into_parts(),
         None => {
             let mut sets = Interner::default();
             let src_v4 = addr_table(ch, |c| &c.from, &V4, &mut sets);
@@ -250,6 +176,8 @@ fn addr_table<const N: usize>(
     })
     .collect()
 }
+
+pub use self::addresses::Addresses;
 
 /// Each distinct channel set once, and its index.
 #[derive(Default)]
@@ -486,78 +414,4 @@ pub fn channel_policy(c: &Channel) -> ChannelPolicy {
         p.conn_tau_ns = u64::from(c.limit.new_connection_burst) * p.conn_cost_ns;
     }
     p
-}
-
-#[cfg(test)]
-mod reuse_tests {
-    use super::*;
-
-    fn parse(text: &str) -> Policy {
-        Policy::parse(text, "p.yaml").expect("valid policy")
-    }
-
-    /// Whether two compiles wrote the same tables.
-    fn same(a: &Compiled, b: &Compiled) -> bool {
-        a.src_v4 == b.src_v4
-            && a.dst_v4 == b.dst_v4
-            && a.src_v6 == b.src_v6
-            && a.dst_v6 == b.dst_v6
-            && a.l4 == b.l4
-            && a.policies == b.policies
-            && a.words == b.words
-            && a.sets == b.sets
-    }
-
-    #[test]
-    fn a_compile_reusing_address_tables_equals_a_fresh_one() {
-        let base = "endpoints:\n  web: [198.18.1.0/24, \"2001:db8:1::/64\"]\nchannels:\n  - name: a\n    from: [198.18.0.0/16, web]\n    protocol: tcp\n    ports: [80]\n    limit: {bandwidth: 1Mbit}\n  - name: b\n    to: [198.18.2.0/24, \"2001:db8:2::/48\"]\n    limit: {packets: 100}\n  - name: c\n    from: web\n    to: 198.18.2.7\n";
-        let base_policy = parse(base);
-        let mut first = compile(&base_policy).unwrap();
-        let addresses = Addresses::take(&base_policy, &mut first);
-        for (edit, reused) in [
-            // Limits, ports, protocol, direction and mode: the addresses stay.
-            (base.replace("ports: [80]", "ports: [80, 443-450]"), true),
-            (base.replace("bandwidth: 1Mbit", "bandwidth: 2Mbit"), true),
-            (
-                base.replace(
-                    "limit: {packets: 100}",
-                    "protocol: udp\n    limit: {packets: 100}",
-                ),
-                true,
-            ),
-            (
-                base.replace(
-                    "  - name: c\n",
-                    "  - name: c\n    mode: monitor\n    direction: egress\n",
-                ),
-                true,
-            ),
-            // Addresses, or their order: rebuilt.
-            (base.replace("198.18.0.0/16", "198.18.0.0/15"), false),
-            (base.replace("to: 198.18.2.7", "to: 198.18.2.8"), false),
-            (
-                base.replace("name: a", "name: x")
-                    .replace("name: c", "name: a")
-                    .replace("name: x", "name: c"),
-                true,
-            ),
-            (
-                base.replace("  - name: c\n    from: web\n    to: 198.18.2.7\n", ""),
-                false,
-            ),
-        ] {
-            let policy = parse(&edit);
-            assert_eq!(addresses.fit(&policy.channels), reused, "{edit}");
-            let reusing = Addresses {
-                from_to: addresses.from_to.clone(),
-                src_v4: addresses.src_v4.clone(),
-                dst_v4: addresses.dst_v4.clone(),
-                src_v6: addresses.src_v6.clone(),
-                dst_v6: addresses.dst_v6.clone(),
-                sets: addresses.sets.clone(),
-            };
-            let got = compile_reusing(&policy, Some(reusing)).unwrap();
-            assert!(same(&got, &compile(&policy).unwrap()), "{edit}");
-        }
-    }
 }
