@@ -142,8 +142,8 @@ impl Reuse {
     /// the file must be read whole.
     fn reuse(&self, text: &str) -> Option<Policy> {
         // The memo's thread holds the lock only to put a memo in place;
-        // at idle priority it may wait a long time for a CPU while it
-        // does, and the apply does not wait for it.
+        // at the lowest priority it may wait for a CPU while it does, and
+        // the apply does not wait for it.
         let mut slot = self.memo.try_lock()?;
         let memo = slot.as_ref()?;
         if text.len() > yaml::MAX_FILE_BYTES {
