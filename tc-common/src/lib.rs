@@ -317,6 +317,10 @@ impl ChannelSet {
         self.words[channel / 64] |= 1 << (channel % 64);
     }
 
+    pub fn remove(&mut self, channel: usize) {
+        self.words[channel / 64] &= !(1 << (channel % 64));
+    }
+
     pub fn contains(&self, channel: usize) -> bool {
         self.words[channel / 64] & (1 << (channel % 64)) != 0
     }

@@ -545,3 +545,107 @@ fn alias_bomb() -> Result<()> {
     unharmed(&agent, &before)?;
     Ok(())
 }
+
+/// Sends an `apply-raw` line announcing `announced` bytes, then each of
+/// `chunks` in its own write 100 ms apart (the first with the line), then
+/// closes the sending side; returns the agent's error.
+fn raw_apply(agent: &Agent, announced: usize, chunks: &[&[u8]]) -> Result<String> {
+    let mut s = UnixStream::connect(&agent.socket)?;
+    s.set_write_timeout(Some(Duration::from_secs(10)))?;
+    let mut first = serde_json::to_vec(&serde_json::json!({
+        "cmd": "apply-raw",
+        "file": "x.yaml",
+        "bytes": announced,
+    }))?;
+    first.push(b'\n');
+    first.extend_from_slice(chunks.first().copied().unwrap_or_default());
+    s.write_all(&first)?;
+    for chunk in chunks.iter().skip(1) {
+        thread::sleep(Duration::from_millis(100));
+        // The agent may have refused and closed already.
+        if s.write_all(chunk).is_err() {
+            break;
+        }
+    }
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let r = response(&s)?;
+    ensure!(r["ok"] == false, "applied: {r}");
+    Ok(r["error"].as_str().unwrap_or_default().to_string())
+}
+
+#[test]
+fn raw_apply_texts_other_than_announced() -> Result<()> {
+    let _g = serial();
+    let (_pair, agent, before) = setup("raw", &[])?;
+    let valid = POLICY.replace("packets: 100", "packets: 200");
+    let v = valid.as_bytes();
+    let max = tc_agent::policy::MAX_FILE_BYTES;
+    // A valid policy of 100 kB: the agent reads past its first 64 KiB
+    // read before it sees what follows.
+    let long = format!(
+        "{valid}{}",
+        "# padding padding padding padding padding pad\n".repeat(2000)
+    );
+    let (l, cut) = (long.as_bytes(), 80_000);
+    let cases: [(&str, usize, Vec<&[u8]>, String); 6] = [
+        (
+            "more than a policy may take",
+            max + 1,
+            vec![v],
+            format!(
+                "the file is {} bytes, more than the {max} a policy may take",
+                max + 1
+            ),
+        ),
+        (
+            "cut short",
+            v.len() + 10,
+            vec![v],
+            format!(
+                "the request ended {} bytes into the {} announced",
+                v.len(),
+                v.len() + 10
+            ),
+        ),
+        (
+            "longer than announced",
+            v.len() - 1,
+            vec![v],
+            format!(
+                "more than the {} bytes announced follow the request line",
+                v.len() - 1
+            ),
+        ),
+        (
+            "longer than announced, past the first read",
+            l.len(),
+            vec![&l[..cut], &l[cut..], b"# one line more\n"],
+            format!(
+                "more than the {} bytes announced follow the request line",
+                l.len()
+            ),
+        ),
+        (
+            "cut short, past the first read",
+            l.len() + 1,
+            vec![&l[..cut], &l[cut..]],
+            format!(
+                "the request ended {} bytes into the {} announced",
+                l.len(),
+                l.len() + 1
+            ),
+        ),
+        (
+            "not UTF-8",
+            v.len() + 1,
+            vec![v, &[0xff]],
+            "the file is not UTF-8".to_string(),
+        ),
+    ];
+    for (what, announced, chunks, error) in cases {
+        let e = raw_apply(&agent, announced, &chunks)?;
+        ensure!(e.contains(&error), "{what}: {e}");
+    }
+    unharmed(&agent, &before)?;
+    Ok(())
+}

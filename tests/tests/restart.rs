@@ -3,9 +3,13 @@
 //! hooks it found enforcing. Real traffic through network namespaces; the
 //! agent runs in `server` on its veth.
 
-use std::{collections::BTreeMap, sync::mpsc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::mpsc,
+    time::{Duration, Instant},
+};
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use tc_tests::netns::{
     in_netns, serial, sh, udp_receive_bins, udp_send, udp_send_bins, write_policy, Agent, Pair,
 };
@@ -370,6 +374,25 @@ fn a_failed_restart_leaves_the_other_interfaces_enforced() -> Result<()> {
     Ok(())
 }
 
+/// Waits up to 5 s for the agent's saved state to name policy `version`.
+fn wait_saved(agent: &Agent, version: u64) -> Result<()> {
+    let file = agent.state_dir.join("state.json");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let saved = std::fs::read(&file)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["version"].as_u64());
+        if saved == Some(version) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the saved state names version {saved:?}, not {version}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn a_restart_tells_the_truth_about_what_the_kernel_enforces() -> Result<()> {
     let _g = serial();
@@ -412,6 +435,37 @@ fn a_restart_tells_the_truth_about_what_the_kernel_enforces() -> Result<()> {
     let s = status(&agent)?;
     assert_eq!(s["state"]["state"], "consistent", "{s}");
     assert_eq!(s["unnamed_channels"], 0, "{s}");
+    // The agent writes its state once the client has the answer: an
+    // agent killed after that resumes the policy by name.
+    wait_saved(&agent, version + 1)?;
+    agent.kill();
+    agent.respawn(None, &[])?;
+    let s = status(&agent)?;
+    assert_eq!(s["state"]["state"], "consistent", "{s}");
+    assert_eq!(s["version"].as_u64(), Some(version + 1), "{s}");
+    assert_eq!(agent.channels()?["channels"].as_array().unwrap().len(), 2);
+    // An agent killed after the answer and before the save (as if: the
+    // state of before the apply put back) finds the kernel a version
+    // ahead, says so, and the kernel enforces the new three channels.
+    let state = agent.state_dir.join("state.json");
+    let saved = std::fs::read(&state)?;
+    let three = write_policy(
+        "truth-three",
+        "channels:\n  - name: a\n    protocol: udp\n    limit: {bandwidth: 10Mbit}\n  - name: c\n    protocol: tcp\n  - name: b\n",
+    );
+    agent.cli(&["apply", three.to_str().unwrap()])?;
+    wait_saved(&agent, version + 2)?;
+    agent.kill();
+    std::fs::write(&state, saved)?;
+    agent.respawn(None, &[])?;
+    let s = status(&agent)?;
+    assert_eq!(s["state"]["state"], "mismatch", "{s}");
+    assert_eq!(s["version"].as_u64(), Some(version + 2), "{s}");
+    assert_eq!(s["unnamed_channels"], 3, "{s}");
+    // Taken over again by an apply, for what follows.
+    agent.cli(&["apply", two.to_str().unwrap()])?;
+    let s = status(&agent)?;
+    assert_eq!(s["state"]["state"], "consistent", "{s}");
 
     // The maps are wiped (as by a layout upgrade) while the saved state
     // still names the policy: the agent applies it again into the new maps

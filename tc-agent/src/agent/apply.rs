@@ -7,12 +7,16 @@ use crate::{
 };
 
 impl Agent {
+    /// Applies a policy file's text and saves the state.
     pub(super) fn apply(&mut self, file: &str, text: &str) -> Result<ApplyReport> {
-        self.apply_parsed(Policy::parse(text, file), file)
+        let report = self.apply_parsed(Policy::parse(text, file), file)?;
+        self.save();
+        Ok(report)
     }
 
     /// Applies what [`parse`] made of a file (the control server parses
-    /// before it takes the agent lock).
+    /// before it takes the agent lock). The state is left to the caller to
+    /// [`save`](Self::save): the server answers its client first.
     pub(super) fn apply_parsed(
         &mut self,
         parsed: std::result::Result<Policy, PolicyError>,
@@ -24,7 +28,8 @@ impl Agent {
         self.apply_policy(parsed?, file)
     }
 
-    /// Applies a validated policy (from a file, or the saved state's).
+    /// Applies a validated policy (from a file, or the saved state's); the
+    /// caller saves the state.
     pub(super) fn apply_policy(&mut self, policy: Policy, file: &str) -> Result<ApplyReport> {
         let t0 = Instant::now();
         let mut steps = Steps::new("agent apply");
@@ -32,7 +37,16 @@ impl Agent {
         // this apply writes into it.
         self.settle();
         steps.step("settle");
-        let mut compiled = compile_reusing(&policy, self.addresses.take())?;
+        // The live policy's address tables, and their record, serve again
+        // when the channels name the same addresses.
+        let (kept, record) = match self.addresses.take() {
+            Some((a, r)) => {
+                let fits = a.fit(&policy.channels);
+                (Some(a), fits.then_some(r))
+            }
+            None => (None, None),
+        };
+        let mut compiled = compile_reusing(&policy, kept)?;
         steps.step("compile");
         let pools = self.pools.assign(&policy, &mut compiled.policies)?;
         let fq_new = self.prepare_fq(&policy)?;
@@ -91,7 +105,15 @@ impl Agent {
 
         steps.step("diff channels");
         let previous = self.generation;
-        let tables = Tables::of(&compiled);
+        let tables = match &record {
+            Some(r) => Tables::of_with_addresses(&compiled, r),
+            None => Tables::of(&compiled),
+        };
+        debug_assert!(
+            tables == Tables::of(&compiled),
+            "the kept record of the address tables differs from a fresh one"
+        );
+        let address_record = tables.addresses();
         let digest = tables.digest();
         steps.step("record");
         let live = match self.dp.apply_tables(&compiled, tables, &carry) {
@@ -136,7 +158,7 @@ impl Agent {
         });
         // The address tables are kept for the next apply; the rest of
         // the compile is done with.
-        self.addresses = Some(Addresses::take(&policy, &mut compiled));
+        self.addresses = Some((Addresses::take(&policy, &mut compiled), address_record));
         drop(compiled);
         self.generation = live.generation;
         self.version = live.version;
@@ -149,8 +171,12 @@ impl Agent {
         self.policy_file = Some(file.to_string());
         self.history.clear();
         steps.step("observer");
-        self.save();
-        steps.step("save");
+        if !fq_new.is_empty() {
+            // Qdiscs this apply installed are in the state before the
+            // answer (the server saves the rest after it): an agent killed
+            // in between would not put back what they replaced.
+            self.save();
+        }
         release_freed_memory();
         steps.step("trim");
         steps.log();

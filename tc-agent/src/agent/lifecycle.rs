@@ -448,6 +448,7 @@ impl Agent {
         let report = self
             .apply_policy(lost.policy, &file)
             .context("applying the saved policy to the new maps")?;
+        self.save();
         let why = format!(
             "the kernel held no policy (maps wiped, or a new map layout); the saved policy version {} was applied again as version {} before any hook was taken over",
             lost.version, report.version

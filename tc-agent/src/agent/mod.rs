@@ -43,6 +43,7 @@ use crate::{
     datapath::{
         attach::{self, Hook, HookKind},
         conn::PoolCounts,
+        held::AddressRecord,
         qdisc, sys, Datapath, TableSizes,
     },
     policy::{
@@ -139,11 +140,13 @@ struct Agent {
     /// Digest of the live generation's tables, saved with the state so a
     /// restarted agent can tell whether the kernel still holds them.
     digest: u64,
-    /// The live policy's compiled address tables, for the next apply to
-    /// reuse when its channels name the same addresses. `None` until this
-    /// agent's first apply, and after an apply that failed (taken by its
-    /// compile): the next compile then builds them.
-    addresses: Option<Addresses>,
+    /// The live policy's compiled address tables and their share of the
+    /// live generation's record, for the next apply to reuse when its
+    /// channels name the same addresses (a compile and a record of
+    /// 131,072 prefixes, most of a one-channel change, skipped). `None`
+    /// until this agent's first apply, and after an apply that failed
+    /// (taken by its compile): the next apply then builds both.
+    addresses: Option<(Addresses, AddressRecord)>,
     /// Whether the saved state matched the kernel at start.
     state_check: StateCheck,
     /// Channels the live generation holds in the kernel, named or not.
@@ -237,6 +240,15 @@ impl Agent {
     /// Completes the last switch and saves the state (see [`fold`](Self::fold)).
     fn settle(&mut self) {
         if self.fold() {
+            self.save();
+        }
+    }
+
+    /// Saves the state after an apply the client has its answer to
+    /// (`server`), unless the agent is stopping: it saves once more as it
+    /// stops, and its directory locks may be released by then.
+    fn save_applied(&self) {
+        if !self.closing {
             self.save();
         }
     }

@@ -7,7 +7,7 @@ use clap::Args;
 
 use super::Output;
 use crate::{
-    control::{request, ApplyReport, Request},
+    control::{request, request_with_body, ApplyReport, Request},
     policy::Policy,
 };
 
@@ -29,17 +29,30 @@ pub fn execute(args: ApplyArgs, socket: &std::path::Path) -> Result<()> {
         .with_context(|| format!("cannot read {}", args.file.display()))?;
     let file = args.file.display().to_string();
     // The agent validates the policy itself (a large policy takes a tenth
-    // of a second to read, so the CLI does not read it first). If the
-    // agent refuses it, or cannot be reached, the CLI reads it: a file it
-    // finds invalid is reported with every diagnostic as the CLI renders
-    // them.
-    let data = match request(
-        socket,
-        &Request::Apply {
-            file: file.clone(),
-            text: text.clone(),
-        },
-    ) {
+    // of a second to read, so the CLI does not read it first), and the
+    // text goes to it as it is, after the request line. If the agent
+    // refuses it, or cannot be reached, the CLI reads it: a file it finds
+    // invalid is reported with every diagnostic as the CLI renders them.
+    let raw = Request::ApplyRaw {
+        file: file.clone(),
+        bytes: text.len(),
+    };
+    let sent = request_with_body(socket, &raw, text.as_bytes()).or_else(|e| {
+        // An agent from before `apply-raw` (during an upgrade) takes the
+        // text inside the line.
+        if !format!("{e:#}").contains("unknown variant `apply-raw`") {
+            return Err(e);
+        }
+        let text = text.clone();
+        request(
+            socket,
+            &Request::Apply {
+                file: file.clone(),
+                text,
+            },
+        )
+    });
+    let data = match sent {
         Ok(data) => data,
         Err(e) => {
             Policy::parse(&text, &file)?;

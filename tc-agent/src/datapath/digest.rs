@@ -64,10 +64,18 @@ impl Datapath {
         }
         let probes = info.probes;
         let mut t = Tables {
-            src_v4: self.read_table(TABLE_SRC_V4, g, &probes, &mut hashed4, &mut misplaced)?,
-            dst_v4: self.read_table(TABLE_DST_V4, g, &probes, &mut hashed4, &mut misplaced)?,
-            src_v6: self.read_table(TABLE_SRC_V6, g, &probes, &mut hashed6, &mut misplaced)?,
-            dst_v6: self.read_table(TABLE_DST_V6, g, &probes, &mut hashed6, &mut misplaced)?,
+            src_v4: self
+                .read_table(TABLE_SRC_V4, g, &probes, &mut hashed4, &mut misplaced)?
+                .into(),
+            dst_v4: self
+                .read_table(TABLE_DST_V4, g, &probes, &mut hashed4, &mut misplaced)?
+                .into(),
+            src_v6: self
+                .read_table(TABLE_SRC_V6, g, &probes, &mut hashed6, &mut misplaced)?
+                .into(),
+            dst_v6: self
+                .read_table(TABLE_DST_V6, g, &probes, &mut hashed6, &mut misplaced)?
+                .into(),
             l4: self.read_table(TABLE_L4, g, &probes, &mut hashed4, &mut misplaced)?,
             policies: Vec::new(),
             probes,

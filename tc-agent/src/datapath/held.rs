@@ -21,6 +21,8 @@
 //! `None`: the next write into it removes every entry of the generation
 //! by walking every trie and prefix hash map, then writes all.
 
+use std::sync::Arc;
+
 use tc_common::{
     ChannelPolicy, ChannelSet, Probes, MAX_PROBES, TABLES, TABLE_DST_V4, TABLE_DST_V6, TABLE_L4,
     TABLE_SRC_V4, TABLE_SRC_V6,
@@ -39,17 +41,19 @@ pub type AddrKey<const N: usize> = (u8, [u8; N]);
 /// `[direction, protocol, port_hi, port_lo]`.
 pub type L4Key = (u8, [u8; 4]);
 
-/// Every table of one generation.
+/// Every table of one generation. The address tables' records are
+/// shared: a generation written with the live one's address tables
+/// (`Tables::of_with_addresses`) holds the same records, not copies.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Tables {
     /// Source IPv4 prefixes.
-    pub src_v4: Held<AddrKey<4>>,
+    pub src_v4: Arc<Held<AddrKey<4>>>,
     /// Destination IPv4 prefixes.
-    pub dst_v4: Held<AddrKey<4>>,
+    pub dst_v4: Arc<Held<AddrKey<4>>>,
     /// Source IPv6 prefixes.
-    pub src_v6: Held<AddrKey<16>>,
+    pub src_v6: Arc<Held<AddrKey<16>>>,
     /// Destination IPv6 prefixes.
-    pub dst_v6: Held<AddrKey<16>>,
+    pub dst_v6: Arc<Held<AddrKey<16>>>,
     /// Direction/protocol/port entries.
     pub l4: Held<L4Key>,
     /// The generation's policy slots in order, up to the last active one
@@ -75,16 +79,59 @@ impl Tables {
     pub fn of(c: &Compiled) -> Self {
         let probes = prefixes::plan(c);
         Self {
-            src_v4: table(c, TABLE_SRC_V4),
-            dst_v4: table(c, TABLE_DST_V4),
-            src_v6: table(c, TABLE_SRC_V6),
-            dst_v6: table(c, TABLE_DST_V6),
+            src_v4: Arc::new(table(c, TABLE_SRC_V4)),
+            dst_v4: Arc::new(table(c, TABLE_DST_V4)),
+            src_v6: Arc::new(table(c, TABLE_SRC_V6)),
+            dst_v6: Arc::new(table(c, TABLE_DST_V6)),
             l4: table(c, TABLE_L4),
             policies: c.policies.clone(),
             reach: super::reach::reach(c, &probes),
             probes,
             misplaced: 0,
         }
+    }
+
+    /// [`of`](Self::of) for a compile whose address tables are those
+    /// `kept` was recorded from (the agent keeps both, see
+    /// `policy::compile::addresses`): their records, placement and reach
+    /// are `kept`'s (the records shared), and only the L4 table and the
+    /// policy slots are recorded afresh. Fingerprinting 131,072 address
+    /// entries (their 128-byte channel sets), sorting them and finding
+    /// their reach is most of a record: 11-13 ms of a one-channel change
+    /// of the benchmark's policy (`bench apply`, `RUST_LOG=tc_agent=debug`).
+    pub fn of_with_addresses(c: &Compiled, kept: &AddressRecord) -> Self {
+        let kept = &kept.0;
+        let l4 = TABLE_L4 as usize;
+        let mut probes = kept.probes;
+        probes[l4] = prefixes::plan_table(c, TABLE_L4);
+        let mut reach = kept.reach;
+        reach[l4] = super::reach::table_reach(c, TABLE_L4, &probes[l4]);
+        Self {
+            src_v4: Arc::clone(&kept.src_v4),
+            dst_v4: Arc::clone(&kept.dst_v4),
+            src_v6: Arc::clone(&kept.src_v6),
+            dst_v6: Arc::clone(&kept.dst_v6),
+            l4: table(c, TABLE_L4),
+            policies: c.policies.clone(),
+            probes,
+            reach,
+            misplaced: 0,
+        }
+    }
+
+    /// The address tables' share of this record.
+    pub fn addresses(&self) -> AddressRecord {
+        AddressRecord(Self {
+            src_v4: Arc::clone(&self.src_v4),
+            dst_v4: Arc::clone(&self.dst_v4),
+            src_v6: Arc::clone(&self.src_v6),
+            dst_v6: Arc::clone(&self.dst_v6),
+            l4: Vec::new(),
+            policies: Vec::new(),
+            probes: self.probes,
+            reach: self.reach,
+            misplaced: self.misplaced,
+        })
     }
 
     /// The digest of the generation: stable across processes and builds,
@@ -118,20 +165,14 @@ impl Tables {
         }
         h
     }
-
-    /// Bytes this record takes on the heap, for the memory figures.
-    pub fn heap_bytes(&self) -> usize {
-        fn b<K>(v: &Held<K>) -> usize {
-            v.capacity() * std::mem::size_of::<(K, u64)>()
-        }
-        b(&self.src_v4)
-            + b(&self.dst_v4)
-            + b(&self.src_v6)
-            + b(&self.dst_v6)
-            + b(&self.l4)
-            + self.policies.capacity() * std::mem::size_of::<ChannelPolicy>()
-    }
 }
+
+/// The address tables' share of a generation's record ([`Tables::addresses`]:
+/// their records, shared, and where each is and what each probed length
+/// reaches), kept with the compile's address tables it was made from for
+/// the next apply that compiles with them ([`Tables::of_with_addresses`]).
+#[derive(Debug, Clone)]
+pub struct AddressRecord(Tables);
 
 /// What one generation holds, and whether the flow cache may still hold
 /// entries classified under it.

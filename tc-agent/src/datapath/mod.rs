@@ -506,15 +506,6 @@ impl Datapath {
         Ok(())
     }
 
-    /// Bytes the records of both generations take on the heap.
-    pub fn held_bytes(&self) -> usize {
-        self.gens
-            .iter()
-            .filter_map(|g| g.tables.as_ref())
-            .map(held::Tables::heap_bytes)
-            .sum()
-    }
-
     /// Makes the next apply's version follow `version` when the maps hold
     /// none yet (fresh maps after an upgrade or a wipe), so the version
     /// operators see keeps growing across them.

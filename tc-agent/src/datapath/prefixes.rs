@@ -184,7 +184,12 @@ pub fn probes_of_lens(all: impl Iterator<Item = u8>) -> Probes {
 
 /// Where each table of `compiled` goes, as [`tc_common::GenInfo::probes`] holds it.
 pub fn plan(compiled: &Compiled) -> [Probes; TABLES] {
-    std::array::from_fn(|t| probes_of_lens(entries_of(compiled, t as u8).map(|e| e.0)))
+    std::array::from_fn(|t| plan_table(compiled, t as u8))
+}
+
+/// Where table `t` of `compiled` goes.
+pub fn plan_table(compiled: &Compiled, t: u8) -> Probes {
+    probes_of_lens(entries_of(compiled, t).map(|e| e.0))
 }
 
 /// The trie of each table.

@@ -26,7 +26,9 @@ pub fn reach(c: &Compiled, probes: &[Probes; TABLES]) -> [[ChannelSet; MAX_PROBE
     std::array::from_fn(|t| table_reach(c, t as u8, &probes[t]))
 }
 
-fn table_reach(c: &Compiled, t: u8, probes: &Probes) -> [ChannelSet; MAX_PROBES] {
+/// What each probed length of table `t` of `c` adds, the table placed as
+/// `probes` says.
+pub fn table_reach(c: &Compiled, t: u8, probes: &Probes) -> [ChannelSet; MAX_PROBES] {
     let mut out = [ChannelSet::EMPTY; MAX_PROBES];
     if in_trie(probes) {
         return out;

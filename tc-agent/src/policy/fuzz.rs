@@ -33,6 +33,8 @@ use proptest::{
 };
 use tc_common::{L4_ANY_PORT, L4_UNKNOWN};
 
+use crate::datapath::held::{AddressRecord, Tables};
+
 use super::{
     compile::{compile, compile_reusing, Addresses},
     sim::{reference, through_tables, Pkt},
@@ -1197,7 +1199,9 @@ fn edited_policies_read_reusing_channels_as_they_read_whole() {
         // The agent's compile keeps the live policy's address tables for
         // the next one: compiled so along the edits, each must equal a
         // fresh compile.
-        let mut addresses = None;
+        // The record of their tables is kept too (`Tables::of_with_addresses`).
+        let mut addresses: Option<Addresses> = None;
+        let mut record: Option<AddressRecord> = None;
         for edited in [once, twice, mutated] {
             let before = reuse.reused();
             let got = reuse.parse(edited.clone(), FILE);
@@ -1207,8 +1211,18 @@ fn edited_policies_read_reusing_channels_as_they_read_whole() {
                 (Ok(a), Ok(b)) => {
                     prop_assert_eq!(&a, &b, "{}", edited);
                     if let Ok(fresh) = compile(&a) {
-                        let mut c = compile_reusing(&a, addresses.take()).expect("compiles");
+                        let kept = addresses.take();
+                        let same = kept.as_ref().is_some_and(|k| k.fit(&a.channels));
+                        let mut c = compile_reusing(&a, kept).expect("compiles");
                         prop_assert_eq!(&c, &fresh, "{}", edited);
+                        let mut tables = Tables::of(&c);
+                        if let (true, Some(kept)) = (same, &record) {
+                            // Kept along the edits, as the agent keeps it.
+                            let reused = Tables::of_with_addresses(&c, kept);
+                            prop_assert_eq!(&reused, &tables, "{}", edited);
+                            tables = reused;
+                        }
+                        record = Some(tables.addresses());
                         addresses = Some(Addresses::take(&a, &mut c));
                     }
                     Outcome::Accepted(0)

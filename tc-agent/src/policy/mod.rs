@@ -34,7 +34,7 @@ mod yaml;
 
 pub use self::{
     diagnostic::{Diagnostic, PolicyError},
-    model::{Action, Channel, ConnAction, Direction, Limit, Mode, Policy, Protocol},
+    model::{Action, Channel, ConnAction, Direction, Limit, Mode, Policy, Protocol, Sides},
     reuse::Reuse,
     validate::{
         DEFAULT_BURST_MS, DEFAULT_HORIZON, DEFAULT_MIN_BURST_BYTES,

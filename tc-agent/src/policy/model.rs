@@ -2,6 +2,8 @@
 //! here has passed validation and has its defaults filled in; the agent
 //! saves [`Policy`] as JSON in its state directory.
 
+use std::sync::Arc;
+
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
@@ -126,10 +128,10 @@ pub struct Channel {
     /// Source prefixes, sorted and deduplicated; `0.0.0.0/0` + `::/0` when
     /// the file says nothing.
     #[serde(serialize_with = "super::prefix_text::serialize")]
-    pub from: std::sync::Arc<[IpNet]>,
+    pub from: Arc<[IpNet]>,
     /// Destination prefixes; likewise.
     #[serde(serialize_with = "super::prefix_text::serialize")]
-    pub to: std::sync::Arc<[IpNet]>,
+    pub to: Arc<[IpNet]>,
     /// Which IP protocols the channel matches.
     pub protocol: Protocol,
     /// Destination port ranges, inclusive, sorted; empty = any port.
@@ -152,6 +154,38 @@ pub struct Channel {
     pub horizon_ns: Option<u64>,
     /// Whether over-limit traffic is acted on or only counted.
     pub mode: Mode,
+}
+
+/// The addresses of each channel of a policy, in order: what its address
+/// tables and its shadowing candidates are made from, kept with them so
+/// that a later policy naming the same addresses in the same places can
+/// take them as they are.
+#[derive(Debug, Clone, Default)]
+pub struct Sides(Vec<FromTo>);
+
+/// A channel's sources and destinations.
+type FromTo = (Arc<[IpNet]>, Arc<[IpNet]>);
+
+impl Sides {
+    /// The sources and destinations of `channels` (their lists shared).
+    pub fn of(channels: &[Channel]) -> Self {
+        Self(
+            channels
+                .iter()
+                .map(|c| (c.from.clone(), c.to.clone()))
+                .collect(),
+        )
+    }
+
+    /// Whether `channels` name these addresses, in the same order.
+    pub fn named_by(&self, channels: &[Channel]) -> bool {
+        self.0.len() == channels.len()
+            && self.0.iter().zip(channels).all(|((f, t), c)| {
+                // A reading that reused an item shares its lists.
+                (Arc::ptr_eq(f, &c.from) || **f == *c.from)
+                    && (Arc::ptr_eq(t, &c.to) || **t == *c.to)
+            })
+    }
 }
 
 impl Channel {

@@ -29,9 +29,17 @@ pub struct Shadowed {
 
 /// Every shadowed channel, in channel order.
 pub fn shadowed(channels: &[Channel]) -> Vec<Shadowed> {
+    shadowed_among(channels, &candidates(channels))
+}
+
+/// For each channel, the earlier channels whose sources and destinations
+/// contain all of its own: what the channels' addresses alone decide of
+/// [`shadowed`]. Channels that name the same addresses in the same places
+/// have the same candidates, whatever their ports, protocol or limits.
+pub fn candidates(channels: &[Channel]) -> Vec<ChannelSet> {
     // Validation refuses more channels than a channel set holds.
     if channels.len() > tc_common::MAX_CHANNELS as usize {
-        return Vec::new();
+        return vec![ChannelSet::EMPTY; channels.len()];
     }
     // Candidates start as every earlier channel.
     let mut candidates: Vec<ChannelSet> = (0..channels.len())
@@ -49,19 +57,31 @@ pub fn shadowed(channels: &[Channel]) -> Vec<Shadowed> {
             // need not be built (a side's IPv6 cover of 65,536 prefixes is
             // 8 MiB): in a policy of distinct sources, the first settles it.
             if candidates.iter().all(ChannelSet::is_empty) {
-                return Vec::new();
+                return candidates;
             }
             narrow(channels, side, family, &mut candidates);
         }
     }
-    let ports: Vec<Vec<(u16, u16)>> = channels.iter().map(|c| merged(&c.ports)).collect();
+    candidates
+}
+
+/// The shadowed channels, given each one's [`candidates`].
+pub fn shadowed_among(channels: &[Channel], candidates: &[ChannelSet]) -> Vec<Shadowed> {
     let mut out = Vec::new();
-    for (j, later) in channels.iter().enumerate() {
-        let by = members(&candidates[j]).find(|&i| {
+    let mut ports: Vec<Option<Vec<(u16, u16)>>> = vec![None; channels.len()];
+    for (j, (later, cand)) in channels.iter().zip(candidates).enumerate() {
+        if cand.is_empty() {
+            continue;
+        }
+        let later_ports = merged(&later.ports);
+        let by = members(cand).find(|&i| {
             let earlier = &channels[i];
             earlier.direction == later.direction
                 && protocol_covers(earlier.protocol, later.protocol)
-                && ports_cover(&ports[i], &ports[j])
+                && ports_cover(
+                    ports[i].get_or_insert_with(|| merged(&earlier.ports)),
+                    &later_ports,
+                )
         });
         if let Some(by) = by {
             out.push(Shadowed { channel: j, by });

@@ -5,9 +5,10 @@ use super::*;
 /// Why reading a request stopped short.
 #[derive(Debug)]
 pub(in crate::agent) enum ReadError {
-    /// More than the cap without a newline.
+    /// More than the cap without a newline, or a body longer than the
+    /// line announced.
     TooLarge,
-    /// The peer closed before sending anything.
+    /// The peer closed before sending anything, or before a body was whole.
     Closed,
     /// The socket failed.
     Io(io::Error),
@@ -80,5 +81,39 @@ pub(in crate::agent) async fn read_request<R: AsyncRead + Unpin>(
                 Ok((buf.split().freeze(), permit))
             };
         }
+    }
+}
+
+/// Reads the body that follows a request line into `body` (which holds
+/// what was read past the line), until it has exactly `len` bytes, then
+/// the end of the stream: the client closes its sending side after the
+/// body, so a body longer than announced is refused rather than applied
+/// cut short. More than `len` is [`ReadError::TooLarge`]; the stream
+/// ending first is [`ReadError::Closed`]. A `Vec`, not a `BytesMut`: the
+/// text becomes a `String` without a copy (a 2.9 MB policy's copy cost
+/// milliseconds in page faults alone).
+pub(in crate::agent) async fn read_body<R: AsyncRead + Unpin>(
+    r: &mut R,
+    body: &mut Vec<u8>,
+    len: usize,
+) -> Result<(), ReadError> {
+    if body.len() > len {
+        return Err(ReadError::TooLarge);
+    }
+    body.reserve_exact(len - body.len());
+    while body.len() < len {
+        let n = (&mut *r)
+            .take((len - body.len()) as u64)
+            .read_buf(body)
+            .await
+            .map_err(ReadError::Io)?;
+        if n == 0 {
+            return Err(ReadError::Closed);
+        }
+    }
+    let mut past = [0u8; 1];
+    match r.read(&mut past).await.map_err(ReadError::Io)? {
+        0 => Ok(()),
+        _ => Err(ReadError::TooLarge),
     }
 }

@@ -8,7 +8,11 @@
 //! - a request is one line of at most [`MAX_REQUEST`] bytes (a read-only
 //!   peer's at most [`SMALL_REQUEST`]), and must arrive whole within
 //!   [`REQUEST_DEADLINE`]; at most [`BIG_REQUESTS`] requests larger than
-//!   [`SMALL_REQUEST`] are buffered at once, so memory stays bounded;
+//!   [`SMALL_REQUEST`] are buffered at once, so memory stays bounded; an
+//!   `apply-raw` line is followed by the policy text it announces, at most
+//!   [`MAX_FILE_BYTES`](crate::policy::MAX_FILE_BYTES), under the same
+//!   deadline and permit, exactly as long as announced and then the end of
+//!   the client's sending side;
 //! - at most [`MAX_CONNECTIONS`] connections are open; a new one past the
 //!   cap is accepted and sheds the oldest connection that has not sent its
 //!   request yet (one whose request is already waiting in its socket is
@@ -47,6 +51,7 @@ pub(in crate::agent) use self::peer::bind_socket;
 pub use self::peer::SocketGroup;
 use self::{framing::*, peer::*};
 use super::{snapshot::Snapshot, *};
+use crate::datapath::steps::Steps;
 
 /// Largest request: a policy at the parser's own limit (6 MiB, see
 /// [`crate::policy::MAX_FILE_BYTES`]) plus a quarter for JSON escaping
@@ -163,9 +168,10 @@ pub(super) struct Server {
     slots: Mutex<Slots>,
     /// Permits to buffer a request larger than [`SMALL_REQUEST`].
     big: Arc<Semaphore>,
-    /// Held by an apply from its reading of the file to its answer:
-    /// applies run one at a time, in the order they came (tokio's mutex
-    /// is fair), and never read several large files at once.
+    /// Held by an apply from its reading of the file until its state is
+    /// saved, after its answer: applies run one at a time, in the order
+    /// they came (tokio's mutex is fair), and never read several large
+    /// files at once.
     applying: tokio::sync::Mutex<()>,
     /// The last policy file read, for the next apply to parse only the
     /// channels an edit changed.
@@ -180,6 +186,17 @@ pub(super) struct Server {
     shed_log: Throttle,
     /// Failed accepts.
     accept_log: Throttle,
+}
+
+/// An apply answered, holding back the next one until what it left is done
+/// (see [`Server::after_apply`]).
+struct Applied<'a> {
+    /// The server's apply lock, kept until the state is saved: the next
+    /// apply must not start from a state file that is one apply behind.
+    one_at_a_time: tokio::sync::MutexGuard<'a, ()>,
+    /// Whether the new policy went live: only then is there a state to
+    /// save and a switch to fold (a refused policy changed nothing).
+    live: bool,
 }
 
 impl Server {
@@ -296,6 +313,8 @@ impl Server {
         mut shed: oneshot::Receiver<()>,
     ) {
         let deadline = tokio::time::Instant::now() + REQUEST_DEADLINE;
+        // An apply's steps, from the accept (logged at debug level).
+        let mut steps = Steps::new("apply request");
         let Some(peer) = self.check_peer(&stream) else {
             let msg = match &self.group {
                 None => "permission denied: only root may use the agent socket".to_string(),
@@ -324,7 +343,7 @@ impl Server {
             }
         };
         slot.done_reading();
-        let (request, _big_permit) = match read {
+        let (request, mut big_permit) = match read {
             Ok(Ok(r)) => r,
             Err(_) if buf.is_empty() => {
                 debug!(
@@ -368,15 +387,202 @@ impl Server {
                 return;
             }
         };
-        drop(buf);
-        let resp = match serde_json::from_slice::<Request>(&request) {
-            Err(e) => failure(format!("bad request: {e}")),
-            Ok(req) => {
+        let (resp, applied) = match serde_json::from_slice::<Request>(&request) {
+            Err(e) => (failure(format!("bad request: {e}")), None),
+            Ok(Request::ApplyRaw { file, bytes }) if peer.access == Access::Full => {
                 drop(request);
+                steps.step("line");
+                let text = self
+                    .read_text(&mut stream, buf, bytes, &mut big_permit, deadline)
+                    .await;
+                steps.step("text");
+                match text {
+                    Ok(text) => self.handle(Request::Apply { file, text }, peer).await,
+                    Err(Some(refused)) => (refused, None),
+                    Err(None) => return,
+                }
+            }
+            Ok(req) => {
+                drop((request, buf));
                 self.handle(req, peer).await
             }
         };
-        reply(&mut stream, &resp).await;
+        match applied {
+            // The rest of an apply does not wait for its client to take
+            // the answer.
+            Some(applied) => {
+                steps.step("answer");
+                tokio::join!(reply(&mut stream, &resp), self.after_apply(applied));
+                steps.step("reply and save");
+                steps.log();
+            }
+            None => reply(&mut stream, &resp).await,
+        }
+    }
+
+    /// An apply, up to its answer: the file read (before the agent lock is
+    /// taken, so samples, reports and the previous switch's fold are not
+    /// held up by it), then written and switched to. What is left to do
+    /// once the client has the answer comes back with it.
+    async fn apply(&self, file: String, text: String) -> (Response, Applied<'_>) {
+        let mut steps = Steps::new("apply");
+        let one_at_a_time = self.applying.lock().await;
+        steps.step("wait");
+        let reuse = self.reuse.clone();
+        let parsed = tokio::task::spawn_blocking(move || {
+            let parsed = super::apply::parse(&reuse, text, &file);
+            (parsed, file)
+        })
+        .await;
+        let (parsed, file) = match parsed {
+            Ok(p) => p,
+            Err(e) => {
+                error!(error = %e, "reading a policy failed inside the agent");
+                let failed = failure(format!("internal error: {e}"));
+                let applied = Applied {
+                    one_at_a_time,
+                    live: false,
+                };
+                return (failed, applied);
+            }
+        };
+        steps.step("read");
+        let snapshot = self.snapshot.clone();
+        let done = locked(self.agent.clone(), move |agent| {
+            let applied = agent.apply_parsed(parsed, &file);
+            let live = applied.is_ok();
+            steps.step("apply");
+            agent.publish(&snapshot);
+            steps.step("publish");
+            steps.log();
+            (applied.and_then(|r| Ok(serde_json::to_value(r)?)), live)
+        })
+        .await;
+        let (response, live) = match done {
+            Ok((r, live)) => (to_response(r), live),
+            // It may have gone live before it failed: the state is saved
+            // as the agent has it.
+            Err(failed) => (failed, true),
+        };
+        let applied = Applied {
+            one_at_a_time,
+            live,
+        };
+        (response, applied)
+    }
+
+    /// What an apply leaves until its client has the answer, still one
+    /// apply at a time: the next one waits for it.
+    async fn after_apply(&self, applied: Applied<'_>) {
+        if applied.live {
+            // The state file: a large policy takes about 15 ms to write
+            // out, which the client need not wait for, as the policy is
+            // live already. Until it is written, an agent killed and
+            // restarted finds the kernel ahead of its state and leaves the
+            // live channels unnamed (still enforced) until the next apply.
+            let agent = self.agent.clone();
+            if let Err(e) = tokio::task::spawn_blocking(move || agent.lock().save_applied()).await {
+                error!(error = %e, "saving the state after an apply failed inside the agent");
+            }
+        }
+        // The file read whole is remembered for the next apply now that
+        // this one is done with the CPU.
+        self.reuse.remember();
+        drop(applied.one_at_a_time);
+        // A switch's fold (reading the old generation once its grace
+        // period has passed, and saving the state) runs once that period
+        // is over, off this request's path, rather than at the start of
+        // the next apply or in the next sample.
+        if applied.live {
+            let agent = self.agent.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(super::SWITCH_GRACE).await;
+                let fold = tokio::task::spawn_blocking(move || agent.lock().settle_in_background());
+                if let Err(e) = fold.await {
+                    error!(error = %e, "the fold after an apply failed inside the agent");
+                }
+            });
+        }
+    }
+
+    /// The text an `apply-raw` request announced: the `bytes` bytes after
+    /// its line, of which `rest` holds those read with the line. Read under
+    /// the request's deadline and a big request's permit, as a line is.
+    /// `Err(Some(answer))` refuses a text too large, cut short, longer than
+    /// announced, or not UTF-8; `Err(None)` closes the connection (too
+    /// slow, or a failed socket).
+    async fn read_text(
+        &self,
+        stream: &mut UnixStream,
+        mut rest: BytesMut,
+        bytes: usize,
+        permit: &mut Option<OwnedSemaphorePermit>,
+        deadline: tokio::time::Instant,
+    ) -> Result<String, Option<Response>> {
+        let max = crate::policy::MAX_FILE_BYTES;
+        if bytes > max {
+            return Err(Some(failure(format!(
+                "policy not applied: the file is {bytes} bytes, more than the {max} a policy may take"
+            ))));
+        }
+        // The line's newline, unless the stream ended the line.
+        if rest.first() == Some(&b'\n') {
+            let _ = rest.split_to(1);
+        }
+        if bytes > SMALL_REQUEST && permit.is_none() {
+            // Under the request's deadline, as a line's permit is (the text
+            // is read after the connection stops counting as idle: only
+            // root gets here, one apply is read at a time, and the
+            // deadline bounds it).
+            let big = self.big.clone().acquire_owned();
+            match timeout_at(deadline, big).await {
+                Ok(Ok(p)) => *permit = Some(p),
+                Ok(Err(_)) => return Err(None),
+                Err(_) => {
+                    debug!("closing an apply that waited past its deadline for a buffer");
+                    return Err(None);
+                }
+            }
+        }
+        // What came with the line is at most a read's worth (`READ_CHUNK`).
+        let mut body = Vec::with_capacity(bytes.max(rest.len()));
+        body.extend_from_slice(&rest);
+        drop(rest);
+        match timeout_at(deadline, read_body(stream, &mut body, bytes)).await {
+            Ok(Ok(())) => {}
+            Err(_) => {
+                if let Some(held) = self.slow_log.pass() {
+                    warn!(
+                        received = body.len(),
+                        announced = bytes,
+                        timeout_s = REQUEST_DEADLINE.as_secs(),
+                        held_back = held,
+                        "closing a connection that did not send its policy text in time"
+                    );
+                }
+                return Err(None);
+            }
+            Ok(Err(ReadError::TooLarge)) => {
+                return Err(Some(failure(format!(
+                    "bad request: more than the {bytes} bytes announced follow the request line (a client closes its sending side after them)"
+                ))))
+            }
+            Ok(Err(ReadError::Closed)) => {
+                return Err(Some(failure(format!(
+                    "bad request: the request ended {} bytes into the {bytes} announced",
+                    body.len()
+                ))))
+            }
+            Ok(Err(ReadError::Io(e))) => {
+                debug!(error = %e, "reading a policy text failed");
+                return Err(None);
+            }
+        };
+        String::from_utf8(body).map_err(|e| {
+            Some(failure(format!(
+                "policy not applied: the file is not UTF-8 ({e})"
+            )))
+        })
     }
 
     /// The peer, or None (logged) if it may do nothing.
@@ -416,7 +622,9 @@ impl Server {
         })
     }
 
-    async fn handle(&self, req: Request, peer: Peer) -> Response {
+    /// The answer to `req`, and for an apply what is left to do once the
+    /// client has it.
+    async fn handle(&self, req: Request, peer: Peer) -> (Response, Option<Applied<'_>>) {
         let data = match req {
             Request::Status => serde_json::to_value(self.snapshot.status()).map_err(Into::into),
             Request::Channels => self.channels().await,
@@ -444,7 +652,7 @@ impl Server {
                 .await
                 .unwrap_or_else(|e| Err(anyhow::anyhow!("internal error: {e}")))
             }
-            Request::Apply { .. } if peer.access != Access::Full => {
+            Request::Apply { .. } | Request::ApplyRaw { .. } if peer.access != Access::Full => {
                 if let Some(held) = self.refused_log.pass() {
                     warn!(
                         uid = peer.uid,
@@ -453,58 +661,21 @@ impl Server {
                         "refused an apply from a read-only peer"
                     );
                 }
-                return failure(APPLY_NEEDS_ROOT.to_string());
+                return (failure(APPLY_NEEDS_ROOT.to_string()), None);
             }
             Request::Apply { file, text } => {
-                let _one_at_a_time = self.applying.lock().await;
-                // Reading the file needs no agent: it is done before the
-                // agent lock is taken, so samples, reports and the
-                // previous switch's fold are not held up by it.
-                let reuse = self.reuse.clone();
-                let parsed = tokio::task::spawn_blocking(move || {
-                    let parsed = super::apply::parse(&reuse, text, &file);
-                    (parsed, file)
-                })
-                .await;
-                let (parsed, file) = match parsed {
-                    Ok(p) => p,
-                    Err(e) => {
-                        error!(error = %e, "reading a policy failed inside the agent");
-                        return failure(format!("internal error: {e}"));
-                    }
-                };
-                let snapshot = self.snapshot.clone();
-                let response = locked(self.agent.clone(), move |agent| {
-                    let r = agent
-                        .apply_parsed(parsed, &file)
-                        .and_then(|report| Ok(serde_json::to_value(report)?));
-                    agent.publish(&snapshot);
-                    r
-                })
-                .await;
-                // The file read whole is remembered for the next apply
-                // now that this one is done with the CPU.
-                self.reuse.remember();
-                // A switch's fold (reading the old generation once its
-                // grace period has passed, and saving the state) runs once
-                // that period is over, off this request's path, rather than
-                // at the start of the next apply or in the next sample.
-                if response.ok {
-                    let agent = self.agent.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(super::SWITCH_GRACE).await;
-                        let fold = tokio::task::spawn_blocking(move || {
-                            agent.lock().settle_in_background()
-                        });
-                        if let Err(e) = fold.await {
-                            error!(error = %e, "the fold after an apply failed inside the agent");
-                        }
-                    });
-                }
-                return response;
+                let (response, applied) = self.apply(file, text).await;
+                return (response, Some(applied));
+            }
+            // `connection` reads its text and hands it on as an `Apply`.
+            Request::ApplyRaw { .. } => {
+                return (
+                    failure("internal error: an apply-raw request without its text".into()),
+                    None,
+                )
             }
         };
-        to_response(data)
+        (to_response(data), None)
     }
 
     /// `channels`: live counters if the agent lock is free within
@@ -531,20 +702,19 @@ impl Server {
 }
 
 /// Runs `f` on the agent under its lock on a blocking thread. A panic in
-/// `f` becomes an error response; the lock (parking_lot's, which has no
-/// poisoning) is released as the panic unwinds, so the next request is
-/// served as usual.
-pub(super) async fn locked<T: Send + 'static>(
+/// `f` becomes an error response (`Err`); the lock (parking_lot's, which
+/// has no poisoning) is released as the panic unwinds, so the next request
+/// is served as usual.
+pub(super) async fn locked<T: Send + 'static, R: Send + 'static>(
     agent: Arc<Mutex<T>>,
-    f: impl FnOnce(&mut T) -> Result<serde_json::Value> + Send + 'static,
-) -> Response {
-    match tokio::task::spawn_blocking(move || f(&mut agent.lock())).await {
-        Ok(r) => to_response(r),
-        Err(e) => {
+    f: impl FnOnce(&mut T) -> R + Send + 'static,
+) -> Result<R, Response> {
+    tokio::task::spawn_blocking(move || f(&mut agent.lock()))
+        .await
+        .map_err(|e| {
             error!(error = %e, "a request failed inside the agent");
             failure(format!("internal error: {e}"))
-        }
-    }
+        })
 }
 
 fn to_response(r: Result<serde_json::Value>) -> Response {

@@ -74,6 +74,37 @@ async fn big_requests_wait_for_a_permit() {
     assert_eq!(big.available_permits(), BIG_REQUESTS);
 }
 
+#[tokio::test]
+async fn a_body_is_exactly_the_bytes_announced() {
+    // Part of it came with the line; the rest is read, then the end.
+    let mut body = b"abc".to_vec();
+    read_body(&mut &b"def"[..], &mut body, 6).await.unwrap();
+    assert_eq!(body, b"abcdef");
+    // More than announced follows: the body is not taken cut short.
+    let mut body = b"abc".to_vec();
+    assert!(matches!(
+        read_body(&mut &b"defgh"[..], &mut body, 6).await,
+        Err(ReadError::TooLarge)
+    ));
+    // All of it came with the line.
+    let mut body = b"abc".to_vec();
+    read_body(&mut &b""[..], &mut body, 3).await.unwrap();
+    assert_eq!(body, b"abc");
+    // More than announced came with the line.
+    let mut body = b"abcd".to_vec();
+    assert!(matches!(
+        read_body(&mut &b""[..], &mut body, 3).await,
+        Err(ReadError::TooLarge)
+    ));
+    // The stream ends first.
+    let mut body = b"ab".to_vec();
+    assert!(matches!(
+        read_body(&mut &b"c"[..], &mut body, 6).await,
+        Err(ReadError::Closed)
+    ));
+    assert_eq!(body, b"abc", "what did arrive is left for the error");
+}
+
 /// The apply request of a 1,024-channel policy with 65,536 distinct
 /// IPv4 and 65,536 IPv6 source prefixes (quoted, as IPv6 often is).
 fn big_apply() -> String {
@@ -179,14 +210,16 @@ async fn a_panicking_request_leaves_the_lock_usable() {
         panic!("boom in a request")
     })
     .await;
+    let Err(r) = r else {
+        panic!("the panic was not caught")
+    };
     assert!(!r.ok);
     assert!(
         r.error.as_deref().unwrap().starts_with("internal error:"),
         "{r:?}"
     );
-    let r = locked(state.clone(), |n: &mut u32| Ok((*n).into())).await;
-    assert!(r.ok, "{r:?}");
-    assert_eq!(r.data, 2);
+    let r = locked(state.clone(), |n: &mut u32| *n).await;
+    assert_eq!(r.ok(), Some(2));
 }
 
 fn config(state_dir: &Path, socket: PathBuf, group: Option<SocketGroup>) -> AgentConfig {

@@ -2,13 +2,10 @@
 //! the live policy's, and an apply whose channels name the same addresses
 //! compiles without building them again.
 
-use std::sync::Arc;
-
-use ipnet::IpNet;
 use tc_common::ChannelSet;
 
 use super::{AddrEntry, Compiled, Interner};
-use crate::policy::{Channel, Policy};
+use crate::policy::{Channel, Policy, Sides};
 
 /// The address tables of a compiled policy and the channel sets they
 /// name: what the channels' addresses alone decide. The agent takes the
@@ -22,7 +19,7 @@ use crate::policy::{Channel, Policy};
 pub struct Addresses {
     /// Per channel, in order, the prefixes the tables were built from:
     /// what a policy must name, at the same places, for them to fit it.
-    from_to: Vec<Sides>,
+    from_to: Sides,
     /// The IPv4 source table, as [`Compiled::src_v4`] holds it.
     src_v4: Vec<AddrEntry<4>>,
     /// The IPv4 destination table.
@@ -35,9 +32,6 @@ pub struct Addresses {
     /// address tables' sets are interned before the L4 table's).
     sets: Vec<ChannelSet>,
 }
-
-/// A channel's sources and destinations.
-type Sides = (Arc<[IpNet]>, Arc<[IpNet]>);
 
 impl Addresses {
     /// The address tables of `compiled`, the compile of `policy`, taken
@@ -56,11 +50,7 @@ impl Addresses {
             .max()
             .map_or(0, |m| m as usize + 1);
         Self {
-            from_to: policy
-                .channels
-                .iter()
-                .map(|c| (c.from.clone(), c.to.clone()))
-                .collect(),
+            from_to: Sides::of(&policy.channels),
             sets: compiled.sets[..named].to_vec(),
             src_v4,
             dst_v4,
@@ -70,13 +60,8 @@ impl Addresses {
     }
 
     /// Whether these tables are the ones `channels` compile to.
-    pub(super) fn fit(&self, channels: &[Channel]) -> bool {
-        self.from_to.len() == channels.len()
-            && self.from_to.iter().zip(channels).all(|((f, t), c)| {
-                // The reading that reused an item shares its lists.
-                (Arc::ptr_eq(f, &c.from) || **f == *c.from)
-                    && (Arc::ptr_eq(t, &c.to) || **t == *c.to)
-            })
+    pub fn fit(&self, channels: &[Channel]) -> bool {
+        self.from_to.named_by(channels)
     }
 
     /// The interner holding the tables' sets (the L4 table's come after

@@ -332,23 +332,55 @@ fn l4_table(channels: &[Channel], sets: &mut Interner) -> Vec<L4Entry> {
             if p != 6 && p != 17 {
                 continue;
             }
-            let mut points: BTreeSet<u32> = BTreeSet::new();
-            for c in in_dir.iter().filter(|c| proto_matches(c, p)) {
-                for (a, b) in &c.ports {
-                    points.insert(*a as u32);
-                    points.insert(*b as u32 + 1);
+            // A sweep over the ports where some channel's ranges start or
+            // end: between two such points the same channels match. Each
+            // range adds its channel where it starts and takes it away
+            // past its end (a channel's ranges may overlap: counted).
+            let mut edges: Vec<(u32, usize, bool)> = Vec::new();
+            for (i, c) in channels.iter().enumerate() {
+                if c.direction == dir && proto_matches(c, p) {
+                    for (a, b) in &c.ports {
+                        edges.push((*a as u32, i, true));
+                        edges.push((*b as u32 + 1, i, false));
+                    }
                 }
             }
-            let points: Vec<u32> = points.into_iter().collect();
-            for w in points.windows(2) {
-                let (lo, hi) = (w[0] as u16, (w[1] - 1) as u16);
-                let covered = in_dir.iter().any(|c| {
-                    !c.ports.is_empty() && proto_matches(c, p) && port_matches(c, Some(lo))
-                });
-                if !covered {
+            edges.sort_unstable();
+            // Channels of any port match in every window.
+            let any_port = set_of(channels, |c| {
+                c.direction == dir && proto_matches(c, p) && c.ports.is_empty()
+            });
+            let mut open = vec![0u32; channels.len()];
+            let (mut ranged, mut ranged_open) = (ChannelSet::EMPTY, 0usize);
+            let mut next = 0;
+            while next < edges.len() {
+                let lo = edges[next].0;
+                while next < edges.len() && edges[next].0 == lo {
+                    let (_, i, starts) = edges[next];
+                    if starts {
+                        open[i] += 1;
+                        if open[i] == 1 {
+                            ranged.insert(i);
+                            ranged_open += 1;
+                        }
+                    } else {
+                        open[i] -= 1;
+                        if open[i] == 0 {
+                            ranged.remove(i);
+                            ranged_open -= 1;
+                        }
+                    }
+                    next += 1;
+                }
+                // No port range covers this window, or it is past the last.
+                if ranged_open == 0 || next == edges.len() {
                     continue;
                 }
-                let set = set_of(channels, |c| matches(c, Some(p), Some(lo)));
+                let (lo, hi) = (lo as u16, (edges[next].0 - 1) as u16);
+                let mut set = any_port;
+                for (w, r) in set.words.iter_mut().zip(ranged.words) {
+                    *w |= r;
+                }
                 for (base, len) in port_prefixes(lo, hi) {
                     let b = base.to_be_bytes();
                     out.push(L4Entry {

@@ -5,10 +5,12 @@
 use std::collections::HashMap;
 
 use ipnet::IpNet;
+use tc_common::ChannelSet;
 
 use super::super::{
     chunks,
-    model::Channel,
+    model::{Channel, Sides},
+    shadow,
     validate::Footprint,
     yaml::{self, Lines},
 };
@@ -35,6 +37,37 @@ pub(super) struct Memo {
     pub items: HashMap<blake3::Hash, Known>,
     /// Parser events of the whole file.
     pub events: usize,
+    /// The shadowing check's candidates of its channels.
+    pub candidates: Candidates,
+}
+
+/// What a reading's channels' addresses decide of shadowing
+/// ([`shadow::candidates`]), with the addresses it was found from: a
+/// reading whose channels name the same addresses in the same places (an
+/// edit of ports, protocol or limits) takes it as it is. Finding it is
+/// most of a reading that reuses every channel but one: 10 of 24 ms for
+/// the benchmark's 1,024 channels and 131,072 prefixes.
+#[derive(Clone)]
+pub(super) struct Candidates {
+    /// Each channel's sources and destinations, in order.
+    sides: Sides,
+    /// Each channel's candidates.
+    pub sets: Vec<ChannelSet>,
+}
+
+impl Candidates {
+    /// The candidates of `channels`.
+    pub fn of(channels: &[Channel]) -> Self {
+        Self {
+            sides: Sides::of(channels),
+            sets: shadow::candidates(channels),
+        }
+    }
+
+    /// Whether these are the candidates of `channels`.
+    pub fn fit(&self, channels: &[Channel]) -> bool {
+        self.sides.named_by(channels)
+    }
 }
 
 /// One item of a reading.
@@ -79,6 +112,7 @@ pub(super) fn build(p: Pending, stale: impl Fn() -> bool) -> Option<Memo> {
     }
     // The head reads alone: it leaves nothing open for the items.
     yaml::parse_counted(cut.head, Lines::MapsOnly).ok()?;
+    let candidates = Candidates::of(&p.channels);
     let mut items = HashMap::with_capacity(cut.items.len());
     for (i, ((item, channel), footprint)) in cut
         .items
@@ -109,6 +143,7 @@ pub(super) fn build(p: Pending, stale: impl Fn() -> bool) -> Option<Memo> {
         endpoints: p.endpoints,
         items,
         events: p.events,
+        candidates,
     })
 }
 

@@ -22,7 +22,9 @@
 //!   what spans channels is checked again on the whole: the number of
 //!   channels, unique names, the prefix and port bounds (`fits`, from each
 //!   channel's [`Footprint`]), the parser's event bound ([`MAX_EVENTS`]:
-//!   each item's events are counted), and shadowing.
+//!   each item's events are counted), and shadowing (its address half,
+//!   the [`Candidates`], kept with the memo while the channels name the
+//!   same addresses in the same places).
 //!
 //! Anything else (a file this cannot cut, an error, a warning, a changed
 //! endpoint set, more than a [`NEW_SHARE`]th of the items new) reads the
@@ -48,7 +50,7 @@ use tracing::debug;
 
 use self::{
     builder::Job,
-    memo::{digest, item_events, Known, Memo, Pending},
+    memo::{digest, item_events, Candidates, Known, Memo, Pending},
 };
 use super::{
     chunks::{self, Cut},
@@ -184,11 +186,19 @@ impl Reuse {
             .sum();
         let added: usize = new.iter().map(|&i| known[i].events).sum();
         let events = memo.events.checked_sub(removed)?.checked_add(added)?;
-        if events > MAX_EVENTS || !holds_together(&known) {
+        if events > MAX_EVENTS {
+            return None;
+        }
+        let channels: Vec<Channel> = known.iter().map(|k| k.channel.clone()).collect();
+        let candidates = match &memo.candidates {
+            c if c.fit(&channels) => c.clone(),
+            _ => Candidates::of(&channels),
+        };
+        if !holds_together(&known, &channels, &candidates) {
             return None;
         }
         let policy = Policy {
-            channels: known.iter().map(|k| k.channel.clone()).collect(),
+            channels,
             endpoints: memo.endpoints.clone(),
             warnings: Vec::new(),
         };
@@ -199,6 +209,7 @@ impl Reuse {
             endpoints: memo.endpoints.clone(),
             items: digests.into_iter().zip(known).collect(),
             events,
+            candidates,
         };
         let old = slot.replace(next);
         drop(slot);
@@ -302,8 +313,9 @@ fn read_new(cut: &Cut<'_>, new: &[usize]) -> Option<Vec<Known>> {
 }
 
 /// Whether channels each valid alone make a valid policy without
-/// warnings: what validation checks across channels.
-fn holds_together(known: &[Known]) -> bool {
+/// warnings: what validation checks across channels. `channels` are
+/// `known`'s, and `candidates` theirs.
+fn holds_together(known: &[Known], channels: &[Channel], candidates: &Candidates) -> bool {
     if known.len() > tc_common::MAX_CHANNELS as usize {
         return false;
     }
@@ -315,8 +327,7 @@ fn holds_together(known: &[Known]) -> bool {
     if !over_limits(&footprints, distinct(known)).is_empty() {
         return false;
     }
-    let channels: Vec<Channel> = known.iter().map(|k| k.channel.clone()).collect();
-    shadow::shadowed(&channels).is_empty()
+    shadow::shadowed_among(channels, &candidates.sets).is_empty()
 }
 
 /// Distinct prefixes per side and family, over the sides the file names,
@@ -376,6 +387,24 @@ mod tests {
         }
         reuse.settle();
         reuse.reused() > before
+    }
+
+    #[test]
+    fn a_port_edit_that_shadows_a_channel_is_found_with_the_kept_candidates() {
+        let reuse = Reuse::default();
+        // `twin` names c0's addresses: c0 is its only candidate, and it
+        // stays one while no address changes.
+        let base = format!(
+            "{}  - name: twin\n    from: [198.18.10.0/32, web]\n    to: db\n    protocol: tcp\n    ports: [2000]\n",
+            policy(40)
+        );
+        assert!(!agree(&reuse, &base), "the first reading is whole");
+        let wider = base.replace("ports: [2000]", "ports: [1000, 2000]");
+        assert!(agree(&reuse, &wider), "not covered by c0: reused");
+        let covered = wider.replace("ports: [1000, 2000]", "ports: [1000]");
+        let whole = Policy::parse(&covered, "p.yaml").unwrap();
+        assert_eq!(whole.warnings.len(), 1, "{:?}", whole.warnings);
+        assert!(!agree(&reuse, &covered), "c0 shadows it: read whole");
     }
 
     #[test]
