@@ -184,7 +184,12 @@ fn setup(name: &str, extra: &[&str]) -> Result<(Pair, Agent, Live)> {
 
 /// Reads one response line, waiting at most 10 s.
 fn response(stream: &UnixStream) -> Result<serde_json::Value> {
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    response_within(stream, Duration::from_secs(10))
+}
+
+/// Reads one response line, waiting at most `wait`.
+fn response_within(stream: &UnixStream, wait: Duration) -> Result<serde_json::Value> {
+    stream.set_read_timeout(Some(wait))?;
     let mut line = String::new();
     BufReader::new(stream).take(1 << 20).read_line(&mut line)?;
     serde_json::from_str(&line).with_context(|| format!("not a JSON line: {line:?}"))
@@ -548,8 +553,8 @@ fn alias_bomb() -> Result<()> {
 
 /// Sends an `apply-raw` line announcing `announced` bytes, then each of
 /// `chunks` in its own write 100 ms apart (the first with the line), then
-/// closes the sending side; returns the agent's error.
-fn raw_apply(agent: &Agent, announced: usize, chunks: &[&[u8]]) -> Result<String> {
+/// closes the sending side if `close`; returns the agent's error.
+fn raw_apply(agent: &Agent, announced: usize, chunks: &[&[u8]], close: bool) -> Result<String> {
     let mut s = UnixStream::connect(&agent.socket)?;
     s.set_write_timeout(Some(Duration::from_secs(10)))?;
     let mut first = serde_json::to_vec(&serde_json::json!({
@@ -567,8 +572,11 @@ fn raw_apply(agent: &Agent, announced: usize, chunks: &[&[u8]]) -> Result<String
             break;
         }
     }
-    let _ = s.shutdown(std::net::Shutdown::Write);
-    let r = response(&s)?;
+    if close {
+        let _ = s.shutdown(std::net::Shutdown::Write);
+    }
+    // Past the agent's 10 s request deadline.
+    let r = response_within(&s, Duration::from_secs(15))?;
     ensure!(r["ok"] == false, "applied: {r}");
     Ok(r["error"].as_str().unwrap_or_default().to_string())
 }
@@ -593,7 +601,7 @@ fn raw_apply_texts_other_than_announced() -> Result<()> {
             max + 1,
             vec![v],
             format!(
-                "the file is {} bytes, more than the {max} a policy may take",
+                "the file is larger than {max} bytes (6 MiB), the most a policy file may hold ({} bytes announced)",
                 max + 1
             ),
         ),
@@ -602,7 +610,7 @@ fn raw_apply_texts_other_than_announced() -> Result<()> {
             v.len() + 10,
             vec![v],
             format!(
-                "the request ended {} bytes into the {} announced",
+                "the policy text ended after {} of the {} bytes announced",
                 v.len(),
                 v.len() + 10
             ),
@@ -630,7 +638,7 @@ fn raw_apply_texts_other_than_announced() -> Result<()> {
             l.len() + 1,
             vec![&l[..cut], &l[cut..]],
             format!(
-                "the request ended {} bytes into the {} announced",
+                "the policy text ended after {} of the {} bytes announced",
                 l.len(),
                 l.len() + 1
             ),
@@ -643,9 +651,16 @@ fn raw_apply_texts_other_than_announced() -> Result<()> {
         ),
     ];
     for (what, announced, chunks, error) in cases {
-        let e = raw_apply(&agent, announced, &chunks)?;
+        let e = raw_apply(&agent, announced, &chunks, true)?;
         ensure!(e.contains(&error), "{what}: {e}");
     }
+    // Every byte announced, but the sending side left open: told so once
+    // the request's 10 s are up.
+    let e = raw_apply(&agent, v.len(), &[v], false)?;
+    ensure!(
+        e.contains("did not close its sending side (shutdown SHUT_WR)"),
+        "left open: {e}"
+    );
     unharmed(&agent, &before)?;
     Ok(())
 }

@@ -435,8 +435,8 @@ fn a_restart_tells_the_truth_about_what_the_kernel_enforces() -> Result<()> {
     let s = status(&agent)?;
     assert_eq!(s["state"]["state"], "consistent", "{s}");
     assert_eq!(s["unnamed_channels"], 0, "{s}");
-    // The agent writes its state once the client has the answer: an
-    // agent killed after that resumes the policy by name.
+    // The agent writes its state after the answer (the switch's fold):
+    // an agent killed after that resumes the policy by name.
     wait_saved(&agent, version + 1)?;
     agent.kill();
     agent.respawn(None, &[])?;

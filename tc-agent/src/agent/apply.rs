@@ -16,7 +16,8 @@ impl Agent {
 
     /// Applies what [`parse`] made of a file (the control server parses
     /// before it takes the agent lock). The state is left to the caller to
-    /// [`save`](Self::save): the server answers its client first.
+    /// [`save`](Self::save): the server answers its client first, and the
+    /// switch's fold saves it (`settle`).
     pub(super) fn apply_parsed(
         &mut self,
         parsed: std::result::Result<Policy, PolicyError>,
@@ -39,14 +40,9 @@ impl Agent {
         steps.step("settle");
         // The live policy's address tables, and their record, serve again
         // when the channels name the same addresses.
-        let (kept, record) = match self.addresses.take() {
-            Some((a, r)) => {
-                let fits = a.fit(&policy.channels);
-                (Some(a), fits.then_some(r))
-            }
-            None => (None, None),
-        };
-        let mut compiled = compile_reusing(&policy, kept)?;
+        let (kept, record) = self.addresses.take().unzip();
+        let (mut compiled, reused) = compile_reusing(&policy, kept)?;
+        let record = record.filter(|_| reused);
         steps.step("compile");
         let pools = self.pools.assign(&policy, &mut compiled.policies)?;
         let fq_new = self.prepare_fq(&policy)?;
@@ -173,8 +169,8 @@ impl Agent {
         steps.step("observer");
         if !fq_new.is_empty() {
             // Qdiscs this apply installed are in the state before the
-            // answer (the server saves the rest after it): an agent killed
-            // in between would not put back what they replaced.
+            // answer (the switch's fold saves the rest after it): an agent
+            // killed in between would not put back what they replaced.
             self.save();
         }
         release_freed_memory();

@@ -244,15 +244,6 @@ impl Agent {
         }
     }
 
-    /// Saves the state after an apply the client has its answer to
-    /// (`server`), unless the agent is stopping: it saves once more as it
-    /// stops, and its directory locks may be released by then.
-    fn save_applied(&self) {
-        if !self.closing {
-            self.save();
-        }
-    }
-
     /// [`settle`](Self::settle), unless the agent is stopping (its
     /// directory locks may be released by then, and another agent's state
     /// must not be overwritten).

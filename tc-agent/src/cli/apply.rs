@@ -40,7 +40,7 @@ pub fn execute(args: ApplyArgs, socket: &std::path::Path) -> Result<()> {
     let sent = request_with_body(socket, &raw, text.as_bytes()).or_else(|e| {
         // An agent from before `apply-raw` (during an upgrade) takes the
         // text inside the line.
-        if !format!("{e:#}").contains("unknown variant `apply-raw`") {
+        if !format!("{e:#}").contains(OLDER_AGENT) {
             return Err(e);
         }
         let text = text.clone();
@@ -105,3 +105,34 @@ pub fn execute(args: ApplyArgs, socket: &std::path::Path) -> Result<()> {
 
 /// Channel names an apply report prints before it summarizes.
 const NAMES_SHOWN: usize = 40;
+
+/// What an agent from before `apply-raw` answers it with (serde's words
+/// for a request it does not know).
+const OLDER_AGENT: &str = "unknown variant `apply-raw`";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_older_agent_refuses_apply_raw_in_the_words_the_cli_looks_for() {
+        /// The requests of an agent from before `apply-raw`.
+        #[derive(serde::Deserialize)]
+        #[serde(tag = "cmd", rename_all = "kebab-case")]
+        #[expect(dead_code, reason = "only the requests it knows matter")]
+        enum Older {
+            Apply { file: String, text: String },
+            Status,
+        }
+        let line = serde_json::to_string(&Request::ApplyRaw {
+            file: "p.yaml".into(),
+            bytes: 10,
+        })
+        .unwrap();
+        let Err(e) = serde_json::from_str::<Older>(&line) else {
+            panic!("an older agent took {line}");
+        };
+        // As the older agent's server words it.
+        assert!(format!("bad request: {e}").contains(OLDER_AGENT), "{e}");
+    }
+}

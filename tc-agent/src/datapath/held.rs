@@ -100,7 +100,6 @@ impl Tables {
     /// their reach is most of a record: 11-13 ms of a one-channel change
     /// of the benchmark's policy (`bench apply`, `RUST_LOG=tc_agent=debug`).
     pub fn of_with_addresses(c: &Compiled, kept: &AddressRecord) -> Self {
-        let kept = &kept.0;
         let l4 = TABLE_L4 as usize;
         let mut probes = kept.probes;
         probes[l4] = prefixes::plan_table(c, TABLE_L4);
@@ -121,17 +120,14 @@ impl Tables {
 
     /// The address tables' share of this record.
     pub fn addresses(&self) -> AddressRecord {
-        AddressRecord(Self {
+        AddressRecord {
             src_v4: Arc::clone(&self.src_v4),
             dst_v4: Arc::clone(&self.dst_v4),
             src_v6: Arc::clone(&self.src_v6),
             dst_v6: Arc::clone(&self.dst_v6),
-            l4: Vec::new(),
-            policies: Vec::new(),
             probes: self.probes,
             reach: self.reach,
-            misplaced: self.misplaced,
-        })
+        }
     }
 
     /// The digest of the generation: stable across processes and builds,
@@ -167,12 +163,26 @@ impl Tables {
     }
 }
 
-/// The address tables' share of a generation's record ([`Tables::addresses`]:
-/// their records, shared, and where each is and what each probed length
-/// reaches), kept with the compile's address tables it was made from for
-/// the next apply that compiles with them ([`Tables::of_with_addresses`]).
+/// The address tables' share of a generation's record
+/// ([`Tables::addresses`]), kept with the compile's address tables it was
+/// made from for the next apply that compiles with them
+/// ([`Tables::of_with_addresses`]).
 #[derive(Debug, Clone)]
-pub struct AddressRecord(Tables);
+pub struct AddressRecord {
+    /// The IPv4 source table's record, shared with the generations'.
+    src_v4: Arc<Held<AddrKey<4>>>,
+    /// The IPv4 destination table's.
+    dst_v4: Arc<Held<AddrKey<4>>>,
+    /// The IPv6 source table's.
+    src_v6: Arc<Held<AddrKey<16>>>,
+    /// The IPv6 destination table's.
+    dst_v6: Arc<Held<AddrKey<16>>>,
+    /// Where each table is, as [`Tables::probes`]: only the address
+    /// tables' are taken (the L4 table is placed afresh).
+    probes: [Probes; TABLES],
+    /// What each probed length reaches, as [`Tables::reach`]: likewise.
+    reach: [[ChannelSet; MAX_PROBES]; TABLES],
+}
 
 /// What one generation holds, and whether the flow cache may still hold
 /// entries classified under it.

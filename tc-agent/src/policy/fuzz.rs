@@ -1211,9 +1211,8 @@ fn edited_policies_read_reusing_channels_as_they_read_whole() {
                 (Ok(a), Ok(b)) => {
                     prop_assert_eq!(&a, &b, "{}", edited);
                     if let Ok(fresh) = compile(&a) {
-                        let kept = addresses.take();
-                        let same = kept.as_ref().is_some_and(|k| k.fit(&a.channels));
-                        let mut c = compile_reusing(&a, kept).expect("compiles");
+                        let (mut c, same) =
+                            compile_reusing(&a, addresses.take()).expect("compiles");
                         prop_assert_eq!(&c, &fresh, "{}", edited);
                         let mut tables = Tables::of(&c);
                         if let (true, Some(kept)) = (same, &record) {

@@ -42,6 +42,7 @@ use tokio::{
 };
 use tracing::debug;
 
+mod apply;
 mod framing;
 mod peer;
 #[cfg(test)]
@@ -168,10 +169,9 @@ pub(super) struct Server {
     slots: Mutex<Slots>,
     /// Permits to buffer a request larger than [`SMALL_REQUEST`].
     big: Arc<Semaphore>,
-    /// Held by an apply from its reading of the file until its state is
-    /// saved, after its answer: applies run one at a time, in the order
-    /// they came (tokio's mutex is fair), and never read several large
-    /// files at once.
+    /// Held by an apply from its reading of the policy to its answer:
+    /// applies run one at a time, in the order their texts arrived (tokio's
+    /// mutex is fair), and never parse several large files at once.
     applying: tokio::sync::Mutex<()>,
     /// The last policy file read, for the next apply to parse only the
     /// channels an edit changed.
@@ -186,17 +186,6 @@ pub(super) struct Server {
     shed_log: Throttle,
     /// Failed accepts.
     accept_log: Throttle,
-}
-
-/// An apply answered, holding back the next one until what it left is done
-/// (see [`Server::after_apply`]).
-struct Applied<'a> {
-    /// The server's apply lock, kept until the state is saved: the next
-    /// apply must not start from a state file that is one apply behind.
-    one_at_a_time: tokio::sync::MutexGuard<'a, ()>,
-    /// Whether the new policy went live: only then is there a state to
-    /// save and a switch to fold (a refused policy changed nothing).
-    live: bool,
 }
 
 impl Server {
@@ -313,7 +302,7 @@ impl Server {
         mut shed: oneshot::Receiver<()>,
     ) {
         let deadline = tokio::time::Instant::now() + REQUEST_DEADLINE;
-        // An apply's steps, from the accept (logged at debug level).
+        // An `apply-raw`'s steps, from the accept (logged at debug level).
         let mut steps = Steps::new("apply request");
         let Some(peer) = self.check_peer(&stream) else {
             let msg = match &self.group {
@@ -387,8 +376,8 @@ impl Server {
                 return;
             }
         };
-        let (resp, applied) = match serde_json::from_slice::<Request>(&request) {
-            Err(e) => (failure(format!("bad request: {e}")), None),
+        let resp = match serde_json::from_slice::<Request>(&request) {
+            Err(e) => failure(format!("bad request: {e}")),
             Ok(Request::ApplyRaw { file, bytes }) if peer.access == Access::Full => {
                 drop(request);
                 steps.step("line");
@@ -396,193 +385,21 @@ impl Server {
                     .read_text(&mut stream, buf, bytes, &mut big_permit, deadline)
                     .await;
                 steps.step("text");
-                match text {
+                let resp = match text {
                     Ok(text) => self.handle(Request::Apply { file, text }, peer).await,
-                    Err(Some(refused)) => (refused, None),
+                    Err(Some(refused)) => refused,
                     Err(None) => return,
-                }
+                };
+                steps.step("apply");
+                steps.log();
+                resp
             }
             Ok(req) => {
                 drop((request, buf));
                 self.handle(req, peer).await
             }
         };
-        match applied {
-            // The rest of an apply does not wait for its client to take
-            // the answer.
-            Some(applied) => {
-                steps.step("answer");
-                tokio::join!(reply(&mut stream, &resp), self.after_apply(applied));
-                steps.step("reply and save");
-                steps.log();
-            }
-            None => reply(&mut stream, &resp).await,
-        }
-    }
-
-    /// An apply, up to its answer: the file read (before the agent lock is
-    /// taken, so samples, reports and the previous switch's fold are not
-    /// held up by it), then written and switched to. What is left to do
-    /// once the client has the answer comes back with it.
-    async fn apply(&self, file: String, text: String) -> (Response, Applied<'_>) {
-        let mut steps = Steps::new("apply");
-        let one_at_a_time = self.applying.lock().await;
-        steps.step("wait");
-        let reuse = self.reuse.clone();
-        let parsed = tokio::task::spawn_blocking(move || {
-            let parsed = super::apply::parse(&reuse, text, &file);
-            (parsed, file)
-        })
-        .await;
-        let (parsed, file) = match parsed {
-            Ok(p) => p,
-            Err(e) => {
-                error!(error = %e, "reading a policy failed inside the agent");
-                let failed = failure(format!("internal error: {e}"));
-                let applied = Applied {
-                    one_at_a_time,
-                    live: false,
-                };
-                return (failed, applied);
-            }
-        };
-        steps.step("read");
-        let snapshot = self.snapshot.clone();
-        let done = locked(self.agent.clone(), move |agent| {
-            let applied = agent.apply_parsed(parsed, &file);
-            let live = applied.is_ok();
-            steps.step("apply");
-            agent.publish(&snapshot);
-            steps.step("publish");
-            steps.log();
-            (applied.and_then(|r| Ok(serde_json::to_value(r)?)), live)
-        })
-        .await;
-        let (response, live) = match done {
-            Ok((r, live)) => (to_response(r), live),
-            // It may have gone live before it failed: the state is saved
-            // as the agent has it.
-            Err(failed) => (failed, true),
-        };
-        let applied = Applied {
-            one_at_a_time,
-            live,
-        };
-        (response, applied)
-    }
-
-    /// What an apply leaves until its client has the answer, still one
-    /// apply at a time: the next one waits for it.
-    async fn after_apply(&self, applied: Applied<'_>) {
-        if applied.live {
-            // The state file: a large policy takes about 15 ms to write
-            // out, which the client need not wait for, as the policy is
-            // live already. Until it is written, an agent killed and
-            // restarted finds the kernel ahead of its state and leaves the
-            // live channels unnamed (still enforced) until the next apply.
-            let agent = self.agent.clone();
-            if let Err(e) = tokio::task::spawn_blocking(move || agent.lock().save_applied()).await {
-                error!(error = %e, "saving the state after an apply failed inside the agent");
-            }
-        }
-        // The file read whole is remembered for the next apply now that
-        // this one is done with the CPU.
-        self.reuse.remember();
-        drop(applied.one_at_a_time);
-        // A switch's fold (reading the old generation once its grace
-        // period has passed, and saving the state) runs once that period
-        // is over, off this request's path, rather than at the start of
-        // the next apply or in the next sample.
-        if applied.live {
-            let agent = self.agent.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(super::SWITCH_GRACE).await;
-                let fold = tokio::task::spawn_blocking(move || agent.lock().settle_in_background());
-                if let Err(e) = fold.await {
-                    error!(error = %e, "the fold after an apply failed inside the agent");
-                }
-            });
-        }
-    }
-
-    /// The text an `apply-raw` request announced: the `bytes` bytes after
-    /// its line, of which `rest` holds those read with the line. Read under
-    /// the request's deadline and a big request's permit, as a line is.
-    /// `Err(Some(answer))` refuses a text too large, cut short, longer than
-    /// announced, or not UTF-8; `Err(None)` closes the connection (too
-    /// slow, or a failed socket).
-    async fn read_text(
-        &self,
-        stream: &mut UnixStream,
-        mut rest: BytesMut,
-        bytes: usize,
-        permit: &mut Option<OwnedSemaphorePermit>,
-        deadline: tokio::time::Instant,
-    ) -> Result<String, Option<Response>> {
-        let max = crate::policy::MAX_FILE_BYTES;
-        if bytes > max {
-            return Err(Some(failure(format!(
-                "policy not applied: the file is {bytes} bytes, more than the {max} a policy may take"
-            ))));
-        }
-        // The line's newline, unless the stream ended the line.
-        if rest.first() == Some(&b'\n') {
-            let _ = rest.split_to(1);
-        }
-        if bytes > SMALL_REQUEST && permit.is_none() {
-            // Under the request's deadline, as a line's permit is (the text
-            // is read after the connection stops counting as idle: only
-            // root gets here, one apply is read at a time, and the
-            // deadline bounds it).
-            let big = self.big.clone().acquire_owned();
-            match timeout_at(deadline, big).await {
-                Ok(Ok(p)) => *permit = Some(p),
-                Ok(Err(_)) => return Err(None),
-                Err(_) => {
-                    debug!("closing an apply that waited past its deadline for a buffer");
-                    return Err(None);
-                }
-            }
-        }
-        // What came with the line is at most a read's worth (`READ_CHUNK`).
-        let mut body = Vec::with_capacity(bytes.max(rest.len()));
-        body.extend_from_slice(&rest);
-        drop(rest);
-        match timeout_at(deadline, read_body(stream, &mut body, bytes)).await {
-            Ok(Ok(())) => {}
-            Err(_) => {
-                if let Some(held) = self.slow_log.pass() {
-                    warn!(
-                        received = body.len(),
-                        announced = bytes,
-                        timeout_s = REQUEST_DEADLINE.as_secs(),
-                        held_back = held,
-                        "closing a connection that did not send its policy text in time"
-                    );
-                }
-                return Err(None);
-            }
-            Ok(Err(ReadError::TooLarge)) => {
-                return Err(Some(failure(format!(
-                    "bad request: more than the {bytes} bytes announced follow the request line (a client closes its sending side after them)"
-                ))))
-            }
-            Ok(Err(ReadError::Closed)) => {
-                return Err(Some(failure(format!(
-                    "bad request: the request ended {} bytes into the {bytes} announced",
-                    body.len()
-                ))))
-            }
-            Ok(Err(ReadError::Io(e))) => {
-                debug!(error = %e, "reading a policy text failed");
-                return Err(None);
-            }
-        };
-        String::from_utf8(body).map_err(|e| {
-            Some(failure(format!(
-                "policy not applied: the file is not UTF-8 ({e})"
-            )))
-        })
+        reply(&mut stream, &resp).await;
     }
 
     /// The peer, or None (logged) if it may do nothing.
@@ -622,9 +439,7 @@ impl Server {
         })
     }
 
-    /// The answer to `req`, and for an apply what is left to do once the
-    /// client has it.
-    async fn handle(&self, req: Request, peer: Peer) -> (Response, Option<Applied<'_>>) {
+    async fn handle(&self, req: Request, peer: Peer) -> Response {
         let data = match req {
             Request::Status => serde_json::to_value(self.snapshot.status()).map_err(Into::into),
             Request::Channels => self.channels().await,
@@ -661,21 +476,15 @@ impl Server {
                         "refused an apply from a read-only peer"
                     );
                 }
-                return (failure(APPLY_NEEDS_ROOT.to_string()), None);
+                return failure(APPLY_NEEDS_ROOT.to_string());
             }
-            Request::Apply { file, text } => {
-                let (response, applied) = self.apply(file, text).await;
-                return (response, Some(applied));
-            }
+            Request::Apply { file, text } => return self.apply(file, text).await,
             // `connection` reads its text and hands it on as an `Apply`.
             Request::ApplyRaw { .. } => {
-                return (
-                    failure("internal error: an apply-raw request without its text".into()),
-                    None,
-                )
+                return failure("internal error: an apply-raw request without its text".into())
             }
         };
-        (to_response(data), None)
+        to_response(data)
     }
 
     /// `channels`: live counters if the agent lock is free within

@@ -60,7 +60,7 @@ impl Addresses {
     }
 
     /// Whether these tables are the ones `channels` compile to.
-    pub fn fit(&self, channels: &[Channel]) -> bool {
+    pub(super) fn fit(&self, channels: &[Channel]) -> bool {
         self.from_to.named_by(channels)
     }
 
@@ -153,12 +153,13 @@ mod tests {
                 dst_v6: addresses.dst_v6.clone(),
                 sets: addresses.sets.clone(),
             };
-            let mut got = compile_reusing(&policy, Some(reusing)).unwrap();
+            let (mut got, moved_in) = compile_reusing(&policy, Some(reusing)).unwrap();
+            assert_eq!(moved_in, reused, "{edit}");
             assert_eq!(got, compile(&policy).unwrap(), "{edit}");
             // And a compile reusing that one's, for the base again.
             let again = Addresses::take(&policy, &mut got);
             assert_eq!(
-                compile_reusing(&base_policy, Some(again)).unwrap(),
+                compile_reusing(&base_policy, Some(again)).unwrap().0,
                 compile(&base_policy).unwrap(),
                 "back from {edit}"
             );

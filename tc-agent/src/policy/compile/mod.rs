@@ -92,15 +92,15 @@ pub struct CapacityError {
 }
 
 pub fn compile(policy: &Policy) -> Result<Compiled, CapacityError> {
-    compile_reusing(policy, None)
+    compile_reusing(policy, None).map(|(c, _)| c)
 }
 
 /// [`compile`], with `previous`'s address tables moved in when they fit
-/// the policy (see [`Addresses`]).
+/// the policy (see [`Addresses`]); says whether they were.
 pub fn compile_reusing(
     policy: &Policy,
     previous: Option<Addresses>,
-) -> Result<Compiled, CapacityError> {
+) -> Result<(Compiled, bool), CapacityError> {
     let ch = &policy.channels;
     let check = |table: &'static str, needed: usize, max: usize| {
         if needed > max {
@@ -109,7 +109,9 @@ pub fn compile_reusing(
             Ok(())
         }
     };
-    let (mut sets, src_v4, dst_v4, src_v6, dst_v6) = match previous.filter(|a| a.fit(ch)) {
+    let previous = previous.filter(|a| a.fit(ch));
+    let reused = previous.is_some();
+    let (mut sets, src_v4, dst_v4, src_v6, dst_v6) = match previous {
         Some(a) => a.into_parts(),
         None => {
             let mut sets = Interner::default();
@@ -143,7 +145,7 @@ pub fn compile_reusing(
         MAX_ADDR_ENTRIES,
     )?;
     check("protocol/port entries", out.l4.len(), MAX_L4_ENTRIES)?;
-    Ok(out)
+    Ok((out, reused))
 }
 
 /// Builds one address trie. For every prefix P some channels name, the
