@@ -15,9 +15,9 @@ impl Agent {
     }
 
     /// Applies what [`parse`] made of a file (the control server parses
-    /// before it takes the agent lock). The state is left to the caller to
-    /// [`save`](Self::save): the server answers its client first, and the
-    /// switch's fold saves it (`settle`).
+    /// before it takes the agent lock). Does not save the state (unless it
+    /// installed fq): the switch's fold saves it (`settle`, which the
+    /// server runs once the switch's grace period is over).
     pub(super) fn apply_parsed(
         &mut self,
         parsed: std::result::Result<Policy, PolicyError>,

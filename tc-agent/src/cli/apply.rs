@@ -108,7 +108,7 @@ const NAMES_SHOWN: usize = 40;
 
 /// What an agent from before `apply-raw` answers it with (serde's words
 /// for a request it does not know).
-const OLDER_AGENT: &str = "unknown variant `apply-raw`";
+const OLDER_AGENT: &str = "bad request: unknown variant `apply-raw`";
 
 #[cfg(test)]
 mod tests {

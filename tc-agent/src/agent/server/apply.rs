@@ -118,7 +118,7 @@ impl Server {
             // that never closed its sending side is told so.
             Err(_) if body.len() == bytes => {
                 return Err(Some(failure(format!(
-                    "bad request: the {bytes} bytes announced arrived, but the client did not close its sending side (shutdown SHUT_WR) after them within {} s",
+                    "bad request: the {bytes} bytes announced arrived, but the client did not close its sending side (shutdown SHUT_WR) after them within {} s of connecting",
                     REQUEST_DEADLINE.as_secs()
                 ))))
             }

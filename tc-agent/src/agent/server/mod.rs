@@ -70,8 +70,9 @@ pub const SMALL_REQUEST: usize = 64 << 10;
 pub const BIG_REQUESTS: usize = 2;
 /// Open connections at most.
 pub const MAX_CONNECTIONS: usize = 64;
-/// Time from accept to the end of the request line; a client still
-/// sending after it is closed. A 20 MiB request takes milliseconds over a
+/// Time from accept to the end of the request (the line, and an
+/// `apply-raw`'s text and the end of its stream); a client still sending
+/// after it is closed. A 20 MiB request takes milliseconds over a
 /// Unix socket.
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 /// Time to write the response; a client that does not read it is closed.
