@@ -491,6 +491,36 @@ fn policy_swap_is_a_new_generation() {
 }
 
 #[test]
+fn a_carried_bucket_hands_out_no_fresh_burst() {
+    // `capped` spends its burst in slot 1, then moves to slot 0 with its
+    // bucket carried (same limits): still empty. Applied again without
+    // carrying, it starts full.
+    let two = "channels:\n  - name: pad\n    from: [198.19.0.0/16]\n  - name: capped\n    limit: {packets: 1, packet_burst: 64}\n";
+    let one = "channels:\n  - name: capped\n    limit: {packets: 1, packet_burst: 64}\n";
+    let mut f = Fixture::new(two);
+    let frame = packet::ipv4("198.18.1.5", "198.18.2.10", UDP, 53, 10);
+    assert_eq!(f.run_tc(TC_INGRESS, &frame, 64), PASS);
+    assert_eq!(f.ingress(&frame), DROP);
+    let p = Policy::parse(one, "t").unwrap();
+    let carry = [Some(Datapath::slot(f.generation, 1))];
+    let live = f.dp.apply(&compile(&p).unwrap(), &carry).unwrap();
+    f.generation = live.generation;
+    f.names = vec!["capped".into()];
+    assert_eq!(f.ingress(&frame), DROP, "the carried bucket refilled");
+    let live = f.dp.apply(&compile(&p).unwrap(), &[None]).unwrap();
+    f.generation = live.generation;
+    assert_eq!(
+        f.run_tc(TC_INGRESS, &frame, 64),
+        PASS,
+        "a bucket not carried starts full"
+    );
+    assert_eq!(f.ingress(&frame), DROP);
+    // Each generation's counters start at zero: 65 in this one.
+    let c = f.counters("capped");
+    assert_eq!((c.matched_pkts, c.passed_pkts), (65, 64), "{c:?}");
+}
+
+#[test]
 fn the_flow_cache_never_serves_a_previous_policy() {
     // P1 puts the flow in channel 0. P3 lives in the same generation slot
     // as P1 (two applies later) and puts it in channel 1: a stale cache

@@ -7,7 +7,7 @@ use clap::Args;
 
 use super::Output;
 use crate::{
-    control::{request, request_with_body, ApplyReport, Request},
+    control::{request, request_with_body, ApplyReport, Body, Request},
     policy::Policy,
 };
 
@@ -25,25 +25,45 @@ pub struct ApplyArgs {
 }
 
 pub fn execute(args: ApplyArgs, socket: &std::path::Path) -> Result<()> {
-    let text = std::fs::read_to_string(&args.file)
-        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    let read_all = || {
+        std::fs::read_to_string(&args.file)
+            .with_context(|| format!("cannot read {}", args.file.display()))
+    };
     let file = args.file.display().to_string();
     // The agent validates the policy itself (a large policy takes a tenth
     // of a second to read, so the CLI does not read it first), and the
-    // text goes to it as it is, after the request line. If the agent
-    // refuses it, or cannot be reached, the CLI reads it: a file it finds
-    // invalid is reported with every diagnostic as the CLI renders them.
-    let raw = Request::ApplyRaw {
-        file: file.clone(),
-        bytes: text.len(),
+    // text goes to it as it is, after the request line: a regular file
+    // straight from the file, a piece at a time, anything else (a pipe)
+    // read first. If the agent refuses it, or cannot be reached, the CLI
+    // reads it: a file it finds invalid is reported with every diagnostic
+    // as the CLI renders them.
+    let opened = std::fs::File::open(&args.file)
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    let size = opened
+        .metadata()
+        .ok()
+        .filter(std::fs::Metadata::is_file)
+        .and_then(|m| usize::try_from(m.len()).ok());
+    let mut text = None;
+    let sent = match size {
+        Some(len) => send_raw(socket, &file, &mut &opened, len),
+        None => {
+            let t = read_all()?;
+            let sent = send_raw(socket, &file, &mut t.as_bytes(), t.len());
+            text = Some(t);
+            sent
+        }
     };
-    let sent = request_with_body(socket, &raw, text.as_bytes()).or_else(|e| {
+    let sent = sent.or_else(|e| {
         // An agent from before `apply-raw` (during an upgrade) takes the
         // text inside the line.
         if !format!("{e:#}").contains(OLDER_AGENT) {
             return Err(e);
         }
-        let text = text.clone();
+        let text = match &text {
+            Some(t) => t.clone(),
+            None => read_all()?,
+        };
         request(
             socket,
             &Request::Apply {
@@ -55,7 +75,11 @@ pub fn execute(args: ApplyArgs, socket: &std::path::Path) -> Result<()> {
     let data = match sent {
         Ok(data) => data,
         Err(e) => {
-            Policy::parse(&text, &file)?;
+            // The CLI's own reading, when it can read the file as text
+            // (the agent's error says why if it cannot).
+            if let Some(text) = text.or_else(|| read_all().ok()) {
+                Policy::parse(&text, &file)?;
+            }
             return Err(e);
         }
     };
@@ -101,6 +125,20 @@ pub fn execute(args: ApplyArgs, socket: &std::path::Path) -> Result<()> {
         println!("  {label:<9} {line}");
     }
     Ok(())
+}
+
+/// Sends the `len` bytes of `text` as an `apply-raw` request.
+fn send_raw(
+    socket: &std::path::Path,
+    file: &str,
+    text: &mut dyn std::io::Read,
+    len: usize,
+) -> Result<serde_json::Value> {
+    let raw = Request::ApplyRaw {
+        file: file.to_string(),
+        bytes: len,
+    };
+    request_with_body(socket, &raw, Body { from: text, len })
 }
 
 /// Channel names an apply report prints before it summarizes.

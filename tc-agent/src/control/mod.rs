@@ -8,21 +8,18 @@
 //! a request at 20 MiB and 10 s, and answers every failure it can with
 //! `{"ok":false,"error":"..."}` (see `agent/server/`).
 
-use std::{
-    io::{BufRead, BufReader, Write},
-    os::unix::net::UnixStream,
-    path::Path,
-    time::Duration,
-};
-
-use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use tc_common::{ChannelCounters, GlobalCounters};
 
+mod client;
 mod detect;
 mod observe;
 
-pub use self::{detect::*, observe::*};
+pub use self::{
+    client::{request, request_with_body, Body},
+    detect::*,
+    observe::*,
+};
 
 use crate::{
     datapath::attach::{HookKind, Mechanism},
@@ -296,90 +293,4 @@ pub struct ConnStatus {
     pub released_by_timeout: u64,
     /// Pools of removed channels still draining.
     pub draining_pools: usize,
-}
-
-/// Sends one request and returns the response's data, or its error.
-pub fn request(socket: &Path, req: &Request) -> Result<serde_json::Value> {
-    exchange(socket, req, None)
-}
-
-/// [`request`], with `body` sent right after the request line (the text
-/// of a [`Request::ApplyRaw`]), then the end of what this side sends.
-pub fn request_with_body(socket: &Path, req: &Request, body: &[u8]) -> Result<serde_json::Value> {
-    exchange(socket, req, Some(body))
-}
-
-fn exchange(socket: &Path, req: &Request, body: Option<&[u8]>) -> Result<serde_json::Value> {
-    let mut stream = UnixStream::connect(socket).with_context(|| {
-        format!(
-            "cannot reach the agent at {}; is `tc-agent run` running (and are you root)? Use --socket for another agent",
-            socket.display()
-        )
-    })?;
-    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
-    let mut line = serde_json::to_vec(req)?;
-    line.push(b'\n');
-    if let Some(body) = body {
-        // Root may queue the whole text at once (`SO_SNDBUFFORCE`): the
-        // agent then reads it in a few large reads, not one per 200 KiB
-        // of the default buffer. Without it the text goes as it can.
-        let _ = nix::sys::socket::setsockopt(
-            &stream,
-            nix::sys::socket::sockopt::SndBufForce,
-            &(line.len() + body.len()),
-        );
-    }
-    // The agent may answer before it reads (a refused peer, a request too
-    // large) and close: the write then fails with a broken pipe while the
-    // agent's reason waits in our receive queue. Read it rather than report
-    // the pipe.
-    let sent = match stream.write_all(&line).and_then(|()| match body {
-        None => Ok(()),
-        Some(body) => {
-            stream.write_all(body)?;
-            // Nothing follows: the agent refuses a text longer than announced.
-            stream.shutdown(std::net::Shutdown::Write)
-        }
-    }) {
-        Ok(()) => true,
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
-            ) =>
-        {
-            false
-        }
-        Err(e) => return Err(e.into()),
-    };
-    // Once the request is sent, a lost reply says nothing about the
-    // outcome: an apply may be live or not. Say so rather than guess.
-    let unknown = || {
-        if sent {
-            format!(
-                "no reply from the agent at {}: the outcome is unknown (`tc-agent status` shows the live policy version)",
-                socket.display()
-            )
-        } else {
-            // The agent acts on a whole request only, and it closed
-            // before this one was written.
-            format!(
-                "the agent at {} closed the connection before the request was sent, and gave no reason: nothing was done",
-                socket.display()
-            )
-        }
-    };
-    let mut reply = String::new();
-    BufReader::new(&stream)
-        .read_line(&mut reply)
-        .with_context(unknown)?;
-    let resp: Response = serde_json::from_str(&reply).with_context(unknown)?;
-    if !resp.ok {
-        bail!(
-            "{}",
-            resp.error
-                .unwrap_or_else(|| "the agent reported an error".into())
-        );
-    }
-    Ok(resp.data)
 }

@@ -143,3 +143,125 @@ pub fn for_each<K: aya::Pod, V: aya::Pod>(
         first = false;
     }
 }
+
+/// Bytes the kernel reads or writes per value of `map` in a batch: its
+/// value size, or for a per-CPU map one slot per possible CPU (`ncpus`),
+/// each rounded up to 8 bytes.
+fn value_stride<V>(ncpus: Option<usize>) -> usize {
+    match ncpus {
+        None => std::mem::size_of::<V>(),
+        Some(n) => std::mem::size_of::<V>().next_multiple_of(8) * n,
+    }
+}
+
+/// Entries `first..first + count` of the array `map` (`LOOKUP_BATCH` on
+/// an array, Linux 5.6, [`CHUNK`] per call): one `V` per entry, or per
+/// entry and CPU, CPU by CPU, when `ncpus` says the map is per-CPU over
+/// that many possible CPUs. The caller guarantees that `V` is the map's
+/// value type.
+pub fn lookup_range<V: aya::Pod>(
+    map: &MapData,
+    first: u32,
+    count: usize,
+    ncpus: Option<usize>,
+) -> io::Result<Vec<V>> {
+    let stride = value_stride::<V>(ncpus);
+    let per_entry = ncpus.unwrap_or(1);
+    let mut raw = vec![0u8; stride * count.min(CHUNK)];
+    let mut keys = vec![0u32; count.min(CHUNK)];
+    let mut out = Vec::with_capacity(count * per_entry);
+    let mut done = 0;
+    while done < count {
+        let n = (count - done).min(CHUNK);
+        let start = first
+            .checked_add(done as u32)
+            .ok_or_else(|| io::Error::other("index past u32"))?;
+        // The kernel resumes after the key `in_batch` names; none for 0.
+        let prev = start.wrapping_sub(1);
+        let mut token = 0u32;
+        let mut attr = BatchAttr {
+            in_batch: if start == 0 {
+                0
+            } else {
+                &prev as *const u32 as u64
+            },
+            out_batch: &mut token as *mut u32 as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: raw.as_mut_ptr() as u64,
+            count: n as u32,
+            map_fd: fd(map),
+            ..Default::default()
+        };
+        // SAFETY: `keys` holds `n` u32 keys (an array's), `raw` `n`
+        // values as the kernel writes them (`stride` bytes each, from the
+        // map's value type, the caller's guarantee); `prev` and `token`
+        // hold one key each.
+        match unsafe { sys_bpf(bpf_cmd::BPF_MAP_LOOKUP_BATCH, &mut attr) } {
+            Ok(_) => {}
+            // The end of the array, once `count` said how far it read.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(e),
+        }
+        if attr.count as usize != n || keys[0] != start {
+            return Err(io::Error::other(format!(
+                "read {} entries from index {} where {n} from {start} were asked for",
+                attr.count, keys[0]
+            )));
+        }
+        let slot = std::mem::size_of::<V>().next_multiple_of(if ncpus.is_some() { 8 } else { 1 });
+        for e in 0..n {
+            for c in 0..per_entry {
+                let at = e * stride + c * slot;
+                // SAFETY: `at + size_of::<V>()` is within the `n * stride`
+                // bytes the kernel wrote, and any bytes are a `V` (Pod).
+                out.push(unsafe { std::ptr::read_unaligned(raw[at..].as_ptr().cast::<V>()) });
+            }
+        }
+        done += n;
+    }
+    Ok(out)
+}
+
+/// Writes `values` at entries `first..` of the array `map` ([`CHUNK`] per
+/// call): one per entry, or per entry and CPU, CPU by CPU, when `ncpus`
+/// says the map is per-CPU over that many possible CPUs. The caller
+/// guarantees that `V` is the map's value type.
+pub fn update_range<V: aya::Pod>(
+    map: &MapData,
+    first: u32,
+    values: &[V],
+    ncpus: Option<usize>,
+) -> io::Result<()> {
+    let per_entry = ncpus.unwrap_or(1);
+    assert_eq!(values.len() % per_entry, 0);
+    let stride = value_stride::<V>(ncpus);
+    let slot = std::mem::size_of::<V>().next_multiple_of(if ncpus.is_some() { 8 } else { 1 });
+    let count = values.len() / per_entry;
+    let mut done = 0;
+    while done < count {
+        let n = (count - done).min(CHUNK);
+        let start = first
+            .checked_add(done as u32)
+            .ok_or_else(|| io::Error::other("index past u32"))?;
+        let keys: Vec<u32> = (start..start + n as u32).collect();
+        let mut raw = vec![0u8; stride * n];
+        for (i, v) in values[done * per_entry..(done + n) * per_entry]
+            .iter()
+            .enumerate()
+        {
+            let at = (i / per_entry) * stride + (i % per_entry) * slot;
+            // SAFETY: `at + size_of::<V>()` is within `raw`, a `V` is
+            // plain bytes (Pod).
+            unsafe { std::ptr::write_unaligned(raw[at..].as_mut_ptr().cast::<V>(), *v) };
+        }
+        update_raw(map, as_bytes(&keys), &raw, n)?;
+        done += n;
+    }
+    Ok(())
+}
+
+/// A slice of keys as the kernel reads them.
+fn as_bytes(keys: &[u32]) -> &[u8] {
+    // SAFETY: u32 has no padding; the bytes are the slice's own.
+    unsafe { std::slice::from_raw_parts(keys.as_ptr().cast::<u8>(), std::mem::size_of_val(keys)) }
+}

@@ -247,25 +247,6 @@ impl Datapath {
         self.checked_map::<LpmTrie<&MapData, K, ChannelSet>>(name)
     }
 
-    /// The map `name`, once aya's typed view `T` of it has checked its
-    /// type and its key and value sizes.
-    fn checked_map<'a, T>(&'a self, name: &'static str) -> Result<&'a MapData, DatapathError>
-    where
-        T: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>,
-    {
-        let map = self
-            .ebpf
-            .map(name)
-            .ok_or_else(|| DatapathError::Setup(format!("map {name} missing from object")))?;
-        T::try_from(map).map_err(map_err(name))?;
-        match map {
-            aya::maps::Map::HashMap(data) | aya::maps::Map::LpmTrie(data) => Ok(data),
-            _ => Err(DatapathError::Setup(format!(
-                "map {name} is neither a hash map nor an LPM trie"
-            ))),
-        }
-    }
-
     fn purge_trie<const N: usize>(&mut self, name: &'static str, g: u8) -> Result<(), DatapathError>
     where
         [u8; N]: aya::Pod,

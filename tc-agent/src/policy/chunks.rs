@@ -37,6 +37,15 @@ pub(super) struct Cut<'t> {
     pub indent: usize,
 }
 
+/// Where `part`, a slice of `text` (one of its [`Cut`]'s parts), is in it.
+pub(super) fn span(text: &str, part: &str) -> std::ops::Range<usize> {
+    let start = (part.as_ptr() as usize)
+        .checked_sub(text.as_ptr() as usize)
+        .filter(|&s| s + part.len() <= text.len())
+        .expect("a part of the text");
+    start..start + part.len()
+}
+
 /// Characters after which a line no longer says where a node starts or
 /// ends: `&`/`*` (anchors, aliases), `!` (tags), `|`/`>` (block
 /// scalars), `%` (directives), a tab (YAML forbids it in indentation;

@@ -464,10 +464,11 @@ fn fits(
             let count = &mut counts[side];
             for (_, t) in endpoint_items(raw) {
                 if let Some((name, c)) = per_family.get_key_value(t.text.as_str()) {
-                    f.copies[side] += c[0] + c[1];
+                    f.copies[side][0] += c[0];
+                    f.copies[side][1] += c[1];
                     count.sets.insert(name);
                 } else if let Ok(n) = parse_cidr(&t.text) {
-                    f.copies[side] += 1;
+                    f.copies[side][family(&n)] += 1;
                     count.inline.push(n);
                 }
             }
@@ -515,8 +516,11 @@ pub(super) struct Footprint {
     /// Per side (`from`, `to`): whether the file names addresses; a side
     /// it leaves out matches any address and counts nothing.
     pub named: [bool; 2],
-    /// Per side: prefixes, counting the channel's copy of each set it names.
-    pub copies: [usize; 2],
+    /// Per side and family (IPv4, IPv6): prefixes, counting the channel's
+    /// copy of each set it names. Per family so that a reading that reuses
+    /// channels (`reuse`) knows when the copies alone keep each family's
+    /// distinct prefixes within bounds, and need not count them.
+    pub copies: [[usize; 2]; 2],
     /// Port ranges.
     pub port_ranges: usize,
 }
@@ -536,7 +540,7 @@ pub(super) fn over_limits(footprints: &[Footprint], distinct: [[usize; 2]; 2]) -
         }
         // Copies are counted for both families together: the bound is on
         // memory, and the sum bounds each family too.
-        let copies: usize = footprints.iter().map(|f| f.copies[side]).sum();
+        let copies: usize = footprints.iter().flat_map(|f| f.copies[side]).sum();
         if copies > MAX_PREFIX_COPIES {
             over.push(format!(
                 "{copies} {name} prefixes counting each channel's copy of the sets it names; at most {MAX_PREFIX_COPIES}: share a large set among fewer channels"

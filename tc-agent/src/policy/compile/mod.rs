@@ -18,7 +18,7 @@ use tc_common::{
 
 use super::{
     cover::{Cover, Covered, Family, V4, V6},
-    Action, Channel, ConnAction, Direction, Mode, Policy,
+    Action, Channel, ConnAction, Direction, Mode, Policy, Sides,
 };
 
 /// Address-trie entries one generation may use per side and family.
@@ -96,11 +96,12 @@ pub fn compile(policy: &Policy) -> Result<Compiled, CapacityError> {
 }
 
 /// [`compile`], with `previous`'s address tables moved in when they fit
-/// the policy (see [`Addresses`]); says whether they were.
+/// the policy (see [`Addresses`]); with the addresses they were built
+/// from when they were, for [`Addresses::take`].
 pub fn compile_reusing(
     policy: &Policy,
     previous: Option<Addresses>,
-) -> Result<(Compiled, bool), CapacityError> {
+) -> Result<(Compiled, Option<Sides>), CapacityError> {
     let ch = &policy.channels;
     let check = |table: &'static str, needed: usize, max: usize| {
         if needed > max {
@@ -110,8 +111,7 @@ pub fn compile_reusing(
         }
     };
     let previous = previous.filter(|a| a.fit(ch));
-    let reused = previous.is_some();
-    let (mut sets, src_v4, dst_v4, src_v6, dst_v6) = match previous {
+    let (mut sets, src_v4, dst_v4, src_v6, dst_v6, address_sides) = match previous {
         Some(a) => a.into_parts(),
         None => {
             let mut sets = Interner::default();
@@ -119,7 +119,7 @@ pub fn compile_reusing(
             let dst_v4 = addr_table(ch, |c| &c.to, &V4, &mut sets);
             let src_v6 = addr_table(ch, |c| &c.from, &V6, &mut sets);
             let dst_v6 = addr_table(ch, |c| &c.to, &V6, &mut sets);
-            (sets, src_v4, dst_v4, src_v6, dst_v6)
+            (sets, src_v4, dst_v4, src_v6, dst_v6, None)
         }
     };
     let out = Compiled {
@@ -145,7 +145,7 @@ pub fn compile_reusing(
         MAX_ADDR_ENTRIES,
     )?;
     check("protocol/port entries", out.l4.len(), MAX_L4_ENTRIES)?;
-    Ok((out, reused))
+    Ok((out, address_sides))
 }
 
 /// Builds one address trie. For every prefix P some channels name, the

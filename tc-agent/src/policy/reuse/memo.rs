@@ -2,13 +2,13 @@
 //! digest of its text, with its validated channel; and how the memo of a
 //! whole reading is built.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, ops::Range, sync::Arc};
 
 use ipnet::IpNet;
 use tc_common::ChannelSet;
 
 use super::super::{
-    chunks,
+    chunks::{self, span},
     model::{Channel, Sides},
     shadow,
     validate::Footprint,
@@ -16,29 +16,96 @@ use super::super::{
 };
 
 /// A text's BLAKE3 digest: a cryptographic hash, so that two texts that
-/// differ are never taken for each other (32 bytes kept per item, not the
-/// item's text: the 2.9 MB of a 1,024-channel file stay out of the
-/// agent's memory at rest).
+/// differ are never taken for each other. Found only for an item that is
+/// not the text at its place in the last reading (an item moved, new or
+/// edited): comparing 2.9 MB is several times faster than digesting it.
 pub(super) fn digest(text: &str) -> blake3::Hash {
     blake3::hash(text.as_bytes())
 }
 
 /// What a reading left for the next one.
 pub(super) struct Memo {
-    /// Digest of the text before the items.
-    pub head: blake3::Hash,
-    /// Digest of the text after them.
-    pub tail: blake3::Hash,
+    /// The text read: the next text's parts are compared with its parts
+    /// where they are, byte for byte (2.9 MB kept at rest for the
+    /// benchmark's 1,024 channels; comparing is about 0.3 ms where
+    /// digesting every item took 1.7).
+    pub text: String,
+    /// Where the text before the items is in `text`.
+    pub head: Range<usize>,
+    /// Where the text after them is.
+    pub tail: Range<usize>,
     /// Column of the items' `-`.
     pub indent: usize,
     /// The endpoint sets, as the head and tail define them.
     pub endpoints: Vec<(String, Vec<IpNet>)>,
-    /// Each item's channel, by the digest of the item's text.
-    pub items: HashMap<blake3::Hash, Known>,
+    /// Each item in the order of `text`.
+    pub items: Vec<Item>,
+    /// Each item's place in `items`, by its text's digest: for items that
+    /// moved.
+    pub by_digest: HashMap<blake3::Hash, usize>,
     /// Parser events of the whole file.
     pub events: usize,
     /// The shadowing check's candidates of its channels.
     pub candidates: Candidates,
+}
+
+impl Memo {
+    /// The text of item `i`, if there is one.
+    pub fn item_text(&self, i: usize) -> Option<&str> {
+        self.items.get(i).map(|it| &self.text[it.span.clone()])
+    }
+}
+
+/// A memo read from a text still borrowed: [`NextMemo::with_text`] gives
+/// it the text once the reading is done with it.
+pub(super) struct NextMemo {
+    /// As [`Memo::head`].
+    pub head: Range<usize>,
+    /// As [`Memo::tail`].
+    pub tail: Range<usize>,
+    /// As [`Memo::indent`].
+    pub indent: usize,
+    /// As [`Memo::endpoints`].
+    pub endpoints: Vec<(String, Vec<IpNet>)>,
+    /// As [`Memo::items`].
+    pub items: Vec<Item>,
+    /// As [`Memo::events`].
+    pub events: usize,
+    /// As [`Memo::candidates`].
+    pub candidates: Candidates,
+}
+
+impl NextMemo {
+    /// The memo, of `text`: the text it was read from.
+    pub fn with_text(self, text: String) -> Memo {
+        let by_digest = self
+            .items
+            .iter()
+            .enumerate()
+            .map(|(i, it)| (it.digest, i))
+            .collect();
+        Memo {
+            text,
+            head: self.head,
+            tail: self.tail,
+            indent: self.indent,
+            endpoints: self.endpoints,
+            items: self.items,
+            by_digest,
+            events: self.events,
+            candidates: self.candidates,
+        }
+    }
+}
+
+/// One item of a reading, where it was.
+pub(super) struct Item {
+    /// Where its text is in [`Memo::text`].
+    pub span: Range<usize>,
+    /// Its text's digest.
+    pub digest: blake3::Hash,
+    /// What it read as.
+    pub known: Known,
 }
 
 /// What a reading's channels' addresses decide of shadowing
@@ -73,8 +140,9 @@ impl Candidates {
 /// One item of a reading.
 #[derive(Clone)]
 pub(super) struct Known {
-    /// Its channel, as validation made it.
-    pub channel: Channel,
+    /// Its channel, as validation made it: shared, so that a reading that
+    /// keeps it copies a pointer (the policy it gives has its own copy).
+    pub channel: Arc<Channel>,
     /// What it adds to the policy's counts.
     pub footprint: Footprint,
     /// Parser events of the item.
@@ -113,7 +181,8 @@ pub(super) fn build(p: Pending, stale: impl Fn() -> bool) -> Option<Memo> {
     // The head reads alone: it leaves nothing open for the items.
     yaml::parse_counted(cut.head, Lines::MapsOnly).ok()?;
     let candidates = Candidates::of(&p.channels);
-    let mut items = HashMap::with_capacity(cut.items.len());
+    let mut items = Vec::with_capacity(cut.items.len());
+    let mut by_digest = HashMap::with_capacity(cut.items.len());
     for (i, ((item, channel), footprint)) in cut
         .items
         .iter()
@@ -125,23 +194,31 @@ pub(super) fn build(p: Pending, stale: impl Fn() -> bool) -> Option<Memo> {
             return None;
         }
         let events = item_events(item)?;
-        let known = Known {
-            channel,
-            footprint,
-            events,
-        };
+        let digest = digest(item);
         // Two equal items would be two channels of one name: no valid
         // file has them.
-        if items.insert(digest(item), known).is_some() {
+        if by_digest.insert(digest, i).is_some() {
             return None;
         }
+        items.push(Item {
+            span: span(&p.text, item),
+            digest,
+            known: Known {
+                channel: Arc::new(channel),
+                footprint,
+                events,
+            },
+        });
     }
+    let (head, tail, indent) = (span(&p.text, cut.head), span(&p.text, cut.tail), cut.indent);
     Some(Memo {
-        head: digest(cut.head),
-        tail: digest(cut.tail),
-        indent: cut.indent,
+        text: p.text,
+        head,
+        tail,
+        indent,
         endpoints: p.endpoints,
         items,
+        by_digest,
         events: p.events,
         candidates,
     })

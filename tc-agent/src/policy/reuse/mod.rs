@@ -50,10 +50,10 @@ use tracing::debug;
 
 use self::{
     builder::Job,
-    memo::{digest, item_events, Candidates, Known, Memo, Pending},
+    memo::{digest, item_events, Candidates, Item, Known, Memo, NextMemo, Pending},
 };
 use super::{
-    chunks::{self, Cut},
+    chunks::{self, span, Cut},
     diagnostic::PolicyError,
     model::{Channel, Policy},
     shadow,
@@ -109,10 +109,13 @@ impl Reuse {
     /// channels of the last reading whose item text is unchanged.
     pub fn parse(&self, text: String, file: &str) -> Result<Policy, PolicyError> {
         let reading = self.readings.fetch_add(1, Ordering::SeqCst) + 1;
-        if let Some(policy) = self.reuse(&text) {
-            self.reused.fetch_add(1, Ordering::Relaxed);
-            return Ok(policy);
-        }
+        let text = match self.reuse(text) {
+            Ok(policy) => {
+                self.reused.fetch_add(1, Ordering::Relaxed);
+                return Ok(policy);
+            }
+            Err(text) => text,
+        };
         let r = validate::read(&text, file)?;
         if r.policy.warnings.is_empty() {
             let pending = Pending {
@@ -140,56 +143,97 @@ impl Reuse {
         NEW_SHARE
     }
 
-    /// The policy from the memo and the items new to it, or `None` when
-    /// the file must be read whole.
-    fn reuse(&self, text: &str) -> Option<Policy> {
+    /// The policy from the memo and the items new to it, or the text back
+    /// when it must be read whole. The memo keeps the text.
+    fn reuse(&self, text: String) -> Result<Policy, String> {
         // The memo's thread holds the lock only to put a memo in place;
         // at the lowest priority it may wait for a CPU while it does, and
         // the apply does not wait for it.
-        let mut slot = self.memo.try_lock()?;
-        let memo = slot.as_ref()?;
+        let Some(mut slot) = self.memo.try_lock() else {
+            return Err(text);
+        };
+        let Some((policy, next)) = slot.as_ref().and_then(|m| self.reread(&text, m)) else {
+            return Err(text);
+        };
+        let next = next.with_text(text);
+        let old = slot.replace(next);
+        drop(slot);
+        // Outside the lock, as the memo's thread does.
+        drop(old);
+        Ok(policy)
+    }
+
+    /// `text` read with `memo`: the policy, and the next memo but for its
+    /// text.
+    fn reread(&self, text: &str, memo: &Memo) -> Option<(Policy, NextMemo)> {
         if text.len() > yaml::MAX_FILE_BYTES {
             return None;
         }
         let cut = chunks::cut(text)?;
         if cut.indent != memo.indent
-            || memo.head != digest(cut.head)
-            || memo.tail != digest(cut.tail)
+            || cut.head != &memo.text[memo.head.clone()]
+            || cut.tail != &memo.text[memo.tail.clone()]
         {
             return None;
         }
+        // Each item is compared first with the last reading's item at its
+        // place, counted from where the item before it was found (an item
+        // added or removed shifts those after it), and digested only when
+        // that is not it.
         let mut new = Vec::new();
+        let mut found: Vec<Option<usize>> = Vec::with_capacity(cut.items.len());
         let mut digests = Vec::with_capacity(cut.items.len());
+        let mut shift = 0isize;
         for (i, item) in cut.items.iter().enumerate() {
+            let there = i.checked_add_signed(shift);
+            if let Some(j) = there.filter(|&j| memo.item_text(j) == Some(item)) {
+                found.push(Some(j));
+                digests.push(memo.items[j].digest);
+                continue;
+            }
             let d = digest(item);
             digests.push(d);
-            if !memo.items.contains_key(&d) {
-                new.push(i);
-                // Too many to gain from: given up at once (a whole new
-                // policy costs one pass over a share of its items).
-                if new.len() * self.new_share() > cut.items.len() {
-                    return None;
+            match memo.by_digest.get(&d) {
+                Some(&j) => {
+                    found.push(Some(j));
+                    shift = j as isize - i as isize;
+                }
+                None => {
+                    found.push(None);
+                    new.push(i);
+                    // Too many to gain from: given up at once (a whole new
+                    // policy costs one pass over a share of its items).
+                    if new.len() * self.new_share() > cut.items.len() {
+                        return None;
+                    }
                 }
             }
         }
         let mut fresh = read_new(&cut, &new)?.into_iter();
-        let known = digests
+        let known = found
             .iter()
-            .map(|d| memo.items.get(d).cloned().or_else(|| fresh.next()))
+            .map(|j| match j {
+                Some(j) => Some(memo.items[*j].known.clone()),
+                None => fresh.next(),
+            })
             .collect::<Option<Vec<Known>>>()?;
-        let in_file: HashSet<&blake3::Hash> = digests.iter().collect();
+        let mut kept = vec![false; memo.items.len()];
+        for j in found.iter().flatten() {
+            kept[*j] = true;
+        }
         let removed: usize = memo
             .items
             .iter()
-            .filter(|(d, _)| !in_file.contains(d))
-            .map(|(_, k)| k.events)
+            .zip(&kept)
+            .filter(|(_, kept)| !**kept)
+            .map(|(it, _)| it.known.events)
             .sum();
         let added: usize = new.iter().map(|&i| known[i].events).sum();
         let events = memo.events.checked_sub(removed)?.checked_add(added)?;
         if events > MAX_EVENTS {
             return None;
         }
-        let channels: Vec<Channel> = known.iter().map(|k| k.channel.clone()).collect();
+        let channels: Vec<Channel> = known.iter().map(|k| Channel::clone(&k.channel)).collect();
         let candidates = match &memo.candidates {
             c if c.fit(&channels) => c.clone(),
             _ => Candidates::of(&channels),
@@ -197,30 +241,37 @@ impl Reuse {
         if !holds_together(&known, &channels, &candidates) {
             return None;
         }
-        let policy = Policy {
-            channels,
-            endpoints: memo.endpoints.clone(),
-            warnings: Vec::new(),
-        };
-        let next = Memo {
-            head: memo.head,
-            tail: memo.tail,
-            indent: memo.indent,
-            endpoints: memo.endpoints.clone(),
-            items: digests.into_iter().zip(known).collect(),
-            events,
-            candidates,
-        };
-        let old = slot.replace(next);
-        drop(slot);
-        // Outside the lock, as the memo's thread does.
-        drop(old);
         debug!(
             items = cut.items.len(),
             new = new.len(),
             "policy read reusing unchanged channels"
         );
-        Some(policy)
+        let policy = Policy {
+            channels,
+            endpoints: memo.endpoints.clone(),
+            warnings: Vec::new(),
+        };
+        let items = cut
+            .items
+            .iter()
+            .zip(digests)
+            .zip(known)
+            .map(|((item, digest), known)| Item {
+                span: span(text, item),
+                digest,
+                known,
+            })
+            .collect();
+        let next = NextMemo {
+            head: span(text, cut.head),
+            tail: span(text, cut.tail),
+            indent: memo.indent,
+            endpoints: memo.endpoints.clone(),
+            items,
+            events,
+            candidates,
+        };
+        Some((policy, next))
     }
 
     /// Hands the last whole reading to the memo builder (one short parse
@@ -304,7 +355,7 @@ fn read_new(cut: &Cut<'_>, new: &[usize]) -> Option<Vec<Known>> {
             .zip(r.footprints)
             .zip(events)
             .map(|((channel, footprint), events)| Known {
-                channel,
+                channel: Arc::new(channel),
                 footprint,
                 events,
             })
@@ -332,13 +383,16 @@ fn holds_together(known: &[Known], channels: &[Channel], candidates: &Candidates
 
 /// Distinct prefixes per side and family, over the sides the file names,
 /// as `fits` counts them (a channel's prefixes are its sets' and its
-/// own). A side whose copies cannot exceed [`MAX_PREFIXES`] is not
-/// counted: its copies bound its distinct prefixes.
+/// own). A side whose copies of each family cannot exceed
+/// [`MAX_PREFIXES`] is not counted: its copies bound its distinct
+/// prefixes (counting 131,072 prefixes is a sort of them, 2-3 ms).
 fn distinct(known: &[Known]) -> [[usize; 2]; 2] {
     std::array::from_fn(|side| {
-        let copies: usize = known.iter().map(|k| k.footprint.copies[side]).sum();
-        if copies <= MAX_PREFIXES {
-            return [copies; 2];
+        let copies: [usize; 2] = std::array::from_fn(|family| {
+            known.iter().map(|k| k.footprint.copies[side][family]).sum()
+        });
+        if copies.iter().all(|&c| c <= MAX_PREFIXES) {
+            return copies;
         }
         distinct_per_family(
             known
@@ -432,6 +486,13 @@ mod tests {
             .replace("name: c2\n", "name: c1\n")
             .replace("name: tmp\n", "name: c2\n");
         assert!(agree(&reuse, &swapped));
+        // One added second: every item after it is one place later than
+        // it was, found by its digest once and then at its place.
+        let early = swapped.replace(
+            "  # channel 1\n",
+            "  - name: early\n    from: 198.18.9.8\n    limit: {packets: 10}\n  # channel 1\n",
+        );
+        assert!(agree(&reuse, &early));
         // An item that spans lines reads alone, and is reused.
         let spans = swapped.replace(
             "from: [198.18.10.5/32, web]",

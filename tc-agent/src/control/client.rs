@@ -1,0 +1,197 @@
+//! The client's side of the control socket: one request, the text of an
+//! `apply-raw` after it, and the response.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    os::unix::net::UnixStream,
+    path::Path,
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+
+use super::{Request, Response};
+
+/// Sends one request and returns the response's data, or its error.
+pub fn request(socket: &Path, req: &Request) -> Result<serde_json::Value> {
+    exchange(socket, req, None)
+}
+
+/// [`request`], with `body` sent right after the request line (the text
+/// of a [`Request::ApplyRaw`]), then the end of what this side sends.
+pub fn request_with_body(
+    socket: &Path,
+    req: &Request,
+    body: Body<'_>,
+) -> Result<serde_json::Value> {
+    exchange(socket, req, Some(body))
+}
+
+/// What follows a request line: `len` bytes from `from`.
+pub struct Body<'a> {
+    /// Where the bytes come from: a policy file, read a piece at a time
+    /// so that its text is never held whole (a 2.9 MB file read into
+    /// fresh memory costs the CLI some 700 page faults, a third of its
+    /// CPU time), or a text in memory.
+    pub from: &'a mut dyn Read,
+    /// Bytes announced in the request line: `from` must hold exactly
+    /// these, or the agent is left with a text cut short, which it
+    /// refuses.
+    pub len: usize,
+}
+
+/// The largest piece of a [`Body`] read and written at once: a few
+/// writes, each waking the agent once, from a buffer whose pages stay
+/// few.
+const BODY_PIECE: usize = 512 * 1024;
+
+/// Writes `body` to `stream`. A source that holds fewer or more bytes than
+/// announced (a file changed while it was sent) fails before its last
+/// piece is written, so the agent sees a text cut short and refuses it.
+fn send_body(stream: &mut UnixStream, body: Body<'_>) -> std::io::Result<()> {
+    let changed = |what: &str| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("the file {what} while it was sent: nothing was applied"),
+        )
+    };
+    let mut buf = vec![0u8; body.len.min(BODY_PIECE)];
+    let mut left = body.len;
+    while left > 0 {
+        let piece = left.min(buf.len());
+        body.from.read_exact(&mut buf[..piece]).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                changed("got shorter")
+            } else {
+                e
+            }
+        })?;
+        left -= piece;
+        if left == 0 && body.from.read(&mut [0u8; 1])? != 0 {
+            return Err(changed("grew"));
+        }
+        stream.write_all(&buf[..piece])?;
+    }
+    Ok(())
+}
+
+fn exchange(socket: &Path, req: &Request, body: Option<Body<'_>>) -> Result<serde_json::Value> {
+    let mut stream = UnixStream::connect(socket).with_context(|| {
+        format!(
+            "cannot reach the agent at {}; is `tc-agent run` running (and are you root)? Use --socket for another agent",
+            socket.display()
+        )
+    })?;
+    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
+    let mut line = serde_json::to_vec(req)?;
+    line.push(b'\n');
+    if let Some(body) = &body {
+        // Root may queue the whole text at once (`SO_SNDBUFFORCE`): the
+        // agent then reads it in a few large reads, not one per 200 KiB
+        // of the default buffer. Without it the text goes as it can.
+        let _ = nix::sys::socket::setsockopt(
+            &stream,
+            nix::sys::socket::sockopt::SndBufForce,
+            &(line.len() + body.len),
+        );
+    }
+    // The agent may answer before it reads (a refused peer, a request too
+    // large) and close: the write then fails with a broken pipe while the
+    // agent's reason waits in our receive queue. Read it rather than report
+    // the pipe.
+    let sent = match stream.write_all(&line).and_then(|()| match body {
+        None => Ok(()),
+        Some(body) => {
+            send_body(&mut stream, body)?;
+            // Nothing follows: the agent refuses a text longer than announced.
+            stream.shutdown(std::net::Shutdown::Write)
+        }
+    }) {
+        Ok(()) => true,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            false
+        }
+        Err(e) => return Err(e.into()),
+    };
+    // Once the request is sent, a lost reply says nothing about the
+    // outcome: an apply may be live or not. Say so rather than guess.
+    let unknown = || {
+        if sent {
+            format!(
+                "no reply from the agent at {}: the outcome is unknown (`tc-agent status` shows the live policy version)",
+                socket.display()
+            )
+        } else {
+            // The agent acts on a whole request only, and it closed
+            // before this one was written.
+            format!(
+                "the agent at {} closed the connection before the request was sent, and gave no reason: nothing was done",
+                socket.display()
+            )
+        }
+    };
+    let mut reply = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut reply)
+        .with_context(unknown)?;
+    let resp: Response = serde_json::from_str(&reply).with_context(unknown)?;
+    if !resp.ok {
+        bail!(
+            "{}",
+            resp.error
+                .unwrap_or_else(|| "the agent reported an error".into())
+        );
+    }
+    Ok(resp.data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `send_body` wrote of `source` announced as `len` bytes, and
+    /// its error.
+    fn sent(source: &[u8], len: usize) -> (usize, Option<String>) {
+        let (mut tx, mut rx) = UnixStream::pair().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            rx.read_to_end(&mut got).unwrap();
+            got.len()
+        });
+        let r = send_body(
+            &mut tx,
+            Body {
+                from: &mut &source[..],
+                len,
+            },
+        );
+        drop(tx);
+        (reader.join().unwrap(), r.err().map(|e| e.to_string()))
+    }
+
+    #[test]
+    fn a_source_of_other_than_the_announced_length_leaves_the_text_short() {
+        let big = vec![b'x'; BODY_PIECE + 10];
+        assert_eq!(sent(&big, big.len()), (big.len(), None));
+        assert_eq!(sent(b"abc", 3), (3, None));
+        // Shorter: nothing of the last piece is written.
+        let (n, e) = sent(&big[..BODY_PIECE + 5], big.len());
+        assert_eq!(n, BODY_PIECE);
+        assert!(e.unwrap().contains("got shorter"));
+        let (n, e) = sent(b"ab", 3);
+        assert_eq!(n, 0);
+        assert!(e.unwrap().contains("got shorter"));
+        // Longer: likewise, so the agent never takes a prefix of it.
+        let (n, e) = sent(&big, BODY_PIECE + 5);
+        assert_eq!(n, BODY_PIECE);
+        assert!(e.unwrap().contains("grew"));
+        let (n, e) = sent(b"abcd", 3);
+        assert_eq!(n, 0);
+        assert!(e.unwrap().contains("grew"));
+    }
+}
