@@ -180,8 +180,6 @@ impl Agent {
             // killed in between would not put back what they replaced.
             self.save();
         }
-        release_freed_memory();
-        steps.step("trim");
         steps.log();
         info!(
             version = live.version,
@@ -229,18 +227,6 @@ impl Agent {
         }
         self.fq_installed.extend(installed.iter().cloned());
         Ok(installed)
-    }
-}
-
-/// Hands the heap memory an apply freed (parse tree, compiled tables:
-/// tens of megabytes for a 1,024-channel policy) back to the kernel: glibc
-/// keeps freed memory of its arenas otherwise, and the agent's resident
-/// size would stay at its peak.
-fn release_freed_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only returns free heap pages to the kernel.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 
