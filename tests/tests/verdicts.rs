@@ -515,9 +515,15 @@ fn a_carried_bucket_hands_out_no_fresh_burst() {
         "a bucket not carried starts full"
     );
     assert_eq!(f.ingress(&frame), DROP);
-    // Each generation's counters start at zero: 65 in this one.
     let c = f.counters("capped");
     assert_eq!((c.matched_pkts, c.passed_pkts), (65, 64), "{c:?}");
+    // Back in the generation where `capped` counted one drop in slot 0:
+    // the slot's counters start at zero.
+    let live = f.dp.apply(&compile(&p).unwrap(), &[None]).unwrap();
+    f.generation = live.generation;
+    assert_eq!(f.ingress(&frame), PASS);
+    let c = f.counters("capped");
+    assert_eq!((c.matched_pkts, c.passed_pkts), (1, 1), "{c:?}");
 }
 
 #[test]

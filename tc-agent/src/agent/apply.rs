@@ -41,8 +41,8 @@ impl Agent {
         // The live policy's address tables, and their record, serve again
         // when the channels name the same addresses.
         let (kept, record) = self.addresses.take().unzip();
-        let (mut compiled, moved_in) = compile_reusing(&policy, kept)?;
-        let record = record.filter(|_| moved_in.is_some());
+        let (mut compiled, reused) = compile_reusing(&policy, kept)?;
+        let record = record.filter(|_| reused);
         steps.step("compile");
         let pools = self.pools.assign(&policy, &mut compiled.policies)?;
         let fq_new = self.prepare_fq(&policy)?;
@@ -150,10 +150,7 @@ impl Agent {
         let switched_at = Instant::now();
         // The address tables are kept for the next apply; the rest of
         // the compile is done with.
-        self.addresses = Some((
-            Addresses::take(&policy, &mut compiled, moved_in),
-            address_record,
-        ));
+        self.addresses = Some((Addresses::take(&policy, &mut compiled), address_record));
         drop(compiled);
         self.generation = live.generation;
         self.version = live.version;
@@ -162,15 +159,12 @@ impl Agent {
         self.live_slots = policy.channels.len();
         let policy = Arc::new(policy);
         self.observer.lock().set_policy(policy.clone());
-        let retired = (
-            std::mem::replace(&mut self.policy, policy),
-            std::mem::take(&mut self.history),
-        );
         self.pending = Some(PendingFold {
             at: switched_at,
             generation: previous,
             kept,
-            retired,
+            retired_policy: std::mem::replace(&mut self.policy, policy),
+            retired_samples: std::mem::take(&mut self.history),
         });
         self.policy_file = Some(file.to_string());
         steps.step("observer");

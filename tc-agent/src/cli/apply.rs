@@ -7,7 +7,7 @@ use clap::Args;
 
 use super::Output;
 use crate::{
-    control::{request, request_with_body, ApplyReport, Body, Request},
+    control::{request, request_with_body, ApplyReport, Body, BodyError, Request},
     policy::Policy,
 };
 
@@ -25,10 +25,6 @@ pub struct ApplyArgs {
 }
 
 pub fn execute(args: ApplyArgs, socket: &std::path::Path) -> Result<()> {
-    let read_all = || {
-        std::fs::read_to_string(&args.file)
-            .with_context(|| format!("cannot read {}", args.file.display()))
-    };
     let file = args.file.display().to_string();
     // The agent validates the policy itself (a large policy takes a tenth
     // of a second to read, so the CLI does not read it first), and the
@@ -36,19 +32,23 @@ pub fn execute(args: ApplyArgs, socket: &std::path::Path) -> Result<()> {
     // straight from the file, a piece at a time, anything else (a pipe)
     // read first. If the agent refuses it, or cannot be reached, the CLI
     // reads it: a file it finds invalid is reported with every diagnostic
-    // as the CLI renders them.
-    let opened = std::fs::File::open(&args.file)
-        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    // as the CLI renders them. The file is opened once: what is sent and
+    // what is read again are the same file (a pipe cannot be opened
+    // twice, an editor may rename another file in its place).
+    let mut opened =
+        std::fs::File::open(&args.file).with_context(|| format!("cannot read {file}"))?;
     let size = opened
         .metadata()
         .ok()
         .filter(std::fs::Metadata::is_file)
-        .and_then(|m| usize::try_from(m.len()).ok());
+        .and_then(|m| usize::try_from(m.len()).ok())
+        // Empty, or sized 0 as some virtual files are: read whole.
+        .filter(|&len| len > 0);
     let mut text = None;
     let sent = match size {
         Some(len) => send_raw(socket, &file, &mut &opened, len),
         None => {
-            let t = read_all()?;
+            let t = read_text(&mut opened, &file)?;
             let sent = send_raw(socket, &file, &mut t.as_bytes(), t.len());
             text = Some(t);
             sent
@@ -62,7 +62,7 @@ pub fn execute(args: ApplyArgs, socket: &std::path::Path) -> Result<()> {
         }
         let text = match &text {
             Some(t) => t.clone(),
-            None => read_all()?,
+            None => read_text(&mut opened, &file)?,
         };
         request(
             socket,
@@ -74,10 +74,16 @@ pub fn execute(args: ApplyArgs, socket: &std::path::Path) -> Result<()> {
     });
     let data = match sent {
         Ok(data) => data,
+        // The file changed while it was sent, or could not be read: there
+        // is no one text to report on.
+        Err(e) if e.downcast_ref::<BodyError>().is_some() => return Err(e),
         Err(e) => {
             // The CLI's own reading, when it can read the file as text
             // (the agent's error says why if it cannot).
-            if let Some(text) = text.or_else(|| read_all().ok()) {
+            if text.is_none() {
+                text = read_text(&mut opened, &file).ok();
+            }
+            if let Some(text) = text {
                 Policy::parse(&text, &file)?;
             }
             return Err(e);
@@ -125,6 +131,18 @@ pub fn execute(args: ApplyArgs, socket: &std::path::Path) -> Result<()> {
         println!("  {label:<9} {line}");
     }
     Ok(())
+}
+
+/// The whole text of `opened` (`file`), from its start if it has one.
+fn read_text(opened: &mut std::fs::File, file: &str) -> Result<String> {
+    use std::io::{Read, Seek};
+    // A pipe cannot seek, and has not been read from.
+    let _ = opened.rewind();
+    let mut text = String::new();
+    opened
+        .read_to_string(&mut text)
+        .with_context(|| format!("cannot read {file}"))?;
+    Ok(text)
 }
 
 /// Sends the `len` bytes of `text` as an `apply-raw` request.

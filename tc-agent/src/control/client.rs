@@ -40,39 +40,59 @@ pub struct Body<'a> {
     pub len: usize,
 }
 
+/// Why a [`Body`] was not sent whole. The agent then has a text cut
+/// short, which it refuses: nothing was applied.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// Its source held fewer or more bytes than announced: a file whose
+    /// size changed while it was sent (one rewritten in place at the same
+    /// size is sent as read, and validated as any text).
+    #[error("the policy file {0} while it was sent: nothing was applied")]
+    Changed(&'static str),
+    /// Its source could not be read.
+    #[error("cannot read the policy file while sending it: {0}; nothing was applied")]
+    Read(std::io::Error),
+}
+
 /// The largest piece of a [`Body`] read and written at once: a few
 /// writes, each waking the agent once, from a buffer whose pages stay
 /// few.
 const BODY_PIECE: usize = 512 * 1024;
 
-/// Writes `body` to `stream`. A source that holds fewer or more bytes than
-/// announced (a file changed while it was sent) fails before its last
-/// piece is written, so the agent sees a text cut short and refuses it.
-fn send_body(stream: &mut UnixStream, body: Body<'_>) -> std::io::Result<()> {
-    let changed = |what: &str| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("the file {what} while it was sent: nothing was applied"),
-        )
-    };
+/// Writes `body` to `stream`: `Err` if the body could not be read as
+/// announced (then before its last piece is written, so the agent sees a
+/// text cut short), else how writing to the stream went.
+fn send_body(stream: &mut UnixStream, body: Body<'_>) -> Result<std::io::Result<()>, BodyError> {
     let mut buf = vec![0u8; body.len.min(BODY_PIECE)];
     let mut left = body.len;
     while left > 0 {
         let piece = left.min(buf.len());
-        body.from.read_exact(&mut buf[..piece]).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                changed("got shorter")
-            } else {
-                e
-            }
-        })?;
+        body.from
+            .read_exact(&mut buf[..piece])
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => BodyError::Changed("got shorter"),
+                _ => BodyError::Read(e),
+            })?;
         left -= piece;
-        if left == 0 && body.from.read(&mut [0u8; 1])? != 0 {
-            return Err(changed("grew"));
+        if left == 0 && !at_end(body.from).map_err(BodyError::Read)? {
+            return Err(BodyError::Changed("grew"));
         }
-        stream.write_all(&buf[..piece])?;
+        if let Err(e) = stream.write_all(&buf[..piece]) {
+            return Ok(Err(e));
+        }
     }
-    Ok(())
+    Ok(Ok(()))
+}
+
+/// Whether `from` has nothing more to read.
+fn at_end(from: &mut dyn Read) -> std::io::Result<bool> {
+    loop {
+        match from.read(&mut [0u8; 1]) {
+            Ok(n) => return Ok(n == 0),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 fn exchange(socket: &Path, req: &Request, body: Option<Body<'_>>) -> Result<serde_json::Value> {
@@ -99,14 +119,14 @@ fn exchange(socket: &Path, req: &Request, body: Option<Body<'_>>) -> Result<serd
     // large) and close: the write then fails with a broken pipe while the
     // agent's reason waits in our receive queue. Read it rather than report
     // the pipe.
-    let sent = match stream.write_all(&line).and_then(|()| match body {
-        None => Ok(()),
-        Some(body) => {
-            send_body(&mut stream, body)?;
+    let mut written = stream.write_all(&line);
+    if let (Ok(()), Some(body)) = (&written, body) {
+        // A body not sent whole drops the connection, its text short.
+        written = send_body(&mut stream, body)?
             // Nothing follows: the agent refuses a text longer than announced.
-            stream.shutdown(std::net::Shutdown::Write)
-        }
-    }) {
+            .and_then(|()| stream.shutdown(std::net::Shutdown::Write));
+    }
+    let sent = match written {
         Ok(()) => true,
         Err(e)
             if matches!(
@@ -171,7 +191,14 @@ mod tests {
             },
         );
         drop(tx);
-        (reader.join().unwrap(), r.err().map(|e| e.to_string()))
+        let e = match r {
+            Ok(written) => {
+                written.expect("the reader reads all");
+                None
+            }
+            Err(e) => Some(e.to_string()),
+        };
+        (reader.join().unwrap(), e)
     }
 
     #[test]

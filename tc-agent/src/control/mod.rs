@@ -16,7 +16,7 @@ mod detect;
 mod observe;
 
 pub use self::{
-    client::{request, request_with_body, Body},
+    client::{request, request_with_body, Body, BodyError},
     detect::*,
     observe::*,
 };

@@ -11,7 +11,8 @@ use aya_obj::generated::bpf_cmd;
 use super::bpf_call::{map_fd as fd, sys_bpf};
 
 /// Entries per call: large enough that the calls cost nothing next to the
-/// kernel's per-entry work, small enough that the buffers stay small.
+/// kernel's per-entry work, small enough that the buffers stay small (for
+/// arrays of per-CPU values, [`RANGE_BYTES`] bounds them too).
 pub const CHUNK: usize = 4096;
 
 /// `union bpf_attr` as the `BPF_MAP_*_BATCH` commands read it.
@@ -144,35 +145,64 @@ pub fn for_each<K: aya::Pod, V: aya::Pod>(
     }
 }
 
-/// Bytes the kernel reads or writes per value of `map` in a batch: its
-/// value size, or for a per-CPU map one slot per possible CPU (`ncpus`),
-/// each rounded up to 8 bytes.
-fn value_stride<V>(ncpus: Option<usize>) -> usize {
-    match ncpus {
-        None => std::mem::size_of::<V>(),
-        Some(n) => std::mem::size_of::<V>().next_multiple_of(8) * n,
+/// How the kernel lays out one value of an array map in a batch: `V`,
+/// or for a per-CPU array one `V` per possible CPU, each in a slot
+/// rounded up to 8 bytes.
+#[derive(Clone, Copy)]
+pub struct Layout {
+    /// Possible CPUs, for a per-CPU array; `None` for a plain one.
+    pub ncpus: Option<usize>,
+}
+
+impl Layout {
+    /// Bytes from one `V` to the next (one CPU's to the next CPU's).
+    fn slot<V>(self) -> usize {
+        match self.ncpus {
+            None => std::mem::size_of::<V>(),
+            Some(_) => std::mem::size_of::<V>().next_multiple_of(8),
+        }
+    }
+
+    /// `V`s per entry.
+    fn per_entry(self) -> usize {
+        self.ncpus.unwrap_or(1)
+    }
+
+    /// Bytes per entry.
+    fn stride<V>(self) -> usize {
+        self.slot::<V>() * self.per_entry()
+    }
+
+    /// Entries per call: at most [`CHUNK`], and at most [`RANGE_BYTES`] of
+    /// values, so that a host with many possible CPUs does not allocate
+    /// megabytes per call.
+    fn entries_per_call<V>(self) -> usize {
+        (RANGE_BYTES / self.stride::<V>().max(1)).clamp(1, CHUNK)
     }
 }
 
-/// Entries `first..first + count` of the array `map` (`LOOKUP_BATCH` on
-/// an array, Linux 5.6, [`CHUNK`] per call): one `V` per entry, or per
-/// entry and CPU, CPU by CPU, when `ncpus` says the map is per-CPU over
-/// that many possible CPUs. The caller guarantees that `V` is the map's
-/// value type.
+/// The largest buffer of values [`lookup_range`] and [`update_range`]
+/// pass the kernel at once.
+const RANGE_BYTES: usize = 256 * 1024;
+
+/// Calls `f(i, v)` with each value `v` of entries `first + i` for `i` in
+/// `0..count` of the array `map` (`LOOKUP_BATCH` on an array, Linux 5.6),
+/// in order, CPU by CPU for a per-CPU array. The caller guarantees that
+/// `V` is the map's value type and `layout` its kind.
 pub fn lookup_range<V: aya::Pod>(
     map: &MapData,
     first: u32,
     count: usize,
-    ncpus: Option<usize>,
-) -> io::Result<Vec<V>> {
-    let stride = value_stride::<V>(ncpus);
-    let per_entry = ncpus.unwrap_or(1);
-    let mut raw = vec![0u8; stride * count.min(CHUNK)];
-    let mut keys = vec![0u32; count.min(CHUNK)];
-    let mut out = Vec::with_capacity(count * per_entry);
+    layout: Layout,
+    mut f: impl FnMut(usize, V),
+) -> io::Result<()> {
+    let (slot, stride) = (layout.slot::<V>(), layout.stride::<V>());
+    let per_call = layout.entries_per_call::<V>().min(count.max(1));
+    let mut raw = vec![0u8; stride * per_call];
+    let mut keys = vec![0u32; per_call];
     let mut done = 0;
     while done < count {
-        let n = (count - done).min(CHUNK);
+        let n = (count - done).min(per_call);
         let start = first
             .checked_add(done as u32)
             .ok_or_else(|| io::Error::other("index past u32"))?;
@@ -194,8 +224,8 @@ pub fn lookup_range<V: aya::Pod>(
         };
         // SAFETY: `keys` holds `n` u32 keys (an array's), `raw` `n`
         // values as the kernel writes them (`stride` bytes each, from the
-        // map's value type, the caller's guarantee); `prev` and `token`
-        // hold one key each.
+        // map's value type and kind, the caller's guarantee); `prev` and
+        // `token` hold one key each.
         match unsafe { sys_bpf(bpf_cmd::BPF_MAP_LOOKUP_BATCH, &mut attr) } {
             Ok(_) => {}
             // The end of the array, once `count` said how far it read.
@@ -204,55 +234,59 @@ pub fn lookup_range<V: aya::Pod>(
         }
         if attr.count as usize != n || keys[0] != start {
             return Err(io::Error::other(format!(
-                "read {} entries from index {} where {n} from {start} were asked for",
-                attr.count, keys[0]
+                "read {} entries where {n} from index {start} were asked for",
+                attr.count
             )));
         }
-        let slot = std::mem::size_of::<V>().next_multiple_of(if ncpus.is_some() { 8 } else { 1 });
         for e in 0..n {
-            for c in 0..per_entry {
+            for c in 0..layout.per_entry() {
                 let at = e * stride + c * slot;
                 // SAFETY: `at + size_of::<V>()` is within the `n * stride`
                 // bytes the kernel wrote, and any bytes are a `V` (Pod).
-                out.push(unsafe { std::ptr::read_unaligned(raw[at..].as_ptr().cast::<V>()) });
+                f(done + e, unsafe {
+                    std::ptr::read_unaligned(raw[at..].as_ptr().cast::<V>())
+                });
             }
         }
         done += n;
     }
-    Ok(out)
+    Ok(())
 }
 
-/// Writes `values` at entries `first..` of the array `map` ([`CHUNK`] per
-/// call): one per entry, or per entry and CPU, CPU by CPU, when `ncpus`
-/// says the map is per-CPU over that many possible CPUs. The caller
-/// guarantees that `V` is the map's value type.
+/// Writes `value(i)` at entry `first + i` for `i` in `0..count` of the
+/// array `map` (`UPDATE_BATCH`), for every CPU of a per-CPU array. The
+/// caller guarantees that `V` is the map's value type and `layout` its
+/// kind.
 pub fn update_range<V: aya::Pod>(
     map: &MapData,
     first: u32,
-    values: &[V],
-    ncpus: Option<usize>,
+    count: usize,
+    layout: Layout,
+    value: impl Fn(usize) -> V,
 ) -> io::Result<()> {
-    let per_entry = ncpus.unwrap_or(1);
-    assert_eq!(values.len() % per_entry, 0);
-    let stride = value_stride::<V>(ncpus);
-    let slot = std::mem::size_of::<V>().next_multiple_of(if ncpus.is_some() { 8 } else { 1 });
-    let count = values.len() / per_entry;
+    let (slot, stride) = (layout.slot::<V>(), layout.stride::<V>());
+    let per_call = layout.entries_per_call::<V>().min(count.max(1));
+    let mut raw = vec![0u8; stride * per_call];
+    let mut keys = Vec::with_capacity(per_call);
     let mut done = 0;
     while done < count {
-        let n = (count - done).min(CHUNK);
+        let n = (count - done).min(per_call);
         let start = first
             .checked_add(done as u32)
             .ok_or_else(|| io::Error::other("index past u32"))?;
-        let keys: Vec<u32> = (start..start + n as u32).collect();
-        let mut raw = vec![0u8; stride * n];
-        for (i, v) in values[done * per_entry..(done + n) * per_entry]
-            .iter()
-            .enumerate()
-        {
-            let at = (i / per_entry) * stride + (i % per_entry) * slot;
-            // SAFETY: `at + size_of::<V>()` is within `raw`, a `V` is
-            // plain bytes (Pod).
-            unsafe { std::ptr::write_unaligned(raw[at..].as_mut_ptr().cast::<V>(), *v) };
+        let end = start
+            .checked_add(n as u32)
+            .ok_or_else(|| io::Error::other("index past u32"))?;
+        keys.clear();
+        keys.extend(start..end);
+        for e in 0..n {
+            let v = value(done + e);
+            for c in 0..layout.per_entry() {
+                let at = e * stride + c * slot;
+                // SAFETY: `at + size_of::<V>()` is within `raw`, and a `V`
+                // is plain bytes (Pod).
+                unsafe { std::ptr::write_unaligned(raw[at..].as_mut_ptr().cast::<V>(), v) };
+            }
         }
         update_raw(map, as_bytes(&keys), &raw, n)?;
         done += n;

@@ -1211,18 +1211,18 @@ fn edited_policies_read_reusing_channels_as_they_read_whole() {
                 (Ok(a), Ok(b)) => {
                     prop_assert_eq!(&a, &b, "{}", edited);
                     if let Ok(fresh) = compile(&a) {
-                        let (mut c, moved_in) =
+                        let (mut c, same) =
                             compile_reusing(&a, addresses.take()).expect("compiles");
                         prop_assert_eq!(&c, &fresh, "{}", edited);
                         let mut tables = Tables::of(&c);
-                        if let (true, Some(kept)) = (moved_in.is_some(), &record) {
+                        if let (true, Some(kept)) = (same, &record) {
                             // Kept along the edits, as the agent keeps it.
                             let reused = Tables::of_with_addresses(&c, kept);
                             prop_assert_eq!(&reused, &tables, "{}", edited);
                             tables = reused;
                         }
                         record = Some(tables.addresses());
-                        addresses = Some(Addresses::take(&a, &mut c, moved_in));
+                        addresses = Some(Addresses::take(&a, &mut c));
                     }
                     Outcome::Accepted(0)
                 }

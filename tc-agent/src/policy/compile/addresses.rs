@@ -35,14 +35,8 @@ pub struct Addresses {
 
 impl Addresses {
     /// The address tables of `compiled`, the compile of `policy`, taken
-    /// out of it (left empty): for when its tables are written. `sides`
-    /// are the addresses they were built from, when [`compile_reusing`]
-    /// moved them in: kept rather than copied from the channels again
-    /// (131,072 prefixes, about a millisecond).
-    ///
-    /// [`compile_reusing`]: super::compile_reusing
-    pub fn take(policy: &Policy, compiled: &mut Compiled, sides: Option<Sides>) -> Self {
-        debug_assert!(sides.as_ref().is_none_or(|s| s.named_by(&policy.channels)));
+    /// out of it (left empty): for when its tables are written.
+    pub fn take(policy: &Policy, compiled: &mut Compiled) -> Self {
         let src_v4 = std::mem::take(&mut compiled.src_v4);
         let dst_v4 = std::mem::take(&mut compiled.dst_v4);
         let src_v6 = std::mem::take(&mut compiled.src_v6);
@@ -56,7 +50,7 @@ impl Addresses {
             .max()
             .map_or(0, |m| m as usize + 1);
         Self {
-            from_to: sides.unwrap_or_else(|| Sides::of(&policy.channels)),
+            from_to: Sides::of(&policy.channels),
             sets: compiled.sets[..named].to_vec(),
             src_v4,
             dst_v4,
@@ -71,12 +65,7 @@ impl Addresses {
     }
 
     /// The interner holding the tables' sets (the L4 table's come after
-    /// them, as in a fresh compile), the four tables, and the addresses
-    /// they were built from.
-    #[expect(
-        clippy::type_complexity,
-        reason = "the parts of the compile they go into, by name there"
-    )]
+    /// them, as in a fresh compile), and the four tables.
     pub(super) fn into_parts(
         self,
     ) -> (
@@ -85,7 +74,6 @@ impl Addresses {
         Vec<AddrEntry<4>>,
         Vec<AddrEntry<16>>,
         Vec<AddrEntry<16>>,
-        Option<Sides>,
     ) {
         let ids = self
             .sets
@@ -97,14 +85,7 @@ impl Addresses {
             ids,
             sets: self.sets,
         };
-        (
-            sets,
-            self.src_v4,
-            self.dst_v4,
-            self.src_v6,
-            self.dst_v6,
-            Some(self.from_to),
-        )
+        (sets, self.src_v4, self.dst_v4, self.src_v6, self.dst_v6)
     }
 }
 
@@ -122,7 +103,7 @@ mod tests {
         let base = "endpoints:\n  web: [198.18.1.0/24, \"2001:db8:1::/64\"]\nchannels:\n  - name: a\n    from: [198.18.0.0/16, web]\n    protocol: tcp\n    ports: [80]\n    limit: {bandwidth: 1Mbit}\n  - name: b\n    to: [198.18.2.0/24, \"2001:db8:2::/48\"]\n    limit: {packets: 100}\n  - name: c\n    from: web\n    to: 198.18.2.7\n";
         let base_policy = parse(base);
         let mut first = compile(&base_policy).unwrap();
-        let addresses = Addresses::take(&base_policy, &mut first, None);
+        let addresses = Addresses::take(&base_policy, &mut first);
         for (edit, reused) in [
             // Limits, ports, protocol, direction and mode: the addresses stay.
             (base.replace("ports: [80]", "ports: [80, 443-450]"), true),
@@ -173,10 +154,10 @@ mod tests {
                 sets: addresses.sets.clone(),
             };
             let (mut got, moved_in) = compile_reusing(&policy, Some(reusing)).unwrap();
-            assert_eq!(moved_in.is_some(), reused, "{edit}");
+            assert_eq!(moved_in, reused, "{edit}");
             assert_eq!(got, compile(&policy).unwrap(), "{edit}");
             // And a compile reusing that one's, for the base again.
-            let again = Addresses::take(&policy, &mut got, moved_in);
+            let again = Addresses::take(&policy, &mut got);
             assert_eq!(
                 compile_reusing(&base_policy, Some(again)).unwrap().0,
                 compile(&base_policy).unwrap(),

@@ -18,7 +18,7 @@ use tc_common::{
 
 use super::{
     cover::{Cover, Covered, Family, V4, V6},
-    Action, Channel, ConnAction, Direction, Mode, Policy, Sides,
+    Action, Channel, ConnAction, Direction, Mode, Policy,
 };
 
 /// Address-trie entries one generation may use per side and family.
@@ -96,12 +96,11 @@ pub fn compile(policy: &Policy) -> Result<Compiled, CapacityError> {
 }
 
 /// [`compile`], with `previous`'s address tables moved in when they fit
-/// the policy (see [`Addresses`]); with the addresses they were built
-/// from when they were, for [`Addresses::take`].
+/// the policy (see [`Addresses`]); says whether they were.
 pub fn compile_reusing(
     policy: &Policy,
     previous: Option<Addresses>,
-) -> Result<(Compiled, Option<Sides>), CapacityError> {
+) -> Result<(Compiled, bool), CapacityError> {
     let ch = &policy.channels;
     let check = |table: &'static str, needed: usize, max: usize| {
         if needed > max {
@@ -111,7 +110,8 @@ pub fn compile_reusing(
         }
     };
     let previous = previous.filter(|a| a.fit(ch));
-    let (mut sets, src_v4, dst_v4, src_v6, dst_v6, address_sides) = match previous {
+    let reused = previous.is_some();
+    let (mut sets, src_v4, dst_v4, src_v6, dst_v6) = match previous {
         Some(a) => a.into_parts(),
         None => {
             let mut sets = Interner::default();
@@ -119,7 +119,7 @@ pub fn compile_reusing(
             let dst_v4 = addr_table(ch, |c| &c.to, &V4, &mut sets);
             let src_v6 = addr_table(ch, |c| &c.from, &V6, &mut sets);
             let dst_v6 = addr_table(ch, |c| &c.to, &V6, &mut sets);
-            (sets, src_v4, dst_v4, src_v6, dst_v6, None)
+            (sets, src_v4, dst_v4, src_v6, dst_v6)
         }
     };
     let out = Compiled {
@@ -145,7 +145,7 @@ pub fn compile_reusing(
         MAX_ADDR_ENTRIES,
     )?;
     check("protocol/port entries", out.l4.len(), MAX_L4_ENTRIES)?;
-    Ok((out, address_sides))
+    Ok((out, reused))
 }
 
 /// Builds one address trie. For every prefix P some channels name, the

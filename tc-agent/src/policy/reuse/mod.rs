@@ -88,6 +88,10 @@ pub struct Reuse {
     /// [`NEW_SHARE`]; tests lift it, to reuse whatever they can.
     #[cfg(test)]
     new_share: usize,
+    /// Items digested by readings that used a memo, for tests of the
+    /// comparison in place.
+    #[cfg(test)]
+    digested: AtomicU64,
 }
 
 impl Default for Reuse {
@@ -100,6 +104,8 @@ impl Default for Reuse {
             builder: Mutex::new(None),
             #[cfg(test)]
             new_share: NEW_SHARE,
+            #[cfg(test)]
+            digested: AtomicU64::new(0),
         }
     }
 }
@@ -192,6 +198,8 @@ impl Reuse {
                 continue;
             }
             let d = digest(item);
+            #[cfg(test)]
+            self.digested.fetch_add(1, Ordering::Relaxed);
             digests.push(d);
             match memo.by_digest.get(&d) {
                 Some(&j) => {
@@ -486,13 +494,20 @@ mod tests {
             .replace("name: c2\n", "name: c1\n")
             .replace("name: tmp\n", "name: c2\n");
         assert!(agree(&reuse, &swapped));
-        // One added second: every item after it is one place later than
-        // it was, found by its digest once and then at its place.
+        // One added second (taking c0's comment line after it, so c0's
+        // item changes too): every item after them is one place later
+        // than it was, found by its digest once and then at its place.
         let early = swapped.replace(
             "  # channel 1\n",
             "  - name: early\n    from: 198.18.9.8\n    limit: {packets: 10}\n  # channel 1\n",
         );
+        let digested = reuse.digested.load(Ordering::Relaxed);
         assert!(agree(&reuse, &early));
+        assert_eq!(
+            reuse.digested.load(Ordering::Relaxed) - digested,
+            3,
+            "c0, early, and c1 one place later"
+        );
         // An item that spans lines reads alone, and is reused.
         let spans = swapped.replace(
             "from: [198.18.10.5/32, web]",
