@@ -117,9 +117,9 @@ struct PendingFold {
     generation: u32,
     /// Slot and name of each old channel the new policy still has.
     kept: Vec<(usize, String)>,
-    /// The policy before the switch, freed with the fold, off the apply's
-    /// answer (with the samples below, about a millisecond to free at
-    /// 1,024 channels).
+    /// The policy before the switch, freed with the fold rather than
+    /// before the apply answers (with the samples below, about a
+    /// millisecond to free at 1,024 channels).
     retired_policy: Arc<Policy>,
     /// The samples of its channels (their per-name totals).
     retired_samples: VecDeque<Sample>,
@@ -243,12 +243,15 @@ impl Agent {
             .collect())
     }
 
-    /// Completes the last switch and saves the state (see [`fold`](Self::fold)).
+    /// Completes the last switch, saves the state and gives the memory
+    /// freed back to the kernel (see [`fold`](Self::fold)).
     fn settle(&mut self) {
         if self.fold() {
             self.save();
-            // After the apply's answer, the old policy freed by the fold
-            // and the state's text by the save.
+            // The old policy the fold freed and the state's text the save
+            // did (after the apply's answer when the fold runs in the
+            // background, on the path of a sample or an apply that comes
+            // first).
             release_freed_memory();
         }
     }

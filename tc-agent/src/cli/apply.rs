@@ -35,21 +35,23 @@ pub fn execute(args: ApplyArgs, socket: &std::path::Path) -> Result<()> {
     // as the CLI renders them. The file is opened once: what is sent and
     // what is read again are the same file (a pipe cannot be opened
     // twice, an editor may rename another file in its place).
-    let mut opened =
-        std::fs::File::open(&args.file).with_context(|| format!("cannot read {file}"))?;
-    let size = opened
-        .metadata()
-        .ok()
-        .filter(std::fs::Metadata::is_file)
+    let opened = std::fs::File::open(&args.file).with_context(|| format!("cannot read {file}"))?;
+    let regular = opened.metadata().ok().filter(std::fs::Metadata::is_file);
+    let size = regular
+        .as_ref()
         .and_then(|m| usize::try_from(m.len()).ok())
         // Empty, or sized 0 as some virtual files are: read whole.
         .filter(|&len| len > 0);
+    // The file as it was opened: sent only if it is still that when all
+    // of it is read, and read again for diagnostics only if it is.
+    let stamp = regular.as_ref().map(Stamp::of);
+    let unchanged = || opened.metadata().ok().as_ref().map(Stamp::of) == stamp;
     let mut text = None;
     let sent = match size {
-        Some(len) => send_raw(socket, &file, &mut &opened, len),
+        Some(len) => send_raw(socket, &file, &mut &opened, len, &unchanged),
         None => {
-            let t = read_text(&mut opened, &file)?;
-            let sent = send_raw(socket, &file, &mut t.as_bytes(), t.len());
+            let t = read_text(&opened, &file)?;
+            let sent = send_raw(socket, &file, &mut t.as_bytes(), t.len(), &|| true);
             text = Some(t);
             sent
         }
@@ -62,7 +64,7 @@ pub fn execute(args: ApplyArgs, socket: &std::path::Path) -> Result<()> {
         }
         let text = match &text {
             Some(t) => t.clone(),
-            None => read_text(&mut opened, &file)?,
+            None => read_text(&opened, &file)?,
         };
         request(
             socket,
@@ -80,8 +82,8 @@ pub fn execute(args: ApplyArgs, socket: &std::path::Path) -> Result<()> {
         Err(e) => {
             // The CLI's own reading, when it can read the file as text
             // (the agent's error says why if it cannot).
-            if text.is_none() {
-                text = read_text(&mut opened, &file).ok();
+            if text.is_none() && unchanged() {
+                text = read_text(&opened, &file).ok();
             }
             if let Some(text) = text {
                 Policy::parse(&text, &file)?;
@@ -134,8 +136,9 @@ pub fn execute(args: ApplyArgs, socket: &std::path::Path) -> Result<()> {
 }
 
 /// The whole text of `opened` (`file`), from its start if it has one.
-fn read_text(opened: &mut std::fs::File, file: &str) -> Result<String> {
+fn read_text(opened: &std::fs::File, file: &str) -> Result<String> {
     use std::io::{Read, Seek};
+    let mut opened = opened;
     // A pipe cannot seek, and has not been read from.
     let _ = opened.rewind();
     let mut text = String::new();
@@ -145,18 +148,51 @@ fn read_text(opened: &mut std::fs::File, file: &str) -> Result<String> {
     Ok(text)
 }
 
-/// Sends the `len` bytes of `text` as an `apply-raw` request.
+/// Sends the `len` bytes of `text` as an `apply-raw` request; see
+/// [`Body::unchanged`].
 fn send_raw(
     socket: &std::path::Path,
     file: &str,
     text: &mut dyn std::io::Read,
     len: usize,
+    unchanged: &dyn Fn() -> bool,
 ) -> Result<serde_json::Value> {
     let raw = Request::ApplyRaw {
         file: file.to_string(),
         bytes: len,
     };
-    request_with_body(socket, &raw, Body { from: text, len })
+    let body = Body {
+        from: text,
+        len,
+        unchanged,
+    };
+    request_with_body(socket, &raw, body)
+}
+
+/// What says a file was not written to or replaced: its identity, size
+/// and change times (a write moves the modification and change times).
+#[derive(PartialEq, Eq)]
+struct Stamp {
+    /// Device and inode: the same file.
+    id: (u64, u64),
+    /// Its size.
+    len: u64,
+    /// Last modification, seconds and nanoseconds.
+    modified: (i64, i64),
+    /// Last status change, seconds and nanoseconds.
+    changed: (i64, i64),
+}
+
+impl Stamp {
+    fn of(m: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Self {
+            id: (m.dev(), m.ino()),
+            len: m.len(),
+            modified: (m.mtime(), m.mtime_nsec()),
+            changed: (m.ctime(), m.ctime_nsec()),
+        }
+    }
 }
 
 /// Channel names an apply report prints before it summarizes.

@@ -38,17 +38,28 @@ pub struct Body<'a> {
     /// these, or the agent is left with a text cut short, which it
     /// refuses.
     pub len: usize,
+    /// Whether `from` is still what `len` was taken from (a file not
+    /// written to since): asked once all of it is read, before its last
+    /// piece is written, so that a file rewritten at the same size while
+    /// it was sent is not sent as a mix of two texts.
+    pub unchanged: &'a dyn Fn() -> bool,
 }
 
 /// Why a [`Body`] was not sent whole. The agent then has a text cut
 /// short, which it refuses: nothing was applied.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
-    /// Its source held fewer or more bytes than announced: a file whose
-    /// size changed while it was sent (one rewritten in place at the same
-    /// size is sent as read, and validated as any text).
-    #[error("the policy file {0} while it was sent: nothing was applied")]
-    Changed(&'static str),
+    /// Its source held fewer bytes than announced (a file that got shorter
+    /// while it was sent).
+    #[error("the policy file got shorter while it was sent: nothing was applied")]
+    Shrank,
+    /// Its source held more (a file that grew).
+    #[error("the policy file grew while it was sent: nothing was applied")]
+    Grew,
+    /// Its source was written to while it was read (a file rewritten at
+    /// the same size).
+    #[error("the policy file was written to while it was sent: nothing was applied")]
+    Rewritten,
     /// Its source could not be read.
     #[error("cannot read the policy file while sending it: {0}; nothing was applied")]
     Read(std::io::Error),
@@ -65,17 +76,28 @@ const BODY_PIECE: usize = 512 * 1024;
 fn send_body(stream: &mut UnixStream, body: Body<'_>) -> Result<std::io::Result<()>, BodyError> {
     let mut buf = vec![0u8; body.len.min(BODY_PIECE)];
     let mut left = body.len;
+    if left == 0 {
+        return match at_end(body.from).map_err(BodyError::Read)? {
+            true => Ok(Ok(())),
+            false => Err(BodyError::Grew),
+        };
+    }
     while left > 0 {
         let piece = left.min(buf.len());
         body.from
             .read_exact(&mut buf[..piece])
             .map_err(|e| match e.kind() {
-                std::io::ErrorKind::UnexpectedEof => BodyError::Changed("got shorter"),
+                std::io::ErrorKind::UnexpectedEof => BodyError::Shrank,
                 _ => BodyError::Read(e),
             })?;
         left -= piece;
-        if left == 0 && !at_end(body.from).map_err(BodyError::Read)? {
-            return Err(BodyError::Changed("grew"));
+        if left == 0 {
+            if !at_end(body.from).map_err(BodyError::Read)? {
+                return Err(BodyError::Grew);
+            }
+            if !(body.unchanged)() {
+                return Err(BodyError::Rewritten);
+            }
         }
         if let Err(e) = stream.write_all(&buf[..piece]) {
             return Ok(Err(e));
@@ -188,6 +210,7 @@ mod tests {
             Body {
                 from: &mut &source[..],
                 len,
+                unchanged: &|| true,
             },
         );
         drop(tx);
@@ -220,5 +243,31 @@ mod tests {
         let (n, e) = sent(b"abcd", 3);
         assert_eq!(n, 0);
         assert!(e.unwrap().contains("grew"));
+        let (n, e) = sent(b"a", 0);
+        assert_eq!(n, 0);
+        assert!(e.unwrap().contains("grew"));
+        assert_eq!(sent(b"", 0), (0, None));
+    }
+
+    #[test]
+    fn a_source_written_to_while_sent_leaves_the_text_short() {
+        let big = vec![b'x'; BODY_PIECE + 10];
+        let (mut tx, mut rx) = UnixStream::pair().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            rx.read_to_end(&mut got).unwrap();
+            got.len()
+        });
+        let r = send_body(
+            &mut tx,
+            Body {
+                from: &mut &big[..],
+                len: big.len(),
+                unchanged: &|| false,
+            },
+        );
+        drop(tx);
+        assert!(matches!(r, Err(BodyError::Rewritten)), "{r:?}");
+        assert_eq!(reader.join().unwrap(), BODY_PIECE);
     }
 }

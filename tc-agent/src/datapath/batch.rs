@@ -5,7 +5,7 @@
 
 use std::io;
 
-use aya::maps::MapData;
+use aya::maps::{MapData, MapType};
 use aya_obj::generated::bpf_cmd;
 
 use super::bpf_call::{map_fd as fd, sys_bpf};
@@ -173,6 +173,26 @@ impl Layout {
         self.slot::<V>() * self.per_entry()
     }
 
+    /// Whether `map` is an array of `V` of this kind: the kernel writes
+    /// what its map holds into buffers sized by this layout, so a wrong
+    /// one would overrun them.
+    fn check<V>(self, map: &MapData) -> io::Result<()> {
+        let info = map.info().map_err(io::Error::other)?;
+        let kind = info.map_type().map_err(io::Error::other)?;
+        let want = match self.ncpus {
+            None => MapType::Array,
+            Some(_) => MapType::PerCpuArray,
+        };
+        if kind != want || info.value_size() as usize != std::mem::size_of::<V>() {
+            return Err(io::Error::other(format!(
+                "a {kind:?} of {}-byte values where a {want:?} of {} was expected",
+                info.value_size(),
+                std::mem::size_of::<V>()
+            )));
+        }
+        Ok(())
+    }
+
     /// Entries per call: at most [`CHUNK`], and at most [`RANGE_BYTES`] of
     /// values, so that a host with many possible CPUs does not allocate
     /// megabytes per call.
@@ -187,8 +207,8 @@ const RANGE_BYTES: usize = 256 * 1024;
 
 /// Calls `f(i, v)` with each value `v` of entries `first + i` for `i` in
 /// `0..count` of the array `map` (`LOOKUP_BATCH` on an array, Linux 5.6),
-/// in order, CPU by CPU for a per-CPU array. The caller guarantees that
-/// `V` is the map's value type and `layout` its kind.
+/// in order, CPU by CPU for a per-CPU array. Refuses a map that is not
+/// an array of `V` of `layout`'s kind.
 pub fn lookup_range<V: aya::Pod>(
     map: &MapData,
     first: u32,
@@ -196,6 +216,7 @@ pub fn lookup_range<V: aya::Pod>(
     layout: Layout,
     mut f: impl FnMut(usize, V),
 ) -> io::Result<()> {
+    layout.check::<V>(map)?;
     let (slot, stride) = (layout.slot::<V>(), layout.stride::<V>());
     let per_call = layout.entries_per_call::<V>().min(count.max(1));
     let mut raw = vec![0u8; stride * per_call];
@@ -223,9 +244,9 @@ pub fn lookup_range<V: aya::Pod>(
             ..Default::default()
         };
         // SAFETY: `keys` holds `n` u32 keys (an array's), `raw` `n`
-        // values as the kernel writes them (`stride` bytes each, from the
-        // map's value type and kind, the caller's guarantee); `prev` and
-        // `token` hold one key each.
+        // values as the kernel writes them (`stride` bytes each: the map
+        // is an array of `V` of `layout`'s kind, checked above); `prev`
+        // and `token` hold one key each.
         match unsafe { sys_bpf(bpf_cmd::BPF_MAP_LOOKUP_BATCH, &mut attr) } {
             Ok(_) => {}
             // The end of the array, once `count` said how far it read.
@@ -254,9 +275,8 @@ pub fn lookup_range<V: aya::Pod>(
 }
 
 /// Writes `value(i)` at entry `first + i` for `i` in `0..count` of the
-/// array `map` (`UPDATE_BATCH`), for every CPU of a per-CPU array. The
-/// caller guarantees that `V` is the map's value type and `layout` its
-/// kind.
+/// array `map` (`UPDATE_BATCH`), for every CPU of a per-CPU array.
+/// Refuses a map that is not an array of `V` of `layout`'s kind.
 pub fn update_range<V: aya::Pod>(
     map: &MapData,
     first: u32,
@@ -264,6 +284,7 @@ pub fn update_range<V: aya::Pod>(
     layout: Layout,
     value: impl Fn(usize) -> V,
 ) -> io::Result<()> {
+    layout.check::<V>(map)?;
     let (slot, stride) = (layout.slot::<V>(), layout.stride::<V>());
     let per_call = layout.entries_per_call::<V>().min(count.max(1));
     let mut raw = vec![0u8; stride * per_call];
@@ -298,4 +319,9 @@ pub fn update_range<V: aya::Pod>(
 fn as_bytes(keys: &[u32]) -> &[u8] {
     // SAFETY: u32 has no padding; the bytes are the slice's own.
     unsafe { std::slice::from_raw_parts(keys.as_ptr().cast::<u8>(), std::mem::size_of_val(keys)) }
+}
+
+/// A batched call's error, as the datapath reports errors of map `name`.
+pub(super) fn batch_err(name: &'static str) -> impl FnOnce(io::Error) -> super::DatapathError {
+    move |e| super::DatapathError::Setup(format!("eBPF map `{name}`: batch operation: {e}"))
 }

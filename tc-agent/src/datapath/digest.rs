@@ -13,9 +13,10 @@ use tc_common::{
 
 use super::{
     batch,
+    batch::batch_err,
     held::{self, Held, Tables},
     map_err,
-    prefixes::{batch_err, in_trie, Width, TRIES},
+    prefixes::{in_trie, Width, TRIES},
     Datapath, DatapathError,
 };
 use crate::policy::compile::Compiled;

@@ -36,7 +36,7 @@ use tc_common::{
     TABLE_L4, TABLE_SRC_V4, TABLE_SRC_V6,
 };
 
-use self::prefixes::batch_err;
+use self::batch::batch_err;
 use crate::policy::compile::Compiled;
 
 /// The datapath object, built by `build.rs` from `tc-ebpf`.
@@ -204,10 +204,7 @@ impl Datapath {
     /// The map `name`, once aya's typed view `T` of it has checked its
     /// type and its key and value sizes: for the calls aya 0.14 does not
     /// offer (`batch`, `elem`), which take its descriptor.
-    pub(super) fn checked_map<'a, T>(
-        &'a self,
-        name: &'static str,
-    ) -> Result<&'a MapData, DatapathError>
+    fn checked_map<'a, T>(&'a self, name: &'static str) -> Result<&'a MapData, DatapathError>
     where
         T: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>,
     {
@@ -409,10 +406,11 @@ impl Datapath {
         let ncpus = aya::util::nr_cpus()
             .map_err(|(_, e)| DatapathError::Setup(format!("cannot count CPUs: {e}")))?;
         {
-            // The new policy's slots of the next generation, read and
-            // written in batched calls (Linux 5.6): one call per slot was
-            // 2,048 calls for the buckets and 1,024 for the counters at
-            // 1,024 channels, about 1.2 ms.
+            // The carried buckets read from the live generation, and the
+            // new policy's slots of the next one written, in batched calls
+            // (Linux 5.6): one call per slot was 2,048 calls for the
+            // buckets and 1,024 for the counters at 1,024 channels, about
+            // 1.2 ms.
             let buckets = self.checked_map::<Array<&MapData, BucketState>>(BUCKETS)?;
             // The carried slots' span (all in the live generation).
             let (lo, hi) = carry
@@ -604,8 +602,9 @@ impl Datapath {
         let ncpus = aya::util::nr_cpus()
             .map_err(|(_, e)| DatapathError::Setup(format!("cannot count CPUs: {e}")))?;
         let counters = self.checked_map::<PerCpuArray<&MapData, ChannelCounters>>(COUNTERS)?;
-        // Batched (Linux 5.6): one call where one per channel took about
-        // 0.5 ms at 1,024 channels, at every sample.
+        // Batched (Linux 5.6), 256 KiB of per-CPU values a call (one call
+        // for 1,024 channels on two CPUs), where one call per channel took
+        // about 0.5 ms at 1,024 channels, at every sample.
         let mut totals = vec![Counters::default(); count];
         let per_cpu = batch::Layout { ncpus: Some(ncpus) };
         batch::lookup_range::<ChannelCounters>(

@@ -19,7 +19,10 @@ use tc_common::{
     TABLE_SRC_V6,
 };
 
-use super::{batch, map_err, Datapath, DatapathError};
+use super::{
+    batch::{self, batch_err},
+    map_err, Datapath, DatapathError,
+};
 use crate::policy::compile::Compiled;
 
 /// Most prefix lengths a table may have and still go to the hash maps.
@@ -262,10 +265,6 @@ impl Datapath {
         }
         Ok(())
     }
-}
-
-pub(super) fn batch_err(name: &'static str) -> impl FnOnce(std::io::Error) -> DatapathError {
-    move |e| DatapathError::Setup(format!("eBPF map `{name}`: batch operation: {e}"))
 }
 
 #[cfg(test)]

@@ -21,9 +21,11 @@ use aya::maps::MapData;
 use tc_common::{ChannelSet, Probes};
 
 use super::{
-    batch, elem,
+    batch,
+    batch::batch_err,
+    elem,
     held::Held,
-    prefixes::{batch_err, entries_of, in_trie, masked, trie_key, Width, TRIES},
+    prefixes::{entries_of, in_trie, masked, trie_key, Width, TRIES},
     Datapath, DatapathError,
 };
 use crate::policy::compile::Compiled;

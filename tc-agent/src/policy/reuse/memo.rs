@@ -137,7 +137,7 @@ impl Candidates {
     }
 }
 
-/// One item of a reading.
+/// What one item read as: kept for a reading that finds its text again.
 #[derive(Clone)]
 pub(super) struct Known {
     /// Its channel, as validation made it: shared, so that a reading that
