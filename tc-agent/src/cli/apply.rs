@@ -64,7 +64,13 @@ pub fn execute(args: ApplyArgs, socket: &std::path::Path) -> Result<()> {
         }
         let text = match &text {
             Some(t) => t.clone(),
-            None => read_text(&opened, &file)?,
+            None => {
+                let t = read_text(&opened, &file)?;
+                if !unchanged() {
+                    return Err(BodyError::Rewritten.into());
+                }
+                t
+            }
         };
         request(
             socket,
@@ -82,8 +88,8 @@ pub fn execute(args: ApplyArgs, socket: &std::path::Path) -> Result<()> {
         Err(e) => {
             // The CLI's own reading, when it can read the file as text
             // (the agent's error says why if it cannot).
-            if text.is_none() && unchanged() {
-                text = read_text(&opened, &file).ok();
+            if text.is_none() {
+                text = read_text(&opened, &file).ok().filter(|_| unchanged());
             }
             if let Some(text) = text {
                 Policy::parse(&text, &file)?;
@@ -169,28 +175,25 @@ fn send_raw(
     request_with_body(socket, &raw, body)
 }
 
-/// What says a file was not written to or replaced: its identity, size
-/// and change times (a write moves the modification and change times).
+/// What says a regular file was not written to since it was opened, as
+/// far as its file system's timestamps tell (a write of the same size
+/// within one tick of a coarse clock goes unseen): its size and
+/// modification time. Its change time would move on a rename or a
+/// `chmod` too, which leave the text as it was.
 #[derive(PartialEq, Eq)]
 struct Stamp {
-    /// Device and inode: the same file.
-    id: (u64, u64),
     /// Its size.
     len: u64,
     /// Last modification, seconds and nanoseconds.
     modified: (i64, i64),
-    /// Last status change, seconds and nanoseconds.
-    changed: (i64, i64),
 }
 
 impl Stamp {
     fn of(m: &std::fs::Metadata) -> Self {
         use std::os::unix::fs::MetadataExt;
         Self {
-            id: (m.dev(), m.ino()),
             len: m.len(),
             modified: (m.mtime(), m.mtime_nsec()),
-            changed: (m.ctime(), m.ctime_nsec()),
         }
     }
 }

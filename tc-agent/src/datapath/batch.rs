@@ -173,9 +173,9 @@ impl Layout {
         self.slot::<V>() * self.per_entry()
     }
 
-    /// Whether `map` is an array of `V` of this kind: the kernel writes
-    /// what its map holds into buffers sized by this layout, so a wrong
-    /// one would overrun them.
+    /// Whether `map` is an array of `V` of this kind, per-CPU over the
+    /// possible CPUs: the kernel writes what its map holds into buffers
+    /// sized by this layout, so a wrong one would overrun them.
     fn check<V>(self, map: &MapData) -> io::Result<()> {
         let info = map.info().map_err(io::Error::other)?;
         let kind = info.map_type().map_err(io::Error::other)?;
@@ -185,10 +185,19 @@ impl Layout {
         };
         if kind != want || info.value_size() as usize != std::mem::size_of::<V>() {
             return Err(io::Error::other(format!(
-                "a {kind:?} of {}-byte values where a {want:?} of {} was expected",
+                "a {kind:?} of {}-byte values where a {want:?} of {}-byte values was expected",
                 info.value_size(),
                 std::mem::size_of::<V>()
             )));
+        }
+        if let Some(n) = self.ncpus {
+            // The kernel writes one value per possible CPU.
+            let possible = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+            if n != possible {
+                return Err(io::Error::other(format!(
+                    "values for {n} CPUs where the kernel has {possible} possible CPUs"
+                )));
+            }
         }
         Ok(())
     }

@@ -603,7 +603,7 @@ impl Datapath {
             .map_err(|(_, e)| DatapathError::Setup(format!("cannot count CPUs: {e}")))?;
         let counters = self.checked_map::<PerCpuArray<&MapData, ChannelCounters>>(COUNTERS)?;
         // Batched (Linux 5.6), 256 KiB of per-CPU values a call (one call
-        // for 1,024 channels on two CPUs), where one call per channel took
+        // for 1,024 channels on two possible CPUs), where one call per channel took
         // about 0.5 ms at 1,024 channels, at every sample.
         let mut totals = vec![Counters::default(); count];
         let per_cpu = batch::Layout { ncpus: Some(ncpus) };
