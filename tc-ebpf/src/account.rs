@@ -28,7 +28,7 @@ use tc_common::{
 };
 
 use crate::{
-    conn::{coarse_ns, fine_ns},
+    clock::{coarse_ns, fine_ns},
     maps::{
         HighServer, ParseScratch, UntrackedHint, SYN_SLOTS, TC_CONFIG, TC_FLOWS4, TC_FLOWS6,
         TC_GLOBAL, TC_IX, TC_IX_ALLOC, TC_IX_CONF, TC_IX_FREE, TC_IX_GEN, TC_IX_HIGH,

@@ -363,7 +363,9 @@ fn narrow(
     p: &Parsed,
     acc: *mut [u64; CHANNEL_WORDS],
 ) -> u64 {
-    let l4 = if info.probes[TABLE_L4 as usize].count == PROBE_TRIE {
+    let l4 = if let Some(all) = zero_length(info, TABLE_L4) {
+        Some(all)
+    } else if info.probes[TABLE_L4 as usize].count == PROBE_TRIE {
         let [a, b, c, d] = l4_data;
         TC_L4.get(Key::new(p.l4_bits, [generation, a, b, c, d]))
     } else {
@@ -472,6 +474,9 @@ fn addr4(
     acc: *const [u64; CHANNEL_WORDS],
 ) -> Option<&'static ChannelSet> {
     let probes = &info.probes[table as usize];
+    if let Some(all) = zero_length(info, table) {
+        return Some(all);
+    }
     if probes.count == PROBE_TRIE {
         return trie.get(Key::new(
             GEN_BITS + 32,
@@ -493,6 +498,9 @@ fn addr6(
     acc: *const [u64; CHANNEL_WORDS],
 ) -> Option<&'static ChannelSet> {
     let probes = &info.probes[table as usize];
+    if let Some(all) = zero_length(info, table) {
+        return Some(all);
+    }
     if probes.count == PROBE_TRIE {
         return trie.get(Key::new(GEN_BITS + 128, v6_key(generation, addr)));
     }
@@ -581,6 +589,23 @@ fn probe4<const SKIP: bool>(
         i += 1;
     }
     None
+}
+
+/// The set of a table that holds only the zero-length prefix (0.0.0.0/0,
+/// ::/0, or every protocol and port), or `None` for any other table:
+/// without a lookup, as it is that length's reach ([`GenInfo::reach`]:
+/// the entry has no containing prefix to take away). The common case of a
+/// side that every channel leaves open (`to:` unset), which
+/// `prefixes::probes_of_lens` hashes for this. Checked once before the
+/// probes rather than per length: a different kind of pointer per probe
+/// would multiply the paths the verifier walks.
+#[inline(always)]
+fn zero_length(info: &'static GenInfo, table: u8) -> Option<&'static ChannelSet> {
+    let probes = info.probes.get(table as usize)?;
+    if probes.count != 1 || probes.lens[0] != 0 {
+        return None;
+    }
+    info.reach.get(table as usize).map(|r| &r[0])
 }
 
 /// The low `n` of 64 bits set, `n` in 0..=64, without a branch (the

@@ -16,7 +16,7 @@ use core::{
     ptr::{read_volatile, write_volatile},
 };
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
+use aya_ebpf::bindings::BPF_NOEXIST;
 use tc_common::{
     ChannelPolicy, ConnConfig, ConnEntry, ConnKey, GlobalCounters, CONN_CLOSED, CONN_CLOSING,
     CONN_ESTABLISHED, CONN_RESET, CONN_SYN_RECV, CONN_SYN_SENT, DIR_EGRESS, DIR_INGRESS,
@@ -25,6 +25,7 @@ use tc_common::{
 
 use crate::{
     bucket::charge_once,
+    clock::{coarse_ns, fine_ns},
     enforce::Frame,
     maps::{
         ConnHint, CONN_HINT_SLOTS, TC_CONNS, TC_CONN_CONF, TC_CONN_GC, TC_CONN_HINTS,
@@ -200,27 +201,6 @@ fn scratch_key() -> Option<&'static mut ConnKey> {
     TC_SCRATCH
         .get_ptr_mut(0)
         .map(|s| unsafe { &mut (*s).conn_key })
-}
-
-/// The coarse clock (`bpf_ktime_get_coarse_ns`, Linux 5.11): the same
-/// monotonic clock as `bpf_ktime_get_ns` at tick resolution, for a fraction
-/// of the cost; all that idle timeouts of seconds and hints of 100 ms need.
-#[inline(always)]
-pub(crate) fn coarse_ns() -> u64 {
-    // SAFETY: helper 160 is bpf_ktime_get_coarse_ns (no arguments, no
-    // preconditions); aya-ebpf 0.2 has no binding for it yet.
-    unsafe {
-        let f: unsafe extern "C" fn() -> u64 = core::mem::transmute(160usize);
-        f()
-    }
-}
-
-/// The fine clock, for what needs nanoseconds: a SYN's time (the
-/// handshake time starts there) and the new-connection rate.
-#[inline(always)]
-pub(crate) fn fine_ns() -> u64 {
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    unsafe { bpf_ktime_get_ns() }
 }
 
 /// Whether an entry has been idle past its state's timeout. Such an entry

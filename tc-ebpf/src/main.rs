@@ -16,6 +16,7 @@
 mod account;
 mod bucket;
 mod classify;
+mod clock;
 mod conn;
 mod ecn;
 mod enforce;

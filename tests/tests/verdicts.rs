@@ -155,6 +155,33 @@ fn over_the_packet_limit_is_dropped_and_counted() {
 }
 
 #[test]
+fn a_bucket_shallower_than_a_tick_refills_on_the_fine_clock() {
+    // 64,000 packets/s with the smallest burst (64 packets): a bucket a
+    // millisecond deep, under a tick of the coarse clock (4 ms at 250 Hz),
+    // so it is judged on the fine one (`enforce::now_for`). Emptied, it
+    // lets a packet through 1.5 ms later, every time; on the coarse
+    // clock, which stands still within a tick, most would drop.
+    let mut f =
+        Fixture::new("channels:\n  - name: tight\n    limit: {packets: 64000, packet_burst: 64}\n");
+    let frame = packet::ipv4("198.18.1.5", "198.18.2.10", UDP, 53, 10);
+    let mut dropped = 0;
+    for round in 0..5 {
+        // Faster than the rate (a test run's repeats take well under the
+        // 15.6 µs a packet costs, even under emulation): some drop.
+        f.run_tc(TC_INGRESS, &frame, 1000);
+        let now = f.counters("tight").dropped_pkts;
+        assert!(now > dropped, "round {round}: nothing dropped");
+        dropped = now;
+        std::thread::sleep(std::time::Duration::from_micros(1500));
+        assert_eq!(
+            f.ingress(&frame),
+            PASS,
+            "round {round}: not refilled after 1.5 ms"
+        );
+    }
+}
+
+#[test]
 fn monitor_mode_counts_would_drops_and_drops_nothing() {
     let mut f = Fixture::new(POLICY);
     let frame = packet::ipv6("2001:db8:1::9", "2001:db8:9::1", UDP, 53, 30);
@@ -951,7 +978,9 @@ fn the_programs_leave_headroom_in_the_verifier_budget() {
     // 224k here, several times that on 6.1); with the destination memo,
     // 478k here, 161k on 6.1 and 424k on 6.12 (its key written before the
     // lookups, which keeps 6.1's stack within 512 bytes; written after
-    // them: 399k here, and 6.1 refused a 544-byte stack). Show the figures
+    // them: 399k here, and 6.1 refused a 544-byte stack); with the
+    // zero-length tables read from `GenInfo`, 544k here (a check per
+    // table before its probes; one per probed length took 590k). Show the figures
     // and keep room: a change that eats the headroom fails here before it
     // fails in the VM.
     let dp = tc_tests::shared::datapath();
@@ -996,11 +1025,13 @@ fn wide_only(i: usize) -> bool {
 }
 
 /// 1,024 channels whose sources are host prefixes (and, every 8th
-/// channel, a /24 over them; every 16th, the /24 alone, see [`wide_only`]), whose destinations are a /16 or open, on
+/// channel, a /24 over them; every 16th, the /24 alone, see [`wide_only`]), whose destinations are a /16 or open
+/// (all open with `open`: the tables of the zero-length prefix alone,
+/// which the datapath reads without a lookup), on
 /// one UDP or TCP port each (`hash`): few prefix lengths, so the datapath
 /// probes them by hash. Or (`!hash`) sources and destinations of 6 lengths
 /// and port ranges, which go to the LPM tries.
-fn wide_policy(hash: bool) -> String {
+fn wide_policy(hash: bool, open: bool) -> String {
     let mut t = String::from("channels:\n");
     for i in 0..1024usize {
         let mut from = Vec::new();
@@ -1023,6 +1054,7 @@ fn wide_policy(hash: bool) -> String {
             from.push(format!("2001:db8::{:x}00/{}", i % 16, 96 + len));
         }
         let to = match (hash, i % 3) {
+            _ if open => String::new(),
             (_, 0) => String::new(),
             (true, _) => "    to: [198.19.0.0/16, \"2001:db8:1::/48\"]\n".into(),
             (false, k) => format!(
@@ -1054,21 +1086,22 @@ fn wide_policy(hash: bool) -> String {
 
 /// Random packets through the uncached path at 1,024 channels land in the
 /// channel a plain first-match scan of the policy names (or in none), for
-/// both families, with the tables probed by hash and with them in the tries.
+/// both families, with the tables probed by hash (the destinations' also
+/// reduced to the zero-length prefix alone) and with them in the tries.
 #[test]
 fn classification_at_1024_channels_is_first_match() {
     use aya::maps::PerCpuArray;
     use std::net::IpAddr;
     use tc_agent::policy::Direction;
-    use tc_common::{PROBE_TRIE, TABLE_L4, TABLE_SRC_V4, TABLE_SRC_V6};
+    use tc_common::{PROBE_TRIE, TABLE_DST_V4, TABLE_DST_V6, TABLE_L4, TABLE_SRC_V4, TABLE_SRC_V6};
     use tc_tests::reference::{first_match, Packet};
 
     // One datapath for both policies (loading it, which runs the
     // verifier, is most of the test's time under emulation): the second
     // apply writes the other generation, its tables in the tries.
     let mut fixture: Option<Fixture> = None;
-    for hash in [true, false] {
-        let text = wide_policy(hash);
+    for (hash, open) in [(true, false), (true, true), (false, false)] {
+        let text = wide_policy(hash, open);
         let policy = Policy::parse(&text, "wide.yaml").expect("valid policy");
         let compiled = compile(&policy).expect("compiles");
         // The policy exercises the path it is meant to.
@@ -1080,6 +1113,12 @@ fn classification_at_1024_channels_is_first_match() {
                 "table {t}: {:?}",
                 plan[t as usize]
             );
+        }
+        if open {
+            for t in [TABLE_DST_V4, TABLE_DST_V6] {
+                let p = plan[t as usize];
+                assert_eq!((p.count, p.lens[0]), (1, 0), "table {t}: {p:?}");
+            }
         }
         if hash {
             // The skipped probes are exercised: a wide-only channel is in
@@ -1121,7 +1160,8 @@ fn classification_at_1024_channels_is_first_match() {
         let mut unclassified = f.global().unclassified_pkts;
         // Fewer under emulation, where the guests run each packet's
         // test run and counter read some hundred times slower.
-        let packets = if tc_tests::netns::in_vm() { 1200 } else { 3000 };
+        // The open variant differs in one table: half as many.
+        let packets = if tc_tests::netns::in_vm() { 1200 } else { 3000 } / (1 + open as u32);
         // Packets come in fours on one CPU, each sharing part of the
         // per-CPU destination memo's key with the packet before: the first
         // is drawn afresh; the second differs from it only in its source
@@ -1214,7 +1254,7 @@ fn classification_at_1024_channels_is_first_match() {
                     assert_eq!(
                         now,
                         before + 1,
-                        "hash={hash}: {p:?} belongs to channel {want:?}, which did not count it"
+                        "hash={hash} open={open}: {p:?} belongs to channel {want:?}, which did not count it"
                     );
                     counted.insert(s, now);
                     matched += 1;
@@ -1224,7 +1264,7 @@ fn classification_at_1024_channels_is_first_match() {
                     assert_eq!(
                         now,
                         before + 1,
-                        "hash={hash}: {p:?} matches no channel, yet was classified"
+                        "hash={hash} open={open}: {p:?} matches no channel, yet was classified"
                     );
                     unclassified = now;
                     unmatched += 1;

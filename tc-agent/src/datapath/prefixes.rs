@@ -162,7 +162,8 @@ pub fn trie_key<W: Width>(g: u8, len: u8, data: &W) -> Key<W::Trie> {
 
 /// Where a table whose entries have the lengths `all` goes: its distinct
 /// lengths, longest first, when there are at most [`HASH_MAX_LENS`] and
-/// the trie would not be tiny; else its trie.
+/// the trie would not be tiny (or the table holds only the zero-length
+/// prefix, which the datapath finds without a lookup); else its trie.
 pub fn probes_of_lens(all: impl Iterator<Item = u8>) -> Probes {
     let mut seen = [false; 256];
     let mut n = 0;
@@ -171,7 +172,10 @@ pub fn probes_of_lens(all: impl Iterator<Item = u8>) -> Probes {
         n += 1;
     }
     let lens: Vec<u8> = (0..=255u8).rev().filter(|l| seen[*l as usize]).collect();
-    if lens.len() > HASH_MAX_LENS || (1..=SMALL_TABLE).contains(&n) {
+    // A table of only the zero-length prefix costs the datapath no lookup
+    // when hashed (`classify::zero_length`), one trie walk otherwise.
+    let only_zero = lens == [0];
+    if lens.len() > HASH_MAX_LENS || (!only_zero && (1..=SMALL_TABLE).contains(&n)) {
         return Probes {
             count: PROBE_TRIE,
             ..Probes::default()
@@ -328,6 +332,13 @@ mod tests {
         );
         // One destination prefix: a trie of one node beats a hash lookup.
         assert_eq!(p[TABLE_DST_V4 as usize].count, PROBE_TRIE);
+        // Only the zero-length one: no lookup at all, hashed.
+        let open = plan(&compiled(
+            "channels:\n  - name: a\n    from: [198.18.0.1]\n    limit: {packets: 10}\n",
+        ));
+        for t in [TABLE_DST_V4, TABLE_DST_V6] {
+            assert_eq!((open[t as usize].count, open[t as usize].lens[0]), (1, 0));
+        }
         // Empty tables are probed, and nothing matches.
         assert_eq!(p[TABLE_DST_V6 as usize].count, 0);
         // 20 ports (length 32 after the generation), UDP's own entries
@@ -390,5 +401,6 @@ mod tests {
         assert_eq!(p.count, 3);
         assert_eq!(&p.lens[..3], &[24, 8, 0]);
         assert_eq!(probes_of_lens(std::iter::empty()).count, 0);
+        assert_eq!(probes_of_lens([0].into_iter()).count, 1);
     }
 }
