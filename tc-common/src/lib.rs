@@ -756,7 +756,8 @@ impl ChannelPolicy {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BucketState {
-    /// Theoretical arrival time of the byte bucket, `bpf_ktime_get_ns` clock.
+    /// Theoretical arrival time of the byte bucket, on the monotonic clock
+    /// (read fine or coarse, `tc-ebpf`'s `enforce::now_for`).
     pub byte_tat: u64,
     /// Theoretical arrival time of the packet bucket.
     pub pkt_tat: u64,

@@ -363,9 +363,7 @@ fn narrow(
     p: &Parsed,
     acc: *mut [u64; CHANNEL_WORDS],
 ) -> u64 {
-    let l4 = if let Some(all) = zero_length(info, TABLE_L4) {
-        Some(all)
-    } else if info.probes[TABLE_L4 as usize].count == PROBE_TRIE {
+    let l4 = if info.probes[TABLE_L4 as usize].count == PROBE_TRIE {
         let [a, b, c, d] = l4_data;
         TC_L4.get(Key::new(p.l4_bits, [generation, a, b, c, d]))
     } else {
@@ -591,8 +589,8 @@ fn probe4<const SKIP: bool>(
     None
 }
 
-/// The set of a table that holds only the zero-length prefix (0.0.0.0/0,
-/// ::/0, or every protocol and port), or `None` for any other table:
+/// The set of an address table that holds only the zero-length prefix
+/// (0.0.0.0/0 or ::/0), or `None` for any other table:
 /// without a lookup, as it is that length's reach ([`GenInfo::reach`]:
 /// the entry has no containing prefix to take away). The common case of a
 /// side that every channel leaves open (`to:` unset), which

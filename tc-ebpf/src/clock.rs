@@ -6,9 +6,9 @@ use aya_ebpf::helpers::bpf_ktime_get_ns;
 /// The coarse clock (`bpf_ktime_get_coarse_ns`, Linux 5.11): the same
 /// monotonic clock as `bpf_ktime_get_ns` at tick resolution (it lags it by
 /// less than a tick), without reading the TSC: about 3 ns a call where the
-/// fine clock costs 15-20 on this machine kind (`bench classify`). All
-/// that idle timeouts of seconds, hints of 100 ms and token buckets that
-/// drop or mark need (see `enforce`).
+/// fine clock costs 15-20 on this machine kind (`perf` during `bench
+/// classify`). All that idle timeouts of seconds, hints of 100 ms and the
+/// deep buckets of `drop` channels need (`enforce::now_for`).
 #[inline(always)]
 pub fn coarse_ns() -> u64 {
     // SAFETY: helper 160 is bpf_ktime_get_coarse_ns (no arguments, no
@@ -20,8 +20,9 @@ pub fn coarse_ns() -> u64 {
 }
 
 /// The fine clock, for what needs nanoseconds: a departure time for fq,
-/// a SYN's time (the handshake time starts there) and the new-connection
-/// rate.
+/// the buckets of `delay` and `mark` channels and buckets shallower than
+/// a few ticks (`enforce::now_for`), a SYN's time (the handshake time
+/// starts there) and the new-connection rate.
 #[inline(always)]
 pub fn fine_ns() -> u64 {
     // SAFETY: bpf_ktime_get_ns has no preconditions.

@@ -2,7 +2,8 @@
 //! passed, dropped, delayed (EDT) or marked, and counted.
 
 use tc_common::{
-    BucketState, ChannelPolicy, GlobalCounters, ACTION_DELAY, ACTION_DROP, ACTION_MARK, MODE_MONITOR, PACE_SLOTS,
+    BucketState, ChannelPolicy, GlobalCounters, ACTION_DELAY, ACTION_DROP, ACTION_MARK,
+    MODE_MONITOR, PACE_SLOTS,
 };
 
 use crate::{
@@ -89,20 +90,23 @@ pub struct Frame {
 const COARSE_MIN_TAU_NS: u64 = 50_000_000;
 
 /// The time to charge a channel's buckets at: the coarse clock for a
-/// channel that drops with bursts of at least [`COARSE_MIN_TAU_NS`], the
-/// fine one otherwise.
+/// channel that drops with buckets at least [`COARSE_MIN_TAU_NS`] deep,
+/// the fine one otherwise.
 ///
-/// The coarse clock lags the fine one by less than a tick and stands still
-/// within one. A GCRA bucket judged on it admits the same rate over time,
-/// and each decision is as strict as on the fine clock or stricter (the
-/// lag counts as debt); what it can grant more is one tick's worth of the
-/// rate, once per idle period (its theoretical arrival time then starts
-/// from the lagging clock). Against a burst of 50 ms or more that is at
-/// most a fifth at 100 Hz, a twentieth at 250. A `delay` channel's
-/// departure times go to fq; a `mark` channel's rate signal
-/// ([`over_rate`]) is a bucket a few milliseconds deep; and a bucket a few
-/// packets deep would pass a tick's worth at once: they take the fine
-/// clock.
+/// The coarse clock lags the fine one by less than a tick (more when the
+/// timekeeping update is late, as on a preempted vCPU) and stands still
+/// within one. A GCRA bucket judged on it admits the same rate over time:
+/// in any window `w`, at most `rate * (w + lag) + burst`. What changes is
+/// how: a bucket that overload keeps empty hands out a tick's worth of
+/// the rate when the clock moves and refuses everything until it moves
+/// again, so passes and drops come in runs of up to a tick rather than
+/// interleaved. Against a burst of 50 ms or more a tick is at most a
+/// fifth of it at 100 Hz, a twentieth at 250 (the README's "Two clocks"
+/// has TCP through such a limit, paired against the fine clock). A
+/// `delay` channel's departure times go to fq; a `mark` channel's rate
+/// signal ([`over_rate`]) is a bucket of 128 KiB at the rate, some
+/// milliseconds at the rates that mark; and a bucket shallower than a few
+/// ticks would pass most of itself at once: they take the fine clock.
 #[inline(always)]
 fn now_for(policy: &ChannelPolicy) -> u64 {
     let short = |cost: u64, tau: u64| cost != 0 && tau < COARSE_MIN_TAU_NS;

@@ -156,27 +156,31 @@ fn over_the_packet_limit_is_dropped_and_counted() {
 
 #[test]
 fn a_bucket_shallower_than_a_tick_refills_on_the_fine_clock() {
-    // 64,000 packets/s with the smallest burst (64 packets): a bucket a
-    // millisecond deep, under a tick of the coarse clock (4 ms at 250 Hz),
-    // so it is judged on the fine one (`enforce::now_for`). Emptied, it
-    // lets a packet through 1.5 ms later, every time; on the coarse
-    // clock, which stands still within a tick, most would drop.
+    // 16,000 packets/s with the smallest burst (64 packets): a bucket 4 ms
+    // deep, under the coarse clock's threshold, so it is judged on the
+    // fine clock (`enforce::now_for`). Emptied, it lets a packet through
+    // 300 µs later (a packet costs 62.5 µs), every time; on the coarse
+    // clock, which stands still within a tick (4 ms at 250 Hz, 1 ms at
+    // 1000), most would drop: ten in a row pass by chance with a
+    // likelihood under 1e-5 (tried: it fails in the first round). Under
+    // emulation a sleep may cross a tick, which only makes the check
+    // weaker, never wrong.
     let mut f =
-        Fixture::new("channels:\n  - name: tight\n    limit: {packets: 64000, packet_burst: 64}\n");
+        Fixture::new("channels:\n  - name: tight\n    limit: {packets: 16000, packet_burst: 64}\n");
     let frame = packet::ipv4("198.18.1.5", "198.18.2.10", UDP, 53, 10);
     let mut dropped = 0;
-    for round in 0..5 {
+    for round in 0..10 {
         // Faster than the rate (a test run's repeats take well under the
-        // 15.6 µs a packet costs, even under emulation): some drop.
+        // 62.5 µs a packet costs, even under emulation): some drop.
         f.run_tc(TC_INGRESS, &frame, 1000);
         let now = f.counters("tight").dropped_pkts;
         assert!(now > dropped, "round {round}: nothing dropped");
         dropped = now;
-        std::thread::sleep(std::time::Duration::from_micros(1500));
+        std::thread::sleep(std::time::Duration::from_micros(300));
         assert_eq!(
             f.ingress(&frame),
             PASS,
-            "round {round}: not refilled after 1.5 ms"
+            "round {round}: not refilled after 300 µs"
         );
     }
 }
@@ -1026,8 +1030,9 @@ fn wide_only(i: usize) -> bool {
 
 /// 1,024 channels whose sources are host prefixes (and, every 8th
 /// channel, a /24 over them; every 16th, the /24 alone, see [`wide_only`]), whose destinations are a /16 or open
-/// (all open with `open`: the tables of the zero-length prefix alone,
-/// which the datapath reads without a lookup), on
+/// (with `open`, each open or the zero-length prefix of one family: the
+/// destination tables hold that prefix alone, which the datapath reads
+/// without a lookup), on
 /// one UDP or TCP port each (`hash`): few prefix lengths, so the datapath
 /// probes them by hash. Or (`!hash`) sources and destinations of 6 lengths
 /// and port ranges, which go to the LPM tries.
@@ -1054,7 +1059,14 @@ fn wide_policy(hash: bool, open: bool) -> String {
             from.push(format!("2001:db8::{:x}00/{}", i % 16, 96 + len));
         }
         let to = match (hash, i % 3) {
-            _ if open => String::new(),
+            // A third open, a third to every IPv4 address, a third to every
+            // IPv6 one: each family's table holds its zero-length prefix
+            // alone, with a set that leaves out a third of the channels.
+            _ if open => match i % 3 {
+                0 => String::new(),
+                1 => "    to: [0.0.0.0/0]\n".into(),
+                _ => "    to: [\"::/0\"]\n".into(),
+            },
             (_, 0) => String::new(),
             (true, _) => "    to: [198.19.0.0/16, \"2001:db8:1::/48\"]\n".into(),
             (false, k) => format!(
@@ -1096,9 +1108,9 @@ fn classification_at_1024_channels_is_first_match() {
     use tc_common::{PROBE_TRIE, TABLE_DST_V4, TABLE_DST_V6, TABLE_L4, TABLE_SRC_V4, TABLE_SRC_V6};
     use tc_tests::reference::{first_match, Packet};
 
-    // One datapath for both policies (loading it, which runs the
-    // verifier, is most of the test's time under emulation): the second
-    // apply writes the other generation, its tables in the tries.
+    // One datapath for the three policies (loading it, which runs the
+    // verifier, is most of the test's time under emulation): each apply
+    // writes the other generation, the last with its tables in the tries.
     let mut fixture: Option<Fixture> = None;
     for (hash, open) in [(true, false), (true, true), (false, false)] {
         let text = wide_policy(hash, open);
