@@ -402,7 +402,10 @@ pub struct GenInfo {
     /// other tables left possible cannot change the result, and is
     /// skipped: the first hit among the lengths kept gives the same
     /// channels, of those possible, as the longest match. Empty for
-    /// tables in their trie.
+    /// tables in their trie. Exact, not a hint: the datapath skips on it,
+    /// and for an address table of the zero-length prefix alone (one
+    /// probed length, 0) takes `reach[t][0]`, that entry's whole set (it
+    /// has no containing prefix), as the table's answer without a lookup.
     pub reach: [[ChannelSet; MAX_PROBES]; TABLES],
 }
 
@@ -743,11 +746,42 @@ pub struct ChannelPolicy {
     pub _pad: [u8; 4],
 }
 
+/// The shallowest bucket, as time at its rate, that may be judged on the
+/// coarse clock ([`ChannelPolicy::coarse_clock`]): a tick (1-10 ms,
+/// `CONFIG_HZ`) is then at most a fifth of it.
+pub const COARSE_MIN_TAU_NS: u64 = 50_000_000;
+
 impl ChannelPolicy {
     /// Whether the channel has a connection limit (`connections` or
     /// `new_connections`), so its TCP connections are tracked.
     pub fn limits_connections(&self) -> bool {
         self.conn_limit != 0 || self.conn_cost_ns != 0
+    }
+
+    /// Whether the datapath judges the channel's buckets on the coarse
+    /// clock (`bpf_ktime_get_coarse_ns`, Linux 5.11, which reads no TSC)
+    /// rather than the fine one: a `drop` channel whose buckets are each
+    /// at least [`COARSE_MIN_TAU_NS`] deep.
+    ///
+    /// The coarse clock lags the fine one by less than a tick (more when
+    /// the timekeeping update is late, as on a preempted vCPU) and stands
+    /// still within one. A GCRA bucket judged on it admits the same rate
+    /// over time: in any window `w`, at most `rate * (w + lag) + burst`.
+    /// What changes is how: a bucket that overload keeps empty hands out a
+    /// tick's worth of the rate when the clock moves and refuses
+    /// everything until it moves again, so passes and drops come in runs
+    /// of up to a tick rather than interleaved. Against a bucket of 50 ms
+    /// or more a tick is at most a fifth of it at 100 Hz, a twelfth at 250
+    /// and a fiftieth at 1000 (the README's "Two clocks" has TCP through
+    /// such a limit, paired against the fine clock). A `delay` channel's
+    /// departure times go to fq; a `mark` channel's rate signal is a bucket
+    /// of 128 KiB at the rate; and a bucket shallower than a few ticks
+    /// would pass most of itself at once: they take the fine clock.
+    pub fn coarse_clock(&self) -> bool {
+        let deep = |cost: u64, tau: u64| cost == 0 || tau >= COARSE_MIN_TAU_NS;
+        self.action == ACTION_DROP
+            && deep(self.pkt_cost_q16, self.pkt_tau_ns)
+            && deep(self.byte_cost_q16, self.byte_tau_ns)
     }
 }
 
@@ -757,7 +791,7 @@ impl ChannelPolicy {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BucketState {
     /// Theoretical arrival time of the byte bucket, on the monotonic clock
-    /// (read fine or coarse, `tc-ebpf`'s `enforce::now_for`).
+    /// (read fine or coarse, [`ChannelPolicy::coarse_clock`]).
     pub byte_tat: u64,
     /// Theoretical arrival time of the packet bucket.
     pub pkt_tat: u64,
@@ -947,3 +981,44 @@ const _: () = assert!(core::mem::size_of::<BucketState>() == 24);
 const _: () = assert!(core::mem::size_of::<ChannelCounters>() == 96);
 const _: () = assert!(core::mem::size_of::<GlobalCounters>() == 144);
 const _: () = assert!(MAX_CHANNELS.is_multiple_of(64));
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_deep_drop_buckets_take_the_coarse_clock() {
+        let deep = ChannelPolicy {
+            action: ACTION_DROP,
+            pkt_cost_q16: 1 << 16,
+            pkt_tau_ns: COARSE_MIN_TAU_NS,
+            byte_cost_q16: 1 << 16,
+            byte_tau_ns: 250_000_000,
+            ..Default::default()
+        };
+        assert!(deep.coarse_clock());
+        // Either bucket under the bound: the fine clock.
+        let shallow_pkt = ChannelPolicy {
+            pkt_tau_ns: COARSE_MIN_TAU_NS - 1,
+            ..deep
+        };
+        assert!(!shallow_pkt.coarse_clock());
+        let shallow_byte = ChannelPolicy {
+            byte_tau_ns: 20_000_000,
+            ..deep
+        };
+        assert!(!shallow_byte.coarse_clock());
+        // A bucket the channel does not have (cost 0) does not count,
+        // whatever its depth.
+        let bytes_only = ChannelPolicy {
+            pkt_cost_q16: 0,
+            pkt_tau_ns: 0,
+            ..deep
+        };
+        assert!(bytes_only.coarse_clock());
+        // Delay and mark stay on the fine clock, however deep.
+        for action in [ACTION_DELAY, ACTION_MARK] {
+            assert!(!ChannelPolicy { action, ..deep }.coarse_clock());
+        }
+    }
+}

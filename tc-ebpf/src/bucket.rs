@@ -5,7 +5,8 @@
 //!
 //! A packet of cost `c` conforms when `max(tat, now) + c - now <= tau`, where
 //! `tau` is the burst expressed as time; that is exactly a token bucket of
-//! depth `tau` refilled continuously from elapsed nanoseconds.
+//! depth `tau` refilled from elapsed time: continuously on the fine clock,
+//! a tick at a time on the coarse one (`ChannelPolicy::coarse_clock`).
 
 use core::intrinsics::{atomic_cxchg, atomic_xadd, AtomicOrdering};
 

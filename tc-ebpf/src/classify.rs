@@ -1,5 +1,6 @@
 //! Classification: the flow cache in front of the bit-vector search over
-//! three prefix tables (hash probes per prefix length, or LPM tries), and
+//! three prefix tables (hash probes per prefix length, LPM tries, or, for
+//! a table of the zero-length prefix alone, its set in `GenInfo`), and
 //! the fragment table's key.
 
 use core::ptr::{read_volatile, write_volatile};
@@ -254,7 +255,8 @@ fn word(a: &[u8; 16], at: usize) -> u64 {
 ///
 /// Each field's set is its longest matching prefix in its table: probed by
 /// hash, one lookup per prefix length, or walked in the LPM trie, as the
-/// generation's [`GenInfo::probes`] say.
+/// generation's [`GenInfo::probes`] say; an address table of the
+/// zero-length prefix alone is read from [`GenInfo::reach`] ([`zero_length`]).
 ///
 /// The tables are read L4 first, then destination, then source, each
 /// narrowing the channels still possible: when none is left the packet is

@@ -8,7 +8,7 @@ use aya_ebpf::helpers::bpf_ktime_get_ns;
 /// less than a tick), without reading the TSC: about 3 ns a call where the
 /// fine clock costs 15-20 on this machine kind (`perf` during `bench
 /// classify`). All that idle timeouts of seconds, hints of 100 ms and the
-/// deep buckets of `drop` channels need (`enforce::now_for`).
+/// deep buckets of `drop` channels need (`ChannelPolicy::coarse_clock`).
 #[inline(always)]
 pub fn coarse_ns() -> u64 {
     // SAFETY: helper 160 is bpf_ktime_get_coarse_ns (no arguments, no
@@ -21,7 +21,7 @@ pub fn coarse_ns() -> u64 {
 
 /// The fine clock, for what needs nanoseconds: a departure time for fq,
 /// the buckets of `delay` and `mark` channels and buckets shallower than
-/// a few ticks (`enforce::now_for`), a SYN's time (the handshake time
+/// a few ticks (`ChannelPolicy::coarse_clock`), a SYN's time (the handshake time
 /// starts there) and the new-connection rate.
 #[inline(always)]
 pub fn fine_ns() -> u64 {

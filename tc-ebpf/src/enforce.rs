@@ -2,8 +2,7 @@
 //! passed, dropped, delayed (EDT) or marked, and counted.
 
 use tc_common::{
-    BucketState, ChannelPolicy, GlobalCounters, ACTION_DELAY, ACTION_DROP, ACTION_MARK,
-    MODE_MONITOR, PACE_SLOTS,
+    BucketState, ChannelPolicy, GlobalCounters, ACTION_DELAY, ACTION_MARK, MODE_MONITOR, PACE_SLOTS,
 };
 
 use crate::{
@@ -84,42 +83,6 @@ pub struct Frame {
     pub in_ifindex: u32,
 }
 
-/// The shortest burst, as time at the rate, that a bucket may be judged
-/// on the coarse clock: a tick (1-10 ms, `CONFIG_HZ`) is then a small part
-/// of it. See [`now_for`].
-const COARSE_MIN_TAU_NS: u64 = 50_000_000;
-
-/// The time to charge a channel's buckets at: the coarse clock for a
-/// channel that drops with buckets at least [`COARSE_MIN_TAU_NS`] deep,
-/// the fine one otherwise.
-///
-/// The coarse clock lags the fine one by less than a tick (more when the
-/// timekeeping update is late, as on a preempted vCPU) and stands still
-/// within one. A GCRA bucket judged on it admits the same rate over time:
-/// in any window `w`, at most `rate * (w + lag) + burst`. What changes is
-/// how: a bucket that overload keeps empty hands out a tick's worth of
-/// the rate when the clock moves and refuses everything until it moves
-/// again, so passes and drops come in runs of up to a tick rather than
-/// interleaved. Against a burst of 50 ms or more a tick is at most a
-/// fifth of it at 100 Hz, a twentieth at 250 (the README's "Two clocks"
-/// has TCP through such a limit, paired against the fine clock). A
-/// `delay` channel's departure times go to fq; a `mark` channel's rate
-/// signal ([`over_rate`]) is a bucket of 128 KiB at the rate, some
-/// milliseconds at the rates that mark; and a bucket shallower than a few
-/// ticks would pass most of itself at once: they take the fine clock.
-#[inline(always)]
-fn now_for(policy: &ChannelPolicy) -> u64 {
-    let short = |cost: u64, tau: u64| cost != 0 && tau < COARSE_MIN_TAU_NS;
-    if policy.action != ACTION_DROP
-        || short(policy.pkt_cost_q16, policy.pkt_tau_ns)
-        || short(policy.byte_cost_q16, policy.byte_tau_ns)
-    {
-        fine_ns()
-    } else {
-        coarse_ns()
-    }
-}
-
 /// Departure for a packet of a `delay` channel given its place `t` in the
 /// channel's schedule, and the flow's new finish time.
 ///
@@ -189,7 +152,13 @@ pub fn enforce(
         counters.passed_bytes += frame.len;
         return Verdict::PASS;
     }
-    let now = now_for(policy);
+    // The clock the channel's buckets are judged on (see
+    // `ChannelPolicy::coarse_clock`).
+    let now = if policy.coarse_clock() {
+        coarse_ns()
+    } else {
+        fine_ns()
+    };
     let bucket = bucket as *mut BucketState;
 
     if policy.action == ACTION_DELAY && policy.mode != MODE_MONITOR {

@@ -155,16 +155,16 @@ fn over_the_packet_limit_is_dropped_and_counted() {
 }
 
 #[test]
-fn a_bucket_shallower_than_a_tick_refills_on_the_fine_clock() {
+fn a_bucket_under_50_ms_refills_on_the_fine_clock() {
     // 16,000 packets/s with the smallest burst (64 packets): a bucket 4 ms
-    // deep, under the coarse clock's threshold, so it is judged on the
-    // fine clock (`enforce::now_for`). Emptied, it lets a packet through
-    // 300 µs later (a packet costs 62.5 µs), every time; on the coarse
-    // clock, which stands still within a tick (4 ms at 250 Hz, 1 ms at
-    // 1000), most would drop: ten in a row pass by chance with a
-    // likelihood under 1e-5 (tried: it fails in the first round). Under
-    // emulation a sleep may cross a tick, which only makes the check
-    // weaker, never wrong.
+    // deep, under the coarse clock's 50 ms, so it is judged on the fine
+    // clock (`ChannelPolicy::coarse_clock`). Emptied, it lets a packet
+    // through 300 µs later (a packet costs 62.5 µs), every time; on the
+    // coarse clock, which stands still within a tick (4 ms at 250 Hz, 1 ms
+    // at 1000), most would drop: at 250 Hz ten in a row pass by chance
+    // with a likelihood under 1e-10, at 1000 Hz under 1e-3 (tried here,
+    // 250 Hz: it fails in the first round). Under emulation a sleep may
+    // cross a tick, which only makes the check weaker, never wrong.
     let mut f =
         Fixture::new("channels:\n  - name: tight\n    limit: {packets: 16000, packet_burst: 64}\n");
     let frame = packet::ipv4("198.18.1.5", "198.18.2.10", UDP, 53, 10);
@@ -1031,9 +1031,10 @@ fn wide_only(i: usize) -> bool {
 
 /// 1,024 channels whose sources are host prefixes (and, every 8th
 /// channel, a /24 over them; every 16th, the /24 alone, see [`wide_only`]), whose destinations are a /16 or open
-/// (with `open`, each open or the zero-length prefix of one family: the
-/// destination tables hold that prefix alone, which the datapath reads
-/// without a lookup), on
+/// (with `open`, sources host prefixes alone, destinations each open or
+/// the zero-length prefix of one family: the destination tables hold that
+/// prefix alone, which the datapath reads without a lookup, and the source
+/// tables one length), on
 /// one UDP or TCP port each (`hash`): few prefix lengths, so the datapath
 /// probes them by hash. Or (`!hash`) sources and destinations of 6 lengths
 /// and port ranges, which go to the LPM tries.
@@ -1043,14 +1044,14 @@ fn wide_policy(hash: bool, open: bool) -> String {
         let mut from = Vec::new();
         for j in 0..4 {
             let n = i * 4 + j;
-            if hash && wide_only(i) {
+            if hash && !open && wide_only(i) {
                 break;
             }
             from.push(format!("198.18.{}.{}/32", n >> 8, n & 0xff));
             from.push(format!("2001:db8::{n:x}/128"));
         }
         if hash {
-            if i % 8 == 0 {
+            if i % 8 == 0 && !open {
                 from.push(format!("198.18.{}.0/24", (i * 4) >> 8));
                 from.push(format!("2001:db8::{:x}00/120", (i * 4) >> 8));
             }
@@ -1078,7 +1079,7 @@ fn wide_policy(hash: bool, open: bool) -> String {
             ),
         };
         let proto = if i % 2 == 0 { "udp" } else { "tcp" };
-        let ports = if hash && wide_only(i) {
+        let ports = if hash && !open && wide_only(i) {
             format!("{}", 1100 + i)
         } else if hash {
             format!("{}", 1000 + i % 100)
@@ -1128,12 +1129,20 @@ fn classification_at_1024_channels_is_first_match() {
             );
         }
         if open {
-            for t in [TABLE_DST_V4, TABLE_DST_V6] {
+            // The destinations' zero-length prefix alone, read without a
+            // lookup; the sources' host prefixes alone, probed at their one
+            // length (which the zero-length shortcut must not take).
+            for (t, len) in [
+                (TABLE_DST_V4, 0),
+                (TABLE_DST_V6, 0),
+                (TABLE_SRC_V4, 32),
+                (TABLE_SRC_V6, 128),
+            ] {
                 let p = plan[t as usize];
-                assert_eq!((p.count, p.lens[0]), (1, 0), "table {t}: {p:?}");
+                assert_eq!((p.count, p.lens[0]), (1, len), "table {t}: {p:?}");
             }
         }
-        if hash {
+        if hash && !open {
             // The skipped probes are exercised: a wide-only channel is in
             // no host length's reach, so its packets skip their longest
             // match's probe (a neighbour's host prefix).
@@ -1200,7 +1209,7 @@ fn classification_at_1024_channels_is_first_match() {
             }
             let k = if rng.below(8) == 0 {
                 rng.below(4096 + 512) as usize
-            } else if hash && wide_only(i) {
+            } else if hash && !open && wide_only(i) {
                 // Anywhere in its block: mostly other channels' hosts.
                 ((i * 4) & !0xff) + rng.below(256) as usize
             } else {
@@ -1228,7 +1237,7 @@ fn classification_at_1024_channels_is_first_match() {
             };
             let port = match (rng.below(8) != 0, hash) {
                 _ if keep_l4 => group.2,
-                (true, true) if wide_only(i) => 1100 + i as u16,
+                (true, true) if !open && wide_only(i) => 1100 + i as u16,
                 (true, true) => 1000 + (i % 100) as u16,
                 (true, false) => {
                     (2000 + (i % 50) * 100) as u16 + rng.below(11 + (i % 37) as u64) as u16

@@ -35,7 +35,9 @@ const _: () = assert!(HASH_MAX_LENS <= MAX_PROBES);
 
 /// Tables with at most this many prefixes stay in their trie: a trie that
 /// small is a few nodes, cheaper than a hash lookup (about 10 ns against
-/// 20 on this machine kind, `bench classify`).
+/// 20 on this machine kind, `bench classify`). Except a table of the
+/// zero-length prefix alone, which hashed costs no lookup at all
+/// (`classify::zero_length` in `tc-ebpf`).
 pub const SMALL_TABLE: usize = 16;
 
 /// The entries of table `t` of `c` as (length, data, set), borrowed: the

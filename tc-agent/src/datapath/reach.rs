@@ -12,6 +12,11 @@
 //! is skipped, and the first hit among the lengths kept is, of the
 //! channels possible, the longest match. No hit at all means none of them
 //! names a prefix containing the address, as for the longest match.
+//!
+//! The sets must be exact, not merely wide enough: besides the skipping,
+//! the datapath answers an address table of the zero-length prefix alone
+//! with its length's reach, which is that entry's whole set (it has no
+//! parent), without a lookup (`classify::zero_length` in `tc-ebpf`).
 
 use tc_common::{
     ChannelSet, Probes, CHANNEL_WORDS, MAX_PROBES, TABLES, TABLE_DST_V6, TABLE_SRC_V6,
