@@ -984,8 +984,9 @@ fn the_programs_leave_headroom_in_the_verifier_budget() {
     // lookups, which keeps 6.1's stack within 512 bytes; written after
     // them: 399k here, and 6.1 refused a 544-byte stack); with the
     // zero-length tables read from `GenInfo` (a check per address table
-    // before its probes), 560k here, 179k on 6.1 and 477k on 6.12 (a
-    // check per probed length took 590k here). Show the figures
+    // before its probes), 437k here, 273k on 6.1 and 425k on 6.12 (a form
+    // before the clock's choice became a `ChannelPolicy` method: 560k,
+    // 179k, 477k; a check per probed length took 590k here). Show the figures
     // and keep room: a change that eats the headroom fails here before it
     // fails in the VM.
     let dp = tc_tests::shared::datapath();
