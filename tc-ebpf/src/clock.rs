@@ -5,9 +5,9 @@ use aya_ebpf::helpers::bpf_ktime_get_ns;
 
 /// The coarse clock (`bpf_ktime_get_coarse_ns`, Linux 5.11): the same
 /// monotonic clock as `bpf_ktime_get_ns` at tick resolution (it lags it by
-/// less than a tick), without reading the TSC: about 3 ns a call where the
-/// fine clock costs 15-20 on this machine kind (`perf` during `bench
-/// classify`). All that idle timeouts of seconds, hints of 100 ms and the
+/// less than a tick), without reading the TSC: a fraction of the fine
+/// clock's cost, which was 10-12% of a limited packet's `perf` samples
+/// during `bench classify` on this machine kind (about 15-20 ns). All that idle timeouts of seconds, hints of 100 ms and the
 /// deep buckets of `drop` channels need (`ChannelPolicy::coarse_clock`).
 #[inline(always)]
 pub fn coarse_ns() -> u64 {
