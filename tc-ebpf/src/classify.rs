@@ -8,8 +8,8 @@ use core::ptr::{read_volatile, write_volatile};
 use aya_ebpf::maps::{lpm_trie::Key, LpmTrie};
 use tc_common::{
     ChannelSet, FlowKey4, FlowKey6, FlowMeta, FlowValue, FragKey, GenInfo, GlobalCounters, Ip4Key,
-    Ip6Key, PrefixKey4, PrefixKey6, CHANNEL_WORDS, FLAG_NO_DST_MEMO, FLAG_NO_FLOW_CACHE, GEN_BITS,
-    IX_NONE, MAX_PROBES, NO_CHANNEL, PROBE_TRIE, TABLE_DST_V4, TABLE_DST_V6, TABLE_L4,
+    Ip6Key, PrefixKey4, PrefixKey6, Probes, CHANNEL_WORDS, FLAG_NO_DST_MEMO, FLAG_NO_FLOW_CACHE,
+    GEN_BITS, IX_NONE, MAX_PROBES, NO_CHANNEL, PROBE_TRIE, TABLE_DST_V4, TABLE_DST_V6, TABLE_L4,
     TABLE_SRC_V4, TABLE_SRC_V6,
 };
 
@@ -275,13 +275,12 @@ fn word(a: &[u8; 16], at: usize) -> u64 {
 #[inline(always)]
 pub fn classify(generation: u8, words: u32, dir: u8, p: &Parsed, memo: bool) -> Option<u32> {
     let info = TC_GENS.get(generation as u32)?;
-    let scratch = TC_SCRATCH.get_ptr_mut(0)?;
     let m = TC_DST_MEMO.get_ptr_mut(0)?;
     // SAFETY: per-CPU values. Runs on one CPU never interleave (the hooks
     // run in softirq or with bottom halves off), so the memo, which
     // outlives the run, is only ever read whole: its key is written before
     // its words, but no other run can look between.
-    let (possible, acc) = unsafe { (&raw mut (*m).words, &raw mut (*scratch).acc) };
+    let possible = unsafe { &raw mut (*m).words };
     // Port-less protocols look up with a prefix that stops at the protocol,
     // so they can only hit protocol-wide entries, never a port range.
     // Packets whose ports or protocol are hidden look up under a flag in
@@ -331,22 +330,7 @@ pub fn classify(generation: u8, words: u32, dir: u8, p: &Parsed, memo: bool) -> 
         Addrs::V4 { src, .. } => addr4(&TC_SRC_V4, TABLE_SRC_V4, info, generation, src, possible)?,
         Addrs::V6 { src, .. } => addr6(&TC_SRC_V6, TABLE_SRC_V6, info, generation, src, possible)?,
     };
-    and_to(acc, possible, s);
-    let mut found = NO_CHANNEL;
-    let mut i = 0;
-    while i < CHANNEL_WORDS {
-        if i as u32 >= words {
-            break;
-        }
-        // SAFETY: as above.
-        let x = unsafe { read_volatile(&raw const (*acc)[i]) };
-        if x != 0 {
-            found = i as u32 * 64 + trailing_zeros(x);
-            break;
-        }
-        i += 1;
-    }
-    let found = join_classify_paths(found);
+    let found = join_classify_paths(first_in(possible, s, words));
     if found == NO_CHANNEL {
         None
     } else {
@@ -394,18 +378,26 @@ fn narrow(
     }
 }
 
-/// `out` = the channels still possible (`acc`) narrowed to `set`.
+/// The first channel (in policy order) still possible (`acc`) that `set`
+/// holds, among the first `words` words, or [`NO_CHANNEL`]: one pass that
+/// stops at the first word with one. (The verifier walks it once per kind
+/// of lookup `set` came from, three, before [`join_classify_paths`] merges
+/// them: a few thousand instructions.)
 #[inline(always)]
-fn and_to(out: *mut [u64; CHANNEL_WORDS], acc: *const [u64; CHANNEL_WORDS], set: &ChannelSet) {
+fn first_in(acc: *const [u64; CHANNEL_WORDS], set: &ChannelSet, words: u32) -> u32 {
     let mut i = 0;
     while i < CHANNEL_WORDS {
-        // SAFETY: the per-CPU memo's and scratch's words (see `classify`).
-        unsafe {
-            let x = read_volatile(&raw const (*acc)[i]) & set.words[i];
-            write_volatile(&raw mut (*out)[i], x);
+        if i as u32 >= words {
+            break;
+        }
+        // SAFETY: the per-CPU memo's words (see `classify`).
+        let x = unsafe { read_volatile(&raw const (*acc)[i]) } & set.words[i];
+        if x != 0 {
+            return i as u32 * 64 + trailing_zeros(x);
         }
         i += 1;
     }
+    NO_CHANNEL
 }
 
 /// The channels still possible (`acc`, in the memo) narrowed to `set`;
@@ -474,7 +466,7 @@ fn addr4(
     acc: *const [u64; CHANNEL_WORDS],
 ) -> Option<&'static ChannelSet> {
     let probes = &info.probes[table as usize];
-    if let Some(all) = zero_length(info, table) {
+    if let Some(all) = zero_length(info, probes, table) {
         return Some(all);
     }
     if probes.count == PROBE_TRIE {
@@ -498,7 +490,7 @@ fn addr6(
     acc: *const [u64; CHANNEL_WORDS],
 ) -> Option<&'static ChannelSet> {
     let probes = &info.probes[table as usize];
-    if let Some(all) = zero_length(info, table) {
+    if let Some(all) = zero_length(info, probes, table) {
         return Some(all);
     }
     if probes.count == PROBE_TRIE {
@@ -600,8 +592,7 @@ fn probe4<const SKIP: bool>(
 /// probes rather than per length: a different kind of pointer per probe
 /// would multiply the paths the verifier walks.
 #[inline(always)]
-fn zero_length(info: &'static GenInfo, table: u8) -> Option<&'static ChannelSet> {
-    let probes = info.probes.get(table as usize)?;
+fn zero_length(info: &'static GenInfo, probes: &Probes, table: u8) -> Option<&'static ChannelSet> {
     if probes.count != 1 || probes.lens[0] != 0 {
         return None;
     }

@@ -281,10 +281,6 @@ pub struct ParseScratch {
     pub channel: u32,
     /// Explicit padding.
     pub _pad3: u32,
-    /// The channels all three tables leave possible (`classify`): the
-    /// lookups' pointers end here, so the verifier walks the search for
-    /// the first of them once, not once per kind of lookup.
-    pub acc: [u64; tc_common::CHANNEL_WORDS],
     /// The parse results ([`crate::pipeline::handle`] passes them through here).
     pub parsed: crate::parse::Parsed,
     /// The connection-table key of the packet (`conn`): off the 512-byte stack.
