@@ -7,7 +7,8 @@
 //!   `tc`, `ss`), iperf3, nginx, wrk, promtool and tmux with their shared
 //!   libraries, the few /etc files nginx needs, tmux's terminfo entries,
 //!   and the kernel modules the tests need.
-//! - qemu runs under TCG: KVM hangs on this host kind (kvm_pvm).
+//! - qemu runs under TCG: KVM hangs on this host kind (kvm_pvm). The
+//!   kernels' guests run at once, each on two vCPUs.
 //! - Results come back as markers on the serial console; only a run that
 //!   printed its final `TCVM-DONE` marker, with every suite passing, counts.
 
@@ -57,8 +58,9 @@ const MODULES: [&str; 9] = [
 ];
 
 /// Kernel-dependent suites (integration test targets of `tc-tests`).
-const SUITES: [&str; 12] = [
+const SUITES: [&str; 13] = [
     "verdicts",
+    "diff",
     "conntrack",
     "account",
     "traffic",

@@ -14,7 +14,7 @@
 //! 6. Detection (`detect`): delay from onset to event for each pattern
 //!    (several runs), false events per hour of steady traffic, and the
 //!    agent's CPU for detection with 1,000 interactions; also written to
-//!    `target/bench-detect.json`. `bench detect --help`-style arguments:
+//!    `target/bench-detect.json`. `bench detect` takes
 //!    `[delays|quiet|cpu|observe]... [--pattern P]... [--runs N]
 //!    [--quiet-minutes M]`.
 //! 7. Apply (`apply`): a full apply and a one-channel change of the
@@ -27,7 +27,8 @@
 //!    `target/bench-flood.json`.
 //!
 //! Not a test: this machine is noisy, so nothing here asserts. Results go to
-//! `target/bench.json`.
+//! `target/bench.json`; `bench PART` runs one part (`bench --help` lists
+//! them).
 
 use anyhow::{Context, Result};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
@@ -576,9 +577,57 @@ fn actions(only: &[String]) -> Result<serde_json::Value> {
     Ok(serde_json::Value::Object(rows))
 }
 
-/// Writes the detection part's document to `target/bench-detect.json`.
-fn write_detect(doc: &serde_json::Value) -> Result<()> {
-    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-detect.json");
+/// Every figure with its baseline measured in the same run; with no part
+/// named, all of them (about 15 minutes) into `target/bench.json`. Needs
+/// root. Not a test: nothing here asserts.
+#[derive(clap::Parser)]
+#[command(name = "bench")]
+struct Cli {
+    /// One part only; without it, every part except `actions`.
+    #[command(subcommand)]
+    part: Option<Part>,
+}
+
+/// The parts of the benchmark that run on their own.
+#[derive(clap::Subcommand)]
+enum Part {
+    /// Per-packet classification (BPF_PROG_TEST_RUN against a bare pass
+    /// program): flow cached, uncached, known destination, at 0, 1 and
+    /// 1,024 channels; target/bench-classify.json.
+    Classify,
+    /// Connection tracking: per-packet cost, and nginx's new connections
+    /// per second with and without the agent; target/bench-connections.json.
+    Connections,
+    /// Interaction accounting: per-packet cost, and the agent's CPU and
+    /// memory with 10,000 interactions; target/bench-interactions.json.
+    Interactions,
+    /// A full apply and a one-channel change of the 1,024-channel policy
+    /// through the CLI, and the agent's RSS; target/bench-apply.json.
+    Apply,
+    /// XDP floods (live frames) against a bare XDP_DROP on the same veth,
+    /// and a legitimate flow beside one; target/bench-flood.json.
+    Flood,
+    /// Detection: delay to event, false events, the agent's CPU;
+    /// target/bench-detect.json.
+    Detect {
+        /// `[delays|quiet|cpu|observe]... [--pattern dos|spike|upstream_collapse]...
+        /// [--runs N] [--quiet-minutes M]`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Drop, delay, mark, TBF and HTB at one rate, printed as `TCVM-JSON`:
+    /// needs fq and netem, so `cargo xtask vm-bench` runs it in the 6.12 VM.
+    Actions {
+        /// Which of drop, delay, mark, tbf, htb (all when none is named).
+        methods: Vec<String>,
+    },
+}
+
+/// Writes `doc` to `target/NAME` and says so.
+fn write_doc(name: &str, doc: &serde_json::Value) -> Result<()> {
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target")
+        .join(name);
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -587,85 +636,43 @@ fn write_detect(doc: &serde_json::Value) -> Result<()> {
     Ok(())
 }
 
-/// Writes the flood part's document to `target/bench-flood.json`.
-fn write_flood(doc: &serde_json::Value) -> Result<()> {
-    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-flood.json");
-    std::fs::write(&out, serde_json::to_vec_pretty(doc)?)?;
-    println!("\nwritten to {}", out.display());
-    Ok(())
-}
-
 fn main() -> Result<()> {
-    // `bench actions`: the part that needs fq and netem, run inside the VM.
-    if std::env::args().nth(1).as_deref() == Some("actions") {
-        let only: Vec<String> = std::env::args().skip(2).collect();
-        let v = actions(&only)?;
-        println!("TCVM-JSON {v}");
-        return Ok(());
-    }
-    // `bench apply`: only the apply-latency and agent-memory table.
-    if std::env::args().nth(1).as_deref() == Some("apply") {
-        tc_tests::pin_to_cpus(&[0, 1])?;
-        let doc = apply::run()?;
-        let out =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-apply.json");
-        if let Some(dir) = out.parent() {
-            std::fs::create_dir_all(dir)?;
+    let cli = <Cli as clap::Parser>::parse();
+    match cli.part {
+        None => {}
+        Some(Part::Actions { methods }) => {
+            let v = actions(&methods)?;
+            println!("TCVM-JSON {v}");
+            return Ok(());
         }
-        std::fs::write(&out, serde_json::to_vec_pretty(&doc)?)?;
-        println!("\nwritten to {}", out.display());
-        return Ok(());
-    }
-    // `bench connections`: only the connection-tracking tables.
-    if std::env::args().nth(1).as_deref() == Some("connections") {
-        tc_tests::pin_to_cpu(0)?;
-        let per_packet = connections::per_packet()?;
-        tc_tests::pin_to_cpus(&[0, 1])?;
-        let nginx = connections::nginx_connections()?;
-        let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../target/bench-connections.json");
-        let doc =
-            serde_json::json!({"connections_per_packet": per_packet, "nginx_connections": nginx});
-        std::fs::write(&out, serde_json::to_vec_pretty(&doc)?)?;
-        println!("\nwritten to {}", out.display());
-        return Ok(());
-    }
-    // `bench classify`: only the per-packet classification table.
-    if std::env::args().nth(1).as_deref() == Some("classify") {
-        let rows = per_packet()?;
-        let out =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-classify.json");
-        std::fs::write(&out, serde_json::to_vec_pretty(&rows)?)?;
-        println!("\nwritten to {}", out.display());
-        return Ok(());
-    }
-    // `bench detect [PARTS] [OPTIONS]`: only the detection tables.
-    if std::env::args().nth(1).as_deref() == Some("detect") {
-        let args: Vec<String> = std::env::args().skip(2).collect();
-        let opts = detect::Options::parse(&args)?;
-        let doc = detect::run(&opts)?;
-        write_detect(&doc)?;
-        return Ok(());
-    }
-    // `bench flood`: only the XDP flood table.
-    if std::env::args().nth(1).as_deref() == Some("flood") {
-        let doc = flood::run()?;
-        write_flood(&doc)?;
-        return Ok(());
-    }
-    // `bench interactions`: only the interaction-accounting tables.
-    if std::env::args().nth(1).as_deref() == Some("interactions") {
-        tc_tests::pin_to_cpu(0)?;
-        let per_packet = interactions::per_packet()?;
-        tc_tests::pin_to_cpus(&[0, 1])?;
-        let agent = interactions::agent_cost()?;
-        let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../target/bench-interactions.json");
-        let doc =
-            serde_json::json!({"interactions_per_packet": per_packet, "interactions_agent": agent});
-        std::fs::write(&out, serde_json::to_vec_pretty(&doc)?)?;
-        println!("\nwritten to {}", out.display());
-        return Ok(());
+        Some(Part::Apply) => {
+            tc_tests::pin_to_cpus(&[0, 1])?;
+            return write_doc("bench-apply.json", &apply::run()?);
+        }
+        Some(Part::Connections) => {
+            tc_tests::pin_to_cpu(0)?;
+            let per_packet = connections::per_packet()?;
+            tc_tests::pin_to_cpus(&[0, 1])?;
+            let nginx = connections::nginx_connections()?;
+            let doc = serde_json::json!({"connections_per_packet": per_packet, "nginx_connections": nginx});
+            return write_doc("bench-connections.json", &doc);
+        }
+        Some(Part::Classify) => {
+            return write_doc("bench-classify.json", &serde_json::json!(per_packet()?));
+        }
+        Some(Part::Detect { args }) => {
+            let opts = detect::Options::parse(&args)?;
+            return write_doc("bench-detect.json", &detect::run(&opts)?);
+        }
+        Some(Part::Flood) => return write_doc("bench-flood.json", &flood::run()?),
+        Some(Part::Interactions) => {
+            tc_tests::pin_to_cpu(0)?;
+            let per_packet = interactions::per_packet()?;
+            tc_tests::pin_to_cpus(&[0, 1])?;
+            let agent = interactions::agent_cost()?;
+            let doc = serde_json::json!({"interactions_per_packet": per_packet, "interactions_agent": agent});
+            return write_doc("bench-interactions.json", &doc);
+        }
     }
     let per_packet = per_packet()?;
     let conn_per_packet = connections::per_packet()?;
@@ -678,10 +685,9 @@ fn main() -> Result<()> {
     let ix_agent = interactions::agent_cost()?;
     let apply = apply::run()?;
     let detect = detect::run(&detect::Options::default())?;
-    write_detect(&detect)?;
+    write_doc("bench-detect.json", &detect)?;
     let flood = flood::run()?;
-    write_flood(&flood)?;
-    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench.json");
+    write_doc("bench-flood.json", &flood)?;
     let doc = serde_json::json!({
         "per_packet": per_packet, "repeat": REPEAT, "runs": RUNS,
         "connections_per_packet": conn_per_packet,
@@ -692,7 +698,5 @@ fn main() -> Result<()> {
         "apply": apply,
         "flood": flood,
     });
-    std::fs::write(&out, serde_json::to_vec_pretty(&doc)?)?;
-    println!("\nwritten to {}", out.display());
-    Ok(())
+    write_doc("bench.json", &doc)
 }
