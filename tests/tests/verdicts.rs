@@ -986,7 +986,10 @@ fn the_programs_leave_headroom_in_the_verifier_budget() {
     // zero-length tables read from `GenInfo` (a check per address table
     // before its probes), 437k here, 273k on 6.1 and 425k on 6.12 (a form
     // before the clock's choice became a `ChannelPolicy` method: 560k,
-    // 179k, 477k; a check per probed length took 590k here). Show the figures
+    // 179k, 477k; a check per probed length took 590k here); with the
+    // source's set ANDed in the search for the first channel, which the
+    // verifier then walks once per map the set came from: 447k here, 223k
+    // on 6.1 and 446k on 6.12. Show the figures
     // and keep room: a change that eats the headroom fails here before it
     // fails in the VM.
     let dp = tc_tests::shared::datapath();

@@ -578,8 +578,8 @@ fn actions(only: &[String]) -> Result<serde_json::Value> {
 }
 
 /// Every figure with its baseline measured in the same run; with no part
-/// named, all of them (about 15 minutes) into `target/bench.json`. Needs
-/// root. Not a test: nothing here asserts.
+/// named, all of them into `target/bench.json`. Needs root. Not a test:
+/// nothing here asserts.
 #[derive(clap::Parser)]
 #[command(name = "bench")]
 struct Cli {
@@ -654,7 +654,10 @@ fn main() -> Result<()> {
             let per_packet = connections::per_packet()?;
             tc_tests::pin_to_cpus(&[0, 1])?;
             let nginx = connections::nginx_connections()?;
-            let doc = serde_json::json!({"connections_per_packet": per_packet, "nginx_connections": nginx});
+            let doc = serde_json::json!({
+                "connections_per_packet": per_packet,
+                "nginx_connections": nginx,
+            });
             return write_doc("bench-connections.json", &doc);
         }
         Some(Part::Classify) => {
@@ -670,7 +673,10 @@ fn main() -> Result<()> {
             let per_packet = interactions::per_packet()?;
             tc_tests::pin_to_cpus(&[0, 1])?;
             let agent = interactions::agent_cost()?;
-            let doc = serde_json::json!({"interactions_per_packet": per_packet, "interactions_agent": agent});
+            let doc = serde_json::json!({
+                "interactions_per_packet": per_packet,
+                "interactions_agent": agent,
+            });
             return write_doc("bench-interactions.json", &doc);
         }
     }
