@@ -79,8 +79,8 @@ const HOST_ONLY: [(&str, &str); 1] = [(
     "delay_without_fq_is_refused_and_nothing_changes",
     "checks the refusal where a kernel has no fq; the guest kernels have it",
 )];
-/// Host-side limit for one guest run: the slower (6.12) took 1,334 s
-/// with the other guest beside it.
+/// Host-side limit for one guest run: the slower (6.12) took up to
+/// 1,406 s with the other guest beside it.
 const GUEST_TIMEOUT: Duration = Duration::from_secs(2400);
 /// Programs the guest runs besides busybox's applets, copied with their
 /// shared libraries. coreutils' timeout, not busybox's: the applet would run
@@ -660,8 +660,9 @@ pub fn vm_test(which: &str, only: Option<&str>) -> Result<()> {
     }
     // The guests boot side by side. Each is idle for much of its run (the
     // suites wait on timers and rates), so two of them on this machine's two
-    // cores take little longer than the slower one alone; one after the
-    // other took the sum (15 and 18 minutes in CI).
+    // cores take a fifth to a third longer each than alone (6.1 1,152 s,
+    // 6.12 1,406 s in CI), where one after the other took the sum (911 and
+    // 1,067 s).
     let results: Vec<(&str, Result<bool>)> = std::thread::scope(|scope| {
         let runs: Vec<_> = images
             .iter()
