@@ -851,11 +851,38 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Writes a policy file for a test, named after the test process.
-pub fn write_policy(name: &str, text: &str) -> PathBuf {
+/// Writes a policy file for a test, named after the test process; it is
+/// removed when the returned guard is dropped.
+pub fn write_policy(name: &str, text: &str) -> PolicyFile {
     let p = std::env::temp_dir().join(format!("tc-test-{}-{name}.yaml", std::process::id()));
     std::fs::write(&p, text).expect("writing a policy file");
-    p
+    PolicyFile(p)
+}
+
+/// A policy file a test wrote, removed when dropped, whether the test
+/// passed or failed (the benchmark's are 2.9 MB each). It reads as its
+/// path.
+#[derive(Debug)]
+pub struct PolicyFile(PathBuf);
+
+impl std::ops::Deref for PolicyFile {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for PolicyFile {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for PolicyFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// Sends raw Ethernet frames out of `iface` (AF_PACKET) in the calling

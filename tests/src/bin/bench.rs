@@ -37,7 +37,7 @@ use tc_agent::{
     policy::{compile::compile, Policy},
 };
 use tc_tests::{
-    netns::{iperf3, ping_summary, sh, Agent, Pair},
+    netns::{iperf3, ping_summary, sh, write_policy, Agent, Pair},
     packet::{self, UDP},
 };
 
@@ -266,12 +266,6 @@ fn load(pair: &Pair, streams: u32, secs: u32) -> Result<Load> {
     })
 }
 
-fn write_policy(name: &str, text: &str) -> Result<std::path::PathBuf> {
-    let p = std::env::temp_dir().join(format!("tc-bench-{name}.yaml"));
-    std::fs::write(&p, text)?;
-    Ok(p)
-}
-
 fn accuracy() -> Result<Vec<serde_json::Value>> {
     println!(
         "\nEnforcement accuracy: TCP goodput / limit (ceiling {CEILING:.3}), retransmits, ping RTT under load avg/max ms, ping loss"
@@ -286,7 +280,7 @@ fn accuracy() -> Result<Vec<serde_json::Value>> {
         let policy = write_policy(
             &format!("{mbit}"),
             &format!("channels:\n  - name: to-server\n    to: [198.18.0.2/32]\n    limit:\n      bandwidth: {mbit}Mbit\n"),
-        )?;
+        );
         for streams in [1u32, 4] {
             let mut cells = Vec::new();
             let mut json = serde_json::json!({"rate_mbit": mbit, "streams": streams});
@@ -326,7 +320,7 @@ fn accuracy() -> Result<Vec<serde_json::Value>> {
 /// TCP throughput with the tc programs attached and no channel matching,
 /// against no program; median of 3 runs each.
 fn attach_cost() -> Result<serde_json::Value> {
-    let policy = write_policy("nomatch", "channels:\n  - name: elsewhere\n    to: [198.19.255.0/24]\n    limit: {bandwidth: 1Mbit}\n")?;
+    let policy = write_policy("nomatch", "channels:\n  - name: elsewhere\n    to: [198.19.255.0/24]\n    limit: {bandwidth: 1Mbit}\n");
     let (mut base, mut with) = (Vec::new(), Vec::new());
     for _ in 0..3 {
         let pair = Pair::new()?;
@@ -428,14 +422,14 @@ fn action_run(method: &str) -> Result<ActionRun> {
             let p = write_policy(
                 method,
                 &format!("channels:\n  - name: c\n    to: [198.18.0.2/32]\n    action: {method}\n    limit: {{bandwidth: {MBIT}Mbit}}\n"),
-            )?;
+            );
             Some(Agent::start(&pair.server, &pair.server_if, &p)?)
         }
         "delay" => {
             let p = write_policy(
                 method,
                 &format!("channels:\n  - name: c\n    to: [198.18.0.2/32]\n    direction: egress\n    action: delay\n    limit: {{bandwidth: {MBIT}Mbit}}\n"),
-            )?;
+            );
             Some(Agent::start(&pair.client, &pair.client_if, &p)?)
         }
         kind => {
