@@ -630,6 +630,24 @@ fn write_doc(name: &str, doc: &serde_json::Value) -> Result<()> {
     Ok(())
 }
 
+/// A part in two halves, as the full run measures them: the per-packet
+/// one pinned to CPU 0, then the one with real traffic on both CPUs;
+/// written to `target/NAME` under the two keys.
+fn per_packet_then_agent<A: Into<serde_json::Value>, B: Into<serde_json::Value>>(
+    name: &str,
+    per_packet: (&str, fn() -> Result<A>),
+    agent: (&str, fn() -> Result<B>),
+) -> Result<()> {
+    tc_tests::pin_to_cpu(0)?;
+    let first = (per_packet.1)()?;
+    tc_tests::pin_to_cpus(&[0, 1])?;
+    let second = (agent.1)()?;
+    let mut doc = serde_json::Map::new();
+    doc.insert(per_packet.0.to_string(), first.into());
+    doc.insert(agent.0.to_string(), second.into());
+    write_doc(name, &serde_json::Value::Object(doc))
+}
+
 fn main() -> Result<()> {
     let cli = <Cli as clap::Parser>::parse();
     match cli.part {
@@ -644,15 +662,11 @@ fn main() -> Result<()> {
             return write_doc("bench-apply.json", &apply::run()?);
         }
         Some(Part::Connections) => {
-            tc_tests::pin_to_cpu(0)?;
-            let per_packet = connections::per_packet()?;
-            tc_tests::pin_to_cpus(&[0, 1])?;
-            let nginx = connections::nginx_connections()?;
-            let doc = serde_json::json!({
-                "connections_per_packet": per_packet,
-                "nginx_connections": nginx,
-            });
-            return write_doc("bench-connections.json", &doc);
+            return per_packet_then_agent(
+                "bench-connections.json",
+                ("connections_per_packet", connections::per_packet),
+                ("nginx_connections", connections::nginx_connections),
+            );
         }
         Some(Part::Classify) => {
             return write_doc("bench-classify.json", &serde_json::json!(per_packet()?));
@@ -663,15 +677,11 @@ fn main() -> Result<()> {
         }
         Some(Part::Flood) => return write_doc("bench-flood.json", &flood::run()?),
         Some(Part::Interactions) => {
-            tc_tests::pin_to_cpu(0)?;
-            let per_packet = interactions::per_packet()?;
-            tc_tests::pin_to_cpus(&[0, 1])?;
-            let agent = interactions::agent_cost()?;
-            let doc = serde_json::json!({
-                "interactions_per_packet": per_packet,
-                "interactions_agent": agent,
-            });
-            return write_doc("bench-interactions.json", &doc);
+            return per_packet_then_agent(
+                "bench-interactions.json",
+                ("interactions_per_packet", interactions::per_packet),
+                ("interactions_agent", interactions::agent_cost),
+            );
         }
     }
     let per_packet = per_packet()?;
