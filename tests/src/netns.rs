@@ -863,7 +863,10 @@ pub fn write_policy(name: &str, text: &str) -> PolicyFile {
 /// passed or failed (the benchmark's are 2.9 MB each). It reads as its
 /// path.
 #[derive(Debug)]
-pub struct PolicyFile(PathBuf);
+pub struct PolicyFile(
+    /// Where it was written: what the test hands the agent and the CLI.
+    PathBuf,
+);
 
 impl std::ops::Deref for PolicyFile {
     type Target = Path;
@@ -881,6 +884,8 @@ impl AsRef<Path> for PolicyFile {
 
 impl Drop for PolicyFile {
     fn drop(&mut self) {
+        // A file already gone (a test removed it to see the agent's
+        // answer) leaves nothing to clean up.
         let _ = std::fs::remove_file(&self.0);
     }
 }

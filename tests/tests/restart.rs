@@ -14,13 +14,20 @@ use tc_tests::netns::{
     in_netns, serial, sh, udp_receive_bins, udp_send, udp_send_bins, write_policy, Agent, Pair,
 };
 
-/// The channel's limit. Low, so that the flood at four times it (5,000
+/// The channel's limit. Low, so that the flood at four times it (2,000
 /// datagrams/s) is light for an emulated guest's vCPU, which another guest
 /// may share a host core with (`vm-test` boots both kernels at once): a
-/// starved sender makes seconds whose floor cannot be checked. Not lower:
-/// a second may carry the limit and the burst (the smallest, 64 KiB,
-/// is 5% of this limit's second), and more than 1.10 of it fails.
-const LIMIT_BPS: f64 = 10e6;
+/// starved sender makes seconds whose floor cannot be checked. At 10 Mbit
+/// (5,000 datagrams/s), on a slower host (an AMD EPYC guest with
+/// retpolines), the 6.1 guest's sender fell to 1,000-1,500 datagrams/s
+/// for most of a flood, and too few seconds could be checked.
+const LIMIT_BPS: f64 = 4e6;
+/// The channel's burst, the smallest a policy may give (64 KiB).
+const BURST_BYTES: f64 = 65_536.0;
+/// The most of the limit a second may carry: the limit, the whole burst
+/// (13% of this limit's second), and 5% for the second's edges. A gap in
+/// enforcement passes the flood's four times the limit.
+const CEILING: f64 = 1.05 + BURST_BYTES * 8.0 / LIMIT_BPS;
 const PAYLOAD: usize = 1000;
 /// Ethernet + IPv4 + UDP headers the limit counts on top of the payload.
 const OVERHEAD: f64 = 14.0 + 20.0 + 8.0;
@@ -28,7 +35,7 @@ const OVERHEAD: f64 = 14.0 + 20.0 + 8.0;
 fn policy() -> tc_tests::netns::PolicyFile {
     write_policy(
         "restart-flood",
-        "channels:\n  - name: capped\n    to: [198.18.0.2/32]\n    protocol: udp\n    ports: [9400]\n    limit: {bandwidth: 10Mbit, burst: 64KiB}\n",
+        "channels:\n  - name: capped\n    to: [198.18.0.2/32]\n    protocol: udp\n    ports: [9400]\n    limit: {bandwidth: 4Mbit, burst: 64KiB}\n",
     )
 }
 
@@ -98,7 +105,7 @@ impl Flood {
 
     /// Waits for the flood to end and asserts that in every second
     /// measured (the first and last left out, see [`flood_seconds`]) at most
-    /// 1.10 of the limit arrived (no enforcement gap: a token bucket passes
+    /// [`CEILING`] of the limit arrived (no enforcement gap: a token bucket passes
     /// no more, whatever the sender did), and that in at least `seconds`
     /// seconds the flood was on in [`MIN_ON_TENTHS`] tenths or more and at
     /// least 0.85 of the limit arrived, scaled by the share of the second
@@ -116,7 +123,7 @@ impl Flood {
         );
         for (i, x) in all.iter().enumerate() {
             assert!(
-                x.ratio <= 1.10,
+                x.ratio <= CEILING,
                 "{what}: second {}: {:.3} of the limit arrived: an enforcement gap",
                 i + 1,
                 x.ratio

@@ -466,9 +466,10 @@ fn boot(k: &Kernel, kdir: &Path, initrd: &Path, suites: &[&str]) -> Result<bool>
     .context("no vmlinuz in the kernel package")?;
     let log = vm_dir().join(format!("console-{}.log", k.name));
     let t0 = Instant::now();
-    // `--foreground`: timeout leaves qemu in this process group (by
-    // default it gives it its own), so a Ctrl-C stops both guests with
-    // `vm-test` rather than leaving them to run out their timeout.
+    // `--foreground`: timeout stays in this process group, and qemu with
+    // it (by default timeout moves itself, and so qemu, into a group of
+    // its own), so a Ctrl-C stops both guests with `vm-test` rather than
+    // leaving them to run out their timeout.
     let mut child = Command::new("timeout")
         .arg("--foreground")
         .arg(GUEST_TIMEOUT.as_secs().to_string())
