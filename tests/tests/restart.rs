@@ -19,7 +19,7 @@ use tc_tests::netns::{
 /// may share a host core with (`vm-test` boots both kernels at once): a
 /// starved sender makes seconds whose floor cannot be checked. At 10 Mbit
 /// (5,000 datagrams/s), on a slower host (an AMD EPYC guest with
-/// retpolines), the 6.1 guest's sender fell to 1,000-1,500 datagrams/s
+/// retpolines), the guests' senders fell to 840-2,000 datagrams/s
 /// for most of a flood, and too few seconds could be checked.
 const LIMIT_BPS: f64 = 4e6;
 /// The channel's burst, the smallest a policy may give (64 KiB).
