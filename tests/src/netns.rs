@@ -884,8 +884,7 @@ impl AsRef<Path> for PolicyFile {
 
 impl Drop for PolicyFile {
     fn drop(&mut self) {
-        // A file already gone (a test removed it to see the agent's
-        // answer) leaves nothing to clean up.
+        // A file already gone leaves nothing to clean up.
         let _ = std::fs::remove_file(&self.0);
     }
 }

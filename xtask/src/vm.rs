@@ -80,8 +80,8 @@ const HOST_ONLY: [(&str, &str); 1] = [(
     "checks the refusal where a kernel has no fq; the guest kernels have it",
 )];
 /// Host-side limit for one guest run: the slower (6.12) took up to
-/// 1,406 s with the other guest beside it, and more on a slower host (an
-/// AMD EPYC guest with retpolines: over 1,200 s for 5 of its 13 suites).
+/// 1,406 s with the other guest beside it, and 2,113 s on a slower host
+/// (an AMD EPYC guest with retpolines).
 /// With the host's part (about 20 minutes there), a run stays within CI's
 /// 90 minutes.
 const GUEST_TIMEOUT: Duration = Duration::from_secs(3600);
