@@ -853,22 +853,22 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
 
 /// Writes a policy file for a test, named after the test process; it is
 /// removed when the returned guard is dropped.
-pub fn write_policy(name: &str, text: &str) -> PolicyFile {
+pub fn write_policy(name: &str, text: &str) -> TempFile {
     let p = std::env::temp_dir().join(format!("tc-test-{}-{name}.yaml", std::process::id()));
     std::fs::write(&p, text).expect("writing a policy file");
-    PolicyFile(p)
+    TempFile(p)
 }
 
-/// A policy file a test wrote, removed when dropped, whether the test
-/// passed or failed (the benchmark's are 2.9 MB each). It reads as its
-/// path.
+/// A file a test wrote (a policy, a wrk script), removed when dropped,
+/// whether the test passed or failed (the benchmark's policies are 2.9 MB
+/// each). It reads as its path.
 #[derive(Debug)]
-pub struct PolicyFile(
-    /// Where it was written: what the test hands the agent and the CLI.
-    PathBuf,
+pub struct TempFile(
+    /// Where it was written: what the test hands the agent, the CLI or wrk.
+    pub(crate) PathBuf,
 );
 
-impl std::ops::Deref for PolicyFile {
+impl std::ops::Deref for TempFile {
     type Target = Path;
 
     fn deref(&self) -> &Path {
@@ -876,13 +876,13 @@ impl std::ops::Deref for PolicyFile {
     }
 }
 
-impl AsRef<Path> for PolicyFile {
+impl AsRef<Path> for TempFile {
     fn as_ref(&self) -> &Path {
         &self.0
     }
 }
 
-impl Drop for PolicyFile {
+impl Drop for TempFile {
     fn drop(&mut self) {
         // A file already gone leaves nothing to clean up.
         let _ = std::fs::remove_file(&self.0);

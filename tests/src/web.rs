@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::tcp::enter_netns;
+use crate::{netns::TempFile, tcp::enter_netns};
 
 /// How [`Nginx`] is configured.
 #[derive(Debug, Clone)]
@@ -281,10 +281,15 @@ pub struct WrkConfig {
 /// schedule. With `close`, each
 /// request asks for `Connection: close`: nginx closes after answering and
 /// wrk opens a new connection (a handshake per request, as clients that
-/// do not keep connections alive).
-pub fn wrk_script(think_ms: u32, close: bool) -> Result<PathBuf> {
+/// do not keep connections alive). The script is removed when the
+/// returned guard is dropped.
+pub fn wrk_script(think_ms: u32, close: bool) -> Result<TempFile> {
+    // A number of its own: the guard removes the file, so two tests of one
+    // process with the same parameters must not share it.
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let p = std::env::temp_dir().join(format!(
-        "tc-test-{}-wrk-{think_ms}-{close}.lua",
+        "tc-test-{}-wrk-{n}-{think_ms}-{close}.lua",
         std::process::id()
     ));
     let header = if close {
@@ -300,7 +305,7 @@ pub fn wrk_script(think_ms: u32, close: bool) -> Result<PathBuf> {
             hi = think_ms + think_ms / 2
         ),
     )?;
-    Ok(p)
+    Ok(TempFile(p))
 }
 
 impl Default for WrkConfig {

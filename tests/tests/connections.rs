@@ -119,7 +119,7 @@ fn apply(agent: &Agent, file: &Path) -> Result<()> {
 }
 
 /// One web channel from the client to the server's port 80.
-fn web_policy(name: &str, connections: u32) -> tc_tests::netns::PolicyFile {
+fn web_policy(name: &str, connections: u32) -> tc_tests::netns::TempFile {
     write_policy(
         name,
         &format!(

@@ -680,7 +680,7 @@ fn upstream_collapse_of_a_squeezed_nginx_is_named_within_15s() -> Result<()> {
         threads: 1,
         secs: 60,
         timeout_s: 2,
-        script: Some(script.clone()),
+        script: Some(script.to_path_buf()),
         ..Default::default()
     };
     let url = "http://198.18.0.2:80/";

@@ -32,7 +32,7 @@ const PAYLOAD: usize = 1000;
 /// Ethernet + IPv4 + UDP headers the limit counts on top of the payload.
 const OVERHEAD: f64 = 14.0 + 20.0 + 8.0;
 
-fn policy() -> tc_tests::netns::PolicyFile {
+fn policy() -> tc_tests::netns::TempFile {
     write_policy(
         "restart-flood",
         "channels:\n  - name: capped\n    to: [198.18.0.2/32]\n    protocol: udp\n    ports: [9400]\n    limit: {bandwidth: 4Mbit, burst: 64KiB}\n",

@@ -678,7 +678,7 @@ fn soak() -> Result<Vec<String>> {
             "ip", "netns", "exec", ns, "ping", "-c", "1", "-W", "5", peer,
         ])?;
     }
-    let policies: Vec<tc_tests::netns::PolicyFile> = (0..3)
+    let policies: Vec<tc_tests::netns::TempFile> = (0..3)
         .map(|v| write_policy(&format!("soak-{v}"), &policy_text(v)))
         .collect();
     let mut agent = Agent::start(&pair.server, &pair.server_if, &policies[0])?;

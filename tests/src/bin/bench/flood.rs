@@ -90,7 +90,7 @@ fn round(
     pair: &Pair,
     frame: &[u8],
     rx: Receiver,
-    policies: &[(usize, tc_tests::netns::PolicyFile)],
+    policies: &[(usize, tc_tests::netns::TempFile)],
 ) -> Result<Vec<Run>> {
     let _agent = match rx {
         Receiver::Bare => {
@@ -148,7 +148,7 @@ pub fn run() -> Result<serde_json::Value> {
         mac_of(&pair.server, &pair.server_if)?,
     );
     let rows = [Receiver::Bare, Receiver::Agent(1), Receiver::Agent(1024)];
-    let policies: Vec<(usize, tc_tests::netns::PolicyFile)> = [1usize, 1024]
+    let policies: Vec<(usize, tc_tests::netns::TempFile)> = [1usize, 1024]
         .iter()
         .map(|&n| {
             (
