@@ -776,14 +776,36 @@ pub fn iperf3_udp(
 /// The receiver's bits per second in each interval of an iperf3 report
 /// (the server's intervals: the client's own count bytes written to its socket).
 pub fn server_intervals(report: &serde_json::Value) -> Vec<f64> {
+    server_interval_sums(report)
+        .filter_map(|i| i["bits_per_second"].as_f64())
+        .collect()
+}
+
+/// The receiver's bits per second over the intervals of an iperf3 report
+/// from the `skip`th on: their bytes over their seconds, and how many
+/// intervals that took. Not the mean of the intervals' rates: the server's
+/// last interval can be a fraction of a second, and its rate would then
+/// weigh as much as a whole second's.
+pub fn server_rate(report: &serde_json::Value, skip: usize) -> (f64, usize) {
+    let (mut bytes, mut secs, mut n) = (0.0, 0.0, 0);
+    for i in server_interval_sums(report).skip(skip) {
+        if let (Some(b), Some(t)) = (i["bytes"].as_f64(), i["seconds"].as_f64()) {
+            bytes += b;
+            secs += t;
+            n += 1;
+        }
+    }
+    let bps = if secs > 0.0 { bytes * 8.0 / secs } else { 0.0 };
+    (bps, n)
+}
+
+/// The `sum` of each of the server's intervals in an iperf3 report.
+fn server_interval_sums(report: &serde_json::Value) -> impl Iterator<Item = &serde_json::Value> {
     report["server_output_json"]["intervals"]
         .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|i| i["sum"]["bits_per_second"].as_f64())
-                .collect()
-        })
-        .unwrap_or_default()
+        .into_iter()
+        .flatten()
+        .map(|i| &i["sum"])
 }
 
 /// Runs an iperf3 server on `server`:`port` in `pair.server` and a client

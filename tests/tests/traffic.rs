@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use tc_tests::netns::{
-    in_netns, iperf3, iperf3_background, serial, server_intervals, udp_receive, udp_send,
-    write_policy, Agent, Pair,
+    in_netns, iperf3, iperf3_background, serial, server_intervals, server_rate, udp_receive,
+    udp_send, write_policy, Agent, Pair,
 };
 
 /// Ethernet + IPv4 + UDP header bytes the datapath charges on top of the payload.
@@ -65,13 +65,15 @@ fn udp_flood_is_held_to_the_limit_and_an_unlimited_channel_is_untouched() -> Res
     Ok(())
 }
 
-/// Receiver-side goodput per second of an iperf3 run, the first second
-/// (slow start) left out.
-fn iperf3_intervals(pair: &Pair, secs: u32, streams: u32) -> Result<Vec<f64>> {
+/// Receiver-side goodput of an iperf3 run, the first second (slow start)
+/// left out: each interval's (to print), and over them all, weighted by
+/// their lengths (`server_rate`: the last interval can be a fraction of a
+/// second).
+fn iperf3_goodput(pair: &Pair, secs: u32, streams: u32) -> Result<(Vec<f64>, f64)> {
     let j = iperf3(pair, 5201, secs, streams, false)?;
-    let iv = server_intervals(&j);
-    anyhow::ensure!(iv.len() > 1, "iperf3 gave no intervals: {j}");
-    Ok(iv[1..].to_vec())
+    let (rate, n) = server_rate(&j, 1);
+    anyhow::ensure!(n > 0, "iperf3 gave no intervals: {j}");
+    Ok((server_intervals(&j).split_off(1), rate))
 }
 
 #[test]
@@ -84,8 +86,7 @@ fn tcp_flow_reaches_the_bandwidth_limit_and_never_exceeds_it() -> Result<()> {
     );
     let agent = Agent::start(&pair.server, &pair.server_if, &policy)?;
     // 8 s; the first second (which spends the initial burst) is left out.
-    let iv = iperf3_intervals(&pair, 8, 1)?;
-    let mean = iv.iter().sum::<f64>() / iv.len() as f64;
+    let (iv, mean) = iperf3_goodput(&pair, 8, 1)?;
     let ratio = mean / 50e6;
     println!(
         "tcp goodput per second (Mbit/s): {:?}, mean {:.1} = {ratio:.3} of the limit",
@@ -499,8 +500,7 @@ fn mark_holds_ecn_tcp_to_the_limit_with_few_drops() -> Result<()> {
         "channels:\n  - name: ecn\n    to: [198.18.0.2/32]\n    protocol: tcp\n    action: mark\n    limit:\n      bandwidth: 50Mbit\n",
     );
     let agent = Agent::start(&pair.server, &pair.server_if, &policy)?;
-    let iv = iperf3_intervals(&pair, 8, 1)?;
-    let mean = iv.iter().sum::<f64>() / iv.len() as f64;
+    let (_, mean) = iperf3_goodput(&pair, 8, 1)?;
     let t = agent.totals("ecn")?;
     let (passed, dropped, marked) = (
         t["passed_pkts"].as_u64().unwrap(),
