@@ -3,11 +3,11 @@
 //! chains longer than the datapath walks (raw frames). The agent runs in
 //! `server` on its veth; traffic stays on 198.18.0.0/15 and 2001:db8::/32.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use tc_tests::{
     netns::{
-        in_netns, iperf3_udp, mac_of, send_raw, serial, server_intervals, server_rate,
-        write_policy, Agent, Pair,
+        in_netns, iperf3_udp, mac_of, send_raw, serial, server_goodput, write_policy, Agent,
+        Goodput, Pair,
     },
     packet::{self, UDP},
 };
@@ -27,12 +27,13 @@ const POLICY: &str = "channels:
 ";
 
 /// Receiver goodput of an iperf3 UDP run, from the server's intervals with
-/// the first second (which spends the burst) left out, weighted by their
-/// lengths (`server_rate`). Each interval's rate comes too, to print.
-fn received_bps(report: &serde_json::Value) -> Result<(f64, Vec<f64>)> {
-    let (bps, n) = server_rate(report, 1);
-    anyhow::ensure!(n > 1, "iperf3 gave no intervals: {report}");
-    Ok((bps, server_intervals(report)))
+/// the first second (which spends the burst) left out.
+fn received(report: &serde_json::Value) -> Result<Goodput> {
+    server_goodput(report, 1.0)
+        .filter(|g| g.intervals.len() > 1)
+        .with_context(|| {
+            format!("iperf3 gave fewer than 2 server intervals after the first second: {report}")
+        })
 }
 
 #[test]
@@ -44,7 +45,7 @@ fn fragmented_datagrams_are_held_to_a_port_limit_v4_and_v6() -> Result<()> {
     for server in ["198.18.0.2", "2001:db8::2"] {
         // 60,000-byte datagrams (41 fragments each) at 20x the limit.
         let report = iperf3_udp(&pair, server, 5201, 6, "200M", 60_000)?;
-        let (bps, intervals) = received_bps(&report)?;
+        let Goodput { bps, intervals } = received(&report)?;
         // The limit counts wire bytes; each 60,000-byte datagram carries
         // 41 Ethernet + IP headers (and the IPv6 fragment headers) besides.
         let ratio = bps / LIMIT_BPS;

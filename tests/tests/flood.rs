@@ -286,7 +286,9 @@ fn a_legitimate_flow_keeps_its_rate_and_cache_hits_during_a_random_source_flood(
     // interface). The node's hits are the legitimate traffic's: its
     // segments, and the server's ACKs if the cache keeps unclassified
     // flows; less, to be sure, as many as the cache took flows in during
-    // the flood (a flood flow could hit only after its insert). The ACKs
+    // the flood (a flood flow could hit only after its insert, and a second
+    // hit of one needs a third frame of the same random flow, one in 2^32).
+    // The ACKs
     // make the hits per segment vary from run to run with how the receiver
     // coalesces: 1.10 to 1.44 without a flood in the guests. So the hits
     // are held to at least 0.9 a segment in each phase, and the misses
@@ -296,8 +298,8 @@ fn a_legitimate_flow_keeps_its_rate_and_cache_hits_during_a_random_source_flood(
             let (x, y) = f(&a.cache).zip(f(&b.cache)).with_context(|| {
                 format!(
                     "`tc-agent channels -o json` reports no `{name}` field: the node's flow-cache \
-                 counters (flow_hits, flow_misses, flow_inserts in the global counters) are \
-                 missing, so the legitimate flow's cache hits and misses cannot be measured"
+                     counters (flow_hits, flow_misses, flow_inserts in the global counters) are \
+                     missing, so the legitimate flow's cache hits and misses cannot be measured"
                 )
             })?;
             // The counters only grow.
@@ -341,8 +343,8 @@ fn a_legitimate_flow_keeps_its_rate_and_cache_hits_during_a_random_source_flood(
     );
     assert!(
         per_b >= 0.9,
-        "during the flood the flow's packets miss the cache: {hits_b} hits (less {inserts_b} inserts) \
-         for {pkts_b} packets ({per_b:.3} a packet, {per_a:.3} before)"
+        "during the flood the flow's packets miss the cache: {hits_b} hits (less {inserts_b} \
+         inserts) for {pkts_b} packets ({per_b:.3} a packet, {per_a:.3} before)"
     );
     assert!(
         misses_b as f64 <= 0.01 * pkts_b_all as f64 + misses_a as f64,

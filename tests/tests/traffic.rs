@@ -6,10 +6,10 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use tc_tests::netns::{
-    in_netns, iperf3, iperf3_background, serial, server_intervals, server_rate, udp_receive,
-    udp_send, write_policy, Agent, Pair,
+    in_netns, iperf3, iperf3_background, serial, server_goodput, udp_receive, udp_send,
+    write_policy, Agent, Goodput, Pair,
 };
 
 /// Ethernet + IPv4 + UDP header bytes the datapath charges on top of the payload.
@@ -66,14 +66,11 @@ fn udp_flood_is_held_to_the_limit_and_an_unlimited_channel_is_untouched() -> Res
 }
 
 /// Receiver-side goodput of an iperf3 run, the first second (slow start)
-/// left out: each interval's (to print), and over them all, weighted by
-/// their lengths (`server_rate`: the last interval can be a fraction of a
-/// second).
-fn iperf3_goodput(pair: &Pair, secs: u32, streams: u32) -> Result<(Vec<f64>, f64)> {
+/// left out.
+fn iperf3_goodput(pair: &Pair, secs: u32, streams: u32) -> Result<Goodput> {
     let j = iperf3(pair, 5201, secs, streams, false)?;
-    let (rate, n) = server_rate(&j, 1);
-    anyhow::ensure!(n > 0, "iperf3 gave no intervals: {j}");
-    Ok((server_intervals(&j).split_off(1), rate))
+    server_goodput(&j, 1.0)
+        .with_context(|| format!("iperf3 gave no intervals after the first second: {j}"))
 }
 
 #[test]
@@ -86,14 +83,16 @@ fn tcp_flow_reaches_the_bandwidth_limit_and_never_exceeds_it() -> Result<()> {
     );
     let agent = Agent::start(&pair.server, &pair.server_if, &policy)?;
     // 8 s; the first second (which spends the initial burst) is left out.
-    let (iv, mean) = iperf3_goodput(&pair, 8, 1)?;
-    let ratio = mean / 50e6;
+    let goodput = iperf3_goodput(&pair, 8, 1)?;
+    let ratio = goodput.bps / 50e6;
     println!(
-        "tcp goodput per second (Mbit/s): {:?}, mean {:.1} = {ratio:.3} of the limit",
-        iv.iter()
+        "tcp goodput per second (Mbit/s): {:?}, over them {:.1} = {ratio:.3} of the limit",
+        goodput
+            .intervals
+            .iter()
             .map(|x| (x / 1e5).round() / 10.0)
             .collect::<Vec<_>>(),
-        mean / 1e6
+        goodput.bps / 1e6
     );
     // Goodput is TCP payload, at most 1448/1514 = 0.956 of the wire bytes the limit counts.
     assert!(ratio >= 0.85, "TCP reached only {ratio:.3} of the limit");
@@ -500,7 +499,7 @@ fn mark_holds_ecn_tcp_to_the_limit_with_few_drops() -> Result<()> {
         "channels:\n  - name: ecn\n    to: [198.18.0.2/32]\n    protocol: tcp\n    action: mark\n    limit:\n      bandwidth: 50Mbit\n",
     );
     let agent = Agent::start(&pair.server, &pair.server_if, &policy)?;
-    let (_, mean) = iperf3_goodput(&pair, 8, 1)?;
+    let mean = iperf3_goodput(&pair, 8, 1)?.bps;
     let t = agent.totals("ecn")?;
     let (passed, dropped, marked) = (
         t["passed_pkts"].as_u64().unwrap(),

@@ -37,7 +37,7 @@ use tc_agent::{
     policy::{compile::compile, Policy},
 };
 use tc_tests::{
-    netns::{iperf3, ping_summary, sh, write_policy, Agent, Pair},
+    netns::{iperf3, ping_summary, server_goodput, sh, write_policy, Agent, Pair},
     packet::{self, UDP},
 };
 
@@ -239,26 +239,9 @@ fn load(pair: &Pair, streams: u32, secs: u32) -> Result<Load> {
         &ping.stdout,
     ))
     .unwrap_or((f64::NAN, f64::NAN, f64::NAN));
-    // Bytes over seconds, not a mean of rates: the last interval is short.
-    let (bytes, secs) = j["server_output_json"]["intervals"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|i| &i["sum"])
-        .filter(|s| s["start"].as_f64().is_some_and(|t| t >= STEADY_FROM - 0.01))
-        .fold((0.0, 0.0), |(b, t), s| {
-            (
-                b + s["bytes"].as_f64().unwrap_or(0.0),
-                t + s["seconds"].as_f64().unwrap_or(0.0),
-            )
-        });
     Ok(Load {
         goodput,
-        steady: if secs > 0.0 {
-            bytes * 8.0 / secs
-        } else {
-            f64::NAN
-        },
+        steady: server_goodput(&j, STEADY_FROM).map_or(f64::NAN, |g| g.bps),
         retransmits: j["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0),
         ping_avg_ms,
         ping_max_ms,
