@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use tc_tests::netns::{
     in_netns, iperf3, iperf3_background, serial, server_goodput, udp_receive, udp_send,
-    write_policy, Agent, Goodput, Pair,
+    udp_send_bins, write_policy, Agent, Goodput, Pair,
 };
 
 /// Ethernet + IPv4 + UDP header bytes the datapath charges on top of the payload.
@@ -31,13 +31,13 @@ fn udp_flood_is_held_to_the_limit_and_an_unlimited_channel_is_untouched() -> Res
     std::thread::sleep(Duration::from_millis(200));
     let tx_flood = in_netns(&pair.client, move || {
         // Twice the limit: a flood, and light enough (5,000 datagrams/s)
-        // that an emulated guest's vCPU keeps up with it.
-        udp_send("198.18.0.2:9000", payload, 40e6, 5.0, 1_000_000)
+        // that an emulated guest's vCPU mostly keeps up with it.
+        udp_send_bins("198.18.0.2:9000", payload, 40e6, 5.0, 1_000_000)
     });
     let tx_open = in_netns(&pair.client, move || {
         udp_send("198.18.0.2:9001", payload, 5e6, 5.0, 1_000_000)
     });
-    let _sent_flood = tx_flood.join().unwrap()??;
+    let sent_flood = tx_flood.join().unwrap()??;
     let sent_open = tx_open.join().unwrap()??;
     let (_, bytes, secs) = rx_flood.join().unwrap()??;
     let (got_open, _, _) = rx_open.join().unwrap()??;
@@ -46,14 +46,32 @@ fn udp_flood_is_held_to_the_limit_and_an_unlimited_channel_is_untouched() -> Res
     let expected = 20e6 * payload as f64 / (payload as f64 + UDP_OVERHEAD);
     let measured = bytes as f64 * 8.0 / secs;
     let ratio = measured / expected;
+    // What the limit lets through of what the sender offered: under
+    // emulation a busy vCPU can stall the sender, and after a stall it
+    // catches up in a burst that the bucket cuts to its burst size, so a
+    // span with a stall rightly carries less (seen once on 6.1: 0.917 of
+    // the limit arrived).
+    let offered = offered_bps(&sent_flood, expected);
     println!(
-        "flood: {:.2} Mbit/s payload, expected {:.2}, ratio {ratio:.3}",
+        "flood: {:.2} Mbit/s payload, expected {:.2}, ratio {ratio:.3}; the limit's share of what \
+         the sender offered {:.2}, ratio {:.3}",
         measured / 1e6,
-        expected / 1e6
+        expected / 1e6,
+        offered / 1e6,
+        measured / offered
+    );
+    assert!(ratio <= 1.05, "flood arrived at {ratio:.3} of the limit");
+    assert!(
+        offered >= 0.5 * expected,
+        "the sender offered the limit only {:.3} of its rate: too little to judge the floor by \
+         (sent per tenth: {sent_flood:?})",
+        offered / expected
     );
     assert!(
-        (0.95..=1.05).contains(&ratio),
-        "flood arrived at {ratio:.3} of the limit"
+        measured >= 0.95 * offered,
+        "flood arrived at {ratio:.3} of the limit, {:.3} of what the limit lets through of what \
+         the sender offered (sent per tenth: {sent_flood:?})",
+        measured / offered
     );
     let flood = agent.totals("flood")?;
     assert!(flood["dropped_pkts"].as_u64().unwrap() > 0, "{flood}");
@@ -63,6 +81,28 @@ fn udp_flood_is_held_to_the_limit_and_an_unlimited_channel_is_untouched() -> Res
     assert_eq!(open["dropped_pkts"], 0, "{open}");
     assert!(open["passed_pkts"].as_u64().unwrap() >= sent_open, "{open}");
     Ok(())
+}
+
+/// Payload bits per second the limit (`limit_bps` of payload) lets through
+/// of what the sender offered (`udp_send_bins`' bytes per tenth of a
+/// second) over the span a receiver with a one-second warmup measures:
+/// in each tenth, the lesser of what was sent and the limit's share. The
+/// last tenth, partial, is left out.
+fn offered_bps(sent_tenths: &std::collections::BTreeMap<u64, u64>, limit_bps: f64) -> f64 {
+    let (Some(&first), Some(&last)) = (sent_tenths.keys().next(), sent_tenths.keys().next_back())
+    else {
+        return 0.0;
+    };
+    let share = limit_bps / 8.0 / 10.0;
+    let span = (first + 10)..last;
+    let tenths = span.clone().count();
+    if tenths == 0 {
+        return 0.0;
+    }
+    let bytes: f64 = span
+        .map(|t| (sent_tenths.get(&t).copied().unwrap_or(0) as f64).min(share))
+        .sum();
+    bytes * 8.0 / (tenths as f64 / 10.0)
 }
 
 /// Receiver-side goodput of an iperf3 run, the first second (slow start)
@@ -499,7 +539,7 @@ fn mark_holds_ecn_tcp_to_the_limit_with_few_drops() -> Result<()> {
         "channels:\n  - name: ecn\n    to: [198.18.0.2/32]\n    protocol: tcp\n    action: mark\n    limit:\n      bandwidth: 50Mbit\n",
     );
     let agent = Agent::start(&pair.server, &pair.server_if, &policy)?;
-    let mean = iperf3_goodput(&pair, 8, 1)?.bps;
+    let goodput = iperf3_goodput(&pair, 8, 1)?.bps;
     let t = agent.totals("ecn")?;
     let (passed, dropped, marked) = (
         t["passed_pkts"].as_u64().unwrap(),
@@ -508,7 +548,7 @@ fn mark_holds_ecn_tcp_to_the_limit_with_few_drops() -> Result<()> {
     );
     println!(
         "mark: goodput {:.3} of the limit, {passed} passed, {marked} marked, {dropped} dropped",
-        mean / 50e6
+        goodput / 50e6
     );
     assert!(marked > 0, "no CE marks: {t}");
     let wire_bits = t["passed_bytes"].as_u64().unwrap() as f64 * 8.0;
@@ -521,9 +561,9 @@ fn mark_holds_ecn_tcp_to_the_limit_with_few_drops() -> Result<()> {
     // emulated CPU: efficiency against the 0.95 target is the benchmark's
     // (`cargo xtask vm-bench`).
     assert!(
-        mean >= 0.75 * 50e6,
+        goodput >= 0.75 * 50e6,
         "marked TCP starved: {:.3}",
-        mean / 50e6
+        goodput / 50e6
     );
     // "Almost no drops": measured about 0.6% under qemu.
     assert!(
