@@ -107,6 +107,11 @@ pub const IX_SKETCH_WIDTH: usize = 1024;
 /// A sketch counter counts bytes in units of this many (its low 24 bits;
 /// the high 8 bits tag the window it counts in).
 pub const IX_SKETCH_UNIT: u64 = 64;
+/// The lowest admission threshold, in sketch units: where the agent's
+/// starts, and the one the datapath weighs clients by while the table has
+/// no free slot and the agent has set none (see `account::admission` in
+/// the eBPF crate).
+pub const IX_MIN_ADMIT_UNITS: u32 = 16;
 /// Sketch windows are `2^IX_WINDOW_SHIFT` ns (about 1.07 s) of the coarse clock.
 pub const IX_WINDOW_SHIFT: u32 = 30;
 
@@ -183,8 +188,9 @@ impl IxCounters {
 pub struct IxConfig {
     /// A new client gets its own entry once the sketch estimates its bytes
     /// in the current window at this many [`IX_SKETCH_UNIT`]s or more; 0:
-    /// at once (the table has room). Below it, its packets count in the
-    /// interaction's all-zero-client entry.
+    /// at once (the table has room; while the free ring is empty the
+    /// datapath takes [`IX_MIN_ADMIT_UNITS`] instead). Below it, its
+    /// packets count in the interaction's all-zero-client entry.
     pub admit_units: u32,
     /// Slots of [`IX_SLOTS`] and of the free ring [`IX_FREE`] (the table's
     /// size as created); 0 until the agent has filled the ring.

@@ -10,7 +10,10 @@
 //! window (about a second) at the threshold or more. Smaller clients count
 //! in the interaction's untracked-clients entry (client `::`), so rates
 //! stay whole, and a flood of 100,000 small sources cannot push out the
-//! few heavy ones an operator must see.
+//! few heavy ones an operator must see. Until the agent's next sample
+//! (a flood can fill the table within milliseconds, and starve the agent
+//! of CPU), a table with no free slot weighs new clients by the sketch at
+//! the lowest threshold by itself ([`admission`]).
 //!
 //! A forwarded packet is counted once, at the first of our hooks it
 //! passes: its egress hook skips it when it came in through an interface
@@ -23,8 +26,8 @@ use core::{
 
 use aya_ebpf::bindings::BPF_NOEXIST;
 use tc_common::{
-    FlowKey4, FlowKey6, FlowMeta, IxCounters, IxKey, DIR_EGRESS, IX_ALLOC_HEAD, IX_ALLOC_TAIL,
-    IX_NONE, IX_REQUEST, IX_SKETCH_ROWS, IX_SKETCH_UNIT, IX_SKETCH_WIDTH, IX_WINDOW_SHIFT,
+    FlowKey4, FlowKey6, FlowMeta, IxConfig, IxCounters, IxKey, DIR_EGRESS, IX_ALLOC_HEAD,
+    IX_ALLOC_TAIL, IX_MIN_ADMIT_UNITS, IX_NONE, IX_REQUEST, IX_SKETCH_ROWS, IX_SKETCH_UNIT, IX_SKETCH_WIDTH, IX_WINDOW_SHIFT,
 };
 
 use crate::{
@@ -108,7 +111,7 @@ pub fn account(dir: u8, in_ifindex: u32) {
     let Some(conf) = TC_IX_CONF.get(0) else {
         return;
     };
-    let admit_units = conf.admit_units;
+    let admit_units = admission(conf);
     // SAFETY: the parse results the pipeline wrote for this packet.
     let p: &Parsed = unsafe { &*(&raw const (*s).parsed) };
     let has_ports = (p.proto == IPPROTO_TCP || p.proto == IPPROTO_UDP)
@@ -214,7 +217,7 @@ pub fn account(dir: u8, in_ifindex: u32) {
                 return;
             }
         }
-        if let Some(slot) = open(&k, &d, conf.slots) {
+        if let Some(slot) = open(&k, &d, conf.slots, reserved(conf.slots)) {
             remember(p, dir, slot | side, port);
             return;
         }
@@ -250,7 +253,7 @@ pub fn account(dir: u8, in_ifindex: u32) {
             count(slot, &d);
             slot
         }
-        None => match open(&k, &d, conf.slots) {
+        None => match open(&k, &d, conf.slots, 0) {
             Some(slot) => slot,
             None => {
                 global.ix_lost_pkts += pkts;
@@ -265,6 +268,48 @@ pub fn account(dir: u8, in_ifindex: u32) {
             (*h).slot = slot;
             (*h).gen = generation(slot).unwrap_or(0);
         }
+    }
+}
+
+/// Free slots that only untracked-clients entries may take, of a table of
+/// `slots`: a client's entry cannot take the last one, so that a flood
+/// that fills the table still finds room for its untracked entry (one per
+/// server and protocol), and its packets are counted rather than lost.
+#[inline(always)]
+fn reserved(slots: u32) -> u32 {
+    let keep = slots / 64;
+    if keep == 0 {
+        1
+    } else {
+        keep
+    }
+}
+
+/// The admission threshold in force: the agent's, or, while the agent has
+/// set none and no slot is left for a client (only the [`reserved`] ones:
+/// no client without an entry can get one), [`IX_MIN_ADMIT_UNITS`]. A client's packet then looks its
+/// entry up only when the sketch says it is heavy (or it is a SYN, SYN-ACK
+/// or a cached flow's, as under any threshold), instead of every packet of
+/// a flood missing in a full table: a random-source flood's XDP frames
+/// cost 1,000-1,100 ns each that way on a slow host, 420 ns with no
+/// accounting at all (`cargo xtask bench flood`). The agent's threshold
+/// follows at its next sample, which a flood can delay by seconds.
+#[inline(always)]
+fn admission(conf: &IxConfig) -> u32 {
+    if conf.admit_units != 0 {
+        return conf.admit_units;
+    }
+    // SAFETY (both): a u64 of the shared array, read at once; a stale
+    // value only delays the fallback by a packet, or lets one look up.
+    let (Some(&head), Some(&tail)) = (unsafe { TC_IX_ALLOC.get(IX_ALLOC_HEAD) }, unsafe {
+        TC_IX_ALLOC.get(IX_ALLOC_TAIL)
+    }) else {
+        return 0;
+    };
+    if head + reserved(conf.slots) as u64 >= tail {
+        IX_MIN_ADMIT_UNITS
+    } else {
+        0
     }
 }
 
@@ -303,22 +348,22 @@ fn count(slot: u32, d: &Delta) {
 }
 
 /// Takes a free slot for `k`, enters it and counts the packet there.
-/// None without a free slot, or when the entry cannot be made (a full
-/// table, or another CPU entering the same interaction this instant: then
-/// the slot is lost until the agent takes it back, see
-/// `datapath::interactions`).
+/// None without a free slot beyond the `keep` last ones, or when the
+/// entry cannot be made (a full table, or another CPU entering the same
+/// interaction this instant: then the slot is lost until the agent takes
+/// it back, see `datapath::interactions`).
 #[inline(always)]
-fn open(k: &IxKey, d: &Delta, slots: u32) -> Option<u32> {
-    let slot = take_slot(slots)?;
+fn open(k: &IxKey, d: &Delta, slots: u32, keep: u32) -> Option<u32> {
+    let slot = take_slot(slots, keep)?;
     TC_IX.insert(k, &slot, BPF_NOEXIST as u64).ok()?;
     count(slot, d);
     Some(slot)
 }
 
-/// The next slot of the free ring, if any (compare-and-swap on the head:
-/// CPUs never take the same one).
+/// The next slot of the free ring, if more than `keep` are left
+/// (compare-and-swap on the head: CPUs never take the same one).
 #[inline(always)]
-fn take_slot(slots: u32) -> Option<u32> {
+fn take_slot(slots: u32, keep: u32) -> Option<u32> {
     if slots == 0 {
         return None;
     }
@@ -329,7 +374,7 @@ fn take_slot(slots: u32) -> Option<u32> {
     while tries < 4 {
         // SAFETY: a u64 of the shared array; only compare-and-swap moves it.
         let h = unsafe { read_volatile(head) };
-        if h >= tail {
+        if h + keep as u64 >= tail {
             return None;
         }
         // SAFETY: as above; lowers to BPF_ATOMIC_CMPXCHG (needs -mcpu=v3).

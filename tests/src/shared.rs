@@ -41,6 +41,21 @@ pub fn own(conns: u32) -> Loaded {
     Loaded::Own(Box::new(load(conns)))
 }
 
+/// A datapath of the caller's own, with an interaction table of
+/// `interactions` entries (a small one fills with a few frames).
+pub fn own_interactions(interactions: u32) -> Loaded {
+    Loaded::Own(Box::new(
+        Datapath::load_sized(
+            None,
+            tc_agent::datapath::TableSizes {
+                conns: CONN_TABLE,
+                interactions,
+            },
+        )
+        .expect("eBPF object loads and passes the verifier"),
+    ))
+}
+
 fn load(conns: u32) -> Datapath {
     Datapath::load(None, conns).expect("eBPF object loads and passes the verifier")
 }

@@ -3,7 +3,8 @@
 //! SYN-ACK's receiver, the higher port, the sender without ports),
 //! request and response counters in wire bytes, the SYN to SYN-ACK time,
 //! a forwarded packet skipped at egress, and admission folding new
-//! clients into the all-zero client under a flood.
+//! clients into the all-zero client under a flood, also in a full table
+//! before the agent sets a threshold.
 //!
 //! The node is the server's: the client's packets arrive at tc ingress
 //! (or XDP), the server's leave at tc egress. Addresses are 198.18.1.5
@@ -80,6 +81,13 @@ impl Node {
         // No policy: every packet is unclassified and passes, and is counted.
         Self {
             dp: tc_tests::shared::datapath(),
+        }
+    }
+
+    /// A node of its own whose interaction table holds `entries`.
+    fn with_table(entries: u32) -> Self {
+        Self {
+            dp: tc_tests::shared::own_interactions(entries),
         }
     }
 
@@ -395,4 +403,87 @@ fn admission_folds_new_small_clients_into_the_untracked_entry() {
             .req_pkts,
         1
     );
+}
+
+/// A flood fills the table faster than the agent samples it (and can
+/// starve the agent of CPU meanwhile). With no free slot left and no
+/// threshold set, the datapath weighs clients by the sketch at the lowest
+/// threshold by itself, as the agent would: a small client without an
+/// entry folds into the untracked entry, an admitted client's cached flow
+/// keeps counting in its own entry, and a heavy client without an entry
+/// counts as untracked too: the slot kept for untracked entries holds
+/// them, nothing is lost. Its slots freed, the table admits a new client
+/// at once.
+#[test]
+fn a_full_table_weighs_clients_before_the_agent_sets_a_threshold() {
+    // The sketch is per CPU: every frame runs on the same one.
+    tc_tests::pin_to_cpu(tc_tests::tcp::allowed_cpus()[0]).unwrap();
+    const ENTRIES: u32 = 64;
+    let mut n = Node::with_table(ENTRIES);
+    // The first client's flow: its second packet puts it in the flow cache
+    // with the hint to its entry.
+    let old = udp("198.18.1.1", 40000, SERVER, 9000, 100);
+    n.arrives(&old);
+    n.arrives(&old);
+    // Flood clients, one frame each, take every slot a client may take:
+    // all but one (a 64th of the table), kept for untracked entries.
+    let flooder = |i: u32| {
+        let a = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 64, 0)) + i);
+        udp(&a.to_string(), 40000, SERVER, 9000, 0)
+    };
+    for i in 0..ENTRIES - 2 {
+        n.arrives(&flooder(i));
+    }
+    assert_eq!(n.table().len(), ENTRIES as usize - 1);
+    assert_eq!(n.folded(), 0, "every client so far got an entry");
+
+    // More of the flood: folded, no entry, admission never set; the
+    // untracked entry takes the kept slot, so nothing is lost.
+    for i in ENTRIES..ENTRIES + 20 {
+        n.arrives(&flooder(i));
+    }
+    assert_eq!(n.folded(), 20, "each new small client folds");
+    let o = n.entry(&other(SERVER, UDP, 0)).expect("untracked entry");
+    assert_eq!(o.req_pkts, 20);
+    assert_eq!(
+        n.table().len(),
+        ENTRIES as usize,
+        "the untracked entry fills it"
+    );
+    assert_eq!(n.dp.global_counters().unwrap().ix_lost_pkts, 0);
+
+    // The admitted client's cached flow still counts in its own entry.
+    n.arrives(&old);
+    let own = |n: &mut Node| {
+        n.entry(&key("198.18.1.1", SERVER, UDP, 9000))
+            .unwrap()
+            .req_pkts
+    };
+    assert_eq!(own(&mut n), 3);
+    assert_eq!(n.folded(), 20);
+
+    // A heavy new client passes the sketch's threshold (16 units; 142-byte
+    // frames are 3 units each) but finds no slot for a client: it counts
+    // in the untracked entry too, nothing lost.
+    for _ in 0..8 {
+        n.arrives(&udp("198.18.1.3", 40000, SERVER, 9000, 100));
+    }
+    assert_eq!(n.folded(), 28);
+    let o = n.entry(&other(SERVER, UDP, 0)).unwrap();
+    assert_eq!(o.req_pkts, 28);
+    assert!(n.entry(&key("198.18.1.3", SERVER, UDP, 9000)).is_none());
+    assert_eq!(n.dp.global_counters().unwrap().ix_lost_pkts, 0);
+
+    // The agent frees slots (here: all, as a new table): a new client gets
+    // an entry at its first packet again.
+    n.dp.clear_maps().unwrap();
+    let later = udp("198.18.1.4", 40000, SERVER, 9000, 100);
+    n.arrives(&later);
+    assert_eq!(
+        n.entry(&key("198.18.1.4", SERVER, UDP, 9000))
+            .unwrap()
+            .req_pkts,
+        1
+    );
+    assert_eq!(n.folded(), 0);
 }

@@ -32,7 +32,7 @@ pub const WINDOW: usize = 5;
 /// A kernel entry without traffic for this many samples is removed.
 const IDLE_SAMPLES: u32 = 30;
 /// Sketch units (64 bytes) the admission threshold starts at, and its cap.
-const MIN_ADMIT: u32 = 16;
+const MIN_ADMIT: u32 = tc_common::IX_MIN_ADMIT_UNITS;
 const MAX_ADMIT: u32 = 1 << 20;
 /// Default bound on distinct unnamed addresses `map` shows (`--max-unnamed`).
 pub const DEFAULT_MAX_UNNAMED: usize = 1000;
