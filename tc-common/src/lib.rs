@@ -57,6 +57,7 @@ pub const GLOBAL: &str = "TC_GLOBAL";
 pub const GENS: &str = "TC_GENS";
 pub const FLOWS4: &str = "TC_FLOWS4";
 pub const FLOWS6: &str = "TC_FLOWS6";
+pub const FLOW_BITS: &str = "TC_FLOW_BITS";
 pub const PACE: &str = "TC_PACE";
 pub const FRAGS: &str = "TC_FRAGS";
 pub const CONNS: &str = "TC_CONNS";
@@ -81,10 +82,10 @@ pub const ACCOUNT_XDP_PROGS: &str = "TC_ACCOUNT_XDP";
 /// new agent never reuses an earlier one's. Each object's arrays are pinned
 /// apart, until no program uses them (see the agent's
 /// `datapath::accounting`).
-pub const MAP_NAMES: [&str; 28] = [
+pub const MAP_NAMES: [&str; 29] = [
     CONFIG, GENS, SRC_V4, DST_V4, SRC_V6, DST_V6, L4, PREFIX4, PREFIX6, POLICIES, BUCKETS,
-    COUNTERS, GLOBAL, FLOWS4, FLOWS6, PACE, FRAGS, CONNS, CONN_POOLS, CONN_GC, CONN_CONF, IX,
-    IX_CONF, IX_IFACES, IX_SLOTS, IX_FREE, IX_ALLOC, IX_GEN,
+    COUNTERS, GLOBAL, FLOWS4, FLOWS6, FLOW_BITS, PACE, FRAGS, CONNS, CONN_POOLS, CONN_GC,
+    CONN_CONF, IX, IX_CONF, IX_IFACES, IX_SLOTS, IX_FREE, IX_ALLOC, IX_GEN,
 ];
 
 /// Slots of the [`ACCOUNT`] program array (tc) and the
@@ -280,6 +281,14 @@ pub const PACE_SLOTS: u32 = 16_384;
 
 /// Flows the classification cache remembers (LRU).
 pub const MAX_FLOWS: u32 = 65_536;
+/// Words of the flow cache's filter ([`FLOW_BITS`]): 262,144 bits, four
+/// for each flow the cache can hold (a power of two).
+pub const FLOW_BITS_WORDS: u32 = 4096;
+/// Inserts into the flow cache after which the agent clears the filter:
+/// an eighth of its bits, so that bits of flows the cache has since
+/// evicted keep it at most about that full (a flow cleared away is found
+/// uncached, classified afresh and admitted again).
+pub const FLOW_BITS_CLEAR_AFTER: u64 = FLOW_BITS_WORDS as u64 * 64 / 8;
 /// Flow-cache value meaning "this flow matches no channel".
 pub const NO_CHANNEL: u32 = u32::MAX;
 /// `Config::flags`: bypass the flow cache (benchmarks measure the slow path with it).

@@ -3,12 +3,16 @@
 //! a table of the zero-length prefix alone, its set in `GenInfo`), and
 //! the fragment table's key.
 
-use core::ptr::{read_volatile, write_volatile};
+use core::{
+    intrinsics::{atomic_or, AtomicOrdering},
+    ptr::{read_volatile, write_volatile},
+};
 
 use aya_ebpf::maps::{lpm_trie::Key, LpmTrie};
 use tc_common::{
     ChannelSet, FlowKey4, FlowKey6, FlowMeta, FlowValue, FragKey, GenInfo, GlobalCounters, Ip4Key,
     Ip6Key, PrefixKey4, PrefixKey6, Probes, CHANNEL_WORDS, FLAG_NO_DST_MEMO, FLAG_NO_FLOW_CACHE,
+    FLOW_BITS_WORDS,
     GEN_BITS, IX_NONE, MAX_PROBES, NO_CHANNEL, PROBE_TRIE, TABLE_DST_V4, TABLE_DST_V6, TABLE_L4,
     TABLE_SRC_V4, TABLE_SRC_V6,
 };
@@ -16,7 +20,7 @@ use tc_common::{
 use crate::{
     account::hint,
     maps::{
-        FLOW_SEEN_SLOTS, TC_DST_MEMO, TC_DST_V4, TC_DST_V6, TC_FLOWS4, TC_FLOWS6, TC_FLOW_SEEN,
+        FLOW_SEEN_SLOTS, TC_DST_MEMO, TC_DST_V4, TC_FLOW_BITS, TC_DST_V6, TC_FLOWS4, TC_FLOWS6, TC_FLOW_SEEN,
         TC_GENS, TC_L4, TC_PREFIX4, TC_PREFIX6, TC_SCRATCH, TC_SRC_V4, TC_SRC_V6,
     },
     parse::{Addrs, Parsed},
@@ -93,6 +97,13 @@ pub fn channel_slot(
 /// following ones). Flows in no channel are cached too: their entry carries
 /// the interaction hint, which under admission is how an admitted client's
 /// packets find their own counters (`account`).
+///
+/// A flow the cache took has its bit set in a filter ([`TC_FLOW_BITS`]),
+/// and a flow whose bit is clear is not looked up: a flood's new flows
+/// then cost a hash and a bit test, not a miss in a large hash table. A
+/// cached flow whose bit the agent cleared is classified afresh and
+/// admitted again (the insert overwrites its entry), which costs its
+/// next packets the cache, never a wrong channel.
 #[inline(always)]
 pub fn classify_cached(
     generation: u8,
@@ -110,8 +121,16 @@ pub fn classify_cached(
         dport: p.dport,
         _pad: 0,
     };
+    let h = flow_hash(&meta, p);
+    let bit = filter_bit(h);
+    let maybe = match bit {
+        // SAFETY: a word of the shared array, read at once.
+        Some((w, b)) => (unsafe { read_volatile(w) } & b) != 0,
+        None => true,
+    };
     // SAFETY (both gets): the value is plain data copied out at once.
     let cached = match &p.addrs {
+        _ if !maybe => None,
         Addrs::V4 { src, dst } => unsafe {
             TC_FLOWS4.get(&FlowKey4 {
                 meta,
@@ -138,7 +157,7 @@ pub fn classify_cached(
         Some(c) => c,
         None => NO_CHANNEL,
     });
-    if !second_sight(&meta, p) {
+    if !second_sight(h) {
         return channel;
     }
     let value = FlowValue {
@@ -171,8 +190,43 @@ pub fn classify_cached(
     };
     if inserted.is_ok() {
         global.flow_inserts += 1;
+        if let Some((w, b)) = bit {
+            // SAFETY: a word of the shared array; an atomic OR, so that no
+            // CPU's bit is lost to another's (BPF_ATOMIC_OR, Linux 5.12).
+            unsafe { atomic_or::<u64, u64, { AtomicOrdering::SeqCst }>(w, b) };
+        }
     }
     channel
+}
+
+/// The flow's word in the cache's filter, and its bit there (bits 32-49
+/// of its hash; the doorkeeper takes its slot from the low bits).
+#[inline(always)]
+fn filter_bit(h: u64) -> Option<(*mut u64, u64)> {
+    let w = TC_FLOW_BITS.get_ptr_mut((h >> 38) as u32 & (FLOW_BITS_WORDS - 1))?;
+    Some((w, 1u64 << ((h >> 32) & 63)))
+}
+
+/// A hash of the flow's cache key: the doorkeeper's slot and tag, and its
+/// bit in the cache's filter. IPv6 addresses are folded to a word each
+/// first (two rounds of [`mix`] for either family, not five).
+#[inline(always)]
+fn flow_hash(meta: &FlowMeta, p: &Parsed) -> u64 {
+    let m = u64::from(meta.generation)
+        | u64::from(meta.dir) << 8
+        | u64::from(meta.proto) << 16
+        | u64::from(meta.l4_bits) << 24
+        | u64::from(meta.dport) << 32;
+    let a = match &p.addrs {
+        Addrs::V4 { src, dst } => {
+            u64::from(u32::from_ne_bytes(*src)) << 32 | u64::from(u32::from_ne_bytes(*dst))
+        }
+        Addrs::V6 { src, dst } => {
+            (word(src, 0) ^ word(src, 8).rotate_left(32))
+                ^ (word(dst, 0) ^ word(dst, 8).rotate_left(32)).rotate_left(17)
+        }
+    };
+    mix(mix(m, 0), a)
 }
 
 /// Passes a classification through the per-CPU scratch value, which the
@@ -193,30 +247,13 @@ fn join_channels(channel: u32) -> u32 {
     }
 }
 
-/// The doorkeeper: whether the flow's previous uncached packet on this CPU
-/// was the last one to pass through its slot. Records the flow in its slot
-/// otherwise. Collisions only delay an admission (or, rarely, admit a flow
-/// one packet early); they never change a classification.
+/// The doorkeeper: whether the flow (of hash `h`, [`flow_hash`])'s
+/// previous uncached packet on this CPU was the last one to pass through
+/// its slot. Records the flow in its slot otherwise. Collisions only delay
+/// an admission (or, rarely, admit a flow one packet early); they never
+/// change a classification.
 #[inline(always)]
-fn second_sight(meta: &FlowMeta, p: &Parsed) -> bool {
-    let m = u64::from(meta.generation)
-        | u64::from(meta.dir) << 8
-        | u64::from(meta.proto) << 16
-        | u64::from(meta.l4_bits) << 24
-        | u64::from(meta.dport) << 32;
-    let h = match &p.addrs {
-        Addrs::V4 { src, dst } => mix(
-            mix(m, 0),
-            u64::from(u32::from_ne_bytes(*src)) << 32 | u64::from(u32::from_ne_bytes(*dst)),
-        ),
-        Addrs::V6 { src, dst } => {
-            let mut h = mix(m, 0);
-            h = mix(h, word(src, 0));
-            h = mix(h, word(src, 8));
-            h = mix(h, word(dst, 0));
-            mix(h, word(dst, 8))
-        }
-    };
+fn second_sight(h: u64) -> bool {
     let tag = (h >> 32) as u32 | 1;
     let Some(seen) = TC_FLOW_SEEN.get_ptr_mut((h as u32) & (FLOW_SEEN_SLOTS - 1)) else {
         return false;

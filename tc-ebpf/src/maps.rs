@@ -10,7 +10,7 @@ use tc_common::{
     BucketState, ChannelCounters, ChannelPolicy, ChannelSet, Config, ConnConfig, ConnEntry,
     ConnKey, ConnPool, FlowKey4, FlowKey6, FlowValue, FragEntry, FragKey, GenInfo, GlobalCounters,
     Ip4Key, Ip6Key, IxConfig, IxCounters, IxKey, L4Key, PrefixKey4, PrefixKey6, CHANNEL_SLOTS,
-    DEFAULT_MAX_CONNS, DEFAULT_MAX_INTERACTIONS, IX_SKETCH_ROWS, IX_SKETCH_WIDTH, MAX_FLOWS,
+    DEFAULT_MAX_CONNS, DEFAULT_MAX_INTERACTIONS, FLOW_BITS_WORDS, IX_SKETCH_ROWS, IX_SKETCH_WIDTH, MAX_FLOWS,
     MAX_FRAGS, MAX_IX_IFACES, MAX_L4_ENTRIES, MAX_POOLS, MAX_PREFIX4_ENTRIES, MAX_PREFIX6_ENTRIES,
     MAX_PREFIXES, PACE_SLOTS,
 };
@@ -23,6 +23,14 @@ pub static TC_GENS: Array<GenInfo> = Array::with_max_entries(2, 0);
 pub static TC_FLOWS4: LruHashMap<FlowKey4, FlowValue> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
 #[map]
 pub static TC_FLOWS6: LruHashMap<FlowKey6, FlowValue> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+/// The flow cache's filter: a bit for each flow the cache took (by its
+/// hash, `classify::flow_hash`), so that a flow whose bit is clear, as
+/// every frame of a random-source flood's is, skips the cache lookup, a
+/// miss in a large hash table. Shared by the CPUs (a flow's packets may
+/// come on any), set with an atomic OR; bits are never cleared here: the
+/// agent zeroes the filter after `FLOW_BITS_CLEAR_AFTER` inserts.
+#[map]
+pub static TC_FLOW_BITS: Array<u64> = Array::with_max_entries(FLOW_BITS_WORDS, 0);
 /// Slots of the flow cache's doorkeeper (a power of two).
 pub const FLOW_SEEN_SLOTS: u32 = 4096;
 /// The flow cache's doorkeeper, per CPU: a tag of the last uncached flow

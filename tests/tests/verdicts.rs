@@ -680,6 +680,52 @@ fn a_random_source_flood_neither_enters_nor_empties_the_flow_cache() {
     assert_eq!(f.counters("legit").matched_pkts, 4);
 }
 
+/// The flow cache's filter: a cached flow whose bit the agent cleared is
+/// not looked up, is classified afresh into the same channel, and is taken
+/// again on its next packet; the agent clears the filter only after
+/// `FLOW_BITS_CLEAR_AFTER` inserts.
+#[test]
+fn a_flow_cleared_from_the_cache_filter_is_classified_afresh_and_cached_again() {
+    let mut f = Fixture::new(
+        "channels:\n  - name: a\n    from: [198.18.1.5/32]\n  - name: b\n    to: [198.18.2.0/24]\n",
+    );
+    // The doorkeeper is per CPU: the test's packets must all run on one.
+    tc_tests::pin_to_cpu(0).expect("pin to a CPU");
+    let frame = packet::ipv4("198.18.1.5", "198.18.2.10", UDP, 53, 10);
+    for _ in 0..3 {
+        assert_eq!(f.ingress(&frame), PASS);
+    }
+    let g = f.global();
+    assert_eq!((g.flow_misses, g.flow_inserts, g.flow_hits), (2, 1, 1));
+
+    f.dp.clear_flow_filter().unwrap();
+    // A miss (not looked up), then taken again (the insert overwrites the
+    // entry), then hits.
+    for _ in 0..4 {
+        assert_eq!(f.ingress(&frame), PASS);
+    }
+    let g = f.global();
+    assert_eq!((g.flow_misses, g.flow_inserts, g.flow_hits), (4, 2, 3));
+    assert_eq!(
+        f.counters("a").matched_pkts,
+        7,
+        "every packet in its channel"
+    );
+    assert_eq!(f.counters("b").matched_pkts, 0);
+
+    // The agent's rule: the first look only notes the count.
+    let after = tc_common::FLOW_BITS_CLEAR_AFTER;
+    assert!(!f.dp.tidy_flow_filter(1_000).unwrap());
+    assert!(!f.dp.tidy_flow_filter(1_000 + after - 1).unwrap());
+    assert_eq!(f.ingress(&frame), PASS);
+    assert_eq!(f.global().flow_hits, 4, "not cleared yet");
+    assert!(f.dp.tidy_flow_filter(1_000 + after).unwrap());
+    assert_eq!(f.ingress(&frame), PASS);
+    let g = f.global();
+    assert_eq!((g.flow_misses, g.flow_hits), (5, 4), "cleared");
+    assert!(!f.dp.tidy_flow_filter(1_000 + 2 * after - 1).unwrap());
+}
+
 #[test]
 fn both_cpus_charge_one_bucket_exactly() {
     // A bucket of 10,000 packets refilling at 1 packet/s, hammered from both

@@ -15,6 +15,9 @@ impl Agent {
     }
 
     pub(super) fn sample(&mut self) -> Result<()> {
+        // Stale bits of evicted flows out of the flow cache's filter.
+        let inserts = self.dp.global_counters()?.flow_inserts;
+        self.dp.tidy_flow_filter(inserts)?;
         let totals = self.totals()?;
         let conns = self.pool_counts()?;
         let totals = self

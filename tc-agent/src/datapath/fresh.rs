@@ -75,6 +75,7 @@ impl Datapath {
         // As a fresh load: nothing known of either generation (so the next
         // applies take the same paths as after a load).
         self.gens = [held::Generation::unknown(), held::Generation::unknown()];
+        self.flow_bits_since = None;
         self.init_slots()
     }
 }

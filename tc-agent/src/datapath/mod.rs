@@ -8,6 +8,7 @@ mod bpf_call;
 pub mod conn;
 pub mod digest;
 mod elem;
+mod flow_filter;
 mod fresh;
 pub mod held;
 pub mod interactions;
@@ -44,7 +45,7 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("TC_EBPF_OBJ"))
 
 /// Layout version of the pinned maps. Bump it whenever a shared type in
 /// `tc-common` changes, so a new agent never reuses maps of another layout.
-pub const MAPS_LAYOUT: &str = "maps-v11";
+pub const MAPS_LAYOUT: &str = "maps-v12";
 
 /// tc programs in the object.
 pub const TC_INGRESS: &str = "tc_ingress";
@@ -105,6 +106,9 @@ pub struct Datapath {
     /// what differs (see [`held`]). Unknown until this agent writes or
     /// reads a generation.
     gens: [held::Generation; 2],
+    /// The node's `flow_inserts` when the flow cache's filter was last
+    /// zeroed, or when this agent first looked (see [`flow_filter`]).
+    flow_bits_since: Option<u64>,
 }
 
 /// Stack of the thread that writes an apply's IPv6 tables.
@@ -180,6 +184,7 @@ impl Datapath {
             ebpf,
             pin_dir: pin_dir.map(Path::to_path_buf),
             gens: [held::Generation::unknown(), held::Generation::unknown()],
+            flow_bits_since: None,
         };
         dp.init_slots()?;
         dp.install_accounting()?;

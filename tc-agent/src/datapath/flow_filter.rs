@@ -1,0 +1,40 @@
+//! The flow cache's filter (`TC_FLOW_BITS`): the datapath sets a flow's bit
+//! when the cache takes it and never clears one, so bits of flows the
+//! cache has since evicted pile up. The agent zeroes the filter after
+//! [`FLOW_BITS_CLEAR_AFTER`] inserts, which keeps it at most about an
+//! eighth full (each set bit lets a flood's frame that hashes to it pay
+//! for the cache lookup the filter exists to spare). A flow still cached
+//! when its bit goes is found uncached, classified afresh and admitted
+//! again on a later packet: speed, never a classification.
+
+use aya::maps::{Array, MapData};
+use tc_common::{FLOW_BITS, FLOW_BITS_CLEAR_AFTER, FLOW_BITS_WORDS};
+
+use super::{map_err, Datapath, DatapathError};
+
+impl Datapath {
+    /// Zeroes the flow cache's filter if the cache took
+    /// [`FLOW_BITS_CLEAR_AFTER`] flows since it was last zeroed (or since
+    /// this agent's first call). `inserts` is the node's `flow_inserts`.
+    /// Returns whether it zeroed it.
+    pub fn tidy_flow_filter(&mut self, inserts: u64) -> Result<bool, DatapathError> {
+        let since = *self.flow_bits_since.get_or_insert(inserts);
+        if inserts.saturating_sub(since) < FLOW_BITS_CLEAR_AFTER {
+            return Ok(false);
+        }
+        self.clear_flow_filter()?;
+        self.flow_bits_since = Some(inserts);
+        tracing::debug!(inserts, "cleared the flow cache's filter");
+        Ok(true)
+    }
+
+    /// Zeroes the flow cache's filter: every cached flow is looked up
+    /// again only once the cache has taken it anew.
+    pub fn clear_flow_filter(&mut self) -> Result<(), DatapathError> {
+        let mut bits: Array<&mut MapData, u64> = self.map(FLOW_BITS)?;
+        for i in 0..FLOW_BITS_WORDS {
+            bits.set(i, 0, 0).map_err(map_err(FLOW_BITS))?;
+        }
+        Ok(())
+    }
+}
