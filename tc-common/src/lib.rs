@@ -110,7 +110,8 @@ pub const IX_SKETCH_WIDTH: usize = 1024;
 pub const IX_SKETCH_UNIT: u64 = 64;
 /// The lowest admission threshold, in sketch units: where the agent's
 /// starts, and the one the datapath weighs clients by while the table has
-/// no free slot and the agent has set none (see `account::admission` in
+/// no slot left for a client (beyond those kept for untracked-clients
+/// entries) and the agent has set none (see `account::admission` in
 /// the eBPF crate).
 pub const IX_MIN_ADMIT_UNITS: u32 = 16;
 /// Sketch windows are `2^IX_WINDOW_SHIFT` ns (about 1.07 s) of the coarse clock.
@@ -189,7 +190,7 @@ impl IxCounters {
 pub struct IxConfig {
     /// A new client gets its own entry once the sketch estimates its bytes
     /// in the current window at this many [`IX_SKETCH_UNIT`]s or more; 0:
-    /// at once (the table has room; while the free ring is empty the
+    /// at once (the table has room; while no slot is left for a client the
     /// datapath takes [`IX_MIN_ADMIT_UNITS`] instead). Below it, its
     /// packets count in the interaction's all-zero-client entry.
     pub admit_units: u32,

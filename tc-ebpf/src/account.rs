@@ -12,7 +12,7 @@
 //! stay whole, and a flood of 100,000 small sources cannot push out the
 //! few heavy ones an operator must see. Until the agent's next sample
 //! (a flood can fill the table within milliseconds, and starve the agent
-//! of CPU), a table with no free slot weighs new clients by the sketch at
+//! of CPU), a table with no slot left for a client weighs them by the sketch at
 //! the lowest threshold by itself ([`admission`]).
 //!
 //! A forwarded packet is counted once, at the first of our hooks it
@@ -27,7 +27,8 @@ use core::{
 use aya_ebpf::bindings::BPF_NOEXIST;
 use tc_common::{
     FlowKey4, FlowKey6, FlowMeta, IxConfig, IxCounters, IxKey, DIR_EGRESS, IX_ALLOC_HEAD,
-    IX_ALLOC_TAIL, IX_MIN_ADMIT_UNITS, IX_NONE, IX_REQUEST, IX_SKETCH_ROWS, IX_SKETCH_UNIT, IX_SKETCH_WIDTH, IX_WINDOW_SHIFT,
+    IX_ALLOC_TAIL, IX_MIN_ADMIT_UNITS, IX_NONE, IX_REQUEST, IX_SKETCH_ROWS, IX_SKETCH_UNIT,
+    IX_SKETCH_WIDTH, IX_WINDOW_SHIFT,
 };
 
 use crate::{

@@ -8,20 +8,22 @@ use core::{
     ptr::{read_volatile, write_volatile},
 };
 
-use aya_ebpf::maps::{lpm_trie::Key, LpmTrie};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    maps::{lpm_trie::Key, LpmTrie},
+};
 use tc_common::{
     ChannelSet, FlowKey4, FlowKey6, FlowMeta, FlowValue, FragKey, GenInfo, GlobalCounters, Ip4Key,
     Ip6Key, PrefixKey4, PrefixKey6, Probes, CHANNEL_WORDS, FLAG_NO_DST_MEMO, FLAG_NO_FLOW_CACHE,
-    FLOW_BITS_WORDS,
-    GEN_BITS, IX_NONE, MAX_PROBES, NO_CHANNEL, PROBE_TRIE, TABLE_DST_V4, TABLE_DST_V6, TABLE_L4,
-    TABLE_SRC_V4, TABLE_SRC_V6,
+    FLOW_BITS_WORDS, GEN_BITS, IX_NONE, MAX_PROBES, NO_CHANNEL, PROBE_TRIE, TABLE_DST_V4,
+    TABLE_DST_V6, TABLE_L4, TABLE_SRC_V4, TABLE_SRC_V6,
 };
 
 use crate::{
     account::hint,
     maps::{
-        FLOW_SEEN_SLOTS, TC_DST_MEMO, TC_DST_V4, TC_FLOW_BITS, TC_DST_V6, TC_FLOWS4, TC_FLOWS6, TC_FLOW_SEEN,
-        TC_GENS, TC_L4, TC_PREFIX4, TC_PREFIX6, TC_SCRATCH, TC_SRC_V4, TC_SRC_V6,
+        FLOW_SEEN_SLOTS, TC_DST_MEMO, TC_DST_V4, TC_DST_V6, TC_FLOWS4, TC_FLOWS6, TC_FLOW_BITS,
+        TC_FLOW_SEEN, TC_GENS, TC_L4, TC_PREFIX4, TC_PREFIX6, TC_SCRATCH, TC_SRC_V4, TC_SRC_V6,
     },
     parse::{Addrs, Parsed},
 };
@@ -101,9 +103,11 @@ pub fn channel_slot(
 /// A flow the cache took has its bit set in a filter ([`TC_FLOW_BITS`]),
 /// and a flow whose bit is clear is not looked up: a flood's new flows
 /// then cost a hash and a bit test, not a miss in a large hash table. A
-/// cached flow whose bit the agent cleared is classified afresh and
-/// admitted again (the insert overwrites its entry), which costs its
-/// next packets the cache, never a wrong channel.
+/// cached flow whose bit the agent cleared is classified afresh until the
+/// doorkeeper admits it again; the insert then finds its entry and keeps
+/// it (with its interaction hint, and not counted as an insert), and only
+/// sets the bit: it costs the flow a few packets' speed, never a wrong
+/// channel.
 #[inline(always)]
 pub fn classify_cached(
     generation: u8,
@@ -167,7 +171,9 @@ pub fn classify_cached(
         ix_port: 0,
         _pad: 0,
     };
-    // A full cache evicts its least recently used flow; failing to insert only costs speed.
+    // A full cache evicts its least recently used flow; failing to insert
+    // only costs speed. Never over an entry: a flow whose bit was cleared
+    // keeps its entry and hint, and a CPU that raced this one keeps its.
     let inserted = match &p.addrs {
         Addrs::V4 { src, dst } => TC_FLOWS4.insert(
             &FlowKey4 {
@@ -176,7 +182,7 @@ pub fn classify_cached(
                 dst: *dst,
             },
             &value,
-            0,
+            BPF_NOEXIST as u64,
         ),
         Addrs::V6 { src, dst } => TC_FLOWS6.insert(
             &FlowKey6 {
@@ -185,31 +191,37 @@ pub fn classify_cached(
                 dst: *dst,
             },
             &value,
-            0,
+            BPF_NOEXIST as u64,
         ),
     };
     if inserted.is_ok() {
         global.flow_inserts += 1;
-        if let Some((w, b)) = bit {
-            // SAFETY: a word of the shared array; an atomic OR, so that no
-            // CPU's bit is lost to another's (BPF_ATOMIC_OR, Linux 5.12).
-            unsafe { atomic_or::<u64, u64, { AtomicOrdering::SeqCst }>(w, b) };
-        }
+    }
+    // Also when the entry was there: its bit goes back on.
+    if let Some((w, b)) = bit {
+        // SAFETY: a word of the shared array; an atomic OR, so that no
+        // CPU's bit is lost to another's (BPF_ATOMIC_OR, Linux 5.12).
+        unsafe { atomic_or::<u64, u64, { AtomicOrdering::SeqCst }>(w, b) };
     }
     channel
 }
 
-/// The flow's word in the cache's filter, and its bit there (bits 32-49
-/// of its hash; the doorkeeper takes its slot from the low bits).
+/// The flow's word in the cache's filter, and its bit there: bits 12-29
+/// of its hash, apart from the doorkeeper's slot (bits 0-11) and tag
+/// (bits 32-63).
 #[inline(always)]
 fn filter_bit(h: u64) -> Option<(*mut u64, u64)> {
-    let w = TC_FLOW_BITS.get_ptr_mut((h >> 38) as u32 & (FLOW_BITS_WORDS - 1))?;
-    Some((w, 1u64 << ((h >> 32) & 63)))
+    let w = TC_FLOW_BITS.get_ptr_mut((h >> 18) as u32 & (FLOW_BITS_WORDS - 1))?;
+    Some((w, 1u64 << ((h >> 12) & 63)))
 }
 
 /// A hash of the flow's cache key: the doorkeeper's slot and tag, and its
 /// bit in the cache's filter. IPv6 addresses are folded to a word each
-/// first (two rounds of [`mix`] for either family, not five).
+/// first: two rounds of [`mix`] for either family, where a round per word
+/// took `tc_egress` past its verifier headroom (621k instructions). The
+/// hash is not keyed, and need not be: it spreads real flows, and a
+/// spoofed flood that wants past the doorkeeper need only send each flow
+/// twice (see [`classify_cached`]).
 #[inline(always)]
 fn flow_hash(meta: &FlowMeta, p: &Parsed) -> u64 {
     let m = u64::from(meta.generation)
@@ -217,16 +229,16 @@ fn flow_hash(meta: &FlowMeta, p: &Parsed) -> u64 {
         | u64::from(meta.proto) << 16
         | u64::from(meta.l4_bits) << 24
         | u64::from(meta.dport) << 32;
-    let a = match &p.addrs {
-        Addrs::V4 { src, dst } => {
-            u64::from(u32::from_ne_bytes(*src)) << 32 | u64::from(u32::from_ne_bytes(*dst))
-        }
-        Addrs::V6 { src, dst } => {
-            (word(src, 0) ^ word(src, 8).rotate_left(32))
-                ^ (word(dst, 0) ^ word(dst, 8).rotate_left(32)).rotate_left(17)
-        }
-    };
-    mix(mix(m, 0), a)
+    match &p.addrs {
+        Addrs::V4 { src, dst } => mix(
+            mix(m, 0),
+            u64::from(u32::from_ne_bytes(*src)) << 32 | u64::from(u32::from_ne_bytes(*dst)),
+        ),
+        Addrs::V6 { src, dst } => mix(
+            mix(m, word(src, 0) ^ word(src, 8).rotate_left(32)),
+            word(dst, 0) ^ word(dst, 8).rotate_left(32),
+        ),
+    }
 }
 
 /// Passes a classification through the per-CPU scratch value, which the

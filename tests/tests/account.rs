@@ -410,10 +410,11 @@ fn admission_folds_new_small_clients_into_the_untracked_entry() {
 /// threshold set, the datapath weighs clients by the sketch at the lowest
 /// threshold by itself, as the agent would: a small client without an
 /// entry folds into the untracked entry, an admitted client's cached flow
-/// keeps counting in its own entry, and a heavy client without an entry
-/// counts as untracked too: the slot kept for untracked entries holds
-/// them, nothing is lost. Its slots freed, the table admits a new client
-/// at once.
+/// keeps counting in its own entry, a small client with an entry but no
+/// hint to it folds (it is weighed before any lookup), and a heavy client
+/// without an entry counts as untracked too: the slot kept for untracked
+/// entries holds them, nothing is lost. Once the agent removes entries, a
+/// new client gets one at once.
 #[test]
 fn a_full_table_weighs_clients_before_the_agent_sets_a_threshold() {
     // The sketch is per CPU: every frame runs on the same one.
@@ -425,13 +426,17 @@ fn a_full_table_weighs_clients_before_the_agent_sets_a_threshold() {
     let old = udp("198.18.1.1", 40000, SERVER, 9000, 100);
     n.arrives(&old);
     n.arrives(&old);
+    // A client that got an entry with its one packet: its flow is not in
+    // the flow cache, so its next packet has no hint to its entry.
+    let once = udp("198.18.1.2", 40000, SERVER, 9000, 100);
+    n.arrives(&once);
     // Flood clients, one frame each, take every slot a client may take:
     // all but one (a 64th of the table), kept for untracked entries.
     let flooder = |i: u32| {
         let a = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 64, 0)) + i);
         udp(&a.to_string(), 40000, SERVER, 9000, 0)
     };
-    for i in 0..ENTRIES - 2 {
+    for i in 0..ENTRIES - 3 {
         n.arrives(&flooder(i));
     }
     assert_eq!(n.table().len(), ENTRIES as usize - 1);
@@ -462,21 +467,40 @@ fn a_full_table_weighs_clients_before_the_agent_sets_a_threshold() {
     assert_eq!(own(&mut n), 3);
     assert_eq!(n.folded(), 20);
 
+    // The client without a hint is weighed before any lookup, and is
+    // small: its packet folds, as under the agent's threshold (without
+    // the fallback it would look its entry up and count there).
+    n.arrives(&once);
+    assert_eq!(n.folded(), 21);
+    assert_eq!(
+        n.entry(&key("198.18.1.2", SERVER, UDP, 9000))
+            .unwrap()
+            .req_pkts,
+        1
+    );
+
     // A heavy new client passes the sketch's threshold (16 units; 142-byte
     // frames are 3 units each) but finds no slot for a client: it counts
     // in the untracked entry too, nothing lost.
     for _ in 0..8 {
         n.arrives(&udp("198.18.1.3", 40000, SERVER, 9000, 100));
     }
-    assert_eq!(n.folded(), 28);
+    assert_eq!(n.folded(), 29);
     let o = n.entry(&other(SERVER, UDP, 0)).unwrap();
-    assert_eq!(o.req_pkts, 28);
+    assert_eq!(o.req_pkts, 29);
     assert!(n.entry(&key("198.18.1.3", SERVER, UDP, 9000)).is_none());
     assert_eq!(n.dp.global_counters().unwrap().ix_lost_pkts, 0);
 
-    // The agent frees slots (here: all, as a new table): a new client gets
-    // an entry at its first packet again.
-    n.dp.clear_maps().unwrap();
+    // The agent removes idle entries (two of the flood's): their slots go
+    // back to the ring, and a new client gets an entry at its first
+    // packet again.
+    let idle: Vec<IxKey> = (0..2)
+        .map(|i| {
+            let a = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 64, 0)) + i);
+            key(&a.to_string(), SERVER, UDP, 9000)
+        })
+        .collect();
+    assert_eq!(n.dp.remove_interactions(&idle).unwrap().len(), 2);
     let later = udp("198.18.1.4", 40000, SERVER, 9000, 100);
     n.arrives(&later);
     assert_eq!(
@@ -485,5 +509,5 @@ fn a_full_table_weighs_clients_before_the_agent_sets_a_threshold() {
             .req_pkts,
         1
     );
-    assert_eq!(n.folded(), 0);
+    assert_eq!(n.folded(), 29);
 }

@@ -15,9 +15,15 @@ impl Agent {
     }
 
     pub(super) fn sample(&mut self) -> Result<()> {
-        // Stale bits of evicted flows out of the flow cache's filter.
-        let inserts = self.dp.global_counters()?.flow_inserts;
-        self.dp.tidy_flow_filter(inserts)?;
+        // Stale bits of evicted flows out of the flow cache's filter: a
+        // failure only costs speed, and must not stop the sample.
+        if let Err(e) = self
+            .dp
+            .global_counters()
+            .and_then(|g| self.dp.tidy_flow_filter(g.flow_inserts))
+        {
+            tracing::warn!(error = %e, "cannot tidy the flow cache's filter");
+        }
         let totals = self.totals()?;
         let conns = self.pool_counts()?;
         let totals = self
