@@ -287,8 +287,9 @@ pub const MAX_FLOWS: u32 = 65_536;
 pub const FLOW_BITS_WORDS: u32 = 4096;
 /// Inserts into the flow cache after which the agent clears the filter:
 /// an eighth of its bits, so that bits of flows the cache has since
-/// evicted keep it at most about that full (a flow cleared away is found
-/// uncached, classified afresh and admitted again).
+/// evicted fill about that much of it at most (the live flows' bits come
+/// on top; a flow cleared away is found uncached, classified afresh and
+/// admitted again).
 pub const FLOW_BITS_CLEAR_AFTER: u64 = FLOW_BITS_WORDS as u64 * 64 / 8;
 /// Flow-cache value meaning "this flow matches no channel".
 pub const NO_CHANNEL: u32 = u32::MAX;

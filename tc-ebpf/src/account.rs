@@ -288,13 +288,15 @@ fn reserved(slots: u32) -> u32 {
 
 /// The admission threshold in force: the agent's, or, while the agent has
 /// set none and no slot is left for a client (only the [`reserved`] ones:
-/// no client without an entry can get one), [`IX_MIN_ADMIT_UNITS`]. A client's packet then looks its
-/// entry up only when the sketch says it is heavy (or it is a SYN, SYN-ACK
-/// or a cached flow's, as under any threshold), instead of every packet of
-/// a flood missing in a full table: a random-source flood's XDP frames
-/// cost 1,000-1,100 ns each that way on a slow host, 420 ns with no
-/// accounting at all (`cargo xtask bench flood`). The agent's threshold
-/// follows at its next sample, which a flood can delay by seconds.
+/// no client without an entry can get one), [`IX_MIN_ADMIT_UNITS`]. A
+/// client's packet then looks its entry up only when the sketch says it is
+/// heavy (or it is a SYN, SYN-ACK or a cached flow's, as under any
+/// threshold), instead of every packet of a flood missing in a full table:
+/// a random-source flood's XDP frames at 1,024 channels cost 1,024-1,060
+/// ns each that way on a slow host, and 422 ns with no accounting of
+/// dropped frames at all (throwaway builds in paired `bench flood` runs;
+/// README, "Accounting in a full table"). The agent's threshold follows
+/// at its next sample, which a flood can delay by seconds.
 #[inline(always)]
 fn admission(conf: &IxConfig) -> u32 {
     if conf.admit_units != 0 {

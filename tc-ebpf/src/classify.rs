@@ -105,9 +105,10 @@ pub fn channel_slot(
 /// then cost a hash and a bit test, not a miss in a large hash table. A
 /// cached flow whose bit the agent cleared is classified afresh until the
 /// doorkeeper admits it again; the insert then finds its entry and keeps
-/// it (with its interaction hint, and not counted as an insert), and only
-/// sets the bit: it costs the flow a few packets' speed, never a wrong
-/// channel.
+/// it (not counted as an insert), and only sets the bit. Meanwhile its
+/// packets carry no interaction hint (under admission a small client's
+/// fold into the untracked entry, see the agent's `datapath::flow_filter`);
+/// never a wrong channel.
 #[inline(always)]
 pub fn classify_cached(
     generation: u8,

@@ -1,12 +1,19 @@
 //! The flow cache's filter (`TC_FLOW_BITS`): the datapath sets a flow's bit
 //! when the cache takes it and never clears one, so bits of flows the
 //! cache has since evicted pile up. The agent zeroes the filter after
-//! [`FLOW_BITS_CLEAR_AFTER`] inserts, which keeps it at most about an
-//! eighth full (each set bit lets a flood's frame that hashes to it pay
-//! for the cache lookup the filter exists to spare). A flow still cached
-//! when its bit goes is found uncached, classified afresh, and its bit set
-//! again on a later packet; its entry is kept (not counted as an insert),
-//! so clearing costs speed, never a classification or an interaction hint.
+//! [`FLOW_BITS_CLEAR_AFTER`] inserts, which keeps the bits of evicted
+//! flows to about an eighth of the filter (the cache's live flows may set
+//! up to a quarter more; each set bit lets a flood's frame that hashes to
+//! it pay for the cache lookup the filter exists to spare). A flow still
+//! cached when its bit goes is found uncached and classified afresh until
+//! the doorkeeper admits it again (two packets in a row on a CPU, which a
+//! flood that keeps taking its slot can put off for long); that keeps its
+//! entry and interaction hint (not counted as an insert) and sets its bit.
+//! Until then its packets carry no hint, so under admission a small
+//! client's packets fold into the untracked entry. It never costs a wrong
+//! channel. Aging the filter (two of them, a flow's
+//! bit set again in the newer one on a hit) would keep live flows' bits.
+//! (See the README, "The flow cache".)
 
 use aya::maps::{Array, MapData};
 use tc_common::{FLOW_BITS, FLOW_BITS_CLEAR_AFTER, FLOW_BITS_WORDS};
