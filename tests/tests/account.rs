@@ -141,6 +141,14 @@ impl Node {
             .map(|(_, c)| c)
     }
 
+    /// Request packets of `client`'s UDP interaction with the server's
+    /// port 9000 (the admission tests' clients), which must have an entry.
+    fn requests(&mut self, client: &str) -> u64 {
+        self.entry(&key(client, SERVER, UDP, 9000))
+            .unwrap_or_else(|| panic!("{client} has an entry"))
+            .req_pkts
+    }
+
     fn folded(&mut self) -> u64 {
         self.dp.global_counters().unwrap().ix_folded_pkts
     }
@@ -356,9 +364,7 @@ fn admission_folds_new_small_clients_into_the_untracked_entry() {
     }
     n.arrives(&old);
     assert_eq!(
-        n.entry(&key("198.18.1.1", SERVER, UDP, 9000))
-            .unwrap()
-            .req_pkts,
+        n.requests("198.18.1.1"),
         3,
         "an admitted client keeps counting in its own entry"
     );
@@ -387,22 +393,12 @@ fn admission_folds_new_small_clients_into_the_untracked_entry() {
     );
     let o = n.entry(&other(SERVER, UDP, 0)).unwrap();
     assert_eq!(o.req_pkts, 5 + folded, "each folded frame counted once");
-    assert_eq!(
-        n.entry(&key("198.18.1.3", SERVER, UDP, 9000))
-            .unwrap()
-            .req_pkts,
-        1
-    );
+    assert_eq!(n.requests("198.18.1.3"), 1);
 
     n.dp.set_admission(0).unwrap();
     let later = udp("198.18.1.4", 40000, SERVER, 9000, 100);
     n.arrives(&later);
-    assert_eq!(
-        n.entry(&key("198.18.1.4", SERVER, UDP, 9000))
-            .unwrap()
-            .req_pkts,
-        1
-    );
+    assert_eq!(n.requests("198.18.1.4"), 1);
 }
 
 /// A flood fills the table faster than the agent samples it (and can
@@ -459,12 +455,7 @@ fn a_full_table_weighs_clients_before_the_agent_sets_a_threshold() {
 
     // The admitted client's cached flow still counts in its own entry.
     n.arrives(&old);
-    let own = |n: &mut Node| {
-        n.entry(&key("198.18.1.1", SERVER, UDP, 9000))
-            .unwrap()
-            .req_pkts
-    };
-    assert_eq!(own(&mut n), 3);
+    assert_eq!(n.requests("198.18.1.1"), 3);
     assert_eq!(n.folded(), 20);
 
     // The client without a hint is weighed before any lookup, and is
@@ -472,12 +463,7 @@ fn a_full_table_weighs_clients_before_the_agent_sets_a_threshold() {
     // the fallback it would look its entry up and count there).
     n.arrives(&once);
     assert_eq!(n.folded(), 21);
-    assert_eq!(
-        n.entry(&key("198.18.1.2", SERVER, UDP, 9000))
-            .unwrap()
-            .req_pkts,
-        1
-    );
+    assert_eq!(n.requests("198.18.1.2"), 1);
 
     // A heavy new client passes the sketch's threshold (16 units; 142-byte
     // frames are 3 units each) but finds no slot for a client: it counts
@@ -503,11 +489,6 @@ fn a_full_table_weighs_clients_before_the_agent_sets_a_threshold() {
     assert_eq!(n.dp.remove_interactions(&idle).unwrap().len(), 2);
     let later = udp("198.18.1.4", 40000, SERVER, 9000, 100);
     n.arrives(&later);
-    assert_eq!(
-        n.entry(&key("198.18.1.4", SERVER, UDP, 9000))
-            .unwrap()
-            .req_pkts,
-        1
-    );
+    assert_eq!(n.requests("198.18.1.4"), 1);
     assert_eq!(n.folded(), 29);
 }
