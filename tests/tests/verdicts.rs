@@ -472,9 +472,12 @@ fn xdp_shares_the_classifier_and_buckets() {
 
 #[test]
 fn bandwidth_limit_charges_bytes() {
-    // 8 Mbit/s = 1 byte/us; burst 64 KiB: 65536 / 1000 = 65 frames of 1000 bytes.
+    // 800 kbit/s = 1 byte every 10 us; burst 64 KiB: 65536 / 1000 = 65
+    // frames of 1000 bytes. The slow rate refills one frame every 10 ms, so
+    // the milliseconds the runs take under emulation (and a guest clock
+    // that steps) add at most a frame.
     let mut f =
-        Fixture::new("channels:\n  - name: bw\n    limit: {bandwidth: 8Mbit, burst: 64KiB}\n");
+        Fixture::new("channels:\n  - name: bw\n    limit: {bandwidth: 800kbit, burst: 64KiB}\n");
     let frame = packet::ipv4("198.18.1.5", "198.18.2.10", UDP, 9, 1000 - 42);
     assert_eq!(frame.len(), 1000);
     let t0 = std::time::Instant::now();
@@ -483,10 +486,9 @@ fn bandwidth_limit_charges_bytes() {
     let c = f.counters("bw");
     assert_eq!(c.matched_pkts, 100);
     // Exactly the burst (65 frames), plus the refill while the 100 runs
-    // execute: one frame per millisecond (microseconds here, milliseconds
-    // under emulation).
+    // execute: one frame per 10 ms.
     assert!(
-        (65..=66 + refill).contains(&c.passed_pkts),
+        (65..=66 + refill / 10).contains(&c.passed_pkts),
         "{c:?} ({refill} ms of refill)"
     );
     assert_eq!(c.passed_pkts + c.dropped_pkts, 100);
@@ -812,20 +814,23 @@ impl Fixture {
 
 #[test]
 fn delay_sets_the_earliest_departure_time() {
-    // 8 Mbit/s = 1 byte/us; burst 64 KiB. 100 frames of 1000 bytes: the
-    // first 65 leave now, then each departs 1 ms after the previous.
+    // 800 kbit/s = 1 byte every 10 us; burst 64 KiB. 100 frames of 1000
+    // bytes: the first 65 leave now, then each departs 10 ms after the
+    // previous. The slow rate keeps the test exact under emulation, where
+    // the 100 runs take milliseconds: that refills the bucket by a fraction
+    // of a frame, not by frames.
     let mut f = Fixture::new(
-        "channels:\n  - name: paced\n    direction: egress\n    action: delay\n    horizon: 1s\n    limit: {bandwidth: 8Mbit, burst: 64KiB}\n",
+        "channels:\n  - name: paced\n    direction: egress\n    action: delay\n    horizon: 1s\n    limit: {bandwidth: 800kbit, burst: 64KiB}\n",
     );
     let frame = packet::ipv4("198.18.1.5", "198.18.2.10", UDP, 9, 1000 - 42);
     let before = monotonic_ns();
     let (verdict, ts) = f.egress_tstamp(&frame, 100);
     let after = monotonic_ns();
     assert_eq!(verdict, PASS);
-    // 100 * 1000 - 65536 bytes at 1 byte/us: 34.5 ms after the first run,
+    // 100 * 1000 - 65536 bytes at 0.1 byte/us: 344.6 ms after the first run,
     // which started somewhere between `before` and `after` (seconds apart
     // under emulation).
-    let (lo, hi) = (before + 34_000_000, after + 35_000_000);
+    let (lo, hi) = (before + 344_000_000, after + 346_000_000);
     assert!(
         (lo..=hi).contains(&ts),
         "departure {:.2} ms after the start, {:.2} ms before its end",
@@ -835,11 +840,21 @@ fn delay_sets_the_earliest_departure_time() {
     let c = f.counters("paced");
     assert_eq!((c.passed_pkts, c.dropped_pkts), (100, 0));
     assert!((34..=36).contains(&c.delayed_pkts), "{c:?}");
-    // Mean wait of the delayed packets: about half of the last one's.
-    let mean_ms = c.delay_ns as f64 / c.delayed_pkts as f64 / 1e6;
+    // Mean wait of the delayed packets. The d delayed ones depart 10 ms
+    // apart, the last at `ts`, so their mean departure is (d - 1) / 2 ms
+    // before it; each waited from its own run, somewhere between `before`
+    // and `after`; the bounds come from the clock, not a constant.
+    let d = c.delayed_pkts as f64;
+    let mean_departure = ts as f64 - (d - 1.0) / 2.0 * 10e6;
+    let mean_ms = c.delay_ns as f64 / d / 1e6;
+    let (lo, hi) = (
+        (mean_departure - after as f64) / 1e6 - 0.5,
+        (mean_departure - before as f64) / 1e6 + 0.5,
+    );
+    eprintln!("mean delay {mean_ms:.2} ms, bounds {lo:.2}..={hi:.2} ms");
     assert!(
-        (15.0..=20.0).contains(&mean_ms),
-        "mean delay {mean_ms:.2} ms"
+        (lo..=hi).contains(&mean_ms) && mean_ms > 0.0,
+        "mean delay {mean_ms:.2} ms, outside {lo:.2}..={hi:.2} ms"
     );
 }
 
@@ -916,19 +931,19 @@ fn delay_lets_a_sparse_flow_leave_ahead_of_the_backlog() {
 #[test]
 fn delay_drops_beyond_the_horizon() {
     let mut f = Fixture::new(
-        "channels:\n  - name: paced\n    direction: egress\n    action: delay\n    horizon: 10ms\n    limit: {bandwidth: 8Mbit, burst: 64KiB}\n",
+        "channels:\n  - name: paced\n    direction: egress\n    action: delay\n    horizon: 100ms\n    limit: {bandwidth: 800kbit, burst: 64KiB}\n",
     );
     let frame = packet::ipv4("198.18.1.5", "198.18.2.10", UDP, 9, 1000 - 42);
     let t0 = std::time::Instant::now();
     let (verdict, _) = f.egress_tstamp(&frame, 100);
-    // The bucket refills one frame per millisecond while the runs execute
+    // The bucket refills one frame per 10 ms while the runs execute
     // (microseconds here, milliseconds under emulation).
     let refill = t0.elapsed().as_millis() as u64;
     assert_eq!(verdict, DROP);
     let c = f.counters("paced");
-    // 65 now, about 10 more within 10 ms, the rest beyond the horizon.
+    // 65 now, about 10 more within 100 ms, the rest beyond the horizon.
     assert!(
-        (74..=77 + refill).contains(&c.passed_pkts),
+        (74..=77 + refill / 10).contains(&c.passed_pkts),
         "{c:?} ({refill} ms of refill)"
     );
     assert_eq!(c.horizon_drop_pkts, c.dropped_pkts);
