@@ -102,13 +102,17 @@ pub fn channel_slot(
 ///
 /// A flow the cache took has its bit set in a filter ([`TC_FLOW_BITS`]),
 /// and a flow whose bit is clear is not looked up: a flood's new flows
-/// then cost a hash and a bit test, not a miss in a large hash table. A
-/// cached flow whose bit the agent cleared is classified afresh until the
-/// doorkeeper admits it again; the insert then finds its entry and keeps
-/// it (not counted as an insert), and only sets the bit. Meanwhile its
-/// packets carry no interaction hint (under admission a small client's
-/// fold into the untracked entry, see the agent's `datapath::flow_filter`);
-/// never a wrong channel.
+/// then cost a hash and two bit tests, not a miss in a large hash table.
+/// The filter ages: of its two halves, a flow's bit is set in the newer
+/// one on insert and on a hit that finds it clear there, and the agent
+/// zeroes the older half and makes it the newer one every so many
+/// inserts. So a flow that sends at least once between two of those
+/// keeps its bit, and only a flow idle that long loses it; it is then
+/// classified afresh until the doorkeeper admits it again, whose insert
+/// finds its entry and keeps it (not counted as an insert) and only sets
+/// the bit. Meanwhile its packets carry no interaction hint (under
+/// admission a small client's fold into the untracked entry); never a
+/// wrong channel.
 #[inline(always)]
 pub fn classify_cached(
     generation: u8,
@@ -127,10 +131,14 @@ pub fn classify_cached(
         _pad: 0,
     };
     let h = flow_hash(&meta, p);
-    let bit = filter_bit(h);
-    let maybe = match bit {
-        // SAFETY: a word of the shared array, read at once.
-        Some((w, b)) => (unsafe { read_volatile(w) } & b) != 0,
+    // The filter's words are found again where a bit is set, rather than
+    // kept across the classification: that keeps `tc_egress` within its
+    // verifier headroom.
+    let maybe = match filter_bit(h) {
+        // SAFETY: words of the shared array, read at once.
+        Some(FilterBit { newer, older, bit }) => unsafe {
+            (read_volatile(newer) | read_volatile(older)) & bit != 0
+        },
         None => true,
     };
     // SAFETY (both gets): the value is plain data copied out at once.
@@ -153,6 +161,7 @@ pub fn classify_cached(
     };
     if let Some(&v) = cached {
         global.flow_hits += 1;
+        refresh_bit(filter_bit(h));
         // The interaction slot it names, for the accounting program.
         hint(v.ix, v.ix_gen, v.ix_port);
         return v.channel;
@@ -199,21 +208,60 @@ pub fn classify_cached(
         global.flow_inserts += 1;
     }
     // Also when the entry was there: its bit goes back on.
-    if let Some((w, b)) = bit {
-        // SAFETY: a word of the shared array; an atomic OR, so that no
-        // CPU's bit is lost to another's (BPF_ATOMIC_OR, Linux 5.12).
-        unsafe { atomic_or::<u64, u64, { AtomicOrdering::SeqCst }>(w, b) };
-    }
+    set_bit(filter_bit(h));
     channel
 }
 
-/// The flow's word in the cache's filter, and its bit there: bits 12-29
-/// of its hash, apart from the doorkeeper's slot (bits 0-11) and tag
-/// (bits 32-63).
+/// A flow's place in the cache's filter: its word in each half and its
+/// bit there.
+struct FilterBit {
+    /// The word in the half the agent made current last, where bits are
+    /// set.
+    newer: *mut u64,
+    /// The word in the other half, which keeps the bits of the flows seen
+    /// before that until the agent zeroes it.
+    older: *mut u64,
+    /// The flow's bit in either word.
+    bit: u64,
+}
+
+/// The flow's place in the cache's filter: bits 12-29 of its hash, apart
+/// from the doorkeeper's slot (bits 0-11) and tag (bits 32-63). The
+/// filter's last word names its newer half (see [`TC_FLOW_BITS`]).
 #[inline(always)]
-fn filter_bit(h: u64) -> Option<(*mut u64, u64)> {
-    let w = TC_FLOW_BITS.get_ptr_mut((h >> 18) as u32 & (FLOW_BITS_WORDS - 1))?;
-    Some((w, 1u64 << ((h >> 12) & 63)))
+fn filter_bit(h: u64) -> Option<FilterBit> {
+    // SAFETY: a word of the shared array, read at once.
+    let newer_half = unsafe { read_volatile(TC_FLOW_BITS.get_ptr(2 * FLOW_BITS_WORDS)?) } & 1;
+    let at = (h >> 18) as u32 & (FLOW_BITS_WORDS - 1);
+    let half = |i: u64| TC_FLOW_BITS.get_ptr_mut(i as u32 * FLOW_BITS_WORDS + at);
+    Some(FilterBit {
+        newer: half(newer_half)?,
+        older: half(newer_half ^ 1)?,
+        bit: 1u64 << ((h >> 12) & 63),
+    })
+}
+
+/// Sets the flow's bit in the filter's newer half if it is not set there
+/// (a hit: the flow is live, and keeps its bit through the next aging).
+/// Read first, so that a flow's hits write its word once an aging.
+#[inline(always)]
+fn refresh_bit(bit: Option<FilterBit>) {
+    if let Some(FilterBit { newer, bit: b, .. }) = bit {
+        // SAFETY: a word of the shared array, read at once.
+        if unsafe { read_volatile(newer) } & b == 0 {
+            set_bit(bit);
+        }
+    }
+}
+
+/// Sets the flow's bit in the filter's newer half.
+#[inline(always)]
+fn set_bit(bit: Option<FilterBit>) {
+    if let Some(FilterBit { newer, bit, .. }) = bit {
+        // SAFETY: a word of the shared array; an atomic OR, so that no
+        // CPU's bit is lost to another's (BPF_ATOMIC_OR, Linux 5.12).
+        unsafe { atomic_or::<u64, u64, { AtomicOrdering::SeqCst }>(newer, bit) };
+    }
 }
 
 /// A hash of the flow's cache key: the doorkeeper's slot and tag, and its

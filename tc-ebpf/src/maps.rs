@@ -23,14 +23,17 @@ pub static TC_GENS: Array<GenInfo> = Array::with_max_entries(2, 0);
 pub static TC_FLOWS4: LruHashMap<FlowKey4, FlowValue> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
 #[map]
 pub static TC_FLOWS6: LruHashMap<FlowKey6, FlowValue> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
-/// The flow cache's filter: a bit for each flow the cache took (by its
-/// hash, `classify::flow_hash`), so that a flow whose bit is clear, as
-/// every frame of a random-source flood's is, skips the cache lookup, a
-/// miss in a large hash table. Shared by the CPUs (a flow's packets may
-/// come on any), set with an atomic OR; bits are never cleared here: the
-/// agent zeroes the filter after `FLOW_BITS_CLEAR_AFTER` inserts.
+/// The flow cache's filter: a bit for each flow the cache took or found
+/// (by its hash, `classify::flow_hash`), so that a flow whose bit is
+/// clear, as every frame of a random-source flood's is, skips the cache
+/// lookup, a miss in a large hash table. Two halves of `FLOW_BITS_WORDS`
+/// words, then a word that names the newer half (0 or 1): bits are set in
+/// the newer half and tested in both. Shared by the CPUs (a flow's packets
+/// may come on any), set with an atomic OR; bits are never cleared here:
+/// after `FLOW_BITS_CLEAR_AFTER` inserts the agent zeroes the older half
+/// and names it the newer.
 #[map]
-pub static TC_FLOW_BITS: Array<u64> = Array::with_max_entries(FLOW_BITS_WORDS, 0);
+pub static TC_FLOW_BITS: Array<u64> = Array::with_max_entries(2 * FLOW_BITS_WORDS + 1, 0);
 /// Slots of the flow cache's doorkeeper (a power of two).
 pub const FLOW_SEEN_SLOTS: u32 = 4096;
 /// The flow cache's doorkeeper, per CPU: a tag of the last uncached flow

@@ -1,26 +1,26 @@
 //! The flow cache's filter (`TC_FLOW_BITS`): the datapath sets a flow's bit
-//! when the cache takes it and never clears one, so bits of flows the
-//! cache has since evicted pile up. The agent zeroes the filter after
-//! [`FLOW_BITS_CLEAR_AFTER`] inserts, which keeps the bits of evicted
-//! flows to about an eighth of the filter (the cache's live flows may set
-//! up to a quarter more; each set bit lets a flood's frame that hashes to
-//! it pay for the cache lookup the filter exists to spare). A flow still
-//! cached when its bit goes is found uncached and classified afresh until
-//! the doorkeeper admits it again (two packets in a row on a CPU, which a
-//! flood that keeps taking its slot can put off for long); that keeps its
-//! entry and interaction hint (not counted as an insert) and sets its bit.
-//! Until then its packets carry no hint, so under admission a small
-//! client's packets fold into the untracked entry. It never costs a wrong
-//! channel. Aging the filter (two of them, a flow's
-//! bit set again in the newer one on a hit) would keep live flows' bits.
-//! (See the README, "The flow cache".)
+//! when the cache takes it or finds it and never clears one, so bits of
+//! flows the cache has since evicted pile up. The filter has two halves:
+//! bits are set in the newer and tested in both, and after
+//! [`FLOW_BITS_CLEAR_AFTER`] inserts the agent zeroes the older half and
+//! makes it the newer. That keeps the bits of evicted flows to about an
+//! eighth of the filter's bits (the cache's live flows may set up to a
+//! quarter more; each set bit lets a flood's frame that hashes to it pay
+//! for the cache lookup the filter exists to spare), while a flow that
+//! sent in the last such period keeps its bit: the hit set it again in the
+//! newer half. A cached flow idle for longer loses it, and is classified
+//! afresh until the doorkeeper admits it again (two packets in a row on a
+//! CPU); that keeps its entry and interaction hint (not counted as an
+//! insert) and sets its bit. Until then its packets carry no hint, so
+//! under admission a small client's packets fold into the untracked entry.
+//! It never costs a wrong channel. (See the README, "The flow cache".)
 
 use aya::maps::{Array, MapData};
 use tc_common::{FLOW_BITS, FLOW_BITS_CLEAR_AFTER, FLOW_BITS_WORDS};
 
 use super::{
     batch::{self, batch_err},
-    Datapath, DatapathError,
+    map_err, Datapath, DatapathError,
 };
 
 impl Datapath {
@@ -40,13 +40,32 @@ impl Datapath {
         Ok(true)
     }
 
-    /// Zeroes the flow cache's filter in one batched call (Linux 5.6):
-    /// every cached flow is looked up again once a packet of it set its
-    /// bit anew.
+    /// Ages the flow cache's filter: zeroes its older half in one batched
+    /// call (Linux 5.6), then names that half the newer one, where the
+    /// datapath sets bits from then on. A flow whose bit was only in the
+    /// zeroed half (it sent nothing since the last aging) is looked up
+    /// again once its packet sets the bit anew.
     pub fn clear_flow_filter(&mut self) -> Result<(), DatapathError> {
-        let bits = self.checked_map::<Array<&MapData, u64>>(FLOW_BITS)?;
+        let older = {
+            let bits: Array<&mut MapData, u64> = self.map(FLOW_BITS)?;
+            let newer = bits.get(&FLOW_BITS_NEWER, 0).map_err(map_err(FLOW_BITS))?;
+            (newer & 1) as u32 ^ 1
+        };
         let plain = batch::Layout { ncpus: None };
-        batch::update_range(bits, 0, FLOW_BITS_WORDS as usize, plain, |_| 0u64)
-            .map_err(batch_err(FLOW_BITS))
+        let data = self.checked_map::<Array<&MapData, u64>>(FLOW_BITS)?;
+        batch::update_range(
+            data,
+            older * FLOW_BITS_WORDS,
+            FLOW_BITS_WORDS as usize,
+            plain,
+            |_| 0u64,
+        )
+        .map_err(batch_err(FLOW_BITS))?;
+        let mut bits: Array<&mut MapData, u64> = self.map(FLOW_BITS)?;
+        bits.set(FLOW_BITS_NEWER, u64::from(older), 0)
+            .map_err(map_err(FLOW_BITS))
     }
 }
+
+/// The filter's word that names its newer half (after both halves).
+const FLOW_BITS_NEWER: u32 = 2 * FLOW_BITS_WORDS;

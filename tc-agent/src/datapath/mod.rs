@@ -45,7 +45,7 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("TC_EBPF_OBJ"))
 
 /// Layout version of the pinned maps. Bump it whenever a shared type in
 /// `tc-common` changes, so a new agent never reuses maps of another layout.
-pub const MAPS_LAYOUT: &str = "maps-v12";
+pub const MAPS_LAYOUT: &str = "maps-v13";
 
 /// tc programs in the object.
 pub const TC_INGRESS: &str = "tc_ingress";
