@@ -283,15 +283,22 @@ pub const PACE_SLOTS: u32 = 16_384;
 /// Flows the classification cache remembers (LRU).
 pub const MAX_FLOWS: u32 = 65_536;
 /// Words of each half of the flow cache's filter ([`FLOW_BITS`]):
-/// 262,144 bits, four for each flow the cache can hold (a power of two).
+/// 262,144 bits, four for each flow a family's cache can hold, two for
+/// each of both families' (a power of two).
 pub const FLOW_BITS_WORDS: u32 = 4096;
+/// The filter's word that names its newer half (0 or 1), after both
+/// halves.
+pub const FLOW_BITS_NEWER: u32 = 2 * FLOW_BITS_WORDS;
+/// Entries of the filter's array: both halves and [`FLOW_BITS_NEWER`].
+pub const FLOW_BITS_ENTRIES: u32 = FLOW_BITS_NEWER + 1;
 /// Inserts into the flow cache after which the agent ages the filter
-/// (zeroes its older half and makes it the newer): a sixteenth of a half's
-/// bits, so that bits of flows the cache has since evicted, which both
-/// halves test, fill about an eighth at most (the live flows' bits come on
-/// top; a flow idle through two agings is found uncached, classified
-/// afresh and admitted again).
-pub const FLOW_BITS_CLEAR_AFTER: u64 = FLOW_BITS_WORDS as u64 * 64 / 16;
+/// (zeroes its older half and makes it the newer) at its next sample: a
+/// sixteenth of a half's bits, so that the bits of flows the cache has
+/// since evicted cover about an eighth of the positions a frame tests (in
+/// both halves) at most. The live flows' bits come on top; a flow idle
+/// through two agings is found uncached, classified afresh and admitted
+/// again.
+pub const FLOW_BITS_AGE_AFTER: u64 = FLOW_BITS_WORDS as u64 * 64 / 16;
 /// Flow-cache value meaning "this flow matches no channel".
 pub const NO_CHANNEL: u32 = u32::MAX;
 /// `Config::flags`: bypass the flow cache (benchmarks measure the slow path with it).

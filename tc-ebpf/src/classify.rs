@@ -15,8 +15,8 @@ use aya_ebpf::{
 use tc_common::{
     ChannelSet, FlowKey4, FlowKey6, FlowMeta, FlowValue, FragKey, GenInfo, GlobalCounters, Ip4Key,
     Ip6Key, PrefixKey4, PrefixKey6, Probes, CHANNEL_WORDS, FLAG_NO_DST_MEMO, FLAG_NO_FLOW_CACHE,
-    FLOW_BITS_WORDS, GEN_BITS, IX_NONE, MAX_PROBES, NO_CHANNEL, PROBE_TRIE, TABLE_DST_V4,
-    TABLE_DST_V6, TABLE_L4, TABLE_SRC_V4, TABLE_SRC_V6,
+    FLOW_BITS_NEWER, FLOW_BITS_WORDS, GEN_BITS, IX_NONE, MAX_PROBES, NO_CHANNEL, PROBE_TRIE,
+    TABLE_DST_V4, TABLE_DST_V6, TABLE_L4, TABLE_SRC_V4, TABLE_SRC_V6,
 };
 
 use crate::{
@@ -107,12 +107,13 @@ pub fn channel_slot(
 /// one on insert and on a hit that finds it clear there, and the agent
 /// zeroes the older half and makes it the newer one every so many
 /// inserts. So a flow that sends at least once between two of those
-/// keeps its bit, and only a flow idle that long loses it; it is then
-/// classified afresh until the doorkeeper admits it again, whose insert
-/// finds its entry and keeps it (not counted as an insert) and only sets
-/// the bit. Meanwhile its packets carry no interaction hint (under
-/// admission a small client's fold into the untracked entry); never a
-/// wrong channel.
+/// keeps its bit (barring a hit that races the aging, which costs one
+/// fresh classification), and a flow idle through two agings loses it; it
+/// is then classified afresh until the doorkeeper admits it again, whose
+/// insert finds its entry and keeps it (not counted as an insert) and
+/// only sets the bit. Meanwhile its packets carry no interaction hint
+/// (under admission a small client's fold into the untracked entry);
+/// never a wrong channel.
 #[inline(always)]
 pub fn classify_cached(
     generation: u8,
@@ -161,7 +162,9 @@ pub fn classify_cached(
     };
     if let Some(&v) = cached {
         global.flow_hits += 1;
-        refresh_bit(filter_bit(h));
+        if let Some(f) = filter_bit(h) {
+            refresh_bit(f);
+        }
         // The interaction slot it names, for the accounting program.
         hint(v.ix, v.ix_gen, v.ix_port);
         return v.channel;
@@ -182,7 +185,7 @@ pub fn classify_cached(
         _pad: 0,
     };
     // A full cache evicts its least recently used flow; failing to insert
-    // only costs speed. Never over an entry: a flow whose bit was cleared
+    // only costs speed. Never over an entry: a flow whose bit aged out
     // keeps its entry and hint, and a CPU that raced this one keeps its.
     let inserted = match &p.addrs {
         Addrs::V4 { src, dst } => TC_FLOWS4.insert(
@@ -208,12 +211,15 @@ pub fn classify_cached(
         global.flow_inserts += 1;
     }
     // Also when the entry was there: its bit goes back on.
-    set_bit(filter_bit(h));
+    if let Some(f) = filter_bit(h) {
+        set_bit(f);
+    }
     channel
 }
 
 /// A flow's place in the cache's filter: its word in each half and its
 /// bit there.
+#[derive(Clone, Copy)]
 struct FilterBit {
     /// The word in the half the agent made current last, where bits are
     /// set.
@@ -231,7 +237,7 @@ struct FilterBit {
 #[inline(always)]
 fn filter_bit(h: u64) -> Option<FilterBit> {
     // SAFETY: a word of the shared array, read at once.
-    let newer_half = unsafe { read_volatile(TC_FLOW_BITS.get_ptr(2 * FLOW_BITS_WORDS)?) } & 1;
+    let newer_half = unsafe { read_volatile(TC_FLOW_BITS.get_ptr(FLOW_BITS_NEWER)?) } & 1;
     let at = (h >> 18) as u32 & (FLOW_BITS_WORDS - 1);
     let half = |i: u64| TC_FLOW_BITS.get_ptr_mut(i as u32 * FLOW_BITS_WORDS + at);
     Some(FilterBit {
@@ -245,23 +251,19 @@ fn filter_bit(h: u64) -> Option<FilterBit> {
 /// (a hit: the flow is live, and keeps its bit through the next aging).
 /// Read first, so that a flow's hits write its word once an aging.
 #[inline(always)]
-fn refresh_bit(bit: Option<FilterBit>) {
-    if let Some(FilterBit { newer, bit: b, .. }) = bit {
-        // SAFETY: a word of the shared array, read at once.
-        if unsafe { read_volatile(newer) } & b == 0 {
-            set_bit(bit);
-        }
+fn refresh_bit(f: FilterBit) {
+    // SAFETY: a word of the shared array, read at once.
+    if unsafe { read_volatile(f.newer) } & f.bit == 0 {
+        set_bit(f);
     }
 }
 
 /// Sets the flow's bit in the filter's newer half.
 #[inline(always)]
-fn set_bit(bit: Option<FilterBit>) {
-    if let Some(FilterBit { newer, bit, .. }) = bit {
-        // SAFETY: a word of the shared array; an atomic OR, so that no
-        // CPU's bit is lost to another's (BPF_ATOMIC_OR, Linux 5.12).
-        unsafe { atomic_or::<u64, u64, { AtomicOrdering::SeqCst }>(newer, bit) };
-    }
+fn set_bit(f: FilterBit) {
+    // SAFETY: a word of the shared array; an atomic OR, so that no CPU's
+    // bit is lost to another's (BPF_ATOMIC_OR, Linux 5.12).
+    unsafe { atomic_or::<u64, u64, { AtomicOrdering::SeqCst }>(f.newer, f.bit) };
 }
 
 /// A hash of the flow's cache key: the doorkeeper's slot and tag, and its

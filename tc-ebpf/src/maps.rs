@@ -10,9 +10,9 @@ use tc_common::{
     BucketState, ChannelCounters, ChannelPolicy, ChannelSet, Config, ConnConfig, ConnEntry,
     ConnKey, ConnPool, FlowKey4, FlowKey6, FlowValue, FragEntry, FragKey, GenInfo, GlobalCounters,
     Ip4Key, Ip6Key, IxConfig, IxCounters, IxKey, L4Key, PrefixKey4, PrefixKey6, CHANNEL_SLOTS,
-    DEFAULT_MAX_CONNS, DEFAULT_MAX_INTERACTIONS, FLOW_BITS_WORDS, IX_SKETCH_ROWS, IX_SKETCH_WIDTH,
-    MAX_FLOWS, MAX_FRAGS, MAX_IX_IFACES, MAX_L4_ENTRIES, MAX_POOLS, MAX_PREFIX4_ENTRIES,
-    MAX_PREFIX6_ENTRIES, MAX_PREFIXES, PACE_SLOTS,
+    DEFAULT_MAX_CONNS, DEFAULT_MAX_INTERACTIONS, FLOW_BITS_ENTRIES, IX_SKETCH_ROWS,
+    IX_SKETCH_WIDTH, MAX_FLOWS, MAX_FRAGS, MAX_IX_IFACES, MAX_L4_ENTRIES, MAX_POOLS,
+    MAX_PREFIX4_ENTRIES, MAX_PREFIX6_ENTRIES, MAX_PREFIXES, PACE_SLOTS,
 };
 
 #[map]
@@ -27,13 +27,13 @@ pub static TC_FLOWS6: LruHashMap<FlowKey6, FlowValue> = LruHashMap::with_max_ent
 /// (by its hash, `classify::flow_hash`), so that a flow whose bit is
 /// clear, as every frame of a random-source flood's is, skips the cache
 /// lookup, a miss in a large hash table. Two halves of `FLOW_BITS_WORDS`
-/// words, then a word that names the newer half (0 or 1): bits are set in
-/// the newer half and tested in both. Shared by the CPUs (a flow's packets
+/// words, then a word that names the newer half (`FLOW_BITS_NEWER`): bits
+/// are set in the newer half and tested in both. Shared by the CPUs (a flow's packets
 /// may come on any), set with an atomic OR; bits are never cleared here:
-/// after `FLOW_BITS_CLEAR_AFTER` inserts the agent zeroes the older half
+/// after `FLOW_BITS_AGE_AFTER` inserts the agent zeroes the older half
 /// and names it the newer.
 #[map]
-pub static TC_FLOW_BITS: Array<u64> = Array::with_max_entries(2 * FLOW_BITS_WORDS + 1, 0);
+pub static TC_FLOW_BITS: Array<u64> = Array::with_max_entries(FLOW_BITS_ENTRIES, 0);
 /// Slots of the flow cache's doorkeeper (a power of two).
 pub const FLOW_SEEN_SLOTS: u32 = 4096;
 /// The flow cache's doorkeeper, per CPU: a tag of the last uncached flow

@@ -475,7 +475,7 @@ fn bandwidth_limit_charges_bytes() {
     // 800 kbit/s = 1 byte every 10 us; burst 64 KiB: 65536 / 1000 = 65
     // frames of 1000 bytes. The slow rate refills one frame every 10 ms, so
     // the milliseconds the runs take under emulation (and a guest clock
-    // that steps) add at most a frame.
+    // that steps) seldom add a frame; the bound allows what they took.
     let mut f =
         Fixture::new("channels:\n  - name: bw\n    limit: {bandwidth: 800kbit, burst: 64KiB}\n");
     let frame = packet::ipv4("198.18.1.5", "198.18.2.10", UDP, 9, 1000 - 42);
@@ -685,7 +685,7 @@ fn a_random_source_flood_neither_enters_nor_empties_the_flow_cache() {
 /// The flow cache's filter ages: a cached flow that sends between two
 /// agings keeps its bit; one idle for two loses it, is not looked up, is
 /// classified afresh into the same channel, and is taken again on its next
-/// packet. The agent ages the filter only every `FLOW_BITS_CLEAR_AFTER`
+/// packet. The agent ages the filter only every `FLOW_BITS_AGE_AFTER`
 /// inserts.
 #[test]
 fn a_flow_aged_out_of_the_cache_filter_is_classified_afresh_and_cached_again() {
@@ -707,16 +707,16 @@ fn a_flow_aged_out_of_the_cache_filter_is_classified_afresh_and_cached_again() {
 
     // Aged once: the bit is in the older half, the flow is found, and the
     // hit sets its bit in the newer half, so the next aging keeps it too.
-    f.dp.clear_flow_filter().unwrap();
+    f.dp.age_flow_filter().unwrap();
     assert_eq!(send(&mut f, 1), (2, 1, 2), "a live flow kept its bit");
-    f.dp.clear_flow_filter().unwrap();
+    f.dp.age_flow_filter().unwrap();
     assert_eq!(send(&mut f, 1), (2, 1, 3), "a live flow kept its bit");
 
     // Idle through two agings: a miss (not looked up), then the doorkeeper
     // admits it again: the insert finds its entry and keeps it (no insert
     // counted) and sets its bit; then hits.
-    f.dp.clear_flow_filter().unwrap();
-    f.dp.clear_flow_filter().unwrap();
+    f.dp.age_flow_filter().unwrap();
+    f.dp.age_flow_filter().unwrap();
     assert_eq!(send(&mut f, 4), (4, 1, 5));
     assert_eq!(
         f.counters("a").matched_pkts,
@@ -725,14 +725,21 @@ fn a_flow_aged_out_of_the_cache_filter_is_classified_afresh_and_cached_again() {
     );
     assert_eq!(f.counters("b").matched_pkts, 0);
 
-    // The agent's rule: the first look only notes the count.
-    let after = tc_common::FLOW_BITS_CLEAR_AFTER;
+    // The agent's rule: the first look only notes the count, and it ages
+    // the filter once per `FLOW_BITS_AGE_AFTER` inserts. A look that does
+    // not age it must leave it be: the hits below would miss after two
+    // agings in a row.
+    let after = tc_common::FLOW_BITS_AGE_AFTER;
     assert!(!f.dp.tidy_flow_filter(1_000).unwrap());
     assert!(!f.dp.tidy_flow_filter(1_000 + after - 1).unwrap());
     assert!(f.dp.tidy_flow_filter(1_000 + after).unwrap());
+    assert_eq!(send(&mut f, 1), (4, 1, 6), "aged once");
     assert!(!f.dp.tidy_flow_filter(1_000 + 2 * after - 1).unwrap());
     assert!(f.dp.tidy_flow_filter(1_000 + 2 * after).unwrap());
-    assert_eq!(send(&mut f, 1), (5, 1, 5), "aged out by the agent's rule");
+    assert_eq!(send(&mut f, 1), (4, 1, 7), "aged once since the last hit");
+    assert!(f.dp.tidy_flow_filter(1_000 + 3 * after).unwrap());
+    assert!(f.dp.tidy_flow_filter(1_000 + 4 * after).unwrap());
+    assert_eq!(send(&mut f, 1), (5, 1, 7), "aged out by the agent's rule");
 }
 
 #[test]
@@ -834,8 +841,8 @@ fn delay_sets_the_earliest_departure_time() {
     let after = monotonic_ns();
     assert_eq!(verdict, PASS);
     // 100 * 1000 - 65536 bytes at 0.1 byte/us: 344.6 ms after the first run,
-    // which started somewhere between `before` and `after` (seconds apart
-    // under emulation).
+    // which started somewhere between `before` and `after` (milliseconds
+    // apart under emulation).
     let (lo, hi) = (before + 344_000_000, after + 346_000_000);
     assert!(
         (lo..=hi).contains(&ts),
@@ -847,8 +854,8 @@ fn delay_sets_the_earliest_departure_time() {
     assert_eq!((c.passed_pkts, c.dropped_pkts), (100, 0));
     assert!((34..=36).contains(&c.delayed_pkts), "{c:?}");
     // Mean wait of the delayed packets. The d delayed ones depart 10 ms
-    // apart, the last at `ts`, so their mean departure is (d - 1) / 2 ms
-    // before it; each waited from its own run, somewhere between `before`
+    // apart, the last at `ts`, so their mean departure is (d - 1) / 2 x 10
+    // ms before it; each waited from its own run, somewhere between `before`
     // and `after`; the bounds come from the clock, not a constant.
     let d = c.delayed_pkts as f64;
     let mean_departure = ts as f64 - (d - 1.0) / 2.0 * 10e6;

@@ -44,7 +44,8 @@ use crate::policy::compile::Compiled;
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("TC_EBPF_OBJ"));
 
 /// Layout version of the pinned maps. Bump it whenever a shared type in
-/// `tc-common` changes, so a new agent never reuses maps of another layout.
+/// `tc-common` changes, or a pinned map's size or meaning, so a new agent
+/// never reuses maps of another layout.
 pub const MAPS_LAYOUT: &str = "maps-v13";
 
 /// tc programs in the object.
@@ -107,7 +108,7 @@ pub struct Datapath {
     /// reads a generation.
     gens: [held::Generation; 2],
     /// The node's `flow_inserts` when the flow cache's filter was last
-    /// zeroed, or when this agent first looked (see [`flow_filter`]).
+    /// aged, or when this agent first looked (see [`flow_filter`]).
     flow_bits_since: Option<u64>,
 }
 
