@@ -135,12 +135,16 @@ pub fn classify_cached(
     // The filter's words are found again where a bit is set, rather than
     // kept across the classification: that keeps `tc_egress` within its
     // verifier headroom.
-    let maybe = match filter_bit(h) {
+    // `stale`: the bit is set in the older half only, so a hit sets it in
+    // the newer (once a flow an aging, not a write a packet).
+    let (maybe, stale) = match filter_bit(h) {
         // SAFETY: words of the shared array, read at once.
         Some(FilterBit { newer, older, bit }) => unsafe {
-            (read_volatile(newer) | read_volatile(older)) & bit != 0
+            let newer = read_volatile(newer) & bit;
+            let older = read_volatile(older) & bit;
+            ((newer | older) != 0, newer == 0)
         },
-        None => true,
+        None => (true, false),
     };
     // SAFETY (both gets): the value is plain data copied out at once.
     let cached = match &p.addrs {
@@ -162,8 +166,10 @@ pub fn classify_cached(
     };
     if let Some(&v) = cached {
         global.flow_hits += 1;
-        if let Some(f) = filter_bit(h) {
-            refresh_bit(f);
+        if stale {
+            if let Some(f) = filter_bit(h) {
+                set_bit(f);
+            }
         }
         // The interaction slot it names, for the accounting program.
         hint(v.ix, v.ix_gen, v.ix_port);
@@ -245,17 +251,6 @@ fn filter_bit(h: u64) -> Option<FilterBit> {
         older: half(newer_half ^ 1)?,
         bit: 1u64 << ((h >> 12) & 63),
     })
-}
-
-/// Sets the flow's bit in the filter's newer half if it is not set there
-/// (a hit: the flow is live, and keeps its bit through the next aging).
-/// Read first, so that a flow's hits write its word once an aging.
-#[inline(always)]
-fn refresh_bit(f: FilterBit) {
-    // SAFETY: a word of the shared array, read at once.
-    if unsafe { read_volatile(f.newer) } & f.bit == 0 {
-        set_bit(f);
-    }
 }
 
 /// Sets the flow's bit in the filter's newer half.
