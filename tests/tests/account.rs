@@ -492,3 +492,62 @@ fn a_full_table_weighs_clients_before_the_agent_sets_a_threshold() {
     assert_eq!(n.requests("198.18.1.4"), 1);
     assert_eq!(n.folded(), 29);
 }
+
+/// The agent's look for stray slots (taken from the free ring, named by no
+/// entry: a CPU that lost the race to enter its interaction) reads the
+/// whole ring in one batched call. It finds none in a whole table, exactly
+/// the slot an entry lost, also once the ring has wrapped, and none again
+/// once that slot is reclaimed and taken.
+#[test]
+fn a_slot_no_entry_names_is_found_stray_and_reclaimed() {
+    const ENTRIES: u32 = 64;
+    let mut n = Node::with_table(ENTRIES);
+    let client = |i: u32| {
+        let a = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 64, 0)) + i);
+        udp(&a.to_string(), 40000, SERVER, 9000, 100)
+    };
+    let stray = |n: &mut Node| {
+        let mut s = n.dp.stray_slots().unwrap();
+        s.sort_unstable();
+        s
+    };
+    // 40 clients take 40 slots, then leave: the ring's next 40 free slots
+    // are past its end, so the ring has wrapped.
+    for i in 0..40 {
+        n.arrives(&client(i));
+    }
+    assert_eq!(n.table().len(), 40);
+    assert_eq!(stray(&mut n), Vec::<u32>::new(), "a whole table");
+    let keys: Vec<IxKey> = n.table().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(n.dp.remove_interactions(&keys).unwrap().len(), 40);
+    assert_eq!(stray(&mut n), Vec::<u32>::new(), "every slot freed");
+
+    // 30 more take slots from the wrapped ring; one entry then vanishes
+    // without its slot going back, as when a CPU loses the race.
+    for i in 100..130 {
+        n.arrives(&client(i));
+    }
+    let (lost_key, lost_slot) = {
+        let ix: aya::maps::HashMap<_, IxKey, u32> =
+            aya::maps::HashMap::try_from(n.dp.ebpf.map(tc_common::IX).unwrap()).unwrap();
+        let (k, slot) = ix.iter().next().unwrap().unwrap();
+        (k, slot)
+    };
+    {
+        let mut ix: aya::maps::HashMap<_, IxKey, u32> =
+            aya::maps::HashMap::try_from(n.dp.ebpf.map_mut(tc_common::IX).unwrap()).unwrap();
+        ix.remove(&lost_key).unwrap();
+    }
+    assert_eq!(stray(&mut n), vec![lost_slot], "exactly the lost slot");
+
+    n.dp.reclaim_slots(&[lost_slot]).unwrap();
+    assert_eq!(stray(&mut n), Vec::<u32>::new(), "reclaimed");
+    // Every slot is usable: 34 new clients fill the table but the one
+    // slot kept for untracked clients.
+    for i in 200..234 {
+        n.arrives(&client(i));
+    }
+    assert_eq!(n.table().len(), ENTRIES as usize - 1);
+    assert_eq!(n.folded(), 0, "every client got an entry");
+    assert_eq!(stray(&mut n), Vec::<u32>::new(), "a full table");
+}

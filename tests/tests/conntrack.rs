@@ -125,7 +125,12 @@ impl Node {
     }
 
     fn pool(&mut self) -> PoolCounts {
-        self.dp.pool_counts(0).unwrap()
+        let one = self.dp.pool_counts(0).unwrap();
+        // The batched read of every pool (an agent's start) agrees.
+        let all = self.dp.all_pool_counts().unwrap();
+        assert_eq!(all.len(), tc_common::MAX_POOLS as usize);
+        assert_eq!(all[0], one, "pool 0 read alone and with every pool");
+        one
     }
 }
 

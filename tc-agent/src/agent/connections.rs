@@ -68,8 +68,8 @@ impl Pools {
                 }
             }
         }
-        for pool in 0..MAX_POOLS {
-            if !pools.live.contains(&pool) && dp.pool_counts(pool)? != PoolCounts::default() {
+        for (pool, counts) in (0..MAX_POOLS).zip(dp.all_pool_counts()?) {
+            if !pools.live.contains(&pool) && counts != PoolCounts::default() {
                 pools.draining.insert(pool, 0);
             }
         }
