@@ -95,7 +95,7 @@ fn load_on(ebpf: &mut Ebpf, threads: usize) -> Result<(), DatapathError> {
             .collect()
     });
     results.sort_by_key(|(i, _)| *i);
-    results.into_iter().map(|(_, r)| r).collect()
+    results.into_iter().try_for_each(|(_, r)| r)
 }
 
 /// Threads that load programs: every CPU this process may run on but one,
