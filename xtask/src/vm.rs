@@ -129,16 +129,7 @@ const GUEST_ETC: [(&str, &str); 3] = [
         "passwd: files\ngroup: files\nhosts: files\n",
     ),
 ];
-/// The target every test build names: with `--target`, `RUSTFLAGS` reach
-/// only the target's crates, not build scripts and proc macros.
-pub(crate) const TRIPLE: &str = "x86_64-unknown-linux-gnu";
-/// How the test binaries and the agent are built, for the guests and (in
-/// `cargo xtask test`) this host alike: static (the guest has no libc of
-/// its own) and at `opt-level` 1 (see [`build_static`]).
-pub(crate) const BUILD_ENV: [(&str, &str); 2] = [
-    ("RUSTFLAGS", "-C target-feature=+crt-static"),
-    ("CARGO_PROFILE_DEV_OPT_LEVEL", "1"),
-];
+const TRIPLE: &str = "x86_64-unknown-linux-gnu";
 
 /// Cargo's target directory: `CARGO_TARGET_DIR` when set (cargo builds
 /// there, so the agent must be picked up there too), else `target/`.
@@ -215,42 +206,31 @@ fn find_one(dir: &Path, pred: &dyn Fn(&Path) -> bool) -> Option<PathBuf> {
 /// at full debug info it came to 887 MB unpacked and the kernel failed
 /// with "Initramfs unpacking failed: write error".
 ///
-/// Optimised (`opt-level` 1), unlike a plain `cargo test`: under qemu's
+/// Optimised (`opt-level` 1), unlike the host's debug build: under qemu's
 /// TCG every instruction is emulated, and unoptimised Rust spent most of
 /// some suites' time (on 6.1, `verdicts` 94 s at level 0, 29 s at level 1;
 /// the whole run 1,015 s, 802 s) for about a minute more of build.
 /// Overflow checks and debug assertions stay on, as in any dev build.
-///
-/// The whole workspace, as `cargo xtask test` builds it for this host's
-/// tests too (see [`BUILD_ENV`]): after those, this build is already done.
-/// A narrower one (`-p tc-tests`) unifies features differently and built
-/// the agent and the suites again.
 fn build_static() -> Result<(Vec<(String, PathBuf)>, PathBuf)> {
-    let flags = BUILD_ENV;
-    let out = cargo_output(
-        &[
-            "test",
-            "--no-run",
-            "--workspace",
-            "--target",
-            TRIPLE,
-            "--message-format=json",
-        ],
-        &flags,
-    )?;
+    let flags = [
+        ("RUSTFLAGS", "-C target-feature=+crt-static"),
+        ("CARGO_PROFILE_DEV_OPT_LEVEL", "1"),
+    ];
+    // Only the suites the guests run: the package's other test targets
+    // would only lengthen the build.
+    let mut args = vec!["test", "--no-run", "-p", "tc-tests"];
+    for suite in SUITES {
+        args.extend(["--test", suite]);
+    }
+    args.extend(["--target", TRIPLE, "--message-format=json"]);
+    let out = cargo_output(&args, &flags)?;
     let mut suites = Vec::new();
     for line in out.lines() {
         let Ok(m) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
         let name = m["target"]["name"].as_str().unwrap_or_default();
-        let suite = m["reason"] == "compiler-artifact"
-            && m["target"]["kind"] == serde_json::json!(["test"])
-            && m["package_id"]
-                .as_str()
-                .is_some_and(|p| p.contains("#tc-tests@"))
-            && SUITES.contains(&name);
-        if suite {
+        if m["reason"] == "compiler-artifact" && SUITES.contains(&name) {
             if let Some(exe) = m["executable"].as_str() {
                 suites.push((name.to_string(), PathBuf::from(exe)));
             }
@@ -259,10 +239,7 @@ fn build_static() -> Result<(Vec<(String, PathBuf)>, PathBuf)> {
     if suites.len() != SUITES.len() {
         bail!("expected test binaries {SUITES:?}, cargo built {suites:?}");
     }
-    cargo_output(
-        &["build", "--workspace", "--bins", "--target", TRIPLE],
-        &flags,
-    )?;
+    cargo_output(&["build", "-p", "tc-agent", "--target", TRIPLE], &flags)?;
     Ok((suites, target_dir().join(TRIPLE).join("debug/tc-agent")))
 }
 

@@ -190,9 +190,10 @@ struct Agent {
     /// The live policy's channel sides for detection (`observe`): made
     /// again only when the policy changes, not every sample.
     channel_sides: observe::SidesCache,
-    /// What the kernel offers, found once at start: looking for fq reads
-    /// all of /proc/kallsyms (30-40 ms), which every apply's status
-    /// snapshot paid before answering the client.
+    /// What the kernel offers, found once at start: looking for fq may
+    /// read all of /proc/kallsyms (30-40 ms, where fq is built in or
+    /// missing), which every apply's status snapshot paid before answering
+    /// the client.
     features: Features,
 }
 

@@ -3,7 +3,7 @@
 //! of milliseconds.
 //!
 //! `channels` is republished after every counter sample and every apply;
-//! `status` only changes on an apply (its kernel features read
+//! `status` only changes on an apply (its kernel features may read
 //! /proc/kallsyms, too costly for every sample), so it is republished then,
 //! and its uptime is filled in when it is read.
 

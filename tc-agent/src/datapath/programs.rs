@@ -10,24 +10,37 @@
 //! stalled for seconds while both loaded). On two CPUs that is one thread,
 //! as before.
 
-use aya::{programs::Program, Ebpf};
+use aya::{
+    programs::{Program, ProgramError},
+    Ebpf,
+};
 
 use super::{
     DatapathError, TC_ACCOUNT_EGRESS, TC_ACCOUNT_INGRESS, TC_EGRESS, TC_INGRESS, TC_PASS,
     XDP_ACCOUNT, XDP_INGRESS, XDP_PASS,
 };
 
-/// Every program the agent loads: the hooks' programs, their pass-through
-/// stand-ins and the accounting programs they tail-call.
-const PROGRAMS: [&str; 8] = [
-    TC_INGRESS,
-    TC_EGRESS,
-    XDP_INGRESS,
-    TC_PASS,
-    XDP_PASS,
-    TC_ACCOUNT_INGRESS,
-    TC_ACCOUNT_EGRESS,
-    XDP_ACCOUNT,
+/// The two kinds of program the object holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A tc classifier (`SchedClassifier`).
+    Tc,
+    /// An XDP program.
+    Xdp,
+}
+
+/// Every program the agent loads, with the kind the hooks attach it as:
+/// the hooks' programs (the largest first), their pass-through stand-ins
+/// and the accounting programs they tail-call.
+const PROGRAMS: [(&str, Kind); 8] = [
+    (TC_INGRESS, Kind::Tc),
+    (TC_EGRESS, Kind::Tc),
+    (XDP_INGRESS, Kind::Xdp),
+    (TC_PASS, Kind::Tc),
+    (XDP_PASS, Kind::Xdp),
+    (TC_ACCOUNT_INGRESS, Kind::Tc),
+    (TC_ACCOUNT_EGRESS, Kind::Tc),
+    (XDP_ACCOUNT, Kind::Xdp),
 ];
 
 /// Loads (and so verifies) every program of [`PROGRAMS`] on [`loaders`]
@@ -39,28 +52,28 @@ pub(super) fn load_all(ebpf: &mut Ebpf) -> Result<(), DatapathError> {
 
 /// [`load_all`] on `threads` threads.
 fn load_on(ebpf: &mut Ebpf, threads: usize) -> Result<(), DatapathError> {
-    let mut found: Vec<(&'static str, &mut Program)> = ebpf
+    let mut found: Vec<(&'static str, Kind, &mut Program)> = ebpf
         .programs_mut()
         .filter_map(|(name, prog)| {
             PROGRAMS
                 .iter()
-                .find(|wanted| **wanted == name)
-                .map(|wanted| (*wanted, prog))
+                .find(|(wanted, _)| *wanted == name)
+                .map(|&(wanted, kind)| (wanted, kind, prog))
         })
         .collect();
-    if let Some(missing) = PROGRAMS
+    if let Some((missing, _)) = PROGRAMS
         .iter()
-        .find(|wanted| !found.iter().any(|(name, _)| name == *wanted))
+        .find(|(wanted, _)| !found.iter().any(|(name, _, _)| name == wanted))
     {
         return Err(DatapathError::Setup(format!(
             "program {missing} missing from object"
         )));
     }
-    found.sort_by_key(|(name, _)| PROGRAMS.iter().position(|wanted| wanted == name));
+    found.sort_by_key(|(name, _, _)| PROGRAMS.iter().position(|(wanted, _)| wanted == name));
     if threads <= 1 {
         return found
             .into_iter()
-            .try_for_each(|(name, prog)| load_one(name, prog));
+            .try_for_each(|(name, kind, prog)| load_one(name, kind, prog));
     }
     // The largest programs first (PROGRAMS' order), each taken by the next
     // free thread.
@@ -72,10 +85,10 @@ fn load_on(ebpf: &mut Ebpf, threads: usize) -> Result<(), DatapathError> {
                     let mut done = Vec::new();
                     loop {
                         let next = queue.lock().map(|mut q| q.pop()).unwrap_or(None);
-                        let Some((i, (name, prog))) = next else {
+                        let Some((i, (name, kind, prog))) = next else {
                             return done;
                         };
-                        done.push((i, load_one(name, prog)));
+                        done.push((i, load_one(name, kind, prog)));
                     }
                 })
             })
@@ -99,23 +112,19 @@ fn load_on(ebpf: &mut Ebpf, threads: usize) -> Result<(), DatapathError> {
 }
 
 /// Threads that load programs: every CPU this process may run on but one,
-/// at least one.
+/// at least one, and no more than there are programs.
 fn loaders() -> usize {
     std::thread::available_parallelism()
         .map_or(1, |n| n.get().saturating_sub(1))
-        .max(1)
+        .clamp(1, PROGRAMS.len())
 }
 
-/// Loads one program, whichever of the two kinds the object made it.
-fn load_one(name: &'static str, prog: &mut Program) -> Result<(), DatapathError> {
-    match prog {
-        Program::SchedClassifier(p) => p.load(),
-        Program::Xdp(p) => p.load(),
-        _ => {
-            return Err(DatapathError::Setup(format!(
-                "program {name} is neither a tc classifier nor an XDP program"
-            )))
-        }
+/// Loads one program, which must be of `kind` (as the hooks attach it).
+fn load_one(name: &'static str, kind: Kind, prog: &mut Program) -> Result<(), DatapathError> {
+    match (kind, prog) {
+        (Kind::Tc, Program::SchedClassifier(p)) => p.load(),
+        (Kind::Xdp, Program::Xdp(p)) => p.load(),
+        _ => Err(ProgramError::UnexpectedProgramType),
     }
     .map_err(|source| DatapathError::Program { name, source })
 }
@@ -135,7 +144,7 @@ mod tests {
         for threads in [3, 1] {
             let mut ebpf = EbpfLoader::new().load(EBPF_OBJECT).expect("object loads");
             load_on(&mut ebpf, threads).expect("programs pass the verifier");
-            for name in PROGRAMS {
+            for (name, _) in PROGRAMS {
                 let fd = match ebpf.program(name).expect("in the object") {
                     Program::SchedClassifier(p) => p.fd().is_ok(),
                     Program::Xdp(p) => p.fd().is_ok(),

@@ -50,8 +50,8 @@ pub struct Qdisc {
 /// takes 30-40 ms on a host and seconds under an emulator.
 pub fn fq_available() -> bool {
     let loaded = Path::new("/sys/module/sch_fq").exists();
-    let release = super::sys::kernel_release();
     let module = || {
+        let release = super::sys::kernel_release();
         ["sch_fq.ko", "sch_fq.ko.xz", "sch_fq.ko.zst", "sch_fq.ko.gz"]
             .iter()
             .any(|m| Path::new(&format!("/lib/modules/{release}/kernel/net/sched/{m}")).exists())
