@@ -67,6 +67,35 @@ fn f64_or_null(row: &Value, key: &str) -> Option<f64> {
     }
 }
 
+/// Up to `reads` counts of `channel`'s open connections, a second apart,
+/// while a wrk of `wrk_secs` seconds started at `started` runs: a read is
+/// kept only if it came back a second or more before wrk's end. Under an
+/// emulator a read takes a second or more, and one that came back after
+/// wrk ended read 0 (seen once on 6.1: `[20, 20, 0]`). At least one read
+/// must make it.
+fn counts_while_loaded(
+    agent: &Agent,
+    channel: &str,
+    started: Instant,
+    wrk_secs: u64,
+    reads: usize,
+) -> Result<Vec<u64>> {
+    let mut during = vec![];
+    while during.len() < reads {
+        let n = open_connections(agent, channel)?;
+        if started.elapsed() >= Duration::from_secs(wrk_secs - 1) {
+            break;
+        }
+        during.push(n);
+        sleep(Duration::from_secs(1));
+    }
+    assert!(
+        !during.is_empty(),
+        "no count of {channel} read while wrk ran"
+    );
+    Ok(during)
+}
+
 fn open_connections(agent: &Agent, channel: &str) -> Result<u64> {
     Ok(u64_of(&agent.channel(channel)?, "open_connections"))
 }
@@ -158,6 +187,7 @@ fn a_connection_limit_holds_wrk_to_20_and_an_unlimited_channel_is_untouched() ->
         },
     )?;
     let sampler = Sampler::start(&pair.server, &[80, 8080], Some(CLIENT_V4), 120.0)?;
+    let wrk_started = Instant::now();
     let limited = wrk_background(
         &pair.client,
         URL_V4,
@@ -178,11 +208,7 @@ fn a_connection_limit_holds_wrk_to_20_and_an_unlimited_channel_is_untouched() ->
     );
     // The agent's count in the middle of the run.
     sleep(Duration::from_secs(3));
-    let mut during = vec![];
-    for _ in 0..3 {
-        during.push(open_connections(&agent, "web")?);
-        sleep(Duration::from_secs(1));
-    }
+    let during = counts_while_loaded(&agent, "web", wrk_started, 8, 3)?;
     let limited = limited.join().unwrap()?;
     let unlimited = unlimited.join().unwrap()?;
     let samples = sampler.stop()?;
@@ -806,6 +832,7 @@ fn ipv6_connection_limit_holds_wrk_to_20() -> Result<()> {
     let agent = Agent::start(&pair.server, &pair.server_if, &policy)?;
     let _nginx = Nginx::start(&pair.server, &NginxConfig::default())?;
     let sampler = Sampler::start(&pair.server, &[80], Some(CLIENT_V6), 120.0)?;
+    let wrk_started = Instant::now();
     let load = wrk_background(
         &pair.client,
         URL_V6,
@@ -816,11 +843,7 @@ fn ipv6_connection_limit_holds_wrk_to_20() -> Result<()> {
         },
     );
     sleep(Duration::from_secs(3));
-    let mut during = vec![];
-    for _ in 0..2 {
-        during.push(open_connections(&agent, "web6")?);
-        sleep(Duration::from_secs(1));
-    }
+    let during = counts_while_loaded(&agent, "web6", wrk_started, 6, 2)?;
     let report = load.join().unwrap()?;
     let samples = sampler.stop()?;
     println!("wrk over IPv6 (-c 60, 20 allowed): {}", report.summary());

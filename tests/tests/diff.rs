@@ -147,9 +147,25 @@ fn run_ingress(dp: &Datapath, frame: &[u8]) {
 fn apply_and_check(dp: &mut Datapath, text: &str, rng: &mut Rng, step: &str) {
     let policy = Policy::parse(text, "diff.yaml").expect("valid policy");
     let compiled = compile(&policy).expect("compiles");
+    let was_live = dp.config().expect("config").generation;
+    let was_active = dp.active_channels(was_live).expect("policy slots");
     let live = dp
         .apply(&compiled, &vec![None; policy.channels.len()])
         .expect("applies");
+    // The write went into the other generation only: the one live until
+    // the switch keeps its policy slots (an unknown generation's slots are
+    // deactivated before its write, never the live one's), and the new one
+    // has exactly the policy's.
+    assert_eq!(
+        dp.active_channels(was_live).expect("policy slots"),
+        was_active,
+        "{step}: the generation live until the switch lost policy slots"
+    );
+    assert_eq!(
+        dp.active_channels(live.generation).expect("policy slots"),
+        policy.channels.len(),
+        "{step}: the new generation's active policy slots"
+    );
     // Exactly what a full rewrite of this policy leaves.
     let held = dp.read_generation(live.generation).expect("reads back");
     assert!(
