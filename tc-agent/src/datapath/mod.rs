@@ -488,9 +488,10 @@ impl Datapath {
         Ok(())
     }
 
-    /// Deactivates every active policy slot of `generation`, read in one
-    /// batched call (Linux 5.6) where one call per slot made 1,024 for
-    /// each generation at every agent's start on new maps.
+    /// Deactivates every active policy slot of `generation`, read in
+    /// batched calls (Linux 5.6, 256 KiB of values a call) where one call
+    /// per slot made 1,024 for each generation at every agent's start on
+    /// new maps.
     fn deactivate_policies(&mut self, generation: u32) -> Result<(), DatapathError> {
         let base = generation * MAX_CHANNELS;
         let mut active = Vec::new();
