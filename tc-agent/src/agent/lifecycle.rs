@@ -35,12 +35,20 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         None => None,
     };
 
-    let mut dp = Datapath::load_sized(
+    // Without an XDP hook the XDP programs stay unloaded: a quarter of
+    // the verifier's time at every start.
+    let programs = if config.xdp.is_empty() {
+        Programs::Tc
+    } else {
+        Programs::All
+    };
+    let mut dp = Datapath::load_with(
         Some(&config.pin_dir),
         TableSizes {
             conns: config.conn_table_size,
             interactions: config.interaction_table_size,
         },
+        programs,
     )
     .context("loading the eBPF datapath")?;
     dp.set_conn_config(config.conn_timeouts)?;

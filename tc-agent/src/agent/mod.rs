@@ -44,7 +44,7 @@ use crate::{
         attach::{self, Hook, HookKind},
         conn::PoolCounts,
         held::AddressRecord,
-        qdisc, sys, Datapath, TableSizes,
+        qdisc, sys, Datapath, Programs, TableSizes,
     },
     policy::{
         compile::{compile_reusing, Addresses},

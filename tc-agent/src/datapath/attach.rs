@@ -21,7 +21,7 @@ use aya::programs::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{sys, Datapath, TC_EGRESS, TC_INGRESS, XDP_INGRESS};
+use super::{sys, Datapath, Programs, TC_EGRESS, TC_INGRESS, XDP_INGRESS};
 
 /// Priority of our cls_bpf filter on pre-TCX kernels.
 const NETLINK_PRIORITY: u16 = 0x7c00;
@@ -396,6 +396,9 @@ fn pin_new(
 }
 
 fn attach_xdp(dp: &mut Datapath, iface: &str, ifindex: u32, path: PathBuf) -> Result<Hook> {
+    if dp.programs() != Programs::All {
+        bail!("attaching XDP to {iface}: this datapath was loaded without its XDP programs");
+    }
     let prog: &mut Xdp = dp
         .ebpf
         .program_mut(XDP_INGRESS)

@@ -14,7 +14,7 @@ use tc_common::{
 };
 
 use super::{
-    batch, batch::batch_err, map_err, Datapath, DatapathError, TC_ACCOUNT_EGRESS,
+    batch, batch::batch_err, map_err, Datapath, DatapathError, Programs, TC_ACCOUNT_EGRESS,
     TC_ACCOUNT_INGRESS, XDP_ACCOUNT,
 };
 
@@ -41,6 +41,15 @@ impl Datapath {
                 .map_err(|e| DatapathError::Setup(format!("duplicating {name}'s fd: {e}")))?;
             fds.push((slot, fd));
         }
+        let mut progs: ProgramArray<&mut MapData> = self.map(ACCOUNT)?;
+        for (slot, fd) in &fds {
+            progs.set(*slot, fd, 0).map_err(map_err(ACCOUNT))?;
+        }
+        if self.programs == Programs::Tc {
+            // No XDP hook runs this object's programs: its XDP array stays
+            // empty.
+            return Ok(());
+        }
         let xdp: &Xdp = self
             .ebpf
             .program(XDP_ACCOUNT)
@@ -60,10 +69,6 @@ impl Datapath {
             })?
             .try_clone()
             .map_err(|e| DatapathError::Setup(format!("duplicating {XDP_ACCOUNT}'s fd: {e}")))?;
-        let mut progs: ProgramArray<&mut MapData> = self.map(ACCOUNT)?;
-        for (slot, fd) in &fds {
-            progs.set(*slot, fd, 0).map_err(map_err(ACCOUNT))?;
-        }
         let mut progs: ProgramArray<&mut MapData> = self.map(ACCOUNT_XDP_PROGS)?;
         progs
             .set(ACCOUNT_XDP, &fd, 0)

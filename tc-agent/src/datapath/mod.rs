@@ -39,6 +39,7 @@ use tc_common::{
 };
 
 use self::batch::batch_err;
+pub use self::programs::Programs;
 use crate::policy::compile::Compiled;
 
 /// The datapath object, built by `build.rs` from `tc-ebpf`.
@@ -104,6 +105,8 @@ pub struct Datapath {
     pub ebpf: Ebpf,
     /// Where the maps are pinned, if they are (`None` in unit-style tests).
     pub pin_dir: Option<PathBuf>,
+    /// The programs loaded: whether the XDP hook and its accounting exist.
+    programs: Programs,
     /// What each generation's tables hold, so a write into one writes only
     /// what differs (see [`held`]). Unknown until this agent writes or
     /// reads a generation.
@@ -134,6 +137,16 @@ impl Datapath {
 
     /// [`load`](Self::load) with every table size the agent sets.
     pub fn load_sized(pin_dir: Option<&Path>, sizes: TableSizes) -> Result<Self, DatapathError> {
+        Self::load_with(pin_dir, sizes, Programs::All)
+    }
+
+    /// [`load_sized`](Self::load_sized), loading the programs `which`
+    /// selects: an agent without XDP hooks leaves the XDP programs out.
+    pub fn load_with(
+        pin_dir: Option<&Path>,
+        sizes: TableSizes,
+        which: Programs,
+    ) -> Result<Self, DatapathError> {
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(tc_common::CONNS, sizes.conns);
         for name in [
@@ -158,9 +171,10 @@ impl Datapath {
             }
         }
         let mut ebpf = loader.load(EBPF_OBJECT)?;
-        programs::load_all(&mut ebpf)?;
+        programs::load_all(&mut ebpf, which)?;
         let mut dp = Self {
             ebpf,
+            programs: which,
             pin_dir: pin_dir.map(Path::to_path_buf),
             gens: [held::Generation::unknown(), held::Generation::unknown()],
             flow_bits_since: None,
@@ -171,6 +185,11 @@ impl Datapath {
             dp.pin_accounting(dir)?;
         }
         Ok(dp)
+    }
+
+    /// The programs this datapath loaded.
+    pub fn programs(&self) -> Programs {
+        self.programs
     }
 
     /// Map `name` of the object, as the typed map `M`.

@@ -9,6 +9,10 @@
 //! node's own work (on a 2-CPU guest under emulation, a flood's sender
 //! stalled for seconds while both loaded). On two CPUs that is one thread,
 //! as before.
+//!
+//! An agent with no XDP hook (no `--xdp`) leaves the XDP programs out
+//! ([`Programs::Tc`]): `xdp_ingress` and `xdp_account` are about a quarter
+//! of the verifier's time, spent for programs nothing would run.
 
 use aya::{
     programs::{Program, ProgramError},
@@ -43,15 +47,27 @@ const PROGRAMS: [(&str, Kind); 8] = [
     (XDP_ACCOUNT, Kind::Xdp),
 ];
 
-/// Loads (and so verifies) every program of [`PROGRAMS`] on [`loaders`]
-/// threads. The first failure in [`PROGRAMS`]' order is the one reported;
-/// a program the object lacks is an error before any is loaded.
-pub(super) fn load_all(ebpf: &mut Ebpf) -> Result<(), DatapathError> {
-    load_on(ebpf, loaders())
+/// Which of the object's programs a datapath loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Programs {
+    /// Every program: the tc and the XDP hooks', their stand-ins and
+    /// accounting programs.
+    All,
+    /// The tc programs alone, for an agent with no XDP hook: its XDP
+    /// programs stay unloaded, and an XDP hook cannot be attached.
+    Tc,
+}
+
+/// Loads (and so verifies) the programs of [`PROGRAMS`] that `which`
+/// selects on [`loaders`] threads. The first failure in [`PROGRAMS`]'
+/// order is the one reported; a program the object lacks (selected or
+/// not) is an error before any is loaded.
+pub(super) fn load_all(ebpf: &mut Ebpf, which: Programs) -> Result<(), DatapathError> {
+    load_on(ebpf, which, loaders())
 }
 
 /// [`load_all`] on `threads` threads.
-fn load_on(ebpf: &mut Ebpf, threads: usize) -> Result<(), DatapathError> {
+fn load_on(ebpf: &mut Ebpf, which: Programs, threads: usize) -> Result<(), DatapathError> {
     let mut found: Vec<(&'static str, Kind, &mut Program)> = ebpf
         .programs_mut()
         .filter_map(|(name, prog)| {
@@ -69,6 +85,7 @@ fn load_on(ebpf: &mut Ebpf, threads: usize) -> Result<(), DatapathError> {
             "program {missing} missing from object"
         )));
     }
+    found.retain(|(_, kind, _)| which == Programs::All || *kind == Kind::Tc);
     found.sort_by_key(|(name, _, _)| PROGRAMS.iter().position(|(wanted, _)| wanted == name));
     if threads <= 1 {
         return found
@@ -143,7 +160,7 @@ mod tests {
     fn every_program_loads_on_several_threads() {
         for threads in [3, 1] {
             let mut ebpf = EbpfLoader::new().load(EBPF_OBJECT).expect("object loads");
-            load_on(&mut ebpf, threads).expect("programs pass the verifier");
+            load_on(&mut ebpf, Programs::All, threads).expect("programs pass the verifier");
             for (name, _) in PROGRAMS {
                 let fd = match ebpf.program(name).expect("in the object") {
                     Program::SchedClassifier(p) => p.fd().is_ok(),
@@ -152,6 +169,21 @@ mod tests {
                 };
                 assert!(fd, "{name} loaded on {threads} thread(s)");
             }
+        }
+    }
+
+    /// The tc programs alone: every tc program loaded, no XDP one.
+    #[test]
+    fn tc_alone_leaves_the_xdp_programs_unloaded() {
+        let mut ebpf = EbpfLoader::new().load(EBPF_OBJECT).expect("object loads");
+        load_on(&mut ebpf, Programs::Tc, 1).expect("programs pass the verifier");
+        for (name, kind) in PROGRAMS {
+            let loaded = match ebpf.program(name).expect("in the object") {
+                Program::SchedClassifier(p) => p.fd().is_ok(),
+                Program::Xdp(p) => p.fd().is_ok(),
+                _ => false,
+            };
+            assert_eq!(loaded, kind == Kind::Tc, "{name}");
         }
     }
 }
