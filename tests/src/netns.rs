@@ -8,7 +8,7 @@ use std::{
     os::fd::AsRawFd,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
+    sync::atomic::{AtomicBool, AtomicU32, Ordering},
     time::{Duration, Instant},
 };
 
@@ -590,8 +590,21 @@ pub fn in_netns<T: Send + 'static>(
 /// Sends UDP datagrams of `payload` bytes to `dst` at about `rate_bps`
 /// (payload bits) for `secs`, at most `max` datagrams. Returns datagrams sent.
 pub fn udp_send(dst: &str, payload: usize, rate_bps: f64, secs: f64, max: u64) -> Result<u64> {
+    udp_send_until(dst, payload, rate_bps, secs, max, &AtomicBool::new(false))
+}
+
+/// [`udp_send`] that also stops once `stop` is set: for a load that must
+/// last as long as a test's checks, which may end well before `secs`.
+pub fn udp_send_until(
+    dst: &str,
+    payload: usize,
+    rate_bps: f64,
+    secs: f64,
+    max: u64,
+    stop: &AtomicBool,
+) -> Result<u64> {
     let mut sent = 0;
-    udp_send_with(dst, payload, rate_bps, secs, max, |_| sent += 1)?;
+    udp_send_with(dst, payload, rate_bps, secs, max, stop, |_| sent += 1)?;
     Ok(sent)
 }
 
@@ -609,20 +622,29 @@ pub fn udp_send_bins(
     max: u64,
 ) -> Result<std::collections::BTreeMap<u64, u64>> {
     let mut bins = std::collections::BTreeMap::new();
-    udp_send_with(dst, payload, rate_bps, secs, max, |stamp| {
-        *bins.entry(stamp / 100_000_000).or_insert(0) += payload as u64;
-    })?;
+    udp_send_with(
+        dst,
+        payload,
+        rate_bps,
+        secs,
+        max,
+        &AtomicBool::new(false),
+        |stamp| {
+            *bins.entry(stamp / 100_000_000).or_insert(0) += payload as u64;
+        },
+    )?;
     Ok(bins)
 }
 
-/// Sends as [`udp_send`] does, stamping each datagram with its send time
-/// and calling `sent` with it for every datagram the socket took.
+/// Sends as [`udp_send_until`] does, stamping each datagram with its send
+/// time and calling `sent` with it for every datagram the socket took.
 fn udp_send_with(
     dst: &str,
     payload: usize,
     rate_bps: f64,
     secs: f64,
     max: u64,
+    stop: &AtomicBool,
     mut sent_one: impl FnMut(u64),
 ) -> Result<()> {
     let sock = UdpSocket::bind(if dst.contains(':') && dst.starts_with('[') {
@@ -634,7 +656,7 @@ fn udp_send_with(
     let interval = payload as f64 * 8.0 / rate_bps;
     let start = Instant::now();
     let mut sent = 0u64;
-    while sent < max && start.elapsed().as_secs_f64() < secs {
+    while sent < max && start.elapsed().as_secs_f64() < secs && !stop.load(Ordering::Relaxed) {
         let due = start + Duration::from_secs_f64(sent as f64 * interval);
         let now = Instant::now();
         if due > now {
@@ -692,6 +714,28 @@ pub fn deepen_receive_buffer(sock: &UdpSocket) {
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         );
     }
+}
+
+/// Counts UDP datagrams on `bind` until `secs` pass, or, once `stop` is
+/// set, until none came for half a second (what the sender sent before it
+/// stopped has arrived).
+pub fn udp_count_until(bind: &str, secs: f64, stop: &AtomicBool) -> Result<u64> {
+    let sock = UdpSocket::bind(bind)?;
+    deepen_receive_buffer(&sock);
+    sock.set_read_timeout(Some(Duration::from_millis(100)))?;
+    let mut buf = vec![0u8; 65536];
+    let start = Instant::now();
+    let mut n = 0u64;
+    let mut last = start;
+    while start.elapsed().as_secs_f64() < secs {
+        if sock.recv(&mut buf).is_ok() {
+            n += 1;
+            last = Instant::now();
+        } else if stop.load(Ordering::Relaxed) && last.elapsed() >= Duration::from_millis(500) {
+            break;
+        }
+    }
+    Ok(n)
 }
 
 /// Counts UDP datagrams on `bind` until `secs` pass; returns `(datagrams,

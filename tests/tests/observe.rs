@@ -14,6 +14,10 @@ use std::{
     io::{Read, Write},
     net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket},
     process::Command,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -21,7 +25,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use tc_tests::{
     netns::{
-        agent_bin, in_netns, in_vm, mac_of, serial, sh, udp_receive, write_policy, Agent, Pair,
+        agent_bin, in_netns, in_vm, mac_of, serial, sh, udp_count_until, write_policy, Agent, Pair,
     },
     packet,
     sources::source_addresses,
@@ -126,9 +130,15 @@ fn a_forwarding_node_maps_each_interaction_once_by_endpoint_set() -> Result<()> 
     let payload = 1000usize;
     let secs = slow(6.0).as_secs_f64();
     let (rate_a, rate_b) = (8e6 * scale(), 2e6 * scale());
-    let rx = in_netns(&pair.server, move || {
-        udp_receive("198.18.0.2:9000", secs + 2.0, 0.0)
-    });
+    // The receiver counts until the senders are done and what they sent
+    // has arrived (`sent` is set when they are joined).
+    let sent = Arc::new(AtomicBool::new(false));
+    let rx = {
+        let sent = sent.clone();
+        in_netns(&pair.server, move || {
+            udp_count_until("198.18.0.2:9000", secs + 2.0, &sent)
+        })
+    };
     std::thread::sleep(Duration::from_millis(200));
     let tx_a = in_netns(&host.netns, move || {
         udp_from("198.18.1.1", "198.18.0.2:9000", payload, rate_a, secs)
@@ -154,7 +164,8 @@ fn a_forwarding_node_maps_each_interaction_once_by_endpoint_set() -> Result<()> 
     }
     let sent_a = tx_a.join().unwrap()??;
     let sent_b = tx_b.join().unwrap()??;
-    let (received, _, _) = rx.join().unwrap()??;
+    sent.store(true, Ordering::Relaxed);
+    let received = rx.join().unwrap()??;
     eprintln!(
         "forwarding: map/sent wire rate a {seen_a:.3?}, b {seen_b:.3?}; sent {sent_a} + {sent_b}, received {received}"
     );
@@ -170,12 +181,16 @@ fn a_forwarding_node_maps_each_interaction_once_by_endpoint_set() -> Result<()> 
     // TCP: connections from a to srv:8080, each a 100-byte request and a
     // 20,000-byte answer, 20 a second (5 in the VM).
     let secs = slow(5.0).as_secs_f64();
+    // Set once the client is done: the server stops then, not at its
+    // deadline.
+    let client_done = Arc::new(AtomicBool::new(false));
+    let server_done = client_done.clone();
     let server = in_netns(&pair.server, move || -> Result<u64> {
         let l = TcpListener::bind("198.18.0.2:8080")?;
         l.set_nonblocking(true)?;
         let end = Instant::now() + Duration::from_secs_f64(secs + 5.0);
         let mut served = 0;
-        while Instant::now() < end {
+        while Instant::now() < end && !server_done.load(Ordering::Relaxed) {
             match l.accept() {
                 Ok((mut s, _)) => {
                     s.set_nonblocking(false)?;
@@ -217,7 +232,9 @@ fn a_forwarding_node_maps_each_interaction_once_by_endpoint_set() -> Result<()> 
     });
     std::thread::sleep(slow(2.5));
     let m = agent.json(&["map"])?;
-    let (done, took) = client.join().unwrap()??;
+    let client = client.join().unwrap();
+    client_done.store(true, Ordering::Relaxed);
+    let (done, took) = client??;
     let served = server.join().unwrap()??;
     let r = row(&m, "a", "srv", "tcp", 8080).with_context(|| format!("no a->srv tcp in {m}"))?;
     eprintln!("tcp: {done} connections in {took:.1}s ({served} served); map row {r}");
@@ -281,9 +298,13 @@ fn among_200_sources_the_three_heavy_ones_are_the_top_talkers() -> Result<()> {
         .map(String::from)
         .to_vec();
     let secs = slow(7.0).as_secs_f64();
-    let rx = in_netns(&pair.server, move || {
-        udp_receive("198.18.0.2:9000", secs + 2.0, 0.0)
-    });
+    let tx_done = Arc::new(AtomicBool::new(false));
+    let rx = {
+        let tx_done = tx_done.clone();
+        in_netns(&pair.server, move || {
+            udp_count_until("198.18.0.2:9000", secs + 2.0, &tx_done)
+        })
+    };
     // Every tick, each heavy source sends 5 datagrams and an eighth of the
     // others (in turn) one: 40 to 1. 25 ms ticks: 200 and 5 datagrams/s
     // (half in the VM, 50 ms ticks).
@@ -334,8 +355,10 @@ fn among_200_sources_the_three_heavy_ones_are_the_top_talkers() -> Result<()> {
         readings.push((to, top.iter().map(|(_, s)| s).sum::<f64>()));
         std::thread::sleep(slow(0.5));
     }
-    let sent = tx.join().unwrap()??;
-    let (received, _, _) = rx.join().unwrap()??;
+    let sent = tx.join().unwrap();
+    tx_done.store(true, Ordering::Relaxed);
+    let sent = sent??;
+    let received = rx.join().unwrap()??;
     eprintln!("200 sources: heavy shares {readings:.3?} (expected {expect:.3}); sent {sent}, received {received}");
     for (to, sum) in readings {
         assert!(
@@ -660,7 +683,13 @@ fn history_shows_a_rate_step_at_the_right_second() -> Result<()> {
     let agent = Agent::start(&pair.server, &pair.server_if, &policy)?;
     let payload = 500usize;
     let low = 2e6 * scale();
-    let rx = in_netns(&pair.server, || udp_receive("198.18.0.2:9100", 24.0, 0.0));
+    let tx_done = Arc::new(AtomicBool::new(false));
+    let rx = {
+        let tx_done = tx_done.clone();
+        in_netns(&pair.server, move || {
+            udp_count_until("198.18.0.2:9100", 24.0, &tx_done)
+        })
+    };
     std::thread::sleep(Duration::from_millis(300));
     let tx = in_netns(&pair.client, move || -> Result<[f64; 3]> {
         let t0 = tc_tests::sources::unix_now();
@@ -669,7 +698,9 @@ fn history_shows_a_rate_step_at_the_right_second() -> Result<()> {
         udp_from("198.18.0.1", "198.18.0.2:9100", payload, 4.0 * low, 10.0)?;
         Ok([t0, t1, tc_tests::sources::unix_now()])
     });
-    let t = tx.join().unwrap()??;
+    let t = tx.join().unwrap();
+    tx_done.store(true, Ordering::Relaxed);
+    let t = t??;
     let _ = rx.join().unwrap()??;
     std::thread::sleep(slow(3.0));
     let h = agent.json(&["history", "hist", "--since", "60s"])?;

@@ -12,13 +12,17 @@
 
 use std::{
     process::Command,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     thread::sleep,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
 use tc_tests::netns::{
-    agent_bin, in_netns, in_vm, serial, udp_receive, udp_send, write_policy, Agent, Pair,
+    agent_bin, in_netns, in_vm, serial, udp_count_until, udp_send_until, write_policy, Agent, Pair,
 };
 
 /// Payload bits per second the sender offers the busy channel.
@@ -124,6 +128,15 @@ fn parse_rate(cell: &str) -> Option<f64> {
     Some(num.parse::<f64>().ok()? * mult)
 }
 
+/// Sets its flag when dropped: the load stops also when a check fails.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// The PASS bit/s cell of `channel`: after CHANNEL, DIR and LIMIT (one
 /// word in this policy).
 fn pass_rate(pane: &str, channel: &str) -> Option<f64> {
@@ -141,15 +154,24 @@ fn top_in_tmux_shows_the_channels_and_the_busy_ones_rate_and_q_quits_cleanly() -
     let agent = Agent::start(&pair.server, &pair.server_if, &policy)?;
 
     // The load: 8 Mbit/s of payload to busy-udp, long enough to cover the
-    // view's start and several refreshes, bounded in count and time.
+    // view's start and several refreshes, bounded in count and time; it
+    // stops once the view has been read (or the test fails).
     let secs = slow(14.0).as_secs_f64();
-    let rx = in_netns(&pair.server, move || {
-        udp_receive("198.18.0.2:9000", secs + 1.0, 0.0)
-    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let _stop_on_exit = StopOnDrop(stop.clone());
+    let rx = {
+        let stop = stop.clone();
+        in_netns(&pair.server, move || {
+            udp_count_until("198.18.0.2:9000", secs + 1.0, &stop)
+        })
+    };
     sleep(Duration::from_millis(200));
-    let tx = in_netns(&pair.client, move || {
-        udp_send("198.18.0.2:9000", PAYLOAD, SEND_BPS, secs, 200_000)
-    });
+    let tx = {
+        let stop = stop.clone();
+        in_netns(&pair.client, move || {
+            udp_send_until("198.18.0.2:9000", PAYLOAD, SEND_BPS, secs, 200_000, &stop)
+        })
+    };
 
     // After `top`, the shell prints its exit status and the terminal's
     // modes and a marker, then keeps the pane open so all can be read.
@@ -236,8 +258,9 @@ fn top_in_tmux_shows_the_channels_and_the_busy_ones_rate_and_q_quits_cleanly() -
     }
     drop(tmux);
 
+    stop.store(true, Ordering::Relaxed);
     let sent = tx.join().expect("sender thread")??;
-    let (got, _, _) = rx.join().expect("receiver thread")??;
+    let got = rx.join().expect("receiver thread")??;
     println!("sent {sent} datagrams, {got} arrived");
     assert!(got > 0, "nothing arrived: the channel was not exercised");
 
