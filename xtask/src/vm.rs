@@ -359,9 +359,11 @@ export TC_AGENT_BIN=/usr/bin/tc-agent TMPDIR=/tmp RUST_BACKTRACE=1 TC_TESTS_IN_V
 all=0
 run() {
   name=$1; shift
+  read start _ < /proc/uptime
   "$@"
   rc=$?
-  echo "TCVM-RESULT $name rc=$rc"
+  read end _ < /proc/uptime
+  echo "TCVM-RESULT $name rc=$rc (${start%.*} s to ${end%.*} s after boot)"
   [ $rc -eq 0 ] || all=1
 }
 COMMANDS
