@@ -8,7 +8,10 @@ use std::{
     os::fd::AsRawFd,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
-    sync::atomic::{AtomicBool, AtomicU32, Ordering},
+    sync::{
+        atomic::{AtomicBool, AtomicU32, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -717,8 +720,8 @@ pub fn deepen_receive_buffer(sock: &UdpSocket) {
 }
 
 /// Counts UDP datagrams on `bind` until `secs` pass, or, once `stop` is
-/// set, until none came for half a second (what the sender sent before it
-/// stopped has arrived).
+/// set, until none came for a second after it was set (what the sender
+/// sent before it stopped has arrived, even through a guest's stall).
 pub fn udp_count_until(bind: &str, secs: f64, stop: &AtomicBool) -> Result<u64> {
     let sock = UdpSocket::bind(bind)?;
     deepen_receive_buffer(&sock);
@@ -726,16 +729,37 @@ pub fn udp_count_until(bind: &str, secs: f64, stop: &AtomicBool) -> Result<u64> 
     let mut buf = vec![0u8; 65536];
     let start = Instant::now();
     let mut n = 0u64;
-    let mut last = start;
+    // The last datagram, or the moment `stop` was first seen if later.
+    let mut quiet_since = start;
+    let mut stopping = false;
     while start.elapsed().as_secs_f64() < secs {
         if sock.recv(&mut buf).is_ok() {
             n += 1;
-            last = Instant::now();
-        } else if stop.load(Ordering::Relaxed) && last.elapsed() >= Duration::from_millis(500) {
-            break;
+            quiet_since = Instant::now();
+        } else if stop.load(Ordering::Relaxed) {
+            if !stopping {
+                stopping = true;
+                quiet_since = quiet_since.max(Instant::now());
+            }
+            if quiet_since.elapsed() >= Duration::from_secs(1) {
+                break;
+            }
         }
     }
     Ok(n)
+}
+
+/// Sets its flag when dropped, so a load told to stop by the flag stops
+/// also when a check fails and the test returns early.
+pub struct StopOnDrop(
+    /// The flag the load's threads poll.
+    pub Arc<AtomicBool>,
+);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Counts UDP datagrams on `bind` until `secs` pass; returns `(datagrams,

@@ -26,6 +26,7 @@ use serde_json::Value;
 use tc_tests::{
     netns::{
         agent_bin, in_netns, in_vm, mac_of, serial, sh, udp_count_until, write_policy, Agent, Pair,
+        StopOnDrop,
     },
     packet,
     sources::source_addresses,
@@ -133,6 +134,8 @@ fn a_forwarding_node_maps_each_interaction_once_by_endpoint_set() -> Result<()> 
     // The receiver counts until the senders are done and what they sent
     // has arrived (`sent` is set when they are joined).
     let sent = Arc::new(AtomicBool::new(false));
+    // Also set when a check fails: the receiver stops then too.
+    let _stop_sent = StopOnDrop(sent.clone());
     let rx = {
         let sent = sent.clone();
         in_netns(&pair.server, move || {
@@ -184,6 +187,8 @@ fn a_forwarding_node_maps_each_interaction_once_by_endpoint_set() -> Result<()> 
     // Set once the client is done: the server stops then, not at its
     // deadline.
     let client_done = Arc::new(AtomicBool::new(false));
+    // Also set when a check fails: the receiver stops then too.
+    let _stop_client_done = StopOnDrop(client_done.clone());
     let server_done = client_done.clone();
     let server = in_netns(&pair.server, move || -> Result<u64> {
         let l = TcpListener::bind("198.18.0.2:8080")?;
@@ -299,6 +304,8 @@ fn among_200_sources_the_three_heavy_ones_are_the_top_talkers() -> Result<()> {
         .to_vec();
     let secs = slow(7.0).as_secs_f64();
     let tx_done = Arc::new(AtomicBool::new(false));
+    // Also set when a check fails: the receiver stops then too.
+    let _stop_tx_done = StopOnDrop(tx_done.clone());
     let rx = {
         let tx_done = tx_done.clone();
         in_netns(&pair.server, move || {
@@ -684,6 +691,8 @@ fn history_shows_a_rate_step_at_the_right_second() -> Result<()> {
     let payload = 500usize;
     let low = 2e6 * scale();
     let tx_done = Arc::new(AtomicBool::new(false));
+    // Also set when a check fails: the receiver stops then too.
+    let _stop_tx_done = StopOnDrop(tx_done.clone());
     let rx = {
         let tx_done = tx_done.clone();
         in_netns(&pair.server, move || {

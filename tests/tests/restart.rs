@@ -524,3 +524,50 @@ fn nothing_is_unenforced_while_the_maps_are_replaced() -> Result<()> {
     assert_eq!(status(&agent)?["state"]["state"], "recovered");
     Ok(())
 }
+
+/// Whether an XDP program is attached to `iface` in `netns`.
+fn xdp_attached(netns: &str, iface: &str) -> Result<bool> {
+    let out = sh(&["ip", "-n", netns, "-j", "link", "show", "dev", iface])?;
+    let links: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    Ok(links[0].get("xdp").is_some())
+}
+
+#[test]
+fn a_restart_without_xdp_detaches_the_earlier_xdp_hook_and_holds_the_limit() -> Result<()> {
+    // The agent without `--xdp` loads no XDP program of its own; taking the
+    // interface over with tc ingress, it still removes the XDP hook the
+    // earlier run left (which would see every packet a second time), and
+    // the limit holds on the tc hook.
+    let _g = serial();
+    let pair = Pair::new()?;
+    let iface = pair.server_if.clone();
+    let mut agent = Agent::start_hooks(
+        &pair.server,
+        &["--iface", &iface, "--xdp", &iface],
+        &policy(),
+    )?;
+    let links = agent.pin_dir.join("links");
+    let xdp_pin = links.join(format!("{iface}-xdp-ingress"));
+    assert!(xdp_pin.exists(), "{} missing", xdp_pin.display());
+    assert!(xdp_attached(&pair.server, &iface)?, "no XDP on {iface}");
+    agent.kill();
+    // Restarted with tc hooks only, keeping the pinned policy.
+    agent.spawn(&pair.server, &iface, None)?;
+    assert!(!xdp_pin.exists(), "{} left pinned", xdp_pin.display());
+    assert!(
+        !xdp_attached(&pair.server, &iface)?,
+        "an XDP program is still attached to {iface}"
+    );
+    let hooks = status(&agent)?["hooks"].clone();
+    let kinds: Vec<&str> = hooks
+        .as_array()
+        .map(|a| a.iter().filter_map(|h| h["hook"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        kinds.contains(&"tc-ingress") && !kinds.contains(&"xdp-ingress"),
+        "hooks after the restart: {hooks}"
+    );
+    let flood = Flood::start(&pair, 6.0);
+    flood.held("on the tc hook after the restart without --xdp", 3)?;
+    Ok(())
+}

@@ -23,6 +23,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use tc_tests::netns::{
     agent_bin, in_netns, in_vm, serial, udp_count_until, udp_send_until, write_policy, Agent, Pair,
+    StopOnDrop,
 };
 
 /// Payload bits per second the sender offers the busy channel.
@@ -126,15 +127,6 @@ fn parse_rate(cell: &str) -> Option<f64> {
         _ => return None,
     };
     Some(num.parse::<f64>().ok()? * mult)
-}
-
-/// Sets its flag when dropped: the load stops also when a check fails.
-struct StopOnDrop(Arc<AtomicBool>);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
 }
 
 /// The PASS bit/s cell of `channel`: after CHANNEL, DIR and LIMIT (one

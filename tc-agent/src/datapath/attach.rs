@@ -257,6 +257,9 @@ fn pinned_link(path: &Path, iface: &str, ifindex: u32) -> Result<Option<FdLink>>
 /// (or filter) is replaced atomically, so enforcement never pauses, and if
 /// that fails the hook is left exactly as it was.
 pub fn attach(dp: &mut Datapath, iface: &str, kind: HookKind, links_dir: &Path) -> Result<Hook> {
+    if kind == HookKind::XdpIngress && dp.programs() != Programs::All {
+        bail!("attaching XDP to {iface}: this datapath was loaded without its XDP programs");
+    }
     let ifindex = sys::ifindex(iface)?;
     std::fs::create_dir_all(links_dir)
         .with_context(|| format!("creating {}", links_dir.display()))?;
@@ -396,9 +399,6 @@ fn pin_new(
 }
 
 fn attach_xdp(dp: &mut Datapath, iface: &str, ifindex: u32, path: PathBuf) -> Result<Hook> {
-    if dp.programs() != Programs::All {
-        bail!("attaching XDP to {iface}: this datapath was loaded without its XDP programs");
-    }
     let prog: &mut Xdp = dp
         .ebpf
         .program_mut(XDP_INGRESS)
@@ -434,4 +434,30 @@ fn attach_xdp(dp: &mut Datapath, iface: &str, ifindex: u32, path: PathBuf) -> Re
         HookKind::XdpIngress,
         Mechanism::XdpLink,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datapath::TableSizes;
+
+    /// A datapath loaded for tc alone refuses an XDP hook before it looks
+    /// at the interface (this one does not exist) or touches the kernel.
+    #[test]
+    fn a_tc_only_datapath_refuses_an_xdp_hook() {
+        let sizes = TableSizes {
+            conns: 4096,
+            interactions: tc_common::DEFAULT_MAX_INTERACTIONS,
+        };
+        let mut dp = Datapath::load_with(None, sizes, Programs::Tc).expect("the datapath loads");
+        let dir = std::env::temp_dir().join(format!("tc-test-attach-{}", std::process::id()));
+        let Err(err) = attach(&mut dp, "tcnone0", HookKind::XdpIngress, &dir) else {
+            panic!("an XDP hook attached to a tc-only datapath");
+        };
+        assert!(
+            format!("{err:#}").contains("loaded without its XDP programs"),
+            "{err:#}"
+        );
+        assert!(!dir.exists(), "nothing created for a refused hook");
+    }
 }
