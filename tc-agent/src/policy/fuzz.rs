@@ -38,7 +38,7 @@ use crate::datapath::held::{AddressRecord, Tables};
 use super::{
     compile::{compile, compile_reusing, Addresses},
     sim::{reference, through_tables, Pkt},
-    yaml::Lines,
+    yaml::{self, Lines},
     Direction, Policy, Protocol, Reuse,
 };
 
@@ -1126,6 +1126,38 @@ fn mutated_policies_are_refused_with_lines_or_compile_to_first_match() {
     run("mutated", (mutated(), any::<u64>()), |(text, seed)| {
         check_text(&text, seed, false)
     });
+}
+
+/// The plain YAML reader (`yaml::events`) gives exactly serde-saphyr's
+/// tree, lines and event count wherever it takes a file, and it takes
+/// the plain files policies are written as.
+#[test]
+fn the_plain_reader_reads_as_serde_saphyr_or_declines() {
+    let taken = Cell::new([0usize; 2]);
+    let texts = prop_oneof![
+        policy(true).prop_map(|p| p.render()),
+        policy(false).prop_map(|p| p.render()),
+        mutated(),
+    ];
+    let result = runner().run(&texts, |text| {
+        for (i, lines) in [Lines::All, Lines::MapsOnly].into_iter().enumerate() {
+            let took = yaml::plain_reads_as_serde(&text, lines)
+                .map_err(|e| TestCaseError::fail(format!("{e}\n--- file ---\n{text}")))?;
+            let mut t = taken.get();
+            t[i] += usize::from(took);
+            taken.set(t);
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("plain reader: {e}");
+    }
+    let [all, maps] = taken.get();
+    println!("plain reader: took {all} files with every line, {maps} with map lines only");
+    assert!(
+        all > 0 && maps > 0,
+        "the plain reader took no file: the property checked nothing"
+    );
 }
 
 /// One edit of a generated policy's channels, as an operator makes them.

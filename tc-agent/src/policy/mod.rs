@@ -5,7 +5,8 @@
 //! policy into the datapath's lookup tables.
 //!
 //! One job per file:
-//! - `yaml`: text to a node tree with lines, every parser resource bounded;
+//! - `yaml`: text to a node tree with lines, every parser resource bounded
+//!   (`yaml/events`: the plain reader a large policy's YAML takes);
 //! - `chunks`: the text cut at its channel items by its lines alone;
 //! - [`reuse`]: reading an edited file again, parsing only its new items;
 //! - `raw`: the tree read into the file's shape (keys, lists, maps);

@@ -1,10 +1,14 @@
 //! The policy file as YAML: text to a small tree of nodes that
-//! remember their line, in one pass of one parser (serde-saphyr).
+//! remember their line, in one pass of one parser: the plain reader
+//! (`events`) for the plain YAML large policies are written in, serde-saphyr
+//! for everything else and for every error.
 //!
 //! Every resource the text can make the parser spend is bounded here, before
 //! it can grow: the size of the text, the nesting depth, the parser events,
 //! and what aliases may replay. Types and meanings are checked later, by
 //! `validate`, which knows each node's field path.
+
+mod events;
 
 use std::fmt;
 
@@ -95,11 +99,12 @@ pub enum Lines {
     /// Every node: what diagnostics need.
     All,
     /// Mapping keys and values only; a list's items get line 0. A large
-    /// policy is mostly list items (its prefixes), and the parser's spans
-    /// are costly: the agent read the benchmark's 2.9 MB policy in 160-170
-    /// ms with every span, 117-119 ms without the items'. A file read this
-    /// way is read again with [`Lines::All`] when validation has anything
-    /// to say about it (`Policy::parse`).
+    /// policy is mostly list items (its prefixes), and serde-saphyr's spans
+    /// are costly: it read the benchmark's 2.9 MB policy in 160-170 ms with
+    /// every span, 117-119 ms without the items' (the plain reader, which
+    /// takes that file, in 40-58 ms either way). A file read this way is
+    /// read again with [`Lines::All`] when validation has anything to say
+    /// about it (`Policy::parse`).
     MapsOnly,
 }
 
@@ -120,6 +125,26 @@ pub fn parse_counted(text: &str, lines: Lines) -> Result<(Option<Node>, usize), 
             ),
         });
     }
+    // The plain YAML of a large policy straight from the parser's events;
+    // anything else through serde-saphyr.
+    let plain = match lines {
+        Lines::All => events::read::<true>(text),
+        Lines::MapsOnly => events::read::<false>(text),
+    };
+    let (root, events) = match plain {
+        Some(read) => read,
+        None => read_serde(text, lines)?,
+    };
+    let root = root.and_then(|(line, value)| match value {
+        Value::Null => None,
+        value => Some(Node { line, value }),
+    });
+    Ok((root, events))
+}
+
+/// [`parse_counted`] through serde-saphyr: the document's root and its
+/// line, and the parser events.
+fn read_serde(text: &str, lines: Lines) -> Result<(Option<(usize, Value)>, usize), SyntaxError> {
     let events = std::rc::Rc::new(std::cell::Cell::new(0));
     let counted = events.clone();
     let opts = options().with_budget_report(move |r| counted.set(r.events));
@@ -127,10 +152,6 @@ pub fn parse_counted(text: &str, lines: Lines) -> Result<(Option<Node>, usize), 
         Lines::All => read::<true>(text, opts)?,
         Lines::MapsOnly => read::<false>(text, opts)?,
     };
-    let root = root.and_then(|(line, value)| match value {
-        Value::Null => None,
-        value => Some(Node { line, value }),
-    });
     Ok((root, events.get()))
 }
 
@@ -345,6 +366,30 @@ impl<'de> Deserialize<'de> for Key {
     }
 }
 
+/// Whether the events reader took `text` read with `lines`, having
+/// given exactly what serde-saphyr gives (tree, lines, events); an error
+/// says how they differ. For the fuzz property that holds the two
+/// readers together (`policy::fuzz`).
+#[cfg(test)]
+pub(super) fn plain_reads_as_serde(text: &str, lines: Lines) -> Result<bool, String> {
+    let plain = match lines {
+        Lines::All => events::read::<true>(text),
+        Lines::MapsOnly => events::read::<false>(text),
+    };
+    let Some(plain) = plain else {
+        return Ok(false);
+    };
+    match read_serde(text, lines) {
+        Ok(serde) if serde == plain => Ok(true),
+        Ok(serde) => Err(format!(
+            "{lines:?}: the events reader gave\n{plain:#?}\nserde-saphyr\n{serde:#?}"
+        )),
+        Err(e) => Err(format!(
+            "{lines:?}: the events reader took a file serde-saphyr refuses: {e:?}"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -399,6 +444,63 @@ channels:
         let maps = parse_counted(text, Lines::MapsOnly).unwrap().0.unwrap();
         assert_ne!(all, maps, "the list items' lines differ");
         assert_eq!(without_item_lines(all), maps);
+    }
+
+    /// The plain reader on YAML's corners: where it takes a file it reads
+    /// it as serde-saphyr does, and it takes the plain ones.
+    #[test]
+    fn the_plain_reader_reads_corners_as_serde_saphyr() {
+        let taken = [
+            "",
+            "# only a comment\n",
+            "channels:\n  - name: a\n    from:\n",
+            "a: |\n  text\n  more\nb: >\n  folded\n  text\n\nc: |-\n  x\n",
+            "a: 'it''s'\nb: \"esc\\n\\t\\u0041\"\nc: ''\n",
+            "--- \na: 1\n...\n",
+            "a: b\na: c\n",
+            "a:\n  - x\n  -\n  - z\n  - ~\n  - null\n",
+            "? a\n: b\n",
+            "a: {b: c, d: [e, f], g: }\n",
+            "a: plain\n  continued line\nb: two  spaces\n",
+            "- a\n- b\n",
+            "just-a-scalar\n",
+            "a: 2001:db8::/32\nb: 198.18.0.0/15\n",
+            "a: x # a comment\n# another\n",
+            "\u{feff}a: b\n",
+            "a: [1, 2,]\n",
+            "a: b\r\nc: d\r\n",
+            "a:\n  b:\n    c:\n      d: [e]\n",
+            "ports: [0, 80, 65535, 8000-8080]\nlimit: {bandwidth: 10Mbit}\n",
+            "a: cafe\nb: .\nc: +\nd: _\ne: deadbeef\nf: a b\n",
+            "a:\tb\n",
+            "a:\n  <<: {b: c}\n",
+            "1: b\n\"~\": c\n'null': d\n\"\": e\n",
+            "a: \"multi\n  line\"\nb: 'x\n\n  y'\n",
+            "a: 2001-12-14\nb: 1-2\nc: 2001-12-14t21:59:43.10-05:00\n",
+        ];
+        let declined = [
+            "a: !!str 5\n",
+            "a: &x 1\nb: *x\n",
+            "[a, b]: c\n",
+            "~: c\n",
+            "a: 0x50\n",
+            "yes: b\n",
+            "! a: b\n",
+            "a: !local b\n",
+            "a: yes\n",
+            "a: 1e3\n",
+            "a: [.inf, 1.5, 12345678901234567890]\n",
+            "a: [1, 2\n",
+            "---\na: 1\n---\nb: 2\n",
+        ];
+        for (texts, take) in [(&taken[..], true), (&declined[..], false)] {
+            for text in texts {
+                for lines in [Lines::All, Lines::MapsOnly] {
+                    let took = plain_reads_as_serde(text, lines).unwrap();
+                    assert_eq!(took, take, "{text:?} {lines:?}");
+                }
+            }
+        }
     }
 
     #[test]
