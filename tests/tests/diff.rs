@@ -22,7 +22,10 @@ use std::path::PathBuf;
 
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use tc_agent::{
-    datapath::{held::Tables, Datapath, TC_INGRESS},
+    datapath::{
+        held::{common, Tables},
+        Datapath, TC_INGRESS,
+    },
     policy::{compile::compile, Direction, Policy},
 };
 use tc_tests::{
@@ -205,6 +208,59 @@ fn apply_and_check(dp: &mut Datapath, text: &str, rng: &mut Rng, step: &str) {
     );
 }
 
+/// Tidies the standby generation as the agent does after a switch's grace
+/// period, which prunes it to the entries the live generation holds alike
+/// (`datapath/prune.rs`), and checks the result: the record the datapath
+/// keeps of it is what the kernel holds, and holds nothing the live
+/// generation does not hold alike. The next apply writes from that record.
+fn tidy_and_check(dp: &mut Datapath, step: &str) -> usize {
+    let live = dp.config().expect("config").generation;
+    let standby = live ^ 1;
+    let before = dp
+        .known_tables(standby)
+        .cloned()
+        .expect("the standby is known");
+    dp.tidy_standby().expect("tidies");
+    let pruned = dp.known_tables(standby).cloned().expect("still known");
+    let kernel = dp.read_generation(standby).expect("reads back");
+    assert!(
+        kernel == pruned,
+        "{step}: the pruned standby's record differs from the kernel's tables"
+    );
+    let live = dp
+        .known_tables(live)
+        .cloned()
+        .expect("the live one is known");
+    // Each table keeps exactly the entries the live one holds alike.
+    let mut removed = 0;
+    for (name, was, now, theirs) in [
+        ("IPv4 sources", &before.src_v4, &pruned.src_v4, &live.src_v4),
+        (
+            "IPv4 destinations",
+            &before.dst_v4,
+            &pruned.dst_v4,
+            &live.dst_v4,
+        ),
+    ] {
+        assert_eq!(**now, common(was, theirs).0, "{step}: {name}");
+        removed += was.len() - now.len();
+    }
+    for (name, was, now, theirs) in [
+        ("IPv6 sources", &before.src_v6, &pruned.src_v6, &live.src_v6),
+        (
+            "IPv6 destinations",
+            &before.dst_v6,
+            &pruned.dst_v6,
+            &live.dst_v6,
+        ),
+    ] {
+        assert_eq!(**now, common(was, theirs).0, "{step}: {name}");
+        removed += was.len() - now.len();
+    }
+    assert_eq!(pruned.l4, common(&before.l4, &live.l4).0, "{step}: L4");
+    removed + before.l4.len() - pruned.l4.len()
+}
+
 /// The seed of a run: `TC_DIFF_SEED`, or the clock.
 fn seed() -> u64 {
     let seed = std::env::var("TC_DIFF_SEED")
@@ -288,9 +344,13 @@ fn tables_moved_between_tries_and_hash_maps_classify_like_a_full_rewrite() {
     apply_and_check(&mut dp, &moved(&few), &mut rng, "trie diff");
     // Generation 0: a diff within the hash maps again; generation 1: trie
     // to hash.
-    dp.tidy_standby().expect("tidies");
+    let mut pruned = tidy_and_check(&mut dp, "hash maps, live in the tries");
     change_one(&mut few, &mut rng);
     apply_and_check(&mut dp, &text(&few), &mut rng, "hash diff again");
+    pruned += tidy_and_check(&mut dp, "tries, live in the hash maps");
+    // The two generations differed by a channel and by where tables are:
+    // the prunes removed entries, which the applies after them wrote back.
+    assert!(pruned > 0, "the prunes removed nothing");
     change_one(&mut few, &mut rng);
     apply_and_check(&mut dp, &text(&few), &mut rng, "back to the hash maps");
     drop(dp);
@@ -343,7 +403,9 @@ fn a_diff_write_classifies_like_a_full_rewrite_also_after_a_restart() {
         apply_and_check(&mut dp, &text(&chans), &mut rng, "A'");
         // B' over B, the old generation's cache tidied beforehand (as the
         // agent does after the grace period).
-        dp.tidy_standby().expect("tidies");
+        let pruned = tidy_and_check(&mut dp, "B before B'");
+        // B and A' differ in two channels (one changed in each).
+        assert!(pruned > 0, "the prune removed nothing");
         change_one(&mut chans, &mut rng);
         apply_and_check(&mut dp, &text(&chans), &mut rng, "B'");
         // The datapath is dropped: the maps stay pinned, as when an agent

@@ -268,9 +268,9 @@ impl Agent {
 
     /// Completes the last switch, if one is pending: once the grace period
     /// has passed (it waits out what is left of it), folds the old
-    /// generation's counters into `carried` and removes the old
-    /// generation's flow-cache entries so the next apply need not walk the
-    /// cache. Whether it did: `carried` changed, and the state is to be
+    /// generation's counters into `carried` and readies the old generation
+    /// for the next apply (`Datapath::tidy_standby`: its flow-cache
+    /// entries and the table entries the new one does not hold alike). Whether it did: `carried` changed, and the state is to be
     /// saved before anything writes into the old generation.
     fn fold(&mut self) -> bool {
         let Some(p) = self.pending.take() else {
@@ -290,7 +290,7 @@ impl Agent {
             }
         }
         if let Err(e) = self.dp.tidy_standby() {
-            warn!(error = %e, "removing the old generation's flow-cache entries failed; the next apply removes them");
+            warn!(error = %e, "readying the old generation (its flow-cache entries, the table entries the new one does not hold) failed; the next apply does it");
         }
         // The old policy's last reference (unless a report still holds
         // it), and the samples of its channels.

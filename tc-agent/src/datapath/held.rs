@@ -240,6 +240,22 @@ pub fn diff<K: Ord + Copy>(held: &Held<K>, want: &Held<K>) -> (Vec<K>, Vec<usize
     (stale, write)
 }
 
+/// The entries of `held` that `other` holds alike (same key, same value's
+/// fingerprint), and the keys of the rest; both sorted by key.
+pub fn common<K: Ord + Copy>(held: &Held<K>, other: &Held<K>) -> (Held<K>, Vec<K>) {
+    let (mut kept, mut rest) = (Vec::new(), Vec::new());
+    let mut theirs = other.iter().peekable();
+    for &(k, f) in held {
+        while theirs.next_if(|o| o.0 < k).is_some() {}
+        match theirs.peek() {
+            Some(&&(ok, of)) if ok == k && of == f => kept.push((k, f)),
+            _ => rest.push(k),
+        }
+    }
+    kept.shrink_to_fit();
+    (kept, rest)
+}
+
 /// The record of table `t` of `c`: keys masked as the maps hold them.
 fn table<W: Width>(c: &Compiled, t: u8) -> Held<(u8, W)> {
     let held = sorted(entries_of(c, t).map(|(len, raw, set)| {
@@ -325,6 +341,16 @@ mod tests {
         assert_eq!(diff(&want, &want), (vec![], vec![]));
         assert_eq!(diff(&vec![], &want).1, vec![0, 1, 2, 3]);
         assert_eq!(diff(&want, &vec![]).0, vec![2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn common_keeps_the_entries_held_alike() {
+        let held: Held<u8> = vec![(1, 10), (2, 20), (4, 40), (6, 60)];
+        let live: Held<u8> = vec![(0, 0), (2, 21), (3, 30), (4, 40), (6, 60), (7, 70)];
+        assert_eq!(common(&held, &live), (vec![(4, 40), (6, 60)], vec![1, 2]));
+        assert_eq!(common(&held, &held), (held.clone(), vec![]));
+        assert_eq!(common(&held, &vec![]), (vec![], vec![1, 2, 4, 6]));
+        assert_eq!(common(&vec![], &live), (vec![], vec![]));
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod held;
 pub mod interactions;
 pub mod prefixes;
 mod programs;
+mod prune;
 pub mod qdisc;
 pub mod reach;
 mod rtnl;
@@ -553,9 +554,11 @@ impl Datapath {
         self.gens[(generation & 1) as usize].tables = Some(tables);
     }
 
-    /// Removes the flow-cache entries of the inactive generation if it may
-    /// hold some, so the next apply need not walk the cache. Call it only
-    /// once every program that may have read the old generation has
+    /// Readies the inactive generation for the next apply: removes its
+    /// flow-cache entries if it may hold some, so the next apply need not
+    /// walk the cache, and the table entries the live generation does not
+    /// hold alike (see [`prune`]), so it need not remove them. Call it
+    /// only once every program that may have read the old generation has
     /// finished (a grace period after the switch).
     pub fn tidy_standby(&mut self) -> Result<(), DatapathError> {
         let standby = self.config()?.generation ^ 1;
@@ -565,7 +568,13 @@ impl Datapath {
             self.purge_flows::<FlowKey6>(FLOWS6, g, |k| k.meta.generation)?;
             self.gens[standby as usize].flows_dirty = false;
         }
-        Ok(())
+        self.prune_standby(standby)
+    }
+
+    /// What this agent knows generation `generation`'s tables hold
+    /// (`None`: not known), for tests that compare it with the kernel's.
+    pub fn known_tables(&self, generation: u32) -> Option<&held::Tables> {
+        self.gens.get(generation as usize)?.tables.as_ref()
     }
 
     /// Makes the next apply's version follow `version` when the maps hold

@@ -157,7 +157,7 @@ impl<W: Width> TableMaps<'_, W> {
     /// they are. Every key must be there: a record that names one the
     /// kernel does not hold fails the write, and the generation becomes
     /// unknown (rewritten whole next time).
-    fn remove(
+    pub(super) fn remove(
         self,
         t: u8,
         g: u8,

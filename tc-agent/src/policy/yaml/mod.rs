@@ -127,19 +127,52 @@ pub fn parse_counted(text: &str, lines: Lines) -> Result<(Option<Node>, usize), 
     }
     // The plain YAML of a large policy straight from the parser's events;
     // anything else through serde-saphyr.
-    let plain = match lines {
-        Lines::All => events::read::<true>(text),
-        Lines::MapsOnly => events::read::<false>(text),
-    };
-    let (root, events) = match plain {
-        Some(read) => read,
-        None => read_serde(text, lines)?,
+    let (root, events) = match plain(text, lines) {
+        Ok(read) => read,
+        Err(declined) => {
+            tracing::debug!(
+                line = declined.line,
+                why = declined.why,
+                "the plain YAML reader declined the file; serde-saphyr reads it"
+            );
+            read_serde(text, lines)?
+        }
     };
     let root = root.and_then(|(line, value)| match value {
         Value::Null => None,
         value => Some(Node { line, value }),
     });
     Ok((root, events))
+}
+
+/// [`parse_counted`] through the plain reader (`events`), with
+/// serde-saphyr's parser options.
+fn plain(text: &str, lines: Lines) -> Result<events::Read, events::Declined> {
+    match lines {
+        Lines::All => events::read::<true>(text, parser_options()),
+        Lines::MapsOnly => events::read::<false>(text, parser_options()),
+    }
+}
+
+/// The options serde-saphyr gives its parser for [`options`] (its
+/// `Options::parser_options`, which it does not export), for the plain
+/// reader: a file one reader's parser refuses, the other's refuses too.
+fn parser_options() -> granit_parser::Options {
+    let serde = options();
+    let mut parser = granit_parser::Options::default();
+    if let Some(budget) = &serde.budget {
+        parser.simple_key_max_lookahead = budget.simple_key_max_lookahead;
+        parser.flow_nesting_limit = budget.flow_nesting_limit;
+        parser.block_nesting_limit = parser
+            .block_nesting_limit
+            .max(budget.max_depth.saturating_add(1));
+    }
+    parser.strict_indentation = serde.strict_indentation;
+    parser.bom_inside_document_as_content = serde.bom_inside_document_as_content;
+    // Comments are no events for serde-saphyr (its `comments` feature is
+    // off).
+    parser.emit_comments = false;
+    parser
 }
 
 /// [`parse_counted`] through serde-saphyr: the document's root and its
@@ -372,11 +405,7 @@ impl<'de> Deserialize<'de> for Key {
 /// readers together (`policy::fuzz`).
 #[cfg(test)]
 pub(super) fn plain_reads_as_serde(text: &str, lines: Lines) -> Result<bool, String> {
-    let plain = match lines {
-        Lines::All => events::read::<true>(text),
-        Lines::MapsOnly => events::read::<false>(text),
-    };
-    let Some(plain) = plain else {
+    let Ok(plain) = plain(text, lines) else {
         return Ok(false);
     };
     match read_serde(text, lines) {
@@ -474,6 +503,10 @@ channels:
             "a: cafe\nb: .\nc: +\nd: _\ne: deadbeef\nf: a b\n",
             "a:\tb\n",
             "a:\n  <<: {b: c}\n",
+            "---\n",
+            "~\n",
+            "null\n",
+            "--- # nothing\n",
             "1: b\n\"~\": c\n'null': d\n\"\": e\n",
             "a: \"multi\n  line\"\nb: 'x\n\n  y'\n",
             "a: 2001-12-14\nb: 1-2\nc: 2001-12-14t21:59:43.10-05:00\n",
@@ -493,12 +526,29 @@ channels:
             "a: [1, 2\n",
             "---\na: 1\n---\nb: 2\n",
         ];
-        for (texts, take) in [(&taken[..], true), (&declined[..], false)] {
-            for text in texts {
-                for lines in [Lines::All, Lines::MapsOnly] {
-                    let took = plain_reads_as_serde(text, lines).unwrap();
-                    assert_eq!(took, take, "{text:?} {lines:?}");
-                }
+        // Each plain scalar of the reader's own table as a value, a list
+        // item and a key.
+        let as_nodes = |t: &str| [format!("k: {t}\n"), format!("- {t}\n"), format!("{t}: v\n")];
+        let typed: Vec<String> = events::tests::TYPED
+            .iter()
+            .flat_map(|t| as_nodes(t))
+            .collect();
+        let strings: Vec<String> = events::tests::STRINGS
+            .iter()
+            .flat_map(|t| as_nodes(t))
+            .collect();
+        let taken = taken
+            .iter()
+            .copied()
+            .chain(strings.iter().map(String::as_str));
+        let declined = declined
+            .iter()
+            .copied()
+            .chain(typed.iter().map(String::as_str));
+        for (text, take) in taken.map(|t| (t, true)).chain(declined.map(|t| (t, false))) {
+            for lines in [Lines::All, Lines::MapsOnly] {
+                let took = plain_reads_as_serde(text, lines).unwrap();
+                assert_eq!(took, take, "{text:?} {lines:?}");
             }
         }
     }
