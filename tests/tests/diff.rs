@@ -17,15 +17,19 @@
 //! back (a few channels with prefixes of other lengths and a port range):
 //! the diff within the hash maps, a table moved either way out of a
 //! generation the agent knows, and a restart over hash-placed tables.
+//!
+//! Some steps first prune the standby generation as the agent does after
+//! a switch (`datapath/prune.rs`), and check the pruned record against
+//! the kernel's tables and the live generation's entries; the apply after
+//! a prune writes from the pruned record.
 
 use std::path::PathBuf;
 
+use tc_common::{TABLE_DST_V4, TABLE_DST_V6, TABLE_L4, TABLE_SRC_V4, TABLE_SRC_V6};
+
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use tc_agent::{
-    datapath::{
-        held::{common, Tables},
-        Datapath, TC_INGRESS,
-    },
+    datapath::{held::Tables, Datapath, TC_INGRESS},
     policy::{compile::compile, Direction, Policy},
 };
 use tc_tests::{
@@ -208,57 +212,104 @@ fn apply_and_check(dp: &mut Datapath, text: &str, rng: &mut Rng, step: &str) {
     );
 }
 
-/// Tidies the standby generation as the agent does after a switch's grace
-/// period, which prunes it to the entries the live generation holds alike
-/// (`datapath/prune.rs`), and checks the result: the record the datapath
-/// keeps of it is what the kernel holds, and holds nothing the live
-/// generation does not hold alike. The next apply writes from that record.
-fn tidy_and_check(dp: &mut Datapath, step: &str) -> usize {
-    let live = dp.config().expect("config").generation;
-    let standby = live ^ 1;
+/// Tidies and prunes the standby generation as the agent does after a
+/// switch's grace period (`datapath/prune.rs`: it keeps only the entries
+/// the live generation holds alike, in the same place), and checks the
+/// result: the record the datapath keeps of it is what the kernel holds,
+/// each table kept exactly the entries the live one holds alike, and the
+/// live generation is untouched. The next apply writes from that record.
+/// Returns how many entries the prune removed.
+fn prune_and_check(dp: &mut Datapath, step: &str) -> usize {
+    let live_gen = dp.config().expect("config").generation;
+    let standby = live_gen ^ 1;
     let before = dp
         .known_tables(standby)
         .cloned()
         .expect("the standby is known");
-    dp.tidy_standby().expect("tidies");
-    let pruned = dp.known_tables(standby).cloned().expect("still known");
-    let kernel = dp.read_generation(standby).expect("reads back");
-    assert!(
-        kernel == pruned,
-        "{step}: the pruned standby's record differs from the kernel's tables"
-    );
     let live = dp
-        .known_tables(live)
+        .known_tables(live_gen)
         .cloned()
         .expect("the live one is known");
-    // Each table keeps exactly the entries the live one holds alike.
-    let mut removed = 0;
-    for (name, was, now, theirs) in [
-        ("IPv4 sources", &before.src_v4, &pruned.src_v4, &live.src_v4),
-        (
-            "IPv4 destinations",
-            &before.dst_v4,
-            &pruned.dst_v4,
-            &live.dst_v4,
-        ),
-    ] {
-        assert_eq!(**now, common(was, theirs).0, "{step}: {name}");
-        removed += was.len() - now.len();
-    }
-    for (name, was, now, theirs) in [
-        ("IPv6 sources", &before.src_v6, &pruned.src_v6, &live.src_v6),
-        (
-            "IPv6 destinations",
-            &before.dst_v6,
-            &pruned.dst_v6,
-            &live.dst_v6,
-        ),
-    ] {
-        assert_eq!(**now, common(was, theirs).0, "{step}: {name}");
-        removed += was.len() - now.len();
-    }
-    assert_eq!(pruned.l4, common(&before.l4, &live.l4).0, "{step}: L4");
-    removed + before.l4.len() - pruned.l4.len()
+    dp.tidy_standby().expect("tidies");
+    let removed = dp.prune_standby().expect("prunes");
+    let pruned = dp.known_tables(standby).cloned().expect("still known");
+    assert!(
+        dp.read_generation(standby).expect("reads back") == pruned,
+        "{step}: the pruned standby's record differs from the kernel's tables"
+    );
+    assert!(
+        dp.read_generation(live_gen).expect("reads back") == live,
+        "{step}: the prune changed the live generation"
+    );
+    let place = |t: u8| before.probes[t as usize] == live.probes[t as usize];
+    let mut counted = 0;
+    counted += kept_alike(
+        step,
+        "IPv4 sources",
+        &before.src_v4,
+        &pruned.src_v4,
+        &live.src_v4,
+        place(TABLE_SRC_V4),
+    );
+    counted += kept_alike(
+        step,
+        "IPv4 destinations",
+        &before.dst_v4,
+        &pruned.dst_v4,
+        &live.dst_v4,
+        place(TABLE_DST_V4),
+    );
+    counted += kept_alike(
+        step,
+        "IPv6 sources",
+        &before.src_v6,
+        &pruned.src_v6,
+        &live.src_v6,
+        place(TABLE_SRC_V6),
+    );
+    counted += kept_alike(
+        step,
+        "IPv6 destinations",
+        &before.dst_v6,
+        &pruned.dst_v6,
+        &live.dst_v6,
+        place(TABLE_DST_V6),
+    );
+    counted += kept_alike(
+        step,
+        "L4",
+        &before.l4,
+        &pruned.l4,
+        &live.l4,
+        place(TABLE_L4),
+    );
+    assert_eq!(
+        removed, counted,
+        "{step}: entries the prune says it removed"
+    );
+    removed
+}
+
+/// Checks one pruned table against the live generation's, by a set of the
+/// live entries (not by the prune's own merge): it kept exactly the
+/// entries of `was` that `live` holds with the same value, or none if the
+/// two are placed apart. Returns how many it removed.
+fn kept_alike<K: Ord + Copy + std::hash::Hash + std::fmt::Debug>(
+    step: &str,
+    name: &str,
+    was: &[(K, u64)],
+    now: &[(K, u64)],
+    live: &[(K, u64)],
+    same_place: bool,
+) -> usize {
+    let live: std::collections::HashSet<&(K, u64)> = live.iter().collect();
+    let want: Vec<(K, u64)> = was
+        .iter()
+        .filter(|e| same_place && live.contains(e))
+        .copied()
+        .collect();
+    assert_eq!(now, &want[..], "{step}: {name}: the entries kept");
+    was.len() - now.len()
 }
 
 /// The seed of a run: `TC_DIFF_SEED`, or the clock.
@@ -344,12 +395,13 @@ fn tables_moved_between_tries_and_hash_maps_classify_like_a_full_rewrite() {
     apply_and_check(&mut dp, &moved(&few), &mut rng, "trie diff");
     // Generation 0: a diff within the hash maps again; generation 1: trie
     // to hash.
-    let mut pruned = tidy_and_check(&mut dp, "hash maps, live in the tries");
+    let mut pruned = prune_and_check(&mut dp, "hash maps, live in the tries");
     change_one(&mut few, &mut rng);
     apply_and_check(&mut dp, &text(&few), &mut rng, "hash diff again");
-    pruned += tidy_and_check(&mut dp, "tries, live in the hash maps");
-    // The two generations differed by a channel and by where tables are:
-    // the prunes removed entries, which the applies after them wrote back.
+    pruned += prune_and_check(&mut dp, "tries, live in the hash maps");
+    // The two generations differed by a channel and by where tables are
+    // (the tables placed apart are pruned whole): the prunes removed
+    // entries, which the applies after them wrote back.
     assert!(pruned > 0, "the prunes removed nothing");
     change_one(&mut few, &mut rng);
     apply_and_check(&mut dp, &text(&few), &mut rng, "back to the hash maps");
@@ -403,8 +455,8 @@ fn a_diff_write_classifies_like_a_full_rewrite_also_after_a_restart() {
         apply_and_check(&mut dp, &text(&chans), &mut rng, "A'");
         // B' over B, the old generation's cache tidied beforehand (as the
         // agent does after the grace period).
-        let pruned = tidy_and_check(&mut dp, "B before B'");
-        // B and A' differ in two channels (one changed in each).
+        let pruned = prune_and_check(&mut dp, "B before B'");
+        // B and A' differ in the channels changed in each.
         assert!(pruned > 0, "the prune removed nothing");
         change_one(&mut chans, &mut rng);
         apply_and_check(&mut dp, &text(&chans), &mut rng, "B'");

@@ -37,6 +37,9 @@ impl Agent {
         // The previous switch's fold must read its old generation before
         // this apply writes into it.
         self.settle();
+        // The write below removes what the old generation holds and this
+        // policy does not: a prune now would only remove more.
+        self.prune_due = false;
         steps.step("settle");
         // The live policy's address tables, and their record, serve again
         // when the channels name the same addresses.

@@ -422,6 +422,7 @@ impl Agent {
             closing: false,
             carried: saved.carried,
             pending: None,
+            prune_due: false,
             history: VecDeque::new(),
             fq_installed: saved.fq_installed,
             started: Instant::now(),

@@ -32,7 +32,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use parking_lot::{Mutex, RwLock};
 use tokio::net::{UnixListener, UnixStream};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use self::state::SavedState;
 use crate::{
@@ -167,6 +167,11 @@ struct Agent {
     /// `carried` once the grace period has passed (see [`Agent::settle`]):
     /// an apply answers without waiting for it.
     pending: Option<PendingFold>,
+    /// Whether the old generation of the last folded switch is still to
+    /// be pruned (`Datapath::prune_standby`): done in the background after
+    /// the fold's save, skipped when an apply comes first (its write
+    /// removes what it must).
+    prune_due: bool,
     /// Recent samples, newest last, for rates.
     history: VecDeque<Sample>,
     /// Interfaces where the agent installed fq for `delay`; `uninstall`
@@ -257,21 +262,38 @@ impl Agent {
         }
     }
 
-    /// [`settle`](Self::settle), unless the agent is stopping (its
-    /// directory locks may be released by then, and another agent's state
-    /// must not be overwritten).
+    /// [`settle`](Self::settle), then the old generation's prune if it is
+    /// due, unless the agent is stopping (its directory locks may be
+    /// released by then, and another agent's state must not be
+    /// overwritten).
     fn settle_in_background(&mut self) {
-        if !self.closing {
-            self.settle();
+        if self.closing {
+            return;
+        }
+        self.settle();
+        if std::mem::take(&mut self.prune_due) {
+            let t0 = Instant::now();
+            match self.dp.prune_standby() {
+                Ok(removed) => debug!(
+                    removed,
+                    took_ms = t0.elapsed().as_secs_f64() * 1e3,
+                    "pruned the old generation to the entries the live one holds"
+                ),
+                Err(e) => warn!(
+                    error = %e,
+                    "pruning the old generation failed; the next apply empties it by walking every table, then writes it whole"
+                ),
+            }
         }
     }
 
     /// Completes the last switch, if one is pending: once the grace period
     /// has passed (it waits out what is left of it), folds the old
-    /// generation's counters into `carried` and readies the old generation
-    /// for the next apply (`Datapath::tidy_standby`: its flow-cache
-    /// entries and the table entries the new one does not hold alike). Whether it did: `carried` changed, and the state is to be
-    /// saved before anything writes into the old generation.
+    /// generation's counters into `carried`, removes its flow-cache
+    /// entries so the next apply need not walk the cache, and makes its
+    /// prune due (see [`settle_in_background`](Self::settle_in_background)).
+    /// Whether it did: `carried` changed, and the state is to be saved
+    /// before anything writes into the old generation.
     fn fold(&mut self) -> bool {
         let Some(p) = self.pending.take() else {
             return false;
@@ -290,8 +312,9 @@ impl Agent {
             }
         }
         if let Err(e) = self.dp.tidy_standby() {
-            warn!(error = %e, "readying the old generation (its flow-cache entries, the table entries the new one does not hold) failed; the next apply does it");
+            warn!(error = %e, "removing the old generation's flow-cache entries failed; the next apply removes them");
         }
+        self.prune_due = true;
         // The old policy's last reference (unless a report still holds
         // it), and the samples of its channels.
         drop((p.retired_policy, p.retired_samples));

@@ -61,7 +61,7 @@ impl Snapshot {
 impl Agent {
     /// Takes a counter sample and publishes the `channels` report it gives.
     pub(super) fn sample_into(&mut self, snapshot: &Snapshot) -> Result<()> {
-        self.settle();
+        self.settle_in_background();
         self.sample()?;
         snapshot.set_channels(self.channels()?);
         Ok(())

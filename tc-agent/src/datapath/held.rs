@@ -17,7 +17,8 @@
 //! content.
 //!
 //! A generation whose content is not known (a new agent over pinned maps
-//! before it read it, or a write into it that failed half-way) holds
+//! before it read it, or a write or a prune (`datapath::prune`) into it
+//! that failed half-way) holds
 //! `None`: the next write into it removes every entry of the generation
 //! by walking every trie and prefix hash map, then writes all.
 

@@ -554,11 +554,9 @@ impl Datapath {
         self.gens[(generation & 1) as usize].tables = Some(tables);
     }
 
-    /// Readies the inactive generation for the next apply: removes its
-    /// flow-cache entries if it may hold some, so the next apply need not
-    /// walk the cache, and the table entries the live generation does not
-    /// hold alike (see [`prune`]), so it need not remove them. Call it
-    /// only once every program that may have read the old generation has
+    /// Removes the flow-cache entries of the inactive generation if it may
+    /// hold some, so the next apply need not walk the cache. Call it only
+    /// once every program that may have read the old generation has
     /// finished (a grace period after the switch).
     pub fn tidy_standby(&mut self) -> Result<(), DatapathError> {
         let standby = self.config()?.generation ^ 1;
@@ -568,11 +566,12 @@ impl Datapath {
             self.purge_flows::<FlowKey6>(FLOWS6, g, |k| k.meta.generation)?;
             self.gens[standby as usize].flows_dirty = false;
         }
-        self.prune_standby(standby)
+        Ok(())
     }
 
     /// What this agent knows generation `generation`'s tables hold
-    /// (`None`: not known), for tests that compare it with the kernel's.
+    /// (`None`: not known). Only tests need it, to compare it with what
+    /// the kernel holds ([`read_generation`](Self::read_generation)).
     pub fn known_tables(&self, generation: u32) -> Option<&held::Tables> {
         self.gens.get(generation as usize)?.tables.as_ref()
     }
