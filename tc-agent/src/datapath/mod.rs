@@ -117,7 +117,8 @@ pub struct Datapath {
     flow_bits_since: Option<u64>,
 }
 
-/// Stack of the thread that writes an apply's IPv6 tables.
+/// Stack of the thread that writes an apply's IPv6 tables (and prunes
+/// them, `prune`).
 const APPLY_THREAD_STACK: usize = 512 << 10;
 
 impl Datapath {

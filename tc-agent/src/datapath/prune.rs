@@ -32,19 +32,22 @@ use tc_common::{Probes, TABLE_DST_V4, TABLE_DST_V6, TABLE_L4, TABLE_SRC_V4, TABL
 use super::{
     held::{self, Held},
     prefixes::Width,
-    Datapath, DatapathError,
+    sync::TableMaps,
+    Datapath, DatapathError, APPLY_THREAD_STACK,
 };
 
 impl Datapath {
     /// Prunes the inactive generation: removes every table entry the live
     /// generation does not hold with the same value, or that is not where
     /// the live generation places its table, and records what is left;
-    /// returns how many entries it removed. Call it only once every
-    /// program that may have read the inactive generation has finished (a
-    /// grace period after the switch). Nothing to do unless both
-    /// generations' contents are known. If a removal fails, the generation
-    /// becomes unknown: the next apply removes all its entries by walking
-    /// every table and writes it whole.
+    /// returns how many entries it removed. The IPv6 tables are pruned
+    /// from a second thread while this one prunes the others (they share
+    /// no map), as an apply writes them: the agent holds its lock
+    /// meanwhile. Call it only once every program that may have read the
+    /// inactive generation has finished (a grace period after the switch).
+    /// Nothing to do unless both generations' contents are known. If a
+    /// removal fails, the generation becomes unknown: the next apply
+    /// removes all its entries by walking every table and writes it whole.
     pub fn prune_standby(&mut self) -> Result<usize, DatapathError> {
         let standby = self.config()?.generation ^ 1;
         // Until every removal is done the generation holds neither its
@@ -64,77 +67,141 @@ impl Datapath {
         );
         let g = standby as u8;
         let (at, live_at) = (mine.probes, live.probes);
+        let places = |t: u8| [at[t as usize], live_at[t as usize]];
+        let (src4, dst4, l4) = (
+            self.table_maps::<[u8; 4]>(TABLE_SRC_V4)?,
+            self.table_maps::<[u8; 4]>(TABLE_DST_V4)?,
+            self.table_maps::<[u8; 4]>(TABLE_L4)?,
+        );
+        let (src6, dst6) = (
+            self.table_maps::<[u8; 16]>(TABLE_SRC_V6)?,
+            self.table_maps::<[u8; 16]>(TABLE_DST_V6)?,
+        );
+        let held = &mine;
+        let prune_v6 = || {
+            Ok::<_, DatapathError>((
+                prune_address(
+                    src6,
+                    TABLE_SRC_V6,
+                    g,
+                    places(TABLE_SRC_V6),
+                    &held.src_v6,
+                    &live.src_v6,
+                )?,
+                prune_address(
+                    dst6,
+                    TABLE_DST_V6,
+                    g,
+                    places(TABLE_DST_V6),
+                    &held.dst_v6,
+                    &live.dst_v6,
+                )?,
+            ))
+        };
+        let (r4, r6) = std::thread::scope(|s| {
+            // Without a second thread, the IPv6 tables after the others.
+            let ipv6 = std::thread::Builder::new()
+                .name("prune-ipv6".into())
+                .stack_size(APPLY_THREAD_STACK)
+                .spawn_scoped(s, prune_v6)
+                .map_err(|_| prune_v6);
+            let r4 = (|| {
+                Ok::<_, DatapathError>((
+                    prune_address(
+                        src4,
+                        TABLE_SRC_V4,
+                        g,
+                        places(TABLE_SRC_V4),
+                        &held.src_v4,
+                        &live.src_v4,
+                    )?,
+                    prune_address(
+                        dst4,
+                        TABLE_DST_V4,
+                        g,
+                        places(TABLE_DST_V4),
+                        &held.dst_v4,
+                        &live.dst_v4,
+                    )?,
+                    prune_table(l4, TABLE_L4, g, places(TABLE_L4), &held.l4, &live.l4)?,
+                ))
+            })();
+            let r6 = match ipv6 {
+                Ok(thread) => thread.join().unwrap_or_else(|_| {
+                    Err(DatapathError::Setup(
+                        "internal error: the IPv6 tables' pruner panicked".into(),
+                    ))
+                }),
+                Err(prune_v6) => prune_v6(),
+            };
+            (r4, r6)
+        });
+        let ((src_v4, dst_v4, l4_kept), (src_v6, dst_v6)) = (r4?, r6?);
         let mut removed = 0;
-        for (t, table, theirs) in [
-            (TABLE_SRC_V4, &mut mine.src_v4, &live.src_v4),
-            (TABLE_DST_V4, &mut mine.dst_v4, &live.dst_v4),
-        ] {
-            removed += self.prune_shared(t, g, [at, live_at], table, theirs)?;
+        for (table, kept) in [(&mut mine.src_v4, src_v4), (&mut mine.dst_v4, dst_v4)] {
+            removed += replace(table, kept);
         }
-        for (t, table, theirs) in [
-            (TABLE_SRC_V6, &mut mine.src_v6, &live.src_v6),
-            (TABLE_DST_V6, &mut mine.dst_v6, &live.dst_v6),
-        ] {
-            removed += self.prune_shared(t, g, [at, live_at], table, theirs)?;
+        for (table, kept) in [(&mut mine.src_v6, src_v6), (&mut mine.dst_v6, dst_v6)] {
+            removed += replace(table, kept);
         }
-        let l4 = TABLE_L4 as usize;
-        if let Some(kept) =
-            self.prune_table(TABLE_L4, g, [at[l4], live_at[l4]], &mine.l4, &live.l4)?
-        {
+        if let Some(kept) = l4_kept {
             removed += mine.l4.len() - kept.len();
             mine.l4 = kept;
         }
         self.gens[standby as usize].tables = Some(mine);
         Ok(removed)
     }
+}
 
-    /// [`prune_table`](Self::prune_table) for an address table whose
-    /// record the generations may share (`Tables::of_with_addresses`): a
-    /// shared record in the same place is held alike whole. Returns the
-    /// entries removed.
-    fn prune_shared<W: Width>(
-        &self,
-        t: u8,
-        g: u8,
-        [at, live_at]: [[Probes; tc_common::TABLES]; 2],
-        mine: &mut Arc<Held<(u8, W)>>,
-        live: &Arc<Held<(u8, W)>>,
-    ) -> Result<usize, DatapathError> {
-        let i = t as usize;
-        if Arc::ptr_eq(mine, live) && at[i] == live_at[i] {
-            return Ok(0);
-        }
-        let Some(kept) = self.prune_table(t, g, [at[i], live_at[i]], mine, live)? else {
-            return Ok(0);
-        };
-        let removed = mine.len() - kept.len();
-        *mine = Arc::new(kept);
-        Ok(removed)
-    }
+/// Puts a pruned address table's record in place, if it was pruned;
+/// the entries it removed.
+fn replace<K>(table: &mut Arc<Held<K>>, kept: Option<Held<K>>) -> usize {
+    let Some(kept) = kept else {
+        return 0;
+    };
+    let removed = table.len() - kept.len();
+    *table = Arc::new(kept);
+    removed
+}
 
-    /// Removes the entries of table `t` of generation `g` (placed at `at`)
-    /// that `live` (placed at `live_at`) does not hold alike: all of them
-    /// if the places differ, since the next apply, placing the table as
-    /// the live generation does, would remove them from there anyway. The
-    /// record of what is left, `None` if nothing was removed.
-    fn prune_table<W: Width>(
-        &self,
-        t: u8,
-        g: u8,
-        [at, live_at]: [Probes; 2],
-        mine: &Held<(u8, W)>,
-        live: &Held<(u8, W)>,
-    ) -> Result<Option<Held<(u8, W)>>, DatapathError> {
-        let (kept, stale) = if at == live_at {
-            held::common(mine, live)
-        } else {
-            (Vec::new(), mine.iter().map(|e| e.0).collect())
-        };
-        if stale.is_empty() {
-            return Ok(None);
-        }
-        self.table_maps::<W>(t)?
-            .remove(t, g, &at, stale.into_iter())?;
-        Ok(Some(kept))
+/// [`prune_table`] for an address table, whose record the generations
+/// may share (`Tables::of_with_addresses`): a shared record in the same
+/// place is held alike whole.
+fn prune_address<W: Width>(
+    maps: TableMaps<'_, W>,
+    t: u8,
+    g: u8,
+    places: [Probes; 2],
+    mine: &Arc<Held<(u8, W)>>,
+    live: &Arc<Held<(u8, W)>>,
+) -> Result<Option<Held<(u8, W)>>, DatapathError> {
+    if Arc::ptr_eq(mine, live) && places[0] == places[1] {
+        return Ok(None);
     }
+    prune_table(maps, t, g, places, mine, live)
+}
+
+/// Removes the entries of table `t` of generation `g` (placed at `at`)
+/// that `live` (placed at `live_at`) does not hold alike: all of them if
+/// the places differ, since the next apply, placing the table as the live
+/// generation does, would remove them from there anyway. The record of
+/// what is left, `None` if nothing was removed.
+fn prune_table<W: Width>(
+    maps: TableMaps<'_, W>,
+    t: u8,
+    g: u8,
+    [at, live_at]: [Probes; 2],
+    mine: &Held<(u8, W)>,
+    live: &Held<(u8, W)>,
+) -> Result<Option<Held<(u8, W)>>, DatapathError> {
+    let (kept, stale) = if at == live_at {
+        held::common(mine, live)
+    } else {
+        (Vec::new(), mine.iter().map(|e| e.0).collect())
+    };
+    if stale.is_empty() {
+        return Ok(None);
+    }
+    maps.remove(t, g, &at, stale.into_iter())?;
+    Ok(Some(kept))
 }
