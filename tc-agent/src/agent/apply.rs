@@ -16,8 +16,9 @@ impl Agent {
 
     /// Applies what [`parse`] made of a file (the control server parses
     /// before it takes the agent lock). Does not save the state (unless it
-    /// installed fq): the switch's fold saves it (`settle`, which the
-    /// server runs once the switch's grace period is over).
+    /// installed fq): the switch's fold saves it (`settle_in_background`,
+    /// which the server runs once the switch's grace period is over, and
+    /// which then prunes the old generation).
     pub(super) fn apply_parsed(
         &mut self,
         parsed: std::result::Result<Policy, PolicyError>,
@@ -37,9 +38,6 @@ impl Agent {
         // The previous switch's fold must read its old generation before
         // this apply writes into it.
         self.settle();
-        // The write below removes what the old generation holds and this
-        // policy does not: a prune now would only remove more.
-        self.prune_due = false;
         steps.step("settle");
         // The live policy's address tables, and their record, serve again
         // when the channels name the same addresses.
@@ -115,6 +113,9 @@ impl Agent {
         let address_record = tables.addresses();
         let digest = tables.digest();
         steps.step("record");
+        // The write below removes what the old generation holds and this
+        // policy does not: a prune after it would only remove more.
+        self.prune_due = false;
         let live = match self.dp.apply_tables(&compiled, tables, &carry) {
             Ok(live) => live,
             Err(e) => {

@@ -59,7 +59,9 @@ impl Snapshot {
 }
 
 impl Agent {
-    /// Takes a counter sample and publishes the `channels` report it gives.
+    /// Takes a counter sample and publishes the `channels` report it
+    /// gives, after the last switch's fold and the old generation's prune
+    /// if the post-apply task has not run them yet.
     pub(super) fn sample_into(&mut self, snapshot: &Snapshot) -> Result<()> {
         self.settle_in_background();
         self.sample()?;

@@ -121,6 +121,35 @@ pub struct Datapath {
 /// them, `prune`).
 const APPLY_THREAD_STACK: usize = 512 << 10;
 
+/// Runs `v4` on this thread and `v6` on a second one, named `name`, at
+/// once: the IPv4 and the IPv6 tables share no map, and a large policy's
+/// write (or prune) is mostly the kernel's time per entry. Without a
+/// second thread (the system has none to give), `v6` runs after `v4`.
+fn both_families<R4, R6: Send>(
+    name: &str,
+    v4: impl FnOnce() -> Result<R4, DatapathError>,
+    v6: impl FnOnce() -> Result<R6, DatapathError> + Send + Copy,
+) -> (Result<R4, DatapathError>, Result<R6, DatapathError>) {
+    std::thread::scope(|s| {
+        let ipv6 = std::thread::Builder::new()
+            .name(name.into())
+            // Its buffers are on the heap; glibc keeps a finished
+            // thread's stack for the next, with the pages it touched.
+            .stack_size(APPLY_THREAD_STACK)
+            .spawn_scoped(s, v6);
+        let r4 = v4();
+        let r6 = match ipv6 {
+            Ok(thread) => thread.join().unwrap_or_else(|_| {
+                Err(DatapathError::Setup(format!(
+                    "internal error: the IPv6 tables' thread ({name}) panicked"
+                )))
+            }),
+            Err(_) => v6(),
+        };
+        (r4, r6)
+    })
+}
+
 impl Datapath {
     /// Loads the object and every program in it. With `pin_dir`, maps are
     /// pinned under `pin_dir/`[`MAPS_LAYOUT`] and reused if already there, so
@@ -330,63 +359,43 @@ impl Datapath {
             self.table_maps::<[u8; 16]>(TABLE_DST_V6)?,
         );
         let probes = held.probes;
-        let (r4, r6) = std::thread::scope(|s| {
-            let write_v6 = || {
-                v6_src.sync_table(
-                    TABLE_SRC_V6,
-                    g,
-                    sync::Holds::known(known, &held.src_v6, probes[TABLE_SRC_V6 as usize]),
-                    &want.src_v6,
-                    to[TABLE_SRC_V6 as usize],
-                    compiled,
-                )?;
-                v6_dst.sync_table(
-                    TABLE_DST_V6,
-                    g,
-                    sync::Holds::known(known, &held.dst_v6, probes[TABLE_DST_V6 as usize]),
-                    &want.dst_v6,
-                    to[TABLE_DST_V6 as usize],
-                    compiled,
-                )
-            };
-            // Without a second thread (the system has none to give), the
-            // IPv6 tables are written after the IPv4 ones.
-            let ipv6 = std::thread::Builder::new()
-                .name("apply-ipv6".into())
-                // Its buffers are on the heap; glibc keeps a finished
-                // thread's stack for the next, with the pages it touched.
-                .stack_size(APPLY_THREAD_STACK)
-                .spawn_scoped(s, write_v6)
-                .map_err(|_| write_v6);
-            let r4 = v4_src
-                .sync_table(
-                    TABLE_SRC_V4,
-                    g,
-                    sync::Holds::known(known, &held.src_v4, probes[TABLE_SRC_V4 as usize]),
-                    &want.src_v4,
-                    to[TABLE_SRC_V4 as usize],
-                    compiled,
-                )
-                .and_then(|()| {
-                    v4_dst.sync_table(
-                        TABLE_DST_V4,
-                        g,
-                        sync::Holds::known(known, &held.dst_v4, probes[TABLE_DST_V4 as usize]),
-                        &want.dst_v4,
-                        to[TABLE_DST_V4 as usize],
-                        compiled,
-                    )
-                });
-            let r6 = match ipv6 {
-                Ok(thread) => thread.join().unwrap_or_else(|_| {
-                    Err(DatapathError::Setup(
-                        "internal error: the IPv6 tables' writer panicked".into(),
-                    ))
-                }),
-                Err(write_v6) => write_v6(),
-            };
-            (r4, r6)
-        });
+        let write_v6 = || {
+            v6_src.sync_table(
+                TABLE_SRC_V6,
+                g,
+                sync::Holds::known(known, &held.src_v6, probes[TABLE_SRC_V6 as usize]),
+                &want.src_v6,
+                to[TABLE_SRC_V6 as usize],
+                compiled,
+            )?;
+            v6_dst.sync_table(
+                TABLE_DST_V6,
+                g,
+                sync::Holds::known(known, &held.dst_v6, probes[TABLE_DST_V6 as usize]),
+                &want.dst_v6,
+                to[TABLE_DST_V6 as usize],
+                compiled,
+            )
+        };
+        let write_v4 = || {
+            v4_src.sync_table(
+                TABLE_SRC_V4,
+                g,
+                sync::Holds::known(known, &held.src_v4, probes[TABLE_SRC_V4 as usize]),
+                &want.src_v4,
+                to[TABLE_SRC_V4 as usize],
+                compiled,
+            )?;
+            v4_dst.sync_table(
+                TABLE_DST_V4,
+                g,
+                sync::Holds::known(known, &held.dst_v4, probes[TABLE_DST_V4 as usize]),
+                &want.dst_v4,
+                to[TABLE_DST_V4 as usize],
+                compiled,
+            )
+        };
+        let (r4, r6) = both_families("apply-ipv6", write_v4, write_v6);
         r4?;
         r6?;
         steps.step("write addresses");
@@ -573,6 +582,7 @@ impl Datapath {
     /// What this agent knows generation `generation`'s tables hold
     /// (`None`: not known). Only tests need it, to compare it with what
     /// the kernel holds ([`read_generation`](Self::read_generation)).
+    #[doc(hidden)]
     pub fn known_tables(&self, generation: u32) -> Option<&held::Tables> {
         self.gens.get(generation as usize)?.tables.as_ref()
     }

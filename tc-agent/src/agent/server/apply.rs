@@ -53,7 +53,9 @@ impl Server {
         // about 15 ms to write out, which the client need not wait for.
         // Until then an agent killed finds the kernel a version ahead of
         // its state and leaves the live channels unnamed (still enforced)
-        // until the next apply.
+        // until the next apply. After the save, still under the agent
+        // lock, the old generation is pruned (`Datapath::prune_standby`),
+        // so that the next apply need not remove its stale entries.
         if live {
             let agent = self.agent.clone();
             tokio::spawn(async move {

@@ -1,13 +1,15 @@
 //! The node tree straight from the parser's events, for the plain YAML a
 //! large policy is written in: the same tree, lines and event count that
-//! serde-saphyr gives (`super::read_serde`), in about a third of its time.
+//! serde-saphyr gives (`super::read_serde`), in a third to a half of its
+//! time.
 //!
-//! serde-saphyr reads the benchmark's 2.9 MB, 1,024-channel policy in
-//! 112-150 ms; the parser's events alone take 34-51 ms of it, and the
-//! rest is its general deserializer (spans, budget, scalar typing, one
-//! visitor call per value), which a policy's tree of text does not need.
-//! This reader builds the tree from the same parser (granit-parser, the
-//! one serde-saphyr drives), with the same options, in 40-58 ms.
+//! serde-saphyr builds the tree of the benchmark's 2.9 MB, 1,024-channel
+//! policy in about 112 ms (a release build, timed alone); the parser's
+//! events alone take 34-51 ms of it, and the rest is its general
+//! deserializer (spans, budget, scalar typing, one visitor call per
+//! value), which a policy's tree of text does not need. This reader
+//! builds the tree from the same parser (granit-parser, the one
+//! serde-saphyr drives), with the same options, in 34-58 ms across runs.
 //!
 //! It takes only what it reads exactly as serde-saphyr does, and declines
 //! the whole file at the first thing it would have to interpret: a tag,
@@ -52,7 +54,7 @@ pub struct Declined {
 
 /// A document's root and its line (`None` for a file without a document,
 /// or whose document is empty), and the parser events the text produced.
-pub type Read = (Option<(usize, Value)>, usize);
+pub type Reading = (Option<(usize, Value)>, usize);
 
 /// Reads `text` with the parser's `options` (serde-saphyr's, see
 /// `super::parser_options`), or declines it. List items get their line
@@ -60,7 +62,7 @@ pub type Read = (Option<(usize, Value)>, usize);
 pub fn read<const ITEM_LINES: bool>(
     text: &str,
     options: granit_parser::Options,
-) -> Result<Read, Declined> {
+) -> Result<Reading, Declined> {
     let mut parser = Parser::new_from_str_with_options(text, options);
     let mut builder = Builder::<ITEM_LINES>::default();
     let mut events = 0usize;

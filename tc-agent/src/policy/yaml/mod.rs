@@ -1,7 +1,9 @@
 //! The policy file as YAML: text to a small tree of nodes that
-//! remember their line, in one pass of one parser: the plain reader
-//! (`events`) for the plain YAML large policies are written in, serde-saphyr
-//! for everything else and for every error.
+//! remember their line. The plain reader (`events`) reads the plain YAML
+//! large policies are written in; a file it declines (at the first thing
+//! it would have to interpret) is read again, whole, by serde-saphyr,
+//! which reports every error. Both drive the same parser with the same
+//! options.
 //!
 //! Every resource the text can make the parser spend is bounded here, before
 //! it can grow: the size of the text, the nesting depth, the parser events,
@@ -147,7 +149,7 @@ pub fn parse_counted(text: &str, lines: Lines) -> Result<(Option<Node>, usize), 
 
 /// [`parse_counted`] through the plain reader (`events`), with
 /// serde-saphyr's parser options.
-fn plain(text: &str, lines: Lines) -> Result<events::Read, events::Declined> {
+fn plain(text: &str, lines: Lines) -> Result<events::Reading, events::Declined> {
     match lines {
         Lines::All => events::read::<true>(text, parser_options()),
         Lines::MapsOnly => events::read::<false>(text, parser_options()),
@@ -551,6 +553,25 @@ channels:
                 assert_eq!(took, take, "{text:?} {lines:?}");
             }
         }
+    }
+
+    /// The plain reader's scalar rules (`events::scalar`: YAML 1.1
+    /// booleans, numbers typed whatever their form, nulls) were checked
+    /// against serde-saphyr with these settings: one changed in
+    /// [`options`] asks for the rules to be checked again.
+    #[test]
+    fn the_plain_reader_assumes_these_scalar_settings() {
+        let o = options();
+        assert!(
+            !o.strict_booleans
+                && !o.legacy_octal_numbers
+                && !o.leading_zero_numbers_as_strings
+                && !o.underscored_numbers_as_strings
+                && !o.null_as_string
+                && !o.angle_conversions
+                && !o.no_schema,
+            "serde-saphyr's scalar settings changed: check `events::scalar`"
+        );
     }
 
     #[test]

@@ -6,8 +6,10 @@
 //! - full apply: the 1,024-channel policy of the per-packet table (64 IPv4
 //!   and 64 IPv6 /32 and /128 sources per channel: 65,536 prefixes per
 //!   family), cycling through three variants in which every table entry
-//!   differs, so each apply rewrites the inactive generation whole (stale
-//!   entries removed, every entry written). Median of [`RUNS`] applies.
+//!   differs, so each apply writes every entry into the inactive
+//!   generation (whose stale entries the agent prunes after the previous
+//!   switch, between the applies; an agent without the prune removes them
+//!   in the apply). Median of [`RUNS`] applies.
 //! - one-channel change: a series of edits, each changing one more
 //!   channel's port than the live policy (as an operator edits a file and
 //!   applies it, change after change). The inactive generation each apply
