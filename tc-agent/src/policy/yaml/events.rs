@@ -4,12 +4,14 @@
 //! time.
 //!
 //! serde-saphyr builds the tree of the benchmark's 2.9 MB, 1,024-channel
-//! policy in about 112 ms (a release build, timed alone); the parser's
-//! events alone take 34-51 ms of it, and the rest is its general
-//! deserializer (spans, budget, scalar typing, one visitor call per
-//! value), which a policy's tree of text does not need. This reader
-//! builds the tree from the same parser (granit-parser, the one
-//! serde-saphyr drives), with the same options, in 34-58 ms across runs.
+//! policy in about 112 ms; the parser's events alone take 34-51 ms of
+//! it, and the rest is its general deserializer (spans, budget, scalar
+//! typing, one visitor call per value), which a policy's tree of text
+//! does not need. This reader builds the tree from the same parser
+//! (granit-parser, the one serde-saphyr drives), with the same options,
+//! in 34-58 ms across runs. (A release build, timed by a probe not kept
+//! in the repository; `bench apply` with `RUST_LOG=tc_agent=debug` gives
+//! the agent's whole reading step.)
 //!
 //! It takes only what it reads exactly as serde-saphyr does, and declines
 //! the whole file at the first thing it would have to interpret: a tag,
