@@ -7,9 +7,14 @@
 //! prefixes are sorted once, each looks up only the prefix lengths some
 //! prefix has, and no 128-byte set is allocated per lookup (a 1,024-channel
 //! policy with 65,536 prefixes per family takes milliseconds, not hundreds).
+//! Each prefix names its set by index in an [`Interner`]: a set per prefix
+//! was 8-10 MiB per side and family, most of a compile's time in page
+//! faults and hashing.
 
 use ipnet::IpNet;
 use tc_common::ChannelSet;
+
+use super::interner::Interner;
 
 /// One family: `(address, prefix length)` of a prefix, or `None`, and the
 /// family's address bits.
@@ -38,59 +43,20 @@ pub(crate) const V6: Family = Family {
     },
 };
 
-/// What a cover keeps per prefix: its channel set, inside whatever the
-/// caller builds from it (the compiler keeps its table entries, so the
-/// sets are not held twice).
-pub(crate) trait Covered {
-    /// The prefix's channel set.
-    fn set(&self) -> &ChannelSet;
-    /// The prefix's channel set, to add channels to.
-    fn set_mut(&mut self) -> &mut ChannelSet;
-}
-
-impl Covered for ChannelSet {
-    fn set(&self) -> &ChannelSet {
-        self
-    }
-
-    fn set_mut(&mut self) -> &mut ChannelSet {
-        self
-    }
-}
-
 /// The distinct prefixes of one side and family, sorted by `(length,
 /// address)`, each with the channels that contain it.
-pub(crate) struct Cover<T = ChannelSet> {
+pub(crate) struct Cover {
     /// `(length, network address)`, sorted, distinct.
     pub prefixes: Vec<(u8, u128)>,
-    /// `items[i]` holds every channel naming `prefixes[i]` or a prefix
-    /// containing it.
-    pub items: Vec<T>,
+    /// `items[i]` names (in the [`Interner`] the cover was built with)
+    /// every channel naming `prefixes[i]` or a prefix containing it.
+    pub items: Vec<u32>,
 }
 
 impl Cover {
     /// Builds the cover of `sides` (each channel's prefixes, in channel
-    /// order) in `family`.
-    pub fn build<'a, I>(sides: I, family: &Family) -> Self
-    where
-        I: IntoIterator<Item = &'a [IpNet]>,
-    {
-        Self::build_with(sides, family, |_, _| ChannelSet::EMPTY)
-    }
-
-    /// The channels containing `prefix`, if some channel names it.
-    pub fn get(&self, prefix: (u8, u128)) -> Option<&ChannelSet> {
-        self.prefixes
-            .binary_search(&prefix)
-            .ok()
-            .map(|i| &self.items[i])
-    }
-}
-
-impl<T: Covered> Cover<T> {
-    /// [`Cover::build`] keeping `make(length, address)` per prefix, its set
-    /// empty, then filled.
-    pub fn build_with<'a, I>(sides: I, family: &Family, make: impl Fn(u8, u128) -> T) -> Self
+    /// order) in `family`, its sets interned in `sets`.
+    pub fn build<'a, I>(sides: I, family: &Family, sets: &mut Interner) -> Self
     where
         I: IntoIterator<Item = &'a [IpNet]>,
     {
@@ -104,46 +70,54 @@ impl<T: Covered> Cover<T> {
         }
         named.sort_unstable();
         named.dedup();
-        // Sized exactly: a set is 128 bytes, and a vector grown by doubling
-        // would hold up to twice the 8 MiB that 65,536 prefixes need.
-        let distinct = match named.len() {
-            0 => 0,
-            _ => {
-                1 + named
-                    .windows(2)
-                    .filter(|w| (w[0].0, w[0].1) != (w[1].0, w[1].1))
-                    .count()
-            }
-        };
-        let mut prefixes: Vec<(u8, u128)> = Vec::with_capacity(distinct);
-        let mut items: Vec<T> = Vec::with_capacity(distinct);
-        for (len, addr, ch) in named {
-            if prefixes.last() != Some(&(len, addr)) {
-                prefixes.push((len, addr));
-                items.push(make(len, addr));
-            }
-            if let Some(s) = items.last_mut() {
-                s.set_mut().insert(ch as usize);
-            }
+        let mut prefixes: Vec<(u8, u128)> = Vec::new();
+        let mut items: Vec<u32> = Vec::new();
+        // Each prefix's own set: the channels naming it, one channel's
+        // found without building a set.
+        for group in named.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
+            let (len, addr, first) = group[0];
+            let own = match group {
+                [_] => sets.single(usize::from(first)),
+                _ => {
+                    let mut s = ChannelSet::EMPTY;
+                    for (_, _, ch) in group {
+                        s.insert(usize::from(*ch));
+                    }
+                    sets.id(s)
+                }
+            };
+            prefixes.push((len, addr));
+            items.push(own);
         }
+        drop(named);
         let mut lengths: Vec<u8> = prefixes.iter().map(|p| p.0).collect();
         lengths.dedup();
-        // Longest first: the prefixes containing one are shorter, so they
-        // sort before it and still hold only their own channels when read.
-        for i in (0..prefixes.len()).rev() {
+        // Shortest first, each joining the set of its longest containing
+        // prefix: that one's set is whole by then, and holds every shorter
+        // prefix containing both (prefixes of one address nest).
+        for i in 0..prefixes.len() {
             let (len, addr) = prefixes[i];
-            for &l in lengths.iter().take_while(|l| **l < len) {
+            let shorter = lengths.partition_point(|l| *l < len);
+            for &l in lengths[..shorter].iter().rev() {
                 let key = (l, mask(addr, l, family.bits));
                 if let Ok(j) = prefixes[..i].binary_search(&key) {
-                    let (head, tail) = items.split_at_mut(i);
-                    let from = *head[j].set();
-                    for (w, x) in tail[0].set_mut().words.iter_mut().zip(from.words) {
-                        *w |= x;
-                    }
+                    items[i] = sets.union(items[i], items[j]);
+                    break;
                 }
             }
         }
+        prefixes.shrink_to_fit();
+        items.shrink_to_fit();
         Self { prefixes, items }
+    }
+
+    /// The channels containing `prefix` (their index in the cover's
+    /// interner), if some channel names it.
+    pub fn get(&self, prefix: (u8, u128)) -> Option<u32> {
+        self.prefixes
+            .binary_search(&prefix)
+            .ok()
+            .map(|i| self.items[i])
     }
 }
 

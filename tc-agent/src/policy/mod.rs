@@ -11,7 +11,8 @@
 //! - [`reuse`]: reading an edited file again, parsing only its new items;
 //! - `raw`: the tree read into the file's shape (keys, lists, maps);
 //! - `validate`: the shape to a [`Policy`], every rule and limit;
-//! - `cover`: for each prefix, the channels containing it (compile, shadow);
+//! - `cover`: for each prefix, the channels containing it (compile, shadow),
+//!   each set once in an `interner`;
 //! - `shadow`: channels an earlier channel matches entirely;
 //! - `model`: the validated types; `diagnostic`: errors and warnings;
 //! - `prefix_text`: prefixes written out for the saved state;
@@ -23,6 +24,7 @@ mod chunks;
 pub mod compile;
 pub(crate) mod cover;
 mod diagnostic;
+mod interner;
 mod model;
 mod prefix_text;
 mod raw;

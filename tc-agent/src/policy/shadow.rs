@@ -15,6 +15,7 @@ use tc_common::ChannelSet;
 
 use super::{
     cover::{Cover, Family, V4, V6},
+    interner::Interner,
     model::{Channel, Protocol},
 };
 
@@ -104,7 +105,8 @@ fn side_to(c: &Channel) -> &[IpNet] {
 /// Removes from each channel's candidates every channel whose `side`
 /// prefixes of `family` do not contain all of the channel's own.
 fn narrow(channels: &[Channel], side: Side, family: &Family, candidates: &mut [ChannelSet]) {
-    let cover = Cover::build(channels.iter().map(side), family);
+    let mut sets = Interner::default();
+    let cover = Cover::build(channels.iter().map(side), family, &mut sets);
     if cover.prefixes.is_empty() {
         return;
     }
@@ -114,7 +116,7 @@ fn narrow(channels: &[Channel], side: Side, family: &Family, candidates: &mut [C
         }
         for (addr, len) in side(c).iter().filter_map(family.of) {
             if let Some(s) = cover.get((len, addr)) {
-                and(cand, s);
+                and(cand, sets.get(s));
             }
         }
     }

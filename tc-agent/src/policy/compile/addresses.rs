@@ -4,8 +4,8 @@
 
 use tc_common::ChannelSet;
 
-use super::{AddrEntry, Compiled, Interner};
-use crate::policy::{Channel, Policy, Sides};
+use super::{AddrEntry, Compiled};
+use crate::policy::{interner::Interner, Channel, Policy, Sides};
 
 /// The address tables of a compiled policy and the channel sets they
 /// name: what the channels' addresses alone decide. The agent takes the
@@ -75,17 +75,13 @@ impl Addresses {
         Vec<AddrEntry<16>>,
         Vec<AddrEntry<16>>,
     ) {
-        let ids = self
-            .sets
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (*s, i as u32))
-            .collect();
-        let sets = Interner {
-            ids,
-            sets: self.sets,
-        };
-        (sets, self.src_v4, self.dst_v4, self.src_v6, self.dst_v6)
+        (
+            Interner::from_sets(self.sets),
+            self.src_v4,
+            self.dst_v4,
+            self.src_v6,
+            self.dst_v6,
+        )
     }
 }
 

@@ -8,7 +8,7 @@
 
 mod addresses;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use ipnet::IpNet;
 use tc_common::{
@@ -17,7 +17,8 @@ use tc_common::{
 };
 
 use super::{
-    cover::{Cover, Covered, Family, V4, V6},
+    cover::{Cover, Family, V4, V6},
+    interner::Interner,
     Action, Channel, ConnAction, Direction, Mode, Policy,
 };
 
@@ -115,10 +116,19 @@ pub fn compile_reusing(
         Some(a) => a.into_parts(),
         None => {
             let mut sets = Interner::default();
-            let src_v4 = addr_table(ch, |c| &c.from, &V4, &mut sets);
-            let dst_v4 = addr_table(ch, |c| &c.to, &V4, &mut sets);
-            let src_v6 = addr_table(ch, |c| &c.from, &V6, &mut sets);
-            let dst_v6 = addr_table(ch, |c| &c.to, &V6, &mut sets);
+            let mut src_v4 = addr_table(ch, |c| &c.from, &V4, &mut sets);
+            let mut dst_v4 = addr_table(ch, |c| &c.to, &V4, &mut sets);
+            let mut src_v6 = addr_table(ch, |c| &c.from, &V6, &mut sets);
+            let mut dst_v6 = addr_table(ch, |c| &c.to, &V6, &mut sets);
+            // The address tables' sets first, each named by an entry (as
+            // `Addresses` keeps them), numbered in table order.
+            let sets = sets.keep_named(
+                src_v4
+                    .iter_mut()
+                    .chain(&mut dst_v4)
+                    .map(|e| &mut e.set)
+                    .chain(src_v6.iter_mut().chain(&mut dst_v6).map(|e| &mut e.set)),
+            );
             (sets, src_v4, dst_v4, src_v6, dst_v6)
         }
     };
@@ -130,7 +140,7 @@ pub fn compile_reusing(
         l4: l4_table(ch, &mut sets),
         policies: ch.iter().map(channel_policy).collect(),
         words: ch.len().div_ceil(64) as u32,
-        sets: sets.sets,
+        sets: sets.into_sets(),
     };
     check("source IPv4 prefixes", out.src_v4.len(), MAX_ADDR_ENTRIES)?;
     check(
@@ -158,64 +168,21 @@ fn addr_table<const N: usize>(
     family: &Family,
     sets: &mut Interner,
 ) -> Vec<AddrEntry<N>> {
-    // One table's sets are whole while it is built, then interned.
-    Cover::build_with(channels.iter().map(side), family, |len, addr| {
-        let be = addr.to_be_bytes();
-        let mut a = [0u8; N];
-        a.copy_from_slice(&be[16 - N..]);
-        Building {
-            len,
-            addr: a,
-            set: ChannelSet::EMPTY,
-        }
-    })
-    .items
-    .into_iter()
-    .map(|b| AddrEntry {
-        len: b.len,
-        addr: b.addr,
-        set: sets.id(b.set),
-    })
-    .collect()
+    let cover = Cover::build(channels.iter().map(side), family, sets);
+    cover
+        .prefixes
+        .iter()
+        .zip(cover.items)
+        .map(|(&(len, addr), set)| {
+            let be = addr.to_be_bytes();
+            let mut a = [0u8; N];
+            a.copy_from_slice(&be[16 - N..]);
+            AddrEntry { len, addr: a, set }
+        })
+        .collect()
 }
 
 pub use self::addresses::Addresses;
-
-/// Each distinct channel set once, and its index.
-#[derive(Default)]
-struct Interner {
-    /// The index of each set in `sets`.
-    ids: HashMap<ChannelSet, u32>,
-    /// The sets, in the order first seen.
-    sets: Vec<ChannelSet>,
-}
-
-impl Interner {
-    /// The index of `set`, added if new.
-    fn id(&mut self, set: ChannelSet) -> u32 {
-        *self.ids.entry(set).or_insert_with(|| {
-            self.sets.push(set);
-            (self.sets.len() - 1) as u32
-        })
-    }
-}
-
-/// An address-trie entry while its table is built: its whole set.
-struct Building<const N: usize> {
-    len: u8,
-    addr: [u8; N],
-    set: ChannelSet,
-}
-
-impl<const N: usize> Covered for Building<N> {
-    fn set(&self) -> &ChannelSet {
-        &self.set
-    }
-
-    fn set_mut(&mut self) -> &mut ChannelSet {
-        &mut self.set
-    }
-}
 
 fn dir_byte(d: Direction) -> u8 {
     match d {
