@@ -43,15 +43,7 @@ pub fn candidates(channels: &[Channel]) -> Vec<ChannelSet> {
         return vec![ChannelSet::EMPTY; channels.len()];
     }
     // Candidates start as every earlier channel.
-    let mut candidates: Vec<ChannelSet> = (0..channels.len())
-        .map(|j| {
-            let mut s = ChannelSet::EMPTY;
-            for i in 0..j {
-                s.insert(i);
-            }
-            s
-        })
-        .collect();
+    let mut candidates: Vec<ChannelSet> = (0..channels.len()).map(below).collect();
     for side in [side_from, side_to] {
         for family in [&V4, &V6] {
             // Once no channel has a candidate left, the remaining covers
@@ -120,6 +112,16 @@ fn narrow(channels: &[Channel], side: Side, family: &Family, candidates: &mut [C
             }
         }
     }
+}
+
+/// The channels before channel `j`, a word at a time.
+fn below(j: usize) -> ChannelSet {
+    let mut s = ChannelSet::EMPTY;
+    for (w, word) in s.words.iter_mut().enumerate() {
+        let bits = j.saturating_sub(w * 64).min(64);
+        *word = if bits == 64 { !0 } else { (1u64 << bits) - 1 };
+    }
+    s
 }
 
 fn and(a: &mut ChannelSet, b: &ChannelSet) {
@@ -193,6 +195,17 @@ mod tests {
         assert!(!ports_cover(&e, &[(150, 150)]));
         assert!(ports_cover(&[], &[(1, 2)]));
         assert!(!ports_cover(&e, &[]));
+    }
+
+    #[test]
+    fn below_holds_exactly_the_earlier_channels() {
+        for j in [0, 1, 63, 64, 65, 127, 128, 700, 1023, 1024] {
+            let mut want = ChannelSet::EMPTY;
+            for i in 0..j {
+                want.insert(i);
+            }
+            assert_eq!(below(j), want, "channel {j}");
+        }
     }
 
     #[test]

@@ -350,7 +350,7 @@ fn check_policy(ck: &mut Checker<'_>, raw: RawPolicy) -> Checked {
             ..Checked::default()
         };
     };
-    let Some(footprints) = fits(ck, line, &channels, &sets) else {
+    let Some((footprints, inline)) = fits(ck, line, &channels, &sets) else {
         return Checked {
             endpoints: in_order,
             ..Checked::default()
@@ -358,7 +358,7 @@ fn check_policy(ck: &mut Checker<'_>, raw: RawPolicy) -> Checked {
     };
     let lines = channels.iter().map(|c| c.line).collect();
     Checked {
-        channels: check_channels(ck, channels, &sets),
+        channels: check_channels(ck, channels, &sets, inline),
         lines,
         endpoints: in_order,
         footprints,
@@ -425,16 +425,23 @@ fn item_field(field: &str, i: Option<usize>) -> String {
     }
 }
 
+/// Each channel's `from` and `to` items as [`fits`] read them, in order:
+/// the prefix an item names inline, or `None` (a set's name, or an item
+/// that is no prefix). [`resolve`] takes the prefixes from here rather
+/// than parsing 131,072 of them twice.
+type Inline = Vec<[Vec<Option<IpNet>>; 2]>;
+
 /// Counts the prefixes of each side and family, distinct and with each
 /// channel's copy of its sets, and the port ranges, before any set is
 /// copied into a channel: a policy that names a 65,536-prefix set in 1,024
-/// channels is refused here, not expanded.
+/// channels is refused here, not expanded. Also each channel's inline
+/// prefixes, parsed.
 fn fits(
     ck: &mut Checker<'_>,
     line: usize,
     channels: &[RawChannel],
     sets: &BTreeMap<String, Vec<IpNet>>,
-) -> Option<Vec<Footprint>> {
+) -> Option<(Vec<Footprint>, Inline)> {
     /// Prefixes of one side, counted once each.
     #[derive(Default)]
     struct Count<'s> {
@@ -456,13 +463,18 @@ fn fits(
         .collect();
     let mut counts: [Count<'_>; 2] = Default::default();
     let mut footprints = Vec::with_capacity(channels.len());
+    let mut inline: Inline = Vec::with_capacity(channels.len());
     for c in channels {
         let mut f = Footprint::default();
+        let mut parsed: [Vec<Option<IpNet>>; 2] = Default::default();
         for (side, raw) in [(0, &c.from), (1, &c.to)] {
             let Some(raw) = raw else { continue };
             f.named[side] = true;
             let count = &mut counts[side];
-            for (_, t) in endpoint_items(raw) {
+            let items = endpoint_items(raw);
+            parsed[side].reserve_exact(items.len());
+            for (_, t) in items {
+                let mut prefix = None;
                 if let Some((name, c)) = per_family.get_key_value(t.text.as_str()) {
                     f.copies[side][0] += c[0];
                     f.copies[side][1] += c[1];
@@ -470,11 +482,14 @@ fn fits(
                 } else if let Ok(n) = parse_cidr(&t.text) {
                     f.copies[side][family(&n)] += 1;
                     count.inline.push(n);
+                    prefix = Some(n);
                 }
+                parsed[side].push(prefix);
             }
         }
         f.port_ranges = c.ports.as_ref().map_or(0, |p| p.items.len());
         footprints.push(f);
+        inline.push(parsed);
     }
     let distinct = counts.map(|count| {
         distinct_per_family(
@@ -489,7 +504,7 @@ fn fits(
     for message in &over {
         ck.error(line, "channels", message.clone());
     }
-    over.is_empty().then_some(footprints)
+    over.is_empty().then_some((footprints, inline))
 }
 
 /// How many distinct IPv4 and IPv6 prefixes `nets` holds (sorted and
@@ -574,6 +589,7 @@ fn resolve(
     ck: &mut Checker<'_>,
     field: &str,
     raw: Option<RawEndpoints>,
+    inline: &[Option<IpNet>],
     sets: &BTreeMap<String, Vec<IpNet>>,
     defined: &str,
 ) -> Vec<IpNet> {
@@ -590,9 +606,11 @@ fn resolve(
         }
     }
     let mut out = Vec::new();
-    for (i, item) in endpoint_items(&raw) {
+    for (k, (i, item)) in endpoint_items(&raw).into_iter().enumerate() {
         if let Some(set) = sets.get(&item.text) {
             out.extend_from_slice(set);
+        } else if let Some(Some(n)) = inline.get(k) {
+            out.push(*n);
         } else if item.text.contains('/') || item.text.parse::<IpAddr>().is_ok() {
             match parse_cidr(&item.text) {
                 Ok(n) => out.push(n),
@@ -826,11 +844,15 @@ fn check_channels(
     ck: &mut Checker<'_>,
     raw: Vec<RawChannel>,
     sets: &BTreeMap<String, Vec<IpNet>>,
+    inline: Inline,
 ) -> Vec<Channel> {
     let defined = defined_sets(sets);
     let mut names = HashSet::new();
     let mut out = Vec::new();
+    // One per channel (`fits`); a channel without is read as before.
+    let mut inline = inline.into_iter();
     for (i, rc) in raw.into_iter().enumerate() {
+        let [inline_from, inline_to] = inline.next().unwrap_or_default();
         let field = format!("channels[{i}]");
         let name = rc.name.clone().unwrap_or(Text {
             line: rc.line,
@@ -893,8 +915,22 @@ fn check_channels(
             &rc.mode,
             &[("enforce", Mode::Enforce), ("monitor", Mode::Monitor)],
         );
-        let from = resolve(ck, &format!("{field}.from"), rc.from, sets, &defined);
-        let to = resolve(ck, &format!("{field}.to"), rc.to, sets, &defined);
+        let from = resolve(
+            ck,
+            &format!("{field}.from"),
+            rc.from,
+            &inline_from,
+            sets,
+            &defined,
+        );
+        let to = resolve(
+            ck,
+            &format!("{field}.to"),
+            rc.to,
+            &inline_to,
+            sets,
+            &defined,
+        );
         let ports = match rc.ports {
             None => Vec::new(),
             Some(p) => {
