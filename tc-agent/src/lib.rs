@@ -7,7 +7,8 @@
 //! - [`control`]: the control-socket protocol and its client;
 //! - [`metrics`]: the Prometheus exposition and its HTTP server (`run --metrics-addr`);
 //! - [`cli`]: one module per subcommand;
-//! - [`clock`]: Unix-time stamps.
+//! - [`clock`]: Unix-time stamps;
+//! - `families`: the IPv4 and IPv6 halves of an apply's work on two threads.
 
 pub mod agent;
 pub mod cli;
@@ -15,6 +16,7 @@ pub mod clock;
 pub mod control;
 pub mod datapath;
 pub mod detect;
+mod families;
 pub mod metrics;
 pub mod observe;
 pub mod policy;

@@ -77,16 +77,42 @@ pub struct Tables {
 impl Tables {
     /// The record of `compiled` as [`Datapath::apply`](super::Datapath::apply)
     /// writes it, every table sorted by key.
+    ///
+    /// The IPv6 tables are recorded on a second thread, as an apply writes
+    /// them: fingerprinting, sorting and finding the reach of 131,072
+    /// entries took 10-12 ms on one.
     pub fn of(c: &Compiled) -> Self {
         let probes = prefixes::plan(c);
+        let reach = |t: u8| super::reach::table_reach(c, t, &probes[t as usize]);
+        let (v4, v6) = crate::families::both(
+            "record-ipv6",
+            || {
+                let src = (table(c, TABLE_SRC_V4), reach(TABLE_SRC_V4));
+                let dst = (table(c, TABLE_DST_V4), reach(TABLE_DST_V4));
+                (src, dst, (table(c, TABLE_L4), reach(TABLE_L4)))
+            },
+            || {
+                let src = (table(c, TABLE_SRC_V6), reach(TABLE_SRC_V6));
+                (src, (table(c, TABLE_DST_V6), reach(TABLE_DST_V6)))
+            },
+        );
+        let ((src_v4, src_v4_reach), (dst_v4, dst_v4_reach), (l4, l4_reach)) = v4;
+        let ((src_v6, src_v6_reach), (dst_v6, dst_v6_reach)) =
+            v6.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        let mut reach = [[ChannelSet::EMPTY; MAX_PROBES]; TABLES];
+        reach[TABLE_SRC_V4 as usize] = src_v4_reach;
+        reach[TABLE_DST_V4 as usize] = dst_v4_reach;
+        reach[TABLE_SRC_V6 as usize] = src_v6_reach;
+        reach[TABLE_DST_V6 as usize] = dst_v6_reach;
+        reach[TABLE_L4 as usize] = l4_reach;
         Self {
-            src_v4: Arc::new(table(c, TABLE_SRC_V4)),
-            dst_v4: Arc::new(table(c, TABLE_DST_V4)),
-            src_v6: Arc::new(table(c, TABLE_SRC_V6)),
-            dst_v6: Arc::new(table(c, TABLE_DST_V6)),
-            l4: table(c, TABLE_L4),
+            src_v4: Arc::new(src_v4),
+            dst_v4: Arc::new(dst_v4),
+            src_v6: Arc::new(src_v6),
+            dst_v6: Arc::new(dst_v6),
+            l4,
             policies: c.policies.clone(),
-            reach: super::reach::reach(c, &probes),
+            reach,
             probes,
             misplaced: 0,
         }

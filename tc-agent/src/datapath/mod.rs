@@ -117,10 +117,6 @@ pub struct Datapath {
     flow_bits_since: Option<u64>,
 }
 
-/// Stack of the thread that writes an apply's IPv6 tables (and prunes
-/// them, `prune`).
-const APPLY_THREAD_STACK: usize = 512 << 10;
-
 /// Runs `v4` on this thread and `v6` on a second one, named `name`, at
 /// once: the IPv4 and the IPv6 tables share no map, and a large policy's
 /// write (or prune) is mostly the kernel's time per entry. Without a
@@ -130,24 +126,13 @@ fn both_families<R4, R6: Send>(
     v4: impl FnOnce() -> Result<R4, DatapathError>,
     v6: impl FnOnce() -> Result<R6, DatapathError> + Send + Copy,
 ) -> (Result<R4, DatapathError>, Result<R6, DatapathError>) {
-    std::thread::scope(|s| {
-        let ipv6 = std::thread::Builder::new()
-            .name(name.into())
-            // Its buffers are on the heap; glibc keeps a finished
-            // thread's stack for the next, with the pages it touched.
-            .stack_size(APPLY_THREAD_STACK)
-            .spawn_scoped(s, v6);
-        let r4 = v4();
-        let r6 = match ipv6 {
-            Ok(thread) => thread.join().unwrap_or_else(|_| {
-                Err(DatapathError::Setup(format!(
-                    "internal error: the IPv6 tables' thread ({name}) panicked"
-                )))
-            }),
-            Err(_) => v6(),
-        };
-        (r4, r6)
-    })
+    let (r4, r6) = crate::families::both(name, v4, v6);
+    let r6 = r6.unwrap_or_else(|_| {
+        Err(DatapathError::Setup(format!(
+            "internal error: the IPv6 tables' thread ({name}) panicked"
+        )))
+    });
+    (r4, r6)
 }
 
 impl Datapath {

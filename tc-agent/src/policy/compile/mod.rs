@@ -115,11 +115,22 @@ pub fn compile_reusing(
     let (mut sets, src_v4, dst_v4, src_v6, dst_v6) = match previous {
         Some(a) => a.into_parts(),
         None => {
-            let mut sets = Interner::default();
-            let mut src_v4 = addr_table(ch, |c| &c.from, &V4, &mut sets);
-            let mut dst_v4 = addr_table(ch, |c| &c.to, &V4, &mut sets);
-            let mut src_v6 = addr_table(ch, |c| &c.from, &V6, &mut sets);
-            let mut dst_v6 = addr_table(ch, |c| &c.to, &V6, &mut sets);
+            // The IPv6 tables on a second thread, with sets of their own.
+            let ((mut sets, mut src_v4, mut dst_v4), v6) = crate::families::both(
+                "compile-ipv6",
+                || family_tables::<4>(ch, &V4),
+                || family_tables::<16>(ch, &V6),
+            );
+            let (sets_v6, mut src_v6, mut dst_v6) =
+                v6.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            let ids: Vec<u32> = sets_v6
+                .into_sets()
+                .into_iter()
+                .map(|s| sets.id(s))
+                .collect();
+            for e in src_v6.iter_mut().chain(&mut dst_v6) {
+                e.set = ids[e.set as usize];
+            }
             // The address tables' sets first, each named by an entry (as
             // `Addresses` keeps them), numbered in table order.
             let sets = sets.keep_named(
@@ -180,6 +191,18 @@ fn addr_table<const N: usize>(
             AddrEntry { len, addr: a, set }
         })
         .collect()
+}
+
+/// The source and destination tables of one family, their sets in an
+/// interner of their own.
+fn family_tables<const N: usize>(
+    channels: &[Channel],
+    family: &Family,
+) -> (Interner, Vec<AddrEntry<N>>, Vec<AddrEntry<N>>) {
+    let mut sets = Interner::default();
+    let src = addr_table(channels, |c| &c.from, family, &mut sets);
+    let dst = addr_table(channels, |c| &c.to, family, &mut sets);
+    (sets, src, dst)
 }
 
 pub use self::addresses::Addresses;
