@@ -107,6 +107,11 @@ fn narrow(channels: &[Channel], side: Side, family: &Family, candidates: &mut [C
             continue;
         }
         for (addr, len) in side(c).iter().filter_map(family.of) {
+            // Emptied: no earlier channel contains all of this one's
+            // prefixes (in a policy of distinct sources, at the first).
+            if cand.is_empty() {
+                break;
+            }
             if let Some(s) = cover.get((len, addr)) {
                 and(cand, sets.get(s));
             }

@@ -621,6 +621,38 @@ fn validating_1024_channels_and_65536_prefixes_is_fast() {
     );
 }
 
+#[test]
+fn distinct_prefixes_are_bounded_whatever_their_copies() {
+    // 2 x 33,000 copies of a side's IPv4 prefixes: over the bound, but
+    // 33,000 distinct (a set, named twice) fit.
+    let set: Vec<String> = (0..33_000u32)
+        .map(|n| format!("198.18.{}.{}/32", n >> 8, n & 0xff))
+        .collect();
+    let text = format!(
+        "endpoints:\n  many: [{}]\nchannels:\n  - {{name: a, from: many, protocol: udp}}\n  - {{name: b, from: many, protocol: tcp}}\n",
+        set.join(",")
+    );
+    assert_eq!(Policy::parse(&text, "p.yaml").unwrap().channels.len(), 2);
+    // 65,537 distinct, one copy each (inline, over two channels).
+    let mut text = String::from("channels:\n");
+    for (name, range) in [("a", 0..33_000u32), ("b", 33_000..65_537)] {
+        let from: Vec<String> = range
+            .map(|n| format!("198.{}.{}.{}/32", 18 + (n >> 16), (n >> 8) & 0xff, n & 0xff))
+            .collect();
+        text.push_str(&format!(
+            "  - {{name: {name}, from: [{}]}}\n",
+            from.join(",")
+        ));
+    }
+    let e = errors(&text);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].contains("65537 distinct source IPv4 prefixes; the datapath holds at most 65536"),
+        "{}",
+        e[0]
+    );
+}
+
 /// A one-channel policy: `fields` are the channel's lines after `name`,
 /// each indented under the list item.
 fn one_channel(fields: &[&str]) -> String {

@@ -491,7 +491,16 @@ fn fits(
         footprints.push(f);
         inline.push(parsed);
     }
-    let distinct = counts.map(|count| {
+    // A side whose copies of each family cannot exceed the bound need not
+    // be counted (a sort of up to 131,072 prefixes): the copies bound its
+    // distinct prefixes, and only whether they exceed it matters.
+    let distinct: [[usize; 2]; 2] = std::array::from_fn(|side| {
+        let copies: [usize; 2] =
+            std::array::from_fn(|fam| footprints.iter().map(|f| f.copies[side][fam]).sum());
+        if copies.iter().all(|&c| c <= MAX_PREFIXES) {
+            return copies;
+        }
+        let count = &counts[side];
         distinct_per_family(
             count
                 .sets
