@@ -47,8 +47,9 @@ pub fn candidates(channels: &[Channel]) -> Vec<ChannelSet> {
     for side in [side_from, side_to] {
         for family in [&V4, &V6] {
             // Once no channel has a candidate left, the remaining covers
-            // need not be built (a side's IPv6 cover of 65,536 prefixes is
-            // 8 MiB): in a policy of distinct sources, the first settles it.
+            // need not be built (a side's IPv6 cover of 65,536 prefixes
+            // takes 4 MiB while it is built): in a policy of distinct
+            // sources, the first settles it.
             if candidates.iter().all(ChannelSet::is_empty) {
                 return candidates;
             }

@@ -60,10 +60,11 @@ pub struct Compiled {
     pub policies: Vec<ChannelPolicy>,
     /// `ChannelSet` words in use.
     pub words: u32,
-    /// The distinct channel sets the entries name, each once: a policy's
-    /// entries share a few sets (one per channel, where channels name
-    /// disjoint prefixes), and 131,072 entries of 128-byte sets held
-    /// 17 MiB while an apply ran.
+    /// The distinct channel sets the entries name, each once (see
+    /// `policy::interner`), the address tables' first: a policy's entries
+    /// share a few sets (one per channel, where channels name disjoint
+    /// prefixes), and 131,072 entries of 128-byte sets held 17 MiB while
+    /// an apply ran.
     pub sets: Vec<ChannelSet>,
 }
 
