@@ -636,7 +636,8 @@ fn resolve(
             );
         }
     }
-    out.sort();
+    // Equal prefixes are alike: an unstable sort loses nothing.
+    out.sort_unstable();
     out.dedup();
     // Kept for the policy's life: no slack from growing it.
     out.shrink_to_fit();

@@ -102,15 +102,15 @@ enum Open {
     List {
         /// Line of its first event.
         line: usize,
-        /// Its items so far.
-        items: Vec<Node>,
+        /// Where its items start in [`Builder::items`].
+        start: usize,
     },
     /// A map.
     Map {
         /// Line of its first event.
         line: usize,
-        /// Its entries so far.
-        entries: Vec<Entry>,
+        /// Where its entries start in [`Builder::entries`].
+        start: usize,
         /// The key read whose value comes next, and its line.
         key: Option<(String, usize)>,
     },
@@ -120,6 +120,13 @@ enum Open {
 struct Builder<const ITEM_LINES: bool> {
     /// Lists and maps opened and not yet closed, innermost last.
     open: Vec<Open>,
+    /// The items of the open lists, the innermost's last: a list's are
+    /// moved out into a vector of their exact size when it closes, rather
+    /// than each list growing its own by doubling (a large policy's
+    /// 131,072 prefixes in lists of 128).
+    items: Vec<Node>,
+    /// The entries of the open maps, likewise.
+    entries: Vec<Entry>,
     /// Whether a document has started (a second one is declined).
     document: bool,
     /// Whether the stream has ended.
@@ -132,6 +139,8 @@ impl<const ITEM_LINES: bool> Default for Builder<ITEM_LINES> {
     fn default() -> Self {
         Self {
             open: Vec::with_capacity(DEPTH),
+            items: Vec::new(),
+            entries: Vec::new(),
             document: false,
             ended: false,
             root: None,
@@ -165,7 +174,7 @@ impl<const ITEM_LINES: bool> Builder<ITEM_LINES> {
                 self.opening(anchor, tag.is_some())?;
                 self.open.push(Open::List {
                     line,
-                    items: Vec::new(),
+                    start: self.items.len(),
                 });
                 Ok(())
             }
@@ -173,21 +182,27 @@ impl<const ITEM_LINES: bool> Builder<ITEM_LINES> {
                 self.opening(anchor, tag.is_some())?;
                 self.open.push(Open::Map {
                     line,
-                    entries: Vec::new(),
+                    start: self.entries.len(),
                     key: None,
                 });
                 Ok(())
             }
             Event::SequenceEnd => match self.open.pop() {
-                Some(Open::List { line, items }) => self.close(line, Value::List(items)),
+                Some(Open::List { line, start }) => {
+                    let items = self.items.drain(start..).collect();
+                    self.close(line, Value::List(items))
+                }
                 _ => Err("an unmatched end of a list"),
             },
             Event::MappingEnd => match self.open.pop() {
                 Some(Open::Map {
                     line,
-                    entries,
+                    start,
                     key: None,
-                }) => self.close(line, Value::Map(entries)),
+                }) => {
+                    let entries = self.entries.drain(start..).collect();
+                    self.close(line, Value::Map(entries))
+                }
                 _ => Err("an unmatched end of a map"),
             },
             Event::Alias(_) => Err("an alias"),
@@ -215,7 +230,7 @@ impl<const ITEM_LINES: bool> Builder<ITEM_LINES> {
         match self.open.last_mut() {
             None if self.root.is_some() => return Err("a second root"),
             None => self.root = Some((line, value)),
-            Some(Open::List { items, .. }) => items.push(Node {
+            Some(Open::List { .. }) => self.items.push(Node {
                 line: if ITEM_LINES { line } else { 0 },
                 value,
             }),
@@ -228,12 +243,10 @@ impl<const ITEM_LINES: bool> Builder<ITEM_LINES> {
                 _ => return Err("an empty key"),
             },
             Some(Open::Map {
-                entries,
-                key: key @ Some(_),
-                ..
+                key: key @ Some(_), ..
             }) => {
                 if let Some((key, key_line)) = key.take() {
-                    entries.push(Entry {
+                    self.entries.push(Entry {
                         key,
                         line: key_line,
                         value: Node { line, value },
