@@ -4,7 +4,7 @@
 //! prefixes, each prefix's set is its one channel's. So the covers
 //! ([`Cover`](super::cover::Cover)) and the compiled tables name sets by
 //! index, and a 128-byte set exists once per distinct set rather than once
-//! per prefix (131,072 prefixes would hold 17 MiB of them). The common
+//! per prefix (131,072 prefixes would hold 16 MiB of them). The common
 //! sets are found without hashing one: a channel's own set by its index,
 //! a union by the pair of sets it joins.
 
@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use tc_common::ChannelSet;
 
 /// Marks a channel whose own set is not interned yet.
-const NONE: u32 = u32::MAX;
+const UNSET: u32 = u32::MAX;
 
 /// The distinct channel sets seen so far, each with its index.
 #[derive(Default)]
@@ -22,7 +22,7 @@ pub(crate) struct Interner {
     ids: HashMap<ChannelSet, u32>,
     /// The sets, in the order first seen.
     sets: Vec<ChannelSet>,
-    /// Per channel, the index of the set of it alone ([`NONE`] until
+    /// Per channel, the index of the set of it alone ([`UNSET`] until
     /// asked): most prefixes are one channel's.
     singles: Vec<u32>,
     /// The union of two indexed sets, by the pair: a prefix inside
@@ -58,9 +58,9 @@ impl Interner {
     /// The index of the set of channel `channel` alone.
     pub fn single(&mut self, channel: usize) -> u32 {
         if self.singles.len() <= channel {
-            self.singles.resize(channel + 1, NONE);
+            self.singles.resize(channel + 1, UNSET);
         }
-        if self.singles[channel] == NONE {
+        if self.singles[channel] == UNSET {
             let mut s = ChannelSet::EMPTY;
             s.insert(channel);
             self.singles[channel] = self.id(s);
@@ -90,11 +90,11 @@ impl Interner {
     /// interns each channel's own set, and one that only joined a
     /// containing prefix's set names no entry.
     pub fn keep_named<'a>(self, named: impl IntoIterator<Item = &'a mut u32>) -> Self {
-        let mut new = vec![NONE; self.sets.len()];
+        let mut new = vec![UNSET; self.sets.len()];
         let mut kept = Vec::new();
         for id in named {
             let n = &mut new[*id as usize];
-            if *n == NONE {
+            if *n == UNSET {
                 *n = kept.len() as u32;
                 kept.push(self.sets[*id as usize]);
             }

@@ -123,6 +123,46 @@ fn bad_cidrs_and_host_bits() {
     assert!(e[1].contains("is not a CIDR"), "{e:?}");
 }
 
+/// A channel's items mix set names, prefixes and addresses: each error
+/// names its own item, and the prefixes parsed for the bounds land in
+/// the channel beside the sets' (`fits` and `resolve` walk the items
+/// alike).
+#[test]
+fn a_mixed_endpoint_list_resolves_and_errs_item_by_item() {
+    let ok = "endpoints:\n  web: [198.18.1.0/24]\nchannels:\n  - name: a\n    from: [web, 198.18.9.0/24, 198.18.7.7, \"2001:db8::1\"]\n    to: 198.18.3.0/24\n";
+    let p = Policy::parse(ok, "p.yaml").unwrap();
+    let from: Vec<String> = p.channels[0].from.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        from,
+        [
+            "198.18.1.0/24",
+            "198.18.7.7/32",
+            "198.18.9.0/24",
+            "2001:db8::1/128"
+        ]
+    );
+    assert_eq!(p.channels[0].to[0].to_string(), "198.18.3.0/24");
+    let bad = "endpoints:\n  web: [198.18.1.0/24]\nchannels:\n  - name: a\n    from: [web, 198.18.9.1/24, 198.18.7.7, nope, 300.1.1.1/8]\n    to: 198.18.3.1/24\n";
+    let e = errors(bad);
+    assert_eq!(e.len(), 4, "{e:?}");
+    assert!(
+        e[0].contains("channels[0].from[1]: `198.18.9.1/24` has host bits set"),
+        "{e:?}"
+    );
+    assert!(
+        e[1].contains("channels[0].from[3]: endpoint set `nope` is not defined"),
+        "{e:?}"
+    );
+    assert!(
+        e[2].contains("channels[0].from[4]: `300.1.1.1/8` is not a CIDR"),
+        "{e:?}"
+    );
+    assert!(
+        e[3].contains("channels[0].to: `198.18.3.1/24` has host bits set"),
+        "{e:?}"
+    );
+}
+
 #[test]
 fn rates_out_of_range() {
     let e = errors("channels:\n  - name: a\n    limit:\n      bandwidth: 0Mbit\n  - name: b\n    limit:\n      bandwidth: 900Gbit\n");
@@ -648,6 +688,27 @@ fn distinct_prefixes_are_bounded_whatever_their_copies() {
     assert_eq!(e.len(), 1, "{e:?}");
     assert!(
         e[0].contains("65537 distinct source IPv4 prefixes; the datapath holds at most 65536"),
+        "{}",
+        e[0]
+    );
+    // The same in IPv6, with IPv4 prefixes beside them within the bound:
+    // only the family over it is named. (Exactly 65,536 are taken:
+    // `validating_1024_channels_and_65536_prefixes_is_fast`.)
+    let mut text = String::from("channels:\n");
+    for (name, range) in [("a", 0..33_000u32), ("b", 33_000..65_537)] {
+        let from: Vec<String> = range
+            .map(|n| format!("\"2001:db8::{:x}:{:x}/128\"", n >> 16, n & 0xffff))
+            .chain(["198.18.0.1/32".to_string()])
+            .collect();
+        text.push_str(&format!(
+            "  - {{name: {name}, from: [{}]}}\n",
+            from.join(",")
+        ));
+    }
+    let e = errors(&text);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].contains("65537 distinct source IPv6 prefixes; the datapath holds at most 65536"),
         "{}",
         e[0]
     );

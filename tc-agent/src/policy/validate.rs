@@ -431,25 +431,18 @@ fn item_field(field: &str, i: Option<usize>) -> String {
 /// than parsing 131,072 of them twice.
 type Inline = Vec<[Vec<Option<IpNet>>; 2]>;
 
-/// Counts the prefixes of each side and family, distinct and with each
-/// channel's copy of its sets, and the port ranges, before any set is
+/// Counts the prefixes of each side and family, with each channel's copy
+/// of its sets and (where the copies could exceed the bound, see
+/// [`bounded_distinct`]) distinct, and the port ranges, before any set is
 /// copied into a channel: a policy that names a 65,536-prefix set in 1,024
 /// channels is refused here, not expanded. Also each channel's inline
-/// prefixes, parsed.
+/// prefixes, parsed ([`Inline`]).
 fn fits(
     ck: &mut Checker<'_>,
     line: usize,
     channels: &[RawChannel],
     sets: &BTreeMap<String, Vec<IpNet>>,
 ) -> Option<(Vec<Footprint>, Inline)> {
-    /// Prefixes of one side, counted once each.
-    #[derive(Default)]
-    struct Count<'s> {
-        /// Prefixes named directly.
-        inline: Vec<IpNet>,
-        /// Sets named at least once (their prefixes count once).
-        sets: HashSet<&'s str>,
-    }
     let family = |n: &IpNet| usize::from(matches!(n, IpNet::V6(_)));
     let per_family: HashMap<&str, [usize; 2]> = sets
         .iter()
@@ -461,7 +454,8 @@ fn fits(
             (name.as_str(), c)
         })
         .collect();
-    let mut counts: [Count<'_>; 2] = Default::default();
+    // Per side, the sets named at least once (their prefixes count once).
+    let mut named_sets: [HashSet<&str>; 2] = Default::default();
     let mut footprints = Vec::with_capacity(channels.len());
     let mut inline: Inline = Vec::with_capacity(channels.len());
     for c in channels {
@@ -470,7 +464,6 @@ fn fits(
         for (side, raw) in [(0, &c.from), (1, &c.to)] {
             let Some(raw) = raw else { continue };
             f.named[side] = true;
-            let count = &mut counts[side];
             let items = endpoint_items(raw);
             parsed[side].reserve_exact(items.len());
             for (_, t) in items {
@@ -478,10 +471,9 @@ fn fits(
                 if let Some((name, c)) = per_family.get_key_value(t.text.as_str()) {
                     f.copies[side][0] += c[0];
                     f.copies[side][1] += c[1];
-                    count.sets.insert(name);
+                    named_sets[side].insert(name);
                 } else if let Ok(n) = parse_cidr(&t.text) {
                     f.copies[side][family(&n)] += 1;
-                    count.inline.push(n);
                     prefix = Some(n);
                 }
                 parsed[side].push(prefix);
@@ -491,23 +483,13 @@ fn fits(
         footprints.push(f);
         inline.push(parsed);
     }
-    // A side whose copies of each family cannot exceed the bound need not
-    // be counted (a sort of up to 131,072 prefixes): the copies bound its
-    // distinct prefixes, and only whether they exceed it matters.
     let distinct: [[usize; 2]; 2] = std::array::from_fn(|side| {
-        let copies: [usize; 2] =
+        let copies =
             std::array::from_fn(|fam| footprints.iter().map(|f| f.copies[side][fam]).sum());
-        if copies.iter().all(|&c| c <= MAX_PREFIXES) {
-            return copies;
-        }
-        let count = &counts[side];
-        distinct_per_family(
-            count
-                .sets
-                .iter()
-                .flat_map(|s| &sets[*s])
-                .chain(&count.inline),
-        )
+        bounded_distinct(copies, || {
+            let in_sets = named_sets[side].iter().flat_map(|s| &sets[*s]);
+            in_sets.chain(inline.iter().flat_map(|p| p[side].iter().flatten()))
+        })
     });
     let over = over_limits(&footprints, distinct);
     for message in &over {
@@ -516,10 +498,32 @@ fn fits(
     over.is_empty().then_some((footprints, inline))
 }
 
+/// The distinct IPv4 and IPv6 prefixes of one side, as far as the bound
+/// needs them, given the side's `copies` per family (each channel's own
+/// and its copy of each set it names): a family whose copies are within
+/// [`MAX_PREFIXES`] is not counted (a sort of up to 131,072 prefixes), its
+/// copies bounding its distinct prefixes; the others are counted from
+/// `nets()`, the side's prefixes with each set's once.
+pub(super) fn bounded_distinct<'a, I: IntoIterator<Item = &'a IpNet>>(
+    copies: [usize; 2],
+    nets: impl FnOnce() -> I,
+) -> [usize; 2] {
+    let over = copies.map(|c| c > MAX_PREFIXES);
+    if !over.contains(&true) {
+        return copies;
+    }
+    let counted = distinct_per_family(
+        nets()
+            .into_iter()
+            .filter(|n| over[usize::from(matches!(n, IpNet::V6(_)))]),
+    );
+    std::array::from_fn(|fam| if over[fam] { counted[fam] } else { copies[fam] })
+}
+
 /// How many distinct IPv4 and IPv6 prefixes `nets` holds (sorted and
 /// deduplicated: a sort is several times faster than hashing 131,072
 /// prefixes).
-pub(super) fn distinct_per_family<'a>(nets: impl IntoIterator<Item = &'a IpNet>) -> [usize; 2] {
+fn distinct_per_family<'a>(nets: impl IntoIterator<Item = &'a IpNet>) -> [usize; 2] {
     let mut by_family: [Vec<&IpNet>; 2] = Default::default();
     for n in nets {
         by_family[usize::from(matches!(n, IpNet::V6(_)))].push(n);
@@ -594,6 +598,11 @@ fn defined_sets(sets: &BTreeMap<String, Vec<IpNet>>) -> String {
     s.join(", ")
 }
 
+/// A channel side's prefixes, sorted and distinct: each item of `raw` is
+/// a set's name, whose prefixes are copied in, or a prefix, taken from
+/// `inline` (the item's parse by [`fits`], item for item as
+/// [`endpoint_items`] lists them) or, when that has none, parsed here for
+/// its error. No `raw`: any address.
 fn resolve(
     ck: &mut Checker<'_>,
     field: &str,

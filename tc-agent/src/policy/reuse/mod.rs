@@ -58,9 +58,8 @@ use super::{
     diagnostic::PolicyError,
     model::{Channel, Policy},
     shadow,
-    validate::{self, distinct_per_family, over_limits, Footprint},
+    validate::{self, bounded_distinct, over_limits, Footprint},
     yaml::{self, MAX_EVENTS},
-    MAX_PREFIXES,
 };
 
 /// Only the new items are read when they are at most one in this many
@@ -392,37 +391,23 @@ fn holds_together(known: &[Known], channels: &[Channel], candidates: &Candidates
 
 /// Distinct prefixes per side and family, over the sides the file names,
 /// as `fits` counts them (a channel's prefixes are its sets' and its
-/// own). A family whose copies on a side cannot exceed [`MAX_PREFIXES`]
-/// is not counted: its copies bound its distinct prefixes (counting is a
-/// sort, 2-3 ms for 131,072 prefixes).
+/// own), where the bound needs them (`validate::bounded_distinct`).
 fn distinct(known: &[Known]) -> [[usize; 2]; 2] {
     std::array::from_fn(|side| {
-        let copies: [usize; 2] = std::array::from_fn(|family| {
+        let copies = std::array::from_fn(|family| {
             known.iter().map(|k| k.footprint.copies[side][family]).sum()
         });
-        let over = copies.map(|c| c > MAX_PREFIXES);
-        if !over.contains(&true) {
-            return copies;
-        }
-        let counted = distinct_per_family(
+        bounded_distinct(copies, || {
             known
                 .iter()
                 .filter(|k| k.footprint.named[side])
-                .flat_map(|k| {
+                .flat_map(move |k| {
                     if side == 0 {
                         k.channel.from.iter()
                     } else {
                         k.channel.to.iter()
                     }
                 })
-                .filter(|n| over[usize::from(matches!(n, ipnet::IpNet::V6(_)))]),
-        );
-        std::array::from_fn(|family| {
-            if over[family] {
-                counted[family]
-            } else {
-                copies[family]
-            }
         })
     })
 }
