@@ -129,7 +129,7 @@ fn both_families<R4, R6: Send>(
     let (r4, r6) = crate::families::both(name, v4, v6);
     let r6 = r6.unwrap_or_else(|_| {
         Err(DatapathError::Setup(format!(
-            "internal error: the IPv6 tables' thread ({name}) panicked"
+            "internal error: the IPv6 tables' half ({name}) panicked"
         )))
     });
     (r4, r6)

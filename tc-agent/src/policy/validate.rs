@@ -501,9 +501,9 @@ fn fits(
 /// The distinct IPv4 and IPv6 prefixes of one side, as far as the bound
 /// needs them, given the side's `copies` per family (each channel's own
 /// and its copy of each set it names): a family whose copies are within
-/// [`MAX_PREFIXES`] is not counted (a sort of up to 131,072 prefixes), its
+/// [`MAX_PREFIXES`] is not counted (a sort of the side's prefixes), its
 /// copies bounding its distinct prefixes; the others are counted from
-/// `nets()`, the side's prefixes with each set's once.
+/// `nets()`, the side's prefixes (repeats are counted once).
 pub(super) fn bounded_distinct<'a, I: IntoIterator<Item = &'a IpNet>>(
     copies: [usize; 2],
     nets: impl FnOnce() -> I,
@@ -602,7 +602,8 @@ fn defined_sets(sets: &BTreeMap<String, Vec<IpNet>>) -> String {
 /// a set's name, whose prefixes are copied in, or a prefix, taken from
 /// `inline` (the item's parse by [`fits`], item for item as
 /// [`endpoint_items`] lists them) or, when that has none, parsed here for
-/// its error. No `raw`: any address.
+/// its error; an item that is neither is an undefined set. No `raw`: any
+/// address.
 fn resolve(
     ck: &mut Checker<'_>,
     field: &str,
