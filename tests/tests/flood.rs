@@ -42,7 +42,8 @@ const FLOOD_LIMIT_PPS: f64 = flood::FLOOD_LIMIT_PPS as f64;
 /// larger share of it. On the host a quarter was once too much: a stall of
 /// the receiver let the veth's 256-frame ring overflow (4,000 frames lost
 /// before XDP in one CI run), and the flow, losing segments there, fell to
-/// 0.79 of its rate. Above 3,000 times the flood channel's limit either way.
+/// 0.79 of its rate. On the host above 3,000 times the flood channel's
+/// limit; under emulation at most a hundred times ([`VM_FLOOD_MAX_PPS`]).
 fn flood_share() -> f64 {
     if in_vm() {
         0.125
@@ -50,6 +51,15 @@ fn flood_share() -> f64 {
         0.15
     }
 }
+
+/// The most frames per second the flood sends under emulation, a hundred
+/// times the flood channel's limit: the second that measures the
+/// receiver's full speed may find the host's cores free and the phase
+/// not (the other guest shares them). In one CI run the 6.12 guest took
+/// 291,936 frames/s in that second (the 6.1 guest beside it 66,654), the
+/// flood then ran at 36,492/s, and the flow fell to 0.69 of its rate
+/// while its emulated CPU handled the flood.
+const VM_FLOOD_MAX_PPS: f64 = 100.0 * FLOOD_LIMIT_PPS;
 
 /// What one sample of the flow and the agent's counters holds.
 struct Sample {
@@ -144,7 +154,10 @@ fn a_legitimate_flow_keeps_its_rate_and_cache_hits_during_a_random_source_flood(
             realtime: false,
         },
     )?;
-    let per_sec = full.received_pps() * flood_share();
+    let mut per_sec = full.received_pps() * flood_share();
+    if in_vm() {
+        per_sec = per_sec.min(VM_FLOOD_MAX_PPS);
+    }
     eprintln!(
         "full speed: generated {:.0}/s, received {:.0}/s; the flood runs at {per_sec:.0}/s",
         full.generated_pps(),
