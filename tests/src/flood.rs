@@ -111,17 +111,38 @@ struct XdpMd {
 /// `TEST_XDP_MAX_BATCH`).
 pub const BATCH: u32 = 256;
 
-/// The loaded generator and the baseline receiver.
+/// A baseline receiver in the generator's object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Baseline {
+    /// `bare_drop`: drops every frame without reading it.
+    BareDrop,
+    /// `read_drop`: reads the header fields a classifier must (EtherType,
+    /// IPv4 protocol, addresses, ports), then drops the frame: what the
+    /// first read of a frame's headers costs, which `bare_drop` never pays.
+    ReadDrop,
+}
+
+impl Baseline {
+    /// The XDP program's name.
+    pub fn program(self) -> &'static str {
+        match self {
+            Baseline::BareDrop => "bare_drop",
+            Baseline::ReadDrop => "read_drop",
+        }
+    }
+}
+
+/// The loaded generator and the baseline receivers.
 pub struct Generator {
-    /// The loaded object: `flood_tx` and `bare_drop`.
+    /// The loaded object: `flood_tx` and the baseline receivers.
     ebpf: Ebpf,
     /// `FLOOD_CONFIG`, taken out of `ebpf` so it can be written while
     /// `flood_tx` runs.
     config: Array<aya::maps::MapData, FloodConfig>,
     /// What [`configure`](Generator::configure) set last.
     current: FloodConfig,
-    /// Where `bare_drop` is attached: (namespace, interface, link).
-    attached: Option<(String, String, XdpLinkId)>,
+    /// The baseline receiver attached, and its link.
+    attached: Option<(Baseline, XdpLinkId)>,
     /// The namespace where `flood_tx` is attached to an idle veth, see
     /// [`park`](Generator::park).
     parked: Option<String>,
@@ -235,10 +256,11 @@ pub struct Pace {
 }
 
 impl Generator {
-    /// Loads `flood_tx` and `bare_drop`.
+    /// Loads `flood_tx` and the baseline receivers.
     pub fn load() -> Result<Self> {
         let mut ebpf = Ebpf::load(OBJECT).context("loading the flood generator")?;
-        for name in ["flood_tx", "bare_drop"] {
+        let baselines = [Baseline::BareDrop, Baseline::ReadDrop].map(Baseline::program);
+        for name in ["flood_tx"].into_iter().chain(baselines) {
             let p: &mut Xdp = ebpf
                 .program_mut(name)
                 .with_context(|| format!("no program {name}"))?
@@ -267,31 +289,33 @@ impl Generator {
         Ok(())
     }
 
-    /// Attaches the baseline `bare_drop` to `iface` in `netns`.
-    pub fn attach_drop(&mut self, netns: &str, iface: &str) -> Result<()> {
-        self.detach_drop()?;
+    /// Attaches the baseline receiver `which` to `iface` in `netns`, in
+    /// place of the one attached before, if any.
+    pub fn attach_baseline(&mut self, which: Baseline, netns: &str, iface: &str) -> Result<()> {
+        self.detach_baseline()?;
+        let name = which.program();
         let p: &mut Xdp = self
             .ebpf
-            .program_mut("bare_drop")
-            .context("no bare_drop")?
+            .program_mut(name)
+            .with_context(|| format!("no {name}"))?
             .try_into()?;
         let id = in_ns(netns, || {
             p.attach(iface, XdpMode::Default)
-                .with_context(|| format!("attaching bare_drop to {iface}"))
+                .with_context(|| format!("attaching {name} to {iface}"))
         })?;
-        self.attached = Some((netns.into(), iface.into(), id));
+        self.attached = Some((which, id));
         Ok(())
     }
 
-    /// Detaches `bare_drop`, if attached.
-    pub fn detach_drop(&mut self) -> Result<()> {
-        let Some((_, _, id)) = self.attached.take() else {
+    /// Detaches the baseline receiver, if one is attached.
+    pub fn detach_baseline(&mut self) -> Result<()> {
+        let Some((which, id)) = self.attached.take() else {
             return Ok(());
         };
         let p: &mut Xdp = self
             .ebpf
-            .program_mut("bare_drop")
-            .context("no bare_drop")?
+            .program_mut(which.program())
+            .with_context(|| format!("no {}", which.program()))?
             .try_into()?;
         p.detach(id)?;
         Ok(())
@@ -386,8 +410,8 @@ impl Generator {
 
 impl Drop for Generator {
     fn drop(&mut self) {
-        if let Err(e) = self.detach_drop() {
-            eprintln!("cleanup: detaching bare_drop: {e:#}");
+        if let Err(e) = self.detach_baseline() {
+            eprintln!("cleanup: detaching the baseline receiver: {e:#}");
         }
     }
 }

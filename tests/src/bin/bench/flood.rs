@@ -2,19 +2,21 @@
 //! 64-byte UDP flood (`tc_tests::flood`: live frames from an `XDP_TX`
 //! generator on CPU 0 into a veth whose threaded NAPI runs on CPU 1),
 //! with the bare `XDP_DROP` baseline measured on the same veth in the same
-//! run: bare drop, the agent's `--xdp` hook with 1 channel and with 1,024
-//! channels (65,536 prefixes per side) whose last channel limits the
-//! flood; single-source and random-source (198.18.0.0/15) floods. The
-//! generator and the NAPI thread run real-time (`SCHED_FIFO`): the other
-//! processes of a shared machine do not set the rate. Then, while a
-//! random-flow flood runs, a legitimate TCP flow's goodput and flow-cache
-//! hits (the agent's `flow_hits`, where it reports them).
+//! run: bare drop, a program that reads the headers and drops (what the
+//! first read of a frame costs), the agent's `--xdp` hook with 1 channel
+//! and with 1,024 channels (65,536 prefixes per side) whose last channel
+//! limits the flood; single-source and random-source (198.18.0.0/15)
+//! floods. The generator and the NAPI thread run real-time
+//! (`SCHED_FIFO`): the other processes of a shared machine do not set the
+//! rate. Then, while a random-flow flood runs, a legitimate TCP flow's
+//! goodput and flow-cache hits (the agent's `flow_hits`, where it reports
+//! them).
 
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tc_tests::{
-    flood::{self, FloodConfig, FloodRun, FlowCounters, Generator, Pace, Rx},
+    flood::{self, Baseline, FloodConfig, FloodRun, FlowCounters, Generator, Pace, Rx},
     flow::TcpFlow,
     netns::{mac_of, totals_in, write_policy, Agent, Pair},
 };
@@ -37,14 +39,17 @@ const REALTIME: bool = true;
 /// The receivers of the table's rows.
 #[derive(Clone, Copy)]
 enum Receiver {
-    Bare,
+    /// A program of the generator's object, in the agent's place.
+    Baseline(Baseline),
+    /// The agent's `--xdp` hook with a policy of this many channels.
     Agent(usize),
 }
 
 impl Receiver {
     fn label(self) -> String {
         match self {
-            Receiver::Bare => "bare XDP_DROP".into(),
+            Receiver::Baseline(Baseline::BareDrop) => "bare XDP_DROP".into(),
+            Receiver::Baseline(Baseline::ReadDrop) => "XDP reading the headers".into(),
             Receiver::Agent(1) => "tc-agent --xdp, 1 channel".into(),
             Receiver::Agent(n) => format!("tc-agent --xdp, {n} channels"),
         }
@@ -93,8 +98,8 @@ fn round(
     policies: &[(usize, tc_tests::netns::TempFile)],
 ) -> Result<Vec<Run>> {
     let _agent = match rx {
-        Receiver::Bare => {
-            gen.attach_drop(&pair.server, &pair.server_if)?;
+        Receiver::Baseline(b) => {
+            gen.attach_baseline(b, &pair.server, &pair.server_if)?;
             None
         }
         Receiver::Agent(n) => {
@@ -105,7 +110,7 @@ fn round(
     };
     let rxq = flood::threaded_napi(&pair.server, &pair.server_if, RX_CPU, REALTIME)?;
     let prog = match rx {
-        Receiver::Bare => "bare_drop",
+        Receiver::Baseline(b) => b.program(),
         Receiver::Agent(_) => tc_agent::datapath::XDP_INGRESS,
     };
     let mut runs = Vec::new();
@@ -122,7 +127,7 @@ fn round(
         );
         runs.push((r, ns));
     }
-    gen.detach_drop()?;
+    gen.detach_baseline()?;
     Ok(runs)
 }
 
@@ -147,7 +152,12 @@ pub fn run() -> Result<serde_json::Value> {
         mac_of(&pair.client, &pair.client_if)?,
         mac_of(&pair.server, &pair.server_if)?,
     );
-    let rows = [Receiver::Bare, Receiver::Agent(1), Receiver::Agent(1024)];
+    let rows = [
+        Receiver::Baseline(Baseline::BareDrop),
+        Receiver::Baseline(Baseline::ReadDrop),
+        Receiver::Agent(1),
+        Receiver::Agent(1024),
+    ];
     let policies: Vec<(usize, tc_tests::netns::TempFile)> = [1usize, 1024]
         .iter()
         .map(|&n| {
@@ -218,7 +228,7 @@ pub fn run() -> Result<serde_json::Value> {
         }
         table.push(row);
     }
-    let random_1024 = wall(2, 1);
+    let random_1024 = wall(rows.len() - 1, 1);
     drop(gen);
     drop(pair);
     let hits = legit_hits(random_1024 * 1e6 / 4.0)?;
