@@ -124,7 +124,7 @@ impl AcceptServer {
     /// The server stops by itself after this long.
     pub const MAX_LIFETIME: Duration = Duration::from_secs(600);
 
-    /// Listens on `binds` ("198.18.0.2:9000", "[2001:db8::2]:9000") in
+    /// Listens on `binds` (`"198.18.0.2:9000"`, `"[2001:db8::2]:9000"`) in
     /// `netns`; returns once every listener is bound.
     pub fn start(netns: &str, binds: &[&str]) -> Result<Self> {
         let addrs: Vec<SocketAddr> = binds

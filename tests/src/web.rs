@@ -483,8 +483,8 @@ fn wrk_command(netns: &str, url: &str, cfg: &WrkConfig) -> Command {
     cmd
 }
 
-/// Runs wrk in `netns` against `url` ("http://198.18.0.2:80/",
-/// "http://[2001:db8::2]:80/") and returns its report. Bounded: killed
+/// Runs wrk in `netns` against `url` (`"http://198.18.0.2:80/"`,
+/// `"http://[2001:db8::2]:80/"`) and returns its report. Bounded: killed
 /// after its duration plus 60 s.
 pub fn wrk(netns: &str, url: &str, cfg: &WrkConfig) -> Result<WrkReport> {
     let out = wrk_command(netns, url, cfg)

@@ -32,7 +32,7 @@
 //! opens it the rise in demand must be a step, not a ramp: at least
 //! [`STEP`](super::baseline::STEP) times the highest value of the last
 //! minute before the episode became pending
-//! ([`RecentMax`](super::baseline::RecentMax)): a new service's clients
+//! ([`RecentMax`]): a new service's clients
 //! ramping up are no collapse; [`CALM`] samples in a
 //! row without both end it. With keep-alive connections there are few
 //! handshakes, so the ratio and the RTT matter most.

@@ -20,7 +20,7 @@
 //! so every detector is tested on synthetic series.
 //!
 //! The detectors judge samples of about a second: an agent that samples
-//! faster has its samples summed first ([`bucket`]), so every count of
+//! faster has its samples summed first (`bucket`), so every count of
 //! samples below is a count of seconds, whatever `--sample-ms` is.
 //!
 //! Every series has a [`baseline`] (EWMA of the value and of its absolute
@@ -242,7 +242,7 @@ impl Detector {
     /// specific one wins when all see the same onset.
     ///
     /// Samples shorter than a second are summed until they span one
-    /// ([`bucket`]): what they return is empty until then.
+    /// (`bucket`): what they return is empty until then.
     pub fn observe(&mut self, s: &Sample) -> Vec<Change> {
         let Some(s) = self.bucket.add(s) else {
             return Vec::new();

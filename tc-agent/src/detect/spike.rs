@@ -11,7 +11,7 @@
 //! [`ONSET`] hot samples in a row open an event, and the one that opens it
 //! must be a step, not a ramp: at least [`STEP`](super::baseline::STEP)
 //! times the highest 1 s rate of the last minute before the episode became
-//! pending ([`RecentMax`](super::baseline::RecentMax)). A new service
+//! pending ([`RecentMax`]). A new service
 //! ramping up outruns its lagging baseline but never its own recent
 //! maximum; growth doubling every few seconds is a spike. It ends after [`CALM`]
 //! samples in a row back under [`END_RATIO`] times the baseline (plus

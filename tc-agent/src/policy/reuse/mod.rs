@@ -22,13 +22,13 @@
 //! - a channel's checks depend only on its own item and the endpoint sets;
 //!   what spans channels is checked again on the whole: the number of
 //!   channels, unique names, the prefix and port bounds (`fits`, from each
-//!   channel's [`Footprint`]), the parser's event bound ([`MAX_EVENTS`]:
+//!   channel's `Footprint`), the parser's event bound ([`MAX_EVENTS`]:
 //!   each item's events are counted), and shadowing (its address half,
-//!   the [`Candidates`], kept with the memo while the channels name the
+//!   the `Candidates`, kept with the memo while the channels name the
 //!   same addresses in the same places).
 //!
 //! Anything else (a file this cannot cut, an error, a warning, a changed
-//! endpoint set, more than a [`NEW_SHARE`]th of the items new) reads the
+//! endpoint set, more than a `NEW_SHARE`th of the items new) reads the
 //! whole file, which reports every diagnostic with its line, and starts
 //! the next reuse from it. The memo of a whole reading is built on a
 //! thread at the lowest priority, once the apply is done (`builder`); a
