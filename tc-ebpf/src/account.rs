@@ -236,7 +236,16 @@ pub fn account(dir: u8, in_ifindex: u32) {
     global.ix_folded_pkts += pkts;
     // One untracked entry per server and protocol, all ports together: a
     // flood sprayed over ports cannot fill the table with them.
-    k.client = [0; 16];
+    // The client as two word stores, volatile so that LLVM does not merge
+    // them into a memset: bpf-linker's `--bpf-expand-memcpy-in-order`
+    // leaves a memset as a call to a loop that stores a byte at a time,
+    // on every packet of a flood.
+    // SAFETY: IxKey is aligned to 8 and starts with the client's 16 bytes.
+    unsafe {
+        let words = (&raw mut k).cast::<u64>();
+        write_volatile(words, 0);
+        write_volatile(words.add(1), 0);
+    }
     k.port = 0;
     let hint = untracked_hint(&k);
     if let Some(h) = hint {

@@ -600,13 +600,6 @@ fn addr6(
     let lo = u64::from_be_bytes([
         addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15],
     ]);
-    let mut key = PrefixKey6 {
-        generation,
-        table,
-        len: 0,
-        _pad: 0,
-        data: [0; 16],
-    };
     let mut i = 0;
     while i < MAX_PROBES {
         if i >= probes.count as usize {
@@ -619,11 +612,22 @@ fn addr6(
             // Bits in the low half: 1 when len > 64, without a branch.
             let over = (len.wrapping_sub(65) >> 31) ^ 1;
             let lo_len = over * len.wrapping_sub(64);
-            let mask_hi = mask64(len - lo_len);
-            let mask_lo = mask64(lo_len);
-            key.len = len as u8;
-            key.data[..8].copy_from_slice(&(hi & mask_hi).to_be_bytes());
-            key.data[8..].copy_from_slice(&(lo & mask_lo).to_be_bytes());
+            let h = (hi & mask64(len - lo_len)).to_be_bytes();
+            let l = (lo & mask64(lo_len)).to_be_bytes();
+            // Built whole for each probe rather than zeroed once before
+            // the loop: bpf-linker's `--bpf-expand-memcpy-in-order` leaves
+            // every memset of more than a few bytes as a call to a loop
+            // that stores a byte at a time.
+            let key = PrefixKey6 {
+                generation,
+                table,
+                len: len as u8,
+                _pad: 0,
+                data: [
+                    h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], l[0], l[1], l[2], l[3], l[4],
+                    l[5], l[6], l[7],
+                ],
+            };
             if let Some(set) = TC_PREFIX6.get_ptr(&key) {
                 // SAFETY: a value of the map, valid for this run; only read.
                 return Some(unsafe { &*set });
