@@ -116,18 +116,30 @@ pub const BATCH: u32 = 256;
 pub enum Baseline {
     /// `bare_drop`: drops every frame without reading it.
     BareDrop,
-    /// `read_drop`: reads the header fields a classifier must (EtherType,
-    /// IPv4 protocol, addresses, ports), then drops the frame: what the
-    /// first read of a frame's headers costs, which `bare_drop` never pays.
+    /// `read_drop`: reads what the agent's parser reads of an IPv4 frame
+    /// (the EtherType, the IPv4 header, the ports after it), then drops the
+    /// frame: what the first read of a frame's headers costs, which
+    /// `bare_drop` never pays.
     ReadDrop,
 }
 
 impl Baseline {
+    /// Every baseline, in the order the benchmark's table lists them.
+    pub const ALL: [Baseline; 2] = [Baseline::BareDrop, Baseline::ReadDrop];
+
     /// The XDP program's name.
     pub fn program(self) -> &'static str {
         match self {
             Baseline::BareDrop => "bare_drop",
             Baseline::ReadDrop => "read_drop",
+        }
+    }
+
+    /// What the benchmark's table calls it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Baseline::BareDrop => "bare XDP_DROP",
+            Baseline::ReadDrop => "XDP reading the headers",
         }
     }
 }
@@ -259,13 +271,11 @@ impl Generator {
     /// Loads `flood_tx` and the baseline receivers.
     pub fn load() -> Result<Self> {
         let mut ebpf = Ebpf::load(OBJECT).context("loading the flood generator")?;
-        let baselines = [Baseline::BareDrop, Baseline::ReadDrop].map(Baseline::program);
+        let baselines = Baseline::ALL.map(Baseline::program);
         for name in ["flood_tx"].into_iter().chain(baselines) {
-            let p: &mut Xdp = ebpf
-                .program_mut(name)
-                .with_context(|| format!("no program {name}"))?
-                .try_into()?;
-            p.load().with_context(|| format!("verifying {name}"))?;
+            xdp_program(&mut ebpf, name)?
+                .load()
+                .with_context(|| format!("verifying {name}"))?;
         }
         let config = ebpf
             .take_map("FLOOD_CONFIG")
@@ -294,11 +304,7 @@ impl Generator {
     pub fn attach_baseline(&mut self, which: Baseline, netns: &str, iface: &str) -> Result<()> {
         self.detach_baseline()?;
         let name = which.program();
-        let p: &mut Xdp = self
-            .ebpf
-            .program_mut(name)
-            .with_context(|| format!("no {name}"))?
-            .try_into()?;
+        let p = xdp_program(&mut self.ebpf, name)?;
         let id = in_ns(netns, || {
             p.attach(iface, XdpMode::Default)
                 .with_context(|| format!("attaching {name} to {iface}"))
@@ -312,12 +318,7 @@ impl Generator {
         let Some((which, id)) = self.attached.take() else {
             return Ok(());
         };
-        let p: &mut Xdp = self
-            .ebpf
-            .program_mut(which.program())
-            .with_context(|| format!("no {}", which.program()))?
-            .try_into()?;
-        p.detach(id)?;
+        xdp_program(&mut self.ebpf, which.program())?.detach(id)?;
         Ok(())
     }
 
@@ -337,11 +338,7 @@ impl Generator {
         sh(&[
             "ip", "-n", netns, "link", "add", &a, "type", "veth", "peer", "name", &b,
         ])?;
-        let p: &mut Xdp = self
-            .ebpf
-            .program_mut("flood_tx")
-            .context("no flood_tx")?
-            .try_into()?;
+        let p = xdp_program(&mut self.ebpf, "flood_tx")?;
         // The link lives as long as the program: until the generator drops.
         in_ns(netns, || {
             p.attach(&a, XdpMode::Default)
@@ -414,6 +411,14 @@ impl Drop for Generator {
             eprintln!("cleanup: detaching the baseline receiver: {e:#}");
         }
     }
+}
+
+/// The XDP program `name` of the generator's object.
+fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
+    Ok(ebpf
+        .program_mut(name)
+        .with_context(|| format!("no program {name}"))?
+        .try_into()?)
 }
 
 /// The live-frames loop in the calling thread: chunks of `flood_tx` runs

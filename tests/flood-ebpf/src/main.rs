@@ -1,18 +1,20 @@
-//! Flood generator for the XDP flood benchmark and its real-traffic test.
+//! Flood generator and baseline receivers for the XDP flood benchmark and
+//! its real-traffic test (`tc_tests::flood`).
 //!
-//! Both programs are run with `BPF_PROG_TEST_RUN` and
-//! `BPF_F_TEST_XDP_LIVE_FRAMES` (Linux 5.18) by `tc_tests::flood`: every
-//! repetition is a real frame that leaves the veth named as the run's
-//! ingress interface, so its peer's XDP hook receives it.
-//!
-//! - `flood_tx`: draws each frame's IPv4 source (and, optionally, its UDP
-//!   destination port) from `bpf_get_prandom_u32` inside the configured
-//!   range, fixes the IPv4 header checksum and returns `XDP_TX` (or, for
-//!   the configured share of frames not sent, `XDP_DROP`).
-//! - `bare_drop`: returns `XDP_DROP`, the receiver's baseline.
-//! - `read_drop`: reads the header fields any classifier must (EtherType,
-//!   IPv4 protocol, addresses, ports) and drops the frame: the floor of a
-//!   program that looks at the packet at all.
+//! - `flood_tx`, the generator, is run with `BPF_PROG_TEST_RUN` and
+//!   `BPF_F_TEST_XDP_LIVE_FRAMES` (Linux 5.18): every repetition is a real
+//!   frame that leaves the veth named as the run's ingress interface, so
+//!   its peer's XDP hook receives it. It draws each frame's IPv4 source
+//!   (and, optionally, its UDP destination port) from
+//!   `bpf_get_prandom_u32` inside the configured range, fixes the IPv4
+//!   header checksum and returns `XDP_TX` (or, for the configured share of
+//!   frames not sent, `XDP_DROP`).
+//! - `bare_drop` and `read_drop`, the baseline receivers, are attached to
+//!   the receiving veth in the agent's place. `bare_drop` returns
+//!   `XDP_DROP` without reading the frame. `read_drop` reads what the
+//!   agent's parser reads of an IPv4 frame (the EtherType, the IPv4 header,
+//!   the ports after it), then drops the frame: the floor of a program
+//!   that looks at the packet at all.
 #![no_std]
 #![no_main]
 
@@ -53,8 +55,20 @@ pub struct FloodConfig {
 #[map]
 static FLOOD_CONFIG: Array<FloodConfig> = Array::with_max_entries(1, 0);
 
+/// Ethernet header length, without VLAN tags.
 const ETH_LEN: usize = 14;
+/// Offset of the EtherType in the Ethernet header.
+const ETHERTYPE: usize = 12;
+/// The IPv4 EtherType, as on the wire.
+const ETH_P_IP: [u8; 2] = [0x08, 0x00];
+/// IPv4 header length without options.
 const IPV4_LEN: usize = 20;
+/// Offset of the protocol in the IPv4 header.
+const IPV4_PROTO: usize = 9;
+/// Offset of the source address in the IPv4 header (the destination
+/// follows it).
+const IPV4_SRC: usize = 12;
+/// The UDP protocol number.
 const UDP: u8 = 17;
 
 /// Rewrites the frame as configured and sends it back out of the
@@ -74,31 +88,49 @@ pub fn bare_drop(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_DROP
 }
 
-/// The floor of any classifier: reads the EtherType, the IPv4 protocol
-/// and addresses and the ports, as a classifier must, and drops the frame
-/// (passes one that is not IPv4). Bare `XDP_DROP` never touches the
-/// frame's data; this program pays what the first read of the headers
-/// costs, and nothing else.
+/// The floor of any classifier: reads the IPv4 header fields the agent's
+/// parser reads and the ports, and drops the frame (passes one that is
+/// not IPv4, or is too short for its headers). Bare `XDP_DROP` never
+/// touches the frame's data; this program pays what the first read of the
+/// headers costs, and nothing else.
 #[xdp]
 pub fn read_drop(ctx: XdpContext) -> u32 {
-    let start = ctx.data();
-    if start + ETH_LEN + IPV4_LEN + 4 > ctx.data_end() {
-        return xdp_action::XDP_PASS;
+    match try_read(&ctx) {
+        Ok(()) => xdp_action::XDP_DROP,
+        Err(()) => xdp_action::XDP_PASS,
     }
-    let ip = start + ETH_LEN;
-    // SAFETY: every read is within the first 38 bytes, checked above;
-    // volatile, so that none of them is left out for its unused value.
-    let (ethertype, proto) = unsafe {
-        let ethertype = read_volatile((start + 12) as *const [u8; 2]);
-        let proto = read_volatile((ip + 9) as *const u8);
-        read_volatile((ip + 12) as *const [u8; 8]);
-        read_volatile((ip + IPV4_LEN) as *const [u8; 4]);
-        (ethertype, proto)
-    };
-    if ethertype != [0x08, 0x00] || proto == 0 {
-        return xdp_action::XDP_PASS;
+}
+
+/// Returns a pointer to a `T` at `offset` if it lies wholly inside the frame.
+#[inline(always)]
+fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*const T, ()> {
+    if ctx.data() + offset + size_of::<T>() > ctx.data_end() {
+        return Err(());
     }
-    xdp_action::XDP_DROP
+    Ok((ctx.data() + offset) as *const T)
+}
+
+/// Reads what [`read_drop`] reads, as the agent's parser does: the
+/// EtherType, the whole IPv4 header without options (version and header
+/// length, fragment offset, protocol, addresses), then the ports where the
+/// header length puts them. Fails on a frame that is not IPv4 or is too
+/// short.
+#[inline(always)]
+fn try_read(ctx: &XdpContext) -> Result<(), ()> {
+    // SAFETY (every read below): `ptr_at` checked that the bytes lie
+    // inside the frame; volatile, so that no read is left out for its
+    // unused value.
+    let ethertype = unsafe { read_volatile(ptr_at::<[u8; 2]>(ctx, ETHERTYPE)?) };
+    if ethertype != ETH_P_IP {
+        return Err(());
+    }
+    let hdr = unsafe { read_volatile(ptr_at::<[u8; IPV4_LEN]>(ctx, ETH_LEN)?) };
+    let ihl = (hdr[0] & 0x0f) as usize * 4;
+    if hdr[0] >> 4 != 4 || ihl < IPV4_LEN {
+        return Err(());
+    }
+    unsafe { read_volatile(ptr_at::<[u8; 4]>(ctx, ETH_LEN + ihl)?) };
+    Ok(())
 }
 
 /// Fails on a frame that is not IPv4 without options with a UDP or TCP
@@ -122,19 +154,19 @@ fn try_rewrite(ctx: &XdpContext) -> Result<bool, ()> {
     let l4 = (start + ETH_LEN + IPV4_LEN) as *mut u8;
     // SAFETY: every access below is within the first 42 bytes, checked above.
     unsafe {
-        if *eth.add(12) != 0x08 || *eth.add(13) != 0x00 || *ip != 0x45 {
+        if [*eth.add(ETHERTYPE), *eth.add(ETHERTYPE + 1)] != ETH_P_IP || *ip != 0x45 {
             return Err(());
         }
         if src_mask != 0 {
             let src = (src_base & !src_mask) | (bpf_get_prandom_u32() & src_mask);
             let b = src.to_be_bytes();
-            *ip.add(12) = b[0];
-            *ip.add(13) = b[1];
-            *ip.add(14) = b[2];
-            *ip.add(15) = b[3];
+            *ip.add(IPV4_SRC) = b[0];
+            *ip.add(IPV4_SRC + 1) = b[1];
+            *ip.add(IPV4_SRC + 2) = b[2];
+            *ip.add(IPV4_SRC + 3) = b[3];
         }
         if dport_mask != 0 {
-            if *ip.add(9) != UDP {
+            if *ip.add(IPV4_PROTO) != UDP {
                 return Err(());
             }
             let port = (dport_base & !dport_mask) | (bpf_get_prandom_u32() as u16 & dport_mask);

@@ -22,8 +22,9 @@
 //!    at peak, against issue 11's targets; also `target/bench-apply.json`.
 //! 8. XDP floods (`flood`): the packets per second the agent's XDP hook
 //!    sustains under a 64-byte UDP flood (live frames from an XDP_TX
-//!    generator), against a bare XDP_DROP on the same veth, and a
-//!    legitimate flow's flow-cache hits during a flood; also written to
+//!    generator), against a bare XDP_DROP and a program that only reads
+//!    the headers, on the same veth, and a legitimate flow's flow-cache
+//!    hits during a flood; also written to
 //!    `target/bench-flood.json`.
 //!
 //! Not a test: this machine is noisy, so nothing here asserts. Results go to
@@ -581,8 +582,9 @@ enum Part {
     /// A full apply and a one-channel change of the 1,024-channel policy
     /// through the CLI, and the agent's RSS; target/bench-apply.json.
     Apply,
-    /// XDP floods (live frames) against a bare XDP_DROP on the same veth,
-    /// and a legitimate flow beside one; target/bench-flood.json.
+    /// XDP floods (live frames) against a bare XDP_DROP and a program
+    /// that only reads the headers, on the same veth, and a legitimate flow
+    /// beside one; target/bench-flood.json.
     Flood,
     /// Detection: delay to event, false events, the agent's CPU;
     /// target/bench-detect.json.

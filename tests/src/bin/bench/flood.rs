@@ -48,8 +48,7 @@ enum Receiver {
 impl Receiver {
     fn label(self) -> String {
         match self {
-            Receiver::Baseline(Baseline::BareDrop) => "bare XDP_DROP".into(),
-            Receiver::Baseline(Baseline::ReadDrop) => "XDP reading the headers".into(),
+            Receiver::Baseline(b) => b.label().into(),
             Receiver::Agent(1) => "tc-agent --xdp, 1 channel".into(),
             Receiver::Agent(n) => format!("tc-agent --xdp, {n} channels"),
         }
@@ -152,12 +151,21 @@ pub fn run() -> Result<serde_json::Value> {
         mac_of(&pair.client, &pair.client_if)?,
         mac_of(&pair.server, &pair.server_if)?,
     );
-    let rows = [
-        Receiver::Baseline(Baseline::BareDrop),
-        Receiver::Baseline(Baseline::ReadDrop),
-        Receiver::Agent(1),
-        Receiver::Agent(1024),
-    ];
+    let rows: Vec<Receiver> = Baseline::ALL
+        .map(Receiver::Baseline)
+        .into_iter()
+        .chain([Receiver::Agent(1), Receiver::Agent(1024)])
+        .collect();
+    // The row every ratio is taken against, and the one whose random-source
+    // rate sizes the legitimate flow's flood.
+    let bare = rows
+        .iter()
+        .position(|r| matches!(r, Receiver::Baseline(Baseline::BareDrop)))
+        .context("no bare XDP_DROP row")?;
+    let largest = rows
+        .iter()
+        .position(|r| matches!(r, Receiver::Agent(1024)))
+        .context("no 1,024-channel row")?;
     let policies: Vec<(usize, tc_tests::netns::TempFile)> = [1usize, 1024]
         .iter()
         .map(|&n| {
@@ -206,18 +214,18 @@ pub fn run() -> Result<serde_json::Value> {
         println!(
             "{:<32} {:>22} {:>22} {:>12.0} {:>22} {:>22} {:>12.0}",
             rx.label(),
-            cell(wall(i, 0), wall(0, 0)),
-            cell(core(i, 0), core(0, 0)),
+            cell(wall(i, 0), wall(bare, 0)),
+            cell(core(i, 0), core(bare, 0)),
             ns(i, 0),
-            cell(wall(i, 1), wall(0, 1)),
-            cell(core(i, 1), core(0, 1)),
+            cell(wall(i, 1), wall(bare, 1)),
+            cell(core(i, 1), core(bare, 1)),
             ns(i, 1),
         );
         let mut row = serde_json::json!({"receiver": rx.label()});
         for (j, (name, _)) in COLUMNS.iter().enumerate() {
             row[*name] = serde_json::json!({
-                "received_mpps": wall(i, j), "ratio_to_bare": wall(i, j) / wall(0, j),
-                "per_core_mpps": core(i, j), "per_core_ratio_to_bare": core(i, j) / core(0, j),
+                "received_mpps": wall(i, j), "ratio_to_bare": wall(i, j) / wall(bare, j),
+                "per_core_mpps": core(i, j), "per_core_ratio_to_bare": core(i, j) / core(bare, j),
                 "prog_ns_per_frame": ns(i, j),
                 "runs": runs[i][j].iter().map(|(r, ns)| serde_json::json!({
                     "prog_ns_per_frame": ns,
@@ -228,7 +236,7 @@ pub fn run() -> Result<serde_json::Value> {
         }
         table.push(row);
     }
-    let random_1024 = wall(rows.len() - 1, 1);
+    let random_1024 = wall(largest, 1);
     drop(gen);
     drop(pair);
     let hits = legit_hits(random_1024 * 1e6 / 4.0)?;
