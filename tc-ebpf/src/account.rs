@@ -240,7 +240,12 @@ pub fn account(dir: u8, in_ifindex: u32) {
     // them into a memset: bpf-linker's `--bpf-expand-memcpy-in-order`
     // leaves a memset as a call to a loop that stores a byte at a time,
     // on every packet of a flood.
-    // SAFETY: IxKey is aligned to 8 and starts with the client's 16 bytes.
+    const _: () = assert!(
+        core::mem::offset_of!(IxKey, client) == 0 && align_of::<IxKey>() == 8,
+        "the client is IxKey's first two words"
+    );
+    // SAFETY: IxKey is aligned to 8 and starts with the client's 16 bytes
+    // (checked above).
     unsafe {
         let words = (&raw mut k).cast::<u64>();
         write_volatile(words, 0);

@@ -116,10 +116,10 @@ pub const BATCH: u32 = 256;
 pub enum Baseline {
     /// `bare_drop`: drops every frame without reading it.
     BareDrop,
-    /// `read_drop`: reads what the agent's parser reads of an IPv4 frame
-    /// (the EtherType, the IPv4 header, the ports after it), then drops the
-    /// frame: what the first read of a frame's headers costs, which
-    /// `bare_drop` never pays.
+    /// `read_drop`: reads the EtherType, the IPv4 header and the port
+    /// bytes after it, as the agent's parser does for a UDP frame, then
+    /// drops the frame: what the first read of a frame's headers costs,
+    /// which `bare_drop` never pays.
     ReadDrop,
 }
 

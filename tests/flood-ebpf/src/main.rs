@@ -11,10 +11,10 @@
 //!   frames not sent, `XDP_DROP`).
 //! - `bare_drop` and `read_drop`, the baseline receivers, are attached to
 //!   the receiving veth in the agent's place. `bare_drop` returns
-//!   `XDP_DROP` without reading the frame. `read_drop` reads what the
-//!   agent's parser reads of an IPv4 frame (the EtherType, the IPv4 header,
-//!   the ports after it), then drops the frame: the floor of a program
-//!   that looks at the packet at all.
+//!   `XDP_DROP` without reading the frame. `read_drop` reads the EtherType,
+//!   the IPv4 header and the port bytes after it, as the agent's parser
+//!   does for the benchmark's UDP frames, then drops the frame: the floor
+//!   of a program that looks at the packet at all.
 #![no_std]
 #![no_main]
 
@@ -88,9 +88,9 @@ pub fn bare_drop(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_DROP
 }
 
-/// The floor of any classifier: reads the IPv4 header fields the agent's
-/// parser reads and the ports, and drops the frame (passes one that is
-/// not IPv4, or is too short for its headers). Bare `XDP_DROP` never
+/// The floor of any classifier: reads the headers as [`try_read`] says
+/// and drops the frame (passes one that is not IPv4, or is too short for
+/// its headers). Bare `XDP_DROP` never
 /// touches the frame's data; this program pays what the first read of the
 /// headers costs, and nothing else.
 #[xdp]
@@ -110,11 +110,12 @@ fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*const T, ()> {
     Ok((ctx.data() + offset) as *const T)
 }
 
-/// Reads what [`read_drop`] reads, as the agent's parser does: the
-/// EtherType, the whole IPv4 header without options (version and header
-/// length, fragment offset, protocol, addresses), then the ports where the
-/// header length puts them. Fails on a frame that is not IPv4 or is too
-/// short.
+/// The reads of [`read_drop`]: the EtherType, the IPv4 header without
+/// options (version and header length, fragment offset, protocol,
+/// addresses), then four bytes (the ports) where the header length puts
+/// them, as the agent's parser reads a UDP frame (it reads a whole UDP or
+/// TCP header there, in the same cache line for these frames). Fails on a
+/// frame that is not IPv4 or is too short.
 #[inline(always)]
 fn try_read(ctx: &XdpContext) -> Result<(), ()> {
     // SAFETY (every read below): `ptr_at` checked that the bytes lie
