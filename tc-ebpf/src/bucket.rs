@@ -72,7 +72,13 @@ unsafe fn charge(tat: *mut u64, now: u64, cost: u64, tau: u64) -> Conformance {
     // at most that lag in extra credit, once.)
     // SAFETY: as above; lowers to BPF_ATOMIC_FETCH_ADD.
     let before = unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(tat, cost) };
-    if (before + cost).saturating_sub(now) > tau {
+    // `(before + cost).saturating_sub(now) > tau`, without the saturation:
+    // its zero would meet `tau` in a branch the verifier decides from
+    // known values, which marks `tau` and the charge precise and keeps the
+    // states of every path before apart. `now + tau` does not wrap: `tau`
+    // is at most 2e17 ns (the policy's largest, 1e17, doubled by `mark`'s
+    // second burst) or `UNBOUNDED_NS`, and the clock counts from boot.
+    if before + cost > now + tau {
         // SAFETY: as above.
         unsafe { refund(tat, cost) };
         return Conformance::Exceed;
@@ -158,6 +164,11 @@ pub unsafe fn conform(
     }
 }
 
+/// The depth [`debit`] charges with: one that never refuses (2^62 ns,
+/// 146 years of debt), yet small enough that `charge`'s `now + tau` cannot
+/// wrap, as `u64::MAX` would.
+const UNBOUNDED_NS: u64 = 1 << 62;
+
 /// Charges a packet that passes whatever the buckets hold: a later
 /// fragment of a datagram whose first fragment passed. The buckets go into
 /// debt, so the channel refuses the next datagrams instead of cutting this
@@ -176,10 +187,9 @@ pub unsafe fn debit(
     let mut contended = false;
     if policy.pkt_cost_q16 != 0 {
         let cost = (segs * policy.pkt_cost_q16) >> 16;
-        // SAFETY: caller guarantees `bucket` is valid. An unbounded depth
-        // never refuses.
+        // SAFETY: caller guarantees `bucket` is valid.
         contended |= matches!(
-            unsafe { charge(&raw mut (*bucket).pkt_tat, now, cost, u64::MAX) },
+            unsafe { charge(&raw mut (*bucket).pkt_tat, now, cost, UNBOUNDED_NS) },
             Conformance::Contended
         );
     }
@@ -187,7 +197,7 @@ pub unsafe fn debit(
         let cost = (len * policy.byte_cost_q16) >> 16;
         // SAFETY: as above.
         contended |= matches!(
-            unsafe { charge(&raw mut (*bucket).byte_tat, now, cost, u64::MAX) },
+            unsafe { charge(&raw mut (*bucket).byte_tat, now, cost, UNBOUNDED_NS) },
             Conformance::Contended
         );
     }
@@ -229,8 +239,13 @@ unsafe fn schedule_one(tat: *mut u64, now: u64, cost: u64, tau: u64, horizon: u6
     // As in `charge`: fetch-and-add cannot lose the race.
     // SAFETY: as in `charge`.
     let before = unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(tat, cost) };
-    let depart = (before + cost).saturating_sub(tau);
-    let depart = if depart > now { depart } else { now };
+    // max((before + cost).saturating_sub(tau), now), without the
+    // saturation (see `charge`).
+    let depart = if before + cost > now + tau {
+        before + cost - tau
+    } else {
+        now
+    };
     if depart - now > horizon {
         // SAFETY: as in `charge`.
         unsafe { refund(tat, cost) };
@@ -322,8 +337,10 @@ pub unsafe fn past_mark_depth(
             core::ptr::read_volatile(&raw const (*bucket).pkt_tat),
         )
     };
-    (policy.byte_cost_q16 != 0 && byte_tat.saturating_sub(now) * 4 > policy.byte_tau_ns)
-        || (policy.pkt_cost_q16 != 0 && pkt_tat.saturating_sub(now) * 4 > policy.pkt_tau_ns)
+    // `tat.saturating_sub(now) * 4 > tau`, without the saturation (see
+    // `charge`): 4x > tau exactly when x > tau / 4 (integer division).
+    (policy.byte_cost_q16 != 0 && byte_tat > now + policy.byte_tau_ns / 4)
+        || (policy.pkt_cost_q16 != 0 && pkt_tat > now + policy.pkt_tau_ns / 4)
 }
 
 /// Whether the channel runs over its rate right now, from a shallow GCRA at

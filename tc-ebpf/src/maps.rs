@@ -272,8 +272,9 @@ pub static TC_IX_HIGH: LruHashMap<HighServer, u8> = LruHashMap::with_max_entries
 pub static TC_IX_HIGH_ON: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Per-CPU scratch: values pass through it where the verifier must not
-/// tell the paths that produced them apart (see `pipeline::parse_into`, `pipeline::join_enforce_paths` and
-/// the extension-header walk in `parse`). Nothing in it outlives a packet.
+/// tell the paths that produced them apart (see `pipeline::parse_into`,
+/// `pipeline::join_enforce_paths`, `pipeline::join_wire` and the
+/// extension-header walk in `parse`). Nothing in it outlives a packet.
 #[repr(C)]
 pub struct ParseScratch {
     /// The IPv6 extension-header walk's state.
@@ -303,7 +304,9 @@ pub struct ParseScratch {
     pub rst: [u8; 64],
     /// Its Ethernet addresses, swapped (XDP).
     pub rst_macs: [u8; 12],
-    /// The packet's wire bytes and packets, for `account`.
+    /// The packet's wire bytes and packets, for `account`; the pipeline
+    /// reads them back too, as one value on every path
+    /// (`pipeline::join_wire`).
     pub ix_bytes: u64,
     pub ix_pkts: u64,
     /// The flow cache's hint to the packet's interaction slot

@@ -73,6 +73,7 @@ pub fn handle(
     // Interactions count every packet, whatever its verdict (demand, not
     // what passed): the hook's accounting program, tail-called last.
     stage(scratch, true, wire.len, wire.segs);
+    let wire = join_wire(scratch, &wire);
     if parsed.l4_flags != 0 && parsed.frag != FRAG_LATER {
         global.no_ports_pkts += 1;
     }
@@ -222,6 +223,26 @@ fn join_enforce_paths(s: *mut ParseScratch, slot: u32, follow: u8) -> (u32, u8) 
             read_volatile(&raw const (*s).slot),
             read_volatile(&raw const (*s).follow),
         )
+    }
+}
+
+/// `wire` with its size read back from the scratch value, where [`stage`]
+/// has just written it for the accounting program (so the two must be
+/// called with the same frame, one after the other). Its bounds differ
+/// between paths (one segment or a GSO super-packet, and the length the
+/// hook's pull leaves), and a branch whose outcome the verifier knows from
+/// them marks them precise: every state after it then stays apart from
+/// the other paths' and is walked again. Read back from the map value,
+/// the size is one unknown on every path.
+#[inline(always)]
+fn join_wire(s: *mut ParseScratch, wire: &Frame) -> Frame {
+    // SAFETY: as in `join_enforce_paths`.
+    unsafe {
+        Frame {
+            len: read_volatile(&raw const (*s).ix_bytes),
+            segs: read_volatile(&raw const (*s).ix_pkts),
+            ..*wire
+        }
     }
 }
 

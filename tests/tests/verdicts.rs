@@ -1070,9 +1070,19 @@ fn the_programs_leave_headroom_in_the_verifier_budget() {
     // whether the newer half lacks the bit kept to a hit, 375k here, 223k
     // on 6.1 and 363k on 6.12 (tc_egress 403k, 261k, 385k; with the words
     // kept across the classification, the halves took tc_egress to 741k
-    // here). Show the figures
-    // and keep room: a change that eats the headroom fails here before it
-    // fails in the VM.
+    // here). A later build walked tc_ingress in 295k here (tc_egress
+    // 312k, xdp_ingress 123k), and aligning `Parsed` to 8 bytes and
+    // nothing else took tc_ingress to 546k: a branch the verifier decides
+    // from the wire size (one segment or a GSO super-packet) marked the
+    // size precise, and every state after it stayed apart from the other
+    // paths'. Read back from the scratch value (`pipeline::join_wire`),
+    // and with the buckets' checks rid of a saturating subtraction that
+    // did the same, 81k here (tc_egress 96k, xdp_ingress 83k), 81k on 6.1
+    // (87k, 76k) and 76k on 6.12 (82k, 69k; README, "The verifier's walk
+    // and the wire size"). The bound was 600k before that; at 300k it
+    // still leaves every kernel three times its walk, and catches a split
+    // like the one above. Show the figures and keep room: a change that
+    // eats the headroom fails here before it fails in the VM.
     let dp = tc_tests::shared::datapath();
     for name in [TC_INGRESS, TC_EGRESS, XDP_INGRESS] {
         let n = dp
@@ -1084,7 +1094,7 @@ fn the_programs_leave_headroom_in_the_verifier_budget() {
             .verified_instruction_count()
             .expect("the kernel reports the instructions it verified (5.16+)");
         println!("{name}: {n} instructions verified");
-        assert!(n < 600_000, "{name}: {n} instructions verified");
+        assert!(n < 300_000, "{name}: {n} instructions verified");
     }
 }
 
