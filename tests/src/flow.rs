@@ -105,16 +105,17 @@ impl TcpFlow {
         )
     }
 
-    /// Stops both ends and reports either's error.
+    /// Stops both ends and reports either's error: the receiver's first,
+    /// since a receiver that fails closes its end and the sender's write
+    /// then fails too (a broken pipe that would hide the cause).
     pub fn finish(mut self) -> Result<()> {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        for h in [self.sender.take(), self.receiver.take()]
-            .into_iter()
-            .flatten()
-        {
-            h.join().expect("flow thread")?;
-        }
-        Ok(())
+        let join = |h: Option<std::thread::JoinHandle<Result<()>>>| {
+            h.map_or(Ok(()), |h| h.join().expect("flow thread"))
+        };
+        let sent = join(self.sender.take());
+        join(self.receiver.take()).context("the flow's receiver")?;
+        sent.context("the flow's sender")
     }
 }
 
@@ -131,7 +132,7 @@ impl Drop for TcpFlow {
 }
 
 /// One read or write of the flow: `Some(bytes)`, or `None` when it timed
-/// out or failed once the flow was over (`halt` raised, or its `deadline`
+/// out, was interrupted by a signal, or failed once the flow was over (`halt` raised, or its `deadline`
 /// passed: the other end may have stopped first and reset the
 /// connection); any other failure is the flow's error.
 fn go_on(
@@ -144,7 +145,11 @@ fn go_on(
         Err(e)
             if matches!(
                 e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                std::io::ErrorKind::WouldBlock
+                    | std::io::ErrorKind::TimedOut
+                    // A signal during a call with a socket timeout (`SO_RCVTIMEO`,
+                    // `SO_SNDTIMEO`) fails it whatever `SA_RESTART` says: call again.
+                    | std::io::ErrorKind::Interrupted
             ) =>
         {
             Ok(None)
