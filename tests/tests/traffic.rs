@@ -327,6 +327,23 @@ fn qdiscs(netns: &str, dev: &str) -> Result<Vec<String>> {
         .unwrap_or_default())
 }
 
+/// Packets the qdiscs of `dev` dropped (`tc -s`'s `drops`, summed).
+fn qdisc_drops(netns: &str, dev: &str) -> Result<u64> {
+    let out = tc_tests::netns::sh(&[
+        "ip", "netns", "exec", netns, "tc", "-s", "-j", "qdisc", "show", "dev", dev,
+    ])?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let qdiscs = v.as_array().context("tc -s -j qdisc: not a list")?;
+    qdiscs
+        .iter()
+        .map(|q| {
+            q["drops"]
+                .as_u64()
+                .with_context(|| format!("no drops in {q}"))
+        })
+        .sum()
+}
+
 #[test]
 fn delay_without_fq_is_refused_and_nothing_changes() -> Result<()> {
     if fq_here() {
@@ -422,13 +439,29 @@ fn delay_paces_tcp_to_the_limit_without_loss_or_queueing() -> Result<()> {
         "paced TCP reached only {ratio:.3}"
     );
     assert!(ratio <= 1.0, "paced TCP exceeded the limit: {ratio:.3}");
-    assert!(
-        retrans <= 20,
-        "{retrans} retransmits: pacing should not lose packets"
-    );
     assert!(max < 50.0, "ping waited {max} ms, beyond the 50 ms horizon");
     let t = agent.totals("paced")?;
     assert!(t["delayed_pkts"].as_u64().unwrap() > 0, "{t}");
+    // Pacing loses (almost) nothing: the packets the agent dropped (at
+    // its horizon, or for any other reason) and those fq dropped, at
+    // most 20, the bound this test once put on TCP's retransmits.
+    // Retransmits alone do not measure loss: under emulation a stalled
+    // vCPU can fire a spurious timeout that resends a window of segments
+    // that were not lost. (A 6.12 guest's run retransmitted 45, when this
+    // test did not yet count drops.)
+    let dropped = t["dropped_pkts"].as_u64().context("dropped_pkts")?;
+    let fq_drops = qdisc_drops(&pair.client, &pair.client_if)?;
+    println!("delay: the agent dropped {dropped}, fq {fq_drops}");
+    assert!(
+        dropped + fq_drops <= 20,
+        "pacing lost packets: the agent dropped {dropped}, fq {fq_drops}: {t}"
+    );
+    // And TCP resent little: at most 1% of its segments.
+    let segments = j["end"]["sum_sent"]["bytes"].as_f64().unwrap_or(0.0) / 1448.0;
+    assert!(
+        retrans as f64 <= 0.01 * segments,
+        "{retrans} retransmits of {segments:.0} segments"
+    );
     // Stopping leaves pacing in place; uninstalling restores the default qdisc.
     agent.stop();
     let kept = qdiscs(&pair.client, &pair.client_if)?;
