@@ -132,9 +132,10 @@ impl Drop for TcpFlow {
 }
 
 /// One read or write of the flow: `Some(bytes)`, or `None` when it timed
-/// out, was interrupted by a signal, or failed once the flow was over (`halt` raised, or its `deadline`
-/// passed: the other end may have stopped first and reset the
-/// connection); any other failure is the flow's error.
+/// out, was interrupted by a signal, or failed once the flow was over
+/// (`halt` raised, or its `deadline` passed: the other end may have
+/// stopped first and reset the connection); any other failure is the
+/// flow's error.
 fn go_on(
     r: std::io::Result<usize>,
     halt: &std::sync::atomic::AtomicBool,
@@ -147,8 +148,10 @@ fn go_on(
                 e.kind(),
                 std::io::ErrorKind::WouldBlock
                     | std::io::ErrorKind::TimedOut
-                    // A signal during a call with a socket timeout (`SO_RCVTIMEO`,
-                    // `SO_SNDTIMEO`) fails it whatever `SA_RESTART` says: call again.
+                    // A signal during a call with a socket timeout
+                    // (`SO_RCVTIMEO`, `SO_SNDTIMEO`) fails it whatever
+                    // `SA_RESTART` says: call again. Defensive (the tests
+                    // install no handler); not the broken pipe's cause.
                     | std::io::ErrorKind::Interrupted
             ) =>
         {

@@ -327,8 +327,10 @@ fn qdiscs(netns: &str, dev: &str) -> Result<Vec<String>> {
         .unwrap_or_default())
 }
 
-/// Packets the qdiscs of `dev` dropped (`tc -s`'s `drops`, summed).
-fn qdisc_drops(netns: &str, dev: &str) -> Result<u64> {
+/// Packets the fq qdiscs of `dev` dropped (`tc -s`'s `drops`, summed):
+/// fq alone, as with several transmit queues it sits under `mq`, whose
+/// own counters already add up its children's.
+fn fq_drops(netns: &str, dev: &str) -> Result<u64> {
     let out = tc_tests::netns::sh(&[
         "ip", "netns", "exec", netns, "tc", "-s", "-j", "qdisc", "show", "dev", dev,
     ])?;
@@ -336,6 +338,7 @@ fn qdisc_drops(netns: &str, dev: &str) -> Result<u64> {
     let qdiscs = v.as_array().context("tc -s -j qdisc: not a list")?;
     qdiscs
         .iter()
+        .filter(|q| q["kind"] == "fq")
         .map(|q| {
             q["drops"]
                 .as_u64()
@@ -450,17 +453,20 @@ fn delay_paces_tcp_to_the_limit_without_loss_or_queueing() -> Result<()> {
     // that were not lost. (A 6.12 guest's run retransmitted 45, when this
     // test did not yet count drops.)
     let dropped = t["dropped_pkts"].as_u64().context("dropped_pkts")?;
-    let fq_drops = qdisc_drops(&pair.client, &pair.client_if)?;
+    let fq_drops = fq_drops(&pair.client, &pair.client_if)?;
     println!("delay: the agent dropped {dropped}, fq {fq_drops}");
     assert!(
         dropped + fq_drops <= 20,
         "pacing lost packets: the agent dropped {dropped}, fq {fq_drops}: {t}"
     );
-    // And TCP resent little: at most 1% of its segments.
-    let segments = j["end"]["sum_sent"]["bytes"].as_f64().unwrap_or(0.0) / 1448.0;
+    // And TCP resent little: at most 20 segments or 0.2% of them (about
+    // 66 of the 33,000 of 8 s at 50 Mbit/s), which also holds pacing to
+    // sending in order (reordering makes TCP resend without a drop).
+    let segments = j["end"]["sum_sent"]["bytes"].as_f64().unwrap_or(0.0) as u64 / 1448;
+    let resend_bound = (segments / 500).max(20);
     assert!(
-        retrans as f64 <= 0.01 * segments,
-        "{retrans} retransmits of {segments:.0} segments"
+        retrans <= resend_bound,
+        "{retrans} retransmits of {segments} segments (at most {resend_bound})"
     );
     // Stopping leaves pacing in place; uninstalling restores the default qdisc.
     agent.stop();
