@@ -31,6 +31,18 @@ pub fn sh(args: &[&str]) -> Result<Output> {
     Ok(out)
 }
 
+/// The qdiscs of `dev` in `netns` as `tc -s -j qdisc show` prints them:
+/// one JSON object each (`kind`, `handle`, `root`, `parent`, `drops`, ...).
+pub fn tc_qdiscs(netns: &str, dev: &str) -> Result<Vec<serde_json::Value>> {
+    let out = sh(&[
+        "ip", "netns", "exec", netns, "tc", "-s", "-j", "qdisc", "show", "dev", dev,
+    ])?;
+    match serde_json::from_slice(&out.stdout)? {
+        serde_json::Value::Array(qdiscs) => Ok(qdiscs),
+        other => bail!("tc -s -j qdisc show dev {dev}: not a list: {other}"),
+    }
+}
+
 /// Two hosts, `client` (198.18.0.1, 2001:db8::1) and `server` (198.18.0.2,
 /// 2001:db8::2), on one veth pair `<tag>c` / `<tag>s`.
 pub struct Pair {

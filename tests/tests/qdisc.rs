@@ -36,14 +36,8 @@ fn listed(ns: &str, dev: &str) -> Result<Vec<Qdisc>> {
 /// `(kind, handle, parent)` of every qdisc of `dev` in `ns` as `tc -j`
 /// prints them, sorted; the root's parent is "root".
 fn tc_view(ns: &str, dev: &str) -> Result<Vec<(String, String, String)>> {
-    let out = sh(&[
-        "ip", "netns", "exec", ns, "tc", "-j", "qdisc", "show", "dev", dev,
-    ])?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let mut all: Vec<_> = v
-        .as_array()
-        .into_iter()
-        .flatten()
+    let mut all: Vec<_> = tc_tests::netns::tc_qdiscs(ns, dev)?
+        .iter()
         .map(|q| {
             let s = |k: &str| q[k].as_str().unwrap_or_default().to_string();
             let parent = if q["root"] == true {

@@ -314,29 +314,17 @@ fn in_vm() -> bool {
 
 /// Kinds of all qdiscs on `dev` in `netns` (root and children).
 fn qdiscs(netns: &str, dev: &str) -> Result<Vec<String>> {
-    let out = tc_tests::netns::sh(&[
-        "ip", "netns", "exec", netns, "tc", "-j", "qdisc", "show", "dev", dev,
-    ])?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    Ok(v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|q| q["kind"].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default())
+    Ok(tc_tests::netns::tc_qdiscs(netns, dev)?
+        .iter()
+        .filter_map(|q| q["kind"].as_str().map(str::to_string))
+        .collect())
 }
 
 /// Packets the fq qdiscs of `dev` dropped (`tc -s`'s `drops`, summed):
 /// fq alone, as with several transmit queues it sits under `mq`, whose
 /// own counters already add up its children's.
 fn fq_drops(netns: &str, dev: &str) -> Result<u64> {
-    let out = tc_tests::netns::sh(&[
-        "ip", "netns", "exec", netns, "tc", "-s", "-j", "qdisc", "show", "dev", dev,
-    ])?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let qdiscs = v.as_array().context("tc -s -j qdisc: not a list")?;
-    qdiscs
+    tc_tests::netns::tc_qdiscs(netns, dev)?
         .iter()
         .filter(|q| q["kind"] == "fq")
         .map(|q| {
