@@ -638,10 +638,15 @@ pub struct ConnEntry {
     /// by the client's side and moves nothing.
     pub client_hook: u32,
     /// Sequence number of the client's latest segment: its FIN or RST must
-    /// lie at or ahead of it, within [`SEQ_WINDOW`].
+    /// lie at or ahead of it, within [`SEQ_WINDOW`] (its FIN may also lie
+    /// up to 1 MiB behind: the datapath's `FIN_LAG`).
     pub client_seq: u32,
-    /// The server's next sequence number as this node knows it: from its
-    /// SYN-ACK, then from the client's acknowledgments. The server's FIN or
+    /// The server's next sequence number as this node knows it: from the
+    /// first SYN-ACK that acknowledges the client's SYN (or, if none did,
+    /// from the client's first acknowledgment after the server's SYN),
+    /// then from the client's acknowledgments. 0 while unknown, and then
+    /// no FIN or RST of the server's moves anything (but the RST that
+    /// answers the SYN, which must acknowledge it). The server's FIN or
     /// RST must lie at or ahead of it, within [`SEQ_WINDOW`].
     pub client_ack: u32,
     /// Bit 0: the client's FIN was seen; bit 1: the server's; bit 2: the
@@ -666,7 +671,8 @@ pub struct ConnEntry {
 /// showed of its sender a FIN or RST may lie, to move the connection's
 /// state: a blind forger must guess the sequence number to within this
 /// (one chance in 256 per guess). A segment behind it, which TCP ignores as
-/// old, moves nothing.
+/// old, moves nothing, except a client's FIN within 1 MiB behind (the
+/// datapath's `FIN_LAG`: the client's next ACK can overtake its FIN).
 pub const SEQ_WINDOW: u32 = 1 << 24;
 
 /// Connection counters of one pool (a channel with connection limits),

@@ -278,6 +278,11 @@ fn track(p: &Parsed, policy: &ChannelPolicy, dir: u8, hook: u32, untracked: &mut
             if pure_syn && from_client {
                 if counted != 0 && (state == CONN_SYN_SENT || state == CONN_SYN_RECV) {
                     // A retransmitted SYN: the connection already counts.
+                    // (A SYN with another sequence number, a client's new
+                    // attempt or a forgery, changes nothing either: the
+                    // server's answer to it moves the handshake on, and
+                    // the client's acknowledgment shows the server's
+                    // numbers; see `follow`.)
                     // SAFETY: as above.
                     unsafe { write_volatile(&raw mut (*e).last_ns, now) };
                     return CONN_PASS;
@@ -427,6 +432,27 @@ fn observe(p: &Parsed, hook: u32) {
     }
 }
 
+/// How far behind what the client's packets last showed its FIN may lie.
+/// The segments a client sends after its FIN (ACKs of the server's data
+/// and FIN) lie one past the FIN and the data it carries: at most a GRO
+/// super-packet at ingress, or a GSO one at egress, 512 KiB with BIG TCP.
+/// A client's FIN alone closes nothing (both FINs or an RST do): a blind
+/// forger's chance per guess to mark the client's half closed grows by
+/// 2^20 / 2^32, from 1/256 to about 1/241.
+const FIN_LAG: u32 = 1 << 20;
+
+/// How far past the client's SYN a SYN-ACK (or the server's RST to the
+/// SYN) may acknowledge and still answer it: one past the SYN, plus the data a SYN
+/// carries with TCP Fast Open (at most one segment). A blind forger has
+/// one chance in 65,536 per guess.
+const SYN_DATA_WINDOW: u32 = 1 << 16;
+
+/// Whether `ack` acknowledges the SYN whose sequence number is `syn`.
+#[inline(always)]
+fn acks_syn(ack: u32, syn: u32) -> bool {
+    ack.wrapping_sub(syn.wrapping_add(1)) < SYN_DATA_WINDOW
+}
+
 /// Whether `seq` lies at or ahead of `near`, by less than [`SEQ_WINDOW`].
 #[inline(always)]
 fn ahead(seq: u32, near: u32) -> bool {
@@ -494,10 +520,11 @@ fn forget_hint(tag: u64) {
 /// a reset, else [`CONN_PASS`].
 ///
 /// A FIN or RST moves the state only if its sequence number lies near what
-/// its sender's packets showed ([`SEQ_WINDOW`]), and a packet claiming to
-/// be the server's moves nothing when it shows up at the hook that saw the
-/// client's SYN: neither a client nor a blind forger can close a
-/// connection in the table's eyes (and so free its slot) while the
+/// its sender's packets showed ([`SEQ_WINDOW`] ahead; a client's FIN also
+/// up to [`FIN_LAG`] behind), and a packet claiming to be the server's
+/// moves nothing when it shows up at the hook that saw the client's SYN:
+/// neither a client nor a blind forger (short of a lucky guess) can close
+/// a connection in the table's eyes (and so free its slot) while the
 /// connection lives on.
 ///
 /// # Safety
@@ -517,26 +544,28 @@ unsafe fn follow(e: *mut ConnEntry, from_client: bool, p: &Parsed, hook: u32, no
         let client_ack = read_volatile(&raw const (*e).client_ack);
         let closing = flags & (TCP_FIN | TCP_RST) != 0;
         // A FIN or RST must lie at or ahead of what its sender's packets
-        // last showed (never behind: an old sequence number is one TCP
-        // ignores), and within the window.
+        // last showed (not behind: an old sequence number is one TCP
+        // ignores), and within the window. A client's FIN may also lie up
+        // to [`FIN_LAG`] behind: when both sides close at once, the ACK the
+        // client sends after its FIN can pass this hook first, on the
+        // other CPU (seen in a 6.1 guest: the FIN was ignored, and the
+        // connection counted until the established timeout). Nothing the
+        // client sends follows its RST, and the server's segments are
+        // judged against the client's acknowledgments, which can only
+        // come after them.
         let plausible = if from_client {
             ahead(p.seq, client_seq)
+                || (flags & TCP_FIN != 0 && ahead(p.seq.wrapping_add(FIN_LAG), client_seq))
         } else if state == CONN_SYN_SENT {
-            // Answering the SYN: it must acknowledge it.
-            flags & TCP_ACK != 0 && p.ack == client_seq.wrapping_add(1)
+            // An RST answering the SYN (a closed port): it must acknowledge
+            // it. A server sends no FIN before its SYN-ACK.
+            flags & (TCP_RST | TCP_ACK) == TCP_RST | TCP_ACK && acks_syn(p.ack, client_seq)
         } else {
-            ahead(p.seq, client_ack)
+            // Not before the server's numbers are known (0 until then).
+            client_ack != 0 && ahead(p.seq, client_ack)
         };
         if closing && !plausible {
             return CONN_PASS;
-        }
-        if !from_client
-            && flags & TCP_SYN != 0
-            && state == CONN_SYN_SENT
-            && (flags & TCP_ACK == 0 || p.ack == client_seq.wrapping_add(1))
-        {
-            // The server's SYN-ACK (or SYN): its sequence numbers start here.
-            write_volatile(&raw mut (*e).client_ack, p.seq.wrapping_add(1));
         }
         if state == CONN_CLOSED {
             // Late ACKs and FINs of a closed connection pass; data from a
@@ -549,8 +578,20 @@ unsafe fn follow(e: *mut ConnEntry, from_client: bool, p: &Parsed, hook: u32, no
         // Only forward: a retransmission or a stale segment moves nothing.
         if from_client && ahead(p.seq, client_seq) {
             write_volatile(&raw mut (*e).client_seq, p.seq);
-            if flags & TCP_ACK != 0 && ahead(p.ack, client_ack) {
-                write_volatile(&raw mut (*e).client_ack, p.ack);
+            if flags & TCP_ACK != 0 {
+                if client_ack != 0 {
+                    if ahead(p.ack, client_ack) {
+                        write_volatile(&raw mut (*e).client_ack, p.ack);
+                    }
+                } else if state != CONN_SYN_SENT {
+                    // The server's numbers are not known yet (no SYN-ACK
+                    // acknowledged the SYN the table holds: the client
+                    // retried from the same port with another, or a
+                    // simultaneous open): the client's acknowledgment of
+                    // the server's SYN shows them. Only from a segment in
+                    // the client's window, like its FIN.
+                    write_volatile(&raw mut (*e).client_ack, p.ack);
+                }
             }
         }
         write_volatile(&raw mut (*e).last_ns, now);
@@ -561,13 +602,23 @@ unsafe fn follow(e: *mut ConnEntry, from_client: bool, p: &Parsed, hook: u32, no
         }
         let syn_dir = read_volatile(&raw const (*e).syn_dir);
         if !from_client && flags & TCP_SYN != 0 {
-            // The server's SYN-ACK (or its SYN, in a simultaneous open).
-            if state == CONN_SYN_SENT {
-                write_volatile(&raw mut (*e).state, CONN_SYN_RECV);
+            // The server's SYN-ACK (or its SYN, in a simultaneous open)
+            // moves the handshake on. The server's sequence numbers are
+            // taken from a SYN-ACK that acknowledges the client's SYN (and
+            // its data, with TCP Fast Open), the first one only: a blind
+            // forger's, or an answer to another SYN on these addresses and
+            // ports, leaves them unknown (0) for the real one, or for the
+            // client's acknowledgment, to show.
+            let answers = flags & TCP_ACK != 0 && acks_syn(p.ack, client_seq);
+            if answers && client_ack == 0 {
+                write_volatile(&raw mut (*e).client_ack, p.seq.wrapping_add(1));
                 // On the client's side the handshake is done for this node.
-                if syn_dir == DIR_EGRESS && flags & TCP_ACK != 0 {
+                if syn_dir == DIR_EGRESS && (state == CONN_SYN_SENT || state == CONN_SYN_RECV) {
                     handshake(e);
                 }
+            }
+            if state == CONN_SYN_SENT {
+                write_volatile(&raw mut (*e).state, CONN_SYN_RECV);
             }
             return CONN_PASS;
         }

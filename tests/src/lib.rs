@@ -3,12 +3,14 @@
 //! up after themselves, a reference classifier for differential fuzzing,
 //! and real endpoints for the connection tests: nginx and wrk (`web`), a
 //! counting TCP server and connection openers (`tcp`), and an `ss` sampler
-//! of established connections (`ss`); crowds of sources at scheduled rates
+//! of established connections (`ss`) and the agent's connection table
+//! (`conn_table`); crowds of sources at scheduled rates
 //! and per-source tallies (`sources`) and the agent's events as a test
 //! reads them (`events`) for the detection tests, and the benchmark's
 //! detection scenarios: rates changed while they run (`scenario`); one
 //! loaded datapath that a suite's tests take in turn (`shared`).
 
+pub mod conn_table;
 pub mod events;
 pub mod flood;
 pub mod flow;

@@ -113,8 +113,10 @@ fn wait_open(agent: &Agent, channel: &str, want: u64, within: Duration) -> Resul
         last = Some(n);
         sleep(Duration::from_millis(100));
     }
+    let table = tc_tests::conn_table::counted(&agent.pin_dir, 20)
+        .unwrap_or_else(|e| format!("(the connection table: {e:#})"));
     bail!(
-        "{channel}: open_connections still {last:?} after {:.1}s, expected {want}",
+        "{channel}: open_connections still {last:?} after {:.1}s, expected {want}; the table: {table}",
         within.as_secs_f64()
     )
 }
