@@ -643,7 +643,8 @@ pub struct ConnEntry {
     pub client_seq: u32,
     /// The server's next sequence number as this node knows it: from the
     /// first SYN-ACK that acknowledges the client's SYN (or, if none did,
-    /// from the client's first acknowledgment after the server's SYN),
+    /// from the client's first acknowledgment in its window after the
+    /// server's SYN),
     /// then from the client's acknowledgments. 0 while unknown, and then
     /// no FIN or RST of the server's moves anything (but the RST that
     /// answers the SYN, which must acknowledge it). The server's FIN or

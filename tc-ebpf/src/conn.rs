@@ -442,9 +442,9 @@ fn observe(p: &Parsed, hook: u32) {
 const FIN_LAG: u32 = 1 << 20;
 
 /// How far past the client's SYN a SYN-ACK (or the server's RST to the
-/// SYN) may acknowledge and still answer it: one past the SYN, plus the data a SYN
-/// carries with TCP Fast Open (at most one segment). A blind forger has
-/// one chance in 65,536 per guess.
+/// SYN) may acknowledge and still answer it: one past the SYN, plus the
+/// data a SYN carries with TCP Fast Open (at most one segment). A blind
+/// forger has one chance in 65,536 per guess.
 const SYN_DATA_WINDOW: u32 = 1 << 16;
 
 /// Whether `ack` acknowledges the SYN whose sequence number is `syn`.
@@ -578,20 +578,17 @@ unsafe fn follow(e: *mut ConnEntry, from_client: bool, p: &Parsed, hook: u32, no
         // Only forward: a retransmission or a stale segment moves nothing.
         if from_client && ahead(p.seq, client_seq) {
             write_volatile(&raw mut (*e).client_seq, p.seq);
-            if flags & TCP_ACK != 0 {
-                if client_ack != 0 {
-                    if ahead(p.ack, client_ack) {
-                        write_volatile(&raw mut (*e).client_ack, p.ack);
-                    }
-                } else if state != CONN_SYN_SENT {
-                    // The server's numbers are not known yet (no SYN-ACK
-                    // acknowledged the SYN the table holds: the client
-                    // retried from the same port with another, or a
-                    // simultaneous open): the client's acknowledgment of
-                    // the server's SYN shows them. Only from a segment in
-                    // the client's window, like its FIN.
-                    write_volatile(&raw mut (*e).client_ack, p.ack);
-                }
+            // While the server's numbers are unknown (0: no SYN-ACK
+            // acknowledged the SYN the table holds, as when the client
+            // retried from the same port with another, or in a
+            // simultaneous open), the client's acknowledgment of the
+            // server's SYN shows them: only after that SYN, and only from
+            // a segment in the client's window, like its FIN.
+            let known = client_ack != 0;
+            if flags & TCP_ACK != 0
+                && (known && ahead(p.ack, client_ack) || !known && state != CONN_SYN_SENT)
+            {
+                write_volatile(&raw mut (*e).client_ack, p.ack);
             }
         }
         write_volatile(&raw mut (*e).last_ns, now);

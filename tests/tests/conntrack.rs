@@ -25,6 +25,11 @@ const XDP_TX: u32 = 3;
 
 const SERVER: &str = "198.18.2.10:80";
 const SERVER6: &str = "[2001:db8:2::10]:80";
+/// The client's port in the tests that choose every sequence number.
+const PORT: u16 = 40001;
+/// The server's initial sequence number there: far from 0, as a real
+/// server's.
+const SERVER_ISN: u32 = 0x9000_0000;
 
 /// The client's endpoint with source port `port`.
 fn client(port: u16) -> String {
@@ -135,6 +140,39 @@ impl Node {
             f = packet::with_ack(f, 1001);
         }
         self.run(TC_EGRESS, &f).0
+    }
+
+    /// A segment of the client on port [`PORT`] with sequence number
+    /// `seq`, acknowledging `ack` if it has ACK, carrying `payload` bytes,
+    /// arriving. For the tests that choose every number themselves.
+    fn client_segment(&self, flags: u8, seq: u32, ack: u32, payload: usize) -> u32 {
+        let mut f = packet::tcp(&client(PORT), SERVER, flags, seq, payload);
+        if flags & ACK != 0 {
+            f = packet::with_ack(f, ack);
+        }
+        self.run(TC_INGRESS, &f).0
+    }
+
+    /// A segment of the server to the client's port [`PORT`], leaving.
+    fn server_segment(&self, flags: u8, seq: u32, ack: u32) -> u32 {
+        let mut f = packet::tcp(SERVER, &client(PORT), flags, seq, 0);
+        if flags & ACK != 0 {
+            f = packet::with_ack(f, ack);
+        }
+        self.run(TC_EGRESS, &f).0
+    }
+
+    /// The server closes first (its FIN at `server_next`), then the client
+    /// (its FIN at `client_next`), each acknowledging the other's data.
+    fn close_server_first(&self, server_next: u32, client_next: u32) {
+        assert_eq!(
+            self.server_segment(FIN | ACK, server_next, client_next),
+            PASS
+        );
+        assert_eq!(
+            self.client_segment(FIN | ACK, client_next, server_next + 1, 0),
+            PASS
+        );
     }
 
     /// A full handshake on client port `port`.
@@ -578,45 +616,30 @@ fn a_syn_retransmitted_during_the_handshake_counts_once_and_one_after_it_is_a_ne
     assert_eq!((p.open(), p.pool.opened, p.pool.closed), (1, 2, 1));
 }
 
-/// A handshake on client port 40001 in which a blind packet claiming to
-/// be the server's (`blind_flags`, sequence number 77, acknowledging 7 if
-/// it has ACK) passes where the server's packets leave, before the real
-/// SYN-ACK (on a server's node a forgery arrives at the client's hook
-/// instead, and moves nothing there; this is a forwarding node's case, or
-/// the server's answer to another SYN on the same ports); then the server closes first, and the client. Returns the
-/// pool's open count and timed handshakes at the end.
+/// A handshake in which a blind packet claiming to be the server's
+/// (`blind_flags`, sequence number 77, acknowledging 7 if it has ACK)
+/// passes where the server's packets leave, before the real SYN-ACK (on a
+/// server's node a forgery arrives at the client's hook instead, and moves
+/// nothing there; this is a forwarding node's case, or the server's answer
+/// to another SYN on the same ports); then the server closes first, and
+/// the client. Returns the pool's open count and timed handshakes.
 fn handshake_after_a_blind(blind_flags: u8) -> (u64, u64) {
     let mut n = Node::new(|p| p.conn_limit = 1);
-    // A real server's sequence numbers start far from 0.
-    let isn: u32 = 0x9000_0000;
-    let from_server =
-        |flags, seq, ack| packet::with_ack(packet::tcp(SERVER, &client(40001), flags, seq, 0), ack);
-    let from_client =
-        |flags, seq, ack| packet::with_ack(packet::tcp(&client(40001), SERVER, flags, seq, 0), ack);
-    let syn = packet::tcp(&client(40001), SERVER, SYN, 1000, 0);
-    assert_eq!(n.run(TC_INGRESS, &syn).0, PASS);
-    assert_eq!(n.run(TC_EGRESS, &from_server(blind_flags, 77, 7)).0, PASS);
-    assert_eq!(n.run(TC_EGRESS, &from_server(SYN | ACK, isn, 1001)).0, PASS);
-    assert_eq!(n.run(TC_INGRESS, &from_client(ACK, 1001, isn + 1)).0, PASS);
-    assert_eq!(
-        n.run(TC_EGRESS, &from_server(FIN | ACK, isn + 1, 1001)).0,
-        PASS
-    );
-    assert_eq!(
-        n.run(TC_INGRESS, &from_client(FIN | ACK, 1001, isn + 2)).0,
-        PASS
-    );
+    assert_eq!(n.client_segment(SYN, 1000, 0, 0), PASS);
+    assert_eq!(n.server_segment(blind_flags, 77, 7), PASS);
+    assert_eq!(n.server_segment(SYN | ACK, SERVER_ISN, 1001), PASS);
+    assert_eq!(n.client_segment(ACK, 1001, SERVER_ISN + 1, 0), PASS);
+    n.close_server_first(SERVER_ISN + 1, 1001);
     let p = n.pool();
     (p.open(), p.pool.rtt_count)
 }
 
 /// The server's sequence numbers are those of the SYN-ACK that
-/// acknowledges the client's SYN: a blind SYN-ACK that acknowledges
-/// anything else moves nothing (it used to move the handshake on without
-/// them, and the server's FIN never counted after: the connection stayed
-/// open in its pool until the established timeout), and the real SYN-ACK
-/// sets them even after a blind bare SYN (a simultaneous open's, for all
-/// the table can tell) did.
+/// acknowledges the client's SYN: after a blind SYN-ACK that acknowledges
+/// anything else (before, the server's FIN never counted after it: the
+/// connection stayed open in its pool until the established timeout), or
+/// a blind bare SYN (a simultaneous open's, for all the table can tell),
+/// the real SYN-ACK sets them, and the connection closes with its FINs.
 #[test]
 fn the_servers_sequence_numbers_come_from_the_syn_ack_that_acknowledges_the_syn() {
     assert_eq!(
@@ -637,21 +660,21 @@ fn the_servers_sequence_numbers_come_from_the_syn_ack_that_acknowledges_the_syn(
 #[test]
 fn on_the_clients_side_a_blind_syn_ack_completes_no_handshake() {
     let mut n = Node::clients_side(|p| p.conn_limit = 1);
-    let from_server = |ack| {
+    let syn_ack = |ack| {
         packet::with_ack(
-            packet::tcp(SERVER, &client(40001), SYN | ACK, 0x9000_0000, 0),
+            packet::tcp(SERVER, &client(PORT), SYN | ACK, SERVER_ISN, 0),
             ack,
         )
     };
-    let syn = packet::tcp(&client(40001), SERVER, SYN, 1000, 0);
+    let syn = packet::tcp(&client(PORT), SERVER, SYN, 1000, 0);
     assert_eq!(n.run(TC_EGRESS, &syn).0, PASS);
-    assert_eq!(n.run(TC_INGRESS, &from_server(7)).0, PASS);
+    assert_eq!(n.run(TC_INGRESS, &syn_ack(7)).0, PASS);
     assert_eq!(
         n.pool().pool.rtt_count,
         0,
         "the blind SYN-ACK timed a handshake"
     );
-    assert_eq!(n.run(TC_INGRESS, &from_server(1001)).0, PASS);
+    assert_eq!(n.run(TC_INGRESS, &syn_ack(1001)).0, PASS);
     assert_eq!(n.pool().pool.rtt_count, 1);
 }
 
@@ -666,31 +689,18 @@ fn on_the_clients_side_a_blind_syn_ack_completes_no_handshake() {
 #[test]
 fn a_syn_with_another_sequence_number_during_the_handshake_changes_nothing() {
     let mut n = Node::new(|p| p.conn_limit = 1);
-    let isn: u32 = 0x9000_0000;
-    let from_server =
-        |flags, seq, ack| packet::with_ack(packet::tcp(SERVER, &client(40001), flags, seq, 0), ack);
-    let from_client =
-        |flags, seq, ack| packet::with_ack(packet::tcp(&client(40001), SERVER, flags, seq, 0), ack);
-    let syn = |seq| packet::tcp(&client(40001), SERVER, SYN, seq, 0);
-    assert_eq!(n.run(TC_INGRESS, &syn(1000)).0, PASS);
-    assert_eq!(n.run(TC_INGRESS, &syn(0x4000_0000)).0, PASS);
+    assert_eq!(n.client_segment(SYN, 1000, 0, 0), PASS);
+    assert_eq!(n.client_segment(SYN, 0x4000_0000, 0, 0), PASS);
     let p = n.pool();
     assert_eq!((p.open(), p.pool.opened), (1, 1), "still one connection");
-    assert_eq!(n.run(TC_EGRESS, &from_server(SYN | ACK, isn, 1001)).0, PASS);
-    assert_eq!(n.run(TC_INGRESS, &from_client(ACK, 1001, isn + 1)).0, PASS);
+    assert_eq!(n.server_segment(SYN | ACK, SERVER_ISN, 1001), PASS);
+    assert_eq!(n.client_segment(ACK, 1001, SERVER_ISN + 1, 0), PASS);
     assert_eq!(
         n.pool().pool.rtt_count,
         1,
         "the first SYN's handshake completed"
     );
-    assert_eq!(
-        n.run(TC_EGRESS, &from_server(FIN | ACK, isn + 1, 1001)).0,
-        PASS
-    );
-    assert_eq!(
-        n.run(TC_INGRESS, &from_client(FIN | ACK, 1001, isn + 2)).0,
-        PASS
-    );
+    n.close_server_first(SERVER_ISN + 1, 1001);
     assert_eq!(n.pool().open(), 0, "closed by both FINs");
 }
 
@@ -704,41 +714,16 @@ fn a_syn_with_another_sequence_number_during_the_handshake_changes_nothing() {
 #[test]
 fn a_handshake_retried_from_the_same_port_closes_with_its_fins() {
     let mut n = Node::new(|p| p.conn_limit = 1);
-    let isn: u32 = 0x9000_0000;
     let retry: u32 = 1000 + (1 << 20);
-    let from_server =
-        |flags, seq, ack| packet::with_ack(packet::tcp(SERVER, &client(40001), flags, seq, 0), ack);
-    let from_client =
-        |flags, seq, ack| packet::with_ack(packet::tcp(&client(40001), SERVER, flags, seq, 0), ack);
-    let syn = |seq| packet::tcp(&client(40001), SERVER, SYN, seq, 0);
-    assert_eq!(n.run(TC_INGRESS, &syn(1000)).0, PASS);
-    assert_eq!(n.run(TC_INGRESS, &syn(retry)).0, PASS);
-    assert_eq!(
-        n.run(TC_EGRESS, &from_server(SYN | ACK, isn, retry + 1)).0,
-        PASS
-    );
-    assert_eq!(
-        n.run(TC_INGRESS, &from_client(ACK, retry + 1, isn + 1)).0,
-        PASS
-    );
+    assert_eq!(n.client_segment(SYN, 1000, 0, 0), PASS);
+    assert_eq!(n.client_segment(SYN, retry, 0, 0), PASS);
+    assert_eq!(n.server_segment(SYN | ACK, SERVER_ISN, retry + 1), PASS);
+    assert_eq!(n.client_segment(ACK, retry + 1, SERVER_ISN + 1, 0), PASS);
     assert_eq!(n.pool().pool.rtt_count, 1, "the handshake completed");
     // A 100-byte request; the server answers and closes first, then the
     // client.
-    let request = packet::with_ack(
-        packet::tcp(&client(40001), SERVER, ACK, retry + 1, 100),
-        isn + 1,
-    );
-    assert_eq!(n.run(TC_INGRESS, &request).0, PASS);
-    assert_eq!(
-        n.run(TC_EGRESS, &from_server(FIN | ACK, isn + 1, retry + 101))
-            .0,
-        PASS
-    );
-    assert_eq!(
-        n.run(TC_INGRESS, &from_client(FIN | ACK, retry + 101, isn + 2))
-            .0,
-        PASS
-    );
+    assert_eq!(n.client_segment(ACK, retry + 1, SERVER_ISN + 1, 100), PASS);
+    n.close_server_first(SERVER_ISN + 1, retry + 101);
     assert_eq!(n.pool().open(), 0, "closed by both FINs");
 }
 
@@ -747,23 +732,10 @@ fn a_handshake_retried_from_the_same_port_closes_with_its_fins() {
 #[test]
 fn a_fast_open_syn_ack_that_acknowledges_the_syns_data_answers_it() {
     let mut n = Node::new(|p| p.conn_limit = 1);
-    let isn: u32 = 0x9000_0000;
-    let from_server =
-        |flags, seq, ack| packet::with_ack(packet::tcp(SERVER, &client(40001), flags, seq, 0), ack);
-    let from_client =
-        |flags, seq, ack| packet::with_ack(packet::tcp(&client(40001), SERVER, flags, seq, 0), ack);
-    let syn = packet::tcp(&client(40001), SERVER, SYN, 1000, 200);
-    assert_eq!(n.run(TC_INGRESS, &syn).0, PASS);
-    assert_eq!(n.run(TC_EGRESS, &from_server(SYN | ACK, isn, 1201)).0, PASS);
-    assert_eq!(n.run(TC_INGRESS, &from_client(ACK, 1201, isn + 1)).0, PASS);
-    assert_eq!(
-        n.run(TC_EGRESS, &from_server(FIN | ACK, isn + 1, 1201)).0,
-        PASS
-    );
-    assert_eq!(
-        n.run(TC_INGRESS, &from_client(FIN | ACK, 1201, isn + 2)).0,
-        PASS
-    );
+    assert_eq!(n.client_segment(SYN, 1000, 0, 200), PASS);
+    assert_eq!(n.server_segment(SYN | ACK, SERVER_ISN, 1201), PASS);
+    assert_eq!(n.client_segment(ACK, 1201, SERVER_ISN + 1, 0), PASS);
+    n.close_server_first(SERVER_ISN + 1, 1201);
     assert_eq!(n.pool().open(), 0, "closed by both FINs");
 }
 
@@ -774,30 +746,14 @@ fn a_fast_open_syn_ack_that_acknowledges_the_syns_data_answers_it() {
 #[test]
 fn a_server_fin_before_the_servers_numbers_are_known_moves_nothing() {
     let mut n = Node::new(|p| p.conn_limit = 1);
-    let isn: u32 = 0x9000_0000;
-    let from_server =
-        |flags, seq, ack| packet::with_ack(packet::tcp(SERVER, &client(40001), flags, seq, 0), ack);
-    let from_client =
-        |flags, seq, ack| packet::with_ack(packet::tcp(&client(40001), SERVER, flags, seq, 0), ack);
-    let syn = packet::tcp(&client(40001), SERVER, SYN, 1000, 0);
-    assert_eq!(n.run(TC_INGRESS, &syn).0, PASS);
-    assert_eq!(
-        n.run(TC_EGRESS, &packet::tcp(SERVER, &client(40001), SYN, 77, 0))
-            .0,
-        PASS
-    );
-    assert_eq!(n.run(TC_EGRESS, &from_server(FIN | ACK, 78, 1001)).0, PASS);
-    assert_eq!(n.run(TC_EGRESS, &from_server(SYN | ACK, isn, 1001)).0, PASS);
-    assert_eq!(n.run(TC_INGRESS, &from_client(ACK, 1001, isn + 1)).0, PASS);
-    assert_eq!(
-        n.run(TC_INGRESS, &from_client(FIN | ACK, 1001, isn + 1)).0,
-        PASS
-    );
+    assert_eq!(n.client_segment(SYN, 1000, 0, 0), PASS);
+    assert_eq!(n.server_segment(SYN, 77, 0), PASS);
+    assert_eq!(n.server_segment(FIN | ACK, 78, 1001), PASS);
+    assert_eq!(n.server_segment(SYN | ACK, SERVER_ISN, 1001), PASS);
+    assert_eq!(n.client_segment(ACK, 1001, SERVER_ISN + 1, 0), PASS);
+    assert_eq!(n.client_segment(FIN | ACK, 1001, SERVER_ISN + 1, 0), PASS);
     assert_eq!(n.pool().open(), 1, "the forged FIN counted as the server's");
-    assert_eq!(
-        n.run(TC_EGRESS, &from_server(FIN | ACK, isn + 1, 1002)).0,
-        PASS
-    );
+    assert_eq!(n.server_segment(FIN | ACK, SERVER_ISN + 1, 1002), PASS);
     assert_eq!(n.pool().open(), 0);
 }
 
@@ -810,37 +766,26 @@ fn a_server_fin_before_the_servers_numbers_are_known_moves_nothing() {
 #[test]
 fn a_clients_fin_overtaken_by_its_own_next_ack_still_closes() {
     let mut n = Node::new(|p| p.conn_limit = 1);
-    n.connect(40001);
-    let from_client =
-        |flags, seq| packet::with_ack(packet::tcp(&client(40001), SERVER, flags, seq, 0), 5002);
+    assert_eq!(n.client_segment(SYN, 1000, 0, 0), PASS);
+    assert_eq!(n.server_segment(SYN | ACK, SERVER_ISN, 1001), PASS);
+    assert_eq!(n.client_segment(ACK, 1001, SERVER_ISN + 1, 0), PASS);
     // The client sent its request (100 bytes from 1001) and its FIN at
     // 1101; the server's FIN crossed it.
-    let request = packet::with_ack(packet::tcp(&client(40001), SERVER, ACK, 1001, 100), 5001);
-    assert_eq!(n.run(TC_INGRESS, &request).0, PASS);
-    assert_eq!(n.server_sends(40001, FIN | ACK), PASS);
+    assert_eq!(n.client_segment(ACK, 1001, SERVER_ISN + 1, 100), PASS);
+    assert_eq!(n.server_segment(FIN | ACK, SERVER_ISN + 1, 1101), PASS);
     // Its ACK of the server's FIN, at 1102, passes first.
-    assert_eq!(n.run(TC_INGRESS, &from_client(ACK, 1102)).0, PASS);
+    assert_eq!(n.client_segment(ACK, 1102, SERVER_ISN + 2, 0), PASS);
     // A FIN far behind (an old segment, or a forger's guess) or far ahead
     // moves nothing.
-    assert_eq!(
-        n.run(
-            TC_INGRESS,
-            &from_client(FIN | ACK, 1102u32.wrapping_sub(1 << 21))
-        )
-        .0,
-        PASS
-    );
-    assert_eq!(
-        n.run(TC_INGRESS, &from_client(FIN | ACK, 1102 + (1 << 24) + 10))
-            .0,
-        PASS
-    );
+    for seq in [1102u32.wrapping_sub(1 << 21), 1102 + (1 << 24) + 10] {
+        assert_eq!(n.client_segment(FIN | ACK, seq, SERVER_ISN + 2, 0), PASS);
+    }
     assert_eq!(
         n.pool().open(),
         1,
         "a FIN 2 MiB behind or 16 MiB ahead closed it"
     );
     // The client's own FIN, one behind.
-    assert_eq!(n.run(TC_INGRESS, &from_client(FIN | ACK, 1101)).0, PASS);
+    assert_eq!(n.client_segment(FIN | ACK, 1101, SERVER_ISN + 2, 0), PASS);
     assert_eq!(n.pool().open(), 0, "the client's FIN counted");
 }

@@ -2,6 +2,7 @@
 //! shows backpressure on a noisy client in network namespaces. Both install
 //! missing dependencies first (scripts/install-deps.sh, idempotent).
 
+mod bpffs;
 mod demo;
 mod fuzz;
 mod vm;
@@ -131,6 +132,7 @@ fn main() -> Result<()> {
     match Cli::parse().task {
         Task::InstallDeps => install_deps(),
         Task::Test { skip_vm } => {
+            let _bpffs = bpffs::Guard::new();
             install_deps()?;
             // The traffic tests drive the real binary: build it first.
             cargo(&["build", "--workspace", "--bins"])?;
@@ -142,6 +144,7 @@ fn main() -> Result<()> {
             vm::vm_test("all", None)
         }
         Task::Demo { only } => {
+            let _bpffs = bpffs::Guard::new();
             install_deps()?;
             cargo(&["build", "--release", "-p", "tc-agent"])?;
             demo::run(&vm::target_dir().join("release/tc-agent"), only)
@@ -149,6 +152,7 @@ fn main() -> Result<()> {
         Task::DemoPool { role } => demo::pool_roles::role(role),
         Task::DemoFlood { role } => demo::flood_roles::role(role),
         Task::Fuzz { cases, minutes } => {
+            let _bpffs = bpffs::Guard::new();
             install_deps()?;
             fuzz::fuzz(cases, minutes)
         }
@@ -161,6 +165,7 @@ fn main() -> Result<()> {
             vm::vm_bench(&methods).map(|_| ())
         }
         Task::Bench => {
+            let _bpffs = bpffs::Guard::new();
             install_deps()?;
             // The accuracy part drives the real agent binary.
             cargo(&["build", "--release", "-p", "tc-agent"])?;
@@ -181,6 +186,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Task::Soak { minutes } => {
+            let _bpffs = bpffs::Guard::new();
             install_deps()?;
             // Release, as deployed: the RSS and fd figures are the real binary's.
             cargo(&["build", "--release", "-p", "tc-agent"])?;
